@@ -1,0 +1,98 @@
+"""routeq's router core: routing, provider adapters and the simulated provider world.
+
+This package imports nothing from `workers`, `storage` or `producer`.
+"""
+
+from router_core.catalog import Catalog, Deployment, ProviderKind, load_catalog
+from router_core.clock import Clock, FakeClock, SystemClock
+from router_core.errors import (
+    AllAttemptsFailedError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ContextLengthError,
+    FatalProviderError,
+    InvalidRequestError,
+    MalformedResponseError,
+    NoRouteError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    RetryableProviderError,
+    RouteqError,
+)
+from router_core.models import (
+    Attempt,
+    AttemptOutcome,
+    Candidate,
+    Capability,
+    ChatRequest,
+    CompletionResult,
+    Complexity,
+    Exclusion,
+    ExclusionReason,
+    Message,
+    Plan,
+    Preferences,
+    Strategy,
+    Usage,
+    Weights,
+)
+from router_core.planner import PlanLimits, build_plan
+from router_core.router import RetryPolicy, Router
+from router_core.settings import RouterSettings, SimulateMode
+from router_core.stats import CallOutcome, CircuitState, DeploymentStats, InMemoryStats, StatsStore
+
+__all__ = [
+    "AllAttemptsFailedError",
+    "Attempt",
+    "AttemptOutcome",
+    "AuthenticationError",
+    "BadRequestError",
+    "CallOutcome",
+    "Candidate",
+    "Capability",
+    "Catalog",
+    "ChatRequest",
+    "CircuitState",
+    "Clock",
+    "CompletionResult",
+    "Complexity",
+    "ConfigError",
+    "ContextLengthError",
+    "Deployment",
+    "DeploymentStats",
+    "Exclusion",
+    "ExclusionReason",
+    "FakeClock",
+    "FatalProviderError",
+    "InMemoryStats",
+    "InvalidRequestError",
+    "MalformedResponseError",
+    "Message",
+    "NoRouteError",
+    "Plan",
+    "PlanLimits",
+    "Preferences",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderKind",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "RateLimitedError",
+    "RetryPolicy",
+    "RetryableProviderError",
+    "RouteqError",
+    "Router",
+    "RouterSettings",
+    "SimulateMode",
+    "StatsStore",
+    "Strategy",
+    "SystemClock",
+    "Usage",
+    "Weights",
+    "build_plan",
+    "load_catalog",
+]

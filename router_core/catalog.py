@@ -1,0 +1,184 @@
+"""The deployment catalog: which models routeq may call, where, at what price and quality.
+
+A catalog is a TOML file with one `[[deployments]]` table per deployment (see README, "Catalog").
+Loading validates every field, resolves each price through genai-prices, and checks cross references
+(fallbacks); every problem is a `ConfigError` naming the file, the deployment and the field.
+With no file, the built-in demo catalog (`demo_catalog.toml`, served by the simulator) is used.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router_core.errors import ConfigError
+from router_core.models import Capability
+from router_core.pricing import Price, PriceOverride, resolve_price
+from router_core.sim.profiles import SimProfile
+
+__all__ = ["DEMO_CATALOG", "Catalog", "Deployment", "ProviderKind", "load_catalog"]
+
+DEMO_CATALOG = "demo_catalog.toml"
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+
+
+class ProviderKind(StrEnum):
+    """Which adapter (wire protocol) talks to the deployment."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OPENAI_COMPATIBLE = "openai_compatible"
+    SIM = "sim"
+
+
+# genai-prices provider id used when the catalog gives none.
+_DEFAULT_PRICE_PROVIDER = {ProviderKind.OPENAI: "openai", ProviderKind.ANTHROPIC: "anthropic"}
+
+
+class Deployment(BaseModel):
+    """One callable model endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=_ID_PATTERN, max_length=100)
+    kind: ProviderKind
+    provider: str = Field(default="", description="Vendor label for include/exclude_providers.")
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    quality: float = Field(ge=0, le=1)
+    latency_ms: float = Field(gt=0, description="Prior latency estimate before live stats exist.")
+    capabilities: frozenset[Capability] = frozenset()
+    context_window: int = Field(gt=0)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    fallbacks: tuple[str, ...] = ()
+    price_provider: str | None = Field(default=None, description="genai-prices provider id.")
+    price: PriceOverride | None = None
+    sim: SimProfile = Field(default_factory=SimProfile)
+
+    @model_validator(mode="after")
+    def _check(self) -> Deployment:
+        if self.kind is ProviderKind.OPENAI_COMPATIBLE and not self.base_url:
+            raise ValueError("kind 'openai_compatible' needs 'base_url'")
+        if not self.provider:
+            object.__setattr__(self, "provider", self.price_provider or self.kind.value)
+        return self
+
+
+def _resolve(dep: Deployment, path: str) -> Price:
+    """Look the price up in genai-prices (or take the override); a miss is a ConfigError."""
+    provider_id = dep.price_provider or _DEFAULT_PRICE_PROVIDER.get(dep.kind)
+    try:
+        return resolve_price(dep.model, provider_id=provider_id, override=dep.price)
+    except LookupError as exc:
+        raise ConfigError(
+            f"no price known for model {dep.model!r}"
+            f"{f' at provider {provider_id!r}' if provider_id else ''} ({exc}); "
+            "set 'price_provider' to a genai-prices provider id, or give "
+            "[deployments.price] input_per_mtok / output_per_mtok",
+            path=path,
+            deployment=dep.id,
+            field="model",
+        ) from exc
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: list[Deployment] = Field(min_length=1)
+
+
+class Catalog(Mapping[str, Deployment]):
+    """Deployments by id, in file order."""
+
+    def __init__(self, deployments: list[Deployment], prices: Mapping[str, Price], *, source: str) -> None:
+        self._by_id = {d.id: d for d in deployments}
+        self._prices = dict(prices)
+        self.source = source
+
+    def price(self, deployment_id: str) -> Price:
+        """The deployment's resolved price (genai-prices or the catalog's override)."""
+        return self._prices[deployment_id]
+
+    def __getitem__(self, key: str) -> Deployment:
+        return self._by_id[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def deployments(self) -> list[Deployment]:
+        return list(self._by_id.values())
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load and validate a catalog file; `None` loads the built-in demo catalog.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, an invalid field, a duplicate id, an unknown
+            fallback, or a model with no price.
+    """
+    if path is None:
+        text = resources.files("router_core").joinpath(DEMO_CATALOG).read_text("utf-8")
+        where = f"<built-in {DEMO_CATALOG}>"
+    else:
+        where = str(path)
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read catalog: {exc.strerror}", path=where) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=where) from exc
+    return parse_catalog(raw, source=where)
+
+
+def parse_catalog(raw: Mapping[str, Any], *, source: str) -> Catalog:
+    """Validate an already-parsed catalog document (see `load_catalog`)."""
+    try:
+        parsed = _CatalogFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, raw, source) from exc
+    seen: set[str] = set()
+    for dep in parsed.deployments:
+        if dep.id in seen:
+            raise ConfigError("duplicate deployment id", path=source, deployment=dep.id, field="id")
+        seen.add(dep.id)
+    for dep in parsed.deployments:
+        for fallback in dep.fallbacks:
+            if fallback not in seen:
+                raise ConfigError(
+                    f"fallback {fallback!r} is not a deployment id in this catalog",
+                    path=source,
+                    deployment=dep.id,
+                    field="fallbacks",
+                )
+    prices = {dep.id: _resolve(dep, source) for dep in parsed.deployments}
+    return Catalog(parsed.deployments, prices, source=source)
+
+
+def _config_error(exc: ValidationError, raw: Mapping[str, Any], source: str) -> ConfigError:
+    """Turn pydantic's first error into a ConfigError naming deployment and field."""
+    first = exc.errors()[0]
+    loc = list(first["loc"])
+    deployment: str | None = None
+    if len(loc) >= 2 and loc[0] == "deployments" and isinstance(loc[1], int):
+        entries = raw.get("deployments")
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        deployment = str(entry.get("id")) if isinstance(entry, dict) and entry.get("id") else f"#{loc[1] + 1}"
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc) or None
+    count = exc.error_count()
+    more = f" ({count - 1} more error{'s' if count > 2 else ''})" if count > 1 else ""
+    return ConfigError(f"{first['msg']}{more}", path=source, deployment=deployment, field=field)

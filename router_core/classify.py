@@ -1,0 +1,104 @@
+"""Cheap prompt classification: which capability a prompt needs, how complex it is, how many tokens.
+
+Keyword and shape heuristics, run on every request, so they must cost microseconds. A request's
+`preferences.capability` overrides the guess.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from router_core.models import Capability, Complexity
+
+__all__ = ["Classification", "classify", "estimate_tokens"]
+
+_RULES: tuple[tuple[Capability, re.Pattern[str]], ...] = (
+    (
+        Capability.CODE,
+        re.compile(
+            r"```|\bdef |\bclass |\bfunction\b|\bpython\b|\bjavascript\b|\btypescript\b|\brust\b|"
+            r"\bsql\b|\bregex\b|\bbug\b|\bstack ?trace\b|\bcompile|\brefactor|\bunit tests?\b|"
+            r"\bcode\b|\bapi\b|\bscript\b|\balgorithm\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        Capability.MATH,
+        re.compile(
+            r"\bsolve\b|\bequation|\bintegral|\bderivative|\bprobability\b|\bprove\b|\btheorem\b|"
+            r"\bcalculate\b|\bcompute\b|\d+\s*[-+*/^]\s*\d+|\bmatrix\b|\bstatistic",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        Capability.TRANSLATION,
+        re.compile(
+            r"\btranslat|\bin (french|german|spanish|italian|japanese|chinese|portuguese|korean)\b|"
+            r"\binto (english|french|german|spanish|italian|japanese|chinese|portuguese|korean)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        Capability.SUMMARIZATION,
+        re.compile(r"\bsummari[sz]|\btl;?dr\b|\bkey points\b|\bcondense\b|\bin brief\b", re.IGNORECASE),
+    ),
+    (
+        Capability.ANALYSIS,
+        re.compile(
+            r"\banaly[sz]|\bcompare\b|\bcomparison\b|\bevaluate\b|\btrade-?offs?\b|\bpros and cons\b|"
+            r"\bassess\b|\bcritique\b|\bimplications?\b|\bwhy does\b|\broot cause\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        Capability.WRITING,
+        re.compile(
+            r"\bwrite\b|\bessay\b|\bstory\b|\bpoem\b|\bblog\b|\bemail\b|\bletter\b|\bdraft\b|"
+            r"\brewrite\b|\bcopy ?writ|\bslogan\b|\bcover letter\b",
+            re.IGNORECASE,
+        ),
+    ),
+)
+_QUESTION = re.compile(r"^\s*(what|who|when|where|which|how many|is|are|does|do|can)\b", re.IGNORECASE)
+_REASONING = re.compile(
+    r"\bstep[- ]by[- ]step\b|\bexplain why\b|\bdesign\b|\barchitecture\b|\boptimi[sz]e\b|\bprove\b|"
+    r"\bdetailed\b|\bin depth\b|\bcomprehensive\b|\bmulti-?step\b",
+    re.IGNORECASE,
+)
+_SIMPLE_QA_MAX_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    capability: Capability
+    complexity: Complexity
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (≈ 4 characters a token), the same rule the simulator uses."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def classify(text: str) -> Classification:
+    """Guess the capability a prompt needs and its complexity."""
+    hits = {cap: len(pattern.findall(text)) for cap, pattern in _RULES}
+    best = max(hits, key=lambda cap: hits[cap])
+    if hits[best] > 0:
+        capability = best
+    elif len(text) <= _SIMPLE_QA_MAX_CHARS and (_QUESTION.search(text) or text.rstrip().endswith("?")):
+        capability = Capability.SIMPLE_QA
+    else:
+        capability = Capability.GENERAL
+    return Classification(capability, _complexity(text, hits[best]))
+
+
+def _complexity(text: str, signal_hits: int) -> Complexity:
+    tokens = estimate_tokens(text)
+    reasoning = len(_REASONING.findall(text))
+    if tokens > 1500 or reasoning >= 2 or (reasoning and signal_hits >= 3):
+        return Complexity.HIGH
+    if tokens > 300 or reasoning or signal_hits >= 3:
+        return Complexity.MEDIUM
+    return Complexity.LOW

@@ -1,0 +1,236 @@
+"""Planning: from a request, the catalog and a stats snapshot to an ordered list of candidates.
+
+A pure function of its inputs (no I/O), so it is cheap to test and to benchmark. Steps:
+classify the prompt, estimate tokens, cost and latency per deployment, exclude those that break a
+constraint (recording why), rank the rest with the strategy, put a pinned `model` first and the
+primary's explicit `fallbacks` right after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from router_core.catalog import Catalog, Deployment
+from router_core.classify import classify, estimate_tokens
+from router_core.errors import InvalidRequestError, NoRouteError
+from router_core.models import (
+    Candidate,
+    ChatRequest,
+    Complexity,
+    Exclusion,
+    ExclusionReason,
+    Plan,
+    Preferences,
+    Strategy,
+)
+from router_core.stats import CircuitState, DeploymentStats
+from router_core.strategies import Option, RankContext, rank
+
+__all__ = ["PlanLimits", "build_plan", "prompt_tokens"]
+
+# Chat formats add a few tokens of framing per message.
+_TOKENS_PER_MESSAGE = 4
+_BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    default_completion_tokens: int = 512
+    max_candidates: int = 5
+
+
+def prompt_tokens(request: ChatRequest) -> int:
+    return sum(estimate_tokens(m.text()) + _TOKENS_PER_MESSAGE for m in request.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_ms: float
+
+
+Check = Callable[[Deployment, Preferences, _Estimate, DeploymentStats], "tuple[ExclusionReason, str] | None"]
+
+
+def _chain(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    if p.strategy is Strategy.FALLBACK_CHAIN and dep.id not in (p.chain or []):
+        return ExclusionReason.NOT_IN_CHAIN, "not in the fallback_chain 'chain' list"
+    return None
+
+
+def _providers(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    names = {dep.provider, dep.kind.value}
+    if p.exclude_providers and names & set(p.exclude_providers):
+        return ExclusionReason.EXCLUDED_PROVIDER, f"provider {dep.provider!r} is in exclude_providers"
+    if p.include_providers and not names & set(p.include_providers):
+        return ExclusionReason.NOT_INCLUDED_PROVIDER, f"provider {dep.provider!r} is not in include_providers"
+    return None
+
+
+def _circuit(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    if s.circuit is CircuitState.OPEN:
+        return ExclusionReason.CIRCUIT_OPEN, "circuit open after repeated failures"
+    return None
+
+
+def _context(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    needed = e.prompt_tokens + e.completion_tokens
+    if needed > dep.context_window:
+        return (
+            ExclusionReason.CONTEXT_TOO_SMALL,
+            f"needs ~{needed} tokens (prompt + max_tokens) > context window {dep.context_window}",
+        )
+    return None
+
+
+def _quality(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    if p.min_quality is not None and dep.quality < p.min_quality:
+        return ExclusionReason.BELOW_QUALITY, f"quality {dep.quality:.2f} < min_quality {p.min_quality:.2f}"
+    return None
+
+
+def _budget(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    if p.max_cost_per_request is not None and e.cost > p.max_cost_per_request:
+        return (
+            ExclusionReason.OVER_BUDGET,
+            f"estimated ${e.cost:.6f} > max_cost_per_request ${p.max_cost_per_request:.6f}",
+        )
+    return None
+
+
+def _latency(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+) -> tuple[ExclusionReason, str] | None:
+    if p.max_latency_ms is not None and e.latency_ms > p.max_latency_ms:
+        return (
+            ExclusionReason.OVER_LATENCY,
+            f"estimated {e.latency_ms:.0f} ms > max_latency_ms {p.max_latency_ms:.0f}",
+        )
+    return None
+
+
+# Order matters: the first failing check is the reason reported.
+_CHECKS: tuple[Check, ...] = (_chain, _providers, _circuit, _context, _quality, _budget, _latency)
+
+
+def build_plan(
+    request: ChatRequest,
+    catalog: Catalog,
+    stats: Mapping[str, DeploymentStats],
+    *,
+    rotation: int = 0,
+    limits: PlanLimits = PlanLimits(),
+) -> Plan:
+    """Rank the catalog's deployments for `request`.
+
+    Raises:
+        InvalidRequestError: `model` names no deployment or model, or `chain` names unknown ids.
+        NoRouteError: every deployment is excluded; the error lists each reason.
+    """
+    prefs = request.preferences
+    _check_references(request, catalog)
+    guess = classify(request.prompt_text())
+    capability = prefs.capability or guess.capability
+    p_tokens = prompt_tokens(request)
+    c_tokens = request.max_tokens or limits.default_completion_tokens
+
+    options: list[Option] = []
+    excluded: list[Exclusion] = []
+    for position, dep in enumerate(catalog.values()):
+        st = stats.get(dep.id) or DeploymentStats()
+        est = _Estimate(
+            prompt_tokens=p_tokens,
+            completion_tokens=c_tokens,
+            cost=catalog.price(dep.id).estimate(p_tokens, c_tokens),
+            latency_ms=st.latency_ewma_ms if st.latency_ewma_ms is not None else dep.latency_ms,
+        )
+        failure = next((f for check in _CHECKS if (f := check(dep, prefs, est, st))), None)
+        if failure is not None:
+            excluded.append(Exclusion(deployment=dep.id, reason=failure[0], detail=failure[1]))
+            continue
+        options.append(Option(dep, position, est.cost, est.latency_ms, st, capability in dep.capabilities))
+
+    ranked = rank(options, RankContext(prefs, _BOOST[guess.complexity], rotation))
+    ordered = _pin_and_fallbacks(request, catalog, ranked, excluded)
+    if not ordered:
+        raise NoRouteError(
+            "no deployment satisfies the request; relax the constraint named for each deployment",
+            excluded,
+        )
+    candidates = [
+        Candidate(
+            deployment=o.deployment.id,
+            provider=o.deployment.provider,
+            model=o.deployment.model,
+            estimated_cost_usd=o.est_cost,
+            estimated_latency_ms=o.est_latency_ms,
+            score=score,
+            capability_match=o.capability_match,
+        )
+        for o, score in ordered[: limits.max_candidates]
+    ]
+    return Plan(
+        strategy=prefs.strategy,
+        capability=capability,
+        complexity=guess.complexity,
+        prompt_tokens_estimate=p_tokens,
+        completion_tokens_estimate=c_tokens,
+        candidates=candidates,
+        excluded=excluded,
+    )
+
+
+def _check_references(request: ChatRequest, catalog: Catalog) -> None:
+    unknown = [d for d in request.preferences.chain or [] if d not in catalog]
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown deployment ids {unknown}; known: {sorted(catalog)}", field="preferences.chain"
+        )
+    model = request.model
+    if model != "auto" and model not in catalog and not any(d.model == model for d in catalog.values()):
+        raise InvalidRequestError(
+            f"{model!r} is neither 'auto', a deployment id nor a model in the catalog; "
+            f"deployment ids: {sorted(catalog)}",
+            field="model",
+        )
+
+
+def _pin_and_fallbacks(
+    request: ChatRequest,
+    catalog: Catalog,
+    ranked: list[tuple[Option, float]],
+    excluded: list[Exclusion],
+) -> list[tuple[Option, float]]:
+    """Pinned deployments first, then the primary's explicit fallbacks, then the rest by rank."""
+    if not ranked:
+        return ranked
+    model = request.model
+    if model != "auto":
+        pinned = [p for p in ranked if model in (p[0].deployment.id, p[0].deployment.model)]
+        if not pinned:
+            reasons = [e for e in excluded if model in (e.deployment, catalog[e.deployment].model)]
+            raise NoRouteError(f"the requested model {model!r} cannot serve this request", reasons)
+        pinned_ids = {p[0].deployment.id for p in pinned}
+        ranked = pinned + [p for p in ranked if p[0].deployment.id not in pinned_ids]
+    primary = ranked[0]
+    by_id = {p[0].deployment.id: p for p in ranked}
+    explicit_ids = [
+        f for f in primary[0].deployment.fallbacks if f in by_id and f != primary[0].deployment.id
+    ]
+    rest = [p for p in ranked[1:] if p[0].deployment.id not in explicit_ids]
+    return [primary, *(by_id[f] for f in explicit_ids), *rest]

@@ -1,0 +1,71 @@
+"""Adapter for Anthropic's Messages API through `anthropic.AsyncAnthropic`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+
+from router_core.catalog import Deployment
+from router_core.models import ChatRequest, Usage
+from router_core.providers.base import SIMULATED_HEADER, ProviderReply
+from router_core.providers.errors import map_provider_error
+
+__all__ = ["AnthropicProvider", "to_anthropic_messages"]
+
+
+def to_anthropic_messages(request: ChatRequest) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split OpenAI-style messages into Anthropic's `system` string and user/assistant turns."""
+    system = [m.text() for m in request.messages if m.role in ("system", "developer")]
+    turns = [
+        {"role": "assistant" if m.role == "assistant" else "user", "content": m.text()}
+        for m in request.messages
+        if m.role not in ("system", "developer") and m.text()
+    ]
+    return ("\n\n".join(system) or None), turns
+
+
+class AnthropicProvider:
+    """Messages API calls (SDK retries off: the router retries)."""
+
+    def __init__(self, deployment: Deployment, client: anthropic.AsyncAnthropic) -> None:
+        self.deployment = deployment
+        self._client = client
+
+    async def complete(self, request: ChatRequest, *, max_tokens: int, timeout_s: float) -> ProviderReply:
+        dep = self.deployment
+        system, turns = to_anthropic_messages(request)
+        extra: dict[str, Any] = {}
+        if system:
+            extra["system"] = system
+        if request.temperature is not None:
+            # Anthropic's range is 0..1; OpenAI's 0..2 maps onto it linearly.
+            extra["temperature"] = request.temperature / 2
+        try:
+            raw = await self._client.messages.with_raw_response.create(
+                model=dep.model,
+                messages=turns,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                timeout=timeout_s,
+                **extra,
+            )
+            message = await raw.parse()
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id) from exc
+        text = "".join(block.text for block in message.content if block.type == "text")
+        usage = message.usage
+        return ProviderReply(
+            content=text,
+            finish_reason=message.stop_reason,
+            usage=Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_input_tokens or 0,
+                cache_write_tokens=usage.cache_creation_input_tokens or 0,
+            ),
+            model=message.model or dep.model,
+            simulated=raw.headers.get(SIMULATED_HEADER) == "1",
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()

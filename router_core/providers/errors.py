@@ -1,0 +1,117 @@
+"""The one place where SDK and transport exceptions become routeq's error classes.
+
+Both official SDKs share the same exception shapes (APIStatusError with `status_code`, `response`
+and `body`; APITimeoutError; APIConnectionError; APIResponseValidationError), so one mapping serves
+both, keyed on the status code and the provider's error code.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+
+import anthropic
+import httpx2
+import openai
+
+from router_core.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContextLengthError,
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitedError,
+)
+
+__all__ = ["map_provider_error", "parse_retry_after"]
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "prompt is too long",
+    "context window",
+)
+# Python-level errors raised while parsing a 2xx body.
+_PARSE_ERRORS = (json.JSONDecodeError, ValueError, KeyError, TypeError, IndexError)
+
+
+def parse_retry_after(headers: httpx2.Headers | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (delta-seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deployment: str) -> ProviderError:
+    status = exc.status_code
+    text = f"HTTP {status} from {deployment}: {exc.message}"
+    if status == 429:
+        return RateLimitedError(
+            text,
+            status_code=status,
+            retry_after=parse_retry_after(exc.response.headers),
+            deployment=deployment,
+        )
+    if status >= 500:
+        return ProviderServerError(
+            text,
+            status_code=status,
+            retry_after=parse_retry_after(exc.response.headers),
+            deployment=deployment,
+        )
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{text}. Check the API key in the deployment's api_key_env variable.",
+            status_code=status,
+            deployment=deployment,
+        )
+    blob = f"{getattr(exc, 'code', '') or ''} {exc.message}".lower()
+    if any(marker in blob for marker in _CONTEXT_MARKERS):
+        return ContextLengthError(text, status_code=status, deployment=deployment)
+    if status in (408, 409):  # request timeout / conflict: transient by HTTP's own definition
+        return ProviderServerError(text, status_code=status, deployment=deployment)
+    return BadRequestError(text, status_code=status, deployment=deployment)
+
+
+def map_provider_error(exc: BaseException, deployment: str) -> ProviderError:
+    """Translate an exception raised during a provider call. Unknown exceptions are re-raised."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        return _status_error(exc, deployment)
+    # Timeout before connection error: the SDKs' timeout class subclasses their connection error.
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | TimeoutError):
+        return ProviderTimeoutError(f"{deployment} did not answer in time", deployment=deployment)
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
+        cause = exc.__cause__ or exc
+        return ProviderConnectionError(
+            f"connection to {deployment} failed: {type(cause).__name__}: {cause}", deployment=deployment
+        )
+    if isinstance(
+        exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError, *_PARSE_ERRORS)
+    ):
+        return MalformedResponseError(
+            f"{deployment} sent a response that could not be parsed: {type(exc).__name__}: {exc}",
+            deployment=deployment,
+        )
+    raise exc

@@ -1,0 +1,95 @@
+"""Build one provider adapter per deployment, real or simulated.
+
+Every adapter gets its own `httpx2.AsyncClient` (the SDKs' HTTP library) with SDK retries off.
+A deployment is simulated when its kind is `sim`, when `simulate=always`, or, with `simulate=auto`,
+when its API key variable is unset; simulated deployments talk to the in-process `SimWorld`
+through `SimTransport`, or to a `routeq sim` server when `sim_url` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import anthropic
+import httpx2
+import openai
+
+from router_core.catalog import Catalog, Deployment, ProviderKind
+from router_core.providers.anthropic import AnthropicProvider
+from router_core.providers.base import Provider
+from router_core.providers.openai import OpenAIProvider
+from router_core.settings import SimulateMode
+from router_core.sim import SimProfile, SimWorld, sim_http_client
+
+__all__ = ["SIM_BASE_URL", "build_providers", "is_simulated", "sim_profile"]
+
+SIM_BASE_URL = "http://sim.routeq.invalid"
+# Sent as the key to the sim and to keyless local servers (Ollama, vLLM) that ignore it.
+_PLACEHOLDER_KEY = "routeq-no-key"
+_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
+
+
+def is_simulated(dep: Deployment, mode: SimulateMode, env: Mapping[str, str]) -> bool:
+    if dep.kind is ProviderKind.SIM or mode is SimulateMode.ALWAYS:
+        return True
+    if mode is SimulateMode.NEVER or dep.api_key_env is None:
+        return False
+    return not env.get(dep.api_key_env)
+
+
+def sim_profile(dep: Deployment) -> SimProfile:
+    """The deployment's sim profile; its context window follows the catalog unless set explicitly."""
+    if "context_window" in dep.sim.model_fields_set:
+        return dep.sim
+    return dep.sim.model_copy(update={"context_window": dep.context_window})
+
+
+def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
+    if sim_world is not None:
+        return sim_http_client(sim_world)
+    return httpx2.AsyncClient(limits=_LIMITS, follow_redirects=True)
+
+
+def _build(
+    dep: Deployment, *, simulated: bool, sim_world: SimWorld, sim_url: str | None, env: Mapping[str, str]
+) -> Provider:
+    if simulated:
+        root = (sim_url or SIM_BASE_URL).rstrip("/") + f"/{dep.id}"
+        key = _PLACEHOLDER_KEY
+        http = _http_client(sim_world=None if sim_url else sim_world)
+    else:
+        root = dep.base_url.rstrip("/") if dep.base_url else ""
+        key = (env.get(dep.api_key_env) if dep.api_key_env else None) or _PLACEHOLDER_KEY
+        http = _http_client(sim_world=None)
+    if dep.kind is ProviderKind.ANTHROPIC:
+        client_a = anthropic.AsyncAnthropic(
+            api_key=key, base_url=root or None, http_client=http, max_retries=0
+        )
+        return AnthropicProvider(dep, client_a)
+    base = (root + "/v1" if simulated else root) or None
+    client_o = openai.AsyncOpenAI(api_key=key, base_url=base, http_client=http, max_retries=0)
+    return OpenAIProvider(dep, client_o)
+
+
+def build_providers(
+    catalog: Catalog,
+    *,
+    simulate: SimulateMode = SimulateMode.AUTO,
+    sim_world: SimWorld | None = None,
+    sim_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Provider], SimWorld]:
+    """Adapters by deployment id, and the sim world the simulated ones use.
+
+    The world is built from the catalog's `sim` profiles unless one is passed in.
+    """
+    env = os.environ if env is None else env
+    world = sim_world or SimWorld({d.id: sim_profile(d) for d in catalog.values()})
+    providers = {
+        dep.id: _build(
+            dep, simulated=is_simulated(dep, simulate, env), sim_world=world, sim_url=sim_url, env=env
+        )
+        for dep in catalog.values()
+    }
+    return providers, world

@@ -1,0 +1,264 @@
+"""The router: plan a request, then walk the plan calling providers until one succeeds.
+
+Per candidate, retryable errors (429, 5xx, timeout, connection, malformed body) are retried with
+exponential backoff and full jitter, never sooner than the provider's Retry-After; a Retry-After
+longer than `max_retry_after_s` fails over instead. Non-retryable errors (400, auth) fail over at
+once; a context-length error skips every candidate whose context window is not larger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from types import TracebackType
+
+from router_core.catalog import Catalog, Deployment, load_catalog
+from router_core.clock import Clock, SystemClock
+from router_core.errors import (
+    AllAttemptsFailedError,
+    AuthenticationError,
+    ContextLengthError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+)
+from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Plan, Strategy
+from router_core.planner import PlanLimits, build_plan
+from router_core.providers.base import Provider, ProviderReply
+from router_core.providers.factory import build_providers
+from router_core.settings import RouterSettings
+from router_core.sim import SimWorld
+from router_core.stats import CallOutcome, InMemoryStats, StatsStore
+
+__all__ = ["RetryPolicy", "Router"]
+
+logger = logging.getLogger("routeq.router")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts_per_deployment: int = 3
+    max_attempts_total: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    max_retry_after_s: float = 60.0
+    default_timeout_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, s: RouterSettings) -> RetryPolicy:
+        return cls(
+            max_attempts_per_deployment=s.max_attempts_per_deployment,
+            max_attempts_total=s.max_attempts_total,
+            backoff_base_s=s.backoff_base_s,
+            backoff_max_s=s.backoff_max_s,
+            max_retry_after_s=s.max_retry_after_s,
+            default_timeout_s=s.default_timeout_ms / 1000,
+        )
+
+
+def _health(error: ProviderError) -> CallOutcome:
+    """429s and request errors say nothing about a deployment's health; auth and 5xx do."""
+    if isinstance(error, AuthenticationError) or (
+        error.retryable and not isinstance(error, RateLimitedError)
+    ):
+        return CallOutcome.FAILURE
+    return CallOutcome.NEUTRAL
+
+
+class Router:
+    """Routes chat requests over a catalog of deployments.
+
+    Build with `Router.from_settings(...)` (loads the catalog, builds SDK clients) or pass the parts
+    in; use as `async with router:` or call `aclose()` to close every HTTP client.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        providers: dict[str, Provider],
+        *,
+        stats: StatsStore | None = None,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        limits: PlanLimits | None = None,
+        rng: random.Random | None = None,
+        sim_world: SimWorld | None = None,
+    ) -> None:
+        missing = set(catalog) - set(providers)
+        if missing:
+            raise ValueError(f"no provider for deployments {sorted(missing)}")
+        self.catalog = catalog
+        self.providers = providers
+        self.clock = clock or SystemClock()
+        self.stats: StatsStore = stats or InMemoryStats(clock=self.clock)
+        self.policy = policy or RetryPolicy()
+        self.limits = limits or PlanLimits()
+        self.sim_world = sim_world
+        self._rng = rng or random.Random()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: RouterSettings | None = None,
+        *,
+        catalog: Catalog | None = None,
+        stats: StatsStore | None = None,
+        clock: Clock | None = None,
+        sim_world: SimWorld | None = None,
+        rng: random.Random | None = None,
+    ) -> Router:
+        """Load the catalog (unless given) and build one SDK client per deployment."""
+        settings = settings or RouterSettings()
+        catalog = catalog or load_catalog(settings.catalog_path)
+        providers, world = build_providers(
+            catalog, simulate=settings.simulate, sim_world=sim_world, sim_url=settings.sim_url
+        )
+        return cls(
+            catalog,
+            providers,
+            stats=stats,
+            clock=clock,
+            policy=RetryPolicy.from_settings(settings),
+            limits=PlanLimits(settings.default_completion_tokens, settings.max_candidates),
+            rng=rng,
+            sim_world=world,
+        )
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+
+    async def plan(self, request: ChatRequest) -> Plan:
+        """Ordered candidates and exclusions for `request`, from live stats."""
+        snapshot = await self.stats.snapshot(list(self.catalog))
+        rotation = 0
+        if request.preferences.strategy is Strategy.ROUND_ROBIN:
+            rotation = await self.stats.next_rotation("default")
+        return build_plan(request, self.catalog, snapshot, rotation=rotation, limits=self.limits)
+
+    async def complete(self, request: ChatRequest, *, plan: Plan | None = None) -> CompletionResult:
+        """Route `request` and return the first successful completion.
+
+        Raises:
+            NoRouteError: no deployment satisfies the constraints.
+            AllAttemptsFailedError: every attempt failed; `.attempts` has each one.
+        """
+        plan = plan or await self.plan(request)
+        started = self.clock.now()
+        attempts: list[Attempt] = []
+        context_floor = 0  # after a context-length error, only larger windows are worth trying
+        for candidate in plan.candidates:
+            dep = self.catalog[candidate.deployment]
+            if dep.context_window <= context_floor:
+                continue
+            reply, error = await self._try_deployment(dep, request, plan, attempts)
+            if reply is not None:
+                return self._result(dep, reply, attempts, plan, started)
+            if isinstance(error, ContextLengthError):
+                context_floor = dep.context_window
+            if len(attempts) >= self.policy.max_attempts_total:
+                break
+        tried = ", ".join(dict.fromkeys(a.deployment for a in attempts)) or "none"
+        last = attempts[-1].error if attempts else "no candidate was left to try"
+        raise AllAttemptsFailedError(
+            f"all {len(attempts)} attempts failed (deployments tried: {tried}); last error: {last}", attempts
+        )
+
+    async def _try_deployment(
+        self, dep: Deployment, request: ChatRequest, plan: Plan, attempts: list[Attempt]
+    ) -> tuple[ProviderReply | None, ProviderError | None]:
+        """Up to `max_attempts_per_deployment` calls to one deployment, with backoff between them."""
+        wait = 0.0
+        error: ProviderError | None = None
+        for n in range(self.policy.max_attempts_per_deployment):
+            if len(attempts) >= self.policy.max_attempts_total:
+                break
+            if wait:
+                await self.clock.sleep(wait)
+            reply, error, attempt = await self._call(dep, request, plan, wait)
+            attempts.append(attempt)
+            if reply is not None:
+                return reply, None
+            assert error is not None
+            if not error.retryable or n + 1 == self.policy.max_attempts_per_deployment:
+                break
+            wait = self._backoff(n, error.retry_after)
+            if wait > self.policy.max_retry_after_s:
+                logger.info("%s asks to wait %.1fs; failing over instead", dep.id, wait)
+                break
+        return None, error
+
+    def _backoff(self, retry_number: int, retry_after: float | None) -> float:
+        """Full jitter (uniform over 0..base*2^n, capped), but never less than Retry-After."""
+        ceiling = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2**retry_number)
+        return max(self._rng.uniform(0, ceiling), retry_after or 0.0)
+
+    async def _call(
+        self, dep: Deployment, request: ChatRequest, plan: Plan, wait: float
+    ) -> tuple[ProviderReply | None, ProviderError | None, Attempt]:
+        timeout_s = (request.preferences.timeout_ms or 0) / 1000 or self.policy.default_timeout_s
+        max_tokens = request.max_tokens or plan.completion_tokens_estimate
+        await self.stats.begin(dep.id)
+        t0 = self.clock.now()
+        reply: ProviderReply | None = None
+        error: ProviderError | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await self.providers[dep.id].complete(
+                    request, max_tokens=max_tokens, timeout_s=timeout_s
+                )
+        except TimeoutError:
+            error = ProviderTimeoutError(
+                f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)", deployment=dep.id
+            )
+        except ProviderError as exc:
+            error = exc
+        latency_ms = (self.clock.now() - t0) * 1000
+        await self.stats.end(
+            dep.id,
+            CallOutcome.SUCCESS if reply else _health(error) if error else CallOutcome.NEUTRAL,
+            latency_ms,
+        )
+        attempt = Attempt(
+            deployment=dep.id,
+            provider=dep.provider,
+            model=dep.model,
+            outcome=AttemptOutcome.SUCCESS if reply else AttemptOutcome.ERROR,
+            error_class=type(error).__name__ if error else None,
+            error=str(error) if error else None,
+            status_code=error.status_code if error else None,
+            latency_ms=latency_ms,
+            wait_ms=wait * 1000,
+            usage=reply.usage if reply else None,
+            cost_usd=self.catalog.price(dep.id).cost(reply.usage) if reply else 0.0,
+            simulated=reply.simulated if reply else False,
+        )
+        if error is not None:
+            logger.debug("attempt on %s failed: %s", dep.id, error)
+        return reply, error, attempt
+
+    def _result(
+        self, dep: Deployment, reply: ProviderReply, attempts: list[Attempt], plan: Plan, started: float
+    ) -> CompletionResult:
+        return CompletionResult(
+            content=reply.content,
+            finish_reason=reply.finish_reason,
+            deployment=dep.id,
+            provider=dep.provider,
+            model=reply.model,
+            usage=reply.usage,
+            cost_usd=attempts[-1].cost_usd,
+            latency_ms=(self.clock.now() - started) * 1000,
+            simulated=reply.simulated,
+            attempts=attempts,
+            plan_strategy=plan.strategy,
+        )

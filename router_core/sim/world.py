@@ -1,0 +1,344 @@
+"""`SimWorld`: an ASGI app that impersonates OpenAI- and Anthropic-style deployments.
+
+Each deployment is the first path segment (`/{deployment}/v1/chat/completions`,
+`/{deployment}/v1/messages`) and behaves as its `SimProfile` says. Everything time-related goes
+through the injected `Clock`, so tests run hours of rate-limit windows and hangs in microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from router_core.clock import Clock, SystemClock
+from router_core.sim.profiles import DeploymentState, DeploymentStats, Fault, SimProfile, synth_text
+from router_core.sim.wire import (
+    ERROR_STATUS,
+    ChatRequest,
+    Dialect,
+    ErrorKind,
+    RequestError,
+    completion_body,
+    context_length_message,
+    dumps,
+    error_body,
+    malformed_body,
+    parse_request,
+    stream_frames,
+)
+
+__all__ = ["ConnectionDropped", "DropMode", "SimWorld"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+DropMode = Literal["raise", "abort"]
+
+_SIM_HEADER = (b"x-routeq-simulated", b"1")
+
+
+class ConnectionDropped(Exception):
+    """Raised by the world when a `drop` fault kills the connection.
+
+    `SimTransport` turns it into the `httpx2.RemoteProtocolError` a real socket drop produces; under
+    uvicorn it aborts the connection after the response headers were sent.
+    """
+
+
+def _headers(content_type: str, extra: Mapping[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", content_type.encode()), _SIM_HEADER]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    return headers
+
+
+async def _send(
+    send: Send, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None
+) -> None:
+    headers = [*_headers(content_type, extra), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_json(
+    send: Send, status: int, payload: object, extra: Mapping[str, str] | None = None
+) -> None:
+    await _send(send, status, dumps(payload), "application/json", extra)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+@dataclass
+class _Call:
+    """One chat request in flight: where it goes and how to answer it."""
+
+    dialect: Dialect
+    deployment: str
+    profile: SimProfile
+    seq: int
+    stats: DeploymentStats
+    send: Send
+
+    @property
+    def id_header(self) -> dict[str, str]:
+        name = "x-request-id" if self.dialect == "openai" else "request-id"
+        return {name: f"sim-req-{self.seq:08d}"}
+
+    async def refuse(
+        self,
+        outcome: str,
+        kind: ErrorKind,
+        message: str,
+        extra: Mapping[str, str] | None = None,
+        *,
+        param: str | None = None,
+    ) -> None:
+        """Answer with a provider-shaped error and count `outcome`."""
+        self.stats.by_outcome[outcome] += 1
+        if kind == "context_length":
+            param = "messages"
+        body = error_body(self.dialect, kind, message, param=param)
+        await _send_json(self.send, ERROR_STATUS[kind], body, {**self.id_header, **(extra or {})})
+
+
+class SimWorld:
+    """ASGI3 app simulating provider deployments, with control endpoints under `/_sim/`.
+
+    Attributes:
+        clock: Source of time for windows, latency and hangs.
+        stats: Per-deployment counters, keyed by deployment id.
+        drop_mode: "raise" raises `ConnectionDropped` before responding (in-process transport);
+            "abort" first sends response headers so a real server cuts the connection mid-response.
+    """
+
+    def __init__(
+        self,
+        profiles: Mapping[str, SimProfile] | None = None,
+        *,
+        clock: Clock | None = None,
+        default_profile: SimProfile | None = None,
+        drop_mode: DropMode = "raise",
+    ) -> None:
+        """Create a world.
+
+        Args:
+            profiles: Known deployments and their behaviour.
+            clock: Time source; defaults to `SystemClock`.
+            default_profile: Behaviour of any deployment not in `profiles`; without it those
+                get a 404.
+            drop_mode: How a `drop` fault surfaces; see the class docstring.
+        """
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.drop_mode: DropMode = drop_mode
+        self.stats: dict[str, DeploymentStats] = {}
+        self._default = default_profile
+        self._deployments: dict[str, DeploymentState] = {}
+        self._seq = 0
+        for deployment, profile in (profiles or {}).items():
+            self.set_profile(deployment, profile)
+
+    def set_profile(self, deployment: str, profile: SimProfile) -> None:
+        """Replace (or add) a deployment's profile; its script restarts, its rpm window is kept.
+
+        Args:
+            deployment: Deployment id (first path segment).
+            profile: The new behaviour.
+        """
+        old = self._deployments.get(deployment)
+        self._deployments[deployment] = DeploymentState(profile, old.window if old else None)
+        self.stats.setdefault(deployment, DeploymentStats())
+
+    def profile(self, deployment: str) -> SimProfile | None:
+        """The profile currently applied to `deployment`, or None if it is unknown."""
+        state = self._deployments.get(deployment)
+        return state.profile if state else self._default
+
+    def _state(self, deployment: str) -> DeploymentState | None:
+        if deployment not in self._deployments and self._default is not None:
+            self.set_profile(deployment, self._default)
+        return self._deployments.get(deployment)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope (`http` or `lifespan`)."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        if parts[0] == "_sim":
+            await self._control(method, parts[1:], receive, send)
+        elif method == "POST" and parts[1:] == ["v1", "chat", "completions"]:
+            await self._chat("openai", parts[0], receive, send)
+        elif method == "POST" and parts[1:] == ["v1", "messages"]:
+            await self._chat("anthropic", parts[0], receive, send)
+        else:
+            message = f"Invalid URL ({method} {scope['path']})"
+            await _send_json(send, 404, error_body("openai", "invalid_request", message))
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _control(self, method: str, parts: list[str], receive: Receive, send: Send) -> None:
+        if method == "GET" and parts == ["health"]:
+            await _send_json(send, 200, {"ok": True})
+        elif method == "GET" and parts == ["stats"]:
+            deployments = {name: stats.to_json() for name, stats in self.stats.items()}
+            await _send_json(send, 200, {"now": self.clock.now(), "deployments": deployments})
+        elif method == "PUT" and len(parts) == 2 and parts[0] == "profiles" and parts[1]:
+            body = await _read_body(receive)
+            if body is None:
+                return
+            try:
+                profile = SimProfile.model_validate_json(body)
+            except ValidationError as exc:
+                await _send_json(send, 422, {"error": str(exc)})
+                return
+            self.set_profile(parts[1], profile)
+            await _send_json(send, 200, {"deployment": parts[1], "profile": profile.model_dump(mode="json")})
+        else:
+            await _send_json(
+                send, 404, {"error": f"unknown control endpoint {method} /_sim/{'/'.join(parts)}"}
+            )
+
+    async def _sleep(self, seconds: float, receive: Receive) -> bool:
+        """Sleep on the world's clock; False if the client disconnected first (nothing to answer)."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await asyncio.wait((sleeper, watcher), return_when=asyncio.FIRST_COMPLETED)
+            return not watcher.done()
+        finally:
+            # Also runs when our own task is cancelled, so neither helper outlives the request.
+            for task in (sleeper, watcher):
+                task.cancel()
+            await asyncio.gather(sleeper, watcher, return_exceptions=True)
+
+    async def _chat(self, dialect: Dialect, deployment: str, receive: Receive, send: Send) -> None:
+        state = self._state(deployment)
+        if state is None:
+            message = f"The model deployment `{deployment}` does not exist or you do not have access to it."
+            await _send_json(send, 404, error_body(dialect, "not_found", message))
+            return
+        self.stats[deployment].requests += 1
+        self._seq += 1
+        call = _Call(dialect, deployment, state.profile, self._seq, self.stats[deployment], send)
+        raw = await _read_body(receive)
+        if raw is None:
+            return
+        try:
+            req = parse_request(dialect, raw)
+        except RequestError as exc:
+            await call.refuse("bad_request", exc.kind, exc.message, param=exc.param)
+            return
+        fault = await self._admit(call, state, req)
+        if fault is None:
+            return
+        latency = state.latency_s()
+        if latency > 0 and not await self._sleep(latency, receive):
+            return
+        if fault == "timeout" and not await self._sleep(call.profile.hang_s, receive):
+            return
+        await self._respond(call, fault, req)
+
+    async def _admit(self, call: _Call, state: DeploymentState, req: ChatRequest) -> Fault | None:
+        """Apply refusals in order (context, scripted/random fault, rpm window); None if refused."""
+        profile, window = call.profile, call.profile.context_window
+        if req.prompt_tokens > window:
+            message = context_length_message(call.dialect, req.prompt_tokens, window)
+            await call.refuse("context_length", "context_length", message)
+            return None
+        fault = state.next_fault()
+        if fault == "rate_limit":
+            retry = {} if profile.retry_after_s is None else {"retry-after": f"{profile.retry_after_s:g}"}
+            await call.refuse(
+                "rate_limit", "rate_limit", "Rate limit reached for requests (simulated).", retry
+            )
+            return None
+        if fault == "context_length":
+            # A scripted rejection of a prompt that fits: report a size that would not, as the
+            # real error always does, so callers parsing the numbers see a consistent pair.
+            tokens = max(req.prompt_tokens, window + 1)
+            await call.refuse(
+                "context_length", "context_length", context_length_message(call.dialect, tokens, window)
+            )
+            return None
+        now = self.clock.now()
+        wait = state.try_admit(now)
+        if wait is not None:
+            retry = {"retry-after": str(max(1, math.ceil(wait)))}
+            message = f"Rate limit reached: {profile.rpm} requests per {profile.window_s:g}s (simulated)."
+            await call.refuse("rpm_limited", "rate_limit", message, retry)
+            return None
+        call.stats.record_admission(now)
+        call.stats.by_outcome[fault] += 1
+        return fault
+
+    async def _respond(self, call: _Call, fault: Fault, req: ChatRequest) -> None:
+        if fault == "drop":
+            if self.drop_mode == "abort":
+                headers = _headers("application/json", call.id_header)
+                await call.send({"type": "http.response.start", "status": 200, "headers": headers})
+            raise ConnectionDropped(f"simulated connection drop on {call.deployment}")
+        if fault == "server_error":
+            message = "The server had an error while processing your request. Sorry about that! (simulated)"
+            await _send_json(
+                call.send, 500, error_body(call.dialect, "server_error", message), call.id_header
+            )
+            return
+        if fault == "malformed":
+            broken, content_type = malformed_body(call.dialect, req.stream)
+            await _send(call.send, 200, broken, content_type, call.id_header)
+            return
+
+        cap, output_tokens = req.max_tokens, call.profile.output_tokens
+        tokens = output_tokens if cap is None else min(output_tokens, cap)
+        capped = cap is not None and cap < output_tokens
+        prefix = "sim-chatcmpl-" if call.dialect == "openai" else "sim-msg_"
+        response_id = f"{prefix}{call.seq:08d}"
+        text = synth_text(call.deployment, req.prompt_words, tokens)
+        if not req.stream:
+            body = completion_body(
+                req, response_id=response_id, text=text, completion_tokens=tokens, capped=capped
+            )
+            await _send_json(call.send, 200, body, call.id_header)
+            return
+        frames = stream_frames(
+            req, response_id=response_id, text=text, completion_tokens=tokens, capped=capped
+        )
+        headers = _headers(
+            "text/event-stream; charset=utf-8", {**call.id_header, "cache-control": "no-cache"}
+        )
+        await call.send({"type": "http.response.start", "status": 200, "headers": headers})
+        for index, frame in enumerate(frames):
+            await call.send(
+                {"type": "http.response.body", "body": frame, "more_body": index < len(frames) - 1}
+            )

@@ -1,0 +1,1 @@
+"""routeq storage package."""

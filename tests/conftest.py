@@ -1,0 +1,75 @@
+"""Shared fixtures: a small catalog whose right answers are known, and a router on the in-process sim."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from router_core import Catalog, FakeClock, Router, RouterSettings, SimulateMode
+from router_core.catalog import parse_catalog
+
+
+def deployment(id: str, **overrides: Any) -> dict[str, Any]:
+    """A sim deployment with flat override prices, so costs are exact and known."""
+    base: dict[str, Any] = {
+        "id": id,
+        "kind": "sim",
+        "provider": id.split("-", maxsplit=1)[0],
+        "model": f"{id}-model",
+        "quality": 0.7,
+        "latency_ms": 500,
+        "context_window": 100_000,
+        "price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0},
+    }
+    base.update(overrides)
+    return base
+
+
+# cost order: cheap < fast < smart; speed: fast < cheap < smart; quality: smart > fast > cheap.
+TRIO = [
+    deployment("cheap-a", quality=0.6, latency_ms=900, price={"input_per_mtok": 0.1, "output_per_mtok": 0.4}),
+    deployment("fast-b", quality=0.75, latency_ms=200, price={"input_per_mtok": 1.0, "output_per_mtok": 4.0}),
+    deployment(
+        "smart-c", quality=0.95, latency_ms=1500, price={"input_per_mtok": 10.0, "output_per_mtok": 40.0}
+    ),
+]
+
+
+def make_catalog(deployments: list[dict[str, Any]]) -> Catalog:
+    return parse_catalog({"deployments": deployments}, source="<test>")
+
+
+@pytest.fixture
+def trio() -> Catalog:
+    return make_catalog(TRIO)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+RouterFactory = Callable[..., Router]
+
+
+@pytest.fixture
+async def make_router(clock: FakeClock) -> AsyncIterator[RouterFactory]:
+    """Build routers on the in-process sim with a fake clock; all are closed after the test."""
+    routers: list[Router] = []
+
+    def factory(catalog: Catalog, **settings: Any) -> Router:
+        router = Router.from_settings(
+            RouterSettings(simulate=SimulateMode.ALWAYS, **settings),
+            catalog=catalog,
+            clock=clock,
+            rng=random.Random(7),
+        )
+        routers.append(router)
+        return router
+
+    yield factory
+    for router in routers:
+        await router.aclose()

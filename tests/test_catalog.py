@@ -1,0 +1,130 @@
+"""Catalog loading: demo catalog, genai-prices lookup, and errors that name file, deployment, field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from genai_prices import Usage as PriceUsage
+from genai_prices import calc_price
+
+from router_core import ConfigError, ProviderKind, Usage, load_catalog
+
+GOOD = """
+[[deployments]]
+id = "mini"
+kind = "openai"
+model = "gpt-4o-mini"
+api_key_env = "OPENAI_API_KEY"
+quality = 0.7
+latency_ms = 500
+context_window = 128000
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_catalog_loads_with_real_prices() -> None:
+    catalog = load_catalog()
+    assert len(catalog) >= 8
+    kinds = {d.kind for d in catalog.values()}
+    assert {ProviderKind.OPENAI, ProviderKind.ANTHROPIC, ProviderKind.OPENAI_COMPATIBLE} <= kinds
+    providers = {d.provider for d in catalog.values()}
+    assert {"openai", "anthropic", "google", "mistral", "meta"} <= providers
+    for dep in catalog.values():
+        assert catalog.price(dep.id).source.startswith("genai-prices:")
+        assert catalog.price(dep.id).input_per_token > 0
+
+
+def test_cost_from_usage_matches_genai_prices(tmp_path: Path) -> None:
+    price = load_catalog(write(tmp_path, GOOD)).price("mini")
+    usage = Usage(input_tokens=12_345, output_tokens=678)
+    expected = calc_price(
+        PriceUsage(input_tokens=12_345, output_tokens=678), "gpt-4o-mini", provider_id="openai"
+    )
+    assert price.cost(usage) == pytest.approx(float(expected.total_price), rel=1e-12)
+    # gpt-4o-mini list price: $0.15 in / $0.60 out per million tokens.
+    assert price.cost(usage) == pytest.approx(12_345 * 0.15e-6 + 678 * 0.60e-6)
+
+
+def test_price_override_is_used(tmp_path: Path) -> None:
+    text = GOOD.replace('model = "gpt-4o-mini"', 'model = "my-finetune"') + (
+        "[deployments.price]\ninput_per_mtok = 2.0\noutput_per_mtok = 8.0\n"
+    )
+    price = load_catalog(write(tmp_path, text)).price("mini")
+    assert price.source == "override"
+    assert price.cost(Usage(input_tokens=1_000_000, output_tokens=500_000)) == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "deployment", "field", "words"),
+    [
+        (("quality = 0.7", "quality = 1.7"), "mini", "quality", "less than or equal to 1"),
+        (('kind = "openai"', 'kind = "openia"'), "mini", "kind", "openai"),
+        (("latency_ms = 500", 'latency_ms = "slow"'), "mini", "latency_ms", "number"),
+        (
+            ("context_window = 128000", "context_window = 128000\ncolour = 1"),
+            "mini",
+            "colour",
+            "Extra inputs",
+        ),
+        (('model = "gpt-4o-mini"', 'model = "gpt-unknown-9000"'), "mini", "model", "no price known"),
+        (('kind = "openai"', 'kind = "openai_compatible"'), "mini", None, "base_url"),
+        (
+            ("context_window = 128000", 'context_window = 128000\nfallbacks = ["ghost"]'),
+            "mini",
+            "fallbacks",
+            "ghost",
+        ),
+    ],
+)
+def test_bad_catalog_names_file_deployment_and_field(
+    tmp_path: Path, edit: tuple[str, str], deployment: str, field: str | None, words: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    err = info.value
+    assert err.path == str(path)
+    assert err.deployment == deployment
+    assert err.field == field
+    message = str(err)
+    assert str(path) in message
+    assert repr(deployment) in message
+    assert words in message
+    if field:
+        assert repr(field) in message
+
+
+def test_unnamed_deployment_is_named_by_position(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + GOOD.replace('id = "mini"', ""))
+    with pytest.raises(ConfigError, match=r"deployment '#2', field 'id': Field required"):
+        load_catalog(path)
+    path = write(tmp_path, GOOD.replace('id = "mini"', 'id = "bad id!"'))
+    with pytest.raises(ConfigError, match=r"deployment 'bad id!', field 'id': String should match"):
+        load_catalog(path)
+
+
+def test_duplicate_id(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"deployment 'mini', field 'id': duplicate"):
+        load_catalog(write(tmp_path, GOOD + GOOD))
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "\nquality = = 3\n")
+    with pytest.raises(ConfigError, match=r"catalog.toml: not valid TOML.*line 11"):
+        load_catalog(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read catalog"):
+        load_catalog(tmp_path / "absent.toml")
+
+
+def test_empty_catalog(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="deployments"):
+        load_catalog(write(tmp_path, "# nothing\n"))

@@ -1,0 +1,171 @@
+"""Provider adapters: SDK error translation, simulation switch, and the demo catalog end to end."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import anthropic
+import httpx2
+import openai
+import pytest
+
+from router_core import (
+    AuthenticationError,
+    BadRequestError,
+    ChatRequest,
+    ContextLengthError,
+    FakeClock,
+    ProviderServerError,
+    RateLimitedError,
+    Router,
+    RouterSettings,
+    SimulateMode,
+    load_catalog,
+)
+from router_core.errors import MalformedResponseError, ProviderConnectionError, ProviderTimeoutError
+from router_core.providers import build_providers, is_simulated, map_provider_error, parse_retry_after
+from router_core.sim import SimWorld
+from tests.conftest import RouterFactory, deployment, make_catalog
+
+REQUEST = httpx2.Request("POST", "https://api.example.test/v1/chat/completions")
+
+
+def openai_status(
+    status: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> openai.APIStatusError:
+    response = httpx2.Response(status, json=body, headers=headers, request=REQUEST)
+    client = openai.AsyncOpenAI(api_key="k", max_retries=0)
+    return client._make_status_error_from_response(response)  # the SDK's own factory
+
+
+def anthropic_status(
+    status: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> anthropic.APIStatusError:
+    response = httpx2.Response(status, json=body, headers=headers, request=REQUEST)
+    client = anthropic.AsyncAnthropic(api_key="k", max_retries=0)
+    return client._make_status_error_from_response(response)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (openai_status(429, {"error": {"message": "slow down"}}, {"retry-after": "3"}), RateLimitedError),
+        (openai_status(500, {"error": {"message": "boom"}}), ProviderServerError),
+        (openai_status(503, {"error": {"message": "unavailable"}}), ProviderServerError),
+        (openai_status(401, {"error": {"message": "bad key"}}), AuthenticationError),
+        (openai_status(403, {"error": {"message": "no access"}}), AuthenticationError),
+        (openai_status(400, {"error": {"message": "bad", "code": "invalid_value"}}), BadRequestError),
+        (
+            openai_status(400, {"error": {"message": "too long", "code": "context_length_exceeded"}}),
+            ContextLengthError,
+        ),
+        (
+            anthropic_status(529, {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}),
+            ProviderServerError,
+        ),
+        (
+            anthropic_status(
+                400,
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "prompt is too long: 9 > 5"},
+                },
+            ),
+            ContextLengthError,
+        ),
+        (
+            anthropic_status(
+                401, {"type": "error", "error": {"type": "authentication_error", "message": "x"}}
+            ),
+            AuthenticationError,
+        ),
+        (openai.APITimeoutError(request=REQUEST), ProviderTimeoutError),
+        (anthropic.APIConnectionError(request=REQUEST), ProviderConnectionError),
+        (httpx2.ConnectError("refused", request=REQUEST), ProviderConnectionError),
+        (
+            openai.APIResponseValidationError(httpx2.Response(200, request=REQUEST), None),
+            MalformedResponseError,
+        ),
+    ],
+)
+def test_sdk_errors_map_to_one_tree(exc: BaseException, expected: type[Exception]) -> None:
+    mapped = map_provider_error(exc, "dep-x")
+    assert type(mapped) is expected
+    assert mapped.deployment == "dep-x"
+
+
+def test_unknown_exceptions_are_not_swallowed() -> None:
+    with pytest.raises(ZeroDivisionError):
+        map_provider_error(ZeroDivisionError(), "dep-x")
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after(httpx2.Headers({"retry-after": "2"})) == 2.0
+    assert parse_retry_after(httpx2.Headers({"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(httpx2.Headers({"retry-after": date}), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(httpx2.Headers({"retry-after": "soon"})) is None
+    assert parse_retry_after(httpx2.Headers({})) is None
+    mapped = map_provider_error(openai_status(429, {"error": {"message": "x"}}, {"retry-after": "7"}), "d")
+    assert mapped.retry_after == 7.0
+
+
+def test_simulation_switch() -> None:
+    catalog = load_catalog()
+    dep = catalog["gpt-4o-mini"]
+    assert is_simulated(dep, SimulateMode.AUTO, {}) is True
+    assert is_simulated(dep, SimulateMode.AUTO, {"OPENAI_API_KEY": ""}) is True
+    assert is_simulated(dep, SimulateMode.AUTO, {"OPENAI_API_KEY": "sk-live"}) is False
+    assert is_simulated(dep, SimulateMode.ALWAYS, {"OPENAI_API_KEY": "sk-live"}) is True
+    assert is_simulated(dep, SimulateMode.NEVER, {}) is False
+    sim_dep = make_catalog([deployment("s-a")])["s-a"]
+    assert is_simulated(sim_dep, SimulateMode.NEVER, {}) is True
+
+
+async def test_every_demo_deployment_answers_through_its_sdk(clock: FakeClock) -> None:
+    catalog = load_catalog()
+    router = Router.from_settings(RouterSettings(simulate=SimulateMode.ALWAYS), catalog=catalog, clock=clock)
+    async with router:
+        assert router.sim_world is not None
+        for dep in catalog.values():
+            router.sim_world.set_profile(
+                dep.id, dep.sim.model_copy(update={"latency_ms": 0, "error_rate": 0})
+            )
+        for dep_id in catalog:
+            request = ChatRequest.model_validate(
+                {"messages": [{"role": "user", "content": "ping"}], "model": dep_id, "max_tokens": 16}
+            )
+            result = await router.complete(request)
+            assert result.deployment == dep_id
+            assert result.simulated
+            assert result.cost_usd > 0
+
+
+async def test_bad_request_fails_over_without_retry(make_router: RouterFactory, clock: FakeClock) -> None:
+    # The sim world has no profile for "ghost-a": it answers 404, which no retry can fix.
+    catalog = make_catalog(
+        [deployment("ghost-a", price={"input_per_mtok": 0.1, "output_per_mtok": 0.1}), deployment("real-b")]
+    )
+    world = SimWorld({"real-b": catalog["real-b"].sim})
+    providers, _ = build_providers(catalog, simulate=SimulateMode.ALWAYS, sim_world=world)
+    async with Router(catalog, providers, clock=clock) as router:
+        result = await router.complete(
+            ChatRequest.model_validate(
+                {"messages": [{"role": "user", "content": "hi"}], "preferences": {"strategy": "cost"}}
+            )
+        )
+    assert [(a.deployment, a.error_class, a.status_code) for a in result.attempts] == [
+        ("ghost-a", "BadRequestError", 404),
+        ("real-b", None, None),
+    ]
+    assert clock.sleeps == []
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTEQ_SIMULATE", "always")
+    monkeypatch.setenv("ROUTEQ_MAX_CANDIDATES", "2")
+    settings = RouterSettings()
+    assert settings.simulate is SimulateMode.ALWAYS
+    assert settings.max_candidates == 2

@@ -1,0 +1,1 @@
+"""routeq workers package."""
