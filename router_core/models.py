@@ -205,7 +205,12 @@ class Plan(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens as the provider reported them."""
+    """Tokens as the provider reported them.
+
+    `input_tokens` is the whole prompt, cached parts included (OpenAI's `prompt_tokens`; Anthropic's
+    input + cache read + cache write); `cache_read_tokens` / `cache_write_tokens` say how much of it
+    was read from or written to the provider's prompt cache, which is priced differently.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["RouterSettings", "SimulateMode"]
@@ -39,3 +40,9 @@ class RouterSettings(BaseSettings):
     max_retry_after_s: float = Field(
         default=60.0, ge=0, description="A longer Retry-After fails over instead of waiting."
     )
+
+    @field_validator("catalog_path", "sim_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `ROUTEQ_CATALOG_PATH=` in a shell or .env means "not set", not "the current directory".
+        return None if isinstance(value, str) and not value.strip() else value

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anthropic.types
 import pytest
 from genai_prices import Usage as PriceUsage
-from genai_prices import calc_price
+from genai_prices import calc_price, extract_usage
 
 from router_core import ConfigError, ProviderKind, Usage, load_catalog
+from router_core.providers.anthropic import to_usage
 
 GOOD = """
 [[deployments]]
@@ -128,3 +130,21 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_empty_catalog(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="deployments"):
         load_catalog(write(tmp_path, "# nothing\n"))
+
+
+def test_cached_prompt_tokens_are_priced_like_genai_prices_extracts_them(tmp_path: Path) -> None:
+    body = {
+        "model": "claude-haiku-4-5",
+        "usage": {
+            "input_tokens": 1_000,
+            "cache_read_input_tokens": 3_000,
+            "cache_creation_input_tokens": 2_000,
+            "output_tokens": 500,
+        },
+    }
+    text = GOOD.replace('kind = "openai"', 'kind = "anthropic"').replace("gpt-4o-mini", "claude-haiku-4-5")
+    price = load_catalog(write(tmp_path, text)).price("mini")
+    usage = to_usage(anthropic.types.Usage.model_validate(body["usage"]))
+    assert usage.input_tokens == 6_000
+    expected = extract_usage(body, provider_id="anthropic").calc_price()
+    assert price.cost(usage) == pytest.approx(float(expected.total_price), rel=1e-12)

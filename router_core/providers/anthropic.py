@@ -11,7 +11,7 @@ from router_core.models import ChatRequest, Usage
 from router_core.providers.base import SIMULATED_HEADER, ProviderReply
 from router_core.providers.errors import map_provider_error
 
-__all__ = ["AnthropicProvider", "to_anthropic_messages"]
+__all__ = ["AnthropicProvider", "to_anthropic_messages", "to_usage"]
 
 
 def to_anthropic_messages(request: ChatRequest) -> tuple[str | None, list[dict[str, Any]]]:
@@ -23,6 +23,20 @@ def to_anthropic_messages(request: ChatRequest) -> tuple[str | None, list[dict[s
         if m.role not in ("system", "developer") and m.text()
     ]
     return ("\n\n".join(system) or None), turns
+
+
+def to_usage(usage: anthropic.types.Usage) -> Usage:
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; routeq's `input_tokens`
+    is the whole prompt (as genai-prices expects), with the cached parts also given separately.
+    """
+    cache_read = usage.cache_read_input_tokens or 0
+    cache_write = usage.cache_creation_input_tokens or 0
+    return Usage(
+        input_tokens=usage.input_tokens + cache_read + cache_write,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
 
 
 class AnthropicProvider:
@@ -53,16 +67,10 @@ class AnthropicProvider:
         except Exception as exc:
             raise map_provider_error(exc, dep.id) from exc
         text = "".join(block.text for block in message.content if block.type == "text")
-        usage = message.usage
         return ProviderReply(
             content=text,
             finish_reason=message.stop_reason,
-            usage=Usage(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_input_tokens or 0,
-                cache_write_tokens=usage.cache_creation_input_tokens or 0,
-            ),
+            usage=to_usage(message.usage),
             model=message.model or dep.model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
         )
