@@ -222,12 +222,11 @@ class Router:
             )
         except ProviderError as exc:
             error = exc
-        latency_ms = (self.clock.now() - t0) * 1000
-        await self.stats.end(
-            dep.id,
-            CallOutcome.SUCCESS if reply else _health(error) if error else CallOutcome.NEUTRAL,
-            latency_ms,
-        )
+        finally:
+            # Also on cancellation, so the in-flight count never leaks.
+            latency_ms = (self.clock.now() - t0) * 1000
+            outcome = CallOutcome.SUCCESS if reply else _health(error) if error else CallOutcome.NEUTRAL
+            await self.stats.end(dep.id, outcome, latency_ms)
         attempt = Attempt(
             deployment=dep.id,
             provider=dep.provider,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 
 import anthropic
@@ -93,6 +94,16 @@ def test_sdk_errors_map_to_one_tree(exc: BaseException, expected: type[Exception
     mapped = map_provider_error(exc, "dep-x")
     assert type(mapped) is expected
     assert mapped.deployment == "dep-x"
+
+
+def test_value_errors_depend_on_stage() -> None:
+    # Raised by the SDK before sending: the request is unacceptable, fail over.
+    refused = map_provider_error(ValueError("Streaming is strongly recommended"), "d")
+    assert type(refused) is BadRequestError
+    # Raised while reading a 2xx body: the provider sent garbage, worth a retry.
+    garbled = map_provider_error(json.JSONDecodeError("Expecting value", "{", 1), "d", parsing=True)
+    assert type(garbled) is MalformedResponseError
+    assert garbled.retryable
 
 
 def test_unknown_exceptions_are_not_swallowed() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -272,3 +273,18 @@ async def test_round_robin_spreads_across_deployments(make_router: RouterFactory
         (await router.complete(ask(preferences={"strategy": "round_robin"}))).deployment for _ in range(6)
     ]
     assert used == ["a-a", "b-b", "c-c", "a-a", "b-b", "c-c"]
+
+
+async def test_cancelled_call_does_not_leak_in_flight(make_router: RouterFactory) -> None:
+    catalog = make_catalog([deployment("slow-a", sim=scripted("timeout", hang_s=30))])
+    router = make_router(catalog)
+    task = asyncio.create_task(router.complete(ask()))
+    for _ in range(50):  # let the call reach the provider
+        await asyncio.sleep(0)
+        if (await router.stats.snapshot(["slow-a"]))["slow-a"].in_flight:
+            break
+    assert (await router.stats.snapshot(["slow-a"]))["slow-a"].in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await router.stats.snapshot(["slow-a"]))["slow-a"].in_flight == 0

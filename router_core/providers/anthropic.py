@@ -63,9 +63,12 @@ class AnthropicProvider:
                 timeout=timeout_s,
                 **extra,
             )
-            message = await raw.parse()
         except Exception as exc:
             raise map_provider_error(exc, dep.id) from exc
+        try:
+            message = await raw.parse()
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id, parsing=True) from exc
         text = "".join(block.text for block in message.content if block.type == "text")
         return ProviderReply(
             content=text,

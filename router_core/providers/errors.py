@@ -93,8 +93,12 @@ def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deploym
     return BadRequestError(text, status_code=status, deployment=deployment)
 
 
-def map_provider_error(exc: BaseException, deployment: str) -> ProviderError:
-    """Translate an exception raised during a provider call. Unknown exceptions are re-raised."""
+def map_provider_error(exc: BaseException, deployment: str, *, parsing: bool = False) -> ProviderError:
+    """Translate an exception raised during a provider call. Unknown exceptions are re-raised.
+
+    `parsing` says the exception came from reading a 2xx body: a ValueError there is a malformed
+    response (retryable), while before the request was sent it is the SDK refusing the request.
+    """
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
@@ -107,11 +111,15 @@ def map_provider_error(exc: BaseException, deployment: str) -> ProviderError:
         return ProviderConnectionError(
             f"connection to {deployment} failed: {type(cause).__name__}: {cause}", deployment=deployment
         )
-    if isinstance(
-        exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError, *_PARSE_ERRORS)
+    if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError) or (
+        parsing and isinstance(exc, _PARSE_ERRORS)
     ):
         return MalformedResponseError(
             f"{deployment} sent a response that could not be parsed: {type(exc).__name__}: {exc}",
             deployment=deployment,
+        )
+    if isinstance(exc, ValueError | TypeError):
+        return BadRequestError(
+            f"the SDK refused the request for {deployment} before sending it: {exc}", deployment=deployment
         )
     raise exc

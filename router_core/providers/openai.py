@@ -7,7 +7,6 @@ from typing import Any
 import openai
 
 from router_core.catalog import Deployment
-from router_core.errors import MalformedResponseError
 from router_core.models import ChatRequest, Usage
 from router_core.providers.base import SIMULATED_HEADER, ProviderReply
 from router_core.providers.errors import map_provider_error
@@ -35,13 +34,14 @@ class OpenAIProvider:
                 timeout=timeout_s,
                 **extra,
             )
-            completion = raw.parse()
-            if not completion.choices:
-                raise MalformedResponseError(f"{dep.id} answered with no choices", deployment=dep.id)
-            choice = completion.choices[0]
-            usage = completion.usage
         except Exception as exc:
             raise map_provider_error(exc, dep.id) from exc
+        try:
+            completion = raw.parse()
+            choice = completion.choices[0]
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id, parsing=True) from exc
+        usage = completion.usage
         cached = 0
         if usage is not None and usage.prompt_tokens_details is not None:
             cached = usage.prompt_tokens_details.cached_tokens or 0
