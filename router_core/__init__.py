@@ -22,6 +22,7 @@ from router_core.errors import (
     RateLimitedError,
     RetryableProviderError,
     RouteqError,
+    StreamInterruptedError,
 )
 from router_core.models import (
     Attempt,
@@ -90,6 +91,7 @@ __all__ = [
     "SimulateMode",
     "StatsStore",
     "Strategy",
+    "StreamInterruptedError",
     "SystemClock",
     "Usage",
     "Weights",

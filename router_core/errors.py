@@ -5,6 +5,7 @@
     ├── InvalidRequestError           a request the router cannot accept (names the field)
     ├── NoRouteError                  no deployment satisfies the request; carries the exclusions
     ├── AllAttemptsFailedError        every candidate was tried and failed; carries the attempts
+    ├── StreamInterruptedError        a stream failed after its first text was delivered
     └── ProviderError                 one failed provider call (raised inside the retry loop)
         ├── RetryableProviderError    worth another try on the same deployment
         │   ├── RateLimitedError          429; `retry_after` holds the provider's Retry-After
@@ -45,6 +46,7 @@ __all__ = [
     "RateLimitedError",
     "RetryableProviderError",
     "RouteqError",
+    "StreamInterruptedError",
 ]
 
 
@@ -102,6 +104,17 @@ class NoRouteError(RouteqError):
 
 class AllAttemptsFailedError(RouteqError):
     """Every candidate deployment was tried and none succeeded; `attempts` lists each try."""
+
+    def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
+        self.attempts = list(attempts)
+        super().__init__(message)
+
+
+class StreamInterruptedError(RouteqError):
+    """A streamed answer broke off after text was already delivered, so it cannot fail over.
+
+    `attempts` ends with the interrupted one. Retry the whole request if partial text is useless.
+    """
 
     def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
         self.attempts = list(attempts)

@@ -1,5 +1,9 @@
 """The router: plan a request, then walk the plan calling providers until one succeeds.
 
+`complete` returns the whole answer; `stream` yields text as it arrives and then the result. Both
+share one walk over the plan: for a stream, "success" means the first piece of text arrived, after
+which the router is committed to that deployment.
+
 Per candidate, retryable errors (429, 5xx, timeout, connection, malformed body) are retried with
 exponential backoff and full jitter, never sooner than the provider's Retry-After; a Retry-After
 longer than `max_retry_after_s` fails over instead. Non-retryable errors (400, auth) fail over at
@@ -11,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 from router_core.catalog import Catalog, Deployment, load_catalog
 from router_core.clock import Clock, SystemClock
@@ -23,10 +29,11 @@ from router_core.errors import (
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
+    StreamInterruptedError,
 )
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Plan, Strategy
 from router_core.planner import PlanLimits, build_plan
-from router_core.providers.base import Provider, ProviderReply
+from router_core.providers.base import Provider, ProviderReply, StreamPart
 from router_core.providers.factory import build_providers
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
@@ -35,6 +42,18 @@ from router_core.stats import CallOutcome, InMemoryStats, StatsStore
 __all__ = ["RetryPolicy", "Router"]
 
 logger = logging.getLogger("routeq.router")
+
+T = TypeVar("T")
+# One provider operation: (provider, max_tokens, timeout_s) -> value. Raises ProviderError.
+Operation = Callable[[Provider, int, float], Awaitable[T]]
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenStream:
+    """A stream whose first part has arrived: the deployment is chosen."""
+
+    first: StreamPart
+    rest: AsyncGenerator[StreamPart, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +174,74 @@ class Router:
         plan = plan or await self.plan(request)
         started = self.clock.now()
         attempts: list[Attempt] = []
+
+        async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
+            return await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
+
+        dep, reply = await self._walk(request, plan, attempts, call)
+        self._settle(dep, reply, attempts)
+        return self._result(dep, reply, attempts, plan, started)
+
+    async def stream(
+        self, request: ChatRequest, *, plan: Plan | None = None
+    ) -> AsyncIterator[str | CompletionResult]:
+        """Route `request` as a stream: text pieces as they arrive, then the `CompletionResult`.
+
+        Failures before the first piece are retried and failed over like `complete`; a failure
+        after it raises `StreamInterruptedError` (the text already sent cannot be taken back).
+        Each piece must arrive within the attempt's timeout of the previous one.
+        """
+        plan = plan or await self.plan(request)
+        started = self.clock.now()
+        attempts: list[Attempt] = []
+
+        async def open_stream(provider: Provider, max_tokens: int, timeout_s: float) -> _OpenStream:
+            parts = provider.stream(request, max_tokens=max_tokens, timeout_s=timeout_s)
+            try:
+                return _OpenStream(await anext(parts), parts)
+            except BaseException:
+                await parts.aclose()
+                raise
+
+        dep, opened = await self._walk(request, plan, attempts, open_stream)
+        timeout_s = self._timeout_s(request)
+        part: StreamPart = opened.first
+        try:
+            while isinstance(part, str):
+                yield part
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        part = await anext(opened.rest)
+                except TimeoutError:
+                    raise ProviderTimeoutError(
+                        f"{dep.id} stopped streaming for {timeout_s * 1000:.0f} ms", deployment=dep.id
+                    ) from None
+                except StopAsyncIteration:
+                    raise ProviderError(
+                        f"{dep.id} ended the stream without a final message", deployment=dep.id
+                    ) from None
+        except ProviderError as exc:
+            attempts[-1] = attempts[-1].model_copy(
+                update={"outcome": AttemptOutcome.ERROR, "error_class": type(exc).__name__, "error": str(exc)}
+            )
+            raise StreamInterruptedError(f"the stream from {dep.id} broke off: {exc}", attempts) from exc
+        finally:
+            await opened.rest.aclose()
+        self._settle(dep, part, attempts)
+        yield self._result(dep, part, attempts, plan, started)
+
+    async def _walk(
+        self, request: ChatRequest, plan: Plan, attempts: list[Attempt], op: Operation[T]
+    ) -> tuple[Deployment, T]:
+        """Run `op` over the plan's candidates with retries and failover; the first success wins."""
         context_floor = 0  # after a context-length error, only larger windows are worth trying
         for candidate in plan.candidates:
             dep = self.catalog[candidate.deployment]
             if dep.context_window <= context_floor:
                 continue
-            reply, error = await self._try_deployment(dep, request, plan, attempts)
-            if reply is not None:
-                return self._result(dep, reply, attempts, plan, started)
+            value, error = await self._try_deployment(dep, request, plan, attempts, op)
+            if value is not None:
+                return dep, value
             if isinstance(error, ContextLengthError):
                 context_floor = dep.context_window
             if len(attempts) >= self.policy.max_attempts_total:
@@ -174,8 +253,8 @@ class Router:
         )
 
     async def _try_deployment(
-        self, dep: Deployment, request: ChatRequest, plan: Plan, attempts: list[Attempt]
-    ) -> tuple[ProviderReply | None, ProviderError | None]:
+        self, dep: Deployment, request: ChatRequest, plan: Plan, attempts: list[Attempt], op: Operation[T]
+    ) -> tuple[T | None, ProviderError | None]:
         """Up to `max_attempts_per_deployment` calls to one deployment, with backoff between them."""
         wait = 0.0
         error: ProviderError | None = None
@@ -184,10 +263,10 @@ class Router:
                 break
             if wait:
                 await self.clock.sleep(wait)
-            reply, error, attempt = await self._call(dep, request, plan, wait)
+            value, error, attempt = await self._call(dep, request, plan, wait, op)
             attempts.append(attempt)
-            if reply is not None:
-                return reply, None
+            if value is not None:
+                return value, None
             assert error is not None
             if not error.retryable or n + 1 == self.policy.max_attempts_per_deployment:
                 break
@@ -202,20 +281,22 @@ class Router:
         ceiling = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2**retry_number)
         return max(self._rng.uniform(0, ceiling), retry_after or 0.0)
 
+    def _timeout_s(self, request: ChatRequest) -> float:
+        return (request.preferences.timeout_ms or 0) / 1000 or self.policy.default_timeout_s
+
     async def _call(
-        self, dep: Deployment, request: ChatRequest, plan: Plan, wait: float
-    ) -> tuple[ProviderReply | None, ProviderError | None, Attempt]:
-        timeout_s = (request.preferences.timeout_ms or 0) / 1000 or self.policy.default_timeout_s
+        self, dep: Deployment, request: ChatRequest, plan: Plan, wait: float, op: Operation[T]
+    ) -> tuple[T | None, ProviderError | None, Attempt]:
+        """One attempt, timed and counted in the live stats. Usage and cost are filled by `_settle`."""
+        timeout_s = self._timeout_s(request)
         max_tokens = request.max_tokens or plan.completion_tokens_estimate
         await self.stats.begin(dep.id)
         t0 = self.clock.now()
-        reply: ProviderReply | None = None
+        value: T | None = None
         error: ProviderError | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                reply = await self.providers[dep.id].complete(
-                    request, max_tokens=max_tokens, timeout_s=timeout_s
-                )
+                value = await op(self.providers[dep.id], max_tokens, timeout_s)
         except TimeoutError:
             error = ProviderTimeoutError(
                 f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)", deployment=dep.id
@@ -225,25 +306,33 @@ class Router:
         finally:
             # Also on cancellation, so the in-flight count never leaks.
             latency_ms = (self.clock.now() - t0) * 1000
-            outcome = CallOutcome.SUCCESS if reply else _health(error) if error else CallOutcome.NEUTRAL
+            ok = value is not None
+            outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
             await self.stats.end(dep.id, outcome, latency_ms)
+        if error is not None:
+            logger.debug("attempt on %s failed: %s", dep.id, error)
         attempt = Attempt(
             deployment=dep.id,
             provider=dep.provider,
             model=dep.model,
-            outcome=AttemptOutcome.SUCCESS if reply else AttemptOutcome.ERROR,
+            outcome=AttemptOutcome.SUCCESS if error is None else AttemptOutcome.ERROR,
             error_class=type(error).__name__ if error else None,
             error=str(error) if error else None,
             status_code=error.status_code if error else None,
             latency_ms=latency_ms,
             wait_ms=wait * 1000,
-            usage=reply.usage if reply else None,
-            cost_usd=self.catalog.price(dep.id).cost(reply.usage) if reply else 0.0,
-            simulated=reply.simulated if reply else False,
         )
-        if error is not None:
-            logger.debug("attempt on %s failed: %s", dep.id, error)
-        return reply, error, attempt
+        return value, error, attempt
+
+    def _settle(self, dep: Deployment, reply: ProviderReply, attempts: list[Attempt]) -> None:
+        """Record the successful attempt's usage and billed cost."""
+        attempts[-1] = attempts[-1].model_copy(
+            update={
+                "usage": reply.usage,
+                "cost_usd": self.catalog.price(dep.id).cost(reply.usage),
+                "simulated": reply.simulated,
+            }
+        )
 
     def _result(
         self, dep: Deployment, reply: ProviderReply, attempts: list[Attempt], plan: Plan, started: float

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
+from anthropic.types import Message
 
 from router_core.catalog import Deployment
 from router_core.models import ChatRequest, Usage
-from router_core.providers.base import SIMULATED_HEADER, ProviderReply
+from router_core.providers.base import SIMULATED_HEADER, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
 
 __all__ = ["AnthropicProvider", "to_anthropic_messages", "to_usage"]
@@ -46,35 +48,67 @@ class AnthropicProvider:
         self.deployment = deployment
         self._client = client
 
-    async def complete(self, request: ChatRequest, *, max_tokens: int, timeout_s: float) -> ProviderReply:
-        dep = self.deployment
+    async def _send(self, request: ChatRequest, max_tokens: int, timeout_s: float, **extra: Any) -> Any:
+        """POST the message; the raw response gives access to headers."""
         system, turns = to_anthropic_messages(request)
-        extra: dict[str, Any] = {}
         if system:
             extra["system"] = system
         if request.temperature is not None:
             # Anthropic's range is 0..1; OpenAI's 0..2 maps onto it linearly.
             extra["temperature"] = request.temperature / 2
         try:
-            raw = await self._client.messages.with_raw_response.create(
-                model=dep.model,
+            return await self._client.messages.with_raw_response.create(
+                model=self.deployment.model,
                 messages=turns,  # type: ignore[arg-type]
                 max_tokens=max_tokens,
                 timeout=timeout_s,
                 **extra,
             )
         except Exception as exc:
-            raise map_provider_error(exc, dep.id) from exc
+            raise map_provider_error(exc, self.deployment.id) from exc
+
+    async def complete(self, request: ChatRequest, *, max_tokens: int, timeout_s: float) -> ProviderReply:
+        dep = self.deployment
+        raw = await self._send(request, max_tokens, timeout_s)
         try:
-            message = await raw.parse()
+            message: Message = await raw.parse()
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
-        text = "".join(block.text for block in message.content if block.type == "text")
         return ProviderReply(
-            content=text,
+            content="".join(block.text for block in message.content if block.type == "text"),
             finish_reason=message.stop_reason,
             usage=to_usage(message.usage),
             model=message.model or dep.model,
+            simulated=raw.headers.get(SIMULATED_HEADER) == "1",
+        )
+
+    async def stream(
+        self, request: ChatRequest, *, max_tokens: int, timeout_s: float
+    ) -> AsyncGenerator[StreamPart, None]:
+        dep = self.deployment
+        raw = await self._send(request, max_tokens, timeout_s, stream=True)
+        pieces: list[str] = []
+        usage = anthropic.types.Usage(input_tokens=0, output_tokens=0)
+        finish: str | None = None
+        model = dep.model
+        try:
+            events = await raw.parse()
+            async for event in events:
+                if event.type == "message_start":
+                    usage, model = event.message.usage, event.message.model or model
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    pieces.append(event.delta.text)
+                    yield event.delta.text
+                elif event.type == "message_delta":
+                    usage = usage.model_copy(update={"output_tokens": event.usage.output_tokens})
+                    finish = event.delta.stop_reason or finish
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id, parsing=True) from exc
+        yield ProviderReply(
+            content="".join(pieces),
+            finish_reason=finish,
+            usage=to_usage(usage),
+            model=model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
         )
 
