@@ -106,6 +106,17 @@ def test_value_errors_depend_on_stage() -> None:
     assert garbled.retryable
 
 
+def test_connection_errors_name_the_url_with_password_masked() -> None:
+    request = httpx2.Request("POST", "http://user:s3cret@llm.internal.test:8000/v1/chat/completions")
+    exc = openai.APIConnectionError(request=request)
+    exc.__cause__ = httpx2.ConnectError("Connection refused", request=request)
+    message = str(map_provider_error(exc, "local-vllm"))
+    assert "http://user:***@llm.internal.test:8000/v1/chat/completions" in message
+    assert "s3cret" not in message
+    assert "Connection refused" in message
+    assert "base_url" in message
+
+
 def test_unknown_exceptions_are_not_swallowed() -> None:
     with pytest.raises(ZeroDivisionError):
         map_provider_error(ZeroDivisionError(), "dep-x")

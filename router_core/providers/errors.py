@@ -27,7 +27,7 @@ from router_core.errors import (
     RateLimitedError,
 )
 
-__all__ = ["map_provider_error", "parse_retry_after"]
+__all__ = ["map_provider_error", "mask_url", "parse_retry_after"]
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -60,6 +60,22 @@ def parse_retry_after(headers: httpx2.Headers | None, *, now: float | None = Non
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def mask_url(url: str | httpx2.URL) -> str:
+    """The URL with any password replaced by `***`, for messages and logs."""
+    parsed = httpx2.URL(str(url))
+    if parsed.password:
+        parsed = parsed.copy_with(username=parsed.username, password="***")
+    return str(parsed)
+
+
+def _request_url(exc: BaseException) -> str | None:
+    try:
+        request = getattr(exc, "request", None)
+    except RuntimeError:  # httpx raises when an exception carries no request
+        return None
+    return mask_url(request.url) if request is not None else None
 
 
 def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deployment: str) -> ProviderError:
@@ -108,8 +124,11 @@ def map_provider_error(exc: BaseException, deployment: str, *, parsing: bool = F
         return ProviderTimeoutError(f"{deployment} did not answer in time", deployment=deployment)
     if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
         cause = exc.__cause__ or exc
+        url = _request_url(exc)
         return ProviderConnectionError(
-            f"connection to {deployment} failed: {type(cause).__name__}: {cause}", deployment=deployment
+            f"connection to {deployment}{f' at {url}' if url else ''} failed: {type(cause).__name__}: "
+            f"{cause}. Check the deployment's base_url and that the host is reachable.",
+            deployment=deployment,
         )
     if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError) or (
         parsing and isinstance(exc, _PARSE_ERRORS)
