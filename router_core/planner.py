@@ -124,8 +124,18 @@ def _latency(
     return None
 
 
-# Order matters: the first failing check is the reason reported.
-_CHECKS: tuple[Check, ...] = (_chain, _providers, _circuit, _context, _quality, _budget, _latency)
+# Order matters: the first failing check is the reason reported. Each check is paired with whether
+# the preferences make it relevant at all, so a plan runs only the checks it needs (planning is on
+# every job's path).
+_CHECKS: tuple[tuple[Callable[[Preferences], bool], Check], ...] = (
+    (lambda p: p.strategy is Strategy.FALLBACK_CHAIN, _chain),
+    (lambda p: bool(p.include_providers or p.exclude_providers), _providers),
+    (lambda p: True, _circuit),
+    (lambda p: True, _context),
+    (lambda p: p.min_quality is not None, _quality),
+    (lambda p: p.max_cost_per_request is not None, _budget),
+    (lambda p: p.max_latency_ms is not None, _latency),
+)
 
 
 def build_plan(
@@ -149,6 +159,7 @@ def build_plan(
     p_tokens = prompt_tokens(request)
     c_tokens = request.max_tokens or limits.default_completion_tokens
 
+    checks = [check for relevant, check in _CHECKS if relevant(prefs)]
     options: list[Option] = []
     excluded: list[Exclusion] = []
     for position, dep in enumerate(catalog.values()):
@@ -159,7 +170,7 @@ def build_plan(
             cost=catalog.price(dep.id).estimate(p_tokens, c_tokens),
             latency_ms=st.latency_ewma_ms if st.latency_ewma_ms is not None else dep.latency_ms,
         )
-        failure = next((f for check in _CHECKS if (f := check(dep, prefs, est, st))), None)
+        failure = next((f for check in checks if (f := check(dep, prefs, est, st))), None)
         if failure is not None:
             excluded.append(Exclusion(deployment=dep.id, reason=failure[0], detail=failure[1]))
             continue
