@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from typing import Any
 
 import anthropic
 import httpx2
@@ -25,8 +26,16 @@ from router_core import (
     load_catalog,
 )
 from router_core.errors import MalformedResponseError, ProviderConnectionError, ProviderTimeoutError
-from router_core.providers import build_providers, is_simulated, map_provider_error, parse_retry_after
-from router_core.sim import SimWorld
+from router_core.providers import (
+    AnthropicProvider,
+    OpenAIProvider,
+    Provider,
+    build_providers,
+    is_simulated,
+    map_provider_error,
+    parse_retry_after,
+)
+from router_core.sim import SimTransport, SimWorld
 from tests.conftest import RouterFactory, deployment, make_catalog
 
 REQUEST = httpx2.Request("POST", "https://api.example.test/v1/chat/completions")
@@ -191,3 +200,54 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = RouterSettings()
     assert settings.simulate is SimulateMode.ALWAYS
     assert settings.max_candidates == 2
+
+
+class RecordingTransport(SimTransport):
+    """The sim transport, keeping each request's JSON body."""
+
+    def __init__(self, world: SimWorld) -> None:
+        super().__init__(world)
+        self.bodies: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.bodies.append(json.loads(request.content))
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize(("kind", "sent_temperature"), [("anthropic", None), ("openai", 1.5)])
+async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> None:
+    catalog = make_catalog([deployment("dep-a", kind=kind, model="some-model")])
+    dep = catalog["dep-a"]
+    transport = RecordingTransport(SimWorld({"dep-a": dep.sim}))
+    http = httpx2.AsyncClient(transport=transport, base_url="http://sim.routeq.invalid")
+    provider: Provider
+    if kind == "anthropic":
+        provider = AnthropicProvider(
+            dep,
+            anthropic.AsyncAnthropic(
+                api_key="k", base_url="http://sim.routeq.invalid/dep-a", http_client=http
+            ),
+        )
+    else:
+        provider = OpenAIProvider(
+            dep,
+            openai.AsyncOpenAI(api_key="k", base_url="http://sim.routeq.invalid/dep-a/v1", http_client=http),
+        )
+    request = ChatRequest.model_validate(
+        {
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+            "temperature": 1.5,
+        }
+    )
+    async with Router(catalog, {"dep-a": provider}) as router:
+        await router.complete(request)
+    body = transport.bodies[0]
+    assert body["model"] == "some-model"
+    assert body.get("temperature") == sent_temperature
+    # No max_tokens in the request: the default cap is sent, so the call's cost has a bound.
+    assert body["max_tokens"] == 512
+    if kind == "anthropic":
+        assert body["system"] == "Be brief."
+        assert body["messages"] == [{"role": "user", "content": "Hi"}]
+    else:
+        assert body["messages"][0] == {"role": "system", "content": "Be brief."}

@@ -53,9 +53,8 @@ class AnthropicProvider:
         system, turns = to_anthropic_messages(request)
         if system:
             extra["system"] = system
-        if request.temperature is not None:
-            # Anthropic's range is 0..1; OpenAI's 0..2 maps onto it linearly.
-            extra["temperature"] = request.temperature / 2
+        # `temperature` is not sent: the Messages API of anthropic SDK 2.x has no sampling
+        # parameters (the SDK refuses the keyword), so the request's temperature does not apply here.
         try:
             return await self._client.messages.with_raw_response.create(
                 model=self.deployment.model,
