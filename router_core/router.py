@@ -249,7 +249,9 @@ class Router:
         tried = ", ".join(dict.fromkeys(a.deployment for a in attempts)) or "none"
         last = attempts[-1].error if attempts else "no candidate was left to try"
         raise AllAttemptsFailedError(
-            f"all {len(attempts)} attempts failed (deployments tried: {tried}); last error: {last}", attempts
+            f"all {len(attempts)} attempts failed (deployments tried: {tried}); last error: {last}. "
+            "Each attempt's error is in .attempts; relax constraints or raise max_candidates to try more.",
+            attempts,
         )
 
     async def _try_deployment(
