@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from router_core import Catalog, ConfigError, RouterSettings, load_catalog
-from router_core.providers import sim_profile
-from router_core.sim import SimWorld, serve
+from router_core.providers import sim_world_for
+from router_core.sim import serve
 
 __all__ = ["app", "main"]
 
@@ -31,7 +31,7 @@ def sim(
 ) -> None:
     """Serve the simulated provider world over HTTP (OpenAI and Anthropic wire formats)."""
     cat = load_catalog_or_exit(catalog)
-    world = SimWorld({d.id: sim_profile(d) for d in cat.values()})
+    world = sim_world_for(cat)
     console.print(f"routeq sim: {len(cat)} deployments on http://{host}:{port}/<deployment>/v1")
     asyncio.run(serve(world, host=host, port=port))
 

@@ -3,7 +3,7 @@
 from router_core.providers.anthropic import AnthropicProvider
 from router_core.providers.base import SIMULATED_HEADER, Provider, ProviderReply
 from router_core.providers.errors import map_provider_error, parse_retry_after
-from router_core.providers.factory import build_providers, is_simulated, sim_profile
+from router_core.providers.factory import build_providers, is_simulated, sim_profile, sim_world_for
 from router_core.providers.openai import OpenAIProvider
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "map_provider_error",
     "parse_retry_after",
     "sim_profile",
+    "sim_world_for",
 ]

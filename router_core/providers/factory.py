@@ -21,10 +21,10 @@ from router_core.providers.base import Provider
 from router_core.providers.openai import OpenAIProvider
 from router_core.settings import SimulateMode
 from router_core.sim import SimProfile, SimWorld, sim_http_client
+from router_core.sim.transport import SIM_BASE_URL
 
-__all__ = ["SIM_BASE_URL", "build_providers", "is_simulated", "sim_profile"]
+__all__ = ["build_providers", "is_simulated", "sim_profile", "sim_world_for"]
 
-SIM_BASE_URL = "http://sim.routeq.invalid"
 # Sent as the key to the sim and to keyless local servers (Ollama, vLLM) that ignore it.
 _PLACEHOLDER_KEY = "routeq-no-key"
 _LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
@@ -43,6 +43,11 @@ def sim_profile(dep: Deployment) -> SimProfile:
     if "context_window" in dep.sim.model_fields_set:
         return dep.sim
     return dep.sim.model_copy(update={"context_window": dep.context_window})
+
+
+def sim_world_for(catalog: Catalog) -> SimWorld:
+    """A simulated world serving every deployment of `catalog` with its profile."""
+    return SimWorld({d.id: sim_profile(d) for d in catalog.values()})
 
 
 def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
@@ -85,7 +90,7 @@ def build_providers(
     The world is built from the catalog's `sim` profiles unless one is passed in.
     """
     env = os.environ if env is None else env
-    world = sim_world or SimWorld({d.id: sim_profile(d) for d in catalog.values()})
+    world = sim_world or sim_world_for(catalog)
     providers = {
         dep.id: _build(
             dep, simulated=is_simulated(dep, simulate, env), sim_world=world, sim_url=sim_url, env=env
