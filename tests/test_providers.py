@@ -18,6 +18,7 @@ from router_core import (
     ChatRequest,
     ContextLengthError,
     FakeClock,
+    ProviderKind,
     ProviderServerError,
     RateLimitedError,
     Router,
@@ -25,6 +26,7 @@ from router_core import (
     SimulateMode,
     load_catalog,
 )
+from router_core.catalog import Deployment
 from router_core.errors import MalformedResponseError, ProviderConnectionError, ProviderTimeoutError
 from router_core.providers import (
     AnthropicProvider,
@@ -35,7 +37,7 @@ from router_core.providers import (
     map_provider_error,
     parse_retry_after,
 )
-from router_core.sim import SimTransport, SimWorld
+from router_core.sim import SimTransport, SimWorld, sim_http_client
 from tests.conftest import RouterFactory, deployment, make_catalog
 
 REQUEST = httpx2.Request("POST", "https://api.example.test/v1/chat/completions")
@@ -202,6 +204,14 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_candidates == 2
 
 
+def direct_provider(dep: Deployment, http: httpx2.AsyncClient) -> Provider:
+    """An adapter for `dep` on the given HTTP client (which reaches the sim)."""
+    root = f"http://sim.routeq.invalid/{dep.id}"
+    if dep.kind is ProviderKind.ANTHROPIC:
+        return AnthropicProvider(dep, anthropic.AsyncAnthropic(api_key="k", base_url=root, http_client=http))
+    return OpenAIProvider(dep, openai.AsyncOpenAI(api_key="k", base_url=f"{root}/v1", http_client=http))
+
+
 class RecordingTransport(SimTransport):
     """The sim transport, keeping each request's JSON body."""
 
@@ -219,20 +229,9 @@ async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> 
     catalog = make_catalog([deployment("dep-a", kind=kind, model="some-model")])
     dep = catalog["dep-a"]
     transport = RecordingTransport(SimWorld({"dep-a": dep.sim}))
-    http = httpx2.AsyncClient(transport=transport, base_url="http://sim.routeq.invalid")
-    provider: Provider
-    if kind == "anthropic":
-        provider = AnthropicProvider(
-            dep,
-            anthropic.AsyncAnthropic(
-                api_key="k", base_url="http://sim.routeq.invalid/dep-a", http_client=http
-            ),
-        )
-    else:
-        provider = OpenAIProvider(
-            dep,
-            openai.AsyncOpenAI(api_key="k", base_url="http://sim.routeq.invalid/dep-a/v1", http_client=http),
-        )
+    provider = direct_provider(
+        dep, httpx2.AsyncClient(transport=transport, base_url="http://sim.routeq.invalid")
+    )
     request = ChatRequest.model_validate(
         {
             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
@@ -251,3 +250,23 @@ async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> 
         assert body["messages"] == [{"role": "user", "content": "Hi"}]
     else:
         assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+async def test_stopping_a_stream_early_releases_the_response(kind: str) -> None:
+    catalog = make_catalog([deployment("dep-a", kind=kind, sim={"output_tokens": 50})])
+    responses: list[httpx2.Response] = []
+
+    async def keep(response: httpx2.Response) -> None:
+        responses.append(response)
+
+    http = sim_http_client(SimWorld({"dep-a": catalog["dep-a"].sim}))
+    http.event_hooks["response"] = [keep]
+    async with Router(catalog, {"dep-a": direct_provider(catalog["dep-a"], http)}) as router:
+        request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "Tell me a story"}]})
+        parts = router.stream(request)
+        assert isinstance(await anext(parts), str)
+        await parts.aclose()  # the consumer walks away after the first piece
+        assert len(responses) == 1
+        assert responses[0].is_closed
+        assert (await router.stats.snapshot(["dep-a"]))["dep-a"].in_flight == 0

@@ -92,6 +92,9 @@ class AnthropicProvider:
         model = dep.model
         try:
             events = await raw.parse()
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id, parsing=True) from exc
+        try:
             async for event in events:
                 if event.type == "message_start":
                     usage, model = event.message.usage, event.message.model or model
@@ -103,6 +106,9 @@ class AnthropicProvider:
                     finish = event.delta.stop_reason or finish
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
+        finally:
+            # Also when the consumer stops early: release the HTTP connection.
+            await events.close()
         yield ProviderReply(
             content="".join(pieces),
             finish_reason=finish,
