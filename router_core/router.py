@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -184,7 +184,7 @@ class Router:
 
     async def stream(
         self, request: ChatRequest, *, plan: Plan | None = None
-    ) -> AsyncIterator[str | CompletionResult]:
+    ) -> AsyncGenerator[str | CompletionResult, None]:
         """Route `request` as a stream: text pieces as they arrive, then the `CompletionResult`.
 
         Failures before the first piece are retried and failed over like `complete`; a failure
