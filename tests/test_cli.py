@@ -90,6 +90,7 @@ def test_router_over_loopback_sim_server(sim_server: str) -> None:
     async def scenario() -> None:
         settings = RouterSettings(simulate=SimulateMode.ALWAYS, sim_url=sim_server)
         async with Router.from_settings(settings) as router:
+            assert router.sim_world is None  # the server's world is the only one: tune it over HTTP
             for model in ("gpt-4o-mini", "claude-haiku-4-5", "llama-3.3-70b"):
                 request = ChatRequest.model_validate(
                     {

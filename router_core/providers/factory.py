@@ -57,12 +57,17 @@ def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
 
 
 def _build(
-    dep: Deployment, *, simulated: bool, sim_world: SimWorld, sim_url: str | None, env: Mapping[str, str]
+    dep: Deployment,
+    *,
+    simulated: bool,
+    sim_world: SimWorld | None,
+    sim_url: str | None,
+    env: Mapping[str, str],
 ) -> Provider:
     if simulated:
         root = (sim_url or SIM_BASE_URL).rstrip("/") + f"/{dep.id}"
         key = _PLACEHOLDER_KEY
-        http = _http_client(sim_world=None if sim_url else sim_world)
+        http = _http_client(sim_world=sim_world)
     else:
         root = dep.base_url.rstrip("/") if dep.base_url else ""
         key = (env.get(dep.api_key_env) if dep.api_key_env else None) or _PLACEHOLDER_KEY
@@ -84,13 +89,15 @@ def build_providers(
     sim_world: SimWorld | None = None,
     sim_url: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> tuple[dict[str, Provider], SimWorld]:
-    """Adapters by deployment id, and the sim world the simulated ones use.
+) -> tuple[dict[str, Provider], SimWorld | None]:
+    """Adapters by deployment id, and the in-process sim world the simulated ones use.
 
-    The world is built from the catalog's `sim` profiles unless one is passed in.
+    The world is built from the catalog's `sim` profiles unless one is passed in. With `sim_url`
+    the simulated deployments talk to that server instead and no in-process world is returned, so
+    nobody tunes a world that serves no one.
     """
     env = os.environ if env is None else env
-    world = sim_world or sim_world_for(catalog)
+    world = None if sim_url else sim_world or sim_world_for(catalog)
     providers = {
         dep.id: _build(
             dep, simulated=is_simulated(dep, simulate, env), sim_world=world, sim_url=sim_url, env=env
