@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from router_core import Catalog, FakeClock, Router, RouterSettings, SimulateMode
 from router_core.catalog import parse_catalog
+
+if TYPE_CHECKING:
+    from tests.backends import Backend
 
 
 def deployment(id: str, **overrides: Any) -> dict[str, Any]:
@@ -73,3 +77,12 @@ async def make_router(clock: FakeClock) -> AsyncIterator[RouterFactory]:
     yield factory
     for router in routers:
         await router.aclose()
+
+
+@pytest.fixture(params=["embedded", "services"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The pipeline on fakeredis + SQLite, and on real Redis + PostgreSQL (CI)."""
+    from tests.backends import open_backend  # noqa: PLC0415 - backends imports this module's catalogs
+
+    async with open_backend(request.param, tmp_path) as opened:
+        yield opened

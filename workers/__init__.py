@@ -1,1 +1,22 @@
-"""routeq workers package."""
+"""routeq workers: the arq worker that routes queued jobs.
+
+`arq workers.WorkerSettings` works: the class is built from `ROUTEQ_*` settings on first access,
+so importing this package does not read the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.runner import JobRunner
+from workers.worker import make_worker_settings, route_job, worker_settings_class
+
+__all__ = ["JobRunner", "WorkerSettings", "make_worker_settings", "route_job", "worker_settings_class"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerSettings":
+        from storage.settings import Settings  # noqa: PLC0415 - read the environment only when asked
+
+        return worker_settings_class(Settings())
+    raise AttributeError(f"module 'workers' has no attribute {name!r}")

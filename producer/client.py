@@ -1,0 +1,178 @@
+"""The async Python client: submit prompts, follow their progress, read results.
+
+It meets the workers only through Redis (the queue and the event streams) and SQL (jobs and
+results); nothing here imports `workers`.
+
+    async with await Client.connect() as client:        # ROUTEQ_REDIS_URL, ROUTEQ_DATABASE_URL
+        batch_id = await client.submit_batch(items)
+        async for event in client.events(batch_id): ...
+        async for job in client.results(batch_id): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from router_core.models import ChatRequest
+from storage import keys
+from storage.connections import connect_redis
+from storage.events import BatchCounts, Event, EventBus, JobEvent
+from storage.queue import enqueue_jobs
+from storage.records import BatchRecord, JobRecord
+from storage.settings import Settings
+from storage.store import NewJob, Store
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Submits jobs and reads their outcome. Build with `await Client.connect()` or from parts."""
+
+    def __init__(
+        self,
+        redis: ArqRedis,
+        store: Store,
+        settings: Settings,
+        *,
+        tenant: str | None = None,
+        user: str | None = None,
+        owns_connections: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.settings = settings
+        self.tenant = tenant or settings.tenant
+        self.user = user or settings.user
+        self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
+        self._owns = owns_connections
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None, **kwargs: Any) -> Client:
+        """Connect to `settings.redis_url` and `settings.database_url` (migrating the schema).
+
+        Raises:
+            ServiceUnavailableError: Redis or the database cannot be reached (the URL is named).
+        """
+        settings = settings or Settings()
+        redis = await connect_redis(settings)
+        try:
+            store = await Store.open(settings.database_url)
+        except BaseException:
+            await redis.aclose()
+            raise
+        return cls(redis, store, settings, owns_connections=True, **kwargs)
+
+    async def close(self) -> None:
+        if self._owns:
+            await self.redis.aclose()
+            await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    async def submit(self, request: ChatRequest | dict[str, Any], *, custom_id: str = "request") -> str:
+        """Queue one chat request; returns its job id."""
+        chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
+        created = await self._create([NewJob(custom_id, chat)], kind="single", name=None, invalid_lines=())
+        return created[1][0]
+
+    async def submit_batch(
+        self,
+        items: Iterable[NewJob],
+        *,
+        name: str | None = None,
+        invalid_lines: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """Queue many requests as one batch; returns the batch id.
+
+        All rows go in one SQL transaction, then the ids are enqueued in pipelined chunks: a handful
+        of round trips for ten thousand jobs. `invalid_lines` (rejected input lines) are kept on the
+        batch so nothing the user sent goes unaccounted for.
+        """
+        batch_id, _ = await self._create(list(items), kind="batch", name=name, invalid_lines=invalid_lines)
+        return batch_id
+
+    async def _create(
+        self, items: list[NewJob], *, kind: str, name: str | None, invalid_lines: Sequence[dict[str, Any]]
+    ) -> tuple[str, list[str]]:
+        created = await self.store.create_batch(
+            items, tenant=self.tenant, user_id=self.user, kind=kind, name=name, invalid_lines=invalid_lines
+        )
+        if created.job_ids:
+            await self.events_bus.open_batch(created.batch_id, len(created.job_ids))
+            await enqueue_jobs(self.redis, created.job_ids, queue_name=self.settings.queue_name)
+        return created.batch_id, created.job_ids
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord:
+        """The job as stored now. Raises `NotFoundError` for an unknown id."""
+        return await self.store.get_job(job_id)
+
+    async def wait(self, job_id: str) -> JobRecord:
+        """Wait until the job is finished and return it.
+
+        Subscribes to the job's completion channel first, then reads SQL: a job that finishes in
+        between is seen by one or the other, and there is no polling loop.
+
+        Wrap it in `asyncio.timeout(...)` to bound the wait.
+
+        Raises:
+            NotFoundError: no such job.
+        """
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(keys.job_done_channel(job_id))
+            job = await self.store.get_job(job_id)
+            if job.terminal:
+                return job
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    break
+        return await self.store.get_job(job_id)
+
+    async def batch(self, batch_id: str) -> BatchRecord:
+        """The batch with its job counts per status, from SQL."""
+        return await self.store.get_batch(batch_id)
+
+    async def progress(self, batch_id: str) -> BatchCounts:
+        """The batch's live counters from Redis (what the events report)."""
+        return await self.events_bus.counts(batch_id)
+
+    def results(self, batch_id: str, *, finished_only: bool = False) -> AsyncIterator[JobRecord]:
+        """The batch's jobs in input order (only finished ones with `finished_only`)."""
+        return self.store.iter_jobs(batch_id, terminal_only=finished_only)
+
+    def events(self, batch_id: str, *, after: str = "0-0") -> AsyncIterator[Event]:
+        """The batch's events from stream id `after` (0-0 = the start), live, until it completes."""
+        return self.events_bus.follow(batch_id, after=after)
+
+    # -- cancelling ------------------------------------------------------------------------------
+
+    async def cancel(self, batch_id: str, *, job_id: str | None = None) -> int:
+        """Cancel the batch's queued jobs (or just `job_id`); running jobs finish. Returns how many."""
+        cancelled = await self.store.cancel(batch_id, job_id)
+        if cancelled:
+            ids = [job.id for job in cancelled]
+            # Workers would skip them anyway (SQL says cancelled); removing them saves the trip.
+            await self.redis.zrem(self.settings.queue_name, *ids)
+            await self.events_bus.publish_terminal(
+                [
+                    JobEvent(job.id, job.batch_id, job.custom_id, "cancelled", error="cancelled")
+                    for job in cancelled
+                ]
+            )
+        batch = await self.store.get_batch(batch_id)
+        if batch.done >= batch.total:
+            await self.store.mark_batch_completed(batch_id)
+        return len(cancelled)

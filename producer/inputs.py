@@ -1,0 +1,481 @@
+"""Read a JSONL batch of chat prompts into validated requests and line-numbered errors.
+
+Each non-blank line is one JSON object in one of two formats:
+
+* **OpenAI Batch format**: ``{"custom_id": "...", "method": "POST", "url": "/v1/chat/completions",
+  "body": {...}}``, where ``body`` is a chat completion request (``messages``, ``model``,
+  ``max_tokens`` / ``max_completion_tokens``, ``temperature``) plus routeq's ``preferences``.
+* **Short form**: ``{"custom_id"?, "prompt" | "messages", "system"?, "model"?, "max_tokens"?,
+  "temperature"?, "preferences"?}``; a missing ``custom_id`` becomes ``line-<n>``.
+
+A line with ``body``, ``method`` or ``url`` is read as the OpenAI format, any other object as the
+short form. A model of the form ``router:<strategy>`` (``router:cost``, ``router:fast``...) means
+model ``auto`` with that routing strategy, unless ``preferences.strategy`` says otherwise.
+
+A bad line never stops the rest: it becomes a `LineError` with its 1-based line number and every
+problem found on it, and the good lines still run. Blank lines are the only lines skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from router_core.models import STRATEGY_ALIASES, ChatRequest, Strategy
+
+__all__ = [
+    "OPENAI_BATCH_URL",
+    "BatchItem",
+    "LineError",
+    "ParsedInput",
+    "parse_line",
+    "parse_lines",
+    "read_jsonl",
+]
+
+OPENAI_BATCH_URL = "/v1/chat/completions"
+"""The only ``url`` accepted on OpenAI Batch lines."""
+
+ROUTER_MODEL_PREFIX = "router:"
+"""``model`` values starting with this name a routing strategy instead of a model."""
+
+MAX_REASONS = 3
+"""How many problems one `LineError` spells out before summarising the rest as "(and N more)"."""
+
+_BOM = "\ufeff"
+_OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
+_OPENAI_MARKERS = ("body", "method", "url")
+_SHORT_KEYS = frozenset(
+    {"custom_id", "prompt", "messages", "system", "model", "max_tokens", "temperature", "preferences"}
+)
+_BODY_USED = frozenset(
+    {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "preferences"}
+)
+_BODY_IGNORED = frozenset({"user", "metadata", "store", "seed"})
+"""Body keys accepted and ignored: they do not change the answer."""
+_BODY_CHECKED = frozenset({"stream", "n"})
+_BODY_KEYS = _BODY_USED | _BODY_IGNORED | _BODY_CHECKED
+_SHOW_LIMIT = 40
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One valid request from the file.
+
+    Attributes:
+        line: 1-based line number in the file.
+        custom_id: The line's ``custom_id``, or ``line-<n>`` for a short-form line without one.
+        request: The validated request, ready for the router.
+    """
+
+    line: int
+    custom_id: str
+    request: ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One line that cannot be run, and why.
+
+    Attributes:
+        line: 1-based line number in the file.
+        reason: Every problem found on the line, joined with "; ".
+        custom_id: The line's ``custom_id`` when it had a string one.
+    """
+
+    line: int
+    reason: str
+    custom_id: str | None = None
+
+    def __str__(self) -> str:
+        """The error as the user should read it: ``line 7: <reason>``."""
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedInput:
+    """Everything read from one file: the valid items and the bad lines, each in line order.
+
+    Attributes:
+        items: Requests to run.
+        errors: Lines that cannot run, with their reasons.
+    """
+
+    items: list[BatchItem] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+
+    @property
+    def lines_read(self) -> int:
+        """Non-blank lines seen: every one is either an item or an error."""
+        return len(self.items) + len(self.errors)
+
+
+class _BadJSON(ValueError):
+    """A line that `json.loads` accepts but that routeq refuses (NaN, duplicate keys)."""
+
+
+def parse_line(text: str, line: int) -> BatchItem | LineError:
+    """Parse and validate one line of a JSONL batch.
+
+    Duplicate ``custom_id`` detection needs the whole file and is done by `parse_lines`. A
+    short-form line without ``custom_id`` gets ``line-<line>``.
+
+    Args:
+        text: The line, with or without its line ending; a UTF-8 BOM is tolerated on line 1.
+        line: The line's 1-based number, used in the result and the default ``custom_id``.
+
+    Returns:
+        A `BatchItem` when the line is a valid request, otherwise a `LineError` naming every
+        problem found on it.
+    """
+    text = _clean(text, line)
+    data = _load_object(text)
+    if isinstance(data, str):
+        return LineError(line, data)
+
+    openai = any(key in data for key in _OPENAI_MARKERS)
+    custom_id, problems = _custom_id(data, required=openai)
+    if openai:
+        prefix = "body."
+        payload, alias_used = _openai_payload(data, problems)
+    else:
+        prefix = ""
+        payload, alias_used = _short_payload(data, problems), False
+
+    request: ChatRequest | None = None
+    if payload is not None:
+        try:
+            request = ChatRequest.model_validate(payload)
+        except ValidationError as exc:
+            problems.extend(_validation_problems(exc, payload, prefix, alias_used))
+
+    if problems or request is None:
+        return LineError(line, _join(problems or ["not a valid request"]), custom_id)
+    return BatchItem(line, custom_id if custom_id is not None else f"line-{line}", request)
+
+
+def parse_lines(lines: Iterable[str]) -> ParsedInput:
+    """Parse every line of a JSONL batch; blank lines are skipped, nothing else is.
+
+    A ``custom_id`` used again on a later line makes that later line an error; the first one
+    stays valid.
+
+    Args:
+        lines: The file's lines in order (line endings optional; ``\\r\\n`` is fine).
+
+    Returns:
+        The valid items and the line errors, both in line order.
+    """
+    result = ParsedInput()
+    first_used: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        text = _clean(raw, number)
+        if not text.strip():
+            continue
+        parsed = parse_line(text, number)
+        custom_id = parsed.custom_id
+        if custom_id is not None:
+            first = first_used.setdefault(custom_id, number)
+            if first != number:
+                reason = f"duplicate custom_id {_show(custom_id)} (first used on line {first})"
+                if isinstance(parsed, LineError):
+                    reason = f"{reason}; {parsed.reason}"
+                parsed = LineError(number, reason, custom_id)
+        if isinstance(parsed, BatchItem):
+            result.items.append(parsed)
+        else:
+            result.errors.append(parsed)
+    return result
+
+
+def read_jsonl(path: str | Path) -> ParsedInput:
+    """Read and parse a JSONL batch file.
+
+    The file is read as UTF-8, one line per ``\\n`` (``\\r\\n`` works too); a line whose bytes are
+    not UTF-8 becomes a `LineError` instead of stopping the file.
+
+    Args:
+        path: The JSONL file.
+
+    Returns:
+        The valid items and the line errors, both in line order.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+    """
+    with Path(path).open(encoding="utf-8", errors="surrogateescape", newline="\n") as file:
+        return parse_lines(file)
+
+
+# --- one line -----------------------------------------------------------------------------------
+
+
+def _clean(text: str, line: int) -> str:
+    """Drop the line ending, and the BOM from line 1."""
+    text = text.rstrip("\r\n")
+    return text.removeprefix(_BOM) if line == 1 else text
+
+
+def _load_object(text: str) -> dict[str, Any] | str:
+    """The line's JSON object, or the reason it is not one."""
+    unreadable = _unreadable(text)
+    if unreadable is not None:
+        return unreadable
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON: {exc.msg} (column {exc.colno})"
+    except _BadJSON as exc:
+        return str(exc)
+    except RecursionError:
+        return "not valid JSON: nested too deeply"
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {_json_type(data)}"
+    return data
+
+
+def _unreadable(text: str) -> str | None:
+    """Why the line cannot even be parsed as JSON text (blank, or bytes that were not UTF-8)."""
+    if not text.strip():
+        return "line is blank"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid UTF-8 (column {exc.start + 1})"
+    return None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _BadJSON(f"duplicate key {_show(key)} in a JSON object: give each key once")
+        obj[key] = value
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise _BadJSON(f"not valid JSON: {name} is not allowed")
+
+
+def _custom_id(data: dict[str, Any], *, required: bool) -> tuple[str | None, list[str]]:
+    """The line's custom_id when it is a usable string, and the problems with it."""
+    if "custom_id" not in data:
+        if required:
+            return None, ["custom_id is required in the OpenAI batch format"]
+        return None, []
+    value = data["custom_id"]
+    if not isinstance(value, str):
+        return None, [f"custom_id must be a string, got {_json_type(value)}"]
+    if not value.strip():
+        return None, ["custom_id is empty"]
+    return value, []
+
+
+def _openai_payload(data: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any] | None, bool]:
+    """The ChatRequest fields of an OpenAI Batch line; problems found are appended.
+
+    Returns:
+        The payload (None when there is no usable body) and whether ``max_completion_tokens``
+        supplied ``max_tokens``.
+    """
+    problems.extend(f"unknown field {_show(key)}" for key in data if key not in _OPENAI_KEYS)
+    method = data.get("method")
+    if method != "POST":
+        problems.append(f"method must be 'POST', got {_given(data, 'method')}")
+    url = data.get("url")
+    if url != OPENAI_BATCH_URL:
+        problems.append(f"url must be {_show(OPENAI_BATCH_URL)}, got {_given(data, 'url')}")
+    if "body" not in data:
+        problems.append("body is required: the chat completion request as an object")
+        return None, False
+    body = data["body"]
+    if not isinstance(body, dict):
+        problems.append(f"body must be an object, got {_json_type(body)}")
+        return None, False
+
+    problems.extend(_body_key_problems(body))
+    payload: dict[str, Any] = {key: body[key] for key in ("messages", "model", "temperature") if key in body}
+    if "messages" not in body:
+        problems.append("body.messages is required")
+    max_tokens, max_completion = body.get("max_tokens"), body.get("max_completion_tokens")
+    alias_used = max_tokens is None and max_completion is not None
+    if max_tokens is not None and max_completion is not None:
+        problems.append("give only one of body.max_tokens and body.max_completion_tokens")
+    elif max_tokens is not None or max_completion is not None:
+        payload["max_tokens"] = max_completion if alias_used else max_tokens
+    _apply_preferences(payload, body.get("preferences"), "body.", problems)
+    return payload, alias_used
+
+
+def _body_key_problems(body: dict[str, Any]) -> Iterator[str]:
+    for key in body:
+        if key not in _BODY_KEYS:
+            yield f"body.{key} is not supported: routeq cannot honour it"
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        yield f"body.stream must be false, got {_show(stream)}: batch requests are not streamed"
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        yield f"body.n must be 1, got {_show(n)}: one completion per request"
+
+
+def _short_payload(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The ChatRequest fields of a short-form line; problems found are appended."""
+    problems.extend(f"unknown field {_show(key)}" for key in data if key not in _SHORT_KEYS)
+    payload: dict[str, Any] = {
+        key: data[key] for key in ("model", "max_tokens", "temperature") if key in data
+    }
+    has_prompt, has_messages = "prompt" in data, "messages" in data
+    if has_prompt and has_messages:
+        problems.append("give either 'prompt' or 'messages', not both")
+    elif not has_prompt and not has_messages:
+        problems.append("missing 'prompt' or 'messages'")
+    elif has_messages:
+        payload["messages"] = data["messages"]
+        if "system" in data:
+            problems.append(
+                "'system' goes with 'prompt': with 'messages', put the system message in messages"
+            )
+    else:
+        messages = _prompt_messages(data["prompt"], data.get("system"), problems)
+        if messages is not None:
+            payload["messages"] = messages
+    _apply_preferences(payload, data.get("preferences"), "", problems)
+    return payload
+
+
+def _prompt_messages(prompt: Any, system: Any, problems: list[str]) -> list[dict[str, Any]] | None:
+    """The messages for a short-form ``prompt`` and optional ``system``, or None if either is bad."""
+    found = len(problems)
+    if not isinstance(prompt, str):
+        problems.append(f"prompt must be a string, got {_json_type(prompt)}")
+    elif not prompt.strip():
+        problems.append("prompt is empty")
+    if system is not None and not isinstance(system, str):
+        problems.append(f"system must be a string, got {_json_type(system)}")
+    elif isinstance(system, str) and not system.strip():
+        problems.append("system is empty: give it text or leave it out")
+    if len(problems) > found:
+        return None
+    user = {"role": "user", "content": prompt}
+    return [{"role": "system", "content": system}, user] if system is not None else [user]
+
+
+def _apply_preferences(payload: dict[str, Any], preferences: Any, prefix: str, problems: list[str]) -> None:
+    """Set payload's preferences, turning a ``router:<strategy>`` model into model auto + strategy."""
+    if preferences is not None:
+        payload["preferences"] = preferences
+    model = payload.get("model")
+    if model is None:
+        payload.pop("model", None)
+        return
+    if isinstance(model, str) and not model.strip():
+        problems.append(f"{prefix}model is empty: leave it out or use 'auto'")
+        return
+    if not isinstance(model, str) or not model.lower().startswith(ROUTER_MODEL_PREFIX):
+        return
+    payload["model"] = "auto"
+    name = model[len(ROUTER_MODEL_PREFIX) :].strip().lower()
+    strategy = STRATEGY_ALIASES.get(name) or _strategy(name)
+    if strategy is None:
+        known = ", ".join([*Strategy, *STRATEGY_ALIASES])
+        problems.append(f"{prefix}model: unknown strategy {_show(name)} in {_show(model)} (known: {known})")
+        return
+    if preferences is None:
+        payload["preferences"] = {"strategy": strategy.value}
+    elif isinstance(preferences, dict) and preferences.get("strategy") is None:
+        payload["preferences"] = {**preferences, "strategy": strategy.value}
+
+
+def _strategy(name: str) -> Strategy | None:
+    try:
+        return Strategy(name)
+    except ValueError:
+        return None
+
+
+# --- reasons -----------------------------------------------------------------------------------
+
+
+def _validation_problems(
+    exc: ValidationError, payload: dict[str, Any], prefix: str, alias_used: bool
+) -> list[str]:
+    """Pydantic's errors as "<field.path>: <message>", one per field path, in order."""
+    by_path: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc == ("messages",):
+            continue  # already reported in the line's own words
+        path = _data_path(loc, payload, missing=error["type"] == "missing")
+        if alias_used and path.split(".", maxsplit=1)[0] == "max_tokens":
+            path = "max_completion_tokens" + path[len("max_tokens") :]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        messages = by_path.setdefault(f"{prefix}{path}" if path else prefix.rstrip("."), [])
+        if message not in messages:
+            messages.append(message)
+    return [
+        f"{path}: {' or '.join(messages)}" if path else " or ".join(messages)
+        for path, messages in by_path.items()
+    ]
+
+
+def _data_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:
+    """The dotted path of an error location, leaving out pydantic's union and validator tags."""
+    parts: list[str] = []
+    current = data
+    for index, part in enumerate(loc):
+        found, child = _child(current, part)
+        if found:
+            current = child
+        elif not (missing and index == len(loc) - 1):
+            continue  # a tag such as 'str' or 'list[dict[str,any]]', not a key of the input
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _child(value: Any, part: int | str) -> tuple[bool, Any]:
+    """Whether ``value[part]`` exists in the input, and what it is."""
+    if isinstance(value, dict) and part in value:
+        return True, value[part]
+    if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+        return True, value[part]
+    return False, None
+
+
+def _join(problems: list[str]) -> str:
+    shown = "; ".join(problems[:MAX_REASONS])
+    hidden = len(problems) - MAX_REASONS
+    return f"{shown} (and {hidden} more)" if hidden > 0 else shown
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _show(value: Any) -> str:
+    """A short quoted rendering of a value for a reason: 'text' or its JSON."""
+    if isinstance(value, str):
+        text = value if len(value) <= _SHOW_LIMIT else value[: _SHOW_LIMIT - 1] + "…"
+        return repr(text)
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 1] + "…"
+
+
+def _given(data: dict[str, Any], key: str) -> str:
+    return _show(data[key]) if key in data else "nothing"

@@ -1,0 +1,77 @@
+"""Redis connections: a real server from `ROUTEQ_REDIS_URL`, or the embedded in-process one.
+
+Both are `arq.connections.ArqRedis`, configured with routeq's JSON job serializer, so producer and
+workers speak the same queue format. Real connections retry on connection errors and timeouts, so
+a worker survives a Redis restart instead of its main task dying (see ../shared/arq-notes.md).
+"""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from fakeredis import FakeAsyncRedis, FakeServer
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from storage.errors import ServiceUnavailableError
+from storage.queue import deserialize, serialize
+from storage.settings import Settings
+
+__all__ = ["connect_redis", "embedded_redis", "redis_settings"]
+
+_HINT = (
+    "Start Redis or fix ROUTEQ_REDIS_URL (redis://[:password@]host:port/db); "
+    "leave it unset to run embedded with `routeq run`."
+)
+
+
+def redis_settings(url: str, *, conn_retries: int = 5) -> RedisSettings:
+    """arq `RedisSettings` for `url`, with retries so commands survive a brief outage."""
+    try:
+        settings = RedisSettings.from_dsn(url)
+    except (RuntimeError, ValueError) as exc:
+        raise ServiceUnavailableError("Redis", url, f"not a Redis URL ({exc})", _HINT) from exc
+    settings.conn_retries = conn_retries
+    settings.conn_retry_delay = 1
+    settings.conn_timeout = 2
+    settings.retry_on_timeout = True
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
+    settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8)
+    return settings
+
+
+async def connect_redis(settings: Settings, *, conn_retries: int = 1) -> ArqRedis:
+    """Connect to `settings.redis_url` and check it answers.
+
+    Raises:
+        ServiceUnavailableError: Redis cannot be reached; the message names the URL, password masked.
+        ValueError: no Redis URL is set (use `embedded_redis` for the in-process one).
+    """
+    if settings.redis_url is None:
+        raise ValueError("ROUTEQ_REDIS_URL is not set; use embedded_redis() for an in-process Redis")
+    url = settings.redis_url
+    try:
+        return await create_pool(
+            redis_settings(url, conn_retries=conn_retries),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=settings.queue_name,
+        )
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise ServiceUnavailableError("Redis", url, exc, _HINT) from exc
+
+
+def embedded_redis(settings: Settings, server: FakeServer | None = None) -> ArqRedis:
+    """An in-process Redis (fakeredis with Lua) for `routeq run` and fast tests.
+
+    Every client made from the same `server` sees the same data; state ends with the process.
+    """
+    fake = FakeAsyncRedis(server=server or FakeServer())
+    return ArqRedis(
+        fake.connection_pool,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=settings.queue_name,
+    )

@@ -1,0 +1,102 @@
+"""Engine creation and migrations for the SQL store (SQLite via aiosqlite, PostgreSQL via asyncpg)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from storage.errors import ServiceUnavailableError
+
+__all__ = ["MIGRATIONS_DIR", "alembic_config", "connect_database", "is_sqlite", "migrate"]
+
+logger = logging.getLogger("routeq.storage")
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK_ID = 0x726F75746571
+_HINT = (
+    "Check ROUTEQ_DATABASE_URL (sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db) "
+    "and that the database server is running."
+)
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (status, results, the progress bar) run while a worker writes; the busy
+    # timeout makes a second writer process wait instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine for `url`; SQLite files get WAL mode and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ServiceUnavailableError("the database", url, "not a database URL", _HINT) from exc
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed, echo=echo)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+async def connect_database(url: str, *, run_migrations: bool = True) -> AsyncEngine:
+    """Create the engine, check the database answers and (by default) bring its schema to head.
+
+    Raises:
+        ServiceUnavailableError: the database cannot be reached; the message names the URL.
+    """
+    engine = create_engine(url)
+    try:
+        if run_migrations:
+            await migrate(engine)
+        else:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except (OperationalError, DBAPIError, OSError) as exc:
+        await engine.dispose()
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        raise ServiceUnavailableError("the database", url, cause, _HINT) from exc
+    return engine
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic configuration pointing at routeq's migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Upgrade the schema to the newest migration. Safe to call from many processes at once."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Workers starting together would otherwise race to create the same tables.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        await conn.run_sync(_upgrade)
+    logger.debug("database schema is at head")

@@ -1,0 +1,1 @@
+"""Alembic migrations for routeq's SQL store; run them with `routeq migrate` (or `storage.db.migrate`)."""

@@ -1,0 +1,41 @@
+"""Alembic environment: runs on the connection `storage.db.migrate` hands over.
+
+Run from the alembic command line (e.g. `alembic revision --autogenerate`), it connects to
+`ROUTEQ_DATABASE_URL` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import Connection
+
+from storage.settings import Settings
+from storage.tables import metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs ALTER via table copies
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_standalone() -> None:
+    from storage.db import create_engine  # noqa: PLC0415 - only the command line path needs it
+
+    engine = create_engine(Settings().database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(_run)
+    await engine.dispose()
+
+
+connection = context.config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    asyncio.run(_run_standalone())

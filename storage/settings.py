@@ -1,0 +1,68 @@
+"""Pipeline settings: the router's settings plus where Redis and the SQL store live.
+
+Read once at process start (`Settings()`), from `ROUTEQ_*` environment variables or `.env`, then
+passed down explicitly. Producer, workers and CLI all build the same object, so one `.env` file
+configures the whole fleet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from router_core.settings import RouterSettings
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./routeq.db"
+
+
+class Settings(RouterSettings):
+    """Everything a producer or worker process needs; the router's own fields are inherited."""
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the queue, events and fleet state; unset = embedded in-process Redis.",
+    )
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",
+    )
+    queue_name: str = Field(default="routeq:queue", min_length=1)
+    worker_concurrency: int = Field(default=200, ge=1, description="Jobs one worker process runs at once.")
+    queue_read_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Queue ids a worker reads per poll; unset = 4 x worker_concurrency. Keep it at or "
+        "above the number of jobs running across the whole fleet.",
+    )
+    poll_delay_s: float = Field(default=0.05, ge=0)
+    job_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A job running longer is cancelled. A crashed worker's jobs run again this + 10 s later.",
+    )
+    max_tries: int = Field(default=5, ge=1, description="Deliveries of one job before arq gives up.")
+    event_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a batch's event stream is kept after its last event.",
+    )
+    tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
+    user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_redis_is_embedded(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis URL is set: `routeq run` then uses an in-process Redis."""
+        return self.redis_url is None
+
+    @property
+    def read_limit(self) -> int:
+        """The arq queue_read_limit this worker uses."""
+        return self.queue_read_limit or 4 * self.worker_concurrency

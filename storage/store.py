@@ -1,0 +1,435 @@
+"""The SQL store: batches and jobs in, results, attempts and the cost ledger out.
+
+Every write is a single transaction that starts with a write (SQLite then takes its lock up front
+and never has to upgrade a read lock). `finish_job` writes the result, the attempts and the ledger
+together; inserts use ON CONFLICT DO NOTHING against the unique (job_id, run, attempt_no) keys, so
+replaying a run is harmless and no charge is ever recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Insert, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from router_core.models import Attempt, ChatRequest, CompletionResult
+from storage.db import connect_database, is_sqlite
+from storage.errors import NotFoundError
+from storage.records import (
+    BatchRecord,
+    BatchSummary,
+    DeploymentSummary,
+    JobRecord,
+    StartedJob,
+    aware,
+)
+from storage.tables import JobStatus, attempts, batches, jobs, ledger
+
+__all__ = ["CreatedBatch", "JobFailure", "NewJob", "Store", "new_id"]
+
+_RUNNABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
+_PAGE = 500
+
+
+def new_id(prefix: str) -> str:
+    """A random id such as `job_3f9c...`: 96 random bits, unguessable across tenants."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    custom_id: str
+    request: ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedBatch:
+    batch_id: str
+    job_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """Why a job failed: the exception class name and its message."""
+
+    type: str
+    message: str
+
+
+class Store:
+    """Async access to routeq's SQL tables. Open with `Store.open(url)`, close with `close()`."""
+
+    def __init__(self, engine: AsyncEngine, *, now: Callable[[], datetime] = _utcnow) -> None:
+        self.engine = engine
+        self._now = now
+        # SQLite has one writer at a time: queueing writers here is cheaper than its busy-wait loop.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if is_sqlite(engine) else None
+
+    @classmethod
+    async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
+        """Connect (raising `ServiceUnavailableError` with the URL) and migrate to the newest schema."""
+        return cls(await connect_database(url, run_migrations=run_migrations))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def _writing(self) -> AbstractAsyncContextManager[Any]:
+        return self._write_lock if self._write_lock is not None else nullcontext()
+
+    def _insert_ignoring_duplicates(self, table: Table) -> Insert:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    # -- producer side ---------------------------------------------------------------------------
+
+    async def create_batch(
+        self,
+        items: Sequence[NewJob],
+        *,
+        tenant: str,
+        user_id: str,
+        kind: str = "batch",
+        name: str | None = None,
+        invalid_lines: Sequence[dict[str, Any]] = (),
+    ) -> CreatedBatch:
+        """Insert a batch and all its jobs (status `queued`) in one transaction."""
+        now = self._now()
+        batch_id = new_id("batch")
+        rows: list[dict[str, Any]] = [
+            {
+                "id": new_id("job"),
+                "batch_id": batch_id,
+                "seq": seq,
+                "custom_id": item.custom_id,
+                "tenant": tenant,
+                "user_id": user_id,
+                "request": item.request.model_dump(mode="json", exclude_defaults=True),
+                "status": JobStatus.QUEUED.value,
+                "run": 0,
+                "created_at": now,
+            }
+            for seq, item in enumerate(items)
+        ]
+        batch_row = {
+            "id": batch_id,
+            "kind": kind,
+            "tenant": tenant,
+            "user_id": user_id,
+            "name": name,
+            "total": len(rows),
+            "invalid_lines": list(invalid_lines),
+            "created_at": now,
+            "completed_at": now if not rows else None,
+        }
+        async with self._writing(), self.engine.begin() as conn:
+            await conn.execute(batches.insert(), batch_row)
+            if rows:
+                await conn.execute(jobs.insert(), rows)
+        return CreatedBatch(batch_id, [row["id"] for row in rows])
+
+    async def cancel(self, batch_id: str, job_id: str | None = None) -> list[JobRecord]:
+        """Cancel the batch's queued jobs (or one of them); running ones finish. Returns those cancelled."""
+        now = self._now()
+        condition = (jobs.c.batch_id == batch_id) & (jobs.c.status == JobStatus.QUEUED.value)
+        if job_id is not None:
+            condition &= jobs.c.id == job_id
+        error = {"type": "Cancelled", "message": "cancelled before it started"}
+        async with self._writing(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs)
+                .where(condition)
+                .values(status=JobStatus.CANCELLED.value, finished_at=now, error=error)
+                .returning(*jobs.c)
+            )
+            cancelled = [JobRecord.from_row(row._mapping) for row in result]
+            if job_id is None:
+                await conn.execute(
+                    update(batches)
+                    .where((batches.c.id == batch_id) & batches.c.cancelled_at.is_(None))
+                    .values(cancelled_at=now)
+                )
+        return cancelled
+
+    # -- worker side -----------------------------------------------------------------------------
+
+    async def start_job(self, job_id: str, *, run: int, worker: str) -> StartedJob | JobRecord:
+        """Move a queued (or re-delivered running) job to `running` for arq try `run`.
+
+        Returns the `StartedJob` to route, or the job's record when it must not run: cancelled or
+        already finished (a redelivery after the result was committed).
+
+        Raises:
+            NotFoundError: no such job.
+        """
+        async with self._writing(), self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(jobs)
+                    .where((jobs.c.id == job_id) & jobs.c.status.in_([s.value for s in _RUNNABLE]))
+                    .values(status=JobStatus.RUNNING.value, run=run, worker=worker, started_at=self._now())
+                    .returning(
+                        jobs.c.id,
+                        jobs.c.batch_id,
+                        jobs.c.custom_id,
+                        jobs.c.tenant,
+                        jobs.c.user_id,
+                        jobs.c.request,
+                    )
+                )
+            ).first()
+        if row is not None:
+            return StartedJob(**row._mapping)
+        return await self.get_job(job_id)
+
+    async def finish_job(
+        self,
+        job: StartedJob,
+        *,
+        run: int,
+        attempts_made: Sequence[Attempt],
+        result: CompletionResult | None,
+        failure: JobFailure | None = None,
+    ) -> bool:
+        """Record a run's attempts and ledger charges, and its outcome if the job is still open.
+
+        One transaction. Returns True when this run set the job's final status, False when another
+        run (a concurrent redelivery) had already finished it; its attempts and charges are recorded
+        either way, because the provider billed them either way.
+        """
+        now = self._now()
+        billed = [
+            (n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0
+        ]
+        values = _outcome_values(attempts_made, result, failure, billed, now)
+        async with self._writing(), self.engine.begin() as conn:
+            applied = await conn.execute(
+                update(jobs)
+                .where((jobs.c.id == job.id) & jobs.c.status.in_([s.value for s in _RUNNABLE]))
+                .values(**values)
+            )
+            if attempts_made:
+                await conn.execute(
+                    self._insert_ignoring_duplicates(attempts),
+                    [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)],
+                )
+            if billed:
+                await conn.execute(
+                    self._insert_ignoring_duplicates(ledger),
+                    [_ledger_row(job, run, n, a, now) for n, a in billed],
+                )
+        return applied.rowcount == 1
+
+    async def mark_batch_completed(self, batch_id: str) -> None:
+        async with self._writing(), self.engine.begin() as conn:
+            await conn.execute(
+                update(batches)
+                .where((batches.c.id == batch_id) & batches.c.completed_at.is_(None))
+                .values(completed_at=self._now())
+            )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        if row is None:
+            raise NotFoundError("job", job_id)
+        return JobRecord.from_row(row._mapping)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(batches).where(batches.c.id == batch_id))).first()
+            if row is None:
+                raise NotFoundError("batch", batch_id)
+            counts = await _status_counts(conn, batch_id)
+        values = dict(row._mapping)
+        for name in ("created_at", "completed_at", "cancelled_at"):
+            values[name] = aware(values[name])
+        return BatchRecord(**values, counts=counts)
+
+    async def iter_jobs(self, batch_id: str, *, terminal_only: bool = False) -> AsyncIterator[JobRecord]:
+        """The batch's jobs in input order, read a page at a time."""
+        after = -1
+        while True:
+            query = select(jobs).where((jobs.c.batch_id == batch_id) & (jobs.c.seq > after))
+            if terminal_only:
+                query = query.where(jobs.c.status.not_in([s.value for s in _RUNNABLE]))
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
+            for row in rows:
+                yield JobRecord.from_row(row._mapping)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1].seq
+
+    async def job_attempts(self, job_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(attempts)
+                .where(attempts.c.job_id == job_id)
+                .order_by(attempts.c.run, attempts.c.attempt_no)
+            )
+            return [dict(row._mapping) for row in rows]
+
+    async def ledger_rows(
+        self, *, batch_id: str | None = None, job_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = select(ledger).order_by(ledger.c.id)
+        if batch_id is not None:
+            query = query.where(ledger.c.batch_id == batch_id)
+        if job_id is not None:
+            query = query.where(ledger.c.job_id == job_id)
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]
+
+    async def batch_summary(self, batch_id: str) -> BatchSummary:
+        """Per-deployment jobs, cost, latency percentiles and failovers, for succeeded jobs."""
+        per_deployment: dict[str, list[tuple[float, Decimal, int]]] = {}
+        statuses: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        async for job in self.iter_jobs(batch_id):
+            statuses[job.status] += 1
+            if job.status == JobStatus.SUCCEEDED and job.deployment is not None:
+                per_deployment.setdefault(job.deployment, []).append(
+                    (job.latency_ms or 0.0, job.cost_usd or Decimal(0), job.failovers or 0)
+                )
+            elif job.status == JobStatus.FAILED and job.error is not None:
+                reasons[str(job.error.get("type", "Error"))] += 1
+        async with self.engine.connect() as conn:
+            billed, calls = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(ledger.c.cost_usd), 0), func.count()).where(
+                        ledger.c.batch_id == batch_id
+                    )
+                )
+            ).one()
+        rows = [
+            DeploymentSummary(
+                deployment=name,
+                jobs=len(entries),
+                cost_usd=sum((cost for _, cost, _ in entries), Decimal(0)),
+                p50_latency_ms=_percentile([lat for lat, _, _ in entries], 0.50),
+                p95_latency_ms=_percentile([lat for lat, _, _ in entries], 0.95),
+                failovers=sum(f for _, _, f in entries),
+            )
+            for name, entries in per_deployment.items()
+        ]
+        rows.sort(key=lambda r: (-r.jobs, r.deployment))
+        return BatchSummary(
+            deployments=rows,
+            succeeded=statuses[JobStatus.SUCCEEDED],
+            failed=statuses[JobStatus.FAILED],
+            cancelled=statuses[JobStatus.CANCELLED],
+            failovers=sum(r.failovers for r in rows),
+            billed_usd=Decimal(billed),
+            provider_calls=int(calls),
+            failure_reasons=dict(reasons),
+        )
+
+
+async def _status_counts(conn: AsyncConnection, batch_id: str) -> dict[JobStatus, int]:
+    rows = await conn.execute(
+        select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id).group_by(jobs.c.status)
+    )
+    return {JobStatus(status): int(n) for status, n in rows.all()}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, round(q * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _money(value: float) -> Decimal:
+    # Router costs are floats from genai-prices' Decimals; 10 decimal places is sub-nano-dollar.
+    return Decimal(repr(value)).quantize(Decimal("1e-10"))
+
+
+def _outcome_values(
+    attempts_made: Sequence[Attempt],
+    result: CompletionResult | None,
+    failure: JobFailure | None,
+    billed: Sequence[tuple[int, Attempt]],
+    now: datetime,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "finished_at": now,
+        "attempt_count": len(attempts_made),
+        "cost_usd": sum((_money(a.cost_usd) for _, a in billed), Decimal(0)),
+    }
+    if result is not None:
+        values.update(
+            status=JobStatus.SUCCEEDED.value,
+            deployment=result.deployment,
+            model=result.model,
+            latency_ms=result.latency_ms,
+            failovers=result.failovers,
+            result=result.model_dump(mode="json", exclude={"attempts"}),
+            error=None,
+        )
+    else:
+        failure = failure or JobFailure("Error", "the job failed without an error message")
+        values.update(
+            status=JobStatus.FAILED.value,
+            error={"type": failure.type, "message": failure.message},
+            failovers=max(0, len({a.deployment for a in attempts_made}) - 1),
+        )
+    return values
+
+
+def _attempt_row(job_id: str, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
+    usage = attempt.usage
+    return {
+        "job_id": job_id,
+        "run": run,
+        "attempt_no": number,
+        "deployment": attempt.deployment,
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "outcome": attempt.outcome.value,
+        "error_class": attempt.error_class,
+        "error": attempt.error,
+        "status_code": attempt.status_code,
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "latency_ms": attempt.latency_ms,
+        "wait_ms": attempt.wait_ms,
+        "simulated": attempt.simulated,
+        "created_at": now,
+    }
+
+
+def _ledger_row(job: StartedJob, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "run": run,
+        "attempt_no": number,
+        "batch_id": job.batch_id,
+        "tenant": job.tenant,
+        "user_id": job.user_id,
+        "deployment": attempt.deployment,
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "cost_usd": _money(attempt.cost_usd),
+        "usage": attempt.usage.model_dump() if attempt.usage else {},
+        "simulated": attempt.simulated,
+        "created_at": now,
+    }

@@ -1,0 +1,148 @@
+"""The SQL schema (SQLAlchemy Core). Alembic migrations in `storage/migrations` create it.
+
+    batches  1 ─── n  jobs  1 ─── n  attempts   every provider call, failed ones too
+                            1 ─── n  ledger     one charge per call the provider billed
+
+A job is the unit arq delivers; `jobs.run` is the arq try that last started it. Attempts and ledger
+rows are keyed by (job_id, run, attempt_no), so writing the same run twice adds nothing: the unique
+constraint, not a prior SELECT, is what keeps the ledger exactly-once.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["TERMINAL", "JobStatus", "attempts", "batches", "jobs", "ledger", "metadata"]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+_Money = Numeric(20, 10, asdecimal=True)
+_Time = DateTime(timezone=True)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "batch" (a file of prompts) or "single" (submit())
+    Column("tenant", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("name", String(255)),
+    Column("total", Integer, nullable=False),
+    Column("invalid_lines", JSON, nullable=False),  # [{"line", "reason", "custom_id"}] rejected on input
+    Column("created_at", _Time, nullable=False),
+    Column("completed_at", _Time),
+    Column("cancelled_at", _Time),
+    Index(None, "tenant", "created_at"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("batch_id", String(40), ForeignKey("batches.id"), nullable=False),
+    Column("seq", Integer, nullable=False),  # position in the batch, for results in input order
+    Column("custom_id", String(255), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("run", Integer, nullable=False, default=0),
+    Column("worker", String(128)),
+    Column("deployment", String(128)),
+    Column("model", String(128)),
+    Column("cost_usd", _Money),  # every billed attempt of the run that produced the result
+    Column("latency_ms", Float),
+    Column("attempt_count", Integer),
+    Column("failovers", Integer),
+    Column("result", JSON),  # the completion: content, usage, finish_reason, simulated
+    Column("error", JSON),  # {"type", "message"} when failed
+    Column("created_at", _Time, nullable=False),
+    Column("started_at", _Time),
+    Column("finished_at", _Time),
+    UniqueConstraint("batch_id", "seq"),
+    UniqueConstraint("batch_id", "custom_id"),
+    Index(None, "batch_id", "status"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("attempt_no", Integer, nullable=False),
+    Column("deployment", String(128), nullable=False),
+    Column("provider", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_class", String(64)),
+    Column("error", Text),
+    Column("status_code", Integer),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("latency_ms", Float, nullable=False),
+    Column("wait_ms", Float, nullable=False),
+    Column("simulated", Boolean, nullable=False),
+    Column("created_at", _Time, nullable=False),
+    UniqueConstraint("job_id", "run", "attempt_no"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("attempt_no", Integer, nullable=False),
+    Column("batch_id", String(40), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("deployment", String(128), nullable=False),
+    Column("provider", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("cost_usd", _Money, nullable=False),
+    Column("usage", JSON, nullable=False),  # the provider's token counts as reported
+    Column("simulated", Boolean, nullable=False),
+    Column("created_at", _Time, nullable=False),
+    # The exactly-once guarantee: a redelivered or replayed run cannot bill the same call twice.
+    UniqueConstraint("job_id", "run", "attempt_no"),
+    Index(None, "tenant", "user_id", "created_at"),
+)

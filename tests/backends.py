@@ -1,0 +1,117 @@
+"""Pipeline backends for tests: embedded (fakeredis + SQLite file) and services (real Redis + PostgreSQL).
+
+The services backend runs when ROUTEQ_TEST_REDIS_URL / ROUTEQ_TEST_DATABASE_URL are set; under
+CI=true a missing variable is an error, not a skip, so CI can never silently test less.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from fakeredis import FakeServer
+from sqlalchemy import text
+
+from router_core import SimulateMode
+from router_core.providers import sim_world_for
+from storage.connections import connect_redis, embedded_redis
+from storage.settings import Settings
+from storage.store import Store
+from tests.conftest import TRIO, make_catalog
+from workers.worker import build_worker
+
+REDIS_ENV = "ROUTEQ_TEST_REDIS_URL"
+DATABASE_ENV = "ROUTEQ_TEST_DATABASE_URL"
+
+
+def service_url(env: str) -> str:
+    """The URL in `env`, or skip (fail under CI=true) when it is not set."""
+    url = os.environ.get(env, "").strip()
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{env} must be set in CI: the services backend may not be skipped")
+    pytest.skip(f"{env} not set: real-service tests skipped locally")
+
+
+@dataclass
+class Backend:
+    """One place the pipeline runs: settings plus factories for Redis connections and the store."""
+
+    name: str
+    settings: Settings
+    store: Store
+    fake_server: FakeServer | None = None
+    _redis: list[ArqRedis] = field(default_factory=list)
+
+    async def redis(self) -> ArqRedis:
+        """A new Redis connection (a new pool), closed at the end of the test."""
+        if self.fake_server is not None:
+            conn = embedded_redis(self.settings, self.fake_server)
+        else:
+            conn = await connect_redis(self.settings)
+        self._redis.append(conn)
+        return conn
+
+    async def run_worker(self, **options: Any) -> int:
+        """Run a burst-mode worker until the queue is empty; returns jobs completed."""
+        redis = await self.redis()
+        options.setdefault("store", self.store)
+        # The known-answer trio on a 0 ms sim unless a test brings its own catalog and world.
+        if "catalog" not in options:
+            options["catalog"] = make_catalog(TRIO)
+            options["sim_world"] = sim_world_for(options["catalog"])
+        worker = build_worker(
+            self.settings, redis=redis, burst=True, poll_delay=0.01, handle_signals=False, **options
+        )
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+        return worker.jobs_complete
+
+    async def aclose(self) -> None:
+        for conn in self._redis:
+            await conn.aclose()
+        await self.store.close()
+
+
+def pipeline_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "simulate": SimulateMode.ALWAYS,
+        "queue_name": f"routeq:test:{uuid.uuid4().hex[:8]}",
+        "worker_concurrency": 50,
+        "backoff_base_s": 0.0,
+        "backoff_max_s": 0.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@asynccontextmanager
+async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Backend]:
+    if name == "embedded":
+        settings = pipeline_settings(
+            redis_url=None, database_url=f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}", **overrides
+        )
+        backend = Backend(name, settings, await Store.open(settings.database_url), fake_server=FakeServer())
+    else:
+        settings = pipeline_settings(
+            redis_url=service_url(REDIS_ENV), database_url=service_url(DATABASE_ENV), **overrides
+        )
+        store = await Store.open(settings.database_url)
+        async with store.engine.begin() as conn:
+            await conn.execute(text("TRUNCATE ledger, attempts, jobs, batches"))
+        backend = Backend(name, settings, store)
+        await (await backend.redis()).flushdb()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()

@@ -1,0 +1,90 @@
+"""What a worker does with one delivered job: start it, route it, persist, then publish.
+
+    start_job   UPDATE jobs SET status='running' ... RETURNING request   (skips cancelled/finished)
+    route       Router.complete: plan, call, retry, fail over; every attempt recorded
+    finish_job  one transaction: outcome (if still open) + attempts + ledger (ON CONFLICT DO NOTHING)
+    publish     Lua: terminal event once per job, batch progress, batch.completed
+
+arq delivers at least once. A redelivery after the commit finds the job finished and only
+re-publishes (a no-op if the event is already out); a concurrent duplicate run records its own
+attempts and charges (the provider billed them) but cannot overwrite the first result.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from router_core.errors import AllAttemptsFailedError, InvalidRequestError, NoRouteError, RouteqError
+from router_core.models import Attempt, ChatRequest, CompletionResult
+from router_core.router import Router
+from storage.events import EventBus, JobEvent
+from storage.records import JobRecord, StartedJob
+from storage.store import JobFailure, Store
+from storage.tables import JobStatus
+
+__all__ = ["JobRunner"]
+
+logger = logging.getLogger("routeq.worker")
+
+
+class JobRunner:
+    """Runs routeq jobs with one router, store and event bus (built once per worker process)."""
+
+    def __init__(self, router: Router, store: Store, events: EventBus, *, worker_id: str) -> None:
+        self.router = router
+        self.store = store
+        self.events = events
+        self.worker_id = worker_id
+
+    async def run(self, job_id: str, *, run: int) -> str:
+        """Process one delivery of `job_id` (arq try number `run`); returns the job's final status."""
+        started = await self.store.start_job(job_id, run=run, worker=self.worker_id)
+        if isinstance(started, JobRecord):
+            # Already finished (a redelivery after commit) or cancelled: make sure its event is out.
+            if started.terminal:
+                await self._publish(_event_from_record(started))
+            logger.info("job %s not run again: it is %s", job_id, started.status.value)
+            return started.status.value
+
+        result, attempts, failure = await self._route(started)
+        await self.store.finish_job(started, run=run, attempts_made=attempts, result=result, failure=failure)
+        # A concurrent duplicate may have finished first: publish what SQL holds, not what we got.
+        record = await self.store.get_job(job_id)
+        await self._publish(_event_from_record(record))
+        return record.status.value
+
+    async def _route(
+        self, job: StartedJob
+    ) -> tuple[CompletionResult | None, list[Attempt], JobFailure | None]:
+        try:
+            request = ChatRequest.model_validate(job.request)
+        except ValidationError as exc:
+            return None, [], JobFailure("InvalidRequestError", f"stored request is invalid: {exc}")
+        try:
+            result = await self.router.complete(request)
+        except (AllAttemptsFailedError, NoRouteError, InvalidRequestError) as exc:
+            made = exc.attempts if isinstance(exc, AllAttemptsFailedError) else []
+            return None, made, JobFailure(type(exc).__name__, str(exc))
+        except RouteqError as exc:  # any other routing error fails the job with its message
+            return None, [], JobFailure(type(exc).__name__, str(exc))
+        return result, result.attempts, None
+
+    async def _publish(self, event: JobEvent) -> None:
+        counts = await self.events.publish_terminal([event])
+        if counts is not None and counts.complete:
+            await self.store.mark_batch_completed(event.batch_id)
+
+
+def _event_from_record(job: JobRecord) -> JobEvent:
+    return JobEvent(
+        job_id=job.id,
+        batch_id=job.batch_id,
+        custom_id=job.custom_id,
+        status=job.status.value,
+        deployment=job.deployment,
+        cost_usd=float(job.cost_usd or 0),
+        latency_ms=job.latency_ms,
+        error=str(job.error.get("message")) if job.error and job.status != JobStatus.SUCCEEDED else None,
+    )

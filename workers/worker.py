@@ -1,0 +1,160 @@
+"""The arq worker: settings, start-up/shut-down hooks and the one job function.
+
+`routeq worker` runs it; so does `arq workers.WorkerSettings`. Start-up builds the router (its
+catalog and SDK clients), the SQL engine and the event bus once per process; each job reuses them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import arq.worker
+from arq.connections import ArqRedis
+from arq.connections import log_redis_info as _arq_log_redis_info
+from arq.worker import Function, Retry, Worker, func
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from router_core.catalog import Catalog
+from router_core.router import Router
+from router_core.sim.world import SimWorld
+from storage import keys
+from storage.connections import redis_settings
+from storage.events import EventBus
+from storage.queue import JOB_FUNCTION, deserialize, serialize
+from storage.settings import Settings
+from storage.store import Store
+from workers.runner import JobRunner
+
+__all__ = [
+    "build_worker",
+    "make_worker_settings",
+    "route_job",
+    "shutdown",
+    "startup",
+    "worker_settings_class",
+]
+
+logger = logging.getLogger("routeq.worker")
+
+# Jobs whose persistence hit a Redis or database outage are retried after this many seconds.
+_INFRA_RETRY_S = (1, 2, 5, 10, 30)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Build the per-process router, store and event bus (arq `on_startup`)."""
+    settings: Settings = ctx["settings"]
+    store: Store | None = ctx.get("store")
+    ctx["owns_store"] = store is None
+    if store is None:
+        store = await Store.open(settings.database_url)
+    catalog: Catalog | None = ctx.get("catalog")
+    sim_world: SimWorld | None = ctx.get("sim_world")
+    router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world)
+    events = EventBus(ctx["redis"], retention_s=settings.event_retention_s)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
+    ctx["runner"] = JobRunner(router, store, events, worker_id=worker_id)
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    await ctx["redis"].hset(keys.WORKERS, worker_id, json.dumps(info))
+    logger.info(
+        "routeq worker %s ready: %d deployments, database %s",
+        worker_id,
+        len(router.catalog),
+        store.engine.url.render_as_string(hide_password=True),
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Close what `startup` opened (arq `on_shutdown`)."""
+    runner: JobRunner | None = ctx.get("runner")
+    if runner is None:
+        return
+    await ctx["redis"].hdel(keys.WORKERS, runner.worker_id)
+    await runner.router.aclose()
+    if ctx.get("owns_store"):
+        await runner.store.close()
+
+
+async def route_job(ctx: dict[str, Any], job_id: str) -> str:
+    """arq job function: route one routeq job; returns its final status."""
+    runner: JobRunner = ctx["runner"]
+    run: int = ctx["job_try"]
+    try:
+        return await runner.run(job_id, run=run)
+    except (SQLAlchemyError, RedisError, OSError) as exc:
+        # Redis or the database is down: try again later rather than leave the job `running`.
+        delay = _INFRA_RETRY_S[min(run, len(_INFRA_RETRY_S)) - 1]
+        logger.warning("job %s try %d hit %s; retrying in %ss", job_id, run, exc, delay)
+        raise Retry(defer=delay) from exc
+
+
+def job_function(settings: Settings) -> Function:
+    return func(route_job, name=JOB_FUNCTION, timeout=settings.job_timeout_s, max_tries=settings.max_tries)
+
+
+def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker` built from routeq settings.
+
+    `extra_ctx` lands in the job context: `store`, `catalog` or `sim_world` replace what start-up
+    would build (the embedded runner and tests share theirs).
+    """
+    kwargs: dict[str, Any] = {
+        "functions": [job_function(settings)],
+        "queue_name": settings.queue_name,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.worker_concurrency,
+        "queue_read_limit": settings.read_limit,
+        "poll_delay": settings.poll_delay_s,
+        "job_timeout": settings.job_timeout_s,
+        "max_tries": settings.max_tries,
+        "keep_result": 0,  # results live in SQL; arq's copy would only cost memory
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "ctx": {"settings": settings, **extra_ctx},
+    }
+    if settings.redis_url is not None:
+        kwargs["redis_settings"] = redis_settings(settings.redis_url)
+    return kwargs
+
+
+def worker_settings_class(settings: Settings) -> type:
+    """A `WorkerSettings` class for arq's command line (`arq workers.WorkerSettings`)."""
+    attributes: Mapping[str, Any] = make_worker_settings(settings)
+    return type("WorkerSettings", (), dict(attributes))
+
+
+async def _log_redis_info(redis: Redis, log_func: Callable[[str], Any]) -> None:
+    # fakeredis has no INFO command, which arq's start-up logging needs (see ../shared/arq-notes.md).
+    if redis.connection_pool.connection_class.__module__.startswith("fakeredis"):
+        log_func("redis: embedded in-process (fakeredis)")
+        return
+    await _arq_log_redis_info(redis, log_func)
+
+
+def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options: Any) -> Worker:
+    """An `arq.Worker` for routeq jobs; `redis` shares an existing pool (embedded mode, tests).
+
+    `options` are either arq `Worker` arguments (burst, handle_signals, poll_delay...) or job
+    context entries (store, catalog, sim_world) passed on to `make_worker_settings`.
+    """
+    worker_args = set(inspect.signature(Worker).parameters)
+    extra_ctx = {k: v for k, v in options.items() if k not in worker_args}
+    kwargs = make_worker_settings(settings, **extra_ctx)
+    kwargs.update({k: v for k, v in options.items() if k in worker_args})
+    if redis is not None:
+        kwargs.pop("redis_settings", None)
+        kwargs["redis_pool"] = redis
+    return Worker(**kwargs)
+
+
+# The one patch of a library global: arq's worker calls this name at start-up.
+arq.worker.log_redis_info = _log_redis_info  # type: ignore[attr-defined]
