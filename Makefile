@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 run: $(STAMP)
-	$(BIN)/routeq run
+	$(BIN)/routeq run examples/demo.jsonl
 
 sim: $(STAMP)
 	$(BIN)/routeq sim --port 8900

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from producer import commands
 from router_core import Catalog, ConfigError, RouterSettings, load_catalog
 from router_core.providers import sim_world_for
 from router_core.sim import serve
@@ -62,10 +63,17 @@ def catalog(
     console.print(table)
 
 
-@app.command()
-def run() -> None:
-    """Run a batch embedded (in-process Redis and workers). Not yet: lands with the queue pipeline."""
-    console.print("routeq run: not yet — the queue pipeline (issue 3) brings it. Try `routeq catalog`.")
+for command in (
+    commands.run,
+    commands.submit,
+    commands.status,
+    commands.results,
+    commands.watch,
+    commands.cancel,
+    commands.worker,
+    commands.migrate,
+):
+    app.command()(command)
 
 
 def load_catalog_or_exit(path: Path | None) -> Catalog:

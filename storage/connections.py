@@ -42,7 +42,7 @@ def redis_settings(url: str, *, conn_retries: int = 5) -> RedisSettings:
     return settings
 
 
-async def connect_redis(settings: Settings, *, conn_retries: int = 1) -> ArqRedis:
+async def connect_redis(settings: Settings, *, conn_retries: int = 0) -> ArqRedis:
     """Connect to `settings.redis_url` and check it answers.
 
     Raises:

@@ -26,6 +26,7 @@ class ServiceUnavailableError(StorageError):
         self.service = service
         self.url = mask_dsn(url)
         reason = cause if isinstance(cause, str) else (str(cause) or type(cause).__name__)
+        reason = reason.strip().rstrip(".")
         super().__init__(f"cannot reach {service} at {self.url}: {reason}. {hint}")
 
 

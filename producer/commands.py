@@ -1,0 +1,261 @@
+"""The pipeline commands of the `routeq` CLI: run, submit, status, results, watch, cancel, worker, migrate.
+
+Each command builds `Settings()` once, turns connection failures into one red line naming the URL
+(exit status 2), and never prints a traceback for a known error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from producer.client import Client
+from producer.embedded import embedded_client
+from producer.inputs import ParsedInput, read_jsonl
+from producer.outputs import write_results
+from producer.reporting import follow_with_progress, print_line_errors, status_table, summary_table
+from router_core.errors import ConfigError
+from storage.errors import NotFoundError, ServiceUnavailableError, mask_dsn
+from storage.events import Event
+from storage.settings import Settings
+from storage.store import NewJob, Store
+
+__all__ = ["cancel", "migrate", "results", "run", "status", "submit", "watch", "worker"]
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.")]
+IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
+
+
+def _execute(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro`; known errors become one red line and exit status 2 (1 for unknown ids)."""
+    try:
+        return asyncio.run(coro)
+    except NotFoundError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    except (ServiceUnavailableError, ConfigError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def _read_input(path: Path) -> ParsedInput:
+    try:
+        parsed = read_jsonl(path)
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
+        raise typer.Exit(2) from exc
+    print_line_errors(parsed.errors, err_console, source=str(path))
+    if parsed.errors:
+        err_console.print(
+            f"[yellow]{len(parsed.errors)} of {parsed.lines_read} lines rejected (kept on the batch); "
+            f"the other {len(parsed.items)} run.[/yellow]"
+        )
+    if not parsed.items:
+        err_console.print(f"[red]error:[/red] {path} has no valid lines to run")
+        raise typer.Exit(1)
+    return parsed
+
+
+def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]]]:
+    items = [NewJob(item.custom_id, item.request) for item in parsed.items]
+    invalid = [{"line": e.line, "reason": e.reason, "custom_id": e.custom_id} for e in parsed.errors]
+    return items, invalid
+
+
+async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
+    if settings.redis_url is None:
+        raise ServiceUnavailableError(
+            "Redis",
+            "(unset)",
+            "ROUTEQ_REDIS_URL is not set",
+            "Set it to your Redis (redis://host:6379/0); for a one-off local run use `routeq run FILE`.",
+        )
+    async with await Client.connect(settings) as client:
+        return await action(client)
+
+
+async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
+    store = await Store.open(settings.database_url)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def run(
+    file: FileArg,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Results JSONL path.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
+    ] = None,
+) -> None:
+    """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file."""
+    parsed = _read_input(file)
+    settings = Settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+
+    async def go() -> None:
+        async with embedded_client(settings) as client:
+            items, invalid = _batch_items(parsed)
+            started = time.perf_counter()
+            batch_id = await client.submit_batch(items, name=file.name, invalid_lines=invalid)
+            batch = await client.batch(batch_id)
+            mode = (
+                "in-process Redis" if settings.redis_url is None else f"Redis {mask_dsn(settings.redis_url)}"
+            )
+            database = mask_dsn(settings.database_url)
+            console.print(f"batch [bold]{batch_id}[/bold]: {batch.total} jobs · {mode} · {database}")
+            await follow_with_progress(client, batch, console)
+            elapsed = time.perf_counter() - started
+            summary = await client.store.batch_summary(batch_id)
+            console.print(summary_table(summary))
+            path = output or Path(f"results-{batch_id}.jsonl")
+            written, _ = await write_results(path, client.results(batch_id))
+            console.print(
+                f"{batch.total} jobs in {elapsed:.1f}s ({batch.total / elapsed:.0f} jobs/s). "
+                f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
+            )
+
+    _execute(go())
+
+
+def submit(
+    file: FileArg,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the batch is done.")] = False,
+    name: Annotated[str | None, typer.Option(help="A name for the batch.")] = None,
+) -> None:
+    """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id."""
+    parsed = _read_input(file)
+
+    async def go(client: Client) -> None:
+        items, invalid = _batch_items(parsed)
+        batch_id = await client.submit_batch(items, name=name or file.name, invalid_lines=invalid)
+        console.print(batch_id)
+        if wait:
+            await follow_with_progress(client, await client.batch(batch_id), err_console)
+            err_console.print(status_table(await client.batch(batch_id)))
+
+    _execute(_with_client(Settings(), go))
+
+
+def status(id: IdArg) -> None:
+    """A batch's counts per status, or one job's status, cost and attempts (reads SQL only)."""
+
+    async def go(store: Store) -> None:
+        if id.startswith("job_"):
+            job = await store.get_job(id)
+            console.print(
+                f"job {job.id} ({job.custom_id}) in {job.batch_id}: [bold]{job.status.value}[/bold]"
+            )
+            for attempt in await store.job_attempts(id):
+                outcome = (
+                    attempt["outcome"]
+                    if not attempt["error"]
+                    else f"{attempt['outcome']}: {attempt['error']}"
+                )
+                console.print(
+                    f"  try {attempt['run']}.{attempt['attempt_no']} {attempt['deployment']}: {outcome}"
+                )
+            if job.cost_usd is not None:
+                console.print(f"  cost ${job.cost_usd:.6f} on {job.deployment}")
+            return
+        console.print(status_table(await store.get_batch(id)))
+
+    _execute(_with_store(Settings(), go))
+
+
+def results(
+    id: IdArg,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """The batch's finished results as OpenAI-batch-style JSONL (reads SQL only)."""
+
+    async def go(store: Store) -> None:
+        batch = await store.get_batch(id)
+        target = output or Path("/dev/stdout")
+        written, pending = await write_results(target, store.iter_jobs(batch.id))
+        if output is not None:
+            err_console.print(f"{written} results written to {output}")
+        if pending:
+            err_console.print(f"[yellow]{pending} jobs not finished yet[/yellow]")
+
+    _execute(_with_store(Settings(), go))
+
+
+def watch(
+    id: IdArg,
+    after: Annotated[str, typer.Option(help="Resume after this event id (0-0 = from the start).")] = "0-0",
+) -> None:
+    """Live progress of a batch from its event stream; failures are printed as they happen."""
+
+    def show_failure(event: Event) -> None:
+        if event.type == "job.failed":
+            err_console.print(
+                f"[red]{event.data['custom_id']}[/red]: {event.data.get('error')}", highlight=False
+            )
+
+    async def go(client: Client) -> None:
+        batch = await client.batch(id)
+        last = await follow_with_progress(client, batch, console, after=after, on_event=show_failure)
+        console.print(status_table(await client.batch(id)))
+        console.print(f"last event id: {last}")
+
+    _execute(_with_client(Settings(), go))
+
+
+def cancel(id: IdArg) -> None:
+    """Cancel a batch's queued jobs (or one job); jobs already running finish."""
+
+    async def go(client: Client) -> None:
+        if id.startswith("job_"):
+            job = await client.get(id)
+            count = await client.cancel(job.batch_id, job_id=id)
+        else:
+            count = await client.cancel(id)
+        console.print(f"{count} queued jobs cancelled")
+
+    _execute(_with_client(Settings(), go))
+
+
+def migrate() -> None:
+    """Bring the database schema to the newest migration (workers also do this at start-up)."""
+    settings = Settings()
+    _execute(_with_store(settings, lambda store: asyncio.sleep(0)))
+    console.print(f"database schema is current: {mask_dsn(settings.database_url)}")
+
+
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+) -> None:
+    """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
+    from workers.worker import build_worker  # noqa: PLC0415 - only this command starts workers
+
+    settings = Settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+
+    async def go(client: Client) -> None:
+        # Connections were checked by _with_client; the worker opens its own pool with retries.
+        arq_worker = build_worker(settings, burst=burst, store=client.store)
+        with contextlib.suppress(asyncio.CancelledError):
+            await arq_worker.async_run()
+        await arq_worker.close()
+
+    _execute(_with_client(settings, go))

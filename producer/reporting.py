@@ -1,0 +1,113 @@
+"""What the CLI shows: a live progress bar fed by the event stream, status and summary tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producer.client import Client
+from producer.inputs import LineError
+from storage.events import Event
+from storage.records import BatchRecord, BatchSummary
+from storage.tables import JobStatus
+
+__all__ = ["follow_with_progress", "print_line_errors", "status_table", "summary_table"]
+
+# Without an event for this long, check SQL: the batch may be finished and its stream expired.
+_IDLE_CHECK_MS = 2_000
+
+
+async def follow_with_progress(
+    client: Client,
+    batch: BatchRecord,
+    console: Console,
+    *,
+    after: str = "0-0",
+    on_event: Callable[[Event], None] | None = None,
+) -> str:
+    """Show a progress bar for `batch` from its events until it completes; returns the last event id."""
+    failed = 0
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(batch.id, total=batch.total, completed=0, failed=0)
+        while True:
+            events = await client.events_bus.read(batch.id, after=after, block_ms=_IDLE_CHECK_MS)
+            if not events and (await client.batch(batch.id)).done >= batch.total:
+                progress.update(task, completed=batch.total)
+                return after
+            for event in events:
+                after = event.id
+                if on_event is not None:
+                    on_event(event)
+                if event.type == "job.failed":
+                    failed += 1
+                if event.type in ("batch.progress", "batch.completed"):
+                    progress.update(task, completed=event.data["done"], failed=event.data["failed"])
+                elif event.type.startswith("job."):
+                    progress.update(task, advance=1, failed=failed)
+                if event.type == "batch.completed":
+                    return after
+
+
+def status_table(batch: BatchRecord) -> Table:
+    table = Table(caption=f"batch {batch.id}: {batch.status}")
+    table.add_column("status")
+    table.add_column("jobs", justify="right")
+    for status in JobStatus:
+        table.add_row(status.value, str(batch.counts.get(status, 0)))
+    table.add_row("[bold]total", f"[bold]{batch.total}")
+    if batch.invalid_lines:
+        table.add_row("[red]rejected input lines", f"[red]{len(batch.invalid_lines)}")
+    return table
+
+
+def summary_table(summary: BatchSummary) -> Table:
+    table = Table(title="jobs per deployment", title_justify="left")
+    for column in ("deployment", "jobs", "cost $", "p50 ms", "p95 ms", "failovers"):
+        table.add_column(column, justify="left" if column == "deployment" else "right")
+    for row in summary.deployments:
+        table.add_row(
+            row.deployment,
+            str(row.jobs),
+            f"{row.cost_usd:.6f}",
+            f"{row.p50_latency_ms:.0f}",
+            f"{row.p95_latency_ms:.0f}",
+            str(row.failovers),
+        )
+    table.add_section()
+    table.add_row(
+        "[bold]succeeded",
+        f"[bold]{summary.succeeded}",
+        f"[bold]{sum((r.cost_usd for r in summary.deployments), Decimal(0)):.6f}",
+        "",
+        "",
+        f"[bold]{summary.failovers}",
+    )
+    if summary.failed:
+        reasons = ", ".join(f"{name} x{n}" for name, n in sorted(summary.failure_reasons.items()))
+        table.add_row("[red]failed", f"[red]{summary.failed}", "", "", "", reasons)
+    if summary.cancelled:
+        table.add_row("cancelled", str(summary.cancelled), "", "", "", "")
+    table.caption = (
+        f"{summary.provider_calls} billed provider calls, ${summary.billed_usd:.6f} in the ledger "
+        "(failed jobs' calls included)"
+    )
+    return table
+
+
+def print_line_errors(errors: Sequence[LineError], console: Console, *, source: str, limit: int = 20) -> None:
+    """Each rejected input line with its number and reason (the first `limit`, then a count)."""
+    for error in errors[:limit]:
+        console.print(f"[red]{source}:{error.line}:[/red] {error.reason}", highlight=False, soft_wrap=True)
+    if len(errors) > limit:
+        console.print(f"[red]... and {len(errors) - limit} more rejected lines[/red]")
