@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import logging.config
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from arq.logs import default_log_config
 from rich.console import Console
 
 from producer.client import Client
@@ -243,10 +246,15 @@ def worker(
         int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job (DEBUG).")] = False,
 ) -> None:
     """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
     from workers.worker import build_worker  # noqa: PLC0415 - only this command starts workers
 
+    logging.config.dictConfig(default_log_config(verbose))
+    # arq logs each job at INFO; routeq's own loggers follow the same configuration.
+    logging.getLogger("routeq").handlers = logging.getLogger("arq").handlers
+    logging.getLogger("routeq").setLevel(logging.DEBUG if verbose else logging.INFO)
     settings = Settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})

@@ -1,0 +1,104 @@
+"""The pipeline commands: `routeq run` end to end, `results` reading the same SQLite later, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from producer import commands
+from producer.cli import app
+from tests.test_multiprocess import CATALOG
+
+runner = CliRunner()
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean directory and environment: embedded Redis, SQLite file, a fast sim catalog."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG.replace("latency_ms = 20, latency_jitter_ms = 10", "latency_ms = 0"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("ROUTEQ_REDIS_URL", "ROUTEQ_DATABASE_URL", "ROUTEQ_QUEUE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ROUTEQ_CATALOG_PATH", str(catalog))
+    monkeypatch.setenv("ROUTEQ_SIMULATE", "always")
+    wide = Console(width=200)
+    monkeypatch.setattr(commands, "console", wide)
+    monkeypatch.setattr(commands, "err_console", Console(width=200, stderr=True))
+    return tmp_path
+
+
+def test_run_reports_bad_lines_runs_the_rest_and_results_reads_them_later(workdir: Path) -> None:
+    result = runner.invoke(app, ["run", str(EXAMPLES / "with-errors.jsonl"), "-o", "out.jsonl"])
+    assert result.exit_code == 0, result.output
+    for line in (3, 6, 8, 11):
+        assert f"with-errors.jsonl:{line}:" in result.output
+    assert "4 of 12 lines rejected" in result.output
+    assert "jobs per deployment" in result.output
+    batch_id = re.search(r"batch (batch_[0-9a-f]+)", result.output)
+    assert batch_id is not None, result.output
+    lines = [json.loads(line) for line in (workdir / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 8
+    for line in lines:
+        assert line["error"] is None
+        assert line["response"]["status_code"] == 200
+        assert line["response"]["body"]["choices"][0]["message"]["content"]
+        assert line["routeq"]["deployment"] in ("sim-a", "sim-b")
+    assert (workdir / "routeq.db").exists()
+
+    # Later, in another process: the same results from the SQLite file, no Redis needed.
+    later = runner.invoke(app, ["results", batch_id.group(1), "-o", "again.jsonl"])
+    assert later.exit_code == 0, later.output
+    assert sorted((workdir / "again.jsonl").read_text().splitlines()) == sorted(
+        (workdir / "out.jsonl").read_text().splitlines()
+    )
+    status = runner.invoke(app, ["status", batch_id.group(1)])
+    assert status.exit_code == 0
+    assert "completed" in status.output
+    assert "rejected input lines" in status.output
+
+
+def test_unknown_id_is_one_line_and_exit_1(workdir: Path) -> None:
+    result = runner.invoke(app, ["status", "batch_doesnotexist"])
+    assert result.exit_code == 1
+    assert "no batch with id 'batch_doesnotexist'" in result.output
+
+
+def test_unreachable_redis_names_the_masked_url(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTEQ_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    result = runner.invoke(app, ["submit", str(EXAMPLES / "with-errors.jsonl")])
+    assert result.exit_code == 2
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_submit_without_redis_url_says_what_to_do(workdir: Path) -> None:
+    result = runner.invoke(app, ["submit", str(EXAMPLES / "with-errors.jsonl")])
+    assert result.exit_code == 2
+    assert "ROUTEQ_REDIS_URL is not set" in result.output
+    assert "routeq run" in result.output
+
+
+def test_unreachable_database_names_the_masked_url(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTEQ_DATABASE_URL", "postgresql+asyncpg://u:s3cret@127.0.0.1:1/x")
+    result = runner.invoke(app, ["status", "batch_x"])
+    assert result.exit_code == 2
+    assert "cannot reach the database at postgresql+asyncpg://u:***@127.0.0.1:1/x" in result.output
+    assert "s3cret" not in result.output
+
+
+def test_file_with_no_valid_lines_fails(workdir: Path) -> None:
+    bad = workdir / "bad.jsonl"
+    bad.write_text('{"prompt": ""}\nnot json\n')
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.jsonl:1:" in result.output
+    assert "bad.jsonl:2:" in result.output
+    assert "no valid lines" in result.output
