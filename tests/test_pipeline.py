@@ -170,6 +170,44 @@ async def test_concurrent_duplicate_runs_keep_one_result_and_every_charge(
     assert len(terminal) == 1
 
 
+class _Gate:
+    """Routes with a real router, but holds every call until released: status can be read mid-run."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def complete(self, request: ChatRequest) -> CompletionResult:
+        self.entered.set()
+        await self.release.wait()
+        return await self._router.complete(request)
+
+
+async def test_status_is_visible_in_sql_while_the_job_runs(backend: Backend, trio: Catalog) -> None:
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    job_id = await client.submit(chat("hello"))
+    assert (await client.get(job_id)).status == JobStatus.QUEUED
+    async with Router.from_settings(backend.settings, catalog=trio, sim_world=sim_world_for(trio)) as router:
+        gate = _Gate(router)
+        events = EventBus(await backend.redis(), retention_s=60)
+        runner = JobRunner(cast(Router, gate), backend.store, events, worker_id="worker-7")
+        running = asyncio.create_task(runner.run(job_id, run=1))
+        async with asyncio.timeout(10):
+            await gate.entered.wait()
+        mid = await client.get(job_id)
+        assert (mid.status, mid.worker, mid.run) == (JobStatus.RUNNING, "worker-7", 1)
+        assert mid.started_at is not None
+        assert mid.finished_at is None
+        gate.release.set()
+        assert await running == "succeeded"
+    done = await client.get(job_id)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.finished_at is not None
+    assert done.started_at is not None
+    assert done.finished_at >= done.started_at
+
+
 async def test_replaying_a_persisted_run_adds_nothing(backend: Backend) -> None:
     client = Client(await backend.redis(), backend.store, backend.settings)
     job_id = await client.submit(chat("hello"))
