@@ -34,6 +34,7 @@ sim: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/router_micro.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

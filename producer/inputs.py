@@ -42,6 +42,7 @@ OPENAI_BATCH_URL = "/v1/chat/completions"
 """The only ``url`` accepted on OpenAI Batch lines."""
 
 ROUTER_MODEL_PREFIX = "router:"
+MAX_CUSTOM_ID_LENGTH = 255  # the jobs.custom_id column
 """``model`` values starting with this name a routing strategy instead of a model."""
 
 MAX_REASONS = 3
@@ -274,6 +275,8 @@ def _custom_id(data: dict[str, Any], *, required: bool) -> tuple[str | None, lis
         return None, [f"custom_id must be a string, got {_json_type(value)}"]
     if not value.strip():
         return None, ["custom_id is empty"]
+    if len(value) > MAX_CUSTOM_ID_LENGTH:
+        return None, [f"custom_id is {len(value)} characters long; the limit is {MAX_CUSTOM_ID_LENGTH}"]
     return value, []
 
 

@@ -433,3 +433,10 @@ def test_with_errors_file_reports_exactly_the_designed_errors() -> None:
     assert reasons[1] == "unknown field 'temprature'"
     assert reasons[2].startswith("body.preferences.strategy: Input should be 'cost'")
     assert reasons[3] == "prompt is empty"
+
+
+def test_overlong_custom_id_is_rejected() -> None:
+    parsed = parse_lines([json.dumps({"custom_id": "x" * 256, "prompt": "hi"}), json.dumps({"prompt": "ok"})])
+    assert [e.line for e in parsed.errors] == [1]
+    assert "256 characters long; the limit is 255" in parsed.errors[0].reason
+    assert [item.line for item in parsed.items] == [2]
