@@ -56,7 +56,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         engine = create_async_engine(parsed, echo=echo)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 async def connect_database(url: str, *, run_migrations: bool = True) -> AsyncEngine:

@@ -8,23 +8,22 @@ replaying a run is harmless and no charge is ever recorded twice.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Insert, Table, func, select, update
+from sqlalchemy import Insert, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from router_core.models import Attempt, ChatRequest, CompletionResult
-from storage.db import connect_database, is_sqlite
+from storage.db import connect_database
 from storage.errors import NotFoundError
+from storage.group_commit import GroupCommitter
 from storage.records import (
     BatchRecord,
     BatchSummary,
@@ -39,6 +38,39 @@ __all__ = ["CreatedBatch", "JobFailure", "NewJob", "Store", "new_id"]
 
 _RUNNABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
 _PAGE = 500
+
+
+_RUNNABLE_VALUES = [s.value for s in _RUNNABLE]
+# Statements built once: per-job writes then skip SQLAlchemy's statement construction and coercion.
+# (Bind names carry a b_ prefix: SQLAlchemy reserves column names for the SET clause.)
+_START_JOB = (
+    update(jobs)
+    .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .values(
+        status=JobStatus.RUNNING.value,
+        run=bindparam("b_run"),
+        worker=bindparam("b_worker"),
+        started_at=bindparam("b_now"),
+    )
+    .returning(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.tenant, jobs.c.user_id, jobs.c.request)
+)
+_OUTCOME_COLUMNS = (
+    "status",
+    "finished_at",
+    "attempt_count",
+    "cost_usd",
+    "deployment",
+    "model",
+    "latency_ms",
+    "failovers",
+    "result",
+    "error",
+)
+_FINISH_JOB = (
+    update(jobs)
+    .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .values({name: bindparam(name, type_=jobs.c[name].type) for name in _OUTCOME_COLUMNS})
+)
 
 
 def new_id(prefix: str) -> str:
@@ -76,8 +108,11 @@ class Store:
     def __init__(self, engine: AsyncEngine, *, now: Callable[[], datetime] = _utcnow) -> None:
         self.engine = engine
         self._now = now
-        # SQLite has one writer at a time: queueing writers here is cheaper than its busy-wait loop.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if is_sqlite(engine) else None
+        # Every write goes through one group committer: concurrent jobs share transactions, and on
+        # SQLite this process is then a single writer instead of many waiting on its lock.
+        self.writes = GroupCommitter(engine)
+        self._insert_attempts = self._insert_ignoring_duplicates(attempts)
+        self._insert_ledger = self._insert_ignoring_duplicates(ledger)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
@@ -85,10 +120,8 @@ class Store:
         return cls(await connect_database(url, run_migrations=run_migrations))
 
     async def close(self) -> None:
+        await self.writes.close()
         await self.engine.dispose()
-
-    def _writing(self) -> AbstractAsyncContextManager[Any]:
-        return self._write_lock if self._write_lock is not None else nullcontext()
 
     def _insert_ignoring_duplicates(self, table: Table) -> Insert:
         if self.engine.dialect.name == "postgresql":
@@ -136,10 +169,13 @@ class Store:
             "created_at": now,
             "completed_at": now if not rows else None,
         }
-        async with self._writing(), self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(batches.insert(), batch_row)
             if rows:
                 await conn.execute(jobs.insert(), rows)
+
+        await self.writes.run(write)
         return CreatedBatch(batch_id, [row["id"] for row in rows])
 
     async def cancel(self, batch_id: str, job_id: str | None = None) -> list[JobRecord]:
@@ -149,7 +185,8 @@ class Store:
         if job_id is not None:
             condition &= jobs.c.id == job_id
         error = {"type": "Cancelled", "message": "cancelled before it started"}
-        async with self._writing(), self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> list[JobRecord]:
             result = await conn.execute(
                 update(jobs)
                 .where(condition)
@@ -163,7 +200,9 @@ class Store:
                     .where((batches.c.id == batch_id) & batches.c.cancelled_at.is_(None))
                     .values(cancelled_at=now)
                 )
-        return cancelled
+            return cancelled
+
+        return await self.writes.run(write)
 
     # -- worker side -----------------------------------------------------------------------------
 
@@ -176,22 +215,12 @@ class Store:
         Raises:
             NotFoundError: no such job.
         """
-        async with self._writing(), self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    update(jobs)
-                    .where((jobs.c.id == job_id) & jobs.c.status.in_([s.value for s in _RUNNABLE]))
-                    .values(status=JobStatus.RUNNING.value, run=run, worker=worker, started_at=self._now())
-                    .returning(
-                        jobs.c.id,
-                        jobs.c.batch_id,
-                        jobs.c.custom_id,
-                        jobs.c.tenant,
-                        jobs.c.user_id,
-                        jobs.c.request,
-                    )
-                )
-            ).first()
+        params = {"b_id": job_id, "b_run": run, "b_worker": worker, "b_now": self._now()}
+
+        async def write(conn: AsyncConnection) -> Any:
+            return (await conn.execute(_START_JOB, params)).first()
+
+        row = await self.writes.run(write)
         if row is not None:
             return StartedJob(**row._mapping)
         return await self.get_job(job_id)
@@ -215,32 +244,31 @@ class Store:
         billed = [
             (n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0
         ]
-        values = _outcome_values(attempts_made, result, failure, billed, now)
-        async with self._writing(), self.engine.begin() as conn:
-            applied = await conn.execute(
-                update(jobs)
-                .where((jobs.c.id == job.id) & jobs.c.status.in_([s.value for s in _RUNNABLE]))
-                .values(**values)
-            )
-            if attempts_made:
-                await conn.execute(
-                    self._insert_ignoring_duplicates(attempts),
-                    [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)],
-                )
-            if billed:
-                await conn.execute(
-                    self._insert_ignoring_duplicates(ledger),
-                    [_ledger_row(job, run, n, a, now) for n, a in billed],
-                )
-        return applied.rowcount == 1
+        outcome = {"b_id": job.id, **_outcome_values(attempts_made, result, failure, billed, now)}
+        attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
+        ledger_rows = [_ledger_row(job, run, n, a, now) for n, a in billed]
+
+        async def write(conn: AsyncConnection) -> bool:
+            applied = await conn.execute(_FINISH_JOB, outcome)
+            if attempt_rows:
+                await conn.execute(self._insert_attempts, attempt_rows)
+            if ledger_rows:
+                await conn.execute(self._insert_ledger, ledger_rows)
+            return applied.rowcount == 1
+
+        return await self.writes.run(write)
 
     async def mark_batch_completed(self, batch_id: str) -> None:
-        async with self._writing(), self.engine.begin() as conn:
+        now = self._now()
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(
                 update(batches)
                 .where((batches.c.id == batch_id) & batches.c.completed_at.is_(None))
-                .values(completed_at=self._now())
+                .values(completed_at=now)
             )
+
+        await self.writes.run(write)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -370,11 +398,12 @@ def _outcome_values(
     billed: Sequence[tuple[int, Attempt]],
     now: datetime,
 ) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "finished_at": now,
-        "attempt_count": len(attempts_made),
-        "cost_usd": sum((_money(a.cost_usd) for _, a in billed), Decimal(0)),
-    }
+    values: dict[str, Any] = dict.fromkeys(_OUTCOME_COLUMNS)
+    values.update(
+        finished_at=now,
+        attempt_count=len(attempts_made),
+        cost_usd=sum((_money(a.cost_usd) for _, a in billed), Decimal(0)),
+    )
     if result is not None:
         values.update(
             status=JobStatus.SUCCEEDED.value,

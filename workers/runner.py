@@ -49,11 +49,17 @@ class JobRunner:
             return started.status.value
 
         result, attempts, failure = await self._route(started)
-        await self.store.finish_job(started, run=run, attempts_made=attempts, result=result, failure=failure)
-        # A concurrent duplicate may have finished first: publish what SQL holds, not what we got.
-        record = await self.store.get_job(job_id)
-        await self._publish(_event_from_record(record))
-        return record.status.value
+        applied = await self.store.finish_job(
+            started, run=run, attempts_made=attempts, result=result, failure=failure
+        )
+        if not applied:
+            # A concurrent duplicate finished first: publish what SQL holds, not what we got.
+            record = await self.store.get_job(job_id)
+            await self._publish(_event_from_record(record))
+            return record.status.value
+        event = _event_from_run(started, result, attempts, failure)
+        await self._publish(event)
+        return event.status
 
     async def _route(
         self, job: StartedJob
@@ -75,6 +81,30 @@ class JobRunner:
         counts = await self.events.publish_terminal([event])
         if counts is not None and counts.complete:
             await self.store.mark_batch_completed(event.batch_id)
+
+
+def _event_from_run(
+    job: StartedJob, result: CompletionResult | None, attempts: list[Attempt], failure: JobFailure | None
+) -> JobEvent:
+    billed = sum(a.cost_usd for a in attempts)
+    if result is not None:
+        return JobEvent(
+            job.id,
+            job.batch_id,
+            job.custom_id,
+            JobStatus.SUCCEEDED.value,
+            deployment=result.deployment,
+            cost_usd=billed,
+            latency_ms=result.latency_ms,
+        )
+    return JobEvent(
+        job.id,
+        job.batch_id,
+        job.custom_id,
+        JobStatus.FAILED.value,
+        cost_usd=billed,
+        error=failure.message if failure else None,
+    )
 
 
 def _event_from_record(job: JobRecord) -> JobEvent:

@@ -1,0 +1,258 @@
+"""Queue throughput benchmark (a benchmark, not a test): routeq's pipeline next to raw arq.
+
+Prints, from one run on one Redis:
+1. Worker throughput, one worker draining N jobs (default 5,000), the queue filled before the clock
+   starts and the clock stopped when the burst-mode worker returns:
+   (a) raw arq: a no-op job function (max_jobs, poll_delay 0.01, keep_result 0, JSON serializer);
+   (b) routeq: the same number of prompts through the real worker - start the job in SQL, route it
+       with the real router and the official openai SDK to the in-process sim (0 ms latency),
+       persist result + attempts + ledger in one transaction, publish the events with Lua.
+   pipeline / raw is the share of arq's own ceiling routeq reaches; the pipeline's results are then
+   checked (every job succeeded, one ledger row each): a benchmark that loses jobs is worthless.
+2. Submission of M lines (default 10,000): routeq `Client.submit_batch` (one SQL transaction plus a
+   pipelined enqueue) against a loop of arq's `enqueue_job` (three round trips per job).
+
+Numbers vary by about +-10% between runs; compare ratios within one run, not across machines. A
+default run takes about a minute, mostly the pipeline phase; --timeout bounds it. The Redis database
+(default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start, between
+phases and at the end: give it a database that holds nothing you want. The SQL store is a fresh
+SQLite file in a temporary directory unless --database-url is given; a PostgreSQL database given
+there has its ledger, attempts, jobs and batches tables TRUNCATEd first.
+
+Run: `.venv/bin/python bench/throughput.py [--jobs N] [--submit M] [--concurrency C]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import tempfile
+import time
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms
+from arq.jobs import serialize_job
+from arq.worker import Worker, func
+from sqlalchemy import make_url, text
+
+from producer.client import Client
+from router_core import SimulateMode
+from router_core.catalog import Catalog, parse_catalog
+from router_core.models import ChatRequest, Message
+from router_core.providers import sim_world_for
+from storage.connections import connect_redis
+from storage.queue import deserialize, serialize
+from storage.settings import Settings
+from storage.store import NewJob, Store
+from storage.tables import JobStatus
+from workers.worker import build_worker, startup
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
+RAW_QUEUE = "bench:arq"
+NOTE = "numbers vary by about +-10% between runs; compare the ratios, which are from one run"
+
+
+def bench_catalog() -> Catalog:
+    """Two 0 ms sim deployments (openai wire protocol), so the planner has a real choice to rank."""
+    deps = [
+        {"id": id, "kind": "sim", "provider": "sim", "model": f"{id}-model", "quality": quality}
+        | {"latency_ms": 1, "context_window": 100_000, "sim": {"latency_ms": 0}}
+        | {"price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}}
+        for id, quality in (("sim-a", 0.7), ("sim-b", 0.6))
+    ]
+    return parse_catalog({"deployments": deps}, source="<bench>")
+
+
+def prompts(n: int) -> list[NewJob]:
+    return [
+        NewJob(f"line-{i}", ChatRequest(messages=[Message(role="user", content=f"Say hello number {i}")]))
+        for i in range(n)
+    ]
+
+
+async def noop(ctx: dict[str, Any], i: int) -> None:
+    """arq's floor: a job that does nothing."""
+
+
+async def enqueue_noops(redis: ArqRedis, n: int) -> None:
+    """Fill the raw queue untimed, pipelined like routeq's bulk enqueue (same keys as enqueue_job)."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            payload = serialize_job("noop", (i,), {}, None, now_ms, serializer=serialize)
+            pipe.psetex(f"arq:job:noop-{i}", expires_extra_ms, payload)
+        pipe.zadd(RAW_QUEUE, {f"noop-{i}": now_ms for i in range(n)})
+        await pipe.execute()
+
+
+async def drain(worker: Worker, started: list[float]) -> float:
+    """Jobs/s of a burst worker, timed from the end of its start-up hook to its return."""
+    try:
+        await worker.main()
+        elapsed = time.perf_counter() - started[0]
+    finally:
+        await worker.close()
+    return worker.jobs_complete / elapsed
+
+
+async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: int) -> float:
+    await enqueue_noops(redis, n)
+    started: list[float] = []
+
+    async def mark(ctx: dict[str, Any]) -> None:
+        started.append(time.perf_counter())
+
+    worker = Worker(
+        [func(noop, name="noop")],
+        queue_name=RAW_QUEUE,
+        redis_pool=await connect_redis(settings),  # its own pool, as build_worker's: close() closes it
+        burst=True,
+        max_jobs=concurrency,
+        poll_delay=0.01,
+        keep_result=0,
+        handle_signals=False,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        on_startup=mark,
+    )
+    rate = await drain(worker, started)
+    if worker.jobs_complete != n:
+        raise SystemExit(f"raw arq worker completed {worker.jobs_complete} of {n} jobs")
+    return rate
+
+
+async def pipeline_worker(settings: Settings, redis: ArqRedis, store: Store, n: int) -> tuple[float, str]:
+    """Jobs/s of routeq's worker on `n` prompts, and the result check line (exits if it fails)."""
+    batch_id = await Client(redis, store, settings).submit_batch(prompts(n), name="bench")
+    catalog = bench_catalog()
+    started: list[float] = []
+
+    async def timed_startup(ctx: dict[str, Any]) -> None:
+        await startup(ctx)
+        started.append(time.perf_counter())
+
+    worker = build_worker(
+        settings,
+        redis=await connect_redis(settings),
+        burst=True,
+        poll_delay=0.01,
+        handle_signals=False,
+        on_startup=timed_startup,
+        store=store,
+        catalog=catalog,
+        sim_world=sim_world_for(catalog),
+    )
+    rate = await drain(worker, started)
+    batch = await store.get_batch(batch_id)
+    ledger_rows = len(await store.ledger_rows(batch_id=batch_id))
+    ok = batch.counts == {JobStatus.SUCCEEDED: n} and ledger_rows == n and batch.status == "completed"
+    counts = {status.value: count for status, count in batch.counts.items()}
+    check = f"{'OK' if ok else 'FAILED'}: batch {batch.status}, counts {counts}, ledger rows {ledger_rows:,}"
+    if not ok:
+        raise SystemExit(f"pipeline check {check}")
+    return rate, check
+
+
+async def submit_routeq(settings: Settings, redis: ArqRedis, store: Store, n: int) -> float:
+    items = prompts(n)  # built before the clock: the caller has its requests already
+    client = Client(redis, store, settings)
+    t0 = time.perf_counter()
+    await client.submit_batch(items, name="bench-submit")
+    rate = n / (time.perf_counter() - t0)
+    if (queued := await redis.zcard(settings.queue_name)) != n:
+        raise SystemExit(f"submit_batch queued {queued} of {n} jobs")
+    return rate
+
+
+async def submit_arq(redis: ArqRedis, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        await redis.enqueue_job("noop", i, _queue_name=RAW_QUEUE)
+    rate = n / (time.perf_counter() - t0)
+    if (queued := await redis.zcard(RAW_QUEUE)) != n:
+        raise SystemExit(f"enqueue_job queued {queued} of {n} jobs")
+    return rate
+
+
+async def open_store(url: str) -> Store:
+    store = await Store.open(url)
+    if store.engine.dialect.name == "postgresql":
+        async with store.engine.begin() as conn:
+            await conn.execute(text("TRUNCATE ledger, attempts, jobs, batches"))
+    return store
+
+
+def row(label: str, value: float, unit: str, note: str = "") -> None:
+    print(f"   {label:<28}{value:9,.0f} {unit}{f'  ({note})' if note else ''}")
+
+
+async def run(args: argparse.Namespace, database_url: str) -> None:
+    settings = Settings(
+        _env_file=None,
+        redis_url=args.redis_url,
+        database_url=database_url,
+        simulate=SimulateMode.ALWAYS,
+        worker_concurrency=args.concurrency,
+        queue_name="bench:routeq",
+    )
+    print(f"redis:       {args.redis_url} (FLUSHDB at start, between phases and at the end)")
+    print(f"database:    {make_url(database_url).render_as_string(hide_password=True)}")
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    print(f"python:      {python}, {os.cpu_count()} CPUs")
+    print(f"concurrency: {args.concurrency} jobs at once per worker; {NOTE}")
+    redis = await connect_redis(settings)
+    store = await open_store(database_url)
+    try:
+        async with asyncio.timeout(args.timeout):
+            await redis.flushdb()
+            raw = await raw_worker(settings, redis, args.jobs, args.concurrency)
+            await redis.flushdb()
+            pipeline, check = await pipeline_worker(settings, redis, store, args.jobs)
+            print(f"\n1. worker throughput, 1 worker, {args.jobs:,} jobs (queue filled before the clock)")
+            row("raw arq no-op job:", raw, "jobs/s")
+            row("routeq pipeline (sim 0 ms):", pipeline, "jobs/s")
+            print(f"   {'pipeline / raw:':<28}{pipeline / raw:9.3f}")
+            print(f"   check: {check}")
+            await redis.flushdb()
+            submit = await submit_routeq(settings, redis, store, args.submit)
+            await redis.flushdb()
+            enqueue = await submit_arq(redis, args.submit)
+            print(f"\n2. submission, {args.submit:,} lines")
+            row("routeq Client.submit_batch:", submit, "lines/s", "1 SQL transaction + pipelined enqueue")
+            row("arq enqueue_job loop:", enqueue, "lines/s", "3 round trips per job, no SQL")
+            print(f"   {'submit_batch / enqueue_job:':<28}{submit / enqueue:9.2f}")
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("ROUTEQ_BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file in a temp dir")
+    parser.add_argument("--jobs", type=int, default=5_000)
+    parser.add_argument("--submit", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=110.0, help="seconds before the run gives up")
+    args = parser.parse_args()
+    # arq logs every job at INFO: formatting those lines would be part of what is timed.
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if args.database_url:
+            asyncio.run(run(args, args.database_url))
+            return
+        with tempfile.TemporaryDirectory(prefix="routeq-bench-") as tmp:
+            asyncio.run(run(args, f"sqlite+aiosqlite:///{tmp}/bench.db"))
+    except TimeoutError:
+        raise SystemExit(f"gave up after --timeout {args.timeout:g} s: lower --jobs/--submit") from None
+
+
+if __name__ == "__main__":
+    main()
