@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import migrate
 from storage.tables import metadata
@@ -37,3 +41,36 @@ async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     async with open_backend("embedded", tmp_path) as backend, backend.store.engine.connect() as conn:
         mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
     assert mode == "wal"
+
+
+async def test_group_commit_shares_transactions_and_isolates_a_failing_write(tmp_path: Path) -> None:
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from storage.db import create_engine  # noqa: PLC0415
+    from storage.group_commit import GroupCommitter  # noqa: PLC0415
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+    committer = GroupCommitter(engine)
+
+    def insert(k: int) -> Any:
+        async def write(conn: AsyncConnection) -> int:
+            await conn.execute(text("INSERT INTO t (k) VALUES (:k)"), {"k": k})
+            return k
+
+        return write
+
+    assert await asyncio.gather(*(committer.run(insert(k)) for k in range(50))) == list(range(50))
+    assert committer.groups < 5  # 50 concurrent writes shared a few transactions
+    outcomes = await asyncio.gather(
+        *(committer.run(insert(k)) for k in [*range(50, 75), 7, *range(75, 100)]), return_exceptions=True
+    )
+    await committer.close()
+
+    assert [o for o in outcomes if isinstance(o, BaseException)] != []
+    assert sum(isinstance(o, IntegrityError) for o in outcomes) == 1  # only the duplicate 7 failed
+    assert sorted(o for o in outcomes if isinstance(o, int)) == list(range(100))
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 100
+    await engine.dispose()
