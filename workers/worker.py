@@ -35,6 +35,7 @@ from storage.store import Store
 from workers.runner import JobRunner
 
 __all__ = [
+    "RouteqWorker",
     "build_worker",
     "make_worker_settings",
     "route_job",
@@ -140,6 +141,18 @@ async def _log_redis_info(redis: Redis, log_func: Callable[[str], Any]) -> None:
     await _arq_log_redis_info(redis, log_func)
 
 
+class RouteqWorker(Worker):
+    """arq's `Worker`, minus the Redis round trips for jobs this process is already running.
+
+    Each poll reads the head of the queue, where running jobs stay until they finish, and arq checks
+    every id with a WATCH/EXISTS/ZSCORE transaction. With hundreds of LLM calls in flight for
+    seconds each, that re-check of our own jobs would be most of the worker's CPU.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+
+
 def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options: Any) -> Worker:
     """An `arq.Worker` for routeq jobs; `redis` shares an existing pool (embedded mode, tests).
 
@@ -153,7 +166,7 @@ def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options
     if redis is not None:
         kwargs.pop("redis_settings", None)
         kwargs["redis_pool"] = redis
-    return Worker(**kwargs)
+    return RouteqWorker(**kwargs)
 
 
 # The one patch of a library global: arq's worker calls this name at start-up.
