@@ -70,6 +70,7 @@ for command in (
     commands.results,
     commands.watch,
     commands.cancel,
+    commands.requeue,
     commands.worker,
     commands.migrate,
 ):

@@ -25,6 +25,7 @@ from storage.queue import enqueue_jobs
 from storage.records import BatchRecord, JobRecord
 from storage.settings import Settings
 from storage.store import NewJob, Store
+from storage.tables import JobStatus
 
 __all__ = ["Client"]
 
@@ -156,6 +157,22 @@ class Client:
     def events(self, batch_id: str, *, after: str = "0-0") -> AsyncIterator[Event]:
         """The batch's events from stream id `after` (0-0 = the start), live, until it completes."""
         return self.events_bus.follow(batch_id, after=after)
+
+    async def requeue(self, batch_id: str) -> int:
+        """Put the batch's `queued` jobs back on the arq queue; returns how many.
+
+        SQL is the source of truth: after a crash between the SQL insert and the enqueue, or a Redis
+        that lost its data, this rebuilds the queue (and the progress counters, if they are gone).
+        Safe to repeat: workers skip jobs that already ran.
+        """
+        batch = await self.store.get_batch(batch_id)
+        job_ids = [job.id async for job in self.store.iter_jobs(batch_id) if job.status == JobStatus.QUEUED]
+        await self.events_bus.restore_counts(
+            batch_id, batch.total, {status.value: n for status, n in batch.counts.items()}
+        )
+        if job_ids:
+            await enqueue_jobs(self.redis, job_ids, queue_name=self.settings.queue_name)
+        return len(job_ids)
 
     # -- cancelling ------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from storage.events import Event
 from storage.settings import Settings
 from storage.store import NewJob, Store
 
-__all__ = ["cancel", "migrate", "results", "run", "status", "submit", "watch", "worker"]
+__all__ = ["cancel", "migrate", "requeue", "results", "run", "status", "submit", "watch", "worker"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -230,6 +230,15 @@ def cancel(id: IdArg) -> None:
         else:
             count = await client.cancel(id)
         console.print(f"{count} queued jobs cancelled")
+
+    _execute(_with_client(Settings(), go))
+
+
+def requeue(id: IdArg) -> None:
+    """Re-enqueue a batch's queued jobs from SQL (after a crash mid-submit or a Redis data loss)."""
+
+    async def go(client: Client) -> None:
+        console.print(f"{await client.requeue(id)} queued jobs put back on the queue")
 
     _execute(_with_client(Settings(), go))
 

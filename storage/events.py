@@ -15,7 +15,7 @@ A subscriber that connects late or reconnects passes the last id it saw and miss
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,28 @@ class EventBus:
             pipe.hset(progress, "total", str(total))
             pipe.expire(progress, self._retention_s)
             await pipe.execute()
+
+    async def restore_counts(self, batch_id: str, total: int, counts: Mapping[str, int]) -> bool:
+        """Recreate a lost progress hash from SQL counts; returns False when it still exists."""
+        progress = keys.batch_progress(batch_id)
+        done = sum(counts.get(status, 0) for status in ("succeeded", "failed", "cancelled"))
+        fields = {
+            "total": total,
+            "done": done,
+            **{s: counts.get(s, 0) for s in ("succeeded", "failed", "cancelled")},
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(progress)
+            pipe.hsetnx(progress, "total", str(total))
+            existed, _ = await pipe.execute()
+        if existed:
+            return False
+        # Nobody else writes counters for a batch whose hash is gone until jobs are re-queued.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(progress, mapping={k: str(v) for k, v in fields.items()})
+            pipe.expire(progress, self._retention_s)
+            await pipe.execute()
+        return True
 
     async def publish_terminal(self, events: Sequence[JobEvent]) -> BatchCounts | None:
         """Publish terminal events of jobs of one batch; a job already published is skipped.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -102,3 +103,58 @@ def test_file_with_no_valid_lines_fails(workdir: Path) -> None:
     assert "bad.jsonl:1:" in result.output
     assert "bad.jsonl:2:" in result.output
     assert "no valid lines" in result.output
+
+
+@pytest.fixture
+def services_env(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI pointed at the real Redis and PostgreSQL (CI), on a fresh queue and empty tables."""
+    import asyncio  # noqa: PLC0415
+
+    from tests.backends import DATABASE_ENV, REDIS_ENV, open_backend, service_url  # noqa: PLC0415
+
+    # `routeq worker` configures logging handlers on the test runner's stream: undo that afterwards.
+    for name in ("arq", "routeq"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+    monkeypatch.setenv("ROUTEQ_REDIS_URL", service_url(REDIS_ENV))
+    monkeypatch.setenv("ROUTEQ_DATABASE_URL", service_url(DATABASE_ENV))
+
+    async def reset() -> str:
+        async with open_backend("services", workdir) as backend:  # truncates tables, flushes Redis
+            return backend.settings.queue_name
+
+    monkeypatch.setenv("ROUTEQ_QUEUE_NAME", asyncio.run(reset()))
+
+
+@pytest.mark.usefixtures("services_env")
+def test_submit_worker_watch_status_on_real_services() -> None:
+    submitted = runner.invoke(app, ["submit", str(EXAMPLES / "with-errors.jsonl")])
+    assert submitted.exit_code == 0, submitted.output
+    batch_id = re.search(r"batch_[0-9a-f]+", submitted.output)
+    assert batch_id is not None
+    assert "4 of 12 lines rejected" in submitted.output
+
+    worked = runner.invoke(app, ["worker", "--burst", "--concurrency", "20"])
+    assert worked.exit_code == 0, worked.output
+
+    watched = runner.invoke(app, ["watch", batch_id.group(0)])
+    assert watched.exit_code == 0, watched.output
+    assert "last event id:" in watched.output
+    status = runner.invoke(app, ["status", batch_id.group(0)])
+    assert "completed" in status.output
+    assert re.search(r"succeeded\s*│\s*8", status.output), status.output
+
+
+@pytest.mark.usefixtures("services_env")
+def test_cancel_then_requeue_on_real_services() -> None:
+    submitted = runner.invoke(app, ["submit", str(EXAMPLES / "with-errors.jsonl")])
+    batch_id = re.search(r"batch_[0-9a-f]+", submitted.output)
+    assert batch_id is not None
+    cancelled = runner.invoke(app, ["cancel", batch_id.group(0)])
+    assert cancelled.exit_code == 0
+    assert "8 queued jobs cancelled" in cancelled.output
+    requeued = runner.invoke(app, ["requeue", batch_id.group(0)])
+    assert "0 queued jobs put back" in requeued.output
+    status = runner.invoke(app, ["status", batch_id.group(0)])
+    assert "cancelled" in status.output

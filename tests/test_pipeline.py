@@ -277,3 +277,22 @@ async def test_events_resume_from_an_id(backend: Backend) -> None:
     everything = await all_events(client, batch_id)
     resumed = [e async for e in client.events(batch_id, after=everything[4].id)]
     assert resumed == everything[5:]
+
+
+async def test_requeue_rebuilds_a_lost_queue_from_sql(backend: Backend) -> None:
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    batch_id = await client.submit_batch(items(10))
+    await backend.run_worker(max_burst_jobs=4)
+    assert (await client.batch(batch_id)).counts == {JobStatus.SUCCEEDED: 4, JobStatus.QUEUED: 6}
+
+    await client.redis.flushdb()  # Redis lost everything: queue, events, counters
+    assert await client.requeue(batch_id) == 6
+    assert (await client.progress(batch_id)).done == 4
+    await backend.run_worker()
+
+    assert (await client.batch(batch_id)).counts == {JobStatus.SUCCEEDED: 10}
+    events = await all_events(client, batch_id)
+    assert [e.type for e in events].count("job.succeeded") == 6
+    assert events[-1].type == "batch.completed"
+    assert events[-1].data["done"] == 10
+    assert await client.requeue(batch_id) == 0
