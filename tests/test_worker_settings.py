@@ -1,0 +1,31 @@
+"""`arq workers.WorkerSettings` works: the class arq's command line loads is built from ROUTEQ_* settings."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from arq.worker import create_worker, get_kwargs
+
+import workers
+from storage.queue import JOB_FUNCTION
+
+
+def test_worker_settings_class_for_arq_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTEQ_REDIS_URL", "redis://:pw@127.0.0.1:6379/3")
+    monkeypatch.setenv("ROUTEQ_WORKER_CONCURRENCY", "300")
+    monkeypatch.setenv("ROUTEQ_JOB_TIMEOUT_S", "120")
+    kwargs = cast(dict[str, Any], get_kwargs(workers.WorkerSettings))  # arq types the values oddly
+    assert kwargs["max_jobs"] == 300
+    assert kwargs["queue_read_limit"] >= kwargs["max_jobs"]
+    assert kwargs["poll_delay"] <= 0.1
+    assert kwargs["redis_settings"].database == 3
+    assert kwargs["redis_settings"].retry_on_timeout is True
+    worker = create_worker(workers.WorkerSettings, handle_signals=False)
+    assert list(worker.functions) == [JOB_FUNCTION]
+    assert worker.in_progress_timeout_s == 130  # job timeout + 10 s: how soon a crashed job re-runs
+
+
+def test_unknown_attribute_is_still_an_error() -> None:
+    with pytest.raises(AttributeError):
+        _ = workers.NoSuchThing
