@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from producer.client import Client
 from producer.inputs import LineError
@@ -59,8 +60,9 @@ async def follow_with_progress(
                     return after
 
 
-def status_table(batch: BatchRecord) -> Table:
-    table = Table(caption=f"batch {batch.id}: {batch.status}")
+def status_table(batch: BatchRecord) -> Group:
+    """`batch <id>: <status>` and the count of jobs per status."""
+    table = Table()
     table.add_column("status")
     table.add_column("jobs", justify="right")
     for status in JobStatus:
@@ -68,7 +70,7 @@ def status_table(batch: BatchRecord) -> Table:
     table.add_row("[bold]total", f"[bold]{batch.total}")
     if batch.invalid_lines:
         table.add_row("[red]rejected input lines", f"[red]{len(batch.invalid_lines)}")
-    return table
+    return Group(Text.assemble("batch ", (batch.id, "bold"), f": {batch.status}"), table)
 
 
 def summary_table(summary: BatchSummary) -> Table:
