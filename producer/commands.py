@@ -7,7 +7,6 @@ Each command builds `Settings()` once, turns connection failures into one red li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import logging.config
 import time
@@ -258,7 +257,7 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job (DEBUG).")] = False,
 ) -> None:
     """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
-    from workers.worker import build_worker  # noqa: PLC0415 - only this command starts workers
+    from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
 
     logging.config.dictConfig(default_log_config(verbose))
     # arq logs each job at INFO; routeq's own loggers follow the same configuration.
@@ -270,9 +269,6 @@ def worker(
 
     async def go(client: Client) -> None:
         # Connections were checked by _with_client; the worker opens its own pool with retries.
-        arq_worker = build_worker(settings, burst=burst, store=client.store)
-        with contextlib.suppress(asyncio.CancelledError):
-            await arq_worker.async_run()
-        await arq_worker.close()
+        await run_worker(build_worker(settings, burst=burst, store=client.store))
 
     _execute(_with_client(settings, go))

@@ -7,7 +7,7 @@ the usual database (SQLite file by default), so results stay readable after the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,7 +18,7 @@ from producer.client import Client
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
 from storage.store import Store
-from workers.worker import build_worker
+from workers.worker import build_worker, run_worker
 
 __all__ = ["embedded_client"]
 
@@ -36,13 +36,12 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Client]:
     store = await Store.open(settings.database_url)
     client = Client(await redis_connection(), store, settings)
     worker = build_worker(settings, redis=await redis_connection(), handle_signals=False, store=store)
-    worker_task = asyncio.create_task(worker.async_run())
+    worker_task = asyncio.create_task(run_worker(worker))
     try:
         yield client
     finally:
-        worker_task.cancel()  # stop polling; jobs still running (on Ctrl-C) are cancelled by close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
-        await worker.close()
+        # Stop polling; jobs still running (after Ctrl-C) are cancelled, and run_worker closes it.
+        worker.handle_sig(signal.SIGINT)
+        await worker_task
         await client.redis.aclose()
         await store.close()

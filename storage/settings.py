@@ -44,6 +44,12 @@ class Settings(RouterSettings):
         description="A job running longer is cancelled. A crashed worker's jobs run again this + 10 s later.",
     )
     max_tries: int = Field(default=5, ge=1, description="Deliveries of one job before arq gives up.")
+    shutdown_grace_s: int = Field(
+        default=20,
+        ge=0,
+        description="On SIGTERM a worker stops taking jobs and lets running ones finish for this long, "
+        "then cancels and re-queues the rest.",
+    )
     event_retention_s: int = Field(
         default=7 * 24 * 3600,
         ge=60,

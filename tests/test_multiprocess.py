@@ -55,7 +55,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Backend]:
         yield backend
 
 
-def start_worker(backend: Backend, catalog: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(backend: Backend, catalog: Path, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     settings = backend.settings
     assert settings.redis_url is not None
     env = {
@@ -66,6 +66,7 @@ def start_worker(backend: Backend, catalog: Path, log: Path) -> subprocess.Popen
         "ROUTEQ_SIMULATE": "always",
         "ROUTEQ_CATALOG_PATH": str(catalog),
         "ROUTEQ_WORKER_CONCURRENCY": "50",
+        **extra_env,
     }
     routeq = shutil.which("routeq", path=str(Path(sys.executable).parent))
     assert routeq is not None
@@ -106,3 +107,27 @@ async def test_two_worker_processes_share_a_batch(services: Backend, tmp_path: P
     terminal = Counter(e.data["job_id"] for e in events if e.type.startswith("job."))
     assert terminal == Counter({job.id: 1 for job in jobs})
     assert [e.type for e in events].count("batch.completed") == 1
+
+
+async def test_sigterm_requeues_running_jobs_and_exits_cleanly(services: Backend, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG.replace("latency_ms = 20, latency_jitter_ms = 10", "latency_ms = 30000"))
+    log = tmp_path / "worker.log"
+    proc = start_worker(services, catalog, log, ROUTEQ_SHUTDOWN_GRACE_S="0")
+    try:
+        client = Client(await services.redis(), services.store, services.settings)
+        batch_id = await client.submit_batch([NewJob(f"slow-{i}", chat(f"prompt {i}")) for i in range(5)])
+        async with asyncio.timeout(30):  # every job is in flight at the slow sim
+            while (await client.batch(batch_id)).counts.get(JobStatus.RUNNING, 0) < 5:
+                assert proc.poll() is None, log.read_text()
+                await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+
+    assert code == 0, log.read_text()[-3000:]
+    # arq put the cut-short jobs back; another worker (here in-process, fast sim) finishes them all.
+    await services.run_worker()
+    batch = await client.batch(batch_id)
+    assert batch.counts == {JobStatus.SUCCEEDED: 5}
+    assert len(await services.store.ledger_rows(batch_id=batch_id)) == 5  # the cut-short calls billed nothing

@@ -6,6 +6,8 @@ catalog and SDK clients), the SQL engine and the event bus once per process; eac
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -39,6 +41,7 @@ __all__ = [
     "build_worker",
     "make_worker_settings",
     "route_job",
+    "run_worker",
     "shutdown",
     "startup",
     "worker_settings_class",
@@ -118,6 +121,7 @@ def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]
         "job_timeout": settings.job_timeout_s,
         "max_tries": settings.max_tries,
         "keep_result": 0,  # results live in SQL; arq's copy would only cost memory
+        "job_completion_wait": settings.shutdown_grace_s,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "ctx": {"settings": settings, **extra_ctx},
@@ -151,6 +155,20 @@ class RouteqWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+
+
+async def run_worker(worker: Worker) -> None:
+    """Run `worker` until a signal (or `main_task.cancel()`) stops it, then close it cleanly.
+
+    On SIGTERM/SIGINT arq stops taking jobs, waits up to `shutdown_grace_s` for running ones, then
+    cancels the rest, which it re-queues. Those tasks end cancelled; they are reaped here so that
+    closing the worker does not re-raise their cancellation.
+    """
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.async_run()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
 
 
 def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options: Any) -> Worker:
