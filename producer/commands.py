@@ -109,7 +109,8 @@ def run(
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
 
     async def go() -> None:
-        async with embedded_client(settings) as client:
+        async with embedded_client(settings) as embedded:
+            client = embedded.client
             items, invalid = _batch_items(parsed)
             started = time.perf_counter()
             batch_id = await client.submit_batch(items, name=file.name, invalid_lines=invalid)
@@ -119,7 +120,7 @@ def run(
             )
             database = mask_dsn(settings.database_url)
             console.print(f"batch [bold]{batch_id}[/bold]: {batch.total} jobs · {mode} · {database}")
-            await follow_with_progress(client, batch, console)
+            await embedded.until(follow_with_progress(client, batch, console))
             elapsed = time.perf_counter() - started
             summary = await client.store.batch_summary(batch_id)
             console.print(summary_table(summary))

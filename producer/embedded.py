@@ -7,25 +7,53 @@ the usual database (SQLite file by default), so results stay readable after the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
 
 from arq.connections import ArqRedis
 from fakeredis import FakeServer
 
 from producer.client import Client
+from router_core.catalog import load_catalog
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
 from storage.store import Store
 from workers.worker import build_worker, run_worker
 
-__all__ = ["embedded_client"]
+__all__ = ["Embedded", "embedded_client"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Embedded:
+    """The client to submit with, and the in-process worker's task (done only if it failed)."""
+
+    client: Client
+    worker_task: asyncio.Task[None]
+
+    async def until(self, work: Awaitable[T]) -> T:
+        """Await `work`, unless the worker stops first: then raise why it stopped."""
+        task = asyncio.ensure_future(work)
+        await asyncio.wait({task, self.worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        self.worker_task.result()  # the worker's own error, e.g. a database that went away
+        raise RuntimeError("the in-process worker stopped before the batch finished")
 
 
 @asynccontextmanager
-async def embedded_client(settings: Settings) -> AsyncIterator[Client]:
-    """A `Client` whose jobs are run by a worker in this process; the worker stops on exit."""
+async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
+    """A client whose jobs run on a worker in this process; the worker stops on exit.
+
+    The catalog is loaded here, before the worker starts, so a bad catalog is an error at once.
+    """
+    catalog = load_catalog(settings.catalog_path)
     server = FakeServer() if settings.redis_url is None else None
 
     async def redis_connection() -> ArqRedis:
@@ -35,13 +63,16 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Client]:
 
     store = await Store.open(settings.database_url)
     client = Client(await redis_connection(), store, settings)
-    worker = build_worker(settings, redis=await redis_connection(), handle_signals=False, store=store)
+    worker = build_worker(
+        settings, redis=await redis_connection(), handle_signals=False, store=store, catalog=catalog
+    )
     worker_task = asyncio.create_task(run_worker(worker))
     try:
-        yield client
+        yield Embedded(client, worker_task)
     finally:
         # Stop polling; jobs still running (after Ctrl-C) are cancelled, and run_worker closes it.
         worker.handle_sig(signal.SIGINT)
-        await worker_task
+        with contextlib.suppress(Exception):  # a worker failure was already raised by until()
+            await worker_task
         await client.redis.aclose()
         await store.close()

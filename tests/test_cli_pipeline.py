@@ -158,3 +158,26 @@ def test_cancel_then_requeue_on_real_services() -> None:
     assert "0 queued jobs put back" in requeued.output
     status = runner.invoke(app, ["status", batch_id.group(0)])
     assert "cancelled" in status.output
+
+
+def test_run_with_a_bad_catalog_fails_at_once(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = workdir / "bad.toml"
+    bad.write_text('[[deployments]]\nid = "x"\nkind = "sim"\nmodel = "m"\nquality = 3\n')
+    monkeypatch.setenv("ROUTEQ_CATALOG_PATH", str(bad))
+    result = runner.invoke(app, ["run", str(EXAMPLES / "with-errors.jsonl")])
+    assert result.exit_code == 2
+    assert "bad.toml" in result.output
+    assert "quality" in result.output
+
+
+@pytest.mark.usefixtures("services_env")
+def test_worker_with_a_bad_catalog_fails_with_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = workdir / "bad.toml"
+    bad.write_text('[[deployments]]\nid = "x"\nkind = "sim"\nmodel = "m"\nquality = 3\n')
+    monkeypatch.setenv("ROUTEQ_CATALOG_PATH", str(bad))
+    result = runner.invoke(app, ["worker", "--burst"])
+    assert result.exit_code == 2, result.output
+    assert "bad.toml" in result.output
+    assert "Traceback" not in result.output
