@@ -12,10 +12,18 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from storage.errors import ServiceUnavailableError
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "connect_database", "is_sqlite", "migrate"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "connect_database",
+    "is_single_connection",
+    "is_sqlite",
+    "migrate",
+]
 
 logger = logging.getLogger("routeq.storage")
 
@@ -30,6 +38,11 @@ _HINT = (
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def is_single_connection(engine: AsyncEngine) -> bool:
+    """True for in-memory SQLite: every user shares one connection, so access must take turns."""
+    return isinstance(engine.pool, StaticPool)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -51,7 +64,12 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         raise ServiceUnavailableError("the database", url, "not a database URL", _HINT) from exc
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
+        if not database or database == ":memory:":
+            # One in-memory database lives on one connection: share it (fast tests, throwaway runs).
+            engine = create_async_engine(parsed, echo=echo, poolclass=StaticPool)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            return engine
+        if not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(parsed, echo=echo)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

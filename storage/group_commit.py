@@ -14,6 +14,7 @@ write cannot fail the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -32,8 +33,11 @@ _Pending = tuple[Write[Any], "asyncio.Future[Any]"]
 class GroupCommitter:
     """Runs writes submitted concurrently in shared transactions (one flusher task at a time)."""
 
-    def __init__(self, engine: AsyncEngine, *, max_group: int = 256) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, max_group: int = 256, lock: asyncio.Lock | None = None
+    ) -> None:
         self._engine = engine
+        self._lock = lock  # held around each transaction when the engine has a single connection
         self._max_group = max_group
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -75,7 +79,7 @@ class GroupCommitter:
                     future.set_result(result)
 
     async def _commit(self, group: list[_Pending]) -> list[Any]:
-        async with self._engine.begin() as conn:
+        async with self._lock or contextlib.nullcontext(), self._engine.begin() as conn:
             results = [await write(conn) for write, _ in group]
         self.groups += 1
         self.writes += len(group)

@@ -8,9 +8,11 @@ replaying a run is harmless and no charge is ever recorded twice.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from router_core.models import Attempt, ChatRequest, CompletionResult
-from storage.db import connect_database
+from storage.db import connect_database, is_single_connection
 from storage.errors import NotFoundError
 from storage.group_commit import GroupCommitter
 from storage.records import (
@@ -110,7 +112,9 @@ class Store:
         self._now = now
         # Every write goes through one group committer: concurrent jobs share transactions, and on
         # SQLite this process is then a single writer instead of many waiting on its lock.
-        self.writes = GroupCommitter(engine)
+        # In-memory SQLite has one shared connection: reads and write groups then take turns.
+        self._turns: asyncio.Lock | None = asyncio.Lock() if is_single_connection(engine) else None
+        self.writes = GroupCommitter(engine, lock=self._turns)
         self._insert_attempts = self._insert_ignoring_duplicates(attempts)
         self._insert_ledger = self._insert_ignoring_duplicates(ledger)
 
@@ -118,6 +122,11 @@ class Store:
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
         """Connect (raising `ServiceUnavailableError` with the URL) and migrate to the newest schema."""
         return cls(await connect_database(url, run_migrations=run_migrations))
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self._turns or nullcontext(), self.engine.connect() as conn:
+            yield conn
 
     async def close(self) -> None:
         await self.writes.close()
@@ -273,14 +282,14 @@ class Store:
     # -- reads -----------------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> JobRecord:
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         if row is None:
             raise NotFoundError("job", job_id)
         return JobRecord.from_row(row._mapping)
 
     async def get_batch(self, batch_id: str) -> BatchRecord:
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             row = (await conn.execute(select(batches).where(batches.c.id == batch_id))).first()
             if row is None:
                 raise NotFoundError("batch", batch_id)
@@ -297,7 +306,7 @@ class Store:
             query = select(jobs).where((jobs.c.batch_id == batch_id) & (jobs.c.seq > after))
             if terminal_only:
                 query = query.where(jobs.c.status.not_in([s.value for s in _RUNNABLE]))
-            async with self.engine.connect() as conn:
+            async with self._reading() as conn:
                 rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
             for row in rows:
                 yield JobRecord.from_row(row._mapping)
@@ -306,7 +315,7 @@ class Store:
             after = rows[-1].seq
 
     async def job_attempts(self, job_id: str) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             rows = await conn.execute(
                 select(attempts)
                 .where(attempts.c.job_id == job_id)
@@ -322,7 +331,7 @@ class Store:
             query = query.where(ledger.c.batch_id == batch_id)
         if job_id is not None:
             query = query.where(ledger.c.job_id == job_id)
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             return [dict(row._mapping) for row in await conn.execute(query)]
 
     async def batch_summary(self, batch_id: str) -> BatchSummary:
@@ -338,7 +347,7 @@ class Store:
                 )
             elif job.status == JobStatus.FAILED and job.error is not None:
                 reasons[str(job.error.get("type", "Error"))] += 1
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             billed, calls = (
                 await conn.execute(
                     select(func.coalesce(func.sum(ledger.c.cost_usd), 0), func.count()).where(

@@ -99,7 +99,9 @@ def pipeline_settings(**overrides: Any) -> Settings:
 async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Backend]:
     if name == "embedded":
         settings = pipeline_settings(
-            redis_url=None, database_url=f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}", **overrides
+            redis_url=None,
+            database_url="sqlite+aiosqlite://",
+            **overrides,  # in-memory SQLite
         )
         backend = Backend(name, settings, await Store.open(settings.database_url), fake_server=FakeServer())
     else:

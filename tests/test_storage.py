@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import migrate
+from storage.store import Store
 from storage.tables import metadata
 from tests.backends import Backend
 
@@ -35,11 +36,12 @@ async def test_migrating_again_is_a_no_op(backend: Backend) -> None:
         assert await conn.run_sync(_diff) == []
 
 
-async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
-    from tests.backends import open_backend  # noqa: PLC0415
-
-    async with open_backend("embedded", tmp_path) as backend, backend.store.engine.connect() as conn:
+async def test_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}")
+    async with store.engine.connect() as conn:
         mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+        assert await conn.run_sync(_diff) == []
+    await store.close()
     assert mode == "wal"
 
 

@@ -164,11 +164,13 @@ async def run_worker(worker: Worker) -> None:
     cancels the rest, which it re-queues. Those tasks end cancelled; they are reaped here so that
     closing the worker does not re-raise their cancellation.
     """
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker.async_run()
-    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-    worker.tasks.clear()
-    await worker.close()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.async_run()
+    finally:  # also when start-up failed (bad catalog, database gone): the Redis pool is closed
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.tasks.clear()
+        await worker.close()
 
 
 def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options: Any) -> Worker:
