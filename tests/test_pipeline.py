@@ -296,3 +296,25 @@ async def test_requeue_rebuilds_a_lost_queue_from_sql(backend: Backend) -> None:
     assert events[-1].type == "batch.completed"
     assert events[-1].data["done"] == 10
     assert await client.requeue(batch_id) == 0
+
+
+async def test_a_job_that_never_finishes_is_failed_after_max_tries(backend: Backend) -> None:
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    job_id = await client.submit(chat("hello"))
+    # The delivery after the last allowed one, as arq counts them after repeated worker crashes.
+    redis = await backend.redis()
+    await redis.delete(f"arq:job:{job_id}")
+    await redis.enqueue_job(
+        "route_job", job_id, _queue_name=backend.settings.queue_name, _job_try=backend.settings.max_tries + 1
+    )
+    await backend.run_worker()
+
+    job = await client.get(job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error == {
+        "type": "MaxTriesExceeded",
+        "message": "gave up after 5 deliveries that did not finish",
+    }
+    assert await backend.store.ledger_rows(job_id=job_id) == []
+    events = await all_events(client, job.batch_id)
+    assert [e.type for e in events if e.type.startswith("job.")] == ["job.failed"]

@@ -32,11 +32,14 @@ logger = logging.getLogger("routeq.worker")
 class JobRunner:
     """Runs routeq jobs with one router, store and event bus (built once per worker process)."""
 
-    def __init__(self, router: Router, store: Store, events: EventBus, *, worker_id: str) -> None:
+    def __init__(
+        self, router: Router, store: Store, events: EventBus, *, worker_id: str, max_tries: int = 5
+    ) -> None:
         self.router = router
         self.store = store
         self.events = events
         self.worker_id = worker_id
+        self.max_tries = max_tries
 
     async def run(self, job_id: str, *, run: int) -> str:
         """Process one delivery of `job_id` (arq try number `run`); returns the job's final status."""
@@ -48,7 +51,15 @@ class JobRunner:
             logger.info("job %s not run again: it is %s", job_id, started.status.value)
             return started.status.value
 
-        result, attempts, failure = await self._route(started)
+        if run > self.max_tries:
+            # Every earlier delivery died without finishing (worker crashes, outages): stop here.
+            result: CompletionResult | None = None
+            attempts: list[Attempt] = []
+            failure: JobFailure | None = JobFailure(
+                "MaxTriesExceeded", f"gave up after {run - 1} deliveries that did not finish"
+            )
+        else:
+            result, attempts, failure = await self._route(started)
         applied = await self.store.finish_job(
             started, run=run, attempts_made=attempts, result=result, failure=failure
         )

@@ -65,7 +65,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world)
     events = EventBus(ctx["redis"], retention_s=settings.event_retention_s)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
-    ctx["runner"] = JobRunner(router, store, events, worker_id=worker_id)
+    ctx["runner"] = JobRunner(router, store, events, worker_id=worker_id, max_tries=settings.max_tries)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     await ctx["redis"].hset(keys.WORKERS, worker_id, json.dumps(info))
     logger.info(
@@ -101,7 +101,12 @@ async def route_job(ctx: dict[str, Any], job_id: str) -> str:
 
 
 def job_function(settings: Settings) -> Function:
-    return func(route_job, name=JOB_FUNCTION, timeout=settings.job_timeout_s, max_tries=settings.max_tries)
+    # One more try than routeq allows: the extra delivery reaches JobRunner, which marks the job
+    # failed in SQL and publishes its event. Were arq to give up itself, the job would stay
+    # `running` and its batch would never complete.
+    return func(
+        route_job, name=JOB_FUNCTION, timeout=settings.job_timeout_s, max_tries=settings.max_tries + 1
+    )
 
 
 def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]:
@@ -119,7 +124,7 @@ def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]
         "queue_read_limit": settings.read_limit,
         "poll_delay": settings.poll_delay_s,
         "job_timeout": settings.job_timeout_s,
-        "max_tries": settings.max_tries,
+        "max_tries": settings.max_tries + 1,
         "keep_result": 0,  # results live in SQL; arq's copy would only cost memory
         "job_completion_wait": settings.shutdown_grace_s,
         "job_serializer": serialize,
