@@ -318,3 +318,17 @@ async def test_a_job_that_never_finishes_is_failed_after_max_tries(backend: Back
     assert await backend.store.ledger_rows(job_id=job_id) == []
     events = await all_events(client, job.batch_id)
     assert [e.type for e in events if e.type.startswith("job.")] == ["job.failed"]
+
+
+async def test_routing_that_outlives_the_job_timeout_fails_the_job(backend: Backend, trio: Catalog) -> None:
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    job_id = await client.submit(chat("hello"))
+    async with Router.from_settings(backend.settings, catalog=trio, sim_world=sim_world_for(trio)) as router:
+        never = _Gate(router)  # holds the call forever
+        events = EventBus(await backend.redis(), retention_s=60)
+        runner = JobRunner(cast(Router, never), backend.store, events, worker_id="w", route_timeout_s=0.05)
+        assert await runner.run(job_id, run=1) == "failed"
+    job = await client.get(job_id)
+    assert job.error is not None
+    assert job.error["type"] == "JobTimeoutError"
+    assert "0.05s" in job.error["message"]

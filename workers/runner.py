@@ -12,6 +12,7 @@ attempts and charges (the provider billed them) but cannot overwrite the first r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from pydantic import ValidationError
@@ -33,13 +34,23 @@ class JobRunner:
     """Runs routeq jobs with one router, store and event bus (built once per worker process)."""
 
     def __init__(
-        self, router: Router, store: Store, events: EventBus, *, worker_id: str, max_tries: int = 5
+        self,
+        router: Router,
+        store: Store,
+        events: EventBus,
+        *,
+        worker_id: str,
+        max_tries: int = 5,
+        route_timeout_s: float | None = None,
     ) -> None:
         self.router = router
         self.store = store
         self.events = events
         self.worker_id = worker_id
         self.max_tries = max_tries
+        # Routing must end before arq's job timeout cancels the whole job: a job cancelled there
+        # would stay `running` in SQL. The rest of the timeout is left for persisting the outcome.
+        self.route_timeout_s = route_timeout_s
 
     async def run(self, job_id: str, *, run: int) -> str:
         """Process one delivery of `job_id` (arq try number `run`); returns the job's final status."""
@@ -80,7 +91,11 @@ class JobRunner:
         except ValidationError as exc:
             return None, [], JobFailure("InvalidRequestError", f"stored request is invalid: {exc}")
         try:
-            result = await self.router.complete(request)
+            async with asyncio.timeout(self.route_timeout_s):
+                result = await self.router.complete(request)
+        except TimeoutError:
+            message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
+            return None, [], JobFailure("JobTimeoutError", message)
         except (AllAttemptsFailedError, NoRouteError, InvalidRequestError) as exc:
             made = exc.attempts if isinstance(exc, AllAttemptsFailedError) else []
             return None, made, JobFailure(type(exc).__name__, str(exc))

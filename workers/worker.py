@@ -65,7 +65,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world)
     events = EventBus(ctx["redis"], retention_s=settings.event_retention_s)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
-    ctx["runner"] = JobRunner(router, store, events, worker_id=worker_id, max_tries=settings.max_tries)
+    ctx["runner"] = JobRunner(
+        router,
+        store,
+        events,
+        worker_id=worker_id,
+        max_tries=settings.max_tries,
+        route_timeout_s=settings.job_timeout_s * 0.9,
+    )
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     await ctx["redis"].hset(keys.WORKERS, worker_id, json.dumps(info))
     logger.info(
