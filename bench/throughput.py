@@ -6,14 +6,16 @@ Prints, from one run on one Redis:
    (a) raw arq: a no-op job function (max_jobs, poll_delay 0.01, keep_result 0, JSON serializer);
    (b) routeq: the same number of prompts through the real worker - start the job in SQL, route it
        with the real router and the official openai SDK to the in-process sim (0 ms latency),
-       persist result + attempts + ledger in one transaction, publish the events with Lua.
+       persist result + attempts + ledger in one transaction, publish the events with Lua;
+   (c) the same pipeline with the sim as a separate `routeq sim` process over loopback HTTP, as a
+       real provider would be: the sim's own work no longer shares the worker's CPU.
    pipeline / raw is the share of arq's own ceiling routeq reaches; the pipeline's results are then
    checked (every job succeeded, one ledger row each): a benchmark that loses jobs is worthless.
 2. Submission of M lines (default 10,000): routeq `Client.submit_batch` (one SQL transaction plus a
    pipelined enqueue) against a loop of arq's `enqueue_job` (three round trips per job).
 
 Numbers vary by about +-10% between runs; compare ratios within one run, not across machines. A
-default run takes about a minute, mostly the pipeline phase; --timeout bounds it. The Redis database
+default run takes about a minute and a half, mostly the pipeline phases; --timeout bounds it. The Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start, between
 phases and at the end: give it a database that holds nothing you want. The SQL store is a fresh
 SQLite file in a temporary directory unless --database-url is given; a PostgreSQL database given
@@ -26,11 +28,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -56,15 +65,55 @@ RAW_QUEUE = "bench:arq"
 NOTE = "numbers vary by about +-10% between runs; compare the ratios, which are from one run"
 
 
+BENCH_CATALOG_TOML = "".join(
+    f"""
+[[deployments]]
+id = "{id}"
+kind = "sim"
+provider = "sim"
+model = "{id}-model"
+quality = {quality}
+latency_ms = 1
+context_window = 100000
+price = {{ input_per_mtok = 1.0, output_per_mtok = 4.0 }}
+sim = {{ latency_ms = 0 }}
+"""
+    for id, quality in (("sim-a", 0.7), ("sim-b", 0.6))
+)
+
+
 def bench_catalog() -> Catalog:
     """Two 0 ms sim deployments (openai wire protocol), so the planner has a real choice to rank."""
-    deps = [
-        {"id": id, "kind": "sim", "provider": "sim", "model": f"{id}-model", "quality": quality}
-        | {"latency_ms": 1, "context_window": 100_000, "sim": {"latency_ms": 0}}
-        | {"price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}}
-        for id, quality in (("sim-a", 0.7), ("sim-b", 0.6))
-    ]
-    return parse_catalog({"deployments": deps}, source="<bench>")
+    return parse_catalog(tomllib.loads(BENCH_CATALOG_TOML), source="<bench>")
+
+
+@contextlib.contextmanager
+def sim_server(tmp: Path) -> Iterator[str]:
+    """`routeq sim` in its own process on a free loopback port; yields its URL."""
+    catalog = tmp / "bench-catalog.toml"
+    catalog.write_text(BENCH_CATALOG_TOML)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    routeq = Path(sys.executable).with_name("routeq")
+    proc = subprocess.Popen(
+        [str(routeq), "sim", "--port", str(port), "--catalog", str(catalog)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as conn:
+                if conn.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("routeq sim did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def prompts(n: int) -> list[NewJob]:
@@ -125,8 +174,14 @@ async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: i
     return rate
 
 
-async def pipeline_worker(settings: Settings, redis: ArqRedis, store: Store, n: int) -> tuple[float, str]:
-    """Jobs/s of routeq's worker on `n` prompts, and the result check line (exits if it fails)."""
+async def pipeline_worker(
+    settings: Settings, redis: ArqRedis, store: Store, n: int, *, in_process_sim: bool = True
+) -> tuple[float, str]:
+    """Jobs/s of routeq's worker on `n` prompts, and the result check line (exits if it fails).
+
+    With `in_process_sim` the sim world answers inside the worker's process (sharing its CPU);
+    otherwise `settings.sim_url` names a `routeq sim` server reached over loopback HTTP.
+    """
     batch_id = await Client(redis, store, settings).submit_batch(prompts(n), name="bench")
     catalog = bench_catalog()
     started: list[float] = []
@@ -144,7 +199,7 @@ async def pipeline_worker(settings: Settings, redis: ArqRedis, store: Store, n: 
         on_startup=timed_startup,
         store=store,
         catalog=catalog,
-        sim_world=sim_world_for(catalog),
+        sim_world=sim_world_for(catalog) if in_process_sim else None,
     )
     rate = await drain(worker, started)
     batch = await store.get_batch(batch_id)
@@ -190,7 +245,7 @@ def row(label: str, value: float, unit: str, note: str = "") -> None:
     print(f"   {label:<28}{value:9,.0f} {unit}{f'  ({note})' if note else ''}")
 
 
-async def run(args: argparse.Namespace, database_url: str) -> None:
+async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None:
     settings = Settings(
         _env_file=None,
         redis_url=args.redis_url,
@@ -212,11 +267,19 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
             raw = await raw_worker(settings, redis, args.jobs, args.concurrency)
             await redis.flushdb()
             pipeline, check = await pipeline_worker(settings, redis, store, args.jobs)
+            await redis.flushdb()
+            remote_settings = settings.model_copy(update={"sim_url": sim_url})
+            remote, remote_check = await pipeline_worker(
+                remote_settings, redis, store, args.jobs, in_process_sim=False
+            )
             print(f"\n1. worker throughput, 1 worker, {args.jobs:,} jobs (queue filled before the clock)")
             row("raw arq no-op job:", raw, "jobs/s")
-            row("routeq pipeline (sim 0 ms):", pipeline, "jobs/s")
+            row("routeq pipeline (sim 0 ms):", pipeline, "jobs/s", "sim in the worker's process")
             print(f"   {'pipeline / raw:':<28}{pipeline / raw:9.3f}")
             print(f"   check: {check}")
+            row("routeq, sim over HTTP:", remote, "jobs/s", "routeq sim in its own process, loopback")
+            print(f"   {'pipeline over HTTP / raw:':<28}{remote / raw:9.3f}")
+            print(f"   check: {remote_check}")
             await redis.flushdb()
             submit = await submit_routeq(settings, redis, store, args.submit)
             await redis.flushdb()
@@ -240,16 +303,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5_000)
     parser.add_argument("--submit", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--timeout", type=float, default=110.0, help="seconds before the run gives up")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds before the run gives up")
     args = parser.parse_args()
     # arq logs every job at INFO: formatting those lines would be part of what is timed.
     logging.basicConfig(level=logging.WARNING)
     try:
-        if args.database_url:
-            asyncio.run(run(args, args.database_url))
-            return
-        with tempfile.TemporaryDirectory(prefix="routeq-bench-") as tmp:
-            asyncio.run(run(args, f"sqlite+aiosqlite:///{tmp}/bench.db"))
+        with tempfile.TemporaryDirectory(prefix="routeq-bench-") as tmp, sim_server(Path(tmp)) as sim_url:
+            database_url = args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
+            asyncio.run(run(args, database_url, sim_url))
     except TimeoutError:
         raise SystemExit(f"gave up after --timeout {args.timeout:g} s: lower --jobs/--submit") from None
 
