@@ -15,11 +15,11 @@ Prints, from one run on one Redis:
    pipelined enqueue) against a loop of arq's `enqueue_job` (three round trips per job).
 
 Numbers vary by about +-10% between runs; compare ratios within one run, not across machines. A
-default run takes about a minute and a half, mostly the pipeline phases; --timeout bounds it.
-The Redis database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at
-the start, between phases and at the end: give it a database that holds nothing you want. The SQL store is a fresh
-SQLite file in a temporary directory unless --database-url is given; a PostgreSQL database given
-there has its ledger, attempts, jobs and batches tables TRUNCATEd first.
+default run takes about a minute and a half, mostly the pipeline phases; --timeout bounds it. The
+Redis database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the
+start, between phases and at the end: give it a database that holds nothing you want. The SQL store
+is a fresh SQLite file in a temporary directory unless --database-url is given; a PostgreSQL
+database given there has its ledger, attempts, jobs and batches tables TRUNCATEd first.
 
 Run: `.venv/bin/python bench/throughput.py [--jobs N] [--submit M] [--concurrency C]`.
 """
