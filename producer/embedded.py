@@ -7,7 +7,6 @@ the usual database (SQLite file by default), so results stay readable after the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -72,7 +71,6 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
     finally:
         # Stop polling; jobs still running (after Ctrl-C) are cancelled, and run_worker closes it.
         worker.handle_sig(signal.SIGINT)
-        with contextlib.suppress(Exception):  # a worker failure was already raised by until()
-            await worker_task
+        await asyncio.wait({worker_task})  # a worker failure is raised by until(), not here
         await client.redis.aclose()
         await store.close()
