@@ -183,12 +183,7 @@ class Client:
             ids = [job.id for job in cancelled]
             # Workers would skip them anyway (SQL says cancelled); removing them saves the trip.
             await self.redis.zrem(self.settings.queue_name, *ids)
-            await self.events_bus.publish_terminal(
-                [
-                    JobEvent(job.id, job.batch_id, job.custom_id, "cancelled", error="cancelled")
-                    for job in cancelled
-                ]
-            )
+            await self.events_bus.publish_terminal([JobEvent.from_record(job) for job in cancelled])
         batch = await self.store.get_batch(batch_id)
         if batch.done >= batch.total:
             await self.store.mark_batch_completed(batch_id)

@@ -7,6 +7,7 @@ Each command builds `Settings()` once, turns connection failures into one red li
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import logging.config
 import time
@@ -71,7 +72,7 @@ def _read_input(path: Path) -> ParsedInput:
 
 def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]]]:
     items = [NewJob(item.custom_id, item.request) for item in parsed.items]
-    invalid = [{"line": e.line, "reason": e.reason, "custom_id": e.custom_id} for e in parsed.errors]
+    invalid = [dataclasses.asdict(e) for e in parsed.errors]
     return items, invalid
 
 

@@ -14,6 +14,7 @@ A subscriber that connects late or reconnects passes the last id it saw and miss
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.records import JobRecord
+from storage.tables import JobStatus
 
 __all__ = ["BatchCounts", "Event", "EventBus", "JobEvent"]
 
@@ -82,6 +85,21 @@ class JobEvent:
     latency_ms: float | None = None
     error: str | None = None
 
+    @classmethod
+    def from_record(cls, job: JobRecord) -> JobEvent:
+        """The event for a finished job as SQL holds it."""
+        failed = job.error is not None and job.status != JobStatus.SUCCEEDED
+        return cls(
+            job_id=job.id,
+            batch_id=job.batch_id,
+            custom_id=job.custom_id,
+            status=job.status.value,
+            deployment=job.deployment,
+            cost_usd=float(job.cost_usd or 0),
+            latency_ms=job.latency_ms,
+            error=str(job.error.get("message")) if failed and job.error else None,
+        )
+
     def data(self) -> str:
         return json.dumps(
             {
@@ -109,6 +127,10 @@ class BatchCounts:
     @property
     def complete(self) -> bool:
         return self.total > 0 and self.done >= self.total
+
+
+# The progress hash's fields, in BatchCounts order (the Lua script lists them in the same order).
+_COUNTERS = [f.name for f in dataclasses.fields(BatchCounts)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +161,8 @@ class EventBus:
     async def restore_counts(self, batch_id: str, total: int, counts: Mapping[str, int]) -> bool:
         """Recreate a lost progress hash from SQL counts; returns False when it still exists."""
         progress = keys.batch_progress(batch_id)
-        done = sum(counts.get(status, 0) for status in ("succeeded", "failed", "cancelled"))
-        fields = {
-            "total": total,
-            "done": done,
-            **{s: counts.get(s, 0) for s in ("succeeded", "failed", "cancelled")},
-        }
+        terminal = {status: counts.get(status, 0) for status in _COUNTERS[2:]}
+        values = {"total": total, "done": sum(terminal.values()), **terminal}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.exists(progress)
             pipe.hsetnx(progress, "total", str(total))
@@ -153,7 +171,7 @@ class EventBus:
             return False
         # Nobody else writes counters for a batch whose hash is gone until jobs are re-queued.
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(progress, mapping={k: str(v) for k, v in fields.items()})
+            pipe.hset(progress, mapping={k: str(v) for k, v in values.items()})
             pipe.expire(progress, self._retention_s)
             await pipe.execute()
         return True
@@ -177,9 +195,8 @@ class EventBus:
         return counts
 
     async def counts(self, batch_id: str) -> BatchCounts:
-        fields = ["total", "done", "succeeded", "failed", "cancelled"]
         # redis-py types hash commands as sync-or-async; on an asyncio client they are awaitable.
-        raw: list[Any] = await self._redis.hmget(keys.batch_progress(batch_id), fields)  # type: ignore[misc]
+        raw: list[Any] = await self._redis.hmget(keys.batch_progress(batch_id), _COUNTERS)  # type: ignore[misc]
         return BatchCounts(*(int(v or 0) for v in raw))
 
     async def read(

@@ -83,6 +83,13 @@ class BatchRecord:
     cancelled_at: datetime | None
     counts: dict[JobStatus, int] = field(default_factory=dict)
 
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any], counts: dict[JobStatus, int]) -> BatchRecord:
+        values = dict(row)
+        for name in ("created_at", "completed_at", "cancelled_at"):
+            values[name] = aware(values[name])
+        return cls(**values, counts=counts)
+
     @property
     def done(self) -> int:
         return sum(n for status, n in self.counts.items() if status in TERMINAL)

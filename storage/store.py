@@ -1,9 +1,10 @@
 """The SQL store: batches and jobs in, results, attempts and the cost ledger out.
 
-Every write is a single transaction that starts with a write (SQLite then takes its lock up front
-and never has to upgrade a read lock). `finish_job` writes the result, the attempts and the ledger
-together; inserts use ON CONFLICT DO NOTHING against the unique (job_id, run, attempt_no) keys, so
-replaying a run is harmless and no charge is ever recorded twice.
+Every write goes through the group committer (`storage/group_commit.py`): writes of concurrent
+jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
+up front and never has to upgrade a read lock). `finish_job` writes the result, the attempts and
+the ledger together; inserts use ON CONFLICT DO NOTHING against the unique (job_id, run,
+attempt_no) keys, so replaying a run is harmless and no charge is ever recorded twice.
 """
 
 from __future__ import annotations
@@ -32,17 +33,14 @@ from storage.records import (
     DeploymentSummary,
     JobRecord,
     StartedJob,
-    aware,
 )
 from storage.tables import JobStatus, attempts, batches, jobs, ledger
 
 __all__ = ["CreatedBatch", "JobFailure", "NewJob", "Store", "new_id"]
 
-_RUNNABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
+_RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _PAGE = 500
 
-
-_RUNNABLE_VALUES = [s.value for s in _RUNNABLE]
 # Statements built once: per-job writes then skip SQLAlchemy's statement construction and coercion.
 # (Bind names carry a b_ prefix: SQLAlchemy reserves column names for the SET clause.)
 _START_JOB = (
@@ -294,10 +292,7 @@ class Store:
             if row is None:
                 raise NotFoundError("batch", batch_id)
             counts = await _status_counts(conn, batch_id)
-        values = dict(row._mapping)
-        for name in ("created_at", "completed_at", "cancelled_at"):
-            values[name] = aware(values[name])
-        return BatchRecord(**values, counts=counts)
+        return BatchRecord.from_row(row._mapping, counts)
 
     async def iter_jobs(self, batch_id: str, *, terminal_only: bool = False) -> AsyncIterator[JobRecord]:
         """The batch's jobs in input order, read a page at a time."""
@@ -305,7 +300,7 @@ class Store:
         while True:
             query = select(jobs).where((jobs.c.batch_id == batch_id) & (jobs.c.seq > after))
             if terminal_only:
-                query = query.where(jobs.c.status.not_in([s.value for s in _RUNNABLE]))
+                query = query.where(jobs.c.status.not_in(_RUNNABLE_VALUES))
             async with self._reading() as conn:
                 rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
             for row in rows:

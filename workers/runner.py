@@ -58,7 +58,7 @@ class JobRunner:
         if isinstance(started, JobRecord):
             # Already finished (a redelivery after commit) or cancelled: make sure its event is out.
             if started.terminal:
-                await self._publish(_event_from_record(started))
+                await self._publish(JobEvent.from_record(started))
             logger.info("job %s not run again: it is %s", job_id, started.status.value)
             return started.status.value
 
@@ -77,7 +77,7 @@ class JobRunner:
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
             record = await self.store.get_job(job_id)
-            await self._publish(_event_from_record(record))
+            await self._publish(JobEvent.from_record(record))
             return record.status.value
         event = _event_from_run(started, result, attempts, failure)
         await self._publish(event)
@@ -130,17 +130,4 @@ def _event_from_run(
         JobStatus.FAILED.value,
         cost_usd=billed,
         error=failure.message if failure else None,
-    )
-
-
-def _event_from_record(job: JobRecord) -> JobEvent:
-    return JobEvent(
-        job_id=job.id,
-        batch_id=job.batch_id,
-        custom_id=job.custom_id,
-        status=job.status.value,
-        deployment=job.deployment,
-        cost_usd=float(job.cost_usd or 0),
-        latency_ms=job.latency_ms,
-        error=str(job.error.get("message")) if job.error and job.status != JobStatus.SUCCEEDED else None,
     )

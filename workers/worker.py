@@ -130,8 +130,7 @@ def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]
         "max_jobs": settings.worker_concurrency,
         "queue_read_limit": settings.read_limit,
         "poll_delay": settings.poll_delay_s,
-        "job_timeout": settings.job_timeout_s,
-        "max_tries": settings.max_tries + 1,
+        # The job function carries its own timeout and max_tries (see job_function).
         "keep_result": 0,  # results live in SQL; arq's copy would only cost memory
         "job_completion_wait": settings.shutdown_grace_s,
         "job_serializer": serialize,
