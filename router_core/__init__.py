@@ -9,6 +9,8 @@ from router_core.errors import (
     AllAttemptsFailedError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
+    CapacityExhaustedError,
     ConfigError,
     ContextLengthError,
     FatalProviderError,
@@ -44,17 +46,32 @@ from router_core.models import (
 from router_core.planner import PlanLimits, build_plan
 from router_core.router import RetryPolicy, Router
 from router_core.settings import RouterSettings, SimulateMode
-from router_core.stats import CallOutcome, CircuitState, DeploymentStats, InMemoryStats, StatsStore
+from router_core.spend import SpendGuard
+from router_core.stats import (
+    Admission,
+    BreakerPolicy,
+    CallOutcome,
+    CircuitState,
+    DeploymentStats,
+    Forced,
+    InMemoryStats,
+    Refusal,
+    StatsStore,
+)
 
 __all__ = [
+    "Admission",
     "AllAttemptsFailedError",
     "Attempt",
     "AttemptOutcome",
     "AuthenticationError",
     "BadRequestError",
+    "BreakerPolicy",
+    "BudgetExceededError",
     "CallOutcome",
     "Candidate",
     "Capability",
+    "CapacityExhaustedError",
     "Catalog",
     "ChatRequest",
     "CircuitState",
@@ -69,6 +86,7 @@ __all__ = [
     "ExclusionReason",
     "FakeClock",
     "FatalProviderError",
+    "Forced",
     "InMemoryStats",
     "InvalidRequestError",
     "MalformedResponseError",
@@ -83,12 +101,14 @@ __all__ = [
     "ProviderServerError",
     "ProviderTimeoutError",
     "RateLimitedError",
+    "Refusal",
     "RetryPolicy",
     "RetryableProviderError",
     "RouteqError",
     "Router",
     "RouterSettings",
     "SimulateMode",
+    "SpendGuard",
     "StatsStore",
     "Strategy",
     "StreamInterruptedError",

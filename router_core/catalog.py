@@ -58,7 +58,10 @@ class Deployment(BaseModel):
     context_window: int = Field(gt=0)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
-    max_concurrency: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0, description="Calls in flight, fleet-wide.")
+    rate_window_s: float = Field(
+        default=60.0, gt=0, description="The window rpm and tpm count over; shorten it only to test."
+    )
     fallbacks: tuple[str, ...] = ()
     price_provider: str | None = Field(default=None, description="genai-prices provider id.")
     price: PriceOverride | None = None

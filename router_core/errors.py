@@ -5,6 +5,8 @@
     ├── InvalidRequestError           a request the router cannot accept (names the field)
     ├── NoRouteError                  no deployment satisfies the request; carries the exclusions
     ├── AllAttemptsFailedError        every candidate was tried and failed; carries the attempts
+    │   ├── BudgetExceededError           the spend cap leaves no room for any candidate's worst case
+    │   └── CapacityExhaustedError        every candidate is full (rate, concurrency, breaker): retry
     ├── StreamInterruptedError        a stream failed after its first text was delivered
     └── ProviderError                 one failed provider call (raised inside the retry loop)
         ├── RetryableProviderError    worth another try on the same deployment
@@ -33,6 +35,8 @@ __all__ = [
     "AllAttemptsFailedError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
+    "CapacityExhaustedError",
     "ConfigError",
     "ContextLengthError",
     "FatalProviderError",
@@ -108,6 +112,28 @@ class AllAttemptsFailedError(RouteqError):
     def __init__(self, message: str, attempts: Sequence[Attempt]) -> None:
         self.attempts = list(attempts)
         super().__init__(message)
+
+
+class BudgetExceededError(AllAttemptsFailedError):
+    """No candidate's worst-case cost fits the remaining budget (HTTP 402 in the API).
+
+    `refusals` names each cap that refused, with its spend, reservations and what was needed.
+    """
+
+    def __init__(self, message: str, attempts: Sequence[Attempt], refusals: Sequence[str]) -> None:
+        self.refusals = list(refusals)
+        super().__init__(message, attempts)
+
+
+class CapacityExhaustedError(AllAttemptsFailedError):
+    """Every remaining candidate refused the call for now (rate limit, concurrency, open circuit).
+
+    Not a failure of the job: run it again after `retry_after_s`, when room is expected.
+    """
+
+    def __init__(self, message: str, attempts: Sequence[Attempt], retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, attempts)
 
 
 class StreamInterruptedError(RouteqError):

@@ -165,6 +165,8 @@ class ExclusionReason(StrEnum):
     EXCLUDED_PROVIDER = "excluded_provider"
     NOT_INCLUDED_PROVIDER = "not_included_provider"
     CIRCUIT_OPEN = "circuit_open"
+    FORCED_DOWN = "forced_down"
+    OVER_RATE_LIMIT = "over_rate_limit"
     NOT_IN_CHAIN = "not_in_chain"
 
 

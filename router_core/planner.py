@@ -24,7 +24,7 @@ from router_core.models import (
     Preferences,
     Strategy,
 )
-from router_core.stats import CircuitState, DeploymentStats
+from router_core.stats import CircuitState, DeploymentStats, Forced
 from router_core.strategies import Option, RankContext, rank
 
 __all__ = ["PlanLimits", "build_plan", "prompt_tokens"]
@@ -77,6 +77,8 @@ def _providers(
 def _circuit(
     dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
 ) -> tuple[ExclusionReason, str] | None:
+    if s.forced is Forced.DOWN:
+        return ExclusionReason.FORCED_DOWN, "forced down by an operator"
     if s.circuit is CircuitState.OPEN:
         return ExclusionReason.CIRCUIT_OPEN, "circuit open after repeated failures"
     return None
@@ -90,6 +92,11 @@ def _context(
         return (
             ExclusionReason.CONTEXT_TOO_SMALL,
             f"needs ~{needed} tokens (prompt + max_tokens) > context window {dep.context_window}",
+        )
+    if dep.tpm is not None and needed > dep.tpm:
+        return (
+            ExclusionReason.OVER_RATE_LIMIT,
+            f"needs ~{needed} tokens (prompt + max_tokens) > its whole tpm limit {dep.tpm}",
         )
     return None
 

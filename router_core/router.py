@@ -4,6 +4,11 @@
 share one walk over the plan: for a stream, "success" means the first piece of text arrived, after
 which the router is committed to that deployment.
 
+Before each call the router reserves its worst-case cost with the caller's `SpendGuard` (if any)
+and asks the `StatsStore` to admit it (breaker, concurrency, rpm/tpm). A refused candidate is
+skipped; when every candidate refuses for capacity, `CapacityExhaustedError` says when to try
+again, and when only the budget refused, `BudgetExceededError` names the cap.
+
 Per candidate, retryable errors (429, 5xx, timeout, connection, malformed body) are retried with
 exponential backoff and full jitter, never sooner than the provider's Retry-After; a Retry-After
 longer than `max_retry_after_s` fails over instead. Non-retryable errors (400, auth) fail over at
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +31,8 @@ from router_core.clock import Clock, SystemClock
 from router_core.errors import (
     AllAttemptsFailedError,
     AuthenticationError,
+    BudgetExceededError,
+    CapacityExhaustedError,
     ContextLengthError,
     ProviderError,
     ProviderTimeoutError,
@@ -37,7 +45,8 @@ from router_core.providers.base import Provider, ProviderReply, StreamPart
 from router_core.providers.factory import build_providers
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
-from router_core.stats import CallOutcome, InMemoryStats, StatsStore
+from router_core.spend import SpendGuard
+from router_core.stats import CONCURRENCY_RETRY_S, Admission, CallOutcome, InMemoryStats, StatsStore
 
 __all__ = ["RetryPolicy", "Router"]
 
@@ -54,6 +63,26 @@ class _OpenStream:
 
     first: StreamPart
     rest: AsyncGenerator[StreamPart, None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A candidate that was not called: over budget, or refused admission for now."""
+
+    detail: str
+    budget: bool
+    retry_after_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Walk:
+    """What one request's walk over its plan has done so far."""
+
+    request: ChatRequest
+    plan: Plan
+    guard: SpendGuard | None
+    attempts: list[Attempt]
+    refused: list[_Refused]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +133,7 @@ class Router:
         limits: PlanLimits | None = None,
         rng: random.Random | None = None,
         sim_world: SimWorld | None = None,
+        prompt_margin: float = 1.25,
     ) -> None:
         missing = set(catalog) - set(providers)
         if missing:
@@ -115,6 +145,8 @@ class Router:
         self.policy = policy or RetryPolicy()
         self.limits = limits or PlanLimits()
         self.sim_world = sim_world
+        # Budget holds assume the provider counts at most this many times our prompt estimate.
+        self.prompt_margin = prompt_margin
         self._rng = rng or random.Random()
 
     @classmethod
@@ -134,15 +166,17 @@ class Router:
         providers, world = build_providers(
             catalog, simulate=settings.simulate, sim_world=sim_world, sim_url=settings.sim_url
         )
+        clock = clock or SystemClock()
         return cls(
             catalog,
             providers,
-            stats=stats,
+            stats=stats or InMemoryStats(clock=clock, breaker=settings.breaker_policy()),
             clock=clock,
             policy=RetryPolicy.from_settings(settings),
             limits=PlanLimits(settings.default_completion_tokens, settings.max_candidates),
             rng=rng,
             sim_world=world,
+            prompt_margin=settings.budget_prompt_margin,
         )
 
     async def __aenter__(self) -> Router:
@@ -164,26 +198,30 @@ class Router:
             rotation = await self.stats.next_rotation("default")
         return build_plan(request, self.catalog, snapshot, rotation=rotation, limits=self.limits)
 
-    async def complete(self, request: ChatRequest, *, plan: Plan | None = None) -> CompletionResult:
+    async def complete(
+        self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
+    ) -> CompletionResult:
         """Route `request` and return the first successful completion.
 
         Raises:
             NoRouteError: no deployment satisfies the constraints.
+            BudgetExceededError: `guard` has no room for any candidate's worst-case cost.
+            CapacityExhaustedError: every candidate is full for now; `.retry_after_s` says how long.
             AllAttemptsFailedError: every attempt failed; `.attempts` has each one.
         """
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        attempts: list[Attempt] = []
+        walk = _Walk(request, plan, guard, [], [])
 
         async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
             return await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
 
-        dep, reply = await self._walk(request, plan, attempts, call)
-        self._settle(dep, reply, attempts)
-        return self._result(dep, reply, attempts, plan, started)
+        dep, reply = await self._walk(walk, call)
+        self._settle(dep, reply, walk.attempts)
+        return self._result(dep, reply, walk.attempts, plan, started)
 
     async def stream(
-        self, request: ChatRequest, *, plan: Plan | None = None
+        self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """Route `request` as a stream: text pieces as they arrive, then the `CompletionResult`.
 
@@ -193,7 +231,8 @@ class Router:
         """
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        attempts: list[Attempt] = []
+        walk = _Walk(request, plan, guard, [], [])
+        attempts = walk.attempts
 
         async def open_stream(provider: Provider, max_tokens: int, timeout_s: float) -> _OpenStream:
             parts = provider.stream(request, max_tokens=max_tokens, timeout_s=timeout_s)
@@ -203,7 +242,7 @@ class Router:
                 await parts.aclose()
                 raise
 
-        dep, opened = await self._walk(request, plan, attempts, open_stream)
+        dep, opened = await self._walk(walk, open_stream)
         timeout_s = self._timeout_s(request)
         part: StreamPart = opened.first
         try:
@@ -230,45 +269,69 @@ class Router:
         self._settle(dep, part, attempts)
         yield self._result(dep, part, attempts, plan, started)
 
-    async def _walk(
-        self, request: ChatRequest, plan: Plan, attempts: list[Attempt], op: Operation[T]
-    ) -> tuple[Deployment, T]:
+    async def _walk(self, walk: _Walk, op: Operation[T]) -> tuple[Deployment, T]:
         """Run `op` over the plan's candidates with retries and failover; the first success wins."""
         context_floor = 0  # after a context-length error, only larger windows are worth trying
-        for candidate in plan.candidates:
+        for candidate in walk.plan.candidates:
             dep = self.catalog[candidate.deployment]
             if dep.context_window <= context_floor:
                 continue
-            value, error = await self._try_deployment(dep, request, plan, attempts, op)
+            value, error = await self._try_deployment(dep, walk, op)
             if value is not None:
                 return dep, value
             if isinstance(error, ContextLengthError):
                 context_floor = dep.context_window
-            if len(attempts) >= self.policy.max_attempts_total:
+            if len(walk.attempts) >= self.policy.max_attempts_total:
                 break
+        raise self._no_success(walk)
+
+    def _no_success(self, walk: _Walk) -> AllAttemptsFailedError:
+        attempts = walk.attempts
         tried = ", ".join(dict.fromkeys(a.deployment for a in attempts)) or "none"
         last = attempts[-1].error if attempts else "no candidate was left to try"
-        raise AllAttemptsFailedError(
-            f"all {len(attempts)} attempts failed (deployments tried: {tried}); last error: {last}. "
-            "Each attempt's error is in .attempts; relax constraints or raise max_candidates to try more.",
+        summary = f"{len(attempts)} attempts failed (deployments tried: {tried}; last error: {last})"
+        capacity = [r for r in walk.refused if not r.budget]
+        if capacity:
+            retry_after = min((r.retry_after_s for r in capacity if r.retry_after_s), default=None)
+            retry_after = retry_after or CONCURRENCY_RETRY_S
+            details = "; ".join(r.detail for r in capacity)
+            return CapacityExhaustedError(
+                f"every candidate is full for now ({details}); {summary}. Try again in {retry_after:.2f}s.",
+                attempts,
+                retry_after,
+            )
+        budget = [r.detail for r in walk.refused if r.budget]
+        if budget:
+            return BudgetExceededError(
+                f"budget exceeded: {'; '.join(dict.fromkeys(budget))}. {summary}", attempts, budget
+            )
+        return AllAttemptsFailedError(
+            f"all {summary}. Each attempt's error is in .attempts; relax constraints or raise "
+            "max_candidates to try more.",
             attempts,
         )
 
     async def _try_deployment(
-        self, dep: Deployment, request: ChatRequest, plan: Plan, attempts: list[Attempt], op: Operation[T]
+        self, dep: Deployment, walk: _Walk, op: Operation[T]
     ) -> tuple[T | None, ProviderError | None]:
         """Up to `max_attempts_per_deployment` calls to one deployment, with backoff between them."""
         wait = 0.0
         error: ProviderError | None = None
+        attempts = walk.attempts
         for n in range(self.policy.max_attempts_per_deployment):
             if len(attempts) >= self.policy.max_attempts_total:
                 break
             if wait:
                 await self.clock.sleep(wait)
-            value, error, attempt = await self._call(dep, request, plan, wait, op)
+            admission = await self._admit(dep, walk)
+            if admission is None:
+                return None, None
+            value, error, attempt = await self._call(dep, walk, wait, op, admission)
             attempts.append(attempt)
             if value is not None:
                 return value, None
+            if walk.guard is not None:  # an error is not billed: give its hold back at once
+                await walk.guard.release(len(attempts))
             assert error is not None
             if not error.retryable or n + 1 == self.policy.max_attempts_per_deployment:
                 break
@@ -277,6 +340,26 @@ class Router:
                 logger.info("%s asks to wait %.1fs; failing over instead", dep.id, wait)
                 break
         return None, error
+
+    async def _admit(self, dep: Deployment, walk: _Walk) -> Admission | None:
+        """Hold the worst-case cost, then take a place in the deployment's limits; None if refused."""
+        attempt_no = len(walk.attempts) + 1
+        max_tokens = walk.request.max_tokens or walk.plan.completion_tokens_estimate
+        prompt = walk.plan.prompt_tokens_estimate
+        if walk.guard is not None:
+            worst = self.catalog.price(dep.id).estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
+            refusal = await walk.guard.reserve(attempt_no, dep.id, worst)
+            if refusal is not None:
+                walk.refused.append(_Refused(refusal, budget=True))
+                return None
+        admission = await self.stats.admit(dep, prompt + max_tokens)
+        if admission.admitted:
+            return admission
+        if walk.guard is not None:
+            await walk.guard.release(attempt_no)
+        walk.refused.append(_Refused(admission.describe(dep.id), False, admission.retry_after_s))
+        logger.debug("skipping %s", admission.describe(dep.id))
+        return None
 
     def _backoff(self, retry_number: int, retry_after: float | None) -> float:
         """Full jitter (uniform over 0..base*2^n, capped), but never less than Retry-After."""
@@ -287,12 +370,11 @@ class Router:
         return (request.preferences.timeout_ms or 0) / 1000 or self.policy.default_timeout_s
 
     async def _call(
-        self, dep: Deployment, request: ChatRequest, plan: Plan, wait: float, op: Operation[T]
+        self, dep: Deployment, walk: _Walk, wait: float, op: Operation[T], admission: Admission
     ) -> tuple[T | None, ProviderError | None, Attempt]:
-        """One attempt, timed and counted in the live stats. Usage and cost are filled by `_settle`."""
-        timeout_s = self._timeout_s(request)
-        max_tokens = request.max_tokens or plan.completion_tokens_estimate
-        await self.stats.begin(dep.id)
+        """One admitted attempt, timed and released to the live stats. `_settle` fills usage and cost."""
+        timeout_s = self._timeout_s(walk.request)
+        max_tokens = walk.request.max_tokens or walk.plan.completion_tokens_estimate
         t0 = self.clock.now()
         value: T | None = None
         error: ProviderError | None = None
@@ -310,7 +392,9 @@ class Router:
             latency_ms = (self.clock.now() - t0) * 1000
             ok = value is not None
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
-            await self.stats.end(dep.id, outcome, latency_ms)
+            usage = value.usage if isinstance(value, ProviderReply) else None
+            tokens = usage.input_tokens + usage.output_tokens if usage else None
+            await self.stats.release(dep, admission, outcome, latency_ms, tokens)
         if error is not None:
             logger.debug("attempt on %s failed: %s", dep.id, error)
         attempt = Attempt(

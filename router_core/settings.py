@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router_core.stats import BreakerPolicy
+
 __all__ = ["RouterSettings", "SimulateMode"]
 
 
@@ -40,6 +42,25 @@ class RouterSettings(BaseSettings):
     max_retry_after_s: float = Field(
         default=60.0, ge=0, description="A longer Retry-After fails over instead of waiting."
     )
+    breaker_failures: int = Field(default=5, ge=1, description="Failures in the window that open a circuit.")
+    breaker_window_s: float = Field(default=30.0, gt=0)
+    breaker_min_failure_ratio: float = Field(
+        default=0.5, ge=0, le=1, description="...and at least this share of the window's calls failed."
+    )
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="Open this long, then probe.")
+    breaker_probes: int = Field(default=1, ge=1, description="Calls let through at once while half-open.")
+    budget_prompt_margin: float = Field(
+        default=1.25, ge=1, description="Budget holds count the prompt as this many times our estimate."
+    )
+
+    def breaker_policy(self) -> BreakerPolicy:
+        return BreakerPolicy(
+            failure_threshold=self.breaker_failures,
+            window_s=self.breaker_window_s,
+            min_failure_ratio=self.breaker_min_failure_ratio,
+            cooldown_s=self.breaker_cooldown_s,
+            probes=self.breaker_probes,
+        )
 
     @field_validator("catalog_path", "sim_url", mode="before")
     @classmethod

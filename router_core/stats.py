@@ -1,28 +1,61 @@
-"""Live deployment statistics behind one interface, so they can live in-process or in Redis.
+"""Live deployment state behind one interface, so it can live in-process or in Redis for a fleet.
 
-The router reads a `snapshot` before planning (success rate, latency EWMA, in-flight count, circuit
-state) and reports every call through `begin`/`end`. `InMemoryStats` is the single-process
-implementation, with a simple consecutive-failure circuit breaker; a fleet-wide implementation keeps
-the same interface with its state in Redis.
+Before planning, the router reads a `snapshot` (success rate, latency EWMA, in-flight count, circuit
+state, rate-limit usage). Before every provider call it asks `admit`, which atomically checks and
+takes what the call needs: the circuit (and a half-open probe slot), a concurrency slot, a request
+and the estimated tokens in the rate window. After the call, `release` gives the slot back, corrects
+the token count to the real usage and feeds the outcome to the breaker and the live stats.
+
+The breaker, per deployment:
+
+    CLOSED ──(failure_threshold failures, at least min_failure_ratio of calls, within window_s)──▶ OPEN
+    OPEN ──(cooldown_s)──▶ HALF_OPEN: at most `probes` calls at a time are let through
+    HALF_OPEN ──probe succeeds──▶ CLOSED          HALF_OPEN ──probe fails──▶ OPEN (cooldown again)
+
+An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
+until the override is cleared.
+
+`InMemoryStats` is the single-process implementation; `storage.fleet.RedisStats` keeps the same
+state in Redis for every worker. `tests/stats_contract.py` is the behaviour both must have.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import count
 from typing import Protocol
 
+from router_core.catalog import Deployment
 from router_core.clock import Clock, SystemClock
 
-__all__ = ["CallOutcome", "CircuitState", "DeploymentStats", "InMemoryStats", "StatsStore"]
+__all__ = [
+    "Admission",
+    "BreakerPolicy",
+    "CallOutcome",
+    "CircuitState",
+    "DeploymentStats",
+    "Forced",
+    "InMemoryStats",
+    "Refusal",
+    "StatsStore",
+]
 
 
 class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class Forced(StrEnum):
+    """An operator's override of the breaker, kept until cleared."""
+
+    DOWN = "down"
+    UP = "up"
 
 
 class CallOutcome(StrEnum):
@@ -33,6 +66,25 @@ class CallOutcome(StrEnum):
     NEUTRAL = "neutral"
 
 
+class Refusal(StrEnum):
+    """Why `admit` did not let a call through."""
+
+    FORCED_DOWN = "forced_down"
+    CIRCUIT_OPEN = "circuit_open"  # open, or half-open with every probe slot taken
+    CONCURRENCY = "concurrency"  # max_concurrency calls already in flight, fleet-wide
+    RPM = "rpm"
+    TPM = "tpm"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failure_threshold: int = 5
+    window_s: float = 30.0
+    min_failure_ratio: float = 0.5
+    cooldown_s: float = 30.0
+    probes: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentStats:
     success_rate: float = 1.0
@@ -40,16 +92,66 @@ class DeploymentStats:
     in_flight: int = 0
     circuit: CircuitState = CircuitState.CLOSED
     calls: int = 0
+    forced: Forced | None = None
+    requests_in_window: int = 0  # counted against rpm over the deployment's rate window
+    tokens_in_window: int = 0  # counted against tpm
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of `admit`: a ticket to call, or the reason not to and when to ask again."""
+
+    ticket: str | None
+    refusal: Refusal | None = None
+    retry_after_s: float | None = None
+    probe: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.ticket is not None
+
+    def describe(self, deployment_id: str) -> str:
+        if self.refusal is None:
+            return f"{deployment_id}: admitted"
+        when = f"; room again in {self.retry_after_s:.2f}s" if self.retry_after_s is not None else ""
+        return f"{deployment_id}: {_REFUSAL_TEXT[self.refusal]}{when}"
+
+
+_REFUSAL_TEXT = {
+    Refusal.FORCED_DOWN: "forced down by an operator",
+    Refusal.CIRCUIT_OPEN: "circuit open",
+    Refusal.CONCURRENCY: "max_concurrency calls already in flight",
+    Refusal.RPM: "requests-per-window limit (rpm) reached",
+    Refusal.TPM: "tokens-per-window limit (tpm) reached",
+}
+
+# How long a refused caller should wait when only the in-flight calls can free room.
+CONCURRENCY_RETRY_S = 0.25
 
 
 class StatsStore(Protocol):
-    """Where live stats and circuit state are kept."""
+    """Where live stats, breakers and limits are kept."""
 
     async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]: ...
 
-    async def begin(self, deployment_id: str) -> None: ...
+    async def admit(self, deployment: Deployment, tokens: int) -> Admission:
+        """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
+        ...
 
-    async def end(self, deployment_id: str, outcome: CallOutcome, latency_ms: float | None) -> None: ...
+    async def release(
+        self,
+        deployment: Deployment,
+        admission: Admission,
+        outcome: CallOutcome,
+        latency_ms: float | None,
+        tokens: int | None,
+    ) -> None:
+        """End an admitted call; `tokens` is the real usage (None keeps the estimate)."""
+        ...
+
+    async def force(self, deployment_id: str, state: Forced | None) -> None:
+        """Force a deployment down or up until `force(id, None)` clears it."""
+        ...
 
     async def next_rotation(self, key: str) -> int:
         """A counter that increases by one per call, for round-robin."""
@@ -60,82 +162,161 @@ class StatsStore(Protocol):
 class _Entry:
     success_rate: float = 1.0
     latency_ewma_ms: float | None = None
-    in_flight: int = 0
     calls: int = 0
-    consecutive_failures: int = 0
     opened_at: float | None = None
+    forced: Forced | None = None
+    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (time, ok) within the window
+    in_flight: dict[str, bool] = field(default_factory=dict)  # ticket -> is a probe
+    requests: deque[tuple[float, str]] = field(default_factory=deque)  # (time, ticket) in rate window
+    tokens: dict[str, int] = field(default_factory=dict)  # ticket -> tokens counted for tpm
+    rate_window_s: float = 60.0  # the deployment's, as of its last admission
 
 
 class InMemoryStats:
-    """Stats for one process. The breaker opens after `failure_threshold` consecutive failures,
-    lets calls through again (half-open) after `cooldown_s`, and closes on the next success.
-    """
+    """`StatsStore` for one process (tests, the router on its own). Same rules as the Redis store."""
 
     def __init__(
-        self,
-        *,
-        clock: Clock | None = None,
-        alpha: float = 0.2,
-        failure_threshold: int = 5,
-        cooldown_s: float = 30.0,
+        self, *, clock: Clock | None = None, alpha: float = 0.2, breaker: BreakerPolicy | None = None
     ) -> None:
         self._clock = clock or SystemClock()
         self._alpha = alpha
-        self._threshold = failure_threshold
-        self._cooldown_s = cooldown_s
+        self.breaker = breaker or BreakerPolicy()
         self._entries: dict[str, _Entry] = {}
         self._rotations: dict[str, count[int]] = {}
+        self._tickets = itertools.count(1)
 
     def _entry(self, deployment_id: str) -> _Entry:
         return self._entries.setdefault(deployment_id, _Entry())
 
-    def _circuit(self, entry: _Entry) -> CircuitState:
-        if entry.opened_at is None:
+    def _circuit(self, entry: _Entry, now: float) -> CircuitState:
+        if entry.forced is Forced.DOWN:
+            return CircuitState.OPEN
+        if entry.forced is Forced.UP or entry.opened_at is None:
             return CircuitState.CLOSED
-        if self._clock.now() - entry.opened_at >= self._cooldown_s:
+        if now - entry.opened_at >= self.breaker.cooldown_s:
             return CircuitState.HALF_OPEN
         return CircuitState.OPEN
 
+    def _prune(self, entry: _Entry, window_s: float, now: float) -> None:
+        while entry.requests and entry.requests[0][0] <= now - window_s:
+            _, ticket = entry.requests.popleft()
+            entry.tokens.pop(ticket, None)
+        while entry.outcomes and entry.outcomes[0][0] <= now - self.breaker.window_s:
+            entry.outcomes.popleft()
+
     async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]:
+        now = self._clock.now()
         out: dict[str, DeploymentStats] = {}
         for dep in deployment_ids:
             entry = self._entries.get(dep)
             if entry is None:
                 out[dep] = DeploymentStats()
                 continue
+            self._prune(entry, entry.rate_window_s, now)
             out[dep] = DeploymentStats(
                 success_rate=entry.success_rate,
                 latency_ewma_ms=entry.latency_ewma_ms,
-                in_flight=entry.in_flight,
-                circuit=self._circuit(entry),
+                in_flight=len(entry.in_flight),
+                circuit=self._circuit(entry, now),
                 calls=entry.calls,
+                forced=entry.forced,
+                requests_in_window=len(entry.requests),
+                tokens_in_window=sum(entry.tokens.values()),
             )
         return out
 
-    async def begin(self, deployment_id: str) -> None:
-        self._entry(deployment_id).in_flight += 1
+    async def admit(self, deployment: Deployment, tokens: int) -> Admission:
+        now = self._clock.now()
+        entry = self._entry(deployment.id)
+        entry.rate_window_s = deployment.rate_window_s
+        self._prune(entry, deployment.rate_window_s, now)
+        circuit = self._circuit(entry, now)
+        refused = self._circuit_refusal(entry, circuit, now) or self._limit_refusal(
+            entry, deployment, tokens, now
+        )
+        if refused is not None:
+            return refused
+        ticket = f"t{next(self._tickets)}"
+        probe = circuit is CircuitState.HALF_OPEN
+        entry.in_flight[ticket] = probe
+        entry.requests.append((now, ticket))
+        entry.tokens[ticket] = tokens
+        return Admission(ticket, probe=probe)
 
-    async def end(self, deployment_id: str, outcome: CallOutcome, latency_ms: float | None) -> None:
-        entry = self._entry(deployment_id)
-        entry.in_flight = max(0, entry.in_flight - 1)
+    def _circuit_refusal(self, entry: _Entry, circuit: CircuitState, now: float) -> Admission | None:
+        if entry.forced is Forced.DOWN:
+            return Admission(None, Refusal.FORCED_DOWN)
+        if circuit is CircuitState.OPEN:
+            assert entry.opened_at is not None
+            return Admission(None, Refusal.CIRCUIT_OPEN, entry.opened_at + self.breaker.cooldown_s - now)
+        if circuit is CircuitState.HALF_OPEN and sum(entry.in_flight.values()) >= self.breaker.probes:
+            return Admission(None, Refusal.CIRCUIT_OPEN, CONCURRENCY_RETRY_S)
+        return None
+
+    def _limit_refusal(self, entry: _Entry, dep: Deployment, tokens: int, now: float) -> Admission | None:
+        if dep.max_concurrency is not None and len(entry.in_flight) >= dep.max_concurrency:
+            return Admission(None, Refusal.CONCURRENCY, CONCURRENCY_RETRY_S)
+        if dep.rpm is not None and len(entry.requests) >= dep.rpm:
+            return Admission(None, Refusal.RPM, entry.requests[0][0] + dep.rate_window_s - now)
+        if dep.tpm is not None and sum(entry.tokens.values()) + tokens > dep.tpm:
+            return Admission(None, Refusal.TPM, self._tokens_free_in(entry, dep, tokens, now))
+        return None
+
+    def _tokens_free_in(self, entry: _Entry, deployment: Deployment, tokens: int, now: float) -> float:
+        """Seconds until enough counted tokens leave the window for `tokens` more to fit."""
+        assert deployment.tpm is not None
+        excess = sum(entry.tokens.values()) + tokens - deployment.tpm
+        for at, ticket in entry.requests:
+            excess -= entry.tokens.get(ticket, 0)
+            if excess <= 0:
+                return at + deployment.rate_window_s - now
+        return deployment.rate_window_s  # (the planner never lets a call bigger than tpm this far)
+
+    async def release(
+        self,
+        deployment: Deployment,
+        admission: Admission,
+        outcome: CallOutcome,
+        latency_ms: float | None,
+        tokens: int | None,
+    ) -> None:
+        now = self._clock.now()
+        entry = self._entry(deployment.id)
+        if admission.ticket is None:
+            return
+        entry.in_flight.pop(admission.ticket, None)
+        if tokens is not None and admission.ticket in entry.tokens:
+            entry.tokens[admission.ticket] = tokens
         entry.calls += 1
         if outcome is CallOutcome.NEUTRAL:
             return
         ok = outcome is CallOutcome.SUCCESS
         entry.success_rate += self._alpha * ((1.0 if ok else 0.0) - entry.success_rate)
-        if ok:
-            if latency_ms is not None:
-                prev = entry.latency_ewma_ms
-                entry.latency_ewma_ms = (
-                    latency_ms if prev is None else prev + self._alpha * (latency_ms - prev)
-                )
-            entry.consecutive_failures = 0
-            entry.opened_at = None
+        if ok and latency_ms is not None:
+            prev = entry.latency_ewma_ms
+            entry.latency_ewma_ms = latency_ms if prev is None else prev + self._alpha * (latency_ms - prev)
+        self._prune(entry, deployment.rate_window_s, now)
+        circuit = self._circuit(entry, now)
+        if admission.probe and circuit is CircuitState.HALF_OPEN:
+            entry.opened_at = None if ok else now
+            entry.outcomes.clear()
             return
-        entry.consecutive_failures += 1
-        half_open = self._circuit(entry) is CircuitState.HALF_OPEN
-        if half_open or entry.consecutive_failures >= self._threshold:
-            entry.opened_at = self._clock.now()
+        entry.outcomes.append((now, ok))
+        if not ok and circuit is CircuitState.CLOSED and entry.forced is None and self._tripped(entry):
+            entry.opened_at = now
+            entry.outcomes.clear()
+
+    def _tripped(self, entry: _Entry) -> bool:
+        failures = sum(1 for _, ok in entry.outcomes if not ok)
+        ratio = failures / len(entry.outcomes)
+        return failures >= self.breaker.failure_threshold and ratio >= self.breaker.min_failure_ratio
+
+    async def force(self, deployment_id: str, state: Forced | None) -> None:
+        entry = self._entry(deployment_id)
+        entry.forced = state
+        if state is not None:  # an override starts the breaker afresh once cleared
+            entry.opened_at = None
+            entry.outcomes.clear()
 
     async def next_rotation(self, key: str) -> int:
         return next(self._rotations.setdefault(key, count()))

@@ -259,9 +259,10 @@ async def test_live_stats_feed_speed_strategy(make_router: RouterFactory, clock:
     catalog: Catalog = make_catalog([deployment("a-a", latency_ms=100), deployment("b-b", latency_ms=200)])
     router = make_router(catalog)
     # Record that a-a has really been slow.
+    slow = catalog["a-a"]
     for _ in range(10):
-        await router.stats.begin("a-a")
-        await router.stats.end("a-a", CallOutcome.SUCCESS, 900.0)
+        admission = await router.stats.admit(slow, 10)
+        await router.stats.release(slow, admission, CallOutcome.SUCCESS, 900.0, None)
     plan = await router.plan(ask(preferences={"strategy": "speed"}))
     assert [c.deployment for c in plan.candidates] == ["b-b", "a-a"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from router_core import FakeClock, InMemoryStats
-from tests.stats_contract import COOLDOWN_S, THRESHOLD, StatsStoreContract
+from tests.stats_contract import POLICY, StatsStoreContract
 
 
 class TestInMemoryStats(StatsStoreContract):
     @pytest.fixture
     def store(self, clock: FakeClock) -> InMemoryStats:
-        return InMemoryStats(clock=clock, failure_threshold=THRESHOLD, cooldown_s=COOLDOWN_S)
+        return InMemoryStats(clock=clock, breaker=POLICY)
