@@ -113,12 +113,14 @@ class StatsStoreContract:
             await call(store, CallOutcome.FAILURE)
         clock.advance(COOLDOWN_S)
         probe = await store.admit(dep(), 10)
-        assert probe.admitted and probe.probe
+        assert probe.admitted
+        assert probe.probe
         second = await store.admit(dep(), 10)
         assert second.refusal is Refusal.CIRCUIT_OPEN
         await store.release(dep(), probe, CallOutcome.SUCCESS, 10.0, None)
         after = await store.admit(dep(), 10)
-        assert after.admitted and not after.probe
+        assert after.admitted
+        assert not after.probe
 
     async def test_a_low_failure_ratio_keeps_it_closed(self, store: StatsStore) -> None:
         for _ in range(POLICY.failure_threshold):
@@ -127,7 +129,9 @@ class StatsStoreContract:
             await call(store, CallOutcome.FAILURE)  # a third of the calls fail: below the 0.5 ratio
         assert (await stats_of(store)).circuit is CircuitState.CLOSED
 
-    async def test_failures_outside_the_window_do_not_count(self, store: StatsStore, clock: FakeClock) -> None:
+    async def test_failures_outside_the_window_do_not_count(
+        self, store: StatsStore, clock: FakeClock
+    ) -> None:
         for _ in range(POLICY.failure_threshold - 1):
             await call(store, CallOutcome.FAILURE)
         clock.advance(POLICY.window_s + 1)
@@ -186,7 +190,8 @@ class StatsStoreContract:
         await store.admit(limited, 10)
         full = await store.admit(limited, 10)
         assert full.refusal is Refusal.CONCURRENCY
-        assert full.retry_after_s is not None and full.retry_after_s > 0
+        assert full.retry_after_s is not None
+        assert full.retry_after_s > 0
         await store.release(limited, a, CallOutcome.SUCCESS, 10.0, None)
         assert (await store.admit(limited, 10)).admitted
 
