@@ -10,15 +10,41 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:published:<job_id>    | string  | event_retention_s             | events script         |
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
 | routeq:workers               | hash    | entry removed on shutdown     | worker start/stop     |
+| routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
+| routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
+| routeq:dep:<id>:requests     | zset    | pruned past the rate window   | fleet scripts         |
+| routeq:dep:<id>:tokens       | hash    | pruned with :requests         | fleet scripts         |
+| routeq:rotation              | hash    | permanent                     | fleet (round robin)   |
+| routeq:budget:caps           | hash    | permanent, set by operators   | `routeq budget set`   |
+| routeq:budget:<scope>        | hash    | permanent; rebuilt from SQL   | budget scripts        |
+| routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
+
+Fleet state (`storage.fleet`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
+live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
+hold in-flight tickets (score = lease expiry, so a killed worker's slots come back) and admitted
+requests (score = admission time) for the rpm/tpm sliding window.
+
+Budgets (`storage.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<tenant>` or
+`batch:<id>`; its hash keeps `spent` and `reserved` in micro-dollars. `routeq:holds:<job>` maps
+`<run>:<attempt_no>` to the hold of a call about to be made: the write-ahead record that lets a
+re-run charge the calls of a worker that died before its ledger commit.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ARQ_JOB_PREFIX",
+    "BUDGET_CAPS",
+    "ROTATION",
     "WORKERS",
     "batch_events",
     "batch_progress",
+    "budget",
+    "deployment",
+    "deployment_inflight",
+    "deployment_requests",
+    "deployment_tokens",
+    "job_holds",
     "job_done_channel",
     "job_published",
 ]
@@ -26,6 +52,8 @@ __all__ = [
 PREFIX = "routeq:"
 ARQ_JOB_PREFIX = "arq:job:"  # arq.constants.job_key_prefix, written by our bulk enqueue too
 WORKERS = PREFIX + "workers"
+ROTATION = PREFIX + "rotation"
+BUDGET_CAPS = PREFIX + "budget:caps"
 
 
 def batch_events(batch_id: str) -> str:
@@ -46,3 +74,33 @@ def job_published(job_id: str) -> str:
 def job_done_channel(job_id: str) -> str:
     """Pub/sub channel told the moment the job's terminal event is published (for `wait`)."""
     return f"{PREFIX}job-done:{job_id}"
+
+
+def deployment(deployment_id: str) -> str:
+    """Breaker, forced state and live stats of one deployment, shared by the fleet."""
+    return f"{PREFIX}dep:{deployment_id}"
+
+
+def deployment_inflight(deployment_id: str) -> str:
+    """Tickets of calls in flight, scored by lease expiry (max_concurrency, half-open probes)."""
+    return f"{PREFIX}dep:{deployment_id}:inflight"
+
+
+def deployment_requests(deployment_id: str) -> str:
+    """Tickets admitted within the rate window, scored by admission time (rpm)."""
+    return f"{PREFIX}dep:{deployment_id}:requests"
+
+
+def deployment_tokens(deployment_id: str) -> str:
+    """Ticket -> tokens counted for tpm (the estimate, corrected to real usage on release)."""
+    return f"{PREFIX}dep:{deployment_id}:tokens"
+
+
+def budget(scope: str) -> str:
+    """`spent` and `reserved` (micro-dollars) of one budget scope: user:<t>/<u>, tenant:<t>, batch:<id>."""
+    return f"{PREFIX}budget:{scope}"
+
+
+def job_holds(job_id: str) -> str:
+    """Budget holds of the job's calls not yet settled after their ledger commit."""
+    return f"{PREFIX}holds:{job_id}"
