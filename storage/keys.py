@@ -44,8 +44,8 @@ __all__ = [
     "deployment_inflight",
     "deployment_requests",
     "deployment_tokens",
-    "job_holds",
     "job_done_channel",
+    "job_holds",
     "job_published",
 ]
 
