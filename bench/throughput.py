@@ -88,10 +88,10 @@ def bench_catalog() -> Catalog:
 
 
 @contextlib.contextmanager
-def sim_server(tmp: Path) -> Iterator[str]:
+def sim_server(tmp: Path, catalog_toml: str = BENCH_CATALOG_TOML) -> Iterator[str]:
     """`routeq sim` in its own process on a free loopback port; yields its URL."""
     catalog = tmp / "bench-catalog.toml"
-    catalog.write_text(BENCH_CATALOG_TOML)
+    catalog.write_text(catalog_toml)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

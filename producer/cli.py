@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer import commands
+from producer import admin, commands
 from router_core import Catalog, ConfigError, RouterSettings, load_catalog
 from router_core.providers import sim_world_for
 from router_core.sim import serve
@@ -75,6 +75,8 @@ for command in (
     commands.migrate,
 ):
     app.command()(command)
+app.add_typer(admin.deployments_app, name="deployments")
+app.add_typer(admin.budget_app, name="budget")
 
 
 def load_catalog_or_exit(path: Path | None) -> Catalog:

@@ -85,7 +85,7 @@ class Client:
     async def submit(self, request: ChatRequest | dict[str, Any], *, custom_id: str = "request") -> str:
         """Queue one chat request; returns its job id."""
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        created = await self._create([NewJob(custom_id, chat)], kind="single", name=None, invalid_lines=())
+        created = await self._create([NewJob(custom_id, chat)], kind="single", name=None)
         return created[1][0]
 
     async def submit_batch(
@@ -94,21 +94,38 @@ class Client:
         *,
         name: str | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
+        budget_usd: float | None = None,
     ) -> str:
         """Queue many requests as one batch; returns the batch id.
 
         All rows go in one SQL transaction, then the ids are enqueued in pipelined chunks: a handful
         of round trips for ten thousand jobs. `invalid_lines` (rejected input lines) are kept on the
-        batch so nothing the user sent goes unaccounted for.
+        batch so nothing the user sent goes unaccounted for. `budget_usd` caps the batch's spend
+        (the user's and tenant's caps still apply); a job that cannot fit fails with
+        `BudgetExceededError`.
         """
-        batch_id, _ = await self._create(list(items), kind="batch", name=name, invalid_lines=invalid_lines)
+        batch_id, _ = await self._create(
+            list(items), kind="batch", name=name, invalid_lines=invalid_lines, budget_usd=budget_usd
+        )
         return batch_id
 
     async def _create(
-        self, items: list[NewJob], *, kind: str, name: str | None, invalid_lines: Sequence[dict[str, Any]]
+        self,
+        items: list[NewJob],
+        *,
+        kind: str,
+        name: str | None,
+        invalid_lines: Sequence[dict[str, Any]] = (),
+        budget_usd: float | None = None,
     ) -> tuple[str, list[str]]:
         created = await self.store.create_batch(
-            items, tenant=self.tenant, user_id=self.user, kind=kind, name=name, invalid_lines=invalid_lines
+            items,
+            tenant=self.tenant,
+            user_id=self.user,
+            kind=kind,
+            name=name,
+            invalid_lines=invalid_lines,
+            budget_usd=budget_usd,
         )
         if created.job_ids:
             await self.events_bus.open_batch(created.batch_id, len(created.job_ids))

@@ -36,6 +36,10 @@ console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option("--budget", min=0, help="Spend cap for this batch, in USD (the user's cap still holds)."),
+]
 FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.")]
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
 
@@ -76,6 +80,11 @@ def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]
     return items, invalid
 
 
+def execute(coro: Coroutine[Any, Any, T]) -> T:
+    """`_execute` for the other command modules."""
+    return _execute(coro)
+
+
 async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
     if settings.redis_url is None:
         raise ServiceUnavailableError(
@@ -102,6 +111,7 @@ def run(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
     ] = None,
+    budget: BudgetOpt = None,
 ) -> None:
     """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file."""
     parsed = _read_input(file)
@@ -114,7 +124,9 @@ def run(
             client = embedded.client
             items, invalid = _batch_items(parsed)
             started = time.perf_counter()
-            batch_id = await client.submit_batch(items, name=file.name, invalid_lines=invalid)
+            batch_id = await client.submit_batch(
+                items, name=file.name, invalid_lines=invalid, budget_usd=budget
+            )
             batch = await client.batch(batch_id)
             mode = (
                 "in-process Redis" if settings.redis_url is None else f"Redis {mask_dsn(settings.redis_url)}"
@@ -139,13 +151,16 @@ def submit(
     file: FileArg,
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the batch is done.")] = False,
     name: Annotated[str | None, typer.Option(help="A name for the batch.")] = None,
+    budget: BudgetOpt = None,
 ) -> None:
     """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id."""
     parsed = _read_input(file)
 
     async def go(client: Client) -> None:
         items, invalid = _batch_items(parsed)
-        batch_id = await client.submit_batch(items, name=name or file.name, invalid_lines=invalid)
+        batch_id = await client.submit_batch(
+            items, name=name or file.name, invalid_lines=invalid, budget_usd=budget
+        )
         console.print(batch_id)
         if wait:
             await follow_with_progress(client, await client.batch(batch_id), err_console)

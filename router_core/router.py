@@ -326,7 +326,14 @@ class Router:
             admission = await self._admit(dep, walk)
             if admission is None:
                 return None, None
-            value, error, attempt = await self._call(dep, walk, wait, op, admission)
+            try:
+                value, error, attempt = await self._call(dep, walk, wait, op, admission)
+            except asyncio.CancelledError:
+                # We abandoned the call (shutdown, job timeout): like a timeout, it is not billed.
+                # Only a worker killed outright leaves its hold for a re-run to charge.
+                if walk.guard is not None:
+                    await walk.guard.release(len(attempts) + 1)
+                raise
             attempts.append(attempt)
             if value is not None:
                 return value, None

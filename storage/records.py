@@ -30,6 +30,7 @@ class StartedJob:
     tenant: str
     user_id: str
     request: dict[str, Any]
+    starts: int = 1  # deliveries that started routing, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class JobRecord:
     status: JobStatus
     request: dict[str, Any]
     run: int
+    starts: int
     worker: str | None
     deployment: str | None
     model: str | None
@@ -77,6 +79,7 @@ class BatchRecord:
     user_id: str
     name: str | None
     total: int
+    budget_usd: Decimal | None
     invalid_lines: list[dict[str, Any]]
     created_at: datetime
     completed_at: datetime | None

@@ -41,9 +41,20 @@ class Settings(RouterSettings):
     job_timeout_s: float = Field(
         default=300.0,
         gt=0,
-        description="A job running longer is cancelled. A crashed worker's jobs run again this + 10 s later.",
+        description="A job running longer is cancelled and fails (routing gets 90% of it).",
     )
-    max_tries: int = Field(default=5, ge=1, description="Deliveries of one job before arq gives up.")
+    max_tries: int = Field(
+        default=5,
+        ge=1,
+        description="Runs of one job that may end without finishing (worker crashes, outages) before it "
+        "fails. Waiting for capacity does not count.",
+    )
+    job_lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A running job's claim in Redis lasts this long and is renewed every third of it: a "
+        "killed worker's jobs run again on another worker within this, plus one poll.",
+    )
     shutdown_grace_s: int = Field(
         default=20,
         ge=0,
@@ -54,6 +65,12 @@ class Settings(RouterSettings):
         default=7 * 24 * 3600,
         ge=60,
         description="How long a batch's event stream is kept after its last event.",
+    )
+    default_user_budget_usd: float = Field(
+        default=1.00,
+        ge=0,
+        description="Spend cap of a user with no cap of their own (`routeq budget set user:<t>/<u>`), "
+        "in USD, for the whole fleet.",
     )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")

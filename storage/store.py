@@ -36,7 +36,7 @@ from storage.records import (
 )
 from storage.tables import JobStatus, attempts, batches, jobs, ledger
 
-__all__ = ["CreatedBatch", "JobFailure", "NewJob", "Store", "new_id"]
+__all__ = ["IN_DOUBT", "CreatedBatch", "InDoubtCall", "JobFailure", "NewJob", "Store", "new_id"]
 
 _RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _PAGE = 500
@@ -49,10 +49,19 @@ _START_JOB = (
     .values(
         status=JobStatus.RUNNING.value,
         run=bindparam("b_run"),
+        starts=jobs.c.starts + 1,
         worker=bindparam("b_worker"),
         started_at=bindparam("b_now"),
     )
-    .returning(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.tenant, jobs.c.user_id, jobs.c.request)
+    .returning(
+        jobs.c.id,
+        jobs.c.batch_id,
+        jobs.c.custom_id,
+        jobs.c.tenant,
+        jobs.c.user_id,
+        jobs.c.request,
+        jobs.c.starts,
+    )
 )
 _OUTCOME_COLUMNS = (
     "status",
@@ -92,6 +101,23 @@ class NewJob:
 class CreatedBatch:
     batch_id: str
     job_ids: list[str]
+
+
+# attempts.outcome of a call whose run died before recording it (see `Store.record_in_doubt`).
+IN_DOUBT = "in_doubt"
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubtCall:
+    """A call a dead run reserved budget for and may have made: charged at the amount held."""
+
+    run: int
+    attempt_no: int
+    deployment: str
+    provider: str
+    model: str
+    cost_usd: float
+    simulated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +172,7 @@ class Store:
         kind: str = "batch",
         name: str | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
+        budget_usd: float | None = None,
     ) -> CreatedBatch:
         """Insert a batch and all its jobs (status `queued`) in one transaction."""
         now = self._now()
@@ -173,6 +200,7 @@ class Store:
             "name": name,
             "total": len(rows),
             "invalid_lines": list(invalid_lines),
+            "budget_usd": None if budget_usd is None else _money(budget_usd),
             "created_at": now,
             "completed_at": now if not rows else None,
         }
@@ -248,9 +276,7 @@ class Store:
         either way, because the provider billed them either way.
         """
         now = self._now()
-        billed = [
-            (n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0
-        ]
+        billed = _billed(attempts_made)
         outcome = {"b_id": job.id, **_outcome_values(attempts_made, result, failure, billed, now)}
         attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
         ledger_rows = [_ledger_row(job, run, n, a, now) for n, a in billed]
@@ -264,6 +290,102 @@ class Store:
             return applied.rowcount == 1
 
         return await self.writes.run(write)
+
+    async def defer_job(self, job: StartedJob, *, run: int, attempts_made: Sequence[Attempt]) -> None:
+        """Put a started job back to `queued` to wait for capacity, keeping what its run did.
+
+        The run's attempts and charges are recorded like `finish_job` does. A run that made no call
+        gives its start back: waiting for room is not a crash, so it must not count toward max_tries.
+        """
+        now = self._now()
+        billed = _billed(attempts_made)
+        attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
+        ledger_rows = [_ledger_row(job, run, n, a, now) for n, a in billed]
+        starts = jobs.c.starts if attempts_made else jobs.c.starts - 1
+        reopen = (
+            update(jobs)
+            .where((jobs.c.id == job.id) & (jobs.c.status == JobStatus.RUNNING.value))
+            .values(status=JobStatus.QUEUED.value, starts=starts, worker=None)
+        )
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(reopen)
+            if attempt_rows:
+                await conn.execute(self._insert_attempts, attempt_rows)
+            if ledger_rows:
+                await conn.execute(self._insert_ledger, ledger_rows)
+
+        await self.writes.run(write)
+
+    async def record_in_doubt(self, job: StartedJob, calls: Sequence[InDoubtCall]) -> None:
+        """Record calls a dead run held budget for but never recorded: an attempt and an estimated charge.
+
+        The run died between reserving and committing, so whether the provider billed the call is
+        unknown; it is charged at the worst case that was held (`ledger.estimated`). A call the
+        dead run did record keeps its row: the inserts skip existing (job, run, attempt_no) keys.
+        """
+        now = self._now()
+        message = "the worker running this call stopped before recording its answer"
+        attempt_rows = [
+            {
+                "job_id": job.id,
+                "run": c.run,
+                "attempt_no": c.attempt_no,
+                "deployment": c.deployment,
+                "provider": c.provider,
+                "model": c.model,
+                "outcome": IN_DOUBT,
+                "error_class": "WorkerLost",
+                "error": message,
+                "status_code": None,
+                "input_tokens": None,
+                "output_tokens": None,
+                "latency_ms": 0.0,
+                "wait_ms": 0.0,
+                "simulated": c.simulated,
+                "created_at": now,
+            }
+            for c in calls
+        ]
+        ledger_rows = [
+            {
+                "job_id": job.id,
+                "run": c.run,
+                "attempt_no": c.attempt_no,
+                "batch_id": job.batch_id,
+                "tenant": job.tenant,
+                "user_id": job.user_id,
+                "deployment": c.deployment,
+                "provider": c.provider,
+                "model": c.model,
+                "cost_usd": _money(c.cost_usd),
+                "usage": {},
+                "simulated": c.simulated,
+                "estimated": True,
+                "created_at": now,
+            }
+            for c in calls
+        ]
+
+        async def write(conn: AsyncConnection) -> None:
+            if attempt_rows:
+                await conn.execute(self._insert_attempts, attempt_rows)
+                await conn.execute(self._insert_ledger, ledger_rows)
+
+        await self.writes.run(write)
+
+    async def ledger_costs(self, job_id: str) -> dict[str, Decimal]:
+        """The job's charges as `{"<run>:<attempt_no>": cost}` (the keys of its budget holds)."""
+        query = select(ledger.c.run, ledger.c.attempt_no, ledger.c.cost_usd).where(ledger.c.job_id == job_id)
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return {f"{run}:{number}": Decimal(cost) for run, number, cost in rows}
+
+    async def batch_budget(self, batch_id: str) -> float | None:
+        """The batch's own spend cap, if it has one."""
+        async with self._reading() as conn:
+            cap = await conn.scalar(select(batches.c.budget_usd).where(batches.c.id == batch_id))
+        return None if cap is None else float(cap)
 
     async def mark_batch_completed(self, batch_id: str) -> None:
         now = self._now()
@@ -428,6 +550,11 @@ def _outcome_values(
     return values
 
 
+def _billed(attempts_made: Sequence[Attempt]) -> list[tuple[int, Attempt]]:
+    """(attempt_no, attempt) of the calls the provider billed: those that report usage or cost."""
+    return [(n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0]
+
+
 def _attempt_row(job_id: str, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
     usage = attempt.usage
     return {
@@ -464,5 +591,6 @@ def _ledger_row(job: StartedJob, run: int, number: int, attempt: Attempt, now: d
         "cost_usd": _money(attempt.cost_usd),
         "usage": attempt.usage.model_dump() if attempt.usage else {},
         "simulated": attempt.simulated,
+        "estimated": False,
         "created_at": now,
     }

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 __all__ = ["TERMINAL", "JobStatus", "attempts", "batches", "jobs", "ledger", "metadata"]
@@ -66,6 +67,7 @@ batches = Table(
     Column("user_id", String(128), nullable=False),
     Column("name", String(255)),
     Column("total", Integer, nullable=False),
+    Column("budget_usd", _Money),  # an optional spend cap for this batch (the user's cap still holds)
     Column("invalid_lines", JSON, nullable=False),  # [{"line", "reason", "custom_id"}] rejected on input
     Column("created_at", _Time, nullable=False),
     Column("completed_at", _Time),
@@ -85,6 +87,8 @@ jobs = Table(
     Column("request", JSON, nullable=False),
     Column("status", String(16), nullable=False),
     Column("run", Integer, nullable=False, default=0),
+    # Deliveries that started routing; one deferred for capacity gives its start back.
+    Column("starts", Integer, nullable=False, default=0, server_default="0"),
     Column("worker", String(128)),
     Column("deployment", String(128)),
     Column("model", String(128)),
@@ -141,6 +145,8 @@ ledger = Table(
     Column("cost_usd", _Money, nullable=False),
     Column("usage", JSON, nullable=False),  # the provider's token counts as reported
     Column("simulated", Boolean, nullable=False),
+    # A call whose worker died before recording the answer: billed at the worst case held for it.
+    Column("estimated", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", _Time, nullable=False),
     # The exactly-once guarantee: a redelivered or replayed run cannot bill the same call twice.
     UniqueConstraint("job_id", "run", "attempt_no"),

@@ -9,16 +9,18 @@ import asyncio
 from typing import Any, cast
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from producer.client import Client
-from router_core import Catalog, Router
+from router_core import Catalog, Router, SpendGuard
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
 from router_core.providers import sim_world_for
+from storage.budgets import Budgets
 from storage.events import Event, EventBus
 from storage.records import StartedJob
 from storage.store import NewJob
-from storage.tables import JobStatus, ledger
+from storage.tables import JobStatus, jobs, ledger
 from tests.backends import Backend
 from tests.conftest import deployment, make_catalog
 from workers.runner import JobRunner
@@ -82,7 +84,9 @@ async def test_batch_runs_to_completion(backend: Backend) -> None:
 
 async def test_failover_and_failure_record_every_attempt(backend: Backend, flaky: Catalog) -> None:
     client = Client(await backend.redis(), backend.store, backend.settings)
-    # Separate batches and worker runs, so one job's failures cannot open bad-a's breaker for the other.
+    # Separate batches and worker runs; the breaker (shared in Redis) is lifted out of reach here,
+    # so one job's failures cannot open bad-a's circuit for the other.
+    backend.settings = backend.settings.model_copy(update={"breaker_failures": 1_000})
     ok_batch = await client.submit_batch([NewJob("fails-over", chat("hello"))])
     await backend.run_worker(catalog=flaky, sim_world=sim_world_for(flaky))
     batch_id = await client.submit_batch(
@@ -141,9 +145,9 @@ class _MeetFirst:
         self._router = router
         self._barrier = asyncio.Barrier(runs)
 
-    async def complete(self, request: ChatRequest) -> CompletionResult:
+    async def complete(self, request: ChatRequest, guard: SpendGuard | None = None) -> CompletionResult:
         await self._barrier.wait()
-        return await self._router.complete(request)
+        return await self._router.complete(request, guard=guard)
 
 
 async def test_concurrent_duplicate_runs_keep_one_result_and_every_charge(
@@ -154,7 +158,13 @@ async def test_concurrent_duplicate_runs_keep_one_result_and_every_charge(
     world = sim_world_for(trio)
     async with Router.from_settings(backend.settings, catalog=trio, sim_world=world) as router:
         events = EventBus(await backend.redis(), retention_s=60)
-        runner = JobRunner(cast(Router, _MeetFirst(router, 2)), backend.store, events, worker_id="w1")
+        runner = JobRunner(
+            cast(Router, _MeetFirst(router, 2)),
+            backend.store,
+            events,
+            worker_id="w1",
+            budgets=Budgets(await backend.redis()),
+        )
         # arq re-delivered the job (its in-progress key expired) while try 1 was still running.
         statuses = await asyncio.gather(runner.run(job_id, run=1), runner.run(job_id, run=2))
 
@@ -178,10 +188,10 @@ class _Gate:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def complete(self, request: ChatRequest) -> CompletionResult:
+    async def complete(self, request: ChatRequest, guard: SpendGuard | None = None) -> CompletionResult:
         self.entered.set()
         await self.release.wait()
-        return await self._router.complete(request)
+        return await self._router.complete(request, guard=guard)
 
 
 async def test_status_is_visible_in_sql_while_the_job_runs(backend: Backend, trio: Catalog) -> None:
@@ -191,7 +201,13 @@ async def test_status_is_visible_in_sql_while_the_job_runs(backend: Backend, tri
     async with Router.from_settings(backend.settings, catalog=trio, sim_world=sim_world_for(trio)) as router:
         gate = _Gate(router)
         events = EventBus(await backend.redis(), retention_s=60)
-        runner = JobRunner(cast(Router, gate), backend.store, events, worker_id="worker-7")
+        runner = JobRunner(
+            cast(Router, gate),
+            backend.store,
+            events,
+            worker_id="worker-7",
+            budgets=Budgets(await backend.redis()),
+        )
         running = asyncio.create_task(runner.run(job_id, run=1))
         async with asyncio.timeout(10):
             await gate.entered.wait()
@@ -301,12 +317,9 @@ async def test_requeue_rebuilds_a_lost_queue_from_sql(backend: Backend) -> None:
 async def test_a_job_that_never_finishes_is_failed_after_max_tries(backend: Backend) -> None:
     client = Client(await backend.redis(), backend.store, backend.settings)
     job_id = await client.submit(chat("hello"))
-    # The delivery after the last allowed one, as arq counts them after repeated worker crashes.
-    redis = await backend.redis()
-    await redis.delete(f"arq:job:{job_id}")
-    await redis.enqueue_job(
-        "route_job", job_id, _queue_name=backend.settings.queue_name, _job_try=backend.settings.max_tries + 1
-    )
+    # As if five deliveries had started the job and died: the next one gives up.
+    async with backend.store.engine.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id == job_id).values(starts=backend.settings.max_tries))
     await backend.run_worker()
 
     job = await client.get(job_id)
@@ -326,7 +339,14 @@ async def test_routing_that_outlives_the_job_timeout_fails_the_job(backend: Back
     async with Router.from_settings(backend.settings, catalog=trio, sim_world=sim_world_for(trio)) as router:
         never = _Gate(router)  # holds the call forever
         events = EventBus(await backend.redis(), retention_s=60)
-        runner = JobRunner(cast(Router, never), backend.store, events, worker_id="w", route_timeout_s=0.05)
+        runner = JobRunner(
+            cast(Router, never),
+            backend.store,
+            events,
+            worker_id="w",
+            budgets=Budgets(await backend.redis()),
+            route_timeout_s=0.05,
+        )
         assert await runner.run(job_id, run=1) == "failed"
     job = await client.get(job_id)
     assert job.error is not None

@@ -1,9 +1,15 @@
-"""What a worker does with one delivered job: start it, route it, persist, then publish.
+"""What a worker does with one delivered job: start it, route it, persist, settle, then publish.
 
-    start_job   UPDATE jobs SET status='running' ... RETURNING request   (skips cancelled/finished)
-    route       Router.complete: plan, call, retry, fail over; every attempt recorded
+    start_job   UPDATE jobs SET status='running', starts+1 ... RETURNING request (skips finished)
+    recover     holds a dead earlier run left in Redis: charge them (estimated if unrecorded)
+    route       Router.complete: plan, hold budget, admit, call, retry, fail over
     finish_job  one transaction: outcome (if still open) + attempts + ledger (ON CONFLICT DO NOTHING)
+    settle      Lua: each hold of this run becomes the real cost in the budget counters
     publish     Lua: terminal event once per job, batch progress, batch.completed
+
+When every candidate is full (rate limits, concurrency, breakers) the run records what it did, puts
+the job back to `queued` and raises `JobDeferred`; the arq function turns that into a deferred retry,
+so the job waits in the queue, not in a worker slot.
 
 arq delivers at least once. A redelivery after the commit finds the job finished and only
 re-publishes (a no-op if the event is already out); a concurrent duplicate run records its own
@@ -14,20 +20,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
+from storage.budgets import Budgets
 
-from router_core.errors import AllAttemptsFailedError, InvalidRequestError, NoRouteError, RouteqError
+from router_core.errors import (
+    AllAttemptsFailedError,
+    CapacityExhaustedError,
+    RouteqError,
+)
 from router_core.models import Attempt, ChatRequest, CompletionResult
 from router_core.router import Router
 from storage.events import EventBus, JobEvent
 from storage.records import JobRecord, StartedJob
-from storage.store import JobFailure, Store
+from storage.store import InDoubtCall, JobFailure, Store
 from storage.tables import JobStatus
 
-__all__ = ["JobRunner"]
+__all__ = ["JobDeferred", "JobRunner"]
 
 logger = logging.getLogger("routeq.worker")
+
+
+class JobDeferred(Exception):
+    """Every candidate was full: run the job again after `delay_s` (the job is `queued` again)."""
+
+    def __init__(self, job_id: str, delay_s: float, reason: str) -> None:
+        self.delay_s = delay_s
+        super().__init__(f"job {job_id} deferred {delay_s:.2f}s: {reason}")
+
+
+@dataclass(slots=True)
+class _Outcome:
+    result: CompletionResult | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    failure: JobFailure | None = None
+    deferred: CapacityExhaustedError | None = None
 
 
 class JobRunner:
@@ -40,68 +68,137 @@ class JobRunner:
         events: EventBus,
         *,
         worker_id: str,
+        budgets: Budgets,
         max_tries: int = 5,
         route_timeout_s: float | None = None,
+        simulated: frozenset[str] = frozenset(),
     ) -> None:
         self.router = router
         self.store = store
         self.events = events
+        self.budgets = budgets
         self.worker_id = worker_id
         self.max_tries = max_tries
+        self.simulated = simulated  # deployments served by the simulated world
+        self._batch_caps: dict[str, float | None] = {}
         # Routing must end before arq's job timeout cancels the whole job: a job cancelled there
         # would stay `running` in SQL. The rest of the timeout is left for persisting the outcome.
         self.route_timeout_s = route_timeout_s
 
     async def run(self, job_id: str, *, run: int) -> str:
-        """Process one delivery of `job_id` (arq try number `run`); returns the job's final status."""
+        """Process one delivery of `job_id` (arq try `run`); returns the job's final status.
+
+        Raises:
+            JobDeferred: every candidate is full for now; the job is back in `queued`.
+        """
         started = await self.store.start_job(job_id, run=run, worker=self.worker_id)
         if isinstance(started, JobRecord):
-            # Already finished (a redelivery after commit) or cancelled: make sure its event is out.
+            # Already finished (a redelivery after commit) or cancelled: settle what a dead run
+            # may have left, and make sure its event is out.
+            await self._recover(_started(started), run)
             if started.terminal:
                 await self._publish(JobEvent.from_record(started))
             logger.info("job %s not run again: it is %s", job_id, started.status.value)
             return started.status.value
+        if started.starts > 1:  # an earlier delivery started and never finished: the worker died
+            await self._recover(started, run)
 
-        if run > self.max_tries:
+        if started.starts > self.max_tries:
             # Every earlier delivery died without finishing (worker crashes, outages): stop here.
-            result: CompletionResult | None = None
-            attempts: list[Attempt] = []
-            failure: JobFailure | None = JobFailure(
-                "MaxTriesExceeded", f"gave up after {run - 1} deliveries that did not finish"
-            )
+            message = f"gave up after {started.starts - 1} deliveries that did not finish"
+            outcome = _Outcome(failure=JobFailure("MaxTriesExceeded", message))
         else:
-            result, attempts, failure = await self._route(started)
+            outcome = await self._route(started, run)
+        if outcome.deferred is not None:
+            await self.store.defer_job(started, run=run, attempts_made=outcome.attempts)
+            await self._settle(job_id, run, outcome.attempts)
+            raise JobDeferred(job_id, outcome.deferred.retry_after_s, str(outcome.deferred))
         applied = await self.store.finish_job(
-            started, run=run, attempts_made=attempts, result=result, failure=failure
+            started, run=run, attempts_made=outcome.attempts, result=outcome.result, failure=outcome.failure
         )
+        await self._settle(job_id, run, outcome.attempts)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
             record = await self.store.get_job(job_id)
             await self._publish(JobEvent.from_record(record))
             return record.status.value
-        event = _event_from_run(started, result, attempts, failure)
+        event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
         await self._publish(event)
         return event.status
 
-    async def _route(
-        self, job: StartedJob
-    ) -> tuple[CompletionResult | None, list[Attempt], JobFailure | None]:
+    async def _route(self, job: StartedJob, run: int) -> _Outcome:
         try:
             request = ChatRequest.model_validate(job.request)
         except ValidationError as exc:
-            return None, [], JobFailure("InvalidRequestError", f"stored request is invalid: {exc}")
+            return _Outcome(failure=JobFailure("InvalidRequestError", f"stored request is invalid: {exc}"))
+        guard = self.budgets.guard(
+            job_id=job.id,
+            run=run,
+            tenant=job.tenant,
+            user=job.user_id,
+            batch_id=job.batch_id,
+            batch_cap_usd=await self._batch_cap(job.batch_id),
+        )
         try:
             async with asyncio.timeout(self.route_timeout_s):
-                result = await self.router.complete(request)
+                result = await self.router.complete(request, guard=guard)
         except TimeoutError:
             message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
-            return None, [], JobFailure("JobTimeoutError", message)
-        except (AllAttemptsFailedError, NoRouteError, InvalidRequestError) as exc:
-            made = exc.attempts if isinstance(exc, AllAttemptsFailedError) else []
-            return None, made, JobFailure(type(exc).__name__, str(exc))
-        except RouteqError as exc:  # any other routing error fails the job with its message
-            return None, [], JobFailure(type(exc).__name__, str(exc))
-        return result, result.attempts, None
+            return _Outcome(failure=JobFailure("JobTimeoutError", message))
+        except CapacityExhaustedError as exc:
+            return _Outcome(attempts=exc.attempts, deferred=exc)
+        except AllAttemptsFailedError as exc:  # BudgetExceededError included: its type names it
+            return _Outcome(attempts=exc.attempts, failure=JobFailure(type(exc).__name__, str(exc)))
+        except RouteqError as exc:  # NoRouteError, InvalidRequestError...: the job fails with the message
+            return _Outcome(failure=JobFailure(type(exc).__name__, str(exc)))
+        return _Outcome(result=result, attempts=result.attempts)
+
+    async def _batch_cap(self, batch_id: str) -> float | None:
+        if batch_id not in self._batch_caps:
+            if len(self._batch_caps) > 10_000:
+                self._batch_caps.clear()
+            self._batch_caps[batch_id] = await self.store.batch_budget(batch_id)
+        return self._batch_caps[batch_id]
+
+    async def _settle(self, job_id: str, run: int, attempts: list[Attempt]) -> None:
+        """After the ledger commit: this run's holds become the real cost (0 if not billed)."""
+        if attempts:
+            charges = {f"{run}:{n}": a.cost_usd for n, a in enumerate(attempts, start=1)}
+            await self.budgets.settle(job_id, charges)
+
+    async def _recover(self, job: StartedJob, run: int) -> None:
+        """Charge the calls of dead earlier runs: their holds are still in Redis.
+
+        A hold whose call reached the ledger is settled at the ledger's cost. A hold without a
+        ledger row is a call the dead run was making: the provider may have billed it, so it is
+        recorded as an `in_doubt` attempt with an estimated charge at the amount held.
+        """
+        holds = {key: hold for key, hold in (await self.budgets.holds(job.id)).items() if hold.run != run}
+        if not holds:
+            return
+        costs = {key: float(cost) for key, cost in (await self.store.ledger_costs(job.id)).items()}
+        in_doubt = [hold for key, hold in holds.items() if key not in costs]
+        if in_doubt:
+            calls = [
+                self._in_doubt_call(hold.run, hold.attempt_no, hold.deployment, hold.amount_usd)
+                for hold in in_doubt
+            ]
+            await self.store.record_in_doubt(job, calls)
+            costs.update({hold.key: hold.amount_usd for hold in in_doubt})
+            logger.warning("job %s: %d calls of a dead run charged as estimated", job.id, len(in_doubt))
+        await self.budgets.settle(job.id, {key: costs[key] for key in holds})
+
+    def _in_doubt_call(self, run: int, attempt_no: int, deployment: str, amount: float) -> InDoubtCall:
+        dep = self.router.catalog.get(deployment)
+        return InDoubtCall(
+            run=run,
+            attempt_no=attempt_no,
+            deployment=deployment,
+            provider=dep.provider if dep else "unknown",
+            model=dep.model if dep else "unknown",
+            cost_usd=amount,
+            simulated=deployment in self.simulated,
+        )
 
     async def _publish(self, event: JobEvent) -> None:
         counts = await self.events.publish_terminal([event])
@@ -130,4 +227,16 @@ def _event_from_run(
         JobStatus.FAILED.value,
         cost_usd=billed,
         error=failure.message if failure else None,
+    )
+
+
+def _started(record: JobRecord) -> StartedJob:
+    return StartedJob(
+        record.id,
+        record.batch_id,
+        record.custom_id,
+        record.tenant,
+        record.user_id,
+        record.request,
+        record.starts,
     )

@@ -1,7 +1,14 @@
 """The arq worker: settings, start-up/shut-down hooks and the one job function.
 
 `routeq worker` runs it; so does `arq workers.WorkerSettings`. Start-up builds the router (its
-catalog and SDK clients), the SQL engine and the event bus once per process; each job reuses them.
+catalog and SDK clients, with breakers, limits and live stats in Redis shared by the fleet), the
+budgets, the SQL engine and the event bus once per process; each job reuses them.
+
+Crash recovery: arq marks a started job with `arq:in-progress:<id>` and only hands it to another
+worker once that key expires. arq sets its TTL to the longest job timeout + 10 s (310 s here);
+`RouteqWorker` sets it to `job_lease_s` (15 s) instead and renews it for its running jobs every
+third of that, so a SIGKILLed worker's jobs run again within `job_lease_s` + one poll while a
+long-running job on a live worker is never taken from it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -20,21 +28,25 @@ from typing import Any
 import arq.worker
 from arq.connections import ArqRedis
 from arq.connections import log_redis_info as _arq_log_redis_info
+from arq.constants import in_progress_key_prefix
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from router_core.catalog import Catalog
+from router_core.providers.factory import is_simulated
 from router_core.router import Router
 from router_core.sim.world import SimWorld
 from storage import keys
+from storage.budgets import Budgets
 from storage.connections import redis_settings
 from storage.events import EventBus
+from storage.fleet import RedisStats
 from storage.queue import JOB_FUNCTION, deserialize, serialize
 from storage.settings import Settings
 from storage.store import Store
-from workers.runner import JobRunner
+from workers.runner import JobDeferred, JobRunner
 
 __all__ = [
     "RouteqWorker",
@@ -62,25 +74,38 @@ async def startup(ctx: dict[str, Any]) -> None:
         store = await Store.open(settings.database_url)
     catalog: Catalog | None = ctx.get("catalog")
     sim_world: SimWorld | None = ctx.get("sim_world")
-    router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world)
-    events = EventBus(ctx["redis"], retention_s=settings.event_retention_s)
+    redis: Redis = ctx["redis"]
+    stats = RedisStats(redis, breaker=settings.breaker_policy())
+    router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world, stats=stats)
+    events = EventBus(redis, retention_s=settings.event_retention_s)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
     ctx["runner"] = JobRunner(
         router,
         store,
         events,
         worker_id=worker_id,
+        budgets=Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd),
         max_tries=settings.max_tries,
         route_timeout_s=settings.job_timeout_s * 0.9,
+        simulated=frozenset(
+            d.id for d in router.catalog.values() if is_simulated(d, settings.simulate, os.environ)
+        ),
     )
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-    await ctx["redis"].hset(keys.WORKERS, worker_id, json.dumps(info))
+    ctx["worker_id"] = worker_id
+    await _register(redis, worker_id)
     logger.info(
         "routeq worker %s ready: %d deployments, database %s",
         worker_id,
         len(router.catalog),
         store.engine.url.render_as_string(hide_password=True),
     )
+
+
+async def _register(redis: Redis, worker_id: str) -> None:
+    """Announce this worker in `routeq:workers`; renewed with its job leases (`seen`)."""
+    now = time.time()
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "seen": now}
+    await redis.hset(keys.WORKERS, worker_id, json.dumps(info))  # type: ignore[misc]
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -100,6 +125,12 @@ async def route_job(ctx: dict[str, Any], job_id: str) -> str:
     run: int = ctx["job_try"]
     try:
         return await runner.run(job_id, run=run)
+    except JobDeferred as exc:
+        # Every candidate is full: wait in the queue, not in a worker slot. A little jitter keeps
+        # the deferred jobs of one batch from all coming back in the same millisecond.
+        delay = exc.delay_s * random.uniform(1.0, 1.2) + 0.01
+        logger.debug("%s", exc)
+        raise Retry(defer=delay) from exc
     except (SQLAlchemyError, RedisError, OSError) as exc:
         # Redis or the database is down: try again later rather than leave the job `running`.
         delay = _INFRA_RETRY_S[min(run, len(_INFRA_RETRY_S)) - 1]
@@ -107,13 +138,14 @@ async def route_job(ctx: dict[str, Any], job_id: str) -> str:
         raise Retry(defer=delay) from exc
 
 
+# arq counts every delivery, deferrals for capacity included, and drops a job silently past its
+# max_tries, leaving it `running` in SQL. routeq counts the runs that matter itself (`jobs.starts`,
+# see JobRunner), so arq's own limit is set out of reach.
+_ARQ_MAX_TRIES = 1_000_000
+
+
 def job_function(settings: Settings) -> Function:
-    # One more try than routeq allows: the extra delivery reaches JobRunner, which marks the job
-    # failed in SQL and publishes its event. Were arq to give up itself, the job would stay
-    # `running` and its batch would never complete.
-    return func(
-        route_job, name=JOB_FUNCTION, timeout=settings.job_timeout_s, max_tries=settings.max_tries + 1
-    )
+    return func(route_job, name=JOB_FUNCTION, timeout=settings.job_timeout_s, max_tries=_ARQ_MAX_TRIES)
 
 
 def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]:
@@ -143,7 +175,11 @@ def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]
 
 
 def worker_settings_class(settings: Settings) -> type:
-    """A `WorkerSettings` class for arq's command line (`arq workers.WorkerSettings`)."""
+    """A `WorkerSettings` class for arq's command line (`arq workers.WorkerSettings`).
+
+    arq's command line builds a plain `arq.Worker`: it works, but a killed worker's jobs then wait
+    arq's in-progress TTL (job timeout + 10 s) instead of `job_lease_s`. Prefer `routeq worker`.
+    """
     attributes: Mapping[str, Any] = make_worker_settings(settings)
     return type("WorkerSettings", (), dict(attributes))
 
@@ -157,15 +193,56 @@ async def _log_redis_info(redis: Redis, log_func: Callable[[str], Any]) -> None:
 
 
 class RouteqWorker(Worker):
-    """arq's `Worker`, minus the Redis round trips for jobs this process is already running.
+    """arq's `Worker` with short, renewed job leases and no re-checks of its own running jobs.
 
-    Each poll reads the head of the queue, where running jobs stay until they finish, and arq checks
-    every id with a WATCH/EXISTS/ZSCORE transaction. With hundreds of LLM calls in flight for
-    seconds each, that re-check of our own jobs would be most of the worker's CPU.
+    Leases: see the module docstring. Re-checks: each poll reads the head of the queue, where
+    running jobs stay until they finish, and arq checks every id with a WATCH/EXISTS/ZSCORE
+    transaction. With hundreds of LLM calls in flight for seconds each, that re-check of our own
+    jobs would be most of the worker's CPU.
     """
+
+    def __init__(self, *args: Any, lease_s: float = 15.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease_s = lease_s
+        self.in_progress_timeout_s = lease_s  # arq's default is the longest job timeout + 10 s
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+
+    async def main(self) -> None:
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            await super().main()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease, push back the expiry of every job this worker is running.
+
+        Runs as its own task: the poll loop can block for long (waiting for a free job slot).
+        A Redis outage is logged and retried on the next beat; the leases then last until it.
+        """
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.renew_leases_once()
+            except (RedisError, OSError) as exc:
+                logger.warning("could not renew job leases: %s", exc)
+
+    async def renew_leases_once(self) -> None:
+        if self._pool is None:
+            return
+        lease_ms = int(self.lease_s * 1000)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in list(self.job_tasks):
+                pipe.pexpire(in_progress_key_prefix + job_id, lease_ms, xx=True)
+            worker_id = self.ctx.get("worker_id")
+            if worker_id is not None:
+                seen = {"host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
+                pipe.hset(keys.WORKERS, worker_id, json.dumps(seen))
+            await pipe.execute()
 
 
 async def run_worker(worker: Worker) -> None:
@@ -190,9 +267,10 @@ def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options
     `options` are either arq `Worker` arguments (burst, handle_signals, poll_delay...) or job
     context entries (store, catalog, sim_world) passed on to `make_worker_settings`.
     """
-    worker_args = set(inspect.signature(Worker).parameters)
+    worker_args = set(inspect.signature(Worker).parameters) | {"lease_s"}
     extra_ctx = {k: v for k, v in options.items() if k not in worker_args}
     kwargs = make_worker_settings(settings, **extra_ctx)
+    kwargs["lease_s"] = settings.job_lease_s
     kwargs.update({k: v for k, v in options.items() if k in worker_args})
     if redis is not None:
         kwargs.pop("redis_settings", None)

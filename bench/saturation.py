@@ -1,0 +1,183 @@
+"""Saturation benchmark (a benchmark, not a test): how close a fleet gets to the providers' limits.
+
+Three sim deployments, each limited to a number of requests per second (the catalog's `rpm` over
+`rate_window_s = 1`, and the same limit enforced by the sim itself), and N prompts (default 3,000)
+submitted at once to two `routeq worker` processes. No deployment can take the whole batch: the
+router fills the preferred one, moves to the next candidate when it is full, and defers jobs
+through arq when all three are full.
+
+Prints:
+- batch time, from submit to `batch.completed`, against the ideal N / (sum of limits): the ratio
+  is how much of the providers' combined capacity the fleet used (1.00 = all of it);
+- provider 429s as the sim counted them: any 429 means a worker sent a call the limit forbade;
+- calls per deployment against its limit, and how many deliveries were deferrals.
+
+Every run checks that all N jobs succeeded. The Redis database (default redis://127.0.0.1:6379/14 or
+ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end; the SQL store is a fresh SQLite file
+unless --database-url is given. A default run takes about 40 s; --timeout bounds it.
+
+Run: `.venv/bin/python bench/saturation.py [--jobs N] [--limits 40,30,20] [--workers 2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+from throughput import DEFAULT_REDIS_URL, open_store, prompts, sim_server
+
+from producer.client import Client
+from router_core import SimulateMode
+from storage import keys
+from storage.connections import connect_redis
+from storage.settings import Settings
+from storage.tables import JobStatus, attempts, jobs
+
+LATENCY_MS = 50
+
+
+def catalog_toml(limits: list[int]) -> str:
+    """Deployments d0, d1... with the given per-second limits; d0 is the best and cheapest."""
+    return "".join(
+        f"""
+[[deployments]]
+id = "d{n}"
+kind = "sim"
+provider = "sim"
+model = "d{n}-model"
+quality = {0.9 - n * 0.1:.1f}
+latency_ms = {LATENCY_MS}
+context_window = 100000
+rpm = {limit}
+rate_window_s = 1.0
+price = {{ input_per_mtok = {1.0 + n}, output_per_mtok = {4.0 + n} }}
+sim = {{ latency_ms = {LATENCY_MS}, rpm = {limit}, window_s = 1.0 }}
+"""
+        for n, limit in enumerate(limits)
+    )
+
+
+def start_workers(
+    settings: Settings, catalog: Path, sim_url: str, count: int
+) -> list[subprocess.Popen[bytes]]:
+    assert settings.redis_url is not None
+    env = {
+        **os.environ,
+        "ROUTEQ_REDIS_URL": settings.redis_url,
+        "ROUTEQ_DATABASE_URL": settings.database_url,
+        "ROUTEQ_QUEUE_NAME": settings.queue_name,
+        "ROUTEQ_SIMULATE": "always",
+        "ROUTEQ_SIM_URL": sim_url,
+        "ROUTEQ_CATALOG_PATH": str(catalog),
+        "ROUTEQ_DEFAULT_USER_BUDGET_USD": "1000000",
+        "ROUTEQ_POLL_DELAY_S": "0.02",
+    }
+    routeq = Path(sys.executable).with_name("routeq")
+    return [
+        subprocess.Popen(
+            [str(routeq), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(count)
+    ]
+
+
+async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: str) -> None:
+    import httpx2  # noqa: PLC0415 - only this benchmark reads the sim's counters
+
+    limits = [int(x) for x in args.limits.split(",")]
+    catalog = tmp / "bench-catalog.toml"  # written by sim_server
+    settings = Settings(
+        _env_file=None,
+        redis_url=args.redis_url,
+        database_url=database_url,
+        simulate=SimulateMode.ALWAYS,
+        queue_name="bench:saturation",
+    )
+    redis = await connect_redis(settings)
+    await redis.flushdb()
+    store = await open_store(database_url)
+    workers = start_workers(settings, catalog, sim_url, args.workers)
+    try:
+        async with asyncio.timeout(args.timeout):
+            while len(await redis.hkeys(keys.WORKERS)) < args.workers:  # type: ignore[misc]
+                if any(w.poll() is not None for w in workers):
+                    raise SystemExit("a worker exited at start-up")
+                await asyncio.sleep(0.1)
+            client = Client(redis, store, settings)
+            started = time.monotonic()
+            batch_id = await client.submit_batch(prompts(args.jobs))
+            async for event in client.events(batch_id):
+                if event.type == "batch.completed":
+                    break
+            elapsed = time.monotonic() - started
+        async with httpx2.AsyncClient() as http:
+            sim = (await http.get(f"{sim_url}/_sim/stats")).json()["deployments"]
+        batch = await client.batch(batch_id)
+        async with store.engine.connect() as conn:
+            most_runs = await conn.scalar(select(func.max(jobs.c.run)).where(jobs.c.batch_id == batch_id))
+            deliveries = await conn.scalar(select(func.sum(jobs.c.run)).where(jobs.c.batch_id == batch_id))
+            calls = await conn.scalar(select(func.count()).select_from(attempts))
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+        await redis.flushdb()
+        await redis.aclose()
+        await store.close()
+
+    ideal = args.jobs / sum(limits)
+    throttled = sum(
+        d["by_outcome"].get("rpm_limited", 0) + d["by_outcome"].get("rate_limit", 0) for d in sim.values()
+    )
+    print(f"{args.jobs:,} jobs, {args.workers} workers, limits {limits} requests/s, sim {LATENCY_MS} ms")
+    print(f"   batch time:           {elapsed:8.2f} s")
+    print(f"   ideal N / sum(limits): {ideal:7.2f} s")
+    print(f"   batch time / ideal:   {elapsed / ideal:8.3f}")
+    print(f"   provider 429s:        {throttled:8d}")
+    for name, limit in zip(sorted(sim), limits, strict=True):
+        ok = sim[name]["by_outcome"].get("ok", 0)
+        print(f"   {name}: {ok:5d} calls ({ok / elapsed:6.1f}/s against a limit of {limit}/s)")
+    print(
+        f"   deliveries: {deliveries:,} for {args.jobs:,} jobs (at most {most_runs} for one); {calls:,} calls"
+    )
+    succeeded = batch.counts.get(JobStatus.SUCCEEDED, 0)
+    print(f"   check: {succeeded:,}/{args.jobs:,} succeeded")
+    if succeeded != args.jobs:
+        raise SystemExit(f"only {succeeded} of {args.jobs} jobs succeeded: {batch.counts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("ROUTEQ_BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file in a temp dir")
+    parser.add_argument("--jobs", type=int, default=3_000)
+    parser.add_argument("--limits", default="40,30,20", help="requests per second of each deployment")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds before the run gives up")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    limits = [int(x) for x in args.limits.split(",")]
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="routeq-bench-") as tmp,
+            sim_server(Path(tmp), catalog_toml(limits)) as sim_url,
+        ):
+            database_url = args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
+            asyncio.run(run(args, Path(tmp), sim_url, database_url))
+    except TimeoutError:
+        raise SystemExit(f"gave up after --timeout {args.timeout:g} s: lower --jobs") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Operator commands: `routeq deployments` (fleet state, maintenance) and `routeq budget` (caps, spend).
+
+Both read and change the fleet's state in Redis (ROUTEQ_REDIS_URL); `budget rebuild` also reads the
+SQL ledger, which is the source of truth for spend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+from producer.commands import execute
+from router_core.catalog import load_catalog
+from router_core.stats import Forced
+from storage.budgets import Budgets
+from storage.connections import connect_redis
+from storage.errors import ServiceUnavailableError
+from storage.fleet import RedisStats
+from storage.settings import Settings
+from storage.store import Store
+
+__all__ = ["budget_app", "deployments_app"]
+
+console = Console()
+T = TypeVar("T")
+
+deployments_app = typer.Typer(help="Fleet-wide deployment state: circuits, limits, maintenance.")
+budget_app = typer.Typer(help="Spend caps and spend per user, tenant or batch.")
+
+DeploymentArg = Annotated[str, typer.Argument(help="A deployment id from the catalog.")]
+ScopeArg = Annotated[str, typer.Argument(help="user:<tenant>/<user>, tenant:<tenant> or batch:<id>.")]
+
+
+async def _with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]]) -> T:
+    if settings.redis_url is None:
+        raise ServiceUnavailableError(
+            "Redis",
+            "(unset)",
+            "ROUTEQ_REDIS_URL is not set",
+            "Fleet state lives in the fleet's Redis: set ROUTEQ_REDIS_URL to it.",
+        )
+    redis = await connect_redis(settings)
+    try:
+        return await action(redis)
+    finally:
+        await redis.aclose()
+
+
+@deployments_app.command("list")
+def list_deployments() -> None:
+    """Every deployment with its circuit, live stats and rate-window usage, as the fleet sees them."""
+    settings = Settings()
+    catalog = load_catalog(settings.catalog_path)
+
+    async def go(redis: Redis) -> None:
+        stats = await RedisStats(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
+        table = Table(title="deployments (fleet-wide)")
+        for column in (
+            "id",
+            "circuit",
+            "forced",
+            "success",
+            "latency ewma",
+            "in flight",
+            "rpm used",
+            "tpm used",
+        ):
+            table.add_column(column)
+        for dep_id, dep in catalog.items():
+            s = stats[dep_id]
+            latency = f"{s.latency_ewma_ms:.0f} ms" if s.latency_ewma_ms is not None else "-"
+            table.add_row(
+                dep_id,
+                s.circuit.value,
+                s.forced.value if s.forced else "",
+                f"{s.success_rate:.0%}",
+                latency,
+                f"{s.in_flight}" + (f"/{dep.max_concurrency}" if dep.max_concurrency else ""),
+                f"{s.requests_in_window}" + (f"/{dep.rpm}" if dep.rpm else ""),
+                f"{s.tokens_in_window}" + (f"/{dep.tpm}" if dep.tpm else ""),
+            )
+        console.print(table)
+
+    execute(_with_redis(settings, go))
+
+
+def _force(deployment: str, state: Forced | None) -> None:
+    settings = Settings()
+    catalog = load_catalog(settings.catalog_path)
+    if deployment not in catalog:
+        console.print(f"[red]error:[/red] unknown deployment {deployment!r}; known: {', '.join(catalog)}")
+        raise typer.Exit(1)
+
+    async def go(redis: Redis) -> None:
+        await RedisStats(redis).force(deployment, state)
+        what = {None: "back under its circuit breaker", Forced.DOWN: "down", Forced.UP: "up"}[state]
+        console.print(f"{deployment} is {what} for every worker")
+
+    execute(_with_redis(settings, go))
+
+
+@deployments_app.command()
+def down(deployment: DeploymentArg) -> None:
+    """Take a deployment out of routing (maintenance) until `routeq deployments auto`."""
+    _force(deployment, Forced.DOWN)
+
+
+@deployments_app.command()
+def up(deployment: DeploymentArg) -> None:
+    """Route to a deployment whatever its breaker says, until `routeq deployments auto`."""
+    _force(deployment, Forced.UP)
+
+
+@deployments_app.command()
+def auto(deployment: DeploymentArg) -> None:
+    """Clear a forced state: the circuit breaker decides again."""
+    _force(deployment, None)
+
+
+@budget_app.command()
+def show(scope: ScopeArg) -> None:
+    """A scope's cap, settled spend and calls in flight (held)."""
+    settings = Settings()
+
+    async def go(redis: Redis) -> None:
+        budgets = Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
+        usage = await budgets.usage(scope)
+        cap = "none" if usage.cap_usd is None else f"${usage.cap_usd:.4f}"
+        console.print(f"{scope}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
+
+    execute(_with_redis(settings, go))
+
+
+@budget_app.command("set")
+def set_cap(
+    scope: ScopeArg,
+    cap_usd: Annotated[float, typer.Argument(min=0, help="The cap in USD.")],
+) -> None:
+    """Set a scope's spend cap for the whole fleet (for users it replaces the default)."""
+    settings = Settings()
+
+    async def go(redis: Redis) -> None:
+        await Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd).set_cap(scope, cap_usd)
+        console.print(f"{scope}: cap ${cap_usd:.4f}")
+
+    execute(_with_redis(settings, go))
+
+
+@budget_app.command()
+def unset(scope: ScopeArg) -> None:
+    """Remove a scope's own cap (users fall back to ROUTEQ_DEFAULT_USER_BUDGET_USD)."""
+    settings = Settings()
+
+    async def go(redis: Redis) -> None:
+        await Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd).set_cap(scope, None)
+        console.print(f"{scope}: own cap removed")
+
+    execute(_with_redis(settings, go))
+
+
+@budget_app.command()
+def rebuild() -> None:
+    """Recompute every scope's spend in Redis from the SQL ledger (run while workers are idle)."""
+    settings = Settings()
+
+    async def go(redis: Redis) -> None:
+        store = await Store.open(settings.database_url)
+        try:
+            spent = await Budgets(
+                redis, default_user_cap_usd=settings.default_user_budget_usd
+            ).rebuild_from_ledger(store)
+        finally:
+            await store.close()
+        for scope, usd in sorted(spent.items()):
+            console.print(f"{scope}: spent ${usd:.4f}")
+        console.print(f"{len(spent)} scopes rebuilt from the ledger")
+
+    execute(_with_redis(settings, go))

@@ -1,0 +1,439 @@
+"""Fleet-wide spend budgets in Redis: caps per user, tenant and batch that no race can overspend.
+
+One provider call goes through these steps (`router_core.spend` is the router's side):
+
+    reserve   Lua, before the call: if every scope has room for the call's worst-case cost, add it
+              to each scope's `reserved` and write the hold `routeq:holds:<job>` `<run>:<attempt_no>`
+    call      the provider answers (billed), or fails or is never sent (not billed)
+    release   Lua, for a call not billed: the hold is deleted and leaves `reserved` at once
+    commit    the run's attempts and ledger rows are committed to SQL (`Store.finish_job`)
+    settle    Lua, after the commit: each hold leaves `reserved`, the ledger's real cost joins
+              `spent`, the hold is deleted
+
+Why a billed call keeps its hold until after the ledger commit: the hold is the write-ahead record
+of a call about to be made. A worker killed between the call and the commit leaves it behind; the
+job's next run reads it (`Budgets.holds`), charges it (at the ledger's cost if the dead run's
+commit went through, else at the amount held) and settles it. Releasing the hold when the answer
+arrives would lose that record, and money the provider billed would be in no counter and no ledger.
+
+Reserve checks every scope and takes from all of them in one script, so workers racing for the last
+cents of a cap never hold more than the cap between them: `spent + reserved <= cap` in every capped
+scope. Release and settle are idempotent (a hold already gone is skipped), so a retried or
+duplicated call never counts money twice.
+
+Money is kept in integer micro-dollars (holds rounded up, charges rounded to the nearest, the way
+the ledger's sum is rounded on rebuild), so Lua's doubles add exactly up to 2^53 micro-dollars
+(about 9 billion USD). A cap in `routeq:budget:caps` (scope -> micro-dollars, set by operators)
+wins; without one a user gets `default_user_cap_usd`, a batch its own cap (`batches.budget_usd`,
+passed in by the worker) and a tenant no cap.
+
+The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
+`Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from storage import keys
+from storage.store import Store
+from storage.tables import ledger
+
+__all__ = [
+    "Budgets",
+    "Hold",
+    "JobSpendGuard",
+    "ScopeUsage",
+    "batch_scope",
+    "tenant_scope",
+    "user_scope",
+]
+
+_KINDS = ("user:", "tenant:", "batch:")
+_BUDGET_PREFIX = keys.budget("")
+_HOLDS_PREFIX = keys.job_holds("")
+_MICRO = Decimal(1_000_000)
+# The ledger stores cost_usd as Numeric(20, 10): a charge is rounded as it is stored, then to micros.
+_LEDGER_QUANTUM = Decimal("1e-10")
+
+# Drops one hold: its amount leaves `reserved` in each of its scopes and, when settling, the real
+# cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
+# cluster: the scripts may touch keys they were not passed).
+_LUA_DROP = """
+local function drop(holds, field, prefix, cost)
+  local hold = redis.call('HGET', holds, field)
+  if not hold then return 0 end
+  local h = cjson.decode(hold)
+  local minus = string.format('%d', -h.amount_micro)
+  for _, scope in ipairs(h.scopes) do
+    redis.call('HINCRBY', prefix .. scope, 'reserved', minus)
+    if cost then redis.call('HINCRBY', prefix .. scope, 'spent', cost) end
+  end
+  redis.call('HDEL', holds, field)
+  return 1
+end
+"""
+
+# KEYS: [1] caps hash, [2] the job's holds hash, [3..] one budget hash per scope.
+# ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, then per scope: name, default cap
+# in micro-dollars ('' = no cap). Returns 1 (held), 0 (already held) or the refusing scope's
+# {name, spent, reserved, cap}.
+_RESERVE = """
+local caps, holds, field, amount = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+if redis.call('HEXISTS', holds, field) == 1 then return 0 end
+for i = 3, #KEYS do
+  local name = ARGV[4 + (i - 3) * 2]
+  local cap = redis.call('HGET', caps, name) or ARGV[5 + (i - 3) * 2]
+  if cap ~= '' then
+    local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
+    local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+    if spent + reserved + amount > tonumber(cap) then
+      return {name, string.format('%d', spent), string.format('%d', reserved), cap}
+    end
+  end
+end
+for i = 3, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2]) end
+redis.call('HSET', holds, field, ARGV[3])
+return 1
+"""
+
+# KEYS: [1] the job's holds hash. ARGV: [1] hold field, [2] budget key prefix.
+_RELEASE = (
+    _LUA_DROP
+    + """
+return drop(KEYS[1], ARGV[1], ARGV[2], nil)
+"""
+)
+
+# KEYS: [1] the job's holds hash. ARGV: [1] budget key prefix, then pairs: hold field, real cost
+# (micro-dollars). Returns how many holds were settled (those already gone are skipped).
+_SETTLE = (
+    _LUA_DROP
+    + """
+local settled = 0
+for i = 2, #ARGV, 2 do
+  settled = settled + drop(KEYS[1], ARGV[i], ARGV[1], ARGV[i + 1])
+end
+return settled
+"""
+)
+
+# KEYS: holds hashes (found by SCAN). ARGV: [1] budget key prefix, then pairs: scope, spent
+# (micro-dollars). Sets every scope's spent and, from the holds present now, its reserved; a scope
+# only a hold names gets spent 0. Returns the scopes written.
+_REBUILD = """
+local prefix = ARGV[1]
+local spent, reserved, order = {}, {}, {}
+for i = 2, #ARGV, 2 do
+  spent[ARGV[i]] = ARGV[i + 1]
+  order[#order + 1] = ARGV[i]
+end
+for _, holds in ipairs(KEYS) do
+  for _, hold in ipairs(redis.call('HVALS', holds)) do
+    local h = cjson.decode(hold)
+    for _, scope in ipairs(h.scopes) do
+      if not spent[scope] then
+        spent[scope] = '0'
+        order[#order + 1] = scope
+      end
+      reserved[scope] = (reserved[scope] or 0) + h.amount_micro
+    end
+  end
+end
+for _, scope in ipairs(order) do
+  redis.call('HSET', prefix .. scope, 'spent', spent[scope],
+    'reserved', string.format('%d', reserved[scope] or 0))
+end
+return order
+"""
+
+
+def user_scope(tenant: str, user: str) -> str:
+    """The budget scope of one user of one tenant: `user:<tenant>/<user>`."""
+    return f"user:{tenant}/{user}"
+
+
+def tenant_scope(tenant: str) -> str:
+    """The budget scope of a whole tenant: `tenant:<tenant>`."""
+    return f"tenant:{tenant}"
+
+
+def batch_scope(batch_id: str) -> str:
+    """The budget scope of one batch: `batch:<batch_id>`."""
+    return f"batch:{batch_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The budget held for one call: written before the call, deleted when released or settled."""
+
+    key: str  # "<run>:<attempt_no>", the field in routeq:holds:<job_id>
+    run: int
+    attempt_no: int
+    amount_usd: float
+    deployment: str
+    scopes: tuple[str, ...]
+    created: float  # epoch seconds, from the reserving process's clock
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeUsage:
+    """A scope's settled spend, the amount held for calls in flight, and the cap that applies."""
+
+    scope: str
+    spent_usd: float
+    reserved_usd: float
+    cap_usd: float | None
+
+
+class Budgets:
+    """Spend caps shared by the fleet, one per worker or client process.
+
+    Args:
+        redis: the fleet's Redis.
+        default_user_cap_usd: cap of a user scope with no cap of its own; None = no cap.
+        now: epoch seconds, recorded on each hold (tests inject a fixed clock).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        default_user_cap_usd: float | None = 1.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._default_user_cap = None if default_user_cap_usd is None else _cap_micro(default_user_cap_usd)
+        self._now = now
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
+        self._settle = redis.register_script(_SETTLE)
+        self._rebuild = redis.register_script(_REBUILD)
+
+    def guard(
+        self,
+        *,
+        job_id: str,
+        run: int,
+        tenant: str,
+        user: str,
+        batch_id: str,
+        batch_cap_usd: float | None = None,
+    ) -> JobSpendGuard:
+        """The `SpendGuard` of one run of one job: its calls count against its user, tenant and batch."""
+        defaults = {
+            user_scope(tenant, user): self._default_user_cap,
+            tenant_scope(tenant): None,
+            batch_scope(batch_id): None if batch_cap_usd is None else _cap_micro(batch_cap_usd),
+        }
+        return JobSpendGuard(self, job_id=job_id, run=run, default_caps=defaults)
+
+    async def settle(self, job_id: str, charges: Mapping[str, float | Decimal]) -> int:
+        """Turn holds into charges, after their ledger commit; returns how many holds were settled.
+
+        `charges` maps a hold's field (`"<run>:<attempt_no>"`) to the call's cost as the ledger
+        holds it (0 for a call with no ledger row). Each such hold leaves `reserved` and the cost
+        joins `spent`, in one script. Holds not in `charges` stay; a hold already settled or
+        released is skipped, so settling twice never charges twice.
+        """
+        if not charges:
+            return 0
+        args: list[str] = [_BUDGET_PREFIX]
+        for field, cost_usd in charges.items():
+            args += [field, str(_charge_micro(cost_usd))]
+        settled: int = await self._settle(keys=[keys.job_holds(job_id)], args=args)
+        return settled
+
+    async def holds(self, job_id: str) -> dict[str, Hold]:
+        """The job's holds not yet released or settled, by field (`"<run>:<attempt_no>"`)."""
+        # Reads go through a pipeline: redis-py types a bare hgetall as sync-or-async.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.job_holds(job_id))
+            (raw,) = await pipe.execute()
+        return {_text(field): _hold(_text(field), _text(value)) for field, value in raw.items()}
+
+    async def usage(self, scope: str) -> ScopeUsage:
+        """A scope's spend, holds and cap (for a batch, only a cap set with `set_cap`: its own is in SQL)."""
+        _check_scope(scope)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(keys.budget(scope), ["spent", "reserved"])
+            pipe.hget(keys.BUDGET_CAPS, scope)
+            (spent, reserved), cap = await pipe.execute()
+        if cap is None and scope.startswith("user:"):
+            cap = self._default_user_cap
+        return ScopeUsage(
+            scope=scope,
+            spent_usd=_usd(spent),
+            reserved_usd=_usd(reserved),
+            cap_usd=None if cap is None else _usd(cap),
+        )
+
+    async def set_cap(self, scope: str, cap_usd: float | None) -> None:
+        """Set a scope's cap for the whole fleet (for a user it replaces the default); None removes it."""
+        _check_scope(scope)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if cap_usd is None:
+                pipe.hdel(keys.BUDGET_CAPS, scope)
+            else:
+                pipe.hset(keys.BUDGET_CAPS, scope, str(_cap_micro(cap_usd)))
+            await pipe.execute()
+
+    async def caps(self) -> dict[str, float]:
+        """Every cap operators set, by scope (defaults are not listed)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.BUDGET_CAPS)
+            (raw,) = await pipe.execute()
+        return {_text(scope): _usd(cap) for scope, cap in raw.items()}
+
+    async def rebuild_from_ledger(self, store: Store) -> dict[str, float]:
+        """Reset every scope's `spent` from the SQL ledger and `reserved` from the holds left in Redis.
+
+        Returns the spent of every scope written, in USD: each user, tenant and batch the ledger
+        charges, plus scopes Redis knew (or a hold names) that the ledger does not (spent 0).
+
+        Run it while workers are stopped or idle. The ledger is read first and the counters are
+        written afterwards, so a call settled in between is counted wrongly: twice if its ledger
+        row was read and its hold was still there when the counters were written (the settle then
+        adds its cost again), not at all if its row was committed after the read and settled before
+        the write. A job whose first hold is taken after the SCAN of `routeq:holds:*` is missed
+        too: its hold is not counted in `reserved`, which its release or settle then leaves too low.
+        """
+        spent = await _ledger_spent(store)
+        holds_keys = [k async for k in self._scan(_HOLDS_PREFIX + "*")]
+        async for key in self._scan(_BUDGET_PREFIX + "*"):
+            scope = key.removeprefix(_BUDGET_PREFIX)
+            if scope.startswith(_KINDS):  # not routeq:budget:caps
+                spent.setdefault(scope, 0)
+        args: list[str] = [_BUDGET_PREFIX]
+        for scope, micro in spent.items():
+            args += [scope, str(micro)]
+        written: list[Any] = await self._rebuild(keys=holds_keys, args=args)
+        return {scope: spent.get(scope, 0) / 1e6 for scope in map(_text, written)}
+
+    async def _scan(self, pattern: str) -> AsyncIterator[str]:
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
+            yield _text(key)
+
+
+class JobSpendGuard:
+    """`SpendGuard` of one run of one job (build with `Budgets.guard`)."""
+
+    def __init__(
+        self, budgets: Budgets, *, job_id: str, run: int, default_caps: Mapping[str, int | None]
+    ) -> None:
+        self._budgets = budgets
+        self.job_id = job_id
+        self.run = run
+        self.scopes = tuple(default_caps)
+        self._scope_args: list[str] = []
+        for scope, cap in default_caps.items():
+            self._scope_args += [scope, "" if cap is None else str(cap)]
+
+    async def reserve(self, attempt_no: int, deployment_id: str, amount_usd: float) -> str | None:
+        """Hold `amount_usd` in every scope for attempt `attempt_no`; None when held, else why not.
+
+        Reserving an attempt that already has a hold changes nothing and returns None.
+        """
+        budgets = self._budgets
+        amount = _hold_micro(amount_usd)
+        hold = {
+            "amount_micro": amount,
+            "scopes": list(self.scopes),
+            "deployment": deployment_id,
+            "created": budgets._now(),
+        }
+        reply: Any = await budgets._reserve(
+            keys=[keys.BUDGET_CAPS, keys.job_holds(self.job_id), *map(keys.budget, self.scopes)],
+            args=[f"{self.run}:{attempt_no}", str(amount), json.dumps(hold), *self._scope_args],
+        )
+        if not isinstance(reply, list):
+            return None
+        scope, spent, reserved, cap = map(_text, reply)
+        kind, _, name = scope.partition(":")
+        return (
+            f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
+            f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
+        )
+
+    async def release(self, attempt_no: int) -> None:
+        """Drop the hold of an attempt not sent or not billed; a hold already gone is left alone."""
+        await self._budgets._release(
+            keys=[keys.job_holds(self.job_id)], args=[f"{self.run}:{attempt_no}", _BUDGET_PREFIX]
+        )
+
+
+async def _ledger_spent(store: Store) -> dict[str, int]:
+    """Micro-dollars charged per user, tenant and batch scope, in one consistent read of the ledger.
+
+    Each charge is rounded to micro-dollars before summing, as `settle` does, so a rebuild of
+    counters that were right changes nothing.
+    """
+    micro = func.sum(func.round(ledger.c.cost_usd * 1_000_000))
+    query = select(ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id, micro).group_by(
+        ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id
+    )
+    async with store._reading() as conn:
+        rows = (await conn.execute(query)).all()
+    spent: dict[str, int] = {}
+    for tenant, user, batch_id, total in rows:
+        for scope in (user_scope(tenant, user), tenant_scope(tenant), batch_scope(batch_id)):
+            spent[scope] = spent.get(scope, 0) + int(total or 0)
+    return spent
+
+
+def _check_scope(scope: str) -> None:
+    if not scope.startswith(_KINDS) or scope.endswith(":"):
+        raise ValueError(
+            f"not a budget scope: {scope!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
+        )
+
+
+def _hold_micro(usd: float) -> int:
+    """A worst-case amount in micro-dollars, rounded up: a hold is never smaller than the call."""
+    if usd < 0:
+        raise ValueError(f"cannot hold a negative amount (${usd})")
+    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_CEILING))
+
+
+def _charge_micro(usd: float | Decimal) -> int:
+    """A real cost in micro-dollars, rounded as the ledger stores it and then to the nearest micro."""
+    value = usd if isinstance(usd, Decimal) else Decimal(repr(usd))
+    if value < 0:
+        raise ValueError(f"cannot charge a negative cost (${usd})")
+    return int((value.quantize(_LEDGER_QUANTUM) * _MICRO).to_integral_value(ROUND_HALF_UP))
+
+
+def _cap_micro(usd: float) -> int:
+    if usd < 0:
+        raise ValueError(f"a spend cap cannot be negative (${usd}); use 0 to allow no spend")
+    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_HALF_UP))
+
+
+def _usd(micro: bytes | str | int | None) -> float:
+    return int(_text(micro or 0)) / 1e6
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hold(field: str, raw: str) -> Hold:
+    data = json.loads(raw)
+    run, _, attempt_no = field.partition(":")
+    return Hold(
+        key=field,
+        run=int(run),
+        attempt_no=int(attempt_no),
+        amount_usd=int(data["amount_micro"]) / 1e6,
+        deployment=str(data["deployment"]),
+        scopes=tuple(data["scopes"]),
+        created=float(data["created"]),
+    )

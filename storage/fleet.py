@@ -1,0 +1,445 @@
+"""`RedisStats`: the `StatsStore` of a fleet, so every worker sees one breaker and one set of limits.
+
+Same rules as `router_core.stats.InMemoryStats` (read its docstring for the breaker), kept in Redis
+(keys in `storage.keys`):
+
+    routeq:dep:<id>            hash  success_rate, latency_ms, calls        live stats (EWMA)
+                                     forced, opened_at                      override and breaker
+                                     w0..w20 = "<bucket>:<ok>:<failed>"     breaker's failure window
+                                     probe:<ticket>                         a half-open probe in flight
+                                     rate_window_s, tokens, seq             window, its token total, tickets
+    routeq:dep:<id>:inflight   zset  ticket -> lease expiry                 max_concurrency, probes
+    routeq:dep:<id>:requests   zset  ticket -> admission time               rpm (exact sliding log)
+    routeq:dep:<id>:tokens     hash  ticket -> tokens counted for tpm       tpm (estimate, then real usage)
+
+Why each operation is one Lua script: `admit` checks and takes (a probe slot, a concurrency slot, a
+request and its tokens) in one step; split into commands, two workers could both see the last free
+slot and both take it, multiplying every limit by the size of the fleet. `release` reads the
+breaker state and writes the outcome that may open or close it, which is a read-modify-write too.
+`snapshot` prunes expired entries before counting, `force` sets the override and resets the
+breaker together. Each script touches the keys of one deployment (snapshot: of the ones asked for).
+
+Bounded state. In-flight tickets are scored by lease expiry and pruned on every admit and snapshot,
+so a worker killed mid-call gives its slot (and a probe slot: a probe field counts only while its
+ticket is in flight) back after `lease_s`. Requests and tokens are pruned past the rate window; the
+`tokens` field keeps their sum so admission never adds the whole hash up. Successes come at high
+rates, so the breaker window is not a log but a ring of 21 buckets of window_s/20, each holding its
+bucket number and counts: a call counts while its bucket overlaps the window, i.e. for window_s plus
+at most one bucket (window_s/20), and the state hash stays the same size whatever the traffic.
+
+Time: with no `clock`, the scripts read the Redis server's `TIME`, so machines whose clocks
+disagree still agree on windows, leases and cooldowns. Tests pass a `FakeClock` instead. Every
+member of a fleet must use the same `BreakerPolicy` (workers read it from the same settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from router_core.catalog import Deployment
+from router_core.clock import Clock
+from router_core.stats import (
+    CONCURRENCY_RETRY_S,
+    Admission,
+    BreakerPolicy,
+    CallOutcome,
+    CircuitState,
+    DeploymentStats,
+    Forced,
+    Refusal,
+)
+from storage import keys
+
+__all__ = ["RedisStats"]
+
+# Shared by every script. ARGV[1] is the time: a clock's reading, or negative for the server's TIME.
+# Numbers handed to redis.call are formatted with %.17g, which round-trips a double exactly.
+_LUA_COMMON = """
+local CHUNK = 500
+local BUCKETS = 20
+local SLOTS = BUCKETS + 1
+local function num(x) return string.format('%.17g', x) end
+local function clock(arg)
+  local now = tonumber(arg)
+  if now < 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  end
+  return now
+end
+local function circuit(forced, opened_at, now, cooldown)
+  if forced == 'down' then return 'open' end
+  if forced == 'up' or not opened_at then return 'closed' end
+  if now - opened_at >= cooldown then return 'half_open' end
+  return 'open'
+end
+local function slot_names()
+  local names = {}
+  for i = 0, SLOTS - 1 do names[#names + 1] = 'w' .. num(i) end
+  return names
+end
+local function clear_window(state)
+  redis.call('HDEL', state, unpack(slot_names()))
+end
+local function prune_requests(state, requests, tokens, cutoff)
+  local bound = num(cutoff)
+  repeat
+    local old = redis.call('ZRANGEBYSCORE', requests, '-inf', bound, 'LIMIT', 0, CHUNK)
+    if #old > 0 then
+      local counted = redis.call('HMGET', tokens, unpack(old))
+      local sum = 0
+      for i = 1, #old do sum = sum + (tonumber(counted[i]) or 0) end
+      redis.call('HDEL', tokens, unpack(old))
+      redis.call('ZREM', requests, unpack(old))
+      if sum ~= 0 then redis.call('HINCRBY', state, 'tokens', num(-sum)) end
+    end
+  until #old < CHUNK
+  -- With no request left the total must be 0: heal any drift rather than carry it forever.
+  if redis.call('ZCARD', requests) == 0 then
+    redis.call('DEL', tokens)
+    redis.call('HSET', state, 'tokens', '0')
+  end
+end
+"""
+
+# KEYS: state, inflight, requests, tokens.
+# ARGV: now, tokens wanted, rate_window_s, max_concurrency, rpm, tpm ('' = no limit), cooldown_s,
+#       probes, lease_s, retry after a full concurrency or probe budget.
+# Returns {'admitted', ticket, probe 0|1} or {'refused', reason, retry_after_s or ''}.
+_ADMIT = (
+    _LUA_COMMON
+    + """
+local state, inflight, requests, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, want, window = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_concurrency, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local cooldown, probes, lease, busy_retry = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+
+local function live_probes()
+  local fields = redis.call('HKEYS', state)
+  local live = 0
+  for _, name in ipairs(fields) do
+    if string.sub(name, 1, 6) == 'probe:' then
+      if redis.call('ZSCORE', inflight, string.sub(name, 7)) then
+        live = live + 1
+      else
+        redis.call('HDEL', state, name)  -- its lease ran out: the worker died mid-probe
+      end
+    end
+  end
+  return live
+end
+
+local function tokens_free_in(excess)
+  local start = 0
+  while true do
+    local batch = redis.call('ZRANGE', requests, start, start + CHUNK - 1, 'WITHSCORES')
+    if #batch == 0 then return window end
+    local names = {}
+    for i = 1, #batch, 2 do names[#names + 1] = batch[i] end
+    local counted = redis.call('HMGET', tokens, unpack(names))
+    for i = 1, #names do
+      excess = excess - (tonumber(counted[i]) or 0)
+      if excess <= 0 then return tonumber(batch[2 * i]) + window - now end
+    end
+    start = start + CHUNK
+  end
+end
+
+redis.call('HSET', state, 'rate_window_s', num(window))
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', num(now))
+prune_requests(state, requests, tokens, now - window)
+local f = redis.call('HMGET', state, 'forced', 'opened_at', 'tokens')
+local forced, opened_at, counted = f[1], tonumber(f[2]), tonumber(f[3]) or 0
+if forced == 'down' then return {'refused', 'forced_down', ''} end
+local c = circuit(forced, opened_at, now, cooldown)
+if c == 'open' then return {'refused', 'circuit_open', num(opened_at + cooldown - now)} end
+if c == 'half_open' and live_probes() >= probes then return {'refused', 'circuit_open', busy_retry} end
+if max_concurrency and redis.call('ZCARD', inflight) >= max_concurrency then
+  return {'refused', 'concurrency', busy_retry}
+end
+if rpm and redis.call('ZCARD', requests) >= rpm then
+  local oldest = redis.call('ZRANGE', requests, 0, 0, 'WITHSCORES')
+  return {'refused', 'rpm', num(tonumber(oldest[2]) + window - now)}
+end
+if tpm and counted + want > tpm then
+  return {'refused', 'tpm', num(tokens_free_in(counted + want - tpm))}
+end
+local ticket = 't' .. num(redis.call('HINCRBY', state, 'seq', 1))
+redis.call('ZADD', inflight, num(now + lease), ticket)
+redis.call('ZADD', requests, num(now), ticket)
+redis.call('HSET', tokens, ticket, num(want))
+if want ~= 0 then redis.call('HINCRBY', state, 'tokens', num(want)) end
+if c == 'half_open' then
+  redis.call('HSET', state, 'probe:' .. ticket, '1')
+  return {'admitted', ticket, '1'}
+end
+return {'admitted', ticket, '0'}
+"""
+)
+
+# KEYS: state, inflight, tokens.
+# ARGV: now, ticket, probe 0|1, outcome, latency_ms, real tokens ('' = keep the estimate), alpha,
+#       cooldown_s, window_s, failure_threshold, min_failure_ratio.
+_RELEASE = (
+    _LUA_COMMON
+    + """
+local state, inflight, tokens = KEYS[1], KEYS[2], KEYS[3]
+local now, ticket, probe, outcome = clock(ARGV[1]), ARGV[2], ARGV[3] == '1', ARGV[4]
+local latency, used, alpha = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local cooldown, window = tonumber(ARGV[8]), tonumber(ARGV[9])
+local threshold, min_ratio = tonumber(ARGV[10]), tonumber(ARGV[11])
+
+local function parse(raw)
+  if not raw then return nil, 0, 0 end
+  local b, s, f = string.match(raw, '^([^:]+):(%d+):(%d+)$')
+  return tonumber(b), tonumber(s) or 0, tonumber(f) or 0
+end
+
+local function record(bucket, ok)
+  local slot = 'w' .. num(bucket % SLOTS)
+  local b, s, f = parse(redis.call('HGET', state, slot))
+  if b ~= bucket then s, f = 0, 0 end
+  if ok then s = s + 1 else f = f + 1 end
+  redis.call('HSET', state, slot, num(bucket) .. ':' .. num(s) .. ':' .. num(f))
+end
+
+local function tripped(bucket)
+  local raw = redis.call('HMGET', state, unpack(slot_names()))
+  local failures, total = 0, 0
+  for i = 1, SLOTS do
+    local b, s, f = parse(raw[i])
+    if b and b > bucket - SLOTS and b <= bucket then
+      failures = failures + f
+      total = total + s + f
+    end
+  end
+  return total > 0 and failures >= threshold and failures / total >= min_ratio
+end
+
+redis.call('ZREM', inflight, ticket)
+redis.call('HDEL', state, 'probe:' .. ticket)
+if used then
+  local counted = tonumber(redis.call('HGET', tokens, ticket))
+  if counted then  -- not yet out of the window
+    redis.call('HSET', tokens, ticket, num(used))
+    if used ~= counted then redis.call('HINCRBY', state, 'tokens', num(used - counted)) end
+  end
+end
+redis.call('HINCRBY', state, 'calls', 1)
+if outcome == 'neutral' then return 0 end
+
+local ok = outcome == 'success'
+local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'forced', 'opened_at')
+local rate = tonumber(f[1]) or 1.0
+rate = rate + alpha * ((ok and 1.0 or 0.0) - rate)
+redis.call('HSET', state, 'success_rate', num(rate))
+if ok and latency then
+  local prev = tonumber(f[2])
+  if prev then latency = prev + alpha * (latency - prev) end
+  redis.call('HSET', state, 'latency_ms', num(latency))
+end
+local forced, opened_at = f[3], tonumber(f[4])
+local c = circuit(forced, opened_at, now, cooldown)
+if probe and c == 'half_open' then
+  if ok then redis.call('HDEL', state, 'opened_at') else redis.call('HSET', state, 'opened_at', num(now)) end
+  clear_window(state)
+  return 0
+end
+local bucket = math.floor(now / (window / BUCKETS))
+record(bucket, ok)
+if not ok and c == 'closed' and not forced and tripped(bucket) then
+  redis.call('HSET', state, 'opened_at', num(now))
+  clear_window(state)
+end
+return 0
+"""
+)
+
+# KEYS: state, inflight, requests, tokens of each deployment in turn. ARGV: now, cooldown_s.
+# Returns per deployment {} when it has no state, else {success_rate, latency_ms, calls, forced,
+# circuit, in_flight, requests, tokens} as strings ('' = unset).
+_SNAPSHOT = (
+    _LUA_COMMON
+    + """
+local now, cooldown = clock(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS, 4 do
+  local state, inflight, requests, tokens = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
+  if redis.call('EXISTS', state) == 0 then
+    out[#out + 1] = {}
+  else
+    local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'calls', 'forced', 'opened_at',
+      'rate_window_s')
+    redis.call('ZREMRANGEBYSCORE', inflight, '-inf', num(now))
+    prune_requests(state, requests, tokens, now - (tonumber(f[6]) or 60))
+    out[#out + 1] = {
+      f[1] or '', f[2] or '', f[3] or '0', f[4] or '',
+      circuit(f[4], tonumber(f[5]), now, cooldown),
+      num(redis.call('ZCARD', inflight)), num(redis.call('ZCARD', requests)),
+      redis.call('HGET', state, 'tokens') or '0',
+    }
+  end
+end
+return out
+"""
+)
+
+# KEYS: state. ARGV: 'down' | 'up' | '' (clear).
+_FORCE = (
+    _LUA_COMMON
+    + """
+local state = KEYS[1]
+if ARGV[1] == '' then
+  redis.call('HDEL', state, 'forced')
+else
+  redis.call('HSET', state, 'forced', ARGV[1])
+  redis.call('HDEL', state, 'opened_at')  -- an override starts the breaker afresh once cleared
+  clear_window(state)
+end
+return 0
+"""
+)
+
+_SERVER_TIME = "-1"
+
+
+class RedisStats:
+    """`StatsStore` shared by every worker of a fleet through one Redis.
+
+    Args:
+        redis: the fleet's Redis (any `redis.asyncio.Redis`, decoded responses or not).
+        breaker: the breaker policy; every member of the fleet must use the same one.
+        clock: where time comes from; None (production) means the Redis server's clock.
+        alpha: weight of the newest call in the success-rate and latency EWMAs.
+        lease_s: how long an admitted call may stay in flight before its slot is taken back (a
+            worker killed mid-call never releases); keep it above the longest provider timeout.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        breaker: BreakerPolicy | None = None,
+        clock: Clock | None = None,
+        alpha: float = 0.2,
+        lease_s: float = 300.0,
+    ) -> None:
+        self._redis = redis
+        self.breaker = breaker or BreakerPolicy()
+        self._clock = clock
+        self._alpha = alpha
+        self._lease_s = lease_s
+        self._admit = redis.register_script(_ADMIT)
+        self._release = redis.register_script(_RELEASE)
+        self._snapshot = redis.register_script(_SNAPSHOT)
+        self._force = redis.register_script(_FORCE)
+
+    def _now(self) -> str:
+        return _SERVER_TIME if self._clock is None else repr(float(self._clock.now()))
+
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]:
+        """Live stats of each deployment, after dropping expired leases and requests."""
+        if not deployment_ids:
+            return {}
+        script_keys = [key for dep in deployment_ids for key in _deployment_keys(dep)]
+        args = [self._now(), _arg(self.breaker.cooldown_s)]
+        reply: list[list[Any]] = await self._snapshot(keys=script_keys, args=args)
+        return {dep: _stats(row) for dep, row in zip(deployment_ids, reply, strict=True)}
+
+    async def admit(self, deployment: Deployment, tokens: int) -> Admission:
+        """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
+        state, inflight, requests, token_counts = _deployment_keys(deployment.id)
+        args = [
+            self._now(),
+            _arg(tokens),
+            _arg(deployment.rate_window_s),
+            _arg(deployment.max_concurrency),
+            _arg(deployment.rpm),
+            _arg(deployment.tpm),
+            _arg(self.breaker.cooldown_s),
+            _arg(self.breaker.probes),
+            _arg(self._lease_s),
+            _arg(CONCURRENCY_RETRY_S),
+        ]
+        reply: list[Any] = await self._admit(keys=[state, inflight, requests, token_counts], args=args)
+        status, value, extra = (_text(v) for v in reply)
+        if status == "admitted":
+            return Admission(value, probe=extra == "1")
+        return Admission(None, Refusal(value), float(extra) if extra else None)
+
+    async def release(
+        self,
+        deployment: Deployment,
+        admission: Admission,
+        outcome: CallOutcome,
+        latency_ms: float | None,
+        tokens: int | None,
+    ) -> None:
+        """End an admitted call; `tokens` is the real usage (None keeps the estimate)."""
+        if admission.ticket is None:
+            return
+        state, inflight, _, token_counts = _deployment_keys(deployment.id)
+        policy = self.breaker
+        args = [
+            self._now(),
+            admission.ticket,
+            "1" if admission.probe else "0",
+            outcome.value,
+            _arg(latency_ms),
+            _arg(tokens),
+            _arg(self._alpha),
+            _arg(policy.cooldown_s),
+            _arg(policy.window_s),
+            _arg(policy.failure_threshold),
+            _arg(policy.min_failure_ratio),
+        ]
+        await self._release(keys=[state, inflight, token_counts], args=args)
+
+    async def force(self, deployment_id: str, state: Forced | None) -> None:
+        """Force a deployment down or up, fleet-wide, until `force(id, None)` clears it."""
+        await self._force(keys=[keys.deployment(deployment_id)], args=[state.value if state else ""])
+
+    async def next_rotation(self, key: str) -> int:
+        """0, 1, 2... per key, counted across the fleet."""
+        # redis-py types hash commands as sync-or-async; on an asyncio client they are awaitable.
+        value: int = await self._redis.hincrby(keys.ROTATION, key, 1)  # type: ignore[misc]
+        return value - 1
+
+
+def _deployment_keys(deployment_id: str) -> tuple[str, str, str, str]:
+    return (
+        keys.deployment(deployment_id),
+        keys.deployment_inflight(deployment_id),
+        keys.deployment_requests(deployment_id),
+        keys.deployment_tokens(deployment_id),
+    )
+
+
+def _arg(value: float | None) -> str:
+    """A script argument: '' for None, an int as is, a float in its exact shortest form."""
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stats(row: list[Any]) -> DeploymentStats:
+    if not row:
+        return DeploymentStats()
+    rate, latency, calls, forced, circuit, in_flight, requests, tokens = (_text(v) for v in row)
+    return DeploymentStats(
+        success_rate=float(rate) if rate else 1.0,
+        latency_ewma_ms=float(latency) if latency else None,
+        in_flight=int(in_flight),
+        circuit=CircuitState(circuit),
+        calls=int(calls),
+        forced=Forced(forced) if forced else None,
+        requests_in_window=int(requests),
+        tokens_in_window=int(tokens),
+    )
