@@ -184,7 +184,7 @@ def build_plan(
         options.append(Option(dep, position, est.cost, est.latency_ms, st, capability in dep.capabilities))
 
     ranked = rank(options, RankContext(prefs, _BOOST[guess.complexity], rotation))
-    ordered = _pin_and_fallbacks(request, catalog, ranked, excluded)
+    ordered = _probes_first(_pin_and_fallbacks(request, catalog, ranked, excluded))
     if not ordered:
         raise NoRouteError(
             "no deployment satisfies the request; relax the constraint named for each deployment",
@@ -211,6 +211,15 @@ def build_plan(
         candidates=candidates,
         excluded=excluded,
     )
+
+
+def _probes_first(ordered: list[tuple[Option, float]]) -> list[tuple[Option, float]]:
+    """Half-open deployments go first: their breaker admits only a probe or two fleet-wide, and
+    every other call is refused at once and moves on. Ranked by their (poor) recent stats they
+    would never be tried, so their circuit would never close again.
+    """
+    probes = [o for o in ordered if o[0].stats.circuit is CircuitState.HALF_OPEN]
+    return probes + [o for o in ordered if o[0].stats.circuit is not CircuitState.HALF_OPEN]
 
 
 def _check_references(request: ChatRequest, catalog: Catalog) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,11 +18,11 @@ from typing import Any
 
 import pytest
 from redis.exceptions import RedisError
-from storage.fleet import RedisStats
 
 from producer.client import Client
-from router_core import CircuitState
+from router_core import BreakerPolicy, CircuitState
 from storage.connections import connect_redis
+from storage.fleet import RedisStats
 from storage.store import NewJob
 from storage.tables import JobStatus
 from tests.backends import Backend, open_backend
@@ -36,7 +37,13 @@ async def services(tmp_path: Path) -> AsyncIterator[Backend]:
 
 
 def sim_deployment(
-    id: str, *, quality: float, price: tuple[float, float], extra: str = "", sim: str = ""
+    id: str,
+    *,
+    quality: float,
+    price: tuple[float, float],
+    extra: str = "",
+    sim: str = "",
+    latency_ms: int = 20,
 ) -> str:
     return f"""
 [[deployments]]
@@ -47,7 +54,7 @@ quality = {quality}
 latency_ms = 20
 context_window = 100000
 price = {{ input_per_mtok = {price[0]}, output_per_mtok = {price[1]} }}
-sim = {{ latency_ms = 20, latency_jitter_ms = 10{sim} }}
+sim = {{ latency_ms = {latency_ms}, latency_jitter_ms = 10{sim} }}
 {extra}
 """
 
@@ -115,7 +122,8 @@ async def test_breaker_opens_for_every_worker_and_a_probe_closes_it(
         redis = await services.redis()
         await procs.registered(redis, 2)
         client = Client(redis, services.store, services.settings)
-        fleet_stats = RedisStats(redis)
+        # Every member of the fleet reads the circuit with the same policy (cooldown 4 s here).
+        fleet_stats = RedisStats(redis, breaker=BreakerPolicy(failure_threshold=3, window_s=60, cooldown_s=4))
 
         async def circuit() -> CircuitState:
             return (await fleet_stats.snapshot(["flaky-a"]))["flaky-a"].circuit
@@ -163,8 +171,8 @@ async def test_sigkilled_worker_loses_no_job_and_bills_each_call_once(
     """SIGKILL one of two workers three times mid-batch, restarting it each time."""
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(
-        sim_deployment("sim-a", quality=0.8, price=(1.0, 4.0), sim=", latency_ms = 150")
-        + sim_deployment("sim-b", quality=0.7, price=(0.5, 2.0), sim=", latency_ms = 150")
+        sim_deployment("sim-a", quality=0.8, price=(1.0, 4.0), latency_ms=150)
+        + sim_deployment("sim-b", quality=0.7, price=(0.5, 2.0), latency_ms=150)
     )
     lease = {"ROUTEQ_JOB_LEASE_S": "2"}
     async with fleet(tmp_path) as procs:
@@ -222,11 +230,11 @@ async def test_workers_ride_out_a_redis_restart(services: Backend, tmp_path: Pat
     ]  # fmt: skip
     settings = services.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
     catalog = tmp_path / "catalog.toml"
-    catalog.write_text(sim_deployment("sim-a", quality=0.8, price=(1.0, 4.0), sim=", latency_ms = 50"))
+    catalog.write_text(sim_deployment("sim-a", quality=0.8, price=(1.0, 4.0), latency_ms=50))
     async with fleet(tmp_path) as procs:
         procs.spawn("redis", redis_argv)
+        await until(lambda: _listening(port), timeout_s=10, what="our redis-server")
         redis = await connect_redis(settings)
-        await until(lambda: _pings(redis), timeout_s=10, what="our redis-server")
         for n in range(2):
             procs.worker(f"worker-{n}", settings, catalog)
         await procs.registered(redis, 2)
@@ -262,3 +270,8 @@ async def _pings(redis: Any) -> bool:
         return bool(await redis.ping())
     except (RedisError, OSError):
         return False
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -63,6 +63,8 @@ logger = logging.getLogger("routeq.worker")
 
 # Jobs whose persistence hit a Redis or database outage are retried after this many seconds.
 _INFRA_RETRY_S = (1, 2, 5, 10, 30)
+# arq's own end-of-job transaction is retried this way through a Redis outage (about 30 s).
+_FINISH_RETRY_S = (0.2, 0.5, 1, 2, 4, 8, 15)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -208,6 +210,26 @@ class RouteqWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+
+    async def _poll_iteration(self) -> None:
+        # arq's poll loop dies on the first Redis error that its client does not retry (its
+        # WATCH/MULTI pipelines are not retried on a dropped connection). Here an outage only
+        # pauses polling; jobs whose bookkeeping failed come back when their lease runs out.
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            logger.warning("Redis unavailable (%s); polling again in 1s", exc)
+            await asyncio.sleep(1)
+
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        """arq's end-of-job transaction, retried through a short Redis outage."""
+        for delay in _FINISH_RETRY_S:
+            try:
+                return await super().finish_job(*args, **kwargs)
+            except (RedisError, OSError) as exc:
+                logger.warning("could not record a finished job (%s); retrying in %ss", exc, delay)
+                await asyncio.sleep(delay)
+        return await super().finish_job(*args, **kwargs)
 
     async def main(self) -> None:
         renewer = asyncio.create_task(self._renew_leases())
