@@ -129,10 +129,16 @@ class CapacityExhaustedError(AllAttemptsFailedError):
     """Every remaining candidate refused the call for now (rate limit, concurrency, open circuit).
 
     Not a failure of the job: run it again after `retry_after_s`, when room is expected.
+    `spread_s` is how long the full candidates take to free all their room again (their rate
+    window): many waiting jobs should spread their retries over it rather than all come back
+    for the first free slot at once.
     """
 
-    def __init__(self, message: str, attempts: Sequence[Attempt], retry_after_s: float) -> None:
+    def __init__(
+        self, message: str, attempts: Sequence[Attempt], retry_after_s: float, spread_s: float = 0.0
+    ) -> None:
         self.retry_after_s = retry_after_s
+        self.spread_s = spread_s
         super().__init__(message, attempts)
 
 

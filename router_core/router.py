@@ -46,7 +46,14 @@ from router_core.providers.factory import build_providers
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
 from router_core.spend import SpendGuard
-from router_core.stats import CONCURRENCY_RETRY_S, Admission, CallOutcome, InMemoryStats, StatsStore
+from router_core.stats import (
+    CONCURRENCY_RETRY_S,
+    Admission,
+    CallOutcome,
+    InMemoryStats,
+    Refusal,
+    StatsStore,
+)
 
 __all__ = ["RetryPolicy", "Router"]
 
@@ -72,6 +79,7 @@ class _Refused:
     detail: str
     budget: bool
     retry_after_s: float | None = None
+    spread_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -299,6 +307,7 @@ class Router:
                 f"every candidate is full for now ({details}); {summary}. Try again in {retry_after:.2f}s.",
                 attempts,
                 retry_after,
+                spread_s=max(r.spread_s for r in capacity),
             )
         budget = [r.detail for r in walk.refused if r.budget]
         if budget:
@@ -323,16 +332,17 @@ class Router:
                 break
             if wait:
                 await self.clock.sleep(wait)
-            admission = await self._admit(dep, walk)
-            if admission is None:
-                return None, None
+            attempt_no = len(attempts) + 1
             try:
+                admission = await self._admit(dep, walk)
+                if admission is None:
+                    return None, None
                 value, error, attempt = await self._call(dep, walk, wait, op, admission)
             except asyncio.CancelledError:
                 # We abandoned the call (shutdown, job timeout): like a timeout, it is not billed.
                 # Only a worker killed outright leaves its hold for a re-run to charge.
-                if walk.guard is not None:
-                    await walk.guard.release(len(attempts) + 1)
+                if walk.guard is not None:  # shielded: a second cancel must not leave the hold
+                    await asyncio.shield(walk.guard.release(attempt_no))
                 raise
             attempts.append(attempt)
             if value is not None:
@@ -364,7 +374,9 @@ class Router:
             return admission
         if walk.guard is not None:
             await walk.guard.release(attempt_no)
-        walk.refused.append(_Refused(admission.describe(dep.id), False, admission.retry_after_s))
+        rate_limited = admission.refusal in (Refusal.RPM, Refusal.TPM)
+        spread = dep.rate_window_s if rate_limited else CONCURRENCY_RETRY_S
+        walk.refused.append(_Refused(admission.describe(dep.id), False, admission.retry_after_s, spread))
         logger.debug("skipping %s", admission.describe(dep.id))
         return None
 
@@ -401,7 +413,7 @@ class Router:
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
             usage = value.usage if isinstance(value, ProviderReply) else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
-            await self.stats.release(dep, admission, outcome, latency_ms, tokens)
+            await asyncio.shield(self.stats.release(dep, admission, outcome, latency_ms, tokens))
         if error is not None:
             logger.debug("attempt on %s failed: %s", dep.id, error)
         attempt = Attempt(

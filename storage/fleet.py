@@ -316,6 +316,10 @@ class RedisStats:
         alpha: weight of the newest call in the success-rate and latency EWMAs.
         lease_s: how long an admitted call may stay in flight before its slot is taken back (a
             worker killed mid-call never releases); keep it above the longest provider timeout.
+        rate_margin_s: added to every deployment's rate window. A provider counts a call when it
+            arrives, a network hop and an event-loop turn after Redis admitted it; a window this
+            much longer than the provider's absorbs that jitter, so the fleet stays under the
+            limit as the provider measures it, not only as Redis does.
     """
 
     def __init__(
@@ -326,8 +330,10 @@ class RedisStats:
         clock: Clock | None = None,
         alpha: float = 0.2,
         lease_s: float = 300.0,
+        rate_margin_s: float = 0.0,
     ) -> None:
         self._redis = redis
+        self._rate_margin_s = rate_margin_s
         self.breaker = breaker or BreakerPolicy()
         self._clock = clock
         self._alpha = alpha
@@ -355,7 +361,7 @@ class RedisStats:
         args = [
             self._now(),
             _arg(tokens),
-            _arg(deployment.rate_window_s),
+            _arg(deployment.rate_window_s + self._rate_margin_s),
             _arg(deployment.max_concurrency),
             _arg(deployment.rpm),
             _arg(deployment.tpm),

@@ -49,6 +49,12 @@ class Settings(RouterSettings):
         description="Runs of one job that may end without finishing (worker crashes, outages) before it "
         "fails. Waiting for capacity does not count.",
     )
+    rate_limit_margin_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="Rate windows are counted this much longer than the provider's, to absorb the "
+        "jitter between admitting a call and its arrival at the provider.",
+    )
     job_lease_s: float = Field(
         default=15.0,
         gt=0,

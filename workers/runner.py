@@ -23,7 +23,6 @@ import logging
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
-from storage.budgets import Budgets
 
 from router_core.errors import (
     AllAttemptsFailedError,
@@ -32,6 +31,7 @@ from router_core.errors import (
 )
 from router_core.models import Attempt, ChatRequest, CompletionResult
 from router_core.router import Router
+from storage.budgets import Budgets
 from storage.events import EventBus, JobEvent
 from storage.records import JobRecord, StartedJob
 from storage.store import InDoubtCall, JobFailure, Store
@@ -45,8 +45,9 @@ logger = logging.getLogger("routeq.worker")
 class JobDeferred(Exception):
     """Every candidate was full: run the job again after `delay_s` (the job is `queued` again)."""
 
-    def __init__(self, job_id: str, delay_s: float, reason: str) -> None:
+    def __init__(self, job_id: str, delay_s: float, reason: str, spread_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.spread_s = spread_s
         super().__init__(f"job {job_id} deferred {delay_s:.2f}s: {reason}")
 
 
@@ -112,7 +113,8 @@ class JobRunner:
         if outcome.deferred is not None:
             await self.store.defer_job(started, run=run, attempts_made=outcome.attempts)
             await self._settle(job_id, run, outcome.attempts)
-            raise JobDeferred(job_id, outcome.deferred.retry_after_s, str(outcome.deferred))
+            deferred = outcome.deferred
+            raise JobDeferred(job_id, deferred.retry_after_s, str(deferred), deferred.spread_s)
         applied = await self.store.finish_job(
             started, run=run, attempts_made=outcome.attempts, result=outcome.result, failure=outcome.failure
         )

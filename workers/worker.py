@@ -77,7 +77,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     catalog: Catalog | None = ctx.get("catalog")
     sim_world: SimWorld | None = ctx.get("sim_world")
     redis: Redis = ctx["redis"]
-    stats = RedisStats(redis, breaker=settings.breaker_policy())
+    stats = RedisStats(
+        redis,
+        breaker=settings.breaker_policy(),
+        lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
+        rate_margin_s=settings.rate_limit_margin_s,
+    )
     router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world, stats=stats)
     events = EventBus(redis, retention_s=settings.event_retention_s)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
@@ -128,9 +133,10 @@ async def route_job(ctx: dict[str, Any], job_id: str) -> str:
     try:
         return await runner.run(job_id, run=run)
     except JobDeferred as exc:
-        # Every candidate is full: wait in the queue, not in a worker slot. A little jitter keeps
-        # the deferred jobs of one batch from all coming back in the same millisecond.
-        delay = exc.delay_s * random.uniform(1.0, 1.2) + 0.01
+        # Every candidate is full: wait in the queue, not in a worker slot. A sliding window frees
+        # its room over a whole window, so waiting jobs come back spread over it instead of all
+        # racing for the first free slot (and being deferred again).
+        delay = exc.delay_s + random.uniform(0.0, exc.spread_s) + 0.01
         logger.debug("%s", exc)
         raise Retry(defer=delay) from exc
     except (SQLAlchemyError, RedisError, OSError) as exc:
