@@ -68,9 +68,8 @@ class Backend:
         if "catalog" not in options:
             options["catalog"] = make_catalog(TRIO)
             options["sim_world"] = sim_world_for(options["catalog"])
-        worker = build_worker(
-            self.settings, redis=redis, burst=True, poll_delay=0.01, handle_signals=False, **options
-        )
+        options.setdefault("poll_delay", 0.01)
+        worker = build_worker(self.settings, redis=redis, burst=True, handle_signals=False, **options)
         try:
             await worker.main()
         finally:

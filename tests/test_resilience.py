@@ -41,7 +41,10 @@ async def test_concurrent_jobs_never_overspend_a_users_cap(capped: Backend) -> N
     batch_id = await client.submit_batch(
         [NewJob(f"b-{i}", chat(f"budget race {i}", max_tokens=100)) for i in range(200)]
     )
-    await asyncio.gather(*(capped.run_worker(catalog=catalog, sim_world=world) for _ in range(2)))
+    # Two workers race for the same budget. (They poll slowly: on in-process fakeredis arq's
+    # per-poll check of the other worker's running jobs would otherwise eat the CPU.)
+    workers = [capped.run_worker(catalog=catalog, sim_world=world, poll_delay=0.1) for _ in range(2)]
+    await asyncio.gather(*workers)
 
     jobs = [job async for job in client.results(batch_id)]
     statuses = Counter(job.status for job in jobs)
