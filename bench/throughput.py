@@ -253,6 +253,7 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
         simulate=SimulateMode.ALWAYS,
         worker_concurrency=args.concurrency,
         queue_name="bench:routeq",
+        default_user_budget_usd=1e9,  # thousands of bench jobs would exhaust the default $1 cap
     )
     print(f"redis:       {args.redis_url} (FLUSHDB at start, between phases and at the end)")
     print(f"database:    {make_url(database_url).render_as_string(hide_password=True)}")

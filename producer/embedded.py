@@ -18,6 +18,7 @@ from fakeredis import FakeServer
 
 from producer.client import Client
 from router_core.catalog import load_catalog
+from storage.budgets import Budgets
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
 from storage.store import Store
@@ -62,6 +63,12 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
 
     store = await Store.open(settings.database_url)
     client = Client(await redis_connection(), store, settings)
+    if server is not None:
+        # The in-process Redis starts empty every run; the ledger in SQL remembers what was spent,
+        # so budgets carry over from one `routeq run` to the next.
+        await Budgets(
+            client.redis, default_user_cap_usd=settings.default_user_budget_usd
+        ).rebuild_from_ledger(store)
     worker = build_worker(
         settings, redis=await redis_connection(), handle_signals=False, store=store, catalog=catalog
     )

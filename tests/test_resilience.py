@@ -9,11 +9,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from storage.budgets import Budgets, user_scope
 
 from producer.client import Client
 from router_core import Catalog
 from router_core.providers import sim_world_for
+from storage.budgets import Budgets, user_scope
 from storage.store import NewJob
 from storage.tables import JobStatus
 from tests.backends import Backend, open_backend
