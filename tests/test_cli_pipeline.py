@@ -181,3 +181,25 @@ def test_worker_with_a_bad_catalog_fails_with_one_line(
     assert result.exit_code == 2, result.output
     assert "bad.toml" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("services_env")
+def test_operators_force_a_deployment_down_and_set_a_budget() -> None:
+    down = runner.invoke(app, ["deployments", "down", "sim-a"])
+    assert down.exit_code == 0, down.output
+    assert "sim-a is down for every worker" in down.output
+    listed = runner.invoke(app, ["deployments", "list"])
+    assert re.search(r"sim-a\s*│\s*open\s*│\s*down", listed.output), listed.output
+    assert runner.invoke(app, ["deployments", "auto", "sim-a"]).exit_code == 0
+    listed = runner.invoke(app, ["deployments", "list"])
+    assert re.search(r"sim-a\s*│\s*closed\s*│\s*│", listed.output), listed.output
+    unknown = runner.invoke(app, ["deployments", "down", "no-such-model"])
+    assert unknown.exit_code == 1
+    assert "unknown deployment 'no-such-model'" in unknown.output
+
+    assert runner.invoke(app, ["budget", "set", "user:default/alice", "2.5"]).exit_code == 0
+    shown = runner.invoke(app, ["budget", "show", "user:default/alice"])
+    assert "spent $0.0000, held $0.0000, cap $2.5000" in shown.output, shown.output
+    rebuilt = runner.invoke(app, ["budget", "rebuild"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "rebuilt from the ledger" in rebuilt.output
