@@ -72,6 +72,10 @@ class _OpenStream:
     rest: AsyncGenerator[StreamPart, None]
 
 
+# How long a job whose budget is held by calls in flight waits before trying again.
+_BUDGET_WAIT_S = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class _Refused:
     """A candidate that was not called: over budget, or refused admission for now."""
@@ -367,7 +371,12 @@ class Router:
             worst = self.catalog.price(dep.id).estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
             refusal = await walk.guard.reserve(attempt_no, dep.id, worst)
             if refusal is not None:
-                walk.refused.append(_Refused(refusal, budget=True))
+                # Room held by calls in flight may come back when they settle: wait, like for a
+                # full rate window. Room already spent will not: that is a budget refusal.
+                wait = refusal.wait
+                walk.refused.append(
+                    _Refused(refusal, budget=not wait, retry_after_s=_BUDGET_WAIT_S, spread_s=1.0)
+                )
                 return None
         admission = await self.stats.admit(dep, prompt + max_tokens)
         if admission.admitted:

@@ -12,12 +12,27 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["SpendGuard"]
+__all__ = ["SpendGuard", "SpendRefusal"]
+
+
+class SpendRefusal(str):
+    """Why a hold was refused, as one line naming the cap.
+
+    `wait` is true when only other calls' holds stand in the way: once they settle (usually below
+    their worst case) there may be room, so the job is worth deferring rather than failing.
+    """
+
+    wait: bool
+
+    def __new__(cls, message: str, *, wait: bool = False) -> SpendRefusal:
+        refusal = super().__new__(cls, message)
+        refusal.wait = wait
+        return refusal
 
 
 class SpendGuard(Protocol):
-    async def reserve(self, attempt_no: int, deployment_id: str, amount_usd: float) -> str | None:
-        """Hold `amount_usd` for attempt `attempt_no`; None when held, else why not (one line)."""
+    async def reserve(self, attempt_no: int, deployment_id: str, amount_usd: float) -> SpendRefusal | None:
+        """Hold `amount_usd` for attempt `attempt_no`; None when held, else why not."""
         ...
 
     async def release(self, attempt_no: int) -> None:

@@ -43,6 +43,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
+from router_core.spend import SpendRefusal
 from storage import keys
 from storage.store import Store
 from storage.tables import ledger
@@ -337,7 +338,7 @@ class JobSpendGuard:
         for scope, cap in default_caps.items():
             self._scope_args += [scope, "" if cap is None else str(cap)]
 
-    async def reserve(self, attempt_no: int, deployment_id: str, amount_usd: float) -> str | None:
+    async def reserve(self, attempt_no: int, deployment_id: str, amount_usd: float) -> SpendRefusal | None:
         """Hold `amount_usd` in every scope for attempt `attempt_no`; None when held, else why not.
 
         Reserving an attempt that already has a hold changes nothing and returns None.
@@ -358,10 +359,12 @@ class JobSpendGuard:
             return None
         scope, spent, reserved, cap = map(_text, reply)
         kind, _, name = scope.partition(":")
-        return (
+        message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
             f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
         )
+        # Spend alone leaves room: only calls in flight hold it, and they may settle for less.
+        return SpendRefusal(message, wait=float(spent) + amount <= float(cap))
 
     async def release(self, attempt_no: int) -> None:
         """Drop the hold of an attempt not sent or not billed; a hold already gone is left alone."""

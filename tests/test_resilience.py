@@ -50,8 +50,11 @@ async def test_concurrent_jobs_never_overspend_a_users_cap(capped: Backend) -> N
     statuses = Counter(job.status for job in jobs)
     ledger = await capped.store.ledger_rows(batch_id=batch_id)
     spent = sum((row["cost_usd"] for row in ledger), Decimal(0))
+    print(f"budget race: {dict(statuses)}, settled ${spent:.4f} of ${CAP:.2f}")
     assert spent <= Decimal(str(CAP)), spent
-    assert statuses[JobStatus.SUCCEEDED] >= int(CAP / 0.0115), statuses  # the cap was used, not wasted
+    # Jobs blocked only by other calls' holds waited for them to settle, so a job was refused only
+    # once the settled spend left less than one call's worst case: the cap was used, not wasted.
+    assert Decimal(str(CAP)) - spent < Decimal("0.0115"), spent
     assert statuses[JobStatus.FAILED] > 0
     assert statuses[JobStatus.SUCCEEDED] + statuses[JobStatus.FAILED] == 200
     refused = [job for job in jobs if job.status == JobStatus.FAILED]
