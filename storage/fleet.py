@@ -4,7 +4,7 @@ Same rules as `router_core.stats.InMemoryStats` (read its docstring for the brea
 (keys in `storage.keys`):
 
     routeq:dep:<id>            hash  success_rate, latency_ms, calls        live stats (EWMA)
-                                     forced, opened_at                      override and breaker
+                                     forced, opened_at, cooldown_s          override and breaker
                                      w0..w20 = "<bucket>:<ok>:<failed>"     breaker's failure window
                                      probe:<ticket>                         a half-open probe in flight
                                      rate_window_s, tokens, seq             window, its token total, tickets
@@ -28,8 +28,10 @@ bucket number and counts: a call counts while its bucket overlaps the window, i.
 at most one bucket (window_s/20), and the state hash stays the same size whatever the traffic.
 
 Time: with no `clock`, the scripts read the Redis server's `TIME`, so machines whose clocks
-disagree still agree on windows, leases and cooldowns. Tests pass a `FakeClock` instead. Every
-member of a fleet must use the same `BreakerPolicy` (workers read it from the same settings).
+disagree still agree on windows, leases and cooldowns. Tests pass a `FakeClock` instead. The
+cooldown is stored when a circuit opens, so a reader with other settings (the CLI, a worker being
+reconfigured) still sees when it half-opens; the members of a fleet should share one
+`BreakerPolicy` all the same (workers read it from the same settings).
 """
 
 from __future__ import annotations
@@ -151,8 +153,9 @@ end
 redis.call('HSET', state, 'rate_window_s', num(window))
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', num(now))
 prune_requests(state, requests, tokens, now - window)
-local f = redis.call('HMGET', state, 'forced', 'opened_at', 'tokens')
+local f = redis.call('HMGET', state, 'forced', 'opened_at', 'tokens', 'cooldown_s')
 local forced, opened_at, counted = f[1], tonumber(f[2]), tonumber(f[3]) or 0
+cooldown = tonumber(f[4]) or cooldown  -- the cooldown of the worker that opened the circuit
 if forced == 'down' then return {'refused', 'forced_down', ''} end
 local c = circuit(forced, opened_at, now, cooldown)
 if c == 'open' then return {'refused', 'circuit_open', num(opened_at + cooldown - now)} end
@@ -232,7 +235,7 @@ redis.call('HINCRBY', state, 'calls', 1)
 if outcome == 'neutral' then return 0 end
 
 local ok = outcome == 'success'
-local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'forced', 'opened_at')
+local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'forced', 'opened_at', 'cooldown_s')
 local rate = tonumber(f[1]) or 1.0
 rate = rate + alpha * ((ok and 1.0 or 0.0) - rate)
 redis.call('HSET', state, 'success_rate', num(rate))
@@ -242,16 +245,21 @@ if ok and latency then
   redis.call('HSET', state, 'latency_ms', num(latency))
 end
 local forced, opened_at = f[3], tonumber(f[4])
-local c = circuit(forced, opened_at, now, cooldown)
+local c = circuit(forced, opened_at, now, tonumber(f[5]) or cooldown)
 if probe and c == 'half_open' then
-  if ok then redis.call('HDEL', state, 'opened_at') else redis.call('HSET', state, 'opened_at', num(now)) end
+  if ok then
+    redis.call('HDEL', state, 'opened_at', 'cooldown_s')
+  else
+    redis.call('HSET', state, 'opened_at', num(now), 'cooldown_s', num(cooldown))
+  end
   clear_window(state)
   return 0
 end
 local bucket = math.floor(now / (window / BUCKETS))
 record(bucket, ok)
 if not ok and c == 'closed' and not forced and tripped(bucket) then
-  redis.call('HSET', state, 'opened_at', num(now))
+  -- The cooldown is stored with the opening, so every reader agrees when it half-opens.
+  redis.call('HSET', state, 'opened_at', num(now), 'cooldown_s', num(cooldown))
   clear_window(state)
 end
 return 0
@@ -272,12 +280,12 @@ for i = 1, #KEYS, 4 do
     out[#out + 1] = {}
   else
     local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'calls', 'forced', 'opened_at',
-      'rate_window_s')
+      'rate_window_s', 'cooldown_s')
     redis.call('ZREMRANGEBYSCORE', inflight, '-inf', num(now))
     prune_requests(state, requests, tokens, now - (tonumber(f[6]) or 60))
     out[#out + 1] = {
       f[1] or '', f[2] or '', f[3] or '0', f[4] or '',
-      circuit(f[4], tonumber(f[5]), now, cooldown),
+      circuit(f[4], tonumber(f[5]), now, tonumber(f[7]) or cooldown),
       num(redis.call('ZCARD', inflight)), num(redis.call('ZCARD', requests)),
       redis.call('HGET', state, 'tokens') or '0',
     }
@@ -296,7 +304,7 @@ if ARGV[1] == '' then
   redis.call('HDEL', state, 'forced')
 else
   redis.call('HSET', state, 'forced', ARGV[1])
-  redis.call('HDEL', state, 'opened_at')  -- an override starts the breaker afresh once cleared
+  redis.call('HDEL', state, 'opened_at', 'cooldown_s')  -- an override starts the breaker afresh
   clear_window(state)
 end
 return 0
@@ -311,7 +319,8 @@ class RedisStats:
 
     Args:
         redis: the fleet's Redis (any `redis.asyncio.Redis`, decoded responses or not).
-        breaker: the breaker policy; every member of the fleet must use the same one.
+        breaker: the breaker policy; the members of a fleet should share one (an open circuit's
+            cooldown is stored with it, so readers agree on when it half-opens).
         clock: where time comes from; None (production) means the Redis server's clock.
         alpha: weight of the newest call in the success-rate and latency EWMAs.
         lease_s: how long an admitted call may stay in flight before its slot is taken back (a

@@ -13,6 +13,7 @@ import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 from fakeredis import FakeAsyncRedis, FakeServer
@@ -100,6 +101,17 @@ class FleetExtras:
         assert (await one.admit(dep(), 10)).refusal is Refusal.CIRCUIT_OPEN
         await two.release(dep(), probe, CallOutcome.SUCCESS, 10.0, None)
         assert (await stats_of(one)).circuit is CircuitState.CLOSED
+
+    async def test_the_openers_cooldown_holds_for_every_reader(
+        self, connect: Connect, clock: FakeClock
+    ) -> None:
+        opener = RedisStats(connect(), clock=clock, breaker=POLICY)
+        reader = RedisStats(connect(), clock=clock, breaker=replace(POLICY, cooldown_s=COOLDOWN_S * 10))
+        for _ in range(POLICY.failure_threshold):
+            await call(opener, CallOutcome.FAILURE)
+        clock.advance(COOLDOWN_S)
+        assert (await stats_of(reader)).circuit is CircuitState.HALF_OPEN
+        assert (await reader.admit(dep(), 10)).probe
 
     async def test_workers_share_the_limits(self, connect: Connect, clock: FakeClock) -> None:
         one = RedisStats(connect(), clock=clock, breaker=POLICY)
