@@ -44,7 +44,7 @@ FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
 
 
-def _execute(coro: Coroutine[Any, Any, T]) -> T:
+def execute(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro`; known errors become one red line and exit status 2 (1 for unknown ids)."""
     try:
         return asyncio.run(coro)
@@ -78,11 +78,6 @@ def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]
     items = [NewJob(item.custom_id, item.request) for item in parsed.items]
     invalid = [dataclasses.asdict(e) for e in parsed.errors]
     return items, invalid
-
-
-def execute(coro: Coroutine[Any, Any, T]) -> T:
-    """`_execute` for the other command modules."""
-    return _execute(coro)
 
 
 async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
@@ -144,7 +139,7 @@ def run(
                 f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
             )
 
-    _execute(go())
+    execute(go())
 
 
 def submit(
@@ -166,7 +161,7 @@ def submit(
             await follow_with_progress(client, await client.batch(batch_id), err_console)
             err_console.print(status_table(await client.batch(batch_id)))
 
-    _execute(_with_client(Settings(), go))
+    execute(_with_client(Settings(), go))
 
 
 def status(id: IdArg) -> None:
@@ -192,7 +187,7 @@ def status(id: IdArg) -> None:
             return
         console.print(status_table(await store.get_batch(id)))
 
-    _execute(_with_store(Settings(), go))
+    execute(_with_store(Settings(), go))
 
 
 def results(
@@ -212,7 +207,7 @@ def results(
         if pending:
             err_console.print(f"[yellow]{pending} jobs not finished yet[/yellow]")
 
-    _execute(_with_store(Settings(), go))
+    execute(_with_store(Settings(), go))
 
 
 def watch(
@@ -233,7 +228,7 @@ def watch(
         console.print(status_table(await client.batch(id)))
         console.print(f"last event id: {last}")
 
-    _execute(_with_client(Settings(), go))
+    execute(_with_client(Settings(), go))
 
 
 def cancel(id: IdArg) -> None:
@@ -247,7 +242,7 @@ def cancel(id: IdArg) -> None:
             count = await client.cancel(id)
         console.print(f"{count} queued jobs cancelled")
 
-    _execute(_with_client(Settings(), go))
+    execute(_with_client(Settings(), go))
 
 
 def requeue(id: IdArg) -> None:
@@ -256,13 +251,13 @@ def requeue(id: IdArg) -> None:
     async def go(client: Client) -> None:
         console.print(f"{await client.requeue(id)} queued jobs put back on the queue")
 
-    _execute(_with_client(Settings(), go))
+    execute(_with_client(Settings(), go))
 
 
 def migrate() -> None:
     """Bring the database schema to the newest migration (workers also do this at start-up)."""
     settings = Settings()
-    _execute(_with_store(settings, lambda store: asyncio.sleep(0)))
+    execute(_with_store(settings, lambda store: asyncio.sleep(0)))
     console.print(f"database schema is current: {mask_dsn(settings.database_url)}")
 
 
@@ -288,4 +283,4 @@ def worker(
         # Connections were checked by _with_client; the worker opens its own pool with retries.
         await run_worker(build_worker(settings, burst=burst, store=client.store))
 
-    _execute(_with_client(settings, go))
+    execute(_with_client(settings, go))

@@ -96,6 +96,11 @@ class _Walk:
     attempts: list[Attempt]
     refused: list[_Refused]
 
+    @property
+    def max_tokens(self) -> int:
+        """The completion cap sent with every call: the request's, else the plan's default."""
+        return self.request.max_tokens or self.plan.completion_tokens_estimate
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -365,7 +370,7 @@ class Router:
     async def _admit(self, dep: Deployment, walk: _Walk) -> Admission | None:
         """Hold the worst-case cost, then take a place in the deployment's limits; None if refused."""
         attempt_no = len(walk.attempts) + 1
-        max_tokens = walk.request.max_tokens or walk.plan.completion_tokens_estimate
+        max_tokens = walk.max_tokens
         prompt = walk.plan.prompt_tokens_estimate
         if walk.guard is not None:
             worst = self.catalog.price(dep.id).estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
@@ -402,13 +407,12 @@ class Router:
     ) -> tuple[T | None, ProviderError | None, Attempt]:
         """One admitted attempt, timed and released to the live stats. `_settle` fills usage and cost."""
         timeout_s = self._timeout_s(walk.request)
-        max_tokens = walk.request.max_tokens or walk.plan.completion_tokens_estimate
         t0 = self.clock.now()
         value: T | None = None
         error: ProviderError | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                value = await op(self.providers[dep.id], max_tokens, timeout_s)
+                value = await op(self.providers[dep.id], walk.max_tokens, timeout_s)
         except TimeoutError:
             error = ProviderTimeoutError(
                 f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)", deployment=dep.id

@@ -23,7 +23,7 @@ from sqlalchemy import Insert, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from router_core.models import Attempt, ChatRequest, CompletionResult
+from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult
 from storage.db import connect_database, is_single_connection
 from storage.errors import NotFoundError
 from storage.group_commit import GroupCommitter
@@ -156,6 +156,15 @@ class Store:
         await self.writes.close()
         await self.engine.dispose()
 
+    async def _insert_calls(
+        self, conn: AsyncConnection, attempt_rows: list[dict[str, Any]], ledger_rows: list[dict[str, Any]]
+    ) -> None:
+        """Insert a run's attempts and charges; rows already there (same job, run, attempt_no) stay."""
+        if attempt_rows:
+            await conn.execute(self._insert_attempts, attempt_rows)
+        if ledger_rows:
+            await conn.execute(self._insert_ledger, ledger_rows)
+
     def _insert_ignoring_duplicates(self, table: Table) -> Insert:
         if self.engine.dialect.name == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing()
@@ -278,15 +287,11 @@ class Store:
         now = self._now()
         billed = _billed(attempts_made)
         outcome = {"b_id": job.id, **_outcome_values(attempts_made, result, failure, billed, now)}
-        attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
-        ledger_rows = [_ledger_row(job, run, n, a, now) for n, a in billed]
+        calls = _run_rows(job, run, attempts_made, billed, now)
 
         async def write(conn: AsyncConnection) -> bool:
             applied = await conn.execute(_FINISH_JOB, outcome)
-            if attempt_rows:
-                await conn.execute(self._insert_attempts, attempt_rows)
-            if ledger_rows:
-                await conn.execute(self._insert_ledger, ledger_rows)
+            await self._insert_calls(conn, *calls)
             return applied.rowcount == 1
 
         return await self.writes.run(write)
@@ -297,10 +302,7 @@ class Store:
         The run's attempts and charges are recorded like `finish_job` does. A run that made no call
         gives its start back: waiting for room is not a crash, so it must not count toward max_tries.
         """
-        now = self._now()
-        billed = _billed(attempts_made)
-        attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
-        ledger_rows = [_ledger_row(job, run, n, a, now) for n, a in billed]
+        calls = _run_rows(job, run, attempts_made, _billed(attempts_made), self._now())
         starts = jobs.c.starts if attempts_made else jobs.c.starts - 1
         reopen = (
             update(jobs)
@@ -310,10 +312,7 @@ class Store:
 
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(reopen)
-            if attempt_rows:
-                await conn.execute(self._insert_attempts, attempt_rows)
-            if ledger_rows:
-                await conn.execute(self._insert_ledger, ledger_rows)
+            await self._insert_calls(conn, *calls)
 
         await self.writes.run(write)
 
@@ -325,52 +324,29 @@ class Store:
         dead run did record keeps its row: the inserts skip existing (job, run, attempt_no) keys.
         """
         now = self._now()
-        message = "the worker running this call stopped before recording its answer"
+        lost = [
+            (
+                c,
+                Attempt(
+                    deployment=c.deployment,
+                    provider=c.provider,
+                    model=c.model,
+                    outcome=AttemptOutcome.ERROR,
+                    error_class="WorkerLost",
+                    error="the worker running this call stopped before recording its answer",
+                    cost_usd=c.cost_usd,
+                    simulated=c.simulated,
+                ),
+            )
+            for c in calls
+        ]
         attempt_rows = [
-            {
-                "job_id": job.id,
-                "run": c.run,
-                "attempt_no": c.attempt_no,
-                "deployment": c.deployment,
-                "provider": c.provider,
-                "model": c.model,
-                "outcome": IN_DOUBT,
-                "error_class": "WorkerLost",
-                "error": message,
-                "status_code": None,
-                "input_tokens": None,
-                "output_tokens": None,
-                "latency_ms": 0.0,
-                "wait_ms": 0.0,
-                "simulated": c.simulated,
-                "created_at": now,
-            }
-            for c in calls
+            _attempt_row(job.id, c.run, c.attempt_no, a, now) | {"outcome": IN_DOUBT} for c, a in lost
         ]
-        ledger_rows = [
-            {
-                "job_id": job.id,
-                "run": c.run,
-                "attempt_no": c.attempt_no,
-                "batch_id": job.batch_id,
-                "tenant": job.tenant,
-                "user_id": job.user_id,
-                "deployment": c.deployment,
-                "provider": c.provider,
-                "model": c.model,
-                "cost_usd": _money(c.cost_usd),
-                "usage": {},
-                "simulated": c.simulated,
-                "estimated": True,
-                "created_at": now,
-            }
-            for c in calls
-        ]
+        ledger_rows = [_ledger_row(job, c.run, c.attempt_no, a, now) | {"estimated": True} for c, a in lost]
 
         async def write(conn: AsyncConnection) -> None:
-            if attempt_rows:
-                await conn.execute(self._insert_attempts, attempt_rows)
-                await conn.execute(self._insert_ledger, ledger_rows)
+            await self._insert_calls(conn, attempt_rows, ledger_rows)
 
         await self.writes.run(write)
 
@@ -553,6 +529,18 @@ def _outcome_values(
 def _billed(attempts_made: Sequence[Attempt]) -> list[tuple[int, Attempt]]:
     """(attempt_no, attempt) of the calls the provider billed: those that report usage or cost."""
     return [(n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0]
+
+
+def _run_rows(
+    job: StartedJob,
+    run: int,
+    attempts_made: Sequence[Attempt],
+    billed: Sequence[tuple[int, Attempt]],
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's attempt rows (every call) and ledger rows (billed calls), numbered from 1."""
+    attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
+    return attempt_rows, [_ledger_row(job, run, n, a, now) for n, a in billed]
 
 
 def _attempt_row(job_id: str, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:

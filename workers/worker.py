@@ -99,7 +99,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         ),
     )
     ctx["worker_id"] = worker_id
-    await _register(redis, worker_id)
+    ctx["worker_started"] = time.time()
+    await redis.hset(keys.WORKERS, worker_id, _worker_record(ctx["worker_started"]))  # type: ignore[misc]
     logger.info(
         "routeq worker %s ready: %d deployments, database %s",
         worker_id,
@@ -108,11 +109,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
 
 
-async def _register(redis: Redis, worker_id: str) -> None:
-    """Announce this worker in `routeq:workers`; renewed with its job leases (`seen`)."""
-    now = time.time()
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "seen": now}
-    await redis.hset(keys.WORKERS, worker_id, json.dumps(info))  # type: ignore[misc]
+def _worker_record(started: float) -> str:
+    """This worker's entry in `routeq:workers`, written at start and with every lease renewal."""
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "seen": time.time()}
+    return json.dumps(info)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -268,8 +268,7 @@ class RouteqWorker(Worker):
                 pipe.pexpire(in_progress_key_prefix + job_id, lease_ms, xx=True)
             worker_id = self.ctx.get("worker_id")
             if worker_id is not None:
-                seen = {"host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
-                pipe.hset(keys.WORKERS, worker_id, json.dumps(seen))
+                pipe.hset(keys.WORKERS, worker_id, _worker_record(self.ctx["worker_started"]))
             await pipe.execute()
 
 
