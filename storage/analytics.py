@@ -1,0 +1,310 @@
+"""Routing analytics computed in SQL: totals, per-deployment stats and daily rollups per model.
+
+Everything is aggregated by the database (SQLite and PostgreSQL alike); only one row per
+deployment or per (day, model) comes back to Python. Percentiles are nearest-rank, picked with
+`ROW_NUMBER()` / `COUNT(*)` window functions: the value at rank ceil(P/100 * n), with the ceiling
+done in integer arithmetic, `(n * P + 99) / 100`, which both dialects divide as integers.
+
+The window is half-open, `since <= t < until`: jobs count by `finished_at`, attempts and charges by
+their `created_at`. A tenant sees only its own rows; `tenant=None` (the admin) sees every tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, Date, Select, case, cast, func, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from router_core.models import AttemptOutcome
+from storage.store import Store
+from storage.tables import TERMINAL, JobStatus, attempts, jobs, ledger
+
+__all__ = ["Analytics", "DailyModelStats", "DeploymentStats", "Latency", "Totals", "analytics"]
+
+
+def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`asdict` factory: money as float, dates as ISO strings, everything else as is."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if isinstance(value, Decimal):
+            out[key] = float(value)
+        elif isinstance(value, date):  # datetime too
+            out[key] = value.isoformat()
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Nearest-rank latency percentiles in milliseconds; None when nothing was measured."""
+
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The window at a glance: jobs finished, provider calls, tokens and spend."""
+
+    requests: int  # successes + failures + cancelled
+    successes: int
+    failures: int
+    cancelled: int
+    failovers: int  # deployment switches of the jobs finished in the window
+    provider_calls: int  # attempts rows: every call, failed ones too
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal  # every ledger charge, estimated ones included
+    estimated_cost_usd: Decimal  # the part charged at the worst case held (worker lost mid-call)
+    latency_ms: Latency  # of succeeded jobs, failovers included
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentStats:
+    """One deployment's provider calls in the window."""
+
+    deployment: str
+    calls: int
+    successes: int
+    errors: int  # failed calls and calls in doubt (their worker died)
+    error_rate: float  # errors / calls
+    failovers_away: int  # failed calls the router followed with a call to another deployment
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    p50_latency_ms: float | None  # of successful calls
+    p95_latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DailyModelStats:
+    """One model's calls on one UTC day."""
+
+    date: date
+    model: str
+    calls: int
+    successes: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Analytics:
+    """What `GET /v1/analytics` serves. `to_dict()` gives JSON-ready values."""
+
+    tenant: str | None
+    since: datetime
+    until: datetime
+    totals: Totals
+    deployments: tuple[DeploymentStats, ...]  # most calls first
+    daily: tuple[DailyModelStats, ...]  # by date, then model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self, dict_factory=_plain)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """Who and when: the WHERE clause of every query."""
+
+    tenant: str | None
+    since: datetime
+    until: datetime
+
+    def jobs(self) -> ColumnElement[bool]:
+        finished = (jobs.c.finished_at >= self.since) & (jobs.c.finished_at < self.until)
+        return finished if self.tenant is None else finished & (jobs.c.tenant == self.tenant)
+
+    def attempts(self) -> ColumnElement[bool]:
+        made = (attempts.c.created_at >= self.since) & (attempts.c.created_at < self.until)
+        if self.tenant is None:
+            return made
+        return made & attempts.c.job_id.in_(select(jobs.c.id).where(jobs.c.tenant == self.tenant))
+
+    def ledger(self) -> ColumnElement[bool]:
+        charged = (ledger.c.created_at >= self.since) & (ledger.c.created_at < self.until)
+        return charged if self.tenant is None else charged & (ledger.c.tenant == self.tenant)
+
+
+async def analytics(store: Store, *, tenant: str | None, since: datetime, until: datetime) -> Analytics:
+    """Routing analytics of `tenant` (None: every tenant) for `since <= t < until`.
+
+    Naive datetimes are taken as UTC. Rows are stored in UTC, and SQLite compares times as text,
+    so both bounds are converted to UTC first.
+    """
+    scope = _Scope(tenant, _utc(since), _utc(until))
+    async with store.reading() as conn:
+        totals = await _totals(conn, scope)
+        deployments = await _deployments(conn, scope)
+        daily = await _daily(conn, scope)
+    return Analytics(tenant, scope.since, scope.until, totals, deployments, daily)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _total(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(column), 0)
+
+
+def _percentiles(
+    value: ColumnElement[Any], keys: Sequence[Column[Any]], where: ColumnElement[bool], *pcts: int
+) -> Select[Any]:
+    """Nearest-rank percentiles `pcts` (in percent) of `value`, one row per distinct `keys`."""
+    partition = list(keys) or None
+    ranked = (
+        select(
+            *keys,
+            value.label("value"),
+            func.row_number().over(partition_by=partition, order_by=value).label("rn"),
+            func.count().over(partition_by=partition).label("n"),
+        )
+        .where(where)
+        .subquery()
+    )
+    key_cols = [ranked.c[key.name] for key in keys]
+    picks = [func.max(case((ranked.c.rn == (ranked.c.n * p + 99) // 100, ranked.c.value))) for p in pcts]
+    return select(*key_cols, *picks).group_by(*key_cols)
+
+
+async def _totals(conn: AsyncConnection, scope: _Scope) -> Totals:
+    ok, failed, cancelled, failovers = await _jobs_done(conn, scope)
+    calls = select(func.count(), _total(attempts.c.input_tokens), _total(attempts.c.output_tokens))
+    n_calls, tokens_in, tokens_out = (await conn.execute(calls.where(scope.attempts()))).one()
+    estimated = case((ledger.c.estimated, ledger.c.cost_usd), else_=0)
+    money = select(_total(ledger.c.cost_usd), _total(estimated)).where(scope.ledger())
+    cost, estimated_cost = (await conn.execute(money)).one()
+    succeeded = scope.jobs() & (jobs.c.status == JobStatus.SUCCEEDED.value)
+    latency = await conn.execute(_percentiles(jobs.c.latency_ms, [], succeeded, 50, 90, 95, 99))
+    return Totals(
+        requests=ok + failed + cancelled,
+        successes=ok,
+        failures=failed,
+        cancelled=cancelled,
+        failovers=failovers,
+        provider_calls=int(n_calls),
+        input_tokens=int(tokens_in),
+        output_tokens=int(tokens_out),
+        cost_usd=Decimal(cost),
+        estimated_cost_usd=Decimal(estimated_cost),
+        latency_ms=Latency(*latency.one()),
+    )
+
+
+async def _jobs_done(conn: AsyncConnection, scope: _Scope) -> tuple[int, int, int, int]:
+    """Jobs finished in the window: (succeeded, failed, cancelled, their failovers)."""
+    status = jobs.c.status
+    counts = select(
+        _count_if(status == JobStatus.SUCCEEDED.value),
+        _count_if(status == JobStatus.FAILED.value),
+        _count_if(status == JobStatus.CANCELLED.value),
+        _total(jobs.c.failovers),
+    ).where(scope.jobs() & status.in_([s.value for s in TERMINAL]))
+    ok, failed, cancelled, failovers = (await conn.execute(counts)).one()
+    return int(ok), int(failed), int(cancelled), int(failovers)
+
+
+async def _costs(conn: AsyncConnection, scope: _Scope, *keys: ColumnElement[Any]) -> dict[Any, Decimal]:
+    """Ledger charges summed per `keys` (a tuple of their values)."""
+    rows = await conn.execute(select(*keys, _total(ledger.c.cost_usd)).where(scope.ledger()).group_by(*keys))
+    return {tuple(row[:-1]): Decimal(row[-1]) for row in rows}
+
+
+async def _deployments(conn: AsyncConnection, scope: _Scope) -> tuple[DeploymentStats, ...]:
+    call = attempts
+    after = attempts.alias("after")  # the same run's next call, if any
+    failed = call.c.outcome != AttemptOutcome.SUCCESS.value
+    moved = failed & after.c.deployment.is_not(None) & (after.c.deployment != call.c.deployment)
+    joined = call.outerjoin(
+        after,
+        (after.c.job_id == call.c.job_id)
+        & (after.c.run == call.c.run)
+        & (after.c.attempt_no == call.c.attempt_no + 1),
+    )
+    counts = await conn.execute(
+        select(
+            call.c.deployment,
+            func.count(),
+            _count_if(~failed),
+            _count_if(moved),
+            _total(call.c.input_tokens),
+            _total(call.c.output_tokens),
+        )
+        .select_from(joined)
+        .where(scope.attempts())
+        .group_by(call.c.deployment)
+    )
+    ok_calls = scope.attempts() & ~failed
+    latency = await conn.execute(_percentiles(call.c.latency_ms, [call.c.deployment], ok_calls, 50, 95))
+    p50_p95 = {name: (p50, p95) for name, p50, p95 in latency}
+    costs = await _costs(conn, scope, ledger.c.deployment)
+    rows = [
+        DeploymentStats(
+            deployment=name,
+            calls=int(n),
+            successes=int(ok),
+            errors=int(n - ok),
+            error_rate=(n - ok) / n,
+            failovers_away=int(away),
+            input_tokens=int(tokens_in),
+            output_tokens=int(tokens_out),
+            cost_usd=costs.get((name,), Decimal(0)),
+            p50_latency_ms=p50_p95.get(name, (None, None))[0],
+            p95_latency_ms=p50_p95.get(name, (None, None))[1],
+        )
+        for name, n, ok, away, tokens_in, tokens_out in counts
+    ]
+    return tuple(sorted(rows, key=lambda r: (-r.calls, r.deployment)))
+
+
+def _utc_day(conn: AsyncConnection, column: ColumnElement[datetime]) -> ColumnElement[date]:
+    """The UTC calendar date of a stored time: SQLite keeps UTC text, PostgreSQL a timestamptz."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.timezone("UTC", column), Date)
+    return type_coerce(func.date(column), Date)
+
+
+async def _daily(conn: AsyncConnection, scope: _Scope) -> tuple[DailyModelStats, ...]:
+    day = _utc_day(conn, attempts.c.created_at).label("day")
+    counts = await conn.execute(
+        select(
+            day,
+            attempts.c.model,
+            func.count(),
+            _count_if(attempts.c.outcome == AttemptOutcome.SUCCESS.value),
+            _total(attempts.c.input_tokens),
+            _total(attempts.c.output_tokens),
+        )
+        .where(scope.attempts())
+        .group_by(day, attempts.c.model)
+    )
+    costs = await _costs(conn, scope, _utc_day(conn, ledger.c.created_at).label("day"), ledger.c.model)
+    rows = [
+        DailyModelStats(
+            date=on,
+            model=model,
+            calls=int(n),
+            successes=int(ok),
+            errors=int(n - ok),
+            input_tokens=int(tokens_in),
+            output_tokens=int(tokens_out),
+            cost_usd=costs.get((on, model), Decimal(0)),
+        )
+        for on, model, n, ok, tokens_in, tokens_out in counts
+    ]
+    return tuple(sorted(rows, key=lambda r: (r.date, r.model)))
