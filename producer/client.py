@@ -24,7 +24,7 @@ from storage.events import BatchCounts, Event, EventBus, JobEvent
 from storage.queue import enqueue_jobs
 from storage.records import BatchRecord, JobRecord
 from storage.settings import Settings
-from storage.store import NewJob, Store
+from storage.store import ApiBatch, NewJob, Store
 from storage.tables import JobStatus
 
 __all__ = ["Client"]
@@ -82,10 +82,16 @@ class Client:
 
     # -- submitting ------------------------------------------------------------------------------
 
-    async def submit(self, request: ChatRequest | dict[str, Any], *, custom_id: str = "request") -> str:
-        """Queue one chat request; returns its job id."""
+    async def submit(
+        self, request: ChatRequest | dict[str, Any], *, custom_id: str = "request", stream: bool = False
+    ) -> str:
+        """Queue one chat request; returns its job id.
+
+        With `stream`, the worker relays the answer's text through Redis as it is generated
+        (read it with `storage.relay.StreamRelay.follow`).
+        """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        created = await self._create([NewJob(custom_id, chat)], kind="single", name=None)
+        created = await self._create([NewJob(custom_id, chat, stream)], kind="single", name=None)
         return created[1][0]
 
     async def submit_batch(
@@ -95,6 +101,7 @@ class Client:
         name: str | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
+        api: ApiBatch | None = None,
     ) -> str:
         """Queue many requests as one batch; returns the batch id.
 
@@ -102,10 +109,10 @@ class Client:
         of round trips for ten thousand jobs. `invalid_lines` (rejected input lines) are kept on the
         batch so nothing the user sent goes unaccounted for. `budget_usd` caps the batch's spend
         (the user's and tenant's caps still apply); a job that cannot fit fails with
-        `BudgetExceededError`.
+        `BudgetExceededError`. `api` records a batch made through the OpenAI Batch API.
         """
         batch_id, _ = await self._create(
-            list(items), kind="batch", name=name, invalid_lines=invalid_lines, budget_usd=budget_usd
+            list(items), kind="batch", name=name, invalid_lines=invalid_lines, budget_usd=budget_usd, api=api
         )
         return batch_id
 
@@ -117,6 +124,7 @@ class Client:
         name: str | None,
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
+        api: ApiBatch | None = None,
     ) -> tuple[str, list[str]]:
         created = await self.store.create_batch(
             items,
@@ -126,6 +134,7 @@ class Client:
             name=name,
             invalid_lines=invalid_lines,
             budget_usd=budget_usd,
+            api=api,
         )
         if created.job_ids:
             await self.events_bus.open_batch(created.batch_id, len(created.job_ids))

@@ -267,6 +267,12 @@ def worker(
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job (DEBUG).")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Prometheus /metrics port, 0 = any free one (ROUTEQ_WORKER_METRICS_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
     from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
@@ -278,6 +284,8 @@ def worker(
     settings = Settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
 
     async def go(client: Client) -> None:
         # Connections were checked by _with_client; the worker opens its own pool with retries.

@@ -69,8 +69,14 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         await Budgets(
             client.redis, default_user_cap_usd=settings.default_user_budget_usd
         ).rebuild_from_ledger(store)
+    # A one-off run opens no worker metrics port (nothing would scrape it; ROUTEQ_WORKER_METRICS_PORT
+    # is for `routeq worker` processes).
     worker = build_worker(
-        settings, redis=await redis_connection(), handle_signals=False, store=store, catalog=catalog
+        settings.model_copy(update={"worker_metrics_port": None}),
+        redis=await redis_connection(),
+        handle_signals=False,
+        store=store,
+        catalog=catalog,
     )
     worker_task = asyncio.create_task(run_worker(worker))
     try:

@@ -33,8 +33,10 @@ __all__ = [
     "BatchItem",
     "LineError",
     "ParsedInput",
+    "parse_chat_body",
     "parse_line",
     "parse_lines",
+    "parse_object",
     "read_jsonl",
 ]
 
@@ -60,6 +62,8 @@ _BODY_USED = frozenset(
 _BODY_IGNORED = frozenset({"user", "metadata", "store", "seed"})
 """Body keys accepted and ignored: they do not change the answer."""
 _BODY_CHECKED = frozenset({"stream", "n"})
+_CHAT_ONLY = frozenset({"stream", "stream_options"})
+"""Keys of a chat completion body that the HTTP API honours itself (streaming)."""
 _BODY_KEYS = _BODY_USED | _BODY_IGNORED | _BODY_CHECKED
 _SHOW_LIMIT = 40
 
@@ -138,7 +142,11 @@ def parse_line(text: str, line: int) -> BatchItem | LineError:
     data = _load_object(text)
     if isinstance(data, str):
         return LineError(line, data)
+    return parse_object(data, line)
 
+
+def parse_object(data: dict[str, Any], line: int = 1) -> BatchItem | LineError:
+    """Validate one request object in either line format (`parse_line` after the JSON is read)."""
     openai = any(key in data for key in _OPENAI_MARKERS)
     custom_id, problems = _custom_id(data, required=openai)
     if openai:
@@ -302,30 +310,55 @@ def _openai_payload(data: dict[str, Any], problems: list[str]) -> tuple[dict[str
         problems.append(f"body must be an object, got {_json_type(body)}")
         return None, False
 
-    problems.extend(_body_key_problems(body))
-    payload: dict[str, Any] = {key: body[key] for key in ("messages", "model", "temperature") if key in body}
-    if "messages" not in body:
-        problems.append("body.messages is required")
-    max_tokens, max_completion = body.get("max_tokens"), body.get("max_completion_tokens")
-    alias_used = max_tokens is None and max_completion is not None
-    if max_tokens is not None and max_completion is not None:
-        problems.append("give only one of body.max_tokens and body.max_completion_tokens")
-    elif max_tokens is not None or max_completion is not None:
-        payload["max_tokens"] = max_completion if alias_used else max_tokens
-    _apply_preferences(payload, body.get("preferences"), "body.", problems)
+    payload, alias_used = _body_payload(body, "body.", problems)
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        problems.append(f"body.stream must be false, got {_show(stream)}: batch requests are not streamed")
     return payload, alias_used
 
 
-def _body_key_problems(body: dict[str, Any]) -> Iterator[str]:
+def parse_chat_body(body: dict[str, Any]) -> tuple[ChatRequest | None, list[str]]:
+    """Validate the body of `POST /v1/chat/completions` as a routed request.
+
+    The same rules as a batch line's ``body`` (``router:<strategy>`` models, ``preferences``,
+    ``max_completion_tokens``), except that ``stream`` is the caller's to honour.
+
+    Returns:
+        The request, or None and every problem found, each naming its field.
+    """
+    problems: list[str] = []
+    payload, alias_used = _body_payload({k: v for k, v in body.items() if k not in _CHAT_ONLY}, "", problems)
+    request: ChatRequest | None = None
+    try:
+        request = ChatRequest.model_validate(payload)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc, payload, "", alias_used))
+    return (None, problems) if problems else (request, [])
+
+
+def _body_payload(body: dict[str, Any], prefix: str, problems: list[str]) -> tuple[dict[str, Any], bool]:
+    """The ChatRequest fields of a chat completion body, and whether max_completion_tokens was used."""
+    problems.extend(_body_key_problems(body, prefix))
+    payload: dict[str, Any] = {key: body[key] for key in ("messages", "model", "temperature") if key in body}
+    if "messages" not in body:
+        problems.append(f"{prefix}messages is required")
+    max_tokens, max_completion = body.get("max_tokens"), body.get("max_completion_tokens")
+    alias_used = max_tokens is None and max_completion is not None
+    if max_tokens is not None and max_completion is not None:
+        problems.append(f"give only one of {prefix}max_tokens and {prefix}max_completion_tokens")
+    elif max_tokens is not None or max_completion is not None:
+        payload["max_tokens"] = max_completion if alias_used else max_tokens
+    _apply_preferences(payload, body.get("preferences"), prefix, problems)
+    return payload, alias_used
+
+
+def _body_key_problems(body: dict[str, Any], prefix: str) -> Iterator[str]:
     for key in body:
         if key not in _BODY_KEYS:
-            yield f"body.{key} is not supported: routeq cannot honour it"
-    stream = body.get("stream")
-    if stream is not None and stream is not False:
-        yield f"body.stream must be false, got {_show(stream)}: batch requests are not streamed"
+            yield f"{prefix}{key} is not supported: routeq cannot honour it"
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
-        yield f"body.n must be 1, got {_show(n)}: one completion per request"
+        yield f"{prefix}n must be 1, got {_show(n)}: one completion per request"
 
 
 def _short_payload(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:

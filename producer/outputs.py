@@ -16,10 +16,11 @@ from typing import Any
 from storage.records import JobRecord
 from storage.tables import JobStatus
 
-__all__ = ["output_line", "write_results"]
+__all__ = ["completion_body", "output_line", "routing_metadata", "write_results"]
 
 
-def _completion_body(job: JobRecord) -> dict[str, Any]:
+def completion_body(job: JobRecord) -> dict[str, Any]:
+    """A succeeded job's answer as an OpenAI `chat.completion` object."""
     result = job.result or {}
     usage = result.get("usage") or {}
     created = job.finished_at or job.created_at
@@ -43,9 +44,9 @@ def _completion_body(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def output_line(job: JobRecord) -> dict[str, Any]:
-    """One output line for a finished job."""
-    routing = {
+def routing_metadata(job: JobRecord) -> dict[str, Any]:
+    """How the job was routed: the `routeq` field of output lines and API answers."""
+    return {
         "status": job.status.value,
         "deployment": job.deployment,
         "provider": (job.result or {}).get("provider"),
@@ -55,12 +56,18 @@ def output_line(job: JobRecord) -> dict[str, Any]:
         "latency_ms": job.latency_ms,
         "simulated": (job.result or {}).get("simulated"),
         "batch_id": job.batch_id,
+        "job_id": job.id,
     }
+
+
+def output_line(job: JobRecord) -> dict[str, Any]:
+    """One output line for a finished job."""
+    routing = routing_metadata(job)
     if job.status == JobStatus.SUCCEEDED:
         response: dict[str, Any] | None = {
             "status_code": 200,
             "request_id": job.id,
-            "body": _completion_body(job),
+            "body": completion_body(job),
         }
         error = None
     else:

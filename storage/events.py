@@ -150,6 +150,11 @@ class EventBus:
         self._retention_s = retention_s
         self._script = redis.register_script(_PUBLISH_TERMINAL)
 
+    @property
+    def redis(self) -> Redis:
+        """The connection the bus publishes on."""
+        return self._redis
+
     async def open_batch(self, batch_id: str, total: int) -> None:
         """Record the batch size so workers know when it is complete (before any job is queued)."""
         progress = keys.batch_progress(batch_id)

@@ -9,6 +9,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:progress:<batch_id>   | hash    | event_retention_s after last  | submit, events script |
 | routeq:published:<job_id>    | string  | event_retention_s             | events script         |
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
+| routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
 | routeq:workers               | hash    | entry removed on shutdown     | worker start/stop     |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
 | routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
@@ -44,6 +45,7 @@ __all__ = [
     "deployment_inflight",
     "deployment_requests",
     "deployment_tokens",
+    "job_chunks",
     "job_done_channel",
     "job_holds",
     "job_published",
@@ -74,6 +76,11 @@ def job_published(job_id: str) -> str:
 def job_done_channel(job_id: str) -> str:
     """Pub/sub channel told the moment the job's terminal event is published (for `wait`)."""
     return f"{PREFIX}job-done:{job_id}"
+
+
+def job_chunks(job_id: str) -> str:
+    """Text pieces of a streamed job as the worker receives them, then an `end` entry (storage.relay)."""
+    return f"{PREFIX}chunks:{job_id}"
 
 
 def deployment(deployment_id: str) -> str:

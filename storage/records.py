@@ -31,6 +31,7 @@ class StartedJob:
     user_id: str
     request: dict[str, Any]
     starts: int = 1  # deliveries that started routing, this one included
+    stream: bool = False  # relay the text through Redis as it arrives (chat completions, stream=true)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class JobRecord:
     user_id: str
     status: JobStatus
     request: dict[str, Any]
+    stream: bool
     run: int
     starts: int
     worker: str | None
@@ -84,12 +86,20 @@ class BatchRecord:
     created_at: datetime
     completed_at: datetime | None
     cancelled_at: datetime | None
+    # Batches made through the OpenAI Batch API (POST /v1/batches) also carry these:
+    endpoint: str | None = None
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completion_window: str | None = None
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
     counts: dict[JobStatus, int] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], counts: dict[JobStatus, int]) -> BatchRecord:
         values = dict(row)
-        for name in ("created_at", "completed_at", "cancelled_at"):
+        for name in ("created_at", "completed_at", "cancelled_at", "expires_at"):
             values[name] = aware(values[name])
         return cls(**values, counts=counts)
 

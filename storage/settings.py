@@ -67,6 +67,13 @@ class Settings(RouterSettings):
         description="On SIGTERM a worker stops taking jobs and lets running ones finish for this long, "
         "then cancels and re-queues the rest.",
     )
+    worker_metrics_port: int | None = Field(
+        default=9101,
+        ge=0,
+        le=65535,
+        description="Port of each worker's Prometheus endpoint (GET /metrics, all interfaces); 0 = any "
+        "free port (logged at start), unset or empty = no endpoint.",
+    )
     event_retention_s: int = Field(
         default=7 * 24 * 3600,
         ge=60,
@@ -78,12 +85,35 @@ class Settings(RouterSettings):
         description="Spend cap of a user with no cap of their own (`routeq budget set user:<t>/<u>`), "
         "in USD, for the whole fleet.",
     )
+    api_dev_mode: bool = Field(
+        default=False,
+        description="HTTP API without keys: every request acts as `tenant`/`user`, with admin rights. "
+        "For a laptop only; `routeq run --serve` turns it on, nothing else does.",
+    )
+    api_max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        ge=1024,
+        description="Largest file `POST /v1/files` accepts; bigger uploads are refused with 413 as soon "
+        "as their size is known, before they are read whole.",
+    )
+    api_max_batch_lines: int = Field(default=50_000, ge=1, description="Most requests in one batch file.")
+    api_wait_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long `POST /v1/chat/completions` waits for its job; past it the answer is 504 "
+        "naming the job id, which stays readable at /v1/jobs/<id>.",
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
 
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_redis_is_embedded(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("worker_metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_disabled(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @property

@@ -13,7 +13,7 @@ import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,9 +34,9 @@ from storage.records import (
     JobRecord,
     StartedJob,
 )
-from storage.tables import JobStatus, attempts, batches, jobs, ledger
+from storage.tables import JobStatus, attempts, batches, files, jobs, ledger
 
-__all__ = ["IN_DOUBT", "CreatedBatch", "InDoubtCall", "JobFailure", "NewJob", "Store", "new_id"]
+__all__ = ["IN_DOUBT", "ApiBatch", "CreatedBatch", "InDoubtCall", "JobFailure", "NewJob", "Store", "new_id"]
 
 _RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _PAGE = 500
@@ -61,6 +61,7 @@ _START_JOB = (
         jobs.c.user_id,
         jobs.c.request,
         jobs.c.starts,
+        jobs.c.stream,
     )
 )
 _OUTCOME_COLUMNS = (
@@ -95,6 +96,18 @@ def _utcnow() -> datetime:
 class NewJob:
     custom_id: str
     request: ChatRequest
+    stream: bool = False  # relay the completion's text through Redis as it is generated
+
+
+@dataclass(frozen=True, slots=True)
+class ApiBatch:
+    """What a batch made through the OpenAI Batch API (`POST /v1/batches`) also records."""
+
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    expires_at: datetime
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +165,10 @@ class Store:
         async with self._turns or nullcontext(), self.engine.connect() as conn:
             yield conn
 
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for reads (it waits its turn on an in-memory SQLite's one connection)."""
+        return self._reading()
+
     async def close(self) -> None:
         await self.writes.close()
         await self.engine.dispose()
@@ -182,8 +199,13 @@ class Store:
         name: str | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
+        api: ApiBatch | None = None,
     ) -> CreatedBatch:
-        """Insert a batch and all its jobs (status `queued`) in one transaction."""
+        """Insert a batch and all its jobs (status `queued`) in one transaction.
+
+        A batch made through the OpenAI Batch API (`api`) also gets its output and error files:
+        rows in `files` whose content is generated from the jobs when read.
+        """
         now = self._now()
         batch_id = new_id("batch")
         rows: list[dict[str, Any]] = [
@@ -195,6 +217,7 @@ class Store:
                 "tenant": tenant,
                 "user_id": user_id,
                 "request": item.request.model_dump(mode="json", exclude_defaults=True),
+                "stream": item.stream,
                 "status": JobStatus.QUEUED.value,
                 "run": 0,
                 "created_at": now,
@@ -213,11 +236,14 @@ class Store:
             "created_at": now,
             "completed_at": now if not rows else None,
         }
+        file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(batches.insert(), batch_row)
             if rows:
                 await conn.execute(jobs.insert(), rows)
+            if file_rows:
+                await conn.execute(files.insert(), file_rows)
 
         await self.writes.run(write)
         return CreatedBatch(batch_id, [row["id"] for row in rows])
@@ -392,6 +418,31 @@ class Store:
             counts = await _status_counts(conn, batch_id)
         return BatchRecord.from_row(row._mapping, counts)
 
+    async def list_batches(
+        self, *, tenant: str, after: str | None = None, limit: int = 20
+    ) -> list[BatchRecord]:
+        """The tenant's batches, newest first; `after` is the last id of the previous page."""
+        query = select(batches).where(batches.c.tenant == tenant)
+        if after is not None:
+            async with self._reading() as conn:
+                cursor = (
+                    await conn.execute(
+                        select(batches.c.created_at, batches.c.id).where(
+                            (batches.c.id == after) & (batches.c.tenant == tenant)
+                        )
+                    )
+                ).first()
+            if cursor is None:
+                raise NotFoundError("batch", after)
+            query = query.where(
+                (batches.c.created_at < cursor.created_at)
+                | ((batches.c.created_at == cursor.created_at) & (batches.c.id < cursor.id))
+            )
+        query = query.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit)
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+            return [BatchRecord.from_row(row._mapping, await _status_counts(conn, row.id)) for row in rows]
+
     async def iter_jobs(self, batch_id: str, *, terminal_only: bool = False) -> AsyncIterator[JobRecord]:
         """The batch's jobs in input order, read a page at a time."""
         after = -1
@@ -406,6 +457,17 @@ class Store:
             if len(rows) < _PAGE:
                 return
             after = rows[-1].seq
+
+    async def page_jobs(
+        self, batch_id: str, *, after_seq: int = -1, limit: int = 100, status: JobStatus | None = None
+    ) -> list[JobRecord]:
+        """Up to `limit` of the batch's jobs after position `after_seq`, in input order."""
+        query = select(jobs).where((jobs.c.batch_id == batch_id) & (jobs.c.seq > after_seq))
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        async with self._reading() as conn:
+            rows = (await conn.execute(query.order_by(jobs.c.seq).limit(limit))).all()
+        return [JobRecord.from_row(row._mapping) for row in rows]
 
     async def job_attempts(self, job_id: str) -> list[dict[str, Any]]:
         async with self._reading() as conn:
@@ -524,6 +586,32 @@ def _outcome_values(
             failovers=max(0, len({a.deployment for a in attempts_made}) - 1),
         )
     return values
+
+
+def _api_batch_files(api: ApiBatch, batch_row: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Fill the batch row's OpenAI fields; return the rows of its output and error files."""
+    batch_row.update(
+        endpoint=api.endpoint,
+        input_file_id=api.input_file_id,
+        completion_window=api.completion_window,
+        expires_at=api.expires_at,
+        metadata=api.metadata,
+        output_file_id=new_id("file"),
+        error_file_id=new_id("file"),
+    )
+    owner = {"tenant": batch_row["tenant"], "user_id": batch_row["user_id"], "created_at": now}
+    return [
+        {
+            **owner,
+            "id": batch_row[f"{kind}_file_id"],
+            "purpose": f"batch_{kind}",
+            "filename": f"{batch_row['id']}_{kind}.jsonl",
+            "bytes": 0,
+            "content": None,
+            "batch_id": batch_row["id"],
+        }
+        for kind in ("output", "error")
+    ]
 
 
 def _billed(attempts_made: Sequence[Attempt]) -> list[tuple[int, Attempt]]:

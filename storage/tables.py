@@ -2,6 +2,8 @@
 
     batches  1 ─── n  jobs  1 ─── n  attempts   every provider call, failed ones too
                             1 ─── n  ledger     one charge per call the provider billed
+    files     uploaded batch input (content stored) and a batch's output/error files (generated)
+    api_keys  the HTTP API's keys: only a SHA-256 of each secret, bound to a tenant and user
 
 A job is the unit arq delivers; `jobs.run` is the arq try that last started it. Attempts and ledger
 rows are keyed by (job_id, run, attempt_no), so writing the same run twice adds nothing: the unique
@@ -22,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -31,7 +34,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["TERMINAL", "JobStatus", "attempts", "batches", "jobs", "ledger", "metadata"]
+__all__ = ["TERMINAL", "JobStatus", "api_keys", "attempts", "batches", "files", "jobs", "ledger", "metadata"]
 
 
 class JobStatus(StrEnum):
@@ -72,6 +75,14 @@ batches = Table(
     Column("created_at", _Time, nullable=False),
     Column("completed_at", _Time),
     Column("cancelled_at", _Time),
+    # Set for batches made through the OpenAI Batch API (POST /v1/batches):
+    Column("endpoint", String(64)),  # /v1/chat/completions
+    Column("input_file_id", String(40)),
+    Column("output_file_id", String(40)),  # generated from the jobs when read
+    Column("error_file_id", String(40)),
+    Column("completion_window", String(16)),
+    Column("expires_at", _Time),  # past it, jobs not started yet end as expired
+    Column("metadata", JSON),
     Index(None, "tenant", "created_at"),
 )
 
@@ -85,6 +96,8 @@ jobs = Table(
     Column("tenant", String(128), nullable=False),
     Column("user_id", String(128), nullable=False),
     Column("request", JSON, nullable=False),
+    # A chat completion asked with stream=true: the worker relays the text through Redis as it comes.
+    Column("stream", Boolean, nullable=False, default=False, server_default=false()),
     Column("status", String(16), nullable=False),
     Column("run", Integer, nullable=False, default=0),
     # Deliveries that started routing; one deferred for capacity gives its start back.
@@ -151,4 +164,33 @@ ledger = Table(
     # The exactly-once guarantee: a redelivered or replayed run cannot bill the same call twice.
     UniqueConstraint("job_id", "run", "attempt_no"),
     Index(None, "tenant", "user_id", "created_at"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("purpose", String(32), nullable=False),  # batch (uploaded), batch_output, batch_error
+    Column("filename", String(255), nullable=False),
+    Column("bytes", BigInteger, nullable=False),  # size of an upload; 0 for generated files
+    Column("content", LargeBinary),  # an upload's bytes; NULL for a batch's generated files
+    Column("batch_id", String(40)),  # the batch a generated file belongs to
+    Column("created_at", _Time, nullable=False),
+    Index(None, "tenant", "created_at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),  # key_...: safe to show and log
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex of the secret
+    Column("prefix", String(16), nullable=False),  # the secret's first characters, to recognise it
+    Column("tenant", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("name", String(255)),
+    Column("admin", Boolean, nullable=False, default=False, server_default=false()),
+    Column("created_at", _Time, nullable=False),
+    Column("revoked_at", _Time),
 )

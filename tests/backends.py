@@ -89,6 +89,7 @@ def pipeline_settings(**overrides: Any) -> Settings:
         "worker_concurrency": 50,
         "backoff_base_s": 0.0,
         "backoff_max_s": 0.0,
+        "worker_metrics_port": None,  # no test worker binds the default port; tests/test_metrics.py uses 0
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -109,7 +110,7 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
         )
         store = await Store.open(settings.database_url)
         async with store.engine.begin() as conn:
-            await conn.execute(text("TRUNCATE ledger, attempts, jobs, batches"))
+            await conn.execute(text("TRUNCATE ledger, attempts, jobs, batches, files, api_keys"))
         backend = Backend(name, settings, store)
         await (await backend.redis()).flushdb()
     try:

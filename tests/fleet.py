@@ -98,6 +98,7 @@ class Fleet:
             "ROUTEQ_CATALOG_PATH": str(catalog),
             "ROUTEQ_WORKER_CONCURRENCY": "50",
             "ROUTEQ_POLL_DELAY_S": "0.02",
+            "ROUTEQ_WORKER_METRICS_PORT": "",  # off: several workers on one host would race for 9101
             **env,
         }
         return self.spawn(name, [ROUTEQ, "worker"], full_env)

@@ -135,7 +135,8 @@ def test_submit_worker_watch_status_on_real_services() -> None:
     assert batch_id is not None
     assert "4 of 12 lines rejected" in submitted.output
 
-    worked = runner.invoke(app, ["worker", "--burst", "--concurrency", "20"])
+    # --metrics-port 0: a free port, never the default 9101 another process may hold.
+    worked = runner.invoke(app, ["worker", "--burst", "--concurrency", "20", "--metrics-port", "0"])
     assert worked.exit_code == 0, worked.output
 
     watched = runner.invoke(app, ["watch", batch_id.group(0)])

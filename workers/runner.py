@@ -28,12 +28,15 @@ from router_core.errors import (
     AllAttemptsFailedError,
     CapacityExhaustedError,
     RouteqError,
+    StreamInterruptedError,
 )
 from router_core.models import Attempt, ChatRequest, CompletionResult
 from router_core.router import Router
-from storage.budgets import Budgets
+from storage.budgets import Budgets, JobSpendGuard
 from storage.events import EventBus, JobEvent
+from storage.metrics import Metrics, deployment_switches
 from storage.records import JobRecord, StartedJob
+from storage.relay import StreamRelay
 from storage.store import InDoubtCall, JobFailure, Store
 from storage.tables import JobStatus
 
@@ -73,8 +76,11 @@ class JobRunner:
         max_tries: int = 5,
         route_timeout_s: float | None = None,
         simulated: frozenset[str] = frozenset(),
+        relay: StreamRelay | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
+        self.relay = relay or StreamRelay(events.redis)
         self.store = store
         self.events = events
         self.budgets = budgets
@@ -85,6 +91,7 @@ class JobRunner:
         # Routing must end before arq's job timeout cancels the whole job: a job cancelled there
         # would stay `running` in SQL. The rest of the timeout is left for persisting the outcome.
         self.route_timeout_s = route_timeout_s
+        self.metrics = metrics  # None: this process keeps no metrics
 
     async def run(self, job_id: str, *, run: int) -> str:
         """Process one delivery of `job_id` (arq try `run`); returns the job's final status.
@@ -98,7 +105,9 @@ class JobRunner:
             # may have left, and make sure its event is out.
             await self._recover(_started(started), run)
             if started.terminal:
-                await self._publish(JobEvent.from_record(started))
+                await self._publish(JobEvent.from_record(started), stream=started.stream, run=run)
+            if started.status is JobStatus.CANCELLED:
+                self._observe(JobStatus.CANCELLED.value, _Outcome())
             logger.info("job %s not run again: it is %s", job_id, started.status.value)
             return started.status.value
         if started.starts > 1:  # an earlier delivery started and never finished: the worker died
@@ -113,19 +122,21 @@ class JobRunner:
         if outcome.deferred is not None:
             await self.store.defer_job(started, run=run, attempts_made=outcome.attempts)
             await self._settle(job_id, run, outcome.attempts)
+            self._observe("deferred", outcome)
             deferred = outcome.deferred
             raise JobDeferred(job_id, deferred.retry_after_s, str(deferred), deferred.spread_s)
         applied = await self.store.finish_job(
             started, run=run, attempts_made=outcome.attempts, result=outcome.result, failure=outcome.failure
         )
         await self._settle(job_id, run, outcome.attempts)
+        self._observe((JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value, outcome)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
             record = await self.store.get_job(job_id)
-            await self._publish(JobEvent.from_record(record))
+            await self._publish(JobEvent.from_record(record), stream=started.stream, run=run)
             return record.status.value
         event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
-        await self._publish(event)
+        await self._publish(event, stream=started.stream, run=run)
         return event.status
 
     async def _route(self, job: StartedJob, run: int) -> _Outcome:
@@ -143,17 +154,31 @@ class JobRunner:
         )
         try:
             async with asyncio.timeout(self.route_timeout_s):
-                result = await self.router.complete(request, guard=guard)
+                if job.stream:
+                    result = await self._relay(job.id, run, request, guard)
+                else:
+                    result = await self.router.complete(request, guard=guard)
         except TimeoutError:
             message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
             return _Outcome(failure=JobFailure("JobTimeoutError", message))
         except CapacityExhaustedError as exc:
             return _Outcome(attempts=exc.attempts, deferred=exc)
-        except AllAttemptsFailedError as exc:  # BudgetExceededError included: its type names it
+        except (AllAttemptsFailedError, StreamInterruptedError) as exc:  # BudgetExceededError too
             return _Outcome(attempts=exc.attempts, failure=JobFailure(type(exc).__name__, str(exc)))
         except RouteqError as exc:  # NoRouteError, InvalidRequestError...: the job fails with the message
             return _Outcome(failure=JobFailure(type(exc).__name__, str(exc)))
         return _Outcome(result=result, attempts=result.attempts)
+
+    async def _relay(
+        self, job_id: str, run: int, request: ChatRequest, guard: JobSpendGuard
+    ) -> CompletionResult:
+        """Route as a stream, appending each text piece to the job's chunk stream as it arrives."""
+        async for part in self.router.stream(request, guard=guard):
+            if isinstance(part, str):
+                await self.relay.push(job_id, run, part)
+            else:
+                return part
+        raise RuntimeError("Router.stream ended without its result")  # pragma: no cover
 
     async def _batch_cap(self, batch_id: str) -> float | None:
         if batch_id not in self._batch_caps:
@@ -190,6 +215,15 @@ class JobRunner:
             logger.warning("job %s: %d calls of a dead run charged as estimated", job.id, len(in_doubt))
         await self.budgets.settle(job.id, {key: costs[key] for key in holds})
 
+    def _observe(self, status: str, outcome: _Outcome) -> None:
+        """Count this run (and every call it made) in the worker's metrics, if it keeps any."""
+        if self.metrics is None:
+            return
+        result = outcome.result
+        failovers = result.failovers if result is not None else deployment_switches(outcome.attempts)
+        latency_ms = result.latency_ms if result is not None else None
+        self.metrics.observe_job(status, outcome.attempts, failovers, latency_ms)
+
     def _in_doubt_call(self, run: int, attempt_no: int, deployment: str, amount: float) -> InDoubtCall:
         dep = self.router.catalog.get(deployment)
         return InDoubtCall(
@@ -202,10 +236,12 @@ class JobRunner:
             simulated=deployment in self.simulated,
         )
 
-    async def _publish(self, event: JobEvent) -> None:
+    async def _publish(self, event: JobEvent, *, stream: bool, run: int) -> None:
         counts = await self.events.publish_terminal([event])
         if counts is not None and counts.complete:
             await self.store.mark_batch_completed(event.batch_id)
+        if stream:  # the API relaying this job's text stops reading here
+            await self.relay.end(event.job_id, run, event.status)
 
 
 def _event_from_run(

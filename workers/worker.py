@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -43,9 +44,11 @@ from storage.budgets import Budgets
 from storage.connections import redis_settings
 from storage.events import EventBus
 from storage.fleet import RedisStats
+from storage.metrics import Metrics
 from storage.queue import JOB_FUNCTION, deserialize, serialize
 from storage.settings import Settings
 from storage.store import Store
+from workers.metrics_server import MetricsServer, serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
 
 __all__ = [
@@ -86,6 +89,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world, stats=stats)
     events = EventBus(redis, retention_s=settings.event_retention_s)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
+    # Kept when the worker serves a metrics port; a caller may also bring its own (ctx "metrics").
+    metrics: Metrics | None = ctx.get("metrics")
+    if metrics is None and settings.worker_metrics_port is not None:
+        metrics = Metrics()
     ctx["runner"] = JobRunner(
         router,
         store,
@@ -97,10 +104,14 @@ async def startup(ctx: dict[str, Any]) -> None:
         simulated=frozenset(
             d.id for d in router.catalog.values() if is_simulated(d, settings.simulate, os.environ)
         ),
+        metrics=metrics,
     )
     ctx["worker_id"] = worker_id
     ctx["worker_started"] = time.time()
     await redis.hset(keys.WORKERS, worker_id, _worker_record(ctx["worker_started"]))  # type: ignore[misc]
+    if metrics is not None and settings.worker_metrics_port is not None:
+        refresh = functools.partial(metrics.refresh, redis, stats, list(router.catalog), settings.queue_name)
+        ctx["metrics_server"] = await serve_worker_metrics(metrics, refresh, settings.worker_metrics_port)
     logger.info(
         "routeq worker %s ready: %d deployments, database %s",
         worker_id,
@@ -117,6 +128,9 @@ def _worker_record(started: float) -> str:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Close what `startup` opened (arq `on_shutdown`)."""
+    metrics_server: MetricsServer | None = ctx.pop("metrics_server", None)
+    if metrics_server is not None:
+        await metrics_server.close()
     runner: JobRunner | None = ctx.get("runner")
     if runner is None:
         return

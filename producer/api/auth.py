@@ -1,0 +1,70 @@
+"""Who is calling: an API key (`Authorization: Bearer rq-...`) bound to a tenant and user.
+
+Only the key's SHA-256 is looked up (storage.apikeys); the secret is never logged or stored. In dev
+mode (`ROUTEQ_API_DEV_MODE=true`, turned on by `routeq run --serve` only) there are no keys: every
+request acts as the configured tenant/user with admin rights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from producer.api.context import ApiContext, context
+from producer.api.errors import ApiError
+
+__all__ = ["Admin", "Caller", "Principal", "admin", "caller"]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made with `routeq keys create`.")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: everything it reads or writes is within `tenant`."""
+
+    tenant: str
+    user: str
+    admin: bool
+    key_id: str | None  # None in dev mode
+
+
+async def caller(
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The request's principal; 401 without a valid key (unless in dev mode)."""
+    if ctx.settings.api_dev_mode:
+        return Principal(ctx.settings.tenant, ctx.settings.user, admin=True, key_id=None)
+    if credentials is None or not credentials.credentials:
+        raise ApiError(
+            401,
+            "missing API key: send `Authorization: Bearer <key>` (make one with `routeq keys create`)",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = await ctx.keys.authenticate(credentials.credentials)
+    if key is None:
+        raise ApiError(
+            401,
+            "invalid API key: it is unknown or revoked",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = Principal(key.tenant, key.user_id, key.admin, key.id)
+    request.state.key_id = key.id  # for access logs: the key's id, never its secret
+    return principal
+
+
+async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    """The principal, if it holds an admin key; 403 otherwise."""
+    if not principal.admin:
+        raise ApiError(403, "this route needs an admin key (`routeq keys create --admin`)", code="not_admin")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+Admin = Annotated[Principal, Depends(admin)]

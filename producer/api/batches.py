@@ -1,0 +1,259 @@
+"""The OpenAI Batch API: upload a JSONL file, run it as a batch, read its output and error files.
+
+    POST /v1/files (purpose=batch)  ->  POST /v1/batches  ->  GET /v1/batches/{id}  ->
+    GET /v1/files/{output_file_id}/content  and  GET /v1/files/{error_file_id}/content
+
+Unlike OpenAI, every line is routed across all providers, and a bad line does not fail the batch:
+it is listed in the batch's `errors` and in its error file while the other lines run. The file is
+validated while `POST /v1/batches` runs, so a batch is never seen `validating`; it is created
+`in_progress` (or `failed` when no line is valid). Output and error files are generated from the
+jobs whenever they are read: a cancelled batch's files hold the results finished so far.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import Response, StreamingResponse
+
+from producer.api.auth import Caller, Principal
+from producer.api.context import ApiContext, context
+from producer.api.errors import ApiError, not_found
+from producer.api.jobs import own_batch
+from producer.api.schemas import OpenAIBatchBody
+from producer.inputs import parse_lines
+from producer.outputs import output_line
+from storage.errors import NotFoundError
+from storage.files import FileRecord
+from storage.records import BatchRecord
+from storage.store import ApiBatch, NewJob
+from storage.tables import JobStatus
+
+__all__ = ["batch_object", "router"]
+
+router = APIRouter(tags=["OpenAI Batch API"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+_WINDOWS = {"24h": timedelta(hours=24)}
+_READ_CHUNK = 1024 * 1024
+
+
+def _file_object(record: FileRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.bytes,
+        "created_at": int(record.created_at.timestamp()),
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+
+
+@router.post("/v1/files", summary="Upload a JSONL batch input file")
+async def upload_file(
+    principal: Caller,
+    ctx: Ctx,
+    file: Annotated[UploadFile, File(description="JSONL: one chat completion request per line.")],
+    purpose: Annotated[str, Form(description="Must be `batch`.")],
+) -> dict[str, Any]:
+    if purpose != "batch":
+        raise ApiError(400, f"purpose: only 'batch' files are accepted, got {purpose!r}", param="purpose")
+    limit = ctx.settings.api_max_upload_bytes
+    content = bytearray()
+    while chunk := await file.read(_READ_CHUNK):
+        content += chunk
+        if len(content) > limit:
+            raise ApiError(
+                413, f"file: larger than {limit} bytes (ROUTEQ_API_MAX_UPLOAD_BYTES)", param="file"
+            )
+    record = await ctx.files.create(
+        tenant=principal.tenant,
+        user_id=principal.user,
+        purpose=purpose,
+        filename=(file.filename or "upload.jsonl")[:255],
+        content=bytes(content),
+    )
+    return _file_object(record)
+
+
+@router.get("/v1/files", summary="The tenant's files, newest first")
+async def list_files(
+    principal: Caller, ctx: Ctx, purpose: Annotated[str | None, Query(max_length=32)] = None
+) -> dict[str, Any]:
+    records = await ctx.files.list(tenant=principal.tenant, purpose=purpose)
+    return {"object": "list", "data": [_file_object(r) for r in records], "has_more": False}
+
+
+@router.get("/v1/files/{file_id}", summary="A file's metadata")
+async def get_file(file_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    return _file_object(await ctx.files.get(file_id, tenant=principal.tenant))
+
+
+@router.get("/v1/files/{file_id}/content", summary="A file's content (a batch's output: JSONL by custom_id)")
+async def file_content(file_id: str, principal: Caller, ctx: Ctx) -> Response:
+    record = await ctx.files.get(file_id, tenant=principal.tenant)
+    if record.batch_id is None:
+        content = await ctx.files.content(file_id, tenant=principal.tenant)
+        return Response(content, media_type="application/jsonl")
+    errors = record.purpose == "batch_error"
+    return StreamingResponse(
+        _result_lines(ctx, record.batch_id, errors=errors), media_type="application/jsonl"
+    )
+
+
+async def _result_lines(ctx: ApiContext, batch_id: str, *, errors: bool) -> AsyncIterator[bytes]:
+    """The batch's output (succeeded jobs) or error (the rest, and rejected lines) file, as JSONL."""
+    if errors:
+        batch = await ctx.store.get_batch(batch_id)
+        for bad in batch.invalid_lines:
+            line = {
+                "id": None,
+                "custom_id": bad.get("custom_id"),
+                "response": None,
+                "error": {
+                    "code": "invalid_request",
+                    "message": f"line {bad.get('line')}: {bad.get('reason')}",
+                },
+            }
+            yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
+    async for job in ctx.store.iter_jobs(batch_id, terminal_only=True):
+        if (job.status == JobStatus.SUCCEEDED) != errors:
+            yield (json.dumps(output_line(job), ensure_ascii=False) + "\n").encode()
+
+
+def batch_object(batch: BatchRecord) -> dict[str, Any]:
+    """A batch in the OpenAI Batch shape, with its status derived from its jobs."""
+    failed_jobs = batch.counts.get(JobStatus.FAILED, 0) + batch.counts.get(JobStatus.CANCELLED, 0)
+    rejected = len(batch.invalid_lines)
+    status = _status(batch)
+    created = int(batch.created_at.timestamp())
+    ended = None if batch.completed_at is None else int(batch.completed_at.timestamp())
+    terminal = status in {"completed", "failed", "cancelled", "expired"}
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint or "/v1/chat/completions",
+        "errors": _errors(batch) if rejected else None,
+        "input_file_id": batch.input_file_id,
+        "completion_window": batch.completion_window or "24h",
+        "status": status,
+        "output_file_id": batch.output_file_id if terminal else None,
+        "error_file_id": batch.error_file_id if terminal else None,
+        "created_at": created,
+        "in_progress_at": created if batch.total else None,
+        "expires_at": None if batch.expires_at is None else int(batch.expires_at.timestamp()),
+        "finalizing_at": ended if batch.total else None,
+        "completed_at": ended if status == "completed" else None,
+        "failed_at": ended if status == "failed" else None,
+        "expired_at": ended if status == "expired" else None,
+        "cancelling_at": None if batch.cancelled_at is None else int(batch.cancelled_at.timestamp()),
+        "cancelled_at": ended if status == "cancelled" else None,
+        "request_counts": {
+            "total": batch.total + rejected,
+            "completed": batch.counts.get(JobStatus.SUCCEEDED, 0),
+            "failed": failed_jobs + rejected,
+        },
+        "metadata": batch.metadata,
+    }
+
+
+def _status(batch: BatchRecord) -> str:
+    if batch.total == 0:
+        return "failed"
+    if batch.done < batch.total:
+        return "in_progress" if batch.cancelled_at is None else "cancelling"
+    if batch.completed_at is None:
+        return "finalizing"  # the last job is committed; the batch is being marked complete
+    if batch.cancelled_at is not None:
+        return "cancelled"
+    if batch.expires_at is not None and batch.completed_at > batch.expires_at:
+        return "expired"
+    return "completed"
+
+
+def _errors(batch: BatchRecord) -> dict[str, Any]:
+    data = [
+        {"code": "invalid_request", "message": str(bad.get("reason")), "param": None, "line": bad.get("line")}
+        for bad in batch.invalid_lines
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.post("/v1/batches", summary="Run an uploaded file as a batch, each line routed across providers")
+async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    try:
+        record = await ctx.files.get(body.input_file_id, tenant=principal.tenant)
+        content = await ctx.files.content(body.input_file_id, tenant=principal.tenant)
+    except NotFoundError:
+        raise not_found("file", body.input_file_id) from None
+    if record.purpose != "batch":
+        raise ApiError(400, f"input_file_id: {record.id} is a {record.purpose} file, not a batch input")
+    lines = content.decode("utf-8", errors="surrogateescape").splitlines()
+    limit = ctx.settings.api_max_batch_lines
+    if len(lines) > limit:
+        raise ApiError(
+            400, f"input_file_id: {len(lines)} lines, more than {limit} (ROUTEQ_API_MAX_BATCH_LINES)"
+        )
+    parsed = parse_lines(lines)
+    client = ctx.client(principal.tenant, principal.user)
+    batch_id = await client.submit_batch(
+        [NewJob(item.custom_id, item.request) for item in parsed.items],
+        name=record.filename,
+        invalid_lines=[{"line": e.line, "reason": e.reason, "custom_id": e.custom_id} for e in parsed.errors],
+        api=ApiBatch(
+            endpoint=body.endpoint,
+            input_file_id=record.id,
+            completion_window=body.completion_window,
+            expires_at=datetime.now(UTC) + _WINDOWS[body.completion_window],
+            metadata=body.metadata,
+        ),
+    )
+    return batch_object(await ctx.store.get_batch(batch_id))
+
+
+@router.get("/v1/batches/{batch_id}", summary="A batch: status, request counts, output and error files")
+async def get_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    return batch_object(await own_batch(ctx, principal, batch_id))
+
+
+@router.get("/v1/batches", summary="The tenant's batches, newest first")
+async def list_batches(
+    principal: Caller,
+    ctx: Ctx,
+    after: Annotated[
+        str | None, Query(max_length=64, description="Last batch id of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    try:
+        page = await ctx.store.list_batches(tenant=principal.tenant, after=after, limit=limit + 1)
+    except NotFoundError:
+        raise not_found("batch", after or "") from None
+    more = len(page) > limit
+    data = [batch_object(b) for b in page[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
+
+
+@router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch: queued lines stop, finished ones stay")
+async def cancel_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    await _cancel(ctx, principal, batch_id)
+    return batch_object(await ctx.store.get_batch(batch_id))
+
+
+async def _cancel(ctx: ApiContext, principal: Principal, batch_id: str) -> None:
+    batch = await own_batch(ctx, principal, batch_id)
+    if batch.done < batch.total:
+        await ctx.client(principal.tenant, principal.user).cancel(batch_id)

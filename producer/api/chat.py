@@ -1,0 +1,217 @@
+"""`POST /v1/chat/completions`: one routed chat completion, answered in the OpenAI shape.
+
+The request becomes a job (a batch of one) on the same queue the workers read. The API then waits
+for the job's completion ping (no polling) and reads the outcome from SQL. With `"stream": true`
+the worker relays the provider's text through Redis (storage.relay) and the API passes each piece
+on as an OpenAI `chat.completion.chunk` server-sent event.
+
+How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
+`-failovers`, `-job-id`) and in the body's extra `routeq` field (the last chunk's, when streamed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from producer.api.auth import Caller
+from producer.api.context import ApiContext, context
+from producer.api.errors import ApiError, error_body, first_field
+from producer.api.schemas import ChatCompletionBody
+from producer.inputs import parse_chat_body
+from producer.outputs import completion_body, routing_metadata
+from router_core.models import ChatRequest
+from storage.records import JobRecord
+from storage.relay import Piece
+from storage.tables import JobStatus
+
+__all__ = ["job_failure", "router"]
+
+router = APIRouter(tags=["OpenAI-compatible"])
+
+# The job failure types a client caused or can fix, with their HTTP status; any other is upstream.
+_FAILURE_STATUS = {
+    "BudgetExceededError": 402,
+    "NoRouteError": 400,
+    "InvalidRequestError": 400,
+    "ContextLengthError": 400,
+    "BadRequestError": 400,
+    "JobTimeoutError": 504,
+}
+
+
+def job_failure(job: JobRecord) -> ApiError:
+    """The error answer for a job that did not succeed, named after its failure."""
+    error = job.error or {}
+    kind = str(error.get("type", job.status.value))
+    message = str(error.get("message", f"the job ended {job.status.value}"))
+    status = _FAILURE_STATUS.get(kind, 502)
+    if job.status == JobStatus.CANCELLED:
+        status = 409
+    return ApiError(status, message, code=kind, headers=_routing_headers(job))
+
+
+def _routing_headers(job: JobRecord) -> dict[str, str]:
+    headers = {"x-routeq-job-id": job.id, "x-routeq-attempts": str(job.attempt_count or 0)}
+    headers["x-routeq-cost-usd"] = f"{float(job.cost_usd or 0):.10f}"
+    headers["x-routeq-failovers"] = str(job.failovers or 0)
+    if job.deployment:
+        headers["x-routeq-deployment"] = job.deployment
+    return headers
+
+
+def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
+    request, problems = parse_chat_body(body.model_dump(exclude_unset=True, mode="json"))
+    if request is None:
+        message = "; ".join(problems)
+        raise ApiError(400, message, param=first_field(message), code="invalid_request")
+    if (
+        request.model != "auto"
+        and request.model not in ctx.catalog
+        and not any(d.model == request.model for d in ctx.catalog.values())
+    ):
+        raise ApiError(
+            404,
+            f"model {request.model!r} is not served here: use 'auto', 'router:<strategy>', a deployment "
+            "id or a model from GET /v1/providers",
+            param="model",
+            code="model_not_found",
+        )
+    return request
+
+
+@router.post("/v1/chat/completions", summary="Create a routed chat completion", response_model=None)
+async def chat_completions(
+    body: ChatCompletionBody, principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
+) -> JSONResponse | StreamingResponse:
+    request = _request(body, ctx)
+    client = ctx.client(principal.tenant, principal.user)
+    job_id = await client.submit(request, stream=body.stream)
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return await _stream(ctx, job_id, request, include_usage)
+    try:
+        async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
+            job = await client.wait(job_id)
+    except TimeoutError:
+        raise _wait_timeout(ctx, job_id) from None
+    if job.status != JobStatus.SUCCEEDED:
+        raise job_failure(job)
+    return JSONResponse(_answer(job), headers=_routing_headers(job))
+
+
+def _wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
+    return ApiError(
+        504,
+        f"job {job_id} did not finish within {ctx.settings.api_wait_timeout_s:g}s "
+        f"(ROUTEQ_API_WAIT_TIMEOUT_S); it keeps running: GET /v1/jobs/{job_id}",
+        type_="timeout",
+        code="wait_timeout",
+        headers={"x-routeq-job-id": job_id},
+    )
+
+
+def _answer(job: JobRecord) -> dict[str, Any]:
+    return completion_body(job) | {"routeq": routing_metadata(job)}
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+async def _stream(
+    ctx: ApiContext, job_id: str, request: ChatRequest, include_usage: bool
+) -> JSONResponse | StreamingResponse:
+    """Wait for the first piece; an error before it is a plain HTTP error, after it an SSE error."""
+    pieces = ctx.relay.follow(job_id)
+    try:
+        async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
+            first = await anext(pieces)
+    except TimeoutError:
+        await pieces.aclose()
+        raise _wait_timeout(ctx, job_id) from None
+    if first.end is not None:
+        await pieces.aclose()
+        job = await ctx.store.get_job(job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            raise job_failure(job)
+    chunks = _ChunkWriter(job_id, request.model, include_usage)
+    return StreamingResponse(
+        _events(ctx, job_id, chunks, first, pieces),
+        media_type="text/event-stream",
+        headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"},
+    )
+
+
+class _ChunkWriter:
+    """Formats `chat.completion.chunk` server-sent events for one job."""
+
+    def __init__(self, job_id: str, model: str, include_usage: bool) -> None:
+        self.id = f"chatcmpl-{job_id}"
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return self._event({"choices": [choice], **extra})
+
+    def _event(self, fields: dict[str, Any]) -> str:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+        return f"data: {json.dumps(body | fields, separators=(',', ':'))}\n\n"
+
+    def final(self, job: JobRecord) -> list[str]:
+        """The closing chunk (finish reason, routing), the usage chunk if asked, and [DONE]."""
+        result = job.result or {}
+        self.model = str(result.get("model") or self.model)
+        events = [self.chunk({}, str(result.get("finish_reason") or "stop"), routeq=routing_metadata(job))]
+        if self.include_usage:
+            usage = result.get("usage") or {}
+            prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+            totals = {"prompt_tokens": prompt, "completion_tokens": completion}
+            events.append(
+                self._event({"choices": [], "usage": totals | {"total_tokens": prompt + completion}})
+            )
+        return [*events, "data: [DONE]\n\n"]
+
+
+def _sse_error(message: str, code: str) -> str:
+    return f"data: {json.dumps(error_body(message, type_='stream_error', code=code))}\n\n"
+
+
+async def _events(
+    ctx: ApiContext, job_id: str, chunks: _ChunkWriter, first: Piece, pieces: AsyncGenerator[Piece, None]
+) -> AsyncIterator[str]:
+    """The SSE body: role, text pieces of one run, then the final chunks (or an error event)."""
+    try:
+        yield chunks.chunk({"role": "assistant", "content": ""})
+        piece, run = first, first.run
+        while piece.end is None:
+            if piece.run != run:
+                # The worker died mid-answer and the job is running again: what was sent stands.
+                yield _sse_error(
+                    "the worker streaming this answer stopped; the text above is partial", "interrupted"
+                )
+                return
+            if piece.text:
+                yield chunks.chunk({"content": piece.text})
+            piece = await anext(pieces)
+        job = await ctx.store.get_job(job_id)
+        if job.status == JobStatus.SUCCEEDED:
+            for event in chunks.final(job):
+                yield event
+        else:
+            failure = job_failure(job)
+            yield _sse_error(failure.message, failure.code or "failed")
+    finally:
+        await pieces.aclose()

@@ -1,0 +1,92 @@
+"""What every route needs, built once when the app starts and closed when it stops."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from arq.connections import ArqRedis
+from fastapi import FastAPI, Request
+
+from producer.client import Client
+from router_core.catalog import Catalog, load_catalog
+from storage.apikeys import ApiKeys
+from storage.budgets import Budgets
+from storage.connections import connect_redis
+from storage.files import Files
+from storage.fleet import RedisStats
+from storage.metrics import Metrics
+from storage.relay import StreamRelay
+from storage.settings import Settings
+from storage.store import Store
+
+__all__ = ["ApiContext", "context", "open_context"]
+
+
+@dataclass
+class ApiContext:
+    """The API process's connections and the helpers built on them."""
+
+    settings: Settings
+    redis: ArqRedis
+    store: Store
+    catalog: Catalog
+    keys: ApiKeys = field(init=False)
+    files: Files = field(init=False)
+    budgets: Budgets = field(init=False)
+    stats: RedisStats = field(init=False)
+    relay: StreamRelay = field(init=False)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = ApiKeys(self.store)
+        self.files = Files(self.store)
+        self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
+        self.stats = RedisStats(self.redis, breaker=self.settings.breaker_policy())
+        self.relay = StreamRelay(self.redis)
+        self.metrics = Metrics()
+
+    def client(self, tenant: str, user: str) -> Client:
+        """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""
+        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user)
+
+
+@asynccontextmanager
+async def open_context(
+    settings: Settings,
+    *,
+    redis: ArqRedis | None = None,
+    store: Store | None = None,
+    catalog: Catalog | None = None,
+) -> AsyncIterator[ApiContext]:
+    """Connect to Redis and the database (unless given), and close what was opened here on exit.
+
+    Raises:
+        ServiceUnavailableError: Redis or the database cannot be reached (the URL is named).
+        ConfigError: the catalog is invalid.
+    """
+    catalog = catalog or load_catalog(settings.catalog_path)
+    own_redis = redis is None
+    redis = redis or await connect_redis(settings)
+    try:
+        own_store = store is None
+        store = store or await Store.open(settings.database_url)
+        try:
+            yield ApiContext(settings, redis, store, catalog)
+        finally:
+            if own_store:
+                await store.close()
+    finally:
+        if own_redis:
+            await redis.aclose()
+
+
+def context(request: Request) -> ApiContext:
+    """The app's context (a FastAPI dependency)."""
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def attach(app: FastAPI, ctx: ApiContext) -> None:
+    app.state.ctx = ctx

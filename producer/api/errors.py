@@ -1,0 +1,140 @@
+"""Errors of the HTTP API, all in the OpenAI error shape: `{"error": {message, type, param, code}}`.
+
+Every failure a client can cause is a 4xx naming what is wrong: a body field (400), a missing or
+bad key (401), a budget refusal (402), an admin route without admin rights (403), an unknown or
+foreign id (404; another tenant's ids are 404 too, so they do not leak), an oversize upload (413).
+Only infrastructure answers 5xx: Redis or the database unreachable (503, naming which, password
+masked), a job that outlived the wait (504), every provider failing (502).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from storage.errors import NotFoundError, ServiceUnavailableError
+
+__all__ = ["ApiError", "error_body", "first_field", "install_error_handlers", "not_found"]
+
+logger = logging.getLogger("routeq.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a message saying what to change, and the field if one is at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type_ or _TYPES.get(status, "api_error")
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = error_body(self.message, type_=self.type, param=self.param, code=self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def error_body(
+    message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def first_field(problems: str) -> str | None:
+    """The field the first of `"<field>: <problem>; ..."` names, for the error's `param`."""
+    head = problems.split(";", 1)[0]
+    if ":" not in head:
+        return None
+    field = head.split(":", 1)[0].strip()
+    return field if field and " " not in field else None
+
+
+def not_found(kind: str, id_: str) -> ApiError:
+    """The 404 for an id that does not exist, or belongs to another tenant (the same answer)."""
+    return ApiError(404, f"no {kind} with id {id_!r}", param=kind.replace(" ", "_") + "_id", code="not_found")
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        where, parts = parts[0], parts[1:]
+        return ".".join(parts) if where == "body" else f"{where} parameter " + ".".join(parts)
+    return ".".join(parts)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems: list[str] = []
+    first: str | None = None
+    for error in exc.errors():
+        field = _field(tuple(error.get("loc", ())))
+        first = first or field
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{field}: {message}" if field else message)
+    message = "; ".join(dict.fromkeys(problems)) or "the request is not valid"
+    return ApiError(400, message, param=first, code="invalid_request").response()
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotFoundError)
+    return not_found(exc.kind, exc.id).response()
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ServiceUnavailableError):
+        message = str(exc)
+    else:
+        service = "Redis" if isinstance(exc, RedisError) else "the database"
+        message = f"{service} is not answering ({type(exc).__name__}); try again shortly"
+    logger.warning("%s %s: %s", request.method, request.url.path, message)
+    return ApiError(503, message, type_="service_unavailable", code="service_unavailable").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for infra in (ServiceUnavailableError, RedisError, SQLAlchemyError, ConnectionError):
+        app.add_exception_handler(infra, _unavailable)

@@ -1,0 +1,194 @@
+"""routeq's own job routes: submit one prompt, read a job, page a batch's jobs, follow events (SSE).
+
+Events come from the batch's Redis stream (storage.events) as server-sent events whose `id` is
+the stream id: a client that reconnects with `Last-Event-ID` (or `?after=`) misses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import StreamingResponse
+
+from producer.api.auth import Caller, Principal
+from producer.api.context import ApiContext, context
+from producer.api.errors import ApiError, first_field, not_found
+from producer.api.schemas import JobBody
+from producer.inputs import LineError, parse_object
+from producer.outputs import routing_metadata
+from storage.errors import NotFoundError
+from storage.events import EventBus
+from storage.records import BatchRecord, JobRecord
+from storage.tables import JobStatus
+
+__all__ = ["own_batch", "own_job", "router"]
+
+router = APIRouter(tags=["Jobs"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# A comment line this often keeps proxies from closing a quiet event stream.
+_KEEPALIVE_MS = 15_000
+
+
+async def own_job(ctx: ApiContext, principal: Principal, job_id: str) -> JobRecord:
+    """The job, if it belongs to the caller's tenant; 404 otherwise (the same answer as no job)."""
+    try:
+        job = await ctx.store.get_job(job_id)
+    except NotFoundError:
+        raise not_found("job", job_id) from None
+    if job.tenant != principal.tenant:
+        raise not_found("job", job_id)
+    return job
+
+
+async def own_batch(ctx: ApiContext, principal: Principal, batch_id: str) -> BatchRecord:
+    """The batch, if it belongs to the caller's tenant; 404 otherwise."""
+    try:
+        batch = await ctx.store.get_batch(batch_id)
+    except NotFoundError:
+        raise not_found("batch", batch_id) from None
+    if batch.tenant != principal.tenant:
+        raise not_found("batch", batch_id)
+    return batch
+
+
+def job_view(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A job as the API shows it: status, result, routing, cost, and (for one job) every attempt."""
+    result = job.result or {}
+    view: dict[str, Any] = {
+        "id": job.id,
+        "object": "routeq.job",
+        "batch_id": job.batch_id,
+        "custom_id": job.custom_id,
+        "status": job.status.value,
+        "model": job.model,
+        "result": None
+        if job.status != JobStatus.SUCCEEDED
+        else {
+            "content": result.get("content"),
+            "finish_reason": result.get("finish_reason"),
+            "usage": result.get("usage"),
+        },
+        "error": job.error,
+        "routeq": routing_metadata(job),
+        "created_at": int(job.created_at.timestamp()),
+        "started_at": None if job.started_at is None else int(job.started_at.timestamp()),
+        "finished_at": None if job.finished_at is None else int(job.finished_at.timestamp()),
+    }
+    if attempts is not None:
+        view["attempts"] = [_attempt_view(a) for a in attempts]
+    return view
+
+
+def _attempt_view(row: dict[str, Any]) -> dict[str, Any]:
+    fields = ("run", "attempt_no", "deployment", "provider", "model", "outcome", "error_class", "error")
+    view = {name: row[name] for name in fields}
+    view |= {
+        "status_code": row["status_code"],
+        "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"],
+        "latency_ms": row["latency_ms"],
+        "wait_ms": row["wait_ms"],
+        "simulated": row["simulated"],
+    }
+    return view
+
+
+@router.post("/v1/jobs", status_code=202, summary="Queue one prompt")
+async def create_job(body: JobBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Queue one prompt (the short form of a batch line); poll `GET /v1/jobs/{id}` or its events."""
+    item = parse_object(body.model_dump(exclude_none=True, mode="json"))
+    if isinstance(item, LineError):
+        raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
+    client = ctx.client(principal.tenant, principal.user)
+    job_id = await client.submit(item.request, custom_id=body.custom_id or "request")
+    return job_view(await ctx.store.get_job(job_id))
+
+
+@router.get("/v1/jobs/{job_id}", summary="A job: status, result, attempts and cost")
+async def get_job(job_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    job = await own_job(ctx, principal, job_id)
+    return job_view(job, await ctx.store.job_attempts(job.id))
+
+
+@router.get("/v1/batches/{batch_id}/jobs", summary="A batch's jobs, in input order, a page at a time")
+async def list_batch_jobs(
+    batch_id: str,
+    principal: Caller,
+    ctx: Ctx,
+    *,
+    after: Annotated[
+        int, Query(ge=-1, description="Position (seq) of the last job of the previous page.")
+    ] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> dict[str, Any]:
+    await own_batch(ctx, principal, batch_id)
+    page = await ctx.store.page_jobs(batch_id, after_seq=after, limit=limit + 1, status=status)
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "object": "list",
+        "data": [job_view(job) | {"seq": job.seq} for job in page],
+        "has_more": more,
+        "next_after": page[-1].seq if more else None,
+    }
+
+
+def _resume_from(last_event_id: str | None, after: str | None) -> str:
+    value = (last_event_id or after or "0-0").strip()
+    if not _STREAM_ID.match(value):
+        raise ApiError(
+            400,
+            f"Last-Event-ID must be a stream id such as 1700000000000-0, got {value!r}",
+            param="Last-Event-ID",
+        )
+    return value
+
+
+async def _sse(bus: EventBus, batch_id: str, after: str, job_id: str | None) -> AsyncIterator[str]:
+    """Events after `after` as SSE; ends with the batch's completion (or the job's own event)."""
+    while True:
+        events = await bus.read(batch_id, after=after, block_ms=_KEEPALIVE_MS)
+        if not events:
+            yield ": keep-alive\n\n"
+        for event in events:
+            after = event.id
+            if job_id is not None and event.data.get("job_id") != job_id:
+                continue
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+            if event.type == "batch.completed" or (job_id is not None and event.type.startswith("job.")):
+                return
+
+
+def _event_stream(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", description="Resume after this event id.")]
+After = Annotated[str | None, Query(description="Resume after this event id (as Last-Event-ID).")]
+
+
+@router.get("/v1/jobs/{job_id}/events", summary="The job's events (SSE), resumable")
+async def job_events(
+    job_id: str, principal: Caller, ctx: Ctx, last_event_id: LastEventId = None, after: After = None
+) -> StreamingResponse:
+    start = _resume_from(last_event_id, after)
+    job = await own_job(ctx, principal, job_id)
+    bus = EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s)
+    return _event_stream(_sse(bus, job.batch_id, start, job.id))
+
+
+@router.get("/v1/batches/{batch_id}/events", summary="The batch's events (SSE), resumable")
+async def batch_events(
+    batch_id: str, principal: Caller, ctx: Ctx, last_event_id: LastEventId = None, after: After = None
+) -> StreamingResponse:
+    start = _resume_from(last_event_id, after)
+    await own_batch(ctx, principal, batch_id)
+    bus = EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s)
+    return _event_stream(_sse(bus, batch_id, start, None))

@@ -1,0 +1,86 @@
+"""`/metrics` (Prometheus) and `/v1/analytics` (SQL), plus the middleware counting API requests.
+
+The API process exports the same metric families as the workers (storage.metrics): its fleet gauges
+(queue depth, workers, circuit state, in-flight per deployment) are read from Redis at each scrape,
+and it counts its own HTTP requests by route template. Job, attempt, cost and latency counters are
+incremented where jobs run: scrape each worker's own metrics port for those.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from producer.api.auth import Caller
+from producer.api.context import ApiContext, context
+from producer.api.errors import ApiError
+from storage.analytics import analytics as compute_analytics
+from storage.metrics import CONTENT_TYPE
+
+__all__ = ["RequestMetrics", "router"]
+
+router = APIRouter(tags=["Operations"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+
+@router.get("/metrics", summary="Prometheus metrics (fleet gauges and this API's requests)")
+async def metrics(ctx: Ctx) -> Response:
+    await ctx.metrics.refresh(ctx.redis, ctx.stats, list(ctx.catalog), ctx.settings.queue_name)
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/analytics", summary="Requests, failures, failovers, cost and latency, from SQL")
+async def analytics(
+    principal: Caller,
+    ctx: Ctx,
+    *,
+    since: Annotated[datetime | None, Query(description="Window start (default: `days` ago).")] = None,
+    until: Annotated[datetime | None, Query(description="Window end, excluded (default: now).")] = None,
+    days: Annotated[int, Query(ge=1, le=366, description="Window length when `since` is not given.")] = 7,
+    all_tenants: Annotated[bool, Query(description="Every tenant's numbers (admin keys only).")] = False,
+) -> dict[str, Any]:
+    """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant."""
+    if all_tenants and not principal.admin:
+        raise ApiError(403, "all_tenants needs an admin key", param="all_tenants", code="not_admin")
+    end = until or datetime.now(UTC)
+    start = since or end - timedelta(days=days)
+    if start >= end:
+        raise ApiError(400, "since: must be before until", param="since")
+    report = await compute_analytics(
+        ctx.store, tenant=None if all_tenants else principal.tenant, since=start, until=end
+    )
+    return report.to_dict()
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: each HTTP request counted by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            ctx: ApiContext | None = getattr(scope["app"].state, "ctx", None)
+            if ctx is not None:
+                ctx.metrics.observe_http(scope["method"], template, status, time.perf_counter() - started)

@@ -1,0 +1,112 @@
+"""Operations: providers and their live state, forcing a deployment, liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from producer.api.auth import Admin, Caller
+from producer.api.context import ApiContext, context
+from producer.api.errors import not_found
+from producer.api.schemas import DeploymentStateBody
+from router_core.stats import DeploymentStats, Forced
+from storage.errors import mask_dsn
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["Operations"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+# /ready gives each dependency this long to answer.
+_READY_TIMEOUT_S = 2.0
+
+
+def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentStats) -> dict[str, Any]:
+    dep = ctx.catalog[deployment_id]
+    price = ctx.catalog.price(deployment_id)
+    return {
+        "id": dep.id,
+        "object": "routeq.deployment",
+        "provider": dep.provider,
+        "kind": dep.kind.value,
+        "model": dep.model,
+        "quality": dep.quality,
+        "context_window": dep.context_window,
+        "circuit": stats.circuit.value,
+        "forced": None if stats.forced is None else stats.forced.value,
+        "success_rate": stats.success_rate,
+        "latency_ewma_ms": stats.latency_ewma_ms,
+        "in_flight": stats.in_flight,
+        "calls": stats.calls,
+        "rate_limits": {
+            "window_s": dep.rate_window_s,
+            "rpm": dep.rpm,
+            "tpm": dep.tpm,
+            "max_concurrency": dep.max_concurrency,
+            "requests_in_window": stats.requests_in_window,
+            "tokens_in_window": stats.tokens_in_window,
+        },
+        "price": {
+            "input_per_mtok_usd": price.input_per_token * 1e6,
+            "output_per_mtok_usd": price.output_per_token * 1e6,
+            "source": price.source,
+        },
+    }
+
+
+@router.get(
+    "/v1/providers", summary="Every deployment with its circuit, live stats, rate-limit use and price"
+)
+async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    ids = list(ctx.catalog)
+    snapshot = await ctx.stats.snapshot(ids)
+    return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep]) for dep in ids]}
+
+
+@router.post("/v1/admin/deployments/{deployment_id}/state", summary="Force a deployment down or up (admin)")
+async def set_deployment_state(
+    deployment_id: str, body: DeploymentStateBody, _admin: Admin, ctx: Ctx
+) -> dict[str, Any]:
+    """Fleet-wide, until set back to `auto`: workers see it on their next plan."""
+    if deployment_id not in ctx.catalog:
+        raise not_found("deployment", deployment_id)
+    await ctx.stats.force(deployment_id, None if body.state == "auto" else Forced(body.state))
+    snapshot = await ctx.stats.snapshot([deployment_id])
+    return _provider_view(ctx, deployment_id, snapshot[deployment_id])
+
+
+@router.get("/health", summary="Liveness: the process answers", tags=["Operations"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: Redis and the database answer (no provider is called)")
+async def ready(ctx: Ctx) -> JSONResponse:
+    checks = {"redis": _check(ctx.redis.ping()), "database": _check(_select_one(ctx))}
+    results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+    ok = all(error is None for error in results.values())
+    body = {
+        "status": "ready" if ok else "unavailable",
+        "redis": results["redis"] or "ok",
+        "database": results["database"] or "ok",
+        "database_url": mask_dsn(ctx.settings.database_url),
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def _select_one(ctx: ApiContext) -> None:
+    async with ctx.store.reading() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def _check(probe: Any) -> str | None:
+    try:
+        async with asyncio.timeout(_READY_TIMEOUT_S):
+            await probe
+    except Exception as exc:  # readiness reports any failure instead of raising it
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None

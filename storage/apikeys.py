@@ -1,0 +1,137 @@
+"""API keys of the HTTP API: each bound to a tenant and user, some with admin rights.
+
+A key is `rq-` followed by 43 URL-safe random characters (256 bits). Only its SHA-256 is stored:
+a secret with that much entropy needs no slow hash, and a database dump reveals no usable key.
+The secret is shown once, when the key is made (`routeq keys create`); afterwards a key is known
+by its id (`key_...`) and the secret's first characters (`prefix`), which are safe to show and log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, RowMapping, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.errors import NotFoundError
+from storage.records import aware
+from storage.store import Store, new_id
+from storage.tables import api_keys
+
+__all__ = ["KEY_PREFIX", "ApiKey", "ApiKeys", "hash_secret"]
+
+KEY_PREFIX = "rq-"
+_SHOWN_CHARS = 10
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a secret: SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as stored: never the secret itself."""
+
+    id: str
+    prefix: str
+    tenant: str
+    user_id: str
+    name: str | None
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.prefix,
+    api_keys.c.tenant,
+    api_keys.c.user_id,
+    api_keys.c.name,
+    api_keys.c.admin,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+def _record(row: RowMapping) -> ApiKey:
+    values = {c.name: row[c.name] for c in _COLUMNS}
+    values["created_at"] = aware(values["created_at"])
+    values["revoked_at"] = aware(values["revoked_at"])
+    return ApiKey(**values)
+
+
+class ApiKeys:
+    """Make, look up, list and revoke API keys."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(
+        self, *, tenant: str, user_id: str, name: str | None = None, admin: bool = False
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret; the secret is not stored and cannot be shown again."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            id=new_id("key"),
+            prefix=secret[:_SHOWN_CHARS],
+            tenant=tenant,
+            user_id=user_id,
+            name=name,
+            admin=admin,
+            created_at=datetime.now(UTC),
+            revoked_at=None,
+        )
+        row = {c.name: getattr(key, c.name) for c in _COLUMNS} | {"key_hash": hash_secret(secret)}
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(api_keys.insert(), row)
+
+        await self.store.writes.run(write)
+        return key, secret
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        """The active key whose secret this is, or None."""
+        digest = hash_secret(secret)
+        query = select(*_COLUMNS, api_keys.c.key_hash).where(api_keys.c.key_hash == digest)
+        async with self.store.reading() as conn:
+            row = (await conn.execute(query)).first()
+        # The lookup is by hash; the constant-time compare guards against a collation surprise.
+        if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
+            return None
+        return _record(row._mapping)
+
+    async def list(self, *, tenant: str | None = None) -> list[ApiKey]:
+        query = select(*_COLUMNS).order_by(api_keys.c.created_at)
+        if tenant is not None:
+            query = query.where(api_keys.c.tenant == tenant)
+        async with self.store.reading() as conn:
+            return [_record(row._mapping) for row in await conn.execute(query)]
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        """Revoke a key by id (its secret stops working at once). Raises `NotFoundError`."""
+        now = datetime.now(UTC)
+
+        async def write(conn: AsyncConnection) -> Row[Any] | None:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id)
+                .values(revoked_at=func.coalesce(api_keys.c.revoked_at, now))
+                .returning(*_COLUMNS)
+            )
+            return result.first()
+
+        row = await self.store.writes.run(write)
+        if row is None:
+            raise NotFoundError("API key", key_id)
+        return _record(row._mapping)

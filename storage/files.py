@@ -1,0 +1,117 @@
+"""Files of the OpenAI Batch API: uploaded batch inputs, and each batch's output and error files.
+
+An upload's bytes are kept in SQL (`files.content`): the HTTP API bounds their size, and a batch
+made from the file reads it once. A batch's output and error files are rows without content; their
+JSONL is generated from the batch's jobs whenever it is read, so it is always current (partial
+results of a cancelled batch included) and never stored twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import RowMapping, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.errors import NotFoundError
+from storage.records import aware
+from storage.store import Store, new_id
+from storage.tables import files
+
+__all__ = ["FileRecord", "Files"]
+
+_LIST_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    id: str
+    tenant: str
+    user_id: str
+    purpose: str  # batch (an upload), batch_output or batch_error (generated)
+    filename: str
+    bytes: int
+    batch_id: str | None
+    created_at: datetime
+
+    @property
+    def generated(self) -> bool:
+        """True for a batch's output or error file, whose content comes from its jobs."""
+        return self.batch_id is not None
+
+
+_COLUMNS = (
+    files.c.id,
+    files.c.tenant,
+    files.c.user_id,
+    files.c.purpose,
+    files.c.filename,
+    files.c.bytes,
+    files.c.batch_id,
+    files.c.created_at,
+)
+
+
+def _record(row: RowMapping) -> FileRecord:
+    values = dict(row)
+    values["created_at"] = aware(values["created_at"])
+    return FileRecord(**values)
+
+
+class Files:
+    """Create and read files, always within one tenant: another tenant's file is `NotFoundError`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(
+        self, *, tenant: str, user_id: str, purpose: str, filename: str, content: bytes
+    ) -> FileRecord:
+        record = FileRecord(
+            id=new_id("file"),
+            tenant=tenant,
+            user_id=user_id,
+            purpose=purpose,
+            filename=filename,
+            bytes=len(content),
+            batch_id=None,
+            created_at=datetime.now(UTC),
+        )
+        row = {**dataclasses.asdict(record), "content": content}
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(files.insert(), row)
+
+        await self.store.writes.run(write)
+        return record
+
+    async def get(self, file_id: str, *, tenant: str) -> FileRecord:
+        """The file's metadata. Raises `NotFoundError` if it does not exist in `tenant`."""
+        query = select(*_COLUMNS).where((files.c.id == file_id) & (files.c.tenant == tenant))
+        async with self.store.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError("file", file_id)
+        return _record(row._mapping)
+
+    async def content(self, file_id: str, *, tenant: str) -> bytes:
+        """An uploaded file's bytes. Raises `NotFoundError` if it does not exist in `tenant`."""
+        query = select(files.c.content).where((files.c.id == file_id) & (files.c.tenant == tenant))
+        async with self.store.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None or row.content is None:
+            raise NotFoundError("file", file_id)
+        return bytes(row.content)
+
+    async def list(
+        self, *, tenant: str, purpose: str | None = None, limit: int = _LIST_LIMIT
+    ) -> list[FileRecord]:
+        """The tenant's files, newest first."""
+        query = select(*_COLUMNS).where(files.c.tenant == tenant)
+        if purpose is not None:
+            query = query.where(files.c.purpose == purpose)
+        query = query.order_by(files.c.created_at.desc(), files.c.id).limit(limit)
+        async with self.store.reading() as conn:
+            return [_record(row._mapping) for row in await conn.execute(query)]

@@ -1,0 +1,173 @@
+"""Prometheus metrics shared by the workers and the HTTP API (which may not import each other).
+
+Each `Metrics` owns its own `CollectorRegistry`, never prometheus_client's global one, so a process
+(or a test) can build as many as it likes. Counters and histograms are fed as work finishes
+(`observe_job`, `observe_http`); the gauges describe fleet state kept in Redis and are read again
+on every scrape (`refresh`), so any worker's metrics port shows the whole fleet's breakers.
+
+    routeq_jobs_total{status}                          runs finished: succeeded, failed, cancelled, deferred
+    routeq_provider_requests_total{deployment,outcome} provider calls: success, error
+    routeq_failovers_total                             moves from one deployment to another
+    routeq_cost_usd_total{deployment}                  billed cost of the calls
+    routeq_tokens_total{deployment,direction}          input, output
+    routeq_provider_latency_seconds{deployment}        histogram, per call
+    routeq_job_latency_seconds                         histogram, the routed result's latency
+    routeq_queue_depth                                 gauge: ZCARD of the arq queue (running jobs included)
+    routeq_circuit_state{deployment}                   gauge: 0 closed, 1 half-open, 2 open
+    routeq_deployment_forced{deployment}               gauge: -1 forced down, 1 forced up, 0 auto
+    routeq_inflight{deployment}                        gauge: calls in flight, fleet-wide
+    routeq_success_rate{deployment}                    gauge: the live success-rate EWMA
+    routeq_workers                                     gauge: entries of `routeq:workers`
+    routeq_http_requests_total{method,route,status}    the HTTP API's requests
+    routeq_http_request_duration_seconds{method,route} histogram
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from redis.asyncio import Redis
+
+from router_core.models import Attempt
+from router_core.stats import CircuitState, Forced, StatsStore
+from storage import keys
+
+__all__ = ["CONTENT_TYPE", "LLM_LATENCY_BUCKETS", "Metrics", "deployment_switches"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # the Content-Type of `Metrics.render()`
+
+# LLM calls take from tens of milliseconds (a cached short answer) to minutes (long generations).
+LLM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+_FORCED_VALUE = {Forced.DOWN: -1, None: 0, Forced.UP: 1}
+
+
+def deployment_switches(attempts: Sequence[Attempt]) -> int:
+    """How many times `attempts` moved to another deployment (`CompletionResult.failovers`)."""
+    return sum(1 for prev, cur in pairwise(attempts) if prev.deployment != cur.deployment)
+
+
+class Metrics:
+    """routeq's Prometheus families in a registry of their own.
+
+    Args:
+        registry: where to register; None makes a new one (the usual case).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = reg = registry or CollectorRegistry()
+        self.jobs = Counter("routeq_jobs_total", "Job runs finished, by status.", ["status"], registry=reg)
+        self.provider_requests = Counter(
+            "routeq_provider_requests_total",
+            "Provider calls, by outcome.",
+            ["deployment", "outcome"],
+            registry=reg,
+        )
+        self.failovers = Counter(
+            "routeq_failovers_total", "Moves from one deployment to another.", registry=reg
+        )
+        self.cost = Counter(
+            "routeq_cost_usd_total", "Billed cost of provider calls, USD.", ["deployment"], registry=reg
+        )
+        self.tokens = Counter(
+            "routeq_tokens_total", "Tokens of provider calls.", ["deployment", "direction"], registry=reg
+        )
+        self.provider_latency = Histogram(
+            "routeq_provider_latency_seconds",
+            "Latency of each provider call.",
+            ["deployment"],
+            buckets=LLM_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.job_latency = Histogram(
+            "routeq_job_latency_seconds",
+            "Latency of routed results.",
+            buckets=LLM_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "routeq_queue_depth", "Jobs in the arq queue, running ones included.", registry=reg
+        )
+        self.circuit_state = Gauge(
+            "routeq_circuit_state", "Breaker: 0 closed, 1 half-open, 2 open.", ["deployment"], registry=reg
+        )
+        self.forced = Gauge(
+            "routeq_deployment_forced",
+            "Operator override: -1 down, 1 up, 0 auto.",
+            ["deployment"],
+            registry=reg,
+        )
+        self.inflight = Gauge("routeq_inflight", "Calls in flight, fleet-wide.", ["deployment"], registry=reg)
+        self.success_rate = Gauge(
+            "routeq_success_rate", "Live success-rate EWMA.", ["deployment"], registry=reg
+        )
+        self.workers = Gauge("routeq_workers", "Workers registered in Redis.", registry=reg)
+        self.http_requests = Counter(
+            "routeq_http_requests_total", "HTTP API requests.", ["method", "route", "status"], registry=reg
+        )
+        self.http_duration = Histogram(
+            "routeq_http_request_duration_seconds",
+            "HTTP API request duration.",
+            ["method", "route"],
+            buckets=_HTTP_BUCKETS,
+            registry=reg,
+        )
+
+    def observe_job(
+        self, status: str, attempts: Sequence[Attempt], failovers: int, latency_ms: float | None
+    ) -> None:
+        """Count one finished (or deferred) run and every provider call it made."""
+        self.jobs.labels(status).inc()
+        for attempt in attempts:
+            dep = attempt.deployment
+            self.provider_requests.labels(dep, attempt.outcome.value).inc()
+            self.provider_latency.labels(dep).observe(attempt.latency_ms / 1000)
+            self.cost.labels(dep).inc(attempt.cost_usd)
+            if attempt.usage is not None:
+                self.tokens.labels(dep, "input").inc(attempt.usage.input_tokens)
+                self.tokens.labels(dep, "output").inc(attempt.usage.output_tokens)
+        if failovers > 0:
+            self.failovers.inc(failovers)
+        if latency_ms is not None:
+            self.job_latency.observe(latency_ms / 1000)
+
+    def observe_http(self, method: str, route: str, status: int | str, seconds: float) -> None:
+        """Count one HTTP API request; `route` is the route template, never the raw path."""
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(seconds)
+
+    async def refresh(
+        self, redis: Redis, stats: StatsStore, deployment_ids: Sequence[str], queue_name: str
+    ) -> None:
+        """Read the gauges again from Redis: queue depth, workers, each deployment's live state.
+
+        Raises:
+            redis.exceptions.RedisError: Redis is unreachable; the gauges keep their last values.
+        """
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(queue_name)
+            pipe.hlen(keys.WORKERS)
+            depth, workers = await pipe.execute()
+        snapshot = await stats.snapshot(deployment_ids)
+        self.queue_depth.set(depth)
+        self.workers.set(workers)
+        for dep, live in snapshot.items():
+            self.circuit_state.labels(dep).set(_CIRCUIT_VALUE[live.circuit])
+            self.forced.labels(dep).set(_FORCED_VALUE[live.forced])
+            self.inflight.labels(dep).set(live.in_flight)
+            self.success_rate.labels(dep).set(live.success_rate)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format (serve it with `CONTENT_TYPE`)."""
+        return generate_latest(self.registry)

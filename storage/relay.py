@@ -1,0 +1,83 @@
+"""Streamed completions: the worker relays text pieces through Redis to the API that asked for them.
+
+A job created with `stream=true` (`POST /v1/chat/completions` with `"stream": true`) is routed with
+`Router.stream`; every text piece is appended to the job's stream `routeq:chunks:<job_id>` as it
+arrives, tagged with the run that produced it. After the job's outcome is committed and its event
+published, the worker appends an `end` entry; the API then reads the outcome (usage, cost,
+deployment) from SQL for the final chunk.
+
+    {run, text}     one piece of the answer
+    {run, end}      the job is finished (end = its status); nothing follows
+
+A worker that dies mid-stream leaves pieces of run N; the re-run appends pieces of run N+1. A reader
+that already passed run N's text on cannot take it back: it reports the stream as interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from storage import keys
+
+__all__ = ["Piece", "StreamRelay"]
+
+# A reader waits at most this long on one XREAD, so it notices a client that went away.
+_BLOCK_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One entry of a job's chunk stream."""
+
+    id: str
+    run: int
+    text: str | None = None  # a piece of the answer
+    end: str | None = None  # the job's final status: the last entry
+
+
+class StreamRelay:
+    """Appends and reads a job's streamed pieces."""
+
+    def __init__(self, redis: Redis, *, retention_s: int = 3600) -> None:
+        self._redis = redis
+        self._retention_s = retention_s
+
+    async def push(self, job_id: str, run: int, text: str) -> None:
+        """Append a piece of run `run`'s answer."""
+        await self._append(job_id, {"run": str(run), "text": text})
+
+    async def end(self, job_id: str, run: int, status: str) -> None:
+        """Mark the job finished (after its outcome is committed): readers stop here."""
+        await self._append(job_id, {"run": str(run), "end": status})
+
+    async def _append(self, job_id: str, fields: dict[str, str]) -> None:
+        key = keys.job_chunks(job_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, fields)  # type: ignore[arg-type]
+            pipe.expire(key, self._retention_s)
+            await pipe.execute()
+
+    async def follow(self, job_id: str, *, after: str = "0-0") -> AsyncGenerator[Piece, None]:
+        """The job's pieces from stream id `after`, live, up to and including its `end` entry."""
+        key = keys.job_chunks(job_id)
+        while True:
+            reply = await self._redis.xread({key: after}, count=500, block=_BLOCK_MS)
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    after = _text(entry_id)
+                    piece = _piece(after, fields)
+                    yield piece
+                    if piece.end is not None:
+                        return
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _piece(entry_id: str, fields: dict[bytes | str, bytes | str]) -> Piece:
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    return Piece(entry_id, int(values.get("run", "0")), values.get("text"), values.get("end"))

@@ -1,0 +1,148 @@
+"""The OpenAI Batch API, driven by the official openai SDK: files, batches, statuses, results, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import openai
+import pytest
+from openai.types import Batch
+
+from tests.api_harness import serve_api
+from tests.backends import Backend
+
+URL = "/v1/chat/completions"
+
+
+def line(custom_id: str, text: str, **body: Any) -> str:
+    request = {"messages": [{"role": "user", "content": text}], "model": "auto", **body}
+    return json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": request}
+    )
+
+
+def jsonl(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def finished(client: openai.AsyncOpenAI, batch_id: str) -> Batch:
+    """The batch once it reaches a terminal status (bounded wait)."""
+    async with asyncio.timeout(30):
+        while True:
+            batch = await client.batches.retrieve(batch_id)
+            if batch.status in {"completed", "failed", "cancelled", "expired"}:
+                return batch
+            await asyncio.sleep(0.02)
+
+
+async def results(client: openai.AsyncOpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    assert file_id is not None
+    content = await client.files.content(file_id)
+    return {row["custom_id"]: row for row in map(json.loads, content.text.splitlines())}
+
+
+async def test_batch_lifecycle_through_the_sdk(backend: Backend) -> None:
+    async with serve_api(backend) as api:
+        client = api.openai(await api.key("acme"))
+        lines = [line(f"q-{i}", f"Question number {i}?", max_tokens=40) for i in range(12)]
+        lines.insert(
+            5, '{"custom_id": "broken", "method": "POST", "url": "/v1/chat/completions", "body": {}}'
+        )
+        lines.append(line("cheap-one", "Pick the cheapest", model="router:cost"))
+        uploaded = await client.files.create(file=("prompts.jsonl", jsonl(lines)), purpose="batch")
+        assert uploaded.purpose == "batch"
+        assert uploaded.bytes == len(jsonl(lines))
+        assert (await client.files.retrieve(uploaded.id)).filename == "prompts.jsonl"
+        assert (await client.files.content(uploaded.id)).content == jsonl(lines)
+
+        created = await client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"team": "search"},
+        )
+        assert created.status in {"in_progress", "finalizing", "completed"}
+        assert created.request_counts is not None
+        assert created.request_counts.total == 14
+        assert created.errors is not None
+        assert created.errors.data is not None
+        assert created.errors.data[0].line == 6
+        assert "body.messages is required" in str(created.errors.data[0].message)
+
+        batch = await finished(client, created.id)
+        assert batch.status == "completed"
+        assert batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (13, 1)
+        assert batch.metadata == {"team": "search"}
+        assert batch.completed_at is not None
+        assert batch.output_file_id
+        assert batch.error_file_id
+
+        output = await results(client, batch.output_file_id)
+        assert set(output) == {f"q-{i}" for i in range(12)} | {"cheap-one"}
+        answer = output["cheap-one"]
+        assert answer["response"]["status_code"] == 200
+        assert answer["response"]["body"]["choices"][0]["message"]["content"]
+        assert answer["routeq"]["deployment"] == "cheap-a"  # routed across providers, by cost here
+        errors = await results(client, batch.error_file_id)
+        assert list(errors) == ["broken"]
+        assert errors["broken"]["error"]["message"].startswith("line 6:")
+
+        listed = await client.batches.list(limit=10)
+        assert [b.id for b in listed.data] == [batch.id]
+
+
+async def test_cancel_keeps_partial_results(backend: Backend) -> None:
+    async with serve_api(backend, worker=False) as api:
+        client = api.openai(await api.key("acme"))
+        uploaded = await client.files.create(
+            file=("p.jsonl", jsonl([line(f"q-{i}", f"Question {i}") for i in range(20)])), purpose="batch"
+        )
+        created = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert created.status == "in_progress"
+        done = await backend.run_worker(max_burst_jobs=5, max_jobs=1)  # a few lines finish, the rest wait
+        assert 0 < done < 20
+        cancelled = await client.batches.cancel(created.id)
+        assert cancelled.status == "cancelled"
+        assert cancelled.request_counts is not None
+        assert (cancelled.request_counts.completed, cancelled.request_counts.failed) == (done, 20 - done)
+        output = await results(client, cancelled.output_file_id)
+        assert len(output) == done
+        assert all(row["response"]["status_code"] == 200 for row in output.values())
+        errors = await results(client, cancelled.error_file_id)
+        assert len(errors) == 20 - done
+        assert {row["error"]["code"] for row in errors.values()} == {"Cancelled"}
+
+
+async def test_batch_errors_name_the_field(backend: Backend) -> None:
+    async with serve_api(backend, worker=False, api_max_upload_bytes=2048) as api:
+        client = api.openai(await api.key("acme"))
+        with pytest.raises(openai.BadRequestError, match="purpose"):
+            await client.files.create(file=("p.jsonl", b"{}\n"), purpose="fine-tune")
+        with pytest.raises(openai.APIStatusError) as too_big:
+            # Refused from its Content-Length, before the body is read (small enough to be sent whole).
+            await client.files.create(file=("big.jsonl", b"x" * 40_000), purpose="batch")
+        assert too_big.value.status_code == 413
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.create(
+                input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        with pytest.raises(openai.BadRequestError, match="endpoint"):
+            await client.batches.create(
+                input_file_id="file-nope",
+                endpoint="/v1/embeddings",
+                completion_window="24h",
+            )
+        bad = await client.files.create(file=("bad.jsonl", b"not json\n"), purpose="batch")
+        failed = await client.batches.create(
+            input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert failed.status == "failed"
+        assert failed.failed_at is not None
+        assert failed.errors is not None
+        assert failed.errors.data
+        assert failed.errors.data[0].line == 1

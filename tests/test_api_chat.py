@@ -1,0 +1,113 @@
+"""POST /v1/chat/completions with the official openai SDK as the client, plain and streamed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.api_harness import LiveApi, serve_api
+from tests.backends import Backend
+
+PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello to the lighthouse keeper"}]
+
+
+@pytest.fixture
+async def api(backend: Backend) -> AsyncIterator[LiveApi]:
+    async with serve_api(backend) as live:
+        yield live
+
+
+async def test_chat_completion_through_the_sdk(api: LiveApi) -> None:
+    client = api.openai(await api.key("acme"))
+    raw = await client.chat.completions.with_raw_response.create(
+        model="router:cost",
+        messages=PROMPT,
+        max_tokens=500,
+    )
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+    assert raw.headers["x-routeq-deployment"] == "cheap-a"  # router:cost picks the cheapest
+    assert int(raw.headers["x-routeq-attempts"]) == 1
+    assert float(raw.headers["x-routeq-cost-usd"]) > 0
+    routing = (completion.model_extra or {})["routeq"]
+    assert routing["deployment"] == "cheap-a"
+    assert routing["cost_usd"] == pytest.approx(float(raw.headers["x-routeq-cost-usd"]))
+    job_id = raw.headers["x-routeq-job-id"]
+    assert routing["job_id"] == job_id
+    job = await api.backend.store.get_job(job_id)
+    assert job.tenant == "acme"
+    assert job.status.value == "succeeded"
+
+
+async def test_model_may_be_a_deployment_and_preferences_ride_in_extra_body(api: LiveApi) -> None:
+    client = api.openai(await api.key("acme"))
+    raw = await client.chat.completions.with_raw_response.create(
+        model="smart-c",
+        messages=PROMPT,
+    )
+    assert raw.headers["x-routeq-deployment"] == "smart-c"
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=PROMPT,
+        extra_body={"preferences": {"strategy": "quality"}},
+    )
+    assert raw.headers["x-routeq-deployment"] == "smart-c"
+
+
+async def test_streamed_completion_through_the_sdk(api: LiveApi) -> None:
+    client = api.openai(await api.key("acme"))
+    stream = await client.chat.completions.create(
+        model="router:speed",
+        messages=PROMPT,
+        max_tokens=500,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces: list[str] = []
+    finish: list[str] = []
+    usage = None
+    routing = None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+            if choice.finish_reason:
+                finish.append(choice.finish_reason)
+                routing = (chunk.model_extra or {}).get("routeq")
+    assert len(pieces) > 3, "the text came in pieces"
+    assert finish == ["stop"]
+    assert usage is not None
+    assert usage.completion_tokens > 0
+    assert routing is not None
+    assert routing["deployment"] == "fast-b"
+    job = await api.backend.store.get_job(routing["job_id"])
+    assert "".join(pieces) == job.result["content"]  # type: ignore[index]
+
+
+async def test_bad_bodies_name_the_field(api: LiveApi) -> None:
+    client = api.openai(await api.key("acme"))
+    wizard: Any = [{"role": "wizard", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="auto", messages=wizard)
+    assert "messages.0.role" in str(caught.value)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="gpt-nope", messages=PROMPT)
+    assert "gpt-nope" in str(missing.value)
+    with pytest.raises(openai.BadRequestError) as strategy:
+        await client.chat.completions.create(model="router:cheapest", messages=PROMPT)
+    assert "unknown strategy" in str(strategy.value)
+
+
+async def test_keys_are_required(api: LiveApi) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        await api.openai("rq-not-a-key").chat.completions.create(model="auto", messages=PROMPT)
