@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer import admin, commands
+from producer import admin, commands, serving
 from router_core import Catalog, ConfigError, RouterSettings, load_catalog
 from router_core.providers import sim_world_for
 from router_core.sim import serve
@@ -73,10 +73,12 @@ for command in (
     commands.requeue,
     commands.worker,
     commands.migrate,
+    serving.serve,
 ):
     app.command()(command)
 app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
+app.add_typer(serving.keys_app, name="keys")
 
 
 def load_catalog_or_exit(path: Path | None) -> Catalog:

@@ -19,6 +19,7 @@ import typer
 from arq.logs import default_log_config
 from rich.console import Console
 
+from producer.api import serve_app
 from producer.client import Client
 from producer.embedded import embedded_client
 from producer.inputs import ParsedInput, read_jsonl
@@ -107,8 +108,20 @@ def run(
         int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
     ] = None,
     budget: BudgetOpt = None,
+    serve: Annotated[
+        int | None,
+        typer.Option(
+            "--serve",
+            metavar="PORT",
+            help="Then keep running and serve the HTTP API on 127.0.0.1:PORT in dev mode (no keys).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file."""
+    """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file.
+
+    With `--serve PORT` the same in-process stack then serves the HTTP API (OpenAI-compatible
+    chat completions and Batch API, results, events) until Ctrl-C, without API keys.
+    """
     parsed = _read_input(file)
     settings = Settings()
     if concurrency is not None:
@@ -138,6 +151,13 @@ def run(
                 f"{batch.total} jobs in {elapsed:.1f}s ({batch.total / elapsed:.0f} jobs/s). "
                 f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
             )
+            if serve is not None:
+                dev = settings.model_copy(update={"api_dev_mode": True})
+                console.print(
+                    f"HTTP API on http://127.0.0.1:{serve} (docs at /docs), dev mode without keys. "
+                    "Ctrl-C stops."
+                )
+                await embedded.until(serve_app(dev, client.redis, client.store, host="127.0.0.1", port=serve))
 
     execute(go())
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import uvicorn
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 
@@ -27,7 +28,7 @@ from router_core.catalog import Catalog
 from storage.settings import Settings
 from storage.store import Store
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serve_app"]
 
 # Bodies other than uploads: a chat request with a long conversation fits many times over.
 _MAX_JSON_BODY = 16 * 1024 * 1024
@@ -67,3 +68,10 @@ def create_app(
     for module in (chat, batches, jobs, ops, observe):
         app.include_router(module.router)
     return app
+
+
+async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: str, port: int) -> None:
+    """Serve the API inside an already running loop until Ctrl-C (used by `routeq run --serve`)."""
+    app = create_app(settings, redis=redis, store=store)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    await server.serve()

@@ -1,0 +1,159 @@
+"""`routeq serve` (the HTTP API on uvicorn) and `routeq keys` (API keys: create, list, revoke)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from producer.api import create_app
+from producer.commands import execute
+from router_core.catalog import load_catalog
+from storage.apikeys import ApiKeys
+from storage.budgets import Budgets, user_scope
+from storage.connections import connect_redis
+from storage.errors import ServiceUnavailableError
+from storage.settings import Settings
+from storage.store import Store
+
+__all__ = ["keys_app", "serve"]
+
+console = Console()
+err_console = Console(stderr=True)
+keys_app = typer.Typer(help="API keys of the HTTP API: each bound to a tenant and user.")
+
+Host = Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to accept other machines).")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="No API keys: every caller is ROUTEQ_TENANT/ROUTEQ_USER, admin.")
+    ] = False,
+) -> None:
+    """Serve the HTTP API: OpenAI-compatible chat completions and Batch API, jobs, events, metrics."""
+    settings = Settings()
+    if dev:
+        settings = settings.model_copy(update={"api_dev_mode": True})
+    execute(_preflight(settings))
+    if settings.api_dev_mode:
+        err_console.print(
+            "[yellow]dev mode: no API keys are checked; every caller acts as "
+            f"{settings.tenant}/{settings.user} with admin rights. Never expose this.[/yellow]"
+        )
+    console.print(f"routeq API on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+
+
+async def _preflight(settings: Settings) -> None:
+    """Fail with one clear line (exit 2) before uvicorn starts when Redis, SQL or the catalog is wrong."""
+    if settings.redis_url is None:
+        raise ServiceUnavailableError(
+            "Redis",
+            "(unset)",
+            "ROUTEQ_REDIS_URL is not set",
+            "The API enqueues into the workers' Redis: set ROUTEQ_REDIS_URL. To try it all in one "
+            "process, use `routeq run FILE --serve 8000`.",
+        )
+    load_catalog(settings.catalog_path)
+    redis = await connect_redis(settings)
+    await redis.aclose()
+    store = await Store.open(settings.database_url)
+    await store.close()
+
+
+@keys_app.command("create")
+def create_key(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    user: Annotated[str, typer.Option(help="The user the key acts for (spend is counted per user).")],
+    name: Annotated[str | None, typer.Option(help="A label to recognise the key by.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May call /v1/admin routes.")] = False,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", min=0, help="The user's spend cap in USD (fleet-wide)."),
+    ] = None,
+) -> None:
+    """Make a key and print its secret once: only its SHA-256 is stored."""
+    settings = Settings()
+
+    async def go() -> str:
+        store = await Store.open(settings.database_url)
+        try:
+            key, secret = await ApiKeys(store).create(tenant=tenant, user_id=user, name=name, admin=admin)
+        finally:
+            await store.close()
+        if budget is not None:
+            await _set_user_budget(settings, tenant, user, budget)
+        console.print(f"key {key.id} for {tenant}/{user}{' (admin)' if admin else ''}")
+        return secret
+
+    secret = execute(go())
+    console.print("secret (shown once, store it now):")
+    print(secret)
+
+
+async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: float) -> None:
+    if settings.redis_url is None:
+        raise ServiceUnavailableError(
+            "Redis", "(unset)", "ROUTEQ_REDIS_URL is not set", "Budgets live in the fleet's Redis: set it."
+        )
+    redis = await connect_redis(settings)
+    try:
+        await Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd).set_cap(
+            user_scope(tenant, user), budget
+        )
+    finally:
+        await redis.aclose()
+    console.print(f"budget of {tenant}/{user}: ${budget:.4f}")
+
+
+@keys_app.command("list")
+def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """Every key (never a secret): id, prefix, tenant, user, admin, created, revoked."""
+    settings = Settings()
+
+    async def go() -> None:
+        store = await Store.open(settings.database_url)
+        try:
+            found = await ApiKeys(store).list(tenant=tenant)
+        finally:
+            await store.close()
+        table = Table(title="API keys")
+        for column in ("id", "prefix", "tenant", "user", "name", "admin", "created", "revoked"):
+            table.add_column(column)
+        for k in found:
+            revoked = "" if k.revoked_at is None else f"{k.revoked_at:%Y-%m-%d %H:%M}"
+            table.add_row(
+                k.id,
+                k.prefix + "…",
+                k.tenant,
+                k.user_id,
+                k.name or "",
+                "yes" if k.admin else "",
+                f"{k.created_at:%Y-%m-%d %H:%M}",
+                revoked,
+            )
+        console.print(table)
+
+    execute(go())
+
+
+@keys_app.command("revoke")
+def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")]) -> None:
+    """Revoke a key: its secret stops working at once."""
+    settings = Settings()
+
+    async def go() -> None:
+        store = await Store.open(settings.database_url)
+        try:
+            key = await ApiKeys(store).revoke(key_id)
+        finally:
+            await store.close()
+        console.print(f"revoked {key.id} ({key.tenant}/{key.user_id})")
+
+    execute(go())
