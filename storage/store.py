@@ -10,6 +10,7 @@ attempt_no) keys, so replaying a run is harmless and no charge is ever recorded 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,10 +34,21 @@ from storage.records import (
     DeploymentSummary,
     JobRecord,
     StartedJob,
+    aware,
 )
 from storage.tables import JobStatus, attempts, batches, files, jobs, ledger
 
-__all__ = ["IN_DOUBT", "ApiBatch", "CreatedBatch", "InDoubtCall", "JobFailure", "NewJob", "Store", "new_id"]
+__all__ = [
+    "IN_DOUBT",
+    "ApiBatch",
+    "BatchLimits",
+    "CreatedBatch",
+    "InDoubtCall",
+    "JobFailure",
+    "NewJob",
+    "Store",
+    "new_id",
+]
 
 _RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _PAGE = 500
@@ -108,6 +120,14 @@ class ApiBatch:
     completion_window: str
     expires_at: datetime
     metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """What a worker checks before running a batch's job: its own cap, and when it expires."""
+
+    budget_usd: float | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,11 +403,15 @@ class Store:
             rows = (await conn.execute(query)).all()
         return {f"{run}:{number}": Decimal(cost) for run, number, cost in rows}
 
-    async def batch_budget(self, batch_id: str) -> float | None:
-        """The batch's own spend cap, if it has one."""
+    async def batch_limits(self, batch_id: str) -> BatchLimits:
+        """The batch's own spend cap and expiry, if it has them."""
+        query = select(batches.c.budget_usd, batches.c.expires_at).where(batches.c.id == batch_id)
         async with self._reading() as conn:
-            cap = await conn.scalar(select(batches.c.budget_usd).where(batches.c.id == batch_id))
-        return None if cap is None else float(cap)
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return BatchLimits()
+        cap, expires = row
+        return BatchLimits(None if cap is None else float(cap), aware(expires))
 
     async def mark_batch_completed(self, batch_id: str) -> None:
         now = self._now()
@@ -546,7 +570,7 @@ def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, round(q * len(ordered) + 0.5))
+    rank = max(1, math.ceil(q * len(ordered)))  # round() would round halves to even: one rank high
     return ordered[min(rank, len(ordered)) - 1]
 
 

@@ -117,6 +117,7 @@ jobs = Table(
     UniqueConstraint("batch_id", "seq"),
     UniqueConstraint("batch_id", "custom_id"),
     Index(None, "batch_id", "status"),
+    Index(None, "tenant", "finished_at"),  # analytics over a window
 )
 
 attempts = Table(
@@ -140,6 +141,7 @@ attempts = Table(
     Column("simulated", Boolean, nullable=False),
     Column("created_at", _Time, nullable=False),
     UniqueConstraint("job_id", "run", "attempt_no"),
+    Index(None, "created_at"),  # analytics over a window
 )
 
 ledger = Table(

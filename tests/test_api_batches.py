@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
 import pytest
 from openai.types import Batch
 
+from producer.client import Client
+from router_core.models import ChatRequest
+from storage.store import ApiBatch, NewJob
 from tests.api_harness import serve_api
 from tests.backends import Backend
 
@@ -146,3 +150,23 @@ async def test_batch_errors_name_the_field(backend: Backend) -> None:
         assert failed.errors is not None
         assert failed.errors.data
         assert failed.errors.data[0].line == 1
+
+
+async def test_a_batch_past_its_window_expires(backend: Backend) -> None:
+    async with serve_api(backend, worker=False) as api:
+        client = api.openai(await api.key("acme"))
+        producer = Client(await backend.redis(), backend.store, backend.settings, tenant="acme", user="u1")
+        window_ended = ApiBatch(
+            endpoint=URL, input_file_id="file-x", completion_window="24h", expires_at=datetime.now(UTC)
+        )
+        hello = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+        items = [NewJob(f"q-{i}", hello) for i in range(4)]
+        batch_id = await producer.submit_batch(items, api=window_ended)
+        await backend.run_worker()
+        batch = await client.batches.retrieve(batch_id)
+        assert batch.status == "expired"
+        assert batch.expired_at is not None
+        assert batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 4)
+        errors = await results(client, batch.error_file_id)
+        assert {row["error"]["code"] for row in errors.values()} == {"batch_expired"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
@@ -37,7 +38,7 @@ from storage.events import EventBus, JobEvent
 from storage.metrics import Metrics, deployment_switches
 from storage.records import JobRecord, StartedJob
 from storage.relay import StreamRelay
-from storage.store import InDoubtCall, JobFailure, Store
+from storage.store import BatchLimits, InDoubtCall, JobFailure, Store
 from storage.tables import JobStatus
 
 __all__ = ["JobDeferred", "JobRunner"]
@@ -87,7 +88,7 @@ class JobRunner:
         self.worker_id = worker_id
         self.max_tries = max_tries
         self.simulated = simulated  # deployments served by the simulated world
-        self._batch_caps: dict[str, float | None] = {}
+        self._batch_limits: dict[str, BatchLimits] = {}
         # Routing must end before arq's job timeout cancels the whole job: a job cancelled there
         # would stay `running` in SQL. The rest of the timeout is left for persisting the outcome.
         self.route_timeout_s = route_timeout_s
@@ -113,10 +114,13 @@ class JobRunner:
         if started.starts > 1:  # an earlier delivery started and never finished: the worker died
             await self._recover(started, run)
 
+        expired = await self._expired(started)
         if started.starts > self.max_tries:
             # Every earlier delivery died without finishing (worker crashes, outages): stop here.
             message = f"gave up after {started.starts - 1} deliveries that did not finish"
             outcome = _Outcome(failure=JobFailure("MaxTriesExceeded", message))
+        elif expired is not None:
+            outcome = _Outcome(failure=expired)
         else:
             outcome = await self._route(started, run)
         if outcome.deferred is not None:
@@ -150,7 +154,7 @@ class JobRunner:
             tenant=job.tenant,
             user=job.user_id,
             batch_id=job.batch_id,
-            batch_cap_usd=await self._batch_cap(job.batch_id),
+            batch_cap_usd=(await self._limits(job.batch_id)).budget_usd,
         )
         try:
             async with asyncio.timeout(self.route_timeout_s):
@@ -180,12 +184,22 @@ class JobRunner:
                 return part
         raise RuntimeError("Router.stream ended without its result")  # pragma: no cover
 
-    async def _batch_cap(self, batch_id: str) -> float | None:
-        if batch_id not in self._batch_caps:
-            if len(self._batch_caps) > 10_000:
-                self._batch_caps.clear()
-            self._batch_caps[batch_id] = await self.store.batch_budget(batch_id)
-        return self._batch_caps[batch_id]
+    async def _limits(self, batch_id: str) -> BatchLimits:
+        """The batch's cap and expiry (they never change, so each worker reads them once)."""
+        if batch_id not in self._batch_limits:
+            if len(self._batch_limits) > 10_000:
+                self._batch_limits.clear()
+            self._batch_limits[batch_id] = await self.store.batch_limits(batch_id)
+        return self._batch_limits[batch_id]
+
+    async def _expired(self, job: StartedJob) -> JobFailure | None:
+        """A batch past its completion window runs no more of its jobs (OpenAI's `expired`)."""
+        expires = (await self._limits(job.batch_id)).expires_at
+        if expires is None or datetime.now(UTC) < expires:
+            return None
+        return JobFailure(
+            "batch_expired", f"the batch's completion window ended at {expires:%Y-%m-%d %H:%M:%S}Z"
+        )
 
     async def _settle(self, job_id: str, run: int, attempts: list[Attempt]) -> None:
         """After the ledger commit: this run's holds become the real cost (0 if not billed)."""

@@ -5,6 +5,7 @@
 - `batches`: endpoint, input/output/error file ids, completion window, expiry and metadata of
   batches created through `POST /v1/batches`.
 - `jobs.stream`: the job's text is relayed through Redis as the provider streams it.
+- indexes for `/v1/analytics` windows: `jobs (tenant, finished_at)`, `attempts (created_at)`.
 
 Revision ID: 0003
 Revises: 0002
@@ -61,9 +62,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("metadata", sa.JSON(), nullable=True))
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("stream", sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.create_index(op.f("ix_jobs_tenant_finished_at"), "jobs", ["tenant", "finished_at"], unique=False)
+    op.create_index(op.f("ix_attempts_created_at"), "attempts", ["created_at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_attempts_created_at"), table_name="attempts")
+    op.drop_index(op.f("ix_jobs_tenant_finished_at"), table_name="jobs")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("stream")
     with op.batch_alter_table("batches", schema=None) as batch_op:
