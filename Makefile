@@ -35,6 +35,7 @@ sim: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/router_micro.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

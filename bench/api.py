@@ -1,0 +1,202 @@
+"""HTTP API benchmark (a benchmark, not a test): chat completions through `routeq serve` next to the
+Python client on the same Redis, the same worker process and the same sim.
+
+Prints, from one run:
+1. direct: C concurrent tasks doing `Client.submit` + `Client.wait` (what the API does inside);
+2. API: C concurrent official-SDK `chat.completions.create` calls against `routeq serve` (its own
+   process) on loopback;
+3. API, streamed: the same with `stream=True`, consumed to the end (time to first chunk too).
+API / direct is what the HTTP layer costs. Every request must succeed; a failed one stops the run.
+The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
+(default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
+
+Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+from saturation import start_workers
+from throughput import DEFAULT_REDIS_URL, NOTE, open_store, sim_server
+
+from producer.client import Client
+from router_core import SimulateMode
+from router_core.models import ChatRequest, Message
+from storage import keys
+from storage.apikeys import ApiKeys
+from storage.connections import connect_redis
+from storage.settings import Settings
+from storage.tables import JobStatus
+
+Call = Callable[[int], Awaitable[float | None]]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_api(settings: Settings, catalog: Path, sim_url: str, port: int) -> subprocess.Popen[bytes]:
+    assert settings.redis_url is not None
+    env = {
+        **os.environ,
+        "ROUTEQ_REDIS_URL": settings.redis_url,
+        "ROUTEQ_DATABASE_URL": settings.database_url,
+        "ROUTEQ_QUEUE_NAME": settings.queue_name,
+        "ROUTEQ_SIMULATE": "always",
+        "ROUTEQ_SIM_URL": sim_url,
+        "ROUTEQ_CATALOG_PATH": str(catalog),
+    }
+    routeq = Path(sys.executable).with_name("routeq")
+    return subprocess.Popen(
+        [str(routeq), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    while True:
+        with socket.socket() as conn:
+            if conn.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None:
+            raise SystemExit("routeq serve exited at start-up")
+        await asyncio.sleep(0.05)
+
+
+async def measure(label: str, call: Call, requests: int, concurrency: int) -> float:
+    """Run `requests` calls, `concurrency` at a time; print the rate and latencies; return the rate."""
+    latencies: list[float] = []
+    firsts: list[float] = []
+    queue = iter(range(requests))
+
+    async def lane() -> None:
+        for i in queue:
+            started = time.perf_counter()
+            first = await call(i)
+            latencies.append(time.perf_counter() - started)
+            if first is not None:
+                firsts.append(first - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    rate = requests / elapsed
+    p50, p95 = statistics.quantiles(latencies, n=20)[9], statistics.quantiles(latencies, n=20)[18]
+    line = f"   {label:<28} {rate:8.1f} req/s   p50 {p50 * 1000:6.1f} ms   p95 {p95 * 1000:6.1f} ms"
+    if firsts:
+        line += f"   first chunk p50 {statistics.median(firsts) * 1000:6.1f} ms"
+    print(line)
+    return rate
+
+
+def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
+    """The three ways of asking: the Python client, the API, the API streamed."""
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
+
+    async def direct(i: int) -> float | None:
+        request = ChatRequest(messages=[Message(role="user", content=f"Say hello {i}")])
+        job = await client.wait(await client.submit(request))
+        if job.status != JobStatus.SUCCEEDED:
+            raise SystemExit(f"direct request {i} failed: {job.error}")
+        return None
+
+    async def plain(i: int) -> float | None:
+        reply = await sdk.chat.completions.create(model="auto", messages=messages)
+        if not reply.choices[0].message.content:
+            raise SystemExit(f"API request {i} came back empty")
+        return None
+
+    async def streamed(i: int) -> float | None:
+        first: float | None = None
+        stream = await sdk.chat.completions.create(model="auto", messages=messages, stream=True)
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter()
+        if first is None:
+            raise SystemExit(f"streamed request {i} had no text")
+        return first
+
+    return direct, plain, streamed
+
+
+async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp}/bench-api.db"
+    catalog = tmp / "bench-catalog.toml"  # written by sim_server
+    settings = Settings(
+        _env_file=None,
+        redis_url=args.redis_url,
+        database_url=database_url,
+        simulate=SimulateMode.ALWAYS,
+        queue_name="bench:api",
+    )
+    redis = await connect_redis(settings)
+    await redis.flushdb()
+    store = await open_store(database_url)
+    _, secret = await ApiKeys(store).create(tenant="bench", user_id="bench")
+    port = free_port()
+    workers = start_workers(settings, catalog, sim_url, 1)
+    api = start_api(settings, catalog, sim_url, port)
+    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
+    client = Client(redis, store, settings, tenant="bench", user="bench")
+    direct, plain, streamed = calls(client, sdk)
+
+    try:
+        async with asyncio.timeout(args.timeout):
+            while len(await redis.hkeys(keys.WORKERS)) < 1:  # type: ignore[misc]
+                if workers[0].poll() is not None:
+                    raise SystemExit("the worker exited at start-up")
+                await asyncio.sleep(0.1)
+            await wait_for_port(port, api)
+            for warm in (direct, plain):  # connections, SDK import paths, SQLite pages
+                await asyncio.gather(*(warm(i) for i in range(10)))
+            print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
+            base = await measure("direct (Client.submit+wait)", direct, args.requests, args.concurrency)
+            over_http = await measure("API, openai SDK", plain, args.requests, args.concurrency)
+            stream_rate = await measure("API, openai SDK, stream", streamed, args.requests, args.concurrency)
+        print(f"   API / direct:          {over_http / base:6.3f}")
+        print(f"   API stream / direct:   {stream_rate / base:6.3f}")
+        print(f"   ({NOTE})")
+    finally:
+        await sdk.close()
+        for proc in (api, *workers):
+            proc.terminate()
+        for proc in (api, *workers):
+            proc.wait(timeout=30)
+        await redis.flushdb()
+        await redis.aclose()
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--redis-url", default=os.environ.get("ROUTEQ_BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, sim_server(Path(tmp)) as sim_url:
+        asyncio.run(run(args, Path(tmp), sim_url))
+
+
+if __name__ == "__main__":
+    main()
