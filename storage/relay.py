@@ -15,6 +15,7 @@ that already passed run N's text on cannot take it back: it reports the stream a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 
-__all__ = ["Piece", "StreamRelay"]
+__all__ = ["Piece", "PieceWriter", "StreamRelay"]
 
 # A reader waits at most this long on one XREAD, so it notices a client that went away.
 _BLOCK_MS = 5_000
@@ -49,6 +50,10 @@ class StreamRelay:
         """Append a piece of run `run`'s answer."""
         await self._append(job_id, {"run": str(run), "text": text})
 
+    def writer(self, job_id: str, run: int) -> PieceWriter:
+        """A writer that coalesces pieces arriving while the previous append is in flight."""
+        return PieceWriter(self, job_id, run)
+
     async def end(self, job_id: str, run: int, status: str) -> None:
         """Mark the job finished (after its outcome is committed): readers stop here."""
         await self._append(job_id, {"run": str(run), "end": status})
@@ -72,6 +77,49 @@ class StreamRelay:
                     yield piece
                     if piece.end is not None:
                         return
+
+
+class PieceWriter:
+    """Appends one run's pieces in order, one Redis round trip at a time, never waiting on the caller.
+
+    A provider can stream faster than one XADD per piece: pieces that arrive while an append is in
+    flight are joined into the next one. No piece waits for more than that one round trip.
+    """
+
+    def __init__(self, relay: StreamRelay, job_id: str, run: int) -> None:
+        self._relay = relay
+        self._job_id = job_id
+        self._run = run
+        self._pending: list[str] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def add(self, text: str) -> None:
+        """Queue a piece; it is sent with the next append."""
+        self._pending.append(text)
+        if self._flushing is None or self._flushing.done():
+            if self._flushing is not None:
+                self._flushing.result()  # an append that failed fails the stream here
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            await self._relay.push(self._job_id, self._run, text)
+
+    async def close(self) -> None:
+        """Wait until every queued piece is appended (and raise if an append failed)."""
+        if self._flushing is not None:
+            await self._flushing
+        if self._pending:
+            await self._flush()
+
+    async def abort(self) -> None:
+        """Stop appending (the run failed or was cancelled); pieces not yet sent are dropped."""
+        self._pending.clear()
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+            await asyncio.gather(self._flushing, return_exceptions=True)
 
 
 def _text(value: bytes | str) -> str:

@@ -19,6 +19,8 @@ import uvicorn
 from producer.api import create_app
 from router_core.catalog import Catalog
 from router_core.providers import sim_world_for
+from router_core.sim import create_server
+from router_core.sim.world import SimWorld
 from storage.apikeys import ApiKeys
 from tests.backends import Backend
 from tests.conftest import TRIO, make_catalog
@@ -48,23 +50,68 @@ class LiveApi:
 
 @asynccontextmanager
 async def serve_api(
-    backend: Backend, *, catalog: Catalog | None = None, worker: bool = True, **settings: Any
+    backend: Backend,
+    *,
+    catalog: Catalog | None = None,
+    worker: bool = True,
+    loopback_sim: bool = False,
+    **settings: Any,
 ) -> AsyncIterator[LiveApi]:
-    """Serve the API on 127.0.0.1 (a free port), with a worker taking jobs unless `worker=False`."""
-    backend.settings = backend.settings.model_copy(update=settings)
+    """Serve the API on 127.0.0.1 (a free port), with a worker taking jobs unless `worker=False`.
+
+    The worker calls the sim world in-process, unless `loopback_sim`: then the world is served on
+    loopback too, so a streamed answer really arrives frame by frame (the in-process transport
+    hands a response body over whole).
+    """
     catalog = catalog or make_catalog(TRIO)
+    async with _sim(catalog, loopback_sim) as sim:
+        backend.settings = backend.settings.model_copy(update={**settings, "sim_url": sim.url})
+        async with _serve(backend, catalog, sim.world if sim.url is None else None, worker=worker) as live:
+            yield live
+
+
+@dataclass
+class _Sim:
+    world: SimWorld
+    url: str | None
+
+
+@asynccontextmanager
+async def _sim(catalog: Catalog, loopback: bool) -> AsyncIterator[_Sim]:
+    world = sim_world_for(catalog)
+    if not loopback:
+        yield _Sim(world, None)
+        return
+    server = create_server(world, host="127.0.0.1", port=0)
+    task = asyncio.create_task(server.serve())
+    try:
+        yield _Sim(world, f"http://127.0.0.1:{await _port(server, task)}")
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _port(server: uvicorn.Server, task: asyncio.Task[None]) -> int:
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def _serve(
+    backend: Backend, catalog: Catalog, sim_world: SimWorld | None, *, worker: bool
+) -> AsyncIterator[LiveApi]:
     app = create_app(backend.settings, redis=await backend.redis(), store=backend.store, catalog=catalog)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     server_task = asyncio.create_task(server.serve())
     worker_task: asyncio.Task[None] | None = None
     arq_worker = None
     try:
-        while not server.started:
-            if server_task.done():
-                server_task.result()
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = await _port(server, server_task)
         if worker:
             arq_worker = build_worker(
                 backend.settings,
@@ -72,7 +119,7 @@ async def serve_api(
                 handle_signals=False,
                 store=backend.store,
                 catalog=catalog,
-                sim_world=sim_world_for(catalog),
+                sim_world=sim_world,
                 poll_delay=0.01,
             )
             worker_task = asyncio.create_task(run_worker(arq_worker))

@@ -11,6 +11,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend
+from tests.conftest import TRIO, make_catalog
 
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello to the lighthouse keeper"}]
 
@@ -62,7 +63,17 @@ async def test_model_may_be_a_deployment_and_preferences_ride_in_extra_body(api:
     assert raw.headers["x-routeq-deployment"] == "smart-c"
 
 
-async def test_streamed_completion_through_the_sdk(api: LiveApi) -> None:
+def paced_trio() -> list[dict[str, Any]]:
+    """The trio, with fast-b streaming a frame every 2 ms, as a provider generating tokens would."""
+    return [{**d, "sim": {"stream_interval_ms": 2}} if d["id"] == "fast-b" else d for d in TRIO]
+
+
+async def test_streamed_completion_through_the_sdk(backend: Backend) -> None:
+    async with serve_api(backend, catalog=make_catalog(paced_trio()), loopback_sim=True) as api:
+        await streamed_completion(api)
+
+
+async def streamed_completion(api: LiveApi) -> None:
     client = api.openai(await api.key("acme"))
     stream = await client.chat.completions.create(
         model="router:speed",

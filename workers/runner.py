@@ -177,11 +177,16 @@ class JobRunner:
         self, job_id: str, run: int, request: ChatRequest, guard: JobSpendGuard
     ) -> CompletionResult:
         """Route as a stream, appending each text piece to the job's chunk stream as it arrives."""
-        async for part in self.router.stream(request, guard=guard):
-            if isinstance(part, str):
-                await self.relay.push(job_id, run, part)
-            else:
-                return part
+        writer = self.relay.writer(job_id, run)
+        try:
+            async for part in self.router.stream(request, guard=guard):
+                if isinstance(part, str):
+                    writer.add(part)
+                else:
+                    await writer.close()  # every piece is out before the outcome is committed
+                    return part
+        finally:
+            await writer.abort()
         raise RuntimeError("Router.stream ended without its result")  # pragma: no cover
 
     async def _limits(self, batch_id: str) -> BatchLimits:

@@ -83,6 +83,8 @@ class SimProfile(BaseModel):
         window_s: Length of the rpm window in seconds (60 for real "per minute" limits).
         retry_after_s: Retry-After sent with random or scripted 429s; None sends no header.
         hang_s: How long a `timeout` fault hangs, measured with the world's clock.
+        stream_interval_ms: Pause between the frames of a streamed answer, as a provider generating
+            tokens would take (the world's clock).
         context_window: Largest prompt, in estimated tokens, the deployment accepts.
         output_tokens: Completion length in tokens, before the request's max_tokens cap.
         script: Outcomes of the first `len(script)` requests, in order.
@@ -102,6 +104,7 @@ class SimProfile(BaseModel):
     window_s: float = Field(default=60.0, gt=0.0)
     retry_after_s: float | None = Field(default=1.0, ge=0.0)
     hang_s: float = Field(default=600.0, ge=0.0)
+    stream_interval_ms: float = Field(default=0.0, ge=0.0)
     context_window: int = Field(default=128_000, ge=1)
     output_tokens: int = Field(default=64, ge=1)
     script: list[Fault] = Field(default_factory=list)

@@ -338,7 +338,10 @@ class SimWorld:
             "text/event-stream; charset=utf-8", {**call.id_header, "cache-control": "no-cache"}
         )
         await call.send({"type": "http.response.start", "status": 200, "headers": headers})
+        pause = call.profile.stream_interval_ms / 1000
         for index, frame in enumerate(frames):
+            if index and pause:
+                await self.clock.sleep(pause)
             await call.send(
                 {"type": "http.response.body", "body": frame, "more_body": index < len(frames) - 1}
             )
