@@ -122,3 +122,14 @@ async def test_bad_bodies_name_the_field(api: LiveApi) -> None:
 async def test_keys_are_required(api: LiveApi) -> None:
     with pytest.raises(openai.AuthenticationError):
         await api.openai("rq-not-a-key").chat.completions.create(model="auto", messages=PROMPT)
+
+
+async def test_models_lists_what_model_accepts(api: LiveApi) -> None:
+    client = api.openai(await api.key("acme"))
+    ids = [m.id for m in (await client.models.list()).data]
+    assert ids[:2] == ["auto", "router:cost"]
+    assert {"cheap-a", "fast-b", "smart-c", "cheap-a-model"} <= set(ids)
+    assert (await client.models.retrieve("router:quality")).owned_by == "routeq"
+    assert (await client.models.retrieve("fast-b")).owned_by == "fast"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("gpt-nope")

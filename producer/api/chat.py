@@ -26,7 +26,7 @@ from producer.api.errors import ApiError, error_body, first_field
 from producer.api.schemas import ChatCompletionBody
 from producer.inputs import parse_chat_body
 from producer.outputs import completion_body, routing_metadata
-from router_core.models import ChatRequest
+from router_core.models import ChatRequest, Strategy
 from storage.records import JobRecord
 from storage.relay import Piece
 from storage.tables import JobStatus
@@ -84,6 +84,39 @@ def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
             code="model_not_found",
         )
     return request
+
+
+def _models(ctx: ApiContext) -> list[dict[str, Any]]:
+    """What `model` accepts: auto, router:<strategy>, every deployment id and served model name."""
+    names = ["auto", *(f"router:{s.value}" for s in Strategy), *ctx.catalog]
+    names += sorted({d.model for d in ctx.catalog.values()} - set(names))
+    owners = {d.id: d.provider for d in ctx.catalog.values()} | {
+        d.model: d.provider for d in ctx.catalog.values()
+    }
+    return [
+        {"id": name, "object": "model", "created": 0, "owned_by": owners.get(name, "routeq")}
+        for name in names
+    ]
+
+
+@router.get("/v1/models", summary="Models a request may name: auto, router:<strategy>, deployments")
+async def list_models(_principal: Caller, ctx: Annotated[ApiContext, Depends(context)]) -> dict[str, Any]:
+    return {"object": "list", "data": _models(ctx)}
+
+
+@router.get("/v1/models/{model:path}", summary="One model a request may name")
+async def get_model(
+    model: str, _principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
+) -> dict[str, Any]:
+    for entry in _models(ctx):
+        if entry["id"] == model:
+            return entry
+    raise ApiError(
+        404,
+        f"model {model!r} is not served here: GET /v1/models lists them",
+        param="model",
+        code="model_not_found",
+    )
 
 
 @router.post("/v1/chat/completions", summary="Create a routed chat completion", response_model=None)
