@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx2
 import pytest
 from typer.testing import CliRunner
 
@@ -61,3 +68,58 @@ def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert revoked.exit_code == 0
     assert asyncio.run(lookup())[0] is None
     assert runner.invoke(app, ["keys", "revoke", "key_nope"]).exit_code == 1
+
+
+def test_run_serve_keeps_the_embedded_stack_up_in_dev_mode(tmp_path: Path) -> None:
+    """`routeq run FILE --serve PORT`: the batch runs, then the API answers without keys until Ctrl-C."""
+    batch = tmp_path / "two.jsonl"
+    batch.write_text('{"prompt": "hello"}\n{"prompt": "good morning"}\n')
+    port = free_port()
+    env = {
+        **os.environ,
+        "ROUTEQ_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/serve.db",
+        "ROUTEQ_SIMULATE": "always",
+        "ROUTEQ_REDIS_URL": "",
+        "ROUTEQ_CATALOG_PATH": "",
+    }
+    routeq = Path(sys.executable).with_name("routeq")
+    proc = subprocess.Popen(
+        [str(routeq), "run", str(batch), "-o", str(tmp_path / "out.jsonl"), "--serve", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # a process start, bounded: not a timing check
+            try:
+                if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the API did not come up"
+            time.sleep(0.1)
+        body = {"model": "router:cost", "messages": [{"role": "user", "content": "hi"}]}
+        reply = httpx2.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+        job_id = reply.headers["x-routeq-job-id"]
+        job = httpx2.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+        assert job["status"] == "succeeded"
+        assert job["attempts"][0]["simulated"] is True
+        assert httpx2.get(f"{url}/ready", timeout=10).json()["status"] == "ready"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 130, output  # the conventional exit status of Ctrl-C
+    assert "Traceback" not in output
+    assert "dev mode without keys" in output
+    assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
