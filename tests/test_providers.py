@@ -37,6 +37,7 @@ from router_core.providers import (
     map_provider_error,
     parse_retry_after,
 )
+from router_core.providers.errors import redact_keys
 from router_core.sim import SimTransport, SimWorld, sim_http_client
 from tests.conftest import RouterFactory, deployment, make_catalog
 
@@ -126,6 +127,17 @@ def test_connection_errors_name_the_url_with_password_masked() -> None:
     assert "s3cret" not in message
     assert "Connection refused" in message
     assert "base_url" in message
+
+
+def test_keys_echoed_by_a_provider_are_redacted() -> None:
+    """Error messages are stored (attempts, jobs, API answers): a key a provider echoes must not be."""
+    body: dict[str, object] = {
+        "error": {"message": "Incorrect API key provided: sk-proj-AbC123dEf456GhI789."}
+    }
+    message = str(map_provider_error(openai_status(401, body), "gpt"))
+    assert "AbC123" not in message
+    assert "sk-proj-***" in message
+    assert redact_keys("Bearer rq-XyZ98765432 and sk-ant-api03-QwErTy12345") == "Bearer *** and sk-ant-***"
 
 
 def test_unknown_exceptions_are_not_swallowed() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 
 import anthropic
@@ -27,7 +28,13 @@ from router_core.errors import (
     RateLimitedError,
 )
 
-__all__ = ["map_provider_error", "mask_url", "parse_retry_after"]
+__all__ = ["map_provider_error", "mask_url", "parse_retry_after", "redact_keys"]
+
+# Secrets a provider may echo back in an error ("Incorrect API key provided: sk-proj-...") or a
+# proxy in a URL: OpenAI/Anthropic/Groq/xAI/Google key shapes, routeq's own keys, bearer tokens.
+_KEY_PATTERN = re.compile(
+    r"(?P<kind>sk-ant-|sk-proj-|sk-|sk_|rq-|gsk_|xai-|AIza|Bearer\s+)[A-Za-z0-9_\-\*\.]{6,}"
+)
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -78,9 +85,14 @@ def _request_url(exc: BaseException) -> str | None:
     return mask_url(request.url) if request is not None else None
 
 
+def redact_keys(text: str) -> str:
+    """`text` with anything shaped like an API key cut to its kind (`sk-***`): errors are stored."""
+    return _KEY_PATTERN.sub(lambda m: f"{m['kind']}***", text)
+
+
 def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deployment: str) -> ProviderError:
     status = exc.status_code
-    text = f"HTTP {status} from {deployment}: {exc.message}"
+    text = f"HTTP {status} from {deployment}: {redact_keys(exc.message)}"
     if status == 429:
         return RateLimitedError(
             text,
@@ -101,7 +113,7 @@ def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deploym
             status_code=status,
             deployment=deployment,
         )
-    blob = f"{getattr(exc, 'code', '') or ''} {exc.message}".lower()
+    blob = f"{getattr(exc, 'code', '') or ''} {text}".lower()
     if any(marker in blob for marker in _CONTEXT_MARKERS):
         return ContextLengthError(text, status_code=status, deployment=deployment)
     if status in (408, 409):  # request timeout / conflict: transient by HTTP's own definition
@@ -127,14 +139,15 @@ def map_provider_error(exc: BaseException, deployment: str, *, parsing: bool = F
         url = _request_url(exc)
         return ProviderConnectionError(
             f"connection to {deployment}{f' at {url}' if url else ''} failed: {type(cause).__name__}: "
-            f"{cause}. Check the deployment's base_url and that the host is reachable.",
+            f"{redact_keys(str(cause))}. Check the deployment's base_url and that the host is reachable.",
             deployment=deployment,
         )
     if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError) or (
         parsing and isinstance(exc, _PARSE_ERRORS)
     ):
         return MalformedResponseError(
-            f"{deployment} sent a response that could not be parsed: {type(exc).__name__}: {exc}",
+            f"{deployment} sent a response that could not be parsed: {type(exc).__name__}: "
+            f"{redact_keys(str(exc))}",
             deployment=deployment,
         )
     if isinstance(exc, ValueError | TypeError):
