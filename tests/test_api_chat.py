@@ -9,6 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from storage.budgets import Budgets, user_scope
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend
 from tests.conftest import TRIO, make_catalog
@@ -133,3 +134,18 @@ async def test_models_lists_what_model_accepts(api: LiveApi) -> None:
     assert (await client.models.retrieve("fast-b")).owned_by == "fast"
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("gpt-nope")
+
+
+async def test_a_budget_refusal_is_402_naming_the_cap(api: LiveApi) -> None:
+    budgets = Budgets(await api.backend.redis(), default_user_cap_usd=1.0)
+    await budgets.set_cap(user_scope("acme", "broke"), 0.0)
+    client = api.openai(await api.key("acme", "broke"))
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(model="auto", messages=PROMPT, stream=stream)
+        assert refused.value.status_code == 402
+        assert "user acme/broke" in str(refused.value)
+        assert "cap $0.0000" in str(refused.value)
+    # Another user of the same tenant still has the default cap.
+    other = api.openai(await api.key("acme", "rich"))
+    assert (await other.chat.completions.create(model="auto", messages=PROMPT)).choices
