@@ -38,6 +38,7 @@ __all__ = [
     "parse_lines",
     "parse_object",
     "read_jsonl",
+    "unstorable_text",
 ]
 
 OPENAI_BATCH_URL = "/v1/chat/completions"
@@ -147,6 +148,13 @@ def parse_line(text: str, line: int) -> BatchItem | LineError:
 
 def parse_object(data: dict[str, Any], line: int = 1) -> BatchItem | LineError:
     """Validate one request object in either line format (`parse_line` after the JSON is read)."""
+    unstorable = list(unstorable_text(data, ""))
+    if unstorable:
+        custom_id = data.get("custom_id")
+        usable_id = (
+            custom_id if isinstance(custom_id, str) and not any(unstorable_text(custom_id, "")) else None
+        )
+        return LineError(line, _join(unstorable), usable_id)
     openai = any(key in data for key in _OPENAI_MARKERS)
     custom_id, problems = _custom_id(data, required=openai)
     if openai:
@@ -268,6 +276,22 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def unstorable_text(value: Any, path: str) -> Iterator[str]:
+    """Strings JSON can escape but no database stores: NUL, and lone UTF-16 surrogates (`\\ud800`)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield f"{path or 'value'}: contains a NUL character (\\u0000), which cannot be stored"
+        elif any("\ud800" <= ch <= "\udfff" for ch in value):
+            yield f"{path or 'value'}: contains a lone surrogate (\\ud800-\\udfff), which is not text"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from unstorable_text(key, path)
+            yield from unstorable_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from unstorable_text(item, f"{path}.{index}" if path else str(index))
+
+
 def _no_constants(name: str) -> Any:
     raise _BadJSON(f"not valid JSON: {name} is not allowed")
 
@@ -326,7 +350,9 @@ def parse_chat_body(body: dict[str, Any]) -> tuple[ChatRequest | None, list[str]
     Returns:
         The request, or None and every problem found, each naming its field.
     """
-    problems: list[str] = []
+    problems = list(unstorable_text(body, ""))
+    if problems:
+        return None, problems
     payload, alias_used = _body_payload({k: v for k, v in body.items() if k not in _CHAT_ONLY}, "", problems)
     request: ChatRequest | None = None
     try:

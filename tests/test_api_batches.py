@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from openai.types import Batch
@@ -170,3 +171,28 @@ async def test_a_batch_past_its_window_expires(backend: Backend) -> None:
         assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 4)
         errors = await results(client, batch.error_file_id)
         assert {row["error"]["code"] for row in errors.values()} == {"batch_expired"}
+
+
+async def test_text_no_database_stores_is_refused_by_field(backend: Backend) -> None:
+    """NUL and lone surrogates pass JSON but not PostgreSQL: a 400 or a bad line, never a 5xx."""
+    async with serve_api(backend) as api:
+        client = api.openai(await api.key("acme"))
+        headers = {"Authorization": f"Bearer {await api.key('acme')}", "content-type": "application/json"}
+        async with httpx2.AsyncClient(base_url=api.url, headers=headers) as http:
+            job = await http.post("/v1/jobs", content=b'{"prompt": "hi", "custom_id": "a\\u0000b"}')
+            assert job.status_code == 400
+            assert job.json()["error"]["message"].startswith("custom_id: contains a NUL character")
+            chat = b'{"model": "auto", "messages": [{"role": "user", "content": "hi \\ud800"}]}'
+            refused = await http.post("/v1/chat/completions", content=chat)
+            assert refused.status_code == 400
+            assert refused.json()["error"]["param"] == "messages.0.content"
+        lines = [line("good", "Hello"), line("nul", "Hello\u0000there"), line("\ud800", "Hi")]
+        uploaded = await client.files.create(file=("t.jsonl", jsonl(lines)), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await finished(client, batch.id)
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (1, 2)
+        errors = await results(client, done.error_file_id)
+        assert set(errors) == {"nul", None}  # a custom_id that is not text is not echoed back

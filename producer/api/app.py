@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from arq.connections import ArqRedis
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from producer.api import batches, chat, jobs, observe, ops
 from producer.api.context import attach, open_context
@@ -32,6 +34,23 @@ __all__ = ["create_app", "serve_app"]
 
 # Bodies other than uploads: a chat request with a long conversation fits many times over.
 _MAX_JSON_BODY = 16 * 1024 * 1024
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+    "required": ["error"],
+}
 
 _DESCRIPTION = """\
 LLM routing behind an OpenAI-compatible API. Every request is a job on the routeq queue; workers route
@@ -67,7 +86,29 @@ def create_app(
     )
     for module in (chat, batches, jobs, ops, observe):
         app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, saying what the API really answers to a bad request: 400, not 422."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in schema["paths"].values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                if "422" in responses:
+                    del responses["422"]
+                    responses["400"] = {
+                        "description": "Invalid request: the message names the field",
+                        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                    }
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: str, port: int) -> None:

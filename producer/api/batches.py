@@ -25,7 +25,7 @@ from producer.api.context import ApiContext, context
 from producer.api.errors import ApiError, not_found
 from producer.api.jobs import own_batch
 from producer.api.schemas import OpenAIBatchBody
-from producer.inputs import parse_lines
+from producer.inputs import parse_lines, unstorable_text
 from producer.outputs import output_line
 from storage.errors import NotFoundError
 from storage.files import FileRecord
@@ -65,6 +65,9 @@ async def upload_file(
 ) -> dict[str, Any]:
     if purpose != "batch":
         raise ApiError(400, f"purpose: only 'batch' files are accepted, got {purpose!r}", param="purpose")
+    filename = (file.filename or "upload.jsonl")[:255]
+    if any(unstorable_text(filename, "filename")):
+        raise ApiError(400, "filename: contains characters that are not text (NUL or a lone surrogate)")
     limit = ctx.settings.api_max_upload_bytes
     content = bytearray()
     while chunk := await file.read(_READ_CHUNK):
@@ -77,7 +80,7 @@ async def upload_file(
         tenant=principal.tenant,
         user_id=principal.user,
         purpose=purpose,
-        filename=(file.filename or "upload.jsonl")[:255],
+        filename=filename,
         content=bytes(content),
     )
     return _file_object(record)
@@ -188,6 +191,8 @@ def _errors(batch: BatchRecord) -> dict[str, Any]:
 
 @router.post("/v1/batches", summary="Run an uploaded file as a batch, each line routed across providers")
 async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    if problems := list(unstorable_text(body.metadata or {}, "metadata")):
+        raise ApiError(400, "; ".join(problems), param="metadata")
     try:
         record = await ctx.files.get(body.input_file_id, tenant=principal.tenant)
         content = await ctx.files.content(body.input_file_id, tenant=principal.tenant)

@@ -47,14 +47,22 @@ async def analytics(
     """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant."""
     if all_tenants and not principal.admin:
         raise ApiError(403, "all_tenants needs an admin key", param="all_tenants", code="not_admin")
-    end = until or datetime.now(UTC)
-    start = since or end - timedelta(days=days)
+    try:
+        end = _utc(until) if until is not None else datetime.now(UTC)
+        start = _utc(since) if since is not None else end - timedelta(days=days)
+    except OverflowError:
+        raise ApiError(400, "since/until: out of the calendar's range", param="since") from None
     if start >= end:
         raise ApiError(400, "since: must be before until", param="since")
     report = await compute_analytics(
         ctx.store, tenant=None if all_tenants else principal.tenant, since=start, until=end
     )
     return report.to_dict()
+
+
+def _utc(value: datetime) -> datetime:
+    """An aware UTC time; a time without an offset is taken as UTC."""
+    return value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
 
 
 class RequestMetrics:
