@@ -25,6 +25,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from storage import keys
 from storage.apikeys import ApiKeys, hash_secret
 from storage.tables import metadata
 from tests.api_harness import LiveApi, serve_api
@@ -236,6 +237,19 @@ async def test_the_owners_event_streams_replay_and_end(world: Acme) -> None:
     assert events[-1].json() == {"total": 2, "done": 2, "succeeded": 2, "failed": 0, "cancelled": 0}
     resumed = await read_events(world.acme, f"/v1/batches/{world.batch_id}/events?after={events[-2].id}")
     assert [e.event for e in resumed] == ["batch.completed"]
+
+
+async def test_events_past_the_streams_retention_come_from_sql(world: Acme) -> None:
+    """A stream gone (retention, a flushed Redis): a finished job or batch still gets its end."""
+    await settled(world.acme, world.batch_id)
+    redis = await world.api.backend.redis()
+    await redis.delete(keys.batch_events(world.batch_id), keys.batch_events(world.job_batch_id))
+    job = await read_events(world.acme, f"/v1/jobs/{world.job_id}/events")
+    assert [e.event for e in job] == ["job.succeeded"]
+    assert json.loads(job[0].data)["job_id"] == world.job_id
+    batch = await read_events(world.acme, f"/v1/batches/{world.batch_id}/events")
+    assert [e.event for e in batch] == ["batch.completed"]
+    assert batch[0].json() == {"total": 2, "done": 2, "succeeded": 2, "failed": 0, "cancelled": 0}
 
 
 async def test_lists_and_analytics_are_per_tenant(world: Acme) -> None:

@@ -20,10 +20,11 @@ from producer.api.errors import ApiError, first_field, not_found
 from producer.api.schemas import JobBody
 from producer.inputs import LineError, parse_object
 from producer.outputs import routing_metadata
+from storage import keys
 from storage.errors import NotFoundError
-from storage.events import EventBus
+from storage.events import EventBus, JobEvent
 from storage.records import BatchRecord, JobRecord
-from storage.tables import JobStatus
+from storage.tables import TERMINAL, JobStatus
 
 __all__ = ["own_batch", "own_job", "router"]
 
@@ -180,6 +181,10 @@ async def job_events(
 ) -> StreamingResponse:
     start = _resume_from(last_event_id, after)
     job = await own_job(ctx, principal, job_id)
+    if job.terminal and not await ctx.redis.exists(keys.batch_events(job.batch_id)):
+        # The stream outlived its retention: the outcome is still in SQL, so say it and end.
+        event = JobEvent.from_record(job)
+        return _event_stream(_once(f"job.{event.status}", json.loads(event.data())))
     bus = EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s)
     return _event_stream(_sse(bus, job.batch_id, start, job.id))
 
@@ -189,6 +194,15 @@ async def batch_events(
     batch_id: str, principal: Caller, ctx: Ctx, last_event_id: LastEventId = None, after: After = None
 ) -> StreamingResponse:
     start = _resume_from(last_event_id, after)
-    await own_batch(ctx, principal, batch_id)
+    batch = await own_batch(ctx, principal, batch_id)
+    if batch.completed_at is not None and not await ctx.redis.exists(keys.batch_events(batch_id)):
+        counts = {status.value: batch.counts.get(status, 0) for status in TERMINAL}
+        data = {"total": batch.total, "done": batch.done, **counts}
+        return _event_stream(_once("batch.completed", data))
     bus = EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s)
     return _event_stream(_sse(bus, batch_id, start, None))
+
+
+async def _once(kind: str, data: dict[str, Any]) -> AsyncIterator[str]:
+    """One final event rebuilt from SQL (no id: there is no stream left to resume)."""
+    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
