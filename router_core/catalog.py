@@ -123,6 +123,10 @@ class Catalog(Mapping[str, Deployment]):
     def deployments(self) -> list[Deployment]:
         return list(self._by_id.values())
 
+    def serves(self, model: str) -> bool:
+        """Whether a request's `model` names something here: "auto", a deployment id or a model name."""
+        return model == "auto" or model in self._by_id or any(d.model == model for d in self._by_id.values())
+
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Load and validate a catalog file; `None` loads the built-in demo catalog.

@@ -27,7 +27,7 @@ from router_core.models import (
 from router_core.stats import CircuitState, DeploymentStats, Forced
 from router_core.strategies import Option, RankContext, rank
 
-__all__ = ["PlanLimits", "build_plan", "prompt_tokens"]
+__all__ = ["PlanLimits", "build_plan", "check_references", "prompt_tokens"]
 
 # Chat formats add a few tokens of framing per message.
 _TOKENS_PER_MESSAGE = 4
@@ -160,7 +160,7 @@ def build_plan(
         NoRouteError: every deployment is excluded; the error lists each reason.
     """
     prefs = request.preferences
-    _check_references(request, catalog)
+    check_references(request, catalog)
     guess = classify(request.prompt_text())
     capability = prefs.capability or guess.capability
     p_tokens = prompt_tokens(request)
@@ -222,14 +222,19 @@ def _probes_first(ordered: list[tuple[Option, float]]) -> list[tuple[Option, flo
     return probes + [o for o in ordered if o[0].stats.circuit is not CircuitState.HALF_OPEN]
 
 
-def _check_references(request: ChatRequest, catalog: Catalog) -> None:
+def check_references(request: ChatRequest, catalog: Catalog) -> None:
+    """Check that the request's model and fallback chain name what the catalog has.
+
+    Raises:
+        InvalidRequestError: with `field` "model" or "preferences.chain".
+    """
     unknown = [d for d in request.preferences.chain or [] if d not in catalog]
     if unknown:
         raise InvalidRequestError(
             f"unknown deployment ids {unknown}; known: {sorted(catalog)}", field="preferences.chain"
         )
     model = request.model
-    if model != "auto" and model not in catalog and not any(d.model == model for d in catalog.values()):
+    if not catalog.serves(model):
         raise InvalidRequestError(
             f"{model!r} is neither 'auto', a deployment id nor a model in the catalog; "
             f"deployment ids: {sorted(catalog)}",

@@ -26,7 +26,9 @@ from producer.api.errors import ApiError, error_body, first_field
 from producer.api.schemas import ChatCompletionBody
 from producer.inputs import parse_chat_body
 from producer.outputs import completion_body, routing_metadata
+from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
+from router_core.planner import check_references
 from storage.records import JobRecord
 from storage.relay import Piece
 from storage.tables import JobStatus
@@ -71,18 +73,13 @@ def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
     if request is None:
         message = "; ".join(problems)
         raise ApiError(400, message, param=first_field(message), code="invalid_request")
-    if (
-        request.model != "auto"
-        and request.model not in ctx.catalog
-        and not any(d.model == request.model for d in ctx.catalog.values())
-    ):
-        raise ApiError(
-            404,
-            f"model {request.model!r} is not served here: use 'auto', 'router:<strategy>', a deployment "
-            "id or a model from GET /v1/providers",
-            param="model",
-            code="model_not_found",
-        )
+    try:
+        check_references(request, ctx.catalog)  # the planner's own check, before a job is queued
+    except InvalidRequestError as exc:
+        if exc.field == "model":
+            message = f"model {request.model!r} is not served here: GET /v1/models lists what is"
+            raise ApiError(404, message, param="model", code="model_not_found") from None
+        raise ApiError(400, str(exc), param=exc.field, code="invalid_request") from None
     return request
 
 
