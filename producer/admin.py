@@ -14,12 +14,10 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from producer.commands import execute
+from producer.commands import execute, with_redis
 from router_core.catalog import load_catalog
 from router_core.stats import Forced
 from storage.budgets import Budgets
-from storage.connections import connect_redis
-from storage.errors import ServiceUnavailableError
 from storage.fleet import RedisStats
 from storage.settings import Settings
 from storage.store import Store
@@ -37,18 +35,9 @@ ScopeArg = Annotated[str, typer.Argument(help="user:<tenant>/<user>, tenant:<ten
 
 
 async def _with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]]) -> T:
-    if settings.redis_url is None:
-        raise ServiceUnavailableError(
-            "Redis",
-            "(unset)",
-            "ROUTEQ_REDIS_URL is not set",
-            "Fleet state lives in the fleet's Redis: set ROUTEQ_REDIS_URL to it.",
-        )
-    redis = await connect_redis(settings)
-    try:
-        return await action(redis)
-    finally:
-        await redis.aclose()
+    return await with_redis(
+        settings, action, hint="Fleet state lives in the fleet's Redis: set ROUTEQ_REDIS_URL to it."
+    )
 
 
 @deployments_app.command("list")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from arq.logs import default_log_config
+from redis.asyncio import Redis
 from rich.console import Console
 
 from producer.api import serve_app
@@ -26,12 +27,25 @@ from producer.inputs import ParsedInput, read_jsonl
 from producer.outputs import write_results
 from producer.reporting import follow_with_progress, print_line_errors, status_table, summary_table
 from router_core.errors import ConfigError
+from storage.connections import connect_redis
 from storage.errors import NotFoundError, ServiceUnavailableError, mask_dsn
 from storage.events import Event
 from storage.settings import Settings
 from storage.store import NewJob, Store
 
-__all__ = ["cancel", "migrate", "requeue", "results", "run", "status", "submit", "watch", "worker"]
+__all__ = [
+    "cancel",
+    "execute",
+    "migrate",
+    "requeue",
+    "results",
+    "run",
+    "status",
+    "submit",
+    "watch",
+    "with_redis",
+    "worker",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -83,14 +97,22 @@ def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]
 
 async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
     if settings.redis_url is None:
-        raise ServiceUnavailableError(
-            "Redis",
-            "(unset)",
-            "ROUTEQ_REDIS_URL is not set",
-            "Set it to your Redis (redis://host:6379/0); for a one-off local run use `routeq run FILE`.",
+        raise ServiceUnavailableError.redis_unset(
+            "Set it to your Redis (redis://host:6379/0); for a one-off local run use `routeq run FILE`."
         )
     async with await Client.connect(settings) as client:
         return await action(client)
+
+
+async def with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]], *, hint: str) -> T:
+    """Run `action` on a connection to the fleet's Redis, closed after; `hint` says why it is needed."""
+    if settings.redis_url is None:
+        raise ServiceUnavailableError.redis_unset(hint)
+    redis = await connect_redis(settings)
+    try:
+        return await action(redis)
+    finally:
+        await redis.aclose()
 
 
 async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:

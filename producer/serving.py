@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
 from producer.api import create_app
-from producer.commands import execute
+from producer.commands import execute, with_redis
 from router_core.catalog import load_catalog
 from storage.apikeys import ApiKeys
 from storage.budgets import Budgets, user_scope
@@ -53,12 +54,9 @@ def serve(
 async def _preflight(settings: Settings) -> None:
     """Fail with one clear line (exit 2) before uvicorn starts when Redis, SQL or the catalog is wrong."""
     if settings.redis_url is None:
-        raise ServiceUnavailableError(
-            "Redis",
-            "(unset)",
-            "ROUTEQ_REDIS_URL is not set",
+        raise ServiceUnavailableError.redis_unset(
             "The API enqueues into the workers' Redis: set ROUTEQ_REDIS_URL. To try it all in one "
-            "process, use `routeq run FILE --serve 8000`.",
+            "process, use `routeq run FILE --serve 8000`."
         )
     load_catalog(settings.catalog_path)
     redis = await connect_redis(settings)
@@ -98,17 +96,11 @@ def create_key(
 
 
 async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: float) -> None:
-    if settings.redis_url is None:
-        raise ServiceUnavailableError(
-            "Redis", "(unset)", "ROUTEQ_REDIS_URL is not set", "Budgets live in the fleet's Redis: set it."
-        )
-    redis = await connect_redis(settings)
-    try:
-        await Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd).set_cap(
-            user_scope(tenant, user), budget
-        )
-    finally:
-        await redis.aclose()
+    async def set_cap(redis: Redis) -> None:
+        budgets = Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
+        await budgets.set_cap(user_scope(tenant, user), budget)
+
+    await with_redis(settings, set_cap, hint="Budgets live in the fleet's Redis: set it.")
     console.print(f"budget of {tenant}/{user}: ${budget:.4f}")
 
 

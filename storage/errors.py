@@ -29,6 +29,11 @@ class ServiceUnavailableError(StorageError):
         reason = reason.strip().rstrip(".")
         super().__init__(f"cannot reach {service} at {self.url}: {reason}. {hint}")
 
+    @classmethod
+    def redis_unset(cls, hint: str) -> ServiceUnavailableError:
+        """The error of a command that needs the fleet's Redis when ROUTEQ_REDIS_URL is not set."""
+        return cls("Redis", "(unset)", "ROUTEQ_REDIS_URL is not set", hint)
+
 
 class NotFoundError(StorageError):
     """No job or batch has the given id."""
