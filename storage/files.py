@@ -9,10 +9,12 @@ results of a cancelled batch included) and never stored twice.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import RowMapping, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
@@ -54,7 +56,7 @@ _COLUMNS = (
 )
 
 
-def _record(row: RowMapping) -> FileRecord:
+def _record(row: Mapping[Any, Any]) -> FileRecord:
     values = dict(row)
     values["created_at"] = aware(values["created_at"])
     return FileRecord(**values)
@@ -96,14 +98,19 @@ class Files:
             raise NotFoundError("file", file_id)
         return _record(row._mapping)
 
-    async def content(self, file_id: str, *, tenant: str) -> bytes:
-        """An uploaded file's bytes. Raises `NotFoundError` if it does not exist in `tenant`."""
-        query = select(files.c.content).where((files.c.id == file_id) & (files.c.tenant == tenant))
+    async def read(self, file_id: str, *, tenant: str) -> tuple[FileRecord, bytes | None]:
+        """The file's metadata and, for an upload, its bytes (None for a generated file), in one read.
+
+        Raises `NotFoundError` if it does not exist in `tenant`.
+        """
+        query = select(*_COLUMNS, files.c.content).where((files.c.id == file_id) & (files.c.tenant == tenant))
         async with self.store.reading() as conn:
             row = (await conn.execute(query)).first()
-        if row is None or row.content is None:
+        if row is None:
             raise NotFoundError("file", file_id)
-        return bytes(row.content)
+        values = dict(row._mapping)
+        content = values.pop("content")
+        return _record(values), None if content is None else bytes(content)
 
     async def list(
         self, *, tenant: str, purpose: str | None = None, limit: int = _LIST_LIMIT

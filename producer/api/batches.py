@@ -22,7 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from producer.api.auth import Caller, Principal
 from producer.api.context import ApiContext, context
-from producer.api.errors import ApiError, not_found
+from producer.api.errors import ApiError
 from producer.api.jobs import own_batch
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import parse_lines, unstorable_text
@@ -101,9 +101,8 @@ async def get_file(file_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/v1/files/{file_id}/content", summary="A file's content (a batch's output: JSONL by custom_id)")
 async def file_content(file_id: str, principal: Caller, ctx: Ctx) -> Response:
-    record = await ctx.files.get(file_id, tenant=principal.tenant)
+    record, content = await ctx.files.read(file_id, tenant=principal.tenant)
     if record.batch_id is None:
-        content = await ctx.files.content(file_id, tenant=principal.tenant)
         return Response(content, media_type="application/jsonl")
     errors = record.purpose == "batch_error"
     return StreamingResponse(
@@ -193,11 +192,9 @@ def _errors(batch: BatchRecord) -> dict[str, Any]:
 async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
     if problems := list(unstorable_text(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
-    try:
-        record = await ctx.files.get(body.input_file_id, tenant=principal.tenant)
-        content = await ctx.files.content(body.input_file_id, tenant=principal.tenant)
-    except NotFoundError:
-        raise not_found("file", body.input_file_id) from None
+    record, content = await ctx.files.read(body.input_file_id, tenant=principal.tenant)
+    if content is None:  # a batch's generated output or error file is not an input
+        raise NotFoundError("file", body.input_file_id)
     if record.purpose != "batch":
         raise ApiError(400, f"input_file_id: {record.id} is a {record.purpose} file, not a batch input")
     lines = content.decode("utf-8", errors="surrogateescape").splitlines()
@@ -237,10 +234,7 @@ async def list_batches(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    try:
-        page = await ctx.store.list_batches(tenant=principal.tenant, after=after, limit=limit + 1)
-    except NotFoundError:
-        raise not_found("batch", after or "") from None
+    page = await ctx.store.list_batches(tenant=principal.tenant, after=after, limit=limit + 1)
     more = len(page) > limit
     data = [batch_object(b) for b in page[:limit]]
     return {

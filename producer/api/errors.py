@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage.errors import NotFoundError, ServiceUnavailableError
 
-__all__ = ["ApiError", "error_body", "first_field", "install_error_handlers", "not_found"]
+__all__ = ["ApiError", "error_body", "first_field", "install_error_handlers"]
 
 logger = logging.getLogger("routeq.api")
 
@@ -80,8 +80,11 @@ def first_field(problems: str) -> str | None:
     return field if field and " " not in field else None
 
 
-def not_found(kind: str, id_: str) -> ApiError:
-    """The 404 for an id that does not exist, or belongs to another tenant (the same answer)."""
+def _not_found_answer(kind: str, id_: str) -> ApiError:
+    """The 404 for an id that does not exist, or belongs to another tenant (the same answer).
+
+    Routes raise `NotFoundError`; this handler is the one place it becomes an answer.
+    """
     return ApiError(404, f"no {kind} with id {id_!r}", param=kind.replace(" ", "_") + "_id", code="not_found")
 
 
@@ -113,7 +116,7 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NotFoundError)
-    return not_found(exc.kind, exc.id).response()
+    return _not_found_answer(exc.kind, exc.id).response()
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from producer.api.auth import Caller, Principal
 from producer.api.context import ApiContext, context
-from producer.api.errors import ApiError, first_field, not_found
+from producer.api.errors import ApiError, first_field
 from producer.api.schemas import JobBody
 from producer.inputs import LineError, parse_object
 from producer.outputs import routing_metadata
@@ -38,23 +38,17 @@ _KEEPALIVE_MS = 15_000
 
 async def own_job(ctx: ApiContext, principal: Principal, job_id: str) -> JobRecord:
     """The job, if it belongs to the caller's tenant; 404 otherwise (the same answer as no job)."""
-    try:
-        job = await ctx.store.get_job(job_id)
-    except NotFoundError:
-        raise not_found("job", job_id) from None
+    job = await ctx.store.get_job(job_id)
     if job.tenant != principal.tenant:
-        raise not_found("job", job_id)
+        raise NotFoundError("job", job_id)
     return job
 
 
 async def own_batch(ctx: ApiContext, principal: Principal, batch_id: str) -> BatchRecord:
     """The batch, if it belongs to the caller's tenant; 404 otherwise."""
-    try:
-        batch = await ctx.store.get_batch(batch_id)
-    except NotFoundError:
-        raise not_found("batch", batch_id) from None
+    batch = await ctx.store.get_batch(batch_id)
     if batch.tenant != principal.tenant:
-        raise not_found("batch", batch_id)
+        raise NotFoundError("batch", batch_id)
     return batch
 
 

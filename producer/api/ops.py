@@ -11,10 +11,9 @@ from sqlalchemy import text
 
 from producer.api.auth import Admin, Caller
 from producer.api.context import ApiContext, context
-from producer.api.errors import not_found
 from producer.api.schemas import DeploymentStateBody
 from router_core.stats import DeploymentStats, Forced
-from storage.errors import mask_dsn
+from storage.errors import NotFoundError, mask_dsn
 
 __all__ = ["router"]
 
@@ -73,7 +72,7 @@ async def set_deployment_state(
 ) -> dict[str, Any]:
     """Fleet-wide, until set back to `auto`: workers see it on their next plan."""
     if deployment_id not in ctx.catalog:
-        raise not_found("deployment", deployment_id)
+        raise NotFoundError("deployment", deployment_id)
     await ctx.stats.force(deployment_id, None if body.state == "auto" else Forced(body.state))
     snapshot = await ctx.stats.snapshot([deployment_id])
     return _provider_view(ctx, deployment_id, snapshot[deployment_id])
