@@ -21,7 +21,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -29,13 +28,12 @@ from pathlib import Path
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
-from saturation import start_workers
+from saturation import routeq_env, spawn_routeq, start_workers, wait_for_workers
 from throughput import DEFAULT_REDIS_URL, NOTE, open_store, sim_server
 
 from producer.client import Client
 from router_core import SimulateMode
 from router_core.models import ChatRequest, Message
-from storage import keys
 from storage.apikeys import ApiKeys
 from storage.connections import connect_redis
 from storage.settings import Settings
@@ -52,23 +50,7 @@ def free_port() -> int:
 
 
 def start_api(settings: Settings, catalog: Path, sim_url: str, port: int) -> subprocess.Popen[bytes]:
-    assert settings.redis_url is not None
-    env = {
-        **os.environ,
-        "ROUTEQ_REDIS_URL": settings.redis_url,
-        "ROUTEQ_DATABASE_URL": settings.database_url,
-        "ROUTEQ_QUEUE_NAME": settings.queue_name,
-        "ROUTEQ_SIMULATE": "always",
-        "ROUTEQ_SIM_URL": sim_url,
-        "ROUTEQ_CATALOG_PATH": str(catalog),
-    }
-    routeq = Path(sys.executable).with_name("routeq")
-    return subprocess.Popen(
-        [str(routeq), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return spawn_routeq(["serve", "--port", str(port)], routeq_env(settings, catalog, sim_url))
 
 
 async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -160,10 +142,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
 
     try:
         async with asyncio.timeout(args.timeout):
-            while len(await redis.hkeys(keys.WORKERS)) < 1:  # type: ignore[misc]
-                if workers[0].poll() is not None:
-                    raise SystemExit("the worker exited at start-up")
-                await asyncio.sleep(0.1)
+            await wait_for_workers(redis, workers)
             await wait_for_port(port, api)
             for warm in (direct, plain):  # connections, SDK import paths, SQLite pages
                 await asyncio.gather(*(warm(i) for i in range(10)))

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from throughput import DEFAULT_REDIS_URL, open_store, prompts, sim_server
 
@@ -65,11 +66,10 @@ sim = {{ latency_ms = {LATENCY_MS}, rpm = {limit}, window_s = 1.0 }}
     )
 
 
-def start_workers(
-    settings: Settings, catalog: Path, sim_url: str, count: int
-) -> list[subprocess.Popen[bytes]]:
+def routeq_env(settings: Settings, catalog: Path, sim_url: str) -> dict[str, str]:
+    """The environment of a `routeq` process on the bench's Redis, database, queue, catalog and sim."""
     assert settings.redis_url is not None
-    env = {
+    return {
         **os.environ,
         "ROUTEQ_REDIS_URL": settings.redis_url,
         "ROUTEQ_DATABASE_URL": settings.database_url,
@@ -77,16 +77,31 @@ def start_workers(
         "ROUTEQ_SIMULATE": "always",
         "ROUTEQ_SIM_URL": sim_url,
         "ROUTEQ_CATALOG_PATH": str(catalog),
-        "ROUTEQ_DEFAULT_USER_BUDGET_USD": "1000000",
-        "ROUTEQ_POLL_DELAY_S": "0.02",
     }
+
+
+def spawn_routeq(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`routeq ARGS` from this virtualenv, its output discarded."""
     routeq = Path(sys.executable).with_name("routeq")
-    return [
-        subprocess.Popen(
-            [str(routeq), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(count)
-    ]
+    return subprocess.Popen(
+        [str(routeq), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def start_workers(
+    settings: Settings, catalog: Path, sim_url: str, count: int
+) -> list[subprocess.Popen[bytes]]:
+    env = routeq_env(settings, catalog, sim_url)
+    env |= {"ROUTEQ_DEFAULT_USER_BUDGET_USD": "1000000", "ROUTEQ_POLL_DELAY_S": "0.02"}
+    return [spawn_routeq(["worker"], env) for _ in range(count)]
+
+
+async def wait_for_workers(redis: Redis, workers: list[subprocess.Popen[bytes]]) -> None:
+    """Until every worker has registered in `routeq:workers`; exits if one dies first."""
+    while len(await redis.hkeys(keys.WORKERS)) < len(workers):  # type: ignore[misc]
+        if any(w.poll() is not None for w in workers):
+            raise SystemExit("a worker exited at start-up")
+        await asyncio.sleep(0.1)
 
 
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: str) -> None:
@@ -107,10 +122,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
     workers = start_workers(settings, catalog, sim_url, args.workers)
     try:
         async with asyncio.timeout(args.timeout):
-            while len(await redis.hkeys(keys.WORKERS)) < args.workers:  # type: ignore[misc]
-                if any(w.poll() is not None for w in workers):
-                    raise SystemExit("a worker exited at start-up")
-                await asyncio.sleep(0.1)
+            await wait_for_workers(redis, workers)
             client = Client(redis, store, settings)
             started = time.monotonic()
             batch_id = await client.submit_batch(prompts(args.jobs))
