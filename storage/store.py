@@ -25,6 +25,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult
+from storage._rows import (
+    OUTCOME_COLUMNS,
+    JobFailure,
+    attempt_row,
+    billed_calls,
+    ledger_row,
+    money,
+    outcome_values,
+    run_rows,
+)
 from storage.db import connect_database, is_single_connection
 from storage.errors import NotFoundError
 from storage.group_commit import GroupCommitter
@@ -76,22 +86,10 @@ _START_JOB = (
         jobs.c.stream,
     )
 )
-_OUTCOME_COLUMNS = (
-    "status",
-    "finished_at",
-    "attempt_count",
-    "cost_usd",
-    "deployment",
-    "model",
-    "latency_ms",
-    "failovers",
-    "result",
-    "error",
-)
 _FINISH_JOB = (
     update(jobs)
     .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
-    .values({name: bindparam(name, type_=jobs.c[name].type) for name in _OUTCOME_COLUMNS})
+    .values({name: bindparam(name, type_=jobs.c[name].type) for name in OUTCOME_COLUMNS})
 )
 
 
@@ -151,14 +149,6 @@ class InDoubtCall:
     model: str
     cost_usd: float
     simulated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class JobFailure:
-    """Why a job failed: the exception class name and its message."""
-
-    type: str
-    message: str
 
 
 class Store:
@@ -252,7 +242,7 @@ class Store:
             "name": name,
             "total": len(rows),
             "invalid_lines": list(invalid_lines),
-            "budget_usd": None if budget_usd is None else _money(budget_usd),
+            "budget_usd": None if budget_usd is None else money(budget_usd),
             "created_at": now,
             "completed_at": now if not rows else None,
         }
@@ -331,9 +321,9 @@ class Store:
         either way, because the provider billed them either way.
         """
         now = self._now()
-        billed = _billed(attempts_made)
-        outcome = {"b_id": job.id, **_outcome_values(attempts_made, result, failure, billed, now)}
-        calls = _run_rows(job, run, attempts_made, billed, now)
+        billed = billed_calls(attempts_made)
+        outcome = {"b_id": job.id, **outcome_values(attempts_made, result, failure, billed, now)}
+        calls = run_rows(job, run, attempts_made, billed, now)
 
         async def write(conn: AsyncConnection) -> bool:
             applied = await conn.execute(_FINISH_JOB, outcome)
@@ -348,7 +338,7 @@ class Store:
         The run's attempts and charges are recorded like `finish_job` does. A run that made no call
         gives its start back: waiting for room is not a crash, so it must not count toward max_tries.
         """
-        calls = _run_rows(job, run, attempts_made, _billed(attempts_made), self._now())
+        calls = run_rows(job, run, attempts_made, billed_calls(attempts_made), self._now())
         starts = jobs.c.starts if attempts_made else jobs.c.starts - 1
         reopen = (
             update(jobs)
@@ -387,9 +377,9 @@ class Store:
             for c in calls
         ]
         attempt_rows = [
-            _attempt_row(job.id, c.run, c.attempt_no, a, now) | {"outcome": IN_DOUBT} for c, a in lost
+            attempt_row(job.id, c.run, c.attempt_no, a, now) | {"outcome": IN_DOUBT} for c, a in lost
         ]
-        ledger_rows = [_ledger_row(job, c.run, c.attempt_no, a, now) | {"estimated": True} for c, a in lost]
+        ledger_rows = [ledger_row(job, c.run, c.attempt_no, a, now) | {"estimated": True} for c, a in lost]
 
         async def write(conn: AsyncConnection) -> None:
             await self._insert_calls(conn, attempt_rows, ledger_rows)
@@ -574,44 +564,6 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def _money(value: float) -> Decimal:
-    # Router costs are floats from genai-prices' Decimals; 10 decimal places is sub-nano-dollar.
-    return Decimal(repr(value)).quantize(Decimal("1e-10"))
-
-
-def _outcome_values(
-    attempts_made: Sequence[Attempt],
-    result: CompletionResult | None,
-    failure: JobFailure | None,
-    billed: Sequence[tuple[int, Attempt]],
-    now: datetime,
-) -> dict[str, Any]:
-    values: dict[str, Any] = dict.fromkeys(_OUTCOME_COLUMNS)
-    values.update(
-        finished_at=now,
-        attempt_count=len(attempts_made),
-        cost_usd=sum((_money(a.cost_usd) for _, a in billed), Decimal(0)),
-    )
-    if result is not None:
-        values.update(
-            status=JobStatus.SUCCEEDED.value,
-            deployment=result.deployment,
-            model=result.model,
-            latency_ms=result.latency_ms,
-            failovers=result.failovers,
-            result=result.model_dump(mode="json", exclude={"attempts"}),
-            error=None,
-        )
-    else:
-        failure = failure or JobFailure("Error", "the job failed without an error message")
-        values.update(
-            status=JobStatus.FAILED.value,
-            error={"type": failure.type, "message": failure.message},
-            failovers=max(0, len({a.deployment for a in attempts_made}) - 1),
-        )
-    return values
-
-
 def _api_batch_files(api: ApiBatch, batch_row: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     """Fill the batch row's OpenAI fields; return the rows of its output and error files."""
     batch_row.update(
@@ -636,61 +588,3 @@ def _api_batch_files(api: ApiBatch, batch_row: dict[str, Any], now: datetime) ->
         }
         for kind in ("output", "error")
     ]
-
-
-def _billed(attempts_made: Sequence[Attempt]) -> list[tuple[int, Attempt]]:
-    """(attempt_no, attempt) of the calls the provider billed: those that report usage or cost."""
-    return [(n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0]
-
-
-def _run_rows(
-    job: StartedJob,
-    run: int,
-    attempts_made: Sequence[Attempt],
-    billed: Sequence[tuple[int, Attempt]],
-    now: datetime,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A run's attempt rows (every call) and ledger rows (billed calls), numbered from 1."""
-    attempt_rows = [_attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
-    return attempt_rows, [_ledger_row(job, run, n, a, now) for n, a in billed]
-
-
-def _attempt_row(job_id: str, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
-    usage = attempt.usage
-    return {
-        "job_id": job_id,
-        "run": run,
-        "attempt_no": number,
-        "deployment": attempt.deployment,
-        "provider": attempt.provider,
-        "model": attempt.model,
-        "outcome": attempt.outcome.value,
-        "error_class": attempt.error_class,
-        "error": attempt.error,
-        "status_code": attempt.status_code,
-        "input_tokens": usage.input_tokens if usage else None,
-        "output_tokens": usage.output_tokens if usage else None,
-        "latency_ms": attempt.latency_ms,
-        "wait_ms": attempt.wait_ms,
-        "simulated": attempt.simulated,
-        "created_at": now,
-    }
-
-
-def _ledger_row(job: StartedJob, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
-    return {
-        "job_id": job.id,
-        "run": run,
-        "attempt_no": number,
-        "batch_id": job.batch_id,
-        "tenant": job.tenant,
-        "user_id": job.user_id,
-        "deployment": attempt.deployment,
-        "provider": attempt.provider,
-        "model": attempt.model,
-        "cost_usd": _money(attempt.cost_usd),
-        "usage": attempt.usage.model_dump() if attempt.usage else {},
-        "simulated": attempt.simulated,
-        "estimated": False,
-        "created_at": now,
-    }
