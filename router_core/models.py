@@ -7,7 +7,9 @@ that carries every `Attempt`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,6 +30,7 @@ __all__ = [
     "Strategy",
     "Usage",
     "Weights",
+    "deployment_switches",
 ]
 
 
@@ -264,8 +267,9 @@ class CompletionResult(BaseModel):
     @property
     def failovers(self) -> int:
         """How many times the router moved to another deployment."""
-        seen: list[str] = []
-        for attempt in self.attempts:
-            if not seen or seen[-1] != attempt.deployment:
-                seen.append(attempt.deployment)
-        return len(seen) - 1
+        return deployment_switches(self.attempts)
+
+
+def deployment_switches(attempts: Sequence[Attempt]) -> int:
+    """How many times a run's `attempts` moved to another deployment: its failovers."""
+    return sum(1 for prev, cur in pairwise(attempts) if prev.deployment != cur.deployment)

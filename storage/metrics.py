@@ -25,7 +25,6 @@ on every scrape (`refresh`), so any worker's metrics port shows the whole fleet'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,7 +40,7 @@ from router_core.models import Attempt
 from router_core.stats import CircuitState, Forced, StatsStore
 from storage import keys
 
-__all__ = ["CONTENT_TYPE", "LLM_LATENCY_BUCKETS", "Metrics", "deployment_switches"]
+__all__ = ["CONTENT_TYPE", "LLM_LATENCY_BUCKETS", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # the Content-Type of `Metrics.render()`
 
@@ -51,11 +50,6 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 
 _CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 _FORCED_VALUE = {Forced.DOWN: -1, None: 0, Forced.UP: 1}
-
-
-def deployment_switches(attempts: Sequence[Attempt]) -> int:
-    """How many times `attempts` moved to another deployment (`CompletionResult.failovers`)."""
-    return sum(1 for prev, cur in pairwise(attempts) if prev.deployment != cur.deployment)
 
 
 class Metrics:

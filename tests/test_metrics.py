@@ -18,13 +18,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from producer.client import Client
 from router_core import Catalog, FakeClock, Router, SpendGuard
 from router_core.errors import AllAttemptsFailedError, CapacityExhaustedError
-from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
+from router_core.models import (
+    Attempt,
+    AttemptOutcome,
+    ChatRequest,
+    CompletionResult,
+    Message,
+    Usage,
+    deployment_switches,
+)
 from router_core.stats import BreakerPolicy, CallOutcome, Forced
 from storage import keys
 from storage.budgets import Budgets
 from storage.events import EventBus
 from storage.fleet import RedisStats
-from storage.metrics import CONTENT_TYPE, Metrics, deployment_switches
+from storage.metrics import CONTENT_TYPE, Metrics
 from storage.settings import Settings
 from storage.store import NewJob
 from tests.backends import Backend

@@ -31,11 +31,11 @@ from router_core.errors import (
     RouteqError,
     StreamInterruptedError,
 )
-from router_core.models import Attempt, ChatRequest, CompletionResult
+from router_core.models import Attempt, ChatRequest, CompletionResult, deployment_switches
 from router_core.router import Router
 from storage.budgets import Budgets, JobSpendGuard
 from storage.events import EventBus, JobEvent
-from storage.metrics import Metrics, deployment_switches
+from storage.metrics import Metrics
 from storage.records import JobRecord, StartedJob
 from storage.relay import StreamRelay
 from storage.store import BatchLimits, InDoubtCall, JobFailure, Store
