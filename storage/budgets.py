@@ -45,6 +45,7 @@ from sqlalchemy import func, select
 
 from router_core.spend import SpendRefusal
 from storage import keys
+from storage.connections import as_text
 from storage.store import Store
 from storage.tables import ledger
 
@@ -259,7 +260,7 @@ class Budgets:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.job_holds(job_id))
             (raw,) = await pipe.execute()
-        return {_text(field): _hold(_text(field), _text(value)) for field, value in raw.items()}
+        return {as_text(field): _hold(as_text(field), as_text(value)) for field, value in raw.items()}
 
     async def usage(self, scope: str) -> ScopeUsage:
         """A scope's spend, holds and cap (for a batch, only a cap set with `set_cap`: its own is in SQL)."""
@@ -292,7 +293,7 @@ class Budgets:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.BUDGET_CAPS)
             (raw,) = await pipe.execute()
-        return {_text(scope): _usd(cap) for scope, cap in raw.items()}
+        return {as_text(scope): _usd(cap) for scope, cap in raw.items()}
 
     async def rebuild_from_ledger(self, store: Store) -> dict[str, float]:
         """Reset every scope's `spent` from the SQL ledger and `reserved` from the holds left in Redis.
@@ -317,11 +318,11 @@ class Budgets:
         for scope, micro in spent.items():
             args += [scope, str(micro)]
         written: list[Any] = await self._rebuild(keys=holds_keys, args=args)
-        return {scope: spent.get(scope, 0) / 1e6 for scope in map(_text, written)}
+        return {scope: spent.get(scope, 0) / 1e6 for scope in map(as_text, written)}
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
         async for key in self._redis.scan_iter(match=pattern, count=1000):
-            yield _text(key)
+            yield as_text(key)
 
 
 class JobSpendGuard:
@@ -357,7 +358,7 @@ class JobSpendGuard:
         )
         if not isinstance(reply, list):
             return None
-        scope, spent, reserved, cap = map(_text, reply)
+        scope, spent, reserved, cap = map(as_text, reply)
         kind, _, name = scope.partition(":")
         message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
@@ -421,11 +422,7 @@ def _cap_micro(usd: float) -> int:
 
 
 def _usd(micro: bytes | str | int | None) -> float:
-    return int(_text(micro or 0)) / 1e6
-
-
-def _text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return int(as_text(micro or 0)) / 1e6
 
 
 def _hold(field: str, raw: str) -> Hold:

@@ -19,7 +19,7 @@ from storage.errors import ServiceUnavailableError
 from storage.queue import deserialize, serialize
 from storage.settings import Settings
 
-__all__ = ["connect_redis", "embedded_redis", "redis_settings"]
+__all__ = ["as_text", "connect_redis", "embedded_redis", "redis_settings"]
 
 _HINT = (
     "Start Redis or fix ROUTEQ_REDIS_URL (redis://[:password@]host:port/db); "
@@ -75,3 +75,8 @@ def embedded_redis(settings: Settings, server: FakeServer | None = None) -> ArqR
         job_deserializer=deserialize,
         default_queue_name=settings.queue_name,
     )
+
+
+def as_text(value: bytes | str | int) -> str:
+    """A Redis reply value as text (replies are bytes unless the client decodes them)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

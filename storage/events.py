@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.connections import as_text
 from storage.records import JobRecord
 from storage.tables import JobStatus
 
@@ -227,10 +228,8 @@ class EventBus:
                     return
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
-    decoded = {_text(k): _text(v) for k, v in fields.items()}
-    return Event(id=_text(entry_id), type=decoded.get("type", ""), data=json.loads(decoded.get("data", "{}")))
+    decoded = {as_text(k): as_text(v) for k, v in fields.items()}
+    return Event(
+        id=as_text(entry_id), type=decoded.get("type", ""), data=json.loads(decoded.get("data", "{}"))
+    )

@@ -54,6 +54,7 @@ from router_core.stats import (
     Refusal,
 )
 from storage import keys
+from storage.connections import as_text
 
 __all__ = ["RedisStats"]
 
@@ -380,7 +381,7 @@ class RedisStats:
             _arg(CONCURRENCY_RETRY_S),
         ]
         reply: list[Any] = await self._admit(keys=[state, inflight, requests, token_counts], args=args)
-        status, value, extra = (_text(v) for v in reply)
+        status, value, extra = (as_text(v) for v in reply)
         if status == "admitted":
             return Admission(value, probe=extra == "1")
         return Admission(None, Refusal(value), float(extra) if extra else None)
@@ -440,14 +441,10 @@ def _arg(value: float | None) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def _text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _stats(row: list[Any]) -> DeploymentStats:
     if not row:
         return DeploymentStats()
-    rate, latency, calls, forced, circuit, in_flight, requests, tokens = (_text(v) for v in row)
+    rate, latency, calls, forced, circuit, in_flight, requests, tokens = (as_text(v) for v in row)
     return DeploymentStats(
         success_rate=float(rate) if rate else 1.0,
         latency_ewma_ms=float(latency) if latency else None,

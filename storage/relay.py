@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.connections import as_text
 
 __all__ = ["Piece", "PieceWriter", "StreamRelay"]
 
@@ -72,7 +73,7 @@ class StreamRelay:
             reply = await self._redis.xread({key: after}, count=500, block=_BLOCK_MS)
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
-                    after = _text(entry_id)
+                    after = as_text(entry_id)
                     piece = _piece(after, fields)
                     yield piece
                     if piece.end is not None:
@@ -122,10 +123,6 @@ class PieceWriter:
             await asyncio.gather(self._flushing, return_exceptions=True)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _piece(entry_id: str, fields: dict[bytes | str, bytes | str]) -> Piece:
-    values = {_text(k): _text(v) for k, v in fields.items()}
+    values = {as_text(k): as_text(v) for k, v in fields.items()}
     return Piece(entry_id, int(values.get("run", "0")), values.get("text"), values.get("end"))
