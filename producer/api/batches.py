@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
-from producer.api.auth import Caller, Principal
+from producer.api.auth import Caller
 from producer.api.context import ApiContext, context
 from producer.api.errors import ApiError
 from producer.api.jobs import own_batch
@@ -248,11 +248,8 @@ async def list_batches(
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch: queued lines stop, finished ones stay")
 async def cancel_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    await _cancel(ctx, principal, batch_id)
-    return batch_object(await ctx.store.get_batch(batch_id))
-
-
-async def _cancel(ctx: ApiContext, principal: Principal, batch_id: str) -> None:
     batch = await own_batch(ctx, principal, batch_id)
-    if batch.done < batch.total:
-        await ctx.client(principal.tenant, principal.user).cancel(batch_id)
+    if batch.done >= batch.total:
+        return batch_object(batch)
+    await ctx.client(principal.tenant, principal.user).cancel(batch_id)
+    return batch_object(await ctx.store.get_batch(batch_id))
