@@ -34,10 +34,9 @@ from throughput import DEFAULT_REDIS_URL, NOTE, open_store, sim_server
 from producer.client import Client
 from router_core import SimulateMode
 from router_core.models import ChatRequest, Message
-from storage.apikeys import ApiKeys
 from storage.connections import connect_redis
+from storage.jobs import JobStatus
 from storage.settings import Settings
-from storage.tables import JobStatus
 
 Call = Callable[[int], Awaitable[float | None]]
 
@@ -132,7 +131,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     redis = await connect_redis(settings)
     await redis.flushdb()
     store = await open_store(database_url)
-    _, secret = await ApiKeys(store).create(tenant="bench", user_id="bench")
+    _, secret = await store.api_keys.create(tenant="bench", user_id="bench")
     port = free_port()
     workers = start_workers(settings, catalog, sim_url, 1)
     api = start_api(settings, catalog, sim_url, port)

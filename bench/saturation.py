@@ -39,8 +39,9 @@ from producer.client import Client
 from router_core import SimulateMode
 from storage import keys
 from storage.connections import connect_redis
+from storage.jobs import JobStatus
 from storage.settings import Settings
-from storage.tables import JobStatus, attempts, jobs
+from storage.sql.schema import attempts, jobs
 
 LATENCY_MS = 50
 

@@ -53,11 +53,11 @@ from router_core import SimulateMode
 from router_core.catalog import Catalog, parse_catalog
 from router_core.models import ChatRequest, Message
 from router_core.providers import sim_world_for
+from storage.bus.queue import deserialize, serialize
 from storage.connections import connect_redis
-from storage.queue import deserialize, serialize
+from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from storage.settings import Settings
-from storage.store import NewJob, Store
-from storage.tables import JobStatus
+from storage.sql.store import Store
 from workers.worker import build_worker, startup
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -202,8 +202,8 @@ async def pipeline_worker(
         sim_world=sim_world_for(catalog) if in_process_sim else None,
     )
     rate = await drain(worker, started)
-    batch = await store.get_batch(batch_id)
-    ledger_rows = len(await store.ledger_rows(batch_id=batch_id))
+    batch = await store.batches.get(batch_id, tenant=ANY_TENANT)
+    ledger_rows = len(await store.ledger.rows(batch_id=batch_id))
     ok = batch.counts == {JobStatus.SUCCEEDED: n} and ledger_rows == n and batch.status == "completed"
     counts = {status.value: count for status, count in batch.counts.items()}
     check = f"{'OK' if ok else 'FAILED'}: batch {batch.status}, counts {counts}, ledger rows {ledger_rows:,}"

@@ -17,10 +17,10 @@ from rich.table import Table
 from producer.commands import execute, with_redis
 from router_core.catalog import load_catalog
 from router_core.stats import Forced
-from storage.budgets import Budgets
-from storage.fleet import RedisStats
+from storage.fleet.budgets import Budgets
+from storage.fleet.state import RedisStats
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 
 __all__ = ["budget_app", "deployments_app"]
 

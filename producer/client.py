@@ -19,13 +19,12 @@ from arq.connections import ArqRedis
 
 from router_core.models import ChatRequest
 from storage import keys
+from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
+from storage.bus.queue import enqueue_jobs
 from storage.connections import connect_redis
-from storage.events import BatchCounts, Event, EventBus, JobEvent
-from storage.queue import enqueue_jobs
-from storage.records import BatchRecord, JobRecord
+from storage.jobs import ANY_TENANT, ApiBatch, BatchRecord, JobRecord, JobStatus, NewJob, TenantScope
 from storage.settings import Settings
-from storage.store import ApiBatch, NewJob, Store
-from storage.tables import JobStatus
+from storage.sql.store import Store
 
 __all__ = ["Client"]
 
@@ -41,6 +40,7 @@ class Client:
         *,
         tenant: str | None = None,
         user: str | None = None,
+        all_tenants: bool = False,
         owns_connections: bool = False,
     ) -> None:
         self.redis = redis
@@ -48,6 +48,8 @@ class Client:
         self.settings = settings
         self.tenant = tenant or settings.tenant
         self.user = user or settings.user
+        # What this client may read: its own tenant's jobs and batches, or every tenant's (operators).
+        self.scope: TenantScope = ANY_TENANT if all_tenants else self.tenant
         self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
         self._owns = owns_connections
 
@@ -88,7 +90,7 @@ class Client:
         """Queue one chat request; returns its job id.
 
         With `stream`, the worker relays the answer's text through Redis as it is generated
-        (read it with `storage.relay.StreamRelay.follow`).
+        (read it with `storage.bus.relay.StreamRelay.follow`).
         """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
         created = await self._create([NewJob(custom_id, chat, stream)], kind="single", name=None)
@@ -126,7 +128,7 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
     ) -> tuple[str, list[str]]:
-        created = await self.store.create_batch(
+        created = await self.store.batches.create(
             items,
             tenant=self.tenant,
             user_id=self.user,
@@ -144,8 +146,8 @@ class Client:
     # -- reading ---------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord:
-        """The job as stored now. Raises `NotFoundError` for an unknown id."""
-        return await self.store.get_job(job_id)
+        """The job as stored now. Raises `NotFoundError` for an unknown id or another tenant's job."""
+        return await self.store.jobs.get(job_id, tenant=self.scope)
 
     async def wait(self, job_id: str) -> JobRecord:
         """Wait until the job is finished and return it.
@@ -160,17 +162,17 @@ class Client:
         """
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(keys.job_done_channel(job_id))
-            job = await self.store.get_job(job_id)
+            job = await self.store.jobs.get(job_id, tenant=self.scope)
             if job.terminal:
                 return job
             async for message in pubsub.listen():
                 if message["type"] == "message":
                     break
-        return await self.store.get_job(job_id)
+        return await self.store.jobs.get(job_id, tenant=self.scope)
 
     async def batch(self, batch_id: str) -> BatchRecord:
         """The batch with its job counts per status, from SQL."""
-        return await self.store.get_batch(batch_id)
+        return await self.store.batches.get(batch_id, tenant=self.scope)
 
     async def progress(self, batch_id: str) -> BatchCounts:
         """The batch's live counters from Redis (what the events report)."""
@@ -178,7 +180,7 @@ class Client:
 
     def results(self, batch_id: str, *, finished_only: bool = False) -> AsyncIterator[JobRecord]:
         """The batch's jobs in input order (only finished ones with `finished_only`)."""
-        return self.store.iter_jobs(batch_id, terminal_only=finished_only)
+        return self.store.jobs.iter(batch_id, tenant=self.scope, terminal_only=finished_only)
 
     def events(self, batch_id: str, *, after: str = "0-0") -> AsyncIterator[Event]:
         """The batch's events from stream id `after` (0-0 = the start), live, until it completes."""
@@ -191,8 +193,12 @@ class Client:
         that lost its data, this rebuilds the queue (and the progress counters, if they are gone).
         Safe to repeat: workers skip jobs that already ran.
         """
-        batch = await self.store.get_batch(batch_id)
-        job_ids = [job.id async for job in self.store.iter_jobs(batch_id) if job.status == JobStatus.QUEUED]
+        batch = await self.store.batches.get(batch_id, tenant=self.scope)
+        job_ids = [
+            job.id
+            async for job in self.store.jobs.iter(batch_id, tenant=self.scope)
+            if job.status == JobStatus.QUEUED
+        ]
         await self.events_bus.restore_counts(
             batch_id, batch.total, {status.value: n for status, n in batch.counts.items()}
         )
@@ -204,13 +210,13 @@ class Client:
 
     async def cancel(self, batch_id: str, *, job_id: str | None = None) -> int:
         """Cancel the batch's queued jobs (or just `job_id`); running jobs finish. Returns how many."""
-        cancelled = await self.store.cancel(batch_id, job_id)
+        cancelled = await self.store.batches.cancel(batch_id, tenant=self.scope, job_id=job_id)
         if cancelled:
             ids = [job.id for job in cancelled]
             # Workers would skip them anyway (SQL says cancelled); removing them saves the trip.
             await self.redis.zrem(self.settings.queue_name, *ids)
             await self.events_bus.publish_terminal([JobEvent.from_record(job) for job in cancelled])
-        batch = await self.store.get_batch(batch_id)
+        batch = await self.store.batches.get(batch_id, tenant=self.scope)
         if batch.done >= batch.total:
-            await self.store.mark_batch_completed(batch_id)
+            await self.store.batches.mark_completed(batch_id)
         return len(cancelled)

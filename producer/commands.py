@@ -27,11 +27,12 @@ from producer.inputs import ParsedInput, read_jsonl
 from producer.outputs import write_results
 from producer.reporting import follow_with_progress, print_line_errors, status_table, summary_table
 from router_core.errors import ConfigError
+from storage.bus.events import Event
 from storage.connections import connect_redis
 from storage.errors import NotFoundError, ServiceUnavailableError, mask_dsn
-from storage.events import Event
+from storage.jobs import ANY_TENANT, NewJob
 from storage.settings import Settings
-from storage.store import NewJob, Store
+from storage.sql.store import Store
 
 __all__ = [
     "cancel",
@@ -100,7 +101,7 @@ async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[
         raise ServiceUnavailableError.redis_unset(
             "Set it to your Redis (redis://host:6379/0); for a one-off local run use `routeq run FILE`."
         )
-    async with await Client.connect(settings) as client:
+    async with await Client.connect(settings, all_tenants=True) as client:
         return await action(client)
 
 
@@ -165,7 +166,7 @@ def run(
             console.print(f"batch [bold]{batch_id}[/bold]: {batch.total} jobs · {mode} · {database}")
             await embedded.until(follow_with_progress(client, batch, console))
             elapsed = time.perf_counter() - started
-            summary = await client.store.batch_summary(batch_id)
+            summary = await client.store.batches.summary(batch_id)
             console.print(summary_table(summary))
             path = output or Path(f"results-{batch_id}.jsonl")
             written, _ = await write_results(path, client.results(batch_id))
@@ -211,11 +212,11 @@ def status(id: IdArg) -> None:
 
     async def go(store: Store) -> None:
         if id.startswith("job_"):
-            job = await store.get_job(id)
+            job = await store.jobs.get(id, tenant=ANY_TENANT)
             console.print(
                 f"job {job.id} ({job.custom_id}) in {job.batch_id}: [bold]{job.status.value}[/bold]"
             )
-            for attempt in await store.job_attempts(id):
+            for attempt in await store.jobs.attempts(id, tenant=ANY_TENANT):
                 outcome = (
                     attempt["outcome"]
                     if not attempt["error"]
@@ -227,7 +228,7 @@ def status(id: IdArg) -> None:
             if job.cost_usd is not None:
                 console.print(f"  cost ${job.cost_usd:.6f} on {job.deployment}")
             return
-        console.print(status_table(await store.get_batch(id)))
+        console.print(status_table(await store.batches.get(id, tenant=ANY_TENANT)))
 
     execute(_with_store(Settings(), go))
 
@@ -241,9 +242,9 @@ def results(
     """The batch's finished results as OpenAI-batch-style JSONL (reads SQL only)."""
 
     async def go(store: Store) -> None:
-        batch = await store.get_batch(id)
+        batch = await store.batches.get(id, tenant=ANY_TENANT)
         target = output or Path("/dev/stdout")
-        written, pending = await write_results(target, store.iter_jobs(batch.id))
+        written, pending = await write_results(target, store.jobs.iter(batch.id, tenant=ANY_TENANT))
         if output is not None:
             err_console.print(f"{written} results written to {output}")
         if pending:

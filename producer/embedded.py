@@ -18,10 +18,10 @@ from fakeredis import FakeServer
 
 from producer.client import Client
 from router_core.catalog import load_catalog
-from storage.budgets import Budgets
 from storage.connections import connect_redis, embedded_redis
+from storage.fleet.budgets import Budgets
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 from workers.worker import build_worker, run_worker
 
 __all__ = ["Embedded", "embedded_client"]
@@ -62,7 +62,7 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         return await connect_redis(settings)
 
     store = await Store.open(settings.database_url)
-    client = Client(await redis_connection(), store, settings)
+    client = Client(await redis_connection(), store, settings, all_tenants=True)
     if server is not None:
         # The in-process Redis starts empty every run; the ledger in SQL remembers what was spent,
         # so budgets carry over from one `routeq run` to the next.

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Any
 
-from storage.records import JobRecord
-from storage.tables import JobStatus
+from storage.jobs import JobRecord, JobStatus
 
 __all__ = ["completion_body", "output_line", "routing_metadata", "write_results"]
 

@@ -12,9 +12,8 @@ from rich.text import Text
 
 from producer.client import Client
 from producer.inputs import LineError
-from storage.events import Event
-from storage.records import BatchRecord, BatchSummary
-from storage.tables import JobStatus
+from storage.bus.events import Event
+from storage.jobs import BatchRecord, BatchSummary, JobStatus
 
 __all__ = ["follow_with_progress", "print_line_errors", "status_table", "summary_table"]
 

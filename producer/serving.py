@@ -13,12 +13,11 @@ from rich.table import Table
 from producer.api import create_app
 from producer.commands import execute, with_redis
 from router_core.catalog import load_catalog
-from storage.apikeys import ApiKeys
-from storage.budgets import Budgets, user_scope
 from storage.connections import connect_redis
 from storage.errors import ServiceUnavailableError
+from storage.fleet.budgets import Budgets, user_scope
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 
 __all__ = ["keys_app", "serve"]
 
@@ -82,7 +81,7 @@ def create_key(
     async def go() -> str:
         store = await Store.open(settings.database_url)
         try:
-            key, secret = await ApiKeys(store).create(tenant=tenant, user_id=user, name=name, admin=admin)
+            key, secret = await store.api_keys.create(tenant=tenant, user_id=user, name=name, admin=admin)
         finally:
             await store.close()
         if budget is not None:
@@ -112,7 +111,7 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
     async def go() -> None:
         store = await Store.open(settings.database_url)
         try:
-            found = await ApiKeys(store).list(tenant=tenant)
+            found = await store.api_keys.list(tenant=tenant)
         finally:
             await store.close()
         table = Table(title="API keys")
@@ -143,7 +142,7 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (key_...
     async def go() -> None:
         store = await Store.open(settings.database_url)
         try:
-            key = await ApiKeys(store).revoke(key_id)
+            key = await store.api_keys.revoke(key_id)
         finally:
             await store.close()
         console.print(f"revoked {key.id} ({key.tenant}/{key.user_id})")

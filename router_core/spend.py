@@ -5,7 +5,7 @@ safety margin plus `max_tokens`, at the deployment's price). A guard that refuse
 by how much; the router then tries a cheaper candidate or fails with `BudgetExceededError`. A call
 the provider did not bill (an error without usage) is released at once. Billed calls keep their
 reservation: whoever persists the charge settles it to the real cost afterwards, so a worker that
-dies between the call and the ledger leaves a record of the call behind (see `storage.budgets`).
+dies between the call and the ledger leaves a record of the call behind (see `storage.fleet.budgets`).
 """
 
 from __future__ import annotations

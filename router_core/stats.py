@@ -15,7 +15,7 @@ The breaker, per deployment:
 An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
 until the override is cleared.
 
-`InMemoryStats` is the single-process implementation; `storage.fleet.RedisStats` keeps the same
+`InMemoryStats` is the single-process implementation; `storage.fleet.state.RedisStats` keeps the same
 state in Redis for every worker. `tests/stats_contract.py` is the behaviour both must have.
 """
 

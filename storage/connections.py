@@ -15,8 +15,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from storage.bus.queue import deserialize, serialize
 from storage.errors import ServiceUnavailableError
-from storage.queue import deserialize, serialize
 from storage.settings import Settings
 
 __all__ = ["as_text", "connect_redis", "embedded_redis", "redis_settings"]

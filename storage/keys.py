@@ -20,12 +20,12 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:budget:<scope>        | hash    | permanent; rebuilt from SQL   | budget scripts        |
 | routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
 
-Fleet state (`storage.fleet`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
+Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
 hold in-flight tickets (score = lease expiry, so a killed worker's slots come back) and admitted
 requests (score = admission time) for the rpm/tpm sliding window.
 
-Budgets (`storage.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<tenant>` or
+Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<tenant>` or
 `batch:<id>`; its hash keeps `spent` and `reserved` in micro-dollars. `routeq:holds:<job>` maps
 `<run>:<attempt_no>` to the hold of a call about to be made: the write-ahead record that lets a
 re-run charge the calls of a worker that died before its ledger commit.
@@ -79,7 +79,7 @@ def job_done_channel(job_id: str) -> str:
 
 
 def job_chunks(job_id: str) -> str:
-    """Text pieces of a streamed job as the worker receives them, then an `end` entry (storage.relay)."""
+    """Text pieces of a streamed job as the worker receives them, then an `end` entry (storage.bus.relay)."""
     return f"{PREFIX}chunks:{job_id}"
 
 

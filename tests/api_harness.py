@@ -21,7 +21,6 @@ from router_core.catalog import Catalog
 from router_core.providers import sim_world_for
 from router_core.sim import create_server
 from router_core.sim.world import SimWorld
-from storage.apikeys import ApiKeys
 from tests.backends import Backend
 from tests.conftest import TRIO, make_catalog
 from workers.worker import build_worker, run_worker
@@ -38,7 +37,7 @@ class LiveApi:
 
     async def key(self, tenant: str, user: str = "u1", *, admin: bool = False) -> str:
         """A new API key's secret for `tenant`/`user`."""
-        _, secret = await ApiKeys(self.backend.store).create(tenant=tenant, user_id=user, admin=admin)
+        _, secret = await self.backend.store.api_keys.create(tenant=tenant, user_id=user, admin=admin)
         return secret
 
     def openai(self, secret: str, **options: Any) -> openai.AsyncOpenAI:

@@ -23,7 +23,7 @@ from router_core import SimulateMode
 from router_core.providers import sim_world_for
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 from tests.conftest import TRIO, make_catalog
 from workers.worker import build_worker
 

@@ -1,7 +1,7 @@
 """The behaviour every `StatsStore` must have, as a test class to subclass per backend.
 
 Subclass `StatsStoreContract` and provide the `store` fixture, built on the given fake clock with
-`POLICY` as its breaker policy. `InMemoryStats` and the Redis-backed `storage.fleet.RedisStats`
+`POLICY` as its breaker policy. `InMemoryStats` and the Redis-backed `storage.fleet.state.RedisStats`
 both run this suite unchanged.
 """
 

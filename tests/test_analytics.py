@@ -1,4 +1,4 @@
-"""Routing analytics (`storage.analytics`) on a small known data set, on SQLite and on PostgreSQL.
+"""Routing analytics (`storage.sql.analytics`) on a small known data set, on SQLite and on PostgreSQL.
 
 Times come from an injected clock so rows land on known UTC days, close to midnight. PostgreSQL
 sessions run in Asia/Tokyo (UTC+9): a day computed in the session's time zone would come out wrong.
@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from router_core import Strategy
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
-from storage.analytics import Analytics, DailyModelStats, DeploymentStats, Latency, analytics
-from storage.db import connect_database, migrate
-from storage.records import StartedJob
-from storage.store import InDoubtCall, JobFailure, NewJob, Store
+from storage.jobs import ANY_TENANT, InDoubtCall, JobFailure, NewJob, StartedJob
+from storage.sql.analytics import Analytics, DailyModelStats, DeploymentStats, Latency, analytics
+from storage.sql.engine import connect_database, migrate
+from storage.sql.store import Store
 from tests.backends import DATABASE_ENV, service_url
 
 DAY1 = datetime(2025, 3, 1, 23, 30, tzinfo=UTC)
@@ -70,8 +70,8 @@ class Recorder:
 
     async def start(self, tenant: str, at: datetime) -> StartedJob:
         self.clock.at = at
-        created = await self.store.create_batch([NewJob("item", chat())], tenant=tenant, user_id="u")
-        started = await self.store.start_job(created.job_ids[0], run=1, worker="w")
+        created = await self.store.batches.create([NewJob("item", chat())], tenant=tenant, user_id="u")
+        started = await self.store.runs.start(created.job_ids[0], run=1, worker="w")
         assert isinstance(started, StartedJob)
         return started
 
@@ -91,23 +91,23 @@ class Recorder:
             attempts=list(calls),
             plan_strategy=Strategy.BALANCED,
         )
-        assert await self.store.finish_job(job, run=1, attempts_made=calls, result=result)
+        assert await self.store.runs.finish(job, run=1, attempts_made=calls, result=result)
 
     async def fail(self, tenant: str, at: datetime, *calls: Attempt) -> None:
         job = await self.start(tenant, at)
         failure = JobFailure("AllAttemptsFailedError", "every call failed")
-        assert await self.store.finish_job(job, run=1, attempts_made=calls, result=None, failure=failure)
+        assert await self.store.runs.finish(job, run=1, attempts_made=calls, result=None, failure=failure)
 
     async def cancel(self, tenant: str, at: datetime) -> None:
         self.clock.at = at
-        created = await self.store.create_batch([NewJob("item", chat())], tenant=tenant, user_id="u")
-        assert len(await self.store.cancel(created.batch_id)) == 1
+        created = await self.store.batches.create([NewJob("item", chat())], tenant=tenant, user_id="u")
+        assert len(await self.store.batches.cancel(created.batch_id, tenant=ANY_TENANT)) == 1
 
     async def lose_worker(self, tenant: str, at: datetime, deployment: str, held: float) -> None:
         """A run that died mid-call: its call is recorded in doubt and charged at the amount held."""
         job = await self.start(tenant, at)
         lost = InDoubtCall(1, 1, deployment, deployment, f"m-{deployment}", held, simulated=True)
-        await self.store.record_in_doubt(job, [lost])
+        await self.store.runs.record_in_doubt(job, [lost])
 
 
 def chat() -> ChatRequest:

@@ -14,7 +14,7 @@ from openai.types import Batch
 
 from producer.client import Client
 from router_core.models import ChatRequest
-from storage.store import ApiBatch, NewJob
+from storage.jobs import ApiBatch, NewJob
 from tests.api_harness import serve_api
 from tests.backends import Backend
 

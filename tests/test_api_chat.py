@@ -9,7 +9,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from storage.budgets import Budgets, user_scope
+from storage.fleet.budgets import Budgets, user_scope
+from storage.jobs import ANY_TENANT
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend
 from tests.conftest import TRIO, make_catalog
@@ -44,7 +45,7 @@ async def test_chat_completion_through_the_sdk(api: LiveApi) -> None:
     assert routing["cost_usd"] == pytest.approx(float(raw.headers["x-routeq-cost-usd"]))
     job_id = raw.headers["x-routeq-job-id"]
     assert routing["job_id"] == job_id
-    job = await api.backend.store.get_job(job_id)
+    job = await api.backend.store.jobs.get(job_id, tenant=ANY_TENANT)
     assert job.tenant == "acme"
     assert job.status.value == "succeeded"
 
@@ -102,7 +103,7 @@ async def streamed_completion(api: LiveApi) -> None:
     assert usage.completion_tokens > 0
     assert routing is not None
     assert routing["deployment"] == "fast-b"
-    job = await api.backend.store.get_job(routing["job_id"])
+    job = await api.backend.store.jobs.get(routing["job_id"], tenant=ANY_TENANT)
     assert "".join(pieces) == job.result["content"]  # type: ignore[index]
 
 

@@ -16,8 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from producer.cli import app
-from storage.apikeys import ApiKeys
-from storage.store import Store
+from storage.sql.store import Store
 
 runner = CliRunner()
 
@@ -56,7 +55,7 @@ def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     async def lookup() -> tuple[str | None, bool]:
         store = await Store.open(url)
         try:
-            key = await ApiKeys(store).authenticate(secret)
+            key = await store.api_keys.authenticate(secret)
             return (key.id if key else None), bool(key and key.admin)
         finally:
             await store.close()

@@ -26,8 +26,8 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 
 from storage import keys
-from storage.apikeys import ApiKeys, hash_secret
-from storage.tables import metadata
+from storage.sql.api_keys import hash_secret
+from storage.sql.schema import metadata
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend
 
@@ -278,11 +278,11 @@ async def test_lists_and_analytics_are_per_tenant(world: Acme) -> None:
 
 async def test_keys_are_checked(world: Acme) -> None:
     routes = ["/v1/batches", "/v1/files", f"/v1/jobs/{world.job_id}", "/v1/providers", "/v1/analytics"]
-    revoked_key, revoked = await ApiKeys(world.api.backend.store).create(tenant="acme", user_id="u1")
+    revoked_key, revoked = await world.api.backend.store.api_keys.create(tenant="acme", user_id="u1")
     world.secrets.append(revoked)
     async with world.client(None) as anonymous, world.client(revoked) as former:
         assert (await former.get("/v1/batches")).status_code == 200
-        await ApiKeys(world.api.backend.store).revoke(revoked_key.id)
+        await world.api.backend.store.api_keys.revoke(revoked_key.id)
         for path in routes:
             missing = error_of(await anonymous.get(path), 401)
             assert (missing["type"], missing["code"]) == ("authentication_error", "missing_api_key")

@@ -20,10 +20,10 @@ from sqlalchemy import text
 
 from router_core.models import ChatRequest, Message
 from storage import keys
-from storage.budgets import Budgets, Hold, ScopeUsage, batch_scope, tenant_scope, user_scope
-from storage.records import StartedJob
-from storage.store import NewJob, Store
-from storage.tables import ledger
+from storage.fleet.budgets import Budgets, Hold, ScopeUsage, batch_scope, tenant_scope, user_scope
+from storage.jobs import NewJob, StartedJob
+from storage.sql.schema import ledger
+from storage.sql.store import Store
 from tests.backends import DATABASE_ENV, REDIS_ENV, service_url
 
 NOW = 1_700_000_000.0
@@ -281,12 +281,12 @@ async def charge(store: Store, b: Budgets, job: StartedJob, *costs: str) -> None
 
 async def new_jobs(store: Store, tenant: str, user: str, n: int) -> list[StartedJob]:
     request = ChatRequest(messages=[Message(role="user", content="hi")])
-    created = await store.create_batch(
+    created = await store.batches.create(
         [NewJob(f"j{i}", request) for i in range(n)], tenant=tenant, user_id=user
     )
     started: list[StartedJob] = []
     for job_id in created.job_ids:
-        job = await store.start_job(job_id, run=1, worker="w")
+        job = await store.runs.start(job_id, run=1, worker="w")
         assert isinstance(job, StartedJob)
         started.append(job)
     return started

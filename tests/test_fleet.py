@@ -22,9 +22,8 @@ from redis.exceptions import RedisError
 from producer.client import Client
 from router_core import CircuitState
 from storage.connections import connect_redis
-from storage.fleet import RedisStats
-from storage.store import NewJob
-from storage.tables import JobStatus
+from storage.fleet.state import RedisStats
+from storage.jobs import JobStatus, NewJob
 from tests.backends import Backend, open_backend
 from tests.fleet import finished, fleet, free_port, most_in_any_window, set_sim_profile, sim_stats, until
 from tests.test_pipeline import chat
@@ -204,7 +203,7 @@ async def test_sigkilled_worker_loses_no_job_and_bills_each_call_once(
     assert terminal == Counter({job.id: 1 for job in jobs})  # exactly one terminal event per job
     assert [e.type for e in events].count("batch.completed") == 1
 
-    ledger = await services.store.ledger_rows(batch_id=batch_id)
+    ledger = await services.store.ledger.rows(batch_id=batch_id)
     keys = Counter((row["job_id"], row["run"], row["attempt_no"]) for row in ledger)
     assert max(keys.values()) == 1  # no call charged twice
     calls = sum(d["by_outcome"].get("ok", 0) for d in sim.values())  # calls the sim answered or began
@@ -261,7 +260,7 @@ async def test_workers_ride_out_a_redis_restart(services: Backend, tmp_path: Pat
     assert Counter(job.status for job in jobs) == Counter({JobStatus.SUCCEEDED: RESTART_JOBS})
     terminal = Counter(e.data["job_id"] for e in events if e.type.startswith("job."))
     assert terminal == Counter({job.id: 1 for job in jobs})
-    ledger = await services.store.ledger_rows(batch_id=batch_id)
+    ledger = await services.store.ledger.rows(batch_id=batch_id)
     confirmed = Counter(row["job_id"] for row in ledger if not row["estimated"])
     assert confirmed == Counter({job.id: 1 for job in jobs})
 

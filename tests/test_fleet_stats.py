@@ -30,7 +30,7 @@ from router_core import (
     Refusal,
 )
 from storage import keys
-from storage.fleet import RedisStats
+from storage.fleet.state import RedisStats
 from tests.backends import REDIS_ENV, service_url
 from tests.stats_contract import COOLDOWN_S, POLICY, StatsStoreContract, call, dep, stats_of
 

@@ -29,12 +29,12 @@ from router_core.models import (
 )
 from router_core.stats import BreakerPolicy, CallOutcome, Forced
 from storage import keys
-from storage.budgets import Budgets
-from storage.events import EventBus
-from storage.fleet import RedisStats
+from storage.bus.events import EventBus
+from storage.fleet.budgets import Budgets
+from storage.fleet.state import RedisStats
+from storage.jobs import NewJob
 from storage.metrics import CONTENT_TYPE, Metrics
 from storage.settings import Settings
-from storage.store import NewJob
 from tests.backends import Backend
 from workers.metrics_server import MetricsServer, serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner

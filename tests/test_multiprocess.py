@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from producer.client import Client
-from storage.store import NewJob
-from storage.tables import JobStatus
+from storage.jobs import JobStatus, NewJob
 from tests.backends import Backend, open_backend
 from tests.fleet import fleet, until
 from tests.test_pipeline import chat
@@ -71,7 +70,7 @@ async def test_two_worker_processes_share_a_batch(services: Backend, tmp_path: P
     jobs = [job async for job in client.results(batch_id)]
     per_worker = Counter(job.worker for job in jobs)
     assert len(per_worker) == 2, per_worker  # both processes took a share
-    ledger = await services.store.ledger_rows(batch_id=batch_id)
+    ledger = await services.store.ledger.rows(batch_id=batch_id)
     assert len(ledger) == JOBS
     assert Counter(row["job_id"] for row in ledger) == Counter({job.id: 1 for job in jobs})
     terminal = Counter(e.data["job_id"] for e in events if e.type.startswith("job."))
@@ -99,4 +98,4 @@ async def test_sigterm_requeues_running_jobs_and_exits_cleanly(services: Backend
     await services.run_worker()
     batch = await client.batch(batch_id)
     assert batch.counts == {JobStatus.SUCCEEDED: 5}
-    assert len(await services.store.ledger_rows(batch_id=batch_id)) == 5  # the cut-short calls billed nothing
+    assert len(await services.store.ledger.rows(batch_id=batch_id)) == 5  # the cut-short calls billed nothing

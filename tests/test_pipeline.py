@@ -16,11 +16,10 @@ from producer.client import Client
 from router_core import Catalog, Router, SpendGuard
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
 from router_core.providers import sim_world_for
-from storage.budgets import Budgets
-from storage.events import Event, EventBus
-from storage.records import StartedJob
-from storage.store import NewJob
-from storage.tables import JobStatus, jobs, ledger
+from storage.bus.events import Event, EventBus
+from storage.fleet.budgets import Budgets
+from storage.jobs import ANY_TENANT, JobStatus, NewJob, StartedJob
+from storage.sql.schema import jobs, ledger
 from tests.backends import Backend
 from tests.conftest import deployment, make_catalog
 from workers.runner import JobRunner
@@ -67,7 +66,7 @@ async def test_batch_runs_to_completion(backend: Backend) -> None:
         assert job.result["content"]
         assert job.deployment is not None
         assert job.finished_at is not None
-    ledger = await backend.store.ledger_rows(batch_id=batch_id)
+    ledger = await backend.store.ledger.rows(batch_id=batch_id)
     assert len(ledger) == 30  # one successful call each, on the always-working demo sim
     assert sum(row["cost_usd"] for row in ledger) == sum(job.cost_usd or 0 for job in jobs)
 
@@ -102,13 +101,13 @@ async def test_failover_and_failure_record_every_attempt(backend: Backend, flaky
     assert jobs["only-bad"].status == JobStatus.FAILED
     assert jobs["only-bad"].error is not None
     assert jobs["only-bad"].error["type"] == "AllAttemptsFailedError"
-    bad_attempts = await backend.store.job_attempts(jobs["only-bad"].id)
+    bad_attempts = await backend.store.jobs.attempts(jobs["only-bad"].id, tenant=ANY_TENANT)
     assert len(bad_attempts) == backend.settings.max_attempts_per_deployment
     assert {a["deployment"] for a in bad_attempts} == {"bad-a"}
     assert all(a["outcome"] == "error" and a["status_code"] == 500 for a in bad_attempts)
     # Only calls the provider billed are charged: the one success.
-    assert await backend.store.ledger_rows(batch_id=batch_id) == []
-    ledger = await backend.store.ledger_rows(batch_id=ok_batch)
+    assert await backend.store.ledger.rows(batch_id=batch_id) == []
+    ledger = await backend.store.ledger.rows(batch_id=ok_batch)
     assert [(row["job_id"], row["deployment"]) for row in ledger] == [(jobs["fails-over"].id, "good-b")]
 
     assert [e.type for e in await all_events(client, batch_id)] == [
@@ -132,8 +131,8 @@ async def test_redelivery_after_commit_bills_once_and_publishes_once(backend: Ba
     assert again.status == JobStatus.SUCCEEDED
     assert again.result == first.result
     assert again.run == first.run
-    assert len(await backend.store.ledger_rows(job_id=job_id)) == 1
-    assert len(await backend.store.job_attempts(job_id)) == 1
+    assert len(await backend.store.ledger.rows(job_id=job_id)) == 1
+    assert len(await backend.store.jobs.attempts(job_id, tenant=ANY_TENANT)) == 1
     events = await all_events(client, first.batch_id)
     assert [e.type for e in events if e.type.startswith("job.")] == ["job.succeeded"]
 
@@ -173,7 +172,7 @@ async def test_concurrent_duplicate_runs_keep_one_result_and_every_charge(
     assert job.status == JobStatus.SUCCEEDED
     calls = sum(stats.requests for stats in world.stats.values())
     assert calls == 2
-    ledger = await backend.store.ledger_rows(job_id=job_id)
+    ledger = await backend.store.ledger.rows(job_id=job_id)
     assert sorted(row["run"] for row in ledger) == [1, 2]  # both calls were billed, both are charged
     assert job.run in (1, 2)
     terminal = [e for e in await all_events(client, job.batch_id) if e.type.startswith("job.")]
@@ -229,7 +228,7 @@ async def test_replaying_a_persisted_run_adds_nothing(backend: Backend) -> None:
     job_id = await client.submit(chat("hello"))
     await backend.run_worker()
     job = await client.get(job_id)
-    attempts = await backend.store.job_attempts(job_id)
+    attempts = await backend.store.jobs.attempts(job_id, tenant=ANY_TENANT)
     started = StartedJob(job.id, job.batch_id, job.custom_id, job.tenant, job.user_id, job.request)
     billed = Attempt(
         deployment=attempts[0]["deployment"],
@@ -240,12 +239,12 @@ async def test_replaying_a_persisted_run_adds_nothing(backend: Backend) -> None:
         cost_usd=0.5,
     )
     # The same run written again (a retried transaction): the unique keys swallow it.
-    applied = await backend.store.finish_job(started, run=job.run, attempts_made=[billed], result=None)
+    applied = await backend.store.runs.finish(started, run=job.run, attempts_made=[billed], result=None)
     assert applied is False
-    assert len(await backend.store.ledger_rows(job_id=job_id)) == 1
+    assert len(await backend.store.ledger.rows(job_id=job_id)) == 1
     assert (await client.get(job_id)).result == job.result
     # And the database itself refuses a second charge for the same attempt, whoever inserts it.
-    row = (await backend.store.ledger_rows(job_id=job_id))[0]
+    row = (await backend.store.ledger.rows(job_id=job_id))[0]
     del row["id"]
     with pytest.raises(IntegrityError):
         async with backend.store.engine.begin() as conn:
@@ -265,7 +264,7 @@ async def test_cancel_before_run(backend: Backend) -> None:
     batch = await client.batch(batch_id)
     assert batch.counts == {JobStatus.CANCELLED: 10}
     assert batch.status == "cancelled"
-    assert await backend.store.ledger_rows(batch_id=batch_id) == []
+    assert await backend.store.ledger.rows(batch_id=batch_id) == []
     events = await all_events(client, batch_id)
     assert [e.type for e in events].count("job.cancelled") == 10
     assert events[-1].type == "batch.completed"
@@ -328,7 +327,7 @@ async def test_a_job_that_never_finishes_is_failed_after_max_tries(backend: Back
         "type": "MaxTriesExceeded",
         "message": "gave up after 5 deliveries that did not finish",
     }
-    assert await backend.store.ledger_rows(job_id=job_id) == []
+    assert await backend.store.ledger.rows(job_id=job_id) == []
     events = await all_events(client, job.batch_id)
     assert [e.type for e in events if e.type.startswith("job.")] == ["job.failed"]
 

@@ -13,9 +13,8 @@ import pytest
 from producer.client import Client
 from router_core import Catalog
 from router_core.providers import sim_world_for
-from storage.budgets import Budgets, user_scope
-from storage.store import NewJob
-from storage.tables import JobStatus
+from storage.fleet.budgets import Budgets, user_scope
+from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from tests.backends import Backend, open_backend
 from tests.conftest import deployment, make_catalog
 from tests.test_pipeline import chat
@@ -48,7 +47,7 @@ async def test_concurrent_jobs_never_overspend_a_users_cap(capped: Backend) -> N
 
     jobs = [job async for job in client.results(batch_id)]
     statuses = Counter(job.status for job in jobs)
-    ledger = await capped.store.ledger_rows(batch_id=batch_id)
+    ledger = await capped.store.ledger.rows(batch_id=batch_id)
     spent = sum((row["cost_usd"] for row in ledger), Decimal(0))
     print(f"budget race: {dict(statuses)}, settled ${spent:.4f} of ${CAP:.2f}")
     assert spent <= Decimal(str(CAP)), spent
@@ -115,15 +114,15 @@ async def test_fault_matrix_every_job_fails_over_or_fails_with_every_attempt(fau
         assert (rescued.status, rescued.deployment) == (JobStatus.SUCCEEDED, "good-f"), rescued.error
         assert alone.status == JobStatus.FAILED
         for job, expected in ((rescued, 3), (alone, 2)):
-            tried = await faulty.store.job_attempts(job.id)
+            tried = await faulty.store.jobs.attempts(job.id, tenant=ANY_TENANT)
             assert len(tried) == expected == job.attempt_count
             assert [a["error_class"] for a in tried[:2]] == [error_class, error_class], tried
         assert alone.error is not None
         assert alone.error["type"] == "AllAttemptsFailedError"
         assert error_class in alone.error["message"] or name in alone.error["message"]
     # Retry-After was honoured before the second call to the rate-limited deployment.
-    throttled = await faulty.store.job_attempts(jobs["r429-a-only"].id)
+    throttled = await faulty.store.jobs.attempts(jobs["r429-a-only"].id, tenant=ANY_TENANT)
     assert throttled[1]["wait_ms"] >= 50
     # Only the calls that answered were billed.
-    ledger = await faulty.store.ledger_rows(batch_id=batch_id)
+    ledger = await faulty.store.ledger.rows(batch_id=batch_id)
     assert sorted(row["job_id"] for row in ledger) == sorted(jobs[f"{n}+good"].id for n in FAULTS)

@@ -12,9 +12,9 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.db import migrate
-from storage.store import Store
-from storage.tables import metadata
+from storage.sql.engine import migrate
+from storage.sql.schema import metadata
+from storage.sql.store import Store
 from tests.backends import Backend
 
 
@@ -48,8 +48,8 @@ async def test_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:
 async def test_group_commit_shares_transactions_and_isolates_a_failing_write(tmp_path: Path) -> None:
     from sqlalchemy import text  # noqa: PLC0415
 
-    from storage.db import create_engine  # noqa: PLC0415
-    from storage.group_commit import GroupCommitter  # noqa: PLC0415
+    from storage.sql.engine import create_engine  # noqa: PLC0415
+    from storage.sql.group_commit import GroupCommitter  # noqa: PLC0415
 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
     async with engine.begin() as conn:

@@ -8,7 +8,7 @@ import pytest
 from arq.worker import create_worker, get_kwargs
 
 import workers
-from storage.queue import JOB_FUNCTION
+from storage.bus.queue import JOB_FUNCTION
 
 
 def test_worker_settings_class_for_arq_cli(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,13 +33,12 @@ from router_core.errors import (
 )
 from router_core.models import Attempt, ChatRequest, CompletionResult, deployment_switches
 from router_core.router import Router
-from storage.budgets import Budgets, JobSpendGuard
-from storage.events import EventBus, JobEvent
+from storage.bus.events import EventBus, JobEvent
+from storage.bus.relay import StreamRelay
+from storage.fleet.budgets import Budgets, JobSpendGuard
+from storage.jobs import ANY_TENANT, BatchLimits, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
 from storage.metrics import Metrics
-from storage.records import JobRecord, StartedJob
-from storage.relay import StreamRelay
-from storage.store import BatchLimits, InDoubtCall, JobFailure, Store
-from storage.tables import JobStatus
+from storage.sql.store import Store
 
 __all__ = ["JobDeferred", "JobRunner"]
 
@@ -100,7 +99,7 @@ class JobRunner:
         Raises:
             JobDeferred: every candidate is full for now; the job is back in `queued`.
         """
-        started = await self.store.start_job(job_id, run=run, worker=self.worker_id)
+        started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
         if isinstance(started, JobRecord):
             # Already finished (a redelivery after commit) or cancelled: settle what a dead run
             # may have left, and make sure its event is out.
@@ -124,19 +123,19 @@ class JobRunner:
         else:
             outcome = await self._route(started, run)
         if outcome.deferred is not None:
-            await self.store.defer_job(started, run=run, attempts_made=outcome.attempts)
+            await self.store.runs.defer(started, run=run, attempts_made=outcome.attempts)
             await self._settle(job_id, run, outcome.attempts)
             self._observe("deferred", outcome)
             deferred = outcome.deferred
             raise JobDeferred(job_id, deferred.retry_after_s, str(deferred), deferred.spread_s)
-        applied = await self.store.finish_job(
+        applied = await self.store.runs.finish(
             started, run=run, attempts_made=outcome.attempts, result=outcome.result, failure=outcome.failure
         )
         await self._settle(job_id, run, outcome.attempts)
         self._observe((JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value, outcome)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
-            record = await self.store.get_job(job_id)
+            record = await self.store.jobs.get(job_id, tenant=ANY_TENANT)
             await self._publish(JobEvent.from_record(record), stream=started.stream, run=run)
             return record.status.value
         event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
@@ -194,7 +193,7 @@ class JobRunner:
         if batch_id not in self._batch_limits:
             if len(self._batch_limits) > 10_000:
                 self._batch_limits.clear()
-            self._batch_limits[batch_id] = await self.store.batch_limits(batch_id)
+            self._batch_limits[batch_id] = await self.store.batches.limits(batch_id)
         return self._batch_limits[batch_id]
 
     async def _expired(self, job: StartedJob) -> JobFailure | None:
@@ -222,14 +221,14 @@ class JobRunner:
         holds = {key: hold for key, hold in (await self.budgets.holds(job.id)).items() if hold.run != run}
         if not holds:
             return
-        costs = {key: float(cost) for key, cost in (await self.store.ledger_costs(job.id)).items()}
+        costs = {key: float(cost) for key, cost in (await self.store.ledger.costs(job.id)).items()}
         in_doubt = [hold for key, hold in holds.items() if key not in costs]
         if in_doubt:
             calls = [
                 self._in_doubt_call(hold.run, hold.attempt_no, hold.deployment, hold.amount_usd)
                 for hold in in_doubt
             ]
-            await self.store.record_in_doubt(job, calls)
+            await self.store.runs.record_in_doubt(job, calls)
             costs.update({hold.key: hold.amount_usd for hold in in_doubt})
             logger.warning("job %s: %d calls of a dead run charged as estimated", job.id, len(in_doubt))
         await self.budgets.settle(job.id, {key: costs[key] for key in holds})
@@ -258,7 +257,7 @@ class JobRunner:
     async def _publish(self, event: JobEvent, *, stream: bool, run: int) -> None:
         counts = await self.events.publish_terminal([event])
         if counts is not None and counts.complete:
-            await self.store.mark_batch_completed(event.batch_id)
+            await self.store.batches.mark_completed(event.batch_id)
         if stream:  # the API relaying this job's text stops reading here
             await self.relay.end(event.job_id, run, event.status)
 

@@ -40,14 +40,14 @@ from router_core.providers.factory import is_simulated
 from router_core.router import Router
 from router_core.sim.world import SimWorld
 from storage import keys
-from storage.budgets import Budgets
+from storage.bus.events import EventBus
+from storage.bus.queue import JOB_FUNCTION, deserialize, serialize
 from storage.connections import redis_settings
-from storage.events import EventBus
-from storage.fleet import RedisStats
+from storage.fleet.budgets import Budgets
+from storage.fleet.state import RedisStats
 from storage.metrics import Metrics
-from storage.queue import JOB_FUNCTION, deserialize, serialize
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 from workers.metrics_server import MetricsServer, serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
 

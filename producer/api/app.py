@@ -28,7 +28,7 @@ from producer.api.limits import BodyLimit
 from producer.api.observe import RequestMetrics
 from router_core.catalog import Catalog
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 
 __all__ = ["create_app", "serve_app"]
 

@@ -1,6 +1,6 @@
 """Who is calling: an API key (`Authorization: Bearer rq-...`) bound to a tenant and user.
 
-Only the key's SHA-256 is looked up (storage.apikeys); the secret is never logged or stored. In dev
+Only the key's SHA-256 is looked up (storage.sql.api_keys); the secret is never logged or stored. In dev
 mode (`ROUTEQ_API_DEV_MODE=true`, turned on by `routeq run --serve` only) there are no keys: every
 request acts as the configured tenant/user with admin rights.
 """
@@ -46,7 +46,7 @@ async def caller(
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = await ctx.keys.authenticate(credentials.credentials)
+    key = await ctx.store.api_keys.authenticate(credentials.credentials)
     if key is None:
         raise ApiError(
             401,

@@ -23,15 +23,12 @@ from fastapi.responses import Response, StreamingResponse
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, context
 from producer.api.errors import ApiError
-from producer.api.jobs import own_batch
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import parse_lines, unstorable_text
 from producer.outputs import output_line
 from storage.errors import NotFoundError
-from storage.files import FileRecord
-from storage.records import BatchRecord
-from storage.store import ApiBatch, NewJob
-from storage.tables import JobStatus
+from storage.jobs import ApiBatch, BatchRecord, JobStatus, NewJob
+from storage.sql.files import FileRecord
 
 __all__ = ["batch_object", "router"]
 
@@ -76,7 +73,7 @@ async def upload_file(
             raise ApiError(
                 413, f"file: larger than {limit} bytes (ROUTEQ_API_MAX_UPLOAD_BYTES)", param="file"
             )
-    record = await ctx.files.create(
+    record = await ctx.store.files.create(
         tenant=principal.tenant,
         user_id=principal.user,
         purpose=purpose,
@@ -90,30 +87,30 @@ async def upload_file(
 async def list_files(
     principal: Caller, ctx: Ctx, purpose: Annotated[str | None, Query(max_length=32)] = None
 ) -> dict[str, Any]:
-    records = await ctx.files.list(tenant=principal.tenant, purpose=purpose)
+    records = await ctx.store.files.list(tenant=principal.tenant, purpose=purpose)
     return {"object": "list", "data": [_file_object(r) for r in records], "has_more": False}
 
 
 @router.get("/v1/files/{file_id}", summary="A file's metadata")
 async def get_file(file_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    return _file_object(await ctx.files.get(file_id, tenant=principal.tenant))
+    return _file_object(await ctx.store.files.get(file_id, tenant=principal.tenant))
 
 
 @router.get("/v1/files/{file_id}/content", summary="A file's content (a batch's output: JSONL by custom_id)")
 async def file_content(file_id: str, principal: Caller, ctx: Ctx) -> Response:
-    record, content = await ctx.files.read(file_id, tenant=principal.tenant)
+    record, content = await ctx.store.files.read(file_id, tenant=principal.tenant)
     if record.batch_id is None:
         return Response(content, media_type="application/jsonl")
     errors = record.purpose == "batch_error"
-    return StreamingResponse(
-        _result_lines(ctx, record.batch_id, errors=errors), media_type="application/jsonl"
-    )
+    return StreamingResponse(_result_lines(ctx, record, errors=errors), media_type="application/jsonl")
 
 
-async def _result_lines(ctx: ApiContext, batch_id: str, *, errors: bool) -> AsyncIterator[bytes]:
+async def _result_lines(ctx: ApiContext, file: FileRecord, *, errors: bool) -> AsyncIterator[bytes]:
     """The batch's output (succeeded jobs) or error (the rest, and rejected lines) file, as JSONL."""
+    assert file.batch_id is not None  # a generated file always names its batch
+    batch_id, tenant = file.batch_id, file.tenant
     if errors:
-        batch = await ctx.store.get_batch(batch_id)
+        batch = await ctx.store.batches.get(batch_id, tenant=tenant)
         for bad in batch.invalid_lines:
             line = {
                 "id": None,
@@ -125,7 +122,7 @@ async def _result_lines(ctx: ApiContext, batch_id: str, *, errors: bool) -> Asyn
                 },
             }
             yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
-    async for job in ctx.store.iter_jobs(batch_id, terminal_only=True):
+    async for job in ctx.store.jobs.iter(batch_id, tenant=tenant, terminal_only=True):
         if (job.status == JobStatus.SUCCEEDED) != errors:
             yield (json.dumps(output_line(job), ensure_ascii=False) + "\n").encode()
 
@@ -192,7 +189,7 @@ def _errors(batch: BatchRecord) -> dict[str, Any]:
 async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
     if problems := list(unstorable_text(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
-    record, content = await ctx.files.read(body.input_file_id, tenant=principal.tenant)
+    record, content = await ctx.store.files.read(body.input_file_id, tenant=principal.tenant)
     if content is None:  # a batch's generated output or error file is not an input
         raise NotFoundError("file", body.input_file_id)
     if record.purpose != "batch":
@@ -217,12 +214,12 @@ async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> di
             metadata=body.metadata,
         ),
     )
-    return batch_object(await ctx.store.get_batch(batch_id))
+    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))
 
 
 @router.get("/v1/batches/{batch_id}", summary="A batch: status, request counts, output and error files")
 async def get_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    return batch_object(await own_batch(ctx, principal, batch_id))
+    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))
 
 
 @router.get("/v1/batches", summary="The tenant's batches, newest first")
@@ -234,7 +231,7 @@ async def list_batches(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    page = await ctx.store.list_batches(tenant=principal.tenant, after=after, limit=limit + 1)
+    page = await ctx.store.batches.list(tenant=principal.tenant, after=after, limit=limit + 1)
     more = len(page) > limit
     data = [batch_object(b) for b in page[:limit]]
     return {
@@ -248,8 +245,8 @@ async def list_batches(
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch: queued lines stop, finished ones stay")
 async def cancel_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    batch = await own_batch(ctx, principal, batch_id)
+    batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
     if batch.done >= batch.total:
         return batch_object(batch)
     await ctx.client(principal.tenant, principal.user).cancel(batch_id)
-    return batch_object(await ctx.store.get_batch(batch_id))
+    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))

@@ -2,7 +2,7 @@
 
 The request becomes a job (a batch of one) on the same queue the workers read. The API then waits
 for the job's completion ping (no polling) and reads the outcome from SQL. With `"stream": true`
-the worker relays the provider's text through Redis (storage.relay) and the API passes each piece
+the worker relays the provider's text through Redis (storage.bus.relay) and the API passes each piece
 on as an OpenAI `chat.completion.chunk` server-sent event.
 
 How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
@@ -24,14 +24,14 @@ from producer.api.auth import Caller
 from producer.api.context import ApiContext, context
 from producer.api.errors import ApiError, error_body, first_field
 from producer.api.schemas import ChatCompletionBody
+from producer.client import Client
 from producer.inputs import parse_chat_body
 from producer.outputs import completion_body, routing_metadata
 from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
-from storage.records import JobRecord
-from storage.relay import Piece
-from storage.tables import JobStatus
+from storage.bus.relay import Piece
+from storage.jobs import JobRecord, JobStatus
 
 __all__ = ["job_failure", "router"]
 
@@ -125,7 +125,7 @@ async def chat_completions(
     job_id = await client.submit(request, stream=body.stream)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return await _stream(ctx, job_id, request, include_usage)
+        return await _stream(ctx, client, job_id, request, include_usage)
     try:
         async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
             job = await client.wait(job_id)
@@ -155,7 +155,7 @@ def _answer(job: JobRecord) -> dict[str, Any]:
 
 
 async def _stream(
-    ctx: ApiContext, job_id: str, request: ChatRequest, include_usage: bool
+    ctx: ApiContext, client: Client, job_id: str, request: ChatRequest, include_usage: bool
 ) -> JSONResponse | StreamingResponse:
     """Wait for the first piece; an error before it is a plain HTTP error, after it an SSE error."""
     pieces = ctx.relay.follow(job_id)
@@ -167,12 +167,12 @@ async def _stream(
         raise _wait_timeout(ctx, job_id) from None
     if first.end is not None:
         await pieces.aclose()
-        job = await ctx.store.get_job(job_id)
+        job = await client.get(job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise job_failure(job)
     chunks = _ChunkWriter(job_id, request.model, include_usage)
     return StreamingResponse(
-        _events(ctx, job_id, chunks, first, pieces),
+        _events(client, job_id, chunks, first, pieces),
         media_type="text/event-stream",
         headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"},
     )
@@ -220,7 +220,7 @@ def _sse_error(message: str, code: str) -> str:
 
 
 async def _events(
-    ctx: ApiContext, job_id: str, chunks: _ChunkWriter, first: Piece, pieces: AsyncGenerator[Piece, None]
+    client: Client, job_id: str, chunks: _ChunkWriter, first: Piece, pieces: AsyncGenerator[Piece, None]
 ) -> AsyncIterator[str]:
     """The SSE body: role, text pieces of one run, then the final chunks (or an error event)."""
     try:
@@ -236,7 +236,7 @@ async def _events(
             if piece.text:
                 yield chunks.chunk({"content": piece.text})
             piece = await anext(pieces)
-        job = await ctx.store.get_job(job_id)
+        job = await client.get(job_id)
         if job.status == JobStatus.SUCCEEDED:
             for event in chunks.final(job):
                 yield event

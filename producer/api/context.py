@@ -11,15 +11,13 @@ from fastapi import FastAPI, Request
 
 from producer.client import Client
 from router_core.catalog import Catalog, load_catalog
-from storage.apikeys import ApiKeys
-from storage.budgets import Budgets
+from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
-from storage.files import Files
-from storage.fleet import RedisStats
+from storage.fleet.budgets import Budgets
+from storage.fleet.state import RedisStats
 from storage.metrics import Metrics
-from storage.relay import StreamRelay
 from storage.settings import Settings
-from storage.store import Store
+from storage.sql.store import Store
 
 __all__ = ["ApiContext", "context", "open_context"]
 
@@ -32,16 +30,12 @@ class ApiContext:
     redis: ArqRedis
     store: Store
     catalog: Catalog
-    keys: ApiKeys = field(init=False)
-    files: Files = field(init=False)
     budgets: Budgets = field(init=False)
     stats: RedisStats = field(init=False)
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.keys = ApiKeys(self.store)
-        self.files = Files(self.store)
         self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
         self.stats = RedisStats(self.redis, breaker=self.settings.breaker_policy())
         self.relay = StreamRelay(self.redis)

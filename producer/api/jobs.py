@@ -1,6 +1,6 @@
 """routeq's own job routes: submit one prompt, read a job, page a batch's jobs, follow events (SSE).
 
-Events come from the batch's Redis stream (storage.events) as server-sent events whose `id` is
+Events come from the batch's Redis stream (storage.bus.events) as server-sent events whose `id` is
 the stream id: a client that reconnects with `Last-Event-ID` (or `?after=`) misses nothing.
 """
 
@@ -14,19 +14,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
-from producer.api.auth import Caller, Principal
+from producer.api.auth import Caller
 from producer.api.context import ApiContext, context
 from producer.api.errors import ApiError, first_field
 from producer.api.schemas import JobBody
 from producer.inputs import LineError, parse_object
 from producer.outputs import routing_metadata
 from storage import keys
-from storage.errors import NotFoundError
-from storage.events import EventBus, JobEvent
-from storage.records import BatchRecord, JobRecord
-from storage.tables import TERMINAL, JobStatus
+from storage.bus.events import EventBus, JobEvent
+from storage.jobs import TERMINAL, JobRecord, JobStatus
 
-__all__ = ["own_batch", "own_job", "router"]
+__all__ = ["router"]
 
 router = APIRouter(tags=["Jobs"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -34,22 +32,6 @@ Ctx = Annotated[ApiContext, Depends(context)]
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # A comment line this often keeps proxies from closing a quiet event stream.
 _KEEPALIVE_MS = 15_000
-
-
-async def own_job(ctx: ApiContext, principal: Principal, job_id: str) -> JobRecord:
-    """The job, if it belongs to the caller's tenant; 404 otherwise (the same answer as no job)."""
-    job = await ctx.store.get_job(job_id)
-    if job.tenant != principal.tenant:
-        raise NotFoundError("job", job_id)
-    return job
-
-
-async def own_batch(ctx: ApiContext, principal: Principal, batch_id: str) -> BatchRecord:
-    """The batch, if it belongs to the caller's tenant; 404 otherwise."""
-    batch = await ctx.store.get_batch(batch_id)
-    if batch.tenant != principal.tenant:
-        raise NotFoundError("batch", batch_id)
-    return batch
 
 
 def job_view(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -102,13 +84,13 @@ async def create_job(body: JobBody, principal: Caller, ctx: Ctx) -> dict[str, An
         raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
     client = ctx.client(principal.tenant, principal.user)
     job_id = await client.submit(item.request, custom_id=body.custom_id or "request")
-    return job_view(await ctx.store.get_job(job_id))
+    return job_view(await ctx.store.jobs.get(job_id, tenant=principal.tenant))
 
 
 @router.get("/v1/jobs/{job_id}", summary="A job: status, result, attempts and cost")
 async def get_job(job_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    job = await own_job(ctx, principal, job_id)
-    return job_view(job, await ctx.store.job_attempts(job.id))
+    job = await ctx.store.jobs.get(job_id, tenant=principal.tenant)
+    return job_view(job, await ctx.store.jobs.attempts(job.id, tenant=principal.tenant))
 
 
 @router.get("/v1/batches/{batch_id}/jobs", summary="A batch's jobs, in input order, a page at a time")
@@ -123,8 +105,10 @@ async def list_batch_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> dict[str, Any]:
-    await own_batch(ctx, principal, batch_id)
-    page = await ctx.store.page_jobs(batch_id, after_seq=after, limit=limit + 1, status=status)
+    await ctx.store.batches.get(batch_id, tenant=principal.tenant)
+    page = await ctx.store.jobs.page(
+        batch_id, tenant=principal.tenant, after_seq=after, limit=limit + 1, status=status
+    )
     more = len(page) > limit
     page = page[:limit]
     return {
@@ -174,7 +158,7 @@ async def job_events(
     job_id: str, principal: Caller, ctx: Ctx, last_event_id: LastEventId = None, after: After = None
 ) -> StreamingResponse:
     start = _resume_from(last_event_id, after)
-    job = await own_job(ctx, principal, job_id)
+    job = await ctx.store.jobs.get(job_id, tenant=principal.tenant)
     if job.terminal and not await ctx.redis.exists(keys.batch_events(job.batch_id)):
         # The stream outlived its retention: the outcome is still in SQL, so say it and end.
         event = JobEvent.from_record(job)
@@ -188,7 +172,7 @@ async def batch_events(
     batch_id: str, principal: Caller, ctx: Ctx, last_event_id: LastEventId = None, after: After = None
 ) -> StreamingResponse:
     start = _resume_from(last_event_id, after)
-    batch = await own_batch(ctx, principal, batch_id)
+    batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
     if batch.completed_at is not None and not await ctx.redis.exists(keys.batch_events(batch_id)):
         counts = {status.value: batch.counts.get(status, 0) for status in TERMINAL}
         data = {"total": batch.total, "done": batch.done, **counts}

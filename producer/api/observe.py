@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, context
 from producer.api.errors import ApiError
-from storage.analytics import analytics as compute_analytics
 from storage.metrics import CONTENT_TYPE
+from storage.sql.analytics import analytics as compute_analytics
 
 __all__ = ["RequestMetrics", "router"]
 

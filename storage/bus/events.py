@@ -24,8 +24,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 from storage.connections import as_text
-from storage.records import JobRecord
-from storage.tables import JobStatus
+from storage.jobs import JobRecord, JobStatus
 
 __all__ = ["BatchCounts", "Event", "EventBus", "JobEvent"]
 

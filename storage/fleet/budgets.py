@@ -6,7 +6,7 @@ One provider call goes through these steps (`router_core.spend` is the router's 
               to each scope's `reserved` and write the hold `routeq:holds:<job>` `<run>:<attempt_no>`
     call      the provider answers (billed), or fails or is never sent (not billed)
     release   Lua, for a call not billed: the hold is deleted and leaves `reserved` at once
-    commit    the run's attempts and ledger rows are committed to SQL (`Store.finish_job`)
+    commit    the run's attempts and ledger rows are committed to SQL (`Runs.finish`)
     settle    Lua, after the commit: each hold leaves `reserved`, the ledger's real cost joins
               `spent`, the hold is deleted
 
@@ -41,13 +41,11 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import func, select
 
 from router_core.spend import SpendRefusal
 from storage import keys
 from storage.connections import as_text
-from storage.store import Store
-from storage.tables import ledger
+from storage.sql.store import Store
 
 __all__ = [
     "Budgets",
@@ -375,21 +373,11 @@ class JobSpendGuard:
 
 
 async def _ledger_spent(store: Store) -> dict[str, int]:
-    """Micro-dollars charged per user, tenant and batch scope, in one consistent read of the ledger.
-
-    Each charge is rounded to micro-dollars before summing, as `settle` does, so a rebuild of
-    counters that were right changes nothing.
-    """
-    micro = func.sum(func.round(ledger.c.cost_usd * 1_000_000))
-    query = select(ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id, micro).group_by(
-        ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id
-    )
-    async with store._reading() as conn:
-        rows = (await conn.execute(query)).all()
+    """Micro-dollars charged per user, tenant and batch scope, from one read of the ledger."""
     spent: dict[str, int] = {}
-    for tenant, user, batch_id, total in rows:
+    for tenant, user, batch_id, micro in await store.ledger.micro_spent_by_owner():
         for scope in (user_scope(tenant, user), tenant_scope(tenant), batch_scope(batch_id)):
-            spent[scope] = spent.get(scope, 0) + int(total or 0)
+            spent[scope] = spent.get(scope, 0) + micro
     return spent
 
 

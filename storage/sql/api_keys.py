@@ -19,9 +19,9 @@ from sqlalchemy import Row, RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
-from storage.records import aware
-from storage.store import Store, new_id
-from storage.tables import api_keys
+from storage.jobs import aware, new_id
+from storage.sql.database import Database
+from storage.sql.schema import api_keys
 
 __all__ = ["KEY_PREFIX", "ApiKey", "ApiKeys", "hash_secret"]
 
@@ -74,8 +74,8 @@ def _record(row: RowMapping) -> ApiKey:
 class ApiKeys:
     """Make, look up, list and revoke API keys."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def create(
         self, *, tenant: str, user_id: str, name: str | None = None, admin: bool = False
@@ -97,14 +97,14 @@ class ApiKeys:
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(api_keys.insert(), row)
 
-        await self.store.writes.run(write)
+        await self._db.writes.run(write)
         return key, secret
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The active key whose secret this is, or None."""
         digest = hash_secret(secret)
         query = select(*_COLUMNS, api_keys.c.key_hash).where(api_keys.c.key_hash == digest)
-        async with self.store.reading() as conn:
+        async with self._db.reading() as conn:
             row = (await conn.execute(query)).first()
         # The lookup is by hash; the constant-time compare guards against a collation surprise.
         if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
@@ -115,7 +115,7 @@ class ApiKeys:
         query = select(*_COLUMNS).order_by(api_keys.c.created_at)
         if tenant is not None:
             query = query.where(api_keys.c.tenant == tenant)
-        async with self.store.reading() as conn:
+        async with self._db.reading() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]
 
     async def revoke(self, key_id: str) -> ApiKey:
@@ -131,7 +131,7 @@ class ApiKeys:
             )
             return result.first()
 
-        row = await self.store.writes.run(write)
+        row = await self._db.writes.run(write)
         if row is None:
             raise NotFoundError("API key", key_id)
         return _record(row._mapping)

@@ -21,8 +21,9 @@ from sqlalchemy import Column, ColumnElement, Date, Select, case, cast, func, se
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import AttemptOutcome
-from storage.store import Store
-from storage.tables import TERMINAL, JobStatus, attempts, jobs, ledger
+from storage.jobs import TERMINAL, JobStatus
+from storage.sql.schema import attempts, jobs, ledger
+from storage.sql.store import Store
 
 __all__ = ["Analytics", "DailyModelStats", "DeploymentStats", "Latency", "Totals", "analytics"]
 

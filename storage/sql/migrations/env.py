@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection `storage.db.migrate` hands over.
+"""Alembic environment: runs on the connection `storage.sql.engine.migrate` hands over.
 
 Run from the alembic command line (e.g. `alembic revision --autogenerate`), it connects to
 `ROUTEQ_DATABASE_URL` itself.
@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from storage.settings import Settings
-from storage.tables import metadata
+from storage.sql.schema import metadata
 
 
 def _run(connection: Connection) -> None:
@@ -26,7 +26,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_standalone() -> None:
-    from storage.db import create_engine  # noqa: PLC0415 - only the command line path needs it
+    from storage.sql.engine import create_engine  # noqa: PLC0415 - only the command line path needs it
 
     engine = create_engine(Settings().database_url)
     async with engine.begin() as conn:

@@ -1,4 +1,4 @@
-"""The SQL schema (SQLAlchemy Core). Alembic migrations in `storage/migrations` create it.
+"""The SQL schema (SQLAlchemy Core). Alembic migrations in `storage/sql/migrations` create it.
 
     batches  1 ─── n  jobs  1 ─── n  attempts   every provider call, failed ones too
                             1 ─── n  ledger     one charge per call the provider billed
@@ -11,8 +11,6 @@ constraint, not a prior SELECT, is what keeps the ledger exactly-once.
 """
 
 from __future__ import annotations
-
-from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -34,18 +32,8 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["TERMINAL", "JobStatus", "api_keys", "attempts", "batches", "files", "jobs", "ledger", "metadata"]
+__all__ = ["api_keys", "attempts", "batches", "files", "jobs", "ledger", "metadata"]
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 metadata = MetaData(
     naming_convention={

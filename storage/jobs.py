@@ -1,16 +1,123 @@
-"""Plain records the store returns: what a job, a batch and a batch summary look like to callers."""
+"""The job vocabulary every room shares, with no I/O: statuses, failure codes, what goes in, what comes out.
+
+    NewJob ──► (SQL) ──► StartedJob ──► JobFailure | result ──► JobRecord / BatchRecord / BatchSummary
+
+Strings appear only where these cross a wire or a SQL column.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from enum import Enum, StrEnum
+from typing import Any, Final, TypeAlias
 
-from storage.tables import TERMINAL, JobStatus
+from router_core.models import ChatRequest
 
-__all__ = ["BatchRecord", "BatchSummary", "DeploymentSummary", "JobRecord", "StartedJob", "aware"]
+__all__ = [
+    "ANY_TENANT",
+    "TERMINAL",
+    "AnyTenant",
+    "ApiBatch",
+    "BatchLimits",
+    "BatchRecord",
+    "BatchSummary",
+    "CreatedBatch",
+    "DeploymentSummary",
+    "InDoubtCall",
+    "JobFailure",
+    "JobRecord",
+    "JobStatus",
+    "NewJob",
+    "StartedJob",
+    "TenantScope",
+    "aware",
+    "new_id",
+]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class AnyTenant(Enum):
+    """The scope of a reader that sees every tenant: a worker, or an operator at the command line."""
+
+    ANY = "any"
+
+
+ANY_TENANT: Final = AnyTenant.ANY
+# Every read of jobs and batches takes one: a tenant's name, or ANY_TENANT said out loud. A row of
+# another tenant is then the same `NotFoundError` as a row that does not exist.
+TenantScope: TypeAlias = str | AnyTenant
+
+
+def new_id(prefix: str) -> str:
+    """A random id such as `job_3f9c...`: 96 random bits, unguessable across tenants."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    custom_id: str
+    request: ChatRequest
+    stream: bool = False  # relay the completion's text through Redis as it is generated
+
+
+@dataclass(frozen=True, slots=True)
+class ApiBatch:
+    """What a batch made through the OpenAI Batch API (`POST /v1/batches`) also records."""
+
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    expires_at: datetime
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedBatch:
+    batch_id: str
+    job_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """What a worker checks before running a batch's job: its own cap, and when it expires."""
+
+    budget_usd: float | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """Why a job failed: the exception class name and its message."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubtCall:
+    """A call a dead run reserved budget for and may have made: charged at the amount held."""
+
+    run: int
+    attempt_no: int
+    deployment: str
+    provider: str
+    model: str
+    cost_usd: float
+    simulated: bool
 
 
 def aware(value: datetime | None) -> datetime | None:

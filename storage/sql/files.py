@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
-from storage.records import aware
-from storage.store import Store, new_id
-from storage.tables import files
+from storage.jobs import aware, new_id
+from storage.sql.database import Database
+from storage.sql.schema import files
 
 __all__ = ["FileRecord", "Files"]
 
@@ -65,8 +65,8 @@ def _record(row: Mapping[Any, Any]) -> FileRecord:
 class Files:
     """Create and read files, always within one tenant: another tenant's file is `NotFoundError`."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def create(
         self, *, tenant: str, user_id: str, purpose: str, filename: str, content: bytes
@@ -86,13 +86,13 @@ class Files:
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(files.insert(), row)
 
-        await self.store.writes.run(write)
+        await self._db.writes.run(write)
         return record
 
     async def get(self, file_id: str, *, tenant: str) -> FileRecord:
         """The file's metadata. Raises `NotFoundError` if it does not exist in `tenant`."""
         query = select(*_COLUMNS).where((files.c.id == file_id) & (files.c.tenant == tenant))
-        async with self.store.reading() as conn:
+        async with self._db.reading() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise NotFoundError("file", file_id)
@@ -104,7 +104,7 @@ class Files:
         Raises `NotFoundError` if it does not exist in `tenant`.
         """
         query = select(*_COLUMNS, files.c.content).where((files.c.id == file_id) & (files.c.tenant == tenant))
-        async with self.store.reading() as conn:
+        async with self._db.reading() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise NotFoundError("file", file_id)
@@ -120,5 +120,5 @@ class Files:
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         query = query.order_by(files.c.created_at.desc(), files.c.id).limit(limit)
-        async with self.store.reading() as conn:
+        async with self._db.reading() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]

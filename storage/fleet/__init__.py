@@ -1,0 +1,1 @@
+"""State the whole fleet shares in Redis and changes atomically: admission (breakers, limits) and budgets."""

@@ -1,0 +1,281 @@
+"""Batches in SQL: a batch and all its jobs in one transaction, cancel, reads, the end-of-run summary.
+
+Every read and the cancel take a tenant: another tenant's batch is the same `NotFoundError` as a
+batch that does not exist.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.errors import NotFoundError
+from storage.jobs import (
+    ANY_TENANT,
+    ApiBatch,
+    BatchLimits,
+    BatchRecord,
+    BatchSummary,
+    CreatedBatch,
+    DeploymentSummary,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    TenantScope,
+    aware,
+    new_id,
+)
+from storage.sql.database import Database, owned_by
+from storage.sql.jobs import Jobs
+from storage.sql.ledger import Ledger
+from storage.sql.runs import money
+from storage.sql.schema import batches, files, jobs
+
+__all__ = ["Batches"]
+
+
+class Batches:
+    """Creating, cancelling and reading batches."""
+
+    def __init__(self, db: Database, jobs: Jobs, ledger: Ledger) -> None:
+        self._db = db
+        self._jobs = jobs
+        self._ledger = ledger
+
+    async def create(
+        self,
+        items: Sequence[NewJob],
+        *,
+        tenant: str,
+        user_id: str,
+        kind: str = "batch",
+        name: str | None = None,
+        invalid_lines: Sequence[dict[str, Any]] = (),
+        budget_usd: float | None = None,
+        api: ApiBatch | None = None,
+    ) -> CreatedBatch:
+        """Insert a batch and all its jobs (status `queued`) in one transaction.
+
+        A batch made through the OpenAI Batch API (`api`) also gets its output and error files:
+        rows in `files` whose content is generated from the jobs when read.
+        """
+        now = self._db.now()
+        batch_id = new_id("batch")
+        rows: list[dict[str, Any]] = [
+            {
+                "id": new_id("job"),
+                "batch_id": batch_id,
+                "seq": seq,
+                "custom_id": item.custom_id,
+                "tenant": tenant,
+                "user_id": user_id,
+                "request": item.request.model_dump(mode="json", exclude_defaults=True),
+                "stream": item.stream,
+                "status": JobStatus.QUEUED.value,
+                "run": 0,
+                "created_at": now,
+            }
+            for seq, item in enumerate(items)
+        ]
+        batch_row = {
+            "id": batch_id,
+            "kind": kind,
+            "tenant": tenant,
+            "user_id": user_id,
+            "name": name,
+            "total": len(rows),
+            "invalid_lines": list(invalid_lines),
+            "budget_usd": None if budget_usd is None else money(budget_usd),
+            "created_at": now,
+            "completed_at": now if not rows else None,
+        }
+        file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(batches.insert(), batch_row)
+            if rows:
+                await conn.execute(jobs.insert(), rows)
+            if file_rows:
+                await conn.execute(files.insert(), file_rows)
+
+        await self._db.writes.run(write)
+        return CreatedBatch(batch_id, [row["id"] for row in rows])
+
+    async def cancel(
+        self, batch_id: str, *, tenant: TenantScope, job_id: str | None = None
+    ) -> list[JobRecord]:
+        """Cancel the batch's queued jobs (or one of them); running ones finish. Returns those cancelled.
+
+        Raises:
+            NotFoundError: no such batch, or it belongs to another tenant.
+        """
+        await self.get(batch_id, tenant=tenant)
+        now = self._db.now()
+        condition = (jobs.c.batch_id == batch_id) & (jobs.c.status == JobStatus.QUEUED.value)
+        if job_id is not None:
+            condition &= jobs.c.id == job_id
+        error = {"type": "Cancelled", "message": "cancelled before it started"}
+
+        async def write(conn: AsyncConnection) -> list[JobRecord]:
+            result = await conn.execute(
+                update(jobs)
+                .where(condition)
+                .values(status=JobStatus.CANCELLED.value, finished_at=now, error=error)
+                .returning(*jobs.c)
+            )
+            cancelled = [JobRecord.from_row(row._mapping) for row in result]
+            if job_id is None:
+                await conn.execute(
+                    update(batches)
+                    .where((batches.c.id == batch_id) & batches.c.cancelled_at.is_(None))
+                    .values(cancelled_at=now)
+                )
+            return cancelled
+
+        return await self._db.writes.run(write)
+
+    async def get(self, batch_id: str, *, tenant: TenantScope) -> BatchRecord:
+        """The batch with its job counts per status.
+
+        Raises:
+            NotFoundError: no such batch, or it belongs to another tenant.
+        """
+        query = select(batches).where((batches.c.id == batch_id) & owned_by(batches.c.tenant, tenant))
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+            if row is None:
+                raise NotFoundError("batch", batch_id)
+            counts = await _status_counts(conn, batch_id)
+        return BatchRecord.from_row(row._mapping, counts)
+
+    async def list(self, *, tenant: str, after: str | None = None, limit: int = 20) -> list[BatchRecord]:
+        """The tenant's batches, newest first; `after` is the last id of the previous page."""
+        query = select(batches).where(batches.c.tenant == tenant)
+        if after is not None:
+            async with self._db.reading() as conn:
+                cursor = (
+                    await conn.execute(
+                        select(batches.c.created_at, batches.c.id).where(
+                            (batches.c.id == after) & (batches.c.tenant == tenant)
+                        )
+                    )
+                ).first()
+            if cursor is None:
+                raise NotFoundError("batch", after)
+            query = query.where(
+                (batches.c.created_at < cursor.created_at)
+                | ((batches.c.created_at == cursor.created_at) & (batches.c.id < cursor.id))
+            )
+        query = query.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit)
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+            return [BatchRecord.from_row(row._mapping, await _status_counts(conn, row.id)) for row in rows]
+
+    async def limits(self, batch_id: str) -> BatchLimits:
+        """The batch's own spend cap and expiry, if it has them (what a worker checks)."""
+        query = select(batches.c.budget_usd, batches.c.expires_at).where(batches.c.id == batch_id)
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return BatchLimits()
+        cap, expires = row
+        return BatchLimits(None if cap is None else float(cap), aware(expires))
+
+    async def mark_completed(self, batch_id: str) -> None:
+        """Set `completed_at` once (the first call wins; later ones change nothing)."""
+        now = self._db.now()
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(batches)
+                .where((batches.c.id == batch_id) & batches.c.completed_at.is_(None))
+                .values(completed_at=now)
+            )
+
+        await self._db.writes.run(write)
+
+    async def summary(self, batch_id: str, *, tenant: TenantScope = ANY_TENANT) -> BatchSummary:
+        """Per-deployment jobs, cost, latency percentiles and failovers, for succeeded jobs."""
+        per_deployment: dict[str, list[tuple[float, Decimal, int]]] = {}
+        statuses: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        async for job in self._jobs.iter(batch_id, tenant=tenant):
+            statuses[job.status] += 1
+            if job.status == JobStatus.SUCCEEDED and job.deployment is not None:
+                per_deployment.setdefault(job.deployment, []).append(
+                    (job.latency_ms or 0.0, job.cost_usd or Decimal(0), job.failovers or 0)
+                )
+            elif job.status == JobStatus.FAILED and job.error is not None:
+                reasons[str(job.error.get("type", "Error"))] += 1
+        billed, calls = await self._ledger.billed(batch_id)
+        rows = [
+            DeploymentSummary(
+                deployment=name,
+                jobs=len(entries),
+                cost_usd=sum((cost for _, cost, _ in entries), Decimal(0)),
+                p50_latency_ms=_percentile([lat for lat, _, _ in entries], 0.50),
+                p95_latency_ms=_percentile([lat for lat, _, _ in entries], 0.95),
+                failovers=sum(f for _, _, f in entries),
+            )
+            for name, entries in per_deployment.items()
+        ]
+        rows.sort(key=lambda r: (-r.jobs, r.deployment))
+        return BatchSummary(
+            deployments=rows,
+            succeeded=statuses[JobStatus.SUCCEEDED],
+            failed=statuses[JobStatus.FAILED],
+            cancelled=statuses[JobStatus.CANCELLED],
+            failovers=sum(r.failovers for r in rows),
+            billed_usd=billed,
+            provider_calls=calls,
+            failure_reasons=dict(reasons),
+        )
+
+
+async def _status_counts(conn: AsyncConnection, batch_id: str) -> dict[JobStatus, int]:
+    rows = await conn.execute(
+        select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id).group_by(jobs.c.status)
+    )
+    return {JobStatus(status): int(n) for status, n in rows.all()}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))  # round() would round halves to even: one rank high
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _api_batch_files(api: ApiBatch, batch_row: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Fill the batch row's OpenAI fields; return the rows of its output and error files."""
+    batch_row.update(
+        endpoint=api.endpoint,
+        input_file_id=api.input_file_id,
+        completion_window=api.completion_window,
+        expires_at=api.expires_at,
+        metadata=api.metadata,
+        output_file_id=new_id("file"),
+        error_file_id=new_id("file"),
+    )
+    owner = {"tenant": batch_row["tenant"], "user_id": batch_row["user_id"], "created_at": now}
+    return [
+        {
+            **owner,
+            "id": batch_row[f"{kind}_file_id"],
+            "purpose": f"batch_{kind}",
+            "filename": f"{batch_row['id']}_{kind}.jsonl",
+            "bytes": 0,
+            "content": None,
+            "batch_id": batch_row["id"],
+        }
+        for kind in ("output", "error")
+    ]

@@ -1,0 +1,91 @@
+"""Reading jobs: one by id, a batch's jobs in input order, a job's attempts. Every read takes a tenant.
+
+A job of another tenant is the same `NotFoundError` as a job that does not exist, so no caller has
+to remember to compare tenants (workers and operators pass `ANY_TENANT`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import select
+
+from storage.errors import NotFoundError
+from storage.jobs import JobRecord, JobStatus, TenantScope
+from storage.sql.database import Database, owned_by
+from storage.sql.schema import attempts, jobs
+
+__all__ = ["Jobs"]
+
+_RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+_PAGE = 500
+
+
+class Jobs:
+    """Reads of the `jobs` and `attempts` tables, scoped by tenant."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, job_id: str, *, tenant: TenantScope) -> JobRecord:
+        """The job as stored now.
+
+        Raises:
+            NotFoundError: no such job, or it belongs to another tenant.
+        """
+        query = select(jobs).where((jobs.c.id == job_id) & owned_by(jobs.c.tenant, tenant))
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError("job", job_id)
+        return JobRecord.from_row(row._mapping)
+
+    async def iter(
+        self, batch_id: str, *, tenant: TenantScope, terminal_only: bool = False
+    ) -> AsyncIterator[JobRecord]:
+        """The batch's jobs in input order, read a page at a time (none for another tenant's batch)."""
+        after = -1
+        while True:
+            query = select(jobs).where(
+                (jobs.c.batch_id == batch_id) & (jobs.c.seq > after) & owned_by(jobs.c.tenant, tenant)
+            )
+            if terminal_only:
+                query = query.where(jobs.c.status.not_in(_RUNNABLE_VALUES))
+            async with self._db.reading() as conn:
+                rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
+            for row in rows:
+                yield JobRecord.from_row(row._mapping)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1].seq
+
+    async def page(
+        self,
+        batch_id: str,
+        *,
+        tenant: TenantScope,
+        after_seq: int = -1,
+        limit: int = 100,
+        status: JobStatus | None = None,
+    ) -> list[JobRecord]:
+        """Up to `limit` of the batch's jobs after position `after_seq`, in input order."""
+        query = select(jobs).where(
+            (jobs.c.batch_id == batch_id) & (jobs.c.seq > after_seq) & owned_by(jobs.c.tenant, tenant)
+        )
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query.order_by(jobs.c.seq).limit(limit))).all()
+        return [JobRecord.from_row(row._mapping) for row in rows]
+
+    async def attempts(self, job_id: str, *, tenant: TenantScope) -> list[dict[str, Any]]:
+        """Every provider call of the job, in the order made (none for another tenant's job)."""
+        query = (
+            select(attempts)
+            .join(jobs, jobs.c.id == attempts.c.job_id)
+            .where((attempts.c.job_id == job_id) & owned_by(jobs.c.tenant, tenant))
+            .order_by(attempts.c.run, attempts.c.attempt_no)
+        )
+        async with self._db.reading() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]

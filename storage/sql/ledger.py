@@ -1,0 +1,63 @@
+"""Reading the cost ledger: charges by batch or job, a job's charges by call, spend per owner.
+
+Rows are written only by `Runs` (with the run's outcome, in one transaction); this room reads them.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+
+from storage.sql.database import Database
+from storage.sql.schema import ledger
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """Reads of the `ledger` table (operators, workers and the budgets' rebuild)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def rows(self, *, batch_id: str | None = None, job_id: str | None = None) -> list[dict[str, Any]]:
+        """Every charge, or a batch's or a job's, in the order recorded."""
+        query = select(ledger).order_by(ledger.c.id)
+        if batch_id is not None:
+            query = query.where(ledger.c.batch_id == batch_id)
+        if job_id is not None:
+            query = query.where(ledger.c.job_id == job_id)
+        async with self._db.reading() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]
+
+    async def costs(self, job_id: str) -> dict[str, Decimal]:
+        """The job's charges as `{"<run>:<attempt_no>": cost}` (the keys of its budget holds)."""
+        query = select(ledger.c.run, ledger.c.attempt_no, ledger.c.cost_usd).where(ledger.c.job_id == job_id)
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return {f"{run}:{number}": Decimal(cost) for run, number, cost in rows}
+
+    async def billed(self, batch_id: str) -> tuple[Decimal, int]:
+        """The batch's total charge and number of billed calls, failed runs included."""
+        query = select(func.coalesce(func.sum(ledger.c.cost_usd), 0), func.count()).where(
+            ledger.c.batch_id == batch_id
+        )
+        async with self._db.reading() as conn:
+            total, calls = (await conn.execute(query)).one()
+        return Decimal(total), int(calls)
+
+    async def micro_spent_by_owner(self) -> list[tuple[str, str, str, int]]:
+        """(tenant, user, batch, micro-dollars) for every owner the ledger charges, in one read.
+
+        Each charge is rounded to micro-dollars before summing, as the budgets' settle does, so a
+        rebuild of counters that were right changes nothing.
+        """
+        micro = func.sum(func.round(ledger.c.cost_usd * 1_000_000))
+        query = select(ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id, micro).group_by(
+            ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id
+        )
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(tenant, user, batch, int(total or 0)) for tenant, user, batch, total in rows]

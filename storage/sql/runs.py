@@ -1,0 +1,292 @@
+"""A job's runs in SQL: start, finish or defer, and the calls of a dead run charged after it.
+
+    start   UPDATE jobs SET status='running', run, starts+1 ... WHERE status IN (queued, running)
+            RETURNING what routing needs (no row: cancelled or finished → the job's record)
+    finish  ONE transaction: the outcome on `jobs` (if still open: first finisher wins), an
+            `attempts` row per call and a `ledger` row per billed call (ON CONFLICT DO NOTHING)
+    defer   back to `queued` to wait for capacity, keeping the run's attempts and charges
+    record_in_doubt   calls a dead run held budget for: an in_doubt attempt and an estimated charge
+
+Attempts and ledger rows are keyed by (job_id, run, attempt_no), so replaying a run adds nothing:
+the unique constraint, not a prior SELECT, keeps the ledger exactly-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from router_core.models import Attempt, AttemptOutcome, CompletionResult
+from storage.jobs import ANY_TENANT, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
+from storage.sql.database import Database
+from storage.sql.jobs import Jobs
+from storage.sql.schema import attempts, jobs, ledger
+
+__all__ = ["IN_DOUBT", "Runs", "money"]
+
+_RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+# attempts.outcome of a call whose run died before recording it (see `Runs.record_in_doubt`).
+IN_DOUBT = "in_doubt"
+
+# The columns a run's outcome sets on its job.
+OUTCOME_COLUMNS = (
+    "status",
+    "finished_at",
+    "attempt_count",
+    "cost_usd",
+    "deployment",
+    "model",
+    "latency_ms",
+    "failovers",
+    "result",
+    "error",
+)
+
+
+# Statements built once: per-job writes then skip SQLAlchemy's statement construction and coercion.
+# (Bind names carry a b_ prefix: SQLAlchemy reserves column names for the SET clause.)
+_START_JOB = (
+    update(jobs)
+    .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .values(
+        status=JobStatus.RUNNING.value,
+        run=bindparam("b_run"),
+        starts=jobs.c.starts + 1,
+        worker=bindparam("b_worker"),
+        started_at=bindparam("b_now"),
+    )
+    .returning(
+        jobs.c.id,
+        jobs.c.batch_id,
+        jobs.c.custom_id,
+        jobs.c.tenant,
+        jobs.c.user_id,
+        jobs.c.request,
+        jobs.c.starts,
+        jobs.c.stream,
+    )
+)
+_FINISH_JOB = (
+    update(jobs)
+    .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .values({name: bindparam(name, type_=jobs.c[name].type) for name in OUTCOME_COLUMNS})
+)
+
+
+class Runs:
+    """The worker's writes: one job's run from start to its committed outcome."""
+
+    def __init__(self, db: Database, jobs: Jobs) -> None:
+        self._db = db
+        self._jobs = jobs
+        self._insert_attempts = db.insert_ignoring_duplicates(attempts)
+        self._insert_ledger = db.insert_ignoring_duplicates(ledger)
+
+    async def start(self, job_id: str, *, run: int, worker: str) -> StartedJob | JobRecord:
+        """Move a queued (or re-delivered running) job to `running` for arq try `run`.
+
+        Returns the `StartedJob` to route, or the job's record when it must not run: cancelled or
+        already finished (a redelivery after the result was committed).
+
+        Raises:
+            NotFoundError: no such job.
+        """
+        params = {"b_id": job_id, "b_run": run, "b_worker": worker, "b_now": self._db.now()}
+
+        async def write(conn: AsyncConnection) -> Any:
+            return (await conn.execute(_START_JOB, params)).first()
+
+        row = await self._db.writes.run(write)
+        if row is not None:
+            return StartedJob(**row._mapping)
+        return await self._jobs.get(job_id, tenant=ANY_TENANT)
+
+    async def finish(
+        self,
+        job: StartedJob,
+        *,
+        run: int,
+        attempts_made: Sequence[Attempt],
+        result: CompletionResult | None,
+        failure: JobFailure | None = None,
+    ) -> bool:
+        """Record a run's attempts and ledger charges, and its outcome if the job is still open.
+
+        One transaction. Returns True when this run set the job's final status, False when another
+        run (a concurrent redelivery) had already finished it; its attempts and charges are recorded
+        either way, because the provider billed them either way.
+        """
+        now = self._db.now()
+        billed = billed_calls(attempts_made)
+        outcome = {"b_id": job.id, **outcome_values(attempts_made, result, failure, billed, now)}
+        calls = run_rows(job, run, attempts_made, billed, now)
+
+        async def write(conn: AsyncConnection) -> bool:
+            applied = await conn.execute(_FINISH_JOB, outcome)
+            await self._insert_calls(conn, *calls)
+            return applied.rowcount == 1
+
+        return await self._db.writes.run(write)
+
+    async def defer(self, job: StartedJob, *, run: int, attempts_made: Sequence[Attempt]) -> None:
+        """Put a started job back to `queued` to wait for capacity, keeping what its run did.
+
+        The run's attempts and charges are recorded like `finish` does. A run that made no call
+        gives its start back: waiting for room is not a crash, so it must not count toward max_tries.
+        """
+        calls = run_rows(job, run, attempts_made, billed_calls(attempts_made), self._db.now())
+        starts = jobs.c.starts if attempts_made else jobs.c.starts - 1
+        reopen = (
+            update(jobs)
+            .where((jobs.c.id == job.id) & (jobs.c.status == JobStatus.RUNNING.value))
+            .values(status=JobStatus.QUEUED.value, starts=starts, worker=None)
+        )
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(reopen)
+            await self._insert_calls(conn, *calls)
+
+        await self._db.writes.run(write)
+
+    async def record_in_doubt(self, job: StartedJob, calls: Sequence[InDoubtCall]) -> None:
+        """Record calls a dead run held budget for but never recorded: an attempt and an estimated charge.
+
+        The run died between reserving and committing, so whether the provider billed the call is
+        unknown; it is charged at the worst case that was held (`ledger.estimated`). A call the
+        dead run did record keeps its row: the inserts skip existing (job, run, attempt_no) keys.
+        """
+        now = self._db.now()
+        lost = [(c, _lost_attempt(c)) for c in calls]
+        attempt_rows = [
+            attempt_row(job.id, c.run, c.attempt_no, a, now) | {"outcome": IN_DOUBT} for c, a in lost
+        ]
+        ledger_rows = [ledger_row(job, c.run, c.attempt_no, a, now) | {"estimated": True} for c, a in lost]
+
+        async def write(conn: AsyncConnection) -> None:
+            await self._insert_calls(conn, attempt_rows, ledger_rows)
+
+        await self._db.writes.run(write)
+
+    async def _insert_calls(
+        self, conn: AsyncConnection, attempt_rows: list[dict[str, Any]], ledger_rows: list[dict[str, Any]]
+    ) -> None:
+        """Insert a run's attempts and charges; rows already there (same job, run, attempt_no) stay."""
+        if attempt_rows:
+            await conn.execute(self._insert_attempts, attempt_rows)
+        if ledger_rows:
+            await conn.execute(self._insert_ledger, ledger_rows)
+
+
+def _lost_attempt(call: InDoubtCall) -> Attempt:
+    return Attempt(
+        deployment=call.deployment,
+        provider=call.provider,
+        model=call.model,
+        outcome=AttemptOutcome.ERROR,
+        error_class="WorkerLost",
+        error="the worker running this call stopped before recording its answer",
+        cost_usd=call.cost_usd,
+        simulated=call.simulated,
+    )
+
+
+def money(value: float) -> Decimal:
+    """A router cost as the NUMERIC(20, 10) the ledger stores."""
+    # Router costs are floats from genai-prices' Decimals; 10 decimal places is sub-nano-dollar.
+    return Decimal(repr(value)).quantize(Decimal("1e-10"))
+
+
+def outcome_values(
+    attempts_made: Sequence[Attempt],
+    result: CompletionResult | None,
+    failure: JobFailure | None,
+    billed: Sequence[tuple[int, Attempt]],
+    now: datetime,
+) -> dict[str, Any]:
+    values: dict[str, Any] = dict.fromkeys(OUTCOME_COLUMNS)
+    values.update(
+        finished_at=now,
+        attempt_count=len(attempts_made),
+        cost_usd=sum((money(a.cost_usd) for _, a in billed), Decimal(0)),
+    )
+    if result is not None:
+        values.update(
+            status=JobStatus.SUCCEEDED.value,
+            deployment=result.deployment,
+            model=result.model,
+            latency_ms=result.latency_ms,
+            failovers=result.failovers,
+            result=result.model_dump(mode="json", exclude={"attempts"}),
+            error=None,
+        )
+    else:
+        failure = failure or JobFailure("Error", "the job failed without an error message")
+        values.update(
+            status=JobStatus.FAILED.value,
+            error={"type": failure.type, "message": failure.message},
+            failovers=max(0, len({a.deployment for a in attempts_made}) - 1),
+        )
+    return values
+
+
+def billed_calls(attempts_made: Sequence[Attempt]) -> list[tuple[int, Attempt]]:
+    """(attempt_no, attempt) of the calls the provider billed: those that report usage or cost."""
+    return [(n, a) for n, a in enumerate(attempts_made, start=1) if a.usage is not None or a.cost_usd > 0]
+
+
+def run_rows(
+    job: StartedJob,
+    run: int,
+    attempts_made: Sequence[Attempt],
+    billed: Sequence[tuple[int, Attempt]],
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's attempt rows (every call) and ledger rows (billed calls), numbered from 1."""
+    attempt_rows = [attempt_row(job.id, run, n, a, now) for n, a in enumerate(attempts_made, start=1)]
+    return attempt_rows, [ledger_row(job, run, n, a, now) for n, a in billed]
+
+
+def attempt_row(job_id: str, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
+    usage = attempt.usage
+    return {
+        "job_id": job_id,
+        "run": run,
+        "attempt_no": number,
+        "deployment": attempt.deployment,
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "outcome": attempt.outcome.value,
+        "error_class": attempt.error_class,
+        "error": attempt.error,
+        "status_code": attempt.status_code,
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "latency_ms": attempt.latency_ms,
+        "wait_ms": attempt.wait_ms,
+        "simulated": attempt.simulated,
+        "created_at": now,
+    }
+
+
+def ledger_row(job: StartedJob, run: int, number: int, attempt: Attempt, now: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "run": run,
+        "attempt_no": number,
+        "batch_id": job.batch_id,
+        "tenant": job.tenant,
+        "user_id": job.user_id,
+        "deployment": attempt.deployment,
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "cost_usd": money(attempt.cost_usd),
+        "usage": attempt.usage.model_dump() if attempt.usage else {},
+        "simulated": attempt.simulated,
+        "estimated": False,
+        "created_at": now,
+    }

@@ -1,0 +1,66 @@
+"""The SQL store: one engine and one group committer, and a room per family of tables.
+
+    store.batches    create a batch and its jobs, cancel, read, summarise      (sql/batches.py)
+    store.jobs       read jobs and their attempts                                (sql/jobs.py)
+    store.runs       a worker's start, finish, defer, in-doubt calls             (sql/runs.py)
+    store.ledger     read the cost ledger                                        (sql/ledger.py)
+    store.files      Batch API files                                             (sql/files.py)
+    store.api_keys   the HTTP API's keys                                         (sql/api_keys.py)
+
+Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
+jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
+up front and never has to upgrade a read lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.sql.api_keys import ApiKeys
+from storage.sql.batches import Batches
+from storage.sql.database import Database, utcnow
+from storage.sql.engine import connect_database
+from storage.sql.files import Files
+from storage.sql.group_commit import GroupCommitter
+from storage.sql.jobs import Jobs
+from storage.sql.ledger import Ledger
+from storage.sql.runs import Runs
+
+__all__ = ["Store"]
+
+
+class Store:
+    """Async access to routeq's SQL tables. Open with `Store.open(url)`, close with `close()`."""
+
+    def __init__(self, engine: AsyncEngine, *, now: Callable[[], datetime] = utcnow) -> None:
+        self.db = Database(engine, now=now)
+        self.jobs = Jobs(self.db)
+        self.ledger = Ledger(self.db)
+        self.runs = Runs(self.db, self.jobs)
+        self.batches = Batches(self.db, self.jobs, self.ledger)
+        self.files = Files(self.db)
+        self.api_keys = ApiKeys(self.db)
+
+    @classmethod
+    async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
+        """Connect (raising `ServiceUnavailableError` with the URL) and migrate to the newest schema."""
+        return cls(await connect_database(url, run_migrations=run_migrations))
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.db.engine
+
+    @property
+    def writes(self) -> GroupCommitter:
+        return self.db.writes
+
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for reads (it waits its turn on an in-memory SQLite's one connection)."""
+        return self.db.reading()
+
+    async def close(self) -> None:
+        await self.db.close()
