@@ -71,9 +71,10 @@ def output_line(job: JobRecord) -> dict[str, Any]:
         error = None
     else:
         response = None
+        failure = job.failure
         error = {
-            "code": (job.error or {}).get("type", job.status.value),
-            "message": (job.error or {}).get("message", job.status.value),
+            "code": failure.code.value if failure else job.status.value,
+            "message": failure.message if failure else job.status.value,
         }
     return {"id": job.id, "custom_id": job.custom_id, "response": response, "error": error, "routeq": routing}
 

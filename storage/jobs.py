@@ -15,6 +15,14 @@ from decimal import Decimal
 from enum import Enum, StrEnum
 from typing import Any, Final, TypeAlias
 
+from router_core.errors import (
+    AllAttemptsFailedError,
+    BudgetExceededError,
+    InvalidRequestError,
+    NoRouteError,
+    RouteqError,
+    StreamInterruptedError,
+)
 from router_core.models import ChatRequest
 
 __all__ = [
@@ -27,6 +35,7 @@ __all__ = [
     "BatchSummary",
     "CreatedBatch",
     "DeploymentSummary",
+    "FailureCode",
     "InDoubtCall",
     "JobFailure",
     "JobRecord",
@@ -99,12 +108,69 @@ class BatchLimits:
     expires_at: datetime | None = None
 
 
+class FailureCode(StrEnum):
+    """Why a job did not succeed: one code carried from the worker through SQL to the API and CLI.
+
+    The values are what `jobs.error.type` has always stored (the API's error `code` and the batch
+    output's `error.code`), so rows written before this enum read back unchanged.
+    """
+
+    ALL_ATTEMPTS_FAILED = "AllAttemptsFailedError"  # every candidate deployment failed
+    BUDGET_EXCEEDED = "BudgetExceededError"  # a spend cap leaves no room for the call
+    NO_ROUTE = "NoRouteError"  # no deployment can serve the request's constraints
+    INVALID_REQUEST = "InvalidRequestError"  # the request names something that does not exist
+    STREAM_INTERRUPTED = "StreamInterruptedError"  # a streamed answer broke after its first piece
+    JOB_TIMEOUT = "JobTimeoutError"  # routing outlived ROUTEQ_JOB_TIMEOUT_S
+    MAX_TRIES_EXCEEDED = "MaxTriesExceeded"  # every delivery died without finishing
+    BATCH_EXPIRED = "batch_expired"  # the batch's completion window ended first
+    CANCELLED = "Cancelled"  # cancelled before it started
+    ROUTING_FAILED = "RouteqError"  # any other routing error
+    UNKNOWN = "Error"  # a stored code this version does not know
+
+    @classmethod
+    def of(cls, exc: RouteqError) -> FailureCode:
+        """The code of a routing error: its nearest class in `_ERROR_CODES`."""
+        for kind in type(exc).__mro__:
+            if kind in _ERROR_CODES:
+                return _ERROR_CODES[kind]
+        return cls.ROUTING_FAILED
+
+    @classmethod
+    def parse(cls, value: object) -> FailureCode:
+        """A stored code; one this version does not know reads as UNKNOWN."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+
+_ERROR_CODES: dict[type[RouteqError], FailureCode] = {
+    BudgetExceededError: FailureCode.BUDGET_EXCEEDED,
+    AllAttemptsFailedError: FailureCode.ALL_ATTEMPTS_FAILED,
+    NoRouteError: FailureCode.NO_ROUTE,
+    InvalidRequestError: FailureCode.INVALID_REQUEST,
+    StreamInterruptedError: FailureCode.STREAM_INTERRUPTED,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class JobFailure:
-    """Why a job failed: the exception class name and its message."""
+    """Why a job failed: its code and a message that says what happened."""
 
-    type: str
+    code: FailureCode
     message: str
+
+    @classmethod
+    def from_exception(cls, exc: RouteqError) -> JobFailure:
+        return cls(FailureCode.of(exc), str(exc))
+
+    def as_json(self) -> dict[str, str]:
+        """The `jobs.error` column's shape."""
+        return {"type": self.code.value, "message": self.message}
+
+    @classmethod
+    def from_json(cls, error: Mapping[str, Any]) -> JobFailure:
+        return cls(FailureCode.parse(error.get("type")), str(error.get("message", "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +236,13 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def failure(self) -> JobFailure | None:
+        """Why the job failed or was cancelled; None while it runs and once it succeeded."""
+        if self.error is None or self.status is JobStatus.SUCCEEDED:
+            return None
+        return JobFailure.from_json(self.error)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
@@ -245,4 +318,4 @@ class BatchSummary:
     failovers: int
     billed_usd: Decimal  # every ledger charge of the batch, failed runs included
     provider_calls: int
-    failure_reasons: dict[str, int]
+    failure_reasons: dict[FailureCode, int]

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from router_core import Strategy
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
-from storage.jobs import ANY_TENANT, InDoubtCall, JobFailure, NewJob, StartedJob
+from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, NewJob, StartedJob
 from storage.sql.analytics import Analytics, DailyModelStats, DeploymentStats, Latency, analytics
 from storage.sql.engine import connect_database, migrate
 from storage.sql.store import Store
@@ -95,7 +95,7 @@ class Recorder:
 
     async def fail(self, tenant: str, at: datetime, *calls: Attempt) -> None:
         job = await self.start(tenant, at)
-        failure = JobFailure("AllAttemptsFailedError", "every call failed")
+        failure = JobFailure(FailureCode.ALL_ATTEMPTS_FAILED, "every call failed")
         assert await self.store.runs.finish(job, run=1, attempts_made=calls, result=None, failure=failure)
 
     async def cancel(self, tenant: str, at: datetime) -> None:

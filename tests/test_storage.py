@@ -6,12 +6,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from router_core.models import ChatRequest, Message
+from storage.errors import NotFoundError
+from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from storage.sql.engine import migrate
 from storage.sql.schema import metadata
 from storage.sql.store import Store
@@ -76,3 +80,30 @@ async def test_group_commit_shares_transactions_and_isolates_a_failing_write(tmp
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 100
     await engine.dispose()
+
+
+async def test_a_foreign_tenant_is_refused_by_the_store_itself(backend: Backend) -> None:
+    """Reads of jobs and batches take a tenant: another tenant's id is "not found", like an unknown one."""
+    store = backend.store
+    request = ChatRequest(messages=[Message(role="user", content="hi")])
+    created = await store.batches.create([NewJob("q1", request)], tenant="acme", user_id="u1")
+    batch_id, job_id = created.batch_id, created.job_ids[0]
+
+    with pytest.raises(NotFoundError) as foreign_job:
+        await store.jobs.get(job_id, tenant="globex")
+    with pytest.raises(NotFoundError) as unknown_job:
+        await store.jobs.get("job_000000000000000000000000", tenant="globex")
+    assert str(foreign_job.value) == str(unknown_job.value).replace("job_000000000000000000000000", job_id)
+    with pytest.raises(NotFoundError):
+        await store.batches.get(batch_id, tenant="globex")
+    with pytest.raises(NotFoundError):
+        await store.batches.cancel(batch_id, tenant="globex")
+    assert [j async for j in store.jobs.iter(batch_id, tenant="globex")] == []
+    assert await store.jobs.page(batch_id, tenant="globex") == []
+    assert await store.jobs.attempts(job_id, tenant="globex") == []
+    assert await store.batches.list(tenant="globex") == []
+    # The foreign cancel changed nothing; the owner and an operator (ANY_TENANT) still see the job.
+    assert (await store.jobs.get(job_id, tenant="acme")).status is JobStatus.QUEUED
+    assert (await store.jobs.get(job_id, tenant=ANY_TENANT)).tenant == "acme"
+    assert (await store.batches.get(batch_id, tenant="acme")).total == 1
+    assert [j.id async for j in store.jobs.iter(batch_id, tenant="acme")] == [job_id]

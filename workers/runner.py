@@ -36,7 +36,16 @@ from router_core.router import Router
 from storage.bus.events import EventBus, JobEvent
 from storage.bus.relay import StreamRelay
 from storage.fleet.budgets import Budgets, JobSpendGuard
-from storage.jobs import ANY_TENANT, BatchLimits, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
+from storage.jobs import (
+    ANY_TENANT,
+    BatchLimits,
+    FailureCode,
+    InDoubtCall,
+    JobFailure,
+    JobRecord,
+    JobStatus,
+    StartedJob,
+)
 from storage.metrics import Metrics
 from storage.sql.store import Store
 
@@ -117,7 +126,7 @@ class JobRunner:
         if started.starts > self.max_tries:
             # Every earlier delivery died without finishing (worker crashes, outages): stop here.
             message = f"gave up after {started.starts - 1} deliveries that did not finish"
-            outcome = _Outcome(failure=JobFailure("MaxTriesExceeded", message))
+            outcome = _Outcome(failure=JobFailure(FailureCode.MAX_TRIES_EXCEEDED, message))
         elif expired is not None:
             outcome = _Outcome(failure=expired)
         else:
@@ -146,7 +155,8 @@ class JobRunner:
         try:
             request = ChatRequest.model_validate(job.request)
         except ValidationError as exc:
-            return _Outcome(failure=JobFailure("InvalidRequestError", f"stored request is invalid: {exc}"))
+            message = f"stored request is invalid: {exc}"
+            return _Outcome(failure=JobFailure(FailureCode.INVALID_REQUEST, message))
         guard = self.budgets.guard(
             job_id=job.id,
             run=run,
@@ -163,13 +173,13 @@ class JobRunner:
                     result = await self.router.complete(request, guard=guard)
         except TimeoutError:
             message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
-            return _Outcome(failure=JobFailure("JobTimeoutError", message))
+            return _Outcome(failure=JobFailure(FailureCode.JOB_TIMEOUT, message))
         except CapacityExhaustedError as exc:
             return _Outcome(attempts=exc.attempts, deferred=exc)
         except (AllAttemptsFailedError, StreamInterruptedError) as exc:  # BudgetExceededError too
-            return _Outcome(attempts=exc.attempts, failure=JobFailure(type(exc).__name__, str(exc)))
+            return _Outcome(attempts=exc.attempts, failure=JobFailure.from_exception(exc))
         except RouteqError as exc:  # NoRouteError, InvalidRequestError...: the job fails with the message
-            return _Outcome(failure=JobFailure(type(exc).__name__, str(exc)))
+            return _Outcome(failure=JobFailure.from_exception(exc))
         return _Outcome(result=result, attempts=result.attempts)
 
     async def _relay(
@@ -202,7 +212,7 @@ class JobRunner:
         if expires is None or datetime.now(UTC) < expires:
             return None
         return JobFailure(
-            "batch_expired", f"the batch's completion window ended at {expires:%Y-%m-%d %H:%M:%S}Z"
+            FailureCode.BATCH_EXPIRED, f"the batch's completion window ended at {expires:%Y-%m-%d %H:%M:%S}Z"
         )
 
     async def _settle(self, job_id: str, run: int, attempts: list[Attempt]) -> None:

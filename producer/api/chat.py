@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, context
-from producer.api.errors import ApiError, error_body, first_field
+from producer.api.errors import FAILURE_STATUS, ApiError, error_body, first_field
 from producer.api.schemas import ChatCompletionBody
 from producer.client import Client
 from producer.inputs import parse_chat_body
@@ -31,32 +31,18 @@ from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
 from storage.bus.relay import Piece
-from storage.jobs import JobRecord, JobStatus
+from storage.jobs import FailureCode, JobFailure, JobRecord, JobStatus
 
 __all__ = ["job_failure", "router"]
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
-# The job failure types a client caused or can fix, with their HTTP status; any other is upstream.
-_FAILURE_STATUS = {
-    "BudgetExceededError": 402,
-    "NoRouteError": 400,
-    "InvalidRequestError": 400,
-    "ContextLengthError": 400,
-    "BadRequestError": 400,
-    "JobTimeoutError": 504,
-}
-
 
 def job_failure(job: JobRecord) -> ApiError:
-    """The error answer for a job that did not succeed, named after its failure."""
-    error = job.error or {}
-    kind = str(error.get("type", job.status.value))
-    message = str(error.get("message", f"the job ended {job.status.value}"))
-    status = _FAILURE_STATUS.get(kind, 502)
-    if job.status == JobStatus.CANCELLED:
-        status = 409
-    return ApiError(status, message, code=kind, headers=_routing_headers(job))
+    """The error answer for a job that did not succeed: its failure code and that code's status."""
+    failure = job.failure or JobFailure(FailureCode.UNKNOWN, f"the job ended {job.status.value}")
+    status = FAILURE_STATUS[failure.code]
+    return ApiError(status, failure.message, code=failure.code.value, headers=_routing_headers(job))
 
 
 def _routing_headers(job: JobRecord) -> dict[str, str]:

@@ -20,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage.errors import NotFoundError, ServiceUnavailableError
+from storage.jobs import FailureCode
 
-__all__ = ["ApiError", "error_body", "first_field", "install_error_handlers"]
+__all__ = ["FAILURE_STATUS", "ApiError", "error_body", "first_field", "install_error_handlers"]
 
 logger = logging.getLogger("routeq.api")
 
@@ -36,6 +37,23 @@ _TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+}
+
+
+# The HTTP status of a job that did not succeed, by its failure code: 4xx where the client can fix
+# it, 5xx where routeq or the providers failed. Every code has its row (a test checks).
+FAILURE_STATUS: dict[FailureCode, int] = {
+    FailureCode.BUDGET_EXCEEDED: 402,
+    FailureCode.NO_ROUTE: 400,
+    FailureCode.INVALID_REQUEST: 400,
+    FailureCode.CANCELLED: 409,
+    FailureCode.ALL_ATTEMPTS_FAILED: 502,
+    FailureCode.STREAM_INTERRUPTED: 502,
+    FailureCode.MAX_TRIES_EXCEEDED: 502,
+    FailureCode.BATCH_EXPIRED: 502,
+    FailureCode.ROUTING_FAILED: 502,
+    FailureCode.UNKNOWN: 502,
+    FailureCode.JOB_TIMEOUT: 504,
 }
 
 

@@ -25,6 +25,8 @@ from storage.jobs import (
     BatchSummary,
     CreatedBatch,
     DeploymentSummary,
+    FailureCode,
+    JobFailure,
     JobRecord,
     JobStatus,
     NewJob,
@@ -121,7 +123,7 @@ class Batches:
         condition = (jobs.c.batch_id == batch_id) & (jobs.c.status == JobStatus.QUEUED.value)
         if job_id is not None:
             condition &= jobs.c.id == job_id
-        error = {"type": "Cancelled", "message": "cancelled before it started"}
+        error = JobFailure(FailureCode.CANCELLED, "cancelled before it started").as_json()
 
         async def write(conn: AsyncConnection) -> list[JobRecord]:
             result = await conn.execute(
@@ -205,15 +207,15 @@ class Batches:
         """Per-deployment jobs, cost, latency percentiles and failovers, for succeeded jobs."""
         per_deployment: dict[str, list[tuple[float, Decimal, int]]] = {}
         statuses: Counter[str] = Counter()
-        reasons: Counter[str] = Counter()
+        reasons: Counter[FailureCode] = Counter()
         async for job in self._jobs.iter(batch_id, tenant=tenant):
             statuses[job.status] += 1
             if job.status == JobStatus.SUCCEEDED and job.deployment is not None:
                 per_deployment.setdefault(job.deployment, []).append(
                     (job.latency_ms or 0.0, job.cost_usd or Decimal(0), job.failovers or 0)
                 )
-            elif job.status == JobStatus.FAILED and job.error is not None:
-                reasons[str(job.error.get("type", "Error"))] += 1
+            elif job.status == JobStatus.FAILED and job.failure is not None:
+                reasons[job.failure.code] += 1
         billed, calls = await self._ledger.billed(batch_id)
         rows = [
             DeploymentSummary(

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from router_core.models import Attempt, AttemptOutcome, CompletionResult
-from storage.jobs import ANY_TENANT, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
+from router_core.models import Attempt, AttemptOutcome, CompletionResult, deployment_switches
+from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
 from storage.sql.database import Database
 from storage.sql.jobs import Jobs
 from storage.sql.schema import attempts, jobs, ledger
@@ -225,11 +225,11 @@ def outcome_values(
             error=None,
         )
     else:
-        failure = failure or JobFailure("Error", "the job failed without an error message")
+        failure = failure or JobFailure(FailureCode.UNKNOWN, "the job failed without an error message")
         values.update(
             status=JobStatus.FAILED.value,
-            error={"type": failure.type, "message": failure.message},
-            failovers=max(0, len({a.deployment for a in attempts_made}) - 1),
+            error=failure.as_json(),
+            failovers=deployment_switches(attempts_made),
         )
     return values
 
