@@ -15,8 +15,9 @@ The breaker, per deployment:
 An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
 until the override is cleared.
 
-`InMemoryStats` is the single-process implementation; `storage.fleet.state.RedisStats` keeps the same
-state in Redis for every worker. `tests/stats_contract.py` is the behaviour both must have.
+`InMemoryFleetState` is the single-process implementation; `storage.fleet.state.RedisFleetState`
+keeps the same state in Redis for every worker. `tests/fleet_state_contract.py` is the behaviour
+both must have.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ __all__ = [
     "CallOutcome",
     "CircuitState",
     "DeploymentStats",
+    "FleetState",
     "Forced",
-    "InMemoryStats",
+    "InMemoryFleetState",
     "Refusal",
-    "StatsStore",
 ]
 
 
@@ -129,7 +130,7 @@ _REFUSAL_TEXT = {
 CONCURRENCY_RETRY_S = 0.25
 
 
-class StatsStore(Protocol):
+class FleetState(Protocol):
     """Where live stats, breakers and limits are kept."""
 
     async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]: ...
@@ -172,8 +173,8 @@ class _Entry:
     rate_window_s: float = 60.0  # the deployment's, as of its last admission
 
 
-class InMemoryStats:
-    """`StatsStore` for one process (tests, the router on its own). Same rules as the Redis store."""
+class InMemoryFleetState:
+    """`FleetState` for one process (tests, the router on its own). Same rules as the Redis one."""
 
     def __init__(
         self, *, clock: Clock | None = None, alpha: float = 0.2, breaker: BreakerPolicy | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from router_core.catalog import Catalog, Deployment
 from router_core.classify import classify, estimate_tokens
 from router_core.errors import InvalidRequestError, NoRouteError
+from router_core.fleet import CircuitState, DeploymentStats, Forced
 from router_core.models import (
     Candidate,
     ChatRequest,
@@ -24,7 +25,6 @@ from router_core.models import (
     Preferences,
     Strategy,
 )
-from router_core.stats import CircuitState, DeploymentStats, Forced
 from router_core.strategies import Option, RankContext, rank
 
 __all__ = ["PlanLimits", "build_plan", "check_references", "prompt_tokens"]

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from router_core.catalog import Deployment
+from router_core.fleet import DeploymentStats
 from router_core.models import Preferences, Strategy
-from router_core.stats import DeploymentStats
 
 __all__ = ["RANKERS", "Option", "RankContext", "rank"]
 

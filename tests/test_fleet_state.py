@@ -1,14 +1,14 @@
-"""InMemoryStats against the StatsStore contract."""
+"""InMemoryFleetState against the FleetState contract."""
 
 from __future__ import annotations
 
 import pytest
 
-from router_core import FakeClock, InMemoryStats
-from tests.stats_contract import POLICY, StatsStoreContract
+from router_core import FakeClock, InMemoryFleetState
+from tests.fleet_state_contract import POLICY, FleetStateContract
 
 
-class TestInMemoryStats(StatsStoreContract):
+class TestInMemoryFleetState(FleetStateContract):
     @pytest.fixture
-    def store(self, clock: FakeClock) -> InMemoryStats:
-        return InMemoryStats(clock=clock, breaker=POLICY)
+    def fleet(self, clock: FakeClock) -> InMemoryFleetState:
+        return InMemoryFleetState(clock=clock, breaker=POLICY)

@@ -281,4 +281,4 @@ async def test_stopping_a_stream_early_releases_the_response(kind: str) -> None:
         await parts.aclose()  # the consumer walks away after the first piece
         assert len(responses) == 1
         assert responses[0].is_closed
-        assert (await router.stats.snapshot(["dep-a"]))["dep-a"].in_flight == 0
+        assert (await router.fleet.snapshot(["dep-a"]))["dep-a"].in_flight == 0

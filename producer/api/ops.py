@@ -12,7 +12,7 @@ from sqlalchemy import text
 from producer.api.auth import Admin, Caller
 from producer.api.context import ApiContext, context
 from producer.api.schemas import DeploymentStateBody
-from router_core.stats import DeploymentStats, Forced
+from router_core.fleet import DeploymentStats, Forced
 from storage.errors import NotFoundError, mask_dsn
 
 __all__ = ["router"]
@@ -62,7 +62,7 @@ def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentStats) 
 )
 async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     ids = list(ctx.catalog)
-    snapshot = await ctx.stats.snapshot(ids)
+    snapshot = await ctx.fleet.snapshot(ids)
     return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep]) for dep in ids]}
 
 
@@ -73,8 +73,8 @@ async def set_deployment_state(
     """Fleet-wide, until set back to `auto`: workers see it on their next plan."""
     if deployment_id not in ctx.catalog:
         raise NotFoundError("deployment", deployment_id)
-    await ctx.stats.force(deployment_id, None if body.state == "auto" else Forced(body.state))
-    snapshot = await ctx.stats.snapshot([deployment_id])
+    await ctx.fleet.force(deployment_id, None if body.state == "auto" else Forced(body.state))
+    snapshot = await ctx.fleet.snapshot([deployment_id])
     return _provider_view(ctx, deployment_id, snapshot[deployment_id])
 
 

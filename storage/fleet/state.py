@@ -1,6 +1,6 @@
-"""`RedisStats`: the `StatsStore` of a fleet, so every worker sees one breaker and one set of limits.
+"""`RedisFleetState`: the `FleetState` of a fleet, so every worker sees one breaker and one set of limits.
 
-Same rules as `router_core.stats.InMemoryStats` (read its docstring for the breaker), kept in Redis
+Same rules as `router_core.fleet.InMemoryFleetState` (read its docstring for the breaker), kept in Redis
 (keys in `storage.keys`):
 
     routeq:dep:<id>            hash  success_rate, latency_ms, calls        live stats (EWMA)
@@ -43,7 +43,7 @@ from redis.asyncio import Redis
 
 from router_core.catalog import Deployment
 from router_core.clock import Clock
-from router_core.stats import (
+from router_core.fleet import (
     CONCURRENCY_RETRY_S,
     Admission,
     BreakerPolicy,
@@ -56,7 +56,7 @@ from router_core.stats import (
 from storage import keys
 from storage.connections import as_text
 
-__all__ = ["RedisStats"]
+__all__ = ["RedisFleetState"]
 
 # Shared by every script. ARGV[1] is the time: a clock's reading, or negative for the server's TIME.
 # Numbers handed to redis.call are formatted with %.17g, which round-trips a double exactly.
@@ -315,8 +315,8 @@ return 0
 _SERVER_TIME = "-1"
 
 
-class RedisStats:
-    """`StatsStore` shared by every worker of a fleet through one Redis.
+class RedisFleetState:
+    """`FleetState` shared by every worker of a fleet through one Redis.
 
     Args:
         redis: the fleet's Redis (any `redis.asyncio.Redis`, decoded responses or not).
