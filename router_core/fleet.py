@@ -38,7 +38,7 @@ __all__ = [
     "BreakerPolicy",
     "CallOutcome",
     "CircuitState",
-    "DeploymentStats",
+    "DeploymentSnapshot",
     "FleetState",
     "Forced",
     "InMemoryFleetState",
@@ -87,7 +87,9 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentStats:
+class DeploymentSnapshot:
+    """One deployment's live state as `FleetState.snapshot` reads it: health, breaker, load, rate use."""
+
     success_rate: float = 1.0
     latency_ewma_ms: float | None = None
     in_flight: int = 0
@@ -133,7 +135,7 @@ CONCURRENCY_RETRY_S = 0.25
 class FleetState(Protocol):
     """Where live stats, breakers and limits are kept."""
 
-    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]: ...
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]: ...
 
     async def admit(self, deployment: Deployment, tokens: int) -> Admission:
         """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
@@ -205,16 +207,16 @@ class InMemoryFleetState:
         while entry.outcomes and entry.outcomes[0][0] <= now - self.breaker.window_s:
             entry.outcomes.popleft()
 
-    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]:
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]:
         now = self._clock.now()
-        out: dict[str, DeploymentStats] = {}
+        out: dict[str, DeploymentSnapshot] = {}
         for dep in deployment_ids:
             entry = self._entries.get(dep)
             if entry is None:
-                out[dep] = DeploymentStats()
+                out[dep] = DeploymentSnapshot()
                 continue
             self._prune(entry, entry.rate_window_s, now)
-            out[dep] = DeploymentStats(
+            out[dep] = DeploymentSnapshot(
                 success_rate=entry.success_rate,
                 latency_ewma_ms=entry.latency_ewma_ms,
                 in_flight=len(entry.in_flight),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from router_core.catalog import Catalog, Deployment
 from router_core.classify import classify, estimate_tokens
 from router_core.errors import InvalidRequestError, NoRouteError
-from router_core.fleet import CircuitState, DeploymentStats, Forced
+from router_core.fleet import CircuitState, DeploymentSnapshot, Forced
 from router_core.models import (
     Candidate,
     ChatRequest,
@@ -52,11 +52,13 @@ class _Estimate:
     latency_ms: float
 
 
-Check = Callable[[Deployment, Preferences, _Estimate, DeploymentStats], "tuple[ExclusionReason, str] | None"]
+Check = Callable[
+    [Deployment, Preferences, _Estimate, DeploymentSnapshot], "tuple[ExclusionReason, str] | None"
+]
 
 
 def _chain(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.strategy is Strategy.FALLBACK_CHAIN and dep.id not in (p.chain or []):
         return ExclusionReason.NOT_IN_CHAIN, "not in the fallback_chain 'chain' list"
@@ -64,7 +66,7 @@ def _chain(
 
 
 def _providers(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     names = {dep.provider, dep.kind.value}
     if p.exclude_providers and names & set(p.exclude_providers):
@@ -75,7 +77,7 @@ def _providers(
 
 
 def _circuit(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if s.forced is Forced.DOWN:
         return ExclusionReason.FORCED_DOWN, "forced down by an operator"
@@ -85,7 +87,7 @@ def _circuit(
 
 
 def _context(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     needed = e.prompt_tokens + e.completion_tokens
     if needed > dep.context_window:
@@ -102,7 +104,7 @@ def _context(
 
 
 def _quality(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.min_quality is not None and dep.quality < p.min_quality:
         return ExclusionReason.BELOW_QUALITY, f"quality {dep.quality:.2f} < min_quality {p.min_quality:.2f}"
@@ -110,7 +112,7 @@ def _quality(
 
 
 def _budget(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.max_cost_per_request is not None and e.cost > p.max_cost_per_request:
         return (
@@ -121,7 +123,7 @@ def _budget(
 
 
 def _latency(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.max_latency_ms is not None and e.latency_ms > p.max_latency_ms:
         return (
@@ -148,7 +150,7 @@ _CHECKS: tuple[tuple[Callable[[Preferences], bool], Check], ...] = (
 def build_plan(
     request: ChatRequest,
     catalog: Catalog,
-    stats: Mapping[str, DeploymentStats],
+    stats: Mapping[str, DeploymentSnapshot],
     *,
     rotation: int = 0,
     limits: PlanLimits = PlanLimits(),
@@ -170,7 +172,7 @@ def build_plan(
     options: list[Option] = []
     excluded: list[Exclusion] = []
     for position, dep in enumerate(catalog.values()):
-        st = stats.get(dep.id) or DeploymentStats()
+        st = stats.get(dep.id) or DeploymentSnapshot()
         est = _Estimate(
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,

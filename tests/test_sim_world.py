@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from router_core.clock import FakeClock
 from router_core.sim import (
-    DeploymentStats,
     Fault,
+    SimCounters,
     SimProfile,
     SimWorld,
     create_server,
@@ -440,7 +440,7 @@ async def test_rpm_window_never_exceeded_under_load(clock: FakeClock) -> None:
 
 
 def test_admitted_at_is_capped_at_100k_most_recent() -> None:
-    stats = DeploymentStats()
+    stats = SimCounters()
     for i in range(100_001):
         stats.record_admission(float(i))
     assert stats.admitted == 100_001

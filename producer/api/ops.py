@@ -12,7 +12,7 @@ from sqlalchemy import text
 from producer.api.auth import Admin, Caller
 from producer.api.context import ApiContext, context
 from producer.api.schemas import DeploymentStateBody
-from router_core.fleet import DeploymentStats, Forced
+from router_core.fleet import DeploymentSnapshot, Forced
 from storage.errors import NotFoundError, mask_dsn
 
 __all__ = ["router"]
@@ -24,7 +24,7 @@ Ctx = Annotated[ApiContext, Depends(context)]
 _READY_TIMEOUT_S = 2.0
 
 
-def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentStats) -> dict[str, Any]:
+def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentSnapshot) -> dict[str, Any]:
     dep = ctx.catalog[deployment_id]
     price = ctx.catalog.price(deployment_id)
     return {

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DeploymentState", "DeploymentStats", "Fault", "SimProfile", "estimate_tokens", "synth_text"]
+__all__ = ["DeploymentState", "Fault", "SimCounters", "SimProfile", "estimate_tokens", "synth_text"]
 
 Fault = Literal["ok", "rate_limit", "server_error", "timeout", "malformed", "drop", "context_length"]
 """The outcome the sim chooses for one request, before the rpm window and latency apply."""
@@ -133,7 +133,7 @@ class SimProfile(BaseModel):
 
 
 @dataclass
-class DeploymentStats:
+class SimCounters:
     """What one deployment has seen, for tests and benchmarks.
 
     Attributes:

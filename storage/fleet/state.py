@@ -49,7 +49,7 @@ from router_core.fleet import (
     BreakerPolicy,
     CallOutcome,
     CircuitState,
-    DeploymentStats,
+    DeploymentSnapshot,
     Forced,
     Refusal,
 )
@@ -356,14 +356,14 @@ class RedisFleetState:
     def _now(self) -> str:
         return _SERVER_TIME if self._clock is None else repr(float(self._clock.now()))
 
-    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]:
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]:
         """Live stats of each deployment, after dropping expired leases and requests."""
         if not deployment_ids:
             return {}
         script_keys = [key for dep in deployment_ids for key in _deployment_keys(dep)]
         args = [self._now(), _arg(self.breaker.cooldown_s)]
         reply: list[list[Any]] = await self._snapshot(keys=script_keys, args=args)
-        return {dep: _stats(row) for dep, row in zip(deployment_ids, reply, strict=True)}
+        return {dep: _deployment_snapshot(row) for dep, row in zip(deployment_ids, reply, strict=True)}
 
     async def admit(self, deployment: Deployment, tokens: int) -> Admission:
         """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
@@ -441,11 +441,11 @@ def _arg(value: float | None) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def _stats(row: list[Any]) -> DeploymentStats:
+def _deployment_snapshot(row: list[Any]) -> DeploymentSnapshot:
     if not row:
-        return DeploymentStats()
+        return DeploymentSnapshot()
     rate, latency, calls, forced, circuit, in_flight, requests, tokens = (as_text(v) for v in row)
-    return DeploymentStats(
+    return DeploymentSnapshot(
         success_rate=float(rate) if rate else 1.0,
         latency_ewma_ms=float(latency) if latency else None,
         in_flight=int(in_flight),
