@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router_core.catalog import Catalog, Deployment
-from router_core.classify import classify, estimate_tokens
+from router_core.classify import classify
 from router_core.errors import InvalidRequestError, NoRouteError
 from router_core.fleet import CircuitState, DeploymentSnapshot, Forced
 from router_core.models import (
@@ -26,11 +26,10 @@ from router_core.models import (
     Strategy,
 )
 from router_core.strategies import Option, RankContext, rank
+from router_core.tokens import prompt_tokens
 
-__all__ = ["PlanLimits", "build_plan", "check_references", "prompt_tokens"]
+__all__ = ["PlanLimits", "build_plan", "check_references"]
 
-# Chat formats add a few tokens of framing per message.
-_TOKENS_PER_MESSAGE = 4
 _BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
 
 
@@ -38,10 +37,6 @@ _BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
 class PlanLimits:
     default_completion_tokens: int = 512
     max_candidates: int = 5
-
-
-def prompt_tokens(request: ChatRequest) -> int:
-    return sum(estimate_tokens(m.text()) + _TOKENS_PER_MESSAGE for m in request.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +160,7 @@ def build_plan(
     check_references(request, catalog)
     guess = classify(request.prompt_text())
     capability = prefs.capability or guess.capability
-    p_tokens = prompt_tokens(request)
+    p_tokens = prompt_tokens(m.text() for m in request.messages)
     c_tokens = request.max_tokens or limits.default_completion_tokens
 
     checks = [check for relevant, check in _CHECKS if relevant(prefs)]

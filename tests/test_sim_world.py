@@ -23,10 +23,10 @@ from router_core.sim import (
     SimProfile,
     SimWorld,
     create_server,
-    estimate_tokens,
     sim_http_client,
 )
 from router_core.sim.profiles import synth_text
+from router_core.tokens import estimate_tokens
 
 PROMPT = "Summarise the quarterly report please"
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
@@ -593,8 +593,6 @@ def test_profile_defaults() -> None:
     script: list[Fault] = []
     assert (profile.rpm, profile.window_s, profile.retry_after_s, profile.hang_s) == (None, 60.0, 1.0, 600.0)
     assert (profile.context_window, profile.output_tokens, profile.script) == (128_000, 64, script)
-    assert estimate_tokens("") == 1
-    assert estimate_tokens("abcde") == 2
 
 
 # --- real server ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from router_core.sim.profiles import estimate_tokens
+from router_core.tokens import estimate_tokens, prompt_tokens
 
 __all__ = [
     "ERROR_STATUS",
@@ -73,7 +73,7 @@ class WireRequest:
     Attributes:
         dialect: Which provider API the request came through.
         model: The requested model name, echoed back in the response.
-        prompt_tokens: Estimated prompt size (text of every message + 4 per message, plus system).
+        prompt_tokens: `router_core.tokens.prompt_tokens` of the messages, plus the system text.
         prompt_words: A few words of the last user turn, used to make the answer look related.
         max_tokens: The request's completion cap, if it set one.
         stream: Whether the client asked for server-sent events.
@@ -151,9 +151,9 @@ def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
         raise RequestError("messages: must be a non-empty list of message objects", param="messages")
 
     texts = [_content_text(message.get("content")) for message in messages]
-    prompt_tokens = sum(estimate_tokens(text) + 4 for text in texts)
+    prompt_size = prompt_tokens(texts)
     if dialect == "anthropic" and body.get("system"):
-        prompt_tokens += estimate_tokens(_content_text(body["system"]))
+        prompt_size += estimate_tokens(_content_text(body["system"]))
     user_texts = [
         text for message, text in zip(messages, texts, strict=True) if message.get("role") == "user"
     ]
@@ -163,7 +163,7 @@ def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
     return WireRequest(
         dialect=dialect,
         model=model,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=prompt_size,
         prompt_words=tuple(word.lower() for word in words),
         max_tokens=_max_tokens(body, dialect),
         stream=body.get("stream") is True,
