@@ -13,7 +13,8 @@ from producer.api.auth import Admin, Caller
 from producer.api.context import ApiContext, context
 from producer.api.schemas import DeploymentStateBody
 from router_core.fleet import DeploymentSnapshot, Forced
-from storage.errors import NotFoundError, mask_dsn
+from router_core.redact import mask_url
+from storage.errors import NotFoundError
 
 __all__ = ["router"]
 
@@ -92,7 +93,7 @@ async def ready(ctx: Ctx) -> JSONResponse:
         "status": "ready" if ok else "unavailable",
         "redis": results["redis"] or "ok",
         "database": results["database"] or "ok",
-        "database_url": mask_dsn(ctx.settings.database_url),
+        "database_url": mask_url(ctx.settings.database_url),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
