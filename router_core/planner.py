@@ -1,4 +1,4 @@
-"""Planning: from a request, the catalog and a stats snapshot to an ordered list of candidates.
+"""Planning: from a request, the catalog and a fleet-state snapshot to an ordered list of candidates.
 
 A pure function of its inputs (no I/O), so it is cheap to test and to benchmark. Steps:
 classify the prompt, estimate tokens, cost and latency per deployment, exclude those that break a
@@ -145,7 +145,7 @@ _CHECKS: tuple[tuple[Callable[[Preferences], bool], Check], ...] = (
 def build_plan(
     request: ChatRequest,
     catalog: Catalog,
-    stats: Mapping[str, DeploymentSnapshot],
+    snapshot: Mapping[str, DeploymentSnapshot],
     *,
     rotation: int = 0,
     limits: PlanLimits = PlanLimits(),
@@ -167,7 +167,7 @@ def build_plan(
     options: list[Option] = []
     excluded: list[Exclusion] = []
     for position, dep in enumerate(catalog.values()):
-        st = stats.get(dep.id) or DeploymentSnapshot()
+        st = snapshot.get(dep.id) or DeploymentSnapshot()
         est = _Estimate(
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,
