@@ -1,7 +1,7 @@
 """Micro-benchmark of the router core (a benchmark, not a test).
 
 Prints:
-- plan() decisions/s on a 50-deployment catalog (Router.plan: stats snapshot + classify + rank),
+- plan() decisions/s on a 50-deployment catalog (Router.plan: fleet-state snapshot + classify + rank),
   over a mix of prompts and strategies;
 - complete() calls/s against the in-process simulated provider world (0 ms latency) at
   concurrency 100, through the official SDKs' real HTTP code path (httpx2 ASGI transport),

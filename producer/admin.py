@@ -16,9 +16,9 @@ from rich.table import Table
 
 from producer.commands import execute, with_redis
 from router_core.catalog import load_catalog
-from router_core.stats import Forced
+from router_core.fleet import Forced
 from storage.fleet.budgets import Budgets
-from storage.fleet.state import RedisStats
+from storage.fleet.state import RedisFleetState
 from storage.settings import Settings
 from storage.sql.store import Store
 
@@ -47,7 +47,7 @@ def list_deployments() -> None:
     catalog = load_catalog(settings.catalog_path)
 
     async def go(redis: Redis) -> None:
-        stats = await RedisStats(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
+        stats = await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
         table = Table(title="deployments (fleet-wide)")
         for column in (
             "id",
@@ -86,7 +86,7 @@ def _force(deployment: str, state: Forced | None) -> None:
         raise typer.Exit(1)
 
     async def go(redis: Redis) -> None:
-        await RedisStats(redis).force(deployment, state)
+        await RedisFleetState(redis).force(deployment, state)
         what = {None: "back under its circuit breaker", Forced.DOWN: "down", Forced.UP: "up"}[state]
         console.print(f"{deployment} is {what} for every worker")
 

@@ -27,9 +27,10 @@ from producer.inputs import ParsedInput, read_jsonl
 from producer.outputs import write_results
 from producer.reporting import follow_with_progress, print_line_errors, status_table, summary_table
 from router_core.errors import ConfigError
+from router_core.redact import mask_url
 from storage.bus.events import Event
 from storage.connections import connect_redis
-from storage.errors import NotFoundError, ServiceUnavailableError, mask_dsn
+from storage.errors import NotFoundError, ServiceUnavailableError
 from storage.jobs import ANY_TENANT, NewJob
 from storage.settings import Settings
 from storage.sql.store import Store
@@ -160,9 +161,9 @@ def run(
             )
             batch = await client.batch(batch_id)
             mode = (
-                "in-process Redis" if settings.redis_url is None else f"Redis {mask_dsn(settings.redis_url)}"
+                "in-process Redis" if settings.redis_url is None else f"Redis {mask_url(settings.redis_url)}"
             )
-            database = mask_dsn(settings.database_url)
+            database = mask_url(settings.database_url)
             console.print(f"batch [bold]{batch_id}[/bold]: {batch.total} jobs · {mode} · {database}")
             await embedded.until(follow_with_progress(client, batch, console))
             elapsed = time.perf_counter() - started
@@ -301,7 +302,7 @@ def migrate() -> None:
     """Bring the database schema to the newest migration (workers also do this at start-up)."""
     settings = Settings()
     execute(_with_store(settings, lambda store: asyncio.sleep(0)))
-    console.print(f"database schema is current: {mask_dsn(settings.database_url)}")
+    console.print(f"database schema is current: {mask_url(settings.database_url)}")
 
 
 def worker(

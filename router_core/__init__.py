@@ -26,6 +26,17 @@ from router_core.errors import (
     RouteqError,
     StreamInterruptedError,
 )
+from router_core.fleet import (
+    Admission,
+    BreakerPolicy,
+    CallOutcome,
+    CircuitState,
+    DeploymentSnapshot,
+    FleetState,
+    Forced,
+    InMemoryFleetState,
+    Refusal,
+)
 from router_core.models import (
     Attempt,
     AttemptOutcome,
@@ -47,17 +58,6 @@ from router_core.planner import PlanLimits, build_plan
 from router_core.router import RetryPolicy, Router
 from router_core.settings import RouterSettings, SimulateMode
 from router_core.spend import SpendGuard
-from router_core.stats import (
-    Admission,
-    BreakerPolicy,
-    CallOutcome,
-    CircuitState,
-    DeploymentStats,
-    Forced,
-    InMemoryStats,
-    Refusal,
-    StatsStore,
-)
 
 __all__ = [
     "Admission",
@@ -81,13 +81,14 @@ __all__ = [
     "ConfigError",
     "ContextLengthError",
     "Deployment",
-    "DeploymentStats",
+    "DeploymentSnapshot",
     "Exclusion",
     "ExclusionReason",
     "FakeClock",
     "FatalProviderError",
+    "FleetState",
     "Forced",
-    "InMemoryStats",
+    "InMemoryFleetState",
     "InvalidRequestError",
     "MalformedResponseError",
     "Message",
@@ -109,7 +110,6 @@ __all__ = [
     "RouterSettings",
     "SimulateMode",
     "SpendGuard",
-    "StatsStore",
     "Strategy",
     "StreamInterruptedError",
     "SystemClock",

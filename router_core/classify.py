@@ -6,13 +6,13 @@ Keyword and shape heuristics, run on every request, so they must cost microsecon
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from router_core.models import Capability, Complexity
+from router_core.tokens import estimate_tokens
 
-__all__ = ["Classification", "classify", "estimate_tokens"]
+__all__ = ["Classification", "classify"]
 
 _RULES: tuple[tuple[Capability, re.Pattern[str]], ...] = (
     (
@@ -74,11 +74,6 @@ _SIMPLE_QA_MAX_CHARS = 200
 class Classification:
     capability: Capability
     complexity: Complexity
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count (≈ 4 characters a token), the same rule the simulator uses."""
-    return max(1, math.ceil(len(text) / 4))
 
 
 def classify(text: str) -> Classification:

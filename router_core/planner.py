@@ -1,4 +1,4 @@
-"""Planning: from a request, the catalog and a stats snapshot to an ordered list of candidates.
+"""Planning: from a request, the catalog and a fleet-state snapshot to an ordered list of candidates.
 
 A pure function of its inputs (no I/O), so it is cheap to test and to benchmark. Steps:
 classify the prompt, estimate tokens, cost and latency per deployment, exclude those that break a
@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router_core.catalog import Catalog, Deployment
-from router_core.classify import classify, estimate_tokens
+from router_core.classify import classify
 from router_core.errors import InvalidRequestError, NoRouteError
+from router_core.fleet import CircuitState, DeploymentSnapshot, Forced
 from router_core.models import (
     Candidate,
     ChatRequest,
@@ -24,13 +25,11 @@ from router_core.models import (
     Preferences,
     Strategy,
 )
-from router_core.stats import CircuitState, DeploymentStats, Forced
 from router_core.strategies import Option, RankContext, rank
+from router_core.tokens import prompt_tokens
 
-__all__ = ["PlanLimits", "build_plan", "check_references", "prompt_tokens"]
+__all__ = ["PlanLimits", "build_plan", "check_references"]
 
-# Chat formats add a few tokens of framing per message.
-_TOKENS_PER_MESSAGE = 4
 _BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
 
 
@@ -38,10 +37,6 @@ _BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
 class PlanLimits:
     default_completion_tokens: int = 512
     max_candidates: int = 5
-
-
-def prompt_tokens(request: ChatRequest) -> int:
-    return sum(estimate_tokens(m.text()) + _TOKENS_PER_MESSAGE for m in request.messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +47,13 @@ class _Estimate:
     latency_ms: float
 
 
-Check = Callable[[Deployment, Preferences, _Estimate, DeploymentStats], "tuple[ExclusionReason, str] | None"]
+Check = Callable[
+    [Deployment, Preferences, _Estimate, DeploymentSnapshot], "tuple[ExclusionReason, str] | None"
+]
 
 
 def _chain(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.strategy is Strategy.FALLBACK_CHAIN and dep.id not in (p.chain or []):
         return ExclusionReason.NOT_IN_CHAIN, "not in the fallback_chain 'chain' list"
@@ -64,7 +61,7 @@ def _chain(
 
 
 def _providers(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     names = {dep.provider, dep.kind.value}
     if p.exclude_providers and names & set(p.exclude_providers):
@@ -75,7 +72,7 @@ def _providers(
 
 
 def _circuit(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if s.forced is Forced.DOWN:
         return ExclusionReason.FORCED_DOWN, "forced down by an operator"
@@ -85,7 +82,7 @@ def _circuit(
 
 
 def _context(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     needed = e.prompt_tokens + e.completion_tokens
     if needed > dep.context_window:
@@ -102,7 +99,7 @@ def _context(
 
 
 def _quality(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.min_quality is not None and dep.quality < p.min_quality:
         return ExclusionReason.BELOW_QUALITY, f"quality {dep.quality:.2f} < min_quality {p.min_quality:.2f}"
@@ -110,7 +107,7 @@ def _quality(
 
 
 def _budget(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.max_cost_per_request is not None and e.cost > p.max_cost_per_request:
         return (
@@ -121,7 +118,7 @@ def _budget(
 
 
 def _latency(
-    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentStats
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
     if p.max_latency_ms is not None and e.latency_ms > p.max_latency_ms:
         return (
@@ -148,7 +145,7 @@ _CHECKS: tuple[tuple[Callable[[Preferences], bool], Check], ...] = (
 def build_plan(
     request: ChatRequest,
     catalog: Catalog,
-    stats: Mapping[str, DeploymentStats],
+    snapshot: Mapping[str, DeploymentSnapshot],
     *,
     rotation: int = 0,
     limits: PlanLimits = PlanLimits(),
@@ -163,14 +160,14 @@ def build_plan(
     check_references(request, catalog)
     guess = classify(request.prompt_text())
     capability = prefs.capability or guess.capability
-    p_tokens = prompt_tokens(request)
+    p_tokens = prompt_tokens(m.text() for m in request.messages)
     c_tokens = request.max_tokens or limits.default_completion_tokens
 
     checks = [check for relevant, check in _CHECKS if relevant(prefs)]
     options: list[Option] = []
     excluded: list[Exclusion] = []
     for position, dep in enumerate(catalog.values()):
-        st = stats.get(dep.id) or DeploymentStats()
+        st = snapshot.get(dep.id) or DeploymentSnapshot()
         est = _Estimate(
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,

@@ -5,7 +5,7 @@ share one walk over the plan: for a stream, "success" means the first piece of t
 which the router is committed to that deployment.
 
 Before each call the router reserves its worst-case cost with the caller's `SpendGuard` (if any)
-and asks the `StatsStore` to admit it (breaker, concurrency, rpm/tpm). A refused candidate is
+and asks the `FleetState` to admit it (breaker, concurrency, rpm/tpm). A refused candidate is
 skipped; when every candidate refuses for capacity, `CapacityExhaustedError` says when to try
 again, and when only the budget refused, `BudgetExceededError` names the cap.
 
@@ -39,6 +39,14 @@ from router_core.errors import (
     RateLimitedError,
     StreamInterruptedError,
 )
+from router_core.fleet import (
+    CONCURRENCY_RETRY_S,
+    Admission,
+    CallOutcome,
+    FleetState,
+    InMemoryFleetState,
+    Refusal,
+)
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Plan, Strategy
 from router_core.planner import PlanLimits, build_plan
 from router_core.providers.base import Provider, ProviderReply, StreamPart
@@ -46,14 +54,6 @@ from router_core.providers.factory import build_providers
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
 from router_core.spend import SpendGuard
-from router_core.stats import (
-    CONCURRENCY_RETRY_S,
-    Admission,
-    CallOutcome,
-    InMemoryStats,
-    Refusal,
-    StatsStore,
-)
 
 __all__ = ["RetryPolicy", "Router"]
 
@@ -144,7 +144,7 @@ class Router:
         catalog: Catalog,
         providers: dict[str, Provider],
         *,
-        stats: StatsStore | None = None,
+        fleet: FleetState | None = None,
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
         limits: PlanLimits | None = None,
@@ -158,7 +158,7 @@ class Router:
         self.catalog = catalog
         self.providers = providers
         self.clock = clock or SystemClock()
-        self.stats: StatsStore = stats or InMemoryStats(clock=self.clock)
+        self.fleet: FleetState = fleet or InMemoryFleetState(clock=self.clock)
         self.policy = policy or RetryPolicy()
         self.limits = limits or PlanLimits()
         self.sim_world = sim_world
@@ -172,7 +172,7 @@ class Router:
         settings: RouterSettings | None = None,
         *,
         catalog: Catalog | None = None,
-        stats: StatsStore | None = None,
+        fleet: FleetState | None = None,
         clock: Clock | None = None,
         sim_world: SimWorld | None = None,
         rng: random.Random | None = None,
@@ -187,7 +187,7 @@ class Router:
         return cls(
             catalog,
             providers,
-            stats=stats or InMemoryStats(clock=clock, breaker=settings.breaker_policy()),
+            fleet=fleet or InMemoryFleetState(clock=clock, breaker=settings.breaker_policy()),
             clock=clock,
             policy=RetryPolicy.from_settings(settings),
             limits=PlanLimits(settings.default_completion_tokens, settings.max_candidates),
@@ -209,10 +209,10 @@ class Router:
 
     async def plan(self, request: ChatRequest) -> Plan:
         """Ordered candidates and exclusions for `request`, from live stats."""
-        snapshot = await self.stats.snapshot(list(self.catalog))
+        snapshot = await self.fleet.snapshot(list(self.catalog))
         rotation = 0
         if request.preferences.strategy is Strategy.ROUND_ROBIN:
-            rotation = await self.stats.next_rotation("default")
+            rotation = await self.fleet.next_rotation("default")
         return build_plan(request, self.catalog, snapshot, rotation=rotation, limits=self.limits)
 
     async def complete(
@@ -383,7 +383,7 @@ class Router:
                     _Refused(refusal, budget=not wait, retry_after_s=_BUDGET_WAIT_S, spread_s=1.0)
                 )
                 return None
-        admission = await self.stats.admit(dep, prompt + max_tokens)
+        admission = await self.fleet.admit(dep, prompt + max_tokens)
         if admission.admitted:
             return admission
         if walk.guard is not None:
@@ -426,7 +426,7 @@ class Router:
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
             usage = value.usage if isinstance(value, ProviderReply) else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
-            await asyncio.shield(self.stats.release(dep, admission, outcome, latency_ms, tokens))
+            await asyncio.shield(self.fleet.release(dep, admission, outcome, latency_ms, tokens))
         if error is not None:
             logger.debug("attempt on %s failed: %s", dep.id, error)
         attempt = Attempt(

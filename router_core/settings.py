@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from router_core.stats import BreakerPolicy
+from router_core.fleet import BreakerPolicy
 
 __all__ = ["RouterSettings", "SimulateMode"]
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from router_core.catalog import Deployment
+from router_core.fleet import DeploymentSnapshot
 from router_core.models import Preferences, Strategy
-from router_core.stats import DeploymentStats
 
 __all__ = ["RANKERS", "Option", "RankContext", "rank"]
 
@@ -30,7 +30,7 @@ class Option:
     position: int  # catalog order, the last tie-breaker
     est_cost: float
     est_latency_ms: float
-    stats: DeploymentStats
+    stats: DeploymentSnapshot
     capability_match: bool
 
     @property

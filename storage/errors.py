@@ -8,11 +8,10 @@ RouteqError (router_core.errors)
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 from router_core.errors import RouteqError
+from router_core.redact import mask_url
 
-__all__ = ["NotFoundError", "ServiceUnavailableError", "StorageError", "mask_dsn"]
+__all__ = ["NotFoundError", "ServiceUnavailableError", "StorageError"]
 
 
 class StorageError(RouteqError):
@@ -24,7 +23,7 @@ class ServiceUnavailableError(StorageError):
 
     def __init__(self, service: str, url: str, cause: BaseException | str, hint: str) -> None:
         self.service = service
-        self.url = mask_dsn(url)
+        self.url = mask_url(url)
         reason = cause if isinstance(cause, str) else (str(cause) or type(cause).__name__)
         reason = reason.strip().rstrip(".")
         super().__init__(f"cannot reach {service} at {self.url}: {reason}. {hint}")
@@ -42,16 +41,3 @@ class NotFoundError(StorageError):
         self.kind = kind
         self.id = id_
         super().__init__(f"no {kind} with id {id_!r}")
-
-
-def mask_dsn(url: str) -> str:
-    """`url` with its password replaced by `***` (redis://:pw@h, postgresql+asyncpg://u:pw@h/db)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -36,8 +36,8 @@ from prometheus_client import (
 )
 from redis.asyncio import Redis
 
+from router_core.fleet import CircuitState, FleetState, Forced
 from router_core.models import Attempt
-from router_core.stats import CircuitState, Forced, StatsStore
 from storage import keys
 
 __all__ = ["CONTENT_TYPE", "LLM_LATENCY_BUCKETS", "Metrics"]
@@ -142,7 +142,7 @@ class Metrics:
         self.http_duration.labels(method, route).observe(seconds)
 
     async def refresh(
-        self, redis: Redis, stats: StatsStore, deployment_ids: Sequence[str], queue_name: str
+        self, redis: Redis, fleet: FleetState, deployment_ids: Sequence[str], queue_name: str
     ) -> None:
         """Read the gauges again from Redis: queue depth, workers, each deployment's live state.
 
@@ -153,7 +153,7 @@ class Metrics:
             pipe.zcard(queue_name)
             pipe.hlen(keys.WORKERS)
             depth, workers = await pipe.execute()
-        snapshot = await stats.snapshot(deployment_ids)
+        snapshot = await fleet.snapshot(deployment_ids)
         self.queue_depth.set(depth)
         self.workers.set(workers)
         for dep, live in snapshot.items():

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from router_core import Strategy
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
 from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, NewJob, StartedJob
-from storage.sql.analytics import Analytics, DailyModelStats, DeploymentStats, Latency, analytics
+from storage.sql.analytics import Analytics, DailyModelStats, DeploymentUsage, Latency, analytics
 from storage.sql.engine import connect_database, migrate
 from storage.sql.store import Store
 from tests.backends import DATABASE_ENV, service_url
@@ -199,7 +199,7 @@ async def test_a_tenant_never_sees_another_tenants_rows(world: Store) -> None:
 async def test_per_deployment(world: Store) -> None:
     got = (await analytics(world, tenant=A, since=START, until=MIDNIGHT3)).deployments
     assert got == (
-        DeploymentStats(
+        DeploymentUsage(
             deployment="alpha",
             calls=5,
             successes=2,
@@ -212,8 +212,8 @@ async def test_per_deployment(world: Store) -> None:
             p50_latency_ms=100,
             p95_latency_ms=400,
         ),
-        DeploymentStats("beta", 2, 2, 0, 0.0, 0, 35, 45, Decimal("0.375"), 200, 300),
-        DeploymentStats("gamma", 1, 0, 1, 1.0, 0, 0, 0, Decimal(2), None, None),  # in doubt
+        DeploymentUsage("beta", 2, 2, 0, 0.0, 0, 35, 45, Decimal("0.375"), 200, 300),
+        DeploymentUsage("gamma", 1, 0, 1, 1.0, 0, 0, 0, Decimal(2), None, None),  # in doubt
     )
 
 

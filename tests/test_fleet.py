@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from producer.client import Client
 from router_core import CircuitState
 from storage.connections import connect_redis
-from storage.fleet.state import RedisStats
+from storage.fleet.state import RedisFleetState
 from storage.jobs import JobStatus, NewJob
 from tests.backends import Backend, open_backend
 from tests.fleet import finished, fleet, free_port, most_in_any_window, set_sim_profile, sim_stats, until
@@ -123,10 +123,10 @@ async def test_breaker_opens_for_every_worker_and_a_probe_closes_it(
         await procs.registered(redis, 2)
         client = Client(redis, services.store, services.settings)
         # Read with the default policy (30 s cooldown): the 4 s the workers opened it with is stored.
-        fleet_stats = RedisStats(redis)
+        fleet_state = RedisFleetState(redis)
 
         async def circuit() -> CircuitState:
-            return (await fleet_stats.snapshot(["flaky-a"]))["flaky-a"].circuit
+            return (await fleet_state.snapshot(["flaky-a"]))["flaky-a"].circuit
 
         async def run_batch(name: str, n: int) -> list[str]:
             batch_id = await client.submit_batch(

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from producer.client import Client
 from router_core import Catalog, FakeClock, Router, SpendGuard
 from router_core.errors import AllAttemptsFailedError, CapacityExhaustedError
+from router_core.fleet import BreakerPolicy, CallOutcome, Forced
 from router_core.models import (
     Attempt,
     AttemptOutcome,
@@ -27,11 +28,10 @@ from router_core.models import (
     Usage,
     deployment_switches,
 )
-from router_core.stats import BreakerPolicy, CallOutcome, Forced
 from storage import keys
 from storage.bus.events import EventBus
 from storage.fleet.budgets import Budgets
-from storage.fleet.state import RedisStats
+from storage.fleet.state import RedisFleetState
 from storage.jobs import NewJob
 from storage.metrics import CONTENT_TYPE, Metrics
 from storage.settings import Settings
@@ -142,7 +142,7 @@ def test_deployment_switches_matches_completion_failovers() -> None:
 async def test_refresh_reads_queue_workers_and_breakers(backend: Backend, trio: Catalog) -> None:
     redis = await backend.redis()
     clock = FakeClock()
-    stats = RedisStats(redis, breaker=BreakerPolicy(failure_threshold=1, cooldown_s=30.0), clock=clock)
+    stats = RedisFleetState(redis, breaker=BreakerPolicy(failure_threshold=1, cooldown_s=30.0), clock=clock)
     cheap, smart = trio["cheap-a"], trio["smart-c"]
     failed = await stats.admit(cheap, 10)
     await stats.release(cheap, failed, CallOutcome.FAILURE, 100.0, 10)  # trips the breaker

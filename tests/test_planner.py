@@ -10,7 +10,7 @@ from router_core import (
     Catalog,
     ChatRequest,
     CircuitState,
-    DeploymentStats,
+    DeploymentSnapshot,
     ExclusionReason,
     InvalidRequestError,
     NoRouteError,
@@ -73,9 +73,9 @@ def test_round_robin_rotates_primary(trio: Catalog) -> None:
 
 def test_least_loaded_prefers_idle_capacity(trio: Catalog) -> None:
     stats = {
-        "cheap-a": DeploymentStats(in_flight=50),
-        "fast-b": DeploymentStats(in_flight=90),
-        "smart-c": DeploymentStats(in_flight=0),
+        "cheap-a": DeploymentSnapshot(in_flight=50),
+        "fast-b": DeploymentSnapshot(in_flight=90),
+        "smart-c": DeploymentSnapshot(in_flight=0),
     }
     plan = build_plan(request(strategy="least_loaded"), trio, stats)
     assert [c.deployment for c in plan.candidates] == ["smart-c", "cheap-a", "fast-b"]
@@ -83,7 +83,7 @@ def test_least_loaded_prefers_idle_capacity(trio: Catalog) -> None:
 
 def test_speed_uses_live_latency_and_success_rate(trio: Catalog) -> None:
     # fast-b has become slow and flaky: live stats override the catalog prior.
-    stats = {"fast-b": DeploymentStats(latency_ewma_ms=3000, success_rate=0.5)}
+    stats = {"fast-b": DeploymentSnapshot(latency_ewma_ms=3000, success_rate=0.5)}
     plan = build_plan(request(strategy="speed"), trio, stats)
     assert [c.deployment for c in plan.candidates] == ["cheap-a", "smart-c", "fast-b"]
 
@@ -183,10 +183,10 @@ def test_context_too_small_is_excluded() -> None:
 
 
 def test_open_circuit_is_excluded(trio: Catalog) -> None:
-    plan = build_plan(request(), trio, {"fast-b": DeploymentStats(circuit=CircuitState.OPEN)})
+    plan = build_plan(request(), trio, {"fast-b": DeploymentSnapshot(circuit=CircuitState.OPEN)})
     assert reasons(plan.excluded) == {"fast-b": ExclusionReason.CIRCUIT_OPEN}
     # Half-open lets a probe through.
-    plan = build_plan(request(), trio, {"fast-b": DeploymentStats(circuit=CircuitState.HALF_OPEN)})
+    plan = build_plan(request(), trio, {"fast-b": DeploymentSnapshot(circuit=CircuitState.HALF_OPEN)})
     assert plan.excluded == []
 
 

@@ -237,7 +237,7 @@ async def test_circuit_opens_after_repeated_failures_and_plan_says_so(
     await router.complete(ask())  # five 500s on down-a open its circuit, then up-b answers
     plan = await router.plan(ask())
     assert [(e.deployment, e.reason) for e in plan.excluded] == [("down-a", ExclusionReason.CIRCUIT_OPEN)]
-    stats = await router.stats.snapshot(["down-a"])
+    stats = await router.fleet.snapshot(["down-a"])
     assert stats["down-a"].circuit is CircuitState.OPEN
     clock.advance(31)  # past the cooldown the breaker half-opens and lets a probe through
     assert (await router.plan(ask())).excluded == []
@@ -245,7 +245,7 @@ async def test_circuit_opens_after_repeated_failures_and_plan_says_so(
     router.sim_world.set_profile("down-a", SimProfile(seed=1))
     result = await router.complete(ask())
     assert result.deployment == "down-a"
-    assert (await router.stats.snapshot(["down-a"]))["down-a"].circuit is CircuitState.CLOSED
+    assert (await router.fleet.snapshot(["down-a"]))["down-a"].circuit is CircuitState.CLOSED
 
 
 async def test_no_route_error_from_complete(make_router: RouterFactory) -> None:
@@ -261,8 +261,8 @@ async def test_live_stats_feed_speed_strategy(make_router: RouterFactory, clock:
     # Record that a-a has really been slow.
     slow = catalog["a-a"]
     for _ in range(10):
-        admission = await router.stats.admit(slow, 10)
-        await router.stats.release(slow, admission, CallOutcome.SUCCESS, 900.0, None)
+        admission = await router.fleet.admit(slow, 10)
+        await router.fleet.release(slow, admission, CallOutcome.SUCCESS, 900.0, None)
     plan = await router.plan(ask(preferences={"strategy": "speed"}))
     assert [c.deployment for c in plan.candidates] == ["b-b", "a-a"]
 
@@ -282,10 +282,10 @@ async def test_cancelled_call_does_not_leak_in_flight(make_router: RouterFactory
     task = asyncio.create_task(router.complete(ask()))
     for _ in range(50):  # let the call reach the provider
         await asyncio.sleep(0)
-        if (await router.stats.snapshot(["slow-a"]))["slow-a"].in_flight:
+        if (await router.fleet.snapshot(["slow-a"]))["slow-a"].in_flight:
             break
-    assert (await router.stats.snapshot(["slow-a"]))["slow-a"].in_flight == 1
+    assert (await router.fleet.snapshot(["slow-a"]))["slow-a"].in_flight == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert (await router.stats.snapshot(["slow-a"]))["slow-a"].in_flight == 0
+    assert (await router.fleet.snapshot(["slow-a"]))["slow-a"].in_flight == 0

@@ -19,7 +19,7 @@ from router_core import (
 from router_core.catalog import Catalog, Deployment
 from router_core.providers import ProviderReply
 from router_core.providers.base import StreamPart
-from router_core.sim import estimate_tokens
+from router_core.tokens import estimate_tokens
 from tests.conftest import RouterFactory, deployment, make_catalog
 
 

@@ -44,7 +44,7 @@ from storage.bus.events import EventBus
 from storage.bus.queue import JOB_FUNCTION, deserialize, serialize
 from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
-from storage.fleet.state import RedisStats
+from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
 from storage.settings import Settings
 from storage.sql.store import Store
@@ -80,13 +80,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     catalog: Catalog | None = ctx.get("catalog")
     sim_world: SimWorld | None = ctx.get("sim_world")
     redis: Redis = ctx["redis"]
-    stats = RedisStats(
+    fleet = RedisFleetState(
         redis,
         breaker=settings.breaker_policy(),
         lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
         rate_margin_s=settings.rate_limit_margin_s,
     )
-    router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world, stats=stats)
+    router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world, fleet=fleet)
     events = EventBus(redis, retention_s=settings.event_retention_s)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
     # Kept when the worker serves a metrics port; a caller may also bring its own (ctx "metrics").
@@ -110,7 +110,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["worker_started"] = time.time()
     await redis.hset(keys.WORKERS, worker_id, _worker_record(ctx["worker_started"]))  # type: ignore[misc]
     if metrics is not None and settings.worker_metrics_port is not None:
-        refresh = functools.partial(metrics.refresh, redis, stats, list(router.catalog), settings.queue_name)
+        refresh = functools.partial(metrics.refresh, redis, fleet, list(router.catalog), settings.queue_name)
         ctx["metrics_server"] = await serve_worker_metrics(metrics, refresh, settings.worker_metrics_port)
     logger.info(
         "routeq worker %s ready: %d deployments, database %s",

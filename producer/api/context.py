@@ -14,7 +14,7 @@ from router_core.catalog import Catalog, load_catalog
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
-from storage.fleet.state import RedisStats
+from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
 from storage.settings import Settings
 from storage.sql.store import Store
@@ -31,13 +31,13 @@ class ApiContext:
     store: Store
     catalog: Catalog
     budgets: Budgets = field(init=False)
-    stats: RedisStats = field(init=False)
+    fleet: RedisFleetState = field(init=False)
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
-        self.stats = RedisStats(self.redis, breaker=self.settings.breaker_policy())
+        self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
         self.relay = StreamRelay(self.redis)
         self.metrics = Metrics()
 

@@ -30,7 +30,7 @@ Ctx = Annotated[ApiContext, Depends(context)]
 
 @router.get("/metrics", summary="Prometheus metrics (fleet gauges and this API's requests)")
 async def metrics(ctx: Ctx) -> Response:
-    await ctx.metrics.refresh(ctx.redis, ctx.stats, list(ctx.catalog), ctx.settings.queue_name)
+    await ctx.metrics.refresh(ctx.redis, ctx.fleet, list(ctx.catalog), ctx.settings.queue_name)
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 

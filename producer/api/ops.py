@@ -12,8 +12,9 @@ from sqlalchemy import text
 from producer.api.auth import Admin, Caller
 from producer.api.context import ApiContext, context
 from producer.api.schemas import DeploymentStateBody
-from router_core.stats import DeploymentStats, Forced
-from storage.errors import NotFoundError, mask_dsn
+from router_core.fleet import DeploymentSnapshot, Forced
+from router_core.redact import mask_url
+from storage.errors import NotFoundError
 
 __all__ = ["router"]
 
@@ -24,7 +25,7 @@ Ctx = Annotated[ApiContext, Depends(context)]
 _READY_TIMEOUT_S = 2.0
 
 
-def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentStats) -> dict[str, Any]:
+def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentSnapshot) -> dict[str, Any]:
     dep = ctx.catalog[deployment_id]
     price = ctx.catalog.price(deployment_id)
     return {
@@ -62,7 +63,7 @@ def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentStats) 
 )
 async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     ids = list(ctx.catalog)
-    snapshot = await ctx.stats.snapshot(ids)
+    snapshot = await ctx.fleet.snapshot(ids)
     return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep]) for dep in ids]}
 
 
@@ -73,8 +74,8 @@ async def set_deployment_state(
     """Fleet-wide, until set back to `auto`: workers see it on their next plan."""
     if deployment_id not in ctx.catalog:
         raise NotFoundError("deployment", deployment_id)
-    await ctx.stats.force(deployment_id, None if body.state == "auto" else Forced(body.state))
-    snapshot = await ctx.stats.snapshot([deployment_id])
+    await ctx.fleet.force(deployment_id, None if body.state == "auto" else Forced(body.state))
+    snapshot = await ctx.fleet.snapshot([deployment_id])
     return _provider_view(ctx, deployment_id, snapshot[deployment_id])
 
 
@@ -92,7 +93,7 @@ async def ready(ctx: Ctx) -> JSONResponse:
         "status": "ready" if ok else "unavailable",
         "redis": results["redis"] or "ok",
         "database": results["database"] or "ok",
-        "database_url": mask_dsn(ctx.settings.database_url),
+        "database_url": mask_url(ctx.settings.database_url),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

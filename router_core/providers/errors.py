@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import re
 import time
 
 import anthropic
@@ -27,14 +26,9 @@ from router_core.errors import (
     ProviderTimeoutError,
     RateLimitedError,
 )
+from router_core.redact import mask_url, redact_keys
 
-__all__ = ["map_provider_error", "mask_url", "parse_retry_after", "redact_keys"]
-
-# Secrets a provider may echo back in an error ("Incorrect API key provided: sk-proj-...") or a
-# proxy in a URL: OpenAI/Anthropic/Groq/xAI/Google key shapes, routeq's own keys, bearer tokens.
-_KEY_PATTERN = re.compile(
-    r"(?P<kind>sk-ant-|sk-proj-|sk-|sk_|rq-|gsk_|xai-|AIza|Bearer\s+)[A-Za-z0-9_\-\*\.]{6,}"
-)
+__all__ = ["map_provider_error", "parse_retry_after"]
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -69,25 +63,12 @@ def parse_retry_after(headers: httpx2.Headers | None, *, now: float | None = Non
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
-def mask_url(url: str | httpx2.URL) -> str:
-    """The URL with any password replaced by `***`, for messages and logs."""
-    parsed = httpx2.URL(str(url))
-    if parsed.password:
-        parsed = parsed.copy_with(username=parsed.username, password="***")
-    return str(parsed)
-
-
 def _request_url(exc: BaseException) -> str | None:
     try:
         request = getattr(exc, "request", None)
     except RuntimeError:  # httpx raises when an exception carries no request
         return None
-    return mask_url(request.url) if request is not None else None
-
-
-def redact_keys(text: str) -> str:
-    """`text` with anything shaped like an API key cut to its kind (`sk-***`): errors are stored."""
-    return _KEY_PATTERN.sub(lambda m: f"{m['kind']}***", text)
+    return mask_url(str(request.url)) if request is not None else None
 
 
 def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deployment: str) -> ProviderError:

@@ -4,20 +4,19 @@ Drive it in-process through `sim_http_client` (any SDK accepting an `httpx2.Asyn
 over the network with `serve`. No real provider is ever contacted.
 """
 
-from router_core.sim.profiles import DeploymentStats, Fault, SimProfile, estimate_tokens
+from router_core.sim.profiles import Fault, SimCounters, SimProfile
 from router_core.sim.server import create_server, serve
 from router_core.sim.transport import SimTransport, sim_http_client
 from router_core.sim.world import ConnectionDropped, SimWorld
 
 __all__ = [
     "ConnectionDropped",
-    "DeploymentStats",
     "Fault",
+    "SimCounters",
     "SimProfile",
     "SimTransport",
     "SimWorld",
     "create_server",
-    "estimate_tokens",
     "serve",
     "sim_http_client",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DeploymentState", "DeploymentStats", "Fault", "SimProfile", "estimate_tokens", "synth_text"]
+__all__ = ["DeploymentState", "Fault", "SimCounters", "SimProfile", "synth_text"]
 
 Fault = Literal["ok", "rate_limit", "server_error", "timeout", "malformed", "drop", "context_length"]
 """The outcome the sim chooses for one request, before the rpm window and latency apply."""
@@ -23,20 +22,8 @@ _ADMITTED_AT_CAP = 100_000
 _FALLBACK_WORDS = ("this", "is", "a", "simulated", "answer", "with", "no", "model", "behind", "it")
 
 
-def estimate_tokens(text: str) -> int:
-    """Estimate the token count of `text` the way the whole sim does: one token per 4 characters.
-
-    Args:
-        text: Any text; an empty string still counts as one token.
-
-    Returns:
-        `max(1, ceil(len(text) / 4))`.
-    """
-    return max(1, math.ceil(len(text) / 4))
-
-
 def synth_text(deployment: str, words: tuple[str, ...], tokens: int) -> str:
-    """Build a deterministic answer of exactly `tokens` tokens by `estimate_tokens`.
+    """Build a deterministic answer of exactly `tokens` tokens by `router_core.tokens.estimate_tokens`.
 
     The text is `[simulated {deployment}] ` followed by the prompt's words, cut and padded with
     dots to exactly `4 * tokens` characters; a tiny budget may truncate even the prefix.
@@ -133,7 +120,7 @@ class SimProfile(BaseModel):
 
 
 @dataclass
-class DeploymentStats:
+class SimCounters:
     """What one deployment has seen, for tests and benchmarks.
 
     Attributes:

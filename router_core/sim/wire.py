@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from router_core.sim.profiles import estimate_tokens
+from router_core.tokens import estimate_tokens, prompt_tokens
 
 __all__ = [
     "ERROR_STATUS",
-    "ChatRequest",
     "Dialect",
     "ErrorKind",
     "RequestError",
+    "WireRequest",
     "completion_body",
     "context_length_message",
     "dumps",
@@ -67,13 +67,13 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
+class WireRequest:
     """What the sim needs from a chat request, independent of the provider dialect.
 
     Attributes:
         dialect: Which provider API the request came through.
         model: The requested model name, echoed back in the response.
-        prompt_tokens: Estimated prompt size (text of every message + 4 per message, plus system).
+        prompt_tokens: `router_core.tokens.prompt_tokens` of the messages, plus the system text.
         prompt_words: A few words of the last user turn, used to make the answer look related.
         max_tokens: The request's completion cap, if it set one.
         stream: Whether the client asked for server-sent events.
@@ -123,7 +123,7 @@ def _max_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
     return None
 
 
-def parse_request(dialect: Dialect, raw: bytes) -> ChatRequest:
+def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
     """Validate a chat request body and extract what the sim needs.
 
     Args:
@@ -151,19 +151,19 @@ def parse_request(dialect: Dialect, raw: bytes) -> ChatRequest:
         raise RequestError("messages: must be a non-empty list of message objects", param="messages")
 
     texts = [_content_text(message.get("content")) for message in messages]
-    prompt_tokens = sum(estimate_tokens(text) + 4 for text in texts)
+    prompt_size = prompt_tokens(texts)
     if dialect == "anthropic" and body.get("system"):
-        prompt_tokens += estimate_tokens(_content_text(body["system"]))
+        prompt_size += estimate_tokens(_content_text(body["system"]))
     user_texts = [
         text for message, text in zip(messages, texts, strict=True) if message.get("role") == "user"
     ]
     words = _WORD.findall(user_texts[-1] if user_texts else texts[-1])[:_MAX_PROMPT_WORDS]
 
     stream_options = body.get("stream_options")
-    return ChatRequest(
+    return WireRequest(
         dialect=dialect,
         model=model,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=prompt_size,
         prompt_words=tuple(word.lower() for word in words),
         max_tokens=_max_tokens(body, dialect),
         stream=body.get("stream") is True,
@@ -201,7 +201,7 @@ def error_body(
     return {"type": "error", "error": {"type": anthropic_type, "message": message}}
 
 
-def _openai_usage(req: ChatRequest, completion_tokens: int) -> dict[str, int]:
+def _openai_usage(req: WireRequest, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": req.prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -210,7 +210,7 @@ def _openai_usage(req: ChatRequest, completion_tokens: int) -> dict[str, int]:
 
 
 def _anthropic_message(
-    req: ChatRequest, response_id: str, content: list[Any], output_tokens: int
+    req: WireRequest, response_id: str, content: list[Any], output_tokens: int
 ) -> dict[str, Any]:
     return {
         "id": response_id,
@@ -230,7 +230,7 @@ def _anthropic_message(
 
 
 def completion_body(
-    req: ChatRequest, *, response_id: str, text: str, completion_tokens: int, capped: bool
+    req: WireRequest, *, response_id: str, text: str, completion_tokens: int, capped: bool
 ) -> dict[str, Any]:
     """A non-streaming success body (`chat.completion` or Anthropic `message`).
 
@@ -272,7 +272,7 @@ def _data(payload: object) -> bytes:
 
 
 def _anthropic_frames(
-    req: ChatRequest, response_id: str, pieces: list[str], tokens: int, capped: bool
+    req: WireRequest, response_id: str, pieces: list[str], tokens: int, capped: bool
 ) -> list[bytes]:
     stop = {"stop_reason": "max_tokens" if capped else "end_turn", "stop_sequence": None}
     events: list[dict[str, Any]] = [
@@ -291,7 +291,7 @@ def _anthropic_frames(
 
 
 def _openai_frames(
-    req: ChatRequest, response_id: str, pieces: list[str], tokens: int, capped: bool
+    req: WireRequest, response_id: str, pieces: list[str], tokens: int, capped: bool
 ) -> list[bytes]:
     base: dict[str, Any] = {
         "id": response_id,
@@ -318,7 +318,7 @@ def _openai_frames(
 
 
 def stream_frames(
-    req: ChatRequest, *, response_id: str, text: str, completion_tokens: int, capped: bool
+    req: WireRequest, *, response_id: str, text: str, completion_tokens: int, capped: bool
 ) -> list[bytes]:
     """The server-sent-event frames of a streamed answer, in the provider's event format.
 

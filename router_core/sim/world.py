@@ -16,13 +16,13 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from router_core.clock import Clock, SystemClock
-from router_core.sim.profiles import DeploymentState, DeploymentStats, Fault, SimProfile, synth_text
+from router_core.sim.profiles import DeploymentState, Fault, SimCounters, SimProfile, synth_text
 from router_core.sim.wire import (
     ERROR_STATUS,
-    ChatRequest,
     Dialect,
     ErrorKind,
     RequestError,
+    WireRequest,
     completion_body,
     context_length_message,
     dumps,
@@ -35,9 +35,9 @@ from router_core.sim.wire import (
 __all__ = ["ConnectionDropped", "DropMode", "SimWorld"]
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+AsgiMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[AsgiMessage]]
+Send = Callable[[AsgiMessage], Awaitable[None]]
 DropMode = Literal["raise", "abort"]
 
 _SIM_HEADER = (b"x-routeq-simulated", b"1")
@@ -96,7 +96,7 @@ class _Call:
     deployment: str
     profile: SimProfile
     seq: int
-    stats: DeploymentStats
+    stats: SimCounters
     send: Send
 
     @property
@@ -150,7 +150,7 @@ class SimWorld:
         """
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.drop_mode: DropMode = drop_mode
-        self.stats: dict[str, DeploymentStats] = {}
+        self.stats: dict[str, SimCounters] = {}
         self._default = default_profile
         self._deployments: dict[str, DeploymentState] = {}
         self._seq = 0
@@ -166,7 +166,7 @@ class SimWorld:
         """
         old = self._deployments.get(deployment)
         self._deployments[deployment] = DeploymentState(profile, old.window if old else None)
-        self.stats.setdefault(deployment, DeploymentStats())
+        self.stats.setdefault(deployment, SimCounters())
 
     def profile(self, deployment: str) -> SimProfile | None:
         """The profile currently applied to `deployment`, or None if it is unknown."""
@@ -269,7 +269,7 @@ class SimWorld:
             return
         await self._respond(call, fault, req)
 
-    async def _admit(self, call: _Call, state: DeploymentState, req: ChatRequest) -> Fault | None:
+    async def _admit(self, call: _Call, state: DeploymentState, req: WireRequest) -> Fault | None:
         """Apply refusals in order (context, scripted/random fault, rpm window); None if refused."""
         profile, window = call.profile, call.profile.context_window
         if req.prompt_tokens > window:
@@ -302,7 +302,7 @@ class SimWorld:
         call.stats.by_outcome[fault] += 1
         return fault
 
-    async def _respond(self, call: _Call, fault: Fault, req: ChatRequest) -> None:
+    async def _respond(self, call: _Call, fault: Fault, req: WireRequest) -> None:
         if fault == "drop":
             if self.drop_mode == "abort":
                 headers = _headers("application/json", call.id_header)

@@ -1,6 +1,6 @@
-"""`RedisStats`: the `StatsStore` of a fleet, so every worker sees one breaker and one set of limits.
+"""`RedisFleetState`: the `FleetState` of a fleet, so every worker sees one breaker and one set of limits.
 
-Same rules as `router_core.stats.InMemoryStats` (read its docstring for the breaker), kept in Redis
+Same rules as `router_core.fleet.InMemoryFleetState` (read its docstring for the breaker), kept in Redis
 (keys in `storage.keys`):
 
     routeq:dep:<id>            hash  success_rate, latency_ms, calls        live stats (EWMA)
@@ -43,20 +43,20 @@ from redis.asyncio import Redis
 
 from router_core.catalog import Deployment
 from router_core.clock import Clock
-from router_core.stats import (
+from router_core.fleet import (
     CONCURRENCY_RETRY_S,
     Admission,
     BreakerPolicy,
     CallOutcome,
     CircuitState,
-    DeploymentStats,
+    DeploymentSnapshot,
     Forced,
     Refusal,
 )
 from storage import keys
 from storage.connections import as_text
 
-__all__ = ["RedisStats"]
+__all__ = ["RedisFleetState"]
 
 # Shared by every script. ARGV[1] is the time: a clock's reading, or negative for the server's TIME.
 # Numbers handed to redis.call are formatted with %.17g, which round-trips a double exactly.
@@ -315,8 +315,8 @@ return 0
 _SERVER_TIME = "-1"
 
 
-class RedisStats:
-    """`StatsStore` shared by every worker of a fleet through one Redis.
+class RedisFleetState:
+    """`FleetState` shared by every worker of a fleet through one Redis.
 
     Args:
         redis: the fleet's Redis (any `redis.asyncio.Redis`, decoded responses or not).
@@ -356,14 +356,14 @@ class RedisStats:
     def _now(self) -> str:
         return _SERVER_TIME if self._clock is None else repr(float(self._clock.now()))
 
-    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]:
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]:
         """Live stats of each deployment, after dropping expired leases and requests."""
         if not deployment_ids:
             return {}
         script_keys = [key for dep in deployment_ids for key in _deployment_keys(dep)]
         args = [self._now(), _arg(self.breaker.cooldown_s)]
         reply: list[list[Any]] = await self._snapshot(keys=script_keys, args=args)
-        return {dep: _stats(row) for dep, row in zip(deployment_ids, reply, strict=True)}
+        return {dep: _deployment_snapshot(row) for dep, row in zip(deployment_ids, reply, strict=True)}
 
     async def admit(self, deployment: Deployment, tokens: int) -> Admission:
         """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
@@ -441,11 +441,11 @@ def _arg(value: float | None) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def _stats(row: list[Any]) -> DeploymentStats:
+def _deployment_snapshot(row: list[Any]) -> DeploymentSnapshot:
     if not row:
-        return DeploymentStats()
+        return DeploymentSnapshot()
     rate, latency, calls, forced, circuit, in_flight, requests, tokens = (as_text(v) for v in row)
-    return DeploymentStats(
+    return DeploymentSnapshot(
         success_rate=float(rate) if rate else 1.0,
         latency_ewma_ms=float(latency) if latency else None,
         in_flight=int(in_flight),

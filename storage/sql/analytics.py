@@ -25,7 +25,7 @@ from storage.jobs import TERMINAL, JobStatus
 from storage.sql.schema import attempts, jobs, ledger
 from storage.sql.store import Store
 
-__all__ = ["Analytics", "DailyModelStats", "DeploymentStats", "Latency", "Totals", "analytics"]
+__all__ = ["Analytics", "DailyModelStats", "DeploymentUsage", "Latency", "Totals", "analytics"]
 
 
 def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -69,7 +69,7 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentStats:
+class DeploymentUsage:
     """One deployment's provider calls in the window."""
 
     deployment: str
@@ -107,7 +107,7 @@ class Analytics:
     since: datetime
     until: datetime
     totals: Totals
-    deployments: tuple[DeploymentStats, ...]  # most calls first
+    deployments: tuple[DeploymentUsage, ...]  # most calls first
     daily: tuple[DailyModelStats, ...]  # by date, then model
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,7 +226,7 @@ async def _costs(conn: AsyncConnection, scope: _Scope, *keys: ColumnElement[Any]
     return {tuple(row[:-1]): Decimal(row[-1]) for row in rows}
 
 
-async def _deployments(conn: AsyncConnection, scope: _Scope) -> tuple[DeploymentStats, ...]:
+async def _deployments(conn: AsyncConnection, scope: _Scope) -> tuple[DeploymentUsage, ...]:
     call = attempts
     after = attempts.alias("after")  # the same run's next call, if any
     failed = call.c.outcome != AttemptOutcome.SUCCESS.value
@@ -255,7 +255,7 @@ async def _deployments(conn: AsyncConnection, scope: _Scope) -> tuple[Deployment
     p50_p95 = {name: (p50, p95) for name, p50, p95 in latency}
     costs = await _costs(conn, scope, ledger.c.deployment)
     rows = [
-        DeploymentStats(
+        DeploymentUsage(
             deployment=name,
             calls=int(n),
             successes=int(ok),

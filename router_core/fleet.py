@@ -15,8 +15,9 @@ The breaker, per deployment:
 An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
 until the override is cleared.
 
-`InMemoryStats` is the single-process implementation; `storage.fleet.state.RedisStats` keeps the same
-state in Redis for every worker. `tests/stats_contract.py` is the behaviour both must have.
+`InMemoryFleetState` is the single-process implementation; `storage.fleet.state.RedisFleetState`
+keeps the same state in Redis for every worker. `tests/fleet_state_contract.py` is the behaviour
+both must have.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ __all__ = [
     "BreakerPolicy",
     "CallOutcome",
     "CircuitState",
-    "DeploymentStats",
+    "DeploymentSnapshot",
+    "FleetState",
     "Forced",
-    "InMemoryStats",
+    "InMemoryFleetState",
     "Refusal",
-    "StatsStore",
 ]
 
 
@@ -86,7 +87,9 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentStats:
+class DeploymentSnapshot:
+    """One deployment's live state as `FleetState.snapshot` reads it: health, breaker, load, rate use."""
+
     success_rate: float = 1.0
     latency_ewma_ms: float | None = None
     in_flight: int = 0
@@ -129,10 +132,10 @@ _REFUSAL_TEXT = {
 CONCURRENCY_RETRY_S = 0.25
 
 
-class StatsStore(Protocol):
+class FleetState(Protocol):
     """Where live stats, breakers and limits are kept."""
 
-    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]: ...
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]: ...
 
     async def admit(self, deployment: Deployment, tokens: int) -> Admission:
         """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
@@ -172,8 +175,8 @@ class _Entry:
     rate_window_s: float = 60.0  # the deployment's, as of its last admission
 
 
-class InMemoryStats:
-    """`StatsStore` for one process (tests, the router on its own). Same rules as the Redis store."""
+class InMemoryFleetState:
+    """`FleetState` for one process (tests, the router on its own). Same rules as the Redis one."""
 
     def __init__(
         self, *, clock: Clock | None = None, alpha: float = 0.2, breaker: BreakerPolicy | None = None
@@ -204,16 +207,16 @@ class InMemoryStats:
         while entry.outcomes and entry.outcomes[0][0] <= now - self.breaker.window_s:
             entry.outcomes.popleft()
 
-    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentStats]:
+    async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]:
         now = self._clock.now()
-        out: dict[str, DeploymentStats] = {}
+        out: dict[str, DeploymentSnapshot] = {}
         for dep in deployment_ids:
             entry = self._entries.get(dep)
             if entry is None:
-                out[dep] = DeploymentStats()
+                out[dep] = DeploymentSnapshot()
                 continue
             self._prune(entry, entry.rate_window_s, now)
-            out[dep] = DeploymentStats(
+            out[dep] = DeploymentSnapshot(
                 success_rate=entry.success_rate,
                 latency_ewma_ms=entry.latency_ewma_ms,
                 in_flight=len(entry.in_flight),

@@ -1,0 +1,200 @@
+"""The behaviour every `FleetState` must have, as a test class to subclass per backend.
+
+Subclass `FleetStateContract` and provide the `fleet` fixture, built on the given fake clock with
+`POLICY` as its breaker policy. `InMemoryFleetState` and the Redis-backed
+`storage.fleet.state.RedisFleetState` both run this suite unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router_core import (
+    Admission,
+    BreakerPolicy,
+    CallOutcome,
+    CircuitState,
+    Deployment,
+    FakeClock,
+    FleetState,
+    Forced,
+    Refusal,
+)
+from tests.conftest import deployment
+
+POLICY = BreakerPolicy(failure_threshold=3, window_s=10.0, min_failure_ratio=0.5, cooldown_s=10.0, probes=1)
+COOLDOWN_S = POLICY.cooldown_s
+
+
+def dep(**limits: Any) -> Deployment:
+    return Deployment.model_validate(deployment("d", **limits))
+
+
+async def call(
+    fleet: FleetState,
+    outcome: CallOutcome = CallOutcome.SUCCESS,
+    latency_ms: float = 10.0,
+    *,
+    d: Deployment | None = None,
+    tokens: int = 10,
+    used: int | None = None,
+) -> Admission:
+    d = d or dep()
+    admission = await fleet.admit(d, tokens)
+    assert admission.admitted, admission
+    await fleet.release(d, admission, outcome, latency_ms, used)
+    return admission
+
+
+async def snapshot_of(fleet: FleetState, deployment_id: str = "d") -> Any:
+    return (await fleet.snapshot([deployment_id]))[deployment_id]
+
+
+class FleetStateContract:
+    # -- live stats ----------------------------------------------------------------------------
+
+    async def test_unknown_deployment_has_neutral_stats(self, fleet: FleetState) -> None:
+        stats = await snapshot_of(fleet, "never-called")
+        assert stats.success_rate == 1.0
+        assert stats.latency_ewma_ms is None
+        assert stats.in_flight == 0
+        assert stats.circuit is CircuitState.CLOSED
+        assert stats.forced is None
+
+    async def test_in_flight_counts_admitted_calls(self, fleet: FleetState) -> None:
+        first = await fleet.admit(dep(), 10)
+        await fleet.admit(dep(), 10)
+        assert (await snapshot_of(fleet)).in_flight == 2
+        await fleet.release(dep(), first, CallOutcome.SUCCESS, 10.0, 12)
+        stats = await snapshot_of(fleet)
+        assert stats.in_flight == 1
+        assert stats.calls == 1
+
+    async def test_latency_ewma_follows_successes_only(self, fleet: FleetState) -> None:
+        for _ in range(3):
+            await call(fleet, latency_ms=100.0)
+        await call(fleet, CallOutcome.FAILURE, 5_000.0)
+        stats = await snapshot_of(fleet)
+        assert stats.latency_ewma_ms == pytest.approx(100.0)
+        assert 0 < stats.success_rate < 1.0
+
+    async def test_neutral_outcomes_do_not_move_health(self, fleet: FleetState) -> None:
+        for _ in range(POLICY.failure_threshold * 2):
+            await call(fleet, CallOutcome.NEUTRAL)
+        stats = await snapshot_of(fleet)
+        assert stats.success_rate == 1.0
+        assert stats.circuit is CircuitState.CLOSED
+
+    # -- breaker -------------------------------------------------------------------------------
+
+    async def test_breaker_opens_half_opens_and_closes(self, fleet: FleetState, clock: FakeClock) -> None:
+        for _ in range(POLICY.failure_threshold):
+            await call(fleet, CallOutcome.FAILURE)
+        assert (await snapshot_of(fleet)).circuit is CircuitState.OPEN
+        refused = await fleet.admit(dep(), 10)
+        assert refused.refusal is Refusal.CIRCUIT_OPEN
+        assert refused.retry_after_s == pytest.approx(COOLDOWN_S)
+        clock.advance(COOLDOWN_S)
+        assert (await snapshot_of(fleet)).circuit is CircuitState.HALF_OPEN
+        # A failed probe re-opens at once, without waiting for the threshold again.
+        probe = await call(fleet, CallOutcome.FAILURE)
+        assert probe.probe
+        assert (await snapshot_of(fleet)).circuit is CircuitState.OPEN
+        clock.advance(COOLDOWN_S)
+        await call(fleet, CallOutcome.SUCCESS)
+        assert (await snapshot_of(fleet)).circuit is CircuitState.CLOSED
+
+    async def test_half_open_lets_only_the_probe_budget_through(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        for _ in range(POLICY.failure_threshold):
+            await call(fleet, CallOutcome.FAILURE)
+        clock.advance(COOLDOWN_S)
+        probe = await fleet.admit(dep(), 10)
+        assert probe.admitted
+        assert probe.probe
+        second = await fleet.admit(dep(), 10)
+        assert second.refusal is Refusal.CIRCUIT_OPEN
+        await fleet.release(dep(), probe, CallOutcome.SUCCESS, 10.0, None)
+        after = await fleet.admit(dep(), 10)
+        assert after.admitted
+        assert not after.probe
+
+    async def test_a_low_failure_ratio_keeps_it_closed(self, fleet: FleetState) -> None:
+        for _ in range(POLICY.failure_threshold):
+            await call(fleet, CallOutcome.SUCCESS)
+            await call(fleet, CallOutcome.SUCCESS)
+            await call(fleet, CallOutcome.FAILURE)  # a third of the calls fail: below the 0.5 ratio
+        assert (await snapshot_of(fleet)).circuit is CircuitState.CLOSED
+
+    async def test_failures_outside_the_window_do_not_count(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        for _ in range(POLICY.failure_threshold - 1):
+            await call(fleet, CallOutcome.FAILURE)
+        clock.advance(POLICY.window_s + 1)
+        await call(fleet, CallOutcome.FAILURE)
+        assert (await snapshot_of(fleet)).circuit is CircuitState.CLOSED
+        for _ in range(POLICY.failure_threshold - 1):
+            await call(fleet, CallOutcome.FAILURE)
+        assert (await snapshot_of(fleet)).circuit is CircuitState.OPEN
+
+    async def test_forced_down_holds_until_cleared(self, fleet: FleetState, clock: FakeClock) -> None:
+        await fleet.force("d", Forced.DOWN)
+        clock.advance(COOLDOWN_S * 10)
+        stats = await snapshot_of(fleet)
+        assert (stats.forced, stats.circuit) == (Forced.DOWN, CircuitState.OPEN)
+        assert (await fleet.admit(dep(), 10)).refusal is Refusal.FORCED_DOWN
+        await fleet.force("d", None)
+        assert (await fleet.admit(dep(), 10)).admitted
+
+    async def test_forced_up_ignores_the_breaker(self, fleet: FleetState) -> None:
+        await fleet.force("d", Forced.UP)
+        for _ in range(POLICY.failure_threshold * 2):
+            await call(fleet, CallOutcome.FAILURE)
+        stats = await snapshot_of(fleet)
+        assert (stats.forced, stats.circuit) == (Forced.UP, CircuitState.CLOSED)
+
+    # -- limits --------------------------------------------------------------------------------
+
+    async def test_rpm_is_a_sliding_window(self, fleet: FleetState, clock: FakeClock) -> None:
+        limited = dep(rpm=3, rate_window_s=1.0)
+        for _ in range(3):
+            await call(fleet, d=limited)
+            clock.advance(0.25)  # admitted at t=0, 0.25, 0.5; now t=0.75
+        refused = await fleet.admit(limited, 10)
+        assert refused.refusal is Refusal.RPM
+        assert refused.retry_after_s == pytest.approx(0.25)
+        clock.advance(0.25)  # the first request leaves the window
+        assert (await fleet.admit(limited, 10)).admitted
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        assert (await snapshot_of(fleet)).requests_in_window == 3
+
+    async def test_tpm_counts_the_estimate_then_the_real_usage(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        limited = dep(tpm=1_000, rate_window_s=1.0)
+        first = await fleet.admit(limited, 600)
+        assert (await fleet.admit(limited, 600)).refusal is Refusal.TPM
+        await fleet.release(limited, first, CallOutcome.SUCCESS, 10.0, 100)  # it really used 100
+        assert (await snapshot_of(fleet)).tokens_in_window == 100
+        assert (await fleet.admit(limited, 600)).admitted
+        clock.advance(1.0)
+        assert (await snapshot_of(fleet)).tokens_in_window == 0
+
+    async def test_max_concurrency_frees_on_release(self, fleet: FleetState) -> None:
+        limited = dep(max_concurrency=2)
+        a = await fleet.admit(limited, 10)
+        await fleet.admit(limited, 10)
+        full = await fleet.admit(limited, 10)
+        assert full.refusal is Refusal.CONCURRENCY
+        assert full.retry_after_s is not None
+        assert full.retry_after_s > 0
+        await fleet.release(limited, a, CallOutcome.SUCCESS, 10.0, None)
+        assert (await fleet.admit(limited, 10)).admitted
+
+    async def test_rotation_counts_up_per_key(self, fleet: FleetState) -> None:
+        assert [await fleet.next_rotation("a") for _ in range(3)] == [0, 1, 2]
+        assert await fleet.next_rotation("b") == 0

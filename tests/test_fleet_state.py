@@ -1,0 +1,14 @@
+"""InMemoryFleetState against the FleetState contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from router_core import FakeClock, InMemoryFleetState
+from tests.fleet_state_contract import POLICY, FleetStateContract
+
+
+class TestInMemoryFleetState(FleetStateContract):
+    @pytest.fixture
+    def fleet(self, clock: FakeClock) -> InMemoryFleetState:
+        return InMemoryFleetState(clock=clock, breaker=POLICY)
