@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.context import Shared, WorkerContext, worker_context
 from workers.runner import JobRunner
 from workers.worker import make_worker_settings, route_job, worker_settings_class
 
-__all__ = ["JobRunner", "WorkerSettings", "make_worker_settings", "route_job", "worker_settings_class"]
+__all__ = [
+    "JobRunner",
+    "Shared",
+    "WorkerContext",
+    "WorkerSettings",
+    "make_worker_settings",
+    "route_job",
+    "worker_context",
+    "worker_settings_class",
+]
 
 
 def __getattr__(name: str) -> Any:
