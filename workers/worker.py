@@ -11,7 +11,8 @@ Crash recovery: arq marks a started job with `arq:in-progress:<id>` and only han
 worker once that key expires. arq sets its TTL to the longest job timeout + 10 s (310 s here);
 `RouteqWorker` sets it to `job_lease_s` (15 s) instead and renews it for its running jobs every
 third of that, so a SIGKILLed worker's jobs run again within `job_lease_s` + one poll while a
-long-running job on a live worker is never taken from it.
+long-running job on a live worker is never taken from it. docs/arq.md says why, and what else
+about arq shaped this module (Retry, max_tries, the poll scan, Redis errors).
 """
 
 from __future__ import annotations
