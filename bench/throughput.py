@@ -58,7 +58,8 @@ from storage.connections import connect_redis
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from storage.settings import Settings
 from storage.sql.store import Store
-from workers.worker import build_worker, startup
+from workers.context import Shared, WorkerContext
+from workers.worker import build_worker
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 RAW_QUEUE = "bench:arq"
@@ -184,10 +185,10 @@ async def pipeline_worker(
     """
     batch_id = await Client(redis, store, settings).submit_batch(prompts(n), name="bench")
     catalog = bench_catalog()
+    sim_world = sim_world_for(catalog) if in_process_sim else None
     started: list[float] = []
 
-    async def timed_startup(ctx: dict[str, Any]) -> None:
-        await startup(ctx)
+    async def mark(context: WorkerContext) -> None:
         started.append(time.perf_counter())
 
     worker = build_worker(
@@ -196,10 +197,8 @@ async def pipeline_worker(
         burst=True,
         poll_delay=0.01,
         handle_signals=False,
-        on_startup=timed_startup,
-        store=store,
-        catalog=catalog,
-        sim_world=sim_world_for(catalog) if in_process_sim else None,
+        after_startup=mark,
+        shared=Shared(store=store, catalog=catalog, sim_world=sim_world),
     )
     rate = await drain(worker, started)
     batch = await store.batches.get(batch_id, tenant=ANY_TENANT)

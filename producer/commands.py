@@ -319,6 +319,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
+    from workers.context import Shared  # noqa: PLC0415 - only this command starts workers
     from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
 
     logging.config.dictConfig(default_log_config(verbose))
@@ -333,6 +334,6 @@ def worker(
 
     async def go(client: Client) -> None:
         # Connections were checked by _with_client; the worker opens its own pool with retries.
-        await run_worker(build_worker(settings, burst=burst, store=client.store))
+        await run_worker(build_worker(settings, burst=burst, shared=Shared(store=client.store)))
 
     execute(_with_client(settings, go))

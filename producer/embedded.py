@@ -22,6 +22,7 @@ from storage.connections import connect_redis, embedded_redis
 from storage.fleet.budgets import Budgets
 from storage.settings import Settings
 from storage.sql.store import Store
+from workers.context import Shared
 from workers.worker import build_worker, run_worker
 
 __all__ = ["Embedded", "embedded_client"]
@@ -75,8 +76,7 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         settings.model_copy(update={"worker_metrics_port": None}),
         redis=await redis_connection(),
         handle_signals=False,
-        store=store,
-        catalog=catalog,
+        shared=Shared(store=store, catalog=catalog),
     )
     worker_task = asyncio.create_task(run_worker(worker))
     try:

@@ -2,7 +2,7 @@
 
 Both are `arq.connections.ArqRedis`, configured with routeq's JSON job serializer, so producer and
 workers speak the same queue format. Real connections retry on connection errors and timeouts, so
-a worker survives a Redis restart instead of its main task dying (see ../shared/arq-notes.md).
+a worker survives a Redis restart instead of its main task dying (see docs/arq.md).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from router_core.sim import create_server
 from router_core.sim.world import SimWorld
 from tests.backends import Backend
 from tests.conftest import TRIO, make_catalog
+from workers.context import Shared
 from workers.worker import build_worker, run_worker
 
 
@@ -116,9 +117,7 @@ async def _serve(
                 backend.settings,
                 redis=await backend.redis(),
                 handle_signals=False,
-                store=backend.store,
-                catalog=catalog,
-                sim_world=sim_world,
+                shared=Shared(store=backend.store, catalog=catalog, sim_world=sim_world),
                 poll_delay=0.01,
             )
             worker_task = asyncio.create_task(run_worker(arq_worker))

@@ -20,12 +20,15 @@ from fakeredis import FakeServer
 from sqlalchemy import text
 
 from router_core import SimulateMode
+from router_core.catalog import Catalog
 from router_core.providers import sim_world_for
+from router_core.sim.world import SimWorld
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
 from storage.sql.store import Store
 from tests.conftest import TRIO, make_catalog
-from workers.worker import build_worker
+from workers.context import Shared
+from workers.worker import ContextHook, build_worker
 
 REDIS_ENV = "ROUTEQ_TEST_REDIS_URL"
 DATABASE_ENV = "ROUTEQ_TEST_DATABASE_URL"
@@ -60,16 +63,33 @@ class Backend:
         self._redis.append(conn)
         return conn
 
-    async def run_worker(self, **options: Any) -> int:
-        """Run a burst-mode worker until the queue is empty; returns jobs completed."""
+    async def run_worker(
+        self,
+        *,
+        catalog: Catalog | None = None,
+        sim_world: SimWorld | None = None,
+        poll_delay: float = 0.01,
+        max_jobs: int | None = None,
+        max_burst_jobs: int = -1,
+        before_shutdown: ContextHook | None = None,
+    ) -> int:
+        """Run a burst-mode worker on this backend's store until the queue is empty; returns jobs done."""
         redis = await self.redis()
-        options.setdefault("store", self.store)
         # The known-answer trio on a 0 ms sim unless a test brings its own catalog and world.
-        if "catalog" not in options:
-            options["catalog"] = make_catalog(TRIO)
-            options["sim_world"] = sim_world_for(options["catalog"])
-        options.setdefault("poll_delay", 0.01)
-        worker = build_worker(self.settings, redis=redis, burst=True, handle_signals=False, **options)
+        if catalog is None:
+            catalog = make_catalog(TRIO)
+            sim_world = sim_world_for(catalog)
+        worker = build_worker(
+            self.settings,
+            redis=redis,
+            shared=Shared(store=self.store, catalog=catalog, sim_world=sim_world),
+            burst=True,
+            max_burst_jobs=max_burst_jobs,
+            handle_signals=False,
+            poll_delay=poll_delay,
+            max_jobs=max_jobs,
+            before_shutdown=before_shutdown,
+        )
         try:
             await worker.main()
         finally:

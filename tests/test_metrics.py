@@ -36,9 +36,9 @@ from storage.jobs import NewJob
 from storage.metrics import CONTENT_TYPE, Metrics
 from storage.settings import Settings
 from tests.backends import Backend
+from workers.context import WorkerContext
 from workers.metrics_server import MetricsServer, serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
-from workers.worker import shutdown
 
 
 def attempt(deployment: str, ok: bool, latency_ms: float, cost_usd: float = 0.0, **extra: Any) -> Attempt:
@@ -341,15 +341,15 @@ async def test_burst_worker_serves_its_metrics_while_running(backend: Backend) -
     scraped: list[httpx2.Response] = []
     servers: list[MetricsServer] = []
 
-    async def scrape_then_shutdown(ctx: dict[str, Any]) -> None:
+    async def scrape(context: WorkerContext) -> None:
         # Every job is done, the worker is still up: scrape its port over a real socket.
-        server: MetricsServer = ctx["metrics_server"]
+        server = context.metrics_server
+        assert server is not None
         servers.append(server)
         async with httpx2.AsyncClient() as http:
             scraped.append(await http.get(f"http://127.0.0.1:{server.port}/metrics"))
-        await shutdown(ctx)
 
-    assert await backend.run_worker(on_shutdown=scrape_then_shutdown) == 12
+    assert await backend.run_worker(before_shutdown=scrape) == 12
 
     assert scraped[0].status_code == 200
     values = samples(scraped[0].text)

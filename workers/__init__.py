@@ -1,5 +1,10 @@
 """routeq workers: the arq worker that routes queued jobs.
 
+    worker.py          the arq worker: hooks, `route_job`, `build_worker`, `RouteqWorker`
+    context.py         `WorkerContext` (what start-up built) and `Shared` (what a caller brings)
+    runner.py          `JobRunner`: what one delivery of a job does
+    metrics_server.py  the worker's Prometheus port
+
 `arq workers.WorkerSettings` works: the class is built from `ROUTEQ_*` settings on first access,
 so importing this package does not read the environment.
 """
@@ -8,10 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.context import Shared, WorkerContext, worker_context
 from workers.runner import JobRunner
 from workers.worker import make_worker_settings, route_job, worker_settings_class
 
-__all__ = ["JobRunner", "WorkerSettings", "make_worker_settings", "route_job", "worker_settings_class"]
+__all__ = [
+    "JobRunner",
+    "Shared",
+    "WorkerContext",
+    "WorkerSettings",
+    "make_worker_settings",
+    "route_job",
+    "worker_context",
+    "worker_settings_class",
+]
 
 
 def __getattr__(name: str) -> Any:

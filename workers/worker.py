@@ -1,14 +1,18 @@
 """The arq worker: settings, start-up/shut-down hooks and the one job function.
 
-`routeq worker` runs it; so does `arq workers.WorkerSettings`. Start-up builds the router (its
-catalog and SDK clients, with breakers, limits and live stats in Redis shared by the fleet), the
-budgets, the SQL engine and the event bus once per process; each job reuses them.
+`routeq worker` runs it (`build_worker`); so does `arq workers.WorkerSettings`. Start-up builds the
+router (its catalog and SDK clients, with breakers, limits and live stats in Redis shared by the
+fleet), the budgets, the SQL engine, the event bus and the job runner once per process, as one
+`WorkerContext` (workers/context.py) stored in arq's `ctx`; each job reads it back with
+`worker_context(ctx)`. What a caller shares (`Shared`: store, catalog, sim world, metrics) replaces
+the part start-up would build, and shut-down closes only what start-up opened.
 
 Crash recovery: arq marks a started job with `arq:in-progress:<id>` and only hands it to another
 worker once that key expires. arq sets its TTL to the longest job timeout + 10 s (310 s here);
 `RouteqWorker` sets it to `job_lease_s` (15 s) instead and renews it for its running jobs every
 third of that, so a SIGKILLed worker's jobs run again within `job_lease_s` + one poll while a
-long-running job on a live worker is never taken from it.
+long-running job on a live worker is never taken from it. docs/arq.md says why, and what else
+about arq shaped this module (Retry, max_tries, the poll scan, Redis errors).
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
-import json
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import arq.worker
@@ -35,10 +38,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from router_core.catalog import Catalog
 from router_core.providers.factory import is_simulated
 from router_core.router import Router
-from router_core.sim.world import SimWorld
 from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.queue import JOB_FUNCTION, deserialize, serialize
@@ -48,17 +49,17 @@ from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
 from storage.settings import Settings
 from storage.sql.store import Store
-from workers.metrics_server import MetricsServer, serve_worker_metrics
+from workers.context import Shared, WorkerContext, attach, detach, worker_context, worker_record
+from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
 
 __all__ = [
+    "ContextHook",
     "RouteqWorker",
     "build_worker",
     "make_worker_settings",
     "route_job",
     "run_worker",
-    "shutdown",
-    "startup",
     "worker_settings_class",
 ]
 
@@ -70,80 +71,106 @@ _INFRA_RETRY_S = (1, 2, 5, 10, 30)
 _FINISH_RETRY_S = (0.2, 0.5, 1, 2, 4, 8, 15)
 
 
-async def startup(ctx: dict[str, Any]) -> None:
-    """Build the per-process router, store and event bus (arq `on_startup`)."""
-    settings: Settings = ctx["settings"]
-    store: Store | None = ctx.get("store")
-    ctx["owns_store"] = store is None
-    if store is None:
-        store = await Store.open(settings.database_url)
-    catalog: Catalog | None = ctx.get("catalog")
-    sim_world: SimWorld | None = ctx.get("sim_world")
-    redis: Redis = ctx["redis"]
-    fleet = RedisFleetState(
-        redis,
-        breaker=settings.breaker_policy(),
-        lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
-        rate_margin_s=settings.rate_limit_margin_s,
-    )
-    router = Router.from_settings(settings, catalog=catalog, sim_world=sim_world, fleet=fleet)
-    events = EventBus(redis, retention_s=settings.event_retention_s)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
-    # Kept when the worker serves a metrics port; a caller may also bring its own (ctx "metrics").
-    metrics: Metrics | None = ctx.get("metrics")
-    if metrics is None and settings.worker_metrics_port is not None:
-        metrics = Metrics()
-    ctx["runner"] = JobRunner(
-        router,
-        store,
-        events,
-        worker_id=worker_id,
-        budgets=Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd),
-        max_tries=settings.max_tries,
-        route_timeout_s=settings.job_timeout_s * 0.9,
-        simulated=frozenset(
-            d.id for d in router.catalog.values() if is_simulated(d, settings.simulate, os.environ)
-        ),
-        metrics=metrics,
-    )
-    ctx["worker_id"] = worker_id
-    ctx["worker_started"] = time.time()
-    await redis.hset(keys.WORKERS, worker_id, _worker_record(ctx["worker_started"]))  # type: ignore[misc]
-    if metrics is not None and settings.worker_metrics_port is not None:
-        refresh = functools.partial(metrics.refresh, redis, fleet, list(router.catalog), settings.queue_name)
-        ctx["metrics_server"] = await serve_worker_metrics(metrics, refresh, settings.worker_metrics_port)
-    logger.info(
-        "routeq worker %s ready: %d deployments, database %s",
-        worker_id,
-        len(router.catalog),
-        store.engine.url.render_as_string(hide_password=True),
-    )
+async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, worker_id: str) -> WorkerContext:
+    """Build this process's router, store, event bus and job runner; `Shared` replaces parts.
+
+    Everything opened here is registered in the context's exit stack, so shut-down closes exactly
+    that; if start-up fails half-way, what it had opened is closed before the error propagates.
+    """
+    async with contextlib.AsyncExitStack() as opened:
+        store = shared.store
+        if store is None:
+            store = await Store.open(settings.database_url)
+            opened.push_async_callback(store.close)
+        fleet = RedisFleetState(
+            redis,
+            breaker=settings.breaker_policy(),
+            lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
+            rate_margin_s=settings.rate_limit_margin_s,
+        )
+        router = Router.from_settings(
+            settings, catalog=shared.catalog, sim_world=shared.sim_world, fleet=fleet
+        )
+        opened.push_async_callback(router.aclose)
+        events = EventBus(redis, retention_s=settings.event_retention_s)
+        # Kept when the worker serves a metrics port; a caller may also bring its own (Shared.metrics).
+        metrics = shared.metrics
+        if metrics is None and settings.worker_metrics_port is not None:
+            metrics = Metrics()
+        runner = JobRunner(
+            router,
+            store,
+            events,
+            worker_id=worker_id,
+            budgets=Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd),
+            max_tries=settings.max_tries,
+            route_timeout_s=settings.job_timeout_s * 0.9,
+            simulated=frozenset(
+                d.id for d in router.catalog.values() if is_simulated(d, settings.simulate, os.environ)
+            ),
+            metrics=metrics,
+        )
+        started = time.time()
+        await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]
+        opened.push_async_callback(_unregister, redis, worker_id)
+        server = None
+        if metrics is not None and settings.worker_metrics_port is not None:
+            deployments = list(router.catalog)
+            refresh = functools.partial(metrics.refresh, redis, fleet, deployments, settings.queue_name)
+            server = await serve_worker_metrics(metrics, refresh, settings.worker_metrics_port)
+            if server is not None:
+                opened.push_async_callback(server.close)
+        logger.info(
+            "routeq worker %s ready: %d deployments, database %s",
+            worker_id,
+            len(router.catalog),
+            store.engine.url.render_as_string(hide_password=True),
+        )
+        # Started: what was opened moves to the context, whose close() closes it at shut-down.
+        return WorkerContext(runner, worker_id, started, opened=opened.pop_all(), metrics_server=server)
 
 
-def _worker_record(started: float) -> str:
-    """This worker's entry in `routeq:workers`, written at start and with every lease renewal."""
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "seen": time.time()}
-    return json.dumps(info)
+async def _unregister(redis: Redis, worker_id: str) -> None:
+    await redis.hdel(keys.WORKERS, worker_id)  # type: ignore[misc]
 
 
-async def shutdown(ctx: dict[str, Any]) -> None:
-    """Close what `startup` opened (arq `on_shutdown`)."""
-    metrics_server: MetricsServer | None = ctx.pop("metrics_server", None)
-    if metrics_server is not None:
-        await metrics_server.close()
-    runner: JobRunner | None = ctx.get("runner")
-    if runner is None:
-        return
-    await ctx["redis"].hdel(keys.WORKERS, runner.worker_id)
-    await runner.router.aclose()
-    if ctx.get("owns_store"):
-        await runner.store.close()
+# What build_worker's caller may run with the started context (bench timing, test scrapes).
+ContextHook = Callable[[WorkerContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Lifecycle:
+    """arq's `on_startup`/`on_shutdown` for one worker: their inputs travel here, not in `ctx`."""
+
+    settings: Settings
+    shared: Shared
+    after_startup: ContextHook | None = None
+    before_shutdown: ContextHook | None = None
+
+    async def startup(self, ctx: dict[str, Any]) -> None:
+        """Build the worker context once per process and store it in `ctx` (arq `on_startup`)."""
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
+        context = await _open_context(ctx["redis"], self.settings, self.shared, worker_id=worker_id)
+        attach(ctx, context)
+        if self.after_startup is not None:
+            await self.after_startup(context)
+
+    async def shutdown(self, ctx: dict[str, Any]) -> None:
+        """Close what `startup` opened (arq `on_shutdown`)."""
+        context = detach(ctx)
+        if context is None:
+            return  # start-up failed and closed what it had opened, or never ran
+        try:
+            if self.before_shutdown is not None:
+                await self.before_shutdown(context)
+        finally:
+            await context.close()
 
 
 async def route_job(ctx: dict[str, Any], job_id: str) -> str:
     """arq job function: route one routeq job; returns its final status."""
-    runner: JobRunner = ctx["runner"]
-    run: int = ctx["job_try"]
+    runner = worker_context(ctx).runner
+    run: int = ctx["job_try"]  # arq's own entry: this delivery's number, from 1
     try:
         return await runner.run(job_id, run=run)
     except JobDeferred as exc:
@@ -170,17 +197,17 @@ def job_function(settings: Settings) -> Function:
     return func(route_job, name=JOB_FUNCTION, timeout=settings.job_timeout_s, max_tries=_ARQ_MAX_TRIES)
 
 
-def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]:
-    """Keyword arguments for `arq.Worker` built from routeq settings.
+def make_worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker` built from routeq settings (start-up builds everything)."""
+    return _worker_options(settings, _Lifecycle(settings, Shared()))
 
-    `extra_ctx` lands in the job context: `store`, `catalog` or `sim_world` replace what start-up
-    would build (the embedded runner and tests share theirs).
-    """
+
+def _worker_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "functions": [job_function(settings)],
         "queue_name": settings.queue_name,
-        "on_startup": startup,
-        "on_shutdown": shutdown,
+        "on_startup": lifecycle.startup,
+        "on_shutdown": lifecycle.shutdown,
         "max_jobs": settings.worker_concurrency,
         "queue_read_limit": settings.read_limit,
         "poll_delay": settings.poll_delay_s,
@@ -189,7 +216,6 @@ def make_worker_settings(settings: Settings, **extra_ctx: Any) -> dict[str, Any]
         "job_completion_wait": settings.shutdown_grace_s,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
-        "ctx": {"settings": settings, **extra_ctx},
     }
     if settings.redis_url is not None:
         kwargs["redis_settings"] = redis_settings(settings.redis_url)
@@ -207,7 +233,7 @@ def worker_settings_class(settings: Settings) -> type:
 
 
 async def _log_redis_info(redis: Redis, log_func: Callable[[str], Any]) -> None:
-    # fakeredis has no INFO command, which arq's start-up logging needs (see ../shared/arq-notes.md).
+    # fakeredis has no INFO command, which arq's start-up logging needs (see docs/arq.md).
     if redis.connection_pool.connection_class.__module__.startswith("fakeredis"):
         log_func("redis: embedded in-process (fakeredis)")
         return
@@ -280,9 +306,9 @@ class RouteqWorker(Worker):
         async with self.pool.pipeline(transaction=False) as pipe:
             for job_id in list(self.job_tasks):
                 pipe.pexpire(in_progress_key_prefix + job_id, lease_ms, xx=True)
-            worker_id = self.ctx.get("worker_id")
-            if worker_id is not None:
-                pipe.hset(keys.WORKERS, worker_id, _worker_record(self.ctx["worker_started"]))
+            with contextlib.suppress(LookupError):  # none before start-up has finished
+                context = worker_context(self.ctx)
+                pipe.hset(keys.WORKERS, context.worker_id, context.record())
             await pipe.execute()
 
 
@@ -302,21 +328,49 @@ async def run_worker(worker: Worker) -> None:
         await worker.close()
 
 
-def build_worker(settings: Settings, *, redis: ArqRedis | None = None, **options: Any) -> Worker:
-    """An `arq.Worker` for routeq jobs; `redis` shares an existing pool (embedded mode, tests).
+def build_worker(
+    settings: Settings,
+    *,
+    redis: ArqRedis | None = None,
+    shared: Shared | None = None,
+    burst: bool = False,
+    max_burst_jobs: int = -1,
+    handle_signals: bool = True,
+    poll_delay: float | None = None,
+    max_jobs: int | None = None,
+    after_startup: ContextHook | None = None,
+    before_shutdown: ContextHook | None = None,
+) -> RouteqWorker:
+    """A `RouteqWorker` for routeq jobs.
 
-    `options` are either arq `Worker` arguments (burst, handle_signals, poll_delay...) or job
-    context entries (store, catalog, sim_world) passed on to `make_worker_settings`.
+    Args:
+        settings: everything else (queue, concurrency, timeouts, lease, Redis URL).
+        redis: an existing pool to share (embedded mode, tests); None connects to
+            `settings.redis_url`. The worker closes it either way when it closes.
+        shared: store, catalog, sim world or metrics to use instead of building them at start-up.
+        burst: exit once the queue is empty; `max_burst_jobs` (-1: no limit) stops it sooner.
+        handle_signals: stop on SIGINT/SIGTERM (False where the caller owns the signals).
+        poll_delay: seconds between queue polls; None keeps `settings.poll_delay_s`.
+        max_jobs: jobs run at once; None keeps `settings.worker_concurrency`.
+        after_startup: awaited with the context once start-up has built it.
+        before_shutdown: awaited with the context before shut-down closes it.
     """
-    worker_args = set(inspect.signature(Worker).parameters) | {"lease_s"}
-    extra_ctx = {k: v for k, v in options.items() if k not in worker_args}
-    kwargs = make_worker_settings(settings, **extra_ctx)
-    kwargs["lease_s"] = settings.job_lease_s
-    kwargs.update({k: v for k, v in options.items() if k in worker_args})
+    lifecycle = _Lifecycle(settings, shared or Shared(), after_startup, before_shutdown)
+    kwargs = _worker_options(settings, lifecycle)
     if redis is not None:
         kwargs.pop("redis_settings", None)
         kwargs["redis_pool"] = redis
-    return RouteqWorker(**kwargs)
+    if poll_delay is not None:
+        kwargs["poll_delay"] = poll_delay
+    if max_jobs is not None:
+        kwargs["max_jobs"] = max_jobs
+    return RouteqWorker(
+        **kwargs,
+        burst=burst,
+        max_burst_jobs=max_burst_jobs,
+        handle_signals=handle_signals,
+        lease_s=settings.job_lease_s,
+    )
 
 
 # The one patch of a library global: arq's worker calls this name at start-up.

@@ -1,0 +1,114 @@
+"""What a worker process holds while it runs, typed, under one key of arq's `ctx` dict.
+
+    Shared         what a caller brings to share (store, catalog, sim world, metrics); frozen
+    WorkerContext  what start-up built (the job runner, this worker's id, its metrics port), once
+                   per process, stored in arq's `ctx` under one key; read with `worker_context(ctx)`
+
+arq hands the same `ctx` dict to its start-up and shut-down hooks and (copied) to every job, so the
+context built in `on_startup` reaches each `route_job` call. The hooks live in `workers/worker.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, MutableMapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from router_core.catalog import Catalog
+from router_core.sim.world import SimWorld
+from storage.metrics import Metrics
+from storage.sql.store import Store
+from workers.metrics_server import MetricsServer
+from workers.runner import JobRunner
+
+__all__ = ["Shared", "WorkerContext", "attach", "detach", "worker_context", "worker_record"]
+
+# The one routeq entry in arq's ctx; arq's own entries (redis, job_id, job_try...) sit beside it.
+_CTX_KEY = "routeq"
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a caller shares with the worker instead of letting start-up build its own.
+
+    The embedded runner and tests pass theirs: one store (and so one SQLite database) for client and
+    worker, a catalog and sim world built in code. Whatever is left None, start-up builds from the
+    settings. The caller keeps and closes what it brings: shut-down closes only what start-up opened.
+
+    Attributes:
+        store: the SQL store; None opens one on `settings.database_url`.
+        catalog: the deployments; None loads `settings.catalog_path`.
+        sim_world: the simulated providers; None builds them from the catalog when simulating.
+        metrics: the registry the runner counts into; None keeps one only when the worker serves
+            a metrics port (`settings.worker_metrics_port`).
+    """
+
+    store: Store | None = None
+    catalog: Catalog | None = None
+    sim_world: SimWorld | None = None
+    metrics: Metrics | None = None
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What `on_startup` built for this worker process; every job reuses it.
+
+    Attributes:
+        runner: routes each delivered job (its router, store, event bus and budgets).
+        worker_id: `host:pid:n`, this worker's key in `routeq:workers` and on the jobs it runs.
+        started: when start-up finished (epoch seconds), reported in `routeq:workers`.
+        metrics_server: this worker's metrics port, if it serves one.
+        opened: what start-up opened, and only that (not what `Shared` brought); `close()`
+            closes it in reverse order.
+    """
+
+    runner: JobRunner
+    worker_id: str
+    started: float
+    opened: AsyncExitStack = field(repr=False)
+    metrics_server: MetricsServer | None = None
+
+    def record(self) -> str:
+        """This worker's entry in `routeq:workers`, as of now (see `worker_record`)."""
+        return worker_record(self.started)
+
+    async def close(self) -> None:
+        """Close what start-up opened: metrics port, `routeq:workers` entry, SDK clients, own store."""
+        await self.opened.aclose()
+
+
+def worker_record(started: float) -> str:
+    """A worker's entry in `routeq:workers`, written at start and with every lease renewal."""
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "seen": time.time()}
+    return json.dumps(info)
+
+
+def worker_context(ctx: Mapping[str, Any]) -> WorkerContext:
+    """The context start-up stored in arq's `ctx`.
+
+    Raises:
+        LookupError: start-up has not run (or failed); the message names the hook to install.
+    """
+    context = ctx.get(_CTX_KEY)
+    if not isinstance(context, WorkerContext):
+        raise LookupError(
+            "no routeq worker context in arq's ctx: run the worker with routeq's on_startup hook "
+            "(build_worker or make_worker_settings in workers/worker.py)"
+        )
+    return context
+
+
+def attach(ctx: MutableMapping[str, Any], context: WorkerContext) -> None:
+    """Store `context` in arq's `ctx` (start-up)."""
+    ctx[_CTX_KEY] = context
+
+
+def detach(ctx: MutableMapping[str, Any]) -> WorkerContext | None:
+    """Take the context out of arq's `ctx` (shut-down); None if start-up never stored one."""
+    context = ctx.pop(_CTX_KEY, None)
+    return context if isinstance(context, WorkerContext) else None
