@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from producer.api.context import ApiContext, context
+from producer.api.context import Ctx
 from producer.api.errors import ApiError
 
 __all__ = ["Admin", "Caller", "Principal", "admin", "caller"]
@@ -33,7 +33,7 @@ class Principal:
 
 async def caller(
     request: Request,
-    ctx: Annotated[ApiContext, Depends(context)],
+    ctx: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The request's principal; 401 without a valid key (unless in dev mode)."""

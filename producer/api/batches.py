@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from producer.api.auth import Caller
-from producer.api.context import ApiContext, context
+from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import parse_lines, unstorable_text
@@ -33,7 +33,6 @@ from storage.sql.files import FileRecord
 __all__ = ["batch_object", "router"]
 
 router = APIRouter(tags=["OpenAI Batch API"])
-Ctx = Annotated[ApiContext, Depends(context)]
 
 _WINDOWS = {"24h": timedelta(hours=24)}
 _READ_CHUNK = 1024 * 1024

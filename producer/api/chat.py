@@ -15,13 +15,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from producer.api.auth import Caller
-from producer.api.context import ApiContext, context
+from producer.api.context import ApiContext, Ctx
 from producer.api.errors import FAILURE_STATUS, ApiError, error_body, first_field
 from producer.api.schemas import ChatCompletionBody
 from producer.client import Client
@@ -83,14 +83,12 @@ def _models(ctx: ApiContext) -> list[dict[str, Any]]:
 
 
 @router.get("/v1/models", summary="Models a request may name: auto, router:<strategy>, deployments")
-async def list_models(_principal: Caller, ctx: Annotated[ApiContext, Depends(context)]) -> dict[str, Any]:
+async def list_models(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     return {"object": "list", "data": _models(ctx)}
 
 
 @router.get("/v1/models/{model:path}", summary="One model a request may name")
-async def get_model(
-    model: str, _principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
-) -> dict[str, Any]:
+async def get_model(model: str, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
     for entry in _models(ctx):
         if entry["id"] == model:
             return entry
@@ -104,7 +102,7 @@ async def get_model(
 
 @router.post("/v1/chat/completions", summary="Create a routed chat completion", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
+    body: ChatCompletionBody, principal: Caller, ctx: Ctx
 ) -> JSONResponse | StreamingResponse:
     request = _request(body, ctx)
     client = ctx.client(principal.tenant, principal.user)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from producer.client import Client
 from router_core.catalog import Catalog, load_catalog
@@ -19,7 +20,7 @@ from storage.metrics import Metrics
 from storage.settings import Settings
 from storage.sql.store import Store
 
-__all__ = ["ApiContext", "context", "open_context"]
+__all__ = ["ApiContext", "Ctx", "context", "open_context"]
 
 
 @dataclass
@@ -80,6 +81,10 @@ def context(request: Request) -> ApiContext:
     """The app's context (a FastAPI dependency)."""
     ctx: ApiContext = request.app.state.ctx
     return ctx
+
+
+# A route's parameter `ctx: Ctx` receives the app's context.
+Ctx = Annotated[ApiContext, Depends(context)]
 
 
 def attach(app: FastAPI, ctx: ApiContext) -> None:

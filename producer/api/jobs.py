@@ -11,11 +11,11 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from producer.api.auth import Caller
-from producer.api.context import ApiContext, context
+from producer.api.context import Ctx
 from producer.api.errors import ApiError, first_field
 from producer.api.schemas import JobBody
 from producer.inputs import LineError, parse_object
@@ -27,7 +27,6 @@ from storage.jobs import TERMINAL, JobRecord, JobStatus
 __all__ = ["router"]
 
 router = APIRouter(tags=["Jobs"])
-Ctx = Annotated[ApiContext, Depends(context)]
 
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # A comment line this often keeps proxies from closing a quiet event stream.

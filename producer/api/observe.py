@@ -12,12 +12,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.api.auth import Caller
-from producer.api.context import ApiContext, context
+from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from storage.metrics import CONTENT_TYPE
 from storage.sql.analytics import analytics as compute_analytics
@@ -25,7 +25,6 @@ from storage.sql.analytics import analytics as compute_analytics
 __all__ = ["RequestMetrics", "router"]
 
 router = APIRouter(tags=["Operations"])
-Ctx = Annotated[ApiContext, Depends(context)]
 
 
 @router.get("/metrics", summary="Prometheus metrics (fleet gauges and this API's requests)")

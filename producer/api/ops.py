@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from producer.api.auth import Admin, Caller
-from producer.api.context import ApiContext, context
+from producer.api.context import ApiContext, Ctx
 from producer.api.schemas import DeploymentStateBody
 from router_core.fleet import DeploymentSnapshot, Forced
 from router_core.redact import mask_url
@@ -19,7 +19,6 @@ from storage.errors import NotFoundError
 __all__ = ["router"]
 
 router = APIRouter(tags=["Operations"])
-Ctx = Annotated[ApiContext, Depends(context)]
 
 # /ready gives each dependency this long to answer.
 _READY_TIMEOUT_S = 2.0
