@@ -1,4 +1,4 @@
-"""The `routeq` command line."""
+"""Commands that need no fleet: `routeq sim`, `routeq catalog` and `routeq migrate`."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer import admin, commands, serving
+from producer.cli._common import execute, with_store
 from router_core import Catalog, ConfigError, RouterSettings, load_catalog
 from router_core.providers import sim_world_for
 from router_core.sim import serve
+from storage.errors import mask_dsn
+from storage.settings import Settings
 
-__all__ = ["app", "main"]
+__all__ = ["catalog", "load_catalog_or_exit", "migrate", "sim"]
 
-app = typer.Typer(help="routeq: route batches of LLM prompts across providers.", no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
 
 
-@app.command()
 def sim(
     port: Annotated[int, typer.Option(help="Loopback port to listen on.")] = 8900,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -37,7 +37,6 @@ def sim(
     asyncio.run(serve(world, host=host, port=port))
 
 
-@app.command()
 def catalog(
     path: Annotated[
         Path | None, typer.Argument(help="Catalog TOML (default: ROUTEQ_CATALOG_PATH or demo).")
@@ -63,22 +62,11 @@ def catalog(
     console.print(table)
 
 
-for command in (
-    commands.run,
-    commands.submit,
-    commands.status,
-    commands.results,
-    commands.watch,
-    commands.cancel,
-    commands.requeue,
-    commands.worker,
-    commands.migrate,
-    serving.serve,
-):
-    app.command()(command)
-app.add_typer(admin.deployments_app, name="deployments")
-app.add_typer(admin.budget_app, name="budget")
-app.add_typer(serving.keys_app, name="keys")
+def migrate() -> None:
+    """Bring the database schema to the newest migration (workers also do this at start-up)."""
+    settings = Settings()
+    execute(with_store(settings, lambda store: asyncio.sleep(0)))
+    console.print(f"database schema is current: {mask_dsn(settings.database_url)}")
 
 
 def load_catalog_or_exit(path: Path | None) -> Catalog:
@@ -88,7 +76,3 @@ def load_catalog_or_exit(path: Path | None) -> Catalog:
     except ConfigError as exc:
         err_console.print(f"[red]config error:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-
-def main() -> None:
-    app()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from producer.api import create_app
-from producer.commands import execute, with_redis
+from producer.cli._common import execute, with_redis
 from router_core.catalog import load_catalog
 from storage.connections import connect_redis
 from storage.errors import ServiceUnavailableError

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from producer.commands import execute, with_redis
+from producer.cli._common import execute, with_redis
 from router_core.catalog import load_catalog
 from router_core.stats import Forced
 from storage.fleet.budgets import Budgets
