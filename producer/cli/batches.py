@@ -1,27 +1,28 @@
-"""Batch commands of the `routeq` CLI: run, submit, status, results, watch, cancel, requeue."""
+"""Batch commands of the `routeq` CLI: run, submit, status, results, watch, cancel, requeue.
+
+`status` and `results` read SQL only, so they import neither Redis nor arq; `run` alone imports the
+embedded stack (and so `workers`), and FastAPI only with `--serve`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from producer.api import serve_app
-from producer.cli._common import execute, with_client, with_store
-from producer.cli.embedded import embedded_client
-from producer.cli.reporting import follow_with_progress, print_line_errors, status_table, summary_table
-from producer.client import Client
-from producer.inputs import ParsedInput, read_jsonl
-from producer.outputs import write_results
-from storage.bus.events import Event
+from producer.cli._common import execute, load_settings, with_client, with_store
 from storage.errors import mask_dsn
-from storage.jobs import ANY_TENANT, NewJob
-from storage.settings import Settings
-from storage.sql.store import Store
+
+if TYPE_CHECKING:
+    from producer.client import Client
+    from producer.inputs import ParsedInput
+    from storage.bus.events import Event
+    from storage.jobs import NewJob
+    from storage.sql.store import Store
 
 __all__ = ["cancel", "requeue", "results", "run", "status", "submit", "watch"]
 
@@ -37,6 +38,9 @@ IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (
 
 
 def _read_input(path: Path) -> ParsedInput:
+    from producer.cli.reporting import print_line_errors  # noqa: PLC0415 - rich's tables, on use
+    from producer.inputs import read_jsonl  # noqa: PLC0415 - pydantic models of requests, on use
+
     try:
         parsed = read_jsonl(path)
     except OSError as exc:
@@ -55,6 +59,8 @@ def _read_input(path: Path) -> ParsedInput:
 
 
 def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]]]:
+    from storage.jobs import NewJob  # noqa: PLC0415 - pydantic models of requests, on use
+
     items = [NewJob(item.custom_id, item.request) for item in parsed.items]
     invalid = [dataclasses.asdict(e) for e in parsed.errors]
     return items, invalid
@@ -81,8 +87,12 @@ def run(
     With `--serve PORT` the same in-process stack then serves the HTTP API (OpenAI-compatible
     chat completions and Batch API, results, events) until Ctrl-C, without API keys.
     """
+    from producer.cli.embedded import embedded_client  # noqa: PLC0415 - imports workers: `run` only
+    from producer.cli.reporting import follow_with_progress, summary_table  # noqa: PLC0415 - start-up: imported on use
+    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+
     parsed = _read_input(file)
-    settings = Settings()
+    settings = load_settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
 
@@ -111,6 +121,8 @@ def run(
                 f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
             )
             if serve is not None:
+                from producer.api import serve_app  # noqa: PLC0415 - FastAPI and uvicorn: --serve only
+
                 dev = settings.model_copy(update={"api_dev_mode": True})
                 console.print(
                     f"HTTP API on http://127.0.0.1:{serve} (docs at /docs), dev mode without keys. "
@@ -128,6 +140,8 @@ def submit(
     budget: BudgetOpt = None,
 ) -> None:
     """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id."""
+    from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
+
     parsed = _read_input(file)
 
     async def go(client: Client) -> None:
@@ -140,11 +154,13 @@ def submit(
             await follow_with_progress(client, await client.batch(batch_id), err_console)
             err_console.print(status_table(await client.batch(batch_id)))
 
-    execute(with_client(Settings(), go))
+    execute(with_client(load_settings(), go))
 
 
 def status(id: IdArg) -> None:
     """A batch's counts per status, or one job's status, cost and attempts (reads SQL only)."""
+    from producer.cli.reporting import status_table  # noqa: PLC0415 - start-up: imported on use
+    from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
 
     async def go(store: Store) -> None:
         if id.startswith("job_"):
@@ -166,7 +182,7 @@ def status(id: IdArg) -> None:
             return
         console.print(status_table(await store.batches.get(id, tenant=ANY_TENANT)))
 
-    execute(with_store(Settings(), go))
+    execute(with_store(load_settings(), go))
 
 
 def results(
@@ -176,6 +192,8 @@ def results(
     ] = None,
 ) -> None:
     """The batch's finished results as OpenAI-batch-style JSONL (reads SQL only)."""
+    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+    from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
 
     async def go(store: Store) -> None:
         batch = await store.batches.get(id, tenant=ANY_TENANT)
@@ -186,7 +204,7 @@ def results(
         if pending:
             err_console.print(f"[yellow]{pending} jobs not finished yet[/yellow]")
 
-    execute(with_store(Settings(), go))
+    execute(with_store(load_settings(), go))
 
 
 def watch(
@@ -194,6 +212,7 @@ def watch(
     after: Annotated[str, typer.Option(help="Resume after this event id (0-0 = from the start).")] = "0-0",
 ) -> None:
     """Live progress of a batch from its event stream; failures are printed as they happen."""
+    from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
 
     def show_failure(event: Event) -> None:
         if event.type == "job.failed":
@@ -207,7 +226,7 @@ def watch(
         console.print(status_table(await client.batch(id)))
         console.print(f"last event id: {last}")
 
-    execute(with_client(Settings(), go))
+    execute(with_client(load_settings(), go))
 
 
 def cancel(id: IdArg) -> None:
@@ -221,7 +240,7 @@ def cancel(id: IdArg) -> None:
             count = await client.cancel(id)
         console.print(f"{count} queued jobs cancelled")
 
-    execute(with_client(Settings(), go))
+    execute(with_client(load_settings(), go))
 
 
 def requeue(id: IdArg) -> None:
@@ -230,4 +249,4 @@ def requeue(id: IdArg) -> None:
     async def go(client: Client) -> None:
         console.print(f"{await client.requeue(id)} queued jobs put back on the queue")
 
-    execute(with_client(Settings(), go))
+    execute(with_client(load_settings(), go))

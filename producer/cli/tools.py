@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.cli._common import execute, with_store
-from router_core import Catalog, ConfigError, RouterSettings, load_catalog
-from router_core.providers import sim_world_for
-from router_core.sim import serve
+from producer.cli._common import execute, load_settings, with_store
+from router_core.errors import ConfigError
 from storage.errors import mask_dsn
-from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from router_core.catalog import Catalog
 
 __all__ = ["catalog", "load_catalog_or_exit", "migrate", "sim"]
 
@@ -31,6 +31,9 @@ def sim(
     ] = None,
 ) -> None:
     """Serve the simulated provider world over HTTP (OpenAI and Anthropic wire formats)."""
+    from router_core.providers import sim_world_for  # noqa: PLC0415 - the provider SDKs: `sim` only
+    from router_core.sim import serve  # noqa: PLC0415 - uvicorn: `sim` only
+
     cat = load_catalog_or_exit(catalog)
     world = sim_world_for(cat)
     console.print(f"routeq sim: {len(cat)} deployments on http://{host}:{port}/<deployment>/v1")
@@ -64,13 +67,16 @@ def catalog(
 
 def migrate() -> None:
     """Bring the database schema to the newest migration (workers also do this at start-up)."""
-    settings = Settings()
+    settings = load_settings()
     execute(with_store(settings, lambda store: asyncio.sleep(0)))
     console.print(f"database schema is current: {mask_dsn(settings.database_url)}")
 
 
 def load_catalog_or_exit(path: Path | None) -> Catalog:
     """The catalog, or one clear error line and exit status 2."""
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - genai-prices: commands with a catalog
+    from router_core.settings import RouterSettings  # noqa: PLC0415 - start-up: imported on use
+
     try:
         return load_catalog(path if path is not None else RouterSettings().catalog_path)
     except ConfigError as exc:

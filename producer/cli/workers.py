@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import logging.config
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from arq.logs import default_log_config
 
-from producer.cli._common import execute, with_client
-from producer.client import Client
-from storage.settings import Settings
+from producer.cli._common import execute, load_settings, with_client
+
+if TYPE_CHECKING:
+    from producer.client import Client
 
 __all__ = ["worker"]
 
@@ -33,13 +33,15 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
+    from arq.logs import default_log_config  # noqa: PLC0415 - `import arq` loads arq's worker: only here
+
     from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
 
     logging.config.dictConfig(default_log_config(verbose))
     # arq logs each job at INFO; routeq's own loggers follow the same configuration.
     logging.getLogger("routeq").handlers = logging.getLogger("arq").handlers
     logging.getLogger("routeq").setLevel(logging.DEBUG if verbose else logging.INFO)
-    settings = Settings()
+    settings = load_settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     if metrics_port is not None:
