@@ -20,6 +20,7 @@ RUN groupadd --system --gid 10001 routeq \
 # used to author new revisions, never by `upgrade`.
 WORKDIR /tmp/routeq-src
 COPY pyproject.toml README.md ./
+COPY routeq/ routeq/
 COPY router_core/ router_core/
 COPY producer/ producer/
 COPY workers/ workers/

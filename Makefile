@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/router_micro.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,63 +1,72 @@
 """routeq's router core: routing, provider adapters and the simulated provider world.
 
 This package imports nothing from `workers`, `storage` or `producer`.
+
+Names are loaded on first use (PEP 562): `import router_core.models` must not pay for the provider
+SDKs that `Router` pulls in, since the CLI's read-only commands start with it.
 """
 
-from router_core.catalog import Catalog, Deployment, ProviderKind, load_catalog
-from router_core.clock import Clock, FakeClock, SystemClock
-from router_core.errors import (
-    AllAttemptsFailedError,
-    AuthenticationError,
-    BadRequestError,
-    BudgetExceededError,
-    CapacityExhaustedError,
-    ConfigError,
-    ContextLengthError,
-    FatalProviderError,
-    InvalidRequestError,
-    MalformedResponseError,
-    NoRouteError,
-    ProviderConnectionError,
-    ProviderError,
-    ProviderServerError,
-    ProviderTimeoutError,
-    RateLimitedError,
-    RetryableProviderError,
-    RouteqError,
-    StreamInterruptedError,
-)
-from router_core.fleet import (
-    Admission,
-    BreakerPolicy,
-    CallOutcome,
-    CircuitState,
-    DeploymentSnapshot,
-    FleetState,
-    Forced,
-    InMemoryFleetState,
-    Refusal,
-)
-from router_core.models import (
-    Attempt,
-    AttemptOutcome,
-    Candidate,
-    Capability,
-    ChatRequest,
-    CompletionResult,
-    Complexity,
-    Exclusion,
-    ExclusionReason,
-    Message,
-    Plan,
-    Preferences,
-    Strategy,
-    Usage,
-    Weights,
-)
-from router_core.planner import PlanLimits, build_plan
-from router_core.router import RetryPolicy, Router
-from router_core.settings import RouterSettings, SimulateMode
-from router_core.spend import SpendGuard
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router_core.catalog import Catalog, Deployment, ProviderKind, load_catalog
+    from router_core.clock import Clock, FakeClock, SystemClock
+    from router_core.errors import (
+        AllAttemptsFailedError,
+        AuthenticationError,
+        BadRequestError,
+        BudgetExceededError,
+        CapacityExhaustedError,
+        ConfigError,
+        ContextLengthError,
+        FatalProviderError,
+        InvalidRequestError,
+        MalformedResponseError,
+        NoRouteError,
+        ProviderConnectionError,
+        ProviderError,
+        ProviderServerError,
+        ProviderTimeoutError,
+        RateLimitedError,
+        RetryableProviderError,
+        RouteqError,
+        StreamInterruptedError,
+    )
+    from router_core.fleet import (
+        Admission,
+        BreakerPolicy,
+        CallOutcome,
+        CircuitState,
+        DeploymentSnapshot,
+        FleetState,
+        Forced,
+        InMemoryFleetState,
+        Refusal,
+    )
+    from router_core.models import (
+        Attempt,
+        AttemptOutcome,
+        Candidate,
+        Capability,
+        ChatRequest,
+        CompletionResult,
+        Complexity,
+        Exclusion,
+        ExclusionReason,
+        Message,
+        Plan,
+        Preferences,
+        Strategy,
+        Usage,
+        Weights,
+    )
+    from router_core.planner import PlanLimits, build_plan
+    from router_core.router import RetryPolicy, Router
+    from router_core.settings import RouterSettings, SimulateMode
+    from router_core.spend import SpendGuard
 
 __all__ = [
     "Admission",
@@ -118,3 +127,76 @@ __all__ = [
     "build_plan",
     "load_catalog",
 ]
+
+# Which module defines each public name; `__getattr__` imports it on first access.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "router_core.catalog": ("Catalog", "Deployment", "ProviderKind", "load_catalog"),
+    "router_core.clock": ("Clock", "FakeClock", "SystemClock"),
+    "router_core.errors": (
+        "AllAttemptsFailedError",
+        "AuthenticationError",
+        "BadRequestError",
+        "BudgetExceededError",
+        "CapacityExhaustedError",
+        "ConfigError",
+        "ContextLengthError",
+        "FatalProviderError",
+        "InvalidRequestError",
+        "MalformedResponseError",
+        "NoRouteError",
+        "ProviderConnectionError",
+        "ProviderError",
+        "ProviderServerError",
+        "ProviderTimeoutError",
+        "RateLimitedError",
+        "RetryableProviderError",
+        "RouteqError",
+        "StreamInterruptedError",
+    ),
+    "router_core.models": (
+        "Attempt",
+        "AttemptOutcome",
+        "Candidate",
+        "Capability",
+        "ChatRequest",
+        "CompletionResult",
+        "Complexity",
+        "Exclusion",
+        "ExclusionReason",
+        "Message",
+        "Plan",
+        "Preferences",
+        "Strategy",
+        "Usage",
+        "Weights",
+    ),
+    "router_core.planner": ("PlanLimits", "build_plan"),
+    "router_core.router": ("RetryPolicy", "Router"),
+    "router_core.settings": ("RouterSettings", "SimulateMode"),
+    "router_core.spend": ("SpendGuard",),
+    "router_core.fleet": (
+        "Admission",
+        "BreakerPolicy",
+        "CallOutcome",
+        "CircuitState",
+        "DeploymentSnapshot",
+        "Forced",
+        "InMemoryFleetState",
+        "Refusal",
+        "FleetState",
+    ),
+}
+_SOURCE = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

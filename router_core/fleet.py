@@ -28,10 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import count
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from router_core.catalog import Deployment
 from router_core.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    # Annotations only: the catalog pulls in genai-prices, which settings (and so every CLI
+    # command) would otherwise pay for.
+    from router_core.catalog import Deployment
 
 __all__ = [
     "Admission",

@@ -17,15 +17,14 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from producer import cli
-from producer.cli import app
+from producer.cli import app, tools
 from router_core import ChatRequest, Router, RouterSettings, SimulateMode
 
 runner = CliRunner()
 
 
 def test_catalog_command_lists_demo_prices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "console", Console(width=200))
+    monkeypatch.setattr(tools, "console", Console(width=200))
     result = runner.invoke(app, ["catalog"])
     assert result.exit_code == 0, result.output
     assert "gpt-4o-mini" in result.output

@@ -11,8 +11,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from producer import commands
-from producer.cli import app
+from producer.cli import _common, app, batches
 from tests.test_multiprocess import CATALOG
 
 runner = CliRunner()
@@ -29,9 +28,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ROUTEQ_CATALOG_PATH", str(catalog))
     monkeypatch.setenv("ROUTEQ_SIMULATE", "always")
-    wide = Console(width=200)
-    monkeypatch.setattr(commands, "console", wide)
-    monkeypatch.setattr(commands, "err_console", Console(width=200, stderr=True))
+    monkeypatch.setattr(batches, "console", Console(width=200))
+    wide_stderr = Console(width=200, stderr=True)
+    monkeypatch.setattr(batches, "err_console", wide_stderr)
+    monkeypatch.setattr(_common, "err_console", wide_stderr)
     return tmp_path
 
 

@@ -7,16 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import ChatRequest, Message
 from storage.errors import NotFoundError
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
-from storage.sql.engine import migrate
+from storage.sql.engine import SCHEMA_HEAD, alembic_config, migrate
 from storage.sql.schema import metadata
 from storage.sql.store import Store
 from tests.backends import Backend
@@ -38,6 +40,25 @@ async def test_migrating_again_is_a_no_op(backend: Backend) -> None:
     await migrate(backend.store.engine)
     async with backend.store.engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    # migrate() skips alembic for a database at SCHEMA_HEAD: a new migration must move it.
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD
+
+
+async def test_a_database_behind_the_head_is_upgraded(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}", run_migrations=False)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0002"))
+        await migrate(store.engine)
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+            version = await conn.execute(text("SELECT version_num FROM alembic_version"))
+            assert version.scalar() == SCHEMA_HEAD
+    finally:
+        await store.close()
 
 
 async def test_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:

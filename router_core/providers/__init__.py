@@ -1,10 +1,20 @@
-"""Provider adapters on the official SDKs, and the one place SDK errors are translated."""
+"""Provider adapters on the official SDKs, and the one place SDK errors are translated.
 
-from router_core.providers.anthropic import AnthropicProvider
-from router_core.providers.base import SIMULATED_HEADER, Provider, ProviderReply
-from router_core.providers.errors import map_provider_error, parse_retry_after
-from router_core.providers.factory import build_providers, is_simulated, sim_profile, sim_world_for
-from router_core.providers.openai import OpenAIProvider
+Names are loaded on first use (PEP 562): the openai and anthropic SDKs cost about a second to
+import, so only code that builds a provider pays for them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router_core.providers.anthropic import AnthropicProvider
+    from router_core.providers.base import SIMULATED_HEADER, Provider, ProviderReply
+    from router_core.providers.errors import map_provider_error, parse_retry_after
+    from router_core.providers.factory import build_providers, is_simulated, sim_profile, sim_world_for
+    from router_core.providers.openai import OpenAIProvider
 
 __all__ = [
     "SIMULATED_HEADER",
@@ -19,3 +29,26 @@ __all__ = [
     "sim_profile",
     "sim_world_for",
 ]
+
+# Which module defines each public name; `__getattr__` imports it on first access.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "router_core.providers.anthropic": ("AnthropicProvider",),
+    "router_core.providers.base": ("SIMULATED_HEADER", "Provider", "ProviderReply"),
+    "router_core.providers.errors": ("map_provider_error", "parse_retry_after"),
+    "router_core.providers.factory": ("build_providers", "is_simulated", "sim_profile", "sim_world_for"),
+    "router_core.providers.openai": ("OpenAIProvider",),
+}
+_SOURCE = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

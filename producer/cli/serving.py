@@ -1,23 +1,23 @@
-"""`routeq serve` (the HTTP API on uvicorn) and `routeq keys` (API keys: create, list, revoke)."""
+"""`routeq serve` (the HTTP API on uvicorn) and `routeq keys` (API keys: create, list, revoke).
+
+FastAPI and uvicorn are imported by `serve` when it runs: every other command goes without them.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from producer.api import create_app
-from producer.commands import execute, with_redis
-from router_core.catalog import load_catalog
-from storage.connections import connect_redis
+from producer.cli._common import execute, load_settings, with_redis
 from storage.errors import ServiceUnavailableError
-from storage.fleet.budgets import Budgets, user_scope
-from storage.settings import Settings
-from storage.sql.store import Store
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from storage.settings import Settings
 
 __all__ = ["keys_app", "serve"]
 
@@ -37,7 +37,11 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the HTTP API: OpenAI-compatible chat completions and Batch API, jobs, events, metrics."""
-    settings = Settings()
+    import uvicorn  # noqa: PLC0415 - FastAPI and uvicorn load for `serve` only
+
+    from producer.api import create_app  # noqa: PLC0415 - FastAPI and uvicorn load for `serve` only
+
+    settings = load_settings()
     if dev:
         settings = settings.model_copy(update={"api_dev_mode": True})
     execute(_preflight(settings))
@@ -52,6 +56,10 @@ def serve(
 
 async def _preflight(settings: Settings) -> None:
     """Fail with one clear line (exit 2) before uvicorn starts when Redis, SQL or the catalog is wrong."""
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
+    from storage.connections import connect_redis  # noqa: PLC0415 - start-up: imported on use
+    from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
+
     if settings.redis_url is None:
         raise ServiceUnavailableError.redis_unset(
             "The API enqueues into the workers' Redis: set ROUTEQ_REDIS_URL. To try it all in one "
@@ -76,7 +84,9 @@ def create_key(
     ] = None,
 ) -> None:
     """Make a key and print its secret once: only its SHA-256 is stored."""
-    settings = Settings()
+    from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
+
+    settings = load_settings()
 
     async def go() -> str:
         store = await Store.open(settings.database_url)
@@ -95,6 +105,8 @@ def create_key(
 
 
 async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: float) -> None:
+    from storage.fleet.budgets import Budgets, user_scope  # noqa: PLC0415 - start-up: imported on use
+
     async def set_cap(redis: Redis) -> None:
         budgets = Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
         await budgets.set_cap(user_scope(tenant, user), budget)
@@ -106,7 +118,9 @@ async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: f
 @keys_app.command("list")
 def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
     """Every key (never a secret): id, prefix, tenant, user, admin, created, revoked."""
-    settings = Settings()
+    from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
+
+    settings = load_settings()
 
     async def go() -> None:
         store = await Store.open(settings.database_url)
@@ -137,7 +151,9 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
 @keys_app.command("revoke")
 def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")]) -> None:
     """Revoke a key: its secret stops working at once."""
-    settings = Settings()
+    from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
+
+    settings = load_settings()
 
     async def go() -> None:
         store = await Store.open(settings.database_url)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from producer.client import Client
-from producer.inputs import LineError
-from storage.bus.events import Event
 from storage.jobs import BatchRecord, BatchSummary, JobStatus
+
+if TYPE_CHECKING:
+    # Annotations only: `routeq status` shows a table and must not load Redis and arq for it.
+    from producer.client import Client
+    from producer.inputs import LineError
+    from storage.bus.events import Event
 
 __all__ = ["follow_with_progress", "print_line_errors", "status_table", "summary_table"]
 

@@ -1,26 +1,27 @@
 """Operator commands: `routeq deployments` (fleet state, maintenance) and `routeq budget` (caps, spend).
 
 Both read and change the fleet's state in Redis (ROUTEQ_REDIS_URL); `budget rebuild` also reads the
-SQL ledger, which is the source of truth for spend.
+SQL ledger, which is the source of truth for spend. Redis, the fleet state and the catalog are
+imported when a command runs, not when `routeq --help` lists these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from producer.commands import execute, with_redis
-from router_core.catalog import load_catalog
+from producer.cli._common import execute, load_settings, with_redis
 from router_core.fleet import Forced
-from storage.fleet.budgets import Budgets
-from storage.fleet.state import RedisFleetState
-from storage.settings import Settings
-from storage.sql.store import Store
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from storage.fleet.budgets import Budgets
+    from storage.settings import Settings
 
 __all__ = ["budget_app", "deployments_app"]
 
@@ -43,7 +44,10 @@ async def _with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]
 @deployments_app.command("list")
 def list_deployments() -> None:
     """Every deployment with its circuit, live stats and rate-window usage, as the fleet sees them."""
-    settings = Settings()
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
+    from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
+
+    settings = load_settings()
     catalog = load_catalog(settings.catalog_path)
 
     async def go(redis: Redis) -> None:
@@ -79,7 +83,10 @@ def list_deployments() -> None:
 
 
 def _force(deployment: str, state: Forced | None) -> None:
-    settings = Settings()
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
+    from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
+
+    settings = load_settings()
     catalog = load_catalog(settings.catalog_path)
     if deployment not in catalog:
         console.print(f"[red]error:[/red] unknown deployment {deployment!r}; known: {', '.join(catalog)}")
@@ -111,13 +118,19 @@ def auto(deployment: DeploymentArg) -> None:
     _force(deployment, None)
 
 
+def _budgets(redis: Redis, settings: Settings) -> Budgets:
+    from storage.fleet.budgets import Budgets  # noqa: PLC0415 - start-up: imported on use
+
+    return Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
+
+
 @budget_app.command()
 def show(scope: ScopeArg) -> None:
     """A scope's cap, settled spend and calls in flight (held)."""
-    settings = Settings()
+    settings = load_settings()
 
     async def go(redis: Redis) -> None:
-        budgets = Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
+        budgets = _budgets(redis, settings)
         usage = await budgets.usage(scope)
         cap = "none" if usage.cap_usd is None else f"${usage.cap_usd:.4f}"
         console.print(f"{scope}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
@@ -131,10 +144,10 @@ def set_cap(
     cap_usd: Annotated[float, typer.Argument(min=0, help="The cap in USD.")],
 ) -> None:
     """Set a scope's spend cap for the whole fleet (for users it replaces the default)."""
-    settings = Settings()
+    settings = load_settings()
 
     async def go(redis: Redis) -> None:
-        await Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd).set_cap(scope, cap_usd)
+        await _budgets(redis, settings).set_cap(scope, cap_usd)
         console.print(f"{scope}: cap ${cap_usd:.4f}")
 
     execute(_with_redis(settings, go))
@@ -143,10 +156,10 @@ def set_cap(
 @budget_app.command()
 def unset(scope: ScopeArg) -> None:
     """Remove a scope's own cap (users fall back to ROUTEQ_DEFAULT_USER_BUDGET_USD)."""
-    settings = Settings()
+    settings = load_settings()
 
     async def go(redis: Redis) -> None:
-        await Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd).set_cap(scope, None)
+        await _budgets(redis, settings).set_cap(scope, None)
         console.print(f"{scope}: own cap removed")
 
     execute(_with_redis(settings, go))
@@ -155,14 +168,14 @@ def unset(scope: ScopeArg) -> None:
 @budget_app.command()
 def rebuild() -> None:
     """Recompute every scope's spend in Redis from the SQL ledger (run while workers are idle)."""
-    settings = Settings()
+    from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
+
+    settings = load_settings()
 
     async def go(redis: Redis) -> None:
         store = await Store.open(settings.database_url)
         try:
-            spent = await Budgets(
-                redis, default_user_cap_usd=settings.default_user_budget_usd
-            ).rebuild_from_ledger(store)
+            spent = await _budgets(redis, settings).rebuild_from_ledger(store)
         finally:
             await store.close()
         for scope, usd in sorted(spent.items()):

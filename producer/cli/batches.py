@@ -1,57 +1,33 @@
-"""The pipeline commands of the `routeq` CLI: run, submit, status, results, watch, cancel, worker, migrate.
+"""Batch commands of the `routeq` CLI: run, submit, status, results, watch, cancel, requeue.
 
-Each command builds `Settings()` once, turns connection failures into one red line naming the URL
-(exit status 2), and never prints a traceback for a known error.
+`status` and `results` read SQL only, so they import neither Redis nor arq; `run` alone imports the
+embedded stack (and so `workers`), and FastAPI only with `--serve`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
-import logging.config
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from arq.logs import default_log_config
-from redis.asyncio import Redis
 from rich.console import Console
 
-from producer.api import serve_app
-from producer.client import Client
-from producer.embedded import embedded_client
-from producer.inputs import ParsedInput, read_jsonl
-from producer.outputs import write_results
-from producer.reporting import follow_with_progress, print_line_errors, status_table, summary_table
-from router_core.errors import ConfigError
+from producer.cli._common import execute, load_settings, with_client, with_store
 from router_core.redact import mask_url
-from storage.bus.events import Event
-from storage.connections import connect_redis
-from storage.errors import NotFoundError, ServiceUnavailableError
-from storage.jobs import ANY_TENANT, NewJob
-from storage.settings import Settings
-from storage.sql.store import Store
 
-__all__ = [
-    "cancel",
-    "execute",
-    "migrate",
-    "requeue",
-    "results",
-    "run",
-    "status",
-    "submit",
-    "watch",
-    "with_redis",
-    "worker",
-]
+if TYPE_CHECKING:
+    from producer.client import Client
+    from producer.inputs import ParsedInput
+    from storage.bus.events import Event
+    from storage.jobs import NewJob
+    from storage.sql.store import Store
+
+__all__ = ["cancel", "requeue", "results", "run", "status", "submit", "watch"]
 
 console = Console()
 err_console = Console(stderr=True)
-T = TypeVar("T")
 
 BudgetOpt = Annotated[
     float | None,
@@ -61,19 +37,10 @@ FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
 
 
-def execute(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro`; known errors become one red line and exit status 2 (1 for unknown ids)."""
-    try:
-        return asyncio.run(coro)
-    except NotFoundError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
-    except (ServiceUnavailableError, ConfigError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
-
-
 def _read_input(path: Path) -> ParsedInput:
+    from producer.cli.reporting import print_line_errors  # noqa: PLC0415 - rich's tables, on use
+    from producer.inputs import read_jsonl  # noqa: PLC0415 - pydantic models of requests, on use
+
     try:
         parsed = read_jsonl(path)
     except OSError as exc:
@@ -92,37 +59,11 @@ def _read_input(path: Path) -> ParsedInput:
 
 
 def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]]]:
+    from storage.jobs import NewJob  # noqa: PLC0415 - pydantic models of requests, on use
+
     items = [NewJob(item.custom_id, item.request) for item in parsed.items]
     invalid = [dataclasses.asdict(e) for e in parsed.errors]
     return items, invalid
-
-
-async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
-    if settings.redis_url is None:
-        raise ServiceUnavailableError.redis_unset(
-            "Set it to your Redis (redis://host:6379/0); for a one-off local run use `routeq run FILE`."
-        )
-    async with await Client.connect(settings, all_tenants=True) as client:
-        return await action(client)
-
-
-async def with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]], *, hint: str) -> T:
-    """Run `action` on a connection to the fleet's Redis, closed after; `hint` says why it is needed."""
-    if settings.redis_url is None:
-        raise ServiceUnavailableError.redis_unset(hint)
-    redis = await connect_redis(settings)
-    try:
-        return await action(redis)
-    finally:
-        await redis.aclose()
-
-
-async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
-    store = await Store.open(settings.database_url)
-    try:
-        return await action(store)
-    finally:
-        await store.close()
 
 
 def run(
@@ -146,8 +87,12 @@ def run(
     With `--serve PORT` the same in-process stack then serves the HTTP API (OpenAI-compatible
     chat completions and Batch API, results, events) until Ctrl-C, without API keys.
     """
+    from producer.cli.embedded import embedded_client  # noqa: PLC0415 - imports workers: `run` only
+    from producer.cli.reporting import follow_with_progress, summary_table  # noqa: PLC0415 - start-up: imported on use
+    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+
     parsed = _read_input(file)
-    settings = Settings()
+    settings = load_settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
 
@@ -176,6 +121,8 @@ def run(
                 f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
             )
             if serve is not None:
+                from producer.api import serve_app  # noqa: PLC0415 - FastAPI and uvicorn: --serve only
+
                 dev = settings.model_copy(update={"api_dev_mode": True})
                 console.print(
                     f"HTTP API on http://127.0.0.1:{serve} (docs at /docs), dev mode without keys. "
@@ -193,6 +140,8 @@ def submit(
     budget: BudgetOpt = None,
 ) -> None:
     """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id."""
+    from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
+
     parsed = _read_input(file)
 
     async def go(client: Client) -> None:
@@ -205,11 +154,13 @@ def submit(
             await follow_with_progress(client, await client.batch(batch_id), err_console)
             err_console.print(status_table(await client.batch(batch_id)))
 
-    execute(_with_client(Settings(), go))
+    execute(with_client(load_settings(), go))
 
 
 def status(id: IdArg) -> None:
     """A batch's counts per status, or one job's status, cost and attempts (reads SQL only)."""
+    from producer.cli.reporting import status_table  # noqa: PLC0415 - start-up: imported on use
+    from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
 
     async def go(store: Store) -> None:
         if id.startswith("job_"):
@@ -231,7 +182,7 @@ def status(id: IdArg) -> None:
             return
         console.print(status_table(await store.batches.get(id, tenant=ANY_TENANT)))
 
-    execute(_with_store(Settings(), go))
+    execute(with_store(load_settings(), go))
 
 
 def results(
@@ -241,6 +192,8 @@ def results(
     ] = None,
 ) -> None:
     """The batch's finished results as OpenAI-batch-style JSONL (reads SQL only)."""
+    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+    from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
 
     async def go(store: Store) -> None:
         batch = await store.batches.get(id, tenant=ANY_TENANT)
@@ -251,7 +204,7 @@ def results(
         if pending:
             err_console.print(f"[yellow]{pending} jobs not finished yet[/yellow]")
 
-    execute(_with_store(Settings(), go))
+    execute(with_store(load_settings(), go))
 
 
 def watch(
@@ -259,6 +212,7 @@ def watch(
     after: Annotated[str, typer.Option(help="Resume after this event id (0-0 = from the start).")] = "0-0",
 ) -> None:
     """Live progress of a batch from its event stream; failures are printed as they happen."""
+    from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
 
     def show_failure(event: Event) -> None:
         if event.type == "job.failed":
@@ -272,7 +226,7 @@ def watch(
         console.print(status_table(await client.batch(id)))
         console.print(f"last event id: {last}")
 
-    execute(_with_client(Settings(), go))
+    execute(with_client(load_settings(), go))
 
 
 def cancel(id: IdArg) -> None:
@@ -286,7 +240,7 @@ def cancel(id: IdArg) -> None:
             count = await client.cancel(id)
         console.print(f"{count} queued jobs cancelled")
 
-    execute(_with_client(Settings(), go))
+    execute(with_client(load_settings(), go))
 
 
 def requeue(id: IdArg) -> None:
@@ -295,45 +249,4 @@ def requeue(id: IdArg) -> None:
     async def go(client: Client) -> None:
         console.print(f"{await client.requeue(id)} queued jobs put back on the queue")
 
-    execute(_with_client(Settings(), go))
-
-
-def migrate() -> None:
-    """Bring the database schema to the newest migration (workers also do this at start-up)."""
-    settings = Settings()
-    execute(_with_store(settings, lambda store: asyncio.sleep(0)))
-    console.print(f"database schema is current: {mask_url(settings.database_url)}")
-
-
-def worker(
-    concurrency: Annotated[
-        int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
-    ] = None,
-    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job (DEBUG).")] = False,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            min=0, max=65535, help="Prometheus /metrics port, 0 = any free one (ROUTEQ_WORKER_METRICS_PORT)."
-        ),
-    ] = None,
-) -> None:
-    """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
-    from workers.context import Shared  # noqa: PLC0415 - only this command starts workers
-    from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
-
-    logging.config.dictConfig(default_log_config(verbose))
-    # arq logs each job at INFO; routeq's own loggers follow the same configuration.
-    logging.getLogger("routeq").handlers = logging.getLogger("arq").handlers
-    logging.getLogger("routeq").setLevel(logging.DEBUG if verbose else logging.INFO)
-    settings = Settings()
-    if concurrency is not None:
-        settings = settings.model_copy(update={"worker_concurrency": concurrency})
-    if metrics_port is not None:
-        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
-
-    async def go(client: Client) -> None:
-        # Connections were checked by _with_client; the worker opens its own pool with retries.
-        await run_worker(build_worker(settings, burst=burst, shared=Shared(store=client.store)))
-
-    execute(_with_client(settings, go))
+    execute(with_client(load_settings(), go))

@@ -1,28 +1,28 @@
-"""The `routeq` command line."""
+"""Commands that need no fleet: `routeq sim`, `routeq catalog` and `routeq migrate`."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer import admin, commands, serving
-from router_core import Catalog, ConfigError, RouterSettings, load_catalog
-from router_core.providers import sim_world_for
-from router_core.sim import serve
+from producer.cli._common import execute, load_settings, with_store
+from router_core.errors import ConfigError
+from router_core.redact import mask_url
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    from router_core.catalog import Catalog
 
-app = typer.Typer(help="routeq: route batches of LLM prompts across providers.", no_args_is_help=True)
+__all__ = ["catalog", "load_catalog_or_exit", "migrate", "sim"]
+
 console = Console()
 err_console = Console(stderr=True)
 
 
-@app.command()
 def sim(
     port: Annotated[int, typer.Option(help="Loopback port to listen on.")] = 8900,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -31,13 +31,15 @@ def sim(
     ] = None,
 ) -> None:
     """Serve the simulated provider world over HTTP (OpenAI and Anthropic wire formats)."""
+    from router_core.providers import sim_world_for  # noqa: PLC0415 - the provider SDKs: `sim` only
+    from router_core.sim import serve  # noqa: PLC0415 - uvicorn: `sim` only
+
     cat = load_catalog_or_exit(catalog)
     world = sim_world_for(cat)
     console.print(f"routeq sim: {len(cat)} deployments on http://{host}:{port}/<deployment>/v1")
     asyncio.run(serve(world, host=host, port=port))
 
 
-@app.command()
 def catalog(
     path: Annotated[
         Path | None, typer.Argument(help="Catalog TOML (default: ROUTEQ_CATALOG_PATH or demo).")
@@ -63,32 +65,20 @@ def catalog(
     console.print(table)
 
 
-for command in (
-    commands.run,
-    commands.submit,
-    commands.status,
-    commands.results,
-    commands.watch,
-    commands.cancel,
-    commands.requeue,
-    commands.worker,
-    commands.migrate,
-    serving.serve,
-):
-    app.command()(command)
-app.add_typer(admin.deployments_app, name="deployments")
-app.add_typer(admin.budget_app, name="budget")
-app.add_typer(serving.keys_app, name="keys")
+def migrate() -> None:
+    """Bring the database schema to the newest migration (workers also do this at start-up)."""
+    settings = load_settings()
+    execute(with_store(settings, lambda store: asyncio.sleep(0)))
+    console.print(f"database schema is current: {mask_url(settings.database_url)}")
 
 
 def load_catalog_or_exit(path: Path | None) -> Catalog:
     """The catalog, or one clear error line and exit status 2."""
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - genai-prices: commands with a catalog
+    from router_core.settings import RouterSettings  # noqa: PLC0415 - start-up: imported on use
+
     try:
         return load_catalog(path if path is not None else RouterSettings().catalog_path)
     except ConfigError as exc:
         err_console.print(f"[red]config error:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-
-def main() -> None:
-    app()

@@ -2,6 +2,9 @@
 
 With no `ROUTEQ_REDIS_URL` the Redis is fakeredis, living as long as the process; the SQL store is
 the usual database (SQLite file by default), so results stay readable after the run.
+
+This module imports `workers` (and so arq's worker and the provider SDKs): only `routeq run`
+imports it, inside the command.
 """
 
 from __future__ import annotations

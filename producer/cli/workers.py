@@ -1,0 +1,55 @@
+"""`routeq worker`: an arq worker process against the fleet's Redis and database.
+
+The only command, with `routeq run`, that imports `workers`, and it does so when it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from producer.cli._common import execute, load_settings, with_client
+
+if TYPE_CHECKING:
+    from producer.client import Client
+
+__all__ = ["worker"]
+
+
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job (DEBUG).")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Prometheus /metrics port, 0 = any free one (ROUTEQ_WORKER_METRICS_PORT)."
+        ),
+    ] = None,
+) -> None:
+    """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
+    from arq.logs import default_log_config  # noqa: PLC0415 - `import arq` loads arq's worker: only here
+
+    from workers.context import Shared  # noqa: PLC0415 - only this command starts workers
+    from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
+
+    logging.config.dictConfig(default_log_config(verbose))
+    # arq logs each job at INFO; routeq's own loggers follow the same configuration.
+    logging.getLogger("routeq").handlers = logging.getLogger("arq").handlers
+    logging.getLogger("routeq").setLevel(logging.DEBUG if verbose else logging.INFO)
+    settings = load_settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
+
+    async def go(client: Client) -> None:
+        # Connections were checked by with_client; the worker opens its own pool with retries.
+        await run_worker(build_worker(settings, burst=burst, shared=Shared(store=client.store)))
+
+    execute(with_client(settings, go))
