@@ -12,7 +12,10 @@ own process, as a user would type it:
 Prints the median, min and max wall time of each over `--runs` runs. What these commands may
 import is checked by tests/test_cli_startup.py; this measures what that costs.
 
-Run: `make bench` or `.venv/bin/python bench/startup.py [--lines N] [--runs N]`.
+`--baseline PATH` also times another `routeq` executable (an older checkout's venv) on the same
+database, runs interleaved, and prints the ratio of the medians: a before/after in one run.
+
+Run: `make bench` or `.venv/bin/python bench/startup.py [--lines N] [--runs N] [--baseline PATH]`.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ def environment() -> dict[str, str]:
     return env
 
 
-def routeq(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+def routeq(args: list[str], cwd: Path, env: dict[str, str], executable: str = ROUTEQ) -> str:
     """Run `routeq ARGS` in `cwd`; its stdout, or exit with its stderr when it fails."""
     done = subprocess.run(
-        [ROUTEQ, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=300
+        [executable, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=300
     )
     if done.returncode != 0:
         sys.exit(f"routeq {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
@@ -62,13 +65,16 @@ def prepare(workdir: Path, env: dict[str, str], lines: int) -> tuple[str, str]:
     return found.group(), job_id
 
 
-def timed(args: list[str], workdir: Path, env: dict[str, str], runs: int) -> list[float]:
-    """Wall time of `runs` runs of `routeq ARGS`, each a fresh process."""
-    times = []
+def timed(
+    args: list[str], workdir: Path, env: dict[str, str], executables: list[str], runs: int
+) -> list[list[float]]:
+    """Wall times of `runs` runs of `routeq ARGS` per executable, each a fresh process, interleaved."""
+    times: list[list[float]] = [[] for _ in executables]
     for _ in range(runs):
-        started = time.perf_counter()
-        routeq(args, workdir, env)
-        times.append(time.perf_counter() - started)
+        for slot, executable in zip(times, executables, strict=True):
+            started = time.perf_counter()
+            routeq(args, workdir, env, executable)
+            slot.append(time.perf_counter() - started)
     return times
 
 
@@ -76,7 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=20, help="Lines of examples/demo.jsonl to run first.")
     parser.add_argument("--runs", type=int, default=5, help="Runs of each command.")
+    parser.add_argument("--baseline", help="Another routeq executable to time beside this one.")
     options = parser.parse_args()
+    executables = [ROUTEQ] + ([options.baseline] if options.baseline else [])
     env = environment()
     with tempfile.TemporaryDirectory(prefix="routeq-startup-") as tmp:
         workdir = Path(tmp)
@@ -88,10 +96,17 @@ def main() -> None:
             "routeq results <batch> -o file": ["results", batch_id, "-o", "out.jsonl"],
         }
         print(f"start-up, {options.runs} runs each ({options.lines}-job batch in ./routeq.db)")
-        print(f"{'command':<32} {'median':>8} {'min':>8} {'max':>8}")
+        header = f"{'command':<32} {'median':>8} {'min':>8} {'max':>8}"
+        if options.baseline:
+            header += f" {'baseline':>9} {'ratio':>6}"
+        print(header)
         for label, args in commands.items():
-            times = timed(args, workdir, env, options.runs)
-            print(f"{label:<32} {statistics.median(times):>7.2f}s {min(times):>7.2f}s {max(times):>7.2f}s")
+            ours, *baseline = timed(args, workdir, env, executables, options.runs)
+            row = f"{label:<32} {statistics.median(ours):>7.2f}s {min(ours):>7.2f}s {max(ours):>7.2f}s"
+            if baseline:
+                before = statistics.median(baseline[0])
+                row += f" {before:>8.2f}s {statistics.median(ours) / before:>6.3f}"
+            print(row)
 
 
 if __name__ == "__main__":
