@@ -13,8 +13,9 @@ alone does not pull in what `routeq.Client` needs (or the other way round).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from router_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -113,17 +114,4 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "storage.jobs": ("BatchRecord", "BatchSummary", "JobRecord", "JobStatus", "NewJob"),
     "storage.settings": ("Settings",),
 }
-_SOURCE = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _SOURCE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, globals())

@@ -6,8 +6,9 @@ import, so only code that builds a provider pays for them.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from router_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from router_core.providers.anthropic import AnthropicProvider
@@ -38,17 +39,4 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "router_core.providers.factory": ("build_providers", "is_simulated", "sim_profile", "sim_world_for"),
     "router_core.providers.openai": ("OpenAIProvider",),
 }
-_SOURCE = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _SOURCE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, globals())

@@ -9,8 +9,9 @@ uvicorn (the server) or httpx2 (the transport) with it.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from router_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from router_core.sim.profiles import Fault, SimCounters, SimProfile
@@ -37,17 +38,4 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "router_core.sim.transport": ("SimTransport", "sim_http_client"),
     "router_core.sim.world": ("ConnectionDropped", "SimWorld"),
 }
-_SOURCE = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _SOURCE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, globals())
