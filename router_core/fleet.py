@@ -15,6 +15,12 @@ The breaker, per deployment:
 An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
 until the override is cleared.
 
+Rate windows (rpm, tpm). A call counts from its admission until one rate window after its release,
+not after its admission. The provider counts a call when it arrives, which is somewhere between our
+admission and our release; counting from the release keeps any two calls that the limit separates
+at least a window apart as the provider sees them, however long a busy worker takes between
+admitting a call and sending it. The price is that a window also holds the calls still in flight.
+
 `InMemoryFleetState` is the single-process implementation; `storage.fleet.state.RedisFleetState`
 keeps the same state in Redis for every worker. `tests/fleet_state_contract.py` is the behaviour
 both must have.
@@ -23,6 +29,7 @@ both must have.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,7 +181,9 @@ class _Entry:
     forced: Forced | None = None
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (time, ok) within the window
     in_flight: dict[str, bool] = field(default_factory=dict)  # ticket -> is a probe
-    requests: deque[tuple[float, str]] = field(default_factory=deque)  # (time, ticket) in rate window
+    # ticket -> when the call ended (None while in flight): a call counts against rpm and tpm from
+    # its admission until a rate window after its release (see `FleetState`).
+    requests: dict[str, float | None] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)  # ticket -> tokens counted for tpm
     rate_window_s: float = 60.0  # the deployment's, as of its last admission
 
@@ -205,8 +214,9 @@ class InMemoryFleetState:
         return CircuitState.OPEN
 
     def _prune(self, entry: _Entry, window_s: float, now: float) -> None:
-        while entry.requests and entry.requests[0][0] <= now - window_s:
-            _, ticket = entry.requests.popleft()
+        gone = [t for t, ended in entry.requests.items() if ended is not None and ended <= now - window_s]
+        for ticket in gone:
+            del entry.requests[ticket]
             entry.tokens.pop(ticket, None)
         while entry.outcomes and entry.outcomes[0][0] <= now - self.breaker.window_s:
             entry.outcomes.popleft()
@@ -246,7 +256,7 @@ class InMemoryFleetState:
         ticket = f"t{next(self._tickets)}"
         probe = circuit is CircuitState.HALF_OPEN
         entry.in_flight[ticket] = probe
-        entry.requests.append((now, ticket))
+        entry.requests[ticket] = None
         entry.tokens[ticket] = tokens
         return Admission(ticket, probe=probe)
 
@@ -264,7 +274,8 @@ class InMemoryFleetState:
         if dep.max_concurrency is not None and len(entry.in_flight) >= dep.max_concurrency:
             return Admission(None, Refusal.CONCURRENCY, CONCURRENCY_RETRY_S)
         if dep.rpm is not None and len(entry.requests) >= dep.rpm:
-            return Admission(None, Refusal.RPM, entry.requests[0][0] + dep.rate_window_s - now)
+            oldest = min(now if ended is None else ended for ended in entry.requests.values())
+            return Admission(None, Refusal.RPM, oldest + dep.rate_window_s - now)
         if dep.tpm is not None and sum(entry.tokens.values()) + tokens > dep.tpm:
             return Admission(None, Refusal.TPM, self._tokens_free_in(entry, dep, tokens, now))
         return None
@@ -273,10 +284,12 @@ class InMemoryFleetState:
         """Seconds until enough counted tokens leave the window for `tokens` more to fit."""
         assert deployment.tpm is not None
         excess = sum(entry.tokens.values()) + tokens - deployment.tpm
-        for at, ticket in entry.requests:
+        # Ended calls leave the window in the order they ended; calls in flight after them.
+        order = sorted(entry.requests.items(), key=lambda item: math.inf if item[1] is None else item[1])
+        for ticket, ended in order:
             excess -= entry.tokens.get(ticket, 0)
             if excess <= 0:
-                return at + deployment.rate_window_s - now
+                return min(now if ended is None else ended, now) + deployment.rate_window_s - now
         return deployment.rate_window_s  # (the planner never lets a call bigger than tpm this far)
 
     async def release(
@@ -292,6 +305,8 @@ class InMemoryFleetState:
         if admission.ticket is None:
             return
         entry.in_flight.pop(admission.ticket, None)
+        if admission.ticket in entry.requests:  # from now on it leaves the window like any ended call
+            entry.requests[admission.ticket] = now
         if tokens is not None and admission.ticket in entry.tokens:
             entry.tokens[admission.ticket] = tokens
         entry.calls += 1

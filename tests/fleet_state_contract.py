@@ -180,9 +180,30 @@ class FleetStateContract:
         assert (await fleet.admit(limited, 600)).refusal is Refusal.TPM
         await fleet.release(limited, first, CallOutcome.SUCCESS, 10.0, 100)  # it really used 100
         assert (await snapshot_of(fleet)).tokens_in_window == 100
-        assert (await fleet.admit(limited, 600)).admitted
+        second = await fleet.admit(limited, 600)
+        assert second.admitted
+        clock.advance(1.0)  # the first ended a window ago; the second is still in flight
+        assert (await snapshot_of(fleet)).tokens_in_window == 600
+        await fleet.release(limited, second, CallOutcome.SUCCESS, 10.0, None)
         clock.advance(1.0)
         assert (await snapshot_of(fleet)).tokens_in_window == 0
+
+    async def test_a_call_counts_until_a_window_after_its_release(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        """A provider counts a call when it arrives, anywhere between admission and release: a call
+        admitted long ago but still in flight may only now reach it, so it still takes its place."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        slow = await fleet.admit(limited, 10)
+        clock.advance(5.0)
+        refused = await fleet.admit(limited, 10)
+        assert refused.refusal is Refusal.RPM
+        assert refused.retry_after_s == pytest.approx(1.0)  # at least a window after it ends
+        await fleet.release(limited, slow, CallOutcome.SUCCESS, 10.0, None)
+        clock.advance(0.99)
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
 
     async def test_max_concurrency_frees_on_release(self, fleet: FleetState) -> None:
         limited = dep(max_concurrency=2)

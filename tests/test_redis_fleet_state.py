@@ -179,8 +179,8 @@ class FleetExtras:
     ) -> None:
         limited = dep(tpm=1_000, rate_window_s=10.0)
         for _ in range(4):
-            assert (await fleet.admit(limited, 200)).admitted
-            clock.advance(1.0)  # admitted at t=0, 1, 2, 3; now t=4
+            await call(fleet, d=limited, tokens=200)
+            clock.advance(1.0)  # ended at t=0, 1, 2, 3; now t=4
         refused = await fleet.admit(limited, 500)  # 800 + 500: the two oldest must leave
         assert refused.refusal is Refusal.TPM
         assert refused.retry_after_s == pytest.approx(7.0)
@@ -211,10 +211,10 @@ class FleetExtras:
         assert refused.refusal is Refusal.RPM
         assert refused.retry_after_s is not None
         assert 55.0 < refused.retry_after_s <= 60.0
-        ((_, admitted_at),) = await redis.zrange(keys.deployment_requests("d"), 0, 0, withscores=True)
-        assert abs(admitted_at - time.time()) < 60  # Redis' TIME is wall-clock time, not a monotonic clock
         assert (await snapshot_of(fleet)).in_flight == 1
         await fleet.release(limited, first, CallOutcome.SUCCESS, 42.0, 7)
+        ((_, ended_at),) = await redis.zrange(keys.deployment_requests("d"), 0, 0, withscores=True)
+        assert abs(ended_at - time.time()) < 60  # Redis' TIME is wall-clock time, not a monotonic clock
         stats = await snapshot_of(fleet)
         assert (stats.in_flight, stats.calls, stats.latency_ewma_ms, stats.tokens_in_window) == (
             0,

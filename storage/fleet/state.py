@@ -9,7 +9,8 @@ Same rules as `router_core.fleet.InMemoryFleetState` (read its docstring for the
                                      probe:<ticket>                         a half-open probe in flight
                                      rate_window_s, tokens, seq             window, its token total, tickets
     routeq:dep:<id>:inflight   zset  ticket -> lease expiry                 max_concurrency, probes
-    routeq:dep:<id>:requests   zset  ticket -> admission time               rpm (exact sliding log)
+    routeq:dep:<id>:requests   zset  ticket -> release time (in flight:     rpm (exact sliding log)
+                                     admission + lease, i.e. still counted)
     routeq:dep:<id>:tokens     hash  ticket -> tokens counted for tpm       tpm (estimate, then real usage)
 
 Why each operation is one Lua script: `admit` checks and takes (a probe slot, a concurrency slot, a
@@ -145,7 +146,7 @@ local function tokens_free_in(excess)
     local counted = redis.call('HMGET', tokens, unpack(names))
     for i = 1, #names do
       excess = excess - (tonumber(counted[i]) or 0)
-      if excess <= 0 then return tonumber(batch[2 * i]) + window - now end
+      if excess <= 0 then return math.min(tonumber(batch[2 * i]), now) + window - now end
     end
     start = start + CHUNK
   end
@@ -165,15 +166,17 @@ if max_concurrency and redis.call('ZCARD', inflight) >= max_concurrency then
   return {'refused', 'concurrency', busy_retry}
 end
 if rpm and redis.call('ZCARD', requests) >= rpm then
+  -- A call in flight (scored in the future) leaves the window no sooner than a window from now.
   local oldest = redis.call('ZRANGE', requests, 0, 0, 'WITHSCORES')
-  return {'refused', 'rpm', num(tonumber(oldest[2]) + window - now)}
+  return {'refused', 'rpm', num(math.min(tonumber(oldest[2]), now) + window - now)}
 end
 if tpm and counted + want > tpm then
   return {'refused', 'tpm', num(tokens_free_in(counted + want - tpm))}
 end
 local ticket = 't' .. num(redis.call('HINCRBY', state, 'seq', 1))
 redis.call('ZADD', inflight, num(now + lease), ticket)
-redis.call('ZADD', requests, num(now), ticket)
+-- Counted until a window after its release (scored then); until that, as long as its lease.
+redis.call('ZADD', requests, num(now + lease), ticket)
 redis.call('HSET', tokens, ticket, num(want))
 if want ~= 0 then redis.call('HINCRBY', state, 'tokens', num(want)) end
 if c == 'half_open' then
@@ -184,13 +187,13 @@ return {'admitted', ticket, '0'}
 """
 )
 
-# KEYS: state, inflight, tokens.
+# KEYS: state, inflight, tokens, requests.
 # ARGV: now, ticket, probe 0|1, outcome, latency_ms, real tokens ('' = keep the estimate), alpha,
 #       cooldown_s, window_s, failure_threshold, min_failure_ratio.
 _RELEASE = (
     _LUA_COMMON
     + """
-local state, inflight, tokens = KEYS[1], KEYS[2], KEYS[3]
+local state, inflight, tokens, requests = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, ticket, probe, outcome = clock(ARGV[1]), ARGV[2], ARGV[3] == '1', ARGV[4]
 local latency, used, alpha = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown, window = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -225,6 +228,7 @@ end
 
 redis.call('ZREM', inflight, ticket)
 redis.call('HDEL', state, 'probe:' .. ticket)
+redis.call('ZADD', requests, 'XX', num(now), ticket)  -- leaves the rate window a window from now
 if used then
   local counted = tonumber(redis.call('HGET', tokens, ticket))
   if counted then  -- not yet out of the window
@@ -326,10 +330,10 @@ class RedisFleetState:
         alpha: weight of the newest call in the success-rate and latency EWMAs.
         lease_s: how long an admitted call may stay in flight before its slot is taken back (a
             worker killed mid-call never releases); keep it above the longest provider timeout.
-        rate_margin_s: added to every deployment's rate window. A provider counts a call when it
-            arrives, a network hop and an event-loop turn after Redis admitted it; a window this
-            much longer than the provider's absorbs that jitter, so the fleet stays under the
-            limit as the provider measures it, not only as Redis does.
+        rate_margin_s: added to every deployment's rate window. Calls count from admission until
+            a window after their release (see `router_core.fleet`), so a slow hop between
+            admission and the provider cannot squeeze two calls into one provider window; the
+            margin covers what is left: the provider's own rounding of its window edges.
     """
 
     def __init__(
@@ -397,7 +401,7 @@ class RedisFleetState:
         """End an admitted call; `tokens` is the real usage (None keeps the estimate)."""
         if admission.ticket is None:
             return
-        state, inflight, _, token_counts = _deployment_keys(deployment.id)
+        state, inflight, requests, token_counts = _deployment_keys(deployment.id)
         policy = self.breaker
         args = [
             self._now(),
@@ -412,7 +416,7 @@ class RedisFleetState:
             _arg(policy.failure_threshold),
             _arg(policy.min_failure_ratio),
         ]
-        await self._release(keys=[state, inflight, token_counts], args=args)
+        await self._release(keys=[state, inflight, token_counts, requests], args=args)
 
     async def force(self, deployment_id: str, state: Forced | None) -> None:
         """Force a deployment down or up, fleet-wide, until `force(id, None)` clears it."""
