@@ -33,6 +33,11 @@ def free_port() -> int:
         return port
 
 
+# The per-test timeout of tests that start processes (pytest-timeout's default is 60 s): above every
+# deadline such a test waits with, so a slow machine fails a deadline that names what it waited for.
+PROCESS_TEST_TIMEOUT_S = 300
+
+
 async def until(check: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.05) -> None:
     """Poll `check` (sync or async) until it is truthy; fail naming `what` after `timeout_s`."""
     try:

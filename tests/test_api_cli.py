@@ -17,6 +17,12 @@ from typer.testing import CliRunner
 
 from producer.cli import app
 from storage.sql.store import Store
+from tests.fleet import PROCESS_TEST_TIMEOUT_S
+
+# Each test here starts Python processes (workers, a sim, an API) and waits on conditions with deadlines
+# of its own; on a busy machine process start-up alone can take tens of seconds, so the per-test
+# timeout (60 s in pyproject.toml) is raised above those deadlines instead of cutting them short.
+pytestmark = pytest.mark.timeout(PROCESS_TEST_TIMEOUT_S)
 
 runner = CliRunner()
 

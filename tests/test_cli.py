@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from producer.cli import app, tools
 from router_core import ChatRequest, Router, RouterSettings, SimulateMode
+from tests.fleet import PROCESS_TEST_TIMEOUT_S
 
 runner = CliRunner()
 
@@ -61,7 +62,7 @@ def sim_server() -> Iterator[str]:
         env={**os.environ, "ROUTEQ_CATALOG_PATH": ""},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a process start: slow on a busy machine, never a timing check
     try:
         while True:  # wait for the process to listen: bounded, it is a process start, not a timing check
             try:
@@ -85,6 +86,7 @@ def sim_server() -> Iterator[str]:
             proc.stderr.close()
 
 
+@pytest.mark.timeout(PROCESS_TEST_TIMEOUT_S)
 def test_router_over_loopback_sim_server(sim_server: str) -> None:
     async def scenario() -> None:
         settings = RouterSettings(simulate=SimulateMode.ALWAYS, sim_url=sim_server)

@@ -25,8 +25,22 @@ from storage.connections import connect_redis
 from storage.fleet.state import RedisFleetState
 from storage.jobs import JobStatus, NewJob
 from tests.backends import Backend, open_backend
-from tests.fleet import finished, fleet, free_port, most_in_any_window, set_sim_profile, sim_stats, until
+from tests.fleet import (
+    PROCESS_TEST_TIMEOUT_S,
+    finished,
+    fleet,
+    free_port,
+    most_in_any_window,
+    set_sim_profile,
+    sim_stats,
+    until,
+)
 from tests.test_pipeline import chat
+
+# Each test here starts Python processes (workers, a sim, an API) and waits on conditions with deadlines
+# of its own; on a busy machine process start-up alone can take tens of seconds, so the per-test
+# timeout (60 s in pyproject.toml) is raised above those deadlines instead of cutting them short.
+pytestmark = pytest.mark.timeout(PROCESS_TEST_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -16,8 +16,13 @@ import pytest
 from producer.client import Client
 from storage.jobs import JobStatus, NewJob
 from tests.backends import Backend, open_backend
-from tests.fleet import fleet, until
+from tests.fleet import PROCESS_TEST_TIMEOUT_S, fleet, until
 from tests.test_pipeline import chat
+
+# Each test here starts Python processes (workers, a sim, an API) and waits on conditions with deadlines
+# of its own; on a busy machine process start-up alone can take tens of seconds, so the per-test
+# timeout (60 s in pyproject.toml) is raised above those deadlines instead of cutting them short.
+pytestmark = pytest.mark.timeout(PROCESS_TEST_TIMEOUT_S)
 
 JOBS = 500
 CATALOG = """
