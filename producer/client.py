@@ -11,12 +11,16 @@ results); nothing here imports `workers`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 from arq.connections import ArqRedis
 
+from producer.inputs import MAX_CUSTOM_ID_LENGTH, unstorable_values
+from router_core.errors import InvalidRequestError
+from router_core.limits import RequestLimits
 from router_core.models import ChatRequest
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
@@ -128,6 +132,7 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
     ) -> tuple[str, list[str]]:
+        _check_storable(items, name, budget_usd, self.settings.request_limits())
         created = await self.store.batches.create(
             items,
             tenant=self.tenant,
@@ -220,3 +225,34 @@ class Client:
         if batch.done >= batch.total:
             await self.store.batches.mark_completed(batch_id)
         return len(cancelled)
+
+
+def _check_storable(
+    items: Sequence[NewJob], name: str | None, budget_usd: float | None, limits: RequestLimits
+) -> None:
+    """Refuse, before anything is written, what the database would refuse or should never hold.
+
+    The CLI and the API check their input line by line; this is the same check for callers of the
+    Python client, so a bad value is an `InvalidRequestError` naming it, never a failed transaction
+    that reads like a database outage (and loses the batch's good requests with it).
+
+    Raises:
+        InvalidRequestError: naming the item and field at fault.
+    """
+    if budget_usd is not None and not (math.isfinite(budget_usd) and budget_usd >= 0):
+        raise InvalidRequestError(f"must be a finite number >= 0, got {budget_usd}", field="budget_usd")
+    for problem in unstorable_values(name, "name"):
+        raise InvalidRequestError(problem)
+    for index, item in enumerate(items):
+        where = f"items[{index}]"
+        if not item.custom_id or len(item.custom_id) > MAX_CUSTOM_ID_LENGTH:
+            raise InvalidRequestError(
+                f"must be 1 to {MAX_CUSTOM_ID_LENGTH} characters long", field=f"{where}.custom_id"
+            )
+        problems = [
+            *unstorable_values(item.custom_id, f"{where}.custom_id"),
+            *unstorable_values(item.request.model_dump(mode="python"), f"{where}.request"),
+            *(f"{where}.request.{field}: {message}" for field, message in limits.problems(item.request)),
+        ]
+        if problems:
+            raise InvalidRequestError("; ".join(problems))

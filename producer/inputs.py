@@ -14,23 +14,39 @@ model ``auto`` with that routing strategy, unless ``preferences.strategy`` says 
 
 A bad line never stops the rest: it becomes a `LineError` with its 1-based line number and every
 problem found on it, and the good lines still run. Blank lines are the only lines skipped.
+
+What a line must satisfy besides its shape is an `InputRules`: the size limits of a request, the
+longest line, and (when given) the catalog its ``model`` and ``preferences.chain`` must name, checked
+with the planner's own `check_references`. A value no database stores (NaN, an infinity, NUL, a
+lone surrogate) is a problem of its field, so it never reaches SQL.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import ValidationError
 
-from router_core.models import STRATEGY_ALIASES, ChatRequest, Strategy
+from producer._reasons import given, join, json_type, show, validation_problems
+from router_core.catalog import Catalog
+from router_core.errors import InvalidRequestError
+from router_core.limits import DEFAULT_MAX_LINE_BYTES, RequestLimits
+from router_core.models import NOT_FINITE, STRATEGY_ALIASES, ChatRequest, Strategy
+from router_core.planner import check_references
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 __all__ = [
     "OPENAI_BATCH_URL",
     "BatchItem",
+    "InputRules",
     "LineError",
     "ParsedInput",
     "parse_chat_body",
@@ -38,7 +54,7 @@ __all__ = [
     "parse_lines",
     "parse_object",
     "read_jsonl",
-    "unstorable_text",
+    "unstorable_values",
 ]
 
 OPENAI_BATCH_URL = "/v1/chat/completions"
@@ -47,9 +63,6 @@ OPENAI_BATCH_URL = "/v1/chat/completions"
 ROUTER_MODEL_PREFIX = "router:"
 MAX_CUSTOM_ID_LENGTH = 255  # the jobs.custom_id column
 """``model`` values starting with this name a routing strategy instead of a model."""
-
-MAX_REASONS = 3
-"""How many problems one `LineError` spells out before summarising the rest as "(and N more)"."""
 
 _BOM = "\ufeff"
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -66,7 +79,9 @@ _BODY_CHECKED = frozenset({"stream", "n"})
 _CHAT_ONLY = frozenset({"stream", "stream_options"})
 """Keys of a chat completion body that the HTTP API honours itself (streaming)."""
 _BODY_KEYS = _BODY_USED | _BODY_IGNORED | _BODY_CHECKED
-_SHOW_LIMIT = 40
+_SKIP_CHUNK = 1024 * 1024
+# A regex scans in C: a per-character loop in Python took ~0.1 s on a megabyte prompt.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +136,34 @@ class ParsedInput:
         return len(self.items) + len(self.errors)
 
 
+@dataclass(frozen=True, slots=True)
+class InputRules:
+    """What a request must satisfy beyond its shape (built from settings by the CLI and the API).
+
+    Attributes:
+        limits: The size limits of one request.
+        max_line_bytes: The longest line, in UTF-8 bytes; a longer one is refused unread.
+        catalog: When given, ``model`` and ``preferences.chain`` must name what it serves.
+    """
+
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    catalog: Catalog | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, catalog: Catalog | None) -> InputRules:
+        """The rules the settings give, checking names against `catalog` when one is given."""
+        return cls(settings.request_limits(), settings.max_line_bytes, catalog)
+
+
+_DEFAULT_RULES = InputRules()
+
+
 class _BadJSON(ValueError):
     """A line that `json.loads` accepts but that routeq refuses (NaN, duplicate keys)."""
 
 
-def parse_line(text: str, line: int) -> BatchItem | LineError:
+def parse_line(text: str, line: int, rules: InputRules = _DEFAULT_RULES) -> BatchItem | LineError:
     """Parse and validate one line of a JSONL batch.
 
     Duplicate ``custom_id`` detection needs the whole file and is done by `parse_lines`. A
@@ -134,27 +172,33 @@ def parse_line(text: str, line: int) -> BatchItem | LineError:
     Args:
         text: The line, with or without its line ending; a UTF-8 BOM is tolerated on line 1.
         line: The line's 1-based number, used in the result and the default ``custom_id``.
+        rules: Limits and the catalog the request must fit.
 
     Returns:
         A `BatchItem` when the line is a valid request, otherwise a `LineError` naming every
         problem found on it.
     """
     text = _clean(text, line)
+    too_long = _too_long(text, rules.max_line_bytes)
+    if too_long is not None:
+        return LineError(line, too_long)
     data = _load_object(text)
     if isinstance(data, str):
         return LineError(line, data)
-    return parse_object(data, line)
+    return parse_object(data, line, rules)
 
 
-def parse_object(data: dict[str, Any], line: int = 1) -> BatchItem | LineError:
+def parse_object(
+    data: dict[str, Any], line: int = 1, rules: InputRules = _DEFAULT_RULES
+) -> BatchItem | LineError:
     """Validate one request object in either line format (`parse_line` after the JSON is read)."""
-    unstorable = list(unstorable_text(data, ""))
+    unstorable = list(unstorable_values(data, ""))
     if unstorable:
         custom_id = data.get("custom_id")
         usable_id = (
-            custom_id if isinstance(custom_id, str) and not any(unstorable_text(custom_id, "")) else None
+            custom_id if isinstance(custom_id, str) and not any(unstorable_values(custom_id, "")) else None
         )
-        return LineError(line, _join(unstorable), usable_id)
+        return LineError(line, join(unstorable), usable_id)
     openai = any(key in data for key in _OPENAI_MARKERS)
     custom_id, problems = _custom_id(data, required=openai)
     if openai:
@@ -169,14 +213,17 @@ def parse_object(data: dict[str, Any], line: int = 1) -> BatchItem | LineError:
         try:
             request = ChatRequest.model_validate(payload)
         except ValidationError as exc:
-            problems.extend(_validation_problems(exc, payload, prefix, alias_used))
+            problems.extend(validation_problems(exc, payload, prefix, alias_used))
+    if request is not None and not problems:
+        text_field = "messages" if openai or "messages" in data else "prompt"
+        problems.extend(_rule_problems(request, rules, prefix, text_field))
 
     if problems or request is None:
-        return LineError(line, _join(problems or ["not a valid request"]), custom_id)
+        return LineError(line, join(problems or ["not a valid request"]), custom_id)
     return BatchItem(line, custom_id if custom_id is not None else f"line-{line}", request)
 
 
-def parse_lines(lines: Iterable[str]) -> ParsedInput:
+def parse_lines(lines: Iterable[str], rules: InputRules = _DEFAULT_RULES) -> ParsedInput:
     """Parse every line of a JSONL batch; blank lines are skipped, nothing else is.
 
     A ``custom_id`` used again on a later line makes that later line an error; the first one
@@ -184,6 +231,7 @@ def parse_lines(lines: Iterable[str]) -> ParsedInput:
 
     Args:
         lines: The file's lines in order (line endings optional; ``\\r\\n`` is fine).
+        rules: Limits and the catalog every request must fit.
 
     Returns:
         The valid items and the line errors, both in line order.
@@ -194,12 +242,12 @@ def parse_lines(lines: Iterable[str]) -> ParsedInput:
         text = _clean(raw, number)
         if not text.strip():
             continue
-        parsed = parse_line(text, number)
+        parsed = parse_line(text, number, rules)
         custom_id = parsed.custom_id
         if custom_id is not None:
             first = first_used.setdefault(custom_id, number)
             if first != number:
-                reason = f"duplicate custom_id {_show(custom_id)} (first used on line {first})"
+                reason = f"duplicate custom_id {show(custom_id)} (first used on line {first})"
                 if isinstance(parsed, LineError):
                     reason = f"{reason}; {parsed.reason}"
                 parsed = LineError(number, reason, custom_id)
@@ -210,14 +258,16 @@ def parse_lines(lines: Iterable[str]) -> ParsedInput:
     return result
 
 
-def read_jsonl(path: str | Path) -> ParsedInput:
+def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedInput:
     """Read and parse a JSONL batch file.
 
     The file is read as UTF-8, one line per ``\\n`` (``\\r\\n`` works too); a line whose bytes are
-    not UTF-8 becomes a `LineError` instead of stopping the file.
+    not UTF-8 becomes a `LineError` instead of stopping the file, and so does a line longer than
+    ``rules.max_line_bytes``, which is skipped without being held in memory.
 
     Args:
         path: The JSONL file.
+        rules: Limits and the catalog every request must fit.
 
     Returns:
         The valid items and the line errors, both in line order.
@@ -225,8 +275,20 @@ def read_jsonl(path: str | Path) -> ParsedInput:
     Raises:
         FileNotFoundError: The file does not exist.
     """
-    with Path(path).open(encoding="utf-8", errors="surrogateescape", newline="\n") as file:
-        return parse_lines(file)
+    with Path(path).open("rb") as file:
+        return parse_lines(_bounded_lines(file, rules.max_line_bytes), rules)
+
+
+def _bounded_lines(file: BinaryIO, max_bytes: int) -> Iterator[str]:
+    """The file's lines as text; a line over `max_bytes` is cut short (still over the limit, so it
+    is refused as too long) and the rest of it is read past in chunks, never whole."""
+    # Room for the limit itself, a \r\n ending, and the one byte that proves a line too long.
+    room = max_bytes + 3
+    while chunk := file.readline(room):
+        if len(chunk) == room and not chunk.endswith(b"\n"):
+            while (rest := file.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                pass
+        yield chunk.decode("utf-8", errors="surrogateescape")
 
 
 # --- one line -----------------------------------------------------------------------------------
@@ -244,16 +306,28 @@ def _load_object(text: str) -> dict[str, Any] | str:
     if unreadable is not None:
         return unreadable
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        # NaN and Infinity (and 1e999, which overflows) are read as floats so that
+        # `unstorable_values` names the field that holds them.
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=float)
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc.msg} (column {exc.colno})"
     except _BadJSON as exc:
         return str(exc)
-    except RecursionError:
-        return "not valid JSON: nested too deeply"
+    except (RecursionError, ValueError) as exc:  # ValueError: an integer past 4,300 digits
+        return f"not valid JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
     if not isinstance(data, dict):
-        return f"expected a JSON object, got {_json_type(data)}"
+        return f"expected a JSON object, got {json_type(data)}"
     return data
+
+
+def _too_long(text: str, max_bytes: int) -> str | None:
+    # A UTF-8 character is at most 4 bytes: most lines are decided without encoding them.
+    if len(text) * 4 <= max_bytes or len(text.encode("utf-8", errors="surrogatepass")) <= max_bytes:
+        return None
+    return (
+        f"line is longer than {max_bytes} bytes (ROUTEQ_MAX_LINE_BYTES): "
+        "shorten the request or raise the limit"
+    )
 
 
 def _unreadable(text: str) -> str | None:
@@ -271,29 +345,43 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _BadJSON(f"duplicate key {_show(key)} in a JSON object: give each key once")
+            raise _BadJSON(f"duplicate key {show(key)} in a JSON object: give each key once")
         obj[key] = value
     return obj
 
 
-def unstorable_text(value: Any, path: str) -> Iterator[str]:
-    """Strings JSON can escape but no database stores: NUL, and lone UTF-16 surrogates (`\\ud800`)."""
-    if isinstance(value, str):
+def unstorable_values(value: Any, path: str) -> Iterator[str]:
+    """Values JSON can carry but no database stores: NaN and infinities (PostgreSQL's JSON has
+    neither), strings with NUL or a lone UTF-16 surrogate (`\\ud800`)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield f"{path or 'value'}: {NOT_FINITE}"
+    elif isinstance(value, str):
         if "\x00" in value:
             yield f"{path or 'value'}: contains a NUL character (\\u0000), which cannot be stored"
-        elif any("\ud800" <= ch <= "\udfff" for ch in value):
+        elif _SURROGATE.search(value):
             yield f"{path or 'value'}: contains a lone surrogate (\\ud800-\\udfff), which is not text"
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from unstorable_text(key, path)
-            yield from unstorable_text(item, f"{path}.{key}" if path else str(key))
+            yield from unstorable_values(key, path)
+            yield from unstorable_values(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from unstorable_text(item, f"{path}.{index}" if path else str(index))
+            yield from unstorable_values(item, f"{path}.{index}" if path else str(index))
 
 
-def _no_constants(name: str) -> Any:
-    raise _BadJSON(f"not valid JSON: {name} is not allowed")
+def _rule_problems(request: ChatRequest, rules: InputRules, prefix: str, text_field: str) -> list[str]:
+    """The request's size over `rules.limits`, and names the catalog does not know."""
+    problems = [
+        f"{prefix}{text_field if name == 'messages' else name}: {message}"
+        for name, message in rules.limits.problems(request)
+    ]
+    if rules.catalog is not None:
+        try:
+            check_references(request, rules.catalog)  # the planner's own check, at parse time
+        except InvalidRequestError as exc:
+            problems.append(f"{prefix}{exc}")
+    return problems
 
 
 def _custom_id(data: dict[str, Any], *, required: bool) -> tuple[str | None, list[str]]:
@@ -304,7 +392,7 @@ def _custom_id(data: dict[str, Any], *, required: bool) -> tuple[str | None, lis
         return None, []
     value = data["custom_id"]
     if not isinstance(value, str):
-        return None, [f"custom_id must be a string, got {_json_type(value)}"]
+        return None, [f"custom_id must be a string, got {json_type(value)}"]
     if not value.strip():
         return None, ["custom_id is empty"]
     if len(value) > MAX_CUSTOM_ID_LENGTH:
@@ -319,38 +407,41 @@ def _openai_payload(data: dict[str, Any], problems: list[str]) -> tuple[dict[str
         The payload (None when there is no usable body) and whether ``max_completion_tokens``
         supplied ``max_tokens``.
     """
-    problems.extend(f"unknown field {_show(key)}" for key in data if key not in _OPENAI_KEYS)
+    problems.extend(f"unknown field {show(key)}" for key in data if key not in _OPENAI_KEYS)
     method = data.get("method")
     if method != "POST":
-        problems.append(f"method must be 'POST', got {_given(data, 'method')}")
+        problems.append(f"method must be 'POST', got {given(data, 'method')}")
     url = data.get("url")
     if url != OPENAI_BATCH_URL:
-        problems.append(f"url must be {_show(OPENAI_BATCH_URL)}, got {_given(data, 'url')}")
+        problems.append(f"url must be {show(OPENAI_BATCH_URL)}, got {given(data, 'url')}")
     if "body" not in data:
         problems.append("body is required: the chat completion request as an object")
         return None, False
     body = data["body"]
     if not isinstance(body, dict):
-        problems.append(f"body must be an object, got {_json_type(body)}")
+        problems.append(f"body must be an object, got {json_type(body)}")
         return None, False
 
     payload, alias_used = _body_payload(body, "body.", problems)
     stream = body.get("stream")
     if stream is not None and stream is not False:
-        problems.append(f"body.stream must be false, got {_show(stream)}: batch requests are not streamed")
+        problems.append(f"body.stream must be false, got {show(stream)}: batch requests are not streamed")
     return payload, alias_used
 
 
-def parse_chat_body(body: dict[str, Any]) -> tuple[ChatRequest | None, list[str]]:
+def parse_chat_body(
+    body: dict[str, Any], limits: RequestLimits = _DEFAULT_RULES.limits
+) -> tuple[ChatRequest | None, list[str]]:
     """Validate the body of `POST /v1/chat/completions` as a routed request.
 
     The same rules as a batch line's ``body`` (``router:<strategy>`` models, ``preferences``,
-    ``max_completion_tokens``), except that ``stream`` is the caller's to honour.
+    ``max_completion_tokens``, size `limits`), except that ``stream`` is the caller's to honour
+    and the catalog is the caller's to check (an unknown model is its own answer there).
 
     Returns:
         The request, or None and every problem found, each naming its field.
     """
-    problems = list(unstorable_text(body, ""))
+    problems = list(unstorable_values(body, ""))
     if problems:
         return None, problems
     payload, alias_used = _body_payload({k: v for k, v in body.items() if k not in _CHAT_ONLY}, "", problems)
@@ -358,7 +449,9 @@ def parse_chat_body(body: dict[str, Any]) -> tuple[ChatRequest | None, list[str]
     try:
         request = ChatRequest.model_validate(payload)
     except ValidationError as exc:
-        problems.extend(_validation_problems(exc, payload, "", alias_used))
+        problems.extend(validation_problems(exc, payload, "", alias_used))
+    if request is not None and not problems:
+        problems.extend(_rule_problems(request, InputRules(limits), "", "messages"))
     return (None, problems) if problems else (request, [])
 
 
@@ -384,12 +477,12 @@ def _body_key_problems(body: dict[str, Any], prefix: str) -> Iterator[str]:
             yield f"{prefix}{key} is not supported: routeq cannot honour it"
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
-        yield f"{prefix}n must be 1, got {_show(n)}: one completion per request"
+        yield f"{prefix}n must be 1, got {show(n)}: one completion per request"
 
 
 def _short_payload(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """The ChatRequest fields of a short-form line; problems found are appended."""
-    problems.extend(f"unknown field {_show(key)}" for key in data if key not in _SHORT_KEYS)
+    problems.extend(f"unknown field {show(key)}" for key in data if key not in _SHORT_KEYS)
     payload: dict[str, Any] = {
         key: data[key] for key in ("model", "max_tokens", "temperature") if key in data
     }
@@ -416,11 +509,11 @@ def _prompt_messages(prompt: Any, system: Any, problems: list[str]) -> list[dict
     """The messages for a short-form ``prompt`` and optional ``system``, or None if either is bad."""
     found = len(problems)
     if not isinstance(prompt, str):
-        problems.append(f"prompt must be a string, got {_json_type(prompt)}")
+        problems.append(f"prompt must be a string, got {json_type(prompt)}")
     elif not prompt.strip():
         problems.append("prompt is empty")
     if system is not None and not isinstance(system, str):
-        problems.append(f"system must be a string, got {_json_type(system)}")
+        problems.append(f"system must be a string, got {json_type(system)}")
     elif isinstance(system, str) and not system.strip():
         problems.append("system is empty: give it text or leave it out")
     if len(problems) > found:
@@ -447,7 +540,7 @@ def _apply_preferences(payload: dict[str, Any], preferences: Any, prefix: str, p
     strategy = STRATEGY_ALIASES.get(name) or _strategy(name)
     if strategy is None:
         known = ", ".join([*Strategy, *STRATEGY_ALIASES])
-        problems.append(f"{prefix}model: unknown strategy {_show(name)} in {_show(model)} (known: {known})")
+        problems.append(f"{prefix}model: unknown strategy {show(name)} in {show(model)} (known: {known})")
         return
     if preferences is None:
         payload["preferences"] = {"strategy": strategy.value}
@@ -460,84 +553,3 @@ def _strategy(name: str) -> Strategy | None:
         return Strategy(name)
     except ValueError:
         return None
-
-
-# --- reasons -----------------------------------------------------------------------------------
-
-
-def _validation_problems(
-    exc: ValidationError, payload: dict[str, Any], prefix: str, alias_used: bool
-) -> list[str]:
-    """Pydantic's errors as "<field.path>: <message>", one per field path, in order."""
-    by_path: dict[str, list[str]] = {}
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = tuple(error["loc"])
-        if error["type"] == "missing" and loc == ("messages",):
-            continue  # already reported in the line's own words
-        path = _data_path(loc, payload, missing=error["type"] == "missing")
-        if alias_used and path.split(".", maxsplit=1)[0] == "max_tokens":
-            path = "max_completion_tokens" + path[len("max_tokens") :]
-        message = str(error["msg"]).removeprefix("Value error, ")
-        messages = by_path.setdefault(f"{prefix}{path}" if path else prefix.rstrip("."), [])
-        if message not in messages:
-            messages.append(message)
-    return [
-        f"{path}: {' or '.join(messages)}" if path else " or ".join(messages)
-        for path, messages in by_path.items()
-    ]
-
-
-def _data_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:
-    """The dotted path of an error location, leaving out pydantic's union and validator tags."""
-    parts: list[str] = []
-    current = data
-    for index, part in enumerate(loc):
-        found, child = _child(current, part)
-        if found:
-            current = child
-        elif not (missing and index == len(loc) - 1):
-            continue  # a tag such as 'str' or 'list[dict[str,any]]', not a key of the input
-        parts.append(str(part))
-    return ".".join(parts)
-
-
-def _child(value: Any, part: int | str) -> tuple[bool, Any]:
-    """Whether ``value[part]`` exists in the input, and what it is."""
-    if isinstance(value, dict) and part in value:
-        return True, value[part]
-    if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
-        return True, value[part]
-    return False, None
-
-
-def _join(problems: list[str]) -> str:
-    shown = "; ".join(problems[:MAX_REASONS])
-    hidden = len(problems) - MAX_REASONS
-    return f"{shown} (and {hidden} more)" if hidden > 0 else shown
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _show(value: Any) -> str:
-    """A short quoted rendering of a value for a reason: 'text' or its JSON."""
-    if isinstance(value, str):
-        text = value if len(value) <= _SHOW_LIMIT else value[: _SHOW_LIMIT - 1] + "…"
-        return repr(text)
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 1] + "…"
-
-
-def _given(data: dict[str, Any], key: str) -> str:
-    return _show(data[key]) if key in data else "nothing"

@@ -7,7 +7,8 @@ that carries every `Attempt`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Any, Literal
@@ -31,6 +32,7 @@ __all__ = [
     "Usage",
     "Weights",
     "deployment_switches",
+    "non_finite_numbers",
 ]
 
 
@@ -68,13 +70,37 @@ class Complexity(StrEnum):
     HIGH = "high"
 
 
+NOT_FINITE = "not a finite number (NaN, Infinity and numbers beyond ±1.8e308 are refused)"
+
+
+def non_finite_numbers(value: Any, path: str) -> Iterator[str]:
+    """The dotted paths in a JSON-like `value` that hold NaN or an infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path or "value"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite_numbers(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from non_finite_numbers(item, f"{path}.{index}" if path else str(index))
+
+
 class Message(BaseModel):
     """One chat message. `content` may be a string or OpenAI content parts (text parts are used)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _finite(self) -> Message:
+        # Content parts and extra fields are free-form JSON, which pydantic does not check for
+        # NaN or infinity; stored requests must be JSON every database accepts.
+        free = {"content": self.content if isinstance(self.content, list) else None}
+        for path in non_finite_numbers(free | (self.model_extra or {}), ""):
+            raise ValueError(f"{path}: {NOT_FINITE}")
+        return self
 
     def text(self) -> str:
         """The message's text, joining text parts."""
@@ -88,7 +114,7 @@ class Message(BaseModel):
 class Weights(BaseModel):
     """Relative weights of the balanced strategy; they need not sum to 1."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cost: float = Field(default=1.0, ge=0)
     latency: float = Field(default=1.0, ge=0)
@@ -104,7 +130,7 @@ class Weights(BaseModel):
 class Preferences(BaseModel):
     """Routing strategy and constraints for one request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     strategy: Strategy = Strategy.BALANCED
     weights: Weights = Field(default_factory=Weights)
@@ -140,7 +166,7 @@ class ChatRequest(BaseModel):
     more deployments; the named deployment goes first and the rest of the plan follows as fallbacks.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     messages: list[Message] = Field(min_length=1)
     model: str = "auto"

@@ -158,9 +158,10 @@ def build_plan(
     """
     prefs = request.preferences
     check_references(request, catalog)
-    guess = classify(request.prompt_text())
+    texts = [m.text() for m in request.messages]  # once: joining content parts costs per message
+    guess = classify("\n".join(texts))  # the same text as request.prompt_text()
     capability = prefs.capability or guess.capability
-    p_tokens = prompt_tokens(m.text() for m in request.messages)
+    p_tokens = prompt_tokens(texts)
     c_tokens = request.max_tokens or limits.default_completion_tokens
 
     checks = [check for relevant, check in _CHECKS if relevant(prefs)]

@@ -11,6 +11,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from router_core.limits import (
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    DEFAULT_MAX_PROMPT_BYTES,
+    RequestLimits,
+)
 from router_core.settings import RouterSettings
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings"]
@@ -103,6 +109,19 @@ class Settings(RouterSettings):
         description="How long `POST /v1/chat/completions` waits for its job; past it the answer is 504 "
         "naming the job id, which stays readable at /v1/jobs/<id>.",
     )
+    max_prompt_bytes: int = Field(
+        default=DEFAULT_MAX_PROMPT_BYTES,
+        ge=1,
+        description="Most UTF-8 bytes of text in one request's messages; a bigger request is refused "
+        "by field (its line in a batch file, 400 from the API) before anything is stored.",
+    )
+    max_messages: int = Field(default=DEFAULT_MAX_MESSAGES, ge=1, description="Most messages in one request.")
+    max_line_bytes: int = Field(
+        default=DEFAULT_MAX_LINE_BYTES,
+        ge=1,
+        description="Longest line of a JSONL batch file (CLI and Batch API); a longer line is refused "
+        "unread while the other lines run.",
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
 
@@ -115,6 +134,10 @@ class Settings(RouterSettings):
     @classmethod
     def _empty_port_is_disabled(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def request_limits(self) -> RequestLimits:
+        """The size limits every request entering the pipeline is checked against."""
+        return RequestLimits(max_prompt_bytes=self.max_prompt_bytes, max_messages=self.max_messages)
 
     @property
     def embedded(self) -> bool:

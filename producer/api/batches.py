@@ -24,7 +24,7 @@ from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from producer.api.schemas import OpenAIBatchBody
-from producer.inputs import parse_lines, unstorable_text
+from producer.inputs import parse_lines, unstorable_values
 from producer.outputs import output_line
 from storage.errors import NotFoundError
 from storage.jobs import ApiBatch, BatchRecord, JobStatus, NewJob
@@ -62,7 +62,7 @@ async def upload_file(
     if purpose != "batch":
         raise ApiError(400, f"purpose: only 'batch' files are accepted, got {purpose!r}", param="purpose")
     filename = (file.filename or "upload.jsonl")[:255]
-    if any(unstorable_text(filename, "filename")):
+    if any(unstorable_values(filename, "filename")):
         raise ApiError(400, "filename: contains characters that are not text (NUL or a lone surrogate)")
     limit = ctx.settings.api_max_upload_bytes
     content = bytearray()
@@ -186,7 +186,7 @@ def _errors(batch: BatchRecord) -> dict[str, Any]:
 
 @router.post("/v1/batches", summary="Run an uploaded file as a batch, each line routed across providers")
 async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    if problems := list(unstorable_text(body.metadata or {}, "metadata")):
+    if problems := list(unstorable_values(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
     record, content = await ctx.store.files.read(body.input_file_id, tenant=principal.tenant)
     if content is None:  # a batch's generated output or error file is not an input
@@ -199,7 +199,7 @@ async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> di
         raise ApiError(
             400, f"input_file_id: {len(lines)} lines, more than {limit} (ROUTEQ_API_MAX_BATCH_LINES)"
         )
-    parsed = parse_lines(lines)
+    parsed = parse_lines(lines, ctx.rules)
     client = ctx.client(principal.tenant, principal.user)
     batch_id = await client.submit_batch(
         [NewJob(item.custom_id, item.request) for item in parsed.items],

@@ -55,7 +55,9 @@ def _routing_headers(job: JobRecord) -> dict[str, str]:
 
 
 def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
-    request, problems = parse_chat_body(body.model_dump(exclude_unset=True, mode="json"))
+    request, problems = parse_chat_body(
+        body.model_dump(exclude_unset=True, mode="json"), ctx.settings.request_limits()
+    )
     if request is None:
         message = "; ".join(problems)
         raise ApiError(400, message, param=first_field(message), code="invalid_request")

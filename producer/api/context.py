@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request
 
 from producer.client import Client
+from producer.inputs import InputRules
 from router_core.catalog import Catalog, load_catalog
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
@@ -35,12 +36,15 @@ class ApiContext:
     fleet: RedisFleetState = field(init=False)
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
+    rules: InputRules = field(init=False)
 
     def __post_init__(self) -> None:
         self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
         self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
         self.relay = StreamRelay(self.redis)
         self.metrics = Metrics()
+        # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
+        self.rules = InputRules.from_settings(self.settings, self.catalog)
 
     def client(self, tenant: str, user: str) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""

@@ -4,7 +4,9 @@ Every failure a client can cause is a 4xx naming what is wrong: a body field (40
 bad key (401), a budget refusal (402), an admin route without admin rights (403), an unknown or
 foreign id (404; another tenant's ids are 404 too, so they do not leak), an oversize upload (413).
 Only infrastructure answers 5xx: Redis or the database unreachable (503, naming which, password
-masked), a job that outlived the wait (504), every provider failing (502).
+masked), a job that outlived the wait (504), every provider failing (502). A database that refuses
+a request's data (SQLSTATE class 22 or 23) is answering, so that is 400, never 503: input is
+validated before it is stored, and this is the backstop for a value that check missed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage.errors import NotFoundError, ServiceUnavailableError
@@ -152,10 +154,32 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return ApiError(503, message, type_="service_unavailable", code="service_unavailable").response()
 
 
+def _refused_data(exc: SQLAlchemyError) -> bool:
+    """Whether the database answered and refused the data (SQLSTATE class 22 data exception or
+    23 integrity violation), as opposed to not answering. PostgreSQL's errors arrive through asyncpg
+    as a plain DBAPIError, so the SQLSTATE decides, not only the class."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    state = getattr(exc.orig, "sqlstate", None) if isinstance(exc, DBAPIError) else None
+    return isinstance(state, str) and state[:2] in {"22", "23"}
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SQLAlchemyError)
+    if not _refused_data(exc):
+        return await _unavailable(request, exc)
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    cause = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    logger.warning("%s %s: the database refused the data: %s", request.method, request.url.path, cause)
+    message = f"the database refused this request's data ({cause}); change the request"
+    return ApiError(400, message, code="invalid_request").response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for infra in (ServiceUnavailableError, RedisError, SQLAlchemyError, ConnectionError):
+    for infra in (ServiceUnavailableError, RedisError, ConnectionError):
         app.add_exception_handler(infra, _unavailable)
+    app.add_exception_handler(SQLAlchemyError, _database_error)

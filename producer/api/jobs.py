@@ -78,7 +78,7 @@ def _attempt_view(row: dict[str, Any]) -> dict[str, Any]:
 @router.post("/v1/jobs", status_code=202, summary="Queue one prompt")
 async def create_job(body: JobBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
     """Queue one prompt (the short form of a batch line); poll `GET /v1/jobs/{id}` or its events."""
-    item = parse_object(body.model_dump(exclude_none=True, mode="json"))
+    item = parse_object(body.model_dump(exclude_none=True, mode="json"), rules=ctx.rules)
     if isinstance(item, LineError):
         raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
     client = ctx.client(principal.tenant, principal.user)

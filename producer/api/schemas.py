@@ -24,7 +24,9 @@ class ChatCompletionBody(BaseModel):
     a deployment id, or a model name served by some deployment.
     """
 
-    model_config = ConfigDict(extra="allow")
+    # allow_inf_nan=False: NaN and Infinity are refused by field here, never stored (PostgreSQL's
+    # JSON has no such numbers).
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=255, examples=["auto", "router:cost"])
     messages: list[Message] = Field(min_length=1)
@@ -46,7 +48,7 @@ class ChatCompletionBody(BaseModel):
 class JobBody(BaseModel):
     """One prompt for `POST /v1/jobs`: the short form of a batch line."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     custom_id: str | None = Field(default=None, min_length=1, max_length=255)
     prompt: str | None = Field(default=None, description="The user message; or give `messages`.")

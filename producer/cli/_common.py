@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from rich.console import Console
 
-from router_core.errors import ConfigError
+from router_core.errors import ConfigError, InvalidRequestError
 from storage.errors import NotFoundError, ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def execute(coro: Coroutine[Any, Any, T]) -> T:
     except NotFoundError as exc:
         err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
-    except (ServiceUnavailableError, ConfigError) as exc:
+    except (ServiceUnavailableError, ConfigError, InvalidRequestError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 

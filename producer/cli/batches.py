@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from producer.cli._common import execute, load_settings, with_client, with_store
+from router_core.errors import ConfigError
 from router_core.redact import mask_url
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from producer.inputs import ParsedInput
     from storage.bus.events import Event
     from storage.jobs import NewJob
+    from storage.settings import Settings
     from storage.sql.store import Store
 
 __all__ = ["cancel", "requeue", "results", "run", "status", "submit", "watch"]
@@ -37,12 +39,20 @@ FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
 
 
-def _read_input(path: Path) -> ParsedInput:
+def _read_input(path: Path, settings: Settings) -> ParsedInput:
+    """The file's requests, each checked against the settings' limits and the catalog the workers
+    route with: a line naming an unknown model or deployment is refused here, by line and field."""
     from producer.cli.reporting import print_line_errors  # noqa: PLC0415 - rich's tables, on use
-    from producer.inputs import read_jsonl  # noqa: PLC0415 - pydantic models of requests, on use
+    from producer.inputs import InputRules, read_jsonl  # noqa: PLC0415 - pydantic models of requests, on use
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - pydantic models of deployments, on use
 
     try:
-        parsed = read_jsonl(path)
+        catalog = load_catalog(settings.catalog_path)
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    try:
+        parsed = read_jsonl(path, InputRules.from_settings(settings, catalog))
     except OSError as exc:
         err_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
@@ -91,8 +101,8 @@ def run(
     from producer.cli.reporting import follow_with_progress, summary_table  # noqa: PLC0415 - start-up: imported on use
     from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
 
-    parsed = _read_input(file)
     settings = load_settings()
+    parsed = _read_input(file, settings)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
 
@@ -142,7 +152,8 @@ def submit(
     """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id."""
     from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
 
-    parsed = _read_input(file)
+    settings = load_settings()
+    parsed = _read_input(file, settings)
 
     async def go(client: Client) -> None:
         items, invalid = _batch_items(parsed)
@@ -154,7 +165,7 @@ def submit(
             await follow_with_progress(client, await client.batch(batch_id), err_console)
             err_console.print(status_table(await client.batch(batch_id)))
 
-    execute(with_client(load_settings(), go))
+    execute(with_client(settings, go))
 
 
 def status(id: IdArg) -> None:

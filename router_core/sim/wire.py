@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Literal
 
 from router_core.tokens import estimate_tokens, prompt_tokens
@@ -157,7 +158,9 @@ def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
     user_texts = [
         text for message, text in zip(messages, texts, strict=True) if message.get("role") == "user"
     ]
-    words = _WORD.findall(user_texts[-1] if user_texts else texts[-1])[:_MAX_PROMPT_WORDS]
+    # The first few words only: finding them all in a megabyte prompt held the (shared) event loop.
+    found = _WORD.finditer(user_texts[-1] if user_texts else texts[-1])
+    words = [match.group() for match in islice(found, _MAX_PROMPT_WORDS)]
 
     stream_options = body.get("stream_options")
     return WireRequest(

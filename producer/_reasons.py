@@ -1,0 +1,93 @@
+"""How `producer.inputs` words a problem: pydantic's errors as field paths, values shown short."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+__all__ = ["MAX_REASONS", "given", "join", "json_type", "show", "validation_problems"]
+
+MAX_REASONS = 3
+"""How many problems one `LineError` spells out before summarising the rest as "(and N more)"."""
+
+_SHOW_LIMIT = 40
+
+
+def validation_problems(
+    exc: ValidationError, payload: dict[str, Any], prefix: str, alias_used: bool
+) -> list[str]:
+    """Pydantic's errors as "<field.path>: <message>", one per field path, in order."""
+    by_path: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc == ("messages",):
+            continue  # already reported in the line's own words
+        path = _data_path(loc, payload, missing=error["type"] == "missing")
+        if alias_used and path.split(".", maxsplit=1)[0] == "max_tokens":
+            path = "max_completion_tokens" + path[len("max_tokens") :]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        messages = by_path.setdefault(f"{prefix}{path}" if path else prefix.rstrip("."), [])
+        if message not in messages:
+            messages.append(message)
+    return [
+        f"{path}: {' or '.join(messages)}" if path else " or ".join(messages)
+        for path, messages in by_path.items()
+    ]
+
+
+def _data_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:
+    """The dotted path of an error location, leaving out pydantic's union and validator tags."""
+    parts: list[str] = []
+    current = data
+    for index, part in enumerate(loc):
+        found, child = _child(current, part)
+        if found:
+            current = child
+        elif not (missing and index == len(loc) - 1):
+            continue  # a tag such as 'str' or 'list[dict[str,any]]', not a key of the input
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _child(value: Any, part: int | str) -> tuple[bool, Any]:
+    """Whether ``value[part]`` exists in the input, and what it is."""
+    if isinstance(value, dict) and part in value:
+        return True, value[part]
+    if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+        return True, value[part]
+    return False, None
+
+
+def join(problems: list[str]) -> str:
+    shown = "; ".join(problems[:MAX_REASONS])
+    hidden = len(problems) - MAX_REASONS
+    return f"{shown} (and {hidden} more)" if hidden > 0 else shown
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def show(value: Any) -> str:
+    """A short quoted rendering of a value for a reason: 'text' or its JSON."""
+    if isinstance(value, str):
+        text = value if len(value) <= _SHOW_LIMIT else value[: _SHOW_LIMIT - 1] + "…"
+        return repr(text)
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 1] + "…"
+
+
+def given(data: dict[str, Any], key: str) -> str:
+    return show(data[key]) if key in data else "nothing"
