@@ -194,11 +194,7 @@ class Client:
         Safe to repeat: workers skip jobs that already ran.
         """
         batch = await self.store.batches.get(batch_id, tenant=self.scope)
-        job_ids = [
-            job.id
-            async for job in self.store.jobs.iter(batch_id, tenant=self.scope)
-            if job.status == JobStatus.QUEUED
-        ]
+        job_ids = await self.store.jobs.ids(batch_id, tenant=self.scope, status=JobStatus.QUEUED)
         await self.events_bus.restore_counts(
             batch_id, batch.total, {status.value: n for status, n in batch.counts.items()}
         )
@@ -215,7 +211,7 @@ class Client:
             ids = [job.id for job in cancelled]
             # Workers would skip them anyway (SQL says cancelled); removing them saves the trip.
             await self.redis.zrem(self.settings.queue_name, *ids)
-            await self.events_bus.publish_terminal([JobEvent.from_record(job) for job in cancelled])
+            await self.events_bus.publish_terminal([JobEvent.cancelled(job) for job in cancelled])
         batch = await self.store.batches.get(batch_id, tenant=self.scope)
         if batch.done >= batch.total:
             await self.store.batches.mark_completed(batch_id)

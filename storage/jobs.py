@@ -33,6 +33,7 @@ __all__ = [
     "BatchLimits",
     "BatchRecord",
     "BatchSummary",
+    "CancelledJob",
     "CreatedBatch",
     "DeploymentSummary",
     "FailureCode",
@@ -98,6 +99,16 @@ class ApiBatch:
 class CreatedBatch:
     batch_id: str
     job_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledJob:
+    """A job `Batches.cancel` moved from queued to cancelled: what its event needs, not the whole row."""
+
+    id: str
+    batch_id: str
+    custom_id: str
+    failure: JobFailure
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Nothing paid twice: a run whose commit fails keeps the answer the providers already billed.
+"""Nothing paid twice: a run whose commit fails keeps the answer the providers already billed;
+cancel and requeue read job ids, not whole rows.
 
 Faults come in through seams: `store.runs` wrapped so one `finish` fails as a dropped database
 connection would, and a Redis client whose every command fails. Both backends.
@@ -6,12 +7,14 @@ connection would, and a Redis client whose every command fails. Both backends.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from producer.client import Client
@@ -22,8 +25,9 @@ from storage import keys
 from storage.bus.events import EventBus
 from storage.fleet.answers import AnswerStore
 from storage.fleet.budgets import Budgets, user_scope
-from storage.jobs import ANY_TENANT, JobStatus
+from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from storage.sql.runs import Runs
+from storage.sql.store import Store
 from tests.backends import Backend
 from tests.test_pipeline import all_events, chat
 from workers.runner import JobRunner
@@ -137,3 +141,32 @@ async def test_redis_down_for_the_answer_leaves_the_run_to_its_commit(
     assert await runner.run(job_id, run=1) == "succeeded"
 
     await _assert_paid_once(backend, client, job_id, world)
+
+
+@contextmanager
+def _statements(store: Store) -> Iterator[list[str]]:
+    """The SQL statements `store` runs inside the block."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_cancel_and_requeue_read_ids_not_requests(backend: Backend) -> None:
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    batch_id = await client.submit_batch([NewJob(f"item-{i}", chat(f"hello {i}")) for i in range(5)])
+    with _statements(backend.store) as requeue_sql:
+        assert await client.requeue(batch_id) == 5
+    with _statements(backend.store) as cancel_sql:
+        assert await client.cancel(batch_id) == 5
+    for statement in requeue_sql + cancel_sql:
+        assert "jobs.request" not in statement, statement
+    events = [e for e in await all_events(client, batch_id) if e.type == "job.cancelled"]
+    assert [e.data["custom_id"] for e in events] == [f"item-{i}" for i in range(5)]
+    assert events[0].data["error"] == "cancelled before it started"
