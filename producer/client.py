@@ -22,7 +22,17 @@ from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
 from storage.bus.queue import enqueue_jobs
 from storage.connections import connect_redis
-from storage.jobs import ANY_TENANT, ApiBatch, BatchRecord, JobRecord, JobStatus, NewJob, TenantScope
+from storage.jobs import (
+    ANY_TENANT,
+    ApiBatch,
+    BatchRecord,
+    CreatedBatch,
+    IdempotencyKey,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    TenantScope,
+)
 from storage.settings import Settings
 from storage.sql.store import Store
 
@@ -85,16 +95,39 @@ class Client:
     # -- submitting ------------------------------------------------------------------------------
 
     async def submit(
-        self, request: ChatRequest | dict[str, Any], *, custom_id: str = "request", stream: bool = False
+        self,
+        request: ChatRequest | dict[str, Any],
+        *,
+        custom_id: str = "request",
+        stream: bool = False,
+        idempotency: IdempotencyKey | None = None,
     ) -> str:
         """Queue one chat request; returns its job id.
 
         With `stream`, the worker relays the answer's text through Redis as it is generated
-        (read it with `storage.bus.relay.StreamRelay.follow`).
+        (read it with `storage.bus.relay.StreamRelay.follow`). With `idempotency`, a key the tenant
+        already used returns that request's job instead of queuing another.
+        """
+        created = await self.create_single(
+            request, custom_id=custom_id, stream=stream, idempotency=idempotency
+        )
+        await self.enqueue(created)
+        return created.job_ids[0]
+
+    async def create_single(
+        self,
+        request: ChatRequest | dict[str, Any],
+        *,
+        custom_id: str = "request",
+        stream: bool = False,
+        idempotency: IdempotencyKey | None = None,
+    ) -> CreatedBatch:
+        """Record one chat request in SQL (a batch of one), not yet queued: `enqueue` queues it.
+
+        Split from `submit` so a caller knows the job id before Redis is touched.
         """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        created = await self._create([NewJob(custom_id, chat, stream)], kind="single", name=None)
-        return created[1][0]
+        return await self.create([NewJob(custom_id, chat, stream)], kind="single", idempotency=idempotency)
 
     async def submit_batch(
         self,
@@ -104,6 +137,7 @@ class Client:
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> str:
         """Queue many requests as one batch; returns the batch id.
 
@@ -112,23 +146,36 @@ class Client:
         batch so nothing the user sent goes unaccounted for. `budget_usd` caps the batch's spend
         (the user's and tenant's caps still apply); a job that cannot fit fails with
         `BudgetExceededError`. `api` records a batch made through the OpenAI Batch API.
+        `idempotency`: as for `submit`.
         """
-        batch_id, _ = await self._create(
-            list(items), kind="batch", name=name, invalid_lines=invalid_lines, budget_usd=budget_usd, api=api
+        created = await self.create(
+            list(items),
+            name=name,
+            invalid_lines=invalid_lines,
+            budget_usd=budget_usd,
+            api=api,
+            idempotency=idempotency,
         )
-        return batch_id
+        await self.enqueue(created)
+        return created.batch_id
 
-    async def _create(
+    async def create(
         self,
         items: list[NewJob],
         *,
-        kind: str,
-        name: str | None,
+        kind: str = "batch",
+        name: str | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
-    ) -> tuple[str, list[str]]:
-        created = await self.store.batches.create(
+        idempotency: IdempotencyKey | None = None,
+    ) -> CreatedBatch:
+        """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
+
+        Raises:
+            IdempotencyKeyReusedError: `idempotency` was used by this tenant for another request.
+        """
+        return await self.store.batches.create(
             items,
             tenant=self.tenant,
             user_id=self.user,
@@ -137,11 +184,27 @@ class Client:
             invalid_lines=invalid_lines,
             budget_usd=budget_usd,
             api=api,
+            idempotency=idempotency,
         )
-        if created.job_ids:
-            await self.events_bus.open_batch(created.batch_id, len(created.job_ids))
-            await enqueue_jobs(self.redis, created.job_ids, queue_name=self.settings.queue_name)
-        return created.batch_id, created.job_ids
+
+    async def enqueue(self, created: CreatedBatch) -> None:
+        """Steps 2-3: the batch's progress counter, then its jobs on the arq queue.
+
+        A replayed batch (same idempotency key) may have been left unqueued by a Redis error
+        after its SQL commit: its jobs still `queued` in SQL are queued again, and one already
+        waiting in the queue (a deferral) keeps its time.
+        """
+        job_ids = created.job_ids
+        total = len(job_ids)
+        if created.replayed:
+            job_ids = await self.store.jobs.ids(created.batch_id, tenant=self.scope, status=JobStatus.QUEUED)
+            if job_ids:
+                total = (await self.store.batches.get(created.batch_id, tenant=self.scope)).total
+        if job_ids:
+            await self.events_bus.open_batch(created.batch_id, total)
+            await enqueue_jobs(
+                self.redis, job_ids, queue_name=self.settings.queue_name, keep_scheduled=created.replayed
+            )
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ __all__ = [
     "CreatedBatch",
     "DeploymentSummary",
     "FailureCode",
+    "IdempotencyKey",
     "InDoubtCall",
     "JobFailure",
     "JobRecord",
@@ -99,6 +100,20 @@ class ApiBatch:
 class CreatedBatch:
     batch_id: str
     job_ids: list[str]
+    replayed: bool = False  # made by an earlier request with the same idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's key for one request that creates work: the same key again gets the same batch.
+
+    `fingerprint` identifies the request (route and body); `not_before` ends the retention window:
+    a key recorded earlier is forgotten and may be used again.
+    """
+
+    key: str
+    fingerprint: str
+    not_before: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,12 @@ class Settings(RouterSettings):
         description="How long `POST /v1/chat/completions` waits for its job; past it the answer is 504 "
         "naming the job id, which stays readable at /v1/jobs/<id>.",
     )
+    api_idempotency_retention_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="How long an Idempotency-Key sent to a POST that creates work is remembered: within "
+        "it, the same key and body get the first request's job or batch instead of a new one.",
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
 

@@ -24,6 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
+from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import ParsedInput, parse_lines, unstorable_text
 from producer.outputs import output_line
@@ -186,9 +187,16 @@ def _errors(batch: BatchRecord) -> dict[str, Any]:
 
 
 @router.post("/v1/batches", summary="Run an uploaded file as a batch, each line routed across providers")
-async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+async def create_batch(
+    body: OpenAIBatchBody, principal: Caller, ctx: Ctx, idempotency: IdempotencyKeyHeader = None
+) -> dict[str, Any]:
     if problems := list(unstorable_text(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
+    key = idempotency_key(idempotency, "/v1/batches", body.model_dump(mode="json"), ctx.settings)
+    client = ctx.client(principal.tenant, principal.user)
+    if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
+        await client.enqueue(earlier)  # what a Redis error left unqueued the first time
+        return batch_object(await ctx.store.batches.get(earlier.batch_id, tenant=principal.tenant))
     record, content = await ctx.store.files.read(body.input_file_id, tenant=principal.tenant)
     if content is None:  # a batch's generated output or error file is not an input
         raise NotFoundError("file", body.input_file_id)
@@ -196,8 +204,7 @@ async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> di
         raise ApiError(400, f"input_file_id: {record.id} is a {record.purpose} file, not a batch input")
     # Parsing 50,000 lines takes seconds of CPU: in a thread, so every other request keeps being answered.
     parsed = await asyncio.to_thread(_parse_file, content, ctx.settings.api_max_batch_lines)
-    client = ctx.client(principal.tenant, principal.user)
-    batch_id = await client.submit_batch(
+    created = await client.create(
         [NewJob(item.custom_id, item.request) for item in parsed.items],
         name=record.filename,
         invalid_lines=[{"line": e.line, "reason": e.reason, "custom_id": e.custom_id} for e in parsed.errors],
@@ -208,8 +215,10 @@ async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> di
             expires_at=datetime.now(UTC) + _WINDOWS[body.completion_window],
             metadata=body.metadata,
         ),
+        idempotency=key,
     )
-    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))
+    await client.enqueue(created)
+    return batch_object(await ctx.store.batches.get(created.batch_id, tenant=principal.tenant))
 
 
 def _parse_file(content: bytes, limit: int) -> ParsedInput:

@@ -28,6 +28,7 @@ from storage.jobs import (
     CreatedBatch,
     DeploymentSummary,
     FailureCode,
+    IdempotencyKey,
     JobFailure,
     JobStatus,
     NewJob,
@@ -36,6 +37,7 @@ from storage.jobs import (
     new_id,
 )
 from storage.sql.database import Database, owned_by
+from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
 from storage.sql.runs import money
@@ -50,10 +52,11 @@ _ROWS_IN_THREAD = 1_000
 class Batches:
     """Creating, cancelling and reading batches."""
 
-    def __init__(self, db: Database, jobs: Jobs, ledger: Ledger) -> None:
+    def __init__(self, db: Database, jobs: Jobs, ledger: Ledger, keys: IdempotencyKeys) -> None:
         self._db = db
         self._jobs = jobs
         self._ledger = ledger
+        self._keys = keys
 
     async def create(
         self,
@@ -66,11 +69,17 @@ class Batches:
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> CreatedBatch:
         """Insert a batch and all its jobs (status `queued`) in one transaction.
 
         A batch made through the OpenAI Batch API (`api`) also gets its output and error files:
-        rows in `files` whose content is generated from the jobs when read.
+        rows in `files` whose content is generated from the jobs when read. With `idempotency`,
+        the key is recorded in the same transaction; if the tenant's earlier request holds it,
+        nothing is inserted and that request's batch comes back (`replayed`).
+
+        Raises:
+            IdempotencyKeyReusedError: the key was used for a different request.
         """
         now = self._db.now()
         batch_id = new_id("batch")
@@ -93,15 +102,24 @@ class Batches:
         }
         file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
-        async def write(conn: AsyncConnection) -> None:
+        created = CreatedBatch(batch_id, [row["id"] for row in rows])
+
+        async def write(conn: AsyncConnection) -> KeyRecord | None:
+            if idempotency is not None:
+                taken = await self._keys.claim(conn, tenant, idempotency, created)
+                if taken is not None:
+                    return taken
             await conn.execute(batches.insert(), batch_row)
             if rows:
                 await conn.execute(jobs.insert(), rows)
             if file_rows:
                 await conn.execute(files.insert(), file_rows)
+            return None
 
-        await self._db.writes.run(write)
-        return CreatedBatch(batch_id, [row["id"] for row in rows])
+        taken = await self._db.writes.run(write)
+        if taken is not None and idempotency is not None:
+            return taken.replay(idempotency)
+        return created
 
     async def cancel(
         self, batch_id: str, *, tenant: TenantScope, job_id: str | None = None
