@@ -20,6 +20,7 @@ from arq.connections import ArqRedis
 from router_core.models import ChatRequest
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
+from storage.bus.notifier import Notifier
 from storage.bus.queue import enqueue_jobs
 from storage.connections import connect_redis
 from storage.jobs import (
@@ -52,6 +53,7 @@ class Client:
         user: str | None = None,
         all_tenants: bool = False,
         owns_connections: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -62,6 +64,9 @@ class Client:
         self.scope: TenantScope = ANY_TENANT if all_tenants else self.tenant
         self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
         self._owns = owns_connections
+        # Every wait of this client (and of clients sharing the notifier) shares one subscription.
+        self._own_notifier = notifier is None
+        self.notifier = notifier or Notifier(redis)
 
     @classmethod
     async def connect(cls, settings: Settings | None = None, **kwargs: Any) -> Client:
@@ -80,6 +85,8 @@ class Client:
         return cls(redis, store, settings, owns_connections=True, **kwargs)
 
     async def close(self) -> None:
+        if self._own_notifier:
+            await self.notifier.close()
         if self._owns:
             await self.redis.aclose()
             await self.store.close()
@@ -215,23 +222,22 @@ class Client:
     async def wait(self, job_id: str) -> JobRecord:
         """Wait until the job is finished and return it.
 
-        Subscribes to the job's completion channel first, then reads SQL: a job that finishes in
-        between is seen by one or the other, and there is no polling loop.
+        Registers with the client's notifier (one subscription for all its waits) first, then
+        reads SQL, and reads again each time it is woken: by the job's completion ping, or by the
+        subscription coming back after a Redis failure (pings sent meanwhile are lost). A job that
+        finishes in between is seen by one or the other, and there is no polling loop.
 
         Wrap it in `asyncio.timeout(...)` to bound the wait.
 
         Raises:
             NotFoundError: no such job.
         """
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(keys.job_done_channel(job_id))
-            job = await self.store.jobs.get(job_id, tenant=self.scope)
-            if job.terminal:
-                return job
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    break
-        return await self.store.jobs.get(job_id, tenant=self.scope)
+        async with self.notifier.watch(keys.job_done_channel(job_id)) as done:
+            while True:
+                job = await self.store.jobs.get(job_id, tenant=self.scope)
+                if job.terminal:
+                    return job
+                await done.wait()
 
     async def batch(self, batch_id: str) -> BatchRecord:
         """The batch with its job counts per status, from SQL."""

@@ -10,6 +10,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:published:<job_id>    | string  | event_retention_s             | events script         |
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
+| routeq:chunks-added:<job_id> | pub/sub | -                             | workers (stream=true) |
 | routeq:workers               | hash    | entry removed on shutdown     | worker start/stop     |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
 | routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
@@ -53,6 +54,7 @@ __all__ = [
     "deployment_tokens",
     "job_answer",
     "job_chunks",
+    "job_chunks_added",
     "job_done_channel",
     "job_holds",
     "job_published",
@@ -88,6 +90,11 @@ def job_done_channel(job_id: str) -> str:
 def job_chunks(job_id: str) -> str:
     """Text pieces of a streamed job as the worker receives them, then an `end` entry (storage.bus.relay)."""
     return f"{PREFIX}chunks:{job_id}"
+
+
+def job_chunks_added(job_id: str) -> str:
+    """Pub/sub channel told after each append to `job_chunks` (readers wait on it, not on XREAD BLOCK)."""
+    return f"{PREFIX}chunks-added:{job_id}"
 
 
 def deployment(deployment_id: str) -> str:

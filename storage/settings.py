@@ -25,6 +25,15 @@ class Settings(RouterSettings):
         default=None,
         description="Redis for the queue, events and fleet state; unset = embedded in-process Redis.",
     )
+    redis_max_connections: int = Field(
+        default=64,
+        ge=2,
+        description="Connections one process opens to Redis at most; a command finding them all busy "
+        "waits up to redis_pool_timeout_s for one. Waiting requests share one subscription.",
+    )
+    redis_pool_timeout_s: int = Field(
+        default=10, ge=1, description="How long a command waits for a free connection from the pool."
+    )
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy async URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",

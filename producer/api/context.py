@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, Request
 
 from producer.client import Client
 from router_core.catalog import Catalog, load_catalog
+from storage.bus.notifier import Notifier
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
@@ -35,16 +36,19 @@ class ApiContext:
     fleet: RedisFleetState = field(init=False)
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
+    # One subscription for every waiting request of this app (chat completions, streamed pieces).
+    notifier: Notifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
         self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
-        self.relay = StreamRelay(self.redis)
+        self.notifier = Notifier(self.redis)
+        self.relay = StreamRelay(self.redis, notifier=self.notifier)
         self.metrics = Metrics()
 
     def client(self, tenant: str, user: str) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""
-        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user)
+        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user, notifier=self.notifier)
 
 
 @asynccontextmanager
@@ -67,9 +71,11 @@ async def open_context(
     try:
         own_store = store is None
         store = store or await Store.open(settings.database_url)
+        ctx = ApiContext(settings, redis, store, catalog)
         try:
-            yield ApiContext(settings, redis, store, catalog)
+            yield ctx
         finally:
+            await ctx.notifier.close()
             if own_store:
                 await store.close()
     finally:
