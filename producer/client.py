@@ -24,9 +24,20 @@ from router_core.limits import RequestLimits
 from router_core.models import ChatRequest
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
+from storage.bus.notifier import Notifier
 from storage.bus.queue import enqueue_jobs
 from storage.connections import connect_redis
-from storage.jobs import ANY_TENANT, ApiBatch, BatchRecord, JobRecord, JobStatus, NewJob, TenantScope
+from storage.jobs import (
+    ANY_TENANT,
+    ApiBatch,
+    BatchRecord,
+    CreatedBatch,
+    IdempotencyKey,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    TenantScope,
+)
 from storage.settings import Settings
 from storage.sql.store import Store
 
@@ -46,6 +57,7 @@ class Client:
         user: str | None = None,
         all_tenants: bool = False,
         owns_connections: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -56,6 +68,9 @@ class Client:
         self.scope: TenantScope = ANY_TENANT if all_tenants else self.tenant
         self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
         self._owns = owns_connections
+        # Every wait of this client (and of clients sharing the notifier) shares one subscription.
+        self._own_notifier = notifier is None
+        self.notifier = notifier or Notifier(redis)
 
     @classmethod
     async def connect(cls, settings: Settings | None = None, **kwargs: Any) -> Client:
@@ -74,6 +89,8 @@ class Client:
         return cls(redis, store, settings, owns_connections=True, **kwargs)
 
     async def close(self) -> None:
+        if self._own_notifier:
+            await self.notifier.close()
         if self._owns:
             await self.redis.aclose()
             await self.store.close()
@@ -89,16 +106,39 @@ class Client:
     # -- submitting ------------------------------------------------------------------------------
 
     async def submit(
-        self, request: ChatRequest | dict[str, Any], *, custom_id: str = "request", stream: bool = False
+        self,
+        request: ChatRequest | dict[str, Any],
+        *,
+        custom_id: str = "request",
+        stream: bool = False,
+        idempotency: IdempotencyKey | None = None,
     ) -> str:
         """Queue one chat request; returns its job id.
 
         With `stream`, the worker relays the answer's text through Redis as it is generated
-        (read it with `storage.bus.relay.StreamRelay.follow`).
+        (read it with `storage.bus.relay.StreamRelay.follow`). With `idempotency`, a key the tenant
+        already used returns that request's job instead of queuing another.
+        """
+        created = await self.create_single(
+            request, custom_id=custom_id, stream=stream, idempotency=idempotency
+        )
+        await self.enqueue(created)
+        return created.job_ids[0]
+
+    async def create_single(
+        self,
+        request: ChatRequest | dict[str, Any],
+        *,
+        custom_id: str = "request",
+        stream: bool = False,
+        idempotency: IdempotencyKey | None = None,
+    ) -> CreatedBatch:
+        """Record one chat request in SQL (a batch of one), not yet queued: `enqueue` queues it.
+
+        Split from `submit` so a caller knows the job id before Redis is touched.
         """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        created = await self._create([NewJob(custom_id, chat, stream)], kind="single", name=None)
-        return created[1][0]
+        return await self.create([NewJob(custom_id, chat, stream)], kind="single", idempotency=idempotency)
 
     async def submit_batch(
         self,
@@ -108,6 +148,7 @@ class Client:
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> str:
         """Queue many requests as one batch; returns the batch id.
 
@@ -116,24 +157,38 @@ class Client:
         batch so nothing the user sent goes unaccounted for. `budget_usd` caps the batch's spend
         (the user's and tenant's caps still apply); a job that cannot fit fails with
         `BudgetExceededError`. `api` records a batch made through the OpenAI Batch API.
+        `idempotency`: as for `submit`.
         """
-        batch_id, _ = await self._create(
-            list(items), kind="batch", name=name, invalid_lines=invalid_lines, budget_usd=budget_usd, api=api
+        created = await self.create(
+            list(items),
+            name=name,
+            invalid_lines=invalid_lines,
+            budget_usd=budget_usd,
+            api=api,
+            idempotency=idempotency,
         )
-        return batch_id
+        await self.enqueue(created)
+        return created.batch_id
 
-    async def _create(
+    async def create(
         self,
         items: list[NewJob],
         *,
-        kind: str,
-        name: str | None,
+        kind: str = "batch",
+        name: str | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
-    ) -> tuple[str, list[str]]:
+        idempotency: IdempotencyKey | None = None,
+    ) -> CreatedBatch:
+        """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
+
+        Raises:
+            InvalidRequestError: an item the database would refuse or should never hold, by field.
+            IdempotencyKeyReusedError: `idempotency` was used by this tenant for another request.
+        """
         _check_storable(items, name, budget_usd, self.settings.request_limits())
-        created = await self.store.batches.create(
+        return await self.store.batches.create(
             items,
             tenant=self.tenant,
             user_id=self.user,
@@ -142,11 +197,27 @@ class Client:
             invalid_lines=invalid_lines,
             budget_usd=budget_usd,
             api=api,
+            idempotency=idempotency,
         )
-        if created.job_ids:
-            await self.events_bus.open_batch(created.batch_id, len(created.job_ids))
-            await enqueue_jobs(self.redis, created.job_ids, queue_name=self.settings.queue_name)
-        return created.batch_id, created.job_ids
+
+    async def enqueue(self, created: CreatedBatch) -> None:
+        """Steps 2-3: the batch's progress counter, then its jobs on the arq queue.
+
+        A replayed batch (same idempotency key) may have been left unqueued by a Redis error
+        after its SQL commit: its jobs still `queued` in SQL are queued again, and one already
+        waiting in the queue (a deferral) keeps its time.
+        """
+        job_ids = created.job_ids
+        total = len(job_ids)
+        if created.replayed:
+            job_ids = await self.store.jobs.ids(created.batch_id, tenant=self.scope, status=JobStatus.QUEUED)
+            if job_ids:
+                total = (await self.store.batches.get(created.batch_id, tenant=self.scope)).total
+        if job_ids:
+            await self.events_bus.open_batch(created.batch_id, total)
+            await enqueue_jobs(
+                self.redis, job_ids, queue_name=self.settings.queue_name, keep_scheduled=created.replayed
+            )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -157,23 +228,22 @@ class Client:
     async def wait(self, job_id: str) -> JobRecord:
         """Wait until the job is finished and return it.
 
-        Subscribes to the job's completion channel first, then reads SQL: a job that finishes in
-        between is seen by one or the other, and there is no polling loop.
+        Registers with the client's notifier (one subscription for all its waits) first, then
+        reads SQL, and reads again each time it is woken: by the job's completion ping, or by the
+        subscription coming back after a Redis failure (pings sent meanwhile are lost). A job that
+        finishes in between is seen by one or the other, and there is no polling loop.
 
         Wrap it in `asyncio.timeout(...)` to bound the wait.
 
         Raises:
             NotFoundError: no such job.
         """
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(keys.job_done_channel(job_id))
-            job = await self.store.jobs.get(job_id, tenant=self.scope)
-            if job.terminal:
-                return job
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    break
-        return await self.store.jobs.get(job_id, tenant=self.scope)
+        async with self.notifier.watch(keys.job_done_channel(job_id)) as done:
+            while True:
+                job = await self.store.jobs.get(job_id, tenant=self.scope)
+                if job.terminal:
+                    return job
+                await done.wait()
 
     async def batch(self, batch_id: str) -> BatchRecord:
         """The batch with its job counts per status, from SQL."""
@@ -199,11 +269,7 @@ class Client:
         Safe to repeat: workers skip jobs that already ran.
         """
         batch = await self.store.batches.get(batch_id, tenant=self.scope)
-        job_ids = [
-            job.id
-            async for job in self.store.jobs.iter(batch_id, tenant=self.scope)
-            if job.status == JobStatus.QUEUED
-        ]
+        job_ids = await self.store.jobs.ids(batch_id, tenant=self.scope, status=JobStatus.QUEUED)
         await self.events_bus.restore_counts(
             batch_id, batch.total, {status.value: n for status, n in batch.counts.items()}
         )
@@ -220,7 +286,7 @@ class Client:
             ids = [job.id for job in cancelled]
             # Workers would skip them anyway (SQL says cancelled); removing them saves the trip.
             await self.redis.zrem(self.settings.queue_name, *ids)
-            await self.events_bus.publish_terminal([JobEvent.from_record(job) for job in cancelled])
+            await self.events_bus.publish_terminal([JobEvent.cancelled(job) for job in cancelled])
         batch = await self.store.batches.get(batch_id, tenant=self.scope)
         if batch.done >= batch.total:
             await self.store.batches.mark_completed(batch_id)

@@ -2,13 +2,15 @@
 
 Both are `arq.connections.ArqRedis`, configured with routeq's JSON job serializer, so producer and
 workers speak the same queue format. Real connections retry on connection errors and timeouts, so
-a worker survives a Redis restart instead of its main task dying (see docs/arq.md).
+a worker survives a Redis restart instead of its main task dying (see docs/arq.md). A client's or the
+API's pool is bounded (`ROUTEQ_REDIS_MAX_CONNECTIONS`): a command waits for a free connection.
 """
 
 from __future__ import annotations
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from fakeredis import FakeAsyncRedis, FakeServer
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,7 +55,7 @@ async def connect_redis(settings: Settings, *, conn_retries: int = 0) -> ArqRedi
         raise ValueError("ROUTEQ_REDIS_URL is not set; use embedded_redis() for an in-process Redis")
     url = settings.redis_url
     try:
-        return await create_pool(
+        redis = await create_pool(
             redis_settings(url, conn_retries=conn_retries),
             job_serializer=serialize,
             job_deserializer=deserialize,
@@ -61,6 +63,24 @@ async def connect_redis(settings: Settings, *, conn_retries: int = 0) -> ArqRedi
         )
     except (TimeoutError, RedisError, OSError) as exc:
         raise ServiceUnavailableError("Redis", url, exc, _HINT) from exc
+    await _bound(redis, settings.redis_max_connections, settings.redis_pool_timeout_s)
+    return redis
+
+
+async def _bound(redis: ArqRedis, max_connections: int, timeout_s: int) -> None:
+    """Give `redis` a pool of at most `max_connections`, where a command waits for a free one.
+
+    arq builds redis-py's default pool, which has no bound (or, given one, fails a command that finds
+    every connection busy); a process with hundreds of requests in flight would open hundreds.
+    """
+    unbounded = redis.connection_pool
+    redis.connection_pool = BlockingConnectionPool(
+        connection_class=unbounded.connection_class,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        **unbounded.connection_kwargs,
+    )
+    await unbounded.disconnect()  # the one connection arq's ping opened
 
 
 def embedded_redis(settings: Settings, server: FakeServer | None = None) -> ArqRedis:

@@ -3,7 +3,8 @@
 RouteqError (router_core.errors)
 └── StorageError
     ├── ServiceUnavailableError   Redis or the database cannot be reached; names the URL
-    └── NotFoundError             no job or batch with that id
+    ├── NotFoundError             no job or batch with that id
+    └── IdempotencyKeyReusedError an idempotency key sent again with a different request
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from router_core.errors import RouteqError
 from router_core.redact import mask_url
 
-__all__ = ["NotFoundError", "ServiceUnavailableError", "StorageError"]
+__all__ = ["IdempotencyKeyReusedError", "NotFoundError", "ServiceUnavailableError", "StorageError"]
 
 
 class StorageError(RouteqError):
@@ -41,3 +42,14 @@ class NotFoundError(StorageError):
         self.kind = kind
         self.id = id_
         super().__init__(f"no {kind} with id {id_!r}")
+
+
+class IdempotencyKeyReusedError(StorageError):
+    """The tenant already used this idempotency key for a different request (route or body)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for a different request (another route or "
+            "body); send a new key for a new request, or the same body to get the first answer"
+        )

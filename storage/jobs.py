@@ -33,9 +33,11 @@ __all__ = [
     "BatchLimits",
     "BatchRecord",
     "BatchSummary",
+    "CancelledJob",
     "CreatedBatch",
     "DeploymentSummary",
     "FailureCode",
+    "IdempotencyKey",
     "InDoubtCall",
     "JobFailure",
     "JobRecord",
@@ -98,6 +100,30 @@ class ApiBatch:
 class CreatedBatch:
     batch_id: str
     job_ids: list[str]
+    replayed: bool = False  # made by an earlier request with the same idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's key for one request that creates work: the same key again gets the same batch.
+
+    `fingerprint` identifies the request (route and body); `not_before` ends the retention window:
+    a key recorded earlier is forgotten and may be used again.
+    """
+
+    key: str
+    fingerprint: str
+    not_before: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledJob:
+    """A job `Batches.cancel` moved from queued to cancelled: what its event needs, not the whole row."""
+
+    id: str
+    batch_id: str
+    custom_id: str
+    failure: JobFailure
 
 
 @dataclass(frozen=True, slots=True)

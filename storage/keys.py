@@ -10,6 +10,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:published:<job_id>    | string  | event_retention_s             | events script         |
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
+| routeq:chunks-added:<job_id> | pub/sub | -                             | workers (stream=true) |
 | routeq:workers               | hash    | entry removed on shutdown     | worker start/stop     |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
 | routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
@@ -19,6 +20,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:budget:caps           | hash    | permanent, set by operators   | `routeq budget set`   |
 | routeq:budget:<scope>        | hash    | permanent; rebuilt from SQL   | budget scripts        |
 | routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
+| routeq:answer:<job_id>       | hash    | until committed; ANSWER_TTL_S | workers (answers)     |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -29,11 +31,16 @@ Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<t
 `batch:<id>`; its hash keeps `spent` and `reserved` in micro-dollars. `routeq:holds:<job>` maps
 `<run>:<attempt_no>` to the hold of a call about to be made: the write-ahead record that lets a
 re-run charge the calls of a worker that died before its ledger commit.
+
+Answers (`storage.fleet.answers`): `routeq:answer:<job>` maps `<run>` to the outcome a run got from
+the providers, written before its SQL commit and deleted after it: a run retried after a failed
+commit persists that answer instead of paying for another call.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ANSWER_TTL_S",
     "ARQ_JOB_PREFIX",
     "BUDGET_CAPS",
     "ROTATION",
@@ -45,7 +52,9 @@ __all__ = [
     "deployment_inflight",
     "deployment_requests",
     "deployment_tokens",
+    "job_answer",
     "job_chunks",
+    "job_chunks_added",
     "job_done_channel",
     "job_holds",
     "job_published",
@@ -83,6 +92,11 @@ def job_chunks(job_id: str) -> str:
     return f"{PREFIX}chunks:{job_id}"
 
 
+def job_chunks_added(job_id: str) -> str:
+    """Pub/sub channel told after each append to `job_chunks` (readers wait on it, not on XREAD BLOCK)."""
+    return f"{PREFIX}chunks-added:{job_id}"
+
+
 def deployment(deployment_id: str) -> str:
     """Breaker, forced state and live stats of one deployment, shared by the fleet."""
     return f"{PREFIX}dep:{deployment_id}"
@@ -111,3 +125,12 @@ def budget(scope: str) -> str:
 def job_holds(job_id: str) -> str:
     """Budget holds of the job's calls not yet settled after their ledger commit."""
     return f"{PREFIX}holds:{job_id}"
+
+
+# An answer waits this long for the retry that commits it (arq retries within a minute or so).
+ANSWER_TTL_S = 24 * 3600
+
+
+def job_answer(job_id: str) -> str:
+    """Outcomes runs got from the providers, by run, kept until committed to SQL (storage.fleet.answers)."""
+    return f"{PREFIX}answer:{job_id}"

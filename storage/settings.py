@@ -31,6 +31,15 @@ class Settings(RouterSettings):
         default=None,
         description="Redis for the queue, events and fleet state; unset = embedded in-process Redis.",
     )
+    redis_max_connections: int = Field(
+        default=64,
+        ge=2,
+        description="Connections one process opens to Redis at most; a command finding them all busy "
+        "waits up to redis_pool_timeout_s for one. Waiting requests share one subscription.",
+    )
+    redis_pool_timeout_s: int = Field(
+        default=10, ge=1, description="How long a command waits for a free connection from the pool."
+    )
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy async URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",
@@ -121,6 +130,12 @@ class Settings(RouterSettings):
         ge=1,
         description="Longest line of a JSONL batch file (CLI and Batch API); a longer line is refused "
         "unread while the other lines run.",
+    )
+    api_idempotency_retention_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="How long an Idempotency-Key sent to a POST that creates work is remembered: within "
+        "it, the same key and body get the first request's job or batch instead of a new one.",
     )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")

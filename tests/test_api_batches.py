@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +13,9 @@ import openai
 import pytest
 from openai.types import Batch
 
+from producer.api import batches as batches_api
 from producer.client import Client
+from producer.inputs import ParsedInput, parse_lines
 from router_core.models import ChatRequest
 from storage.jobs import ApiBatch, NewJob
 from tests.api_harness import serve_api
@@ -196,3 +199,40 @@ async def test_text_no_database_stores_is_refused_by_field(backend: Backend) -> 
         assert (done.request_counts.completed, done.request_counts.failed) == (1, 2)
         errors = await results(client, done.error_file_id)
         assert set(errors) == {"nul", None}  # a custom_id that is not text is not echoed back
+
+
+async def test_a_large_upload_is_parsed_off_the_event_loop(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a batch file is being parsed, other requests are answered (the parse waits for one)."""
+    parsing, health_answered = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def gated_parse(lines: list[str]) -> ParsedInput:
+        parsing.set()
+        # On the event loop this wait would block the very request it waits for: bounded, so a
+        # regression fails on the order below instead of hanging.
+        health_answered.wait(timeout=5)
+        order.append("parsed")
+        return parse_lines(lines)
+
+    monkeypatch.setattr(batches_api, "parse_lines", gated_parse)
+    async with serve_api(backend, worker=False) as api:
+        client = api.openai(await api.key("acme"))
+        lines = [line(f"q-{i}", f"Question number {i}?") for i in range(2_000)]
+        uploaded = await client.files.create(file=("big.jsonl", jsonl(lines)), purpose="batch")
+        creating = asyncio.create_task(
+            client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        )
+        await asyncio.to_thread(parsing.wait, 10)
+        async with httpx2.AsyncClient(base_url=api.url) as http:
+            assert (await http.get("/health")).status_code == 200
+        order.append("health")
+        health_answered.set()
+        created = await creating
+        assert order == ["health", "parsed"]
+        assert created.request_counts is not None
+        assert created.request_counts.total == 2_000
+        await client.batches.cancel(created.id)

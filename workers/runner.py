@@ -3,6 +3,7 @@
     start_job   UPDATE jobs SET status='running', starts+1 ... RETURNING request (skips finished)
     recover     holds a dead earlier run left in Redis: charge them (estimated if unrecorded)
     route       Router.complete: plan, hold budget, admit, call, retry, fail over
+    answer      the outcome and its attempts written ahead to Redis (routeq:answer:<job>)
     finish_job  one transaction: outcome (if still open) + attempts + ledger (ON CONFLICT DO NOTHING)
     settle      Lua: each hold of this run becomes the real cost in the budget counters
     publish     Lua: terminal event once per job, batch progress, batch.completed
@@ -10,6 +11,9 @@
 When every candidate is full (rate limits, concurrency, breakers) the run records what it did, puts
 the job back to `queued` and raises `JobDeferred`; the arq function turns that into a deferred retry,
 so the job waits in the queue, not in a worker slot.
+
+A commit that fails (a database or Redis blip) makes arq retry the job; the retry commits the
+answer the failed run left in Redis as that run's, and calls no provider: a paid answer is kept.
 
 arq delivers at least once. A redelivery after the commit finds the job finished and only
 re-publishes (a no-op if the event is already out); a concurrent duplicate run records its own
@@ -35,6 +39,7 @@ from router_core.models import Attempt, ChatRequest, CompletionResult, deploymen
 from router_core.router import Router
 from storage.bus.events import EventBus, JobEvent
 from storage.bus.relay import StreamRelay
+from storage.fleet.answers import AnswerStore, SavedAnswer
 from storage.fleet.budgets import Budgets, JobSpendGuard
 from storage.jobs import (
     ANY_TENANT,
@@ -87,9 +92,11 @@ class JobRunner:
         simulated: frozenset[str] = frozenset(),
         relay: StreamRelay | None = None,
         metrics: Metrics | None = None,
+        answers: AnswerStore | None = None,
     ) -> None:
         self.router = router
         self.relay = relay or StreamRelay(events.redis)
+        self.answers = answers or AnswerStore(events.redis)
         self.store = store
         self.events = events
         self.budgets = budgets
@@ -110,8 +117,9 @@ class JobRunner:
         """
         started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
         if isinstance(started, JobRecord):
-            # Already finished (a redelivery after commit) or cancelled: settle what a dead run
-            # may have left, and make sure its event is out.
+            # Already finished (a redelivery after commit) or cancelled: record what earlier runs
+            # were answered, settle what a dead run may have left, and make sure its event is out.
+            await self._commit_answers(_started(started), run)
             await self._recover(_started(started), run)
             if started.terminal:
                 await self._publish(JobEvent.from_record(started), stream=started.stream, run=run)
@@ -119,8 +127,16 @@ class JobRunner:
                 self._observe(JobStatus.CANCELLED.value, _Outcome())
             logger.info("job %s not run again: it is %s", job_id, started.status.value)
             return started.status.value
-        if started.starts > 1:  # an earlier delivery started and never finished: the worker died
-            await self._recover(started, run)
+        if started.starts > 1:  # an earlier delivery started and never finished
+            # Its commit failed after the providers answered: that answer, already paid for, is the
+            # job's outcome; no provider is called again.
+            answered = await self._commit_answers(started, run)
+            await self._recover(started, run)  # or its worker died: charge the calls it held for
+            if answered is not None:
+                record = await self.store.jobs.get(job_id, tenant=ANY_TENANT)
+                await self._publish(JobEvent.from_record(record), stream=started.stream, run=run)
+                self._observe(record.status.value, answered)
+                return record.status.value
 
         expired = await self._expired(started)
         if started.starts > self.max_tries:
@@ -137,10 +153,15 @@ class JobRunner:
             self._observe("deferred", outcome)
             deferred = outcome.deferred
             raise JobDeferred(job_id, deferred.retry_after_s, str(deferred), deferred.spread_s)
+        # The providers were paid: if the commit below fails, the retry commits this instead of paying again.
+        answer = SavedAnswer(run, outcome.attempts, outcome.result, outcome.failure)
+        written = bool(outcome.attempts) and await self.answers.save(job_id, answer)
         applied = await self.store.runs.finish(
             started, run=run, attempts_made=outcome.attempts, result=outcome.result, failure=outcome.failure
         )
         await self._settle(job_id, run, outcome.attempts)
+        if written:
+            await self.answers.forget(job_id, [run])
         self._observe((JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value, outcome)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
@@ -150,6 +171,31 @@ class JobRunner:
         event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
         await self._publish(event, stream=started.stream, run=run)
         return event.status
+
+    async def _commit_answers(self, job: StartedJob, run: int) -> _Outcome | None:
+        """Commit the answers earlier runs got but did not commit; the outcome set, if one was.
+
+        Each is written as the run that made it (its attempts and ledger rows keyed by that run, as
+        its budget holds are), then its holds settle at the real cost. The first one committed while
+        the job is open becomes its outcome, as if that run had committed it itself.
+        """
+        applied: _Outcome | None = None
+        answers = await self.answers.saved(job.id, other_than=run)
+        for answer in answers:
+            outcome = _Outcome(answer.result, answer.attempts, answer.failure)
+            committed = await self.store.runs.finish(
+                job,
+                run=answer.run,
+                attempts_made=answer.attempts,
+                result=answer.result,
+                failure=answer.failure,
+            )
+            if committed and applied is None:
+                applied = outcome
+            await self._settle(job.id, answer.run, answer.attempts)
+            logger.info("job %s: run %d committed run %d's answer, not asked again", job.id, run, answer.run)
+        await self.answers.forget(job.id, [answer.run for answer in answers])
+        return applied
 
     async def _route(self, job: StartedJob, run: int) -> _Outcome:
         try:

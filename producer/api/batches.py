@@ -12,6 +12,7 @@ jobs whenever they are read: a cancelled batch's files hold the results finished
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,8 +24,9 @@ from fastapi.responses import Response, StreamingResponse
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
+from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.schemas import OpenAIBatchBody
-from producer.inputs import parse_lines, unstorable_values
+from producer.inputs import InputRules, ParsedInput, parse_lines, unstorable_values
 from producer.outputs import output_line
 from storage.errors import NotFoundError
 from storage.jobs import ApiBatch, BatchRecord, JobStatus, NewJob
@@ -185,23 +187,24 @@ def _errors(batch: BatchRecord) -> dict[str, Any]:
 
 
 @router.post("/v1/batches", summary="Run an uploaded file as a batch, each line routed across providers")
-async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+async def create_batch(
+    body: OpenAIBatchBody, principal: Caller, ctx: Ctx, idempotency: IdempotencyKeyHeader = None
+) -> dict[str, Any]:
     if problems := list(unstorable_values(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
+    key = idempotency_key(idempotency, "/v1/batches", body.model_dump(mode="json"), ctx.settings)
+    client = ctx.client(principal.tenant, principal.user)
+    if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
+        await client.enqueue(earlier)  # what a Redis error left unqueued the first time
+        return batch_object(await ctx.store.batches.get(earlier.batch_id, tenant=principal.tenant))
     record, content = await ctx.store.files.read(body.input_file_id, tenant=principal.tenant)
     if content is None:  # a batch's generated output or error file is not an input
         raise NotFoundError("file", body.input_file_id)
     if record.purpose != "batch":
         raise ApiError(400, f"input_file_id: {record.id} is a {record.purpose} file, not a batch input")
-    lines = content.decode("utf-8", errors="surrogateescape").splitlines()
-    limit = ctx.settings.api_max_batch_lines
-    if len(lines) > limit:
-        raise ApiError(
-            400, f"input_file_id: {len(lines)} lines, more than {limit} (ROUTEQ_API_MAX_BATCH_LINES)"
-        )
-    parsed = parse_lines(lines, ctx.rules)
-    client = ctx.client(principal.tenant, principal.user)
-    batch_id = await client.submit_batch(
+    # Parsing 50,000 lines takes seconds of CPU: in a thread, so every other request keeps being answered.
+    parsed = await asyncio.to_thread(_parse_file, content, ctx.settings.api_max_batch_lines, ctx.rules)
+    created = await client.create(
         [NewJob(item.custom_id, item.request) for item in parsed.items],
         name=record.filename,
         invalid_lines=[{"line": e.line, "reason": e.reason, "custom_id": e.custom_id} for e in parsed.errors],
@@ -212,8 +215,20 @@ async def create_batch(body: OpenAIBatchBody, principal: Caller, ctx: Ctx) -> di
             expires_at=datetime.now(UTC) + _WINDOWS[body.completion_window],
             metadata=body.metadata,
         ),
+        idempotency=key,
     )
-    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))
+    await client.enqueue(created)
+    return batch_object(await ctx.store.batches.get(created.batch_id, tenant=principal.tenant))
+
+
+def _parse_file(content: bytes, limit: int, rules: InputRules) -> ParsedInput:
+    """A batch input file's requests and rejected lines (CPU only: run it off the event loop)."""
+    lines = content.decode("utf-8", errors="surrogateescape").splitlines()
+    if len(lines) > limit:
+        raise ApiError(
+            400, f"input_file_id: {len(lines)} lines, more than {limit} (ROUTEQ_API_MAX_BATCH_LINES)"
+        )
+    return parse_lines(lines, rules)
 
 
 @router.get("/v1/batches/{batch_id}", summary="A batch: status, request counts, output and error files")

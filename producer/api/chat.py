@@ -7,6 +7,8 @@ on as an OpenAI `chat.completion.chunk` server-sent event.
 
 How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
 `-failovers`, `-job-id`) and in the body's extra `routeq` field (the last chunk's, when streamed).
+Once the job exists every answer names it, errors too (a 503 when Redis blinks, a 504 past the
+wait): with the same `Idempotency-Key` a retry gets that job's answer, not a second job.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
-from producer.api.errors import FAILURE_STATUS, ApiError, error_body, first_field
+from producer.api.errors import (
+    FAILURE_STATUS,
+    INFRASTRUCTURE_ERRORS,
+    ApiError,
+    error_body,
+    first_field,
+    unavailable,
+)
+from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.schemas import ChatCompletionBody
 from producer.client import Client
 from producer.inputs import parse_chat_body
@@ -37,12 +47,16 @@ __all__ = ["job_failure", "router"]
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
+_ROUTE = "/v1/chat/completions"
+
 
 def job_failure(job: JobRecord) -> ApiError:
     """The error answer for a job that did not succeed: its failure code and that code's status."""
     failure = job.failure or JobFailure(FailureCode.UNKNOWN, f"the job ended {job.status.value}")
     status = FAILURE_STATUS[failure.code]
-    return ApiError(status, failure.message, code=failure.code.value, headers=_routing_headers(job))
+    return ApiError(
+        status, failure.message, code=failure.code.value, headers=_routing_headers(job), job_id=job.id
+    )
 
 
 def _routing_headers(job: JobRecord) -> dict[str, str]:
@@ -102,21 +116,30 @@ async def get_model(model: str, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
     )
 
 
-@router.post("/v1/chat/completions", summary="Create a routed chat completion", response_model=None)
+@router.post(_ROUTE, summary="Create a routed chat completion", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, principal: Caller, ctx: Ctx
+    body: ChatCompletionBody,
+    principal: Caller,
+    ctx: Ctx,
+    idempotency: IdempotencyKeyHeader = None,
 ) -> JSONResponse | StreamingResponse:
     request = _request(body, ctx)
     client = ctx.client(principal.tenant, principal.user)
-    job_id = await client.submit(request, stream=body.stream)
-    if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return await _stream(ctx, client, job_id, request, include_usage)
+    key = idempotency_key(idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings)
+    # The job exists from here on (or an earlier request with the key made it): every answer names it.
+    created = await client.create_single(request, stream=body.stream, idempotency=key)
+    job_id = created.job_ids[0]
     try:
+        await client.enqueue(created)
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return await _stream(ctx, client, job_id, request, include_usage)
         async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
             job = await client.wait(job_id)
     except TimeoutError:
         raise _wait_timeout(ctx, job_id) from None
+    except INFRASTRUCTURE_ERRORS as exc:
+        raise unavailable(exc, job_id=job_id) from exc
     if job.status != JobStatus.SUCCEEDED:
         raise job_failure(job)
     return JSONResponse(_answer(job), headers=_routing_headers(job))
@@ -129,7 +152,7 @@ def _wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
         f"(ROUTEQ_API_WAIT_TIMEOUT_S); it keeps running: GET /v1/jobs/{job_id}",
         type_="timeout",
         code="wait_timeout",
-        headers={"x-routeq-job-id": job_id},
+        job_id=job_id,
     )
 
 

@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from producer.client import Client
 from producer.inputs import InputRules
 from router_core.catalog import Catalog, load_catalog
+from storage.bus.notifier import Notifier
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
@@ -37,18 +38,21 @@ class ApiContext:
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
     rules: InputRules = field(init=False)
+    # One subscription for every waiting request of this app (chat completions, streamed pieces).
+    notifier: Notifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
         self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
-        self.relay = StreamRelay(self.redis)
+        self.notifier = Notifier(self.redis)
+        self.relay = StreamRelay(self.redis, notifier=self.notifier)
         self.metrics = Metrics()
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
 
     def client(self, tenant: str, user: str) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""
-        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user)
+        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user, notifier=self.notifier)
 
 
 @asynccontextmanager
@@ -71,9 +75,11 @@ async def open_context(
     try:
         own_store = store is None
         store = store or await Store.open(settings.database_url)
+        ctx = ApiContext(settings, redis, store, catalog)
         try:
-            yield ApiContext(settings, redis, store, catalog)
+            yield ctx
         finally:
+            await ctx.notifier.close()
             if own_store:
                 await store.close()
     finally:

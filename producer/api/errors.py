@@ -2,11 +2,13 @@
 
 Every failure a client can cause is a 4xx naming what is wrong: a body field (400), a missing or
 bad key (401), a budget refusal (402), an admin route without admin rights (403), an unknown or
-foreign id (404; another tenant's ids are 404 too, so they do not leak), an oversize upload (413).
+foreign id (404; another tenant's ids are 404 too, so they do not leak), an oversize upload (413),
+an Idempotency-Key reused for a different request (422).
 Only infrastructure answers 5xx: Redis or the database unreachable (503, naming which, password
 masked), a job that outlived the wait (504), every provider failing (502). A database that refuses
 a request's data (SQLSTATE class 22 or 23) is answering, so that is 400, never 503: input is
-validated before it is stored, and this is the backstop for a value that check missed.
+validated before it is stored, and this is the backstop for a value that check missed. Once a
+request made a job, its errors name it too (`x-routeq-job-id` and `error.job_id`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from storage.errors import NotFoundError, ServiceUnavailableError
+from storage.errors import IdempotencyKeyReusedError, NotFoundError, ServiceUnavailableError
 from storage.jobs import FailureCode
 
-__all__ = ["FAILURE_STATUS", "ApiError", "error_body", "first_field", "install_error_handlers"]
+__all__ = [
+    "FAILURE_STATUS",
+    "INFRASTRUCTURE_ERRORS",
+    "ApiError",
+    "error_body",
+    "first_field",
+    "install_error_handlers",
+    "unavailable",
+]
 
 logger = logging.getLogger("routeq.api")
 
@@ -71,6 +81,7 @@ class ApiError(Exception):
         code: str | None = None,
         type_: str | None = None,
         headers: dict[str, str] | None = None,
+        job_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -78,11 +89,18 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.type = type_ or _TYPES.get(status, "api_error")
-        self.headers = headers
+        # Once a request made a job, every answer names it (header and body), errors too: a client
+        # that retries can look the job up instead of paying for another.
+        self.job_id = job_id
+        self.headers = dict(headers or {})
+        if job_id is not None:
+            self.headers.setdefault("x-routeq-job-id", job_id)
 
     def response(self) -> JSONResponse:
         body = error_body(self.message, type_=self.type, param=self.param, code=self.code)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        if self.job_id is not None:
+            body["error"]["job_id"] = self.job_id
+        return JSONResponse(body, status_code=self.status, headers=self.headers or None)
 
 
 def error_body(
@@ -144,14 +162,34 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
 
 
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+# What a route catches, once it made a job, to answer 503 naming that job (`unavailable`).
+INFRASTRUCTURE_ERRORS = (ServiceUnavailableError, RedisError, SQLAlchemyError, ConnectionError)
+
+
+def unavailable(exc: Exception, *, job_id: str | None = None) -> ApiError:
+    """The 503 for Redis or the database failing; with the job id when the request already made one."""
     if isinstance(exc, ServiceUnavailableError):
         message = str(exc)
     else:
         service = "Redis" if isinstance(exc, RedisError) else "the database"
         message = f"{service} is not answering ({type(exc).__name__}); try again shortly"
-    logger.warning("%s %s: %s", request.method, request.url.path, message)
-    return ApiError(503, message, type_="service_unavailable", code="service_unavailable").response()
+    if job_id is not None:
+        message += (
+            f". Job {job_id} was created and may still run: GET /v1/jobs/{job_id}, or retry with the "
+            "same Idempotency-Key"
+        )
+    return ApiError(503, message, type_="service_unavailable", code="service_unavailable", job_id=job_id)
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    answer = unavailable(exc)
+    logger.warning("%s %s: %s", request.method, request.url.path, answer.message)
+    return answer.response()
+
+
+async def _key_reused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IdempotencyKeyReusedError)
+    return ApiError(422, str(exc), param="Idempotency-Key", code="idempotency_key_reused").response()
 
 
 def _refused_data(exc: SQLAlchemyError) -> bool:
@@ -179,7 +217,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(IdempotencyKeyReusedError, _key_reused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # SQLAlchemyError has its own handler below: a refusal of the request's data is a 400.
     for infra in (ServiceUnavailableError, RedisError, ConnectionError):
         app.add_exception_handler(infra, _unavailable)
     app.add_exception_handler(SQLAlchemyError, _database_error)

@@ -16,7 +16,8 @@ from fastapi.responses import StreamingResponse
 
 from producer.api.auth import Caller
 from producer.api.context import Ctx
-from producer.api.errors import ApiError, first_field
+from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, first_field, unavailable
+from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.schemas import JobBody
 from producer.inputs import LineError, parse_object
 from producer.outputs import routing_metadata
@@ -76,14 +77,23 @@ def _attempt_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/v1/jobs", status_code=202, summary="Queue one prompt")
-async def create_job(body: JobBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+async def create_job(
+    body: JobBody, principal: Caller, ctx: Ctx, idempotency: IdempotencyKeyHeader = None
+) -> dict[str, Any]:
     """Queue one prompt (the short form of a batch line); poll `GET /v1/jobs/{id}` or its events."""
-    item = parse_object(body.model_dump(exclude_none=True, mode="json"), rules=ctx.rules)
+    fields = body.model_dump(exclude_none=True, mode="json")
+    item = parse_object(fields, rules=ctx.rules)
     if isinstance(item, LineError):
         raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
     client = ctx.client(principal.tenant, principal.user)
-    job_id = await client.submit(item.request, custom_id=body.custom_id or "request")
-    return job_view(await ctx.store.jobs.get(job_id, tenant=principal.tenant))
+    key = idempotency_key(idempotency, "/v1/jobs", fields, ctx.settings)
+    created = await client.create_single(item.request, custom_id=body.custom_id or "request", idempotency=key)
+    job_id = created.job_ids[0]
+    try:
+        await client.enqueue(created)
+        return job_view(await ctx.store.jobs.get(job_id, tenant=principal.tenant))
+    except INFRASTRUCTURE_ERRORS as exc:
+        raise unavailable(exc, job_id=job_id) from exc
 
 
 @router.get("/v1/jobs/{job_id}", summary="A job: status, result, attempts and cost")

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 from storage.connections import as_text
-from storage.jobs import JobRecord, JobStatus
+from storage.jobs import CancelledJob, JobRecord, JobStatus
 
 __all__ = ["BatchCounts", "Event", "EventBus", "JobEvent"]
 
@@ -99,6 +99,11 @@ class JobEvent:
             latency_ms=job.latency_ms,
             error=str(job.error.get("message")) if failed and job.error else None,
         )
+
+    @classmethod
+    def cancelled(cls, job: CancelledJob) -> JobEvent:
+        """The event of a job cancelled before it ran."""
+        return cls(job.id, job.batch_id, job.custom_id, JobStatus.CANCELLED.value, error=job.failure.message)
 
     def data(self) -> str:
         return json.dumps(

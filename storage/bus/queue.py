@@ -32,12 +32,15 @@ def deserialize(raw: bytes) -> Any:
     return json.loads(raw)
 
 
-async def enqueue_jobs(redis: ArqRedis, job_ids: Sequence[str], *, queue_name: str) -> None:
+async def enqueue_jobs(
+    redis: ArqRedis, job_ids: Sequence[str], *, queue_name: str, keep_scheduled: bool = False
+) -> None:
     """Put `job_ids` on the arq queue, one pipelined round trip per 2,000 jobs.
 
     arq's `enqueue_job` costs three round trips per job (WATCH, EXISTS, MULTI/EXEC) to dedupe ids;
     routeq's ids are fresh and workers are idempotent on the SQL status, so a pipeline of
-    SET + ZADD writes the same keys arq would.
+    SET + ZADD writes the same keys arq would. `keep_scheduled`: an id already in the queue keeps
+    its run-at time (ZADD NX), so re-queuing does not hurry a job deferred for capacity.
     """
     now_ms = int(time.time() * 1000)
     for start in range(0, len(job_ids), _ENQUEUE_CHUNK):
@@ -47,5 +50,5 @@ async def enqueue_jobs(redis: ArqRedis, job_ids: Sequence[str], *, queue_name: s
                 payload = serialize_job(JOB_FUNCTION, (job_id,), {}, None, now_ms, serializer=serialize)
                 pipe.psetex(keys.ARQ_JOB_PREFIX + job_id, expires_extra_ms, payload)
             # Queue entries go in after their job keys: a worker never sees an id without its payload.
-            pipe.zadd(queue_name, dict.fromkeys(chunk, now_ms))
+            pipe.zadd(queue_name, dict.fromkeys(chunk, now_ms), nx=keep_scheduled)
             await pipe.execute()

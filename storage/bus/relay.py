@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.bus.notifier import Notifier
 from storage.connections import as_text
 
 __all__ = ["Piece", "PieceWriter", "StreamRelay"]
@@ -43,9 +44,11 @@ class Piece:
 class StreamRelay:
     """Appends and reads a job's streamed pieces."""
 
-    def __init__(self, redis: Redis, *, retention_s: int = 3600) -> None:
+    def __init__(self, redis: Redis, *, retention_s: int = 3600, notifier: Notifier | None = None) -> None:
         self._redis = redis
         self._retention_s = retention_s
+        # With a notifier, readers wait for its pings instead of holding a connection in XREAD BLOCK.
+        self._notifier = notifier
 
     async def push(self, job_id: str, run: int, text: str) -> None:
         """Append a piece of run `run`'s answer."""
@@ -64,10 +67,31 @@ class StreamRelay:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.xadd(key, fields)  # type: ignore[arg-type]
             pipe.expire(key, self._retention_s)
+            pipe.publish(keys.job_chunks_added(job_id), "")
             await pipe.execute()
 
     async def follow(self, job_id: str, *, after: str = "0-0") -> AsyncGenerator[Piece, None]:
         """The job's pieces from stream id `after`, live, up to and including its `end` entry."""
+        if self._notifier is None:
+            async for piece in self._blocking(job_id, after):
+                yield piece
+            return
+        key = keys.job_chunks(job_id)
+        # Registered before each read: a piece appended after the read pings the signal.
+        async with self._notifier.watch(keys.job_chunks_added(job_id)) as added:
+            while True:
+                reply = await self._redis.xread({key: after}, count=500)
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        after = as_text(entry_id)
+                        piece = _piece(after, fields)
+                        yield piece
+                        if piece.end is not None:
+                            return
+                if not reply:
+                    await added.wait()
+
+    async def _blocking(self, job_id: str, after: str) -> AsyncGenerator[Piece, None]:
         key = keys.job_chunks(job_id)
         while True:
             reply = await self._redis.xread({key: after}, count=500, block=_BLOCK_MS)

@@ -4,6 +4,7 @@
                             1 ─── n  ledger     one charge per call the provider billed
     files     uploaded batch input (content stored) and a batch's output/error files (generated)
     api_keys  the HTTP API's keys: only a SHA-256 of each secret, bound to a tenant and user
+    idempotency_keys  (tenant, Idempotency-Key) -> the batch/job a POST created, for its retries
 
 A job is the unit arq delivers; `jobs.run` is the arq try that last started it. Attempts and ledger
 rows are keyed by (job_id, run, attempt_no), so writing the same run twice adds nothing: the unique
@@ -32,7 +33,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["api_keys", "attempts", "batches", "files", "jobs", "ledger", "metadata"]
+__all__ = ["api_keys", "attempts", "batches", "files", "idempotency_keys", "jobs", "ledger", "metadata"]
 
 
 metadata = MetaData(
@@ -183,4 +184,17 @@ api_keys = Table(
     Column("admin", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", _Time, nullable=False),
     Column("revoked_at", _Time),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # One row per key a tenant sent with a POST that creates work: its retries get the same answer.
+    Column("tenant", String(128), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # SHA-256 of route + body: a reuse must match
+    Column("batch_id", String(40), nullable=False),  # what the first request created
+    Column("job_id", String(40)),  # its one job (chat completions, /v1/jobs); NULL for a batch
+    Column("created_at", _Time, nullable=False),  # rows older than the retention window are replaced
+    Index(None, "created_at"),
 )

@@ -6,6 +6,7 @@
     store.ledger     read the cost ledger                                        (sql/ledger.py)
     store.files      Batch API files                                             (sql/files.py)
     store.api_keys   the HTTP API's keys                                         (sql/api_keys.py)
+    store.idempotency  the batch an Idempotency-Key's first request made          (sql/idempotency.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -26,6 +27,7 @@ from storage.sql.database import Database, utcnow
 from storage.sql.engine import connect_database
 from storage.sql.files import Files
 from storage.sql.group_commit import GroupCommitter
+from storage.sql.idempotency import IdempotencyKeys
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
 from storage.sql.runs import Runs
@@ -41,7 +43,8 @@ class Store:
         self.jobs = Jobs(self.db)
         self.ledger = Ledger(self.db)
         self.runs = Runs(self.db, self.jobs)
-        self.batches = Batches(self.db, self.jobs, self.ledger)
+        self.idempotency = IdempotencyKeys(self.db)
+        self.batches = Batches(self.db, self.jobs, self.ledger, self.idempotency)
         self.files = Files(self.db)
         self.api_keys = ApiKeys(self.db)
 

@@ -1,0 +1,106 @@
+"""Paid answers written ahead of their SQL commit, so a failed commit never pays for the same job twice.
+
+A run's outcome reaches SQL in one transaction (`Runs.finish`). When that write fails for a moment
+(the database or Redis blinks) the job is retried by arq, and without a record of what the provider
+already answered the retry would call, and be billed by, the provider again. So right after routing
+the worker writes its outcome here:
+
+    routeq:answer:<job_id>   hash: <run> -> {"result": CompletionResult | null, "attempts": [...],
+                                            "failure": {"type", "message"} | null}
+
+and deletes its field once the commit went through. The job's next run reads the hash first: each
+answer left there is committed as the run that made it (same `(job_id, run, attempt_no)` keys as
+the budget holds, so the holds settle at the real cost), and no provider is called. Answers of
+concurrent duplicate runs are separate fields; the first one committed sets the result, as when the
+runs commit themselves. A field nobody commits (the job was finished some other way) expires.
+
+The write is best effort: if Redis itself fails at that moment the run goes on to its commit
+(`AnswerStore.save` returns False) and a later failure is handled as before, through the holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router_core.models import Attempt, CompletionResult
+from storage import keys
+from storage.connections import as_text
+from storage.jobs import JobFailure
+
+__all__ = ["AnswerStore", "SavedAnswer"]
+
+logger = logging.getLogger("routeq.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class SavedAnswer:
+    """A run's outcome as routing left it: the result or the failure, and every attempt it made."""
+
+    run: int
+    attempts: list[Attempt]
+    result: CompletionResult | None = None
+    failure: JobFailure | None = None
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "result": None if self.result is None else self.result.model_dump(mode="json"),
+                "attempts": [a.model_dump(mode="json") for a in self.attempts],
+                "failure": None if self.failure is None else self.failure.as_json(),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def loads(cls, run: int, raw: str) -> SavedAnswer:
+        data: dict[str, Any] = json.loads(raw)
+        result = data.get("result")
+        failure = data.get("failure")
+        return cls(
+            run=run,
+            attempts=[Attempt.model_validate(a) for a in data.get("attempts", [])],
+            result=None if result is None else CompletionResult.model_validate(result),
+            failure=None if failure is None else JobFailure.from_json(failure),
+        )
+
+
+class AnswerStore:
+    """Reads and writes `routeq:answer:<job_id>` (one per worker process)."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int = keys.ANSWER_TTL_S) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+
+    async def save(self, job_id: str, answer: SavedAnswer) -> bool:
+        """Record `answer` before its commit; False (logged) when Redis could not take it."""
+        key = keys.job_answer(job_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, str(answer.run), answer.dumps())
+                pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+        except RedisError as exc:
+            # Not fatal: the commit may well go through; only a failure after this one re-runs the call.
+            logger.warning("job %s run %d: answer not written ahead (%s)", job_id, answer.run, exc)
+            return False
+        return True
+
+    async def saved(self, job_id: str, *, other_than: int) -> list[SavedAnswer]:
+        """Answers earlier (or concurrent) runs left uncommitted, oldest run first."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.job_answer(job_id))
+            (raw,) = await pipe.execute()
+        answers = [SavedAnswer.loads(int(as_text(run)), as_text(value)) for run, value in raw.items()]
+        return sorted((a for a in answers if a.run != other_than), key=lambda a: a.run)
+
+    async def forget(self, job_id: str, runs: Sequence[int]) -> None:
+        """Drop the answers of `runs` once they are committed (never another run's)."""
+        if runs:
+            await self._redis.hdel(keys.job_answer(job_id), *map(str, runs))  # type: ignore[misc]
