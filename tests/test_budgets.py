@@ -220,11 +220,12 @@ async def test_caps_and_amounts_are_checked(redis: Redis) -> None:
         await guard.reserve(1, "dep-x", -0.01)
     with pytest.raises(ValueError, match="negative"):
         await b.settle("job_a", {"1:1": -0.01})
-    # Holds round up, charges to the nearest micro-dollar: a hold never undercounts the call.
+    # Holds and charges round up to a whole micro-dollar: a hold never undercounts the call, and
+    # a charge of a fraction of a micro-dollar is never free in the counters.
     assert await guard.reserve(1, "dep-x", 0.0000001) is None
     assert await usages(b, ALICE) == [(0.0, 0.000001)]
     await b.settle("job_a", {"1:1": Decimal("0.0000004")})
-    assert await usages(b, ALICE) == [(0.0, 0.0)]
+    assert await usages(b, ALICE) == [(0.000001, 0.0)]
     # No default user cap: unlimited.
     free = budgets(redis, default_user_cap_usd=None).guard(
         job_id="job_f", run=1, tenant="acme", user="free", batch_id="b9"
@@ -312,8 +313,8 @@ async def test_rebuild_restores_spend_from_the_ledger_and_holds_from_redis(
     scopes = [ALICE, user_scope("acme", "bob"), ACME, user_scope("other", "alice"), tenant_scope("other")]
     scopes += [alice_batch, bob_batch, other_batch]
     before = await usages(b, *scopes)
-    assert before[0] == (0.262346, 0.02)  # 12346 + 0 + 0 + 250000 + 0 micro-dollars
-    assert before[2] == (0.362346, 0.02)
+    assert before[0] == (0.262349, 0.02)  # 12346 + 1 + 1 + 250000 + 1 micro-dollars, each rounded up
+    assert before[2] == (0.362349, 0.02)
 
     # Lose and corrupt counters; leave a scope the ledger never charged.
     async with redis.pipeline(transaction=False) as pipe:
@@ -327,12 +328,12 @@ async def test_rebuild_restores_spend_from_the_ledger_and_holds_from_redis(
     assert await usages(b, *scopes) == before
     assert await usages(b, batch_scope("ghost")) == [(0.0, 0.0)]
     assert spent == {
-        ALICE: 0.262346,
+        ALICE: 0.262349,
         user_scope("acme", "bob"): 0.1,
         user_scope("other", "alice"): 0.05,
-        ACME: 0.362346,
+        ACME: 0.362349,
         tenant_scope("other"): 0.05,
-        alice_batch: 0.262346,
+        alice_batch: 0.262349,
         bob_batch: 0.1,
         other_batch: 0.05,
         batch_scope("ghost"): 0.0,
@@ -340,4 +341,4 @@ async def test_rebuild_restores_spend_from_the_ledger_and_holds_from_redis(
     # Rebuilding counters that are right changes nothing, and the live hold still settles once.
     assert await b.rebuild_from_ledger(store) == spent
     assert await b.settle(a2.id, {"2:1": 0.015}) == 1
-    assert await usages(b, ALICE, ACME) == [(0.277346, 0.0), (0.377346, 0.0)]
+    assert await usages(b, ALICE, ACME) == [(0.277349, 0.0), (0.377349, 0.0)]

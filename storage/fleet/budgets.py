@@ -21,11 +21,18 @@ cents of a cap never hold more than the cap between them: `spent + reserved <= c
 scope. Release and settle are idempotent (a hold already gone is skipped), so a retried or
 duplicated call never counts money twice.
 
-Money is kept in integer micro-dollars (holds rounded up, charges rounded to the nearest, the way
-the ledger's sum is rounded on rebuild), so Lua's doubles add exactly up to 2^53 micro-dollars
-(about 9 billion USD). A cap in `routeq:budget:caps` (scope -> micro-dollars, set by operators)
-wins; without one a user gets `default_user_cap_usd`, a batch its own cap (`batches.budget_usd`,
-passed in by the worker) and a tenant no cap.
+Money is kept in integer micro-dollars, so Lua's doubles add exactly up to 2^53 micro-dollars (about
+9 billion USD). Every amount is rounded up to a whole micro-dollar: a hold (so it is never smaller
+than the call), and each charge, as the ledger stores it (NUMERIC(20, 10)), on its own. Rounding a
+charge to the nearest would make calls under half a micro-dollar free in the counters, and a tiny
+cap could then be overspent many times over in the ledger; rounded up, the counters never show
+less than the ledger, so settled spend never exceeds a cap. A charge never exceeds its hold (the
+hold is the call's worst case, both rounded up alike). The rebuild from the ledger rounds each
+charge the same way (`Ledger.micro_spent_by_owner`), so a rebuild of right counters changes nothing.
+
+A cap in `routeq:budget:caps` (scope -> micro-dollars, rounded down, set by operators) wins; without
+one a user gets `default_user_cap_usd`, a batch its own cap (`batches.budget_usd`, passed in by the
+worker) and a tenant no cap.
 
 The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
 `Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
@@ -37,7 +44,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from redis.asyncio import Redis
@@ -396,17 +403,23 @@ def _hold_micro(usd: float) -> int:
 
 
 def _charge_micro(usd: float | Decimal) -> int:
-    """A real cost in micro-dollars, rounded as the ledger stores it and then to the nearest micro."""
+    """A real cost in micro-dollars: rounded as the ledger stores it, then up to a whole micro.
+
+    The same rule as `Ledger.micro_spent_by_owner` (the rebuild): keep the two in step.
+    """
     value = usd if isinstance(usd, Decimal) else Decimal(repr(usd))
     if value < 0:
         raise ValueError(f"cannot charge a negative cost (${usd})")
-    return int((value.quantize(_LEDGER_QUANTUM) * _MICRO).to_integral_value(ROUND_HALF_UP))
+    # PostgreSQL rounds NUMERIC half away from zero; for a cost (never negative) that is half-up.
+    stored = value.quantize(_LEDGER_QUANTUM, ROUND_HALF_UP)
+    return int((stored * _MICRO).to_integral_value(ROUND_CEILING))
 
 
 def _cap_micro(usd: float) -> int:
+    """A cap in micro-dollars, rounded down: counters in whole micros must not pass the cap in USD."""
     if usd < 0:
         raise ValueError(f"a spend cap cannot be negative (${usd}); use 0 to allow no spend")
-    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_HALF_UP))
+    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_FLOOR))
 
 
 def _usd(micro: bytes | str | int | None) -> float:
