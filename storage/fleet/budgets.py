@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import unquote
 
 from redis.asyncio import Redis
 
@@ -60,6 +61,8 @@ __all__ = [
     "JobSpendGuard",
     "ScopeUsage",
     "batch_scope",
+    "parse_scope",
+    "readable_scope",
     "tenant_scope",
     "user_scope",
 ]
@@ -164,18 +167,57 @@ return order
 
 
 def user_scope(tenant: str, user: str) -> str:
-    """The budget scope of one user of one tenant: `user:<tenant>/<user>`."""
-    return f"user:{tenant}/{user}"
+    """The budget scope of one user of one tenant: `user:<tenant>/<user>`, each name a `key_part`."""
+    return f"user:{keys.key_part(tenant)}/{keys.key_part(user)}"
 
 
 def tenant_scope(tenant: str) -> str:
-    """The budget scope of a whole tenant: `tenant:<tenant>`."""
-    return f"tenant:{tenant}"
+    """The budget scope of a whole tenant: `tenant:<tenant>`, the name a `key_part`."""
+    return f"tenant:{keys.key_part(tenant)}"
 
 
 def batch_scope(batch_id: str) -> str:
-    """The budget scope of one batch: `batch:<batch_id>`."""
-    return f"batch:{batch_id}"
+    """The budget scope of one batch: `batch:<batch_id>`, the id a `key_part`."""
+    return f"batch:{keys.key_part(batch_id)}"
+
+
+def parse_scope(text: str) -> str:
+    """The scope an operator typed (`readable_scope`'s form), as `user_scope` & co. build it.
+
+    Names are written as they are, except that percent escapes are decoded: in a user scope the
+    tenant and the user are split at the one `/`, so a `/` inside either name is written `%2F`
+    (and a `%` that could be read as an escape `%25`).
+
+    Raises:
+        ValueError: not `user:<tenant>/<user>`, `tenant:<tenant>` or `batch:<id>`, or a name is empty.
+    """
+    kind, colon, rest = text.partition(":")
+    names = rest.split("/") if kind == "user" else [rest]
+    if not colon or kind not in ("user", "tenant", "batch") or len(names) != (2 if kind == "user" else 1):
+        raise ValueError(
+            f"not a budget scope: {text!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
+            " (write a '/' inside a tenant or user name as %2F)"
+        )
+    decoded = [unquote(name) for name in names]
+    if not all(decoded):
+        raise ValueError(f"not a budget scope: {text!r}; a name is empty")
+    if kind == "user":
+        return user_scope(*decoded)
+    return tenant_scope(decoded[0]) if kind == "tenant" else batch_scope(decoded[0])
+
+
+def readable_scope(scope: str) -> str:
+    """A scope as operators read and type it (`parse_scope` reads it back): names decoded.
+
+    Only what `parse_scope` would misread stays escaped: a `%` and, in a user scope, a `/`.
+    """
+    kind, _, rest = scope.partition(":")
+    parts = rest.split("/") if kind == "user" else [rest]
+    shown = []
+    for part in parts:
+        name = keys.name_of_key_part(part).replace("%", "%25")
+        shown.append(name.replace("/", "%2F") if kind == "user" else name)
+    return f"{kind}:{'/'.join(shown)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +406,7 @@ class JobSpendGuard:
         if not isinstance(reply, list):
             return None
         scope, spent, reserved, cap = map(as_text, reply)
-        kind, _, name = scope.partition(":")
+        kind, _, name = readable_scope(scope).partition(":")
         message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
             f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
@@ -389,9 +431,13 @@ async def _ledger_spent(store: Store) -> dict[str, int]:
 
 
 def _check_scope(scope: str) -> None:
-    if not scope.startswith(_KINDS) or scope.endswith(":"):
+    """A scope as `user_scope` & co. build it: its names encoded, one `/` in a user scope."""
+    kind, _, rest = scope.partition(":")
+    names = rest.split("/") if scope.startswith("user:") else [rest]
+    if not scope.startswith(_KINDS) or not all(names) or len(names) != (2 if kind == "user" else 1):
         raise ValueError(
             f"not a budget scope: {scope!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
+            " (build it with user_scope, tenant_scope, batch_scope or parse_scope)"
         )
 
 
