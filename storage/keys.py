@@ -10,7 +10,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:published:<job_id>    | string  | event_retention_s             | events script         |
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
-| routeq:workers               | hash    | entry removed on shutdown     | worker start/stop     |
+| routeq:workers               | hash    | removed on shutdown or stale  | workers, metrics      |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
 | routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
 | routeq:dep:<id>:requests     | zset    | pruned past the rate window   | fleet scripts         |

@@ -29,7 +29,10 @@ router = APIRouter(tags=["Operations"])
 
 @router.get("/metrics", summary="Prometheus metrics (fleet gauges and this API's requests)")
 async def metrics(ctx: Ctx) -> Response:
-    await ctx.metrics.refresh(ctx.redis, ctx.fleet, list(ctx.catalog), ctx.settings.queue_name)
+    settings = ctx.settings
+    await ctx.metrics.refresh(
+        ctx.redis, ctx.fleet, list(ctx.catalog), settings.queue_name, job_lease_s=settings.job_lease_s
+    )
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 
