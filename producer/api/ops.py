@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from producer.api.auth import Admin, Caller
+from producer.api.auth import Caller, Operator
 from producer.api.context import ApiContext, Ctx
 from producer.api.schemas import DeploymentStateBody
 from router_core.fleet import DeploymentSnapshot, Forced
@@ -66,11 +66,14 @@ async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep]) for dep in ids]}
 
 
-@router.post("/v1/admin/deployments/{deployment_id}/state", summary="Force a deployment down or up (admin)")
+@router.post(
+    "/v1/admin/deployments/{deployment_id}/state", summary="Force a deployment down or up (operator)"
+)
 async def set_deployment_state(
-    deployment_id: str, body: DeploymentStateBody, _admin: Admin, ctx: Ctx
+    deployment_id: str, body: DeploymentStateBody, _operator: Operator, ctx: Ctx
 ) -> dict[str, Any]:
-    """Fleet-wide, until set back to `auto`: workers see it on their next plan."""
+    """Fleet-wide, until set back to `auto`: workers see it on their next plan. Every tenant's
+    calls are affected, so this takes an operator key, not a tenant's admin key."""
     if deployment_id not in ctx.catalog:
         raise NotFoundError("deployment", deployment_id)
     await ctx.fleet.force(deployment_id, None if body.state == "auto" else Forced(body.state))
