@@ -385,3 +385,13 @@ async def test_secrets_are_never_stored_or_logged(world: Acme, caplog: pytest.Lo
     for record in records:
         text = formatter.format(record)
         assert not any(secret in text for secret in world.secrets), f"a secret logged by {record.name}"
+
+
+async def test_ready_says_only_reachable_or_unreachable(backend: Backend) -> None:
+    """/ready takes no key (load balancers call it), so it shows no URL, host or error text."""
+    async with serve_api(backend, worker=False) as api, httpx2.AsyncClient(base_url=api.url) as anonymous:
+        ready = await anonymous.get("/ready")
+        assert (ready.status_code, ready.json()) == (
+            200,
+            {"status": "ready", "redis": "reachable", "database": "reachable"},
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,6 +20,7 @@ from storage.errors import NotFoundError
 __all__ = ["router"]
 
 router = APIRouter(tags=["Operations"])
+logger = logging.getLogger("routeq.api")
 
 # /ready gives each dependency this long to answer.
 _READY_TIMEOUT_S = 2.0
@@ -88,15 +90,18 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness: Redis and the database answer (no provider is called)")
 async def ready(ctx: Ctx) -> JSONResponse:
+    """`reachable` or `unreachable` per dependency, and nothing more: the route takes no key (load
+    balancers call it), so it shows no URL, host or error text. Why a dependency is unreachable is
+    logged, with the URL masked."""
     checks = {"redis": _check(ctx.redis.ping()), "database": _check(_select_one(ctx))}
     results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+    for name, error in results.items():
+        if error is not None:
+            where = ctx.settings.redis_url if name == "redis" else ctx.settings.database_url
+            logger.warning("/ready: %s at %s is unreachable: %s", name, mask_url(where or "-"), error)
     ok = all(error is None for error in results.values())
-    body = {
-        "status": "ready" if ok else "unavailable",
-        "redis": results["redis"] or "ok",
-        "database": results["database"] or "ok",
-        "database_url": mask_url(ctx.settings.database_url),
-    }
+    body = {"status": "ready" if ok else "unavailable"}
+    body |= {name: "unreachable" if error else "reachable" for name, error in results.items()}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
