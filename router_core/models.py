@@ -273,6 +273,11 @@ class Attempt(BaseModel):
     usage: Usage | None = None
     cost_usd: float = 0.0
     simulated: bool = False
+    estimated: bool = Field(
+        default=False,
+        description="usage and cost are routeq's estimate: a stream broke off before the provider "
+        "reported usage, but the provider bills the prompt and the text it sent.",
+    )
 
 
 class CompletionResult(BaseModel):

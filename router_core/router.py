@@ -24,7 +24,7 @@ import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from router_core.catalog import Catalog, Deployment, load_catalog
 from router_core.clock import Clock, SystemClock
@@ -47,13 +47,22 @@ from router_core.fleet import (
     InMemoryFleetState,
     Refusal,
 )
-from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Plan, Strategy
+from router_core.models import (
+    Attempt,
+    AttemptOutcome,
+    ChatRequest,
+    CompletionResult,
+    Plan,
+    Strategy,
+    Usage,
+)
 from router_core.planner import PlanLimits, build_plan
 from router_core.providers.base import Provider, ProviderReply, StreamPart
 from router_core.providers.factory import build_providers
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
 from router_core.spend import SpendGuard
+from router_core.tokens import estimate_tokens
 
 __all__ = ["RetryPolicy", "Router"]
 
@@ -262,8 +271,10 @@ class Router:
         dep, opened = await self._walk(walk, open_stream)
         timeout_s = self._timeout_s(request)
         part: StreamPart = opened.first
+        relayed: list[str] = []
         try:
             while isinstance(part, str):
+                relayed.append(part)
                 yield part
                 try:
                     async with asyncio.timeout(timeout_s):
@@ -278,7 +289,12 @@ class Router:
                     ) from None
         except ProviderError as exc:
             attempts[-1] = attempts[-1].model_copy(
-                update={"outcome": AttemptOutcome.ERROR, "error_class": type(exc).__name__, "error": str(exc)}
+                update={
+                    "outcome": AttemptOutcome.ERROR,
+                    "error_class": type(exc).__name__,
+                    "error": str(exc),
+                    **self._partial_charge(dep, walk, "".join(relayed)),
+                }
             )
             raise StreamInterruptedError(f"the stream from {dep.id} broke off: {exc}", attempts) from exc
         finally:
@@ -441,6 +457,17 @@ class Router:
             wait_ms=wait * 1000,
         )
         return value, error, attempt
+
+    def _partial_charge(self, dep: Deployment, walk: _Walk, text: str) -> dict[str, Any]:
+        """Usage and cost of a stream that broke off after `text`: the provider bills what it sent.
+
+        A broken stream brings no usage report, so it is estimated: the prompt as planned and the
+        text relayed, never more output than the call's `max_tokens`, so the charge stays within
+        the call's budget hold (the worst case of the same prompt and `max_tokens`).
+        """
+        output = min(estimate_tokens(text), walk.max_tokens)
+        usage = Usage(input_tokens=walk.plan.prompt_tokens_estimate, output_tokens=output)
+        return {"usage": usage, "cost_usd": self.catalog.price(dep.id).cost(usage), "estimated": True}
 
     def _settle(self, dep: Deployment, reply: ProviderReply, attempts: list[Attempt]) -> None:
         """Record the successful attempt's usage and billed cost."""

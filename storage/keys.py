@@ -11,7 +11,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
 | routeq:chunks-added:<job_id> | pub/sub | -                             | workers (stream=true) |
-| routeq:workers               | hash    | entry removed on shutdown     | worker start/stop     |
+| routeq:workers               | hash    | removed on shutdown or stale  | workers, metrics      |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
 | routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
 | routeq:dep:<id>:requests     | zset    | pruned past the rate window   | fleet scripts         |
@@ -28,16 +28,26 @@ hold in-flight tickets (score = lease expiry, so a killed worker's slots come ba
 requests (score = admission time) for the rpm/tpm sliding window.
 
 Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<tenant>` or
-`batch:<id>`; its hash keeps `spent` and `reserved` in micro-dollars. `routeq:holds:<job>` maps
+`batch:<id>`, each name passed through `key_part`; its hash keeps `spent` and `reserved` in
+micro-dollars. `routeq:holds:<job>` maps
 `<run>:<attempt_no>` to the hold of a call about to be made: the write-ahead record that lets a
 re-run charge the calls of a worker that died before its ledger commit.
 
 Answers (`storage.fleet.answers`): `routeq:answer:<job>` maps `<run>` to the outcome a run got from
 the providers, written before its SQL commit and deleted after it: a run retried after a failed
 commit persists that answer instead of paying for another call.
+
+Names from outside routeq (tenants, users, catalog deployment ids) go into a key through
+`key_part`, which percent-encodes `%`, `/` and `:`: otherwise tenant `x/y` with user `z` and tenant
+`x` with user `y/z` would share `user:x/y/z`, and a deployment `a:inflight` would be the in-flight
+set of deployment `a`. A name without those characters is its own key part, so the keys of
+ordinary names never changed. Ids routeq makes (`new_id`: `job_<hex>`, `batch_<hex>`) need no
+encoding and get none.
 """
 
 from __future__ import annotations
+
+from urllib.parse import unquote
 
 __all__ = [
     "ANSWER_TTL_S",
@@ -58,6 +68,8 @@ __all__ = [
     "job_done_channel",
     "job_holds",
     "job_published",
+    "key_part",
+    "name_of_key_part",
 ]
 
 PREFIX = "routeq:"
@@ -65,6 +77,17 @@ ARQ_JOB_PREFIX = "arq:job:"  # arq.constants.job_key_prefix, written by our bulk
 WORKERS = PREFIX + "workers"
 ROTATION = PREFIX + "rotation"
 BUDGET_CAPS = PREFIX + "budget:caps"
+
+
+def key_part(name: str) -> str:
+    """`name` as one unambiguous part of a key: `%`, `/` and `:` percent-encoded (`%` first)."""
+    return name.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
+
+
+def name_of_key_part(part: str) -> str:
+    """The name `key_part` encoded (its inverse)."""
+    # Left to right, one escape at a time: a part holds no `%` that is not an escape.
+    return unquote(part)
 
 
 def batch_events(batch_id: str) -> str:
@@ -99,26 +122,26 @@ def job_chunks_added(job_id: str) -> str:
 
 def deployment(deployment_id: str) -> str:
     """Breaker, forced state and live stats of one deployment, shared by the fleet."""
-    return f"{PREFIX}dep:{deployment_id}"
+    return f"{PREFIX}dep:{key_part(deployment_id)}"
 
 
 def deployment_inflight(deployment_id: str) -> str:
     """Tickets of calls in flight, scored by lease expiry (max_concurrency, half-open probes)."""
-    return f"{PREFIX}dep:{deployment_id}:inflight"
+    return f"{PREFIX}dep:{key_part(deployment_id)}:inflight"
 
 
 def deployment_requests(deployment_id: str) -> str:
     """Tickets admitted within the rate window, scored by admission time (rpm)."""
-    return f"{PREFIX}dep:{deployment_id}:requests"
+    return f"{PREFIX}dep:{key_part(deployment_id)}:requests"
 
 
 def deployment_tokens(deployment_id: str) -> str:
     """Ticket -> tokens counted for tpm (the estimate, corrected to real usage on release)."""
-    return f"{PREFIX}dep:{deployment_id}:tokens"
+    return f"{PREFIX}dep:{key_part(deployment_id)}:tokens"
 
 
 def budget(scope: str) -> str:
-    """`spent` and `reserved` (micro-dollars) of one budget scope: user:<t>/<u>, tenant:<t>, batch:<id>."""
+    """`spent` and `reserved` (micro-dollars) of one budget scope, as `storage.fleet.budgets` builds it."""
     return f"{PREFIX}budget:{scope}"
 
 

@@ -17,7 +17,7 @@ on every scrape (`refresh`), so any worker's metrics port shows the whole fleet'
     routeq_deployment_forced{deployment}               gauge: -1 forced down, 1 forced up, 0 auto
     routeq_inflight{deployment}                        gauge: calls in flight, fleet-wide
     routeq_success_rate{deployment}                    gauge: the live success-rate EWMA
-    routeq_workers                                     gauge: entries of `routeq:workers`
+    routeq_workers                                     gauge: workers seen in the last 3 job leases
     routeq_http_requests_total{method,route,status}    the HTTP API's requests
     routeq_http_request_duration_seconds{method,route} histogram
 """
@@ -50,6 +50,29 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 
 _CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 _FORCED_VALUE = {Forced.DOWN: -1, None: 0, Forced.UP: 1}
+
+
+# KEYS[1]: routeq:workers. ARGV[1]: how old (s) a worker's `seen` may be. Deletes the entries seen
+# longer ago (or unreadable) and returns how many are left. Age is taken on the Redis server's
+# clock against the `seen` the worker wrote on its own: three leases (45 s by default) leave room
+# for skewed clocks, and a live worker deleted by mistake writes itself back at its next renewal.
+_LIVE_WORKERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local live = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local ok, record = pcall(cjson.decode, entries[i + 1])
+  local seen = nil
+  if ok and type(record) == 'table' then seen = tonumber(record.seen) end
+  if seen and now - seen <= tonumber(ARGV[1]) then
+    live = live + 1
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+return live
+"""
 
 
 class Metrics:
@@ -142,17 +165,25 @@ class Metrics:
         self.http_duration.labels(method, route).observe(seconds)
 
     async def refresh(
-        self, redis: Redis, fleet: FleetState, deployment_ids: Sequence[str], queue_name: str
+        self,
+        redis: Redis,
+        fleet: FleetState,
+        deployment_ids: Sequence[str],
+        queue_name: str,
+        *,
+        job_lease_s: float,
     ) -> None:
-        """Read the gauges again from Redis: queue depth, workers, each deployment's live state.
+        """Read the gauges again from Redis: queue depth, live workers, each deployment's live state.
+
+        A worker renews its `seen` in `routeq:workers` with its job leases (every third of
+        `job_lease_s`); one not seen for three leases was killed without unregistering, and its
+        entry is deleted here instead of being counted.
 
         Raises:
             redis.exceptions.RedisError: Redis is unreachable; the gauges keep their last values.
         """
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(queue_name)
-            pipe.hlen(keys.WORKERS)
-            depth, workers = await pipe.execute()
+        depth = await redis.zcard(queue_name)
+        workers = await redis.register_script(_LIVE_WORKERS)(keys=[keys.WORKERS], args=[3 * job_lease_s])
         snapshot = await fleet.snapshot(deployment_ids)
         self.queue_depth.set(depth)
         self.workers.set(workers)

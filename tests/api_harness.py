@@ -36,9 +36,11 @@ class LiveApi:
     catalog: Catalog
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
-    async def key(self, tenant: str, user: str = "u1", *, admin: bool = False) -> str:
+    async def key(self, tenant: str, user: str = "u1", *, admin: bool = False, operator: bool = False) -> str:
         """A new API key's secret for `tenant`/`user`."""
-        _, secret = await self.backend.store.api_keys.create(tenant=tenant, user_id=user, admin=admin)
+        _, secret = await self.backend.store.api_keys.create(
+            tenant=tenant, user_id=user, admin=admin, operator=operator
+        )
         return secret
 
     def openai(self, secret: str, **options: Any) -> openai.AsyncOpenAI:

@@ -15,7 +15,7 @@ from openai.types import Batch
 
 from producer.api import batches as batches_api
 from producer.client import Client
-from producer.inputs import ParsedInput, parse_lines
+from producer.inputs import InputRules, ParsedInput, parse_lines
 from router_core.models import ChatRequest
 from storage.jobs import ApiBatch, NewJob
 from tests.api_harness import serve_api
@@ -208,13 +208,13 @@ async def test_a_large_upload_is_parsed_off_the_event_loop(
     parsing, health_answered = threading.Event(), threading.Event()
     order: list[str] = []
 
-    def gated_parse(lines: list[str]) -> ParsedInput:
+    def gated_parse(lines: list[str], rules: InputRules) -> ParsedInput:
         parsing.set()
         # On the event loop this wait would block the very request it waits for: bounded, so a
         # regression fails on the order below instead of hanging.
         health_answered.wait(timeout=5)
         order.append("parsed")
-        return parse_lines(lines)
+        return parse_lines(lines, rules)
 
     monkeypatch.setattr(batches_api, "parse_lines", gated_parse)
     async with serve_api(backend, worker=False) as api:

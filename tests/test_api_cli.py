@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,6 +58,10 @@ def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert listed.exit_code == 0
     assert "acme" in listed.output
     assert secret not in listed.output.replace("\n", "")
+    # Whole ids on an 80-column terminal, to be copied into `routeq keys revoke`; rights are named.
+    listed_ids = re.findall(r"key_[0-9a-f]+", listed.output)
+    assert [len(i) for i in listed_ids] == [len("key_") + 24], listed.output
+    assert listed.output.splitlines()[1].split()[2:5] == ["admin", "acme", "ana"], listed.output
 
     async def lookup() -> tuple[str | None, bool]:
         store = await Store.open(url)
@@ -67,9 +72,9 @@ def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
             await store.close()
 
     key_id, admin = asyncio.run(lookup())
-    assert key_id is not None
+    assert key_id == listed_ids[0]
     assert admin
-    revoked = runner.invoke(app, ["keys", "revoke", key_id])
+    revoked = runner.invoke(app, ["keys", "revoke", listed_ids[0]])  # the id as `keys list` printed it
     assert revoked.exit_code == 0
     assert asyncio.run(lookup())[0] is None
     assert runner.invoke(app, ["keys", "revoke", "key_nope"]).exit_code == 1
@@ -128,3 +133,29 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def test_keys_create_operator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--operator` makes the fleet's operator key (an admin too); `--admin` alone is not one."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/keys.db"
+    monkeypatch.setenv("ROUTEQ_DATABASE_URL", url)
+    made = runner.invoke(app, ["keys", "create", "--tenant", "ops", "--user", "root", "--operator"])
+    assert made.exit_code == 0, made.output
+    assert "(operator)" in made.output
+    operator_secret = made.output.strip().splitlines()[-1]
+    admin_secret = runner.invoke(app, ["keys", "create", "--tenant", "t", "--user", "u", "--admin"])
+    admin_secret_text = admin_secret.output.strip().splitlines()[-1]
+
+    async def rights(secret: str) -> tuple[bool, bool]:
+        store = await Store.open(url)
+        try:
+            key = await store.api_keys.authenticate(secret)
+            assert key is not None
+            return key.admin, key.operator
+        finally:
+            await store.close()
+
+    assert asyncio.run(rights(operator_secret)) == (True, True)
+    assert asyncio.run(rights(admin_secret_text)) == (True, False)
+    listed = runner.invoke(app, ["keys", "list"])
+    assert [line.split()[2] for line in listed.output.splitlines()] == ["rights", "operator", "admin"]

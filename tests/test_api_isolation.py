@@ -63,8 +63,8 @@ class Acme:
     output_file_id: str
     error_file_id: str
 
-    async def key(self, tenant: str, *, admin: bool = False) -> str:
-        secret = await self.api.key(tenant, admin=admin)
+    async def key(self, tenant: str, *, admin: bool = False, operator: bool = False) -> str:
+        secret = await self.api.key(tenant, admin=admin, operator=operator)
         self.secrets.append(secret)
         return secret
 
@@ -294,11 +294,18 @@ async def test_keys_are_checked(world: Acme) -> None:
         assert error_of(await unknown.get("/v1/batches"), 401)["code"] == "invalid_api_key"
 
 
-async def test_admin_routes_need_an_admin_key(world: Acme) -> None:
+async def test_fleet_routes_need_an_operator_key_not_a_tenants_admin_key(world: Acme) -> None:
     route = "/v1/admin/deployments/cheap-a/state"
     error = error_of(await world.acme.post(route, json={"state": "down"}), 403)
-    assert (error["type"], error["code"]) == ("permission_error", "not_admin")
-    async with world.client(await world.key("acme", admin=True)) as admin:
+    assert (error["type"], error["code"]) == ("permission_error", "not_operator")
+    # A tenant's admin key administers its tenant: it neither reads nor changes the whole fleet.
+    async with world.client(await world.key("globex", admin=True)) as tenant_admin:
+        everyone = await tenant_admin.get("/v1/analytics", params={"all_tenants": "true"})
+        assert error_of(everyone, 403)["code"] == "not_operator"
+        assert error_of(await tenant_admin.post(route, json={"state": "down"}), 403)["code"] == "not_operator"
+        own = (await tenant_admin.get("/v1/analytics")).raise_for_status().json()
+        assert own["totals"]["requests"] == 0  # globex's own numbers, not acme's
+    async with world.client(await world.key("ops", operator=True)) as admin:
         assert error_of(await admin.post("/v1/admin/deployments/nope/state", json={"state": "down"}), 404)
         forced = await admin.post(route, json={"state": "down"})
         assert forced.status_code == 200, forced.text
@@ -350,7 +357,7 @@ async def redis_dump(redis: Redis) -> list[bytes]:
 
 
 async def test_secrets_are_never_stored_or_logged(world: Acme, caplog: pytest.LogCaptureFixture) -> None:
-    admin = await world.key("globex", admin=True)
+    admin = await world.key("globex", operator=True)
     async with world.client(admin) as client:
         assert (await client.get("/v1/analytics", params={"all_tenants": "true"})).status_code == 200
         wrong = admin[:-1] + ("A" if admin[-1] != "A" else "B")  # a near miss: still 401, not logged
@@ -378,3 +385,13 @@ async def test_secrets_are_never_stored_or_logged(world: Acme, caplog: pytest.Lo
     for record in records:
         text = formatter.format(record)
         assert not any(secret in text for secret in world.secrets), f"a secret logged by {record.name}"
+
+
+async def test_ready_says_only_reachable_or_unreachable(backend: Backend) -> None:
+    """/ready takes no key (load balancers call it), so it shows no URL, host or error text."""
+    async with serve_api(backend, worker=False) as api, httpx2.AsyncClient(base_url=api.url) as anonymous:
+        ready = await anonymous.get("/ready")
+        assert (ready.status_code, ready.json()) == (
+            200,
+            {"status": "ready", "redis": "reachable", "database": "reachable"},
+        )

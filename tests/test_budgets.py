@@ -20,7 +20,16 @@ from sqlalchemy import text
 
 from router_core.models import ChatRequest, Message
 from storage import keys
-from storage.fleet.budgets import Budgets, Hold, ScopeUsage, batch_scope, tenant_scope, user_scope
+from storage.fleet.budgets import (
+    Budgets,
+    Hold,
+    ScopeUsage,
+    batch_scope,
+    parse_scope,
+    readable_scope,
+    tenant_scope,
+    user_scope,
+)
 from storage.jobs import NewJob, StartedJob
 from storage.sql.schema import ledger
 from storage.sql.store import Store
@@ -220,11 +229,12 @@ async def test_caps_and_amounts_are_checked(redis: Redis) -> None:
         await guard.reserve(1, "dep-x", -0.01)
     with pytest.raises(ValueError, match="negative"):
         await b.settle("job_a", {"1:1": -0.01})
-    # Holds round up, charges to the nearest micro-dollar: a hold never undercounts the call.
+    # Holds and charges round up to a whole micro-dollar: a hold never undercounts the call, and
+    # a charge of a fraction of a micro-dollar is never free in the counters.
     assert await guard.reserve(1, "dep-x", 0.0000001) is None
     assert await usages(b, ALICE) == [(0.0, 0.000001)]
     await b.settle("job_a", {"1:1": Decimal("0.0000004")})
-    assert await usages(b, ALICE) == [(0.0, 0.0)]
+    assert await usages(b, ALICE) == [(0.000001, 0.0)]
     # No default user cap: unlimited.
     free = budgets(redis, default_user_cap_usd=None).guard(
         job_id="job_f", run=1, tenant="acme", user="free", batch_id="b9"
@@ -312,8 +322,8 @@ async def test_rebuild_restores_spend_from_the_ledger_and_holds_from_redis(
     scopes = [ALICE, user_scope("acme", "bob"), ACME, user_scope("other", "alice"), tenant_scope("other")]
     scopes += [alice_batch, bob_batch, other_batch]
     before = await usages(b, *scopes)
-    assert before[0] == (0.262346, 0.02)  # 12346 + 0 + 0 + 250000 + 0 micro-dollars
-    assert before[2] == (0.362346, 0.02)
+    assert before[0] == (0.262349, 0.02)  # 12346 + 1 + 1 + 250000 + 1 micro-dollars, each rounded up
+    assert before[2] == (0.362349, 0.02)
 
     # Lose and corrupt counters; leave a scope the ledger never charged.
     async with redis.pipeline(transaction=False) as pipe:
@@ -327,12 +337,12 @@ async def test_rebuild_restores_spend_from_the_ledger_and_holds_from_redis(
     assert await usages(b, *scopes) == before
     assert await usages(b, batch_scope("ghost")) == [(0.0, 0.0)]
     assert spent == {
-        ALICE: 0.262346,
+        ALICE: 0.262349,
         user_scope("acme", "bob"): 0.1,
         user_scope("other", "alice"): 0.05,
-        ACME: 0.362346,
+        ACME: 0.362349,
         tenant_scope("other"): 0.05,
-        alice_batch: 0.262346,
+        alice_batch: 0.262349,
         bob_batch: 0.1,
         other_batch: 0.05,
         batch_scope("ghost"): 0.0,
@@ -340,4 +350,49 @@ async def test_rebuild_restores_spend_from_the_ledger_and_holds_from_redis(
     # Rebuilding counters that are right changes nothing, and the live hold still settles once.
     assert await b.rebuild_from_ledger(store) == spent
     assert await b.settle(a2.id, {"2:1": 0.015}) == 1
-    assert await usages(b, ALICE, ACME) == [(0.277346, 0.0), (0.377346, 0.0)]
+    assert await usages(b, ALICE, ACME) == [(0.277349, 0.0), (0.377349, 0.0)]
+
+
+async def test_scopes_of_names_with_slashes_and_colons_never_collide(redis: Redis) -> None:
+    """Tenant x/y's user z and tenant x's user y/z are two budgets, and so are the tenants."""
+    b = budgets(redis, default_user_cap_usd=0.01)
+    one = b.guard(job_id="job_1", run=1, tenant="x/y", user="z", batch_id="b1")
+    two = b.guard(job_id="job_2", run=1, tenant="x", user="y/z", batch_id="b2")
+    assert len({*one.scopes, *two.scopes}) == 6
+    assert await one.reserve(1, "dep-x", 0.01) is None
+    assert await two.reserve(1, "dep-x", 0.01) is None  # the other user's cap is not this one's
+    assert await usages(b, user_scope("x/y", "z"), user_scope("x", "y/z")) == [(0.0, 0.01)] * 2
+    refusal = await one.reserve(2, "dep-x", 0.01)
+    assert refusal is not None
+    assert refusal.startswith("user x%2Fy/z: spent $0.0000 + held $0.0100 of cap $0.0100;")
+    # tenant:a:b is tenant `a:b`; % is encoded too, so an encoded name cannot pose as another.
+    assert len({tenant_scope("a:b"), tenant_scope("a%3Ab"), tenant_scope("a/b"), tenant_scope("a%2Fb")}) == 4
+    # Names without %, / or : keep the keys (and caps) they always had.
+    assert (ALICE, ACME, B1) == ("user:acme/alice", "tenant:acme", "batch:b1")
+    with pytest.raises(ValueError, match="not a budget scope"):
+        await b.usage("user:x/y/z")  # ambiguous: build it with user_scope or parse_scope
+
+
+def test_operators_type_and_read_scopes_with_their_names_as_they_are() -> None:
+    assert parse_scope("user:acme/alice") == ALICE
+    assert parse_scope("tenant:x/y") == tenant_scope("x/y") == "tenant:x%2Fy"
+    assert parse_scope("tenant:a:b") == tenant_scope("a:b")
+    assert parse_scope("user:x%2Fy/z") == user_scope("x/y", "z")
+    assert parse_scope("user:x/y%2Fz") == user_scope("x", "y/z")
+    assert parse_scope("batch:b1") == B1
+    for typed in ("user:x/y/z", "user:x", "user:/z", "tenant:", "alice", "team:x"):
+        with pytest.raises(ValueError, match="not a budget scope"):
+            parse_scope(typed)
+    for scope in (ALICE, user_scope("x/y", "z"), user_scope("a:b", "50%"), tenant_scope("x/y:%2F"), B1):
+        assert parse_scope(readable_scope(scope)) == scope
+    assert readable_scope(user_scope("x/y", "z")) == "user:x%2Fy/z"
+    assert readable_scope(tenant_scope("x/y:z")) == "tenant:x/y:z"
+
+
+def test_deployment_keys_never_collide_with_another_deployments_keys() -> None:
+    """A catalog id may contain ':': deployment `a:inflight` is not deployment a's in-flight set."""
+    ids = ["a", "a:inflight", "a:requests", "a:tokens", "a%3Ainflight"]
+    made = [f(i) for i in ids for f in (keys.deployment, keys.deployment_inflight, keys.deployment_requests)]
+    made += [keys.deployment_tokens(i) for i in ids]
+    assert len(set(made)) == len(made)
+    assert keys.deployment("gpt-4o-mini") == "routeq:dep:gpt-4o-mini"  # ordinary ids keep their keys

@@ -204,3 +204,23 @@ def test_operators_force_a_deployment_down_and_set_a_budget() -> None:
     rebuilt = runner.invoke(app, ["budget", "rebuild"])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "rebuilt from the ledger" in rebuilt.output
+
+
+@pytest.mark.usefixtures("services_env")
+def test_budget_scopes_are_typed_and_shown_with_their_names_as_they_are() -> None:
+    # tenant:x printed as rich markup would end in the :x: emoji.
+    assert runner.invoke(app, ["budget", "set", "tenant:x", "1"]).exit_code == 0
+    shown = runner.invoke(app, ["budget", "show", "tenant:x"])
+    assert shown.output == "tenant:x: spent $0.0000, held $0.0000, cap $1.0000\n", shown.output
+    # Tenant x/y's user z is not tenant x's user y/z: a '/' inside a user scope's name is %2F.
+    assert runner.invoke(app, ["budget", "set", "user:x%2Fy/z", "2"]).exit_code == 0
+    other = runner.invoke(app, ["budget", "show", "user:x/y%2Fz"])
+    assert other.output == "user:x/y%2Fz: spent $0.0000, held $0.0000, cap $1.0000\n", other.output
+    shown = runner.invoke(app, ["budget", "show", "user:x%2Fy/z"])
+    assert shown.output == "user:x%2Fy/z: spent $0.0000, held $0.0000, cap $2.0000\n", shown.output
+    ambiguous = runner.invoke(app, ["budget", "set", "user:x/y/z", "2"])
+    assert ambiguous.exit_code == 2
+    assert "%2F" in ambiguous.output
+    assert runner.invoke(app, ["budget", "set", "tenant:[b]x/y", "3"]).exit_code == 0
+    shown = runner.invoke(app, ["budget", "show", "tenant:[b]x/y"])
+    assert shown.output == "tenant:[b]x/y: spent $0.0000, held $0.0000, cap $3.0000\n", shown.output

@@ -6,7 +6,9 @@ The Redis-backed parts run on both backends (fakeredis + SQLite, real Redis + Po
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -150,10 +152,16 @@ async def test_refresh_reads_queue_workers_and_breakers(backend: Backend, trio: 
     await stats.force("smart-c", Forced.UP)
     assert (await stats.admit(smart, 10)).admitted  # still in flight
     await redis.zadd(backend.settings.queue_name, {"job-1": 1, "job-2": 2, "job-3": 3})
-    await redis.hset(keys.WORKERS, mapping={"w1": "{}", "w2": "{}"})  # type: ignore[misc]
+    # Two live workers; one killed 10 minutes ago (never unregistered) and one unreadable entry.
+    now = time.time()
+    seen = {"w1": now - 1, "w2": now - 3 * 15 + 5, "dead": now - 600}
+    await redis.hset(keys.WORKERS, mapping={w: json.dumps({"pid": 1, "seen": t}) for w, t in seen.items()})  # type: ignore[misc]
+    await redis.hset(keys.WORKERS, "junk", "not json")  # type: ignore[misc]
 
     metrics = Metrics()
-    await metrics.refresh(redis, stats, list(trio), backend.settings.queue_name)
+    await metrics.refresh(redis, stats, list(trio), backend.settings.queue_name, job_lease_s=15.0)
+    # Only workers seen within three leases count; the others' entries are gone.
+    assert sorted(map(bytes.decode, await redis.hkeys(keys.WORKERS))) == ["w1", "w2"]  # type: ignore[misc]
     rendered = lines(metrics)
     for expected in (
         "routeq_queue_depth 3.0",
@@ -173,7 +181,7 @@ async def test_refresh_reads_queue_workers_and_breakers(backend: Backend, trio: 
 
     clock.advance(30.0)  # the cooldown is over: the open circuit lets a probe through
     await redis.zrem(backend.settings.queue_name, "job-1")
-    await metrics.refresh(redis, stats, list(trio), backend.settings.queue_name)
+    await metrics.refresh(redis, stats, list(trio), backend.settings.queue_name, job_lease_s=15.0)
     assert 'routeq_circuit_state{deployment="cheap-a"} 1.0' in lines(metrics)
     assert "routeq_queue_depth 2.0" in lines(metrics)
 

@@ -126,3 +126,36 @@ async def test_fault_matrix_every_job_fails_over_or_fails_with_every_attempt(fau
     # Only the calls that answered were billed.
     ledger = await faulty.store.ledger.rows(batch_id=batch_id)
     assert sorted(row["job_id"] for row in ledger) == sorted(jobs[f"{n}+good"].id for n in FAULTS)
+
+
+async def test_calls_under_a_micro_dollar_never_overspend_a_tiny_cap(backend: Backend) -> None:
+    """30 calls of ~$0.0000004 against a $0.00001 cap: each charge counts, none is free in Redis."""
+    # 1 cent per million tokens: a call of ~40 tokens costs under half a micro-dollar.
+    tiny = deployment("tiny-a", price={"input_per_mtok": 0.01, "output_per_mtok": 0.01})
+    catalog = make_catalog([tiny])
+    scope = user_scope("default", "default")
+    budgets = Budgets(await backend.redis(), default_user_cap_usd=None)
+    await budgets.set_cap(scope, 0.00001)
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    batch_id = await client.submit_batch(
+        [NewJob(f"t-{i}", chat(f"tiny {i}", max_tokens=30)) for i in range(30)]
+    )
+    # One job at a time: no call waits for another's hold, so each either fits or is refused.
+    await backend.run_worker(catalog=catalog, sim_world=sim_world_for(catalog), max_jobs=1)
+
+    ledger = await backend.store.ledger.rows(batch_id=batch_id)
+    costs = [Decimal(row["cost_usd"]) for row in ledger]
+    assert costs
+    assert all(0 < cost < Decimal("0.0000005") for cost in costs), costs
+    assert sum(costs, Decimal(0)) <= Decimal("0.00001")
+    # Redis counts each charge rounded up to a whole micro-dollar, as the ledger rebuild does.
+    usage = await budgets.usage(scope)
+    assert usage.reserved_usd == 0
+    assert usage.spent_usd == len(costs) / 1e6 == 0.00001
+    statuses = Counter([job.status async for job in client.results(batch_id)])
+    assert statuses == {JobStatus.SUCCEEDED: 10, JobStatus.FAILED: 20}
+    assert await budgets.rebuild_from_ledger(backend.store) == {
+        scope: 0.00001,
+        "tenant:default": 0.00001,
+        f"batch:{batch_id}": 0.00001,
+    }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
+from producer.client import Client
 from router_core import (
     ChatRequest,
     CompletionResult,
@@ -17,10 +19,16 @@ from router_core import (
     StreamInterruptedError,
 )
 from router_core.catalog import Catalog, Deployment
+from router_core.models import Usage
 from router_core.providers import ProviderReply
 from router_core.providers.base import StreamPart
 from router_core.tokens import estimate_tokens
+from storage.bus.events import EventBus
+from storage.fleet.budgets import Budgets, user_scope
+from storage.jobs import FailureCode
+from tests.backends import Backend
 from tests.conftest import RouterFactory, deployment, make_catalog
+from workers.runner import JobRunner
 
 
 def ask(**prefs: Any) -> ChatRequest:
@@ -132,3 +140,41 @@ async def test_failure_after_text_interrupts_the_stream(clock: FakeClock, stall:
     # No failover after text was delivered: one attempt, marked as failed with the cause.
     assert [(a.deployment, a.error_class) for a in info.value.attempts] == [("first-a", error)]
     assert "first-a" in str(info.value)
+
+
+async def test_a_stream_cut_after_text_is_charged_for_what_it_sent(clock: FakeClock) -> None:
+    """The provider bills the prompt and the text it streamed: the attempt carries an estimate."""
+    catalog = make_catalog([deployment("first-a")])  # $1 / $4 per million tokens
+    router = breaking_router(catalog, clock, stall=False)
+    request = ask()
+    with pytest.raises(StreamInterruptedError) as info:
+        async for _ in router.stream(request):
+            pass
+    (attempt,) = info.value.attempts
+    prompt = (await router.plan(request)).prompt_tokens_estimate
+    assert attempt.usage == Usage(input_tokens=prompt, output_tokens=estimate_tokens("Once upon a time"))
+    assert attempt.cost_usd == pytest.approx(prompt * 1e-6 + 4 * 4e-6)
+    assert attempt.estimated
+
+
+async def test_a_streamed_job_cut_after_text_is_in_the_ledger_and_the_budget(backend: Backend) -> None:
+    catalog = make_catalog([deployment("first-a")])
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    job_id = await client.submit(ask(), stream=True)
+    budgets = Budgets(await backend.redis())
+    router = breaking_router(catalog, FakeClock(), stall=False)
+    events = EventBus(await backend.redis(), retention_s=60)
+    runner = JobRunner(
+        router, backend.store, events, worker_id="w1", budgets=budgets, simulated=frozenset(catalog)
+    )
+    assert await runner.run(job_id, run=1) == "failed"
+
+    job = await client.get(job_id)
+    assert job.failure is not None
+    assert job.failure.code is FailureCode.STREAM_INTERRUPTED
+    (row,) = await backend.store.ledger.rows(job_id=job_id)
+    assert row["cost_usd"] > 0
+    assert (row["estimated"], row["simulated"], row["usage"]["output_tokens"]) == (True, True, 4)
+    assert job.cost_usd == row["cost_usd"]
+    usage = await budgets.usage(user_scope(job.tenant, job.user_id))
+    assert (usage.spent_usd, usage.reserved_usd) == (math.ceil(row["cost_usd"] * 1_000_000) / 1e6, 0)

@@ -223,10 +223,17 @@ class JobRunner:
         except CapacityExhaustedError as exc:
             return _Outcome(attempts=exc.attempts, deferred=exc)
         except (AllAttemptsFailedError, StreamInterruptedError) as exc:  # BudgetExceededError too
-            return _Outcome(attempts=exc.attempts, failure=JobFailure.from_exception(exc))
+            attempts = [self._mark_simulated(a) for a in exc.attempts]
+            return _Outcome(attempts=attempts, failure=JobFailure.from_exception(exc))
         except RouteqError as exc:  # NoRouteError, InvalidRequestError...: the job fails with the message
             return _Outcome(failure=JobFailure.from_exception(exc))
         return _Outcome(result=result, attempts=result.attempts)
+
+    def _mark_simulated(self, attempt: Attempt) -> Attempt:
+        """A cut-off stream's estimated charge cannot know whether the sim served it: the worker does."""
+        if attempt.estimated and not attempt.simulated and attempt.deployment in self.simulated:
+            return attempt.model_copy(update={"simulated": True})
+        return attempt
 
     async def _relay(
         self, job_id: str, run: int, request: ChatRequest, guard: JobSpendGuard

@@ -116,7 +116,14 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         server = None
         if metrics is not None and settings.worker_metrics_port is not None:
             deployments = list(router.catalog)
-            refresh = functools.partial(metrics.refresh, redis, fleet, deployments, settings.queue_name)
+            refresh = functools.partial(
+                metrics.refresh,
+                redis,
+                fleet,
+                deployments,
+                settings.queue_name,
+                job_lease_s=settings.job_lease_s,
+            )
             server = await serve_worker_metrics(metrics, refresh, settings.worker_metrics_port)
             if server is not None:
                 opened.push_async_callback(server.close)

@@ -2,7 +2,11 @@
 
 Only the key's SHA-256 is looked up (storage.sql.api_keys); the secret is never logged or stored. In dev
 mode (`ROUTEQ_API_DEV_MODE=true`, turned on by `routeq run --serve` only) there are no keys: every
-request acts as the configured tenant/user with admin rights.
+request acts as the configured tenant/user with admin and operator rights.
+
+Two kinds of rights: an admin key administers its own tenant; an operator key (`routeq keys create
+--operator`) acts on the whole fleet: every tenant's analytics, forcing deployments up or down for
+everyone. A tenant's admin is not the fleet's operator.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
 
-__all__ = ["Admin", "Caller", "Principal", "admin", "caller"]
+__all__ = ["Admin", "Caller", "Operator", "Principal", "admin", "caller", "operator"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `routeq keys create`.")
 
@@ -27,8 +31,9 @@ class Principal:
 
     tenant: str
     user: str
-    admin: bool
+    admin: bool  # administers `tenant`
     key_id: str | None  # None in dev mode
+    operator: bool = False  # acts on the whole fleet, every tenant
 
 
 async def caller(
@@ -38,7 +43,7 @@ async def caller(
 ) -> Principal:
     """The request's principal; 401 without a valid key (unless in dev mode)."""
     if ctx.settings.api_dev_mode:
-        return Principal(ctx.settings.tenant, ctx.settings.user, admin=True, key_id=None)
+        return Principal(ctx.settings.tenant, ctx.settings.user, admin=True, key_id=None, operator=True)
     if credentials is None or not credentials.credentials:
         raise ApiError(
             401,
@@ -54,7 +59,7 @@ async def caller(
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = Principal(key.tenant, key.user_id, key.admin, key.id)
+    principal = Principal(key.tenant, key.user_id, key.admin, key.id, operator=key.operator)
     request.state.key_id = key.id  # for access logs: the key's id, never its secret
     return principal
 
@@ -66,5 +71,18 @@ async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
     return principal
 
 
+async def operator(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    """The principal, if it holds an operator key (the whole fleet); 403 otherwise."""
+    if not principal.operator:
+        raise ApiError(
+            403,
+            "this route acts on the whole fleet and needs an operator key (`routeq keys create --operator`); "
+            "an admin key administers its own tenant only",
+            code="not_operator",
+        )
+    return principal
+
+
 Caller = Annotated[Principal, Depends(caller)]
 Admin = Annotated[Principal, Depends(admin)]
+Operator = Annotated[Principal, Depends(operator)]

@@ -29,7 +29,10 @@ router = APIRouter(tags=["Operations"])
 
 @router.get("/metrics", summary="Prometheus metrics (fleet gauges and this API's requests)")
 async def metrics(ctx: Ctx) -> Response:
-    await ctx.metrics.refresh(ctx.redis, ctx.fleet, list(ctx.catalog), ctx.settings.queue_name)
+    settings = ctx.settings
+    await ctx.metrics.refresh(
+        ctx.redis, ctx.fleet, list(ctx.catalog), settings.queue_name, job_lease_s=settings.job_lease_s
+    )
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -41,11 +44,18 @@ async def analytics(
     since: Annotated[datetime | None, Query(description="Window start (default: `days` ago).")] = None,
     until: Annotated[datetime | None, Query(description="Window end, excluded (default: now).")] = None,
     days: Annotated[int, Query(ge=1, le=366, description="Window length when `since` is not given.")] = 7,
-    all_tenants: Annotated[bool, Query(description="Every tenant's numbers (admin keys only).")] = False,
+    all_tenants: Annotated[bool, Query(description="Every tenant's numbers (operator keys only).")] = False,
 ) -> dict[str, Any]:
     """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant."""
-    if all_tenants and not principal.admin:
-        raise ApiError(403, "all_tenants needs an admin key", param="all_tenants", code="not_admin")
+    if all_tenants and not principal.operator:
+        # A tenant's admin key reads its own tenant only: every tenant is the fleet operator's.
+        raise ApiError(
+            403,
+            "all_tenants needs an operator key (`routeq keys create --operator`); an admin key reads "
+            "its own tenant",
+            param="all_tenants",
+            code="not_operator",
+        )
     try:
         end = _utc(until) if until is not None else datetime.now(UTC)
         start = _utc(since) if since is not None else end - timedelta(days=days)

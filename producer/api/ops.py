@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from producer.api.auth import Admin, Caller
+from producer.api.auth import Caller, Operator
 from producer.api.context import ApiContext, Ctx
 from producer.api.schemas import DeploymentStateBody
 from router_core.fleet import DeploymentSnapshot, Forced
@@ -19,6 +20,7 @@ from storage.errors import NotFoundError
 __all__ = ["router"]
 
 router = APIRouter(tags=["Operations"])
+logger = logging.getLogger("routeq.api")
 
 # /ready gives each dependency this long to answer.
 _READY_TIMEOUT_S = 2.0
@@ -66,11 +68,14 @@ async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep]) for dep in ids]}
 
 
-@router.post("/v1/admin/deployments/{deployment_id}/state", summary="Force a deployment down or up (admin)")
+@router.post(
+    "/v1/admin/deployments/{deployment_id}/state", summary="Force a deployment down or up (operator)"
+)
 async def set_deployment_state(
-    deployment_id: str, body: DeploymentStateBody, _admin: Admin, ctx: Ctx
+    deployment_id: str, body: DeploymentStateBody, _operator: Operator, ctx: Ctx
 ) -> dict[str, Any]:
-    """Fleet-wide, until set back to `auto`: workers see it on their next plan."""
+    """Fleet-wide, until set back to `auto`: workers see it on their next plan. Every tenant's
+    calls are affected, so this takes an operator key, not a tenant's admin key."""
     if deployment_id not in ctx.catalog:
         raise NotFoundError("deployment", deployment_id)
     await ctx.fleet.force(deployment_id, None if body.state == "auto" else Forced(body.state))
@@ -85,15 +90,18 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness: Redis and the database answer (no provider is called)")
 async def ready(ctx: Ctx) -> JSONResponse:
+    """`reachable` or `unreachable` per dependency, and nothing more: the route takes no key (load
+    balancers call it), so it shows no URL, host or error text. Why a dependency is unreachable is
+    logged, with the URL masked."""
     checks = {"redis": _check(ctx.redis.ping()), "database": _check(_select_one(ctx))}
     results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+    for name, error in results.items():
+        if error is not None:
+            where = ctx.settings.redis_url if name == "redis" else ctx.settings.database_url
+            logger.warning("/ready: %s at %s is unreachable: %s", name, mask_url(where or "-"), error)
     ok = all(error is None for error in results.values())
-    body = {
-        "status": "ready" if ok else "unavailable",
-        "redis": results["redis"] or "ok",
-        "database": results["database"] or "ok",
-        "database_url": mask_url(ctx.settings.database_url),
-    }
+    body = {"status": "ready" if ok else "unavailable"}
+    body |= {name: "unreachable" if error else "reachable" for name, error in results.items()}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

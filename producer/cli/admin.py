@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from producer.cli._common import execute, load_settings, with_redis
@@ -25,14 +26,21 @@ if TYPE_CHECKING:
 
 __all__ = ["budget_app", "deployments_app"]
 
-console = Console()
+# Names print as they are: no `:x:` in `tenant:x: ...` turned into an emoji (markup is escaped too).
+console = Console(emoji=False)
 T = TypeVar("T")
 
 deployments_app = typer.Typer(help="Fleet-wide deployment state: circuits, limits, maintenance.")
 budget_app = typer.Typer(help="Spend caps and spend per user, tenant or batch.")
 
 DeploymentArg = Annotated[str, typer.Argument(help="A deployment id from the catalog.")]
-ScopeArg = Annotated[str, typer.Argument(help="user:<tenant>/<user>, tenant:<tenant> or batch:<id>.")]
+ScopeArg = Annotated[
+    str,
+    typer.Argument(
+        help="user:<tenant>/<user>, tenant:<tenant> or batch:<id>; write a '/' inside a tenant or user "
+        "name as %2F.",
+    ),
+]
 
 
 async def _with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]]) -> T:
@@ -124,16 +132,28 @@ def _budgets(redis: Redis, settings: Settings) -> Budgets:
     return Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
 
 
+def _scope(typed: str) -> tuple[str, str]:
+    """The scope an operator typed, as stored (names encoded) and as shown (escaped for rich)."""
+    from storage.fleet.budgets import parse_scope, readable_scope  # noqa: PLC0415 - start-up: imported on use
+
+    try:
+        scope = parse_scope(typed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SCOPE") from None
+    return scope, escape(readable_scope(scope))
+
+
 @budget_app.command()
 def show(scope: ScopeArg) -> None:
     """A scope's cap, settled spend and calls in flight (held)."""
     settings = load_settings()
+    stored, shown = _scope(scope)
 
     async def go(redis: Redis) -> None:
         budgets = _budgets(redis, settings)
-        usage = await budgets.usage(scope)
+        usage = await budgets.usage(stored)
         cap = "none" if usage.cap_usd is None else f"${usage.cap_usd:.4f}"
-        console.print(f"{scope}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
+        console.print(f"{shown}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
 
     execute(_with_redis(settings, go))
 
@@ -145,10 +165,11 @@ def set_cap(
 ) -> None:
     """Set a scope's spend cap for the whole fleet (for users it replaces the default)."""
     settings = load_settings()
+    stored, shown = _scope(scope)
 
     async def go(redis: Redis) -> None:
-        await _budgets(redis, settings).set_cap(scope, cap_usd)
-        console.print(f"{scope}: cap ${cap_usd:.4f}")
+        await _budgets(redis, settings).set_cap(stored, cap_usd)
+        console.print(f"{shown}: cap ${cap_usd:.4f}")
 
     execute(_with_redis(settings, go))
 
@@ -157,10 +178,11 @@ def set_cap(
 def unset(scope: ScopeArg) -> None:
     """Remove a scope's own cap (users fall back to ROUTEQ_DEFAULT_USER_BUDGET_USD)."""
     settings = load_settings()
+    stored, shown = _scope(scope)
 
     async def go(redis: Redis) -> None:
-        await _budgets(redis, settings).set_cap(scope, None)
-        console.print(f"{scope}: own cap removed")
+        await _budgets(redis, settings).set_cap(stored, None)
+        console.print(f"{shown}: own cap removed")
 
     execute(_with_redis(settings, go))
 
@@ -168,6 +190,7 @@ def unset(scope: ScopeArg) -> None:
 @budget_app.command()
 def rebuild() -> None:
     """Recompute every scope's spend in Redis from the SQL ledger (run while workers are idle)."""
+    from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
     from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
@@ -179,7 +202,7 @@ def rebuild() -> None:
         finally:
             await store.close()
         for scope, usd in sorted(spent.items()):
-            console.print(f"{scope}: spent ${usd:.4f}")
+            console.print(f"{escape(readable_scope(scope))}: spent ${usd:.4f}")
         console.print(f"{len(spent)} scopes rebuilt from the ledger")
 
     execute(_with_redis(settings, go))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from producer.cli._common import execute, load_settings, with_redis
 from storage.errors import ServiceUnavailableError
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from storage.settings import Settings
+    from storage.sql.api_keys import ApiKey
 
 __all__ = ["keys_app", "serve"]
 
@@ -74,10 +75,18 @@ async def _preflight(settings: Settings) -> None:
 
 @keys_app.command("create")
 def create_key(
+    *,
     tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
     user: Annotated[str, typer.Option(help="The user the key acts for (spend is counted per user).")],
     name: Annotated[str | None, typer.Option(help="A label to recognise the key by.")] = None,
-    admin: Annotated[bool, typer.Option("--admin", help="May call /v1/admin routes.")] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="Administers its own tenant.")] = False,
+    operator: Annotated[
+        bool,
+        typer.Option(
+            "--operator",
+            help="The fleet's operator: every tenant's analytics, forcing deployments (implies --admin).",
+        ),
+    ] = False,
     budget: Annotated[
         float | None,
         typer.Option("--budget", min=0, help="The user's spend cap in USD (fleet-wide)."),
@@ -91,12 +100,15 @@ def create_key(
     async def go() -> str:
         store = await Store.open(settings.database_url)
         try:
-            key, secret = await store.api_keys.create(tenant=tenant, user_id=user, name=name, admin=admin)
+            key, secret = await store.api_keys.create(
+                tenant=tenant, user_id=user, name=name, admin=admin, operator=operator
+            )
         finally:
             await store.close()
         if budget is not None:
             await _set_user_budget(settings, tenant, user, budget)
-        console.print(f"key {key.id} for {tenant}/{user}{' (admin)' if admin else ''}")
+        rights = " (operator)" if key.operator else " (admin)" if key.admin else ""
+        console.print(f"key {key.id} for {escape(tenant)}/{escape(user)}{rights}", emoji=False)
         return secret
 
     secret = execute(go())
@@ -117,7 +129,7 @@ async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: f
 
 @keys_app.command("list")
 def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
-    """Every key (never a secret): id, prefix, tenant, user, admin, created, revoked."""
+    """Every key (never a secret): id, prefix, tenant, user, rights, created, revoked."""
     from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
@@ -128,24 +140,32 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
             found = await store.api_keys.list(tenant=tenant)
         finally:
             await store.close()
-        table = Table(title="API keys")
-        for column in ("id", "prefix", "tenant", "user", "name", "admin", "created", "revoked"):
-            table.add_column(column)
-        for k in found:
-            revoked = "" if k.revoked_at is None else f"{k.revoked_at:%Y-%m-%d %H:%M}"
-            table.add_row(
-                k.id,
-                k.prefix + "…",
-                k.tenant,
-                k.user_id,
-                k.name or "",
-                "yes" if k.admin else "",
-                f"{k.created_at:%Y-%m-%d %H:%M}",
-                revoked,
-            )
-        console.print(table)
+        # Plain aligned columns, never cut or folded to the terminal's width: ids must stay whole
+        # to be copied into `routeq keys revoke` (a rich table truncated them on narrow terminals).
+        rows = [_COLUMNS, *(_cells(k) for k in found)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+        for row in rows:
+            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            console.print(line.rstrip(), soft_wrap=True, markup=False, emoji=False, highlight=False)
 
     execute(go())
+
+
+_COLUMNS = ("id", "prefix", "rights", "tenant", "user", "name", "created", "revoked")
+
+
+def _cells(key: ApiKey) -> tuple[str, ...]:
+    """One key's line of `routeq keys list`, in `_COLUMNS` order."""
+    return (
+        key.id,
+        key.prefix + "…",
+        "operator" if key.operator else "admin" if key.admin else "-",
+        key.tenant,
+        key.user_id,
+        key.name or "-",
+        f"{key.created_at:%Y-%m-%d %H:%M}",
+        "-" if key.revoked_at is None else f"{key.revoked_at:%Y-%m-%d %H:%M}",
+    )
 
 
 @keys_app.command("revoke")

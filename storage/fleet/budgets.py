@@ -21,11 +21,18 @@ cents of a cap never hold more than the cap between them: `spent + reserved <= c
 scope. Release and settle are idempotent (a hold already gone is skipped), so a retried or
 duplicated call never counts money twice.
 
-Money is kept in integer micro-dollars (holds rounded up, charges rounded to the nearest, the way
-the ledger's sum is rounded on rebuild), so Lua's doubles add exactly up to 2^53 micro-dollars
-(about 9 billion USD). A cap in `routeq:budget:caps` (scope -> micro-dollars, set by operators)
-wins; without one a user gets `default_user_cap_usd`, a batch its own cap (`batches.budget_usd`,
-passed in by the worker) and a tenant no cap.
+Money is kept in integer micro-dollars, so Lua's doubles add exactly up to 2^53 micro-dollars (about
+9 billion USD). Every amount is rounded up to a whole micro-dollar: a hold (so it is never smaller
+than the call), and each charge, as the ledger stores it (NUMERIC(20, 10)), on its own. Rounding a
+charge to the nearest would make calls under half a micro-dollar free in the counters, and a tiny
+cap could then be overspent many times over in the ledger; rounded up, the counters never show
+less than the ledger, so settled spend never exceeds a cap. A charge never exceeds its hold (the
+hold is the call's worst case, both rounded up alike). The rebuild from the ledger rounds each
+charge the same way (`Ledger.micro_spent_by_owner`), so a rebuild of right counters changes nothing.
+
+A cap in `routeq:budget:caps` (scope -> micro-dollars, rounded down, set by operators) wins; without
+one a user gets `default_user_cap_usd`, a batch its own cap (`batches.budget_usd`, passed in by the
+worker) and a tenant no cap.
 
 The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
 `Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
@@ -37,8 +44,9 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import unquote
 
 from redis.asyncio import Redis
 
@@ -53,6 +61,8 @@ __all__ = [
     "JobSpendGuard",
     "ScopeUsage",
     "batch_scope",
+    "parse_scope",
+    "readable_scope",
     "tenant_scope",
     "user_scope",
 ]
@@ -157,18 +167,57 @@ return order
 
 
 def user_scope(tenant: str, user: str) -> str:
-    """The budget scope of one user of one tenant: `user:<tenant>/<user>`."""
-    return f"user:{tenant}/{user}"
+    """The budget scope of one user of one tenant: `user:<tenant>/<user>`, each name a `key_part`."""
+    return f"user:{keys.key_part(tenant)}/{keys.key_part(user)}"
 
 
 def tenant_scope(tenant: str) -> str:
-    """The budget scope of a whole tenant: `tenant:<tenant>`."""
-    return f"tenant:{tenant}"
+    """The budget scope of a whole tenant: `tenant:<tenant>`, the name a `key_part`."""
+    return f"tenant:{keys.key_part(tenant)}"
 
 
 def batch_scope(batch_id: str) -> str:
-    """The budget scope of one batch: `batch:<batch_id>`."""
-    return f"batch:{batch_id}"
+    """The budget scope of one batch: `batch:<batch_id>`, the id a `key_part`."""
+    return f"batch:{keys.key_part(batch_id)}"
+
+
+def parse_scope(text: str) -> str:
+    """The scope an operator typed (`readable_scope`'s form), as `user_scope` & co. build it.
+
+    Names are written as they are, except that percent escapes are decoded: in a user scope the
+    tenant and the user are split at the one `/`, so a `/` inside either name is written `%2F`
+    (and a `%` that could be read as an escape `%25`).
+
+    Raises:
+        ValueError: not `user:<tenant>/<user>`, `tenant:<tenant>` or `batch:<id>`, or a name is empty.
+    """
+    kind, colon, rest = text.partition(":")
+    names = rest.split("/") if kind == "user" else [rest]
+    if not colon or kind not in ("user", "tenant", "batch") or len(names) != (2 if kind == "user" else 1):
+        raise ValueError(
+            f"not a budget scope: {text!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
+            " (write a '/' inside a tenant or user name as %2F)"
+        )
+    decoded = [unquote(name) for name in names]
+    if not all(decoded):
+        raise ValueError(f"not a budget scope: {text!r}; a name is empty")
+    if kind == "user":
+        return user_scope(*decoded)
+    return tenant_scope(decoded[0]) if kind == "tenant" else batch_scope(decoded[0])
+
+
+def readable_scope(scope: str) -> str:
+    """A scope as operators read and type it (`parse_scope` reads it back): names decoded.
+
+    Only what `parse_scope` would misread stays escaped: a `%` and, in a user scope, a `/`.
+    """
+    kind, _, rest = scope.partition(":")
+    parts = rest.split("/") if kind == "user" else [rest]
+    shown = []
+    for part in parts:
+        name = keys.name_of_key_part(part).replace("%", "%25")
+        shown.append(name.replace("/", "%2F") if kind == "user" else name)
+    return f"{kind}:{'/'.join(shown)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +406,7 @@ class JobSpendGuard:
         if not isinstance(reply, list):
             return None
         scope, spent, reserved, cap = map(as_text, reply)
-        kind, _, name = scope.partition(":")
+        kind, _, name = readable_scope(scope).partition(":")
         message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
             f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
@@ -382,9 +431,13 @@ async def _ledger_spent(store: Store) -> dict[str, int]:
 
 
 def _check_scope(scope: str) -> None:
-    if not scope.startswith(_KINDS) or scope.endswith(":"):
+    """A scope as `user_scope` & co. build it: its names encoded, one `/` in a user scope."""
+    kind, _, rest = scope.partition(":")
+    names = rest.split("/") if scope.startswith("user:") else [rest]
+    if not scope.startswith(_KINDS) or not all(names) or len(names) != (2 if kind == "user" else 1):
         raise ValueError(
             f"not a budget scope: {scope!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
+            " (build it with user_scope, tenant_scope, batch_scope or parse_scope)"
         )
 
 
@@ -396,17 +449,23 @@ def _hold_micro(usd: float) -> int:
 
 
 def _charge_micro(usd: float | Decimal) -> int:
-    """A real cost in micro-dollars, rounded as the ledger stores it and then to the nearest micro."""
+    """A real cost in micro-dollars: rounded as the ledger stores it, then up to a whole micro.
+
+    The same rule as `Ledger.micro_spent_by_owner` (the rebuild): keep the two in step.
+    """
     value = usd if isinstance(usd, Decimal) else Decimal(repr(usd))
     if value < 0:
         raise ValueError(f"cannot charge a negative cost (${usd})")
-    return int((value.quantize(_LEDGER_QUANTUM) * _MICRO).to_integral_value(ROUND_HALF_UP))
+    # PostgreSQL rounds NUMERIC half away from zero; for a cost (never negative) that is half-up.
+    stored = value.quantize(_LEDGER_QUANTUM, ROUND_HALF_UP)
+    return int((stored * _MICRO).to_integral_value(ROUND_CEILING))
 
 
 def _cap_micro(usd: float) -> int:
+    """A cap in micro-dollars, rounded down: counters in whole micros must not pass the cap in USD."""
     if usd < 0:
         raise ValueError(f"a spend cap cannot be negative (${usd}); use 0 to allow no spend")
-    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_HALF_UP))
+    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_FLOOR))
 
 
 def _usd(micro: bytes | str | int | None) -> float:

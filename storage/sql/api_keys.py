@@ -1,4 +1,7 @@
-"""API keys of the HTTP API: each bound to a tenant and user, some with admin rights.
+"""API keys of the HTTP API: each bound to a tenant and user, some with admin or operator rights.
+
+An admin key administers its own tenant; an operator key acts on the whole fleet (every tenant's
+analytics, forcing deployments). The two are separate: an admin is never an operator by being one.
 
 A key is `rq-` followed by 43 URL-safe random characters (256 bits). Only its SHA-256 is stored:
 a secret with that much entropy needs no slow hash, and a database dump reveals no usable key.
@@ -44,6 +47,7 @@ class ApiKey:
     user_id: str
     name: str | None
     admin: bool
+    operator: bool
     created_at: datetime
     revoked_at: datetime | None
 
@@ -59,6 +63,7 @@ _COLUMNS = (
     api_keys.c.user_id,
     api_keys.c.name,
     api_keys.c.admin,
+    api_keys.c.operator,
     api_keys.c.created_at,
     api_keys.c.revoked_at,
 )
@@ -78,9 +83,18 @@ class ApiKeys:
         self._db = db
 
     async def create(
-        self, *, tenant: str, user_id: str, name: str | None = None, admin: bool = False
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        name: str | None = None,
+        admin: bool = False,
+        operator: bool = False,
     ) -> tuple[ApiKey, str]:
-        """A new key and its secret; the secret is not stored and cannot be shown again."""
+        """A new key and its secret; the secret is not stored and cannot be shown again.
+
+        `admin` administers the key's tenant; `operator` acts on the whole fleet (and implies admin).
+        """
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id=new_id("key"),
@@ -88,7 +102,8 @@ class ApiKeys:
             tenant=tenant,
             user_id=user_id,
             name=name,
-            admin=admin,
+            admin=admin or operator,
+            operator=operator,
             created_at=datetime.now(UTC),
             revoked_at=None,
         )

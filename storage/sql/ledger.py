@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select
 
 from storage.sql.database import Database
 from storage.sql.schema import ledger
@@ -51,10 +51,14 @@ class Ledger:
     async def micro_spent_by_owner(self) -> list[tuple[str, str, str, int]]:
         """(tenant, user, batch, micro-dollars) for every owner the ledger charges, in one read.
 
-        Each charge is rounded to micro-dollars before summing, as the budgets' settle does, so a
-        rebuild of counters that were right changes nothing.
+        Each charge is rounded up to a whole micro-dollar before summing, as the budgets' settle
+        does (`storage.fleet.budgets`), so a rebuild of counters that were right changes nothing.
+        The cost is first made the exact integer of ledger quanta (1e-10 USD; on SQLite it is a
+        float, and a float times 1e6 can land just above a whole micro), then ceiling-divided in
+        integers.
         """
-        micro = func.sum(func.round(ledger.c.cost_usd * 1_000_000))
+        quanta = cast(func.round(ledger.c.cost_usd * 10_000_000_000), BigInteger)
+        micro = func.sum((quanta + 9_999) // 10_000)
         query = select(ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id, micro).group_by(
             ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id
         )

@@ -287,6 +287,6 @@ def ledger_row(job: StartedJob, run: int, number: int, attempt: Attempt, now: da
         "cost_usd": money(attempt.cost_usd),
         "usage": attempt.usage.model_dump() if attempt.usage else {},
         "simulated": attempt.simulated,
-        "estimated": False,
+        "estimated": attempt.estimated,
         "created_at": now,
     }

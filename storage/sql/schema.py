@@ -181,7 +181,8 @@ api_keys = Table(
     Column("tenant", String(128), nullable=False),
     Column("user_id", String(128), nullable=False),
     Column("name", String(255)),
-    Column("admin", Boolean, nullable=False, default=False, server_default=false()),
+    Column("admin", Boolean, nullable=False, default=False, server_default=false()),  # within its tenant
+    Column("operator", Boolean, nullable=False, default=False, server_default=false()),  # the whole fleet
     Column("created_at", _Time, nullable=False),
     Column("revoked_at", _Time),
 )
