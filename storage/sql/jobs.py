@@ -6,7 +6,8 @@ to remember to compare tenants (workers and operators pass `ANY_TENANT`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -78,6 +79,35 @@ class Jobs:
         async with self._db.reading() as conn:
             rows = (await conn.execute(query.order_by(jobs.c.seq).limit(limit))).all()
         return [JobRecord.from_row(row._mapping) for row in rows]
+
+    async def unfinished(
+        self, *, created_before: datetime, after: tuple[datetime, str] | None = None, limit: int = _PAGE
+    ) -> list[tuple[datetime, str]]:
+        """(created_at, id) of up to `limit` queued or running jobs created before `created_before`.
+
+        Oldest first, after the key `after` of the previous page. Every tenant's (the fleet's
+        sweeper asks); the partial index `ix_jobs_unfinished` holds only these rows.
+        """
+        query = select(jobs.c.created_at, jobs.c.id).where(
+            jobs.c.status.in_(_RUNNABLE_VALUES) & (jobs.c.created_at < created_before)
+        )
+        if after is not None:
+            query = query.where(
+                (jobs.c.created_at > after[0]) | ((jobs.c.created_at == after[0]) & (jobs.c.id > after[1]))
+            )
+        query = query.order_by(jobs.c.created_at, jobs.c.id).limit(limit)
+        async with self._db.reading() as conn:
+            return [(row.created_at, row.id) for row in await conn.execute(query)]
+
+    async def open_runs(self, job_ids: Collection[str]) -> dict[str, int]:
+        """Of `job_ids`, those still queued or running, each with the arq try that last started it."""
+        if not job_ids:
+            return {}
+        query = select(jobs.c.id, jobs.c.run).where(
+            jobs.c.id.in_(list(job_ids)) & jobs.c.status.in_(_RUNNABLE_VALUES)
+        )
+        async with self._db.reading() as conn:
+            return {row.id: int(row.run) for row in await conn.execute(query)}
 
     async def attempts(self, job_id: str, *, tenant: TenantScope) -> list[dict[str, Any]]:
         """Every provider call of the job, in the order made (none for another tenant's job)."""
