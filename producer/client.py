@@ -21,6 +21,7 @@ from router_core.models import ChatRequest
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
 from storage.bus.queue import enqueue_jobs
+from storage.bus.recovery import finish_batch, requeue_orphans
 from storage.connections import connect_redis
 from storage.jobs import ANY_TENANT, ApiBatch, BatchRecord, JobRecord, JobStatus, NewJob, TenantScope
 from storage.settings import Settings
@@ -187,24 +188,27 @@ class Client:
         return self.events_bus.follow(batch_id, after=after)
 
     async def requeue(self, batch_id: str) -> int:
-        """Put the batch's `queued` jobs back on the arq queue; returns how many.
+        """Put the batch's jobs that nothing will run back on the arq queue; returns how many.
 
-        SQL is the source of truth: after a crash between the SQL insert and the enqueue, or a Redis
-        that lost its data, this rebuilds the queue (and the progress counters, if they are gone).
-        Safe to repeat: workers skip jobs that already ran.
+        SQL is the source of truth. After a crash between the SQL insert and the enqueue, a Redis
+        that lost its data, or a job arq dropped (its job timeout, an expired payload), this
+        re-queues every unfinished job with no live lease (`queued` and `running` alike; one a
+        live worker runs keeps running), counts the finished jobs Redis has not counted (the
+        progress counters), and marks the batch complete when that finishes it. The fleet's
+        sweeper does the same on its own (`ROUTEQ_SWEEP_INTERVAL_S`); this does it now.
+        Safe to repeat: workers skip jobs that already ran, and no job is counted twice.
         """
-        batch = await self.store.batches.get(batch_id, tenant=self.scope)
-        job_ids = [
+        await self.store.batches.get(batch_id, tenant=self.scope)  # NotFoundError for another tenant
+        unfinished = [
             job.id
             async for job in self.store.jobs.iter(batch_id, tenant=self.scope)
-            if job.status == JobStatus.QUEUED
+            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
         ]
-        await self.events_bus.restore_counts(
-            batch_id, batch.total, {status.value: n for status, n in batch.counts.items()}
+        await finish_batch(self.store, self.events_bus, batch_id)
+        requeued = await requeue_orphans(
+            self.redis, self.store, unfinished, queue_name=self.settings.queue_name
         )
-        if job_ids:
-            await enqueue_jobs(self.redis, job_ids, queue_name=self.settings.queue_name)
-        return len(job_ids)
+        return len(requeued)
 
     # -- cancelling ------------------------------------------------------------------------------
 
