@@ -26,6 +26,7 @@ from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
 from storage.bus.notifier import Notifier
 from storage.bus.queue import enqueue_jobs
+from storage.bus.recovery import finish_batch, requeue_orphans
 from storage.connections import connect_redis
 from storage.jobs import (
     ANY_TENANT,
@@ -210,7 +211,9 @@ class Client:
         job_ids = created.job_ids
         total = len(job_ids)
         if created.replayed:
-            job_ids = await self.store.jobs.ids(created.batch_id, tenant=self.scope, status=JobStatus.QUEUED)
+            job_ids = await self.store.jobs.ids(
+                created.batch_id, tenant=self.scope, statuses=(JobStatus.QUEUED,)
+            )
             if job_ids:
                 total = (await self.store.batches.get(created.batch_id, tenant=self.scope)).total
         if job_ids:
@@ -262,20 +265,25 @@ class Client:
         return self.events_bus.follow(batch_id, after=after)
 
     async def requeue(self, batch_id: str) -> int:
-        """Put the batch's `queued` jobs back on the arq queue; returns how many.
+        """Put the batch's jobs that nothing will run back on the arq queue; returns how many.
 
-        SQL is the source of truth: after a crash between the SQL insert and the enqueue, or a Redis
-        that lost its data, this rebuilds the queue (and the progress counters, if they are gone).
-        Safe to repeat: workers skip jobs that already ran.
+        SQL is the source of truth. After a crash between the SQL insert and the enqueue, a Redis
+        that lost its data, or a job arq dropped (its job timeout, an expired payload), this
+        re-queues every unfinished job with no live lease (`queued` and `running` alike; one a
+        live worker runs keeps running), counts the finished jobs Redis has not counted (the
+        progress counters), and marks the batch complete when that finishes it. The fleet's
+        sweeper does the same on its own (`ROUTEQ_SWEEP_INTERVAL_S`); this does it now.
+        Safe to repeat: workers skip jobs that already ran, and no job is counted twice.
         """
-        batch = await self.store.batches.get(batch_id, tenant=self.scope)
-        job_ids = await self.store.jobs.ids(batch_id, tenant=self.scope, status=JobStatus.QUEUED)
-        await self.events_bus.restore_counts(
-            batch_id, batch.total, {status.value: n for status, n in batch.counts.items()}
+        await self.store.batches.get(batch_id, tenant=self.scope)  # NotFoundError for another tenant
+        unfinished = await self.store.jobs.ids(
+            batch_id, tenant=self.scope, statuses=(JobStatus.QUEUED, JobStatus.RUNNING)
         )
-        if job_ids:
-            await enqueue_jobs(self.redis, job_ids, queue_name=self.settings.queue_name)
-        return len(job_ids)
+        await finish_batch(self.store, self.events_bus, batch_id)
+        requeued = await requeue_orphans(
+            self.redis, self.store, unfinished, queue_name=self.settings.queue_name
+        )
+        return len(requeued)
 
     # -- cancelling ------------------------------------------------------------------------------
 

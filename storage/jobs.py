@@ -37,6 +37,7 @@ __all__ = [
     "CreatedBatch",
     "DeploymentSummary",
     "FailureCode",
+    "FinishedJob",
     "IdempotencyKey",
     "InDoubtCall",
     "JobFailure",
@@ -124,6 +125,20 @@ class CancelledJob:
     batch_id: str
     custom_id: str
     failure: JobFailure
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedJob:
+    """A finished job as its terminal event tells it: read without the request or the result."""
+
+    id: str
+    batch_id: str
+    custom_id: str
+    status: JobStatus
+    deployment: str | None
+    cost_usd: Decimal | None
+    latency_ms: float | None
+    error: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)

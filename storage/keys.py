@@ -12,6 +12,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
 | routeq:chunks-added:<job_id> | pub/sub | -                             | workers (stream=true) |
 | routeq:workers               | hash    | removed on shutdown or stale  | workers, metrics      |
+| routeq:sweeper               | string  | sweep_interval_s (a lock)     | the sweeping worker   |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
 | routeq:dep:<id>:inflight     | zset    | members expire by score       | fleet scripts         |
 | routeq:dep:<id>:requests     | zset    | pruned past the rate window   | fleet scripts         |
@@ -51,9 +52,11 @@ from urllib.parse import unquote
 
 __all__ = [
     "ANSWER_TTL_S",
+    "ARQ_IN_PROGRESS_PREFIX",
     "ARQ_JOB_PREFIX",
     "BUDGET_CAPS",
     "ROTATION",
+    "SWEEPER",
     "WORKERS",
     "batch_events",
     "batch_progress",
@@ -74,7 +77,11 @@ __all__ = [
 
 PREFIX = "routeq:"
 ARQ_JOB_PREFIX = "arq:job:"  # arq.constants.job_key_prefix, written by our bulk enqueue too
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"  # arq.constants.in_progress_key_prefix: a live worker's lease
 WORKERS = PREFIX + "workers"
+# Held by the one worker of the fleet sweeping for orphaned jobs (workers/sweeper.py): its id, with
+# a TTL of one sweep interval, so the fleet sweeps about once per interval whatever its size.
+SWEEPER = PREFIX + "sweeper"
 ROTATION = PREFIX + "rotation"
 BUDGET_CAPS = PREFIX + "budget:caps"
 

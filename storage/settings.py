@@ -76,6 +76,18 @@ class Settings(RouterSettings):
         description="A running job's claim in Redis lasts this long and is renewed every third of it: a "
         "killed worker's jobs run again on another worker within this, plus one poll.",
     )
+    sweep_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often the fleet looks for orphaned jobs (unfinished in SQL with nothing in Redis "
+        "that will run them) and re-queues them; one worker sweeps at a time. 0 = never.",
+    )
+    sweep_min_age_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Jobs and batches younger than this are left to the producer that is still "
+        "enqueueing them; only older ones are swept.",
+    )
     shutdown_grace_s: int = Field(
         default=20,
         ge=0,

@@ -156,7 +156,7 @@ def test_cancel_then_requeue_on_real_services() -> None:
     assert cancelled.exit_code == 0
     assert "8 queued jobs cancelled" in cancelled.output
     requeued = runner.invoke(app, ["requeue", batch_id.group(0)])
-    assert "0 queued jobs put back" in requeued.output
+    assert "0 jobs put back" in requeued.output
     status = runner.invoke(app, ["status", batch_id.group(0)])
     assert "cancelled" in status.output
 

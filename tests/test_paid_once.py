@@ -162,7 +162,7 @@ async def test_cancel_and_requeue_read_ids_not_requests(backend: Backend) -> Non
     client = Client(await backend.redis(), backend.store, backend.settings)
     batch_id = await client.submit_batch([NewJob(f"item-{i}", chat(f"hello {i}")) for i in range(5)])
     with _statements(backend.store) as requeue_sql:
-        assert await client.requeue(batch_id) == 5
+        assert await client.requeue(batch_id) == 0  # every job is waiting in the queue: none to put back
     with _statements(backend.store) as cancel_sql:
         assert await client.cancel(batch_id) == 5
     for statement in requeue_sql + cancel_sql:

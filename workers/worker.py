@@ -32,7 +32,7 @@ from typing import Any
 import arq.worker
 from arq.connections import ArqRedis
 from arq.connections import log_redis_info as _arq_log_redis_info
-from arq.constants import in_progress_key_prefix
+from arq.constants import expires_extra_ms, in_progress_key_prefix
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -52,6 +52,7 @@ from storage.sql.store import Store
 from workers.context import Shared, WorkerContext, attach, detach, worker_context, worker_record
 from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
+from workers.sweeper import Sweeper
 
 __all__ = [
     "ContextHook",
@@ -113,6 +114,10 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         started = time.time()
         await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]
         opened.push_async_callback(_unregister, redis, worker_id)
+        # Every worker takes its turn looking for jobs arq dropped (one at a time: a Redis lock).
+        sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id)
+        sweeper.start()
+        opened.push_async_callback(sweeper.close)
         server = None
         if metrics is not None and settings.worker_metrics_port is not None:
             deployments = list(router.catalog)
@@ -186,12 +191,26 @@ async def route_job(ctx: dict[str, Any], job_id: str) -> str:
         # racing for the first free slot (and being deferred again).
         delay = exc.delay_s + random.uniform(0.0, exc.spread_s) + 0.01
         logger.debug("%s", exc)
+        await _keep_payload(ctx["redis"], job_id, delay)
         raise Retry(defer=delay) from exc
     except (SQLAlchemyError, RedisError, OSError) as exc:
         # Redis or the database is down: try again later rather than leave the job `running`.
         delay = _INFRA_RETRY_S[min(run, len(_INFRA_RETRY_S)) - 1]
         logger.warning("job %s try %d hit %s; retrying in %ss", job_id, run, exc, delay)
         raise Retry(defer=delay) from exc
+
+
+async def _keep_payload(redis: Redis, job_id: str, defer_s: float) -> None:
+    """Keep a deferred job's payload a day past its new run time, as arq's enqueue does.
+
+    arq writes `arq:job:<id>` with a TTL of a day (`expires_extra_ms`) and a deferral does not touch
+    it, so a job deferred for capacity over and over would lose its payload and be dropped.
+    """
+    ttl_ms = int(defer_s * 1000) + expires_extra_ms
+    try:
+        await redis.pexpire(keys.ARQ_JOB_PREFIX + job_id, ttl_ms)
+    except (RedisError, OSError) as exc:  # the sweeper re-queues the job if the payload does expire
+        logger.warning("could not extend job %s's payload: %s", job_id, exc)
 
 
 # arq counts every delivery, deferrals for capacity included, and drops a job silently past its

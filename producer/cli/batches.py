@@ -255,9 +255,13 @@ def cancel(id: IdArg) -> None:
 
 
 def requeue(id: IdArg) -> None:
-    """Re-enqueue a batch's queued jobs from SQL (after a crash mid-submit or a Redis data loss)."""
+    """Re-enqueue a batch's jobs that nothing will run, and restore its counters, from SQL.
+
+    For a crash mid-submit, a Redis data loss or jobs arq dropped: queued and running jobs with no
+    live lease go back on the queue; a batch whose jobs are all finished is marked complete.
+    """
 
     async def go(client: Client) -> None:
-        console.print(f"{await client.requeue(id)} queued jobs put back on the queue")
+        console.print(f"{await client.requeue(id)} jobs put back on the queue")
 
     execute(with_client(load_settings(), go))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +24,18 @@ from redis.asyncio import Redis
 
 from storage import keys
 from storage.connections import as_text
-from storage.jobs import CancelledJob, JobRecord, JobStatus
+from storage.jobs import CancelledJob, FinishedJob, JobRecord, JobStatus
 
 __all__ = ["BatchCounts", "Event", "EventBus", "JobEvent"]
 
 # KEYS: [1] stream, [2] progress hash, [3..] one "published" marker per job.
-# ARGV: [1] retention seconds, [2] job-done channel prefix, then per job: job_id, status, data JSON.
+# ARGV: [1] retention seconds, [2] job-done channel prefix, [3] the batch's total to restore ('' when
+# publishing), then per job: job_id, status, data JSON.
 _PUBLISH_TERMINAL = """
 local stream, progress = KEYS[1], KEYS[2]
 local retention, channel_prefix = tonumber(ARGV[1]), ARGV[2]
+local restored = ARGV[3] ~= '' and redis.call('HSETNX', progress, 'total', ARGV[3]) == 1
+local completed = false
 local function counts()
   local c = redis.call('HMGET', progress, 'total', 'done', 'succeeded', 'failed', 'cancelled')
   for i = 1, 5 do c[i] = tonumber(c[i] or '0') end
@@ -44,7 +47,7 @@ local function counts_json(c)
 end
 local added = 0
 for i = 3, #KEYS do
-  local base = 3 + (i - 3) * 3
+  local base = 4 + (i - 3) * 3
   local job_id, status, data = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', retention) then
     added = added + 1
@@ -59,12 +62,17 @@ for i = 3, #KEYS do
     end
     if done == c[1] then
       redis.call('XADD', stream, '*', 'type', 'batch.completed', 'data', counts_json(c))
+      completed = true
     end
   end
 end
+local c = counts()
+-- The total came back after the last job was counted (its publish found no total): complete now.
+if restored and not completed and c[1] > 0 and c[2] >= c[1] then
+  redis.call('XADD', stream, '*', 'type', 'batch.completed', 'data', counts_json(c))
+end
 redis.call('EXPIRE', stream, retention)
 redis.call('EXPIRE', progress, retention)
-local c = counts()
 return {added, c[1], c[2], c[3], c[4], c[5]}
 """
 _CHANNEL_PREFIX = keys.job_done_channel("")
@@ -86,7 +94,7 @@ class JobEvent:
     error: str | None = None
 
     @classmethod
-    def from_record(cls, job: JobRecord) -> JobEvent:
+    def from_record(cls, job: JobRecord | FinishedJob) -> JobEvent:
         """The event for a finished job as SQL holds it."""
         failed = job.error is not None and job.status != JobStatus.SUCCEEDED
         return cls(
@@ -168,36 +176,39 @@ class EventBus:
             pipe.expire(progress, self._retention_s)
             await pipe.execute()
 
-    async def restore_counts(self, batch_id: str, total: int, counts: Mapping[str, int]) -> bool:
-        """Recreate a lost progress hash from SQL counts; returns False when it still exists."""
-        progress = keys.batch_progress(batch_id)
-        terminal = {status: counts.get(status, 0) for status in _COUNTERS[2:]}
-        values = {"total": total, "done": sum(terminal.values()), **terminal}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.exists(progress)
-            pipe.hsetnx(progress, "total", str(total))
-            existed, _ = await pipe.execute()
-        if existed:
-            return False
-        # Nobody else writes counters for a batch whose hash is gone until jobs are re-queued.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(progress, mapping={k: str(v) for k, v in values.items()})
-            pipe.expire(progress, self._retention_s)
-            await pipe.execute()
-        return True
+    async def restore(self, batch_id: str, total: int, finished: Sequence[JobEvent]) -> BatchCounts:
+        """Rebuild a batch's counters from SQL after Redis lost them (or never got them).
+
+        `finished` is the terminal event of every job SQL says is finished. Each goes through the
+        publishing script, so a job whose event is already out (its marker is set, for instance a
+        job that finished after Redis lost its data) is not counted twice, and the one that brings
+        `done` to `total` appends `batch.completed`. The total is set only where it is missing.
+        Safe to repeat, and safe while workers publish. Returns the counts afterwards.
+        """
+        counts = await self._publish(batch_id, finished, total=total)
+        return counts if counts is not None else await self.counts(batch_id)
 
     async def publish_terminal(self, events: Sequence[JobEvent]) -> BatchCounts | None:
         """Publish terminal events of jobs of one batch; a job already published is skipped.
 
         Returns the batch counts after publishing, or None when `events` is empty.
         """
+        if not events:
+            return None
+        return await self._publish(events[0].batch_id, events, total=None)
+
+    async def _publish(
+        self, batch_id: str, events: Sequence[JobEvent], *, total: int | None
+    ) -> BatchCounts | None:
         counts: BatchCounts | None = None
-        for start in range(0, len(events), _PUBLISH_CHUNK):
+        # At least one call when restoring a total, even with no finished job to publish.
+        starts = range(0, len(events), _PUBLISH_CHUNK) if events or total is None else [0]
+        for start in starts:
             chunk = events[start : start + _PUBLISH_CHUNK]
-            batch_id = chunk[0].batch_id
             script_keys = [keys.batch_events(batch_id), keys.batch_progress(batch_id)]
             script_keys += [keys.job_published(e.job_id) for e in chunk]
-            args: list[str | int] = [self._retention_s, _CHANNEL_PREFIX]
+            restore = "" if total is None or start > 0 else str(total)
+            args: list[str | int] = [self._retention_s, _CHANNEL_PREFIX, restore]
             for e in chunk:
                 args += [e.job_id, e.status, e.data()]
             reply: list[Any] = await self._script(keys=script_keys, args=args)

@@ -204,6 +204,30 @@ class Batches:
         cap, expires = row
         return BatchLimits(None if cap is None else float(cap), aware(expires))
 
+    async def finalizing(self, *, created_before: datetime, limit: int = 100) -> Sequence[str]:
+        """Batches created before `created_before` whose jobs are all finished, not marked complete.
+
+        A terminal event that never went out (its run was cancelled after the commit) or a worker
+        that died before marking the batch leaves one. Every tenant's (the fleet's sweeper asks).
+        """
+        open_job = select(jobs.c.id).where(
+            (jobs.c.batch_id == batches.c.id)
+            & jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+        )
+        query = (
+            select(batches.c.id)
+            .where(
+                batches.c.completed_at.is_(None)
+                & (batches.c.created_at < created_before)
+                & (batches.c.total > 0)
+                & ~open_job.exists()
+            )
+            .order_by(batches.c.created_at)
+            .limit(limit)
+        )
+        async with self._db.reading() as conn:
+            return list((await conn.execute(query)).scalars())
+
     async def mark_completed(self, batch_id: str) -> None:
         """Set `completed_at` once (the first call wins; later ones change nothing)."""
         now = self._db.now()

@@ -6,13 +6,15 @@ to remember to compare tenants (workers and operators pass `ANY_TENANT`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from storage.errors import NotFoundError
-from storage.jobs import JobRecord, JobStatus, TenantScope
+from storage.jobs import FinishedJob, JobRecord, JobStatus, TenantScope
 from storage.sql.database import Database, owned_by
 from storage.sql.schema import attempts, jobs
 
@@ -20,6 +22,7 @@ __all__ = ["Jobs"]
 
 _RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _PAGE = 500
+_FINISHED_COLUMNS = [field.name for field in dataclasses.fields(FinishedJob)]
 
 
 class Jobs:
@@ -60,13 +63,33 @@ class Jobs:
                 return
             after = rows[-1].seq
 
-    async def ids(self, batch_id: str, *, tenant: TenantScope, status: JobStatus) -> list[str]:
-        """The ids of the batch's jobs in `status`, in input order (ids only: no request is read)."""
+    async def finished(self, batch_id: str, *, tenant: TenantScope) -> AsyncIterator[FinishedJob]:
+        """The batch's finished jobs in input order, with only what their terminal events say."""
+        columns = [jobs.c[name] for name in _FINISHED_COLUMNS]
+        after = -1
+        while True:
+            query = select(*columns, jobs.c.seq).where(
+                (jobs.c.batch_id == batch_id)
+                & (jobs.c.seq > after)
+                & jobs.c.status.not_in(_RUNNABLE_VALUES)
+                & owned_by(jobs.c.tenant, tenant)
+            )
+            async with self._db.reading() as conn:
+                rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
+            for row in rows:
+                values = {name: row._mapping[name] for name in _FINISHED_COLUMNS}
+                yield FinishedJob(**values | {"status": JobStatus(values["status"])})
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1].seq
+
+    async def ids(self, batch_id: str, *, tenant: TenantScope, statuses: Collection[JobStatus]) -> list[str]:
+        """The ids of the batch's jobs in one of `statuses`, in input order (no request is read)."""
         query = (
             select(jobs.c.id)
             .where(
                 (jobs.c.batch_id == batch_id)
-                & (jobs.c.status == status.value)
+                & jobs.c.status.in_([status.value for status in statuses])
                 & owned_by(jobs.c.tenant, tenant)
             )
             .order_by(jobs.c.seq)
@@ -92,6 +115,35 @@ class Jobs:
         async with self._db.reading() as conn:
             rows = (await conn.execute(query.order_by(jobs.c.seq).limit(limit))).all()
         return [JobRecord.from_row(row._mapping) for row in rows]
+
+    async def unfinished(
+        self, *, created_before: datetime, after: tuple[datetime, str] | None = None, limit: int = _PAGE
+    ) -> list[tuple[datetime, str]]:
+        """(created_at, id) of up to `limit` queued or running jobs created before `created_before`.
+
+        Oldest first, after the key `after` of the previous page. Every tenant's (the fleet's
+        sweeper asks); the partial index `ix_jobs_unfinished` holds only these rows.
+        """
+        query = select(jobs.c.created_at, jobs.c.id).where(
+            jobs.c.status.in_(_RUNNABLE_VALUES) & (jobs.c.created_at < created_before)
+        )
+        if after is not None:
+            query = query.where(
+                (jobs.c.created_at > after[0]) | ((jobs.c.created_at == after[0]) & (jobs.c.id > after[1]))
+            )
+        query = query.order_by(jobs.c.created_at, jobs.c.id).limit(limit)
+        async with self._db.reading() as conn:
+            return [(row.created_at, row.id) for row in await conn.execute(query)]
+
+    async def open_runs(self, job_ids: Collection[str]) -> dict[str, int]:
+        """Of `job_ids`, those still queued or running, each with the arq try that last started it."""
+        if not job_ids:
+            return {}
+        query = select(jobs.c.id, jobs.c.run).where(
+            jobs.c.id.in_(list(job_ids)) & jobs.c.status.in_(_RUNNABLE_VALUES)
+        )
+        async with self._db.reading() as conn:
+            return {row.id: int(row.run) for row in await conn.execute(query)}
 
     async def attempts(self, job_id: str, *, tenant: TenantScope) -> list[dict[str, Any]]:
         """Every provider call of the job, in the order made (none for another tenant's job)."""

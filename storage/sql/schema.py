@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 __all__ = ["api_keys", "attempts", "batches", "files", "idempotency_keys", "jobs", "ledger", "metadata"]
@@ -73,6 +74,13 @@ batches = Table(
     Column("expires_at", _Time),  # past it, jobs not started yet end as expired
     Column("metadata", JSON),
     Index(None, "tenant", "created_at"),
+    # The sweeper's batches that may be done without being marked complete (migration 0004).
+    Index(
+        "ix_batches_unfinished",
+        "created_at",
+        postgresql_where=text("completed_at IS NULL"),
+        sqlite_where=text("completed_at IS NULL"),
+    ),
 )
 
 jobs = Table(
@@ -107,6 +115,13 @@ jobs = Table(
     UniqueConstraint("batch_id", "custom_id"),
     Index(None, "batch_id", "status"),
     Index(None, "tenant", "finished_at"),  # analytics over a window
+    # The sweeper's old unfinished jobs: the index holds only those rows (migration 0004).
+    Index(
+        "ix_jobs_unfinished",
+        "created_at",
+        postgresql_where=text("status IN ('queued', 'running')"),
+        sqlite_where=text("status IN ('queued', 'running')"),
+    ),
 )
 
 attempts = Table(

@@ -1,0 +1,166 @@
+"""The fleet's sweeper: finds jobs and batches nothing will finish, and hands them back.
+
+arq drops a job in ways SQL never hears of: its job timeout ends the run (for good) while a write
+of it is still queued for a stalled database, which lands `running` afterwards; its payload
+(`arq:job:<id>`) expires after a day in the queue, deferrals included; Redis loses its data. The
+job then stays `queued` or `running` in SQL with nothing that will run it. Every worker runs a
+`Sweeper`; each beat (`sweep_interval_s`) one of them, the holder of the `routeq:sweeper` lock:
+
+    1. pages through unfinished jobs created more than `sweep_min_age_s` ago (partial index
+       `ix_jobs_unfinished`, 1,000 a page, oldest first)
+    2. checks each page in Redis in one round trip: a live lease (`arq:in-progress:<id>`, renewed
+       by the worker running it) or a payload with its queue entry means something will run it
+    3. reads the rest again in SQL (a job finished meanwhile is left alone) and re-queues them,
+       numbered after their last run (`storage.bus.recovery.requeue_orphans`)
+    4. finishes batches all of whose jobs are finished but that are not marked complete: counts
+       the jobs Redis has not counted (a terminal event a cancelled run never published, a lost
+       progress hash) and marks them (`storage.bus.recovery.finish_batch`)
+
+A worker alive but slow keeps its lease, so its jobs are never taken; a dead worker's lease runs
+out within `job_lease_s` and arq itself redelivers those (their payload and queue entry are
+still there). Everything the sweeper does is idempotent, so a second sweeper (a lock that
+expired mid-sweep) costs only work; `jobs.starts` and `max_tries` still bound a job that keeps
+dying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage import keys
+from storage.bus.events import EventBus
+from storage.bus.recovery import finish_batch, requeue_orphans
+from storage.settings import Settings
+from storage.sql.store import Store
+
+__all__ = ["SweepReport", "Sweeper"]
+
+logger = logging.getLogger("routeq.sweeper")
+
+# Unfinished jobs read and checked at a time: one SQL page, one Redis round trip.
+_PAGE = 1_000
+
+# KEYS[1] the lock; ARGV[1] its holder, ARGV[2] ms. Extends the lock only for its holder.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What one sweep did: jobs put back on the queue, batches marked complete."""
+
+    requeued: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+
+
+class Sweeper:
+    """Re-queues orphaned jobs and finishes stuck batches, once per interval across the fleet."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: Store,
+        events: EventBus,
+        *,
+        queue_name: str,
+        holder: str,
+        interval_s: float,
+        min_age_s: float,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._events = events
+        self._queue_name = queue_name
+        self._holder = holder  # this worker's id, the lock's value
+        self._interval_s = interval_s
+        self._min_age_s = min_age_s
+        self._extend = redis.register_script(_EXTEND)
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, store: Store, events: EventBus, settings: Settings, *, holder: str
+    ) -> Sweeper:
+        return cls(
+            redis,
+            store,
+            events,
+            queue_name=settings.queue_name,
+            holder=holder,
+            interval_s=settings.sweep_interval_s,
+            min_age_s=settings.sweep_min_age_s,
+        )
+
+    def start(self) -> None:
+        """Sweep every interval from now on, in a task of its own (none when the interval is 0)."""
+        if self._interval_s > 0 and self._task is None:
+            self._task = asyncio.create_task(self._beat(), name="routeq-sweeper")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _beat(self) -> None:
+        # Workers started together would all try at once; a random phase spreads them out.
+        await asyncio.sleep(random.uniform(0, self._interval_s))
+        while True:
+            try:
+                await self.sweep()
+            except (RedisError, SQLAlchemyError, OSError) as exc:
+                logger.warning("sweep failed (%s); trying again in %gs", exc, self._interval_s)
+            await asyncio.sleep(self._interval_s)
+
+    async def sweep(self) -> SweepReport | None:
+        """One sweep, if this worker gets the lock; None when another worker holds it.
+
+        The lock is left to expire after one interval rather than released, so however many
+        workers try, the fleet sweeps about once per interval.
+        """
+        if not await self._redis.set(keys.SWEEPER, self._holder, nx=True, px=self._lock_ms()):
+            return None
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._min_age_s)
+        report = SweepReport()
+        after: tuple[datetime, str] | None = None
+        while True:
+            page = await self._store.jobs.unfinished(created_before=cutoff, after=after, limit=_PAGE)
+            if page:
+                ids = [job_id for _, job_id in page]
+                report.requeued.extend(
+                    await requeue_orphans(self._redis, self._store, ids, queue_name=self._queue_name)
+                )
+            if len(page) < _PAGE or not await self._still_held():
+                break
+            after = page[-1]
+        for batch_id in await self._store.batches.finalizing(created_before=cutoff):
+            if (await finish_batch(self._store, self._events, batch_id)).complete:
+                report.completed.append(batch_id)
+        if report.requeued or report.completed:
+            logger.warning(
+                "sweeper re-queued %d orphaned jobs, completed %d stuck batches",
+                len(report.requeued),
+                len(report.completed),
+            )
+        return report
+
+    def _lock_ms(self) -> int:
+        return max(1, int(self._interval_s * 1000))
+
+    async def _still_held(self) -> bool:
+        """Push the lock's expiry back before the next page; False if another worker has it now."""
+        return bool(await self._extend(keys=[keys.SWEEPER], args=[self._holder, self._lock_ms()]))
