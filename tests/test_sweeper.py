@@ -227,3 +227,42 @@ async def test_one_worker_sweeps_at_a_time(backend: Backend) -> None:
     assert await sweeper(backend, redis, "w1").sweep() is not None
     assert await sweeper(backend, redis, "w2").sweep() is None  # w1's lock lasts one interval
     assert await redis.get(keys.SWEEPER) in (b"w1", "w1")
+
+
+async def test_closing_lets_the_sweep_in_progress_finish(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep cancelled mid-query would cost its database connection (an in-memory SQLite's data with
+    it): a worker shutting down waits for the sweep, and the store is still whole afterwards."""
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    batch_id = await client.submit_batch(items(2))
+    in_query, release = asyncio.Event(), asyncio.Event()
+    read = backend.store.jobs.unfinished
+    finished: list[bool] = []
+
+    async def slow_read(**kwargs: Any) -> Any:
+        in_query.set()
+        await release.wait()  # the query in flight when the worker is told to stop
+        page = await read(**kwargs)
+        finished.append(True)
+        return page
+
+    monkeypatch.setattr(backend.store.jobs, "unfinished", slow_read)
+    swept = Sweeper(
+        client.redis,
+        backend.store,
+        EventBus(client.redis, retention_s=60),
+        queue_name=backend.settings.queue_name,
+        holder="closing",
+        interval_s=0.01,
+        min_age_s=0,
+    )
+    swept.start()
+    await asyncio.wait_for(in_query.wait(), timeout=10)
+    closing = asyncio.create_task(swept.close())
+    await asyncio.sleep(0)
+    assert not closing.done()  # it waits for the sweep instead of cancelling it
+    release.set()
+    await asyncio.wait_for(closing, timeout=10)
+    assert finished == [True]
+    assert (await client.batch(batch_id)).total == 2

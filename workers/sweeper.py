@@ -48,6 +48,8 @@ logger = logging.getLogger("routeq.sweeper")
 
 # Unfinished jobs read and checked at a time: one SQL page, one Redis round trip.
 _PAGE = 1_000
+# How long a closing worker lets a sweep in progress finish before cancelling it.
+_CLOSE_GRACE_S = 10.0
 
 # KEYS[1] the lock; ARGV[1] its holder, ARGV[2] ms. Extends the lock only for its holder.
 _EXTEND = """
@@ -89,6 +91,7 @@ class Sweeper:
         self._min_age_s = min_age_s
         self._extend = redis.register_script(_EXTEND)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @classmethod
     def from_settings(
@@ -110,21 +113,37 @@ class Sweeper:
             self._task = asyncio.create_task(self._beat(), name="routeq-sweeper")
 
     async def close(self) -> None:
-        if self._task is not None:
+        """Stop after the sweep in progress, if any (cancelled only if it outlasts the grace).
+
+        Cancelling a sweep mid-query would cost its database connection (SQLAlchemy invalidates a
+        connection whose statement was interrupted; an in-memory SQLite loses its data with it).
+        """
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=_CLOSE_GRACE_S)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+        self._task = None
 
     async def _beat(self) -> None:
         # Workers started together would all try at once; a random phase spreads them out.
-        await asyncio.sleep(random.uniform(0, self._interval_s))
-        while True:
+        wait_s = random.uniform(0, self._interval_s)
+        while not await self._stopped_within(wait_s):
             try:
                 await self.sweep()
             except (RedisError, SQLAlchemyError, OSError) as exc:
                 logger.warning("sweep failed (%s); trying again in %gs", exc, self._interval_s)
-            await asyncio.sleep(self._interval_s)
+            wait_s = self._interval_s
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if `close` is called meanwhile; True when it was."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return self._stopping.is_set()
 
     async def sweep(self) -> SweepReport | None:
         """One sweep, if this worker gets the lock; None when another worker holds it.
@@ -144,7 +163,7 @@ class Sweeper:
                 report.requeued.extend(
                     await requeue_orphans(self._redis, self._store, ids, queue_name=self._queue_name)
                 )
-            if len(page) < _PAGE or not await self._still_held():
+            if len(page) < _PAGE or self._stopping.is_set() or not await self._still_held():
                 break
             after = page[-1]
         for batch_id in await self._store.batches.finalizing(created_before=cutoff):
