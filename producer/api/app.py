@@ -12,8 +12,11 @@ The app meets the workers only through Redis (queue, events, relayed streams, fl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -111,8 +114,43 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: str, port: int) -> None:
-    """Serve the API inside an already running loop until Ctrl-C (used by `routeq run --serve`)."""
+async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: str, port: int) -> int | None:
+    """Serve the API inside an already running loop until Ctrl-C (used by `routeq run --serve`).
+
+    Returns the signal that stopped it (None if none did): the caller finishes its own clean-up,
+    then exits as that signal would (130 for Ctrl-C).
+    """
     app = create_app(settings, redis=redis, store=store)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = _SignalReportingServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     await server.serve()
+    return server.stopped_by
+
+
+class _SignalReportingServer(uvicorn.Server):
+    """uvicorn's server, except that a signal it caught is reported to the caller, not raised again.
+
+    uvicorn raises a signal it handled once more after shutting down. Inside `routeq run --serve`
+    that lands in asyncio.run's own SIGINT handler, which cancels the command wherever it is (its
+    clean-up included), or not at all when the command ends first: the exit status and the
+    clean-up depended on timing.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopped_by: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopped_by = self.stopped_by or sig
+        super().handle_exit(sig, frame)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)

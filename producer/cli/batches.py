@@ -106,7 +106,8 @@ def run(
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
 
-    async def go() -> None:
+    async def go() -> int | None:
+        """Run the batch (then serve, with --serve); the signal that stopped the server, if any."""
         async with embedded_client(settings) as embedded:
             client = embedded.client
             items, invalid = _batch_items(parsed)
@@ -138,9 +139,14 @@ def run(
                     f"HTTP API on http://127.0.0.1:{serve} (docs at /docs), dev mode without keys. "
                     "Ctrl-C stops."
                 )
-                await embedded.until(serve_app(dev, client.redis, client.store, host="127.0.0.1", port=serve))
+                return await embedded.until(
+                    serve_app(dev, client.redis, client.store, host="127.0.0.1", port=serve)
+                )
+        return None
 
-    execute(go())
+    stopped_by = execute(go())
+    if stopped_by is not None:  # everything is closed: exit as the signal would have (130 for Ctrl-C)
+        raise typer.Exit(128 + stopped_by)
 
 
 def submit(
