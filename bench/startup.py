@@ -12,8 +12,9 @@ own process, as a user would type it:
 Prints the median, min and max wall time of each over `--runs` runs. What these commands may
 import is checked by tests/test_cli_startup.py; this measures what that costs.
 
-`--baseline PATH` also times another `routeq` executable (an older checkout's venv) on the same
-database, runs interleaved, and prints the ratio of the medians: a before/after in one run.
+`--baseline PATH` also times another `routeq` executable (an older checkout's venv), runs
+interleaved, each on a database it made itself (its schema may be older), and prints the ratio of
+the medians: a before/after in one run.
 
 Run: `make bench` or `.venv/bin/python bench/startup.py [--lines N] [--runs N] [--baseline PATH]`.
 """
@@ -52,11 +53,12 @@ def routeq(args: list[str], cwd: Path, env: dict[str, str], executable: str = RO
     return done.stdout
 
 
-def prepare(workdir: Path, env: dict[str, str], lines: int) -> tuple[str, str]:
+def prepare(workdir: Path, env: dict[str, str], lines: int, executable: str) -> tuple[str, str]:
     """A small `routeq run` into ./routeq.db; returns its batch id and one of its job ids."""
+    workdir.mkdir()
     sample = workdir / "sample.jsonl"
     sample.write_text("".join(DEMO.read_text().splitlines(keepends=True)[:lines]))
-    output = routeq(["run", str(sample), "-o", "run.jsonl"], workdir, env)
+    output = routeq(["run", str(sample), "-o", "run.jsonl"], workdir, env, executable)
     found = re.search(r"batch_[0-9a-f]+", output)
     if found is None:
         sys.exit(f"no batch id in the output of routeq run:\n{output}")
@@ -65,13 +67,26 @@ def prepare(workdir: Path, env: dict[str, str], lines: int) -> tuple[str, str]:
     return found.group(), job_id
 
 
+# What each command is given: its ids come from the `routeq run` of the executable timed.
+COMMANDS = {
+    "routeq --help": ["--help"],
+    "routeq status <batch>": ["status", "{batch}"],
+    "routeq status <job>": ["status", "{job}"],
+    "routeq results <batch> -o file": ["results", "{batch}", "-o", "out.jsonl"],
+}
+
+
 def timed(
-    args: list[str], workdir: Path, env: dict[str, str], executables: list[str], runs: int
+    template: list[str], places: list[tuple[str, Path, dict[str, str]]], env: dict[str, str], runs: int
 ) -> list[list[float]]:
-    """Wall times of `runs` runs of `routeq ARGS` per executable, each a fresh process, interleaved."""
-    times: list[list[float]] = [[] for _ in executables]
+    """Wall times of `runs` runs of the command per executable, each a fresh process, interleaved.
+
+    `places` holds (executable, its working directory, the ids its run made) per executable.
+    """
+    times: list[list[float]] = [[] for _ in places]
     for _ in range(runs):
-        for slot, executable in zip(times, executables, strict=True):
+        for slot, (executable, workdir, ids) in zip(times, places, strict=True):
+            args = [part.format(**ids) for part in template]
             started = time.perf_counter()
             routeq(args, workdir, env, executable)
             slot.append(time.perf_counter() - started)
@@ -87,21 +102,18 @@ def main() -> None:
     executables = [ROUTEQ] + ([options.baseline] if options.baseline else [])
     env = environment()
     with tempfile.TemporaryDirectory(prefix="routeq-startup-") as tmp:
-        workdir = Path(tmp)
-        batch_id, job_id = prepare(workdir, env, options.lines)
-        commands = {
-            "routeq --help": ["--help"],
-            "routeq status <batch>": ["status", batch_id],
-            "routeq status <job>": ["status", job_id],
-            "routeq results <batch> -o file": ["results", batch_id, "-o", "out.jsonl"],
-        }
+        places = []
+        for n, executable in enumerate(executables):
+            workdir = Path(tmp) / f"routeq-{n}"
+            batch_id, job_id = prepare(workdir, env, options.lines, executable)
+            places.append((executable, workdir, {"batch": batch_id, "job": job_id}))
         print(f"start-up, {options.runs} runs each ({options.lines}-job batch in ./routeq.db)")
         header = f"{'command':<32} {'median':>8} {'min':>8} {'max':>8}"
         if options.baseline:
             header += f" {'baseline':>9} {'ratio':>6}"
         print(header)
-        for label, args in commands.items():
-            ours, *baseline = timed(args, workdir, env, executables, options.runs)
+        for label, template in COMMANDS.items():
+            ours, *baseline = timed(template, places, env, options.runs)
             row = f"{label:<32} {statistics.median(ours):>7.2f}s {min(ours):>7.2f}s {max(ours):>7.2f}s"
             if baseline:
                 before = statistics.median(baseline[0])
