@@ -7,6 +7,7 @@ test pairs fakeredis with a SQLite file and the real Redis with PostgreSQL (ROUT
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -224,6 +225,9 @@ async def test_caps_and_amounts_are_checked(redis: Redis) -> None:
         await b.usage("user:")
     with pytest.raises(ValueError, match="cannot be negative"):
         await b.set_cap(ALICE, -1.0)
+    for amount in (math.inf, math.nan):  # they used to end in an OverflowError / a NaN cap
+        with pytest.raises(ValueError, match="finite"):
+            await b.set_cap(ALICE, amount)
     guard = b.guard(job_id="job_a", run=1, tenant="acme", user="alice", batch_id="b1")
     with pytest.raises(ValueError, match="negative"):
         await guard.reserve(1, "dep-x", -0.01)

@@ -218,6 +218,10 @@ def test_budget_scopes_are_typed_and_shown_with_their_names_as_they_are() -> Non
     assert other.output == "user:x/y%2Fz: spent $0.0000, held $0.0000, cap $1.0000\n", other.output
     shown = runner.invoke(app, ["budget", "show", "user:x%2Fy/z"])
     assert shown.output == "user:x%2Fy/z: spent $0.0000, held $0.0000, cap $2.0000\n", shown.output
+    infinite = runner.invoke(app, ["budget", "set", "tenant:x", "inf"])  # a float to click, not money
+    assert infinite.exit_code == 2
+    assert "finite number of USD" in infinite.output
+    assert runner.invoke(app, ["budget", "set", "tenant:x", "nan"]).exit_code == 2
     ambiguous = runner.invoke(app, ["budget", "set", "user:x/y/z", "2"])
     assert ambiguous.exit_code == 2
     assert "%2F" in ambiguous.output

@@ -12,6 +12,7 @@ them; tests/test_cli_startup.py checks that `--help`, `status` and `results` sta
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +33,13 @@ __all__ = ["err_console", "execute", "load_settings", "with_client", "with_redis
 
 err_console = Console(stderr=True)
 T = TypeVar("T")
+
+
+def finite_usd(value: float | None) -> float | None:
+    """A typer callback for amounts in USD: `inf` and `nan` parse as floats but are no amount."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number of USD, not {value}")
+    return value
 
 
 def load_settings() -> Settings:

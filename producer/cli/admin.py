@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from producer.cli._common import execute, load_settings, with_redis
+from producer.cli._common import execute, finite_usd, load_settings, with_redis
 from router_core.fleet import Forced
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def show(scope: ScopeArg) -> None:
 @budget_app.command("set")
 def set_cap(
     scope: ScopeArg,
-    cap_usd: Annotated[float, typer.Argument(min=0, help="The cap in USD.")],
+    cap_usd: Annotated[float, typer.Argument(min=0, callback=finite_usd, help="The cap in USD.")],
 ) -> None:
     """Set a scope's spend cap for the whole fleet (for users it replaces the default)."""
     settings = load_settings()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from producer.cli._common import execute, load_settings, with_client, with_store
+from producer.cli._common import execute, finite_usd, load_settings, with_client, with_store
 from router_core.errors import ConfigError
 from router_core.redact import mask_url
 
@@ -33,7 +33,12 @@ err_console = Console(stderr=True)
 
 BudgetOpt = Annotated[
     float | None,
-    typer.Option("--budget", min=0, help="Spend cap for this batch, in USD (the user's cap still holds)."),
+    typer.Option(
+        "--budget",
+        min=0,
+        callback=finite_usd,
+        help="Spend cap for this batch, in USD (the user's cap still holds).",
+    ),
 ]
 FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.")]
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from producer.cli._common import execute, load_settings, with_redis
+from producer.cli._common import execute, finite_usd, load_settings, with_redis
 from storage.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -89,7 +89,9 @@ def create_key(
     ] = False,
     budget: Annotated[
         float | None,
-        typer.Option("--budget", min=0, help="The user's spend cap in USD (fleet-wide)."),
+        typer.Option(
+            "--budget", min=0, callback=finite_usd, help="The user's spend cap in USD (fleet-wide)."
+        ),
     ] = None,
 ) -> None:
     """Make a key and print its secret once: only its SHA-256 is stored."""

@@ -41,6 +41,7 @@ The SQL ledger is the source of truth; the counters in Redis are a fast copy of 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -463,6 +464,8 @@ def _charge_micro(usd: float | Decimal) -> int:
 
 def _cap_micro(usd: float) -> int:
     """A cap in micro-dollars, rounded down: counters in whole micros must not pass the cap in USD."""
+    if not math.isfinite(usd):
+        raise ValueError(f"a spend cap must be a finite amount of USD, not {usd}")
     if usd < 0:
         raise ValueError(f"a spend cap cannot be negative (${usd}); use 0 to allow no spend")
     return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_FLOOR))
