@@ -21,12 +21,13 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:budget:caps           | hash    | permanent, set by operators   | `routeq budget set`   |
 | routeq:budget:<scope>        | hash    | permanent; rebuilt from SQL   | budget scripts        |
 | routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
+| routeq:open-holds            | zset    | until the job's last hold goes | budget scripts       |
 | routeq:answer:<job_id>       | hash    | until committed; ANSWER_TTL_S | workers (answers)     |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
 hold in-flight tickets (score = lease expiry, so a killed worker's slots come back) and admitted
-requests (score = admission time) for the rpm/tpm sliding window.
+requests (score = release time; admission + lease while in flight) for the rpm/tpm sliding window.
 
 Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<tenant>` or
 `batch:<id>`, each name passed through `key_part`; its hash keeps `spent` and `reserved` in
@@ -55,6 +56,7 @@ __all__ = [
     "ARQ_IN_PROGRESS_PREFIX",
     "ARQ_JOB_PREFIX",
     "BUDGET_CAPS",
+    "OPEN_HOLDS",
     "ROTATION",
     "SWEEPER",
     "WORKERS",
@@ -84,6 +86,9 @@ WORKERS = PREFIX + "workers"
 SWEEPER = PREFIX + "sweeper"
 ROTATION = PREFIX + "rotation"
 BUDGET_CAPS = PREFIX + "budget:caps"
+# Jobs holding budget, scored by their oldest hold (epoch seconds): the sweeper settles what a run
+# cut off between its commit and its settle left. Not under `holds:`, which SCANs read as hashes.
+OPEN_HOLDS = PREFIX + "open-holds"
 
 
 def key_part(name: str) -> str:

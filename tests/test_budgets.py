@@ -182,6 +182,22 @@ async def test_reserve_release_and_settle_are_idempotent(redis: Redis) -> None:
     assert await usages(b, ALICE, ACME, B1) == [(0.02, 0.0)] * 3
 
 
+async def test_a_job_is_in_the_open_holds_index_while_it_holds_anything(redis: Redis) -> None:
+    clock = iter([100.0, 200.0, 300.0])
+    b = Budgets(redis, now=lambda: next(clock))
+    guard = b.guard(job_id="job_o", run=1, tenant="acme", user="alice", batch_id="b1")
+    assert await guard.reserve(1, "dep-x", 0.01) is None  # held at t=100
+    assert await guard.reserve(2, "dep-x", 0.01) is None  # at t=200: the job keeps its oldest time
+    assert await b.open_since(150.0, limit=10) == ["job_o"]
+    assert await b.open_since(99.0, limit=10) == []
+    await guard.release(1)
+    assert await b.open_since(150.0, limit=10) == ["job_o"]  # 1:2 is still held
+    assert await b.settle("job_o", {"1:2": 0.005}) == 1
+    assert await b.open_since(1e12, limit=10) == []  # nothing held: out of the index
+    assert await guard.reserve(3, "dep-x", 0.01) is None  # held again at t=300
+    assert await b.open_since(1e12, limit=10) == ["job_o"]
+
+
 async def test_a_users_own_cap_beats_the_default(redis: Redis) -> None:
     b = budgets(redis, default_user_cap_usd=0.05)
     alice = b.guard(job_id="job_a", run=1, tenant="acme", user="alice", batch_id="b1")

@@ -7,6 +7,7 @@ connection would, and a Redis client whose every command fails. Both backends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -31,6 +32,7 @@ from storage.sql.store import Store
 from tests.backends import Backend
 from tests.test_pipeline import all_events, chat
 from workers.runner import JobRunner
+from workers.sweeper import Sweeper
 
 
 class _FailingFinish:
@@ -170,3 +172,48 @@ async def test_cancel_and_requeue_read_ids_not_requests(backend: Backend) -> Non
     events = [e for e in await all_events(client, batch_id) if e.type == "job.cancelled"]
     assert [e.data["custom_id"] for e in events] == [f"item-{i}" for i in range(5)]
     assert events[0].data["error"] == "cancelled before it started"
+
+
+async def test_a_run_cut_off_after_its_commit_leaves_holds_the_sweeper_settles(
+    backend: Backend, router: Router, world: SimWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arq's job timeout (or a kill) between the ledger commit and the settle: the job is finished,
+    never delivered again, and only the sweeper is left to turn its holds into the ledger's charges."""
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    job_id = await client.submit(chat("hello"))
+    runner = await _runner(backend, router)
+    budgets = runner.budgets
+    settle = budgets.settle
+
+    async def cut_off(job: str, charges: Any) -> int:
+        return 0  # the run ends here: committed, never settled
+
+    monkeypatch.setattr(budgets, "settle", cut_off)
+    assert await runner.run(job_id, run=1) == "succeeded"
+    monkeypatch.setattr(budgets, "settle", settle)
+    scope = user_scope("default", "default")
+    assert (await budgets.usage(scope)).reserved_usd > 0
+    assert await budgets.open_since(time.time() + 1, limit=10) == [job_id]
+
+    sweeper = Sweeper(
+        client.redis,
+        backend.store,
+        EventBus(client.redis, retention_s=60),
+        queue_name=backend.settings.queue_name,
+        holder="sweeper",
+        interval_s=30,
+        min_age_s=0,
+        runner=runner,
+    )
+    report = await sweeper.sweep()
+
+    assert report is not None
+    assert report.settled == [job_id]
+    usage = await budgets.usage(scope)
+    ledger = await backend.store.ledger.rows(job_id=job_id)
+    assert [(row["run"], row["estimated"]) for row in ledger] == [(1, False)]  # nothing in doubt
+    assert usage.reserved_usd == 0
+    assert usage.spent_usd == pytest.approx(float(ledger[0]["cost_usd"]), abs=1e-6)
+    assert await budgets.open_since(time.time() + 1, limit=10) == []
+    assert await runner.settle_leftovers(job_id, held_before=time.time() + 1) == 0  # settled once only
+    assert await budgets.usage(scope) == usage

@@ -39,6 +39,7 @@ from router_core.models import Attempt, ChatRequest, CompletionResult, deploymen
 from router_core.router import Router
 from storage.bus.events import EventBus, JobEvent
 from storage.bus.relay import StreamRelay
+from storage.errors import NotFoundError
 from storage.fleet.answers import AnswerStore, SavedAnswer
 from storage.fleet.budgets import Budgets, JobSpendGuard
 from storage.jobs import (
@@ -274,17 +275,22 @@ class JobRunner:
             charges = {f"{run}:{n}": a.cost_usd for n, a in enumerate(attempts, start=1)}
             await self.budgets.settle(job_id, charges)
 
-    async def _recover(self, job: StartedJob, run: int) -> None:
-        """Charge the calls of dead earlier runs: their holds are still in Redis.
+    async def _recover(self, job: StartedJob, run: int | None, *, held_before: float | None = None) -> int:
+        """Charge the calls of dead earlier runs (all but `run`): their holds are still in Redis.
 
-        A hold whose call reached the ledger is settled at the ledger's cost. A hold without a
-        ledger row is a call the dead run was making: the provider may have billed it, so it is
-        recorded as an `in_doubt` attempt with an estimated charge at the amount held.
+        A hold whose call a committed run recorded is settled at its ledger cost (0 if the call was
+        recorded unbilled). A hold no run recorded is a call a dead run was making: the provider may
+        have billed it, so it is recorded as an `in_doubt` attempt charged at the amount held.
+        `held_before` leaves younger holds alone. Returns how many holds were settled.
         """
-        holds = {key: hold for key, hold in (await self.budgets.holds(job.id)).items() if hold.run != run}
+        holds = {
+            key: hold
+            for key, hold in (await self.budgets.holds(job.id)).items()
+            if hold.run != run and (held_before is None or hold.created <= held_before)
+        }
         if not holds:
-            return
-        costs = {key: float(cost) for key, cost in (await self.store.ledger.costs(job.id)).items()}
+            return 0
+        costs = {key: float(cost) for key, cost in (await self.store.ledger.recorded_calls(job.id)).items()}
         in_doubt = [hold for key, hold in holds.items() if key not in costs]
         if in_doubt:
             calls = [
@@ -294,7 +300,23 @@ class JobRunner:
             await self.store.runs.record_in_doubt(job, calls)
             costs.update({hold.key: hold.amount_usd for hold in in_doubt})
             logger.warning("job %s: %d calls of a dead run charged as estimated", job.id, len(in_doubt))
-        await self.budgets.settle(job.id, {key: costs[key] for key in holds})
+        return await self.budgets.settle(job.id, {key: costs[key] for key in holds})
+
+    async def settle_leftovers(self, job_id: str, *, held_before: float) -> int:
+        """Settle the holds a finished job's runs left behind; returns how many (the sweeper's step).
+
+        A run cut off between its ledger commit and its settle (arq's job timeout during a stalled
+        database, a worker killed at that moment) is never delivered again once the job is finished,
+        so nothing else would settle its holds and `reserved` would stay high for good. Holds taken
+        after `held_before` are left to the run that may still own them.
+        """
+        try:
+            record = await self.store.jobs.get(job_id, tenant=ANY_TENANT)
+        except NotFoundError:
+            return 0
+        if not record.terminal:
+            return 0  # its next run settles them (see `run`)
+        return await self._recover(_started(record), None, held_before=held_before)
 
     def _observe(self, status: str, outcome: _Outcome) -> None:
         """Count this run (and every call it made) in the worker's metrics, if it keeps any."""

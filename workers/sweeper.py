@@ -15,6 +15,10 @@ job then stays `queued` or `running` in SQL with nothing that will run it. Every
     4. finishes batches all of whose jobs are finished but that are not marked complete: counts
        the jobs Redis has not counted (a terminal event a cancelled run never published, a lost
        progress hash) and marks them (`storage.bus.recovery.finish_batch`)
+    5. settles the budget holds finished jobs left (`routeq:open-holds`, held since before the
+       minimum age): a run cut off between its ledger commit and its settle is never delivered
+       again, so without this its holds would keep `reserved` high for good
+       (`JobRunner.settle_leftovers`)
 
 A worker alive but slow keeps its lease, so its jobs are never taken; a dead worker's lease runs
 out within `job_lease_s` and arq itself redelivers those (their payload and queue entry are
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +46,7 @@ from storage.bus.events import EventBus
 from storage.bus.recovery import finish_batch, requeue_orphans
 from storage.settings import Settings
 from storage.sql.store import Store
+from workers.runner import JobRunner
 
 __all__ = ["SweepReport", "Sweeper"]
 
@@ -62,10 +68,11 @@ return 0
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
-    """What one sweep did: jobs put back on the queue, batches marked complete."""
+    """What one sweep did: jobs put back on the queue, batches marked complete, holds settled."""
 
     requeued: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # finished jobs whose leftover holds it settled
 
 
 class Sweeper:
@@ -81,8 +88,10 @@ class Sweeper:
         holder: str,
         interval_s: float,
         min_age_s: float,
+        runner: JobRunner | None = None,
     ) -> None:
         self._redis = redis
+        self._runner = runner  # settles finished jobs' leftover holds; None skips that step
         self._store = store
         self._events = events
         self._queue_name = queue_name
@@ -95,7 +104,14 @@ class Sweeper:
 
     @classmethod
     def from_settings(
-        cls, redis: Redis, store: Store, events: EventBus, settings: Settings, *, holder: str
+        cls,
+        redis: Redis,
+        store: Store,
+        events: EventBus,
+        settings: Settings,
+        *,
+        holder: str,
+        runner: JobRunner | None = None,
     ) -> Sweeper:
         return cls(
             redis,
@@ -105,6 +121,7 @@ class Sweeper:
             holder=holder,
             interval_s=settings.sweep_interval_s,
             min_age_s=settings.sweep_min_age_s,
+            runner=runner,
         )
 
     def start(self) -> None:
@@ -169,11 +186,17 @@ class Sweeper:
         for batch_id in await self._store.batches.finalizing(created_before=cutoff):
             if (await finish_batch(self._store, self._events, batch_id)).complete:
                 report.completed.append(batch_id)
-        if report.requeued or report.completed:
+        if self._runner is not None:
+            held_before = time.time() - self._min_age_s
+            for job_id in await self._runner.budgets.open_since(held_before, limit=_PAGE):
+                if await self._runner.settle_leftovers(job_id, held_before=held_before):
+                    report.settled.append(job_id)
+        if report.requeued or report.completed or report.settled:
             logger.warning(
-                "sweeper re-queued %d orphaned jobs, completed %d stuck batches",
+                "sweeper re-queued %d orphaned jobs, completed %d stuck batches, settled the holds of %d",
                 len(report.requeued),
                 len(report.completed),
+                len(report.settled),
             )
         return report
 

@@ -115,7 +115,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]
         opened.push_async_callback(_unregister, redis, worker_id)
         # Every worker takes its turn looking for jobs arq dropped (one at a time: a Redis lock).
-        sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id)
+        sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id, runner=runner)
         sweeper.start()
         opened.push_async_callback(sweeper.close)
         server = None

@@ -79,7 +79,7 @@ _LEDGER_QUANTUM = Decimal("1e-10")
 # cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
 # cluster: the scripts may touch keys they were not passed).
 _LUA_DROP = """
-local function drop(holds, field, prefix, cost)
+local function drop(holds, open, job, field, prefix, cost)
   local hold = redis.call('HGET', holds, field)
   if not hold then return 0 end
   local h = cjson.decode(hold)
@@ -89,20 +89,22 @@ local function drop(holds, field, prefix, cost)
     if cost then redis.call('HINCRBY', prefix .. scope, 'spent', cost) end
   end
   redis.call('HDEL', holds, field)
+  -- The job holds nothing any more: it leaves the index the sweeper reads.
+  if redis.call('EXISTS', holds) == 0 then redis.call('ZREM', open, job) end
   return 1
 end
 """
 
-# KEYS: [1] caps hash, [2] the job's holds hash, [3..] one budget hash per scope.
-# ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, then per scope: name, default cap
-# in micro-dollars ('' = no cap). Returns 1 (held), 0 (already held) or the refusing scope's
-# {name, spent, reserved, cap}.
+# KEYS: [1] caps hash, [2] the job's holds hash, [3] the open-holds index, [4..] one budget hash
+# per scope. ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, [4] job id, [5] time,
+# then per scope: name, default cap in micro-dollars ('' = no cap). Returns 1 (held), 0 (already
+# held) or the refusing scope's {name, spent, reserved, cap}.
 _RESERVE = """
-local caps, holds, field, amount = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local caps, holds, open, field, amount = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
 if redis.call('HEXISTS', holds, field) == 1 then return 0 end
-for i = 3, #KEYS do
-  local name = ARGV[4 + (i - 3) * 2]
-  local cap = redis.call('HGET', caps, name) or ARGV[5 + (i - 3) * 2]
+for i = 4, #KEYS do
+  local name = ARGV[6 + (i - 4) * 2]
+  local cap = redis.call('HGET', caps, name) or ARGV[7 + (i - 4) * 2]
   if cap ~= '' then
     local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
     local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
@@ -111,27 +113,30 @@ for i = 3, #KEYS do
     end
   end
 end
-for i = 3, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2]) end
+for i = 4, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2]) end
 redis.call('HSET', holds, field, ARGV[3])
+redis.call('ZADD', open, 'NX', ARGV[5], ARGV[4])  -- scored by the job's oldest hold
 return 1
 """
 
-# KEYS: [1] the job's holds hash. ARGV: [1] hold field, [2] budget key prefix.
+# KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] hold field, [2] budget key
+# prefix, [3] job id.
 _RELEASE = (
     _LUA_DROP
     + """
-return drop(KEYS[1], ARGV[1], ARGV[2], nil)
+return drop(KEYS[1], KEYS[2], ARGV[3], ARGV[1], ARGV[2], nil)
 """
 )
 
-# KEYS: [1] the job's holds hash. ARGV: [1] budget key prefix, then pairs: hold field, real cost
-# (micro-dollars). Returns how many holds were settled (those already gone are skipped).
+# KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] budget key prefix, [2] job
+# id, then pairs: hold field, real cost (micro-dollars). Returns how many holds were settled (those
+# already gone are skipped).
 _SETTLE = (
     _LUA_DROP
     + """
 local settled = 0
-for i = 2, #ARGV, 2 do
-  settled = settled + drop(KEYS[1], ARGV[i], ARGV[1], ARGV[i + 1])
+for i = 3, #ARGV, 2 do
+  settled = settled + drop(KEYS[1], KEYS[2], ARGV[2], ARGV[i], ARGV[1], ARGV[i + 1])
 end
 return settled
 """
@@ -296,11 +301,20 @@ class Budgets:
         """
         if not charges:
             return 0
-        args: list[str] = [_BUDGET_PREFIX]
+        args: list[str] = [_BUDGET_PREFIX, job_id]
         for field, cost_usd in charges.items():
             args += [field, str(_charge_micro(cost_usd))]
-        settled: int = await self._settle(keys=[keys.job_holds(job_id)], args=args)
+        settled: int = await self._settle(keys=[keys.job_holds(job_id), keys.OPEN_HOLDS], args=args)
         return settled
+
+    async def open_since(self, before: float, *, limit: int) -> list[str]:
+        """Up to `limit` ids of jobs holding budget since before `before` (epoch seconds), oldest first.
+
+        A run settles or releases its holds within its own life; a job here long after is one whose
+        run was cut off between its ledger commit and its settle (the sweeper settles those).
+        """
+        found = await self._redis.zrangebyscore(keys.OPEN_HOLDS, "-inf", before, start=0, num=limit)
+        return [as_text(job_id) for job_id in found]
 
     async def holds(self, job_id: str) -> dict[str, Hold]:
         """The job's holds not yet released or settled, by field (`"<run>:<attempt_no>"`)."""
@@ -394,15 +408,28 @@ class JobSpendGuard:
         """
         budgets = self._budgets
         amount = _hold_micro(amount_usd)
+        created = budgets._now()
         hold = {
             "amount_micro": amount,
             "scopes": list(self.scopes),
             "deployment": deployment_id,
-            "created": budgets._now(),
+            "created": created,
         }
         reply: Any = await budgets._reserve(
-            keys=[keys.BUDGET_CAPS, keys.job_holds(self.job_id), *map(keys.budget, self.scopes)],
-            args=[f"{self.run}:{attempt_no}", str(amount), json.dumps(hold), *self._scope_args],
+            keys=[
+                keys.BUDGET_CAPS,
+                keys.job_holds(self.job_id),
+                keys.OPEN_HOLDS,
+                *map(keys.budget, self.scopes),
+            ],
+            args=[
+                f"{self.run}:{attempt_no}",
+                str(amount),
+                json.dumps(hold),
+                self.job_id,
+                repr(float(created)),
+                *self._scope_args,
+            ],
         )
         if not isinstance(reply, list):
             return None
@@ -418,7 +445,8 @@ class JobSpendGuard:
     async def release(self, attempt_no: int) -> None:
         """Drop the hold of an attempt not sent or not billed; a hold already gone is left alone."""
         await self._budgets._release(
-            keys=[keys.job_holds(self.job_id)], args=[f"{self.run}:{attempt_no}", _BUDGET_PREFIX]
+            keys=[keys.job_holds(self.job_id), keys.OPEN_HOLDS],
+            args=[f"{self.run}:{attempt_no}", _BUDGET_PREFIX, self.job_id],
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, cast, func, select
 
 from storage.sql.database import Database
-from storage.sql.schema import ledger
+from storage.sql.schema import attempts, ledger
 
 __all__ = ["Ledger"]
 
@@ -38,6 +38,29 @@ class Ledger:
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
         return {f"{run}:{number}": Decimal(cost) for run, number, cost in rows}
+
+    async def recorded_calls(self, job_id: str) -> dict[str, Decimal]:
+        """Every call of the job that a committed run recorded, `{"<run>:<attempt_no>": cost}`.
+
+        The cost is the ledger's charge, 0 for a call recorded without one (the provider did not
+        bill it). A budget hold whose key is missing here is a call no run recorded: in doubt.
+        """
+        charged = ledger.c.cost_usd
+        query = (
+            select(attempts.c.run, attempts.c.attempt_no, charged)
+            .select_from(
+                attempts.outerjoin(
+                    ledger,
+                    (ledger.c.job_id == attempts.c.job_id)
+                    & (ledger.c.run == attempts.c.run)
+                    & (ledger.c.attempt_no == attempts.c.attempt_no),
+                )
+            )
+            .where(attempts.c.job_id == job_id)
+        )
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return {f"{run}:{number}": Decimal(cost or 0) for run, number, cost in rows}
 
     async def billed(self, batch_id: str) -> tuple[Decimal, int]:
         """The batch's total charge and number of billed calls, failed runs included."""
