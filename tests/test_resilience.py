@@ -83,7 +83,9 @@ async def faulty(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         request.param,
         tmp_path,
         max_attempts_per_deployment=2,
-        default_timeout_ms=200,
+        # Short enough that hang-c's 5 s hang times out, long enough that no honest call does on a
+        # busy machine (at 200 ms a loaded CI could time out good-f's answer and fail the test).
+        default_timeout_ms=2_000,
         breaker_failures=1_000,  # this test is about retries and failover, not the breaker
     ) as backend:
         yield backend
