@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from storage import keys
-from storage.bus.notifier import Notifier
+from storage.bus.notifier import Notifier, Signal
 from storage.connections import as_text
 
 __all__ = ["Piece", "PieceWriter", "StreamRelay"]
@@ -72,15 +73,16 @@ class StreamRelay:
 
     async def follow(self, job_id: str, *, after: str = "0-0") -> AsyncGenerator[Piece, None]:
         """The job's pieces from stream id `after`, live, up to and including its `end` entry."""
-        if self._notifier is None:
-            async for piece in self._blocking(job_id, after):
-                yield piece
-            return
         key = keys.job_chunks(job_id)
-        # Registered before each read: a piece appended after the read pings the signal.
-        async with self._notifier.watch(keys.job_chunks_added(job_id)) as added:
+        # With a notifier the reader registers before each read (a piece appended after the read
+        # pings it) and reads without blocking; without one, XREAD BLOCK waits on a connection.
+        watching: AbstractAsyncContextManager[Signal | None] = (
+            nullcontext() if self._notifier is None else self._notifier.watch(keys.job_chunks_added(job_id))
+        )
+        async with watching as added:
+            block = _BLOCK_MS if added is None else None
             while True:
-                reply = await self._redis.xread({key: after}, count=500)
+                reply = await self._redis.xread({key: after}, count=500, block=block)
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         after = as_text(entry_id)
@@ -88,20 +90,8 @@ class StreamRelay:
                         yield piece
                         if piece.end is not None:
                             return
-                if not reply:
+                if not reply and added is not None:
                     await added.wait()
-
-    async def _blocking(self, job_id: str, after: str) -> AsyncGenerator[Piece, None]:
-        key = keys.job_chunks(job_id)
-        while True:
-            reply = await self._redis.xread({key: after}, count=500, block=_BLOCK_MS)
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    after = as_text(entry_id)
-                    piece = _piece(after, fields)
-                    yield piece
-                    if piece.end is not None:
-                        return
 
 
 class PieceWriter:
