@@ -7,7 +7,7 @@ to remember to compare tenants (workers and operators pass `ANY_TENANT`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -48,9 +48,23 @@ class Jobs:
         self, batch_id: str, *, tenant: TenantScope, terminal_only: bool = False
     ) -> AsyncIterator[JobRecord]:
         """The batch's jobs in input order, read a page at a time (none for another tenant's batch)."""
+        async for row in self._rows_in_order(batch_id, tenant, list(jobs.c), terminal_only=terminal_only):
+            yield JobRecord.from_row(row)
+
+    async def finished(self, batch_id: str, *, tenant: TenantScope) -> AsyncIterator[FinishedJob]:
+        """The batch's finished jobs in input order, with only what their terminal events say."""
+        columns = [*(jobs.c[name] for name in _FINISHED_COLUMNS), jobs.c.seq]
+        async for row in self._rows_in_order(batch_id, tenant, columns, terminal_only=True):
+            values = {name: row[name] for name in _FINISHED_COLUMNS}
+            yield FinishedJob(**values | {"status": JobStatus(values["status"])})
+
+    async def _rows_in_order(
+        self, batch_id: str, tenant: TenantScope, columns: list[Any], *, terminal_only: bool
+    ) -> AsyncIterator[Mapping[Any, Any]]:
+        """`columns` (the page key `seq` among them) of the batch's jobs in input order, page by page."""
         after = -1
         while True:
-            query = select(jobs).where(
+            query = select(*columns).where(
                 (jobs.c.batch_id == batch_id) & (jobs.c.seq > after) & owned_by(jobs.c.tenant, tenant)
             )
             if terminal_only:
@@ -58,27 +72,7 @@ class Jobs:
             async with self._db.reading() as conn:
                 rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
             for row in rows:
-                yield JobRecord.from_row(row._mapping)
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1].seq
-
-    async def finished(self, batch_id: str, *, tenant: TenantScope) -> AsyncIterator[FinishedJob]:
-        """The batch's finished jobs in input order, with only what their terminal events say."""
-        columns = [jobs.c[name] for name in _FINISHED_COLUMNS]
-        after = -1
-        while True:
-            query = select(*columns, jobs.c.seq).where(
-                (jobs.c.batch_id == batch_id)
-                & (jobs.c.seq > after)
-                & jobs.c.status.not_in(_RUNNABLE_VALUES)
-                & owned_by(jobs.c.tenant, tenant)
-            )
-            async with self._db.reading() as conn:
-                rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
-            for row in rows:
-                values = {name: row._mapping[name] for name in _FINISHED_COLUMNS}
-                yield FinishedJob(**values | {"status": JobStatus(values["status"])})
+                yield row._mapping
             if len(rows) < _PAGE:
                 return
             after = rows[-1].seq
