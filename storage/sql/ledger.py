@@ -32,13 +32,6 @@ class Ledger:
         async with self._db.reading() as conn:
             return [dict(row._mapping) for row in await conn.execute(query)]
 
-    async def costs(self, job_id: str) -> dict[str, Decimal]:
-        """The job's charges as `{"<run>:<attempt_no>": cost}` (the keys of its budget holds)."""
-        query = select(ledger.c.run, ledger.c.attempt_no, ledger.c.cost_usd).where(ledger.c.job_id == job_id)
-        async with self._db.reading() as conn:
-            rows = (await conn.execute(query)).all()
-        return {f"{run}:{number}": Decimal(cost) for run, number, cost in rows}
-
     async def recorded_calls(self, job_id: str) -> dict[str, Decimal]:
         """Every call of the job that a committed run recorded, `{"<run>:<attempt_no>": cost}`.
 

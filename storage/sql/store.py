@@ -26,7 +26,6 @@ from storage.sql.batches import Batches
 from storage.sql.database import Database, utcnow
 from storage.sql.engine import connect_database
 from storage.sql.files import Files
-from storage.sql.group_commit import GroupCommitter
 from storage.sql.idempotency import IdempotencyKeys
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
@@ -56,10 +55,6 @@ class Store:
     @property
     def engine(self) -> AsyncEngine:
         return self.db.engine
-
-    @property
-    def writes(self) -> GroupCommitter:
-        return self.db.writes
 
     def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for reads (it waits its turn on an in-memory SQLite's one connection)."""
