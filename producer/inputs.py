@@ -35,9 +35,10 @@ from pydantic import ValidationError
 
 from producer._reasons import given, join, json_type, show, validation_problems
 from router_core.catalog import Catalog
+from router_core.chat import NOT_FINITE
 from router_core.errors import InvalidRequestError
 from router_core.limits import DEFAULT_MAX_LINE_BYTES, RequestLimits
-from router_core.models import NOT_FINITE, STRATEGY_ALIASES, ChatRequest, Strategy
+from router_core.models import STRATEGY_ALIASES, ChatRequest, Strategy
 from router_core.planner import check_references
 
 if TYPE_CHECKING:

@@ -8,6 +8,7 @@ With no file, the built-in demo catalog (`demo_catalog.toml`, served by the simu
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
@@ -17,12 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router_core.chat import ALL_FEATURES, Feature
 from router_core.errors import ConfigError
 from router_core.models import Capability
 from router_core.pricing import Price, PriceOverride, resolve_price
 from router_core.sim.profiles import SimProfile
 
-__all__ = ["DEMO_CATALOG", "Catalog", "Deployment", "ProviderKind", "load_catalog"]
+__all__ = ["DEMO_CATALOG", "Catalog", "Deployment", "ProviderKind", "default_features", "load_catalog"]
 
 DEMO_CATALOG = "demo_catalog.toml"
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
@@ -40,6 +42,31 @@ class ProviderKind(StrEnum):
 # genai-prices provider id used when the catalog gives none.
 _DEFAULT_PRICE_PROVIDER = {ProviderKind.OPENAI: "openai", ProviderKind.ANTHROPIC: "anthropic"}
 
+F = Feature
+_SAMPLING = frozenset({F.TEMPERATURE, F.TOP_P, F.PENALTIES, F.LOGIT_BIAS, F.LOGPROBS})
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...) take reasoning_effort and refuse sampling.
+_OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
+# The Messages API (anthropic SDK 2.x) has tools, images, stop sequences, structured output
+# (`output_config.format`) and effort, and no sampling parameters, logprobs, seed, n or OpenAI tiers.
+_ANTHROPIC = frozenset(
+    {F.TOOLS, F.PARALLEL_TOOL_CALLS, F.VISION, F.JSON_OBJECT, F.JSON_SCHEMA, F.STOP, F.REASONING}
+)
+# An unknown OpenAI-compatible server: plain text with the common sampling knobs. Declare more.
+_COMPATIBLE = frozenset({F.STOP, F.TEMPERATURE, F.TOP_P})
+
+
+def default_features(kind: ProviderKind, model: str) -> frozenset[Feature]:
+    """What a deployment honours when its catalog entry lists no `features`."""
+    if kind is ProviderKind.SIM:
+        return ALL_FEATURES
+    if kind is ProviderKind.ANTHROPIC:
+        return _ANTHROPIC
+    if kind is ProviderKind.OPENAI_COMPATIBLE:
+        return _COMPATIBLE
+    if _OPENAI_REASONING.match(model):
+        return ALL_FEATURES - _SAMPLING
+    return ALL_FEATURES - {F.REASONING}
+
 
 class Deployment(BaseModel):
     """One callable model endpoint."""
@@ -55,6 +82,10 @@ class Deployment(BaseModel):
     quality: float = Field(ge=0, le=1)
     latency_ms: float = Field(gt=0, description="Prior latency estimate before live stats exist.")
     capabilities: frozenset[Capability] = frozenset()
+    features: frozenset[Feature] = Field(
+        default=None,  # type: ignore[arg-type]  # filled in by _check from the kind and model
+        description="Request features it honours (tools, vision, json_schema...); default by kind.",
+    )
     context_window: int = Field(gt=0)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
@@ -73,6 +104,8 @@ class Deployment(BaseModel):
             raise ValueError("kind 'openai_compatible' needs 'base_url'")
         if not self.provider:
             object.__setattr__(self, "provider", self.price_provider or self.kind.value)
+        if self.features is None:
+            object.__setattr__(self, "features", default_features(self.kind, self.model))
         return self
 
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from router_core.models import Attempt, Exclusion
+    from router_core.models import Attempt, Exclusion, Usage
 
 __all__ = [
     "AllAttemptsFailedError",
@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthError",
     "FatalProviderError",
+    "InvalidOutputError",
     "InvalidRequestError",
     "MalformedResponseError",
     "NoRouteError",
@@ -165,10 +166,14 @@ class ProviderError(RouteqError):
         status_code: int | None = None,
         retry_after: float | None = None,
         deployment: str | None = None,
+        billed: Usage | None = None,
     ) -> None:
         self.status_code = status_code
         self.retry_after = retry_after
         self.deployment = deployment
+        # What the provider billed although the call failed (an answer that broke the schema,
+        # the finished calls of a fan-out); None when nothing was billed.
+        self.billed = billed
         super().__init__(message)
 
 
@@ -208,6 +213,14 @@ class AuthenticationError(FatalProviderError):
 
 class BadRequestError(FatalProviderError):
     """The provider refused the request as invalid (400/404/422)."""
+
+
+class InvalidOutputError(FatalProviderError):
+    """The provider answered, and billed, but not with JSON valid for the requested schema.
+
+    Retrying the same model on the same prompt tends to repeat the mistake at full price, so the
+    router fails over to the next candidate at once; `billed` carries the answer's usage.
+    """
 
 
 class ContextLengthError(FatalProviderError):

@@ -7,13 +7,29 @@ that carries every `Attempt`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from router_core.chat import (
+    IMAGE_TOKENS_ESTIMATE,
+    IMAGE_TOKENS_LOW_DETAIL,
+    Choice,
+    ContentPart,
+    Effort,
+    Feature,
+    Penalty,
+    ResponseFormat,
+    ServiceTier,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    non_finite_numbers,
+    required_features,
+)
 
 __all__ = [
     "Attempt",
@@ -70,36 +86,27 @@ class Complexity(StrEnum):
     HIGH = "high"
 
 
-NOT_FINITE = "not a finite number (NaN, Infinity and numbers beyond ±1.8e308 are refused)"
-
-
-def non_finite_numbers(value: Any, path: str) -> Iterator[str]:
-    """The dotted paths in a JSON-like `value` that hold NaN or an infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        yield path or "value"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from non_finite_numbers(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from non_finite_numbers(item, f"{path}.{index}" if path else str(index))
-
-
 class Message(BaseModel):
-    """One chat message. `content` may be a string or OpenAI content parts (text parts are used)."""
+    """One chat message: text or content parts (text, images); an assistant's `tool_calls`; a
+    `tool` message's result for `tool_call_id`."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
 
     @model_validator(mode="after")
-    def _finite(self) -> Message:
-        # Content parts and extra fields are free-form JSON, which pydantic does not check for
-        # NaN or infinity; stored requests must be JSON every database accepts.
-        free = {"content": self.content if isinstance(self.content, list) else None}
-        for path in non_finite_numbers(free | (self.model_extra or {}), ""):
-            raise ValueError(f"{path}: {NOT_FINITE}")
+    def _shape(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs 'tool_call_id': the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an 'assistant' message carries 'tool_calls'")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only a 'tool' message carries 'tool_call_id'")
         return self
 
     def text(self) -> str:
@@ -108,7 +115,25 @@ class Message(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+    def image_tokens(self) -> int:
+        """Estimated prompt tokens of the message's images (0 for text)."""
+        if not isinstance(self.content, list):
+            return 0
+        return sum(
+            IMAGE_TOKENS_LOW_DETAIL if p.image_url.detail == "low" else IMAGE_TOKENS_ESTIMATE
+            for p in self.content
+            if p.image_url is not None
+        )
+
+    def has_payload(self) -> bool:
+        """Whether the message says anything: text, an image, tool calls or a tool result."""
+        if self.tool_calls or self.tool_call_id:
+            return True
+        if isinstance(self.content, list):
+            return any(p.image_url is not None or (p.text or "").strip() for p in self.content)
+        return bool(self.content and self.content.strip())
 
 
 class Weights(BaseModel):
@@ -144,6 +169,11 @@ class Preferences(BaseModel):
     include_providers: list[str] | None = None
     exclude_providers: list[str] | None = None
     capability: Capability | None = None
+    allow_fallbacks: bool = Field(
+        default=True,
+        description="With a pinned `model`, whether other deployments may answer when it cannot; "
+        "false keeps the request on the named model (or fails it).",
+    )
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -160,10 +190,12 @@ class Preferences(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """An OpenAI-style chat request with routing preferences.
+    """An OpenAI Chat Completions request with routing preferences.
 
     `model` is "auto" (let the strategy choose), a deployment id, or a model name served by one or
-    more deployments; the named deployment goes first and the rest of the plan follows as fallbacks.
+    more deployments; the named deployment goes first and the rest of the plan follows as fallbacks
+    (unless `preferences.allow_fallbacks` is false). Every other field is OpenAI's, honoured by the
+    deployments whose catalog `features` say they can (see `required_features`).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -172,18 +204,98 @@ class ChatRequest(BaseModel):
     model: str = "auto"
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=16)] | None = None
+    stop: (
+        str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)] | None
+    ) = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Effort | None = None
+    service_tier: ServiceTier | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+    metadata: (
+        Annotated[
+            dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+            Field(max_length=16),
+        ]
+        | None
+    ) = None
     preferences: Preferences = Field(default_factory=Preferences)
 
     @field_validator("messages")
     @classmethod
-    def _has_text(cls, messages: list[Message]) -> list[Message]:
-        if not any(m.text().strip() for m in messages):
+    def _has_payload(cls, messages: list[Message]) -> list[Message]:
+        if not any(m.has_payload() for m in messages):
             raise ValueError("every message is empty: give at least one message with text")
         return messages
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice is not None and self.tools is None:
+            raise ValueError("tool_choice needs tools")
+        names = {t.function.name for t in self.tools or ()}
+        if len(names) < len(self.tools or ()):
+            raise ValueError("tools: each function name must be unique")
+        if not isinstance(self.tool_choice, str | None) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
+        calls: set[str] = set()
+        for index, message in enumerate(self.messages):
+            calls.update(call.id for call in message.tool_calls or ())
+            if message.tool_call_id is not None and message.tool_call_id not in calls:
+                raise ValueError(
+                    f"messages.{index}.tool_call_id {message.tool_call_id!r} answers no earlier "
+                    "assistant tool call"
+                )
+        return self
 
     def prompt_text(self) -> str:
         """All message text joined, for classification and token estimates."""
         return "\n".join(m.text() for m in self.messages)
+
+    @property
+    def choices(self) -> int:
+        """How many answers are asked for (`n`)."""
+        return self.n or 1
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema every answer must satisfy (JSON mode: any object), if any."""
+        return None if self.response_format is None else self.response_format.schema
+
+    def required_features(self) -> dict[Feature, str]:
+        """The deployment features this request needs, each with the field that needs it."""
+        fields = {name: getattr(self, name) for name in _FEATURE_FIELDS}
+        images = sum(m.image_tokens() for m in self.messages)
+        history = any(m.tool_calls or m.tool_call_id for m in self.messages)
+        return required_features(fields, images, history)
+
+
+_FEATURE_FIELDS = (
+    "tools",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "seed",
+    "reasoning_effort",
+    "stop",
+    "temperature",
+    "top_p",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "service_tier",
+)
 
 
 class ExclusionReason(StrEnum):
@@ -197,6 +309,8 @@ class ExclusionReason(StrEnum):
     FORCED_DOWN = "forced_down"
     OVER_RATE_LIMIT = "over_rate_limit"
     NOT_IN_CHAIN = "not_in_chain"
+    UNSUPPORTED = "unsupported"
+    NOT_PINNED = "not_pinned"
 
 
 class Exclusion(BaseModel):
@@ -247,6 +361,11 @@ class Usage(BaseModel):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    image_tokens: int = Field(default=0, description="Part of input_tokens: images.")
+    reasoning_tokens: int = Field(default=0, description="Part of output_tokens: hidden reasoning.")
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{name: getattr(self, name) + getattr(other, name) for name in Usage.model_fields})
 
     @property
     def total_tokens(self) -> int:
@@ -256,6 +375,8 @@ class Usage(BaseModel):
 class AttemptOutcome(StrEnum):
     SUCCESS = "success"
     ERROR = "error"
+    INVALID_OUTPUT = "invalid_output"
+    """The provider answered (and billed), but not with JSON valid for the requested schema."""
 
 
 class Attempt(BaseModel):
@@ -281,10 +402,15 @@ class Attempt(BaseModel):
 
 
 class CompletionResult(BaseModel):
-    """A successful routed completion, with every attempt that led to it."""
+    """A successful routed completion, with every attempt that led to it.
+
+    `choices` are the answers as OpenAI shapes them (message with `tool_calls`, `refusal`,
+    `logprobs`); `content` and `finish_reason` repeat the first one's, for text consumers.
+    """
 
     content: str
     finish_reason: str | None = None
+    choices: list[Choice] = Field(default_factory=list)
     deployment: str
     provider: str
     model: str

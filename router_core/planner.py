@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router_core.catalog import Catalog, Deployment
+from router_core.chat import Feature
 from router_core.classify import classify
 from router_core.errors import InvalidRequestError, NoRouteError
 from router_core.fleet import CircuitState, DeploymentSnapshot, Forced
@@ -28,7 +29,7 @@ from router_core.models import (
 from router_core.strategies import Option, RankContext, rank
 from router_core.tokens import prompt_tokens
 
-__all__ = ["PlanLimits", "build_plan", "check_references"]
+__all__ = ["PlanLimits", "build_plan", "call_tokens", "check_references"]
 
 _BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
 
@@ -45,6 +46,24 @@ class _Estimate:
     completion_tokens: int
     cost: float
     latency_ms: float
+
+
+def call_tokens(dep: Deployment, request: ChatRequest, prompt: int, completion: int) -> tuple[int, int]:
+    """Prompt and completion tokens of serving `request` on `dep`, all `n` answers included.
+
+    A deployment with native `n` reads the prompt once; others get `n` calls (a fan-out), each
+    reading it again.
+    """
+    n = request.choices
+    if n == 1:
+        return prompt, completion
+    return (prompt if Feature.N in dep.features else prompt * n), completion * n
+
+
+def unsupported(dep: Deployment, needs: Mapping[Feature, str]) -> str | None:
+    """`unsupported: tools, vision` when `dep` lacks features the request needs, else None."""
+    missing = [feature.value for feature in needs if feature not in dep.features]
+    return f"unsupported: {', '.join(missing)}" if missing else None
 
 
 Check = Callable[
@@ -161,18 +180,23 @@ def build_plan(
     texts = [m.text() for m in request.messages]  # once: joining content parts costs per message
     guess = classify("\n".join(texts))  # the same text as request.prompt_text()
     capability = prefs.capability or guess.capability
-    p_tokens = prompt_tokens(texts)
+    p_tokens = prompt_tokens(texts) + sum(m.image_tokens() for m in request.messages)
     c_tokens = request.max_tokens or limits.default_completion_tokens
+    needs = request.required_features()
 
     checks = [check for relevant, check in _CHECKS if relevant(prefs)]
     options: list[Option] = []
     excluded: list[Exclusion] = []
     for position, dep in enumerate(catalog.values()):
         st = snapshot.get(dep.id) or DeploymentSnapshot()
+        missing = unsupported(dep, needs) if needs else None
+        if missing is not None:
+            excluded.append(Exclusion(deployment=dep.id, reason=ExclusionReason.UNSUPPORTED, detail=missing))
+            continue
         est = _Estimate(
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,
-            cost=catalog.price(dep.id).estimate(p_tokens, c_tokens),
+            cost=catalog.price(dep.id).estimate(*call_tokens(dep, request, p_tokens, c_tokens)),
             latency_ms=st.latency_ewma_ms if st.latency_ewma_ms is not None else dep.latency_ms,
         )
         failure = next((f for check in checks if (f := check(dep, prefs, est, st))), None)
@@ -221,10 +245,11 @@ def _probes_first(ordered: list[tuple[Option, float]]) -> list[tuple[Option, flo
 
 
 def check_references(request: ChatRequest, catalog: Catalog) -> None:
-    """Check that the request's model and fallback chain name what the catalog has.
+    """Check that the request's model and fallback chain name what the catalog has, and that
+    some deployment it may use honours every field it sets.
 
     Raises:
-        InvalidRequestError: with `field` "model" or "preferences.chain".
+        InvalidRequestError: with `field` "model", "preferences.chain" or the unhonoured field.
     """
     unknown = [d for d in request.preferences.chain or [] if d not in catalog]
     if unknown:
@@ -238,6 +263,17 @@ def check_references(request: ChatRequest, catalog: Catalog) -> None:
             f"deployment ids: {sorted(catalog)}",
             field="model",
         )
+    needs = request.required_features()
+    if not needs:
+        return
+    pinned = model != "auto" and not request.preferences.allow_fallbacks
+    usable = [d for d in catalog.values() if not pinned or model in (d.id, d.model)]
+    for feature, field in needs.items():
+        if not any(feature in d.features for d in usable):
+            where = f"model {model!r}" if pinned else "any deployment in the catalog"
+            raise InvalidRequestError(
+                f"{where} cannot honour it (no deployment has the '{feature.value}' feature)", field=field
+            )
 
 
 def _pin_and_fallbacks(
@@ -256,7 +292,15 @@ def _pin_and_fallbacks(
             reasons = [e for e in excluded if model in (e.deployment, catalog[e.deployment].model)]
             raise NoRouteError(f"the requested model {model!r} cannot serve this request", reasons)
         pinned_ids = {p[0].deployment.id for p in pinned}
-        ranked = pinned + [p for p in ranked if p[0].deployment.id not in pinned_ids]
+        others = [p for p in ranked if p[0].deployment.id not in pinned_ids]
+        if not request.preferences.allow_fallbacks:
+            detail = f"model {model!r} is pinned and preferences.allow_fallbacks is false"
+            excluded.extend(
+                Exclusion(deployment=p[0].deployment.id, reason=ExclusionReason.NOT_PINNED, detail=detail)
+                for p in others
+            )
+            others = []
+        ranked = pinned + others
     primary = ranked[0]
     by_id = {p[0].deployment.id: p for p in ranked}
     explicit_ids = [

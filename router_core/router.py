@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from router_core.catalog import Catalog, Deployment, load_catalog
+from router_core.chat import Choice, Feature, output_problem
 from router_core.clock import Clock, SystemClock
 from router_core.errors import (
     AllAttemptsFailedError,
@@ -34,6 +35,7 @@ from router_core.errors import (
     BudgetExceededError,
     CapacityExhaustedError,
     ContextLengthError,
+    InvalidOutputError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
@@ -56,8 +58,8 @@ from router_core.models import (
     Strategy,
     Usage,
 )
-from router_core.planner import PlanLimits, build_plan
-from router_core.providers.base import Provider, ProviderReply, StreamPart
+from router_core.planner import PlanLimits, build_plan, call_tokens
+from router_core.providers.base import Delta, Provider, ProviderReply, StreamPart
 from router_core.providers.factory import build_providers
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
@@ -139,6 +141,77 @@ def _health(error: ProviderError) -> CallOutcome:
     ):
         return CallOutcome.FAILURE
     return CallOutcome.NEUTRAL
+
+
+def _outcome(error: ProviderError | None) -> AttemptOutcome:
+    if error is None:
+        return AttemptOutcome.SUCCESS
+    return AttemptOutcome.INVALID_OUTPUT if isinstance(error, InvalidOutputError) else AttemptOutcome.ERROR
+
+
+def _check_output(request: ChatRequest, deployment: str, reply: ProviderReply) -> None:
+    """Raise `InvalidOutputError` when an answer breaks the JSON schema the request asked for.
+
+    An answer that called tools instead (finish_reason "tool_calls") or that the model refused
+    has no JSON to check.
+    """
+    schema = request.output_schema
+    if schema is None:
+        return
+    for choice in reply.choices:
+        if choice.message.get("tool_calls") or choice.message.get("refusal"):
+            continue
+        problem = output_problem(schema, choice.text)
+        if problem is not None:
+            where = f" (choice {choice.index})" if len(reply.choices) > 1 else ""
+            raise InvalidOutputError(
+                f"{deployment}{where}: {problem}", deployment=deployment, billed=reply.usage
+            )
+
+
+async def _fan_out(
+    provider: Provider, request: ChatRequest, max_tokens: int, timeout_s: float
+) -> ProviderReply:
+    """`n` answers from a deployment without native `n`: `n` calls at once, merged as one reply.
+
+    If any call fails, the ones that answered were still billed: the error carries their usage.
+    """
+    single = request.model_copy(update={"n": None})
+    replies = await asyncio.gather(
+        *(
+            provider.complete(single, max_tokens=max_tokens, timeout_s=timeout_s)
+            for _ in range(request.choices)
+        ),
+        return_exceptions=True,
+    )
+    answered = [r for r in replies if isinstance(r, ProviderReply)]
+    usage = sum((r.usage for r in answered), Usage())
+    for r in replies:
+        if isinstance(r, ProviderError):
+            r.billed = (r.billed or Usage()) + usage if answered else r.billed
+            raise r
+        if isinstance(r, BaseException):
+            raise r
+    choices = tuple(
+        Choice(
+            index=i,
+            message=r.choices[0].message,
+            finish_reason=r.finish_reason,
+            logprobs=r.choices[0].logprobs,
+        )
+        for i, r in enumerate(answered)
+    )
+    return ProviderReply(
+        choices=choices, usage=usage, model=answered[0].model, simulated=answered[0].simulated
+    )
+
+
+def _delta_text(delta: Delta) -> str:
+    """The text a streamed `Delta` carries, for the charge of a stream that breaks off."""
+    inner = delta.choice.get("delta") or {}
+    calls = inner.get("tool_calls") or ()
+    text = str(inner.get("content") or "")
+    return text + "".join(str((c.get("function") or {}).get("arguments") or "") for c in calls)
 
 
 class Router:
@@ -240,7 +313,12 @@ class Router:
         walk = _Walk(request, plan, guard, [], [])
 
         async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
-            return await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
+            if request.choices > 1 and Feature.N not in provider.deployment.features:
+                reply = await _fan_out(provider, request, max_tokens, timeout_s)
+            else:
+                reply = await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
+            _check_output(request, provider.deployment.id, reply)
+            return reply
 
         dep, reply = await self._walk(walk, call)
         self._settle(dep, reply, walk.attempts)
@@ -248,8 +326,11 @@ class Router:
 
     async def stream(
         self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
-    ) -> AsyncGenerator[str | CompletionResult, None]:
-        """Route `request` as a stream: text pieces as they arrive, then the `CompletionResult`.
+    ) -> AsyncGenerator[str | Delta | CompletionResult, None]:
+        """Route `request` as a stream: text pieces and `Delta`s as they arrive, then the result.
+
+        A streamed answer that breaks the requested JSON schema cannot be taken back either: the
+        stream ends with `StreamInterruptedError` naming the problem (and the call is billed).
 
         Failures before the first piece are retried and failed over like `complete`; a failure
         after it raises `StreamInterruptedError` (the text already sent cannot be taken back).
@@ -273,8 +354,8 @@ class Router:
         part: StreamPart = opened.first
         relayed: list[str] = []
         try:
-            while isinstance(part, str):
-                relayed.append(part)
+            while not isinstance(part, ProviderReply):
+                relayed.append(part if isinstance(part, str) else _delta_text(part))
                 yield part
                 try:
                     async with asyncio.timeout(timeout_s):
@@ -300,6 +381,17 @@ class Router:
         finally:
             await opened.rest.aclose()
         self._settle(dep, part, attempts)
+        try:
+            _check_output(request, dep.id, part)
+        except InvalidOutputError as exc:
+            attempts[-1] = attempts[-1].model_copy(
+                update={
+                    "outcome": AttemptOutcome.INVALID_OUTPUT,
+                    "error_class": type(exc).__name__,
+                    "error": str(exc),
+                }
+            )
+            raise StreamInterruptedError(f"the stream from {dep.id} ended invalid: {exc}", attempts) from exc
         yield self._result(dep, part, attempts, plan, started)
 
     async def _walk(self, walk: _Walk, op: Operation[T]) -> tuple[Deployment, T]:
@@ -372,9 +464,9 @@ class Router:
             attempts.append(attempt)
             if value is not None:
                 return value, None
-            if walk.guard is not None:  # an error is not billed: give its hold back at once
-                await walk.guard.release(len(attempts))
             assert error is not None
+            if walk.guard is not None and error.billed is None:
+                await walk.guard.release(len(attempts))  # not billed: give its hold back at once
             if not error.retryable or n + 1 == self.policy.max_attempts_per_deployment:
                 break
             wait = self._backoff(n, error.retry_after)
@@ -386,8 +478,7 @@ class Router:
     async def _admit(self, dep: Deployment, walk: _Walk) -> Admission | None:
         """Hold the worst-case cost, then take a place in the deployment's limits; None if refused."""
         attempt_no = len(walk.attempts) + 1
-        max_tokens = walk.max_tokens
-        prompt = walk.plan.prompt_tokens_estimate
+        prompt, max_tokens = call_tokens(dep, walk.request, walk.plan.prompt_tokens_estimate, walk.max_tokens)
         if walk.guard is not None:
             worst = self.catalog.price(dep.id).estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
             refusal = await walk.guard.reserve(attempt_no, dep.id, worst)
@@ -440,7 +531,7 @@ class Router:
             latency_ms = (self.clock.now() - t0) * 1000
             ok = value is not None
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
-            usage = value.usage if isinstance(value, ProviderReply) else None
+            usage = value.usage if isinstance(value, ProviderReply) else error.billed if error else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
             await asyncio.shield(self.fleet.release(dep, admission, outcome, latency_ms, tokens))
         if error is not None:
@@ -449,13 +540,18 @@ class Router:
             deployment=dep.id,
             provider=dep.provider,
             model=dep.model,
-            outcome=AttemptOutcome.SUCCESS if error is None else AttemptOutcome.ERROR,
+            outcome=_outcome(error),
             error_class=type(error).__name__ if error else None,
             error=str(error) if error else None,
             status_code=error.status_code if error else None,
             latency_ms=latency_ms,
             wait_ms=wait * 1000,
         )
+        if error is not None and error.billed is not None:
+            billed = error.billed
+            attempt = attempt.model_copy(
+                update={"usage": billed, "cost_usd": self.catalog.price(dep.id).cost(billed)}
+            )
         return value, error, attempt
 
     def _partial_charge(self, dep: Deployment, walk: _Walk, text: str) -> dict[str, Any]:
@@ -485,6 +581,7 @@ class Router:
         return CompletionResult(
             content=reply.content,
             finish_reason=reply.finish_reason,
+            choices=list(reply.choices),
             deployment=dep.id,
             provider=dep.provider,
             model=reply.model,

@@ -187,8 +187,9 @@ def test_the_models_refuse_non_finite_numbers(value: float) -> None:
         ChatRequest.model_validate(
             {"messages": [{"role": "user", "content": "hi"}], "preferences": {"weights": {"cost": value}}}
         )
-    with pytest.raises(ValidationError, match=r"extra\.0: not a finite number"):
-        ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi", "extra": [value]}]})
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": [value]}}}
+    with pytest.raises(ValidationError, match=r"x\.0: not a finite number"):
+        ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
 
 
 # --- names the catalog must know -------------------------------------------------------------------

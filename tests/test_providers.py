@@ -27,7 +27,12 @@ from router_core import (
     load_catalog,
 )
 from router_core.catalog import Deployment
-from router_core.errors import MalformedResponseError, ProviderConnectionError, ProviderTimeoutError
+from router_core.errors import (
+    InvalidRequestError,
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderTimeoutError,
+)
 from router_core.providers import (
     AnthropicProvider,
     OpenAIProvider,
@@ -236,6 +241,7 @@ class RecordingTransport(SimTransport):
 
 @pytest.mark.parametrize(("kind", "sent_temperature"), [("anthropic", None), ("openai", 1.5)])
 async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> None:
+    """The Messages API has no temperature: a request setting one is not routed there at all."""
     catalog = make_catalog([deployment("dep-a", kind=kind, model="some-model")])
     dep = catalog["dep-a"]
     transport = RecordingTransport(SimWorld({"dep-a": dep.sim}))
@@ -245,16 +251,20 @@ async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> 
     request = ChatRequest.model_validate(
         {
             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-            "temperature": 1.5,
+            **({} if sent_temperature is None else {"temperature": sent_temperature}),
         }
     )
     async with Router(catalog, {"dep-a": provider}) as router:
         await router.complete(request)
+        if kind == "anthropic":
+            with pytest.raises(InvalidRequestError, match=r"temperature: .*'temperature' feature"):
+                await router.complete(request.model_copy(update={"temperature": 1.5}))
     body = transport.bodies[0]
     assert body["model"] == "some-model"
     assert body.get("temperature") == sent_temperature
-    # No max_tokens in the request: the default cap is sent, so the call's cost has a bound.
-    assert body["max_tokens"] == 512
+    # No max_tokens in the request: the default cap is sent, so the call's cost has a bound
+    # (as max_completion_tokens to OpenAI itself, whose reasoning models refuse max_tokens).
+    assert body["max_tokens" if kind == "anthropic" else "max_completion_tokens"] == 512
     if kind == "anthropic":
         assert body["system"] == "Be brief."
         assert body["messages"] == [{"role": "user", "content": "Hi"}]

@@ -74,7 +74,7 @@ async def test_anthropic_sdk_path_and_cost_match_genai_prices(make_router: Route
     result = await router.complete(request)
     assert result.provider == "claude"
     assert result.simulated
-    assert result.finish_reason == "end_turn"
+    assert result.finish_reason == "stop"  # end_turn, in the OpenAI vocabulary
     expected = calc_price(
         PriceUsage(input_tokens=result.usage.input_tokens, output_tokens=40),
         "claude-haiku-4-5",

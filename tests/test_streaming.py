@@ -48,7 +48,7 @@ async def collect(router: Router, request: ChatRequest) -> tuple[list[str], Comp
         if isinstance(part, str):
             assert result is None, "text after the result"
             pieces.append(part)
-        else:
+        elif isinstance(part, CompletionResult):
             result = part
     assert result is not None
     return pieces, result

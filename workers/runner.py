@@ -243,11 +243,10 @@ class JobRunner:
         writer = self.relay.writer(job_id, run)
         try:
             async for part in self.router.stream(request, guard=guard):
-                if isinstance(part, str):
-                    writer.add(part)
-                else:
+                if isinstance(part, CompletionResult):
                     await writer.close()  # every piece is out before the outcome is committed
                     return part
+                writer.add(part if isinstance(part, str) else part.choice)
         finally:
             await writer.abort()
         raise RuntimeError("Router.stream ended without its result")  # pragma: no cover

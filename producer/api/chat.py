@@ -197,8 +197,10 @@ class _ChunkWriter:
         self.include_usage = include_usage
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return self._event({"choices": [choice], **extra})
+        return self.choice({"index": 0, "delta": delta, "finish_reason": finish_reason}, **extra)
+
+    def choice(self, choice: dict[str, Any], **extra: Any) -> str:
+        return self._event({"choices": [{"finish_reason": None, **choice}], **extra})
 
     def _event(self, fields: dict[str, Any]) -> str:
         body = {
@@ -244,6 +246,10 @@ async def _events(
                 return
             if piece.text:
                 yield chunks.chunk({"content": piece.text})
+            elif piece.delta is not None:
+                # Tool-call pieces and the like, as the provider's chunk choice; the finish
+                # reason comes once, with the final chunk.
+                yield chunks.choice({k: v for k, v in piece.delta.items() if k != "finish_reason"})
             piece = await anext(pieces)
         job = await client.get(job_id)
         if job.status == JobStatus.SUCCEEDED:

@@ -9,6 +9,7 @@ import anthropic
 from anthropic.types import Message
 
 from router_core.catalog import Deployment
+from router_core.chat import Choice
 from router_core.models import ChatRequest, Usage
 from router_core.providers.base import SIMULATED_HEADER, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
@@ -25,6 +26,25 @@ def to_anthropic_messages(request: ChatRequest) -> tuple[str | None, list[dict[s
         if m.role not in ("system", "developer") and m.text()
     ]
     return ("\n\n".join(system) or None), turns
+
+
+# Anthropic's stop reasons in OpenAI's finish_reason vocabulary.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _text_reply(text: str, stop_reason: str | None) -> tuple[Choice, ...]:
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return (
+        Choice(index=0, message=message, finish_reason=FINISH_REASONS.get(stop_reason or "", stop_reason)),
+    )
 
 
 def to_usage(usage: anthropic.types.Usage) -> Usage:
@@ -74,8 +94,9 @@ class AnthropicProvider:
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
         return ProviderReply(
-            content="".join(block.text for block in message.content if block.type == "text"),
-            finish_reason=message.stop_reason,
+            choices=_text_reply(
+                "".join(block.text for block in message.content if block.type == "text"), message.stop_reason
+            ),
             usage=to_usage(message.usage),
             model=message.model or dep.model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
@@ -110,8 +131,7 @@ class AnthropicProvider:
             # Also when the consumer stops early: release the HTTP connection.
             await events.close()
         yield ProviderReply(
-            content="".join(pieces),
-            finish_reason=finish,
+            choices=_text_reply("".join(pieces), finish),
             usage=to_usage(usage),
             model=model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from router_core.catalog import Deployment
+from router_core.chat import Choice
 from router_core.models import ChatRequest, Usage
 
-__all__ = ["SIMULATED_HEADER", "Provider", "ProviderReply", "StreamPart"]
+__all__ = ["SIMULATED_HEADER", "Delta", "Provider", "ProviderReply", "StreamPart"]
 
 # The simulated provider world sets this header on every response it sends.
 SIMULATED_HEADER = "x-routeq-simulated"
@@ -17,17 +18,37 @@ SIMULATED_HEADER = "x-routeq-simulated"
 
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
-    """A successful completion as the provider reported it."""
+    """A successful completion as the provider reported it, in the OpenAI shape.
 
-    content: str
-    finish_reason: str | None
+    `choices` hold each answer's message (`content`, `tool_calls`, `refusal`), its OpenAI
+    `finish_reason` ("stop", "length", "tool_calls", "content_filter") and `logprobs`.
+    """
+
+    choices: tuple[Choice, ...]
     usage: Usage
     model: str
     simulated: bool
 
+    @property
+    def content(self) -> str:
+        """The first answer's text."""
+        return self.choices[0].text if self.choices else ""
 
-# What a provider stream yields: text pieces, then exactly one final ProviderReply.
-StreamPart = str | ProviderReply
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason if self.choices else None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A streamed change that is not plain text of the first choice: tool-call pieces, a refusal,
+    logprobs, or any part of another choice, as an OpenAI `chat.completion.chunk` choice."""
+
+    choice: dict[str, Any]
+
+
+# What a provider stream yields: text pieces of choice 0 and `Delta`s, then exactly one ProviderReply.
+StreamPart = str | Delta | ProviderReply
 
 
 class Provider(Protocol):
@@ -40,7 +61,7 @@ class Provider(Protocol):
     def stream(
         self, request: ChatRequest, *, max_tokens: int, timeout_s: float
     ) -> AsyncGenerator[StreamPart, None]:
-        """Text pieces as they arrive, then one `ProviderReply` with the whole text and the usage."""
+        """Text pieces and `Delta`s as they arrive, then one `ProviderReply` with the whole answer."""
         ...
 
     async def aclose(self) -> None: ...

@@ -1,4 +1,9 @@
-"""Adapter for OpenAI and every OpenAI-compatible endpoint (vLLM, Ollama, OpenRouter, Groq, ...)."""
+"""Adapter for OpenAI and every OpenAI-compatible endpoint (vLLM, Ollama, OpenRouter, Groq, ...).
+
+The request goes out as the user wrote it (tools, response_format, sampling, logprobs, `n`...):
+the planner only routes a request here when the deployment's `features` say it honours every
+field it sets. The answer comes back as OpenAI shaped it, all choices kept.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +13,76 @@ from typing import Any
 
 import openai
 from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionChunk
 
-from router_core.catalog import Deployment
+from router_core.catalog import Deployment, ProviderKind
+from router_core.chat import Choice
 from router_core.models import ChatRequest, Usage
-from router_core.providers.base import SIMULATED_HEADER, ProviderReply, StreamPart
+from router_core.providers.base import SIMULATED_HEADER, Delta, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
 
-__all__ = ["OpenAIProvider"]
+__all__ = ["OpenAIProvider", "openai_body"]
 
 logger = logging.getLogger("routeq.providers")
 
+# Request fields passed through as they are when set (the rest is routeq's or handled below).
+_PASSED = (
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "service_tier",
+    "user",
+    "metadata",
+)
+
 
 def _usage(usage: CompletionUsage | None) -> Usage:
-    """OpenAI's prompt_tokens already include cached tokens, as routeq's input_tokens do."""
+    """OpenAI's prompt_tokens already include cached tokens, as routeq's input_tokens do; its
+    completion_tokens include reasoning tokens, as routeq's output_tokens do."""
     if usage is None:
         # Some OpenAI-compatible servers send no usage; nothing is known, so nothing is billed.
         logger.warning("response without usage: cost recorded as 0")
         return Usage()
-    details = usage.prompt_tokens_details
+    prompt, completion = usage.prompt_tokens_details, usage.completion_tokens_details
     return Usage(
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
-        cache_read_tokens=(details.cached_tokens or 0) if details else 0,
+        cache_read_tokens=(prompt.cached_tokens or 0) if prompt else 0,
+        reasoning_tokens=(completion.reasoning_tokens or 0) if completion else 0,
     )
+
+
+def openai_body(request: ChatRequest, deployment: Deployment, max_tokens: int) -> dict[str, Any]:
+    """The Chat Completions keyword arguments for `request` on `deployment`."""
+    body: dict[str, Any] = {
+        "model": deployment.model,
+        "messages": [m.model_dump(mode="json", exclude_none=True) for m in request.messages],
+    }
+    # OpenAI's own API takes max_completion_tokens (its reasoning models refuse max_tokens);
+    # OpenAI-compatible servers mostly know only max_tokens.
+    cap = "max_completion_tokens" if deployment.kind is ProviderKind.OPENAI else "max_tokens"
+    body[cap] = max_tokens
+    for name in _PASSED:
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = (
+                value.model_dump(mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+            )
+    if request.tools is not None:
+        body["tools"] = [t.model_dump(mode="json", exclude_none=True) for t in request.tools]
+    if request.response_format is not None:
+        body["response_format"] = request.response_format.model_dump(mode="json", exclude_none=True)
+    return body
 
 
 class OpenAIProvider:
@@ -42,15 +94,10 @@ class OpenAIProvider:
 
     async def _send(self, request: ChatRequest, max_tokens: int, timeout_s: float, **extra: Any) -> Any:
         """POST the chat completion; the raw response gives access to headers."""
-        if request.temperature is not None:
-            extra["temperature"] = request.temperature
+        body = openai_body(request, self.deployment, max_tokens)
         try:
             return await self._client.chat.completions.with_raw_response.create(
-                model=self.deployment.model,
-                messages=[m.model_dump(exclude_none=True) for m in request.messages],  # type: ignore[misc]
-                max_tokens=max_tokens,
-                timeout=timeout_s,
-                **extra,
+                **body, timeout=timeout_s, **extra
             )
         except Exception as exc:
             raise map_provider_error(exc, self.deployment.id) from exc
@@ -60,12 +107,23 @@ class OpenAIProvider:
         raw = await self._send(request, max_tokens, timeout_s)
         try:
             completion = raw.parse()
-            choice = completion.choices[0]
+            choices = tuple(
+                Choice(
+                    index=choice.index,
+                    message=choice.message.model_dump(mode="json", exclude_unset=True),
+                    finish_reason=choice.finish_reason,
+                    logprobs=None
+                    if choice.logprobs is None
+                    else choice.logprobs.model_dump(mode="json", exclude_unset=True),
+                )
+                for choice in completion.choices
+            )
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
+        if not choices:
+            raise map_provider_error(ValueError("the response has no choices"), dep.id, parsing=True)
         return ProviderReply(
-            content=choice.message.content or "",
-            finish_reason=choice.finish_reason,
+            choices=choices,
             usage=_usage(completion.usage),
             model=completion.model or dep.model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
@@ -82,26 +140,21 @@ class OpenAIProvider:
             chunks = raw.parse()
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
-        pieces: list[str] = []
-        finish: str | None = None
+        answer = StreamedAnswer()
         usage: CompletionUsage | None = None
         model = dep.model
         try:
             async for chunk in chunks:
                 model = chunk.model or model
                 usage = chunk.usage or usage
-                for choice in chunk.choices[:1]:
-                    finish = choice.finish_reason or finish
-                    if choice.delta.content:
-                        pieces.append(choice.delta.content)
-                        yield choice.delta.content
+                for part in answer.add(chunk):
+                    yield part
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
         finally:
             await chunks.close()
         yield ProviderReply(
-            content="".join(pieces),
-            finish_reason=finish,
+            choices=answer.choices(),
             usage=_usage(usage),
             model=model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
@@ -109,3 +162,62 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+class StreamedAnswer:
+    """Rebuilds the choices of a streamed completion from its chunks, and says what to relay:
+    the first choice's text as plain strings, everything else as `Delta`s."""
+
+    def __init__(self) -> None:
+        self._text: dict[int, list[str]] = {}
+        self._refusal: dict[int, list[str]] = {}
+        self._calls: dict[int, dict[int, dict[str, Any]]] = {}
+        self._finish: dict[int, str | None] = {}
+        self._logprobs: dict[int, list[Any]] = {}
+
+    def add(self, chunk: ChatCompletionChunk) -> list[StreamPart]:
+        parts: list[StreamPart] = []
+        for choice in chunk.choices:
+            i, delta = choice.index, choice.delta
+            self._text.setdefault(i, [])
+            if choice.finish_reason:
+                self._finish[i] = choice.finish_reason
+            if delta.content:
+                self._text[i].append(delta.content)
+            if delta.refusal:
+                self._refusal.setdefault(i, []).append(delta.refusal)
+            for call in delta.tool_calls or ():
+                slot = self._calls.setdefault(i, {}).setdefault(
+                    call.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                slot["id"] = call.id or slot["id"]
+                if call.function is not None:
+                    slot["function"]["name"] += call.function.name or ""
+                    slot["function"]["arguments"] += call.function.arguments or ""
+            if choice.logprobs is not None and choice.logprobs.content:
+                self._logprobs.setdefault(i, []).extend(
+                    lp.model_dump(mode="json") for lp in choice.logprobs.content
+                )
+            plain = i == 0 and delta.content and not (delta.tool_calls or delta.refusal or choice.logprobs)
+            if plain:
+                parts.append(delta.content or "")
+            elif delta.content or delta.tool_calls or delta.refusal or choice.logprobs:
+                parts.append(Delta(choice.model_dump(mode="json", exclude_none=True)))
+        return parts
+
+    def choices(self) -> tuple[Choice, ...]:
+        built = []
+        for i in sorted(self._text):
+            calls = [self._calls[i][k] for k in sorted(self._calls.get(i, {}))]
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(self._text[i]) if self._text[i] or not calls else None,
+                "refusal": "".join(self._refusal[i]) if i in self._refusal else None,
+            }
+            if calls:
+                message["tool_calls"] = calls
+            logprobs = {"content": self._logprobs[i], "refusal": None} if i in self._logprobs else None
+            built.append(
+                Choice(index=i, message=message, finish_reason=self._finish.get(i), logprobs=logprobs)
+            )
+        return tuple(built)

@@ -6,7 +6,8 @@ arrives, tagged with the run that produced it. After the job's outcome is commit
 published, the worker appends an `end` entry; the API then reads the outcome (usage, cost,
 deployment) from SQL for the final chunk.
 
-    {run, text}     one piece of the answer
+    {run, text}     one piece of the answer's text (its first choice)
+    {run, delta}    anything else streamed: an OpenAI chunk choice as JSON (tool-call pieces, ...)
     {run, end}      the job is finished (end = its status); nothing follows
 
 A worker that dies mid-stream leaves pieces of run N; the re-run appends pieces of run N+1. A reader
@@ -16,9 +17,11 @@ that already passed run N's text on cannot take it back: it reports the stream a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -40,6 +43,7 @@ class Piece:
     run: int
     text: str | None = None  # a piece of the answer
     end: str | None = None  # the job's final status: the last entry
+    delta: dict[str, Any] | None = None  # an OpenAI chunk choice that is not plain text
 
 
 class StreamRelay:
@@ -51,9 +55,12 @@ class StreamRelay:
         # With a notifier, readers wait for its pings instead of holding a connection in XREAD BLOCK.
         self._notifier = notifier
 
-    async def push(self, job_id: str, run: int, text: str) -> None:
-        """Append a piece of run `run`'s answer."""
-        await self._append(job_id, {"run": str(run), "text": text})
+    async def push(self, job_id: str, run: int, text: str | dict[str, Any]) -> None:
+        """Append a piece of run `run`'s answer: text, or a chunk choice (`delta`)."""
+        if isinstance(text, str):
+            await self._append(job_id, {"run": str(run), "text": text})
+        else:
+            await self._append(job_id, {"run": str(run), "delta": json.dumps(text, separators=(",", ":"))})
 
     def writer(self, job_id: str, run: int) -> PieceWriter:
         """A writer that coalesces pieces arriving while the previous append is in flight."""
@@ -105,11 +112,11 @@ class PieceWriter:
         self._relay = relay
         self._job_id = job_id
         self._run = run
-        self._pending: list[str] = []
+        self._pending: list[str | dict[str, Any]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    def add(self, text: str) -> None:
-        """Queue a piece; it is sent with the next append."""
+    def add(self, text: str | dict[str, Any]) -> None:
+        """Queue a piece (text, or a chunk choice); it is sent with the next append."""
         self._pending.append(text)
         if self._flushing is None or self._flushing.done():
             if self._flushing is not None:
@@ -118,9 +125,16 @@ class PieceWriter:
 
     async def _flush(self) -> None:
         while self._pending:
-            text = "".join(self._pending)
-            self._pending.clear()
-            await self._relay.push(self._job_id, self._run, text)
+            # Text pieces in a row become one entry; a chunk choice is an entry of its own.
+            texts = 0
+            while texts < len(self._pending) and isinstance(self._pending[texts], str):
+                texts += 1
+            if texts:
+                piece: str | dict[str, Any] = "".join(self._pending[:texts])  # type: ignore[arg-type]
+                del self._pending[:texts]
+            else:
+                piece = self._pending.pop(0)
+            await self._relay.push(self._job_id, self._run, piece)
 
     async def close(self) -> None:
         """Wait until every queued piece is appended (and raise if an append failed)."""
@@ -139,4 +153,11 @@ class PieceWriter:
 
 def _piece(entry_id: str, fields: dict[bytes | str, bytes | str]) -> Piece:
     values = {as_text(k): as_text(v) for k, v in fields.items()}
-    return Piece(entry_id, int(values.get("run", "0")), values.get("text"), values.get("end"))
+    delta = values.get("delta")
+    return Piece(
+        entry_id,
+        int(values.get("run", "0")),
+        values.get("text"),
+        values.get("end"),
+        None if delta is None else json.loads(delta),
+    )
