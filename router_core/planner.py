@@ -62,7 +62,7 @@ def call_tokens(dep: Deployment, request: ChatRequest, prompt: int, completion: 
 
 def unsupported(dep: Deployment, needs: Mapping[Feature, str]) -> str | None:
     """`unsupported: tools, vision` when `dep` lacks features the request needs, else None."""
-    missing = [feature.value for feature in needs if feature not in dep.features]
+    missing = [feature.value for feature in Feature if feature in needs and feature not in dep.features]
     return f"unsupported: {', '.join(missing)}" if missing else None
 
 
