@@ -67,6 +67,12 @@ def _price_usage(usage: Usage) -> PriceUsage:
         fields["cache_read_tokens"] = usage.cache_read_tokens
     if usage.cache_write_tokens:
         fields["cache_write_tokens"] = usage.cache_write_tokens
+    # Parts of input and output that some models price apart (genai-prices falls back to the
+    # plain input / output rate for a model without such a price).
+    if usage.image_tokens:
+        fields["input_image_tokens"] = usage.image_tokens
+    if usage.reasoning_tokens:
+        fields["output_reasoning_tokens"] = usage.reasoning_tokens
     return PriceUsage(**fields)
 
 

@@ -10,6 +10,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price, extract_usage
 
 from router_core import ConfigError, ProviderKind, Usage, load_catalog
+from router_core.chat import Feature
 from router_core.providers.anthropic import to_usage
 
 GOOD = """
@@ -148,3 +149,37 @@ def test_cached_prompt_tokens_are_priced_like_genai_prices_extracts_them(tmp_pat
     assert usage.input_tokens == 6_000
     expected = extract_usage(body, provider_id="anthropic").calc_price()
     assert price.cost(usage) == pytest.approx(float(expected.total_price), rel=1e-12)
+
+
+def test_image_and_reasoning_tokens_are_priced_by_genai_prices(tmp_path: Path) -> None:
+    """gpt-image-1 has its own input-image rate; a model without one prices them as plain tokens."""
+    image_model = load_catalog(write(tmp_path, GOOD.replace("gpt-4o-mini", "gpt-image-1"))).price("mini")
+    usage = Usage(input_tokens=1_000, output_tokens=100, image_tokens=600, reasoning_tokens=40)
+    expected = calc_price(
+        PriceUsage(input_tokens=1_000, output_tokens=100, input_image_tokens=600, output_reasoning_tokens=40),
+        "gpt-image-1",
+        provider_id="openai",
+    )
+    assert image_model.cost(usage) == pytest.approx(float(expected.total_price), rel=1e-12)
+    # $5 per million text input tokens, $10 per million image input tokens.
+    plain = image_model.cost(Usage(input_tokens=1_000, output_tokens=100))
+    assert image_model.cost(usage) - plain == pytest.approx(600 * (10 - 5) / 1e6)
+    mini = load_catalog(write(tmp_path, GOOD)).price("mini")
+    assert mini.cost(usage) == pytest.approx(mini.cost(Usage(input_tokens=1_000, output_tokens=100)))
+
+
+def test_features_default_by_kind_and_model(tmp_path: Path) -> None:
+    catalog = load_catalog()
+    assert Feature.LOGPROBS in catalog["gpt-4o"].features
+    assert Feature.REASONING not in catalog["gpt-4o"].features
+    assert catalog["claude-sonnet-4-6"].features >= {Feature.TOOLS, Feature.VISION, Feature.JSON_SCHEMA}
+    assert Feature.TEMPERATURE not in catalog["claude-sonnet-4-6"].features
+    assert Feature.VISION not in catalog["llama-3.3-70b"].features
+    o3 = load_catalog(write(tmp_path, GOOD.replace("gpt-4o-mini", "o3"))).price("mini")
+    assert o3.source.startswith("genai-prices:")
+    reasoning = load_catalog(write(tmp_path, GOOD.replace("gpt-4o-mini", "o3")))["mini"].features
+    assert Feature.REASONING in reasoning
+    assert Feature.TEMPERATURE not in reasoning
+    bad = GOOD + 'features = ["tools", "telepathy"]\n'
+    with pytest.raises(ConfigError, match=r"deployment 'mini'.*features\.1"):
+        load_catalog(write(tmp_path, bad))
