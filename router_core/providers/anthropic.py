@@ -1,4 +1,8 @@
-"""Adapter for Anthropic's Messages API through `anthropic.AsyncAnthropic`."""
+"""Adapter for Anthropic's Messages API through `anthropic.AsyncAnthropic`.
+
+The request is translated from OpenAI's Chat Completions in
+`router_core.providers.anthropic_translate` (which says what crosses and what cannot).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,11 @@ from anthropic.types import Message
 from router_core.catalog import Deployment
 from router_core.chat import Choice
 from router_core.models import ChatRequest, Usage
+from router_core.providers.anthropic_translate import anthropic_body, to_anthropic_messages
 from router_core.providers.base import SIMULATED_HEADER, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
 
-__all__ = ["AnthropicProvider", "to_anthropic_messages", "to_usage"]
-
-
-def to_anthropic_messages(request: ChatRequest) -> tuple[str | None, list[dict[str, Any]]]:
-    """Split OpenAI-style messages into Anthropic's `system` string and user/assistant turns."""
-    system = [m.text() for m in request.messages if m.role in ("system", "developer")]
-    turns = [
-        {"role": "assistant" if m.role == "assistant" else "user", "content": m.text()}
-        for m in request.messages
-        if m.role not in ("system", "developer") and m.text()
-    ]
-    return ("\n\n".join(system) or None), turns
+__all__ = ["AnthropicProvider", "anthropic_body", "to_anthropic_messages", "to_usage"]
 
 
 # Anthropic's stop reasons in OpenAI's finish_reason vocabulary.
@@ -69,20 +63,13 @@ class AnthropicProvider:
         self._client = client
 
     async def _send(self, request: ChatRequest, max_tokens: int, timeout_s: float, **extra: Any) -> Any:
-        """POST the message; the raw response gives access to headers."""
-        system, turns = to_anthropic_messages(request)
-        if system:
-            extra["system"] = system
-        # `temperature` is not sent: the Messages API of anthropic SDK 2.x has no sampling
-        # parameters (the SDK refuses the keyword), so the request's temperature does not apply here.
+        """POST the message; the raw response gives access to headers.
+
+        A request that does not translate raises `BadRequestError` before anything is sent.
+        """
+        body = anthropic_body(request, self.deployment, max_tokens)
         try:
-            return await self._client.messages.with_raw_response.create(
-                model=self.deployment.model,
-                messages=turns,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                timeout=timeout_s,
-                **extra,
-            )
+            return await self._client.messages.with_raw_response.create(**body, timeout=timeout_s, **extra)
         except Exception as exc:
             raise map_provider_error(exc, self.deployment.id) from exc
 
