@@ -1,5 +1,5 @@
-"""The Anthropic adapter's translation: a Chat Completions request as Messages API arguments.
-Through the SDK and the router: test_anthropic_wire.py.
+"""The Anthropic adapter's translation: a Chat Completions request as Messages API arguments, an
+Anthropic `Message` as OpenAI choices. Through the SDK and the router: test_anthropic_wire.py.
 """
 
 from __future__ import annotations
@@ -7,13 +7,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import anthropic
 import pytest
+from anthropic.types import Message as AnthropicMessage
 
 from router_core import BadRequestError, ChatRequest
+from router_core.models import Usage
 from router_core.providers.anthropic_translate import (
+    FINISH_REASONS,
     JSON_MODE_INSTRUCTION,
     anthropic_body,
+    openai_choice,
     to_anthropic_messages,
+    to_usage,
 )
 from tests.conftest import deployment, make_catalog
 
@@ -325,3 +331,89 @@ def test_user_model_max_tokens_and_service_tier() -> None:
     assert body(service_tier="default")["service_tier"] == "standard_only"
     with pytest.raises(BadRequestError, match="service_tier: Anthropic has no 'flex' tier"):
         body(service_tier="flex")
+
+
+# --- answer ---------------------------------------------------------------------------------------
+
+
+def message(
+    content: list[dict[str, Any]], stop_reason: str | None = "end_turn", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x-20990101",
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 30},
+        **extra,
+    }
+
+
+TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Zürich"}}
+
+
+def test_text_and_tool_use_become_content_and_tool_calls() -> None:
+    answer = AnthropicMessage.model_validate(
+        message(
+            [
+                {"type": "thinking", "thinking": "The user wants weather.", "signature": "sig"},
+                {"type": "text", "text": "Let me check."},
+                TOOL_USE,
+            ],
+            "tool_use",
+        )
+    )
+    choice = openai_choice(answer)
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message == {
+        "role": "assistant",
+        "content": "Let me check.",  # the thinking block is not part of the answer
+        "refusal": None,
+        "tool_calls": [call("toolu_1", "get_weather", '{"city": "Zürich"}')],
+    }
+    only_calls = openai_choice(AnthropicMessage.model_validate(message([TOOL_USE], "tool_use")))
+    assert only_calls.message["content"] is None
+
+
+@pytest.mark.parametrize(("stop_reason", "finish"), [*FINISH_REASONS.items(), (None, None)])
+def test_stop_reasons_become_finish_reasons(stop_reason: str | None, finish: str | None) -> None:
+    choice = openai_choice(
+        AnthropicMessage.model_validate(message([{"type": "text", "text": "x"}], stop_reason))
+    )
+    assert choice.finish_reason == finish
+
+
+def test_a_refusal_is_reported_as_openai_does() -> None:
+    refused = openai_choice(
+        AnthropicMessage.model_validate(
+            message([{"type": "text", "text": "I can't help with that."}], "refusal")
+        )
+    )
+    assert refused.finish_reason == "content_filter"
+    assert refused.message["content"] is None
+    assert refused.message["refusal"] == "I can't help with that."
+    silent = openai_choice(
+        AnthropicMessage.model_validate(
+            message(
+                [], "refusal", stop_details={"type": "refusal", "category": "cyber", "explanation": "Exploit"}
+            )
+        )
+    )
+    assert silent.message["refusal"] == "Exploit"
+
+
+def test_thinking_tokens_are_reasoning_tokens() -> None:
+    usage = to_usage(
+        anthropic.types.Usage.model_validate(
+            {
+                "input_tokens": 10,
+                "output_tokens": 50,
+                "cache_read_input_tokens": 100,
+                "output_tokens_details": {"thinking_tokens": 20},
+            }
+        )
+    )
+    assert usage == Usage(input_tokens=110, output_tokens=50, cache_read_tokens=100, reasoning_tokens=20)

@@ -1,5 +1,5 @@
-"""OpenAI Chat Completions -> Anthropic Messages: a `ChatRequest` as `messages.create` keyword
-arguments.
+"""OpenAI Chat Completions <-> Anthropic Messages: a `ChatRequest` as `messages.create` keyword
+arguments, and Anthropic's answer (a `Message`, or a stream's events) as OpenAI-shaped choices.
 
 The planner only routes a request to an Anthropic deployment when it needs no feature outside
 tools, parallel tool calls, vision, JSON object/schema, stop and reasoning (`catalog.default_features`),
@@ -24,16 +24,53 @@ at all, which constrained decoding cannot express (an object schema without prop
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import anthropic
+from anthropic.types import (
+    ContentBlock,
+    InputJSONDelta,
+    RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawContentBlockStopEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStreamEvent,
+    RefusalStopDetails,
+    TextBlock,
+    TextDelta,
+    ToolUseBlock,
+)
+from anthropic.types import Message as AnthropicMessage
 
 from router_core.catalog import Deployment
-from router_core.chat import ContentPart, Tool, ToolChoice
+from router_core.chat import Choice, ContentPart, Tool, ToolChoice
 from router_core.errors import BadRequestError
-from router_core.models import ChatRequest, Message
+from router_core.models import ChatRequest, Message, Usage
+from router_core.providers.base import Delta, StreamPart
 
-__all__ = ["JSON_MODE_INSTRUCTION", "Untranslatable", "anthropic_body", "to_anthropic_messages"]
+__all__ = [
+    "FINISH_REASONS",
+    "JSON_MODE_INSTRUCTION",
+    "StreamedMessage",
+    "Untranslatable",
+    "anthropic_body",
+    "openai_choice",
+    "to_anthropic_messages",
+    "to_usage",
+]
+
+# Anthropic's stop reasons in OpenAI's finish_reason vocabulary.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 
 # What `response_format: {"type": "json_object"}` adds to `system` (see the module docstring).
 JSON_MODE_INSTRUCTION = "Answer with one JSON object and nothing else: no prose, no Markdown code fences."
@@ -46,6 +83,9 @@ _SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
 
 class Untranslatable(ValueError):
     """A request field the Messages API cannot carry; the message names the field."""
+
+
+# --- request ------------------------------------------------------------------------------------
 
 
 def _image(url: str) -> dict[str, Any]:
@@ -260,3 +300,134 @@ def anthropic_body(request: ChatRequest, deployment: Deployment, max_tokens: int
             f"{deployment.id} cannot take this request (Anthropic Messages API): {exc}",
             deployment=deployment.id,
         ) from exc
+
+
+# --- answer -------------------------------------------------------------------------------------
+
+
+def _choice(
+    text: str, calls: list[dict[str, Any]], stop_reason: str | None, refusal: RefusalStopDetails | None
+) -> Choice:
+    """One OpenAI choice. A refusal's text goes to `message.refusal`, as OpenAI reports one."""
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    message["refusal"] = None
+    if stop_reason == "refusal":
+        # Never empty: the router checks a non-refused answer against the requested schema.
+        explanation = refusal.explanation if refusal is not None else None
+        message["content"] = None
+        message["refusal"] = text or explanation or "The model declined to answer."
+    if calls:
+        message["tool_calls"] = calls
+    finish = FINISH_REASONS.get(stop_reason or "", stop_reason)
+    return Choice(index=0, message=message, finish_reason=finish)
+
+
+def _call(block: ToolUseBlock, arguments: str) -> dict[str, Any]:
+    return {"id": block.id, "type": "function", "function": {"name": block.name, "arguments": arguments}}
+
+
+def _arguments(block: ToolUseBlock) -> str:
+    return json.dumps(block.input, ensure_ascii=False)
+
+
+def openai_choice(message: AnthropicMessage) -> Choice:
+    """The OpenAI choice for an Anthropic `Message`: text blocks as `content`, `tool_use` blocks as
+    `tool_calls` (arguments a JSON string), the stop reason as `finish_reason`. Thinking and
+    server-tool blocks are not part of the answer."""
+    content: Sequence[ContentBlock] = message.content
+    text = "".join(block.text for block in content if isinstance(block, TextBlock))
+    calls = [_call(block, _arguments(block)) for block in content if isinstance(block, ToolUseBlock)]
+    return _choice(text, calls, message.stop_reason, message.stop_details)
+
+
+def to_usage(usage: anthropic.types.Usage) -> Usage:
+    """Anthropic counts cached prompt tokens apart from `input_tokens`; routeq's `input_tokens`
+    is the whole prompt (as genai-prices expects), with the cached parts also given separately.
+    Thinking tokens are part of `output_tokens`, as routeq's `reasoning_tokens` are.
+    """
+    cache_read = usage.cache_read_input_tokens or 0
+    cache_write = usage.cache_creation_input_tokens or 0
+    details = usage.output_tokens_details
+    return Usage(
+        input_tokens=usage.input_tokens + cache_read + cache_write,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=details.thinking_tokens if details is not None else 0,
+    )
+
+
+# Usage fields a `message_delta` may update (each cumulative, so the latest value wins).
+_DELTA_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens_details",
+)
+
+
+class StreamedMessage:
+    """Rebuilds a streamed Anthropic message from its events, and says what to relay: text as
+    plain strings, each `tool_use` block as OpenAI tool-call `Delta`s (a header with id and name,
+    then the input's JSON pieces as `arguments`), indexed from 0 in the order the blocks come."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.usage = anthropic.types.Usage(input_tokens=0, output_tokens=0)
+        self._text: list[str] = []
+        self._calls: list[dict[str, Any]] = []
+        self._tool_blocks: dict[int, tuple[int, ToolUseBlock]] = {}  # block index -> call index, block
+        self._stop: str | None = None
+        self._refusal: RefusalStopDetails | None = None
+
+    def _call_delta(self, index: int, call: dict[str, Any]) -> Delta:
+        return Delta({"index": 0, "delta": {"tool_calls": [{"index": index, **call}]}})
+
+    def _text_piece(self, text: str) -> list[StreamPart]:
+        if not text:
+            return []
+        self._text.append(text)
+        return [text]
+
+    def _arguments_piece(self, block_index: int, piece: str) -> list[StreamPart]:
+        if block_index not in self._tool_blocks or not piece:
+            return []
+        k, _ = self._tool_blocks[block_index]
+        self._calls[k]["function"]["arguments"] += piece
+        return [self._call_delta(k, {"function": {"arguments": piece}})]
+
+    def add(self, event: RawMessageStreamEvent) -> list[StreamPart]:
+        """Take one event; return the parts to relay for it (often none)."""
+        if isinstance(event, RawMessageStartEvent):
+            self.usage, self.model = event.message.usage, event.message.model or self.model
+        elif isinstance(event, RawContentBlockStartEvent):
+            block = event.content_block
+            if isinstance(block, TextBlock):
+                return self._text_piece(block.text)
+            if isinstance(block, ToolUseBlock):
+                self._tool_blocks[event.index] = (len(self._calls), block)
+                self._calls.append(_call(block, ""))
+                return [self._call_delta(len(self._calls) - 1, _call(block, ""))]
+        elif isinstance(event, RawContentBlockDeltaEvent):
+            if isinstance(event.delta, TextDelta):
+                return self._text_piece(event.delta.text)
+            if isinstance(event.delta, InputJSONDelta):
+                return self._arguments_piece(event.index, event.delta.partial_json)
+        elif isinstance(event, RawContentBlockStopEvent):
+            # A call whose input came whole in its start block (no JSON pieces: `{}`) still gets
+            # its arguments, so what was relayed adds up to the final message.
+            if event.index in self._tool_blocks:
+                k, block = self._tool_blocks[event.index]
+                if not self._calls[k]["function"]["arguments"]:
+                    return self._arguments_piece(event.index, _arguments(block))
+        elif isinstance(event, RawMessageDeltaEvent):
+            update = {name: getattr(event.usage, name) for name in _DELTA_USAGE}
+            self.usage = self.usage.model_copy(update={k: v for k, v in update.items() if v is not None})
+            self._stop = event.delta.stop_reason or self._stop
+            self._refusal = event.delta.stop_details or self._refusal
+        return []
+
+    def choices(self) -> tuple[Choice, ...]:
+        """The whole answer so far, as `openai_choice` gives a non-streamed one."""
+        return (_choice("".join(self._text), self._calls, self._stop, self._refusal),)
