@@ -10,6 +10,10 @@
 (merged), and local `$ref`s (`#/$defs/...`, `#/definitions/...`, `#`). Ignored: `not`, `if`/`then`
 /`else`, `dependentSchemas`, `patternProperties`, remote `$ref`s.
 
+Like a model that reads descriptions, it also honours the constraints the anthropic SDK moves out
+of a schema into its `description` (`"... {minimum: 0, maximum: 1}"`) because the Messages API
+does not enforce them, so the SDK's own `messages.parse` validation passes.
+
 Optional properties are filled in near the root and left out deeper down, and deep down an
 `anyOf` / `oneOf` / type list prefers a branch without `$ref`, so recursive schemas end.
 """
@@ -60,6 +64,14 @@ _TYPE_HINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("number", ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")),
 )
 _PATTERN_EXTRAS = (0, 1, 2, 4, 8, 16, 32, 64)
+# `{minimum: 0, maximum: 1}` at the end of a description: what anthropic's transform_schema writes.
+_HINTS = re.compile(r"\{([^{}]*)\}\s*$")
+_NUMERIC_HINTS = frozenset(
+    (
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+    )
+)  # fmt: skip
 
 
 class SchemaError(ValueError):
@@ -155,6 +167,25 @@ def _intersect_types(old: object, new: object) -> list[Any]:
     return both or news
 
 
+def _description_hints(description: str) -> dict[str, Any]:
+    """Numeric constraints and a format written into a description as `{key: value, ...}`."""
+    found = _HINTS.search(description)
+    if found is None:
+        return {}
+    hints: dict[str, Any] = {}
+    for item in found.group(1).split(", "):
+        key, _, raw = item.partition(": ")
+        if key in _NUMERIC_HINTS:
+            try:
+                number = float(raw)
+            except ValueError:
+                continue
+            hints[key] = int(number) if number.is_integer() and "." not in raw else number
+        elif key == "format" and raw.replace("-", "").isalpha():
+            hints[key] = raw
+    return hints
+
+
 def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -226,6 +257,9 @@ class _Generator:
         if not isinstance(schema, Mapping):
             schema = {}
         flat = self._flatten(schema)
+        description = flat.get("description")
+        if isinstance(description, str) and description.endswith("}"):
+            flat = {**_description_hints(description), **flat}
         if "const" in flat:
             return flat["const"]
         for key in ("anyOf", "oneOf"):
@@ -279,8 +313,9 @@ class _Generator:
         return "string"
 
     def _phrase(self, salt: int, count: int) -> str:
-        start = salt % len(self.words)
-        return " ".join(self.words[(start + i) % len(self.words)] for i in range(count))
+        """Up to `count` of the words, each at most once, starting at a salted position."""
+        start, size = salt % len(self.words), len(self.words)
+        return " ".join(self.words[(start + i) % size] for i in range(min(count, size)))
 
     def _string(self, s: dict[str, Any], salt: int, depth: int) -> str:
         lo = int(s.get("minLength", 0))

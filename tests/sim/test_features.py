@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
+import openai
 import pytest
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, Field
 
 from router_core.sim import SimProfile, SimWorld, sim_http_client
 from router_core.sim.answers import REASONING_TOKENS
@@ -423,3 +425,52 @@ async def test_recorded_request_bodies(oai: OpenAIFactory) -> None:
         stats = (await http.get("/_sim/stats")).json()
     assert served["requests"][-1]["n"] == 0  # rejected bodies are recorded too
     assert "recorded" not in stats["deployments"]["dep-a"]
+
+
+# --- the SDKs' structured-output helpers ---------------------------------------------------------
+
+
+class Step(BaseModel):
+    explanation: str
+    output: str
+
+
+class Solution(BaseModel):
+    steps: list[Step] = Field(min_length=2)
+    final_answer: str
+    confidence: float = Field(ge=0, le=1)
+
+
+class Lookup(BaseModel):
+    city: str
+    days: int = Field(ge=1, le=7)
+
+
+async def test_sdk_parse_helpers_accept_the_answers(oai: OpenAIFactory, claude: AnthropicFactory) -> None:
+    world = world_with()
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Solve 8x + 7 = -23"}]
+    solved = await oai(world).chat.completions.parse(
+        model=OPENAI_MODEL, messages=messages, response_format=Solution
+    )
+    assert isinstance(solved.choices[0].message.parsed, Solution)
+
+    lookup = await oai(world).chat.completions.parse(
+        model=OPENAI_MODEL,
+        messages=[{"role": "user", "content": "Look up the weather in Paris"}],
+        tools=[openai.pydantic_function_tool(Lookup)],
+    )
+    calls = lookup.choices[0].message.tool_calls
+    assert calls is not None
+    assert isinstance(calls[0].function.parsed_arguments, Lookup)
+    assert world.last_requests("dep-a")[-1]["tools"][0]["function"]["strict"] is True
+
+    # The anthropic SDK moves the bounds into descriptions; the sim reads them back, as a model would.
+    parsed = await claude(world).messages.parse(
+        model=ANTHROPIC_MODEL,
+        max_tokens=1000,
+        messages=[{"role": "user", "content": "Solve 8x + 7 = -23"}],
+        output_format=Solution,
+    )
+    assert isinstance(parsed.parsed_output, Solution)
+    schema = world.last_requests("dep-b")[-1]["output_config"]["format"]["schema"]
+    assert "maximum" not in schema["properties"]["confidence"]

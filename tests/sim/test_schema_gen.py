@@ -177,7 +177,34 @@ def test_optional_properties_near_the_root_and_words_in_strings() -> None:
         {"type": "object", "properties": {"city": {"type": "string"}, "note": {"type": "string"}}},
         words=("paris",),
     )
-    assert value == {"city": "paris paris paris", "note": "paris paris paris"}
+    assert value == {"city": "paris", "note": "paris"}
+
+
+def test_constraints_moved_into_a_description_are_honoured() -> None:
+    # anthropic's SDK writes the constraints the Messages API does not enforce into the description.
+    schema = {
+        "type": "object",
+        "properties": {
+            "confidence": {"type": "number", "description": "How sure\n\n{maximum: 1, minimum: 0}"},
+            "count": {"type": "integer", "description": "{exclusiveMinimum: 500, multipleOf: 7}"},
+            "tags": {"type": "array", "items": {"type": "string"}, "description": "{minItems: 3}"},
+            "day": {"type": "string", "description": "{format: date}"},
+        },
+        "required": ["confidence", "count", "tags", "day"],
+    }
+    hinted = {
+        "type": "object",
+        "properties": {
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "count": {"type": "integer", "exclusiveMinimum": 500, "multipleOf": 7},
+            "tags": {"type": "array", "minItems": 3},
+            "day": {"type": "string", "format": "date"},
+        },
+    }
+    for salt in range(10):
+        value = schema_instance(schema, salt=salt)
+        jsonschema.validate(value, schema)
+        jsonschema.validate(value, hinted, format_checker=jsonschema.FormatChecker())
 
 
 @pytest.mark.parametrize(
