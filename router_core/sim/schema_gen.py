@@ -5,7 +5,7 @@
 `properties` / `required` / `additionalProperties` (false is respected) / `min|maxProperties` /
 `dependentRequired`, `items` / `prefixItems` / `min|maxItems` / `uniqueItems` / `contains`,
 `min|maxLength`, `format` (date, date-time, time, email, uri, uuid, ipv4, ipv6, hostname, ...),
-`pattern` (best effort, through Python's regex parser), `minimum` / `maximum` / exclusive bounds /
+`pattern` (best effort, `regex_gen`), `minimum` / `maximum` / exclusive bounds /
 `multipleOf`, `anyOf` (first branch), `oneOf` (first branch that matches no other), `allOf`
 (merged), and local `$ref`s (`#/$defs/...`, `#/definitions/...`, `#`). Ignored: `not`, `if`/`then`
 /`else`, `dependentSchemas`, `patternProperties`, remote `$ref`s.
@@ -24,8 +24,9 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from re import _parser as sre_parse  # type: ignore[attr-defined]  # no public regex AST
 from typing import Any, TypeGuard
+
+from router_core.sim.regex_gen import matching_string
 
 __all__ = ["SchemaError", "schema_instance", "stable_salt"]
 
@@ -63,7 +64,6 @@ _TYPE_HINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("string", ("minLength", "maxLength", "pattern", "format")),
     ("number", ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")),
 )
-_PATTERN_EXTRAS = (0, 1, 2, 4, 8, 16, 32, 64)
 # `{minimum: 0, maximum: 1}` at the end of a description: what anthropic's transform_schema writes.
 _HINTS = re.compile(r"\{([^{}]*)\}\s*$")
 _NUMERIC_HINTS = frozenset(
@@ -329,7 +329,11 @@ class _Generator:
             text = text or self._phrase(salt, 3)
         pattern = s.get("pattern")
         if isinstance(pattern, str):
-            return _matching(pattern, [text, self._phrase(salt, 1), *_FORMATS.values()], lo, hi)
+            candidates = [text, self._phrase(salt, 1), *_FORMATS.values()]
+            found = matching_string(pattern, candidates, lo, hi if isinstance(hi, int) else None)
+            if found is None:
+                raise SchemaError(f"invalid pattern {pattern!r}")
+            return found
         if len(text) < lo:
             filler = text + " " + self._phrase(salt + 1, 8)
             text = (filler + " ") * (lo // (len(filler) + 1) + 1)
@@ -480,100 +484,3 @@ def _multiple(
         if ok_low and ok_high and (value / step) == int(value / step):
             return value
     raise SchemaError(f"no multiple of {step} lies within the bounds")
-
-
-def _matching(pattern: str, candidates: list[str], lo: int, hi: object) -> str:
-    """A string that `re.search(pattern, ...)` accepts within the length bounds, best effort."""
-
-    def fits(text: str) -> bool:
-        return len(text) >= lo and (not isinstance(hi, int) or len(text) <= hi)
-
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise SchemaError(f"invalid pattern {pattern!r}: {exc}") from exc
-    for text in candidates:
-        if fits(text) and compiled.search(text):
-            return text
-    try:
-        tree = sre_parse.parse(pattern)
-    except re.error as exc:  # pragma: no cover - compile above already parsed it
-        raise SchemaError(str(exc)) from exc
-    for extra in _PATTERN_EXTRAS:
-        text = _from_tree(tree, extra)
-        if fits(text) and compiled.search(text):
-            return text
-    return candidates[0]
-
-
-def _char_in(code: int, items: list[tuple[Any, Any]]) -> bool:
-    text = chr(code)
-    for op, arg in items:
-        name = str(op)
-        if (name == "LITERAL" and arg == code) or (name == "RANGE" and arg[0] <= code <= arg[1]):
-            return True
-        if name == "CATEGORY" and re.fullmatch(_CATEGORY_RE.get(str(arg), "(?!)"), text):
-            return True
-    return False
-
-
-_CATEGORY_RE = {
-    "CATEGORY_DIGIT": r"\d",
-    "CATEGORY_NOT_DIGIT": r"\D",
-    "CATEGORY_SPACE": r"\s",
-    "CATEGORY_NOT_SPACE": r"\S",
-    "CATEGORY_WORD": r"\w",
-    "CATEGORY_NOT_WORD": r"\W",
-}
-_CATEGORY_CHAR = {
-    "CATEGORY_DIGIT": "0",
-    "CATEGORY_NOT_DIGIT": "a",
-    "CATEGORY_SPACE": " ",
-    "CATEGORY_NOT_SPACE": "a",
-    "CATEGORY_WORD": "a",
-    "CATEGORY_NOT_WORD": "-",
-}
-
-
-def _set_char(items: list[tuple[Any, Any]]) -> str:
-    if items and str(items[0][0]) == "NEGATE":
-        for candidate in "aZ0_- x.":
-            if not _char_in(ord(candidate), items[1:]):
-                return candidate
-        return "~"
-    for op, arg in items:
-        name = str(op)
-        if name == "LITERAL":
-            return chr(arg)
-        if name == "RANGE":
-            return chr(arg[0])
-        if name == "CATEGORY":
-            return _CATEGORY_CHAR.get(str(arg), "a")
-    return "a"
-
-
-def _from_tree(tree: Any, extra: int) -> str:
-    """A string matching the parsed regex `tree`: each repeat taken `extra` more times than its minimum."""
-    out: list[str] = []
-    for op, arg in tree:
-        name = str(op)
-        if name == "LITERAL":
-            out.append(chr(arg))
-        elif name == "NOT_LITERAL":
-            out.append("a" if arg != ord("a") else "b")
-        elif name == "ANY":
-            out.append("a")
-        elif name == "IN":
-            out.append(_set_char(arg))
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            low, high, sub = arg
-            count = low + extra if high == sre_parse.MAXREPEAT else min(high, low + extra)
-            out.append(_from_tree(sub, extra) * count)
-        elif name == "SUBPATTERN":
-            out.append(_from_tree(arg[-1], extra))
-        elif name == "ATOMIC_GROUP":
-            out.append(_from_tree(arg, extra))
-        elif name == "BRANCH":
-            out.append(_from_tree(arg[1][0], extra))
-        # AT (anchors), ASSERT / ASSERT_NOT (lookarounds), GROUPREF: nothing to emit.
-    return "".join(out)

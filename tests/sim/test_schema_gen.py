@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from enum import Enum
 from typing import Any, Literal
@@ -11,6 +12,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from pydantic import BaseModel, Field
 
+from router_core.sim.regex_gen import matching_string
 from router_core.sim.schema_gen import SchemaError, schema_instance, stable_salt
 
 
@@ -220,3 +222,27 @@ def test_constraints_moved_into_a_description_are_honoured() -> None:
 def test_schemas_without_a_buildable_instance(schema: Any) -> None:
     with pytest.raises(SchemaError):
         schema_instance(schema)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "min_length"),
+    [
+        (r"^[A-Z]{2}-\d{3,}$", 8),
+        (r"^(?:foo|bar)+baz$", 9),
+        (r"^[^aeiou]{4}$", 0),
+        (r"^\w+@\w+\.com$", 10),
+        (r"^v\d+\.\d+(?=x)x$", 0),
+        (r"^\s*\S+\W$", 5),
+    ],
+)
+def test_strings_built_for_patterns(pattern: str, min_length: int) -> None:
+    text = matching_string(pattern, ["no match here"], lo=min_length)
+    assert text is not None
+    assert re.search(pattern, text)
+    assert len(text) >= min_length
+
+
+def test_patterns_without_a_built_string() -> None:
+    assert matching_string(r"^(a|b)\1$", ["fallback"]) == "fallback"  # back-references: not built
+    assert matching_string(r"^[^aeiou]{4}$", ["fallback"], lo=6) == "fallback"  # too short to fit
+    assert matching_string("(", ["x"]) is None  # not a regex
