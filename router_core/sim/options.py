@@ -112,6 +112,8 @@ def _openai_tools(tools: object) -> tuple[list[ToolSpec], set[str]]:
     """The function tools, and the names of the custom tools (accepted, never called)."""
     if not isinstance(tools, list):
         raise _error("Invalid type for 'tools': expected an array.", "tools")
+    if not tools:
+        raise _error("Invalid 'tools': empty array. Expected an array with minimum length 1.", "tools")
     specs: list[ToolSpec] = []
     custom: set[str] = set()
     for i, tool in enumerate(tools):

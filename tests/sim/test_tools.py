@@ -348,6 +348,7 @@ def _body(**extra: Any) -> dict[str, Any]:
     ("extra", "param"),
     [
         ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tools": []}, "tools"),
         (
             {"tools": OPENAI_TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
             "tool_choice",
