@@ -9,10 +9,15 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DeploymentState", "Fault", "SimCounters", "SimProfile", "synth_text"]
+__all__ = ["RECORDED_REQUESTS", "DeploymentState", "Fault", "SimCounters", "SimProfile", "synth_text"]
 
-Fault = Literal["ok", "rate_limit", "server_error", "timeout", "malformed", "drop", "context_length"]
+Fault = Literal[
+    "ok", "rate_limit", "server_error", "timeout", "malformed", "drop", "context_length", "invalid_json"
+]
 """The outcome the sim chooses for one request, before the rpm window and latency apply."""
+
+RECORDED_REQUESTS = 100
+"""How many request bodies `SimCounters.recorded` keeps per deployment by default (the latest)."""
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -22,23 +27,26 @@ _ADMITTED_AT_CAP = 100_000
 _FALLBACK_WORDS = ("this", "is", "a", "simulated", "answer", "with", "no", "model", "behind", "it")
 
 
-def synth_text(deployment: str, words: tuple[str, ...], tokens: int) -> str:
+def synth_text(deployment: str, words: tuple[str, ...], tokens: int, *, choice: int = 0) -> str:
     """Build a deterministic answer of exactly `tokens` tokens by `router_core.tokens.estimate_tokens`.
 
     The text is `[simulated {deployment}] ` followed by the prompt's words, cut and padded with
-    dots to exactly `4 * tokens` characters; a tiny budget may truncate even the prefix.
+    dots to exactly `4 * tokens` characters; a tiny budget may truncate even the prefix. Choice
+    `i > 0` of an `n > 1` request starts with `[i] ` instead, so the first 4 characters of every
+    choice differ.
 
     Args:
         deployment: Deployment id shown in the prefix.
         words: Words to repeat; a canned sentence is used when empty.
         tokens: Desired token count (>= 1).
+        choice: Index of the choice among the request's `n`.
 
     Returns:
         The answer text.
     """
     target = 4 * tokens
     vocab = words or _FALLBACK_WORDS
-    pieces = [f"[simulated {deployment}] "]
+    pieces = [f"[simulated {deployment}] " if choice == 0 else f"[{choice}] [simulated {deployment}] "]
     length = len(pieces[0])
     index = 0
     while length < target:
@@ -65,6 +73,10 @@ class SimProfile(BaseModel):
         rate_limit_rate: Probability of a 429 that is not caused by the rpm window.
         timeout_rate: Probability of hanging `hang_s` seconds before answering normally.
         malformed_rate: Probability of a 200 whose body is truncated JSON.
+        invalid_json_rate: Probability that a request asking for a JSON answer (OpenAI
+            `response_format` json_object / json_schema, Anthropic `output_config.format`) gets a 200
+            whose answer text is its JSON cut in half, so it does not parse. Requests that asked for
+            no JSON, or are answered with a tool call, are answered normally (counted as "ok").
         drop_rate: Probability of dropping the connection without a response.
         rpm: Requests admitted per `window_s` sliding window; None means unlimited.
         window_s: Length of the rpm window in seconds (60 for real "per minute" limits).
@@ -87,6 +99,7 @@ class SimProfile(BaseModel):
     timeout_rate: Rate = 0.0
     malformed_rate: Rate = 0.0
     drop_rate: Rate = 0.0
+    invalid_json_rate: Rate = 0.0
     rpm: int | None = Field(default=None, ge=1)
     window_s: float = Field(default=60.0, gt=0.0)
     retry_after_s: float | None = Field(default=1.0, ge=0.0)
@@ -116,6 +129,7 @@ class SimProfile(BaseModel):
             "timeout": self.timeout_rate,
             "malformed": self.malformed_rate,
             "drop": self.drop_rate,
+            "invalid_json": self.invalid_json_rate,
         }
 
 
@@ -128,12 +142,18 @@ class SimCounters:
         admitted: Requests that passed validation, refusals and the rpm window.
         by_outcome: Count per outcome: a `Fault`, or `bad_request` / `rpm_limited`.
         admitted_at: Clock times of admitted requests (the most recent 100k).
+        recorded: The JSON bodies of the latest requests (every body that parsed as a JSON object,
+            rejected ones included), oldest first, bounded by the deque's `maxlen`
+            (`RECORDED_REQUESTS` unless the world says otherwise). Kept as parsed, not copied: treat
+            them as read-only. Not part of `to_json` (bodies can be megabytes); `GET
+            /_sim/requests/{deployment}` serves them.
     """
 
     requests: int = 0
     admitted: int = 0
     by_outcome: Counter[str] = field(default_factory=Counter)
     admitted_at: list[float] = field(default_factory=list)
+    recorded: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECORDED_REQUESTS))
 
     def record_admission(self, now: float) -> None:
         """Count an admitted request at clock time `now`."""

@@ -1,38 +1,62 @@
-"""Provider wire formats the sim speaks: request parsing and OpenAI / Anthropic response bodies.
+"""What the sim reads from a chat request, in either provider's dialect, and how it refuses one.
 
-Pure functions, no I/O: `world.py` decides what happens to a request, this module only knows what
-the bytes look like, so both official SDKs parse them exactly as they parse the real APIs.
+Pure functions, no I/O: `world.py` decides what happens to a request, `answers.py` what the answer
+says, `replies.py` what its bytes look like; this module turns an OpenAI Chat Completions or an
+Anthropic Messages body into one `WireRequest`, or a `RequestError` shaped like the provider's 400.
+
+A plain text request touches only `model`, `messages` (one pass), `max_tokens` and a few dictionary
+lookups for the optional fields; everything else (tools, images, tool results, formats) is parsed
+only when present.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
-from router_core.tokens import estimate_tokens, prompt_tokens
+from router_core.sim.options import (
+    ErrorKind,
+    RequestError,
+    ToolSpec,
+    anthropic_options,
+    openai_options,
+)
+from router_core.tokens import TOKENS_PER_MESSAGE, estimate_tokens
 
 __all__ = [
+    "ANTHROPIC_IMAGE_TOKENS",
     "ERROR_STATUS",
+    "OPENAI_IMAGE_TOKENS",
+    "OPENAI_IMAGE_TOKENS_LOW",
     "Dialect",
     "ErrorKind",
+    "OutputFormat",
     "RequestError",
+    "ToolMode",
+    "ToolSpec",
     "WireRequest",
-    "completion_body",
     "context_length_message",
+    "decode_body",
     "dumps",
     "error_body",
-    "malformed_body",
+    "parse_body",
     "parse_request",
-    "stream_frames",
 ]
 
 Dialect = Literal["openai", "anthropic"]
-ErrorKind = Literal["invalid_request", "not_found", "rate_limit", "server_error", "context_length"]
+ToolMode = Literal["auto", "none", "required"]
+OutputFormat = Literal["text", "json_object", "json_schema"]
+
+OPENAI_IMAGE_TOKENS_LOW = 85
+"""Prompt tokens of one OpenAI `image_url` part with `detail: "low"`."""
+OPENAI_IMAGE_TOKENS = 765
+"""Prompt tokens of one OpenAI `image_url` part with any other detail ("high", "auto", none)."""
+ANTHROPIC_IMAGE_TOKENS = 1_600
+"""Prompt tokens of one Anthropic `image` block, whatever its source (url, base64, file)."""
 
 # kind -> (HTTP status, OpenAI error.type, OpenAI error.code, Anthropic error.type)
 _ERRORS: dict[ErrorKind, tuple[int, str, str | None, str]] = {
@@ -46,39 +70,49 @@ ERROR_STATUS: dict[ErrorKind, int] = {kind: spec[0] for kind, spec in _ERRORS.it
 
 _WORD = re.compile(r"\w+")
 _MAX_PROMPT_WORDS = 12
-# Size of the content pieces in streamed chunks; small enough that short answers span several.
-_STREAM_PIECE_CHARS = 16
+_ANTHROPIC_IMAGE_SOURCES = ("base64", "url", "file")
 
 
-class RequestError(Exception):
-    """A request the provider would reject before doing any work (HTTP 4xx)."""
-
-    def __init__(self, message: str, *, kind: ErrorKind = "invalid_request", param: str | None = None):
-        """Create the error.
-
-        Args:
-            message: Human-readable message placed in the provider's error body.
-            kind: Which provider error to render.
-            param: The offending request field, reported by OpenAI-shaped bodies.
-        """
-        super().__init__(message)
-        self.message = message
-        self.kind: ErrorKind = kind
-        self.param = param
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WireRequest:
     """What the sim needs from a chat request, independent of the provider dialect.
+
+    Read-only by convention: it is built on every request, and a frozen dataclass's `__init__`
+    (one `object.__setattr__` per field) would cost a plain request ~2 µs more.
 
     Attributes:
         dialect: Which provider API the request came through.
         model: The requested model name, echoed back in the response.
-        prompt_tokens: `router_core.tokens.prompt_tokens` of the messages, plus the system text.
+        prompt_tokens: `router_core.tokens.prompt_tokens` of the messages (tool calls and results
+            included), plus the system text, plus `image_tokens`, plus the estimated tokens of the
+            tool definitions and of a `json_schema` output schema.
         prompt_words: A few words of the last user turn, used to make the answer look related.
-        max_tokens: The request's completion cap, if it set one.
+        max_tokens: The request's completion cap, if it set one; it caps reasoning + visible tokens.
         stream: Whether the client asked for server-sent events.
         include_usage: OpenAI `stream_options.include_usage`: send a final usage chunk.
+        tools: The function tools the model may call (OpenAI `function` tools after any
+            `allowed_tools` restriction; Anthropic custom tools). Other tool kinds are accepted
+            and never called.
+        tool_choice: "auto", "none" or "required" (OpenAI "required", Anthropic "any" / "tool").
+        forced_tool: The tool a named tool_choice forces, if any.
+        parallel_tool_calls: OpenAI `parallel_tool_calls`, or not Anthropic
+            `disable_parallel_tool_use`. Recorded only: the sim makes one call per answer.
+        output_format: "text", "json_object" (OpenAI) or "json_schema" (OpenAI `response_format`,
+            Anthropic `output_config.format`).
+        output_schema: The JSON Schema of a "json_schema" answer.
+        n: OpenAI `n`: how many choices to answer with (always 1 for Anthropic).
+        logprobs: OpenAI `logprobs`.
+        top_logprobs: OpenAI `top_logprobs` (0 when not given).
+        seed: OpenAI `seed`; it varies generated tool arguments and JSON answers.
+        stop: Stop sequences (OpenAI `stop`, Anthropic `stop_sequences`).
+        reasoning_effort: OpenAI `reasoning_effort`, or Anthropic `output_config.effort`.
+        thinking: Anthropic `thinking.type` ("enabled", "adaptive", ...), if given.
+        thinking_budget: Anthropic `thinking.budget_tokens`, if given.
+        images: How many image inputs the messages hold.
+        image_tokens: Prompt tokens counted for them (see the `*_IMAGE_TOKENS` constants).
+        tool_result_words: When the last turn answers tool calls (OpenAI `tool` messages, an
+            Anthropic user turn with `tool_result` blocks): the first words of those results;
+            None otherwise.
     """
 
     dialect: Dialect
@@ -88,11 +122,33 @@ class WireRequest:
     max_tokens: int | None
     stream: bool
     include_usage: bool
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolMode = "auto"
+    forced_tool: str | None = None
+    parallel_tool_calls: bool = True
+    output_format: OutputFormat = "text"
+    output_schema: Mapping[str, Any] | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    reasoning_effort: str | None = None
+    thinking: str | None = None
+    thinking_budget: int | None = None
+    images: int = 0
+    image_tokens: int = 0
+    tool_result_words: tuple[str, ...] | None = None
 
 
 def dumps(payload: object) -> bytes:
     """Serialize `payload` as compact UTF-8 JSON."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _first_words(text: str) -> list[str]:
+    # The first few words only: finding them all in a megabyte prompt held the (shared) event loop.
+    return [match.group() for match in islice(_WORD.finditer(text), _MAX_PROMPT_WORDS)]
 
 
 def _content_text(content: object) -> str:
@@ -107,6 +163,164 @@ def _content_text(content: object) -> str:
         ]
         return "\n".join(texts)
     return ""
+
+
+class _Walk:
+    """One pass over the messages: the text to count, the words to echo, images and tool turns."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.last_user: str | None = None
+        self.last_text = ""
+        self.images = 0
+        self.image_tokens = 0
+        self.tool_result: list[str] | None = None
+        self.call_ids: set[str] = set()
+        self.texts: list[str] = []
+
+    def count(self, text: str) -> None:
+        self.tokens += estimate_tokens(text) + TOKENS_PER_MESSAGE
+        self.last_text = text
+
+    def image(self, tokens: int) -> None:
+        self.images += 1
+        self.image_tokens += tokens
+
+
+def _openai_parts(walk: _Walk, parts: list[Any], where: str) -> str:
+    texts: list[str] = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            raise RequestError(
+                f"Invalid type for '{where}.[{j}]': expected an object.", param=f"{where}.[{j}]"
+            )
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, Mapping) or not isinstance(image.get("url"), str):
+                param = f"{where}.[{j}].image_url.url"
+                raise RequestError(f"Missing required parameter: '{param}'.", param=param)
+            low = image.get("detail") == "low"
+            walk.image(OPENAI_IMAGE_TOKENS_LOW if low else OPENAI_IMAGE_TOKENS)
+    return "\n".join(texts)
+
+
+def _walk_openai(messages: list[dict[str, Any]]) -> _Walk:
+    walk = _Walk()
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = _openai_parts(walk, content, f"messages.[{i}].content")
+        else:
+            text = ""
+        if role == "user":
+            walk.last_user = text
+            walk.tool_result = None
+        elif role == "assistant":
+            calls = message.get("tool_calls")
+            if calls:
+                text = _openai_history_calls(walk, calls, i, text)
+            walk.tool_result = None
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in walk.call_ids:
+                raise RequestError(
+                    f"Invalid parameter: 'tool_call_id' {call_id!r} of a message with role 'tool' must "
+                    "answer a 'tool_calls' entry of a preceding assistant message.",
+                    param=f"messages.[{i}].tool_call_id",
+                )
+            walk.tool_result = [*(walk.tool_result or []), text]
+        else:
+            walk.tool_result = None
+        walk.count(text)
+        walk.texts.append(text)
+    return walk
+
+
+def _openai_history_calls(walk: _Walk, calls: object, i: int, text: str) -> str:
+    if not isinstance(calls, list):
+        raise RequestError(
+            "Invalid type for 'tool_calls': expected an array.", param=f"messages.[{i}].tool_calls"
+        )
+    pieces = [text]
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if (
+            not isinstance(call, Mapping)
+            or not isinstance(call.get("id"), str)
+            or not isinstance(function, Mapping)
+        ):
+            param = f"messages.[{i}].tool_calls.[{j}]"
+            raise RequestError(f"Invalid value for '{param}': expected an id and a function.", param=param)
+        walk.call_ids.add(call["id"])
+        pieces += [str(function.get("name", "")), str(function.get("arguments", ""))]
+    return "\n".join(piece for piece in pieces if piece)
+
+
+def _anthropic_image(walk: _Walk, block: Mapping[str, Any], where: str) -> None:
+    source = block.get("source")
+    if not isinstance(source, Mapping) or source.get("type") not in _ANTHROPIC_IMAGE_SOURCES:
+        raise RequestError(f"{where}.source: Input tag does not match 'base64', 'url' or 'file'")
+    needed = {"base64": ("media_type", "data"), "url": ("url",), "file": ("file_id",)}[source["type"]]
+    for key in needed:
+        if not isinstance(source.get(key), str):
+            raise RequestError(f"{where}.source.{source['type']}.{key}: Field required")
+    walk.image(ANTHROPIC_IMAGE_TOKENS)
+
+
+def _anthropic_result(walk: _Walk, block: Mapping[str, Any], where: str) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, Mapping) and part.get("type") == "image":
+                _anthropic_image(walk, part, f"{where}.content.{j}")
+    return _content_text(content)
+
+
+def _walk_anthropic(messages: list[dict[str, Any]]) -> _Walk:
+    walk = _Walk()
+    previous_uses: set[str] = set()
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        uses: set[str] = set()
+        results: list[str] = []
+        if isinstance(content, str):
+            text = words_text = content
+        elif isinstance(content, list):
+            texts: list[str] = []
+            counted: list[str] = []
+            for j, block in enumerate(content):
+                kind = block.get("type") if isinstance(block, Mapping) else None
+                if kind == "text" and isinstance(block.get("text"), str):
+                    texts.append(block["text"])
+                elif kind == "image":
+                    _anthropic_image(walk, block, f"messages.{i}.content.{j}")
+                elif kind == "tool_use" and isinstance(block.get("id"), str):
+                    uses.add(block["id"])
+                    counted.append(f"{block.get('name', '')}\n{json.dumps(block.get('input', {}))}")
+                elif kind == "tool_result":
+                    if block.get("tool_use_id") not in previous_uses:
+                        raise RequestError(
+                            f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` "
+                            f"blocks: {block.get('tool_use_id')}. Each `tool_result` block must have a "
+                            "corresponding `tool_use` block in the previous message."
+                        )
+                    results.append(_anthropic_result(walk, block, f"messages.{i}.content.{j}"))
+            words_text = "\n".join(texts)
+            text = "\n".join([*texts, *results, *counted])
+        else:
+            text = words_text = ""
+        if role == "user" and (words_text or not results):
+            walk.last_user = words_text
+        walk.tool_result = results if role == "user" and results else None
+        previous_uses = uses
+        walk.count(text)
+        walk.texts.append(text)
+    return walk
 
 
 def _max_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
@@ -124,19 +338,11 @@ def _max_tokens(body: Mapping[str, Any], dialect: Dialect) -> int | None:
     return None
 
 
-def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
-    """Validate a chat request body and extract what the sim needs.
-
-    Args:
-        dialect: The provider API the body was sent to.
-        raw: The HTTP request body.
-
-    Returns:
-        The parsed request.
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body.
 
     Raises:
-        RequestError: If the body is not JSON or lacks `model` / `messages` (or `max_tokens` for
-            Anthropic), as the real APIs would answer with a 400.
+        RequestError: If the body is not a JSON object.
     """
     try:
         body = json.loads(raw)
@@ -144,6 +350,29 @@ def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
         raise RequestError(f"We could not parse the JSON body of your request: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.")
+    return body
+
+
+def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
+    """`parse_body` of the decoded `raw` body."""
+    return parse_body(dialect, decode_body(raw))
+
+
+def parse_body(dialect: Dialect, body: Mapping[str, Any]) -> WireRequest:
+    """Validate a decoded chat request body and extract what the sim needs.
+
+    Args:
+        dialect: The provider API the body was sent to.
+        body: The request's JSON object.
+
+    Returns:
+        The parsed request.
+
+    Raises:
+        RequestError: What the real API would answer with a 400 and the sim can check cheaply: no
+            `model` / `messages` (or `max_tokens` for Anthropic), a malformed image or tool call,
+            a tool result answering no call, and the option errors of `router_core.sim.options`.
+    """
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("model: Field required", param="model")
@@ -151,16 +380,17 @@ def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise RequestError("messages: must be a non-empty list of message objects", param="messages")
 
-    texts = [_content_text(message.get("content")) for message in messages]
-    prompt_size = prompt_tokens(texts)
+    walk = _walk_openai(messages) if dialect == "openai" else _walk_anthropic(messages)
+    prompt_size = walk.tokens + walk.image_tokens
     if dialect == "anthropic" and body.get("system"):
         prompt_size += estimate_tokens(_content_text(body["system"]))
-    user_texts = [
-        text for message, text in zip(messages, texts, strict=True) if message.get("role") == "user"
-    ]
-    # The first few words only: finding them all in a megabyte prompt held the (shared) event loop.
-    found = _WORD.finditer(user_texts[-1] if user_texts else texts[-1])
-    words = [match.group() for match in islice(found, _MAX_PROMPT_WORDS)]
+    words = _first_words(walk.last_user if walk.last_user is not None else walk.last_text)
+    max_tokens = _max_tokens(body, dialect)
+    parse_options = openai_options if dialect == "openai" else anthropic_options
+    options = parse_options(body, walk.texts, max_tokens)
+    prompt_size += options.pop("extra_prompt_tokens", 0)
+    if walk.tool_result is not None:
+        options["tool_result_words"] = tuple(_first_words("\n".join(walk.tool_result)))
 
     stream_options = body.get("stream_options")
     return WireRequest(
@@ -168,9 +398,12 @@ def parse_request(dialect: Dialect, raw: bytes) -> WireRequest:
         model=model,
         prompt_tokens=prompt_size,
         prompt_words=tuple(word.lower() for word in words),
-        max_tokens=_max_tokens(body, dialect),
+        max_tokens=max_tokens,
         stream=body.get("stream") is True,
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        images=walk.images,
+        image_tokens=walk.image_tokens,
+        **options,
     )
 
 
@@ -202,161 +435,3 @@ def error_body(
     if dialect == "openai":
         return {"error": {"message": message, "type": openai_type, "param": param, "code": openai_code}}
     return {"type": "error", "error": {"type": anthropic_type, "message": message}}
-
-
-def _openai_usage(req: WireRequest, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": req.prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": req.prompt_tokens + completion_tokens,
-    }
-
-
-def _anthropic_message(
-    req: WireRequest, response_id: str, content: list[Any], output_tokens: int
-) -> dict[str, Any]:
-    return {
-        "id": response_id,
-        "type": "message",
-        "role": "assistant",
-        "model": req.model,
-        "content": content,
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": req.prompt_tokens,
-            "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
-    }
-
-
-def completion_body(
-    req: WireRequest, *, response_id: str, text: str, completion_tokens: int, capped: bool
-) -> dict[str, Any]:
-    """A non-streaming success body (`chat.completion` or Anthropic `message`).
-
-    Args:
-        req: The parsed request.
-        response_id: Id to report, already prefixed `sim-`.
-        text: The answer.
-        completion_tokens: Token count of `text`.
-        capped: Whether max_tokens cut the answer, which sets `length` / `max_tokens`.
-
-    Returns:
-        The JSON-ready body.
-    """
-    if req.dialect == "anthropic":
-        body = _anthropic_message(req, response_id, [{"type": "text", "text": text}], completion_tokens)
-        body["stop_reason"] = "max_tokens" if capped else "end_turn"
-        return body
-    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": req.model,
-        "system_fingerprint": "routeq-sim",
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": "length" if capped else "stop",
-            }
-        ],
-        "usage": _openai_usage(req, completion_tokens),
-    }
-
-
-def _data(payload: object) -> bytes:
-    return b"data: " + dumps(payload) + b"\n\n"
-
-
-def _anthropic_frames(
-    req: WireRequest, response_id: str, pieces: list[str], tokens: int, capped: bool
-) -> list[bytes]:
-    stop = {"stop_reason": "max_tokens" if capped else "end_turn", "stop_sequence": None}
-    events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": _anthropic_message(req, response_id, [], 1)},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        *(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
-            for p in pieces
-        ),
-        {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": stop, "usage": {"output_tokens": tokens}},
-        {"type": "message_stop"},
-    ]
-    # Anthropic names every SSE event after its payload's `type`.
-    return [f"event: {event['type']}\n".encode() + _data(event) for event in events]
-
-
-def _openai_frames(
-    req: WireRequest, response_id: str, pieces: list[str], tokens: int, capped: bool
-) -> list[bytes]:
-    base: dict[str, Any] = {
-        "id": response_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": req.model,
-        "system_fingerprint": "routeq-sim",
-    }
-    if req.include_usage:
-        base["usage"] = None  # OpenAI sends an explicit null on every chunk but the last.
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _data(
-            {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        )
-
-    frames = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    frames += [chunk({"content": piece}) for piece in pieces]
-    frames.append(chunk({}, "length" if capped else "stop"))
-    if req.include_usage:
-        frames.append(_data({**base, "choices": [], "usage": _openai_usage(req, tokens)}))
-    frames.append(b"data: [DONE]\n\n")
-    return frames
-
-
-def stream_frames(
-    req: WireRequest, *, response_id: str, text: str, completion_tokens: int, capped: bool
-) -> list[bytes]:
-    """The server-sent-event frames of a streamed answer, in the provider's event format.
-
-    OpenAI: `chat.completion.chunk` objects ending with `data: [DONE]`, plus a `choices: []`
-    usage chunk when `include_usage` was asked. Anthropic: `message_start` ... `message_stop`.
-
-    Args:
-        req: The parsed request.
-        response_id: Id to report, already prefixed `sim-`.
-        text: The whole answer; the frames' deltas concatenate to it.
-        completion_tokens: Token count of `text`.
-        capped: Whether max_tokens cut the answer.
-
-    Returns:
-        Encoded frames, to be sent in order.
-    """
-    pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
-    build = _anthropic_frames if req.dialect == "anthropic" else _openai_frames
-    return build(req, response_id, pieces, completion_tokens, capped)
-
-
-def malformed_body(dialect: Dialect, stream: bool) -> tuple[bytes, str]:
-    """A 200 body that is truncated JSON, as a broken proxy or provider might send.
-
-    Args:
-        dialect: The provider whose success body is imitated.
-        stream: Whether the client asked for server-sent events.
-
-    Returns:
-        The body and its content type (an SSE frame when the client asked to stream, so the
-        SDK actually tries to decode it instead of seeing an empty stream).
-    """
-    opening = (
-        b'{"id": "sim-broken", "choices": [' if dialect == "openai" else b'{"id": "sim-broken", "content": ['
-    )
-    if stream:
-        return b"data: " + opening + b"\n\n", "text/event-stream"
-    return opening, "application/json"

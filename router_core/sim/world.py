@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,20 +17,20 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from router_core.clock import Clock, SystemClock
-from router_core.sim.profiles import DeploymentState, Fault, SimCounters, SimProfile, synth_text
+from router_core.sim.answers import breaks_json, compose
+from router_core.sim.profiles import RECORDED_REQUESTS, DeploymentState, Fault, SimCounters, SimProfile
+from router_core.sim.replies import completion_body, malformed_body, stream_frames
 from router_core.sim.wire import (
     ERROR_STATUS,
     Dialect,
     ErrorKind,
     RequestError,
     WireRequest,
-    completion_body,
     context_length_message,
+    decode_body,
     dumps,
     error_body,
-    malformed_body,
-    parse_request,
-    stream_frames,
+    parse_body,
 )
 
 __all__ = ["ConnectionDropped", "DropMode", "SimWorld"]
@@ -124,6 +125,10 @@ class _Call:
 class SimWorld:
     """ASGI3 app simulating provider deployments, with control endpoints under `/_sim/`.
 
+    Control endpoints: `GET /_sim/health`, `GET /_sim/stats` (every deployment's `SimCounters`
+    without the recorded bodies), `GET /_sim/requests/{deployment}` (its recorded request bodies,
+    oldest first, as `{"deployment": ..., "requests": [...]}`), `PUT /_sim/profiles/{deployment}`.
+
     Attributes:
         clock: Source of time for windows, latency and hangs.
         stats: Per-deployment counters, keyed by deployment id.
@@ -138,6 +143,7 @@ class SimWorld:
         clock: Clock | None = None,
         default_profile: SimProfile | None = None,
         drop_mode: DropMode = "raise",
+        record_requests: int = RECORDED_REQUESTS,
     ) -> None:
         """Create a world.
 
@@ -147,9 +153,12 @@ class SimWorld:
             default_profile: Behaviour of any deployment not in `profiles`; without it those
                 get a 404.
             drop_mode: How a `drop` fault surfaces; see the class docstring.
+            record_requests: How many request bodies to keep per deployment (`last_requests`);
+                0 keeps none.
         """
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.drop_mode: DropMode = drop_mode
+        self._record = record_requests
         self.stats: dict[str, SimCounters] = {}
         self._default = default_profile
         self._deployments: dict[str, DeploymentState] = {}
@@ -166,7 +175,18 @@ class SimWorld:
         """
         old = self._deployments.get(deployment)
         self._deployments[deployment] = DeploymentState(profile, old.window if old else None)
-        self.stats.setdefault(deployment, SimCounters())
+        if deployment not in self.stats:
+            self.stats[deployment] = SimCounters(recorded=deque(maxlen=self._record))
+
+    def last_requests(self, deployment: str) -> list[dict[str, Any]]:
+        """The latest request bodies `deployment` received, oldest first, as parsed JSON objects.
+
+        Every body that parsed as a JSON object is kept, rejected ones included, up to the world's
+        `record_requests` per deployment. Use it to assert that a parameter reached the provider.
+        The dicts are the ones the sim parsed, not copies: do not modify them.
+        """
+        stats = self.stats.get(deployment)
+        return list(stats.recorded) if stats is not None else []
 
     def profile(self, deployment: str) -> SimProfile | None:
         """The profile currently applied to `deployment`, or None if it is unknown."""
@@ -213,6 +233,8 @@ class SimWorld:
         elif method == "GET" and parts == ["stats"]:
             deployments = {name: stats.to_json() for name, stats in self.stats.items()}
             await _send_json(send, 200, {"now": self.clock.now(), "deployments": deployments})
+        elif method == "GET" and len(parts) == 2 and parts[0] == "requests" and parts[1]:
+            await _send_json(send, 200, {"deployment": parts[1], "requests": self.last_requests(parts[1])})
         elif method == "PUT" and len(parts) == 2 and parts[0] == "profiles" and parts[1]:
             body = await _read_body(receive)
             if body is None:
@@ -255,7 +277,9 @@ class SimWorld:
         if raw is None:
             return
         try:
-            req = parse_request(dialect, raw)
+            body = decode_body(raw)
+            call.stats.recorded.append(body)
+            req = parse_body(dialect, body)
         except RequestError as exc:
             await call.refuse("bad_request", exc.kind, exc.message, param=exc.param)
             return
@@ -299,6 +323,8 @@ class SimWorld:
             await call.refuse("rpm_limited", "rate_limit", message, retry)
             return None
         call.stats.record_admission(now)
+        if fault == "invalid_json" and not breaks_json(req):
+            fault = "ok"  # nothing to break: the answer is plain text or a tool call
         call.stats.by_outcome[fault] += 1
         return fault
 
@@ -319,21 +345,20 @@ class SimWorld:
             await _send(call.send, 200, broken, content_type, call.id_header)
             return
 
-        cap, output_tokens = req.max_tokens, call.profile.output_tokens
-        tokens = output_tokens if cap is None else min(output_tokens, cap)
-        capped = cap is not None and cap < output_tokens
+        answer = compose(
+            req,
+            deployment=call.deployment,
+            output_tokens=call.profile.output_tokens,
+            seq=call.seq,
+            broken_json=fault == "invalid_json",
+        )
         prefix = "sim-chatcmpl-" if call.dialect == "openai" else "sim-msg_"
         response_id = f"{prefix}{call.seq:08d}"
-        text = synth_text(call.deployment, req.prompt_words, tokens)
         if not req.stream:
-            body = completion_body(
-                req, response_id=response_id, text=text, completion_tokens=tokens, capped=capped
-            )
+            body = completion_body(req, response_id=response_id, answer=answer)
             await _send_json(call.send, 200, body, call.id_header)
             return
-        frames = stream_frames(
-            req, response_id=response_id, text=text, completion_tokens=tokens, capped=capped
-        )
+        frames = stream_frames(req, response_id=response_id, answer=answer)
         headers = _headers(
             "text/event-stream; charset=utf-8", {**call.id_header, "cache-control": "no-cache"}
         )
