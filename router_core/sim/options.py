@@ -89,10 +89,10 @@ def _check_schema(schema: object, what: str, param: str) -> Mapping[str, Any]:
     """
     if not isinstance(schema, Mapping):
         raise _error(f"Invalid schema for {what}: expected a JSON Schema object.", param)
-    import jsonschema  # type: ignore[import-untyped]  # noqa: PLC0415  # off the plain path
+    import jsonschema  # noqa: PLC0415  # off the plain path
 
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        jsonschema.validators.validator_for(schema).check_schema(dict(schema))
         schema_instance(schema)
     except jsonschema.SchemaError as exc:
         raise _error(f"Invalid schema for {what}: {exc.message}", param) from exc

@@ -236,10 +236,12 @@ class _Generator:
 
     def _matches(self, value: object, schema: object) -> bool:
         if self._validator is None:
-            import jsonschema  # type: ignore[import-untyped]  # noqa: PLC0415  # only for oneOf
+            import jsonschema  # noqa: PLC0415  # only for oneOf
 
-            self._validator = jsonschema.validators.validator_for(self.root)(self.root)
-        return bool(self._validator.evolve(schema=schema).is_valid(value))
+            root: Any = self.root
+            self._validator = jsonschema.validators.validator_for(root)(root)
+        target: Any = schema
+        return bool(self._validator.evolve(schema=target).is_valid(value))
 
     def _pick_branch(self, branches: list[Any], depth: int) -> list[Any]:
         """Branches in the order to try: as given, or ref-free ones first when deep."""

@@ -8,7 +8,7 @@ from enum import Enum
 from typing import Any, Literal
 from uuid import UUID
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import anthropic
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import openai
 import pytest
 from anthropic.types import Message, MessageParam, ToolParam
