@@ -36,6 +36,7 @@ from router_core.errors import (
     CapacityExhaustedError,
     ContextLengthError,
     InvalidOutputError,
+    InvalidRequestError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
@@ -335,7 +336,12 @@ class Router:
         Failures before the first piece are retried and failed over like `complete`; a failure
         after it raises `StreamInterruptedError` (the text already sent cannot be taken back).
         Each piece must arrive within the attempt's timeout of the previous one.
+
+        Raises:
+            InvalidRequestError: `n` > 1 (several answers are not streamed; ask with `complete`).
         """
+        if request.choices > 1:
+            raise InvalidRequestError("n > 1 cannot be streamed: ask without stream, or with n=1", field="n")
         plan = plan or await self.plan(request)
         started = self.clock.now()
         walk = _Walk(request, plan, guard, [], [])

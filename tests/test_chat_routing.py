@@ -260,3 +260,10 @@ async def test_n_without_native_support_fans_out_and_merges(make_router: RouterF
     assert result.attempts[-1].cost_usd == pytest.approx(
         (result.usage.input_tokens * 1 + result.usage.output_tokens * 4) / 1e6
     )
+
+
+async def test_several_answers_are_not_streamed(make_router: RouterFactory) -> None:
+    router = make_router(make_catalog([deployment("all-a")]))
+    with pytest.raises(InvalidRequestError, match=r"^n: n > 1 cannot be streamed"):
+        async for _ in router.stream(ask(n=2)):
+            pass
