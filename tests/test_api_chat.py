@@ -254,3 +254,24 @@ async def test_a_job_takes_the_same_fields(api: LiveApi) -> None:
         refused = await http.post("/v1/jobs", json={"prompt": "Hi", "tool_choice": "auto"})
         assert refused.status_code == 400
         assert refused.json()["error"]["message"] == "tool_choice: needs tools"
+
+
+async def test_analytics_grouped_by_end_user(api: LiveApi) -> None:
+    secret = await api.key("acme")
+    client = api.openai(secret)
+    for end_user in ("carol", "carol", "dave", None):
+        extra: Any = {} if end_user is None else {"user": end_user}
+        await client.chat.completions.create(model="router:cost", messages=PROMPT, **extra)  # one price
+    async with httpx2.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {secret}"}) as http:
+        grouped = (await http.get("/v1/analytics", params={"group_by": "end_user"})).json()
+        rows = {row["user"]: row for row in grouped["end_users"]}
+        assert set(rows) == {"carol", "dave", None}
+        assert (rows["carol"]["requests"], rows["dave"]["requests"], rows[None]["requests"]) == (2, 1, 1)
+        assert all(row["tenant"] == "acme" and row["cost_usd"] > 0 for row in rows.values())
+        assert sum(row["cost_usd"] for row in rows.values()) == pytest.approx(grouped["totals"]["cost_usd"])
+        top = (await http.get("/v1/analytics", params={"group_by": "end_user", "limit": 1})).json()
+        assert [row["user"] for row in top["end_users"]] == ["carol"]
+        assert (await http.get("/v1/analytics")).json()["end_users"] is None
+        refused = await http.get("/v1/analytics", params={"group_by": "model"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "query parameter group_by"
