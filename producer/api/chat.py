@@ -1,9 +1,12 @@
 """`POST /v1/chat/completions`: one routed chat completion, answered in the OpenAI shape.
 
-The request becomes a job (a batch of one) on the same queue the workers read. The API then waits
-for the job's completion ping (no polling) and reads the outcome from SQL. With `"stream": true`
-the worker relays the provider's text through Redis (storage.bus.relay) and the API passes each piece
-on as an OpenAI `chat.completion.chunk` server-sent event.
+The body is the Chat Completions language (tools, response_format, n, user, metadata...: see
+`schemas.ChatFields`); a field no deployment it may use honours is a 400 naming it. The request
+becomes a job (a batch of one) on the same queue the workers read. The API then waits for the job's
+completion ping (no polling) and reads the outcome from SQL: every choice, as OpenAI shapes it.
+With `"stream": true` (only for one choice: `n` > 1 is a 400) the worker relays the provider's text
+and tool-call deltas through Redis (storage.bus.relay) and the API passes each piece on as an
+OpenAI `chat.completion.chunk` server-sent event.
 
 How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
 `-failovers`, `-job-id`) and in the body's extra `routeq` field (the last chunk's, when streamed).
