@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["MAX_REASONS", "given", "join", "json_type", "show", "validation_problems"]
+__all__ = ["MAX_REASONS", "field_problems", "given", "join", "json_type", "show", "validation_problems"]
 
 MAX_REASONS = 3
 """How many problems one `LineError` spells out before summarising the rest as "(and N more)"."""
@@ -18,16 +20,46 @@ _SHOW_LIMIT = 40
 def validation_problems(
     exc: ValidationError, payload: dict[str, Any], prefix: str, alias_used: bool
 ) -> list[str]:
-    """Pydantic's errors as "<field.path>: <message>", one per field path, in order."""
-    by_path: dict[str, list[str]] = {}
-    for error in exc.errors(include_url=False, include_input=False):
+    """Pydantic's errors of validating `payload` as "<field.path>: <message>" (`field_problems`)."""
+    errors = [
+        error
+        for error in exc.errors(include_url=False, include_input=False)
+        # A missing `messages` is already reported in the line's own words.
+        if not (error["type"] == "missing" and tuple(error["loc"]) == ("messages",))
+    ]
+    return field_problems(errors, payload, prefix, alias_used=alias_used)
+
+
+def field_problems(
+    errors: Iterable[Mapping[str, Any]], data: Any, prefix: str = "", *, alias_used: bool = False
+) -> list[str]:
+    """Pydantic's errors (`loc`, `msg`, `type`) of validating `data`, as "<field.path>: <message>",
+    one per field path, in order.
+
+    Paths are the input's own (`tools.0.function.name`), without pydantic's union and validator
+    tags. Where a union's branches disagree (`stop` as a string or a list, `tool_choice` as a word
+    or an object), only the branch the input took is reported: a "wrong type" error is dropped
+    when another branch accepted the type and found something else wrong with the value or inside
+    it. An error about the whole request that starts with a field's name (`top_logprobs needs
+    logprobs: true`) is that field's.
+    """
+    found: list[tuple[str, str, str]] = []  # (path, message, pydantic's error type)
+    for error in errors:
         loc = tuple(error["loc"])
-        if error["type"] == "missing" and loc == ("messages",):
-            continue  # already reported in the line's own words
-        path = _data_path(loc, payload, missing=error["type"] == "missing")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if len(loc) >= 2 and loc[-1] == "[key]":  # a dict key: `metadata: key 'x…': too long`
+            message = f"key {show(loc[-2])}: {message}"
+            loc = loc[:-2]
+        path = _data_path(loc, data, missing=error["type"] == "missing")
+        if not path:
+            path, message = _named_in_message(message, data)
         if alias_used and path.split(".", maxsplit=1)[0] == "max_tokens":
             path = "max_completion_tokens" + path[len("max_tokens") :]
-        message = str(error["msg"]).removeprefix("Value error, ")
+        found.append((path, message, error["type"]))
+    by_path: dict[str, list[str]] = {}
+    for path, message, kind in found:
+        if kind in _WRONG_TYPE and any(_taken(path, other, k) for other, _, k in found):
+            continue  # a union branch the input did not take
         messages = by_path.setdefault(f"{prefix}{path}" if path else prefix.rstrip("."), [])
         if message not in messages:
             messages.append(message)
@@ -35,6 +67,37 @@ def validation_problems(
         f"{path}: {' or '.join(messages)}" if path else " or ".join(messages)
         for path, messages in by_path.items()
     ]
+
+
+# Errors that say "this value is not of that type": in a union, the mark of a branch not taken.
+_WRONG_TYPE = frozenset(
+    {
+        "string_type",
+        "list_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+        "literal_error",
+        "int_type",
+        "float_type",
+        "bool_type",
+        "none_required",
+    }
+)
+_LEADING_FIELD = re.compile(r"^(?P<field>[A-Za-z_]\w*(?:\.\w+)*):?\s+(?P<rest>.+)$", re.DOTALL)
+
+
+def _taken(path: str, other: str, kind: str) -> bool:
+    """Whether an error at `other` shows that a union branch took the value at `path`."""
+    return other.startswith(f"{path}.") or (other == path and kind not in _WRONG_TYPE)
+
+
+def _named_in_message(message: str, data: Any) -> tuple[str, str]:
+    """A whole-request error's field, when its message starts with one the input has."""
+    match = _LEADING_FIELD.match(message)
+    if match is None or not isinstance(data, dict) or match["field"].split(".", maxsplit=1)[0] not in data:
+        return "", message
+    return match["field"], match["rest"]
 
 
 def _data_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:

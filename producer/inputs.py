@@ -3,22 +3,31 @@
 Each non-blank line is one JSON object in one of two formats:
 
 * **OpenAI Batch format**: ``{"custom_id": "...", "method": "POST", "url": "/v1/chat/completions",
-  "body": {...}}``, where ``body`` is a chat completion request (``messages``, ``model``,
-  ``max_tokens`` / ``max_completion_tokens``, ``temperature``) plus routeq's ``preferences``.
-* **Short form**: ``{"custom_id"?, "prompt" | "messages", "system"?, "model"?, "max_tokens"?,
-  "temperature"?, "preferences"?}``; a missing ``custom_id`` becomes ``line-<n>``.
+  "body": {...}}``, where ``body`` is a Chat Completions request: ``messages``, ``model``, and every
+  other field of the language routeq models (``max_tokens`` / ``max_completion_tokens``,
+  ``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, penalties, ``logit_bias``, ``logprobs`` /
+  ``top_logprobs``, ``tools`` / ``tool_choice`` / ``parallel_tool_calls``, ``response_format``,
+  ``reasoning_effort``, ``service_tier``, ``user``, ``metadata``), plus routeq's ``preferences``.
+  ``store`` is accepted and ignored (it asks OpenAI to keep the answer; routeq keeps every job);
+  ``stream`` must be false.
+* **Short form**: ``{"custom_id"?, "prompt" | "messages", "system"?, "preferences"?}`` plus the
+  same request fields as a body (``model``, ``max_tokens``, ``temperature``, ``tools``...); a
+  missing ``custom_id`` becomes ``line-<n>``.
 
 A line with ``body``, ``method`` or ``url`` is read as the OpenAI format, any other object as the
 short form. A model of the form ``router:<strategy>`` (``router:cost``, ``router:fast``...) means
-model ``auto`` with that routing strategy, unless ``preferences.strategy`` says otherwise.
+model ``auto`` with that routing strategy, unless ``preferences.strategy`` says otherwise
+(`producer.chat_body` turns a body into request fields).
 
 A bad line never stops the rest: it becomes a `LineError` with its 1-based line number and every
-problem found on it, and the good lines still run. Blank lines are the only lines skipped.
+problem found on it, each naming its field (``line 7: body.tools.0.function.name: ...``), and the
+good lines still run. Blank lines are the only lines skipped.
 
 What a line must satisfy besides its shape is an `InputRules`: the size limits of a request, the
-longest line, and (when given) the catalog its ``model`` and ``preferences.chain`` must name, checked
-with the planner's own `check_references`. A value no database stores (NaN, an infinity, NUL, a
-lone surrogate) is a problem of its field, so it never reaches SQL.
+longest line, and (when given) the catalog its ``model`` and ``preferences.chain`` must name and
+whose deployments must honour every field it sets, checked with the planner's own
+`check_references`. A value no database stores (NaN, an infinity, NUL, a lone surrogate) is a
+problem of its field, so it never reaches SQL.
 """
 
 from __future__ import annotations
@@ -34,11 +43,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pydantic import ValidationError
 
 from producer._reasons import given, join, json_type, show, validation_problems
+from producer.chat_body import (
+    CHAT_ONLY,
+    REQUEST_FIELDS,
+    body_key_problems,
+    reference_problem,
+    request_payload,
+)
 from router_core.catalog import Catalog
 from router_core.chat import NOT_FINITE
 from router_core.errors import InvalidRequestError
 from router_core.limits import DEFAULT_MAX_LINE_BYTES, RequestLimits
-from router_core.models import STRATEGY_ALIASES, ChatRequest, Strategy
+from router_core.models import ChatRequest
 from router_core.planner import check_references
 
 if TYPE_CHECKING:
@@ -61,25 +77,16 @@ __all__ = [
 OPENAI_BATCH_URL = "/v1/chat/completions"
 """The only ``url`` accepted on OpenAI Batch lines."""
 
-ROUTER_MODEL_PREFIX = "router:"
 MAX_CUSTOM_ID_LENGTH = 255  # the jobs.custom_id column
-"""``model`` values starting with this name a routing strategy instead of a model."""
 
 _BOM = "\ufeff"
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _OPENAI_MARKERS = ("body", "method", "url")
-_SHORT_KEYS = frozenset(
-    {"custom_id", "prompt", "messages", "system", "model", "max_tokens", "temperature", "preferences"}
+_SHORT_KEYS = (
+    frozenset({"custom_id", "prompt", "messages", "system", "max_tokens", "max_completion_tokens"})
+    | {"preferences"}
+    | REQUEST_FIELDS
 )
-_BODY_USED = frozenset(
-    {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "preferences"}
-)
-_BODY_IGNORED = frozenset({"user", "metadata", "store", "seed"})
-"""Body keys accepted and ignored: they do not change the answer."""
-_BODY_CHECKED = frozenset({"stream", "n"})
-_CHAT_ONLY = frozenset({"stream", "stream_options"})
-"""Keys of a chat completion body that the HTTP API honours itself (streaming)."""
-_BODY_KEYS = _BODY_USED | _BODY_IGNORED | _BODY_CHECKED
 _SKIP_CHUNK = 1024 * 1024
 # A regex scans in C: a per-character loop in Python took ~0.1 s on a megabyte prompt.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -207,7 +214,7 @@ def parse_object(
         payload, alias_used = _openai_payload(data, problems)
     else:
         prefix = ""
-        payload, alias_used = _short_payload(data, problems), False
+        payload, alias_used = _short_payload(data, problems)
 
     request: ChatRequest | None = None
     if payload is not None:
@@ -372,7 +379,8 @@ def unstorable_values(value: Any, path: str) -> Iterator[str]:
 
 
 def _rule_problems(request: ChatRequest, rules: InputRules, prefix: str, text_field: str) -> list[str]:
-    """The request's size over `rules.limits`, and names the catalog does not know."""
+    """The request's size over `rules.limits`, names the catalog does not know, and fields none of
+    the deployments it may use honours."""
     problems = [
         f"{prefix}{text_field if name == 'messages' else name}: {message}"
         for name, message in rules.limits.problems(request)
@@ -381,7 +389,8 @@ def _rule_problems(request: ChatRequest, rules: InputRules, prefix: str, text_fi
         try:
             check_references(request, rules.catalog)  # the planner's own check, at parse time
         except InvalidRequestError as exc:
-            problems.append(f"{prefix}{exc}")
+            field, reason = reference_problem(exc)
+            problems.append(f"{prefix}{field}: {reason}" if field else f"{prefix}{reason}")
     return problems
 
 
@@ -435,9 +444,10 @@ def parse_chat_body(
 ) -> tuple[ChatRequest | None, list[str]]:
     """Validate the body of `POST /v1/chat/completions` as a routed request.
 
-    The same rules as a batch line's ``body`` (``router:<strategy>`` models, ``preferences``,
-    ``max_completion_tokens``, size `limits`), except that ``stream`` is the caller's to honour
-    and the catalog is the caller's to check (an unknown model is its own answer there).
+    The same rules as a batch line's ``body`` (every Chat Completions field, ``router:<strategy>``
+    models, ``preferences``, ``max_completion_tokens``, ``store`` ignored, size `limits`), except
+    that ``stream`` and ``stream_options`` are the caller's to honour and the catalog is the
+    caller's to check (an unknown model is its own answer there).
 
     Returns:
         The request, or None and every problem found, each naming its field.
@@ -445,7 +455,7 @@ def parse_chat_body(
     problems = list(unstorable_values(body, ""))
     if problems:
         return None, problems
-    payload, alias_used = _body_payload({k: v for k, v in body.items() if k not in _CHAT_ONLY}, "", problems)
+    payload, alias_used = _body_payload({k: v for k, v in body.items() if k not in CHAT_ONLY}, "", problems)
     request: ChatRequest | None = None
     try:
         request = ChatRequest.model_validate(payload)
@@ -458,35 +468,20 @@ def parse_chat_body(
 
 def _body_payload(body: dict[str, Any], prefix: str, problems: list[str]) -> tuple[dict[str, Any], bool]:
     """The ChatRequest fields of a chat completion body, and whether max_completion_tokens was used."""
-    problems.extend(_body_key_problems(body, prefix))
-    payload: dict[str, Any] = {key: body[key] for key in ("messages", "model", "temperature") if key in body}
+    problems.extend(body_key_problems(body, prefix))
     if "messages" not in body:
         problems.append(f"{prefix}messages is required")
-    max_tokens, max_completion = body.get("max_tokens"), body.get("max_completion_tokens")
-    alias_used = max_tokens is None and max_completion is not None
-    if max_tokens is not None and max_completion is not None:
-        problems.append(f"give only one of {prefix}max_tokens and {prefix}max_completion_tokens")
-    elif max_tokens is not None or max_completion is not None:
-        payload["max_tokens"] = max_completion if alias_used else max_tokens
-    _apply_preferences(payload, body.get("preferences"), prefix, problems)
+    payload, alias_used = request_payload(body, prefix, problems)
+    if "messages" in body:
+        payload["messages"] = body["messages"]
     return payload, alias_used
 
 
-def _body_key_problems(body: dict[str, Any], prefix: str) -> Iterator[str]:
-    for key in body:
-        if key not in _BODY_KEYS:
-            yield f"{prefix}{key} is not supported: routeq cannot honour it"
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        yield f"{prefix}n must be 1, got {show(n)}: one completion per request"
-
-
-def _short_payload(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    """The ChatRequest fields of a short-form line; problems found are appended."""
+def _short_payload(data: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any], bool]:
+    """The ChatRequest fields of a short-form line, and whether max_completion_tokens was used;
+    problems found are appended."""
     problems.extend(f"unknown field {show(key)}" for key in data if key not in _SHORT_KEYS)
-    payload: dict[str, Any] = {
-        key: data[key] for key in ("model", "max_tokens", "temperature") if key in data
-    }
+    payload: dict[str, Any] = {}
     has_prompt, has_messages = "prompt" in data, "messages" in data
     if has_prompt and has_messages:
         problems.append("give either 'prompt' or 'messages', not both")
@@ -502,8 +497,8 @@ def _short_payload(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         messages = _prompt_messages(data["prompt"], data.get("system"), problems)
         if messages is not None:
             payload["messages"] = messages
-    _apply_preferences(payload, data.get("preferences"), "", problems)
-    return payload
+    fields, alias_used = request_payload(data, "", problems)
+    return payload | fields, alias_used
 
 
 def _prompt_messages(prompt: Any, system: Any, problems: list[str]) -> list[dict[str, Any]] | None:
@@ -521,36 +516,3 @@ def _prompt_messages(prompt: Any, system: Any, problems: list[str]) -> list[dict
         return None
     user = {"role": "user", "content": prompt}
     return [{"role": "system", "content": system}, user] if system is not None else [user]
-
-
-def _apply_preferences(payload: dict[str, Any], preferences: Any, prefix: str, problems: list[str]) -> None:
-    """Set payload's preferences, turning a ``router:<strategy>`` model into model auto + strategy."""
-    if preferences is not None:
-        payload["preferences"] = preferences
-    model = payload.get("model")
-    if model is None:
-        payload.pop("model", None)
-        return
-    if isinstance(model, str) and not model.strip():
-        problems.append(f"{prefix}model is empty: leave it out or use 'auto'")
-        return
-    if not isinstance(model, str) or not model.lower().startswith(ROUTER_MODEL_PREFIX):
-        return
-    payload["model"] = "auto"
-    name = model[len(ROUTER_MODEL_PREFIX) :].strip().lower()
-    strategy = STRATEGY_ALIASES.get(name) or _strategy(name)
-    if strategy is None:
-        known = ", ".join([*Strategy, *STRATEGY_ALIASES])
-        problems.append(f"{prefix}model: unknown strategy {show(name)} in {show(model)} (known: {known})")
-        return
-    if preferences is None:
-        payload["preferences"] = {"strategy": strategy.value}
-    elif isinstance(preferences, dict) and preferences.get("strategy") is None:
-        payload["preferences"] = {**preferences, "strategy": strategy.value}
-
-
-def _strategy(name: str) -> Strategy | None:
-    try:
-        return Strategy(name)
-    except ValueError:
-        return None

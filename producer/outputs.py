@@ -1,46 +1,91 @@
 """Result lines in the OpenAI Batch output shape, plus routeq's routing metadata.
 
     {"id": ..., "custom_id": ..., "response": {"status_code": 200, "request_id": ..., "body": {...}},
-     "error": null, "routeq": {"status", "deployment", "attempts", "failovers", "cost_usd", ...}}
+     "error": null, "routeq": {"status", "deployment", "attempts", "failovers", "cost_usd", ...,
+                               "user", "metadata"}}
 
-A failed or cancelled job has `"response": null` and `"error": {"code", "message"}`.
+The body is a `chat.completion` with every choice the job got (`message` with `content`,
+`tool_calls`, `refusal`; `logprobs`; `finish_reason`), and `routeq` also repeats the request's
+`user` and `metadata`. A failed or cancelled job has `"response": null` and `"error": {"code",
+"message"}`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from storage.jobs import JobRecord, JobStatus
 
-__all__ = ["completion_body", "output_line", "routing_metadata", "write_results"]
+__all__ = [
+    "completion_body",
+    "metadata_filter",
+    "openai_choices",
+    "openai_usage",
+    "output_line",
+    "routing_metadata",
+    "write_results",
+]
 
 
 def completion_body(job: JobRecord) -> dict[str, Any]:
-    """A succeeded job's answer as an OpenAI `chat.completion` object."""
+    """A succeeded job's answer as an OpenAI `chat.completion` object, every choice in it."""
     result = job.result or {}
-    usage = result.get("usage") or {}
     created = job.finished_at or job.created_at
     return {
         "id": f"chatcmpl-{job.id}",
         "object": "chat.completion",
         "created": int(created.timestamp()),
         "model": result.get("model") or job.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.get("content", "")},
-                "finish_reason": result.get("finish_reason") or "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": usage.get("input_tokens", 0),
-            "completion_tokens": usage.get("output_tokens", 0),
-            "total_tokens": usage.get("input_tokens", 0) + usage.get("output_tokens", 0),
-        },
+        "choices": openai_choices(result),
+        "usage": openai_usage(result),
     }
+
+
+def openai_choices(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A stored result's choices as OpenAI shapes them: `index`, `message` (`role`, `content`,
+    `refusal`, and `tool_calls` and the like when the model made them), `logprobs`, `finish_reason`.
+
+    A result stored before routeq kept choices (no `choices`) is its one text answer.
+    """
+    stored = result.get("choices") or [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": result.get("content", "")},
+            "finish_reason": result.get("finish_reason"),
+        }
+    ]
+    return [
+        {
+            "index": choice.get("index", index),
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                **(choice.get("message") or {}),
+            },
+            "logprobs": choice.get("logprobs"),
+            "finish_reason": choice.get("finish_reason") or "stop",
+        }
+        for index, choice in enumerate(stored)
+    ]
+
+
+def openai_usage(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored result's usage in the OpenAI shape, `completion_tokens_details.reasoning_tokens`
+    included when the provider reported hidden reasoning."""
+    usage = result.get("usage") or {}
+    prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    shaped: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if usage.get("reasoning_tokens"):
+        shaped["completion_tokens_details"] = {"reasoning_tokens": int(usage["reasoning_tokens"])}
+    return shaped
 
 
 def routing_metadata(job: JobRecord) -> dict[str, Any]:
@@ -76,7 +121,27 @@ def output_line(job: JobRecord) -> dict[str, Any]:
             "code": failure.code.value if failure else job.status.value,
             "message": failure.message if failure else job.status.value,
         }
+    routing |= {"user": job.end_user, "metadata": job.metadata}
     return {"id": job.id, "custom_id": job.custom_id, "response": response, "error": error, "routeq": routing}
+
+
+def metadata_filter(filters: Iterable[str]) -> dict[str, str]:
+    """`<key>=<value>` filters (`?metadata=` of the API, `--metadata` of `routeq results`) as the
+    pairs a job's metadata must all hold. Each is split at its first `=`: a key holds no `=`, a
+    value may.
+
+    Raises:
+        ValueError: a filter without `=`, or a key given twice with two values.
+    """
+    pairs: dict[str, str] = {}
+    for given in filters:
+        key, equals, value = given.partition("=")
+        if not equals:
+            raise ValueError(f"{given[:60]!r} is not <key>=<value>, such as team=search")
+        if pairs.get(key, value) != value:
+            raise ValueError(f"key {key[:60]!r} is given twice, with two values")
+        pairs[key] = value
+    return pairs
 
 
 async def write_results(path: Path, jobs: AsyncIterable[JobRecord]) -> tuple[int, int]:

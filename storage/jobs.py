@@ -273,6 +273,8 @@ class JobRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    end_user: str | None = None  # the request's `user`: the caller's end user
+    metadata: dict[str, str] | None = None  # the request's `metadata`
 
     @property
     def terminal(self) -> bool:

@@ -29,11 +29,11 @@ live stats (success rate, latency EWMA, calls) and the breaker's failure window;
 hold in-flight tickets (score = lease expiry, so a killed worker's slots come back) and admitted
 requests (score = release time; admission + lease while in flight) for the rpm/tpm sliding window.
 
-Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `tenant:<tenant>` or
-`batch:<id>`, each name passed through `key_part`; its hash keeps `spent` and `reserved` in
-micro-dollars. `routeq:holds:<job>` maps
-`<run>:<attempt_no>` to the hold of a call about to be made: the write-ahead record that lets a
-re-run charge the calls of a worker that died before its ledger commit.
+Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `end_user:<tenant>/<end user>`,
+`tenant:<tenant>` or `batch:<id>`, each name passed through `key_part`; its hash keeps `spent` and
+`reserved` in micro-dollars. `routeq:holds:<job>` maps `<run>:<attempt_no>` to the hold of a call
+about to be made: the write-ahead record that lets a re-run charge the calls of a worker that died
+before its ledger commit.
 
 Answers (`storage.fleet.answers`): `routeq:answer:<job>` maps `<run>` to the outcome a run got from
 the providers, written before its SQL commit and deleted after it: a run retried after a failed

@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from router_core import Strategy
 from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
 from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, NewJob, StartedJob
-from storage.sql.analytics import Analytics, DailyModelStats, DeploymentUsage, Latency, analytics
+from storage.sql.analytics import (
+    Analytics,
+    DailyModelStats,
+    DeploymentUsage,
+    EndUserUsage,
+    Latency,
+    analytics,
+)
 from storage.sql.engine import connect_database, migrate
 from storage.sql.store import Store
 from tests.backends import DATABASE_ENV, service_url
@@ -68,15 +75,19 @@ class Recorder:
     store: Store
     clock: Clock
 
-    async def start(self, tenant: str, at: datetime) -> StartedJob:
+    async def start(self, tenant: str, at: datetime, end_user: str | None = None) -> StartedJob:
         self.clock.at = at
-        created = await self.store.batches.create([NewJob("item", chat())], tenant=tenant, user_id="u")
+        created = await self.store.batches.create(
+            [NewJob("item", chat(end_user))], tenant=tenant, user_id="u"
+        )
         started = await self.store.runs.start(created.job_ids[0], run=1, worker="w")
         assert isinstance(started, StartedJob)
         return started
 
-    async def succeed(self, tenant: str, at: datetime, latency: float, *calls: Attempt) -> None:
-        job = await self.start(tenant, at)
+    async def succeed(
+        self, tenant: str, at: datetime, latency: float, *calls: Attempt, end_user: str | None = None
+    ) -> None:
+        job = await self.start(tenant, at, end_user)
         last = calls[-1]
         assert last.usage is not None
         result = CompletionResult(
@@ -93,25 +104,29 @@ class Recorder:
         )
         assert await self.store.runs.finish(job, run=1, attempts_made=calls, result=result)
 
-    async def fail(self, tenant: str, at: datetime, *calls: Attempt) -> None:
-        job = await self.start(tenant, at)
+    async def fail(self, tenant: str, at: datetime, *calls: Attempt, end_user: str | None = None) -> None:
+        job = await self.start(tenant, at, end_user)
         failure = JobFailure(FailureCode.ALL_ATTEMPTS_FAILED, "every call failed")
         assert await self.store.runs.finish(job, run=1, attempts_made=calls, result=None, failure=failure)
 
-    async def cancel(self, tenant: str, at: datetime) -> None:
+    async def cancel(self, tenant: str, at: datetime, end_user: str | None = None) -> None:
         self.clock.at = at
-        created = await self.store.batches.create([NewJob("item", chat())], tenant=tenant, user_id="u")
+        created = await self.store.batches.create(
+            [NewJob("item", chat(end_user))], tenant=tenant, user_id="u"
+        )
         assert len(await self.store.batches.cancel(created.batch_id, tenant=ANY_TENANT)) == 1
 
-    async def lose_worker(self, tenant: str, at: datetime, deployment: str, held: float) -> None:
+    async def lose_worker(
+        self, tenant: str, at: datetime, deployment: str, held: float, end_user: str | None = None
+    ) -> None:
         """A run that died mid-call: its call is recorded in doubt and charged at the amount held."""
-        job = await self.start(tenant, at)
+        job = await self.start(tenant, at, end_user)
         lost = InDoubtCall(1, 1, deployment, deployment, f"m-{deployment}", held, simulated=True)
         await self.store.runs.record_in_doubt(job, [lost])
 
 
-def chat() -> ChatRequest:
-    return ChatRequest(messages=[Message(role="user", content="hello")])
+def chat(end_user: str | None = None) -> ChatRequest:
+    return ChatRequest(messages=[Message(role="user", content="hello")], user=end_user)
 
 
 async def _open_store(name: str) -> tuple[Store, Clock]:
@@ -138,17 +153,18 @@ async def recorder(request: pytest.FixtureRequest) -> AsyncIterator[Recorder]:
 
 @pytest.fixture
 async def world(recorder: Recorder) -> Store:
-    """Two tenants over three UTC days; acme's numbers are worked out by hand in the tests."""
+    """Two tenants over three UTC days; acme's numbers are worked out by hand in the tests. The
+    requests of end users carol and dave name them (`user`); the others name nobody."""
     r = recorder
-    await r.succeed(A, DAY1, 100, call("alpha", 100, (10, 20), 0.5))
-    await r.succeed(A, DAY1, 250, call("alpha", 50), call("beta", 200, (30, 40), 0.25))  # fails over
-    await r.fail(A, DAY1, call("alpha", 40), call("alpha", 60))  # retried on the same deployment
+    await r.succeed(A, DAY1, 100, call("alpha", 100, (10, 20), 0.5), end_user="carol")
+    await r.succeed(A, DAY1, 250, call("alpha", 50), call("beta", 200, (30, 40), 0.25), end_user="carol")
+    await r.fail(A, DAY1, call("alpha", 40), call("alpha", 60), end_user="dave")  # retried in place
     await r.succeed(A, DAY2, 300, call("beta", 300, (5, 5), 0.125))
-    await r.succeed(A, DAY2, 400, call("alpha", 400, (1, 2), 1.0))
-    await r.cancel(A, DAY2)
-    await r.lose_worker(A, DAY2, "gamma", held=2.0)  # still running: a call, a charge, no request
-    await r.succeed(A, DAY3, 5, call("alpha", 5, (1, 1), 16.0))
-    await r.succeed(B, DAY1, 1000, call("alpha", 1000, (100, 100), 8.0))
+    await r.succeed(A, DAY2, 400, call("alpha", 400, (1, 2), 1.0), end_user="dave")
+    await r.cancel(A, DAY2, end_user="carol")
+    await r.lose_worker(A, DAY2, "gamma", held=2.0, end_user="carol")  # running: a call, a charge
+    await r.succeed(A, DAY3, 5, call("alpha", 5, (1, 1), 16.0), end_user="dave")
+    await r.succeed(B, DAY1, 1000, call("alpha", 1000, (100, 100), 8.0), end_user="carol")
     await r.fail(B, DAY2, call("beta", 70))
     return r.store
 
@@ -227,6 +243,51 @@ async def test_daily_rollups_per_model_use_utc_days(world: Store) -> None:
         DailyModelStats(day2, "m-beta", 1, 1, 0, 5, 5, Decimal("0.125")),
         DailyModelStats(day2, "m-gamma", 1, 0, 1, 0, 0, Decimal(2)),
     )
+
+
+async def test_per_end_user(world: Store) -> None:
+    got = await analytics(world, tenant=A, since=START, until=MIDNIGHT3, by_end_user=True)
+    assert got.end_users == (
+        # carol: two successes and a cancel; four calls (the in-doubt one of a job still running).
+        EndUserUsage(A, "carol", 3, 2, 0, 1, 4, 40, 60, Decimal("2.75")),
+        EndUserUsage(A, "dave", 2, 1, 1, 0, 3, 1, 2, Decimal(1)),  # DAY3's job is past the window
+        EndUserUsage(A, None, 1, 1, 0, 0, 1, 5, 5, Decimal("0.125")),  # named no end user
+    )
+    totals = got.totals
+    assert got.end_users is not None
+    assert sum(u.cost_usd for u in got.end_users) == totals.cost_usd
+    assert sum(u.requests for u in got.end_users) == totals.requests
+    assert sum(u.provider_calls for u in got.end_users) == totals.provider_calls
+    assert (await analytics(world, tenant=A, since=START, until=MIDNIGHT3)).end_users is None  # not asked
+
+    everyone = await analytics(world, tenant=None, since=START, until=MIDNIGHT3, by_end_user=True)
+    assert everyone.end_users is not None
+    assert [(u.tenant, u.user, u.cost_usd) for u in everyone.end_users] == [
+        (B, "carol", Decimal(8)),  # globex's carol is not acme's
+        (A, "carol", Decimal("2.75")),
+        (A, "dave", Decimal(1)),
+        (A, None, Decimal("0.125")),
+        (B, None, Decimal(0)),
+    ]
+    top = await analytics(
+        world, tenant=None, since=START, until=MIDNIGHT3, by_end_user=True, end_user_limit=2
+    )
+    assert [(u.tenant, u.user) for u in top.end_users or ()] == [(B, "carol"), (A, "carol")]
+    theirs = await analytics(world, tenant=B, since=START, until=MIDNIGHT3, by_end_user=True)
+    assert [(u.user, u.requests) for u in theirs.end_users or ()] == [("carol", 1), (None, 1)]
+    plain = json.loads(json.dumps(got.to_dict()))
+    assert plain["end_users"][0] == {
+        "tenant": A,
+        "user": "carol",
+        "requests": 3,
+        "successes": 2,
+        "failures": 0,
+        "cancelled": 1,
+        "provider_calls": 4,
+        "input_tokens": 40,
+        "output_tokens": 60,
+        "cost_usd": 2.75,
+    }
 
 
 async def test_window_is_half_open_and_bounds_may_be_in_any_time_zone(world: Store) -> None:

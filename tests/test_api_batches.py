@@ -20,6 +20,7 @@ from router_core.models import ChatRequest
 from storage.jobs import ApiBatch, NewJob
 from tests.api_harness import serve_api
 from tests.backends import Backend
+from tests.conftest import TRIO, make_catalog
 
 URL = "/v1/chat/completions"
 
@@ -236,3 +237,63 @@ async def test_a_large_upload_is_parsed_off_the_event_loop(
         assert created.request_counts is not None
         assert created.request_counts.total == 2_000
         await client.batches.cancel(created.id)
+
+
+async def test_a_batchs_jobs_filtered_by_metadata_and_lines_with_every_field(backend: Backend) -> None:
+    without_n = make_catalog([{**d, "features": ["tools", "seed"]} for d in TRIO])  # n as n calls
+    async with serve_api(backend, catalog=without_n) as api:
+        secret = await api.key("acme")
+        client = api.openai(secret)
+        teams = ["search", "ads", "search", "ads=x"]
+        lines = [
+            line(
+                f"q-{i}", f"Question {i}?", metadata={"team": team, "n": str(i)}, user=f"end-{i % 2}", seed=i
+            )
+            for i, team in enumerate(teams)
+        ]
+        lines.append(
+            line("tools", "Weather?", n=2, tools=[{"type": "function", "function": {"name": "weather"}}])
+        )
+        uploaded = await client.files.create(file=("m.jsonl", jsonl(lines)), purpose="batch")
+        created = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert created.errors is None
+        batch = await finished(client, created.id)
+        output = await results(client, batch.output_file_id)
+        assert output["q-1"]["routeq"]["user"] == "end-1"
+        assert output["q-1"]["routeq"]["metadata"] == {"team": "ads", "n": "1"}
+        assert len(output["tools"]["response"]["body"]["choices"]) == 2
+        assert output["tools"]["routeq"]["metadata"] is None
+
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx2.AsyncClient(base_url=api.url, headers=headers) as http:
+
+            async def custom_ids(*filters: str, **params: Any) -> list[str]:
+                query = [("metadata", f) for f in filters] + list(params.items())
+                page = await http.get(f"/v1/batches/{batch.id}/jobs", params=query)
+                assert page.status_code == 200, page.text
+                return [job["custom_id"] for job in page.json()["data"]]
+
+            assert await custom_ids("team=search") == ["q-0", "q-2"]
+            assert await custom_ids("team=search", "n=2") == ["q-2"]
+            assert await custom_ids("team=ads=x") == ["q-3"]  # split at the first '='
+            assert await custom_ids("team=search", limit=1) == ["q-0"]
+            assert await custom_ids("team=nobody") == []
+            assert len(await custom_ids()) == 5
+            page = (await http.get(f"/v1/batches/{batch.id}/jobs", params={"metadata": "n=1"})).json()
+            assert (page["data"][0]["user"], page["data"][0]["metadata"]) == (
+                "end-1",
+                {"team": "ads", "n": "1"},
+            )
+            for bad, message in [
+                (["team"], "metadata: 'team' is not <key>=<value>"),
+                (["team=a", "team=b"], "metadata: key 'team' is given twice"),
+                (["team=a\u0000"], "metadata.team: contains a NUL character"),
+            ]:
+                refused = await http.get(
+                    f"/v1/batches/{batch.id}/jobs", params=[("metadata", b) for b in bad]
+                )
+                assert refused.status_code == 400
+                assert refused.json()["error"]["param"] == "metadata"
+                assert refused.json()["error"]["message"].startswith(message)

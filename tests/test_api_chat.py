@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -150,3 +151,127 @@ async def test_a_budget_refusal_is_402_naming_the_cap(api: LiveApi) -> None:
     # Another user of the same tenant still has the default cap.
     other = api.openai(await api.key("acme", "rich"))
     assert (await other.chat.completions.create(model="auto", messages=PROMPT)).choices
+
+
+# -- the whole Chat Completions language ------------------------------------------------------------
+
+# The trio without native `n` (the router fans out: one call per answer) and without vision or
+# response_format, so a request needing those is refused before a job is made.
+NO_N = make_catalog([{**d, "features": ["tools", "stop", "seed", "temperature"]} for d in TRIO])
+WEATHER: Any = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+async def test_n_choices_user_and_metadata_through_the_sdk(backend: Backend) -> None:
+    async with serve_api(backend, catalog=NO_N) as api:
+        secret = await api.key("acme")
+        client = api.openai(secret)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="router:cost",
+            messages=PROMPT,
+            n=2,
+            seed=7,
+            stop=["\n\n"],
+            tools=[WEATHER],
+            user="end-7",
+            metadata={"team": "search", "env": "prod"},
+        )
+        completion = raw.parse()
+        assert [c.index for c in completion.choices] == [0, 1]
+        assert all(c.message.content and c.finish_reason == "stop" for c in completion.choices)
+        job_id = raw.headers["x-routeq-job-id"]
+        assert int(raw.headers["x-routeq-attempts"]) == 1  # one fan-out attempt of two calls
+        async with httpx2.AsyncClient(
+            base_url=api.url, headers={"Authorization": f"Bearer {secret}"}
+        ) as http:
+            view = (await http.get(f"/v1/jobs/{job_id}")).json()
+        assert (view["user"], view["metadata"]) == ("end-7", {"team": "search", "env": "prod"})
+        assert [c["message"]["content"] for c in view["result"]["choices"]] == [
+            c.message.content for c in completion.choices
+        ]
+        job = await api.backend.store.jobs.get(job_id, tenant=ANY_TENANT)
+        assert (job.end_user, job.metadata) == ("end-7", {"team": "search", "env": "prod"})
+
+
+async def test_n_above_one_cannot_be_streamed(api: LiveApi) -> None:
+    client = api.openai(await api.key("acme"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="auto", messages=PROMPT, n=2, stream=True)
+    assert caught.value.param == "n"
+    assert "n > 1 cannot be streamed; ask without stream or with n=1" in str(caught.value)
+    assert await api.backend.store.batches.list(tenant="acme") == []  # refused before a job was made
+
+
+async def test_fields_no_deployment_honours_and_bad_nested_fields_are_400_naming_the_field(
+    backend: Backend,
+) -> None:
+    async with serve_api(backend, catalog=NO_N, worker=False) as api:
+        client = api.openai(await api.key("acme"))
+        image: Any = [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+            }
+        ]
+        cases: list[tuple[dict[str, Any], str, str]] = [
+            (
+                {"response_format": {"type": "json_object"}},
+                "response_format",
+                "response_format: any deployment",
+            ),
+            ({"messages": image}, "messages", "messages: image_url: any deployment in the catalog cannot"),
+            (
+                {"tools": [{"type": "function", "function": {"name": "get weather"}}]},
+                "tools.0.function.name",
+                "tools.0.function.name: String should match pattern",
+            ),
+            (
+                {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "a b"}}},
+                "tool_choice.function.name",
+                "tool_choice.function.name: String should match pattern",
+            ),
+            ({"top_logprobs": 2}, "top_logprobs", "top_logprobs: needs logprobs: true"),
+            ({"n": 17}, "n", "n: Input should be less than or equal to 16"),
+        ]
+        for fields, param, message in cases:
+            body: Any = {"model": "auto", "messages": PROMPT, **fields}
+            with pytest.raises(openai.BadRequestError) as caught:
+                await client.chat.completions.create(**body)
+            assert caught.value.param == param, fields
+            error = caught.value.body
+            assert isinstance(error, dict)
+            assert str(error["message"]).startswith(message), error
+        assert await api.backend.store.batches.list(tenant="acme") == []
+
+
+async def test_a_job_takes_the_same_fields(api: LiveApi) -> None:
+    secret = await api.key("acme")
+    body = {"prompt": "Hi", "n": 2, "user": "end-7", "metadata": {"team": "a"}, "tools": [WEATHER], "seed": 3}
+    async with httpx2.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {secret}"}) as http:
+        created = await http.post("/v1/jobs", json=body)
+        assert created.status_code == 202, created.text
+        view = created.json()
+        assert (view["user"], view["metadata"]) == ("end-7", {"team": "a"})
+        refused = await http.post("/v1/jobs", json={"prompt": "Hi", "tool_choice": "auto"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == "tool_choice: needs tools"
+
+
+async def test_analytics_grouped_by_end_user(api: LiveApi) -> None:
+    secret = await api.key("acme")
+    client = api.openai(secret)
+    for end_user in ("carol", "carol", "dave", None):
+        extra: Any = {} if end_user is None else {"user": end_user}
+        await client.chat.completions.create(model="router:cost", messages=PROMPT, **extra)  # one price
+    async with httpx2.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {secret}"}) as http:
+        grouped = (await http.get("/v1/analytics", params={"group_by": "end_user"})).json()
+        rows = {row["user"]: row for row in grouped["end_users"]}
+        assert set(rows) == {"carol", "dave", None}
+        assert (rows["carol"]["requests"], rows["dave"]["requests"], rows[None]["requests"]) == (2, 1, 1)
+        assert all(row["tenant"] == "acme" and row["cost_usd"] > 0 for row in rows.values())
+        assert sum(row["cost_usd"] for row in rows.values()) == pytest.approx(grouped["totals"]["cost_usd"])
+        top = (await http.get("/v1/analytics", params={"group_by": "end_user", "limit": 1})).json()
+        assert [row["user"] for row in top["end_users"]] == ["carol"]
+        assert (await http.get("/v1/analytics")).json()["end_users"] is None
+        refused = await http.get("/v1/analytics", params={"group_by": "model"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "query parameter group_by"

@@ -19,6 +19,7 @@ from fakeredis import FakeAsyncRedis, FakeServer
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from producer.client import Client
 from router_core.models import ChatRequest, Message
 from storage import keys
 from storage.fleet.budgets import (
@@ -26,15 +27,16 @@ from storage.fleet.budgets import (
     Hold,
     ScopeUsage,
     batch_scope,
+    end_user_scope,
     parse_scope,
     readable_scope,
     tenant_scope,
     user_scope,
 )
-from storage.jobs import NewJob, StartedJob
+from storage.jobs import FailureCode, JobStatus, NewJob, StartedJob
 from storage.sql.schema import ledger
 from storage.sql.store import Store
-from tests.backends import DATABASE_ENV, REDIS_ENV, service_url
+from tests.backends import DATABASE_ENV, REDIS_ENV, Backend, service_url
 
 NOW = 1_700_000_000.0
 ALICE = user_scope("acme", "alice")
@@ -280,9 +282,11 @@ async def store(connect: Connect, request: pytest.FixtureRequest, tmp_path: Path
         await opened.close()
 
 
-async def charge(store: Store, b: Budgets, job: StartedJob, *costs: str) -> None:
+async def charge(store: Store, b: Budgets, job: StartedJob, *costs: str, end_user: str | None = None) -> None:
     """What a worker does for one run of a job: hold, call, commit the ledger rows, settle."""
-    guard = b.guard(job_id=job.id, run=1, tenant=job.tenant, user=job.user_id, batch_id=job.batch_id)
+    guard = b.guard(
+        job_id=job.id, run=1, tenant=job.tenant, user=job.user_id, batch_id=job.batch_id, end_user=end_user
+    )
     for n in range(1, len(costs) + 1):
         assert await guard.reserve(n, "dep-x", 0.5) is None
     rows: list[dict[str, Any]] = [
@@ -416,3 +420,115 @@ def test_deployment_keys_never_collide_with_another_deployments_keys() -> None:
     made += [keys.deployment_tokens(i) for i in ids]
     assert len(set(made)) == len(made)
     assert keys.deployment("gpt-4o-mini") == "routeq:dep:gpt-4o-mini"  # ordinary ids keep their keys
+
+
+# -- end users: the `user` a request names ----------------------------------------------------------
+
+CAROL = end_user_scope("acme", "carol")
+DAVE = end_user_scope("acme", "dave")
+
+
+async def test_an_end_users_cap_stops_that_end_user_only(redis: Redis) -> None:
+    b = budgets(redis)
+
+    def guard(job_id: str, end_user: str | None) -> Any:
+        return b.guard(job_id=job_id, run=1, tenant="acme", user="alice", batch_id="b1", end_user=end_user)
+
+    carol, dave, nobody = guard("job_c", "carol"), guard("job_d", "dave"), guard("job_n", None)
+    assert carol.scopes == (ALICE, ACME, B1, CAROL)
+    assert nobody.scopes == (ALICE, ACME, B1)
+    assert await carol.reserve(1, "dep-x", 0.2) is None  # no cap until an operator sets one
+    await b.set_cap(CAROL, 0.25)
+    refusal = await carol.reserve(2, "dep-x", 0.1)
+    assert refusal == (
+        "end_user acme/carol: spent $0.0000 + held $0.2000 of cap $0.2500; "
+        "this call needs up to $0.1000 on dep-x"
+    )
+    assert await dave.reserve(1, "dep-x", 0.1) is None  # the same key's other end users go on
+    assert await nobody.reserve(1, "dep-x", 0.1) is None
+    assert await usages(b, CAROL, DAVE, ALICE) == [(0.0, 0.2), (0.0, 0.1), (0.0, 0.4)]
+    assert await b.settle("job_c", {"1:1": 0.05}) == 1
+    assert await usages(b, CAROL, ALICE) == [(0.05, 0.0), (0.05, 0.2)]
+    assert await b.usage(CAROL) == ScopeUsage(CAROL, 0.05, 0.0, 0.25)
+    assert (await b.usage(DAVE)).cap_usd is None  # the users' default cap is not an end user's
+
+
+def test_end_user_scopes_are_typed_and_read_like_user_scopes() -> None:
+    assert parse_scope("end_user:acme/carol") == CAROL == "end_user:acme/carol"
+    assert user_scope("acme", "carol") != CAROL  # an API key's user and an end user are two budgets
+    assert parse_scope("end_user:x%2Fy/z") == end_user_scope("x/y", "z")
+    assert parse_scope("end_user:x/y%2Fz") == end_user_scope("x", "y/z")
+    for typed in ("end_user:acme", "end_user:a/b/c", "end_user:/c", "end_user:a/", "enduser:a/b"):
+        with pytest.raises(ValueError, match="not a budget scope"):
+            parse_scope(typed)
+    for scope in (CAROL, end_user_scope("x/y", "z"), end_user_scope("a:b", "50%")):
+        assert parse_scope(readable_scope(scope)) == scope
+    assert readable_scope(end_user_scope("x/y", "z")) == "end_user:x%2Fy/z"
+
+
+async def test_rebuild_restores_end_user_spend_from_the_jobs_that_named_them(
+    redis: Redis, store: Store
+) -> None:
+    b = budgets(redis, default_user_cap_usd=100.0)
+
+    def asked_by(end_user: str | None) -> ChatRequest:
+        return ChatRequest(messages=[Message(role="user", content="hi")], user=end_user)
+
+    people = ["carol", "carol", "dave", None]
+    created = await store.batches.create(
+        [NewJob(f"j{i}", asked_by(who)) for i, who in enumerate(people)], tenant="acme", user_id="alice"
+    )
+    started = [await store.runs.start(job_id, run=1, worker="w") for job_id in created.job_ids]
+    costs = ["0.1", "0.0000004", "0.2", "0.4"]
+    for job, who, cost in zip(started, people, costs, strict=True):
+        assert isinstance(job, StartedJob)
+        await charge(store, b, job, cost, end_user=who)
+    before = await usages(b, CAROL, DAVE, ALICE, ACME)
+    assert before == [(0.100001, 0.0), (0.2, 0.0), (0.700001, 0.0), (0.700001, 0.0)]
+
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.budget(CAROL), mapping={"spent": "999", "reserved": "0"})
+        pipe.delete(keys.budget(DAVE))
+        await pipe.execute()
+    spent = await b.rebuild_from_ledger(store)
+
+    assert await usages(b, CAROL, DAVE, ALICE, ACME) == before
+    assert (spent[CAROL], spent[DAVE], spent[ALICE]) == (0.100001, 0.2, 0.700001)
+    assert not any(scope.startswith("end_user:") for scope in set(spent) - {CAROL, DAVE})
+    assert await b.rebuild_from_ledger(store) == spent  # every charge counted once, however often
+
+
+async def test_a_capped_end_users_jobs_fail_on_budget_while_the_others_run(backend: Backend) -> None:
+    """The pipeline end to end (real Redis and PostgreSQL with the services backend)."""
+    redis = await backend.redis()
+    tenant = backend.settings.tenant
+    await Budgets(redis).set_cap(end_user_scope(tenant, "carol"), 0.0)
+    client = Client(redis, backend.store, backend.settings)
+    asked = [
+        NewJob(
+            f"{who or 'nobody'}-{i}",
+            ChatRequest(messages=[Message(role="user", content=f"Hi {i}")], user=who),
+        )
+        for who in ("carol", "dave", None)
+        for i in range(3)
+    ]
+    batch_id = await client.submit_batch(asked)
+    assert await backend.run_worker() == 9
+
+    done = {job.custom_id: job async for job in client.results(batch_id)}
+    for i in range(3):
+        carol = done[f"carol-{i}"]
+        assert carol.status is JobStatus.FAILED
+        assert carol.failure is not None
+        assert carol.failure.code is FailureCode.BUDGET_EXCEEDED
+        assert (
+            f"end_user {tenant}/carol: spent $0.0000 + held $0.0000 of cap $0.0000" in carol.failure.message
+        )
+        assert carol.end_user == "carol"
+        assert done[f"dave-{i}"].status is JobStatus.SUCCEEDED
+        assert done[f"nobody-{i}"].status is JobStatus.SUCCEEDED
+    b = Budgets(redis)
+    dave_cost = sum(float(done[f"dave-{i}"].cost_usd or 0) for i in range(3))
+    assert dave_cost > 0
+    assert (await b.usage(end_user_scope(tenant, "dave"))).spent_usd == pytest.approx(dave_cost, abs=1e-5)
+    assert (await b.usage(end_user_scope(tenant, "carol"))).spent_usd == 0.0

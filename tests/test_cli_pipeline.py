@@ -228,3 +228,31 @@ def test_budget_scopes_are_typed_and_shown_with_their_names_as_they_are() -> Non
     assert runner.invoke(app, ["budget", "set", "tenant:[b]x/y", "3"]).exit_code == 0
     shown = runner.invoke(app, ["budget", "show", "tenant:[b]x/y"])
     assert shown.output == "tenant:[b]x/y: spent $0.0000, held $0.0000, cap $3.0000\n", shown.output
+
+
+def test_results_filtered_by_metadata(workdir: Path) -> None:
+    prompts = [
+        {"custom_id": "a", "prompt": "One?", "metadata": {"team": "search"}, "user": "end-1"},
+        {"custom_id": "b", "prompt": "Two?", "metadata": {"team": "ads"}},
+        {"custom_id": "c", "prompt": "Three?", "metadata": {"team": "search", "env": "prod"}},
+    ]
+    (workdir / "in.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    result = runner.invoke(app, ["run", "in.jsonl", "-o", "all.jsonl"])
+    assert result.exit_code == 0, result.output
+    batch_id = re.search(r"batch (batch_[0-9a-f]+)", result.output)
+    assert batch_id is not None, result.output
+
+    def custom_ids(*filters: str) -> list[str]:
+        args = [arg for f in filters for arg in ("--metadata", f)]
+        later = runner.invoke(app, ["results", batch_id.group(1), *args, "-o", "some.jsonl"])
+        assert later.exit_code == 0, later.output
+        return [json.loads(line)["custom_id"] for line in (workdir / "some.jsonl").read_text().splitlines()]
+
+    assert custom_ids("team=search") == ["a", "c"]
+    assert custom_ids("team=search", "env=prod") == ["c"]
+    assert custom_ids("team=nobody") == []
+    first = json.loads((workdir / "all.jsonl").read_text().splitlines()[0])
+    assert first["routeq"]["user"] == "end-1"
+    bad = runner.invoke(app, ["results", batch_id.group(1), "--metadata", "team"])
+    assert bad.exit_code == 2
+    assert "is not <key>=<value>" in bad.output

@@ -28,6 +28,7 @@ from router_core.catalog import load_catalog
 from router_core.limits import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PROMPT_BYTES, RequestLimits
 from router_core.models import ChatRequest, Preferences
 from storage.settings import Settings
+from tests.conftest import deployment, make_catalog
 
 DEMO = load_catalog()
 SMALL = InputRules(RequestLimits(max_prompt_bytes=100, max_messages=3), max_line_bytes=2_000)
@@ -219,3 +220,57 @@ def test_an_unknown_deployment_in_a_chain_is_refused_by_field() -> None:
 
 def test_without_a_catalog_names_are_left_to_the_router() -> None:
     assert isinstance(parse_line(short(model="gpt-nope"), 1), BatchItem)
+
+
+# --- fields the catalog must honour ----------------------------------------------------------------
+
+PLAIN_AND_TOOLS = InputRules(
+    catalog=make_catalog(
+        [deployment("plain-a", features=["temperature"]), deployment("tools-b", features=["tools", "stop"])]
+    )
+)
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+TOOL = {"type": "function", "function": {"name": "lookup"}}
+
+
+def test_a_field_some_deployment_honours_is_accepted() -> None:
+    assert isinstance(parse_line(openai({"tools": [TOOL], "stop": "END"}), 1, PLAIN_AND_TOOLS), BatchItem)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"response_format": {"type": "json_object"}},
+            "body.response_format: any deployment in the catalog cannot honour it "
+            "(no deployment has the 'json_object' feature)",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"}, IMAGE]}]},
+            "body.messages: image_url: any deployment in the catalog cannot honour it "
+            "(no deployment has the 'vision' feature)",
+        ),
+        (
+            {"logprobs": True, "top_logprobs": 1},
+            "body.logprobs: any deployment in the catalog cannot honour it "
+            "(no deployment has the 'logprobs' feature)",
+        ),
+        (
+            {"seed": 1},
+            "body.seed: any deployment in the catalog cannot honour it "
+            "(no deployment has the 'seed' feature)",
+        ),
+        (
+            {"model": "plain-a", "tools": [TOOL], "preferences": {"allow_fallbacks": False}},
+            "body.tools: model 'plain-a' cannot honour it (no deployment has the 'tools' feature)",
+        ),
+    ],
+)
+def test_a_field_no_usable_deployment_honours_is_refused_by_line_and_field(
+    body: dict[str, Any], expected: str
+) -> None:
+    assert str(parse_line(openai(body), 7, PLAIN_AND_TOOLS)) == f"line 7: {expected}"
+
+
+def test_the_short_form_names_the_field_without_a_prefix() -> None:
+    assert reason(short(seed=3), PLAIN_AND_TOOLS).startswith("seed: any deployment in the catalog cannot")

@@ -128,3 +128,42 @@ async def test_a_foreign_tenant_is_refused_by_the_store_itself(backend: Backend)
     assert (await store.jobs.get(job_id, tenant=ANY_TENANT)).tenant == "acme"
     assert (await store.batches.get(batch_id, tenant="acme")).total == 1
     assert [j.id async for j in store.jobs.iter(batch_id, tenant="acme")] == [job_id]
+
+
+# Keys SQLite's JSON paths cannot name as written (quotes, backslashes, non-ASCII: JSON is stored
+# ASCII-escaped) and keys that look like path syntax: each must match itself and nothing else.
+ODD_KEYS = ["team", "te.am x", 'a"b', "a\\b", "", "ключ", "a'b", "$", "[0]", "a=b"]
+
+
+async def test_a_jobs_user_and_metadata_are_columns_sql_filters_by(backend: Backend) -> None:
+    store = backend.store
+
+    def request(metadata: dict[str, str] | None, user: str | None = None) -> ChatRequest:
+        return ChatRequest(messages=[Message(role="user", content="hi")], user=user, metadata=metadata)
+
+    items = [
+        NewJob(f"k{i}", request({key: 'v"ü', "all": "yes"}, f"user-{i}")) for i, key in enumerate(ODD_KEYS)
+    ]
+    items.append(NewJob("plain", request(None)))
+    created = await store.batches.create(items, tenant="acme", user_id="u1")
+    batch_id = created.batch_id
+
+    first = await store.jobs.get(created.job_ids[0], tenant="acme")
+    assert (first.end_user, first.metadata) == ("user-0", {"team": 'v"ü', "all": "yes"})
+    plain = await store.jobs.get(created.job_ids[-1], tenant="acme")
+    assert (plain.end_user, plain.metadata) == (None, None)
+    async with store.engine.connect() as conn:  # no metadata is SQL NULL, not a JSON null
+        nulls = await conn.execute(text("SELECT count(*) FROM jobs WHERE metadata IS NULL"))
+        assert nulls.scalar() == 1
+
+    for i, key in enumerate(ODD_KEYS):
+        found = await store.jobs.page(batch_id, tenant="acme", metadata={key: 'v"ü', "all": "yes"})
+        assert [job.custom_id for job in found] == [f"k{i}"], key
+        assert [
+            j.custom_id async for j in store.jobs.iter(batch_id, tenant="acme", metadata={key: 'v"ü'})
+        ] == [f"k{i}"]
+    assert len(await store.jobs.page(batch_id, tenant="acme", metadata={"all": "yes"})) == len(ODD_KEYS)
+    assert await store.jobs.page(batch_id, tenant="acme", metadata={"all": "Yes"}) == []
+    assert await store.jobs.page(batch_id, tenant="acme", metadata={"team": "v"}) == []
+    assert await store.jobs.page(batch_id, tenant="globex", metadata={"all": "yes"}) == []
+    assert len(await store.jobs.page(batch_id, tenant="acme", metadata={})) == len(items)

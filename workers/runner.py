@@ -211,6 +211,7 @@ class JobRunner:
             user=job.user_id,
             batch_id=job.batch_id,
             batch_cap_usd=(await self._limits(job.batch_id)).budget_usd,
+            end_user=request.user,  # the request's own end user: a scope of its own when named
         )
         try:
             async with asyncio.timeout(self.route_timeout_s):

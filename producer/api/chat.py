@@ -1,9 +1,12 @@
 """`POST /v1/chat/completions`: one routed chat completion, answered in the OpenAI shape.
 
-The request becomes a job (a batch of one) on the same queue the workers read. The API then waits
-for the job's completion ping (no polling) and reads the outcome from SQL. With `"stream": true`
-the worker relays the provider's text through Redis (storage.bus.relay) and the API passes each piece
-on as an OpenAI `chat.completion.chunk` server-sent event.
+The body is the Chat Completions language (tools, response_format, n, user, metadata...: see
+`schemas.ChatFields`); a field no deployment it may use honours is a 400 naming it. The request
+becomes a job (a batch of one) on the same queue the workers read. The API then waits for the job's
+completion ping (no polling) and reads the outcome from SQL: every choice, as OpenAI shapes it.
+With `"stream": true` (only for one choice: `n` > 1 is a 400) the worker relays the provider's text
+and tool-call deltas through Redis (storage.bus.relay) and the API passes each piece on as an
+OpenAI `chat.completion.chunk` server-sent event.
 
 How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
 `-failovers`, `-job-id`) and in the body's extra `routeq` field (the last chunk's, when streamed).
@@ -34,9 +37,10 @@ from producer.api.errors import (
 )
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.schemas import ChatCompletionBody
+from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
-from producer.outputs import completion_body, routing_metadata
+from producer.outputs import completion_body, openai_usage, routing_metadata
 from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
@@ -81,7 +85,10 @@ def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
         if exc.field == "model":
             message = f"model {request.model!r} is not served here: GET /v1/models lists what is"
             raise ApiError(404, message, param="model", code="model_not_found") from None
-        raise ApiError(400, str(exc), param=exc.field, code="invalid_request") from None
+        # A field no deployment honours: tools, response_format, messages (image_url)...
+        field, reason = reference_problem(exc)
+        message = f"{field}: {reason}" if field else reason
+        raise ApiError(400, message, param=field, code="invalid_request") from None
     return request
 
 
@@ -123,6 +130,10 @@ async def chat_completions(
     ctx: Ctx,
     idempotency: IdempotencyKeyHeader = None,
 ) -> JSONResponse | StreamingResponse:
+    if body.stream and (body.n or 1) > 1:
+        # Each chunk carries one choice here: n answers would need n streams relayed at once.
+        message = "n > 1 cannot be streamed; ask without stream or with n=1"
+        raise ApiError(400, message, param="n", code="invalid_request")
     request = _request(body, ctx)
     client = ctx.client(principal.tenant, principal.user)
     key = idempotency_key(idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings)
@@ -217,12 +228,7 @@ class _ChunkWriter:
         self.model = str(result.get("model") or self.model)
         events = [self.chunk({}, str(result.get("finish_reason") or "stop"), routeq=routing_metadata(job))]
         if self.include_usage:
-            usage = result.get("usage") or {}
-            prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-            totals = {"prompt_tokens": prompt, "completion_tokens": completion}
-            events.append(
-                self._event({"choices": [], "usage": totals | {"total_tokens": prompt + completion}})
-            )
+            events.append(self._event({"choices": [], "usage": openai_usage(result)}))
         return [*events, "data: [DONE]\n\n"]
 
 

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from producer._reasons import field_problems
 from storage.errors import IdempotencyKeyReusedError, NotFoundError, ServiceUnavailableError
 from storage.jobs import FailureCode
 
@@ -136,9 +137,18 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    body = [
+        {**e, "loc": tuple(e.get("loc", ()))[1:]} for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)
+    ]
     problems: list[str] = []
     first: str | None = None
-    for error in exc.errors():
+    if body and isinstance(exc.body, dict | list):
+        # Paths as in the body sent, without pydantic's union tags, as batch lines name them.
+        problems = field_problems(body, exc.body)
+        first = first_field(problems[0])
+        errors = [e for e in errors if tuple(e.get("loc", ()))[:1] != ("body",)]
+    for error in errors:
         field = _field(tuple(error.get("loc", ())))
         first = first or field
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")

@@ -19,13 +19,13 @@ from producer.api.context import Ctx
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, first_field, unavailable
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.schemas import JobBody
-from producer.inputs import LineError, parse_object
-from producer.outputs import routing_metadata
+from producer.inputs import LineError, parse_object, unstorable_values
+from producer.outputs import metadata_filter, openai_choices, routing_metadata
 from storage import keys
 from storage.bus.events import EventBus, JobEvent
 from storage.jobs import TERMINAL, JobRecord, JobStatus
 
-__all__ = ["router"]
+__all__ = ["job_view", "router"]
 
 router = APIRouter(tags=["Jobs"])
 
@@ -35,7 +35,8 @@ _KEEPALIVE_MS = 15_000
 
 
 def job_view(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A job as the API shows it: status, result, routing, cost, and (for one job) every attempt."""
+    """A job as the API shows it: status, its request's `user` and `metadata`, result (every choice
+    as OpenAI shapes it, and the first one's text), routing, cost, and (for one job) every attempt."""
     result = job.result or {}
     view: dict[str, Any] = {
         "id": job.id,
@@ -44,11 +45,14 @@ def job_view(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> di
         "custom_id": job.custom_id,
         "status": job.status.value,
         "model": job.model,
+        "user": job.end_user,
+        "metadata": job.metadata,
         "result": None
         if job.status != JobStatus.SUCCEEDED
         else {
             "content": result.get("content"),
             "finish_reason": result.get("finish_reason"),
+            "choices": openai_choices(result),
             "usage": result.get("usage"),
         },
         "error": job.error,
@@ -113,10 +117,20 @@ async def list_batch_jobs(
     ] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: Annotated[JobStatus | None, Query()] = None,
+    metadata: Annotated[
+        list[str] | None,
+        Query(
+            max_length=16,
+            description="Only jobs whose request `metadata` holds this pair, written `<key>=<value>` "
+            "(split at the first `=`: a key holds no `=`, a value may); repeat it for several pairs, "
+            "all of which must match. Example: `?metadata=team=search&metadata=env=prod`.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
+    pairs = _metadata_pairs(metadata or [])
     await ctx.store.batches.get(batch_id, tenant=principal.tenant)
     page = await ctx.store.jobs.page(
-        batch_id, tenant=principal.tenant, after_seq=after, limit=limit + 1, status=status
+        batch_id, tenant=principal.tenant, after_seq=after, limit=limit + 1, status=status, metadata=pairs
     )
     more = len(page) > limit
     page = page[:limit]
@@ -126,6 +140,17 @@ async def list_batch_jobs(
         "has_more": more,
         "next_after": page[-1].seq if more else None,
     }
+
+
+def _metadata_pairs(filters: list[str]) -> dict[str, str]:
+    """The `?metadata=<key>=<value>` filters as pairs; one that is not a pair is a 400."""
+    try:
+        pairs = metadata_filter(filters)
+    except ValueError as exc:
+        raise ApiError(400, f"metadata: {exc}", param="metadata") from None
+    if problems := list(unstorable_values(pairs, "metadata")):
+        raise ApiError(400, "; ".join(problems), param="metadata")
+    return pairs
 
 
 def _resume_from(last_event_id: str | None, after: str | None) -> str:

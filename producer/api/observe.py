@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -45,8 +45,19 @@ async def analytics(
     until: Annotated[datetime | None, Query(description="Window end, excluded (default: now).")] = None,
     days: Annotated[int, Query(ge=1, le=366, description="Window length when `since` is not given.")] = 7,
     all_tenants: Annotated[bool, Query(description="Every tenant's numbers (operator keys only).")] = False,
+    group_by: Annotated[
+        Literal["end_user"] | None,
+        Query(
+            description="`end_user`: also `end_users`, one row per end user (the `user` requests "
+            "named; null for requests that named none) with requests, calls, tokens and cost."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=1000, description="With `group_by`: at most this many rows, most cost first.")
+    ] = 100,
 ) -> dict[str, Any]:
-    """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant."""
+    """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant; per
+    end user too with `group_by=end_user`."""
     if all_tenants and not principal.operator:
         # A tenant's admin key reads its own tenant only: every tenant is the fleet operator's.
         raise ApiError(
@@ -64,7 +75,12 @@ async def analytics(
     if start >= end:
         raise ApiError(400, "since: must be before until", param="since")
     report = await compute_analytics(
-        ctx.store, tenant=None if all_tenants else principal.tenant, since=start, until=end
+        ctx.store,
+        tenant=None if all_tenants else principal.tenant,
+        since=start,
+        until=end,
+        by_end_user=group_by == "end_user",
+        end_user_limit=limit,
     )
     return report.to_dict()
 

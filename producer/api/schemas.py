@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router_core.chat import Effort, Penalty, ResponseFormat, ServiceTier, Tool, ToolChoice
 from router_core.models import Message, Preferences
 
-__all__ = ["ChatCompletionBody", "DeploymentStateBody", "JobBody", "OpenAIBatchBody", "StreamOptions"]
+__all__ = [
+    "ChatCompletionBody",
+    "ChatFields",
+    "DeploymentStateBody",
+    "JobBody",
+    "OpenAIBatchBody",
+    "StreamOptions",
+]
 
 
 class StreamOptions(BaseModel):
@@ -17,7 +25,62 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionBody(BaseModel):
+_Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
+
+
+class ChatFields(BaseModel):
+    """The Chat Completions fields a chat body and a job share, typed as the router reads them.
+
+    Each is honoured by the deployments whose catalog `features` say they can; a request setting
+    one that no deployment it may use honours is refused (400 naming the field), and a deployment
+    that cannot honour it is left out of the plan rather than sent the field to ignore.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="How many answers (choices). A deployment without native `n` is called n times.",
+    )
+    stop: (
+        str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)] | None
+    ) = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Needs `logprobs: true`.")
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    tool_choice: ToolChoice | None = Field(default=None, description="Needs `tools`.")
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="`json_schema`: every answer must validate against the schema; a deployment whose "
+        "answer does not is billed and the router fails over.",
+    )
+    reasoning_effort: Effort | None = None
+    service_tier: ServiceTier | None = None
+    user: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Your end user: stored with the job (analytics by end user, a spend cap per end "
+        "user with `routeq budget set end_user:<tenant>/<user>`).",
+    )
+    metadata: _Metadata | None = Field(
+        default=None,
+        description="Up to 16 string pairs stored with the job: shown on it and its output line, and "
+        "filterable (`GET /v1/batches/{id}/jobs?metadata=<key>=<value>`).",
+    )
+
+
+class ChatCompletionBody(ChatFields):
     """An OpenAI chat completion request; `preferences` (routeq's) steers the routing.
 
     `model` is `auto`, `router:<strategy>` (`router:cost`, `router:quality`, `router:speed`...),
@@ -31,21 +94,18 @@ class ChatCompletionBody(BaseModel):
     model: str = Field(min_length=1, max_length=255, examples=["auto", "router:cost"])
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    stream: bool = False
+    max_completion_tokens: int | None = Field(default=None, gt=0, description="The same as `max_tokens`.")
+    stream: bool = Field(default=False, description="Server-sent chunks; only with `n` 1.")
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
-    user: str | None = None
-    seed: int | None = None
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
+    store: bool | None = Field(
+        default=None, description="Accepted and ignored: routeq keeps every job's request and answer."
+    )
     preferences: Preferences | None = Field(
         default=None, description="routeq routing preferences: strategy, weights, limits, providers."
     )
 
 
-class JobBody(BaseModel):
+class JobBody(ChatFields):
     """One prompt for `POST /v1/jobs`: the short form of a batch line."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -56,7 +116,7 @@ class JobBody(BaseModel):
     system: str | None = None
     model: str | None = Field(default=None, min_length=1, max_length=255)
     max_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_completion_tokens: int | None = Field(default=None, gt=0, description="The same as `max_tokens`.")
     preferences: Preferences | None = None
 
 

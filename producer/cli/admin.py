@@ -31,14 +31,14 @@ console = Console(emoji=False)
 T = TypeVar("T")
 
 deployments_app = typer.Typer(help="Fleet-wide deployment state: circuits, limits, maintenance.")
-budget_app = typer.Typer(help="Spend caps and spend per user, tenant or batch.")
+budget_app = typer.Typer(help="Spend caps and spend per user, end user, tenant or batch.")
 
 DeploymentArg = Annotated[str, typer.Argument(help="A deployment id from the catalog.")]
 ScopeArg = Annotated[
     str,
     typer.Argument(
-        help="user:<tenant>/<user>, tenant:<tenant> or batch:<id>; write a '/' inside a tenant or user "
-        "name as %2F.",
+        help="user:<tenant>/<user> (an API key's user), end_user:<tenant>/<name> (a request's `user`), "
+        "tenant:<tenant> or batch:<id>; write a '/' inside a tenant, user or end user name as %2F.",
     ),
 ]
 

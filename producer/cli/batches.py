@@ -212,15 +212,30 @@ def results(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
     ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            metavar="KEY=VALUE",
+            help="Only jobs whose request metadata holds this pair (split at the first '='); "
+            "repeat it for several pairs, all of which must match.",
+        ),
+    ] = None,
 ) -> None:
     """The batch's finished results as OpenAI-batch-style JSONL (reads SQL only)."""
-    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+    from producer.outputs import metadata_filter, write_results  # noqa: PLC0415 - start-up: imported on use
     from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
+
+    try:
+        pairs = metadata_filter(metadata or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--metadata") from None
 
     async def go(store: Store) -> None:
         batch = await store.batches.get(id, tenant=ANY_TENANT)
         target = output or Path("/dev/stdout")
-        written, pending = await write_results(target, store.jobs.iter(batch.id, tenant=ANY_TENANT))
+        jobs = store.jobs.iter(batch.id, tenant=ANY_TENANT, metadata=pairs)
+        written, pending = await write_results(target, jobs)
         if output is not None:
             err_console.print(f"{written} results written to {output}")
         if pending:

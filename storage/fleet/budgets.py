@@ -1,4 +1,5 @@
-"""Fleet-wide spend budgets in Redis: caps per user, tenant and batch that no race can overspend.
+"""Fleet-wide spend budgets in Redis: caps per user, end user, tenant and batch that no race can
+overspend.
 
 One provider call goes through these steps (`router_core.spend` is the router's side):
 
@@ -34,6 +35,12 @@ A cap in `routeq:budget:caps` (scope -> micro-dollars, rounded down, set by oper
 one a user gets `default_user_cap_usd`, a batch its own cap (`batches.budget_usd`, passed in by the
 worker) and a tenant no cap.
 
+A user (`user:<tenant>/<user>`) is the API key's user (or the CLI's ROUTEQ_USER): who submits. An end
+user (`end_user:<tenant>/<name>`) is the request's own `user` field, the caller's customer: a job whose
+request names one counts against that scope too, which has no cap until an operator sets one
+(`routeq budget set end_user:acme/alice 2.00`), so one end user can be stopped while the others of
+the same key go on.
+
 The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
 `Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
 """
@@ -62,13 +69,17 @@ __all__ = [
     "JobSpendGuard",
     "ScopeUsage",
     "batch_scope",
+    "end_user_scope",
     "parse_scope",
     "readable_scope",
     "tenant_scope",
     "user_scope",
 ]
 
-_KINDS = ("user:", "tenant:", "batch:")
+_KINDS = ("user:", "end_user:", "tenant:", "batch:")
+# Scopes named by two names, tenant first: `<kind>:<tenant>/<name>`.
+_PAIRED = ("user", "end_user")
+_SCOPE_FORMS = "user:<tenant>/<user>, end_user:<tenant>/<end user>, tenant:<tenant> or batch:<id>"
 _BUDGET_PREFIX = keys.budget("")
 _HOLDS_PREFIX = keys.job_holds("")
 _MICRO = Decimal(1_000_000)
@@ -177,6 +188,12 @@ def user_scope(tenant: str, user: str) -> str:
     return f"user:{keys.key_part(tenant)}/{keys.key_part(user)}"
 
 
+def end_user_scope(tenant: str, end_user: str) -> str:
+    """The budget scope of one end user of one tenant (a request's `user` field):
+    `end_user:<tenant>/<end user>`, each name a `key_part`."""
+    return f"end_user:{keys.key_part(tenant)}/{keys.key_part(end_user)}"
+
+
 def tenant_scope(tenant: str) -> str:
     """The budget scope of a whole tenant: `tenant:<tenant>`, the name a `key_part`."""
     return f"tenant:{keys.key_part(tenant)}"
@@ -190,39 +207,42 @@ def batch_scope(batch_id: str) -> str:
 def parse_scope(text: str) -> str:
     """The scope an operator typed (`readable_scope`'s form), as `user_scope` & co. build it.
 
-    Names are written as they are, except that percent escapes are decoded: in a user scope the
-    tenant and the user are split at the one `/`, so a `/` inside either name is written `%2F`
-    (and a `%` that could be read as an escape `%25`).
+    Names are written as they are, except that percent escapes are decoded: in a user or end-user
+    scope the tenant and the name are split at the one `/`, so a `/` inside either name is written
+    `%2F` (and a `%` that could be read as an escape `%25`).
 
     Raises:
-        ValueError: not `user:<tenant>/<user>`, `tenant:<tenant>` or `batch:<id>`, or a name is empty.
+        ValueError: not `user:<tenant>/<user>`, `end_user:<tenant>/<end user>`, `tenant:<tenant>`
+            or `batch:<id>`, or a name is empty.
     """
     kind, colon, rest = text.partition(":")
-    names = rest.split("/") if kind == "user" else [rest]
-    if not colon or kind not in ("user", "tenant", "batch") or len(names) != (2 if kind == "user" else 1):
+    names = rest.split("/") if kind in _PAIRED else [rest]
+    if not colon or kind not in (*_PAIRED, "tenant", "batch") or len(names) != (2 if kind in _PAIRED else 1):
         raise ValueError(
-            f"not a budget scope: {text!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
-            " (write a '/' inside a tenant or user name as %2F)"
+            f"not a budget scope: {text!r}; use {_SCOPE_FORMS}"
+            " (write a '/' inside a tenant, user or end user name as %2F)"
         )
     decoded = [unquote(name) for name in names]
     if not all(decoded):
         raise ValueError(f"not a budget scope: {text!r}; a name is empty")
     if kind == "user":
         return user_scope(*decoded)
+    if kind == "end_user":
+        return end_user_scope(*decoded)
     return tenant_scope(decoded[0]) if kind == "tenant" else batch_scope(decoded[0])
 
 
 def readable_scope(scope: str) -> str:
     """A scope as operators read and type it (`parse_scope` reads it back): names decoded.
 
-    Only what `parse_scope` would misread stays escaped: a `%` and, in a user scope, a `/`.
+    Only what `parse_scope` would misread stays escaped: a `%` and, in a user or end-user scope, a `/`.
     """
     kind, _, rest = scope.partition(":")
-    parts = rest.split("/") if kind == "user" else [rest]
+    parts = rest.split("/") if kind in _PAIRED else [rest]
     shown = []
     for part in parts:
         name = keys.name_of_key_part(part).replace("%", "%25")
-        shown.append(name.replace("/", "%2F") if kind == "user" else name)
+        shown.append(name.replace("/", "%2F") if kind in _PAIRED else name)
     return f"{kind}:{'/'.join(shown)}"
 
 
@@ -282,13 +302,17 @@ class Budgets:
         user: str,
         batch_id: str,
         batch_cap_usd: float | None = None,
+        end_user: str | None = None,
     ) -> JobSpendGuard:
-        """The `SpendGuard` of one run of one job: its calls count against its user, tenant and batch."""
+        """The `SpendGuard` of one run of one job: its calls count against its user, tenant and batch,
+        and its request's end user when it names one (no cap unless an operator set one)."""
         defaults = {
             user_scope(tenant, user): self._default_user_cap,
             tenant_scope(tenant): None,
             batch_scope(batch_id): None if batch_cap_usd is None else _cap_micro(batch_cap_usd),
         }
+        if end_user is not None:
+            defaults[end_user_scope(tenant, end_user)] = None
         return JobSpendGuard(self, job_id=job_id, run=run, default_caps=defaults)
 
     async def settle(self, job_id: str, charges: Mapping[str, float | Decimal]) -> int:
@@ -360,8 +384,9 @@ class Budgets:
     async def rebuild_from_ledger(self, store: Store) -> dict[str, float]:
         """Reset every scope's `spent` from the SQL ledger and `reserved` from the holds left in Redis.
 
-        Returns the spent of every scope written, in USD: each user, tenant and batch the ledger
-        charges, plus scopes Redis knew (or a hold names) that the ledger does not (spent 0).
+        Returns the spent of every scope written, in USD: each user, end user (of the charged job's
+        request), tenant and batch the ledger charges, plus scopes Redis knew (or a hold names) that
+        the ledger does not (spent 0).
 
         Run it while workers are stopped or idle. The ledger is read first and the counters are
         written afterwards, so a call settled in between is counted wrongly: twice if its ledger
@@ -451,22 +476,30 @@ class JobSpendGuard:
 
 
 async def _ledger_spent(store: Store) -> dict[str, int]:
-    """Micro-dollars charged per user, tenant and batch scope, from one read of the ledger."""
+    """Micro-dollars charged per user, end user, tenant and batch scope, from one read of the ledger."""
     spent: dict[str, int] = {}
-    for tenant, user, batch_id, micro in await store.ledger.micro_spent_by_owner():
-        for scope in (user_scope(tenant, user), tenant_scope(tenant), batch_scope(batch_id)):
-            spent[scope] = spent.get(scope, 0) + micro
+    for owner in await store.ledger.micro_spent_by_owner():
+        scopes = [
+            user_scope(owner.tenant, owner.user),
+            tenant_scope(owner.tenant),
+            batch_scope(owner.batch_id),
+        ]
+        if owner.end_user is not None:
+            scopes.append(end_user_scope(owner.tenant, owner.end_user))
+        for scope in scopes:
+            spent[scope] = spent.get(scope, 0) + owner.micro
     return spent
 
 
 def _check_scope(scope: str) -> None:
-    """A scope as `user_scope` & co. build it: its names encoded, one `/` in a user scope."""
+    """A scope as `user_scope` & co. build it: its names encoded, one `/` in a user or end-user scope."""
     kind, _, rest = scope.partition(":")
-    names = rest.split("/") if scope.startswith("user:") else [rest]
-    if not scope.startswith(_KINDS) or not all(names) or len(names) != (2 if kind == "user" else 1):
+    paired = kind in _PAIRED
+    names = rest.split("/") if paired else [rest]
+    if not scope.startswith(_KINDS) or not all(names) or len(names) != (2 if paired else 1):
         raise ValueError(
-            f"not a budget scope: {scope!r}; use user:<tenant>/<user>, tenant:<tenant> or batch:<id>"
-            " (build it with user_scope, tenant_scope, batch_scope or parse_scope)"
+            f"not a budget scope: {scope!r}; use {_SCOPE_FORMS}"
+            " (build it with user_scope, end_user_scope, tenant_scope, batch_scope or parse_scope)"
         )
 
 

@@ -1,9 +1,11 @@
-"""Routing analytics computed in SQL: totals, per-deployment stats and daily rollups per model.
+"""Routing analytics computed in SQL: totals, per-deployment stats, daily rollups per model and,
+when asked, usage per end user (the `user` a request named).
 
 Everything is aggregated by the database (SQLite and PostgreSQL alike); only one row per
-deployment or per (day, model) comes back to Python. Percentiles are nearest-rank, picked with
-`ROW_NUMBER()` / `COUNT(*)` window functions: the value at rank ceil(P/100 * n), with the ceiling
-done in integer arithmetic, `(n * P + 99) / 100`, which both dialects divide as integers.
+deployment, per (day, model) or per (tenant, end user) comes back to Python. Percentiles are
+nearest-rank, picked with `ROW_NUMBER()` / `COUNT(*)` window functions: the value at rank
+ceil(P/100 * n), with the ceiling done in integer arithmetic, `(n * P + 99) / 100`, which both
+dialects divide as integers.
 
 The window is half-open, `since <= t < until`: jobs count by `finished_at`, attempts and charges by
 their `created_at`. A tenant sees only its own rows; `tenant=None` (the admin) sees every tenant.
@@ -25,7 +27,15 @@ from storage.jobs import TERMINAL, JobStatus
 from storage.sql.schema import attempts, jobs, ledger
 from storage.sql.store import Store
 
-__all__ = ["Analytics", "DailyModelStats", "DeploymentUsage", "Latency", "Totals", "analytics"]
+__all__ = [
+    "Analytics",
+    "DailyModelStats",
+    "DeploymentUsage",
+    "EndUserUsage",
+    "Latency",
+    "Totals",
+    "analytics",
+]
 
 
 def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -100,6 +110,22 @@ class DailyModelStats:
 
 
 @dataclass(frozen=True, slots=True)
+class EndUserUsage:
+    """One end user's jobs, calls and spend in the window (`user` None: requests that named none)."""
+
+    tenant: str
+    user: str | None
+    requests: int  # jobs finished in the window: successes + failures + cancelled
+    successes: int
+    failures: int
+    cancelled: int
+    provider_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal  # ledger charges of their jobs, estimated ones included
+
+
+@dataclass(frozen=True, slots=True)
 class Analytics:
     """What `GET /v1/analytics` serves. `to_dict()` gives JSON-ready values."""
 
@@ -109,6 +135,8 @@ class Analytics:
     totals: Totals
     deployments: tuple[DeploymentUsage, ...]  # most calls first
     daily: tuple[DailyModelStats, ...]  # by date, then model
+    # Asked for only (`by_end_user`): most spend first, then most requests; at most `end_user_limit`.
+    end_users: tuple[EndUserUsage, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self, dict_factory=_plain)
@@ -137,8 +165,17 @@ class _Scope:
         return charged if self.tenant is None else charged & (ledger.c.tenant == self.tenant)
 
 
-async def analytics(store: Store, *, tenant: str | None, since: datetime, until: datetime) -> Analytics:
-    """Routing analytics of `tenant` (None: every tenant) for `since <= t < until`.
+async def analytics(
+    store: Store,
+    *,
+    tenant: str | None,
+    since: datetime,
+    until: datetime,
+    by_end_user: bool = False,
+    end_user_limit: int = 100,
+) -> Analytics:
+    """Routing analytics of `tenant` (None: every tenant) for `since <= t < until`; with
+    `by_end_user`, also the `end_user_limit` end users (per tenant) with the most spend.
 
     Naive datetimes are taken as UTC. Rows are stored in UTC, and SQLite compares times as text,
     so both bounds are converted to UTC first.
@@ -148,7 +185,8 @@ async def analytics(store: Store, *, tenant: str | None, since: datetime, until:
         totals = await _totals(conn, scope)
         deployments = await _deployments(conn, scope)
         daily = await _daily(conn, scope)
-    return Analytics(tenant, scope.since, scope.until, totals, deployments, daily)
+        end_users = await _end_users(conn, scope, end_user_limit) if by_end_user else None
+    return Analytics(tenant, scope.since, scope.until, totals, deployments, daily, end_users)
 
 
 def _utc(value: datetime) -> datetime:
@@ -309,3 +347,55 @@ async def _daily(conn: AsyncConnection, scope: _Scope) -> tuple[DailyModelStats,
         for on, model, n, ok, tokens_in, tokens_out in counts
     ]
     return tuple(sorted(rows, key=lambda r: (r.date, r.model)))
+
+
+async def _end_users(conn: AsyncConnection, scope: _Scope, limit: int) -> tuple[EndUserUsage, ...]:
+    """Usage per (tenant, end user): jobs by `finished_at`, calls and charges by their own time,
+    each joined to its job for the end user (`jobs.end_user`, the request's `user`)."""
+    owner = (jobs.c.tenant, jobs.c.end_user)
+    status = jobs.c.status
+    done = await conn.execute(
+        select(
+            *owner,
+            _count_if(status == JobStatus.SUCCEEDED.value),
+            _count_if(status == JobStatus.FAILED.value),
+            _count_if(status == JobStatus.CANCELLED.value),
+        )
+        .where(scope.jobs() & status.in_([s.value for s in TERMINAL]))
+        .group_by(*owner)
+    )
+    calls = await conn.execute(
+        select(*owner, func.count(), _total(attempts.c.input_tokens), _total(attempts.c.output_tokens))
+        .select_from(attempts.join(jobs, jobs.c.id == attempts.c.job_id))
+        .where(scope.attempts())
+        .group_by(*owner)
+    )
+    charged = await conn.execute(
+        select(*owner, _total(ledger.c.cost_usd))
+        .select_from(ledger.join(jobs, jobs.c.id == ledger.c.job_id))
+        .where(scope.ledger())
+        .group_by(*owner)
+    )
+    jobs_done = {(t, u): (int(ok), int(failed), int(cancelled)) for t, u, ok, failed, cancelled in done}
+    made = {(t, u): (int(n), int(tokens_in), int(tokens_out)) for t, u, n, tokens_in, tokens_out in calls}
+    costs = {(t, u): Decimal(cost) for t, u, cost in charged}
+    rows = []
+    for key in jobs_done.keys() | made.keys() | costs.keys():
+        ok, failed, cancelled = jobs_done.get(key, (0, 0, 0))
+        n_calls, tokens_in, tokens_out = made.get(key, (0, 0, 0))
+        rows.append(
+            EndUserUsage(
+                tenant=key[0],
+                user=key[1],
+                requests=ok + failed + cancelled,
+                successes=ok,
+                failures=failed,
+                cancelled=cancelled,
+                provider_calls=n_calls,
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                cost_usd=costs.get(key, Decimal(0)),
+            )
+        )
+    rows.sort(key=lambda r: (-r.cost_usd, -r.requests, r.tenant, r.user is None, r.user or ""))
+    return tuple(rows[:limit])

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, func, select, true
 
 from storage.errors import NotFoundError
 from storage.jobs import FinishedJob, JobRecord, JobStatus, TenantScope
@@ -45,10 +45,19 @@ class Jobs:
         return JobRecord.from_row(row._mapping)
 
     async def iter(
-        self, batch_id: str, *, tenant: TenantScope, terminal_only: bool = False
+        self,
+        batch_id: str,
+        *,
+        tenant: TenantScope,
+        terminal_only: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> AsyncIterator[JobRecord]:
-        """The batch's jobs in input order, read a page at a time (none for another tenant's batch)."""
-        async for row in self._rows_in_order(batch_id, tenant, list(jobs.c), terminal_only=terminal_only):
+        """The batch's jobs in input order, read a page at a time (none for another tenant's batch);
+        with `metadata`, only those whose metadata holds every one of its pairs."""
+        where = self.metadata_is(metadata) if metadata else None
+        async for row in self._rows_in_order(
+            batch_id, tenant, list(jobs.c), terminal_only=terminal_only, where=where
+        ):
             yield JobRecord.from_row(row)
 
     async def finished(self, batch_id: str, *, tenant: TenantScope) -> AsyncIterator[FinishedJob]:
@@ -59,7 +68,13 @@ class Jobs:
             yield FinishedJob(**values | {"status": JobStatus(values["status"])})
 
     async def _rows_in_order(
-        self, batch_id: str, tenant: TenantScope, columns: list[Any], *, terminal_only: bool
+        self,
+        batch_id: str,
+        tenant: TenantScope,
+        columns: list[Any],
+        *,
+        terminal_only: bool,
+        where: ColumnElement[bool] | None = None,
     ) -> AsyncIterator[Mapping[Any, Any]]:
         """`columns` (the page key `seq` among them) of the batch's jobs in input order, page by page."""
         after = -1
@@ -69,6 +84,8 @@ class Jobs:
             )
             if terminal_only:
                 query = query.where(jobs.c.status.not_in(_RUNNABLE_VALUES))
+            if where is not None:
+                query = query.where(where)
             async with self._db.reading() as conn:
                 rows = (await conn.execute(query.order_by(jobs.c.seq).limit(_PAGE))).all()
             for row in rows:
@@ -99,16 +116,39 @@ class Jobs:
         after_seq: int = -1,
         limit: int = 100,
         status: JobStatus | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> list[JobRecord]:
-        """Up to `limit` of the batch's jobs after position `after_seq`, in input order."""
+        """Up to `limit` of the batch's jobs after position `after_seq`, in input order; with
+        `metadata`, only those whose metadata holds every one of its pairs."""
         query = select(jobs).where(
             (jobs.c.batch_id == batch_id) & (jobs.c.seq > after_seq) & owned_by(jobs.c.tenant, tenant)
         )
         if status is not None:
             query = query.where(jobs.c.status == status.value)
+        if metadata:
+            query = query.where(self.metadata_is(metadata))
         async with self._db.reading() as conn:
             rows = (await conn.execute(query.order_by(jobs.c.seq).limit(limit))).all()
         return [JobRecord.from_row(row._mapping) for row in rows]
+
+    def metadata_is(self, metadata: Mapping[str, str]) -> ColumnElement[bool]:
+        """Jobs whose `metadata` holds every pair of `metadata` (its values are strings).
+
+        PostgreSQL reads a key with JSON index access (`metadata ->> key`). SQLite's path syntax
+        (`$."key"`) compares a key as stored, escapes included, so a key with a quote, a backslash
+        or (as JSON is written, ASCII only) any non-ASCII letter would never match: there the pairs
+        are read with `json_each`, which decodes them.
+        """
+        condition: ColumnElement[bool] = true()
+        for key, value in metadata.items():
+            if self._db.engine.dialect.name == "sqlite":
+                pairs = func.json_each(jobs.c.metadata).table_valued("key", "value")
+                condition &= (
+                    exists().select_from(pairs).where((pairs.c.key == key) & (pairs.c.value == value))
+                )
+            else:
+                condition &= jobs.c.metadata[key].as_string() == value
+        return condition
 
     async def unfinished(
         self, *, created_before: datetime, after: tuple[datetime, str] | None = None, limit: int = _PAGE

@@ -1,4 +1,5 @@
-"""Reading the cost ledger: charges by batch or job, a job's charges by call, spend per owner.
+"""Reading the cost ledger: charges by batch or job, a job's charges by call, spend per owner
+(tenant, user, batch, end user).
 
 Rows are written only by `Runs` (with the run's outcome, in one transaction); this room reads them.
 """
@@ -6,14 +7,14 @@ Rows are written only by `Runs` (with the run's outcome, in one transaction); th
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, cast, func, select
 
 from storage.sql.database import Database
-from storage.sql.schema import attempts, ledger
+from storage.sql.schema import attempts, jobs, ledger
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "OwnerSpend"]
 
 
 class Ledger:
@@ -64,8 +65,11 @@ class Ledger:
             total, calls = (await conn.execute(query)).one()
         return Decimal(total), int(calls)
 
-    async def micro_spent_by_owner(self) -> list[tuple[str, str, str, int]]:
-        """(tenant, user, batch, micro-dollars) for every owner the ledger charges, in one read.
+    async def micro_spent_by_owner(self) -> list[OwnerSpend]:
+        """Micro-dollars charged per owner (tenant, user, batch, and the job's end user), in one read.
+
+        The end user is the charged job's (`jobs.end_user`, its request's `user`): joined on the
+        job's primary key, each ledger row is counted once, as it is billed once.
 
         Each charge is rounded up to a whole micro-dollar before summing, as the budgets' settle
         does (`storage.fleet.budgets`), so a rebuild of counters that were right changes nothing.
@@ -75,9 +79,25 @@ class Ledger:
         """
         quanta = cast(func.round(ledger.c.cost_usd * 10_000_000_000), BigInteger)
         micro = func.sum((quanta + 9_999) // 10_000)
-        query = select(ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id, micro).group_by(
-            ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id
+        owner = (ledger.c.tenant, ledger.c.user_id, ledger.c.batch_id, jobs.c.end_user)
+        query = (
+            select(*owner, micro)
+            .select_from(ledger.outerjoin(jobs, jobs.c.id == ledger.c.job_id))
+            .group_by(*owner)
         )
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
-        return [(tenant, user, batch, int(total or 0)) for tenant, user, batch, total in rows]
+        return [
+            OwnerSpend(tenant, user, batch, end_user, int(total or 0))
+            for tenant, user, batch, end_user, total in rows
+        ]
+
+
+class OwnerSpend(NamedTuple):
+    """What the ledger charged one owner: a tenant's user, in one batch, for one end user (or none)."""
+
+    tenant: str
+    user: str
+    batch_id: str
+    end_user: str | None
+    micro: int

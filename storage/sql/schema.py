@@ -106,8 +106,12 @@ jobs = Table(
     Column("latency_ms", Float),
     Column("attempt_count", Integer),
     Column("failovers", Integer),
-    Column("result", JSON),  # the completion: content, usage, finish_reason, simulated
+    Column("result", JSON),  # the completion: choices, content, usage, finish_reason, simulated
     Column("error", JSON),  # {"type", "message"} when failed
+    # The request's `user` (the caller's end user, not the API key's user) and `metadata` (up to 16
+    # string pairs), copied out of `request` so that SQL can group and filter by them (migration 0007).
+    Column("end_user", String(256)),
+    Column("metadata", JSON(none_as_null=True)),
     Column("created_at", _Time, nullable=False),
     Column("started_at", _Time),
     Column("finished_at", _Time),
@@ -115,6 +119,7 @@ jobs = Table(
     UniqueConstraint("batch_id", "custom_id"),
     Index(None, "batch_id", "status"),
     Index(None, "tenant", "finished_at"),  # analytics over a window
+    Index(None, "tenant", "end_user", "finished_at"),  # analytics and lookups by end user
     # The sweeper's old unfinished jobs: the index holds only those rows (migration 0004).
     Index(
         "ix_jobs_unfinished",
