@@ -172,6 +172,7 @@ async def test_n_choices_user_and_metadata_through_the_sdk(backend: Backend) -> 
             seed=7,
             stop=["\n\n"],
             tools=[WEATHER],
+            tool_choice="none",  # text answers: with tools allowed the sim would call one
             user="end-7",
             metadata={"team": "search", "env": "prod"},
         )
