@@ -73,16 +73,10 @@ def request_payload(source: dict[str, Any], prefix: str, problems: list[str]) ->
 
 
 def reference_problem(exc: InvalidRequestError) -> tuple[str | None, str]:
-    """The field `check_references` refused (a request field's path) and why.
-
-    The planner names a field a feature comes from, sometimes with the part of it in brackets
-    (``messages (image_url)``): the field is ``messages`` and the reason starts ``image_url: ``.
-    """
+    """The field `check_references` refused (a request field's path) and why."""
     if exc.field is None:
         return None, str(exc)
-    reason = str(exc).removeprefix(f"{exc.field}: ")
-    field, _, part = exc.field.partition(" (")
-    return field, f"{part.removesuffix(')')}: {reason}" if part else reason
+    return exc.field, str(exc).removeprefix(f"{exc.field}: ")
 
 
 def _apply_preferences(payload: dict[str, Any], preferences: Any, prefix: str, problems: list[str]) -> None:

@@ -258,7 +258,7 @@ def required_features(fields: Mapping[str, Any], images: int, tool_history: bool
     if fields.get("tools") or tool_history:
         needs[Feature.TOOLS] = "tools" if fields.get("tools") else "messages"
     if images:
-        needs[Feature.VISION] = "messages (image_url)"
+        needs[Feature.VISION] = "messages"
     response_format = fields.get("response_format")
     if response_format is not None and response_format.type != "text":
         needs[Feature(response_format.type)] = "response_format"

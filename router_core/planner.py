@@ -270,10 +270,24 @@ def check_references(request: ChatRequest, catalog: Catalog) -> None:
     usable = [d for d in catalog.values() if not pinned or model in (d.id, d.model)]
     for feature, field in needs.items():
         if not any(feature in d.features for d in usable):
-            where = f"model {model!r}" if pinned else "any deployment in the catalog"
-            raise InvalidRequestError(
-                f"{where} cannot honour it (no deployment has the '{feature.value}' feature)", field=field
-            )
+            what = _NEEDED_BY.get((feature, field), "it")
+            if pinned:
+                message = (
+                    f"model {model!r} cannot honour {what}: it has no '{feature.value}' feature "
+                    "and preferences.allow_fallbacks is false"
+                )
+            else:
+                message = (
+                    f"no deployment in the catalog honours {what} (none has the '{feature.value}' feature)"
+                )
+            raise InvalidRequestError(message, field=field)
+
+
+# What in `messages` needs a feature, for the error that names it.
+_NEEDED_BY = {
+    (Feature.VISION, "messages"): "its image_url parts",
+    (Feature.TOOLS, "messages"): "its tool calls",
+}
 
 
 def _pin_and_fallbacks(

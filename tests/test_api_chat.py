@@ -217,9 +217,13 @@ async def test_fields_no_deployment_honours_and_bad_nested_fields_are_400_naming
             (
                 {"response_format": {"type": "json_object"}},
                 "response_format",
-                "response_format: any deployment",
+                "response_format: no deployment in the catalog honours it",
             ),
-            ({"messages": image}, "messages", "messages: image_url: any deployment in the catalog cannot"),
+            (
+                {"messages": image},
+                "messages",
+                "messages: no deployment in the catalog honours its image_url parts",
+            ),
             (
                 {"tools": [{"type": "function", "function": {"name": "get weather"}}]},
                 "tools.0.function.name",

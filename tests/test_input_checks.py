@@ -242,27 +242,26 @@ def test_a_field_some_deployment_honours_is_accepted() -> None:
     [
         (
             {"response_format": {"type": "json_object"}},
-            "body.response_format: any deployment in the catalog cannot honour it "
-            "(no deployment has the 'json_object' feature)",
+            "body.response_format: no deployment in the catalog honours it "
+            "(none has the 'json_object' feature)",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"}, IMAGE]}]},
-            "body.messages: image_url: any deployment in the catalog cannot honour it "
-            "(no deployment has the 'vision' feature)",
+            "body.messages: no deployment in the catalog honours its image_url parts "
+            "(none has the 'vision' feature)",
         ),
         (
             {"logprobs": True, "top_logprobs": 1},
-            "body.logprobs: any deployment in the catalog cannot honour it "
-            "(no deployment has the 'logprobs' feature)",
+            "body.logprobs: no deployment in the catalog honours it (none has the 'logprobs' feature)",
         ),
         (
             {"seed": 1},
-            "body.seed: any deployment in the catalog cannot honour it "
-            "(no deployment has the 'seed' feature)",
+            "body.seed: no deployment in the catalog honours it (none has the 'seed' feature)",
         ),
         (
             {"model": "plain-a", "tools": [TOOL], "preferences": {"allow_fallbacks": False}},
-            "body.tools: model 'plain-a' cannot honour it (no deployment has the 'tools' feature)",
+            "body.tools: model 'plain-a' cannot honour it: it has no 'tools' feature "
+            "and preferences.allow_fallbacks is false",
         ),
     ],
 )
@@ -273,4 +272,4 @@ def test_a_field_no_usable_deployment_honours_is_refused_by_line_and_field(
 
 
 def test_the_short_form_names_the_field_without_a_prefix() -> None:
-    assert reason(short(seed=3), PLAIN_AND_TOOLS).startswith("seed: any deployment in the catalog cannot")
+    assert reason(short(seed=3), PLAIN_AND_TOOLS).startswith("seed: no deployment in the catalog honours it")

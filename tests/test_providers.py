@@ -257,7 +257,9 @@ async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> 
     async with Router(catalog, {"dep-a": provider}) as router:
         await router.complete(request)
         if kind == "anthropic":
-            with pytest.raises(InvalidRequestError, match=r"temperature: .*'temperature' feature"):
+            with pytest.raises(
+                InvalidRequestError, match=r"temperature: no deployment .*'temperature' feature"
+            ):
                 await router.complete(request.model_copy(update={"temperature": 1.5}))
     body = transport.bodies[0]
     assert body["model"] == "some-model"

@@ -85,7 +85,7 @@ def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
         if exc.field == "model":
             message = f"model {request.model!r} is not served here: GET /v1/models lists what is"
             raise ApiError(404, message, param="model", code="model_not_found") from None
-        # A field no deployment honours: tools, response_format, messages (image_url)...
+        # A field no deployment honours: tools, response_format, image parts in messages...
         field, reason = reference_problem(exc)
         message = f"{field}: {reason}" if field else reason
         raise ApiError(400, message, param=field, code="invalid_request") from None
