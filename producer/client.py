@@ -334,7 +334,9 @@ def _check_storable(
             )
         problems = [
             *unstorable_values(item.custom_id, f"{where}.custom_id"),
-            *unstorable_values(item.request.model_dump(mode="python"), f"{where}.request"),
+            *unstorable_values(
+                item.request.model_dump(mode="python", exclude_defaults=True), f"{where}.request"
+            ),
             *(f"{where}.request.{field}: {message}" for field, message in limits.problems(item.request)),
         ]
         if problems:
