@@ -25,11 +25,14 @@ runner = CliRunner()
 
 
 def test_catalog_command_lists_demo_prices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools, "console", Console(width=200))
+    monkeypatch.setattr(tools, "console", Console(width=400))
     result = runner.invoke(app, ["catalog"])
     assert result.exit_code == 0, result.output
     assert "gpt-4o-mini" in result.output
     assert "genai-prices" in result.output
+    llama = next(line for line in result.output.splitlines() if "llama-3.3-70b" in line)
+    assert "tools, parallel_tool_calls, json_object, seed, stop, temperature" in llama  # what it honours
+    assert "vision" not in llama
 
 
 def test_catalog_command_reports_bad_file_in_one_line(tmp_path: Path) -> None:

@@ -45,10 +45,23 @@ def catalog(
         Path | None, typer.Argument(help="Catalog TOML (default: ROUTEQ_CATALOG_PATH or demo).")
     ] = None,
 ) -> None:
-    """Validate a catalog and show its deployments with their resolved prices."""
+    """Validate a catalog and show its deployments, their resolved prices and the features they honour."""
+    from router_core.chat import Feature  # noqa: PLC0415 - start-up: imported on use
+
     cat = load_catalog_or_exit(path)
     table = Table(title=f"catalog {cat.source}")
-    for column in ("id", "kind", "provider", "model", "quality", "$ in/Mtok", "$ out/Mtok", "price source"):
+    columns = (
+        "id",
+        "kind",
+        "provider",
+        "model",
+        "quality",
+        "$ in/Mtok",
+        "$ out/Mtok",
+        "price source",
+        "features",
+    )
+    for column in columns:
         table.add_column(column)
     for d in cat.values():
         price = cat.price(d.id)
@@ -61,6 +74,7 @@ def catalog(
             f"{price.input_per_token * 1e6:.3f}",
             f"{price.output_per_token * 1e6:.3f}",
             price.source,
+            ", ".join(f.value for f in Feature if f in d.features) or "-",  # as exclusions name them
         )
     console.print(table)
 
