@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anthropic.types
 import pytest
 from genai_prices import Usage as PriceUsage
-from genai_prices import calc_price, extract_usage
+from genai_prices import calc_price, data_snapshot, extract_usage
 
 from router_core import ConfigError, ProviderKind, Usage, load_catalog
 from router_core.chat import Feature
+from router_core.pricing import _flat_cost
 from router_core.providers.anthropic import to_usage
 
 GOOD = """
@@ -183,3 +186,28 @@ def test_features_default_by_kind_and_model(tmp_path: Path) -> None:
     bad = GOOD + 'features = ["tools", "telepathy"]\n'
     with pytest.raises(ConfigError, match=r"deployment 'mini'.*features\.1"):
         load_catalog(write(tmp_path, bad))
+
+
+def test_the_flat_price_fast_path_agrees_with_genai_prices_on_every_model() -> None:
+    """Every model genai-prices knows, many plain usages: the fast path gives genai-prices' own float,
+    or steps aside (tiers, per-request fees) and genai-prices answers."""
+    rng = random.Random(13)
+    now = datetime.now(tz=UTC)
+    checked = fast = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            for _ in range(5):
+                usage = Usage(input_tokens=rng.randint(0, 300_000), output_tokens=rng.randint(0, 50_000))
+                flat = _flat_cost(model, usage, now)
+                if flat is None:
+                    continue
+                reference = model.calc_price(
+                    PriceUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
+                    provider,
+                    genai_request_timestamp=now,
+                )
+                assert flat == float(reference.total_price), (provider.id, model.id, usage)
+                fast += 1
+            checked += 1
+    assert checked > 500
+    assert fast > 1000  # the fast path is the common case, not a corner
