@@ -17,10 +17,12 @@ answers 20% of its calls with a 500. Each round then sends N prompts (default 1,
   gpt-4o; `shuffle` puts the three in one model group (LiteLLM's simple-shuffle load balancing,
   `num_retries=2`, retried at once on another deployment).
 
-Prints per round both rates (requests/s), the ratio routeq / LiteLLM and the checks: every request
-succeeded (after retries or failover), and the calls and 500s each side made as the sim counted
-them. With several rounds (default 3) it also prints the median and the range: the machine's load
-moves single runs by more than the difference between rounds.
+Prints per round both rates (requests/s), the ratio routeq / LiteLLM, the CPU time each side's
+process spent while timed (the routeq worker's from /proc, so Linux only; Redis's own CPU and the
+submitting client's are not in it) and the checks: every request succeeded (after retries or
+failover), and the calls and 500s each side made as the sim counted them. With several rounds
+(default 3) it also prints the median and the range: on a loaded machine single runs move a lot,
+and the CPU time a request moves much less than the rates.
 
 LiteLLM is not a dependency of routeq: the bench makes its own virtualenv with `litellm==1.80.0`
 (and `certifi` pinned) under ~/.cache/routeq-bench/ (or --litellm-venv) the first time, from the
@@ -133,15 +135,15 @@ async def main() -> None:
                 return None, f"{type(exc).__name__}: {exc}"[:300]
             return reply, None
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(one(m) for m in messages))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     errors = [e for _, e in results if e is not None]
     replies = [r for r, _ in results if r is not None]
     empty = sum(1 for r in replies if not r.choices[0].message.content)
     models = Counter(str(r.model) for r in replies)
     print(json.dumps({
-        "elapsed_s": elapsed, "ok": len(replies) - empty, "failed": len(errors), "empty": empty,
+        "elapsed_s": elapsed, "cpu_s": cpu, "ok": len(replies) - empty, "failed": len(errors), "empty": empty,
         "errors": errors[:3], "models": dict(models),
     }), flush=True)
     # With litellm 1.80.0 asyncio.run does not return after main() (its background work does not end):
@@ -200,7 +202,17 @@ class Side:
     failed: int = 0
     calls: Counter[str] = field(default_factory=Counter)  # by deployment
     errors_500: int = 0
+    cpu_s: float | None = None  # CPU time of the routeq worker / LiteLLM process while timed
     detail: str = ""
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def sim_counts(sim_url: str) -> dict[str, Counter[str]]:
@@ -244,12 +256,16 @@ async def routeq_side(args: argparse.Namespace, tmp: Path, sim_url: str, n_round
             before = await sim_counts(sim_url)
             items = prompts(args.requests)  # built before the clock, as on the LiteLLM side
             client = Client(redis, store, settings)
+            cpu0 = process_cpu_s(worker.pid)
             t0 = time.perf_counter()
             batch_id = await client.submit_batch(items, name="vs-litellm")
             async for event in client.events(batch_id):
                 if event.type == "batch.completed":
                     break
             side.elapsed_s = time.perf_counter() - t0
+            cpu1 = process_cpu_s(worker.pid)
+            if cpu0 is not None and cpu1 is not None:
+                side.cpu_s = cpu1 - cpu0
         await sim_delta(sim_url, before, side)
         batch = await client.batch(batch_id)
         async with store.engine.connect() as conn:
@@ -288,6 +304,7 @@ async def litellm_side(args: argparse.Namespace, python: Path, sim_url: str) -> 
         raise SystemExit(f"the LiteLLM side failed:\n{err.decode()[-3000:]}")
     result = json.loads(out.decode().strip().splitlines()[-1])
     side = Side(elapsed_s=result["elapsed_s"], succeeded=result["ok"], failed=args.requests - result["ok"])
+    side.cpu_s = result["cpu_s"]
     side.rate = args.requests / side.elapsed_s
     await sim_delta(sim_url, before, side)
     side.detail = f"answered by {result['models']}"
@@ -299,7 +316,8 @@ async def litellm_side(args: argparse.Namespace, python: Path, sim_url: str) -> 
 def show(label: str, side: Side, n: int) -> None:
     calls = ", ".join(f"{dep} {side.calls[dep]:,}" for dep in CHAIN)
     check = "OK" if side.succeeded == n else "FAILED"
-    print(f"   {label:<18}{side.rate:8,.0f} requests/s  ({side.elapsed_s:.2f} s)")
+    cpu = f", {side.cpu_s:.1f} s CPU = {1000 * side.cpu_s / n:.1f} ms a request" if side.cpu_s else ""
+    print(f"   {label:<18}{side.rate:8,.0f} requests/s  ({side.elapsed_s:.2f} s{cpu})")
     print(f"      check {check}: {side.succeeded:,}/{n:,} succeeded, {side.failed:,} failed")
     print(f"      sim: {sum(side.calls.values()):,} calls ({calls}), {side.errors_500:,} of them 500s")
     print(f"      {side.detail}")
@@ -312,6 +330,7 @@ def spread(values: list[float], fmt: str) -> str:
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str, python: Path) -> bool:
     ratios: list[float] = []
     rates: dict[str, list[float]] = {"routeq": [], "litellm": []}
+    cpu_ms: dict[str, list[float]] = {"routeq": [], "litellm": []}
     all_ok = True
     for n_round in range(1, args.rounds + 1):
         routeq = await routeq_side(args, tmp, sim_url, n_round)
@@ -325,12 +344,18 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, python: Path) -
         ratios.append(ratio)
         rates["routeq"].append(routeq.rate)
         rates["litellm"].append(litellm.rate)
+        for name, side in (("routeq", routeq), ("litellm", litellm)):
+            if side.cpu_s is not None:
+                cpu_ms[name].append(1000 * side.cpu_s / args.requests)
         all_ok &= routeq.succeeded == args.requests and litellm.succeeded == args.requests
     if args.rounds > 1:
         print(f"\n{args.rounds} rounds:")
         print(f"   routeq worker:    {spread(rates['routeq'], ',.0f')} requests/s")
         print(f"   LiteLLM Router:   {spread(rates['litellm'], ',.0f')} requests/s")
         print(f"   routeq / LiteLLM: {spread(ratios, '.2f')}")
+        if cpu_ms["routeq"] and cpu_ms["litellm"]:
+            print(f"   CPU a request:    routeq {spread(cpu_ms['routeq'], '.1f')} ms")
+            print(f"                     LiteLLM {spread(cpu_ms['litellm'], '.1f')} ms")
     return all_ok
 
 
