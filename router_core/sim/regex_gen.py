@@ -8,7 +8,7 @@ anchors and lookarounds emit nothing), checked with `re.search` before it is ret
 from __future__ import annotations
 
 import re
-from re import _parser as sre_parse  # no public regex AST; private, may change with Python
+from re import _parser as sre_parse  # type: ignore[attr-defined,unused-ignore]  # private regex AST
 from typing import Any
 
 __all__ = ["matching_string"]
