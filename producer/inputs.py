@@ -61,16 +61,19 @@ if TYPE_CHECKING:
     from storage.settings import Settings
 
 __all__ = [
+    "DEFAULT_CHUNK_LINES",
     "OPENAI_BATCH_URL",
     "BatchItem",
     "InputRules",
     "LineError",
     "ParsedInput",
     "parse_chat_body",
+    "parse_chunks",
     "parse_line",
     "parse_lines",
     "parse_object",
     "read_jsonl",
+    "read_jsonl_chunks",
     "unstorable_values",
 ]
 
@@ -88,6 +91,8 @@ _SHORT_KEYS = (
     | REQUEST_FIELDS
 )
 _SKIP_CHUNK = 1024 * 1024
+DEFAULT_CHUNK_LINES = 2_000
+"""Lines parsed (and, by `Client.submit_chunks`, written and queued) per chunk of a streamed file."""
 # A regex scans in C: a per-character loop in Python took ~0.1 s on a megabyte prompt.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -245,25 +250,54 @@ def parse_lines(lines: Iterable[str], rules: InputRules = _DEFAULT_RULES) -> Par
         The valid items and the line errors, both in line order.
     """
     result = ParsedInput()
+    for chunk in parse_chunks(lines, rules, chunk_lines=DEFAULT_CHUNK_LINES):
+        result.items.extend(chunk.items)
+        result.errors.extend(chunk.errors)
+    return result
+
+
+def parse_chunks(
+    lines: Iterable[str], rules: InputRules = _DEFAULT_RULES, *, chunk_lines: int = DEFAULT_CHUNK_LINES
+) -> Iterator[ParsedInput]:
+    """Parse a JSONL batch `chunk_lines` lines at a time: what `parse_lines` does, in pieces.
+
+    Each chunk holds the items and errors of its own lines only, so a caller that writes each
+    chunk away before asking for the next keeps one chunk of requests in memory, whatever the size
+    of the file. Duplicate ``custom_id`` detection spans the whole file (a set of the ids seen).
+    A chunk may be empty (all its lines blank); the last one may be short.
+    """
+    if chunk_lines < 1:
+        raise ValueError(f"chunk_lines must be at least 1, got {chunk_lines}")
     first_used: dict[str, int] = {}
+    chunk = ParsedInput()
+    number = 0
     for number, raw in enumerate(lines, start=1):
         text = _clean(raw, number)
-        if not text.strip():
-            continue
-        parsed = parse_line(text, number, rules)
-        custom_id = parsed.custom_id
-        if custom_id is not None:
-            first = first_used.setdefault(custom_id, number)
-            if first != number:
-                reason = f"duplicate custom_id {show(custom_id)} (first used on line {first})"
-                if isinstance(parsed, LineError):
-                    reason = f"{reason}; {parsed.reason}"
-                parsed = LineError(number, reason, custom_id)
-        if isinstance(parsed, BatchItem):
-            result.items.append(parsed)
-        else:
-            result.errors.append(parsed)
-    return result
+        if text.strip():
+            parsed = _unique(parse_line(text, number, rules), first_used)
+            if isinstance(parsed, BatchItem):
+                chunk.items.append(parsed)
+            else:
+                chunk.errors.append(parsed)
+        if number % chunk_lines == 0:
+            yield chunk
+            chunk = ParsedInput()
+    if number % chunk_lines or number == 0:
+        yield chunk
+
+
+def _unique(parsed: BatchItem | LineError, first_used: dict[str, int]) -> BatchItem | LineError:
+    """`parsed`, or an error when an earlier line already used its ``custom_id``."""
+    custom_id = parsed.custom_id
+    if custom_id is None:
+        return parsed
+    first = first_used.setdefault(custom_id, parsed.line)
+    if first == parsed.line:
+        return parsed
+    reason = f"duplicate custom_id {show(custom_id)} (first used on line {first})"
+    if isinstance(parsed, LineError):
+        reason = f"{reason}; {parsed.reason}"
+    return LineError(parsed.line, reason, custom_id)
 
 
 def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedInput:
@@ -285,6 +319,16 @@ def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedIn
     """
     with Path(path).open("rb") as file:
         return parse_lines(_bounded_lines(file, rules.max_line_bytes), rules)
+
+
+def read_jsonl_chunks(
+    file: BinaryIO, rules: InputRules = _DEFAULT_RULES, *, chunk_lines: int = DEFAULT_CHUNK_LINES
+) -> Iterator[ParsedInput]:
+    """`read_jsonl` of an open binary file, `chunk_lines` lines at a time (`parse_chunks`).
+
+    The file is read as it is asked for: ``file.tell()`` after a chunk says how far it got.
+    """
+    return parse_chunks(_bounded_lines(file, rules.max_line_bytes), rules, chunk_lines=chunk_lines)
 
 
 def _bounded_lines(file: BinaryIO, max_bytes: int) -> Iterator[str]:

@@ -121,6 +121,91 @@ class Batches:
             return taken.replay(idempotency)
         return created
 
+    # -- a batch written chunk by chunk (`Client.submit_chunks`) ----------------------------------
+
+    async def open(
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        name: str | None = None,
+        budget_usd: float | None = None,
+        invalid_lines: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """Insert an empty batch that `append` fills; returns its id.
+
+        Its `total` counts the jobs appended so far, so SQL always agrees with itself. What says the
+        file is not all in yet is the caller's: `invalid_lines` (an entry naming the first line not
+        submitted), replaced chunk by chunk by `append` and at the end by `seal`.
+        """
+        now = self._db.now()
+        batch_id = new_id("batch")
+        row = {
+            "id": batch_id,
+            "kind": "batch",
+            "tenant": tenant,
+            "user_id": user_id,
+            "name": name,
+            "total": 0,
+            "invalid_lines": list(invalid_lines),
+            "budget_usd": None if budget_usd is None else money(budget_usd),
+            "created_at": now,
+            "completed_at": None,
+        }
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(batches.insert(), row)
+
+        await self._db.writes.run(write)
+        return batch_id
+
+    async def append(
+        self,
+        batch_id: str,
+        items: Sequence[NewJob],
+        *,
+        tenant: str,
+        user_id: str,
+        first_seq: int,
+        invalid_lines: Sequence[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Insert `items` as the batch's jobs `first_seq`, `first_seq + 1`... (status `queued`) and
+        add them to its `total`, in one transaction; returns their ids in order.
+
+        `invalid_lines`, when given, replaces the batch's in the same transaction (the caller's
+        note of how far the file got).
+        """
+        owner = {"batch_id": batch_id, "tenant": tenant, "user_id": user_id, "created_at": self._db.now()}
+        if len(items) < _ROWS_IN_THREAD:
+            rows = _job_rows(items, owner, first_seq)
+        else:
+            rows = await asyncio.to_thread(_job_rows, items, owner, first_seq)
+        values: dict[str, Any] = {"total": batches.c.total + len(rows)}
+        if invalid_lines is not None:
+            values["invalid_lines"] = list(invalid_lines)
+
+        async def write(conn: AsyncConnection) -> None:
+            if rows:
+                await conn.execute(jobs.insert(), rows)
+            await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
+
+        await self._db.writes.run(write)
+        return [row["id"] for row in rows]
+
+    async def seal(self, batch_id: str, invalid_lines: Sequence[dict[str, Any]]) -> int:
+        """Record the file's rejected lines on a batch `append` has filled; returns its total."""
+
+        async def write(conn: AsyncConnection) -> int:
+            result = await conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id)
+                .values(invalid_lines=list(invalid_lines))
+                .returning(batches.c.total)
+            )
+            return int(result.scalar_one())
+
+        return await self._db.writes.run(write)
+
     async def cancel(
         self, batch_id: str, *, tenant: TenantScope, job_id: str | None = None
     ) -> list[CancelledJob]:
@@ -279,8 +364,8 @@ class Batches:
         )
 
 
-def _job_rows(items: Sequence[NewJob], owner: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `jobs` rows of a new batch's items, status `queued`, in input order."""
+def _job_rows(items: Sequence[NewJob], owner: dict[str, Any], first_seq: int = 0) -> list[dict[str, Any]]:
+    """The `jobs` rows of a new batch's items, status `queued`, in input order from `first_seq`."""
     return [
         {
             **owner,
@@ -294,7 +379,7 @@ def _job_rows(items: Sequence[NewJob], owner: dict[str, Any]) -> list[dict[str, 
             "status": JobStatus.QUEUED.value,
             "run": 0,
         }
-        for seq, item in enumerate(items)
+        for seq, item in enumerate(items, start=first_seq)
     ]
 
 
