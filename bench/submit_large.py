@@ -95,6 +95,8 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(redis_url=args.redis_url, database_url=args.database_url)
     rules = InputRules.from_settings(settings, load_catalog(settings.catalog_path))
     async with await Client.connect(settings) as client:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = before.ru_utime + before.ru_stime
         started = time.perf_counter()
         if args.mode == "new":
             with Path(args.file).open("rb") as file:  # noqa: ASYNC230 - read as submitted, as the CLI does
@@ -110,9 +112,11 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
             rejected = len(parsed.errors)
             del parsed, items
         seconds = time.perf_counter() - started
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        peak_mb, cpu_s = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime - cpu_before
         assert batch_id is not None
-        return {"batch_id": batch_id, "seconds": seconds, "peak_mb": peak_mb, "rejected": rejected} | (
+        measured = {"seconds": seconds, "cpu_s": cpu_s, "peak_mb": peak_mb}
+        return {"batch_id": batch_id, "rejected": rejected} | measured | (
             await _check(client, batch_id)
         )
 
@@ -240,8 +244,8 @@ def main() -> None:
                 and result["invalid_lines"] == result["rejected"] == bad
             )
             print(
-                f"{mode}: {args.lines / result['seconds']:,.0f} lines/s, {result['seconds']:.2f} s, "
-                f"peak RSS {result['peak_mb']:.0f} MB; {result['sql_jobs']} jobs in SQL, "
+                f"{mode}: {args.lines / result['seconds']:,.0f} lines/s, {result['seconds']:.2f} s "
+                f"(CPU {result['cpu_s']:.2f} s), peak RSS {result['peak_mb']:.0f} MB; {result['sql_jobs']} jobs in SQL, "
                 f"{result['queued']} queued, total {result['total']}, "
                 f"{result['invalid_lines']} rejected lines: {'OK' if ok else 'MISMATCH'}"
             )

@@ -232,12 +232,21 @@ class Client:
         """
         _check_storable([], name, budget_usd, self.settings.request_limits())
         progress = SubmitProgress()
+        lines = iter(chunks)
+        writing: asyncio.Task[None] | None = None
         try:
-            for chunk in chunks:
-                await self._submit_chunk(chunk, progress, name=name, budget_usd=budget_usd)
-                if on_chunk is not None:
-                    on_chunk(progress)
+            # Chunk n+1 is parsed in a thread while chunk n is written and queued: two chunks at most.
+            while (chunk := await asyncio.to_thread(next, lines, None)) is not None:
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(
+                    self._submit_chunk(chunk, progress, name=name, budget_usd=budget_usd, on_chunk=on_chunk)
+                )
+            if writing is not None:
+                await writing
         except BaseException as exc:
+            if writing is not None and not writing.done():
+                await asyncio.wait([writing])  # the chunk being written ends as a whole, either way
             if progress.batch_id is not None:
                 await self._abandon(progress, exc)
             raise
@@ -251,7 +260,13 @@ class Client:
         return progress
 
     async def _submit_chunk(
-        self, chunk: ParsedInput, progress: SubmitProgress, *, name: str | None, budget_usd: float | None
+        self,
+        chunk: ParsedInput,
+        progress: SubmitProgress,
+        *,
+        name: str | None,
+        budget_usd: float | None,
+        on_chunk: Callable[[SubmitProgress], None] | None,
     ) -> None:
         lines = [found[-1].line for found in (chunk.items, chunk.errors) if found]
         if chunk.items:
@@ -279,6 +294,8 @@ class Client:
         progress.lines_read += chunk.lines_read
         if lines:
             progress.next_line = max(lines) + 1
+        if on_chunk is not None:
+            on_chunk(progress)
 
     async def _abandon(self, progress: SubmitProgress, exc: BaseException) -> None:
         """Cancel a batch whose file could not be submitted to the end, saying why on the batch."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -195,17 +195,26 @@ def parse_line(text: str, line: int, rules: InputRules = _DEFAULT_RULES) -> Batc
     too_long = _too_long(text, rules.max_line_bytes)
     if too_long is not None:
         return LineError(line, too_long)
-    data = _load_object(text)
-    if isinstance(data, str):
-        return LineError(line, data)
-    return parse_object(data, line, rules)
+    loaded = _load_object(text)
+    if isinstance(loaded, str):
+        return LineError(line, loaded)
+    data, finite = loaded
+    # Only a \\u escape makes a NUL or a lone surrogate (raw ones are refused as JSON or UTF-8).
+    return _parse_object(data, line, rules, storable=finite and "\\u" not in text)
 
 
 def parse_object(
     data: dict[str, Any], line: int = 1, rules: InputRules = _DEFAULT_RULES
 ) -> BatchItem | LineError:
     """Validate one request object in either line format (`parse_line` after the JSON is read)."""
-    unstorable = list(unstorable_values(data, ""))
+    return _parse_object(data, line, rules, storable=False)
+
+
+def _parse_object(
+    data: dict[str, Any], line: int, rules: InputRules, *, storable: bool
+) -> BatchItem | LineError:
+    """`parse_object`; `storable` when the line's text shows it holds no unstorable value."""
+    unstorable = [] if storable else list(unstorable_values(data, ""))
     if unstorable:
         custom_id = data.get("custom_id")
         usable_id = (
@@ -352,15 +361,18 @@ def _clean(text: str, line: int) -> str:
     return text.removeprefix(_BOM) if line == 1 else text
 
 
-def _load_object(text: str) -> dict[str, Any] | str:
-    """The line's JSON object, or the reason it is not one."""
+def _load_object(text: str) -> tuple[dict[str, Any], bool] | str:
+    """The line's JSON object and whether every number in it is finite, or why it is not one."""
     unreadable = _unreadable(text)
     if unreadable is not None:
         return unreadable
     try:
-        # NaN and Infinity (and 1e999, which overflows) are read as floats so that
-        # `unstorable_values` names the field that holds them.
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=float)
+        try:
+            data, finite = _loads(text, _finite_only, _finite_only), True
+        except _NotFinite:
+            # NaN and Infinity (and 1e999, which overflows) are read as floats so that
+            # `unstorable_values` names the field that holds them.
+            data, finite = _loads(text, float, float), False
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc.msg} (column {exc.colno})"
     except _BadJSON as exc:
@@ -369,7 +381,29 @@ def _load_object(text: str) -> dict[str, Any] | str:
         return f"not valid JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
     if not isinstance(data, dict):
         return f"expected a JSON object, got {json_type(data)}"
-    return data
+    return data, finite
+
+
+def _loads(text: str, parse_float: Callable[[str], float], parse_constant: Callable[[str], float]) -> Any:
+    return json.loads(
+        text, object_pairs_hook=_no_duplicate_keys, parse_float=parse_float, parse_constant=parse_constant
+    )
+
+
+class _NotFinite(Exception):
+    """A number that is not finite: the line is read again, keeping it for its field to be named."""
+
+
+def _finite_only(text: str) -> float:
+    """A JSON number as a float, or `_NotFinite` (NaN, Infinity, or a number past the float range).
+
+    Called for the few non-integer numbers of a line, so that the walk over all of its values
+    (`unstorable_values`) is left for the rare line that needs it.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite
+    return value
 
 
 def _too_long(text: str, max_bytes: int) -> str | None:
@@ -394,11 +428,13 @@ def _unreadable(text: str) -> str | None:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _BadJSON(f"duplicate key {show(key)} in a JSON object: give each key once")
-        obj[key] = value
+    obj = dict(pairs)  # in C; a key given twice is looked for only when the lengths differ
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadJSON(f"duplicate key {show(key)} in a JSON object: give each key once")
+            seen.add(key)
     return obj
 
 
