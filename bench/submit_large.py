@@ -116,9 +116,7 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
         peak_mb, cpu_s = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime - cpu_before
         assert batch_id is not None
         measured = {"seconds": seconds, "cpu_s": cpu_s, "peak_mb": peak_mb}
-        return {"batch_id": batch_id, "rejected": rejected} | measured | (
-            await _check(client, batch_id)
-        )
+        return {"batch_id": batch_id, "rejected": rejected} | measured | (await _check(client, batch_id))
 
 
 async def _check(client: Any, batch_id: str) -> dict[str, Any]:
@@ -245,7 +243,8 @@ def main() -> None:
             )
             print(
                 f"{mode}: {args.lines / result['seconds']:,.0f} lines/s, {result['seconds']:.2f} s "
-                f"(CPU {result['cpu_s']:.2f} s), peak RSS {result['peak_mb']:.0f} MB; {result['sql_jobs']} jobs in SQL, "
+                f"(CPU {result['cpu_s']:.2f} s), peak RSS {result['peak_mb']:.0f} MB; "
+                f"{result['sql_jobs']} jobs in SQL, "
                 f"{result['queued']} queued, total {result['total']}, "
                 f"{result['invalid_lines']} rejected lines: {'OK' if ok else 'MISMATCH'}"
             )
