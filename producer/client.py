@@ -46,6 +46,7 @@ from storage.jobs import (
     TenantScope,
 )
 from storage.settings import Settings
+from storage.sql.batches import UNFINISHED_SUBMISSION
 from storage.sql.store import Store
 
 __all__ = ["Client", "SubmitProgress"]
@@ -219,8 +220,9 @@ class Client:
         (`batch_id` stays None). `on_chunk` is called after each chunk with the counts so far.
 
         Until the end the batch carries, as a rejected line, a note naming the first line not yet
-        submitted: a submitter killed mid-file leaves a batch whose jobs so far run (the fleet's
-        sweeper completes it) and which says where it stopped. An error or a cancellation mid-file
+        submitted, and the fleet's sweeper leaves it alone: a submitter killed mid-file leaves a
+        batch whose jobs so far run and which says where it stopped (`routeq requeue` completes
+        it, `routeq cancel` stops it). An error or a cancellation mid-file
         cancels the batch's queued jobs and records the failure in that note, then propagates:
         submit the file again (see docs/submission.md).
 
@@ -451,7 +453,7 @@ def _unfinished(line: int) -> dict[str, Any]:
     """The rejected-line note a batch carries while its file is being submitted."""
     return {
         "line": line,
-        "reason": "submission unfinished: this line and the ones after it were not submitted "
+        "reason": f"{UNFINISHED_SUBMISSION} this line and the ones after it were not submitted "
         "(yet, or ever if the submitting process stopped: then submit them again)",
         "custom_id": None,
     }

@@ -11,10 +11,11 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from producer.client import Client, SubmitProgress
 from producer.inputs import (
@@ -28,7 +29,8 @@ from producer.inputs import (
     read_jsonl_chunks,
 )
 from storage.jobs import JobStatus
-from storage.sql.schema import batches
+from storage.sql.batches import UNFINISHED_SUBMISSION
+from storage.sql.schema import batches, jobs
 from tests.backends import Backend
 
 
@@ -229,3 +231,24 @@ async def test_a_failure_mid_file_cancels_the_batch_and_says_where(backend: Back
     assert note["line"] == 7
     assert note["reason"].startswith("submission failed here (OSError: disk on fire)")
     assert await client.redis.zcard(backend.settings.queue_name) == 0
+
+
+async def test_the_sweeper_leaves_a_batch_alone_while_its_file_is_submitted(backend: Backend) -> None:
+    """All jobs so far finished is not the end of a batch whose file is not all in."""
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    first = next(parse_chunks([prompt("a"), prompt("b"), prompt("c")], chunk_lines=2))
+    stopped = await client.submit_chunks([first])  # as if the submitter died after this chunk
+    batch_id = stopped.batch_id
+    assert batch_id is not None
+    far = datetime.now(UTC) + timedelta(days=1)
+    # The seal above removed the note: put back what a killed submitter leaves.
+    await backend.store.batches.seal(batch_id, [{"line": 3, "reason": f"{UNFINISHED_SUBMISSION} x"}])
+    async with backend.store.engine.begin() as conn:  # every job so far finished
+        await conn.execute(update(jobs).where(jobs.c.batch_id == batch_id).values(status="succeeded"))
+    assert batch_id not in await backend.store.batches.finalizing(created_before=far)
+
+    # A user's line quoting the words is only a rejected line.
+    await backend.store.batches.seal(
+        batch_id, [{"line": 3, "reason": f"unknown field '{UNFINISHED_SUBMISSION}'"}]
+    )
+    assert batch_id in await backend.store.batches.finalizing(created_before=far)
