@@ -87,7 +87,7 @@ _WORDS = "the quick brown fox jumps over a lazy dog while routing prompts across
 
 async def _child(args: argparse.Namespace) -> dict[str, Any]:
     from producer.client import Client  # noqa: PLC0415 - the parent process imports none of routeq
-    from producer.inputs import InputRules, read_jsonl, read_jsonl_chunks  # noqa: PLC0415
+    from producer.inputs import InputRules, read_jsonl  # noqa: PLC0415
     from router_core.catalog import load_catalog  # noqa: PLC0415
     from storage.jobs import NewJob  # noqa: PLC0415
     from storage.settings import Settings  # noqa: PLC0415
@@ -99,6 +99,8 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
         cpu_before = before.ru_utime + before.ru_stime
         started = time.perf_counter()
         if args.mode == "new":
+            from producer.inputs import read_jsonl_chunks  # noqa: PLC0415 - `old` runs on older trees too
+
             with Path(args.file).open("rb") as file:  # noqa: ASYNC230 - read as submitted, as the CLI does
                 done = await client.submit_chunks(
                     read_jsonl_chunks(file, rules, chunk_lines=args.chunk_lines), name="bench"
