@@ -222,9 +222,9 @@ class Client:
         Until the end the batch carries, as a rejected line, a note naming the first line not yet
         submitted, and the fleet's sweeper leaves it alone: a submitter killed mid-file leaves a
         batch whose jobs so far run and which says where it stopped (`routeq requeue` completes
-        it, `routeq cancel` stops it). An error or a cancellation mid-file
-        cancels the batch's queued jobs and records the failure in that note, then propagates:
-        submit the file again (see docs/submission.md).
+        it, `routeq cancel` stops it). An error or a cancellation mid-file cancels the batch's
+        queued jobs and records the failure in place of that note, then propagates: submit the
+        file again.
 
         `chunks` are `producer.inputs.read_jsonl_chunks` output: already checked line by line, so
         the per-item check of `create` is not repeated.
@@ -312,7 +312,7 @@ class Client:
             await self.store.batches.seal(progress.batch_id, invalid)
             await self.cancel(progress.batch_id)
         except (RouteqError, RedisError, SQLAlchemyError, OSError) as cleanup:
-            # The note of `_unfinished` stays on the batch, and the sweeper settles its counters.
+            # Left as far as it got: the unfinished note until the seal, the sweeper for the counters.
             logger.warning("could not cancel batch %s after a failed submit: %s", progress.batch_id, cleanup)
 
     async def create(
