@@ -179,6 +179,9 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the batch is done.")] = False,
     name: Annotated[str | None, typer.Option(help="A name for the batch.")] = None,
     budget: BudgetOpt = None,
+    chunk_lines: Annotated[
+        int, typer.Option(min=1, help="Lines read, checked, written and queued at a time.")
+    ] = 2_000,
 ) -> None:
     """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id.
 
@@ -195,7 +198,9 @@ def submit(
         raise _cannot_read(file, exc) from exc
 
     async def go(client: Client) -> None:
-        done = await _submit_file(client, source, file, rules, name=name or file.name, budget=budget)
+        done = await _submit_file(
+            client, source, file, rules, name=name or file.name, budget=budget, chunk_lines=chunk_lines
+        )
         _report_input(file, done.errors, done.lines_read, done.queued)
         assert done.batch_id is not None  # a file with a valid line makes a batch
         console.print(done.batch_id)
@@ -208,7 +213,14 @@ def submit(
 
 
 async def _submit_file(
-    client: Client, source: BinaryIO, path: Path, rules: InputRules, *, name: str, budget: float | None
+    client: Client,
+    source: BinaryIO,
+    path: Path,
+    rules: InputRules,
+    *,
+    name: str,
+    budget: float | None,
+    chunk_lines: int,
 ) -> SubmitProgress:
     """`Client.submit_chunks` of the open file, with a progress bar of the bytes read (on stderr)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -231,7 +243,10 @@ async def _submit_file(
 
         try:
             return await client.submit_chunks(
-                read_jsonl_chunks(source, rules), name=name, budget_usd=budget, on_chunk=show
+                read_jsonl_chunks(source, rules, chunk_lines=chunk_lines),
+                name=name,
+                budget_usd=budget,
+                on_chunk=show,
             )
         except OSError as exc:
             raise _cannot_read(path, exc) from exc
