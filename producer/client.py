@@ -312,7 +312,7 @@ class Client:
             await self.store.batches.seal(progress.batch_id, invalid)
             await self.cancel(progress.batch_id)
         except (RouteqError, RedisError, SQLAlchemyError, OSError) as cleanup:
-            # Left as far as it got: the unfinished note until the seal, the sweeper for the counters.
+            # Left as far as it got: still `submitting` until a seal (`routeq requeue` or `cancel`).
             logger.warning("could not cancel batch %s after a failed submit: %s", progress.batch_id, cleanup)
 
     async def create(

@@ -28,8 +28,7 @@ from producer.inputs import (
     parse_object,
     read_jsonl_chunks,
 )
-from storage.jobs import JobStatus
-from storage.sql.batches import UNFINISHED_SUBMISSION
+from storage.jobs import ANY_TENANT, JobStatus
 from storage.sql.schema import batches, jobs
 from tests.backends import Backend
 
@@ -241,14 +240,13 @@ async def test_the_sweeper_leaves_a_batch_alone_while_its_file_is_submitted(back
     batch_id = stopped.batch_id
     assert batch_id is not None
     far = datetime.now(UTC) + timedelta(days=1)
-    # The seal above removed the note: put back what a killed submitter leaves.
-    await backend.store.batches.seal(batch_id, [{"line": 3, "reason": f"{UNFINISHED_SUBMISSION} x"}])
-    async with backend.store.engine.begin() as conn:  # every job so far finished
+    # The seal above ended the submission: put back what a killed submitter leaves.
+    async with backend.store.engine.begin() as conn:
+        await conn.execute(update(batches).where(batches.c.id == batch_id).values(submitting=True))
         await conn.execute(update(jobs).where(jobs.c.batch_id == batch_id).values(status="succeeded"))
+    assert (await backend.store.batches.get(batch_id, tenant=ANY_TENANT)).submitting
     assert batch_id not in await backend.store.batches.finalizing(created_before=far)
 
-    # A user's line quoting the words is only a rejected line.
-    await backend.store.batches.seal(
-        batch_id, [{"line": 3, "reason": f"unknown field '{UNFINISHED_SUBMISSION}'"}]
-    )
+    # Sealed (the file all in), the batch is the sweeper's to complete.
+    await backend.store.batches.seal(batch_id, [])
     assert batch_id in await backend.store.batches.finalizing(created_before=far)

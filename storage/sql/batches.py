@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, Text, bindparam, cast, func, insert, select, update
+from sqlalchemy import JSON, Dialect, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator
 
@@ -48,10 +48,8 @@ __all__ = ["UNFINISHED_SUBMISSION", "Batches"]
 
 UNFINISHED_SUBMISSION = "submission unfinished:"
 """How the reason starts of the rejected-line entry a batch carries while its file is submitted
-chunk by chunk (`Client.submit_chunks`): the sweeper leaves such a batch alone (`finalizing`)."""
-# The entry as `invalid_lines` holds it (json.dumps' separators): a user's text quoted in another
-# reason has its double quotes escaped, so it cannot look like this.
-_UNFINISHED_JSON = f'"reason": "{UNFINISHED_SUBMISSION}'
+chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. What the sweeper
+reads is the batch's `submitting` flag (`finalizing`)."""
 
 # Batches at least this big build their job rows in a thread (a single submit stays inline).
 _ROWS_IN_THREAD = 1_000
@@ -173,6 +171,7 @@ class Batches:
             "user_id": user_id,
             "name": name,
             "total": 0,
+            "submitting": True,
             "invalid_lines": list(invalid_lines),
             "budget_usd": None if budget_usd is None else money(budget_usd),
             "created_at": now,
@@ -219,13 +218,14 @@ class Batches:
         return [row["id"] for row in rows]
 
     async def seal(self, batch_id: str, invalid_lines: Sequence[dict[str, Any]]) -> int:
-        """Record the file's rejected lines on a batch `append` has filled; returns its total."""
+        """Record the file's rejected lines on a batch `append` has filled and end its submission
+        (its total is final: the sweeper may complete it); returns its total."""
 
         async def write(conn: AsyncConnection) -> int:
             result = await conn.execute(
                 update(batches)
                 .where(batches.c.id == batch_id)
-                .values(invalid_lines=list(invalid_lines))
+                .values(invalid_lines=list(invalid_lines), submitting=False)
                 .returning(batches.c.total)
             )
             return int(result.scalar_one())
@@ -333,7 +333,7 @@ class Batches:
                 batches.c.completed_at.is_(None)
                 & (batches.c.created_at < created_before)
                 & (batches.c.total > 0)
-                & ~cast(batches.c.invalid_lines, Text).contains(_UNFINISHED_JSON, autoescape=True)
+                & ~batches.c.submitting
                 & ~open_job.exists()
             )
             .order_by(batches.c.created_at)
