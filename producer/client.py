@@ -12,15 +12,20 @@ results); nothing here imports `workers`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
-from producer.inputs import MAX_CUSTOM_ID_LENGTH, unstorable_values
-from router_core.errors import InvalidRequestError
+from producer.inputs import MAX_CUSTOM_ID_LENGTH, LineError, ParsedInput, unstorable_values
+from router_core.errors import InvalidRequestError, RouteqError
 from router_core.limits import RequestLimits
 from router_core.models import ChatRequest
 from storage import keys
@@ -41,13 +46,35 @@ from storage.jobs import (
     TenantScope,
 )
 from storage.settings import Settings
+from storage.sql.batches import UNFINISHED_SUBMISSION
 from storage.sql.store import Store
 
-__all__ = ["Client"]
+__all__ = ["Client", "SubmitProgress"]
+
+logger = logging.getLogger("routeq.client")
 
 # From this many items on, checking what they would store runs in a thread (as building their rows
 # does in `storage.sql.batches`).
 _CHECK_IN_THREAD = 1_000
+
+
+@dataclass(slots=True)
+class SubmitProgress:
+    """How far `Client.submit_chunks` got: updated after every chunk.
+
+    Attributes:
+        batch_id: The batch, once the first valid line made one.
+        lines_read: Non-blank lines parsed and dealt with (queued or rejected).
+        next_line: The first line not dealt with yet.
+        queued: Jobs inserted into SQL and queued.
+        errors: The rejected lines, in order.
+    """
+
+    batch_id: str | None = None
+    lines_read: int = 0
+    next_line: int = 1
+    queued: int = 0
+    errors: list[LineError] = field(default_factory=list)
 
 
 class Client:
@@ -175,6 +202,118 @@ class Client:
         )
         await self.enqueue(created)
         return created.batch_id
+
+    async def submit_chunks(
+        self,
+        chunks: Iterable[ParsedInput],
+        *,
+        name: str | None = None,
+        budget_usd: float | None = None,
+        on_chunk: Callable[[SubmitProgress], None] | None = None,
+    ) -> SubmitProgress:
+        """Queue a parsed file as one batch, chunk by chunk: memory holds one chunk, not the file.
+
+        Each chunk's valid items are inserted into SQL (one transaction, which also adds them to
+        the batch's `total`) and queued before the next chunk is asked for; rejected lines are
+        collected and recorded on the batch at the end, with the batch's final total in Redis.
+        The batch row is created with the first valid item: a file without one makes no batch
+        (`batch_id` stays None). `on_chunk` is called after each chunk with the counts so far.
+
+        Until the end the batch carries, as a rejected line, a note naming the first line not yet
+        submitted, and the fleet's sweeper leaves it alone: a submitter killed mid-file leaves a
+        batch whose jobs so far run and which says where it stopped (`routeq requeue` completes
+        it, `routeq cancel` stops it). An error or a cancellation mid-file cancels the batch's
+        queued jobs and records the failure in place of that note, then propagates: submit the
+        file again.
+
+        `chunks` are `producer.inputs.read_jsonl_chunks` output: already checked line by line, so
+        the per-item check of `create` is not repeated.
+
+        Raises:
+            InvalidRequestError: `name` or `budget_usd` cannot be stored.
+        """
+        _check_storable([], name, budget_usd, self.settings.request_limits())
+        progress = SubmitProgress()
+        lines = iter(chunks)
+        writing: asyncio.Task[None] | None = None
+        try:
+            # Chunk n+1 is parsed in a thread while chunk n is written and queued: two chunks at most.
+            while (chunk := await asyncio.to_thread(next, lines, None)) is not None:
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(
+                    self._submit_chunk(chunk, progress, name=name, budget_usd=budget_usd, on_chunk=on_chunk)
+                )
+            if writing is not None:
+                await writing
+        except BaseException as exc:
+            if writing is not None and not writing.done():
+                await asyncio.wait([writing])  # the chunk being written ends as a whole, either way
+            if progress.batch_id is not None:
+                await self._abandon(progress, exc)
+            raise
+        if progress.batch_id is not None:
+            invalid = [dataclasses.asdict(e) for e in progress.errors]
+            total = await self.store.batches.seal(progress.batch_id, invalid)
+            # The total arrives last: the last job may already be done, and this completes the batch.
+            counts = await self.events_bus.restore(progress.batch_id, total, [])
+            if counts.complete:
+                await self.store.batches.mark_completed(progress.batch_id)
+        return progress
+
+    async def _submit_chunk(
+        self,
+        chunk: ParsedInput,
+        progress: SubmitProgress,
+        *,
+        name: str | None,
+        budget_usd: float | None,
+        on_chunk: Callable[[SubmitProgress], None] | None,
+    ) -> None:
+        lines = [found[-1].line for found in (chunk.items, chunk.errors) if found]
+        if chunk.items:
+            if progress.batch_id is None:
+                progress.batch_id = await self.store.batches.open(
+                    tenant=self.tenant,
+                    user_id=self.user,
+                    name=name,
+                    budget_usd=budget_usd,
+                    invalid_lines=[_unfinished(progress.next_line)],
+                )
+            items = [NewJob(item.custom_id, item.request) for item in chunk.items]
+            job_ids = await self.store.batches.append(
+                progress.batch_id,
+                items,
+                tenant=self.tenant,
+                user_id=self.user,
+                first_seq=progress.queued,
+                invalid_lines=[_unfinished(max(lines) + 1)],
+            )
+            # No `open_batch`: the progress total is set once, at the end (see `submit_chunks`).
+            await enqueue_jobs(self.redis, job_ids, queue_name=self.settings.queue_name)
+            progress.queued += len(job_ids)
+        progress.errors.extend(chunk.errors)
+        progress.lines_read += chunk.lines_read
+        if lines:
+            progress.next_line = max(lines) + 1
+        if on_chunk is not None:
+            on_chunk(progress)
+
+    async def _abandon(self, progress: SubmitProgress, exc: BaseException) -> None:
+        """Cancel a batch whose file could not be submitted to the end, saying why on the batch."""
+        assert progress.batch_id is not None
+        reason = (
+            f"submission failed here ({type(exc).__name__}: {exc}): this line and the ones after it "
+            "were not submitted and the batch was cancelled: submit the file again"
+        )
+        invalid = [dataclasses.asdict(e) for e in progress.errors]
+        invalid.append({"line": progress.next_line, "reason": reason, "custom_id": None})
+        try:
+            await self.store.batches.seal(progress.batch_id, invalid)
+            await self.cancel(progress.batch_id)
+        except (RouteqError, RedisError, SQLAlchemyError, OSError) as cleanup:
+            # Left as far as it got: still `submitting` until a seal (`routeq requeue` or `cancel`).
+            logger.warning("could not cancel batch %s after a failed submit: %s", progress.batch_id, cleanup)
 
     async def create(
         self,
@@ -308,6 +447,16 @@ class Client:
         if batch.done >= batch.total:
             await self.store.batches.mark_completed(batch_id)
         return len(cancelled)
+
+
+def _unfinished(line: int) -> dict[str, Any]:
+    """The rejected-line note a batch carries while its file is being submitted."""
+    return {
+        "line": line,
+        "reason": f"{UNFINISHED_SUBMISSION} this line and the ones after it were not submitted "
+        "(yet, or ever if the submitting process stopped: then submit them again)",
+        "custom_id": None,
+    }
 
 
 def _check_storable(

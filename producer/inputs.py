@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -61,16 +61,19 @@ if TYPE_CHECKING:
     from storage.settings import Settings
 
 __all__ = [
+    "DEFAULT_CHUNK_LINES",
     "OPENAI_BATCH_URL",
     "BatchItem",
     "InputRules",
     "LineError",
     "ParsedInput",
     "parse_chat_body",
+    "parse_chunks",
     "parse_line",
     "parse_lines",
     "parse_object",
     "read_jsonl",
+    "read_jsonl_chunks",
     "unstorable_values",
 ]
 
@@ -88,6 +91,8 @@ _SHORT_KEYS = (
     | REQUEST_FIELDS
 )
 _SKIP_CHUNK = 1024 * 1024
+DEFAULT_CHUNK_LINES = 2_000
+"""Lines parsed (and, by `Client.submit_chunks`, written and queued) per chunk of a streamed file."""
 # A regex scans in C: a per-character loop in Python took ~0.1 s on a megabyte prompt.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -190,17 +195,26 @@ def parse_line(text: str, line: int, rules: InputRules = _DEFAULT_RULES) -> Batc
     too_long = _too_long(text, rules.max_line_bytes)
     if too_long is not None:
         return LineError(line, too_long)
-    data = _load_object(text)
-    if isinstance(data, str):
-        return LineError(line, data)
-    return parse_object(data, line, rules)
+    loaded = _load_object(text)
+    if isinstance(loaded, str):
+        return LineError(line, loaded)
+    data, finite = loaded
+    # Only a \\u escape makes a NUL or a lone surrogate (raw ones are refused as JSON or UTF-8).
+    return _parse_object(data, line, rules, storable=finite and "\\u" not in text)
 
 
 def parse_object(
     data: dict[str, Any], line: int = 1, rules: InputRules = _DEFAULT_RULES
 ) -> BatchItem | LineError:
     """Validate one request object in either line format (`parse_line` after the JSON is read)."""
-    unstorable = list(unstorable_values(data, ""))
+    return _parse_object(data, line, rules, storable=False)
+
+
+def _parse_object(
+    data: dict[str, Any], line: int, rules: InputRules, *, storable: bool
+) -> BatchItem | LineError:
+    """`parse_object`; `storable` when the line's text shows it holds no unstorable value."""
+    unstorable = [] if storable else list(unstorable_values(data, ""))
     if unstorable:
         custom_id = data.get("custom_id")
         usable_id = (
@@ -245,25 +259,54 @@ def parse_lines(lines: Iterable[str], rules: InputRules = _DEFAULT_RULES) -> Par
         The valid items and the line errors, both in line order.
     """
     result = ParsedInput()
+    for chunk in parse_chunks(lines, rules, chunk_lines=DEFAULT_CHUNK_LINES):
+        result.items.extend(chunk.items)
+        result.errors.extend(chunk.errors)
+    return result
+
+
+def parse_chunks(
+    lines: Iterable[str], rules: InputRules = _DEFAULT_RULES, *, chunk_lines: int = DEFAULT_CHUNK_LINES
+) -> Iterator[ParsedInput]:
+    """Parse a JSONL batch `chunk_lines` lines at a time: what `parse_lines` does, in pieces.
+
+    Each chunk holds the items and errors of its own lines only, so a caller that writes each
+    chunk away before asking for the next keeps one chunk of requests in memory, whatever the size
+    of the file. Duplicate ``custom_id`` detection spans the whole file (a set of the ids seen).
+    A chunk may be empty (all its lines blank); the last one may be short.
+    """
+    if chunk_lines < 1:
+        raise ValueError(f"chunk_lines must be at least 1, got {chunk_lines}")
     first_used: dict[str, int] = {}
+    chunk = ParsedInput()
+    number = 0
     for number, raw in enumerate(lines, start=1):
         text = _clean(raw, number)
-        if not text.strip():
-            continue
-        parsed = parse_line(text, number, rules)
-        custom_id = parsed.custom_id
-        if custom_id is not None:
-            first = first_used.setdefault(custom_id, number)
-            if first != number:
-                reason = f"duplicate custom_id {show(custom_id)} (first used on line {first})"
-                if isinstance(parsed, LineError):
-                    reason = f"{reason}; {parsed.reason}"
-                parsed = LineError(number, reason, custom_id)
-        if isinstance(parsed, BatchItem):
-            result.items.append(parsed)
-        else:
-            result.errors.append(parsed)
-    return result
+        if text.strip():
+            parsed = _unique(parse_line(text, number, rules), first_used)
+            if isinstance(parsed, BatchItem):
+                chunk.items.append(parsed)
+            else:
+                chunk.errors.append(parsed)
+        if number % chunk_lines == 0:
+            yield chunk
+            chunk = ParsedInput()
+    if number % chunk_lines or number == 0:
+        yield chunk
+
+
+def _unique(parsed: BatchItem | LineError, first_used: dict[str, int]) -> BatchItem | LineError:
+    """`parsed`, or an error when an earlier line already used its ``custom_id``."""
+    custom_id = parsed.custom_id
+    if custom_id is None:
+        return parsed
+    first = first_used.setdefault(custom_id, parsed.line)
+    if first == parsed.line:
+        return parsed
+    reason = f"duplicate custom_id {show(custom_id)} (first used on line {first})"
+    if isinstance(parsed, LineError):
+        reason = f"{reason}; {parsed.reason}"
+    return LineError(parsed.line, reason, custom_id)
 
 
 def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedInput:
@@ -287,6 +330,16 @@ def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedIn
         return parse_lines(_bounded_lines(file, rules.max_line_bytes), rules)
 
 
+def read_jsonl_chunks(
+    file: BinaryIO, rules: InputRules = _DEFAULT_RULES, *, chunk_lines: int = DEFAULT_CHUNK_LINES
+) -> Iterator[ParsedInput]:
+    """`read_jsonl` of an open binary file, `chunk_lines` lines at a time (`parse_chunks`).
+
+    The file is read as it is asked for: ``file.tell()`` after a chunk says how far it got.
+    """
+    return parse_chunks(_bounded_lines(file, rules.max_line_bytes), rules, chunk_lines=chunk_lines)
+
+
 def _bounded_lines(file: BinaryIO, max_bytes: int) -> Iterator[str]:
     """The file's lines as text; a line over `max_bytes` is cut short (still over the limit, so it
     is refused as too long) and the rest of it is read past in chunks, never whole."""
@@ -308,15 +361,18 @@ def _clean(text: str, line: int) -> str:
     return text.removeprefix(_BOM) if line == 1 else text
 
 
-def _load_object(text: str) -> dict[str, Any] | str:
-    """The line's JSON object, or the reason it is not one."""
+def _load_object(text: str) -> tuple[dict[str, Any], bool] | str:
+    """The line's JSON object and whether every number in it is finite, or why it is not one."""
     unreadable = _unreadable(text)
     if unreadable is not None:
         return unreadable
     try:
-        # NaN and Infinity (and 1e999, which overflows) are read as floats so that
-        # `unstorable_values` names the field that holds them.
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=float)
+        try:
+            data, finite = _loads(text, _finite_only, _finite_only), True
+        except _NotFinite:
+            # NaN and Infinity (and 1e999, which overflows) are read as floats so that
+            # `unstorable_values` names the field that holds them.
+            data, finite = _loads(text, float, float), False
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc.msg} (column {exc.colno})"
     except _BadJSON as exc:
@@ -325,7 +381,29 @@ def _load_object(text: str) -> dict[str, Any] | str:
         return f"not valid JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
     if not isinstance(data, dict):
         return f"expected a JSON object, got {json_type(data)}"
-    return data
+    return data, finite
+
+
+def _loads(text: str, parse_float: Callable[[str], float], parse_constant: Callable[[str], float]) -> Any:
+    return json.loads(
+        text, object_pairs_hook=_no_duplicate_keys, parse_float=parse_float, parse_constant=parse_constant
+    )
+
+
+class _NotFinite(Exception):
+    """A number that is not finite: the line is read again, keeping it for its field to be named."""
+
+
+def _finite_only(text: str) -> float:
+    """A JSON number as a float, or `_NotFinite` (NaN, Infinity, or a number past the float range).
+
+    Called for the few non-integer numbers of a line, so that the walk over all of its values
+    (`unstorable_values`) is left for the rare line that needs it.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite
+    return value
 
 
 def _too_long(text: str, max_bytes: int) -> str | None:
@@ -350,11 +428,13 @@ def _unreadable(text: str) -> str | None:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _BadJSON(f"duplicate key {show(key)} in a JSON object: give each key once")
-        obj[key] = value
+    obj = dict(pairs)  # in C; a key given twice is looked for only when the lengths differ
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadJSON(f"duplicate key {show(key)} in a JSON object: give each key once")
+            seen.add(key)
     return obj
 
 

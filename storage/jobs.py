@@ -309,6 +309,7 @@ class BatchRecord:
     created_at: datetime
     completed_at: datetime | None
     cancelled_at: datetime | None
+    submitting: bool = False  # its file is still being submitted chunk by chunk: total not final
     # Batches made through the OpenAI Batch API (POST /v1/batches) also carry these:
     endpoint: str | None = None
     input_file_id: str | None = None

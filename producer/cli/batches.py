@@ -7,9 +7,11 @@ embedded stack (and so `workers`), and FastAPI only with `--serve`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -19,8 +21,8 @@ from router_core.errors import ConfigError
 from router_core.redact import mask_url
 
 if TYPE_CHECKING:
-    from producer.client import Client
-    from producer.inputs import ParsedInput
+    from producer.client import Client, SubmitProgress
+    from producer.inputs import InputRules, LineError, ParsedInput
     from storage.bus.events import Event
     from storage.jobs import NewJob
     from storage.settings import Settings
@@ -44,11 +46,10 @@ FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
 
 
-def _read_input(path: Path, settings: Settings) -> ParsedInput:
-    """The file's requests, each checked against the settings' limits and the catalog the workers
-    route with: a line naming an unknown model or deployment is refused here, by line and field."""
-    from producer.cli.reporting import print_line_errors  # noqa: PLC0415 - rich's tables, on use
-    from producer.inputs import InputRules, read_jsonl  # noqa: PLC0415 - pydantic models of requests, on use
+def _input_rules(settings: Settings) -> InputRules:
+    """The settings' limits and the catalog the workers route with: a line naming an unknown model
+    or deployment is refused at submission, by line and field."""
+    from producer.inputs import InputRules  # noqa: PLC0415 - pydantic models of requests, on use
     from router_core.catalog import load_catalog  # noqa: PLC0415 - pydantic models of deployments, on use
 
     try:
@@ -56,20 +57,39 @@ def _read_input(path: Path, settings: Settings) -> ParsedInput:
     except ConfigError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    try:
-        parsed = read_jsonl(path, InputRules.from_settings(settings, catalog))
-    except OSError as exc:
-        err_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
-        raise typer.Exit(2) from exc
-    print_line_errors(parsed.errors, err_console, source=str(path))
-    if parsed.errors:
+    return InputRules.from_settings(settings, catalog)
+
+
+def _cannot_read(path: Path, exc: OSError) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
+    return typer.Exit(2)
+
+
+def _report_input(path: Path, errors: Sequence[LineError], lines_read: int, valid: int) -> None:
+    """The rejected lines, how many, and an exit when nothing is left to run."""
+    from producer.cli.reporting import print_line_errors  # noqa: PLC0415 - rich's tables, on use
+
+    print_line_errors(errors, err_console, source=str(path))
+    if errors:
         err_console.print(
-            f"[yellow]{len(parsed.errors)} of {parsed.lines_read} lines rejected (kept on the batch); "
-            f"the other {len(parsed.items)} run.[/yellow]"
+            f"[yellow]{len(errors)} of {lines_read} lines rejected (kept on the batch); "
+            f"the other {valid} run.[/yellow]"
         )
-    if not parsed.items:
+    if not valid:
         err_console.print(f"[red]error:[/red] {path} has no valid lines to run")
         raise typer.Exit(1)
+
+
+def _read_input(path: Path, settings: Settings) -> ParsedInput:
+    """The whole file's requests, each checked against `_input_rules` (for `routeq run`)."""
+    from producer.inputs import read_jsonl  # noqa: PLC0415 - pydantic models of requests, on use
+
+    rules = _input_rules(settings)
+    try:
+        parsed = read_jsonl(path, rules)
+    except OSError as exc:
+        raise _cannot_read(path, exc) from exc
+    _report_input(path, parsed.errors, parsed.lines_read, len(parsed.items))
     return parsed
 
 
@@ -159,24 +179,77 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the batch is done.")] = False,
     name: Annotated[str | None, typer.Option(help="A name for the batch.")] = None,
     budget: BudgetOpt = None,
+    chunk_lines: Annotated[
+        int, typer.Option(min=1, help="Lines read, checked, written and queued at a time.")
+    ] = 2_000,
 ) -> None:
-    """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id."""
+    """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id.
+
+    The file is read, checked, written to SQL and queued a chunk at a time, so a file of any size
+    takes the memory of one chunk; jobs of the first chunks may run while later ones are read.
+    """
     from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    parsed = _read_input(file, settings)
+    rules = _input_rules(settings)
+    try:
+        source = file.open("rb")
+    except OSError as exc:
+        raise _cannot_read(file, exc) from exc
 
     async def go(client: Client) -> None:
-        items, invalid = _batch_items(parsed)
-        batch_id = await client.submit_batch(
-            items, name=name or file.name, invalid_lines=invalid, budget_usd=budget
+        done = await _submit_file(
+            client, source, file, rules, name=name or file.name, budget=budget, chunk_lines=chunk_lines
         )
-        console.print(batch_id)
+        _report_input(file, done.errors, done.lines_read, done.queued)
+        assert done.batch_id is not None  # a file with a valid line makes a batch
+        console.print(done.batch_id)
         if wait:
-            await follow_with_progress(client, await client.batch(batch_id), err_console)
-            err_console.print(status_table(await client.batch(batch_id)))
+            await follow_with_progress(client, await client.batch(done.batch_id), err_console)
+            err_console.print(status_table(await client.batch(done.batch_id)))
 
-    execute(with_client(settings, go))
+    with source:
+        execute(with_client(settings, go))
+
+
+async def _submit_file(
+    client: Client,
+    source: BinaryIO,
+    path: Path,
+    rules: InputRules,
+    *,
+    name: str,
+    budget: float | None,
+    chunk_lines: int,
+) -> SubmitProgress:
+    """`Client.submit_chunks` of the open file, with a progress bar of the bytes read (on stderr)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    from producer.inputs import read_jsonl_chunks  # noqa: PLC0415 - pydantic models of requests, on use
+
+    size = os.fstat(source.fileno()).st_size
+    columns = (
+        TextColumn("[bold]submitting"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[queued]} queued, {task.fields[rejected]} rejected"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(path.name, total=size, queued=0, rejected=0)
+
+        def show(progress: SubmitProgress) -> None:
+            bar.update(task, completed=source.tell(), queued=progress.queued, rejected=len(progress.errors))
+
+        try:
+            return await client.submit_chunks(
+                read_jsonl_chunks(source, rules, chunk_lines=chunk_lines),
+                name=name,
+                budget_usd=budget,
+                on_chunk=show,
+            )
+        except OSError as exc:
+            raise _cannot_read(path, exc) from exc
 
 
 def status(id: IdArg) -> None:

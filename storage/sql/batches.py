@@ -14,8 +14,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import JSON, Dialect, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import TypeDecorator
 
 from storage.errors import NotFoundError
 from storage.jobs import (
@@ -43,10 +44,33 @@ from storage.sql.ledger import Ledger
 from storage.sql.runs import money
 from storage.sql.schema import batches, files, jobs
 
-__all__ = ["Batches"]
+__all__ = ["UNFINISHED_SUBMISSION", "Batches"]
+
+UNFINISHED_SUBMISSION = "submission unfinished:"
+"""How the reason starts of the rejected-line entry a batch carries while its file is submitted
+chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. What the sweeper
+reads is the batch's `submitting` flag (`finalizing`)."""
 
 # Batches at least this big build their job rows in a thread (a single submit stays inline).
 _ROWS_IN_THREAD = 1_000
+
+
+class _EncodedJSON(TypeDecorator[str]):
+    """A JSON column's value serialized already: bound as it is, cast to JSON where the driver casts.
+
+    A request is serialized by pydantic in one call (`model_dump_json`), where dumping it to Python
+    objects and then through `json.dumps` took about three times as long.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
+# The new jobs of a batch, their `request` serialized by `_job_rows`.
+_INSERT_JOBS = insert(jobs).values(request=bindparam("request", type_=_EncodedJSON()))
 
 
 class Batches:
@@ -111,7 +135,7 @@ class Batches:
                     return taken
             await conn.execute(batches.insert(), batch_row)
             if rows:
-                await conn.execute(jobs.insert(), rows)
+                await conn.execute(_INSERT_JOBS, rows)
             if file_rows:
                 await conn.execute(files.insert(), file_rows)
             return None
@@ -120,6 +144,93 @@ class Batches:
         if taken is not None and idempotency is not None:
             return taken.replay(idempotency)
         return created
+
+    # -- a batch written chunk by chunk (`Client.submit_chunks`) ----------------------------------
+
+    async def open(
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        name: str | None = None,
+        budget_usd: float | None = None,
+        invalid_lines: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """Insert an empty batch that `append` fills; returns its id.
+
+        Its `total` counts the jobs appended so far, so SQL always agrees with itself. What says the
+        file is not all in yet is the caller's: `invalid_lines` (an entry naming the first line not
+        submitted), replaced chunk by chunk by `append` and at the end by `seal`.
+        """
+        now = self._db.now()
+        batch_id = new_id("batch")
+        row = {
+            "id": batch_id,
+            "kind": "batch",
+            "tenant": tenant,
+            "user_id": user_id,
+            "name": name,
+            "total": 0,
+            "submitting": True,
+            "invalid_lines": list(invalid_lines),
+            "budget_usd": None if budget_usd is None else money(budget_usd),
+            "created_at": now,
+            "completed_at": None,
+        }
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(batches.insert(), row)
+
+        await self._db.writes.run(write)
+        return batch_id
+
+    async def append(
+        self,
+        batch_id: str,
+        items: Sequence[NewJob],
+        *,
+        tenant: str,
+        user_id: str,
+        first_seq: int,
+        invalid_lines: Sequence[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Insert `items` as the batch's jobs `first_seq`, `first_seq + 1`... (status `queued`) and
+        add them to its `total`, in one transaction; returns their ids in order.
+
+        `invalid_lines`, when given, replaces the batch's in the same transaction (the caller's
+        note of how far the file got).
+        """
+        owner = {"batch_id": batch_id, "tenant": tenant, "user_id": user_id, "created_at": self._db.now()}
+        if len(items) < _ROWS_IN_THREAD:
+            rows = _job_rows(items, owner, first_seq)
+        else:
+            rows = await asyncio.to_thread(_job_rows, items, owner, first_seq)
+        values: dict[str, Any] = {"total": batches.c.total + len(rows)}
+        if invalid_lines is not None:
+            values["invalid_lines"] = list(invalid_lines)
+
+        async def write(conn: AsyncConnection) -> None:
+            if rows:
+                await conn.execute(_INSERT_JOBS, rows)
+            await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
+
+        await self._db.writes.run(write)
+        return [row["id"] for row in rows]
+
+    async def seal(self, batch_id: str, invalid_lines: Sequence[dict[str, Any]]) -> int:
+        """Record the file's rejected lines on a batch `append` has filled and end its submission
+        (its total is final: the sweeper may complete it); returns its total."""
+
+        async def write(conn: AsyncConnection) -> int:
+            result = await conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id)
+                .values(invalid_lines=list(invalid_lines), submitting=False)
+                .returning(batches.c.total)
+            )
+            return int(result.scalar_one())
+
+        return await self._db.writes.run(write)
 
     async def cancel(
         self, batch_id: str, *, tenant: TenantScope, job_id: str | None = None
@@ -209,6 +320,8 @@ class Batches:
 
         A terminal event that never went out (its run was cancelled after the commit) or a worker
         that died before marking the batch leaves one. Every tenant's (the fleet's sweeper asks).
+        A batch whose file is still being submitted is not one, however long that takes: its total
+        is not final (nor, if its submitter was killed, ever will be: `routeq requeue` completes it).
         """
         open_job = select(jobs.c.id).where(
             (jobs.c.batch_id == batches.c.id)
@@ -220,6 +333,7 @@ class Batches:
                 batches.c.completed_at.is_(None)
                 & (batches.c.created_at < created_before)
                 & (batches.c.total > 0)
+                & ~batches.c.submitting
                 & ~open_job.exists()
             )
             .order_by(batches.c.created_at)
@@ -279,22 +393,22 @@ class Batches:
         )
 
 
-def _job_rows(items: Sequence[NewJob], owner: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `jobs` rows of a new batch's items, status `queued`, in input order."""
+def _job_rows(items: Sequence[NewJob], owner: dict[str, Any], first_seq: int = 0) -> list[dict[str, Any]]:
+    """The `jobs` rows of a new batch's items, status `queued`, in input order from `first_seq`."""
     return [
         {
             **owner,
             "id": new_id("job"),
             "seq": seq,
             "custom_id": item.custom_id,
-            "request": item.request.model_dump(mode="json", exclude_defaults=True),
+            "request": item.request.model_dump_json(exclude_defaults=True),
             "end_user": item.request.user,
             "metadata": item.request.metadata,
             "stream": item.stream,
             "status": JobStatus.QUEUED.value,
             "run": 0,
         }
-        for seq, item in enumerate(items)
+        for seq, item in enumerate(items, start=first_seq)
     ]
 
 

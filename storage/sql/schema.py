@@ -65,6 +65,8 @@ batches = Table(
     Column("created_at", _Time, nullable=False),
     Column("completed_at", _Time),
     Column("cancelled_at", _Time),
+    # True while a file is submitted chunk by chunk (Client.submit_chunks): its total is not final.
+    Column("submitting", Boolean, nullable=False, server_default=false()),
     # Set for batches made through the OpenAI Batch API (POST /v1/batches):
     Column("endpoint", String(64)),  # /v1/chat/completions
     Column("input_file_id", String(40)),

@@ -1,0 +1,265 @@
+"""Submission of a large JSONL file (a benchmark, not a test): parse + SQL insert + enqueue.
+
+Generates a file of N lines (default 100,000: short-form and OpenAI Batch lines mixed, one line in
+1,000 bad), then submits it in a child process, so that the peak RSS printed is that process's own
+(`ru_maxrss`): what `routeq submit FILE` does, without the CLI's printing.
+
+    new  `read_jsonl_chunks` + `Client.submit_chunks`: chunk by chunk (--chunk-lines, default 2,000)
+    old  `read_jsonl` + `Client.submit_batch`: the whole file parsed, then one transaction
+
+Both run by default, one after the other, each against a fresh SQLite file (or --database-url, a
+PostgreSQL database whose jobs and batches are TRUNCATEd first) and a Redis database that is
+FLUSHDB'd first (default redis://127.0.0.1:6379/11, or --redis-url). Each run is checked: every
+valid line is a job in SQL and on the arq queue with its payload, and the batch's rejected lines
+are the bad ones. Prints lines/s, seconds and peak RSS per mode, and the ratio new/old.
+
+Run: `.venv/bin/python bench/submit_large.py [--lines N] [--mode new|old|both] [--profile FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BAD_EVERY = 1_000
+
+
+def generate(path: Path, lines: int) -> tuple[int, int]:
+    """Write the file; returns (valid lines, bad lines)."""
+    rng = random.Random(17)
+    bad = 0
+    with path.open("w", encoding="utf-8") as out:
+        for n in range(1, lines + 1):
+            if n % BAD_EVERY == 0:
+                bad += 1
+                out.write(_bad_line(n) + "\n")
+                continue
+            words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 40)))
+            if n % 2:
+                line: dict[str, Any] = {"custom_id": f"short-{n}", "prompt": f"Summarise: {words}"}
+                if n % 3 == 0:
+                    line["system"] = "Answer in one sentence."
+                    line["max_tokens"] = 200
+            else:
+                line = {
+                    "custom_id": f"openai-{n}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "router:cost" if n % 4 else "auto",
+                        "messages": [
+                            {"role": "system", "content": "You are terse."},
+                            {"role": "user", "content": f"Classify: {words}"},
+                        ],
+                        "max_completion_tokens": 100,
+                        "temperature": 0.2,
+                        "metadata": {"bench": "submit_large"},
+                    },
+                }
+            out.write(json.dumps(line) + "\n")
+    return lines - bad, bad
+
+
+def _bad_line(n: int) -> str:
+    kinds = [
+        '{"custom_id": "broken", "prompt": ',  # not JSON
+        json.dumps({"custom_id": f"bad-{n}", "prompt": "x", "temperature": 7}),  # out of range
+        json.dumps({"custom_id": "short-1", "prompt": "duplicate custom_id"}),
+        json.dumps({"custom_id": f"bad-{n}", "method": "GET", "url": "/v1/chat/completions", "body": {}}),
+    ]
+    return kinds[(n // BAD_EVERY) % len(kinds)]
+
+
+_WORDS = "the quick brown fox jumps over a lazy dog while routing prompts across fast models".split()  # noqa: SIM905
+
+
+# --- the child: one submission, measured ---------------------------------------------------------
+
+
+async def _child(args: argparse.Namespace) -> dict[str, Any]:
+    from producer.client import Client  # noqa: PLC0415 - the parent process imports none of routeq
+    from producer.inputs import InputRules, read_jsonl  # noqa: PLC0415
+    from router_core.catalog import load_catalog  # noqa: PLC0415
+    from storage.jobs import NewJob  # noqa: PLC0415
+    from storage.settings import Settings  # noqa: PLC0415
+
+    settings = Settings(redis_url=args.redis_url, database_url=args.database_url)
+    rules = InputRules.from_settings(settings, load_catalog(settings.catalog_path))
+    async with await Client.connect(settings) as client:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = before.ru_utime + before.ru_stime
+        started = time.perf_counter()
+        if args.mode == "new":
+            from producer.inputs import read_jsonl_chunks  # noqa: PLC0415 - `old` runs on older trees too
+
+            with Path(args.file).open("rb") as file:  # noqa: ASYNC230 - read as submitted, as the CLI does
+                done = await client.submit_chunks(
+                    read_jsonl_chunks(file, rules, chunk_lines=args.chunk_lines), name="bench"
+                )
+            batch_id, rejected = done.batch_id, len(done.errors)
+        else:
+            parsed = read_jsonl(args.file, rules)
+            items = [NewJob(item.custom_id, item.request) for item in parsed.items]
+            invalid = [{"line": e.line, "reason": e.reason, "custom_id": e.custom_id} for e in parsed.errors]
+            batch_id = await client.submit_batch(items, name="bench", invalid_lines=invalid)
+            rejected = len(parsed.errors)
+            del parsed, items
+        seconds = time.perf_counter() - started
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        peak_mb, cpu_s = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime - cpu_before
+        assert batch_id is not None
+        measured = {"seconds": seconds, "cpu_s": cpu_s, "peak_mb": peak_mb}
+        return {"batch_id": batch_id, "rejected": rejected} | measured | (await _check(client, batch_id))
+
+
+async def _check(client: Any, batch_id: str) -> dict[str, Any]:
+    """What SQL and Redis hold for the batch: jobs, queued ids with a payload, its total."""
+    from storage import keys  # noqa: PLC0415
+    from storage.jobs import JobStatus  # noqa: PLC0415
+
+    batch = await client.batch(batch_id)
+    ids = await client.store.jobs.ids(batch_id, tenant=client.scope, statuses=(JobStatus.QUEUED,))
+    queued = 0
+    for start in range(0, len(ids), 5_000):
+        chunk = ids[start : start + 5_000]
+        async with client.redis.pipeline(transaction=False) as pipe:
+            for job_id in chunk:
+                pipe.zscore(client.settings.queue_name, job_id)
+                pipe.exists(keys.ARQ_JOB_PREFIX + job_id)
+            replies = await pipe.execute()
+        queued += sum(1 for n in range(len(chunk)) if replies[2 * n] is not None and replies[2 * n + 1])
+    progress = await client.progress(batch_id)
+    return {
+        "sql_jobs": len(ids),
+        "queued": queued,
+        "total": batch.total,
+        "progress_total": progress.total,
+        "invalid_lines": len(batch.invalid_lines),
+    }
+
+
+def child_main(args: argparse.Namespace) -> None:
+    if args.profile:
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(asyncio.run, _child(args))
+        profiler.dump_stats(args.profile)
+    else:
+        result = asyncio.run(_child(args))
+    print(json.dumps(result))
+
+
+# --- the parent: generate, run each mode in a child, report ---------------------------------------
+
+
+def _reset(redis_url: str, database_url: str | None) -> None:
+    import redis  # noqa: PLC0415
+
+    redis.Redis.from_url(redis_url).flushdb()
+    if database_url and database_url.startswith("postgresql"):
+        asyncio.run(_truncate(database_url))
+
+
+async def _truncate(database_url: str) -> None:
+    from sqlalchemy import text  # noqa: PLC0415
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("TRUNCATE ledger, attempts, jobs, files, idempotency_keys, batches"))
+    except SQLAlchemyError as exc:  # a database not migrated yet has nothing to truncate
+        print(f"(not truncated: {exc.__class__.__name__})", file=sys.stderr)
+    finally:
+        await engine.dispose()
+
+
+def run_mode(mode: str, args: argparse.Namespace, file: Path, tmp: Path) -> dict[str, Any]:
+    database_url = args.database_url or f"sqlite+aiosqlite:///{tmp / f'{mode}.db'}"
+    _reset(args.redis_url, args.database_url)
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--mode",
+        mode,
+        "--file",
+        str(file),
+        "--redis-url",
+        args.redis_url,
+        "--database-url",
+        database_url,
+        "--chunk-lines",
+        str(args.chunk_lines),
+    ]
+    if args.profile:
+        command += ["--profile", f"{args.profile}.{mode}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{mode} failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--mode", choices=["new", "old", "both"], default="both")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--chunk-lines", type=int, default=2_000)
+    parser.add_argument("--profile", default=None, help="Write cProfile stats to PROFILE.<mode>.")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--file", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="routeq-submit-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        file = tmp / "large.jsonl"
+        valid, bad = generate(file, args.lines)
+        size_mb = file.stat().st_size / 1e6
+        print(
+            f"{args.lines} lines ({valid} valid, {bad} bad), {size_mb:.1f} MB; chunks of {args.chunk_lines}"
+        )
+        modes = ["new", "old"] if args.mode == "both" else [args.mode]
+        results = {}
+        for mode in modes:
+            result = results[mode] = run_mode(mode, args, file, tmp)
+            ok = (
+                result["sql_jobs"] == result["queued"] == result["total"] == result["progress_total"] == valid
+                and result["invalid_lines"] == result["rejected"] == bad
+            )
+            print(
+                f"{mode}: {args.lines / result['seconds']:,.0f} lines/s, {result['seconds']:.2f} s "
+                f"(CPU {result['cpu_s']:.2f} s), peak RSS {result['peak_mb']:.0f} MB; "
+                f"{result['sql_jobs']} jobs in SQL, "
+                f"{result['queued']} queued, total {result['total']}, "
+                f"{result['invalid_lines']} rejected lines: {'OK' if ok else 'MISMATCH'}"
+            )
+            if not ok:
+                sys.exit(f"{mode}: {result}")
+        if len(results) == 2:
+            new, old = results["new"], results["old"]
+            print(
+                f"new/old: {old['seconds'] / new['seconds']:.1f}x faster, "
+                f"peak RSS {new['peak_mb'] / old['peak_mb']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
