@@ -215,6 +215,11 @@ async def _keep_payload(redis: Redis, job_id: str, defer_s: float) -> None:
         logger.warning("could not extend job %s's payload: %s", job_id, exc)
 
 
+# Most jobs one claim takes; a worker with more free slots claims again at once. Every idle worker
+# wakes on the same ping: small claims let them share a burst of jobs instead of the first one
+# taking it all (arq's start, one id per transaction, interleaved workers the same way).
+_CLAIM_AT_ONCE = 10
+
 # arq counts every delivery, deferrals for capacity included, and drops a job silently past its
 # max_tries, leaving it `running` in SQL. routeq counts the runs that matter itself (`jobs.starts`,
 # see JobRunner), so arq's own limit is set out of reach.
@@ -330,7 +335,7 @@ class RouteqWorker(Worker):
         if self._claimer is None:
             self._claimer = JobClaimer(self.pool, self.queue_name)
             await self._subscribe()
-        limit = min(self.max_jobs - self.job_counter, self.queue_read_limit)
+        limit = min(self.max_jobs - self.job_counter, self.queue_read_limit, _CLAIM_AT_ONCE)
         if self.burst and self.max_burst_jobs >= 0:
             limit = min(limit, self.max_burst_jobs - self._jobs_started())
         self._next_due_ms = None
@@ -348,6 +353,8 @@ class RouteqWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(self._job_ended)
             self.tasks[job_id] = task
+        if len(claim.jobs) == limit:
+            self._work.set()  # the claim was cut at its limit: there may be more, with slots for them
 
     def _job_ended(self, _: asyncio.Task[None]) -> None:
         self._release_sem_dec_counter_on_complete()
