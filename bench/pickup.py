@@ -3,9 +3,11 @@
 Prints, for each mode (by default both, in one run on one Redis: "poll only", then "wake-up"):
 1. Pick-up latency, p50/p99/max: one idle `RouteqWorker` (routeq's claim and poll loop, with a job
    function that only records when it started), N single jobs enqueued one at a time with
-   `storage.bus.queue.enqueue_jobs`, each after the previous one started plus a random gap (so
-   enqueues do not fall in step with the poll timer). Measured from just before the enqueue to
-   the job function's first line, on one clock (one process).
+   `storage.bus.queue.enqueue_jobs`, each after the previous one started plus a random gap of up
+   to `--gap-ms` (default 50 ms, one poll delay: a job starts just after a poll, so with shorter
+   gaps every enqueue would come just after a poll too and poll-only pick-up would read as a whole
+   poll delay instead of half of one on average). Measured from just before the enqueue to the
+   job function's first line, on one clock (one process).
 2. The pipeline, M jobs one at a time through `Client.submit` and the real worker (`build_worker`,
    the router on a 0 ms in-process sim, SQL commit, events script):
    - event latency: the job's finish (`jobs.finished_at`, taken just before its SQL commit) to a
@@ -237,7 +239,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file in a temp dir")
     parser.add_argument("--jobs", type=int, default=500, help="pick-ups measured (default 500)")
     parser.add_argument("--pipeline-jobs", type=int, default=200, help="jobs through the real worker")
-    parser.add_argument("--gap-ms", type=float, default=5.0, help="random pause after each job, up to this")
+    parser.add_argument("--gap-ms", type=float, default=50.0, help="random pause after each job, up to this")
     parser.add_argument("--poll-delay", type=float, default=0.05, help="ROUTEQ_POLL_DELAY_S (default 0.05)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--no-wake", action="store_true", help="only the poll-only mode (before)")

@@ -304,7 +304,8 @@ class RouteqWorker(Worker):
         # it go straight on, and the iteration waits itself (`_wait_for_work`).
         self.idle_wait_s = self.poll_delay_s
         self.poll_delay_s = 0.0
-        self.wake = wake  # False: poll every idle_wait_s only (bench/pickup.py --no-wake)
+        # False: poll every idle_wait_s only, as arq does (no pings, no wake on a freed slot).
+        self.wake = wake
         self.polls = 0  # claims made, for tests
         self.waiting = False  # in _wait_for_work, for tests
         self._work = Signal()
@@ -358,7 +359,8 @@ class RouteqWorker(Worker):
 
     def _job_ended(self, _: asyncio.Task[None]) -> None:
         self._release_sem_dec_counter_on_complete()
-        self._work.set()  # a free slot: look at the queue now, not a poll later
+        if self.wake:
+            self._work.set()  # a free slot: look at the queue now, not a poll later
 
     async def _subscribe(self) -> None:
         if not self.wake:
