@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
 import pytest
@@ -103,7 +103,7 @@ async def test_without_wake_ups_the_poll_still_runs_every_job(backend: Backend) 
 
 
 async def test_an_idle_worker_is_not_starved_by_jobs_running_on_another(backend: Backend) -> None:
-    """Worker A runs 20 jobs (more than either worker's read limit of 5); idle B takes the next one.
+    """Worker A runs 20 jobs (more than B's read limit of 5); idle B takes the next one.
 
     arq's own poll reads the first 5 due ids - all A's, all leased - and B would wait for A.
     """
@@ -113,7 +113,7 @@ async def test_an_idle_worker_is_not_starved_by_jobs_running_on_another(backend:
     on_b: list[str] = []
     redis_a, redis_b = await backend.redis(), await backend.redis()
     busy = [f"job_a{n:02}" for n in range(20)]
-    async with running(worker_on(backend, redis_a, recorder(on_a, release), max_jobs=20)):
+    async with running(worker_on(backend, redis_a, recorder(on_a, release), max_jobs=20, read_limit=20)):
         await enqueue_jobs(redis_a, busy, queue_name=queue)
         await until(lambda: len(on_a) == 20, timeout_s=15, what="worker A to run 20 jobs")
         async with running(worker_on(backend, redis_b, recorder(on_b, release))):
@@ -141,6 +141,22 @@ async def test_a_deferred_job_runs_when_due_not_a_poll_later(backend: Backend) -
     async with running(worker_on(backend, redis, cast(JobFunction, defer_once))):
         await enqueue_jobs(redis, ["job_later"], queue_name=backend.settings.queue_name)
         await until(lambda: tries == [1, 2], timeout_s=15, what="the deferred job's second try")
+
+
+async def test_a_job_re_queued_at_shut_down_wakes_another_worker(backend: Backend) -> None:
+    """Worker A is stopped mid-job: arq re-queues the job, and idle B takes it on A's ping."""
+    redis_a, redis_b = await backend.redis(), await backend.redis()
+    on_a: list[str] = []
+    on_b: list[str] = []
+    stuck = asyncio.Event()  # never set: A's run ends only by cancellation
+    async with AsyncExitStack() as b_stack:
+        async with AsyncExitStack() as a_stack:
+            await a_stack.enter_async_context(running(worker_on(backend, redis_a, recorder(on_a, stuck))))
+            await enqueue_jobs(redis_a, ["job_moved"], queue_name=backend.settings.queue_name)
+            await until(lambda: on_a == ["job_moved"], timeout_s=15, what="A to start the job")
+            await b_stack.enter_async_context(running(worker_on(backend, redis_b, recorder(on_b))))
+        # A has stopped: its job is back in the queue, and B (polling hourly) was pinged.
+        await until(lambda: on_b == ["job_moved"], timeout_s=15, what="B to take the re-queued job")
 
 
 async def test_claims_skip_leased_and_future_jobs_and_report_the_next_due(backend: Backend) -> None:
@@ -213,6 +229,7 @@ async def test_the_arq_internals_the_worker_relies_on() -> None:
     assert list(inspect.signature(Worker.run_job).parameters) == ["self", "job_id", "score"]
     assert list(inspect.signature(Worker.finish_job).parameters)[:3] == ["self", "job_id", "finish"]
     assert callable(Worker._release_sem_dec_counter_on_complete)
+    assert callable(Worker._cancel_aborted_jobs)
     assert "await self.start_jobs(" in inspect.getsource(Worker._poll_iteration)  # what we replace
     worker = RouteqWorker(
         functions=[func(recorder([]), name=JOB_FUNCTION)],

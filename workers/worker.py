@@ -320,6 +320,8 @@ class RouteqWorker(Worker):
         # pauses polling; jobs whose bookkeeping failed come back when their lease runs out.
         try:
             await self._claim_and_start()
+            if self.allow_abort_jobs:  # as arq (routeq itself does not abort running jobs)
+                await self._cancel_aborted_jobs()
             for job_id, task in list(self.tasks.items()):  # as arq: reap, surfacing run_job errors
                 if task.done():
                     del self.tasks[job_id]

@@ -118,7 +118,7 @@ class Notifier:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
-                logger.warning("job notifications lost their Redis subscription (%s); resubscribing", exc)
+                logger.warning("notifications lost their Redis subscription (%s); resubscribing", exc)
             self._wake_all()  # whatever was published meanwhile is lost: everyone reads again
             await asyncio.sleep(self._retry_delay_s)
 
