@@ -127,27 +127,39 @@ _CLAIM_PAGE = 500
 # arq's own start (worker.start_jobs) checks one id per WATCH/EXISTS/ZSCORE/MULTI transaction and
 # only among the first `queue_read_limit` due ids, where jobs running elsewhere stay until they
 # end. This takes the same decision for every due id in order - no lease: claim it with one,
-# exactly as arq would - inside Redis, so running jobs cost one EXISTS each and never hide the
-# queued ones behind them. Returns the claimed ids with their scores, then the next future score.
+# exactly as arq would - inside Redis, so running jobs never hide the queued ones behind them
+# (a page of running jobs costs one multi-key EXISTS).
+# Returns the claimed ids with their scores, then the next future score.
 _CLAIM = """
-local queue, now, want = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local queue, now, want = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local lease, prefix, page = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local claimed, offset = {}, 0
+local claimed, first = {}, 0
 while #claimed < 2 * want do
-  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, page)
-  for i = 1, #due, 2 do
-    local key = prefix .. due[i]
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('SET', key, '1', 'PX', lease)
-      claimed[#claimed + 1] = due[i]
-      claimed[#claimed + 1] = due[i + 1]
-      if #claimed >= 2 * want then break end
+  -- By rank, not ZRANGEBYSCORE's LIMIT offset: a page deep in a long queue costs no more than one
+  -- at its head.
+  local rows = redis.call('ZRANGE', queue, first, first + page - 1, 'WITHSCORES')
+  local ids, scores = {}, {}
+  for i = 1, #rows, 2 do
+    if tonumber(rows[i + 1]) > now then break end
+    ids[#ids + 1], scores[#scores + 1] = rows[i], rows[i + 1]
+  end
+  local leases = {}
+  for i = 1, #ids do leases[i] = prefix .. ids[i] end
+  -- A page of jobs all running elsewhere (the usual head of a busy queue) costs one EXISTS.
+  if #ids > 0 and redis.call('EXISTS', unpack(leases)) < #ids then
+    for i = 1, #ids do
+      if redis.call('EXISTS', leases[i]) == 0 then
+        redis.call('SET', leases[i], '1', 'PX', lease)
+        claimed[#claimed + 1] = ids[i]
+        claimed[#claimed + 1] = scores[i]
+        if #claimed >= 2 * want then break end
+      end
     end
   end
-  if #due < 2 * page then break end
-  offset = offset + page
+  if #ids < page then break end
+  first = first + page
 end
-local later = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local later = redis.call('ZRANGEBYSCORE', queue, '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 return {claimed, later[2] or ''}
 """
 
