@@ -11,6 +11,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:job-done:<job_id>     | pub/sub | -                             | events script         |
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
 | routeq:chunks-added:<job_id> | pub/sub | -                             | workers (stream=true) |
+| routeq:queue-wake:<queue>    | pub/sub | -                             | enqueue, requeues     |
 | routeq:workers               | hash    | removed on shutdown or stale  | workers, metrics      |
 | routeq:sweeper               | string  | sweep_interval_s (a lock)     | the sweeping worker   |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
@@ -75,6 +76,7 @@ __all__ = [
     "job_published",
     "key_part",
     "name_of_key_part",
+    "queue_wake_channel",
 ]
 
 PREFIX = "routeq:"
@@ -130,6 +132,15 @@ def job_chunks(job_id: str) -> str:
 def job_chunks_added(job_id: str) -> str:
     """Pub/sub channel told after each append to `job_chunks` (readers wait on it, not on XREAD BLOCK)."""
     return f"{PREFIX}chunks-added:{job_id}"
+
+
+def queue_wake_channel(queue_name: str) -> str:
+    """Pub/sub channel pinged with every enqueue and re-queue: idle workers poll at once (workers.worker).
+
+    A ping lost (no subscriber yet, a dropped subscription) costs only latency: workers still poll
+    the queue every `poll_delay_s`.
+    """
+    return f"{PREFIX}queue-wake:{queue_name}"
 
 
 def deployment(deployment_id: str) -> str:

@@ -49,10 +49,20 @@ class Settings(RouterSettings):
     queue_read_limit: int | None = Field(
         default=None,
         ge=1,
-        description="Queue ids a worker reads per poll; unset = 4 x worker_concurrency. Keep it at or "
-        "above the number of jobs running across the whole fleet.",
+        description="Most jobs a worker claims in one poll (one Lua call that looks past the jobs "
+        "running anywhere in the fleet); unset = 4 x worker_concurrency.",
     )
-    poll_delay_s: float = Field(default=0.05, ge=0)
+    poll_delay_s: float = Field(
+        default=0.05,
+        ge=0,
+        description="Longest wait of an idle worker between two looks at the queue. Enqueues, "
+        "re-queues and its own finished jobs wake it sooner (queue_wake).",
+    )
+    queue_wake: bool = Field(
+        default=True,
+        description="Workers subscribe to routeq:queue-wake:<queue> (pinged by every enqueue and "
+        "re-queue) and poll at once; false = they poll every poll_delay_s only.",
+    )
     job_timeout_s: float = Field(
         default=300.0,
         gt=0,

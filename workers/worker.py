@@ -33,6 +33,7 @@ import arq.worker
 from arq.connections import ArqRedis
 from arq.connections import log_redis_info as _arq_log_redis_info
 from arq.constants import expires_extra_ms, in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -42,7 +43,8 @@ from router_core.providers.factory import is_simulated
 from router_core.router import Router
 from storage import keys
 from storage.bus.events import EventBus
-from storage.bus.queue import JOB_FUNCTION, deserialize, serialize
+from storage.bus.notifier import Notifier, Signal, exact_pattern
+from storage.bus.queue import JOB_FUNCTION, JobClaimer, deserialize, serialize
 from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
 from storage.fleet.state import RedisFleetState
@@ -213,6 +215,11 @@ async def _keep_payload(redis: Redis, job_id: str, defer_s: float) -> None:
         logger.warning("could not extend job %s's payload: %s", job_id, exc)
 
 
+# Most jobs one claim takes; a worker with more free slots claims again at once. Every idle worker
+# wakes on the same ping: small claims let them share a burst of jobs instead of the first one
+# taking it all (arq's start, one id per transaction, interleaved workers the same way).
+_CLAIM_AT_ONCE = 10
+
 # arq counts every delivery, deferrals for capacity included, and drops a job silently past its
 # max_tries, leaving it `running` in SQL. routeq counts the runs that matter itself (`jobs.starts`,
 # see JobRunner), so arq's own limit is set out of reach.
@@ -267,41 +274,141 @@ async def _log_redis_info(redis: Redis, log_func: Callable[[str], Any]) -> None:
 
 
 class RouteqWorker(Worker):
-    """arq's `Worker` with short, renewed job leases and no re-checks of its own running jobs.
+    """arq's `Worker` with short, renewed job leases, one-call claims and a poll loop woken by pings.
 
-    Leases: see the module docstring. Re-checks: each poll reads the head of the queue, where
-    running jobs stay until they finish, and arq checks every id with a WATCH/EXISTS/ZSCORE
-    transaction. With hundreds of LLM calls in flight for seconds each, that re-check of our own
-    jobs would be most of the worker's CPU.
+    Leases: see the module docstring.
+
+    Claims: arq's poll reads the first `queue_read_limit` due ids, where jobs running anywhere in
+    the fleet stay until they end, and checks each id in a WATCH/EXISTS/ZSCORE/MULTI transaction
+    (about four round trips). With more jobs running fleet-wide than that limit, a worker with
+    free slots saw only running jobs and starved. Here `_poll_iteration` claims with one Lua call
+    (`storage.bus.queue.JobClaimer`) that takes arq's own decision for every due id, past the
+    running ones, and starts the claimed jobs as arq's `start_jobs` would (same semaphore,
+    counter and `run_job`). The queue's keys and their meaning are arq's, unchanged: crash
+    recovery (a dead worker's lease expires, its job is claimed again) and the sweeper see
+    exactly what they saw before.
+
+    Wake-ups: arq sleeps `poll_delay` between polls. Here arq's own loop (`main`, `poll`) runs with
+    a delay of 0 and each iteration ends waiting for the first of: a ping on
+    `routeq:queue-wake:<queue>` (every enqueue and re-queue publishes one; one subscription per
+    worker through `storage.bus.notifier.Notifier`), one of this worker's jobs ending (a free
+    slot), the next deferred job falling due, or `poll_delay` (`idle_wait_s`). A lost ping costs
+    at most `poll_delay`; the poll itself never depends on one.
     """
 
-    def __init__(self, *args: Any, lease_s: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lease_s: float = 15.0, wake: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lease_s = lease_s
         self.in_progress_timeout_s = lease_s  # arq's default is the longest job timeout + 10 s
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in self.tasks])
+        # arq's loop (`arq.utils.poll`) sleeps `poll_delay_s` minus the iteration's time: 0 makes
+        # it go straight on, and the iteration waits itself (`_wait_for_work`).
+        self.idle_wait_s = self.poll_delay_s
+        self.poll_delay_s = 0.0
+        # False: poll every idle_wait_s only, as arq does (no pings, no wake on a freed slot).
+        self.wake = wake
+        self.polls = 0  # claims made, for tests
+        self.waiting = False  # in _wait_for_work, for tests
+        self._work = Signal()
+        self._claimer: JobClaimer | None = None
+        self._next_due_ms: int | None = None
+        self._subscription = contextlib.AsyncExitStack()
+        self.notifier: Notifier | None = None
 
     async def _poll_iteration(self) -> None:
         # arq's poll loop dies on the first Redis error that its client does not retry (its
         # WATCH/MULTI pipelines are not retried on a dropped connection). Here an outage only
         # pauses polling; jobs whose bookkeeping failed come back when their lease runs out.
         try:
-            await super()._poll_iteration()
+            await self._claim_and_start()
+            if self.allow_abort_jobs:  # as arq (routeq itself does not abort running jobs)
+                await self._cancel_aborted_jobs()
+            for job_id, task in list(self.tasks.items()):  # as arq: reap, surfacing run_job errors
+                if task.done():
+                    del self.tasks[job_id]
+                    task.result()
+            await self.heart_beat()
         except (RedisError, OSError) as exc:
             logger.warning("Redis unavailable (%s); polling again in 1s", exc)
             await asyncio.sleep(1)
+            return
+        await self._wait_for_work()
 
-    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
-        """arq's end-of-job transaction, retried through a short Redis outage."""
+    async def _claim_and_start(self) -> None:
+        """arq's read of the queue and `start_jobs`, as one claim of as many jobs as slots are free."""
+        if self._claimer is None:
+            self._claimer = JobClaimer(self.pool, self.queue_name)
+            await self._subscribe()
+        limit = min(self.max_jobs - self.job_counter, self.queue_read_limit, _CLAIM_AT_ONCE)
+        if self.burst and self.max_burst_jobs >= 0:
+            limit = min(limit, self.max_burst_jobs - self._jobs_started())
+        self._next_due_ms = None
+        if not self.allow_pick_jobs or limit < 1:
+            return
+        self.polls += 1
+        claim = await self._claimer.claim(
+            limit=limit, lease_ms=int(self.in_progress_timeout_s * 1000), now_ms=timestamp_ms()
+        )
+        self._next_due_ms = claim.next_due_ms
+        for job_id, score in claim.jobs:
+            # Never blocks: `sem` holds max_jobs + 1 and only `limit` free slots were claimed.
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(self._job_ended)
+            self.tasks[job_id] = task
+        if len(claim.jobs) == limit:
+            self._work.set()  # the claim was cut at its limit: there may be more, with slots for them
+
+    def _job_ended(self, _: asyncio.Task[None]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self.wake:
+            self._work.set()  # a free slot: look at the queue now, not a poll later
+
+    async def _subscribe(self) -> None:
+        if not self.wake:
+            return
+        channel = keys.queue_wake_channel(self.queue_name)
+        self.notifier = Notifier(self.pool, patterns=(exact_pattern(channel),))
+        await self._subscription.enter_async_context(self.notifier.watch(channel, self._work))
+        self._subscription.push_async_callback(self.notifier.close)
+
+    async def _wait_for_work(self) -> None:
+        """Wait for a ping, a free slot, the next deferred job's time or `idle_wait_s`, first of all."""
+        timeout = self.idle_wait_s
+        if self._next_due_ms is not None:
+            timeout = min(timeout, max(0.0, (self._next_due_ms - timestamp_ms()) / 1000))
+        self.waiting = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._work.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting = False
+
+    async def finish_job(self, job_id: str, finish: bool, *args: Any) -> None:
+        """arq's end-of-job transaction, retried through a short Redis outage.
+
+        A job that goes back to the queue (`Retry`, deferred for capacity, cancelled at shut-down)
+        is announced like a new one: another worker takes it now, or waits for its time exactly.
+        """
         for delay in _FINISH_RETRY_S:
             try:
-                return await super().finish_job(*args, **kwargs)
+                await super().finish_job(job_id, finish, *args)
+                break
             except (RedisError, OSError) as exc:
                 logger.warning("could not record a finished job (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
-        return await super().finish_job(*args, **kwargs)
+        else:
+            await super().finish_job(job_id, finish, *args)
+        if not finish:
+            await self._announce_requeue()
+
+    async def _announce_requeue(self) -> None:
+        try:
+            await self.pool.publish(keys.queue_wake_channel(self.queue_name), b"")
+        except (RedisError, OSError) as exc:  # only latency is lost: every worker still polls
+            logger.warning("could not announce a re-queued job: %s", exc)
 
     async def main(self) -> None:
         renewer = asyncio.create_task(self._renew_leases())
@@ -311,6 +418,7 @@ class RouteqWorker(Worker):
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+            await self._subscription.aclose()
 
     async def _renew_leases(self) -> None:
         """Every third of the lease, push back the expiry of every job this worker is running.
@@ -396,6 +504,7 @@ def build_worker(
         max_burst_jobs=max_burst_jobs,
         handle_signals=handle_signals,
         lease_s=settings.job_lease_s,
+        wake=settings.queue_wake,
     )
 
 

@@ -9,6 +9,8 @@ A `Notifier` subscribes once, to the patterns of both channels:
 
 and wakes the waiters registered for the channel a message names. A waiter registers first, then
 reads SQL or the stream, then waits: a message sent between the read and the wait is not lost.
+A worker process subscribes the same way (`patterns=`) to its queue's wake-up channel,
+`routeq:queue-wake:<queue>`.
 
 Messages published while the subscription is down (a Redis restart, a dropped connection) are
 lost, so every time the subscription is (re)confirmed every registered waiter is woken to read
@@ -29,11 +31,17 @@ from redis.exceptions import RedisError
 from storage import keys
 from storage.connections import as_text
 
-__all__ = ["Notifier", "Signal"]
+__all__ = ["CLIENT_PATTERNS", "Notifier", "Signal", "exact_pattern"]
 
 logger = logging.getLogger("routeq.storage")
 
-_PATTERNS = (keys.job_done_channel("*"), keys.job_chunks_added("*"))
+# What a producer process (client, API) waits on.
+CLIENT_PATTERNS = (keys.job_done_channel("*"), keys.job_chunks_added("*"))
+
+
+def exact_pattern(channel: str) -> str:
+    """A PSUBSCRIBE pattern matching only `channel` (its glob characters escaped)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in channel)
 
 
 class Signal:
@@ -56,11 +64,15 @@ class Notifier:
 
     Args:
         redis: the process's Redis; the subscription takes one connection from its pool.
+        patterns: what to subscribe to (one PSUBSCRIBE); the job-done and chunk channels by default.
         retry_delay_s: the pause before subscribing again after Redis failed.
     """
 
-    def __init__(self, redis: Redis, *, retry_delay_s: float = 0.5) -> None:
+    def __init__(
+        self, redis: Redis, *, patterns: tuple[str, ...] = CLIENT_PATTERNS, retry_delay_s: float = 0.5
+    ) -> None:
         self._redis = redis
+        self._patterns = patterns
         self._retry_delay_s = retry_delay_s
         self._waiters: dict[str, set[Signal]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -84,10 +96,13 @@ class Notifier:
             self._task = None
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[Signal]:
-        """Register a waiter for `channel` for the block (register before reading what it guards)."""
+    async def watch(self, channel: str, signal: Signal | None = None) -> AsyncIterator[Signal]:
+        """Register a waiter for `channel` for the block (register before reading what it guards).
+
+        `signal`: one the caller also sets itself (a worker's poll loop: its own jobs ending too).
+        """
         self.start()
-        signal = Signal()
+        signal = signal or Signal()
         self._waiters.setdefault(channel, set()).add(signal)
         try:
             yield signal
@@ -103,13 +118,13 @@ class Notifier:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
-                logger.warning("job notifications lost their Redis subscription (%s); resubscribing", exc)
+                logger.warning("notifications lost their Redis subscription (%s); resubscribing", exc)
             self._wake_all()  # whatever was published meanwhile is lost: everyone reads again
             await asyncio.sleep(self._retry_delay_s)
 
     async def _listen(self) -> None:
         async with self._redis.pubsub() as pubsub:
-            await pubsub.psubscribe(*_PATTERNS)
+            await pubsub.psubscribe(*self._patterns)
             confirmed = 0
             while True:
                 message: dict[str, Any] | None = await pubsub.get_message(timeout=None)
@@ -119,7 +134,7 @@ class Notifier:
                     # redis-py resubscribes by itself after reconnecting: each full set of
                     # confirmations is a subscription that may have missed messages.
                     confirmed += 1
-                    if confirmed % len(_PATTERNS) == 0:
+                    if confirmed % len(self._patterns) == 0:
                         self.subscriptions += 1
                         self._wake_all()
                 elif message["type"] == "pmessage":

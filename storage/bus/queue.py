@@ -3,7 +3,8 @@
 A queued job carries only its routeq job id; the request itself lives in SQL. Jobs are serialized
 as JSON, not arq's default pickle, so whoever can write to Redis cannot make a worker run code.
 
-    enqueue_jobs   new jobs: payload + queue entry, pipelined
+    enqueue_jobs   new jobs: payload + queue entry + a wake-up ping for idle workers, pipelined
+    claim_jobs     a worker takes due jobs nobody runs, past those running elsewhere: one Lua call
     orphans        which unfinished jobs nothing in Redis will run (no lease, no payload or entry)
     requeue_jobs   orphans back on the queue, their next arq try after the last one SQL recorded
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -22,7 +24,16 @@ from redis.asyncio import Redis
 
 from storage import keys
 
-__all__ = ["JOB_FUNCTION", "deserialize", "enqueue_jobs", "orphans", "requeue_jobs", "serialize"]
+__all__ = [
+    "JOB_FUNCTION",
+    "Claim",
+    "JobClaimer",
+    "deserialize",
+    "enqueue_jobs",
+    "orphans",
+    "requeue_jobs",
+    "serialize",
+]
 
 JOB_FUNCTION = "route_job"
 # Ids per pipeline: large enough to amortise round trips, small enough to not block Redis for long.
@@ -77,6 +88,8 @@ async def _enqueue(
                 pipe.psetex(keys.ARQ_JOB_PREFIX + job_id, expires_extra_ms, payload)
             # Queue entries go in after their job keys: a worker never sees an id without its payload.
             pipe.zadd(queue_name, dict.fromkeys(chunk, now_ms), nx=keep_scheduled)
+            # After the entries, on the same connection: a woken worker finds them.
+            pipe.publish(keys.queue_wake_channel(queue_name), b"")
             await pipe.execute()
 
 
@@ -104,3 +117,82 @@ async def orphans(redis: Redis, job_ids: Sequence[str], *, queue_name: str) -> l
             if not leased and not (payload and score is not None):
                 found.append(job_id)
     return found
+
+
+# How many queue entries the claim script reads at a time while it looks for jobs nobody runs.
+_CLAIM_PAGE = 500
+
+# KEYS[1] the queue. ARGV: [1] now (ms, the clock arq scores with), [2] most jobs to claim,
+# [3] lease (ms), [4] the in-progress key prefix, [5] page size.
+# arq's own start (worker.start_jobs) checks one id per WATCH/EXISTS/ZSCORE/MULTI transaction and
+# only among the first `queue_read_limit` due ids, where jobs running elsewhere stay until they
+# end. This takes the same decision for every due id in order - no lease: claim it with one,
+# exactly as arq would - inside Redis, so running jobs never hide the queued ones behind them
+# (a page of running jobs costs one multi-key EXISTS).
+# Returns the claimed ids with their scores, then the next future score.
+_CLAIM = """
+local queue, now, want = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local lease, prefix, page = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local claimed, first = {}, 0
+while #claimed < 2 * want do
+  -- By rank, not ZRANGEBYSCORE's LIMIT offset: a page deep in a long queue costs no more than one
+  -- at its head.
+  local rows = redis.call('ZRANGE', queue, first, first + page - 1, 'WITHSCORES')
+  local ids, scores = {}, {}
+  for i = 1, #rows, 2 do
+    if tonumber(rows[i + 1]) > now then break end
+    ids[#ids + 1], scores[#scores + 1] = rows[i], rows[i + 1]
+  end
+  local leases = {}
+  for i = 1, #ids do leases[i] = prefix .. ids[i] end
+  -- A page of jobs all running elsewhere (the usual head of a busy queue) costs one EXISTS.
+  if #ids > 0 and redis.call('EXISTS', unpack(leases)) < #ids then
+    for i = 1, #ids do
+      if redis.call('EXISTS', leases[i]) == 0 then
+        redis.call('SET', leases[i], '1', 'PX', lease)
+        claimed[#claimed + 1] = ids[i]
+        claimed[#claimed + 1] = scores[i]
+        if #claimed >= 2 * want then break end
+      end
+    end
+  end
+  if #ids < page then break end
+  first = first + page
+end
+local later = redis.call('ZRANGEBYSCORE', queue, '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+return {claimed, later[2] or ''}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim took: (job id, queue score) pairs, and when the next scheduled job is due."""
+
+    jobs: list[tuple[str, int]]
+    next_due_ms: int | None  # the smallest score after `now` (a deferred job), None when there is none
+
+
+class JobClaimer:
+    """A worker's claims on one queue (the script is loaded once, then called by its hash)."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self._queue_name = queue_name
+        self._script = redis.register_script(_CLAIM)
+
+    async def claim(self, *, limit: int, lease_ms: int, now_ms: int) -> Claim:
+        """Lease up to `limit` due jobs that no worker runs, in queue order: one round trip.
+
+        The lease is arq's `arq:in-progress:<id>` (the same key, value and meaning), so a job
+        claimed here is run by arq's `run_job` and finished by its `finish_job`, plain arq workers
+        on the same queue see it as taken, and a claimed job whose worker dies runs again once the
+        lease expires. Queue entries stay where they are: the queue's state is arq's, unchanged.
+        """
+        args: list[str | int] = [now_ms, limit, lease_ms, keys.ARQ_IN_PROGRESS_PREFIX, _CLAIM_PAGE]
+        pairs, later = await self._script(keys=[self._queue_name], args=args)
+        jobs = [(_text(pairs[i]), int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
+        return Claim(jobs, int(float(later)) if later not in (b"", "", None) else None)
+
+
+def _text(value: bytes | str) -> str:
+    # Not storage.connections.as_text: that module imports this one (the serializer).
+    return value.decode() if isinstance(value, bytes) else value
