@@ -227,9 +227,22 @@ class Choice(BaseModel):
         return content if isinstance(content, str) else ""
 
 
+# The request fields' types and bounds, as OpenAI documents them: `ChatRequest` and the HTTP
+# API's bodies (producer/api/schemas.py) both declare their fields with these.
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(ge=0, le=1)]
+Choices = Annotated[int, Field(ge=1, le=16)]
+Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)]
+LogitBias = dict[str, Annotated[int, Field(ge=-100, le=100)]]
+TopLogprobs = Annotated[int, Field(ge=0, le=20)]
+Tools = Annotated[list[Tool], Field(min_length=1, max_length=128)]
+EndUser = Annotated[str, Field(max_length=256)]
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
 
 
 # Fields that need a feature whenever they are set (not None, not empty).

@@ -18,15 +18,23 @@ from router_core.chat import (
     IMAGE_TOKENS_ESTIMATE,
     IMAGE_TOKENS_LOW_DETAIL,
     Choice,
+    Choices,
     ContentPart,
     Effort,
+    EndUser,
     Feature,
+    LogitBias,
+    Metadata,
     Penalty,
     ResponseFormat,
     ServiceTier,
-    Tool,
+    Stop,
+    Temperature,
     ToolCall,
     ToolChoice,
+    Tools,
+    TopLogprobs,
+    TopP,
     non_finite_numbers,
     required_features,
 )
@@ -203,32 +211,24 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     model: str = "auto"
     max_tokens: Annotated[int, Field(gt=0)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=16)] | None = None
-    stop: (
-        str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)] | None
-    ) = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: Choices | None = None
+    stop: Stop | None = None
     seed: int | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: Annotated[list[Tool], Field(min_length=1, max_length=128)] | None = None
+    top_logprobs: TopLogprobs | None = None
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: Effort | None = None
     service_tier: ServiceTier | None = None
-    user: Annotated[str, Field(max_length=256)] | None = None
-    metadata: (
-        Annotated[
-            dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
-            Field(max_length=16),
-        ]
-        | None
-    ) = None
+    user: EndUser | None = None
+    metadata: Metadata | None = None
     preferences: Preferences = Field(default_factory=Preferences)
 
     @field_validator("messages")

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router_core.chat import Effort, Penalty, ResponseFormat, ServiceTier, Tool, ToolChoice
+from router_core.chat import (
+    Choices,
+    Effort,
+    EndUser,
+    LogitBias,
+    Metadata,
+    Penalty,
+    ResponseFormat,
+    ServiceTier,
+    Stop,
+    Temperature,
+    ToolChoice,
+    Tools,
+    TopLogprobs,
+    TopP,
+)
 from router_core.models import Message, Preferences
 
 __all__ = [
@@ -25,11 +40,6 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-_Metadata = Annotated[
-    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
-]
-
-
 class ChatFields(BaseModel):
     """The Chat Completions fields a chat body and a job share, typed as the router reads them.
 
@@ -40,24 +50,20 @@ class ChatFields(BaseModel):
 
     model_config = ConfigDict(allow_inf_nan=False)
 
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: Choices | None = Field(
         default=None,
-        ge=1,
-        le=16,
         description="How many answers (choices). A deployment without native `n` is called n times.",
     )
-    stop: (
-        str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)] | None
-    ) = None
+    stop: Stop | None = None
     seed: int | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Needs `logprobs: true`.")
-    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    top_logprobs: TopLogprobs | None = Field(default=None, description="Needs `logprobs: true`.")
+    tools: Tools | None = None
     tool_choice: ToolChoice | None = Field(default=None, description="Needs `tools`.")
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = Field(
@@ -67,13 +73,12 @@ class ChatFields(BaseModel):
     )
     reasoning_effort: Effort | None = None
     service_tier: ServiceTier | None = None
-    user: str | None = Field(
+    user: EndUser | None = Field(
         default=None,
-        max_length=256,
         description="Your end user: stored with the job (analytics by end user, a spend cap per end "
         "user with `routeq budget set end_user:<tenant>/<user>`).",
     )
-    metadata: _Metadata | None = Field(
+    metadata: Metadata | None = Field(
         default=None,
         description="Up to 16 string pairs stored with the job: shown on it and its output line, and "
         "filterable (`GET /v1/batches/{id}/jobs?metadata=<key>=<value>`).",
