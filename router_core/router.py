@@ -150,6 +150,13 @@ def _outcome(error: ProviderError | None) -> AttemptOutcome:
     return AttemptOutcome.INVALID_OUTPUT if isinstance(error, InvalidOutputError) else AttemptOutcome.ERROR
 
 
+def _failed(attempt: Attempt, error: ProviderError, **charge: Any) -> Attempt:
+    """`attempt` marked as failed by `error` (a stream that broke off or ended invalid), with the
+    `charge` (usage, cost) of what the provider sent, if any."""
+    update = {"outcome": _outcome(error), "error_class": type(error).__name__, "error": str(error)}
+    return attempt.model_copy(update=update | charge)
+
+
 def _check_output(request: ChatRequest, deployment: str, reply: ProviderReply) -> None:
     """Raise `InvalidOutputError` when an answer breaks the JSON schema the request asked for.
 
@@ -375,14 +382,8 @@ class Router:
                         f"{dep.id} ended the stream without a final message", deployment=dep.id
                     ) from None
         except ProviderError as exc:
-            attempts[-1] = attempts[-1].model_copy(
-                update={
-                    "outcome": AttemptOutcome.ERROR,
-                    "error_class": type(exc).__name__,
-                    "error": str(exc),
-                    **self._partial_charge(dep, walk, "".join(relayed)),
-                }
-            )
+            charge = self._partial_charge(dep, walk, "".join(relayed))
+            attempts[-1] = _failed(attempts[-1], exc, **charge)
             raise StreamInterruptedError(f"the stream from {dep.id} broke off: {exc}", attempts) from exc
         finally:
             await opened.rest.aclose()
@@ -390,13 +391,7 @@ class Router:
         try:
             _check_output(request, dep.id, part)
         except InvalidOutputError as exc:
-            attempts[-1] = attempts[-1].model_copy(
-                update={
-                    "outcome": AttemptOutcome.INVALID_OUTPUT,
-                    "error_class": type(exc).__name__,
-                    "error": str(exc),
-                }
-            )
+            attempts[-1] = _failed(attempts[-1], exc)
             raise StreamInterruptedError(f"the stream from {dep.id} ended invalid: {exc}", attempts) from exc
         yield self._result(dep, part, attempts, plan, started)
 
