@@ -29,12 +29,10 @@ from pathlib import Path
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from saturation import routeq_env, spawn_routeq, start_workers, wait_for_workers
-from throughput import DEFAULT_REDIS_URL, NOTE, open_store, sim_server
+from throughput import DEFAULT_REDIS_URL, NOTE, bench_settings, close_services, open_services, sim_server
 
 from producer.client import Client
-from router_core import SimulateMode
 from router_core.models import ChatRequest, Message
-from storage.connections import connect_redis
 from storage.jobs import JobStatus
 from storage.settings import Settings
 
@@ -121,16 +119,8 @@ def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp}/bench-api.db"
     catalog = tmp / "bench-catalog.toml"  # written by sim_server
-    settings = Settings(
-        _env_file=None,
-        redis_url=args.redis_url,
-        database_url=database_url,
-        simulate=SimulateMode.ALWAYS,
-        queue_name="bench:api",
-    )
-    redis = await connect_redis(settings)
-    await redis.flushdb()
-    store = await open_store(database_url)
+    settings = bench_settings(args.redis_url, database_url, "bench:api")
+    redis, store = await open_services(settings)
     _, secret = await store.api_keys.create(tenant="bench", user_id="bench")
     port = free_port()
     workers = start_workers(settings, catalog, sim_url, 1)
@@ -158,9 +148,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
             proc.terminate()
         for proc in (api, *workers):
             proc.wait(timeout=30)
-        await redis.flushdb()
-        await redis.aclose()
-        await store.close()
+        await close_services(redis, store)
 
 
 def main() -> None:

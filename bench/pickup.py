@@ -45,6 +45,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.worker import func
+from throughput import close_services
 
 from producer.client import Client
 from router_core import SimulateMode
@@ -226,9 +227,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
             print(f"  pipeline, submit -> job start:        {percentiles(starts)}")
             print(f"  event, finish/commit -> job-done ping: {percentiles(events)}")
     finally:
-        await redis.flushdb()
-        await redis.aclose()
-        await store.close()
+        await close_services(redis, store)
 
 
 def main() -> None:

@@ -33,12 +33,10 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
-from throughput import DEFAULT_REDIS_URL, open_store, prompts, sim_server
+from throughput import DEFAULT_REDIS_URL, bench_settings, close_services, open_services, prompts, sim_server
 
 from producer.client import Client
-from router_core import SimulateMode
 from storage import keys
-from storage.connections import connect_redis
 from storage.jobs import JobStatus
 from storage.settings import Settings
 from storage.sql.schema import attempts, jobs
@@ -110,16 +108,8 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
 
     limits = [int(x) for x in args.limits.split(",")]
     catalog = tmp / "bench-catalog.toml"  # written by sim_server
-    settings = Settings(
-        _env_file=None,
-        redis_url=args.redis_url,
-        database_url=database_url,
-        simulate=SimulateMode.ALWAYS,
-        queue_name="bench:saturation",
-    )
-    redis = await connect_redis(settings)
-    await redis.flushdb()
-    store = await open_store(database_url)
+    settings = bench_settings(args.redis_url, database_url, "bench:saturation")
+    redis, store = await open_services(settings)
     workers = start_workers(settings, catalog, sim_url, args.workers)
     try:
         async with asyncio.timeout(args.timeout):
@@ -143,9 +133,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
             worker.terminate()
         for worker in workers:
             worker.wait(timeout=30)
-        await redis.flushdb()
-        await redis.aclose()
-        await store.close()
+        await close_services(redis, store)
 
     ideal = args.jobs / sum(limits)
     throttled = sum(

@@ -240,18 +240,42 @@ async def open_store(url: str) -> Store:
     return store
 
 
+def bench_settings(redis_url: str, database_url: str, queue_name: str, **extra: Any) -> Settings:
+    """Settings of a bench run: no .env file, simulated providers, the bench's own queue."""
+    return Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        database_url=database_url,
+        simulate=SimulateMode.ALWAYS,
+        queue_name=queue_name,
+        **extra,
+    )
+
+
+async def open_services(settings: Settings) -> tuple[ArqRedis, Store]:
+    """The bench's Redis database (emptied) and its store (`open_store`)."""
+    redis = await connect_redis(settings)
+    await redis.flushdb()
+    return redis, await open_store(settings.database_url)
+
+
+async def close_services(redis: ArqRedis, store: Store) -> None:
+    """Empty the bench's Redis database and close it and the store."""
+    await redis.flushdb()
+    await redis.aclose()
+    await store.close()
+
+
 def row(label: str, value: float, unit: str, note: str = "") -> None:
     print(f"   {label:<28}{value:9,.0f} {unit}{f'  ({note})' if note else ''}")
 
 
 async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None:
-    settings = Settings(
-        _env_file=None,
-        redis_url=args.redis_url,
-        database_url=database_url,
-        simulate=SimulateMode.ALWAYS,
+    settings = bench_settings(
+        args.redis_url,
+        database_url,
+        "bench:routeq",
         worker_concurrency=args.concurrency,
-        queue_name="bench:routeq",
         default_user_budget_usd=1e9,  # thousands of bench jobs would exhaust the default $1 cap
     )
     print(f"redis:       {args.redis_url} (FLUSHDB at start, between phases and at the end)")
@@ -289,9 +313,7 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
             row("arq enqueue_job loop:", enqueue, "lines/s", "3 round trips per job, no SQL")
             print(f"   {'submit_batch / enqueue_job:':<28}{submit / enqueue:9.2f}")
     finally:
-        await redis.flushdb()
-        await redis.aclose()
-        await store.close()
+        await close_services(redis, store)
 
 
 def main() -> None:

@@ -58,13 +58,10 @@ from typing import Any
 
 from saturation import routeq_env, spawn_routeq, wait_for_workers
 from sqlalchemy import func, select
-from throughput import open_store, prompts, sim_server
+from throughput import bench_settings, close_services, open_services, prompts, sim_server
 
 from producer.client import Client
-from router_core import SimulateMode
-from storage.connections import connect_redis
 from storage.jobs import JobStatus
-from storage.settings import Settings
 from storage.sql.schema import attempts, jobs
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -234,16 +231,8 @@ async def sim_delta(sim_url: str, before: dict[str, Counter[str]], side: Side) -
 async def routeq_side(args: argparse.Namespace, tmp: Path, sim_url: str, n_round: int) -> Side:
     database_url = f"sqlite+aiosqlite:///{tmp}/routeq-round-{n_round}.db"
     catalog = tmp / "bench-catalog.toml"  # written by sim_server
-    settings = Settings(
-        _env_file=None,
-        redis_url=args.redis_url,
-        database_url=database_url,
-        simulate=SimulateMode.ALWAYS,
-        queue_name="bench:vs-litellm",
-    )
-    redis = await connect_redis(settings)
-    await redis.flushdb()
-    store = await open_store(database_url)
+    settings = bench_settings(args.redis_url, database_url, "bench:vs-litellm")
+    redis, store = await open_services(settings)
     env = routeq_env(settings, catalog, sim_url) | {
         "ROUTEQ_DEFAULT_USER_BUDGET_USD": "1000000",  # the default $1 cap would stop a long run
         "ROUTEQ_WORKER_CONCURRENCY": str(args.concurrency),
@@ -277,9 +266,7 @@ async def routeq_side(args: argparse.Namespace, tmp: Path, sim_url: str, n_round
     finally:
         worker.terminate()
         worker.wait(timeout=30)
-        await redis.flushdb()
-        await redis.aclose()
-        await store.close()
+        await close_services(redis, store)
     side.rate = args.requests / side.elapsed_s
     side.succeeded = batch.counts.get(JobStatus.SUCCEEDED, 0)
     side.failed = args.requests - side.succeeded
