@@ -275,6 +275,10 @@ class JobRecord:
     finished_at: datetime | None
     end_user: str | None = None  # the request's `user`: the caller's end user
     metadata: dict[str, str] | None = None  # the request's `metadata`
+    cache_key: str | None = None  # what changes the answer, hashed: set when the job used the cache
+    cache_source: str | None = None  # a cache hit: the job whose provider answer it reused
+    cache_similarity: float | None = None  # a semantic hit's similarity (None: exact)
+    saved_usd: Decimal | None = None  # a hit: what its source's calls cost, not paid again
 
     @property
     def terminal(self) -> bool:

@@ -34,7 +34,18 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["api_keys", "attempts", "batches", "files", "idempotency_keys", "jobs", "ledger", "metadata"]
+__all__ = [
+    "api_keys",
+    "attempts",
+    "batches",
+    "cache_policies",
+    "cache_vectors",
+    "files",
+    "idempotency_keys",
+    "jobs",
+    "ledger",
+    "metadata",
+]
 
 
 metadata = MetaData(
@@ -114,6 +125,12 @@ jobs = Table(
     # string pairs), copied out of `request` so that SQL can group and filter by them (migration 0007).
     Column("end_user", String(256)),
     Column("metadata", JSON(none_as_null=True)),
+    # The response cache (migration 0009): the hash of what changes the answer, set on jobs that used
+    # the cache; a hit's source job, its similarity (semantic hits) and the dollars it did not pay.
+    Column("cache_key", String(64)),
+    Column("cache_source", String(40)),
+    Column("cache_similarity", Float),
+    Column("saved_usd", _Money),
     Column("created_at", _Time, nullable=False),
     Column("started_at", _Time),
     Column("finished_at", _Time),
@@ -128,6 +145,15 @@ jobs = Table(
         "created_at",
         postgresql_where=text("status IN ('queued', 'running')"),
         sqlite_where=text("status IN ('queued', 'running')"),
+    ),
+    # The exact cache: a tenant's newest succeeded job with a key (migration 0009).
+    Index(
+        "ix_jobs_cached",
+        "tenant",
+        "cache_key",
+        "finished_at",
+        postgresql_where=text("cache_key IS NOT NULL AND status = 'succeeded'"),
+        sqlite_where=text("cache_key IS NOT NULL AND status = 'succeeded'"),
     ),
 )
 
@@ -220,4 +246,32 @@ idempotency_keys = Table(
     Column("job_id", String(40)),  # its one job (chat completions, /v1/jobs); NULL for a batch
     Column("created_at", _Time, nullable=False),  # rows older than the retention window are replaced
     Index(None, "created_at"),
+)
+
+cache_policies = Table(
+    "cache_policies",
+    metadata,
+    # A tenant's cache defaults; NULL falls back to the fleet's setting (ROUTEQ_CACHE_*).
+    Column("tenant", String(128), primary_key=True),
+    Column("enabled", Boolean),
+    Column("ttl_s", Integer),
+    Column("semantic", Boolean),
+    Column("threshold", Float),
+    Column("cleared_at", _Time),  # `routeq cache clear`: answers finished before it are not served
+    Column("updated_at", _Time, nullable=False),
+)
+
+cache_vectors = Table(
+    "cache_vectors",
+    metadata,
+    # The semantic cache's embeddings, one per cached job; the vector index is built from these rows.
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False, unique=True),
+    Column("tenant", String(128), nullable=False),
+    Column("grp", String(64), nullable=False),  # hash of the request without its text
+    Column("embedder", String(128), nullable=False),  # the embedding deployment that made it
+    Column("dims", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian
+    Column("created_at", _Time, nullable=False),
+    Index(None, "tenant", "grp"),
 )
