@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router_core.cache import CachePreference
 from router_core.chat import (
     IMAGE_TOKENS_ESTIMATE,
     IMAGE_TOKENS_LOW_DETAIL,
@@ -42,6 +43,7 @@ from router_core.chat import (
 __all__ = [
     "Attempt",
     "AttemptOutcome",
+    "CacheHit",
     "Candidate",
     "Capability",
     "ChatRequest",
@@ -181,6 +183,11 @@ class Preferences(BaseModel):
         default=True,
         description="With a pinned `model`, whether other deployments may answer when it cannot; "
         "false keeps the request on the named model (or fails it).",
+    )
+    cache: CachePreference | None = Field(
+        default=None,
+        description='The response cache for this request: "use", "refresh", "off", or '
+        "{mode, ttl_s, semantic, threshold}; unset = the tenant's and the fleet's defaults.",
     )
 
     @field_validator("strategy", mode="before")
@@ -401,6 +408,14 @@ class Attempt(BaseModel):
     )
 
 
+class CacheHit(BaseModel):
+    """Where a cached answer came from, and what serving it from the cache saved."""
+
+    source_job: str = Field(description="The job whose provider answer this is.")
+    similarity: float | None = Field(default=None, description="A semantic hit's; None: exact.")
+    saved_usd: float = Field(description="What the source's calls cost: not paid again.")
+
+
 class CompletionResult(BaseModel):
     """A successful routed completion, with every attempt that led to it.
 
@@ -420,6 +435,7 @@ class CompletionResult(BaseModel):
     simulated: bool
     attempts: list[Attempt]
     plan_strategy: Strategy
+    cache: CacheHit | None = None  # served from the response cache: no call was made
 
     @property
     def failovers(self) -> int:

@@ -29,7 +29,7 @@ from router_core.models import (
 from router_core.strategies import Option, RankContext, rank
 from router_core.tokens import prompt_tokens
 
-__all__ = ["PlanLimits", "build_plan", "call_tokens", "check_references"]
+__all__ = ["PlanLimits", "answer_fits", "build_plan", "call_tokens", "check_references"]
 
 _BOOST = {Complexity.LOW: 1.10, Complexity.MEDIUM: 1.20, Complexity.HIGH: 1.30}
 
@@ -322,3 +322,22 @@ def _pin_and_fallbacks(
     ]
     rest = [p for p in ranked[1:] if p[0].deployment.id not in explicit_ids]
     return [primary, *(by_id[f] for f in explicit_ids), *rest]
+
+
+def answer_fits(request: ChatRequest, dep: Deployment) -> str | None:
+    """Why an answer `dep` gave may not serve `request` (a cached answer), or None if it may.
+
+    Only the request's own constraints count: its providers, least quality, fallback chain and a
+    pinned model without fallbacks. Cost and latency limits cannot fail (a cached answer costs
+    nothing and comes at once), and the fleet's state (breakers, limits) says nothing about an
+    answer already given.
+    """
+    prefs = request.preferences
+    estimate = _Estimate(0, 0, 0.0, 0.0)
+    for check in (_chain, _providers, _quality):
+        failure = check(dep, prefs, estimate, DeploymentSnapshot())
+        if failure is not None:
+            return failure[1]
+    if request.model not in ("auto", dep.id, dep.model) and not prefs.allow_fallbacks:
+        return f"model {request.model!r} is pinned and preferences.allow_fallbacks is false"
+    return None

@@ -24,6 +24,9 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
 | routeq:open-holds            | zset    | until the job's last hold goes | budget scripts       |
 | routeq:answer:<job_id>       | hash    | until committed; ANSWER_TTL_S | workers (answers)     |
+| routeq:flight:<t>:<hash>     | string  | until released; lease         | workers (cache)       |
+| routeq:flight:<t>:<hash>:waiting | string | with the flight             | workers (cache)       |
+| routeq:flight-done:<t>:<hash> | pub/sub | -                            | workers (cache)       |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -39,6 +42,11 @@ before its ledger commit.
 Answers (`storage.fleet.answers`): `routeq:answer:<job>` maps `<run>` to the outcome a run got from
 the providers, written before its SQL commit and deleted after it: a run retried after a failed
 commit persists that answer instead of paying for another call.
+
+Single-flight (`storage.fleet.flights`): `routeq:flight:<tenant>:<hash>` holds the id of the job
+making the one provider call for identical requests of a tenant; the others count themselves in
+`:waiting` and are woken through `routeq:flight-done:<tenant>:<hash>` when it lets go. These are the
+response cache's only keys: answers live in SQL, so the cache cannot evict anything in Redis.
 
 Names from outside routeq (tenants, users, catalog deployment ids) go into a key through
 `key_part`, which percent-encodes `%`, `/` and `:`: otherwise tenant `x/y` with user `z` and tenant
@@ -68,6 +76,9 @@ __all__ = [
     "deployment_inflight",
     "deployment_requests",
     "deployment_tokens",
+    "flight",
+    "flight_done_channel",
+    "flight_waiting",
     "job_answer",
     "job_chunks",
     "job_chunks_added",
@@ -180,3 +191,18 @@ ANSWER_TTL_S = 24 * 3600
 def job_answer(job_id: str) -> str:
     """Outcomes runs got from the providers, by run, kept until committed to SQL (storage.fleet.answers)."""
     return f"{PREFIX}answer:{job_id}"
+
+
+def flight(tenant: str, request_hash: str) -> str:
+    """The job making the one call for a tenant's identical requests (storage.fleet.flights)."""
+    return f"{PREFIX}flight:{key_part(tenant)}:{request_hash}"
+
+
+def flight_waiting(tenant: str, request_hash: str) -> str:
+    """How many jobs wait for that call's answer."""
+    return f"{flight(tenant, request_hash)}:waiting"
+
+
+def flight_done_channel(tenant: str, request_hash: str) -> str:
+    """Published when the flight's job lets go (its answer is committed, or it failed)."""
+    return f"{PREFIX}flight-done:{key_part(tenant)}:{request_hash}"

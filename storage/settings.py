@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from router_core.cache import CachePolicy
 from router_core.limits import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MAX_MESSAGES,
@@ -159,8 +160,47 @@ class Settings(RouterSettings):
         description="How long an Idempotency-Key sent to a POST that creates work is remembered: within "
         "it, the same key and body get the first request's job or batch instead of a new one.",
     )
+    cache: bool = Field(
+        default=True,
+        description="The response cache's default: a request whose answer the tenant already has "
+        "(same messages, model, strategy and answer-shaping fields) is served it without a call. "
+        "A tenant's policy and a request's preferences.cache override it.",
+    )
+    cache_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Oldest answer the cache serves.")
+    cache_sampled: bool = Field(
+        default=True,
+        description="Cache requests with temperature > 0 too (a re-run batch costs nothing); false "
+        "leaves them out unless they ask with preferences.cache.",
+    )
+    cache_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a job waits for an identical request in flight (single-flight) before "
+        "calling by itself.",
+    )
+    semantic_cache: bool = Field(
+        default=False, description="Also serve answers to prompts that mean the same (embeddings)."
+    )
+    semantic_threshold: float = Field(
+        default=0.95, gt=0, le=1, description="Least cosine similarity of a semantic cache hit."
+    )
+    embedding_deployment: str | None = Field(
+        default=None,
+        description="The catalog deployment that embeds prompts for the semantic cache; unset = the "
+        'first with task = "embedding".',
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
+
+    def cache_policy(self) -> CachePolicy:
+        """The fleet's cache defaults (a tenant's policy overrides them)."""
+        return CachePolicy(
+            enabled=self.cache,
+            ttl_s=self.cache_ttl_s,
+            semantic=self.semantic_cache,
+            threshold=self.semantic_threshold,
+            sampled=self.cache_sampled,
+        )
 
     @field_validator("redis_url", mode="before")
     @classmethod

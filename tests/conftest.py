@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,11 @@ from router_core.catalog import parse_catalog
 
 if TYPE_CHECKING:
     from tests.backends import Backend
+
+# The response cache is on by default (ROUTEQ_CACHE). The suites that test routing, failover, limits
+# and budgets send the same prompt many times and count the calls it makes, so they run with it off;
+# tests/test_cache*.py turn it on where they test it. Subprocesses (CLI, workers) inherit this.
+os.environ.setdefault("ROUTEQ_CACHE", "false")
 
 
 def deployment(id: str, **overrides: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -54,6 +55,7 @@ from storage.jobs import (
 )
 from storage.metrics import Metrics
 from storage.sql.store import Store
+from workers.cache import CacheUse, JobCache, hit_pieces
 
 __all__ = ["JobDeferred", "JobRunner"]
 
@@ -75,6 +77,7 @@ class _Outcome:
     attempts: list[Attempt] = field(default_factory=list)
     failure: JobFailure | None = None
     deferred: CapacityExhaustedError | None = None
+    cache: CacheUse | None = None  # how the job used the response cache (None: it did not)
 
 
 class JobRunner:
@@ -94,6 +97,7 @@ class JobRunner:
         relay: StreamRelay | None = None,
         metrics: Metrics | None = None,
         answers: AnswerStore | None = None,
+        cache: JobCache | None = None,
     ) -> None:
         self.router = router
         self.relay = relay or StreamRelay(events.redis)
@@ -109,6 +113,7 @@ class JobRunner:
         # would stay `running` in SQL. The rest of the timeout is left for persisting the outcome.
         self.route_timeout_s = route_timeout_s
         self.metrics = metrics  # None: this process keeps no metrics
+        self.cache = cache  # None: no response cache (every job calls)
 
     async def run(self, job_id: str, *, run: int) -> str:
         """Process one delivery of `job_id` (arq try `run`); returns the job's final status.
@@ -148,6 +153,15 @@ class JobRunner:
             outcome = _Outcome(failure=expired)
         else:
             outcome = await self._route(started, run)
+        try:
+            return await self._conclude(started, run, outcome)
+        finally:
+            if self.cache is not None:  # after the commit: identical jobs waiting take this answer
+                await self.cache.end(started, outcome.cache)
+
+    async def _conclude(self, started: StartedJob, run: int, outcome: _Outcome) -> str:
+        """Commit the run's outcome, settle its holds and publish; or put the job back (deferred)."""
+        job_id = started.id
         if outcome.deferred is not None:
             await self.store.runs.defer(started, run=run, attempts_made=outcome.attempts)
             await self._settle(job_id, run, outcome.attempts)
@@ -158,7 +172,12 @@ class JobRunner:
         answer = SavedAnswer(run, outcome.attempts, outcome.result, outcome.failure)
         written = bool(outcome.attempts) and await self.answers.save(job_id, answer)
         applied = await self.store.runs.finish(
-            started, run=run, attempts_made=outcome.attempts, result=outcome.result, failure=outcome.failure
+            started,
+            run=run,
+            attempts_made=outcome.attempts,
+            result=outcome.result,
+            failure=outcome.failure,
+            cache=outcome.cache.record() if outcome.cache is not None else None,
         )
         await self._settle(job_id, run, outcome.attempts)
         if written:
@@ -204,6 +223,16 @@ class JobRunner:
         except ValidationError as exc:
             message = f"stored request is invalid: {exc}"
             return _Outcome(failure=JobFailure(FailureCode.INVALID_REQUEST, message))
+        use = await self.cache.begin(job, request) if self.cache is not None else None
+        if use is not None and use.hit is not None:  # an earlier answer: no call, no hold, $0
+            if job.stream:
+                await self._relay_pieces(job.id, run, hit_pieces(use.hit))
+            return _Outcome(result=use.hit, cache=use)
+        outcome = await self._call(job, run, request)
+        outcome.cache = use
+        return outcome
+
+    async def _call(self, job: StartedJob, run: int, request: ChatRequest) -> _Outcome:
         guard = self.budgets.guard(
             job_id=job.id,
             run=run,
@@ -251,6 +280,16 @@ class JobRunner:
         finally:
             await writer.abort()
         raise RuntimeError("Router.stream ended without its result")  # pragma: no cover
+
+    async def _relay_pieces(self, job_id: str, run: int, pieces: list[str | dict[str, Any]]) -> None:
+        """Relay a whole answer at once (a streamed job served from the cache)."""
+        writer = self.relay.writer(job_id, run)
+        try:
+            for piece in pieces:
+                writer.add(piece)
+            await writer.close()
+        finally:
+            await writer.abort()
 
     async def _limits(self, batch_id: str) -> BatchLimits:
         """The batch's cap and expiry (they never change, so each worker reads them once)."""

@@ -51,6 +51,7 @@ from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
 from storage.settings import Settings
 from storage.sql.store import Store
+from workers.cache import JobCache
 from workers.context import Shared, WorkerContext, attach, detach, worker_context, worker_record
 from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
@@ -100,6 +101,15 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         metrics = shared.metrics
         if metrics is None and settings.worker_metrics_port is not None:
             metrics = Metrics()
+        cache = JobCache(
+            store,
+            redis,
+            router.catalog,
+            settings.cache_policy(),
+            wait_s=settings.cache_wait_s,
+            lease_s=settings.job_timeout_s,
+        )
+        opened.push_async_callback(cache.close)
         runner = JobRunner(
             router,
             store,
@@ -112,6 +122,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
                 d.id for d in router.catalog.values() if is_simulated(d, settings.simulate, os.environ)
             ),
             metrics=metrics,
+            cache=cache,
         )
         started = time.time()
         await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import Attempt, AttemptOutcome, CompletionResult, deployment_switches
 from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
+from storage.sql.cache import CacheRecord
 from storage.sql.database import Database
 from storage.sql.jobs import Jobs
 from storage.sql.schema import attempts, jobs, ledger
@@ -45,6 +46,10 @@ OUTCOME_COLUMNS = (
     "failovers",
     "result",
     "error",
+    "cache_key",
+    "cache_source",
+    "cache_similarity",
+    "saved_usd",
 )
 
 
@@ -114,16 +119,18 @@ class Runs:
         attempts_made: Sequence[Attempt],
         result: CompletionResult | None,
         failure: JobFailure | None = None,
+        cache: CacheRecord | None = None,
     ) -> bool:
         """Record a run's attempts and ledger charges, and its outcome if the job is still open.
 
         One transaction. Returns True when this run set the job's final status, False when another
         run (a concurrent redelivery) had already finished it; its attempts and charges are recorded
-        either way, because the provider billed them either way.
+        either way, because the provider billed them either way. `cache` is what the job did with
+        the response cache (the key its answer is cached under; a hit's source), set with the outcome.
         """
         now = self._db.now()
         billed = billed_calls(attempts_made)
-        outcome = {"b_id": job.id, **outcome_values(attempts_made, result, failure, billed, now)}
+        outcome = {"b_id": job.id, **outcome_values(attempts_made, result, failure, billed, now, cache=cache)}
         calls = run_rows(job, run, attempts_made, billed, now)
 
         async def write(conn: AsyncConnection) -> bool:
@@ -207,8 +214,17 @@ def outcome_values(
     failure: JobFailure | None,
     billed: Sequence[tuple[int, Attempt]],
     now: datetime,
+    *,
+    cache: CacheRecord | None = None,
 ) -> dict[str, Any]:
     values: dict[str, Any] = dict.fromkeys(OUTCOME_COLUMNS)
+    if cache is not None:
+        values.update(
+            cache_key=cache.key,
+            cache_source=cache.source_job,
+            cache_similarity=cache.similarity,
+            saved_usd=cache.saved_usd,
+        )
     values.update(
         finished_at=now,
         attempt_count=len(attempts_made),

@@ -7,6 +7,7 @@
     store.files      Batch API files                                             (sql/files.py)
     store.api_keys   the HTTP API's keys                                         (sql/api_keys.py)
     store.idempotency  the batch an Idempotency-Key's first request made          (sql/idempotency.py)
+    store.cache      cached answers (jobs by request hash), tenants' cache policies, stats (sql/cache.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.sql.api_keys import ApiKeys
 from storage.sql.batches import Batches
+from storage.sql.cache import ResponseCache
 from storage.sql.database import Database, utcnow
 from storage.sql.engine import connect_database
 from storage.sql.files import Files
@@ -46,6 +48,7 @@ class Store:
         self.batches = Batches(self.db, self.jobs, self.ledger, self.idempotency)
         self.files = Files(self.db)
         self.api_keys = ApiKeys(self.db)
+        self.cache = ResponseCache(self.db)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:

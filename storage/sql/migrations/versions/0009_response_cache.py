@@ -29,6 +29,8 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _CACHED = "cache_key IS NOT NULL AND status = 'succeeded'"
 
 
@@ -58,7 +60,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "cache_vectors",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("id", _BIG_ID, autoincrement=True, nullable=False),
         sa.Column("job_id", sa.String(length=40), nullable=False),
         sa.Column("tenant", sa.String(length=128), nullable=False),
         sa.Column("grp", sa.String(length=64), nullable=False),

@@ -1,0 +1,218 @@
+"""The response cache in SQL: answers are the jobs that already hold them.
+
+Every result is in `jobs` already, so the exact cache is an index, not a copy: a job that used the
+cache carries its request's `cache_key` (router_core.cache), and the answer for a key is the newest
+succeeded job of the tenant with that key, finished within the TTL the request accepts and after
+the tenant's last clear (`ix_jobs_cached`, a partial index over those rows only). Nothing is
+evicted: an answer too old for one request may serve another that accepts older ones, and the
+cache can never crowd out queue or fleet keys in Redis, because it keeps nothing there.
+
+    lookup      the newest answers of a tenant for a key, younger than `since`, after the last clear
+    answers     the answers of given jobs (a semantic search's neighbours), with the same rules
+    policy      a tenant's cache defaults (`cache_policies`), set_policy, clear (a marker, O(1))
+    stats       what the cache did for a tenant (or every tenant) over a window
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, case, delete, func, or_, select, update
+
+from storage.jobs import JobStatus, TenantScope, aware
+from storage.sql.database import Database, owned_by
+from storage.sql.schema import cache_policies, jobs
+
+__all__ = ["CacheRecord", "CacheStats", "CachedAnswer", "ResponseCache", "TenantCachePolicy"]
+
+_P = cache_policies.c
+_J = jobs.c
+_CANDIDATES = 8  # newest answers read per lookup: the first that fits the request's constraints wins
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A succeeded job whose answer may serve another request."""
+
+    job_id: str
+    source_job: str  # the job whose provider call made the answer (itself, unless it was a hit)
+    deployment: str
+    result: dict[str, Any]
+    saved_usd: Decimal  # what the source's calls cost
+    finished_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRecord:
+    """What a finished job records about its use of the cache (`Runs.finish`)."""
+
+    key: str
+    source_job: str | None = None  # a hit: where its answer came from
+    similarity: float | None = None  # a semantic hit
+    saved_usd: Decimal | None = None  # a hit: the source's cost
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCachePolicy:
+    """A tenant's row in `cache_policies`; None fields fall back to the fleet's settings."""
+
+    tenant: str
+    enabled: bool | None = None
+    ttl_s: int | None = None
+    semantic: bool | None = None
+    threshold: float | None = None
+    cleared_at: datetime | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("enabled", "ttl_s", "semantic", "threshold")}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What the cache did over a window: jobs that used it, hits among them, dollars not paid."""
+
+    jobs: int  # finished jobs that used the cache (read or wrote it)
+    hits: int
+    semantic_hits: int
+    saved_usd: Decimal
+    entries: int  # distinct answers that may still be served (after the last clear)
+
+    @property
+    def misses(self) -> int:
+        return self.jobs - self.hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.jobs if self.jobs else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "hits": self.hits,
+            "semantic_hits": self.semantic_hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hit_rate, 4),
+            "saved_usd": float(self.saved_usd),
+            "entries": self.entries,
+        }
+
+
+class ResponseCache:
+    """`store.cache`: reads of cached answers and the tenants' cache policies."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._upsert = db.insert_ignoring_duplicates(cache_policies)
+
+    async def lookup(self, tenant: str, key: str, *, since: datetime) -> list[CachedAnswer]:
+        """The tenant's newest answers for `key` finished at or after `since` (newest first)."""
+        query = _answers(tenant, since).where(_J.cache_key == key).order_by(_J.finished_at.desc())
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query.limit(_CANDIDATES))).all()
+        return [_answer(row) for row in rows]
+
+    async def answers(
+        self, tenant: str, job_ids: Sequence[str], *, since: datetime
+    ) -> dict[str, CachedAnswer]:
+        """The answers of `job_ids` that the tenant may be served (a semantic search's neighbours)."""
+        if not job_ids:
+            return {}
+        query = _answers(tenant, since).where(_J.id.in_(list(job_ids)))
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row.id: _answer(row) for row in rows}
+
+    async def policy(self, tenant: str) -> TenantCachePolicy | None:
+        query = select(_P.tenant, _P.enabled, _P.ttl_s, _P.semantic, _P.threshold, _P.cleared_at).where(
+            _P.tenant == tenant
+        )
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        values = dict(row._mapping)
+        values["cleared_at"] = aware(values["cleared_at"])
+        return TenantCachePolicy(**values)
+
+    async def set_policy(self, policy: TenantCachePolicy) -> None:
+        """Replace the tenant's defaults (None: the fleet's); its last clear is kept."""
+        now = self._db.now()
+        values = policy.overrides()
+
+        async def write(conn: Any) -> None:
+            await conn.execute(self._upsert.values(tenant=policy.tenant, updated_at=now, **values))
+            mine = update(cache_policies).where(_P.tenant == policy.tenant)
+            await conn.execute(mine.values(updated_at=now, **values))
+
+        await self._db.writes.run(write)
+
+    async def clear(self, tenant: str) -> datetime:
+        """Stop serving every answer the tenant has so far (a marker: nothing is deleted); when."""
+        now = self._db.now()
+
+        async def write(conn: Any) -> None:
+            await conn.execute(self._upsert.values(tenant=tenant, updated_at=now, cleared_at=now))
+            mine = update(cache_policies).where(_P.tenant == tenant)
+            await conn.execute(mine.values(cleared_at=now, updated_at=now))
+
+        await self._db.writes.run(write)
+        return now
+
+    async def forget_policy(self, tenant: str) -> None:
+        """Drop the tenant's row: its defaults are the fleet's again, and its clear is undone."""
+
+        async def write(conn: Any) -> None:
+            await conn.execute(delete(cache_policies).where(_P.tenant == tenant))
+
+        await self._db.writes.run(write)
+
+    async def stats(self, tenant: TenantScope, *, since: datetime | None = None) -> CacheStats:
+        """What the cache did for `tenant` (or every tenant) for jobs finished since `since`."""
+        window = owned_by(_J.tenant, tenant) & _J.cache_key.is_not(None)
+        if since is not None:
+            window &= _J.finished_at >= since
+        used = select(
+            func.count(),
+            func.count(_J.cache_source),
+            func.count(_J.cache_similarity),
+            func.coalesce(func.sum(_J.saved_usd), 0),
+        ).where(window)
+        entries = (
+            select(func.count(func.distinct(_J.cache_key)))
+            .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
+            .where(owned_by(_J.tenant, tenant) & _servable() & _J.cache_source.is_(None))
+        )
+        async with self._db.reading() as conn:
+            counted, hits, semantic, saved = (await conn.execute(used)).one()
+            distinct = (await conn.execute(entries)).scalar_one()
+        return CacheStats(int(counted), int(hits), int(semantic), Decimal(saved), int(distinct))
+
+
+def _servable() -> ColumnElement[bool]:
+    """A succeeded job with a key, finished after its tenant's last clear (joined `cache_policies`)."""
+    return and_(
+        _J.cache_key.is_not(None),
+        _J.status == JobStatus.SUCCEEDED.value,
+        or_(_P.cleared_at.is_(None), _J.finished_at > _P.cleared_at),
+    )
+
+
+def _answers(tenant: str, since: datetime) -> Any:
+    """The tenant's servable answers finished at or after `since`."""
+    source = case((_J.cache_source.is_(None), _J.id), else_=_J.cache_source)
+    saved = case((_J.cache_source.is_(None), _J.cost_usd), else_=_J.saved_usd)
+    return (
+        select(_J.id, source.label("source"), _J.deployment, _J.result, saved.label("saved"), _J.finished_at)
+        .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
+        .where((_J.tenant == tenant) & _servable() & (_J.finished_at >= since))
+    )
+
+
+def _answer(row: Row[Any]) -> CachedAnswer:
+    finished = aware(row.finished_at)
+    assert finished is not None  # a succeeded job has finished
+    return CachedAnswer(row.id, row.source, row.deployment, row.result, Decimal(row.saved or 0), finished)
