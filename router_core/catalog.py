@@ -201,9 +201,8 @@ class Catalog(Mapping[str, Deployment]):
             return found
         dep = self._by_id.get(deployment_id)
         if dep is None:
-            raise ConfigError(
-                f"unknown deployment; known: {sorted(self._by_id)}", path=self.source, deployment=deployment_id
-            )
+            known = f"unknown deployment; known: {sorted(self._by_id)}"
+            raise ConfigError(known, path=self.source, deployment=deployment_id)
         if dep.task is not Task.EMBEDDING:
             raise ConfigError(
                 f'a {dep.task.value} deployment cannot embed; name one with task = "embedding"',
@@ -266,7 +265,7 @@ def _check_fallbacks(dep: Deployment, by_id: Mapping[str, Deployment], source: s
         if other is None:
             problem = f"fallback {fallback!r} is not a deployment id in this catalog"
         elif other.task is not dep.task:
-            problem = f"fallback {fallback!r} is a {other.task.value} deployment, this one serves {dep.task.value}"
+            problem = f"fallback {fallback!r} serves {other.task.value}, this deployment {dep.task.value}"
         else:
             continue
         raise ConfigError(problem, path=source, deployment=dep.id, field="fallbacks")

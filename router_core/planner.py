@@ -2,8 +2,9 @@
 
 A pure function of its inputs (no I/O), so it is cheap to test and to benchmark. Steps:
 classify the prompt, estimate tokens, cost and latency per chat deployment (embedding deployments
-are never candidates, nor listed as exclusions), exclude those that break a constraint (recording why), rank the rest with the strategy, put a pinned `model` first and the
-primary's explicit `fallbacks` right after it.
+are never candidates, nor listed as exclusions), exclude those that break a constraint (recording
+why), rank the rest with the strategy, put a pinned `model` first and the primary's explicit
+`fallbacks` right after it.
 """
 
 from __future__ import annotations

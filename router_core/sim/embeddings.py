@@ -73,8 +73,7 @@ _CONTRACTIONS = {
 _CONTRACTION = re.compile("|".join(re.escape(c) for c in sorted(_CONTRACTIONS, key=len, reverse=True)))
 _WORD = re.compile(r"[a-z0-9]+")
 
-STOPWORDS = frozenset(
-    """
+_STOPWORD_LINES = """
     a an the this that these those some any each every
     i me my mine we us our you your yours he him his she her it its they them their
     is am are was were be been being do does did done doing have has had having
@@ -85,8 +84,8 @@ STOPWORDS = frozenset(
     please tell explain show give let know like want need wondering wonder kindly
     hi hello hey thanks thank ok okay well really
     there here out up down off again
-    """.split()
-)
+"""
+STOPWORDS = frozenset(_STOPWORD_LINES.split())
 """Words that carry no content here: they never count towards similarity (step 3)."""
 
 SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (

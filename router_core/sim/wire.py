@@ -29,12 +29,12 @@ from router_core.tokens import TOKENS_PER_MESSAGE, estimate_tokens
 
 __all__ = [
     "ANTHROPIC_IMAGE_TOKENS",
-    "ERROR_STATUS",
-    "OPENAI_IMAGE_TOKENS",
-    "OPENAI_IMAGE_TOKENS_LOW",
     "DEFAULT_EMBEDDING_DIMENSIONS",
+    "ERROR_STATUS",
     "MAX_EMBEDDING_DIMENSIONS",
     "MAX_EMBEDDING_INPUTS",
+    "OPENAI_IMAGE_TOKENS",
+    "OPENAI_IMAGE_TOKENS_LOW",
     "Dialect",
     "EmbeddingRequest",
     "EncodingFormat",
