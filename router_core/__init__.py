@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from router_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from router_core.catalog import Catalog, Deployment, ProviderKind, load_catalog
+    from router_core.catalog import Catalog, Deployment, ProviderKind, Task, load_catalog
     from router_core.clock import Clock, FakeClock, SystemClock
     from router_core.errors import (
         AllAttemptsFailedError,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         ChatRequest,
         CompletionResult,
         Complexity,
+        Embeddings,
         Exclusion,
         ExclusionReason,
         Message,
@@ -92,6 +93,7 @@ __all__ = [
     "ContextLengthError",
     "Deployment",
     "DeploymentSnapshot",
+    "Embeddings",
     "Exclusion",
     "ExclusionReason",
     "FakeClock",
@@ -123,6 +125,7 @@ __all__ = [
     "Strategy",
     "StreamInterruptedError",
     "SystemClock",
+    "Task",
     "Usage",
     "Weights",
     "build_plan",
@@ -131,7 +134,7 @@ __all__ = [
 
 # Which module defines each public name; `__getattr__` imports it on first access.
 _MODULES: dict[str, tuple[str, ...]] = {
-    "router_core.catalog": ("Catalog", "Deployment", "ProviderKind", "load_catalog"),
+    "router_core.catalog": ("Catalog", "Deployment", "ProviderKind", "Task", "load_catalog"),
     "router_core.clock": ("Clock", "FakeClock", "SystemClock"),
     "router_core.errors": (
         "AllAttemptsFailedError",
@@ -162,6 +165,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "ChatRequest",
         "CompletionResult",
         "Complexity",
+        "Embeddings",
         "Exclusion",
         "ExclusionReason",
         "Message",

@@ -3,6 +3,8 @@
 A catalog is a TOML file with one `[[deployments]]` table per deployment (see README, "Catalog").
 Loading validates every field, resolves each price through genai-prices, and checks cross references
 (fallbacks); every problem is a `ConfigError` naming the file, the deployment and the field.
+A deployment serves chat (the default) or embeddings (`task = "embedding"`); the two never mix:
+chat requests are planned over chat deployments only, and `Catalog.embedder` picks an embedding one.
 With no file, the built-in demo catalog (`demo_catalog.toml`, served by the simulator) is used.
 """
 
@@ -24,7 +26,15 @@ from router_core.models import Capability
 from router_core.pricing import Price, PriceOverride, resolve_price
 from router_core.sim.profiles import SimProfile
 
-__all__ = ["DEMO_CATALOG", "Catalog", "Deployment", "ProviderKind", "default_features", "load_catalog"]
+__all__ = [
+    "DEMO_CATALOG",
+    "Catalog",
+    "Deployment",
+    "ProviderKind",
+    "Task",
+    "default_features",
+    "load_catalog",
+]
 
 DEMO_CATALOG = "demo_catalog.toml"
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
@@ -38,6 +48,16 @@ class ProviderKind(StrEnum):
     OPENAI_COMPATIBLE = "openai_compatible"
     SIM = "sim"
 
+
+class Task(StrEnum):
+    """What a deployment is called for: chat completions, or embeddings (`embeddings.create`)."""
+
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+
+
+# Kinds whose wire has an embeddings endpoint (Anthropic's API has none).
+_EMBEDDING_KINDS = frozenset({ProviderKind.OPENAI, ProviderKind.OPENAI_COMPATIBLE, ProviderKind.SIM})
 
 # genai-prices provider id used when the catalog gives none.
 _DEFAULT_PRICE_PROVIDER = {ProviderKind.OPENAI: "openai", ProviderKind.ANTHROPIC: "anthropic"}
@@ -75,6 +95,10 @@ class Deployment(BaseModel):
 
     id: str = Field(pattern=_ID_PATTERN, max_length=100)
     kind: ProviderKind
+    task: Task = Task.CHAT
+    dimensions: int | None = Field(
+        default=None, gt=0, description="Embedding length to ask for (task 'embedding' only)."
+    )
     provider: str = Field(default="", description="Vendor label for include/exclude_providers.")
     model: str = Field(min_length=1)
     base_url: str | None = None
@@ -105,7 +129,10 @@ class Deployment(BaseModel):
         if not self.provider:
             object.__setattr__(self, "provider", self.price_provider or self.kind.value)
         if self.features is None:
-            object.__setattr__(self, "features", default_features(self.kind, self.model))
+            # Features are request fields of chat; an embedding deployment honours none of them.
+            chat = self.task is Task.CHAT
+            features = default_features(self.kind, self.model) if chat else frozenset()
+            object.__setattr__(self, "features", features)
         return self
 
 
@@ -156,6 +183,35 @@ class Catalog(Mapping[str, Deployment]):
     def deployments(self) -> list[Deployment]:
         return list(self._by_id.values())
 
+    def embedder(self, deployment_id: str | None = None) -> Deployment:
+        """The embedding deployment named `deployment_id`, or the catalog's first one.
+
+        Raises:
+            ConfigError: there is none, or `deployment_id` is unknown or not an embedding deployment.
+        """
+        if deployment_id is None:
+            found = next((d for d in self._by_id.values() if d.task is Task.EMBEDDING), None)
+            if found is None:
+                raise ConfigError(
+                    'no embedding deployment: add a [[deployments]] table with task = "embedding" '
+                    '(e.g. kind = "openai", model = "text-embedding-3-small")',
+                    path=self.source,
+                    field="task",
+                )
+            return found
+        dep = self._by_id.get(deployment_id)
+        if dep is None:
+            known = f"unknown deployment; known: {sorted(self._by_id)}"
+            raise ConfigError(known, path=self.source, deployment=deployment_id)
+        if dep.task is not Task.EMBEDDING:
+            raise ConfigError(
+                f'a {dep.task.value} deployment cannot embed; name one with task = "embedding"',
+                path=self.source,
+                deployment=deployment_id,
+                field="task",
+            )
+        return dep
+
     def serves(self, model: str) -> bool:
         """Whether a request's `model` names something here: "auto", a deployment id or a model name."""
         return model == "auto" or model in self._by_id or any(d.model == model for d in self._by_id.values())
@@ -190,22 +246,48 @@ def parse_catalog(raw: Mapping[str, Any], *, source: str) -> Catalog:
         parsed = _CatalogFile.model_validate(raw)
     except ValidationError as exc:
         raise _config_error(exc, raw, source) from exc
-    seen: set[str] = set()
+    by_id: dict[str, Deployment] = {}
     for dep in parsed.deployments:
-        if dep.id in seen:
+        if dep.id in by_id:
             raise ConfigError("duplicate deployment id", path=source, deployment=dep.id, field="id")
-        seen.add(dep.id)
+        by_id[dep.id] = dep
     for dep in parsed.deployments:
-        for fallback in dep.fallbacks:
-            if fallback not in seen:
-                raise ConfigError(
-                    f"fallback {fallback!r} is not a deployment id in this catalog",
-                    path=source,
-                    deployment=dep.id,
-                    field="fallbacks",
-                )
+        _check_fallbacks(dep, by_id, source)
+        _check_task(dep, source)
     prices = {dep.id: _resolve(dep, source) for dep in parsed.deployments}
     return Catalog(parsed.deployments, prices, source=source)
+
+
+def _check_fallbacks(dep: Deployment, by_id: Mapping[str, Deployment], source: str) -> None:
+    """Every fallback is a deployment of this catalog serving the same task."""
+    for fallback in dep.fallbacks:
+        other = by_id.get(fallback)
+        if other is None:
+            problem = f"fallback {fallback!r} is not a deployment id in this catalog"
+        elif other.task is not dep.task:
+            problem = f"fallback {fallback!r} serves {other.task.value}, this deployment {dep.task.value}"
+        else:
+            continue
+        raise ConfigError(problem, path=source, deployment=dep.id, field="fallbacks")
+
+
+def _check_task(dep: Deployment, source: str) -> None:
+    """An embedding deployment needs a wire with an embeddings endpoint; `dimensions` is its alone."""
+    if dep.task is Task.EMBEDDING and dep.kind not in _EMBEDDING_KINDS:
+        kinds = ", ".join(sorted(k.value for k in _EMBEDDING_KINDS))
+        raise ConfigError(
+            f"kind {dep.kind.value!r} has no embeddings API; an embedding deployment needs kind {kinds}",
+            path=source,
+            deployment=dep.id,
+            field="kind",
+        )
+    if dep.task is not Task.EMBEDDING and dep.dimensions is not None:
+        raise ConfigError(
+            'dimensions is only for embedding deployments: set task = "embedding" or remove it',
+            path=source,
+            deployment=dep.id,
+            field="dimensions",
+        )
 
 
 def _config_error(exc: ValidationError, raw: Mapping[str, Any], source: str) -> ConfigError:

@@ -2,7 +2,7 @@
 
 A `ChatRequest` is OpenAI-style `messages` plus routing `Preferences`; `Router.plan` answers with a
 `Plan` of ranked `Candidate`s and the `Exclusion`s, and `Router.complete` with a `CompletionResult`
-that carries every `Attempt`.
+that carries every `Attempt`; `Router.embed` answers with `Embeddings`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ __all__ = [
     "ChatRequest",
     "CompletionResult",
     "Complexity",
+    "Embeddings",
     "Exclusion",
     "ExclusionReason",
     "Message",
@@ -441,6 +442,21 @@ class CompletionResult(BaseModel):
     def failovers(self) -> int:
         """How many times the router moved to another deployment."""
         return deployment_switches(self.attempts)
+
+
+class Embeddings(BaseModel):
+    """Vectors from an embedding deployment (`Router.embed`): one per text, in the texts' order.
+
+    `cost_usd` is what the provider bills for `input_tokens` (embeddings have no output tokens).
+    """
+
+    vectors: list[list[float]]
+    deployment: str
+    model: str
+    input_tokens: int
+    cost_usd: float
+    latency_ms: float
+    simulated: bool
 
 
 def deployment_switches(attempts: Sequence[Attempt]) -> int:

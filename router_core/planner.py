@@ -1,9 +1,10 @@
 """Planning: from a request, the catalog and a fleet-state snapshot to an ordered list of candidates.
 
 A pure function of its inputs (no I/O), so it is cheap to test and to benchmark. Steps:
-classify the prompt, estimate tokens, cost and latency per deployment, exclude those that break a
-constraint (recording why), rank the rest with the strategy, put a pinned `model` first and the
-primary's explicit `fallbacks` right after it.
+classify the prompt, estimate tokens, cost and latency per chat deployment (embedding deployments
+are never candidates, nor listed as exclusions), exclude those that break a constraint (recording
+why), rank the rest with the strategy, put a pinned `model` first and the primary's explicit
+`fallbacks` right after it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from router_core.catalog import Catalog, Deployment
+from router_core.catalog import Catalog, Deployment, Task
 from router_core.chat import Feature
 from router_core.classify import classify
 from router_core.errors import InvalidRequestError, NoRouteError
@@ -188,6 +189,8 @@ def build_plan(
     options: list[Option] = []
     excluded: list[Exclusion] = []
     for position, dep in enumerate(catalog.values()):
+        if dep.task is not Task.CHAT:
+            continue
         st = snapshot.get(dep.id) or DeploymentSnapshot()
         missing = unsupported(dep, needs) if needs else None
         if missing is not None:
@@ -245,16 +248,25 @@ def _probes_first(ordered: list[tuple[Option, float]]) -> list[tuple[Option, flo
 
 
 def check_references(request: ChatRequest, catalog: Catalog) -> None:
-    """Check that the request's model and fallback chain name what the catalog has, and that
-    some deployment it may use honours every field it sets.
+    """Check that the request's model and fallback chain name chat deployments the catalog has,
+    and that some deployment it may use honours every field it sets.
 
     Raises:
         InvalidRequestError: with `field` "model", "preferences.chain" or the unhonoured field.
     """
-    unknown = [d for d in request.preferences.chain or [] if d not in catalog]
+    chat = [d for d in catalog.values() if d.task is Task.CHAT]
+    chain = request.preferences.chain or []
+    unknown = [d for d in chain if d not in catalog]
     if unknown:
         raise InvalidRequestError(
             f"unknown deployment ids {unknown}; known: {sorted(catalog)}", field="preferences.chain"
+        )
+    embedders = [d for d in chain if catalog[d].task is not Task.CHAT]
+    if embedders:
+        raise InvalidRequestError(
+            f"{embedders} are embedding deployments (task = 'embedding'), not chat ones; "
+            f"chat deployment ids: {sorted(d.id for d in chat)}",
+            field="preferences.chain",
         )
     model = request.model
     if not catalog.serves(model):
@@ -263,11 +275,17 @@ def check_references(request: ChatRequest, catalog: Catalog) -> None:
             f"deployment ids: {sorted(catalog)}",
             field="model",
         )
+    if model != "auto" and not any(model in (d.id, d.model) for d in chat):
+        raise InvalidRequestError(
+            f"{model!r} names an embedding deployment (task = 'embedding'), which cannot answer chat; "
+            f"chat deployment ids: {sorted(d.id for d in chat)}",
+            field="model",
+        )
     needs = request.required_features()
     if not needs:
         return
     pinned = model != "auto" and not request.preferences.allow_fallbacks
-    usable = [d for d in catalog.values() if not pinned or model in (d.id, d.model)]
+    usable = [d for d in chat if not pinned or model in (d.id, d.model)]
     for feature, field in needs.items():
         if not any(feature in d.features for d in usable):
             what = _NEEDED_BY.get((feature, field), "it")

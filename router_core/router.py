@@ -13,6 +13,8 @@ Per candidate, retryable errors (429, 5xx, timeout, connection, malformed body) 
 exponential backoff and full jitter, never sooner than the provider's Retry-After; a Retry-After
 longer than `max_retry_after_s` fails over instead. Non-retryable errors (400, auth) fail over at
 once; a context-length error skips every candidate whose context window is not larger.
+
+`embed` calls one embedding deployment with the same retry rule (`router_core.embedder`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 from router_core.catalog import Catalog, Deployment, load_catalog
 from router_core.chat import Choice, Feature, output_problem
 from router_core.clock import Clock, SystemClock
+from router_core.embedder import embed_texts
 from router_core.errors import (
     AllAttemptsFailedError,
     AuthenticationError,
@@ -55,6 +58,7 @@ from router_core.models import (
     AttemptOutcome,
     ChatRequest,
     CompletionResult,
+    Embeddings,
     Plan,
     Strategy,
     Usage,
@@ -62,6 +66,7 @@ from router_core.models import (
 from router_core.planner import PlanLimits, build_plan, call_tokens
 from router_core.providers.base import Delta, Provider, ProviderReply, StreamPart
 from router_core.providers.factory import build_providers
+from router_core.retry import RetryPolicy, backoff
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
 from router_core.spend import SpendGuard
@@ -112,27 +117,6 @@ class _Walk:
     def max_tokens(self) -> int:
         """The completion cap sent with every call: the request's, else the plan's default."""
         return self.request.max_tokens or self.plan.completion_tokens_estimate
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts_per_deployment: int = 3
-    max_attempts_total: int = 8
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 20.0
-    max_retry_after_s: float = 60.0
-    default_timeout_s: float = 60.0
-
-    @classmethod
-    def from_settings(cls, s: RouterSettings) -> RetryPolicy:
-        return cls(
-            max_attempts_per_deployment=s.max_attempts_per_deployment,
-            max_attempts_total=s.max_attempts_total,
-            backoff_base_s=s.backoff_base_s,
-            backoff_max_s=s.backoff_max_s,
-            max_retry_after_s=s.max_retry_after_s,
-            default_timeout_s=s.default_timeout_ms / 1000,
-        )
 
 
 def _health(error: ProviderError) -> CallOutcome:
@@ -395,6 +379,25 @@ class Router:
             raise StreamInterruptedError(f"the stream from {dep.id} ended invalid: {exc}", attempts) from exc
         yield self._result(dep, part, attempts, plan, started)
 
+    async def embed(self, texts: Sequence[str], *, deployment: str | None = None) -> Embeddings:
+        """Embed `texts` (one vector each, in order) on the embedding deployment `deployment`,
+        else the catalog's first one; retried as `router_core.embedder` says.
+
+        Raises:
+            ConfigError: the catalog has no embedding deployment, or `deployment` is not one.
+            InvalidRequestError: no texts, or an empty one.
+            AllAttemptsFailedError: the deployment kept failing; `.attempts` has each attempt.
+        """
+        dep = self.catalog.embedder(deployment)
+        return await embed_texts(
+            self.providers[dep.id],
+            self.catalog.price(dep.id),
+            list(texts),
+            clock=self.clock,
+            policy=self.policy,
+            rng=self._rng,
+        )
+
     async def _walk(self, walk: _Walk, op: Operation[T]) -> tuple[Deployment, T]:
         """Run `op` over the plan's candidates with retries and failover; the first success wins."""
         context_floor = 0  # after a context-length error, only larger windows are worth trying
@@ -503,9 +506,7 @@ class Router:
         return None
 
     def _backoff(self, retry_number: int, retry_after: float | None) -> float:
-        """Full jitter (uniform over 0..base*2^n, capped), but never less than Retry-After."""
-        ceiling = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2**retry_number)
-        return max(self._rng.uniform(0, ceiling), retry_after or 0.0)
+        return backoff(self.policy, self._rng, retry_number, retry_after)
 
     def _timeout_s(self, request: ChatRequest) -> float:
         return (request.preferences.timeout_ms or 0) / 1000 or self.policy.default_timeout_s

@@ -11,7 +11,7 @@ import pytest
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price, data_snapshot, extract_usage
 
-from router_core import ConfigError, ProviderKind, Usage, load_catalog
+from router_core import ConfigError, ProviderKind, Task, Usage, load_catalog
 from router_core.chat import Feature
 from router_core.pricing import _flat_cost
 from router_core.providers.anthropic import to_usage
@@ -104,6 +104,70 @@ def test_bad_catalog_names_file_deployment_and_field(
     assert words in message
     if field:
         assert repr(field) in message
+
+
+EMBED = """
+[[deployments]]
+id = "embed"
+kind = "openai"
+task = "embedding"
+model = "text-embedding-3-small"
+dimensions = 256
+quality = 0.7
+latency_ms = 100
+context_window = 8191
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "deployment", "field", "words"),
+    [
+        (EMBED.replace('kind = "openai"', 'kind = "anthropic"'), "embed", "kind", "no embeddings API"),
+        (GOOD + "dimensions = 256\n", "mini", "dimensions", 'task = "embedding"'),
+        (EMBED.replace("dimensions = 256", "dimensions = 0"), "embed", "dimensions", "greater than 0"),
+        (EMBED.replace('task = "embedding"', 'task = "images"'), "embed", "task", "chat"),
+        (GOOD + 'fallbacks = ["embed"]\n' + EMBED, "mini", "fallbacks", "serves embedding"),
+    ],
+)
+def test_bad_embedding_deployment_names_file_deployment_and_field(
+    tmp_path: Path, text: str, deployment: str, field: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    err = info.value
+    assert (err.path, err.deployment, err.field) == (str(path), deployment, field)
+    assert words in str(err)
+
+
+def test_embedder_finds_the_embedding_deployment(tmp_path: Path) -> None:
+    catalog = load_catalog(write(tmp_path, GOOD + EMBED))
+    embed = catalog.embedder()
+    assert (embed.id, embed.task, embed.dimensions) == ("embed", Task.EMBEDDING, 256)
+    assert catalog.embedder("embed") is embed
+    assert embed.features == frozenset()  # chat request features mean nothing to it
+    assert catalog["mini"].task is Task.CHAT
+    # Billed for input tokens only, at genai-prices' rate.
+    price = catalog.price("embed")
+    assert price.source == "genai-prices:openai/text-embedding-3-small"
+    assert price.output_per_token == 0
+    expected = calc_price(PriceUsage(input_tokens=12_345), "text-embedding-3-small", provider_id="openai")
+    assert price.cost(Usage(input_tokens=12_345)) == pytest.approx(float(expected.total_price), rel=1e-12)
+    with pytest.raises(ConfigError, match=r"deployment 'mini', field 'task': a chat deployment cannot embed"):
+        catalog.embedder("mini")
+    with pytest.raises(
+        ConfigError, match=r"field 'task': no embedding deployment: add a \[\[deployments\]\]"
+    ):
+        load_catalog(write(tmp_path, GOOD)).embedder()
+
+
+def test_demo_catalog_has_one_embedding_deployment() -> None:
+    catalog = load_catalog()
+    embedders = [d for d in catalog.values() if d.task is Task.EMBEDDING]
+    assert [(d.id, d.model, d.dimensions) for d in embedders] == [
+        ("openai-embed", "text-embedding-3-small", 256)
+    ]
+    assert catalog.embedder().id == "openai-embed"
 
 
 def test_unnamed_deployment_is_named_by_position(tmp_path: Path) -> None:

@@ -33,6 +33,9 @@ def test_catalog_command_lists_demo_prices(monkeypatch: pytest.MonkeyPatch) -> N
     llama = next(line for line in result.output.splitlines() if "llama-3.3-70b" in line)
     assert "tools, parallel_tool_calls, json_object, seed, stop, temperature" in llama  # what it honours
     assert "vision" not in llama
+    embed = next(line for line in result.output.splitlines() if "openai-embed" in line)
+    assert "embedding (256 dims)" in embed
+    assert "text-embedding-3-small" in embed
 
 
 def test_catalog_command_reports_bad_file_in_one_line(tmp_path: Path) -> None:

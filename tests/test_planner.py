@@ -145,6 +145,34 @@ def test_unknown_chain_id_is_rejected(trio: Catalog) -> None:
         build_plan(request(strategy="fallback_chain", chain=["nope"]), trio, {})
 
 
+def with_embedder() -> Catalog:
+    """The trio with the cheapest, fastest deployment of all being an embedding one."""
+    cheapest = {"price": {"input_per_mtok": 0.01, "output_per_mtok": 0.0}, "quality": 1.0, "latency_ms": 10}
+    return make_catalog([deployment("emb-z", task="embedding", **cheapest), *TRIO])
+
+
+@pytest.mark.parametrize("strategy", [s.value for s in Strategy if s is not Strategy.FALLBACK_CHAIN])
+def test_embedding_deployments_are_never_planned_for_chat(strategy: str) -> None:
+    plan = build_plan(request(strategy=strategy), with_embedder(), {})
+    assert "emb-z" not in [c.deployment for c in plan.candidates]
+    assert "emb-z" not in [e.deployment for e in plan.excluded]
+    assert len(plan.candidates) == 3
+
+
+@pytest.mark.parametrize(
+    ("prefs", "field"),
+    [
+        ({"model": "emb-z"}, "model"),
+        ({"model": "emb-z-model"}, "model"),
+        ({"strategy": "fallback_chain", "chain": ["emb-z", "fast-b"]}, "preferences.chain"),
+    ],
+)
+def test_a_chat_request_naming_an_embedding_deployment_is_refused(prefs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequestError, match="embedding deployment") as info:
+        build_plan(request(**prefs), with_embedder(), {})
+    assert info.value.field == field
+
+
 def reasons(plan_excluded: list[Any]) -> dict[str, ExclusionReason]:
     return {e.deployment: e.reason for e in plan_excluded}
 

@@ -24,6 +24,7 @@ from router_core import (
     Router,
     RouterSettings,
     SimulateMode,
+    Task,
     load_catalog,
 )
 from router_core.catalog import Deployment
@@ -181,7 +182,7 @@ async def test_every_demo_deployment_answers_through_its_sdk(clock: FakeClock) -
             router.sim_world.set_profile(
                 dep.id, dep.sim.model_copy(update={"latency_ms": 0, "error_rate": 0})
             )
-        for dep_id in catalog:
+        for dep_id in (d.id for d in catalog.values() if d.task is Task.CHAT):
             request = ChatRequest.model_validate(
                 {"messages": [{"role": "user", "content": "ping"}], "model": dep_id, "max_tokens": 16}
             )
@@ -189,6 +190,36 @@ async def test_every_demo_deployment_answers_through_its_sdk(clock: FakeClock) -
             assert result.deployment == dep_id
             assert result.simulated
             assert result.cost_usd > 0
+        embedded = await router.embed(["ping"])
+        assert embedded.simulated
+        assert embedded.cost_usd > 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("rate_limit", RateLimitedError),
+        ("server_error", ProviderServerError),
+        ("malformed", MalformedResponseError),
+    ],
+)
+async def test_embedding_errors_map_like_chat(fault: str, error: type[Exception]) -> None:
+    catalog = make_catalog(
+        [deployment("emb-a", task="embedding", sim={"script": [fault], "retry_after_s": 3})]
+    )
+    providers, _ = build_providers(catalog, simulate=SimulateMode.ALWAYS)
+    provider = providers["emb-a"]
+    try:
+        with pytest.raises(error) as info:
+            await provider.embed(["hello"], dimensions=8)
+        if fault == "rate_limit":
+            assert isinstance(info.value, RateLimitedError)
+            assert info.value.retry_after == 3
+        reply = await provider.embed(["hello", "world"], dimensions=8)
+        assert [len(v) for v in reply.vectors] == [8, 8]
+        assert reply.simulated
+    finally:
+        await provider.aclose()
 
 
 async def test_bad_request_fails_over_without_retry(make_router: RouterFactory, clock: FakeClock) -> None:

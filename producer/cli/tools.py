@@ -53,6 +53,7 @@ def catalog(
     columns = (
         "id",
         "kind",
+        "task",
         "provider",
         "model",
         "quality",
@@ -68,6 +69,7 @@ def catalog(
         table.add_row(
             d.id,
             d.kind.value,
+            d.task.value + (f" ({d.dimensions} dims)" if d.dimensions else ""),
             d.provider,
             d.model,
             f"{d.quality:.2f}",

@@ -12,7 +12,7 @@ from router_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from router_core.providers.anthropic import AnthropicProvider
-    from router_core.providers.base import SIMULATED_HEADER, Provider, ProviderReply
+    from router_core.providers.base import SIMULATED_HEADER, EmbeddingReply, Provider, ProviderReply
     from router_core.providers.errors import map_provider_error, parse_retry_after
     from router_core.providers.factory import build_providers, is_simulated, sim_profile, sim_world_for
     from router_core.providers.openai import OpenAIProvider
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SIMULATED_HEADER",
     "AnthropicProvider",
+    "EmbeddingReply",
     "OpenAIProvider",
     "Provider",
     "ProviderReply",
@@ -34,7 +35,7 @@ __all__ = [
 # Which module defines each public name; `__getattr__` imports it on first access.
 _MODULES: dict[str, tuple[str, ...]] = {
     "router_core.providers.anthropic": ("AnthropicProvider",),
-    "router_core.providers.base": ("SIMULATED_HEADER", "Provider", "ProviderReply"),
+    "router_core.providers.base": ("SIMULATED_HEADER", "EmbeddingReply", "Provider", "ProviderReply"),
     "router_core.providers.errors": ("map_provider_error", "parse_retry_after"),
     "router_core.providers.factory": ("build_providers", "is_simulated", "sim_profile", "sim_world_for"),
     "router_core.providers.openai": ("OpenAIProvider",),

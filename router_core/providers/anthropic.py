@@ -1,7 +1,9 @@
 """Adapter for Anthropic's Messages API through `anthropic.AsyncAnthropic`.
 
 The request is translated from OpenAI's Chat Completions and the answer back, plain and streamed,
-in `router_core.providers.anthropic_translate` (which says what crosses and what cannot).
+in `router_core.providers.anthropic_translate` (which says what crosses and what cannot). The
+Messages API has no embeddings: `embed` is a fatal `BadRequestError` (the catalog refuses an
+Anthropic embedding deployment before it gets here).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import anthropic
 from anthropic.types import Message
 
 from router_core.catalog import Deployment
+from router_core.errors import BadRequestError
 from router_core.models import ChatRequest
 from router_core.providers.anthropic_translate import (
     StreamedMessage,
@@ -21,7 +24,7 @@ from router_core.providers.anthropic_translate import (
     to_anthropic_messages,
     to_usage,
 )
-from router_core.providers.base import SIMULATED_HEADER, ProviderReply, StreamPart
+from router_core.providers.base import SIMULATED_HEADER, EmbeddingReply, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
 
 __all__ = ["AnthropicProvider", "anthropic_body", "to_anthropic_messages", "to_usage"]
@@ -84,6 +87,15 @@ class AnthropicProvider:
             usage=to_usage(answer.usage),
             model=answer.model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
+        )
+
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None, timeout_s: float | None = None
+    ) -> EmbeddingReply:
+        raise BadRequestError(
+            f"{self.deployment.id}: Anthropic's API has no embeddings; "
+            'use a deployment of kind openai, openai_compatible or sim with task = "embedding"',
+            deployment=self.deployment.id,
         )
 
     async def aclose(self) -> None:

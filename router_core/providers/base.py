@@ -10,7 +10,7 @@ from router_core.catalog import Deployment
 from router_core.chat import Choice
 from router_core.models import ChatRequest, Usage
 
-__all__ = ["SIMULATED_HEADER", "Delta", "Provider", "ProviderReply", "StreamPart"]
+__all__ = ["SIMULATED_HEADER", "Delta", "EmbeddingReply", "Provider", "ProviderReply", "StreamPart"]
 
 # The simulated provider world sets this header on every response it sends.
 SIMULATED_HEADER = "x-routeq-simulated"
@@ -40,6 +40,15 @@ class ProviderReply:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingReply:
+    """Embeddings as the provider reported them: one vector per input text, in order."""
+
+    vectors: list[list[float]]
+    input_tokens: int
+    simulated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """A streamed change that is not plain text of the first choice: tool-call pieces, a refusal,
     logprobs, or any part of another choice, as an OpenAI `chat.completion.chunk` choice."""
@@ -62,6 +71,16 @@ class Provider(Protocol):
         self, request: ChatRequest, *, max_tokens: int, timeout_s: float
     ) -> AsyncGenerator[StreamPart, None]:
         """Text pieces and `Delta`s as they arrive, then one `ProviderReply` with the whole answer."""
+        ...
+
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None, timeout_s: float | None = None
+    ) -> EmbeddingReply:
+        """One vector per text: `dimensions` values each when given, else the model's own length.
+
+        `timeout_s` bounds the HTTP call (None: the SDK's default). A kind without an embeddings
+        API raises `BadRequestError`.
+        """
         ...
 
     async def aclose(self) -> None: ...

@@ -2,7 +2,8 @@
 
 The request goes out as the user wrote it (tools, response_format, sampling, logprobs, `n`...):
 the planner only routes a request here when the deployment's `features` say it honours every
-field it sets. The answer comes back as OpenAI shaped it, all choices kept.
+field it sets. The answer comes back as OpenAI shaped it, all choices kept. Embeddings go through
+`embeddings.create` (the SDK asks for base64 and decodes it to floats).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from openai.types.chat import ChatCompletionChunk
 from router_core.catalog import Deployment, ProviderKind
 from router_core.chat import Choice
 from router_core.models import ChatRequest, Usage
-from router_core.providers.base import SIMULATED_HEADER, Delta, ProviderReply, StreamPart
+from router_core.providers.base import SIMULATED_HEADER, Delta, EmbeddingReply, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
 
 __all__ = ["OpenAIProvider", "openai_body"]
@@ -157,6 +158,32 @@ class OpenAIProvider:
             choices=answer.choices(),
             usage=_usage(usage),
             model=model,
+            simulated=raw.headers.get(SIMULATED_HEADER) == "1",
+        )
+
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None, timeout_s: float | None = None
+    ) -> EmbeddingReply:
+        dep = self.deployment
+        extra: dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
+        if timeout_s is not None:
+            extra["timeout"] = timeout_s
+        try:
+            create = self._client.embeddings.with_raw_response.create
+            raw = await create(model=dep.model, input=texts, **extra)
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id) from exc
+        try:
+            response = raw.parse()
+            vectors = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id, parsing=True) from exc
+        if len(vectors) != len(texts):
+            problem = ValueError(f"{len(vectors)} embeddings for {len(texts)} inputs")
+            raise map_provider_error(problem, dep.id, parsing=True)
+        return EmbeddingReply(
+            vectors=vectors,
+            input_tokens=response.usage.prompt_tokens if response.usage else 0,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
         )
 

@@ -1,4 +1,5 @@
-"""The bytes of an answer: OpenAI `chat.completion` / `chat.completion.chunk`s, Anthropic `message` / events.
+"""The bytes of an answer: OpenAI `chat.completion` / `chat.completion.chunk`s, Anthropic `message` / events,
+and OpenAI's embeddings `list`.
 
 Pure functions, no I/O. `answers.compose` decides what the answer says; this module renders it in
 the provider's wire format, plain or streamed, exactly as the official SDKs parse the real APIs
@@ -13,9 +14,10 @@ from itertools import zip_longest
 from typing import Any
 
 from router_core.sim.answers import Answer, Choice, Finish
-from router_core.sim.wire import Dialect, WireRequest, dumps
+from router_core.sim.embeddings import embed, encode_base64
+from router_core.sim.wire import Dialect, EmbeddingRequest, WireRequest, dumps
 
-__all__ = ["completion_body", "malformed_body", "stream_frames"]
+__all__ = ["completion_body", "embedding_body", "malformed_body", "stream_frames"]
 
 # Size of the content pieces in streamed chunks; small enough that short answers span several.
 # A multiple of 4 so each piece carries whole 4-character logprob tokens.
@@ -246,6 +248,17 @@ def stream_frames(req: WireRequest, *, response_id: str, answer: Answer) -> list
     """
     build = _anthropic_frames if req.dialect == "anthropic" else _openai_frames
     return build(req, response_id, answer)
+
+
+def embedding_body(req: EmbeddingRequest) -> dict[str, Any]:
+    """OpenAI's embeddings response: one vector per input, in order, encoded as asked."""
+    data = []
+    for index, text in enumerate(req.texts):
+        vector = embed(text, req.dimensions)
+        encoded: list[float] | str = encode_base64(vector) if req.encoding_format == "base64" else vector
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    usage = {"prompt_tokens": req.prompt_tokens, "total_tokens": req.prompt_tokens}
+    return {"object": "list", "data": data, "model": req.model, "usage": usage}
 
 
 def malformed_body(dialect: Dialect, stream: bool) -> tuple[bytes, str]:

@@ -1,4 +1,4 @@
-"""What the sim reads from a chat request, in either provider's dialect, and how it refuses one.
+"""What the sim reads from a request, in either provider's dialect, and how it refuses one.
 
 Pure functions, no I/O: `world.py` decides what happens to a request, `answers.py` what the answer
 says, `replies.py` what its bytes look like; this module turns an OpenAI Chat Completions or an
@@ -6,7 +6,7 @@ Anthropic Messages body into one `WireRequest`, or a `RequestError` shaped like 
 
 A plain text request touches only `model`, `messages` (one pass), `max_tokens` and a few dictionary
 lookups for the optional fields; everything else (tools, images, tool results, formats) is parsed
-only when present.
+only when present. An OpenAI embeddings body becomes an `EmbeddingRequest` (`parse_embedding_body`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,15 @@ from router_core.tokens import TOKENS_PER_MESSAGE, estimate_tokens
 
 __all__ = [
     "ANTHROPIC_IMAGE_TOKENS",
+    "DEFAULT_EMBEDDING_DIMENSIONS",
     "ERROR_STATUS",
+    "MAX_EMBEDDING_DIMENSIONS",
+    "MAX_EMBEDDING_INPUTS",
     "OPENAI_IMAGE_TOKENS",
     "OPENAI_IMAGE_TOKENS_LOW",
     "Dialect",
+    "EmbeddingRequest",
+    "EncodingFormat",
     "ErrorKind",
     "OutputFormat",
     "RequestError",
@@ -44,12 +49,21 @@ __all__ = [
     "dumps",
     "error_body",
     "parse_body",
+    "parse_embedding_body",
     "parse_request",
 ]
 
 Dialect = Literal["openai", "anthropic"]
 ToolMode = Literal["auto", "none", "required"]
 OutputFormat = Literal["text", "json_object", "json_schema"]
+EncodingFormat = Literal["float", "base64"]
+
+DEFAULT_EMBEDDING_DIMENSIONS = 1536
+"""Vector length when an embeddings request gives no `dimensions` (text-embedding-3-small's)."""
+MAX_EMBEDDING_DIMENSIONS = 3072
+"""The largest `dimensions` the sim accepts (text-embedding-3-large's native length)."""
+MAX_EMBEDDING_INPUTS = 2048
+"""The most texts one embeddings request may carry, as on OpenAI."""
 
 OPENAI_IMAGE_TOKENS_LOW = 85
 """Prompt tokens of one OpenAI `image_url` part with `detail: "low"`."""
@@ -435,3 +449,68 @@ def error_body(
     if dialect == "openai":
         return {"error": {"message": message, "type": openai_type, "param": param, "code": openai_code}}
     return {"type": "error", "error": {"type": anthropic_type, "message": message}}
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """What the sim needs from an OpenAI `POST /v1/embeddings` body.
+
+    Attributes:
+        model: The requested model name, echoed back.
+        texts: The inputs, in order (a single string is one input).
+        dimensions: The vector length to answer with.
+        encoding_format: "float" (JSON numbers) or "base64" (little-endian float32 bytes).
+        input_tokens: `router_core.tokens.estimate_tokens` of each input.
+    """
+
+    model: str
+    texts: tuple[str, ...]
+    dimensions: int
+    encoding_format: EncodingFormat
+    input_tokens: tuple[int, ...]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of all inputs: what usage reports and the request is billed."""
+        return sum(self.input_tokens)
+
+
+def parse_embedding_body(body: Mapping[str, Any]) -> EmbeddingRequest:
+    """Validate a decoded OpenAI embeddings body.
+
+    Raises:
+        RequestError: No `model`; `input` not a non-empty string or list of at most
+            `MAX_EMBEDDING_INPUTS` non-empty strings (token arrays are not simulated); `dimensions`
+            not an integer in 1..`MAX_EMBEDDING_DIMENSIONS`; `encoding_format` not float or base64.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("model: Field required", param="model")
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise RequestError(
+            "input: must be a string or a non-empty list of strings (token arrays are not simulated)",
+            param="input",
+        )
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise RequestError(f"input: at most {MAX_EMBEDDING_INPUTS} inputs per request", param="input")
+    empty = next((i for i, text in enumerate(texts) if not text), None)
+    if empty is not None:
+        raise RequestError(f"'$.input' is invalid: input {empty} is an empty string", param="input")
+    dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
+    valid = isinstance(dimensions, int) and not isinstance(dimensions, bool)
+    if not valid or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS:
+        raise RequestError(
+            f"dimensions: must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}", param="dimensions"
+        )
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise RequestError("encoding_format: must be 'float' or 'base64'", param="encoding_format")
+    return EmbeddingRequest(
+        model=model,
+        texts=tuple(texts),
+        dimensions=dimensions,
+        encoding_format=encoding,
+        input_tokens=tuple(estimate_tokens(text) for text in texts),
+    )

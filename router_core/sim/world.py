@@ -1,7 +1,8 @@
 """`SimWorld`: an ASGI app that impersonates OpenAI- and Anthropic-style deployments.
 
 Each deployment is the first path segment (`/{deployment}/v1/chat/completions`,
-`/{deployment}/v1/messages`) and behaves as its `SimProfile` says. Everything time-related goes
+`/{deployment}/v1/messages`, `/{deployment}/v1/embeddings`) and behaves as its `SimProfile` says:
+embeddings get the same faults, rpm window and latency as chat. Everything time-related goes
 through the injected `Clock`, so tests run hours of rate-limit windows and hangs in microseconds.
 """
 
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from router_core.clock import Clock, SystemClock
 from router_core.sim.answers import breaks_json, compose
 from router_core.sim.profiles import RECORDED_REQUESTS, DeploymentState, Fault, SimCounters, SimProfile
-from router_core.sim.replies import completion_body, malformed_body, stream_frames
+from router_core.sim.replies import completion_body, embedding_body, malformed_body, stream_frames
 from router_core.sim.wire import (
     ERROR_STATUS,
     Dialect,
@@ -31,6 +32,7 @@ from router_core.sim.wire import (
     dumps,
     error_body,
     parse_body,
+    parse_embedding_body,
 )
 
 __all__ = ["ConnectionDropped", "DropMode", "SimWorld"]
@@ -91,7 +93,7 @@ async def _until_disconnect(receive: Receive) -> None:
 
 @dataclass
 class _Call:
-    """One chat request in flight: where it goes and how to answer it."""
+    """One request in flight: where it goes and how to answer it."""
 
     dialect: Dialect
     deployment: str
@@ -213,6 +215,8 @@ class SimWorld:
             await self._chat("openai", parts[0], receive, send)
         elif method == "POST" and parts[1:] == ["v1", "messages"]:
             await self._chat("anthropic", parts[0], receive, send)
+        elif method == "POST" and parts[1:] == ["v1", "embeddings"]:
+            await self._embeddings(parts[0], receive, send)
         else:
             message = f"Invalid URL ({method} {scope['path']})"
             await _send_json(send, 404, error_body("openai", "invalid_request", message))
@@ -264,40 +268,79 @@ class SimWorld:
                 task.cancel()
             await asyncio.gather(sleeper, watcher, return_exceptions=True)
 
-    async def _chat(self, dialect: Dialect, deployment: str, receive: Receive, send: Send) -> None:
+    async def _open(
+        self, dialect: Dialect, deployment: str, receive: Receive, send: Send
+    ) -> tuple[_Call, DeploymentState, dict[str, Any]] | None:
+        """Count the request and read its JSON body; None when it was answered (404, 400) or abandoned."""
         state = self._state(deployment)
         if state is None:
             message = f"The model deployment `{deployment}` does not exist or you do not have access to it."
             await _send_json(send, 404, error_body(dialect, "not_found", message))
-            return
+            return None
         self.stats[deployment].requests += 1
         self._seq += 1
         call = _Call(dialect, deployment, state.profile, self._seq, self.stats[deployment], send)
         raw = await _read_body(receive)
         if raw is None:
-            return
+            return None
         try:
             body = decode_body(raw)
-            call.stats.recorded.append(body)
+        except RequestError as exc:
+            await call.refuse("bad_request", exc.kind, exc.message, param=exc.param)
+            return None
+        call.stats.recorded.append(body)
+        return call, state, body
+
+    async def _wait(self, call: _Call, state: DeploymentState, fault: Fault, receive: Receive) -> bool:
+        """The admitted request's latency, and a `timeout` fault's hang; False if the client left."""
+        latency = state.latency_s()
+        if latency > 0 and not await self._sleep(latency, receive):
+            return False
+        return not (fault == "timeout" and not await self._sleep(call.profile.hang_s, receive))
+
+    async def _chat(self, dialect: Dialect, deployment: str, receive: Receive, send: Send) -> None:
+        opened = await self._open(dialect, deployment, receive, send)
+        if opened is None:
+            return
+        call, state, body = opened
+        try:
             req = parse_body(dialect, body)
         except RequestError as exc:
             await call.refuse("bad_request", exc.kind, exc.message, param=exc.param)
             return
-        fault = await self._admit(call, state, req)
-        if fault is None:
-            return
-        latency = state.latency_s()
-        if latency > 0 and not await self._sleep(latency, receive):
-            return
-        if fault == "timeout" and not await self._sleep(call.profile.hang_s, receive):
+        fault = await self._admit(call, state, req.prompt_tokens, can_break_json=breaks_json(req))
+        if fault is None or not await self._wait(call, state, fault, receive):
             return
         await self._respond(call, fault, req)
 
-    async def _admit(self, call: _Call, state: DeploymentState, req: WireRequest) -> Fault | None:
-        """Apply refusals in order (context, scripted/random fault, rpm window); None if refused."""
+    async def _embeddings(self, deployment: str, receive: Receive, send: Send) -> None:
+        opened = await self._open("openai", deployment, receive, send)
+        if opened is None:
+            return
+        call, state, body = opened
+        try:
+            req = parse_embedding_body(body)
+        except RequestError as exc:
+            await call.refuse("bad_request", exc.kind, exc.message, param=exc.param)
+            return
+        # The context window bounds each input, as the real limit does (8,192 tokens an input).
+        fault = await self._admit(call, state, max(req.input_tokens), can_break_json=False)
+        if fault is None or not await self._wait(call, state, fault, receive):
+            return
+        if not await self._fail(call, fault, stream=False):
+            await _send_json(call.send, 200, embedding_body(req), call.id_header)
+
+    async def _admit(
+        self, call: _Call, state: DeploymentState, prompt_tokens: int, *, can_break_json: bool
+    ) -> Fault | None:
+        """Apply refusals in order (context, scripted/random fault, rpm window); None if refused.
+
+        `can_break_json` says whether an `invalid_json` fault would change the answer; if not,
+        the request is answered normally and counted "ok".
+        """
         profile, window = call.profile, call.profile.context_window
-        if req.prompt_tokens > window:
-            message = context_length_message(call.dialect, req.prompt_tokens, window)
+        if prompt_tokens > window:
+            message = context_length_message(call.dialect, prompt_tokens, window)
             await call.refuse("context_length", "context_length", message)
             return None
         fault = state.next_fault()
@@ -310,7 +353,7 @@ class SimWorld:
         if fault == "context_length":
             # A scripted rejection of a prompt that fits: report a size that would not, as the
             # real error always does, so callers parsing the numbers see a consistent pair.
-            tokens = max(req.prompt_tokens, window + 1)
+            tokens = max(prompt_tokens, window + 1)
             await call.refuse(
                 "context_length", "context_length", context_length_message(call.dialect, tokens, window)
             )
@@ -323,12 +366,13 @@ class SimWorld:
             await call.refuse("rpm_limited", "rate_limit", message, retry)
             return None
         call.stats.record_admission(now)
-        if fault == "invalid_json" and not breaks_json(req):
+        if fault == "invalid_json" and not can_break_json:
             fault = "ok"  # nothing to break: the answer is plain text or a tool call
         call.stats.by_outcome[fault] += 1
         return fault
 
-    async def _respond(self, call: _Call, fault: Fault, req: WireRequest) -> None:
+    async def _fail(self, call: _Call, fault: Fault, *, stream: bool) -> bool:
+        """Answer a drop, server error or malformed body as `fault` says; False for any other."""
         if fault == "drop":
             if self.drop_mode == "abort":
                 headers = _headers("application/json", call.id_header)
@@ -339,12 +383,16 @@ class SimWorld:
             await _send_json(
                 call.send, 500, error_body(call.dialect, "server_error", message), call.id_header
             )
-            return
+            return True
         if fault == "malformed":
-            broken, content_type = malformed_body(call.dialect, req.stream)
+            broken, content_type = malformed_body(call.dialect, stream)
             await _send(call.send, 200, broken, content_type, call.id_header)
-            return
+            return True
+        return False
 
+    async def _respond(self, call: _Call, fault: Fault, req: WireRequest) -> None:
+        if await self._fail(call, fault, stream=req.stream):
+            return
         answer = compose(
             req,
             deployment=call.deployment,
