@@ -194,4 +194,3 @@ def hit_pieces(result: CompletionResult) -> list[str | dict[str, Any]]:
         if delta.keys() - {"role"}:
             pieces.append({"index": choice.index, "delta": delta, "finish_reason": None})
     return pieces
-
