@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, case, delete, func, or_, select, update
 
 from storage.jobs import JobStatus, TenantScope, aware
 from storage.sql.database import Database, owned_by
@@ -110,9 +110,9 @@ class ResponseCache:
 
     async def lookup(self, tenant: str, key: str, *, since: datetime) -> list[CachedAnswer]:
         """The tenant's newest answers for `key` finished at or after `since` (newest first)."""
-        query = _answers(tenant, since).where(_J.cache_key == key).order_by(_J.finished_at.desc())
+        params = {"b_tenant": tenant, "b_since": since, "b_key": key}
         async with self._db.reading() as conn:
-            rows = (await conn.execute(query.limit(_CANDIDATES))).all()
+            rows = (await conn.execute(_LOOKUP, params)).all()
         return [_answer(row) for row in rows]
 
     async def answers(
@@ -121,9 +121,9 @@ class ResponseCache:
         """The answers of `job_ids` that the tenant may be served (a semantic search's neighbours)."""
         if not job_ids:
             return {}
-        query = _answers(tenant, since).where(_J.id.in_(list(job_ids)))
+        params = {"b_tenant": tenant, "b_since": since, "b_ids": list(job_ids)}
         async with self._db.reading() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_OF_JOBS, params)).all()
         return {row.id: _answer(row) for row in rows}
 
     async def policy(self, tenant: str) -> TenantCachePolicy | None:
@@ -201,18 +201,22 @@ def _servable() -> ColumnElement[bool]:
     )
 
 
-def _answers(tenant: str, since: datetime) -> Any:
-    """The tenant's servable answers finished at or after `since`."""
-    source = case((_J.cache_source.is_(None), _J.id), else_=_J.cache_source)
-    saved = case((_J.cache_source.is_(None), _J.cost_usd), else_=_J.saved_usd)
-    return (
-        select(_J.id, source.label("source"), _J.deployment, _J.result, saved.label("saved"), _J.finished_at)
-        .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
-        .where((_J.tenant == tenant) & _servable() & (_J.finished_at >= since))
-    )
+# The tenant's servable answers finished at or after `since`: where each one came from and what it
+# saved. Built once (bind names carry a b_ prefix): per-job reads then skip statement construction.
+_SOURCE = case((_J.cache_source.is_(None), _J.id), else_=_J.cache_source)
+_SAVED = case((_J.cache_source.is_(None), _J.cost_usd), else_=_J.saved_usd)
+_ANSWERS = (
+    select(_J.id, _SOURCE.label("source"), _J.deployment, _J.result, _SAVED.label("saved"), _J.finished_at)
+    .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
+    .where((_J.tenant == bindparam("b_tenant")) & _servable() & (_J.finished_at >= bindparam("b_since")))
+)
+_LOOKUP = (
+    _ANSWERS.where(_J.cache_key == bindparam("b_key")).order_by(_J.finished_at.desc()).limit(_CANDIDATES)
+)
+_OF_JOBS = _ANSWERS.where(_J.id.in_(bindparam("b_ids", expanding=True)))
 
 
-def _answer(row: Row[Any]) -> CachedAnswer:
+def _answer(row: Row[Any, Any, Any, Any, Any, Any]) -> CachedAnswer:
     finished = aware(row.finished_at)
     assert finished is not None  # a succeeded job has finished
     return CachedAnswer(row.id, row.source, row.deployment, row.result, Decimal(row.saved or 0), finished)
