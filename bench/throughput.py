@@ -236,7 +236,7 @@ async def open_store(url: str) -> Store:
     store = await Store.open(url)
     if store.engine.dialect.name == "postgresql":
         async with store.engine.begin() as conn:
-            await conn.execute(text("TRUNCATE ledger, attempts, jobs, batches"))
+            await conn.execute(text("TRUNCATE cache_vectors, ledger, attempts, jobs, batches"))
     return store
 
 
