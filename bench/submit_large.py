@@ -178,7 +178,8 @@ async def _truncate(database_url: str) -> None:
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text("TRUNCATE cache_vectors, ledger, attempts, jobs, files, idempotency_keys, batches"))
+            tables = "cache_vectors, ledger, attempts, jobs, files, idempotency_keys, batches"
+            await conn.execute(text(f"TRUNCATE {tables}"))
     except SQLAlchemyError as exc:  # a database not migrated yet has nothing to truncate
         print(f"(not truncated: {exc.__class__.__name__})", file=sys.stderr)
     finally:

@@ -130,9 +130,8 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
         )
         store = await Store.open(settings.database_url)
         async with store.engine.begin() as conn:
-            await conn.execute(
-                text("TRUNCATE cache_vectors, ledger, attempts, jobs, batches, files, api_keys, idempotency_keys")
-            )
+            tables = "cache_vectors, ledger, attempts, jobs, batches, files, api_keys, idempotency_keys"
+            await conn.execute(text(f"TRUNCATE {tables}"))
         backend = Backend(name, settings, store)
         await (await backend.redis()).flushdb()
     try:

@@ -58,7 +58,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "cache_vectors",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("job_id", sa.String(length=40), nullable=False),
         sa.Column("tenant", sa.String(length=128), nullable=False),
         sa.Column("grp", sa.String(length=64), nullable=False),
