@@ -1,0 +1,150 @@
+"""The vector index of a PostgreSQL store whose server has pgvector: an HNSW index in the database.
+
+Not exercised by CI (Debian 12's PostgreSQL 15 does not package pgvector); `has_pgvector` is what
+chooses it and is tested on every PostgreSQL backend.
+
+    cache_vector_embeddings   one row per `cache_vectors` row (same id): the filter columns and
+                              `embedding vector`; an HNSW cosine index per vector size, partial
+                              (WHERE dims = n) on `embedding::vector(n)`, since HNSW needs a size
+
+The extension, table and indexes are created on first use, under an advisory lock (processes
+starting together), outside the alembic schema (a server without pgvector never has them). `add`
+writes both rows in one transaction; rows written before the table existed are copied in on open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.sql.database import Database
+from storage.sql.vectors.model import PAGE, Neighbour, VectorEntry, insert_vector, pack, unpack
+
+__all__ = ["PgVectorIndex", "has_pgvector"]
+
+_LOCK_ID = 0x726F75746576  # any constant, the same in every process
+_HNSW_MAX_DIMS = 2000  # pgvector's limit for an HNSW index on `vector`; larger sizes are scanned
+_TABLE = """
+CREATE TABLE IF NOT EXISTS cache_vector_embeddings (
+    id BIGINT PRIMARY KEY REFERENCES cache_vectors (id),
+    job_id VARCHAR(40) NOT NULL,
+    tenant VARCHAR(128) NOT NULL,
+    grp VARCHAR(64) NOT NULL,
+    embedder VARCHAR(128) NOT NULL,
+    dims INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    embedding vector NOT NULL
+)"""
+# The filter columns are copied from the `cache_vectors` row, in the same transaction.
+_INSERT = text(
+    "INSERT INTO cache_vector_embeddings (id, job_id, tenant, grp, embedder, dims, created_at, embedding) "
+    "SELECT id, job_id, tenant, grp, embedder, dims, created_at, CAST(:embedding AS vector) "
+    "FROM cache_vectors WHERE id = :id ON CONFLICT DO NOTHING"
+)
+_MISSING = text(
+    "SELECT v.id, v.vector "
+    "FROM cache_vectors v LEFT JOIN cache_vector_embeddings e ON e.id = v.id "
+    "WHERE e.id IS NULL AND v.id > :after ORDER BY v.id LIMIT :page"
+)
+
+
+async def has_pgvector(engine: AsyncEngine) -> bool:
+    """True when `engine` is PostgreSQL and its server can `CREATE EXTENSION vector`."""
+    if engine.dialect.name != "postgresql":
+        return False
+    async with engine.connect() as conn:
+        query = text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+        return (await conn.execute(query)).first() is not None
+
+
+def _literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+class PgVectorIndex:
+    """pgvector HNSW (cosine) over `cache_vector_embeddings`, written together with `cache_vectors`."""
+
+    name = "pgvector"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._indexed: set[int] = set()  # vector sizes whose HNSW index exists
+
+    @classmethod
+    async def open(cls, db: Database) -> PgVectorIndex:
+        """Create the extension and table if needed, and copy in rows written before them."""
+        async with db.engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+            await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+            await conn.execute(text(_TABLE))
+        index = cls(db)
+        await index._backfill()
+        return index
+
+    async def _backfill(self) -> None:
+        after = 0
+        while True:
+            async with self._db.engine.begin() as conn:
+                rows = (await conn.execute(_MISSING, {"after": after, "page": PAGE})).all()
+                for r in rows:
+                    await conn.execute(_INSERT, {"id": r.id, "embedding": _literal(unpack(r.vector))})
+            if len(rows) < PAGE:
+                return
+            after = rows[-1].id
+
+    async def _ensure_hnsw(self, dims: int) -> None:
+        if dims in self._indexed or dims > _HNSW_MAX_DIMS:
+            return
+        async with self._db.engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+            await conn.execute(
+                text(
+                    f"CREATE INDEX IF NOT EXISTS ix_cache_vector_embeddings_hnsw_{dims} "
+                    f"ON cache_vector_embeddings USING hnsw ((embedding::vector({dims})) vector_cosine_ops) "
+                    f"WHERE dims = {dims}"
+                )
+            )
+        self._indexed.add(dims)
+
+    async def add(self, entry: VectorEntry) -> None:
+        """Insert the `cache_vectors` row and its embedding row in one transaction."""
+        dims = len(entry.vector)
+        await self._ensure_hnsw(dims)
+
+        async def embedding(conn: AsyncConnection, row_id: int) -> None:
+            await conn.execute(_INSERT, {"id": row_id, "embedding": _literal(entry.vector)})
+
+        await insert_vector(self._db, entry, then=embedding)
+
+    async def nearest(
+        self,
+        tenant: str,
+        grp: str,
+        embedder: str,
+        vector: Sequence[float],
+        *,
+        k: int = 4,
+        since: datetime | None = None,
+    ) -> list[Neighbour]:
+        """The `k` most similar rows of that tenant, group and embedder, best first."""
+        pack(vector)  # the same checks as every index
+        dims = len(vector)
+        distance = f"embedding::vector({dims}) <=> CAST(:query AS vector({dims}))"
+        query = text(
+            f"SELECT job_id, 1 - ({distance}) AS similarity FROM cache_vector_embeddings "
+            "WHERE dims = :dims AND tenant = :tenant AND grp = :grp AND embedder = :embedder "
+            "AND (CAST(:since AS TIMESTAMPTZ) IS NULL OR created_at >= :since) "
+            f"ORDER BY {distance} LIMIT :k"
+        )
+        params = {"query": _literal(vector), "dims": dims, "tenant": tenant, "grp": grp}
+        async with self._db.engine.begin() as conn:
+            # pgvector >= 0.8 keeps scanning the HNSW graph until k rows pass the filters.
+            await conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+            result = await conn.execute(query, {**params, "embedder": embedder, "since": since, "k": k})
+            return [Neighbour(job_id, float(similarity)) for job_id, similarity in result.all()]
+
+    async def close(self) -> None:
+        """Nothing to release: the index lives in the database."""
