@@ -199,6 +199,8 @@ async def test_a_vector_without_a_norm_is_refused(world: World) -> None:
             await index.add(entry(job, bad))
         with pytest.raises(ValueError, match="embedding"):
             await index.nearest("acme", GRP, EMB, bad)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        await index.nearest("acme", GRP, EMB, [1.0], k=0)
 
 
 def test_the_sidecar_sits_beside_the_store_file() -> None:

@@ -41,7 +41,7 @@ from storage.sql.vectors.model import (
     in_group,
     insert_vector,
     micros,
-    pack,
+    query_bytes,
 )
 
 __all__ = ["EXACT_UP_TO", "LATE_COMMIT_S", "UsearchIndex"]
@@ -169,7 +169,7 @@ class UsearchIndex:
         since: datetime | None = None,
     ) -> list[Neighbour]:
         """The `k` most similar rows of that tenant, group and embedder, best first."""
-        query = pack(vector)
+        query = query_bytes(vector, k)
         key = (tenant, grp, embedder, len(vector))
         group = self._groups.setdefault(key, _Group(len(vector)))
         async with group.lock:

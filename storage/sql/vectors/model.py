@@ -34,6 +34,7 @@ __all__ = [
     "insert_vector",
     "micros",
     "pack",
+    "query_bytes",
     "read_rows",
     "unpack",
 ]
@@ -115,6 +116,17 @@ def pack(vector: Sequence[float]) -> bytes:
     if not all(math.isfinite(x) for x in vector) or not any(vector):
         raise ValueError("an embedding must be finite and not all zeros (cosine similarity needs a norm)")
     return struct.pack(f"<{len(vector)}f", *vector)
+
+
+def query_bytes(vector: Sequence[float], k: int) -> bytes:
+    """`pack(vector)` for a search of `k` neighbours.
+
+    Raises:
+        ValueError: the vector cannot be compared by cosine, or `k` is below 1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    return pack(vector)
 
 
 def unpack(blob: bytes) -> tuple[float, ...]:

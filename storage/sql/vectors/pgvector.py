@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.sql.database import Database
-from storage.sql.vectors.model import PAGE, Neighbour, VectorEntry, insert_vector, pack, unpack
+from storage.sql.vectors.model import PAGE, Neighbour, VectorEntry, insert_vector, query_bytes, unpack
 
 __all__ = ["PgVectorIndex", "has_pgvector"]
 
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS cache_vector_embeddings (
 # The filter columns are copied from the `cache_vectors` row, in the same transaction.
 _INSERT = text(
     "INSERT INTO cache_vector_embeddings (id, job_id, tenant, grp, embedder, dims, created_at, embedding) "
-    "SELECT id, job_id, tenant, grp, embedder, dims, created_at, CAST(:embedding AS vector) "
+    "SELECT id, job_id, tenant, grp, embedder, dims, created_at, CAST(CAST(:embedding AS TEXT) AS vector) "
     "FROM cache_vectors WHERE id = :id ON CONFLICT DO NOTHING"
 )
 _MISSING = text(
@@ -60,7 +60,14 @@ async def has_pgvector(engine: AsyncEngine) -> bool:
         return (await conn.execute(query)).first() is not None
 
 
+def _at_least(version: str, wanted: tuple[int, int]) -> bool:
+    """Whether an extension version such as "0.8.0" is at least `wanted` (major, minor)."""
+    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
+    return tuple(parts) >= wanted
+
+
 def _literal(vector: Sequence[float]) -> str:
+    # Sent as text and cast in SQL (text → vector is the type's input function): no client codec.
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
@@ -69,8 +76,9 @@ class PgVectorIndex:
 
     name = "pgvector"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, iterative_scan: bool) -> None:
         self._db = db
+        self._iterative_scan = iterative_scan
         self._indexed: set[int] = set()  # vector sizes whose HNSW index exists
 
     @classmethod
@@ -80,7 +88,10 @@ class PgVectorIndex:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
             await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
             await conn.execute(text(_TABLE))
-        index = cls(db)
+            version = (
+                await conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
+            ).scalar_one()
+        index = cls(db, iterative_scan=_at_least(str(version), (0, 8)))
         await index._backfill()
         return index
 
@@ -130,20 +141,24 @@ class PgVectorIndex:
         since: datetime | None = None,
     ) -> list[Neighbour]:
         """The `k` most similar rows of that tenant, group and embedder, best first."""
-        pack(vector)  # the same checks as every index
+        query_bytes(vector, k)  # the same checks as every index
         dims = len(vector)
-        distance = f"embedding::vector({dims}) <=> CAST(:query AS vector({dims}))"
+        await self._ensure_hnsw(dims)
+        # The size is written into the SQL, not bound: the planner must see `dims = n` and
+        # `embedding::vector(n)` as in the partial index, also in a prepared statement's generic plan.
+        distance = f"embedding::vector({dims}) <=> CAST(CAST(:query AS TEXT) AS vector({dims}))"
+        recent = "AND created_at >= :since " if since is not None else ""
         query = text(
             f"SELECT job_id, 1 - ({distance}) AS similarity FROM cache_vector_embeddings "
-            "WHERE dims = :dims AND tenant = :tenant AND grp = :grp AND embedder = :embedder "
-            "AND (CAST(:since AS TIMESTAMPTZ) IS NULL OR created_at >= :since) "
+            f"WHERE dims = {dims} AND tenant = :tenant AND grp = :grp AND embedder = :embedder {recent}"
             f"ORDER BY {distance} LIMIT :k"
         )
-        params = {"query": _literal(vector), "dims": dims, "tenant": tenant, "grp": grp}
+        params = {"query": _literal(vector), "tenant": tenant, "grp": grp, "embedder": embedder, "k": k}
         async with self._db.engine.begin() as conn:
-            # pgvector >= 0.8 keeps scanning the HNSW graph until k rows pass the filters.
-            await conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
-            result = await conn.execute(query, {**params, "embedder": embedder, "since": since, "k": k})
+            if self._iterative_scan:
+                # Keep walking the graph until k rows pass the filters (pgvector >= 0.8).
+                await conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+            result = await conn.execute(query, params if since is None else {**params, "since": since})
             return [Neighbour(job_id, float(similarity)) for job_id, similarity in result.all()]
 
     async def close(self) -> None:

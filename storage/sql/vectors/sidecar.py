@@ -47,7 +47,7 @@ from storage.sql.vectors.model import (
     VectorRow,
     insert_vector,
     micros,
-    pack,
+    query_bytes,
     read_rows,
 )
 
@@ -95,7 +95,7 @@ class _Sidecar:
         self.conn.load_extension(sqlite_vec.loadable_path())
         self.conn.enable_load_extension(False)
         self.conn.set_busy_timeout(30_000)  # another process copying rows in: wait, don't fail
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA journal_mode=WAL").fetchall()
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS feed "
             "(one INTEGER PRIMARY KEY CHECK (one = 0), last_id INTEGER NOT NULL, layout INTEGER NOT NULL)"
@@ -237,7 +237,7 @@ class SqliteVecIndex:
     ) -> list[Neighbour]:
         """The `k` most similar rows of that tenant, group and embedder, best first."""
         after = micros(since) if since is not None else -(2**62)
-        query = _Query(tenant, grp, embedder, pack(vector), len(vector), k, after)
+        query = _Query(tenant, grp, embedder, query_bytes(vector, k), len(vector), k, after)
         await self.catch_up()
         return await self._thread.run(self._sidecar.search, query)
 
