@@ -3,12 +3,14 @@
 Not exercised by CI (Debian 12's PostgreSQL 15 does not package pgvector); `has_pgvector` is what
 chooses it and is tested on every PostgreSQL backend.
 
-    cache_vector_embeddings   one row per `cache_vectors` row (same id): the filter columns and
+    routeq_vectors.embeddings one row per `cache_vectors` row (same id): the filter columns and
                               `embedding vector`; an HNSW cosine index per vector size, partial
                               (WHERE dims = n) on `embedding::vector(n)`, since HNSW needs a size
 
-The extension, table and indexes are created on first use, under an advisory lock (processes
-starting together), outside the alembic schema (a server without pgvector never has them). `add`
+The extension, schema, table and indexes are created on first use, under an advisory lock
+(processes starting together). They live in their own PostgreSQL schema, outside alembic's (a
+server without pgvector never has them, and the check that migrations match `schema.py` does not
+see them). Its foreign key makes `TRUNCATE cache_vectors` need CASCADE on such a server. `add`
 writes both rows in one transaction; rows written before the table existed are copied in on open.
 """
 
@@ -28,8 +30,8 @@ __all__ = ["PgVectorIndex", "has_pgvector"]
 _LOCK_ID = 0x726F75746576  # any constant, the same in every process
 _HNSW_MAX_DIMS = 2000  # pgvector's limit for an HNSW index on `vector`; larger sizes are scanned
 _TABLE = """
-CREATE TABLE IF NOT EXISTS cache_vector_embeddings (
-    id BIGINT PRIMARY KEY REFERENCES cache_vectors (id),
+CREATE TABLE IF NOT EXISTS routeq_vectors.embeddings (
+    id BIGINT PRIMARY KEY REFERENCES cache_vectors (id) ON DELETE CASCADE,
     job_id VARCHAR(40) NOT NULL,
     tenant VARCHAR(128) NOT NULL,
     grp VARCHAR(64) NOT NULL,
@@ -40,13 +42,13 @@ CREATE TABLE IF NOT EXISTS cache_vector_embeddings (
 )"""
 # The filter columns are copied from the `cache_vectors` row, in the same transaction.
 _INSERT = text(
-    "INSERT INTO cache_vector_embeddings (id, job_id, tenant, grp, embedder, dims, created_at, embedding) "
+    "INSERT INTO routeq_vectors.embeddings (id, job_id, tenant, grp, embedder, dims, created_at, embedding) "
     "SELECT id, job_id, tenant, grp, embedder, dims, created_at, CAST(CAST(:embedding AS TEXT) AS vector) "
     "FROM cache_vectors WHERE id = :id ON CONFLICT DO NOTHING"
 )
 _MISSING = text(
     "SELECT v.id, v.vector "
-    "FROM cache_vectors v LEFT JOIN cache_vector_embeddings e ON e.id = v.id "
+    "FROM cache_vectors v LEFT JOIN routeq_vectors.embeddings e ON e.id = v.id "
     "WHERE e.id IS NULL AND v.id > :after ORDER BY v.id LIMIT :page"
 )
 
@@ -72,7 +74,7 @@ def _literal(vector: Sequence[float]) -> str:
 
 
 class PgVectorIndex:
-    """pgvector HNSW (cosine) over `cache_vector_embeddings`, written together with `cache_vectors`."""
+    """pgvector HNSW (cosine) over `routeq_vectors.embeddings`, written together with `cache_vectors`."""
 
     name = "pgvector"
 
@@ -87,6 +89,7 @@ class PgVectorIndex:
         async with db.engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
             await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+            await conn.execute(text("CREATE SCHEMA IF NOT EXISTS routeq_vectors"))
             await conn.execute(text(_TABLE))
             version = (
                 await conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
@@ -113,9 +116,8 @@ class PgVectorIndex:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
             await conn.execute(
                 text(
-                    f"CREATE INDEX IF NOT EXISTS ix_cache_vector_embeddings_hnsw_{dims} "
-                    f"ON cache_vector_embeddings USING hnsw ((embedding::vector({dims})) vector_cosine_ops) "
-                    f"WHERE dims = {dims}"
+                    f"CREATE INDEX IF NOT EXISTS ix_embeddings_hnsw_{dims} ON routeq_vectors.embeddings "
+                    f"USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
                 )
             )
         self._indexed.add(dims)
@@ -149,7 +151,7 @@ class PgVectorIndex:
         distance = f"embedding::vector({dims}) <=> CAST(CAST(:query AS TEXT) AS vector({dims}))"
         recent = "AND created_at >= :since " if since is not None else ""
         query = text(
-            f"SELECT job_id, 1 - ({distance}) AS similarity FROM cache_vector_embeddings "
+            f"SELECT job_id, 1 - ({distance}) AS similarity FROM routeq_vectors.embeddings "
             f"WHERE dims = {dims} AND tenant = :tenant AND grp = :grp AND embedder = :embedder {recent}"
             f"ORDER BY {distance} LIMIT :k"
         )
