@@ -23,6 +23,7 @@ from storage.sql.schema import cache_vectors
 from storage.sql.store import Store
 from storage.sql.vectors import VectorEntry, VectorIndex, has_pgvector, in_process, open_vector_index
 from storage.sql.vectors.in_process import UsearchIndex
+from storage.sql.vectors.model import insert_vector
 from storage.sql.vectors.sidecar import SIDECAR_SUFFIX, sidecar_path
 from tests.backends import DATABASE_ENV, service_url
 
@@ -210,7 +211,7 @@ def test_the_sidecar_sits_beside_the_store_file() -> None:
     assert sidecar_path("file:x?mode=memory&cache=shared") == ":memory:"
 
 
-def _remove_sidecar(path: Path) -> None:
+def _remove_sqlite_file(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -229,7 +230,7 @@ async def test_a_lost_sidecar_is_rebuilt_from_sql(tmp_path: Path) -> None:
         assert os.path.exists(sidecar)  # noqa: ASYNC240 - a test's quick look at a local file
         await index.close()
         world.indexes.remove(index)
-        _remove_sidecar(sidecar)
+        _remove_sqlite_file(sidecar)
 
         again = await world.index(store)
         assert [n.job_id for n in await again.nearest("acme", GRP, EMB, [1.0, 0.0])] == [a, b]
@@ -237,7 +238,7 @@ async def test_a_lost_sidecar_is_rebuilt_from_sql(tmp_path: Path) -> None:
         await world.close()
 
 
-async def test_a_sidecar_ahead_of_a_recreated_store_is_rebuilt(tmp_path: Path) -> None:
+async def test_a_sidecar_left_from_an_earlier_store_is_rebuilt(tmp_path: Path) -> None:
     db = tmp_path / "routeq.db"
     first = World("file", f"sqlite+aiosqlite:///{db}")
     try:
@@ -248,15 +249,18 @@ async def test_a_sidecar_ahead_of_a_recreated_store_is_rebuilt(tmp_path: Path) -
         assert len(await index.nearest("acme", GRP, EMB, [1.0, 0.0])) == 3
     finally:
         await first.close()
-    _remove_sidecar(db)  # the store is recreated; its sidecar is left
+    _remove_sqlite_file(db)  # the store file is made anew; its old sidecar is left beside it
 
     second = World("file", f"sqlite+aiosqlite:///{db}")
     try:
         store = await second.store()
+        fresh = await jobs(store, "acme", 4)
+        for job in fresh:  # ids 1 to 4: past the old sidecar's last id (3)
+            await insert_vector(store.db, entry(job, [0.0, 1.0]))
         index = await second.index(store)
-        [job] = await jobs(store, "acme", 1)
-        await index.add(entry(job, [0.0, 1.0]))  # id 1, below the stale sidecar's last id
-        assert [n.job_id for n in await index.nearest("acme", GRP, EMB, [0.0, 1.0])] == [job]
+        assert sorted(n.job_id for n in await index.nearest("acme", GRP, EMB, [0.0, 1.0], k=10)) == sorted(
+            fresh
+        )
     finally:
         await second.close()
 

@@ -11,7 +11,7 @@ process, and two copies opening one file break POSIX locking (sqlite.org/howtoco
 §2.2.1). The index lives beside the store as `<store file>.vectors` (`sidecar_path`); an in-memory
 store gets an in-memory sidecar.
 
-    feed                 one row: the last `cache_vectors.id` copied in, the layout version
+    feed                 one row: the last `cache_vectors` row copied in (id, job), the layout
     vectors_<dims>       a vec0 table per vector size: tenant (partition key), embedding
                          (cosine), grp, embedder, created (metadata, filtered in the KNN scan),
                          job_id (auxiliary); rowid = cache_vectors.id
@@ -19,9 +19,10 @@ store gets an in-memory sidecar.
 Before each search the rows of `cache_vectors` with id > the last one copied are copied in, in one
 IMMEDIATE transaction that re-reads `feed` (so processes sharing a store file share the sidecar
 without copying a row twice). SQLite assigns ids in commit order (one writer at a time), so
-"id > last" misses nothing. A deleted sidecar, one of another layout, or one ahead of its store
-(the store was recreated) is rebuilt from SQL. Rows are never deleted from `cache_vectors`; the
-cache's TTL and a tenant's clear are the `since` of a search.
+"id > last" misses nothing. A deleted sidecar, one of another layout, or one made from another
+store (its last row is not the store's row of that id: the store file was made anew) is rebuilt
+from SQL. Rows are never deleted from `cache_vectors`; the cache's TTL and a tenant's clear are the
+`since` of a search.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import cast
 
 import apsw
 import sqlite_vec
-from sqlalchemy import func, select, true
+from sqlalchemy import select, true
 
 from storage.sql.database import Database
 from storage.sql.schema import cache_vectors
@@ -97,36 +98,30 @@ class _Sidecar:
         self.conn.set_busy_timeout(30_000)  # another process copying rows in: wait, don't fail
         self.conn.execute("PRAGMA journal_mode=WAL").fetchall()
         self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS feed "
-            "(one INTEGER PRIMARY KEY CHECK (one = 0), last_id INTEGER NOT NULL, layout INTEGER NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS feed (one INTEGER PRIMARY KEY CHECK (one = 0), "
+            "last_id INTEGER NOT NULL, last_job TEXT NOT NULL, layout INTEGER NOT NULL)"
         )
-        self.conn.execute("INSERT OR IGNORE INTO feed VALUES (0, 0, ?)", (_LAYOUT,))
+        self.conn.execute("INSERT OR IGNORE INTO feed VALUES (0, 0, '', ?)", (_LAYOUT,))
 
-    def last_id(self) -> int:
-        return int(self._feed()[0])
-
-    def _feed(self) -> tuple[int, int]:
-        row = self.conn.execute("SELECT last_id, layout FROM feed").fetchone()
+    def feed(self) -> tuple[int, str, int]:
+        """The last row copied in (`cache_vectors` id and job) and the layout it was copied into."""
+        row = self.conn.execute("SELECT last_id, last_job, layout FROM feed").fetchone()
         assert row is not None  # inserted when the sidecar was opened
-        return int(row[0]), int(row[1])
+        return int(cast(int, row[0])), str(row[1]), int(cast(int, row[2]))
 
-    def reset_unless(self, sql_last_id: int) -> bool:
-        """Empty the sidecar when it is of another layout or ahead of its store; True if it was."""
+    def reset(self) -> None:
+        """Empty the sidecar (its rows are copied in again from SQL)."""
         with self._immediate():
-            last, layout = self._feed()
-            if layout == _LAYOUT and last <= sql_last_id:
-                return False
             for (name,) in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'vectors_[0-9]*'"
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
             ).fetchall():
-                self.conn.execute(f'DROP TABLE IF EXISTS "{name}"')
-            self.conn.execute("UPDATE feed SET last_id = 0, layout = ?", (_LAYOUT,))
-            return True
+                self.conn.execute(f'DROP TABLE "{name}"')
+            self.conn.execute("UPDATE feed SET last_id = 0, last_job = '', layout = ?", (_LAYOUT,))
 
     def copy(self, rows: Sequence[VectorRow]) -> int:
         """Insert the rows not copied yet (another process may have); returns the new last id."""
         with self._immediate():
-            last = self._feed()[0]
+            last, last_job, _ = self.feed()
             for row in rows:
                 if row.id <= last:
                     continue
@@ -136,8 +131,8 @@ class _Sidecar:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (row.id, row.tenant, row.vector, row.grp, row.embedder, row.created, row.job_id),
                 )
-                last = row.id
-            self.conn.execute("UPDATE feed SET last_id = ?", (last,))
+                last, last_job = row.id, row.job_id
+            self.conn.execute("UPDATE feed SET last_id = ?, last_job = ?", (last, last_job))
             return last
 
     def _table(self, dims: int) -> str:
@@ -204,11 +199,17 @@ class SqliteVecIndex:
             thread.close()
             raise
         index = cls(db, thread, sidecar, path)
+        last, last_job, layout = await thread.run(sidecar.feed)
+        # The store's row with the last id copied must be the same job, or this sidecar was made
+        # from another store (a store file deleted and made anew beside its old sidecar).
         async with db.reading() as conn:
-            sql_last = (await conn.execute(select(func.max(cache_vectors.c.id)))).scalar() or 0
-        if await thread.run(sidecar.reset_unless, sql_last):
-            logger.info("vector sidecar %s did not match its store: rebuilding it from SQL", path)
-        index._last = await thread.run(sidecar.last_id)
+            query = select(cache_vectors.c.job_id).where(cache_vectors.c.id == last)
+            same_store = last == 0 or (await conn.execute(query)).scalar() == last_job
+        if layout != _LAYOUT or not same_store:
+            logger.info("vector sidecar %s does not match its store: rebuilding it from SQL", path)
+            await thread.run(sidecar.reset)
+            last = 0
+        index._last = last
         return index
 
     async def add(self, entry: VectorEntry) -> None:
