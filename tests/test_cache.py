@@ -23,6 +23,7 @@ from router_core.providers import sim_world_for
 from router_core.sim.world import SimWorld
 from storage import keys
 from storage.bus.relay import StreamRelay
+from storage.fleet.budgets import Budgets
 from storage.jobs import JobRecord, JobStatus, NewJob, StartedJob
 from storage.sql.cache import TenantCachePolicy
 from storage.sql.schema import jobs
@@ -218,11 +219,14 @@ async def test_a_waiting_job_leads_when_the_leader_lets_go_without_an_answer(cac
         StartedJob(j.id, batch_id, j.custom_id, j.tenant, j.user_id, j.request)
         async for j in client.results(batch_id)
     ]
-    leader = await cache.begin(a, request)
+    guard = Budgets(await cached.redis()).guard(
+        job_id=a.id, run=1, tenant=a.tenant, user=a.user_id, batch_id=batch_id, batch_cap_usd=None
+    )
+    leader = await cache.begin(a, request, guard)
     assert leader is not None
     assert leader.leading
     assert leader.hit is None
-    waiter = asyncio.create_task(cache.begin(b, request))
+    waiter = asyncio.create_task(cache.begin(b, request, guard))
     await until(lambda: _waiting(cached, a.tenant, leader.flight), timeout_s=10, what="a waiter")
     assert not waiter.done()
     await cache.end(a, leader)  # the leader failed: nothing was cached

@@ -5,7 +5,7 @@
             a miss joins the request's flight (storage/fleet/flights.py): the leader calls, the
             others wait for its commit and take its answer (or lead when it failed)
     end     after the job's commit: the leader leaves its flight, waking the waiters; a new answer
-            of a semantic request gets its embedding indexed
+            of a semantic request gets its embedding indexed (workers/semantic.py)
 
 A hit is a succeeded job with no attempts: no provider call, no budget hold, $0 in the ledger;
 `result.cache` names the source job and what was saved. An answer serves a request only if it meets
@@ -30,12 +30,14 @@ from router_core.cache import CacheDecision, CacheMode, CachePolicy, cache_key, 
 from router_core.catalog import Catalog
 from router_core.models import CacheHit, ChatRequest, CompletionResult
 from router_core.planner import answer_fits
+from router_core.spend import SpendGuard
 from storage import keys
 from storage.bus.notifier import Notifier
 from storage.fleet.flights import Flights
 from storage.jobs import StartedJob
 from storage.sql.cache import CachedAnswer, CacheRecord
 from storage.sql.store import Store
+from workers.semantic import Probe, SemanticCache
 
 __all__ = ["CacheUse", "JobCache", "hit_pieces"]
 
@@ -53,6 +55,7 @@ class CacheUse:
     source: CachedAnswer | None = None
     similarity: float | None = None
     leading: bool = False  # this job leads its flight: it must leave it after its commit
+    probe: Probe | None = None  # the request's embedding (semantic): its call is attempt 1
     started: float = field(default_factory=time.perf_counter)
 
     def record(self) -> CacheRecord:
@@ -82,9 +85,11 @@ class JobCache:
         wait_s: float,
         lease_s: float,
         policy_ttl_s: float = 5.0,
+        semantic: SemanticCache | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
+        self.semantic = semantic
         self.policy = policy
         self.wait_s = wait_s
         self.policy_ttl_s = policy_ttl_s
@@ -94,9 +99,14 @@ class JobCache:
 
     async def close(self) -> None:
         await self._notifier.close()
+        if self.semantic is not None:
+            await self.semantic.close()
 
-    async def begin(self, job: StartedJob, request: ChatRequest) -> CacheUse | None:
-        """How `job` uses the cache: None (off), a hit to serve, or a call to make (and cache)."""
+    async def begin(self, job: StartedJob, request: ChatRequest, guard: SpendGuard) -> CacheUse | None:
+        """How `job` uses the cache: None (off), a hit to serve, or a call to make (and cache).
+
+        `guard` holds budget for the request's embedding when it asks for the semantic cache.
+        """
         decision = decide(request, await self.tenant_policy(job.tenant))
         if decision.mode is CacheMode.OFF:
             return None
@@ -107,14 +117,21 @@ class JobCache:
             return use  # refresh: call whatever is cached; the new answer is cached from now on
         if await self._find(job, request, use):
             return use
+        if use.decision.semantic and await self._find_similar(job, request, use, guard):
+            return use
         await self._join_flight(job, request, use)
         return use
 
-    async def end(self, job: StartedJob, use: CacheUse | None) -> None:
-        """After the job's commit (or its deferral): a leader lets its flight go, waking the waiters."""
-        if use is not None and use.leading:
+    async def end(self, job: StartedJob, use: CacheUse | None, *, answered: bool = False) -> None:
+        """After the job's commit (or its deferral): a leader lets its flight go, waking the waiters;
+        a new answer (`answered`) of a semantic request has its embedding indexed."""
+        if use is None:
+            return
+        if use.leading:
             use.leading = False
             await self.flights.leave(job.tenant, use.flight, job.id)
+        if answered and use.hit is None and use.probe is not None and self.semantic is not None:
+            await self.semantic.remember(job, use.probe)
 
     async def tenant_policy(self, tenant: str) -> CachePolicy:
         """The fleet's defaults with the tenant's overrides (read at most every `policy_ttl_s`)."""
@@ -158,6 +175,25 @@ class JobCache:
         for answer in await self.store.cache.lookup(job.tenant, use.key, since=since):
             if self._fits(request, answer):
                 self._serve(use, answer, similarity=None)
+                return True
+        return False
+
+    async def _find_similar(
+        self, job: StartedJob, request: ChatRequest, use: CacheUse, guard: SpendGuard
+    ) -> bool:
+        """Serve `use` from an answer to a request that means the same, if one is close enough."""
+        if self.semantic is None:
+            return False
+        use.probe = await self.semantic.probe(request, guard)
+        if use.probe is None:
+            return False
+        since = self.store.db.now() - timedelta(seconds=use.decision.ttl_s)
+        near = await self.semantic.nearest(job, use.probe, since=since, threshold=use.decision.threshold)
+        answers = await self.store.cache.answers(job.tenant, [n.job_id for n in near], since=since)
+        for neighbour in near:
+            answer = answers.get(neighbour.job_id)
+            if answer is not None and self._fits(request, answer):
+                self._serve(use, answer, similarity=neighbour.similarity)
                 return True
         return False
 

@@ -38,11 +38,12 @@ from router_core.errors import (
 )
 from router_core.models import Attempt, ChatRequest, CompletionResult, deployment_switches
 from router_core.router import Router
+from router_core.spend import SpendGuard
 from storage.bus.events import EventBus, JobEvent
 from storage.bus.relay import StreamRelay
 from storage.errors import NotFoundError
 from storage.fleet.answers import AnswerStore, SavedAnswer
-from storage.fleet.budgets import Budgets, JobSpendGuard
+from storage.fleet.budgets import Budgets
 from storage.jobs import (
     ANY_TENANT,
     BatchLimits,
@@ -56,6 +57,7 @@ from storage.jobs import (
 from storage.metrics import Metrics
 from storage.sql.store import Store
 from workers.cache import CacheUse, JobCache, hit_pieces
+from workers.semantic import ShiftedGuard
 
 __all__ = ["JobDeferred", "JobRunner"]
 
@@ -157,7 +159,7 @@ class JobRunner:
             return await self._conclude(started, run, outcome)
         finally:
             if self.cache is not None:  # after the commit: identical jobs waiting take this answer
-                await self.cache.end(started, outcome.cache)
+                await self.cache.end(started, outcome.cache, answered=outcome.result is not None)
 
     async def _conclude(self, started: StartedJob, run: int, outcome: _Outcome) -> str:
         """Commit the run's outcome, settle its holds and publish; or put the job back (deferred)."""
@@ -223,16 +225,6 @@ class JobRunner:
         except ValidationError as exc:
             message = f"stored request is invalid: {exc}"
             return _Outcome(failure=JobFailure(FailureCode.INVALID_REQUEST, message))
-        use = await self.cache.begin(job, request) if self.cache is not None else None
-        if use is not None and use.hit is not None:  # an earlier answer: no call, no hold, $0
-            if job.stream:
-                await self._relay_pieces(job.id, run, hit_pieces(use.hit))
-            return _Outcome(result=use.hit, cache=use)
-        outcome = await self._call(job, run, request)
-        outcome.cache = use
-        return outcome
-
-    async def _call(self, job: StartedJob, run: int, request: ChatRequest) -> _Outcome:
         guard = self.budgets.guard(
             job_id=job.id,
             run=run,
@@ -242,6 +234,21 @@ class JobRunner:
             batch_cap_usd=(await self._limits(job.batch_id)).budget_usd,
             end_user=request.user,  # the request's own end user: a scope of its own when named
         )
+        use = await self.cache.begin(job, request, guard) if self.cache is not None else None
+        embedded = [use.probe.attempt] if use is not None and use.probe is not None else []
+        if use is not None and use.hit is not None:  # an earlier answer: no call, no hold
+            if job.stream:
+                await self._relay_pieces(job.id, run, hit_pieces(use.hit))
+            return _Outcome(result=use.hit, attempts=embedded, cache=use)
+        # After an embedding call (attempt 1, semantic cache), the router's attempts come next.
+        outcome = await self._call(
+            job, run, request, ShiftedGuard(guard, len(embedded)) if embedded else guard
+        )
+        outcome.attempts = embedded + outcome.attempts
+        outcome.cache = use
+        return outcome
+
+    async def _call(self, job: StartedJob, run: int, request: ChatRequest, guard: SpendGuard) -> _Outcome:
         try:
             async with asyncio.timeout(self.route_timeout_s):
                 if job.stream:
@@ -267,7 +274,7 @@ class JobRunner:
         return attempt
 
     async def _relay(
-        self, job_id: str, run: int, request: ChatRequest, guard: JobSpendGuard
+        self, job_id: str, run: int, request: ChatRequest, guard: SpendGuard
     ) -> CompletionResult:
         """Route as a stream, appending each text piece to the job's chunk stream as it arrives."""
         writer = self.relay.writer(job_id, run)

@@ -55,6 +55,7 @@ from workers.cache import JobCache
 from workers.context import Shared, WorkerContext, attach, detach, worker_context, worker_record
 from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
+from workers.semantic import SemanticCache
 from workers.sweeper import Sweeper
 
 __all__ = [
@@ -108,6 +109,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             settings.cache_policy(),
             wait_s=settings.cache_wait_s,
             lease_s=settings.job_timeout_s,
+            semantic=SemanticCache(store, router, embedder=settings.embedding_deployment),
         )
         opened.push_async_callback(cache.close)
         runner = JobRunner(
