@@ -127,6 +127,22 @@ def test_observe_http() -> None:
         assert expected in rendered, expected
 
 
+def test_observe_cache_counts_hits_by_kind_misses_and_saved_dollars() -> None:
+    metrics = Metrics()
+    metrics.observe_cache(True, None, 0.25)
+    metrics.observe_cache(True, 0.97, 0.5)
+    metrics.observe_cache(True, None, 0.25)
+    metrics.observe_cache(False, None, 0.0)
+    rendered = lines(metrics)
+    for expected in (
+        'routeq_cache_hits_total{kind="exact"} 2.0',
+        'routeq_cache_hits_total{kind="semantic"} 1.0',
+        "routeq_cache_misses_total 1.0",
+        "routeq_cache_saved_usd_total 1.0",
+    ):
+        assert expected in rendered, expected
+
+
 def test_each_metrics_has_its_own_registry() -> None:
     first, second = Metrics(), Metrics()
     first.observe_job("failed", [], failovers=0, latency_ms=None)
