@@ -2,8 +2,9 @@
 
 Each `Metrics` owns its own `CollectorRegistry`, never prometheus_client's global one, so a process
 (or a test) can build as many as it likes. Counters and histograms are fed as work finishes
-(`observe_job`, `observe_cache`, `observe_http`); the gauges describe fleet state kept in Redis and are read again
-on every scrape (`refresh`), so any worker's metrics port shows the whole fleet's breakers.
+(`observe_job`, `observe_cache`, `observe_http`); the gauges describe fleet state kept in Redis and
+are read again on every scrape (`refresh`), so any worker's metrics port shows the whole fleet's
+breakers.
 
     routeq_jobs_total{status}                          runs finished: succeeded, failed, cancelled, deferred
     routeq_provider_requests_total{deployment,outcome} provider calls: success, error
