@@ -2,6 +2,7 @@
 
     {"id": ..., "custom_id": ..., "response": {"status_code": 200, "request_id": ..., "body": {...}},
      "error": null, "routeq": {"status", "deployment", "attempts", "failovers", "cost_usd", ...,
+                               "cache_hit", "cache_source_job", "cache_similarity", "saved_usd",
                                "user", "metadata"}}
 
 The body is a `chat.completion` with every choice the job got (`message` with `content`,
@@ -20,6 +21,8 @@ from typing import Any
 from storage.jobs import JobRecord, JobStatus
 
 __all__ = [
+    "cache_fields",
+    "cache_state",
     "completion_body",
     "metadata_filter",
     "openai_choices",
@@ -101,7 +104,30 @@ def routing_metadata(job: JobRecord) -> dict[str, Any]:
         "simulated": (job.result or {}).get("simulated"),
         "batch_id": job.batch_id,
         "job_id": job.id,
+        **cache_fields(job),
     }
+
+
+def cache_fields(job: JobRecord) -> dict[str, Any]:
+    """What the response cache did for the job: a hit names the job whose answer it reused, its
+    similarity (semantic hits; None for exact ones) and the dollars it did not pay again."""
+    return {
+        "cache_hit": _hit(job),
+        "cache_source_job": job.cache_source,
+        "cache_similarity": job.cache_similarity,
+        "saved_usd": float(job.saved_usd or 0),
+    }
+
+
+def cache_state(job: JobRecord) -> str:
+    """`hit` (served from the cache), `miss` (looked up, then called and cached) or `off`."""
+    if _hit(job):
+        return "hit"
+    return "miss" if job.cache_key is not None else "off"
+
+
+def _hit(job: JobRecord) -> bool:
+    return job.cache_source is not None or (job.result or {}).get("cache") is not None
 
 
 def output_line(job: JobRecord) -> dict[str, Any]:

@@ -367,3 +367,10 @@ class BatchSummary:
     billed_usd: Decimal  # every ledger charge of the batch, failed runs included
     provider_calls: int
     failure_reasons: dict[FailureCode, int]
+    cache_jobs: int = 0  # finished jobs that used the response cache (looked an answer up or stored one)
+    cache_hits: int = 0  # served from it: no provider call
+    saved_usd: Decimal = Decimal(0)  # what the hits' source jobs paid: not paid again
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.cache_jobs if self.cache_jobs else 0.0

@@ -2,8 +2,9 @@
 
 Each `Metrics` owns its own `CollectorRegistry`, never prometheus_client's global one, so a process
 (or a test) can build as many as it likes. Counters and histograms are fed as work finishes
-(`observe_job`, `observe_http`); the gauges describe fleet state kept in Redis and are read again
-on every scrape (`refresh`), so any worker's metrics port shows the whole fleet's breakers.
+(`observe_job`, `observe_cache`, `observe_http`); the gauges describe fleet state kept in Redis and
+are read again on every scrape (`refresh`), so any worker's metrics port shows the whole fleet's
+breakers.
 
     routeq_jobs_total{status}                          runs finished: succeeded, failed, cancelled, deferred
     routeq_provider_requests_total{deployment,outcome} provider calls: success, error
@@ -12,6 +13,9 @@ on every scrape (`refresh`), so any worker's metrics port shows the whole fleet'
     routeq_tokens_total{deployment,direction}          input, output
     routeq_provider_latency_seconds{deployment}        histogram, per call
     routeq_job_latency_seconds                         histogram, the routed result's latency
+    routeq_cache_hits_total{kind}                      jobs served from the response cache: exact, semantic
+    routeq_cache_misses_total                          jobs that looked in the cache, then called
+    routeq_cache_saved_usd_total                       what cache hits did not pay again, USD
     routeq_queue_depth                                 gauge: ZCARD of the arq queue (running jobs included)
     routeq_circuit_state{deployment}                   gauge: 0 closed, 1 half-open, 2 open
     routeq_deployment_forced{deployment}               gauge: -1 forced down, 1 forced up, 0 auto
@@ -113,6 +117,18 @@ class Metrics:
             buckets=LLM_LATENCY_BUCKETS,
             registry=reg,
         )
+        self.cache_hits = Counter(
+            "routeq_cache_hits_total",
+            "Jobs served from the response cache, by kind: exact, semantic.",
+            ["kind"],
+            registry=reg,
+        )
+        self.cache_misses = Counter(
+            "routeq_cache_misses_total", "Jobs that looked in the response cache and called.", registry=reg
+        )
+        self.cache_saved = Counter(
+            "routeq_cache_saved_usd_total", "What response-cache hits did not pay again, USD.", registry=reg
+        )
         self.queue_depth = Gauge(
             "routeq_queue_depth", "Jobs in the arq queue, running ones included.", registry=reg
         )
@@ -158,6 +174,14 @@ class Metrics:
             self.failovers.inc(failovers)
         if latency_ms is not None:
             self.job_latency.observe(latency_ms / 1000)
+
+    def observe_cache(self, hit: bool, similarity: float | None, saved_usd: float) -> None:
+        """Count one finished job that used the response cache: a hit (with what it saved) or a miss."""
+        if not hit:
+            self.cache_misses.inc()
+            return
+        self.cache_hits.labels("exact" if similarity is None else "semantic").inc()
+        self.cache_saved.inc(saved_usd)
 
     def observe_http(self, method: str, route: str, status: int | str, seconds: float) -> None:
         """Count one HTTP API request; `route` is the route template, never the raw path."""

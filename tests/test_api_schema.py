@@ -235,6 +235,8 @@ EDGES = [
     ),
     pytest.param("/v1/analytics", {"until": "0001-01-01T00:00:00Z"}, id="until-year-1"),
     pytest.param("/v1/analytics", {"since": "0001-01-01T00:00:00+14:00"}, id="since-before-year-1"),
+    pytest.param("/v1/cache/stats", {"since": "2024-01-01T00:00:00"}, id="cache-naive-since"),
+    pytest.param("/v1/cache/stats", {"since": "0001-01-01T00:00:00+14:00"}, id="cache-since-before-year-1"),
     pytest.param("/v1/jobs", b'{"prompt": "hi", "custom_id": "\\ud800"}', id="job-surrogate-custom-id"),
     pytest.param("/v1/chat/completions", b'{"model": "\\ud800", "messages": []}', id="chat-surrogate-model"),
     pytest.param("/v1/batches", LINE.encode() + b"\n", id="batch-surrogate-custom-id"),

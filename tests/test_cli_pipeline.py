@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from producer.cli import _common, app, batches
+from producer.cli import _common, app, batches, cache
 from tests.test_multiprocess import CATALOG
 
 runner = CliRunner()
@@ -256,3 +256,56 @@ def test_results_filtered_by_metadata(workdir: Path) -> None:
     bad = runner.invoke(app, ["results", batch_id.group(1), "--metadata", "team"])
     assert bad.exit_code == 2
     assert "is not <key>=<value>" in bad.output
+
+
+def test_a_rerun_is_served_from_the_cache_and_the_cache_commands_show_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROUTEQ_CACHE", "true")
+    monkeypatch.setattr(cache, "console", Console(width=200))
+    first = runner.invoke(app, ["run", str(EXAMPLES / "with-errors.jsonl"), "-o", "first.jsonl"])
+    assert first.exit_code == 0, first.output
+    assert "cache: 0 of 8 jobs served from it (hit rate 0%), $0.000000 saved" in first.output
+    again = runner.invoke(app, ["run", str(EXAMPLES / "with-errors.jsonl"), "-o", "again.jsonl"])
+    assert again.exit_code == 0, again.output
+    paid = [json.loads(line)["routeq"] for line in (workdir / "first.jsonl").read_text().splitlines()]
+    saved = sum(line["cost_usd"] for line in paid)
+    assert f"cache: 8 of 8 jobs served from it (hit rate 100%), ${saved:.6f} saved" in again.output
+    assert "0 billed provider calls" in again.output
+    served = [json.loads(line)["routeq"] for line in (workdir / "again.jsonl").read_text().splitlines()]
+    assert {line["cache_source_job"] for line in served} == {line["job_id"] for line in paid}
+
+    stats = runner.invoke(app, ["cache", "stats", "--tenant", "default", "--json"])
+    assert stats.exit_code == 0, stats.output
+    view = json.loads(stats.output)
+    assert (view["jobs"], view["hits"], view["misses"], view["hit_rate"]) == (16, 8, 8, 0.5)
+    assert view["saved_usd"] == pytest.approx(saved)
+    text = runner.invoke(app, ["cache", "stats", "--since", "1h"]).output
+    assert "cache of every tenant since" in text
+    assert "16 jobs used it: 8 hits (0 semantic), 8 misses, hit rate 50.0%" in text
+    assert (
+        json.loads(runner.invoke(app, ["cache", "stats", "--tenant", "nobody", "--json"]).output)["jobs"] == 0
+    )
+    assert "neither an ISO time" in runner.invoke(app, ["cache", "stats", "--since", "soon"]).output
+
+    changed = runner.invoke(app, ["cache", "policy", "--tenant", "default", "--off", "--ttl", "60"])
+    assert changed.exit_code == 0, changed.output
+    assert re.search(r"enabled\s+False\s+\(tenant\)", changed.output), changed.output
+    assert re.search(r"semantic\s+False\s+\(fleet default\)", changed.output), changed.output
+    kept = json.loads(runner.invoke(app, ["cache", "policy", "--tenant", "default", "--json"]).output)
+    assert (kept["enabled"], kept["ttl_s"], kept["effective"]["threshold"]) == (False, 60, 0.95)
+    off = runner.invoke(app, ["run", str(EXAMPLES / "with-errors.jsonl")])
+    assert "cache:" not in off.output  # the tenant's policy: no job used the cache
+    assert runner.invoke(app, ["cache", "policy", "--tenant", "default", "--threshold", "0"]).exit_code == 2
+    assert runner.invoke(app, ["cache", "policy", "--tenant", "default", "--reset", "--on"]).exit_code == 2
+    reset = json.loads(
+        runner.invoke(app, ["cache", "policy", "--tenant", "default", "--reset", "--json"]).output
+    )
+    assert (reset["enabled"], reset["ttl_s"]) == (None, None)
+
+    assert runner.invoke(app, ["cache", "clear"]).exit_code == 2  # the tenant is never implied
+    cleared = runner.invoke(app, ["cache", "clear", "--tenant", "default"])
+    assert cleared.exit_code == 0, cleared.output
+    assert "cache of tenant default cleared at" in cleared.output
+    after = runner.invoke(app, ["run", str(EXAMPLES / "with-errors.jsonl")])
+    assert "cache: 0 of 8 jobs served from it" in after.output

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import httpx2
@@ -37,7 +38,7 @@ from storage.fleet.state import RedisFleetState
 from storage.jobs import NewJob
 from storage.metrics import CONTENT_TYPE, Metrics
 from storage.settings import Settings
-from tests.backends import Backend
+from tests.backends import Backend, open_backend
 from workers.context import WorkerContext
 from workers.metrics_server import MetricsServer, serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
@@ -123,6 +124,22 @@ def test_observe_http() -> None:
         'routeq_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"} 1.0',
         'routeq_http_request_duration_seconds_bucket{le="0.01",method="GET",route="/v1/jobs/{job_id}"} 1.0',
         'routeq_http_request_duration_seconds_count{method="GET",route="/v1/jobs/{job_id}"} 2.0',
+    ):
+        assert expected in rendered, expected
+
+
+def test_observe_cache_counts_hits_by_kind_misses_and_saved_dollars() -> None:
+    metrics = Metrics()
+    metrics.observe_cache(True, None, 0.25)
+    metrics.observe_cache(True, 0.97, 0.5)
+    metrics.observe_cache(True, None, 0.25)
+    metrics.observe_cache(False, None, 0.0)
+    rendered = lines(metrics)
+    for expected in (
+        'routeq_cache_hits_total{kind="exact"} 2.0',
+        'routeq_cache_hits_total{kind="semantic"} 1.0',
+        "routeq_cache_misses_total 1.0",
+        "routeq_cache_saved_usd_total 1.0",
     ):
         assert expected in rendered, expected
 
@@ -374,6 +391,30 @@ async def test_burst_worker_serves_its_metrics_while_running(backend: Backend) -
     with pytest.raises(httpx2.ConnectError):  # shutdown closed the port
         async with httpx2.AsyncClient() as http:
             await http.get(f"http://127.0.0.1:{servers[0].port}/metrics")
+
+
+async def test_a_worker_counts_cache_hits_misses_and_saved_dollars(tmp_path: Path) -> None:
+    async with open_backend("embedded", tmp_path, cache=True, worker_metrics_port=0) as backend:
+        client = Client(await backend.redis(), backend.store, backend.settings)
+        items = [NewJob(f"item-{i}", chat(f"hello {i % 3}")) for i in range(9)]
+        batch_id = await client.submit_batch(items)
+        scraped: list[dict[str, float]] = []
+
+        async def scrape(context: WorkerContext) -> None:
+            server = context.metrics_server
+            assert server is not None
+            async with httpx2.AsyncClient() as http:
+                scraped.append(samples((await http.get(f"http://127.0.0.1:{server.port}/metrics")).text))
+
+        assert await backend.run_worker(before_shutdown=scrape) == 9
+        done = [job async for job in client.results(batch_id)]
+        stats = await backend.store.cache.stats(client.tenant)
+
+    values = scraped[0]
+    assert values['routeq_cache_hits_total{kind="exact"}'] == stats.hits == 6  # three answers, each 3 times
+    assert values["routeq_cache_misses_total"] == stats.misses == 3
+    assert values["routeq_cache_saved_usd_total"] == pytest.approx(float(stats.saved_usd))
+    assert stats.saved_usd == sum(job.saved_usd or 0 for job in done) > 0
 
 
 async def test_worker_runs_on_when_its_metrics_port_is_taken(

@@ -372,6 +372,10 @@ class JobRunner:
         failovers = result.failovers if result is not None else deployment_switches(outcome.attempts)
         latency_ms = result.latency_ms if result is not None else None
         self.metrics.observe_job(status, outcome.attempts, failovers, latency_ms)
+        use = outcome.cache
+        if use is not None and status != "deferred":  # a deferred run is counted when it finishes
+            saved = float(use.source.saved_usd) if use.source is not None else 0.0
+            self.metrics.observe_cache(use.hit is not None, use.similarity, saved)
 
     def _in_doubt_call(self, run: int, attempt_no: int, deployment: str, amount: float) -> InDoubtCall:
         dep = self.router.catalog.get(deployment)

@@ -9,7 +9,9 @@ and tool-call deltas through Redis (storage.bus.relay) and the API passes each p
 OpenAI `chat.completion.chunk` server-sent event.
 
 How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
-`-failovers`, `-job-id`) and in the body's extra `routeq` field (the last chunk's, when streamed).
+`-failovers`, `-job-id`, and `x-routeq-cache`: `hit`, `miss` or `off`) and in the body's extra
+`routeq` field (the last chunk's, when streamed), which also says whether the answer came from the
+response cache (`cache_hit`, `cache_source_job`, `cache_similarity`, `saved_usd`).
 Once the job exists every answer names it, errors too (a 503 when Redis blinks, a 504 past the
 wait): with the same `Idempotency-Key` a retry gets that job's answer, not a second job.
 """
@@ -40,7 +42,7 @@ from producer.api.schemas import ChatCompletionBody
 from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
-from producer.outputs import completion_body, openai_usage, routing_metadata
+from producer.outputs import cache_state, completion_body, openai_usage, routing_metadata
 from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
@@ -67,6 +69,7 @@ def _routing_headers(job: JobRecord) -> dict[str, str]:
     headers = {"x-routeq-job-id": job.id, "x-routeq-attempts": str(job.attempt_count or 0)}
     headers["x-routeq-cost-usd"] = f"{float(job.cost_usd or 0):.10f}"
     headers["x-routeq-failovers"] = str(job.failovers or 0)
+    headers["x-routeq-cache"] = cache_state(job)
     if job.deployment:
         headers["x-routeq-deployment"] = job.deployment
     return headers

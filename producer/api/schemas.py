@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,7 @@ from router_core.chat import (
 from router_core.models import Message, Preferences
 
 __all__ = [
+    "CachePolicyBody",
     "ChatCompletionBody",
     "ChatFields",
     "DeploymentStateBody",
@@ -145,4 +146,19 @@ class DeploymentStateBody(BaseModel):
     state: Literal["down", "up", "auto"] = Field(
         description="down: never route to it; up: route to it even with an open circuit; "
         "auto: the breaker decides."
+    )
+
+
+class CachePolicyBody(BaseModel):
+    """`PUT /v1/cache/policy`: the tenant's cache defaults; a field left out or null is the fleet's."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool | None = Field(default=None, description="Serve and keep answers (ROUTEQ_CACHE).")
+    ttl_s: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Oldest answer served, in seconds (ROUTEQ_CACHE_TTL_S)."
+    )
+    semantic: bool | None = Field(default=None, description="Also serve answers to similar prompts.")
+    threshold: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Least cosine similarity of a semantic hit."
     )

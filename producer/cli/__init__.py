@@ -4,6 +4,7 @@ batches.py    run, submit, status, results, watch, cancel, requeue
 workers.py    worker
 tools.py      sim, catalog, migrate
 admin.py      deployments ..., budget ...
+cache.py      cache stats, clear, policy
 serving.py    serve, keys ...
 reporting.py  what the commands show: the progress bar, status and summary tables
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from producer.cli import admin, batches, serving, tools, workers
+from producer.cli import admin, batches, cache, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -38,6 +39,7 @@ for command in (
     app.command()(command)
 app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
+app.add_typer(cache.cache_app, name="cache")
 app.add_typer(serving.keys_app, name="keys")
 
 

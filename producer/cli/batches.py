@@ -123,7 +123,11 @@ def run(
     chat completions and Batch API, results, events) until Ctrl-C, without API keys.
     """
     from producer.cli.embedded import embedded_client  # noqa: PLC0415 - imports workers: `run` only
-    from producer.cli.reporting import follow_with_progress, summary_table  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.reporting import (  # noqa: PLC0415 - start-up: imported on use
+        cache_line,
+        follow_with_progress,
+        summary_table,
+    )
     from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
@@ -150,6 +154,8 @@ def run(
             elapsed = time.perf_counter() - started
             summary = await client.store.batches.summary(batch_id)
             console.print(summary_table(summary))
+            if (cached := cache_line(summary)) is not None:
+                console.print(cached, highlight=False)
             path = output or Path(f"results-{batch_id}.jsonl")
             written, _ = await write_results(path, client.results(batch_id))
             console.print(

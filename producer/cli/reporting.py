@@ -1,4 +1,5 @@
-"""What the CLI shows: a live progress bar fed by the event stream, status and summary tables."""
+"""What the CLI shows: a live progress bar fed by the event stream, status and summary tables, the
+response cache's line of a run's summary."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from producer.inputs import LineError
     from storage.bus.events import Event
 
-__all__ = ["follow_with_progress", "print_line_errors", "status_table", "summary_table"]
+__all__ = ["cache_line", "follow_with_progress", "print_line_errors", "status_table", "summary_table"]
 
 # Without an event for this long, check SQL: the batch may be finished and its stream expired.
 _IDLE_CHECK_MS = 2_000
@@ -108,6 +109,16 @@ def summary_table(summary: BatchSummary) -> Table:
         "(failed jobs' calls included)"
     )
     return table
+
+
+def cache_line(summary: BatchSummary) -> str | None:
+    """The batch's use of the response cache in one line; None when no job used it."""
+    if not summary.cache_jobs:
+        return None
+    return (
+        f"cache: {summary.cache_hits} of {summary.cache_jobs} jobs served from it "
+        f"(hit rate {summary.cache_hit_rate:.0%}), ${summary.saved_usd:.6f} saved"
+    )
 
 
 def print_line_errors(errors: Sequence[LineError], console: Console, *, source: str, limit: int = 20) -> None:

@@ -1,5 +1,6 @@
-"""Routing analytics computed in SQL: totals, per-deployment stats, daily rollups per model and,
-when asked, usage per end user (the `user` a request named).
+"""Routing analytics computed in SQL: totals, per-deployment stats, daily rollups per model, what
+the response cache saved (overall, and per tenant for every tenant's analytics) and, when asked,
+usage per end user (the `user` a request named).
 
 Everything is aggregated by the database (SQLite and PostgreSQL alike); only one row per
 deployment, per (day, model) or per (tenant, end user) comes back to Python. Percentiles are
@@ -29,6 +30,7 @@ from storage.sql.store import Store
 
 __all__ = [
     "Analytics",
+    "CacheUsage",
     "DailyModelStats",
     "DeploymentUsage",
     "EndUserUsage",
@@ -126,6 +128,24 @@ class EndUserUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """What the response cache did for jobs finished in the window (of one tenant, or all of them)."""
+
+    tenant: str | None  # None: the window's total
+    jobs: int  # jobs that used the cache: read it, or called and stored their answer
+    hits: int  # served from it, no provider call
+    semantic_hits: int
+    misses: int
+    hit_rate: float  # hits / jobs
+    saved_usd: Decimal  # what the hits' source jobs paid: not paid again
+
+    @classmethod
+    def of(cls, tenant: str | None, jobs: int, hits: int, semantic_hits: int, saved: Decimal) -> CacheUsage:
+        rate = round(hits / jobs, 4) if jobs else 0.0
+        return cls(tenant, jobs, hits, semantic_hits, jobs - hits, rate, saved)
+
+
+@dataclass(frozen=True, slots=True)
 class Analytics:
     """What `GET /v1/analytics` serves. `to_dict()` gives JSON-ready values."""
 
@@ -135,6 +155,9 @@ class Analytics:
     totals: Totals
     deployments: tuple[DeploymentUsage, ...]  # most calls first
     daily: tuple[DailyModelStats, ...]  # by date, then model
+    cache: CacheUsage
+    # Every tenant's analytics only (`tenant` None): one row per tenant that used the cache.
+    cache_by_tenant: tuple[CacheUsage, ...] | None
     # Asked for only (`by_end_user`): most spend first, then most requests; at most `end_user_limit`.
     end_users: tuple[EndUserUsage, ...] | None = None
 
@@ -185,8 +208,26 @@ async def analytics(
         totals = await _totals(conn, scope)
         deployments = await _deployments(conn, scope)
         daily = await _daily(conn, scope)
+        per_tenant = await _cache(conn, scope)
         end_users = await _end_users(conn, scope, end_user_limit) if by_end_user else None
-    return Analytics(tenant, scope.since, scope.until, totals, deployments, daily, end_users)
+    cache = CacheUsage.of(
+        None,
+        sum(row.jobs for row in per_tenant),
+        sum(row.hits for row in per_tenant),
+        sum(row.semantic_hits for row in per_tenant),
+        sum((row.saved_usd for row in per_tenant), Decimal(0)),
+    )
+    return Analytics(
+        tenant,
+        scope.since,
+        scope.until,
+        totals,
+        deployments,
+        daily,
+        cache=cache,
+        cache_by_tenant=per_tenant if tenant is None else None,
+        end_users=end_users,
+    )
 
 
 def _utc(value: datetime) -> datetime:
@@ -347,6 +388,26 @@ async def _daily(conn: AsyncConnection, scope: _Scope) -> tuple[DailyModelStats,
         for on, model, n, ok, tokens_in, tokens_out in counts
     ]
     return tuple(sorted(rows, key=lambda r: (r.date, r.model)))
+
+
+async def _cache(conn: AsyncConnection, scope: _Scope) -> tuple[CacheUsage, ...]:
+    """The response cache's use per tenant: jobs that used it, hits (semantic ones), dollars saved."""
+    rows = await conn.execute(
+        select(
+            jobs.c.tenant,
+            func.count(),
+            func.count(jobs.c.cache_source),
+            func.count(jobs.c.cache_similarity),
+            _total(jobs.c.saved_usd),
+        )
+        .where(scope.jobs() & jobs.c.cache_key.is_not(None))
+        .group_by(jobs.c.tenant)
+    )
+    usage = [
+        CacheUsage.of(t, int(n), int(hits), int(semantic), Decimal(saved))
+        for t, n, hits, semantic, saved in rows
+    ]
+    return tuple(sorted(usage, key=lambda u: (-u.saved_usd, -u.jobs, u.tenant or "")))
 
 
 async def _end_users(conn: AsyncConnection, scope: _Scope, limit: int) -> tuple[EndUserUsage, ...]:

@@ -356,12 +356,20 @@ class Batches:
         await self._db.writes.run(write)
 
     async def summary(self, batch_id: str, *, tenant: TenantScope = ANY_TENANT) -> BatchSummary:
-        """Per-deployment jobs, cost, latency percentiles and failovers, for succeeded jobs."""
+        """Per-deployment jobs, cost, latency percentiles and failovers, for succeeded jobs; what the
+        response cache served (hits, dollars saved)."""
         per_deployment: dict[str, list[tuple[float, Decimal, int]]] = {}
         statuses: Counter[str] = Counter()
         reasons: Counter[FailureCode] = Counter()
+        cache_jobs = cache_hits = 0
+        saved = Decimal(0)
         async for job in self._jobs.iter(batch_id, tenant=tenant):
             statuses[job.status] += 1
+            if job.terminal and job.cache_key is not None:
+                cache_jobs += 1
+            if job.cache_source is not None:
+                cache_hits += 1
+                saved += job.saved_usd or 0
             if job.status == JobStatus.SUCCEEDED and job.deployment is not None:
                 per_deployment.setdefault(job.deployment, []).append(
                     (job.latency_ms or 0.0, job.cost_usd or Decimal(0), job.failovers or 0)
@@ -390,6 +398,9 @@ class Batches:
             billed_usd=billed,
             provider_calls=calls,
             failure_reasons=dict(reasons),
+            cache_jobs=cache_jobs,
+            cache_hits=cache_hits,
+            saved_usd=saved,
         )
 
 
