@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import struct
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -340,35 +338,3 @@ async def test_usearch_finds_a_row_that_committed_after_a_larger_id() -> None:
     finally:
         await _clear(store)
         await world.close()
-
-
-async def _time_searches(index: VectorIndex, queries: list[list[float]]) -> float:
-    """Mean milliseconds of a search (k=4) over `queries`."""
-    started = time.perf_counter()
-    for query in queries:
-        [best, *_] = await index.nearest("acme", GRP, EMB, query, k=4)
-        assert best.similarity > 0.99
-    return (time.perf_counter() - started) * 1000 / len(queries)
-
-
-@pytest.mark.skipif(not os.environ.get("ROUTEQ_VECTOR_BENCH"), reason="a timing, run by hand")
-async def test_timing_of_nearest(world: World) -> None:
-    """ROUTEQ_VECTOR_BENCH=1 pytest tests/test_vectors.py -k timing -s: 10,000 vectors of 256 floats."""
-    store = await world.store()
-    index = await world.index(store)
-    rng = random.Random(1)
-    ids = await jobs(store, "acme", 10_000)
-    vectors = [[rng.gauss(0, 1) for _ in range(256)] for _ in ids]
-    for start in range(0, len(ids), 500):
-        batch = zip(ids[start : start + 500], vectors[start : start + 500], strict=True)
-        await asyncio.gather(*(index.add(entry(job, vector)) for job, vector in batch))
-    started = time.perf_counter()
-    await index.nearest("acme", GRP, EMB, vectors[0])
-    first = (time.perf_counter() - started) * 1000
-    fresh = await _time_searches(index, vectors[:100])
-    world.now[0] += timedelta(hours=1)
-    later = await _time_searches(index, vectors[100:200])
-    print(
-        f"\n{world.kind} {index.name}: first search (copies in / builds) {first:.0f} ms; then per search "
-        f"{fresh:.2f} ms while the rows are minutes old, {later:.2f} ms an hour later"
-    )
