@@ -5,8 +5,6 @@ never share, and the embedding call is billed once as the job's first attempt.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,8 @@ from router_core.cache import CachePreference
 from router_core.models import ChatRequest, Message, Preferences
 from router_core.providers import sim_world_for
 from storage.jobs import JobRecord, JobStatus, NewJob
-from tests.backends import Backend, open_backend
+from tests import test_cache
+from tests.backends import Backend
 from tests.conftest import TRIO, deployment, make_catalog
 
 EMBEDDER = deployment(
@@ -25,10 +24,8 @@ EMBEDDER = deployment(
 SEMANTIC = Preferences(cache=CachePreference(semantic=True))
 
 
-@pytest.fixture(params=["embedded", "services"])
-async def cached(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async with open_backend(request.param, tmp_path, cache=True) as backend:
-        yield backend
+# The cache tests' backends: both, with the cache on.
+cached = test_cache.cached
 
 
 class World:
