@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import openai
 
 from router_core import ChatRequest, Router, RouterSettings, SimulateMode, load_catalog
-from router_core.catalog import Catalog, parse_catalog
+from router_core.catalog import Catalog, Task, parse_catalog
 from router_core.sim import SimProfile, SimWorld, sim_http_client
 
 PROMPTS = [
@@ -37,11 +37,13 @@ STRATEGIES = ["cost", "speed", "quality", "balanced", "round_robin", "least_load
 
 
 def fifty_deployments() -> Catalog:
-    """Five copies of the demo catalog's ten real models: 50 deployments at genai-prices prices."""
+    """Five copies of the demo catalog's ten chat models: 50 deployments at genai-prices prices."""
     demo = load_catalog()
     raw = []
     for copy in range(5):
         for dep in demo.values():
+            if dep.task is not Task.CHAT:
+                continue
             entry = dep.model_dump(mode="json", exclude={"fallbacks", "sim"}, exclude_none=True)
             entry["id"] = f"{dep.id}.{copy}"
             entry["quality"] = round(min(1.0, dep.quality + copy * 0.01), 3)
