@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import httpx2
 import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
@@ -104,30 +105,42 @@ class OpenAIProvider:
             raise map_provider_error(exc, self.deployment.id) from exc
 
     async def complete(self, request: ChatRequest, *, max_tokens: int, timeout_s: float) -> ProviderReply:
+        """One chat completion through the SDK's HTTP client (auth, headers, errors as its own).
+
+        The body is JSON already (`openai_body`), so it goes to `client.post` as it is, and the answer
+        is read as the JSON it is: `chat.completions.create` would walk every field of the request
+        through the SDK's typed-dict transform and build a model of every field of the answer, about
+        a millisecond of CPU per call spent turning JSON into JSON.
+        """
         dep = self.deployment
-        raw = await self._send(request, max_tokens, timeout_s)
+        body = openai_body(request, dep, max_tokens)
         try:
-            completion = raw.parse()
+            response = await self._client.post(
+                "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": timeout_s}
+            )
+        except Exception as exc:
+            raise map_provider_error(exc, dep.id) from exc
+        try:
+            answer = response.json()
             choices = tuple(
                 Choice(
-                    index=choice.index,
-                    message=choice.message.model_dump(mode="json", exclude_unset=True),
-                    finish_reason=choice.finish_reason,
-                    logprobs=None
-                    if choice.logprobs is None
-                    else choice.logprobs.model_dump(mode="json", exclude_unset=True),
+                    index=choice.get("index", 0),
+                    message=choice["message"],
+                    finish_reason=choice.get("finish_reason"),
+                    logprobs=choice.get("logprobs"),
                 )
-                for choice in completion.choices
+                for choice in answer["choices"]
             )
+            usage = None if answer.get("usage") is None else CompletionUsage.model_validate(answer["usage"])
         except Exception as exc:
             raise map_provider_error(exc, dep.id, parsing=True) from exc
         if not choices:
             raise map_provider_error(ValueError("the response has no choices"), dep.id, parsing=True)
         return ProviderReply(
             choices=choices,
-            usage=_usage(completion.usage),
-            model=completion.model or dep.model,
-            simulated=raw.headers.get(SIMULATED_HEADER) == "1",
+            usage=_usage(usage),
+            model=answer.get("model") or dep.model,
+            simulated=response.headers.get(SIMULATED_HEADER) == "1",
         )
 
     async def stream(
