@@ -21,7 +21,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from storage.jobs import JobStatus, TenantScope, aware
 from storage.sql.database import Database, owned_by
@@ -193,10 +205,16 @@ class ResponseCache:
 
 
 def _servable() -> ColumnElement[bool]:
-    """A succeeded job with a key, finished after its tenant's last clear (joined `cache_policies`)."""
+    """A succeeded job with a key, finished after its tenant's last clear (joined `cache_policies`).
+
+    The status is written into the SQL, not bound: PostgreSQL's generic plan for a prepared
+    statement (asyncpg's, after five runs) can use the partial index `ix_jobs_cached` only when it can
+    prove the query's rows are the index's (`status = 'succeeded'`); with `status = $2` it scans the
+    tenant's jobs of the whole window instead.
+    """
     return and_(
         _J.cache_key.is_not(None),
-        _J.status == JobStatus.SUCCEEDED.value,
+        _J.status == literal_column(f"'{JobStatus.SUCCEEDED.value}'"),
         or_(_P.cleared_at.is_(None), _J.finished_at > _P.cleared_at),
     )
 
