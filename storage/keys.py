@@ -24,7 +24,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
 | routeq:open-holds            | zset    | until the job's last hold goes | budget scripts       |
 | routeq:answer:<job_id>       | hash    | until committed; ANSWER_TTL_S | workers (answers)     |
-| routeq:flight:<t>:<hash>     | string  | until released; lease         | workers (cache)       |
+| routeq:flight:<t>:<hash>     | string  | lease; then done mark, 30 s   | workers (cache)       |
 | routeq:flight:<t>:<hash>:waiting | string | with the flight             | workers (cache)       |
 | routeq:flight-done:<t>:<hash> | pub/sub | -                            | workers (cache)       |
 

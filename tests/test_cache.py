@@ -24,6 +24,7 @@ from router_core.sim.world import SimWorld
 from storage import keys
 from storage.bus.relay import StreamRelay
 from storage.fleet.budgets import Budgets
+from storage.fleet.flights import Entry, Flights
 from storage.jobs import JobRecord, JobStatus, NewJob, StartedJob
 from storage.sql.cache import _LOOKUP, TenantCachePolicy
 from storage.sql.schema import jobs
@@ -344,3 +345,17 @@ async def test_a_lookup_reads_the_cache_index_even_in_a_generic_plan(cached: Bac
             params = tuple(values[name] for name in compiled.positiontup or ())
             plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)).all()
     assert "ix_jobs_cached" in " ".join(str(row) for row in plan), plan
+
+
+async def test_a_flight_is_led_by_one_job_and_left_with_a_mark(cached: Backend) -> None:
+    flights = Flights(await cached.redis(), lease_s=30)
+    assert await flights.enter("acme", "f", "job-a") == Entry(leader=True)
+    waiting = await flights.enter("acme", "f", "job-b")
+    assert not waiting.leader
+    assert 0 < waiting.lease_left_s <= 30
+    assert await flights.enter("acme", "f", "job-a") == Entry(leader=True)  # a redelivery of its leader
+    assert not await flights.leave("acme", "f", "job-b")  # only the leader leaves
+    assert await flights.leave("acme", "f", "job-a")
+    # Left: the next job leads, but reads the cache again first (an answer may have just landed).
+    assert await flights.enter("acme", "f", "job-c") == Entry(leader=True, recheck=True)
+    assert await flights.enter("globex", "f", "job-d") == Entry(leader=True)  # tenants never share

@@ -155,8 +155,8 @@ class JobCache:
                 entry = await self.flights.enter(job.tenant, use.flight, job.id)
                 if entry.leader:
                     use.leading = True
-                    # The last leader may have committed between our lookup and our entering.
-                    if await self._find(job, request, use):
+                    # A leader left since our read: its answer may have been committed after it.
+                    if entry.recheck and await self._find(job, request, use):
                         await self.end(job, use)
                     return
                 left = deadline - time.monotonic()

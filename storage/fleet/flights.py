@@ -13,6 +13,11 @@ The leader leaves after its answer is committed to SQL (or it failed); the waite
 cache, and either take the answer or (it failed) race to `enter`: one becomes the next leader. A
 leader that dies without leaving loses the flight when its lease runs out; a waiter also wakes then
 (`enter` tells it how long the lease has left). Entering and leaving are one Lua call each.
+
+Leaving leaves a mark (`done:<job>`, for `DONE_TTL_S`) instead of deleting the key. A job reads the
+cache before it enters, so a job that enters an empty flight knows nothing was answered since its
+read, and calls; one that finds the mark leads too, but reads the cache once more first: the answer
+may have been committed between its read and its entering. Most misses so pay one read, not two.
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ from redis.asyncio import Redis
 
 from storage import keys
 
-__all__ = ["Entry", "Flights"]
+__all__ = ["DONE_TTL_S", "Entry", "Flights"]
 
-# KEYS: flight, waiting. ARGV: job id, lease ms. Returns {1, 0} for the leader (a redelivered leader
-# takes its own flight again), else {0, ms the leader's lease has left} after counting the waiter.
+# How long a left flight keeps its mark: longer than a job takes between its cache read and `enter`.
+DONE_TTL_S = 30
+
+# KEYS: flight, waiting. ARGV: job id, lease ms. Returns {1, 0} for the leader of an empty flight (a
+# redelivered leader takes its own flight again), {2, 0} for the leader of a flight left since (read
+# the cache again), else {0, ms the leader's lease has left} after counting the waiter.
 _ENTER = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local held = redis.call('GET', KEYS[1])
+if not held or held == ARGV[1] or string.sub(held, 1, 5) == 'done:' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if held and held ~= ARGV[1] then return {2, 0} end
   return {1, 0}
 end
 local left = redis.call('PTTL', KEYS[1])
@@ -40,10 +50,10 @@ redis.call('PEXPIRE', KEYS[2], left)
 return {0, left}
 """
 
-# KEYS: flight, waiting, done channel. ARGV: job id. Only the leader leaves; waiters are woken.
+# KEYS: flight, waiting, done channel. ARGV: job id, mark ms. Only the leader leaves; waiters are woken.
 _LEAVE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], 'done:' .. ARGV[1], 'PX', ARGV[2])
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', KEYS[3], ARGV[1]) end
 return 1
 """
@@ -55,6 +65,7 @@ class Entry:
 
     leader: bool
     lease_left_s: float = 0.0
+    recheck: bool = False  # the leader of a flight left since the job's cache read: read again
 
 
 class Flights:
@@ -68,12 +79,13 @@ class Flights:
     async def enter(self, tenant: str, flight: str, job_id: str) -> Entry:
         """Lead the flight, or wait in it (counted, so the leader's leaving wakes this job)."""
         lease_ms = max(1, int(self.lease_s * 1000))
-        leader, left_ms = await self._enter(
+        state, left_ms = await self._enter(
             keys=[keys.flight(tenant, flight), keys.flight_waiting(tenant, flight)], args=[job_id, lease_ms]
         )
-        return Entry(bool(leader), int(left_ms) / 1000)
+        return Entry(bool(state), int(left_ms) / 1000, recheck=state == 2)
 
     async def leave(self, tenant: str, flight: str, job_id: str) -> bool:
         """Let go of a flight this job leads (no-op otherwise), waking whoever waits."""
         names = [keys.flight(tenant, flight), keys.flight_waiting(tenant, flight)]
-        return bool(await self._leave(keys=[*names, keys.flight_done_channel(tenant, flight)], args=[job_id]))
+        done = [*names, keys.flight_done_channel(tenant, flight)]
+        return bool(await self._leave(keys=done, args=[job_id, DONE_TTL_S * 1000]))
