@@ -2,8 +2,9 @@
 
 Every result is in `jobs` already, so the exact cache is an index, not a copy: a job that used the
 cache carries its request's `cache_key` (router_core.cache), and the answer for a key is the newest
-succeeded job of the tenant with that key, finished within the TTL the request accepts and after
-the tenant's last clear (`ix_jobs_cached`, a partial index over those rows only). Nothing is
+job of the tenant with that key whose answer a provider gave (succeeded, not a hit itself: a hit's
+answer is its source's), finished within the TTL the request accepts and after the tenant's last
+clear (`ix_jobs_cached`, a partial index over those rows only, migration 0010). Nothing is
 evicted: an answer too old for one request may serve another that accepts older ones, and the
 cache can never crowd out queue or fleet keys in Redis, because it keeps nothing there.
 
@@ -26,7 +27,6 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
-    case,
     delete,
     func,
     literal_column,
@@ -51,7 +51,7 @@ class CachedAnswer:
     """A succeeded job whose answer may serve another request."""
 
     job_id: str
-    source_job: str  # the job whose provider call made the answer (itself, unless it was a hit)
+    source_job: str  # the job whose provider call made the answer (the job itself: hits are not found)
     deployment: str
     result: dict[str, Any]
     saved_usd: Decimal  # what the source's calls cost
@@ -196,7 +196,7 @@ class ResponseCache:
         entries = (
             select(func.count(func.distinct(_J.cache_key)))
             .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
-            .where(owned_by(_J.tenant, tenant) & _servable() & _J.cache_source.is_(None))
+            .where(owned_by(_J.tenant, tenant) & _servable())
         )
         async with self._db.reading() as conn:
             counted, hits, semantic, saved = (await conn.execute(used)).one()
@@ -205,7 +205,8 @@ class ResponseCache:
 
 
 def _servable() -> ColumnElement[bool]:
-    """A succeeded job with a key, finished after its tenant's last clear (joined `cache_policies`).
+    """A provider's answer that may be served: a succeeded job with a key that was not a hit itself
+    (a hit's answer is its source's), finished after its tenant's last clear (joined `cache_policies`).
 
     The status is written into the SQL, not bound: PostgreSQL's generic plan for a prepared
     statement (asyncpg's, after five runs) can use the partial index `ix_jobs_cached` only when it can
@@ -215,16 +216,15 @@ def _servable() -> ColumnElement[bool]:
     return and_(
         _J.cache_key.is_not(None),
         _J.status == literal_column(f"'{JobStatus.SUCCEEDED.value}'"),
+        _J.cache_source.is_(None),
         or_(_P.cleared_at.is_(None), _J.finished_at > _P.cleared_at),
     )
 
 
-# The tenant's servable answers finished at or after `since`: where each one came from and what it
-# saved. Built once (bind names carry a b_ prefix): per-job reads then skip statement construction.
-_SOURCE = case((_J.cache_source.is_(None), _J.id), else_=_J.cache_source)
-_SAVED = case((_J.cache_source.is_(None), _J.cost_usd), else_=_J.saved_usd)
+# The tenant's servable answers finished at or after `since`, with what they cost. Built once (bind
+# names carry a b_ prefix): per-job reads then skip statement construction.
 _ANSWERS = (
-    select(_J.id, _SOURCE.label("source"), _J.deployment, _J.result, _SAVED.label("saved"), _J.finished_at)
+    select(_J.id, _J.deployment, _J.result, _J.cost_usd, _J.finished_at)
     .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
     .where((_J.tenant == bindparam("b_tenant")) & _servable() & (_J.finished_at >= bindparam("b_since")))
 )
@@ -234,7 +234,7 @@ _LOOKUP = (
 _OF_JOBS = _ANSWERS.where(_J.id.in_(bindparam("b_ids", expanding=True)))
 
 
-def _answer(row: Row[Any, Any, Any, Any, Any, Any]) -> CachedAnswer:
+def _answer(row: Row[Any, Any, Any, Any, Any]) -> CachedAnswer:
     finished = aware(row.finished_at)
     assert finished is not None  # a succeeded job has finished
-    return CachedAnswer(row.id, row.source, row.deployment, row.result, Decimal(row.saved or 0), finished)
+    return CachedAnswer(row.id, row.id, row.deployment, row.result, Decimal(row.cost_usd or 0), finished)

@@ -61,6 +61,7 @@ metadata = MetaData(
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
 _Money = Numeric(20, 10, asdecimal=True)
 _Time = DateTime(timezone=True)
+_CACHE_SOURCES = "cache_key IS NOT NULL AND status = 'succeeded' AND cache_source IS NULL"
 
 batches = Table(
     "batches",
@@ -146,14 +147,15 @@ jobs = Table(
         postgresql_where=text("status IN ('queued', 'running')"),
         sqlite_where=text("status IN ('queued', 'running')"),
     ),
-    # The exact cache: a tenant's newest succeeded job with a key (migration 0009).
+    # The exact cache: the answers providers gave (succeeded jobs with a key that were not hits
+    # themselves), by tenant, key and age (migrations 0009, 0010).
     Index(
         "ix_jobs_cached",
         "tenant",
         "cache_key",
         "finished_at",
-        postgresql_where=text("cache_key IS NOT NULL AND status = 'succeeded'"),
-        sqlite_where=text("cache_key IS NOT NULL AND status = 'succeeded'"),
+        postgresql_where=text(_CACHE_SOURCES),
+        sqlite_where=text(_CACHE_SOURCES),
     ),
 )
 
