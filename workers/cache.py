@@ -95,7 +95,7 @@ class JobCache:
         self.policy_ttl_s = policy_ttl_s
         self.flights = Flights(redis, lease_s=lease_s)
         self._notifier = Notifier(redis, patterns=(keys.flight_done_channel("*", "*"),))
-        self._policies: dict[str, tuple[float, CachePolicy]] = {}
+        self._policies: dict[str, tuple[float, asyncio.Future[CachePolicy]]] = {}
 
     async def close(self) -> None:
         await self._notifier.close()
@@ -134,17 +134,24 @@ class JobCache:
             await self.semantic.remember(job, use.probe)
 
     async def tenant_policy(self, tenant: str) -> CachePolicy:
-        """The fleet's defaults with the tenant's overrides (read at most every `policy_ttl_s`)."""
-        now = time.monotonic()
+        """The fleet's defaults with the tenant's overrides (read at most every `policy_ttl_s`; the
+        jobs that need it while it is read wait for that one read)."""
         cached = self._policies.get(tenant)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        row = await self.store.cache.policy(tenant)
-        policy = self.policy if row is None else self.policy.overridden(**row.overrides())
+        if cached is not None and cached[0] > time.monotonic():
+            return await asyncio.shield(cached[1])  # one waiter cancelled does not cancel the read
         if len(self._policies) > 10_000:
             self._policies.clear()
-        self._policies[tenant] = (now + self.policy_ttl_s, policy)
-        return policy
+        reading = asyncio.ensure_future(self._read_policy(tenant))
+        self._policies[tenant] = (time.monotonic() + self.policy_ttl_s, reading)
+        try:
+            return await asyncio.shield(reading)
+        except Exception:
+            self._policies.pop(tenant, None)  # a failed read is not kept: the next job reads again
+            raise
+
+    async def _read_policy(self, tenant: str) -> CachePolicy:
+        row = await self.store.cache.policy(tenant)
+        return self.policy if row is None else self.policy.overridden(**row.overrides())
 
     async def _join_flight(self, job: StartedJob, request: ChatRequest, use: CacheUse) -> None:
         """Lead the request's flight, or wait for its leader's answer (at most `wait_s`)."""
