@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from arq.jobs import serialize_job
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import ChatRequest
+from storage.bus.queue import JOB_FUNCTION, _Payloads, serialize
 from storage.jobs import NewJob
 from storage.sql import new_jobs
 from storage.sql.new_jobs import JobOwner, _EncodedJSON, insert_jobs, job_rows
@@ -109,3 +111,11 @@ async def test_bulk_rows_go_with_their_transaction(backend: Backend) -> None:
         await backend.store.batches._db.writes.run(write)
     async with backend.store.engine.connect() as conn:
         assert (await conn.execute(select(jobs.c.id).where(jobs.c.batch_id == batch_id))).all() == []
+
+
+@pytest.mark.parametrize(
+    ("job_id", "job_try"), [("job_3f9c00aa", None), ("job_x", 4), ('odd "id" é', None), ("a b\\c", 2)]
+)
+def test_payloads_are_the_bytes_arq_serializes(job_id: str, job_try: int | None) -> None:
+    expected = serialize_job(JOB_FUNCTION, (job_id,), {}, job_try, 1_700_000_000_123, serializer=serialize)
+    assert _Payloads(1_700_000_000_123).of(job_id, job_try) == expected
