@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,9 +386,21 @@ def _load_object(text: str) -> tuple[dict[str, Any], bool] | str:
 
 
 def _loads(text: str, parse_float: Callable[[str], float], parse_constant: Callable[[str], float]) -> Any:
-    return json.loads(
-        text, object_pairs_hook=_no_duplicate_keys, parse_float=parse_float, parse_constant=parse_constant
-    )
+    """`json.loads(text, ...)` with the hooks, on a decoder made once per thread and hook pair
+    (`json.loads` with hooks builds a new `JSONDecoder` on every call)."""
+    if text.startswith(_BOM):  # what json.loads refuses before it decodes
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    decoders: dict[object, json.JSONDecoder] = _DECODERS.__dict__.setdefault("by_hooks", {})
+    decoder = decoders.get(parse_float)
+    if decoder is None:
+        decoder = decoders[parse_float] = json.JSONDecoder(
+            object_pairs_hook=_no_duplicate_keys, parse_float=parse_float, parse_constant=parse_constant
+        )
+    return decoder.decode(text)
+
+
+# A decoder's C scanner keeps a memo between its hook calls: one decoder set per thread.
+_DECODERS = threading.local()
 
 
 class _NotFinite(Exception):
