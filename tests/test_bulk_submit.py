@@ -17,7 +17,7 @@ from router_core.models import ChatRequest
 from storage.bus.queue import JOB_FUNCTION, _Payloads, serialize
 from storage.jobs import NewJob
 from storage.sql import new_jobs
-from storage.sql.new_jobs import JobOwner, _EncodedJSON, insert_jobs, job_rows
+from storage.sql.new_jobs import JobOwner, _EncodedJSON, encode_jobs, insert_jobs, job_rows
 from storage.sql.schema import jobs
 from tests.backends import Backend
 
@@ -49,9 +49,9 @@ async def test_bulk_rows_read_back_as_sqlalchemy_inserts_them(
     batch_id = await backend.store.batches.open(tenant="t1", user_id="u1")
     owner = JobOwner(batch_id, "t1", "u1", backend.store.batches._db.now())
     items = [NewJob(f"c{n}", request, stream=n == 1) for n, request in enumerate(_REQUESTS)]
-    bulk = job_rows(items, owner)
+    bulk = job_rows(encode_jobs(items), owner)
     again = [NewJob(f"g{n}", item.request, item.stream) for n, item in enumerate(items)]
-    general = job_rows(again, owner, 10)
+    general = job_rows(encode_jobs(again), owner, 10)
 
     async def write(conn: AsyncConnection) -> None:
         await conn.execute(select(1))  # as in `Batches`: the transaction has begun (COPY joins it)
@@ -100,7 +100,7 @@ _ROW_COLUMNS = (
 async def test_bulk_rows_go_with_their_transaction(backend: Backend) -> None:
     batch_id = await backend.store.batches.open(tenant="t1", user_id="u1")
     owner = JobOwner(batch_id, "t1", "u1", backend.store.batches._db.now())
-    rows = job_rows([NewJob("a", _REQUESTS[0])], owner)
+    rows = job_rows(encode_jobs([NewJob("a", _REQUESTS[0])]), owner)
 
     async def write(conn: AsyncConnection) -> None:
         await conn.execute(select(1))

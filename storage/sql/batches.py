@@ -40,7 +40,7 @@ from storage.sql.database import Database, owned_by
 from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
-from storage.sql.new_jobs import JobOwner, insert_jobs, job_rows
+from storage.sql.new_jobs import EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
 from storage.sql.runs import money
 from storage.sql.schema import batches, files, jobs
 
@@ -51,7 +51,7 @@ UNFINISHED_SUBMISSION = "submission unfinished:"
 chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. What the sweeper
 reads is the batch's `submitting` flag (`finalizing`)."""
 
-# Batches at least this big build their job rows in a thread (a single submit stays inline).
+# Batches at least this big serialize their requests in a thread (a single submit stays inline).
 _ROWS_IN_THREAD = 1_000
 
 
@@ -89,11 +89,7 @@ class Batches:
         """
         now = self._db.now()
         batch_id = new_id("batch")
-        owner = JobOwner(batch_id, tenant, user_id, now)
-        if len(items) < _ROWS_IN_THREAD:
-            rows = job_rows(items, owner)
-        else:  # a big file's rows take a second of CPU: not on the event loop other requests share
-            rows = await asyncio.to_thread(job_rows, items, owner)
+        rows = job_rows(await _encoded(items), JobOwner(batch_id, tenant, user_id, now))
         batch_row = {
             "id": batch_id,
             "kind": kind,
@@ -168,7 +164,7 @@ class Batches:
     async def append(
         self,
         batch_id: str,
-        items: Sequence[NewJob],
+        items: Sequence[NewJob] | EncodedJobs,
         *,
         tenant: str,
         user_id: str,
@@ -179,13 +175,9 @@ class Batches:
         add them to its `total`, in one transaction; returns their ids in order.
 
         `invalid_lines`, when given, replaces the batch's in the same transaction (the caller's
-        note of how far the file got).
+        note of how far the file got). `items` may come encoded already (`encode_jobs`).
         """
-        owner = JobOwner(batch_id, tenant, user_id, self._db.now())
-        if len(items) < _ROWS_IN_THREAD:
-            rows = job_rows(items, owner, first_seq)
-        else:
-            rows = await asyncio.to_thread(job_rows, items, owner, first_seq)
+        rows = job_rows(await _encoded(items), JobOwner(batch_id, tenant, user_id, self._db.now()), first_seq)
         values: dict[str, Any] = {"total": batches.c.total + len(rows)}
         if invalid_lines is not None:
             values["invalid_lines"] = list(invalid_lines)
@@ -384,6 +376,15 @@ class Batches:
             cache_hits=cache_hits,
             saved_usd=saved,
         )
+
+
+async def _encoded(items: Sequence[NewJob] | EncodedJobs) -> EncodedJobs:
+    if isinstance(items, EncodedJobs):
+        return items
+    if len(items) < _ROWS_IN_THREAD:
+        return encode_jobs(items)
+    # A big file's requests take a second of CPU to serialize: not on the loop other requests share.
+    return await asyncio.to_thread(encode_jobs, items)
 
 
 async def _status_counts(conn: AsyncConnection, batch_id: str) -> dict[JobStatus, int]:

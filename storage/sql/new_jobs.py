@@ -13,10 +13,10 @@ The columns not named here (the outcome and cache columns) are NULL, as SQLAlche
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Dialect, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeDecorator
 from storage.jobs import JobStatus, NewJob, new_id
 from storage.sql.schema import jobs
 
-__all__ = ["JobOwner", "insert_jobs", "job_rows"]
+__all__ = ["EncodedJob", "EncodedJobs", "JobOwner", "encode_jobs", "insert_jobs", "job_rows"]
 
 # The order of every row tuple: the table's (SQLAlchemy compiles the INSERT in it). `request` is
 # JSON serialized already (`model_dump_json`).
@@ -80,7 +80,43 @@ Row = tuple[Any, ...]
 _Processor = Callable[[Any], Any] | None
 
 
-def job_rows(items: Sequence[NewJob], owner: JobOwner, first_seq: int = 0) -> list[Row]:
+class EncodedJob(NamedTuple):
+    """A `NewJob` as its row stores it: the request serialized, its `user` and `metadata` copied out."""
+
+    custom_id: str
+    request: str  # JSON
+    stream: bool
+    end_user: str | None
+    metadata: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedJobs:
+    """New jobs encoded ahead (`encode_jobs`), e.g. in the thread that parsed them."""
+
+    jobs: list[EncodedJob]
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+
+def encode_jobs(items: Iterable[NewJob]) -> EncodedJobs:
+    """Serialize each request (`model_dump_json`, defaults left out): the CPU a new row costs."""
+    return EncodedJobs(
+        [
+            EncodedJob(
+                item.custom_id,
+                item.request.model_dump_json(exclude_defaults=True),
+                item.stream,
+                item.request.user,
+                item.request.metadata,
+            )
+            for item in items
+        ]
+    )
+
+
+def job_rows(items: EncodedJobs, owner: JobOwner, first_seq: int = 0) -> list[Row]:
     """The `jobs` rows of `items`, status `queued`, in input order from `first_seq` (values as
     Python has them: `insert_jobs` binds them). Each row's id is `row[0]`."""
     queued = JobStatus.QUEUED.value
@@ -89,19 +125,19 @@ def job_rows(items: Sequence[NewJob], owner: JobOwner, first_seq: int = 0) -> li
             new_id("job"),
             owner.batch_id,
             seq,
-            item.custom_id,
+            custom_id,
             owner.tenant,
             owner.user_id,
-            item.request.model_dump_json(exclude_defaults=True),
-            item.stream,
+            request,
+            stream,
             queued,
             0,
             0,
-            item.request.user,
-            item.request.metadata,
+            end_user,
+            metadata,
             owner.created_at,
         )
-        for seq, item in enumerate(items, start=first_seq)
+        for seq, (custom_id, request, stream, end_user, metadata) in enumerate(items.jobs, start=first_seq)
     ]
 
 
