@@ -17,7 +17,7 @@ from router_core.models import ChatRequest
 from storage.bus.queue import JOB_FUNCTION, _Payloads, serialize
 from storage.jobs import NewJob
 from storage.sql import new_jobs
-from storage.sql.new_jobs import JobOwner, _EncodedJSON, encode_jobs, insert_jobs, job_rows
+from storage.sql.new_jobs import JobOwner, _EncodedJSON, encode_jobs, insert_jobs, job_rows, request_json
 from storage.sql.schema import jobs
 from tests.backends import Backend
 
@@ -49,16 +49,32 @@ async def test_bulk_rows_read_back_as_sqlalchemy_inserts_them(
     batch_id = await backend.store.batches.open(tenant="t1", user_id="u1")
     owner = JobOwner(batch_id, "t1", "u1", backend.store.batches._db.now())
     items = [NewJob(f"c{n}", request, stream=n == 1) for n, request in enumerate(_REQUESTS)]
-    bulk = job_rows(encode_jobs(items), owner)
-    again = [NewJob(f"g{n}", item.request, item.stream) for n, item in enumerate(items)]
-    general = job_rows(encode_jobs(again), owner, 10)
+    bulk = job_rows(encode_jobs(items), owner, backend.store.engine.dialect)
+    # What `Batches` inserted before: SQLAlchemy's insert of Python values, `request` serialized.
+    general = [
+        {
+            "id": f"job_general_{n}",
+            "batch_id": batch_id,
+            "seq": 10 + n,
+            "custom_id": f"g{n}",
+            "tenant": "t1",
+            "user_id": "u1",
+            "request": item.request.model_dump_json(exclude_defaults=True),
+            "stream": item.stream,
+            "status": "queued",
+            "run": 0,
+            "end_user": item.request.user,
+            "metadata": item.request.metadata,
+            "created_at": owner.created_at,
+        }
+        for n, item in enumerate(items)
+    ]
 
     async def write(conn: AsyncConnection) -> None:
         await conn.execute(select(1))  # as in `Batches`: the transaction has begun (COPY joins it)
         await insert_jobs(conn, bulk)
-        # What `Batches` executed before: SQLAlchemy's insert, `request` bound as it is serialized.
         statement = insert(jobs).values(request=bindparam("request", type_=_EncodedJSON()))
-        await conn.execute(statement, [dict(zip(_ROW_COLUMNS, row, strict=True)) for row in general])
+        await conn.execute(statement, general)
 
     await backend.store.batches._db.writes.run(write)
     async with backend.store.engine.connect() as conn:
@@ -79,28 +95,10 @@ async def test_bulk_rows_read_back_as_sqlalchemy_inserts_them(
     assert stored[1]["stream"] is True
 
 
-_ROW_COLUMNS = (
-    "id",
-    "batch_id",
-    "seq",
-    "custom_id",
-    "tenant",
-    "user_id",
-    "request",
-    "stream",
-    "status",
-    "run",
-    "starts",
-    "end_user",
-    "metadata",
-    "created_at",
-)
-
-
 async def test_bulk_rows_go_with_their_transaction(backend: Backend) -> None:
     batch_id = await backend.store.batches.open(tenant="t1", user_id="u1")
     owner = JobOwner(batch_id, "t1", "u1", backend.store.batches._db.now())
-    rows = job_rows(encode_jobs([NewJob("a", _REQUESTS[0])]), owner)
+    rows = job_rows(encode_jobs([NewJob("a", _REQUESTS[0])]), owner, backend.store.engine.dialect)
 
     async def write(conn: AsyncConnection) -> None:
         await conn.execute(select(1))
@@ -111,6 +109,26 @@ async def test_bulk_rows_go_with_their_transaction(backend: Backend) -> None:
         await backend.store.batches._db.writes.run(write)
     async with backend.store.engine.connect() as conn:
         assert (await conn.execute(select(jobs.c.id).where(jobs.c.batch_id == batch_id))).all() == []
+
+
+@pytest.mark.parametrize(
+    "preferences",
+    [
+        None,
+        {},
+        {"strategy": "balanced"},
+        {"strategy": "cost"},
+        {"weights": {"cost": 1.0}},
+        {"weights": {"cost": 2.0}, "max_latency_ms": 5},
+        {"strategy": "fallback_chain", "chain": ["a", "b"], "allow_fallbacks": False},
+    ],
+)
+def test_request_json_is_pydantics_dump_without_defaults(preferences: dict[str, Any] | None) -> None:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x", "name": None}], "model": "auto"}
+    if preferences is not None:
+        body["preferences"] = preferences
+    request = ChatRequest.model_validate(body)
+    assert request_json(request) == request.model_dump_json(exclude_defaults=True)
 
 
 @pytest.mark.parametrize(

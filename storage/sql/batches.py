@@ -89,7 +89,8 @@ class Batches:
         """
         now = self._db.now()
         batch_id = new_id("batch")
-        rows = job_rows(await _encoded(items), JobOwner(batch_id, tenant, user_id, now))
+        owner = JobOwner(batch_id, tenant, user_id, now)
+        rows = job_rows(await _encoded(items), owner, self._db.engine.dialect)
         batch_row = {
             "id": batch_id,
             "kind": kind,
@@ -177,7 +178,8 @@ class Batches:
         `invalid_lines`, when given, replaces the batch's in the same transaction (the caller's
         note of how far the file got). `items` may come encoded already (`encode_jobs`).
         """
-        rows = job_rows(await _encoded(items), JobOwner(batch_id, tenant, user_id, self._db.now()), first_seq)
+        owner = JobOwner(batch_id, tenant, user_id, self._db.now())
+        rows = job_rows(await _encoded(items), owner, self._db.engine.dialect, first_seq)
         values: dict[str, Any] = {"total": batches.c.total + len(rows)}
         if invalid_lines is not None:
             values["invalid_lines"] = list(invalid_lines)

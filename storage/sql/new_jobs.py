@@ -22,10 +22,11 @@ from sqlalchemy import JSON, Dialect, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator
 
+from router_core.models import ChatRequest
 from storage.jobs import JobStatus, NewJob, new_id
 from storage.sql.schema import jobs
 
-__all__ = ["EncodedJob", "EncodedJobs", "JobOwner", "encode_jobs", "insert_jobs", "job_rows"]
+__all__ = ["EncodedJob", "EncodedJobs", "JobOwner", "encode_jobs", "insert_jobs", "job_rows", "request_json"]
 
 # The order of every row tuple: the table's (SQLAlchemy compiles the INSERT in it). `request` is
 # JSON serialized already (`model_dump_json`).
@@ -44,11 +45,6 @@ _COLUMNS = (
     "end_user",
     "metadata",
     "created_at",
-)
-# The columns every row of one insert shares (`JobOwner`, status, run).
-_SHARED = frozenset(
-    _COLUMNS.index(name)
-    for name in ("batch_id", "tenant", "user_id", "status", "run", "starts", "created_at")
 )
 
 
@@ -106,7 +102,7 @@ def encode_jobs(items: Iterable[NewJob]) -> EncodedJobs:
         [
             EncodedJob(
                 item.custom_id,
-                item.request.model_dump_json(exclude_defaults=True),
+                request_json(item.request),
                 item.stream,
                 item.request.user,
                 item.request.metadata,
@@ -116,29 +112,63 @@ def encode_jobs(items: Iterable[NewJob]) -> EncodedJobs:
     )
 
 
-def job_rows(items: EncodedJobs, owner: JobOwner, first_seq: int = 0) -> list[Row]:
-    """The `jobs` rows of `items`, status `queued`, in input order from `first_seq` (values as
-    Python has them: `insert_jobs` binds them). Each row's id is `row[0]`."""
-    queued = JobStatus.QUEUED.value
+def request_json(request: ChatRequest) -> str:
+    """`request.model_dump_json(exclude_defaults=True)`, the same text, for less CPU.
+
+    To leave a field out, pydantic compares it with its default, and a default made by a factory
+    is made again for the comparison: `Preferences()` (with its `Weights()`) per request, most of
+    the cost of the dump. Preferences (or weights) nobody set are their defaults (they are never
+    changed after validation), so they are left out without the comparison.
+    """
+    given = request.preferences.model_fields_set
+    if not given:
+        return request.model_dump_json(exclude_defaults=True, exclude={"preferences"})
+    if "weights" not in given:
+        return request.model_dump_json(exclude_defaults=True, exclude={"preferences": {"weights"}})
+    return request.model_dump_json(exclude_defaults=True)
+
+
+def job_rows(items: EncodedJobs, owner: JobOwner, dialect: Dialect, first_seq: int = 0) -> list[Row]:
+    """The `jobs` rows of `items`, status `queued`, in input order from `first_seq`, each value as
+    `dialect`'s driver binds it (`insert_jobs` inserts them). Each row's id is `row[0]`."""
+    bind = _compiled(dialect).processors
+
+    def shared(name: str, value: Any) -> Any:
+        processor = bind[_COLUMNS.index(name)]
+        return value if processor is None else processor(value)
+
+    batch_id, tenant, user_id = (
+        shared("batch_id", owner.batch_id),
+        shared("tenant", owner.tenant),
+        shared("user_id", owner.user_id),
+    )
+    status, run, starts = shared("status", JobStatus.QUEUED.value), shared("run", 0), shared("starts", 0)
+    created_at = shared("created_at", owner.created_at)
+    as_stream = bind[_COLUMNS.index("stream")] or _unchanged
+    as_metadata = bind[_COLUMNS.index("metadata")] or _unchanged
     return [
         (
             new_id("job"),
-            owner.batch_id,
+            batch_id,
             seq,
             custom_id,
-            owner.tenant,
-            owner.user_id,
+            tenant,
+            user_id,
             request,
-            stream,
-            queued,
-            0,
-            0,
+            as_stream(stream),
+            status,
+            run,
+            starts,
             end_user,
-            metadata,
-            owner.created_at,
+            as_metadata(metadata),
+            created_at,
         )
         for seq, (custom_id, request, stream, end_user, metadata) in enumerate(items.jobs, start=first_seq)
     ]
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +178,8 @@ class _Compiled:
 
 
 _COMPILED: dict[str, _Compiled] = {}  # by dialect name: the statement is the same for every engine
+# Columns `job_rows` binds as they are: a type that processes them would need a change there.
+_AS_THEY_ARE = frozenset({"id", "seq", "custom_id", "request", "end_user"})
 
 
 def _compiled(dialect: Dialect) -> _Compiled:
@@ -160,49 +192,23 @@ def _compiled(dialect: Dialect) -> _Compiled:
             raise RuntimeError(
                 f"the {dialect.name} INSERT binds {compiled.positiontup}, not the columns {_COLUMNS}"
             )
-        sql = compiled.string
         processors = tuple(
             binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS
         )
-        found = _COMPILED[dialect.name] = _Compiled(sql, processors)
+        processed = {name for name, p in zip(_COLUMNS, processors, strict=True) if p is not None}
+        if processed & _AS_THEY_ARE:
+            raise RuntimeError(f"the {dialect.name} dialect processes {processed & _AS_THEY_ARE}")
+        found = _COMPILED[dialect.name] = _Compiled(compiled.string, processors)
     return found
 
 
 async def insert_jobs(conn: AsyncConnection, rows: list[Row]) -> None:
-    """Insert `job_rows` output in the transaction of `conn`."""
+    """Insert `job_rows` output (made for this connection's dialect) in the transaction of `conn`."""
     if not rows:
         return
-    compiled = _compiled(conn.dialect)
-    bound = _bound(rows, compiled.processors)
-    if conn.dialect.name == "postgresql" and await _copy(conn, bound):
+    if conn.dialect.name == "postgresql" and await _copy(conn, rows):
         return
-    await conn.exec_driver_sql(compiled.sql, bound)
-
-
-def _bound(rows: list[Row], processors: tuple[_Processor, ...]) -> list[Row]:
-    """`rows` with each value as its column type binds it; a value every row shares is bound once."""
-    first = rows[0]
-    shared = {
-        index: processor(first[index])
-        for index, processor in enumerate(processors)
-        if processor is not None and index in _SHARED
-    }
-    per_row = [
-        (index, processor)
-        for index, processor in enumerate(processors)
-        if processor is not None and index not in shared
-    ]
-    if not shared and not per_row:
-        return rows
-    bound = []
-    for row in rows:
-        values = list(row)
-        for index, value in shared.items():
-            values[index] = value
-        for index, processor in per_row:
-            values[index] = processor(values[index])
-        bound.append(tuple(values))
-    return bound
+    await conn.exec_driver_sql(_compiled(conn.dialect).sql, rows)
 
 
 async def _copy(conn: AsyncConnection, rows: list[Row]) -> bool:
