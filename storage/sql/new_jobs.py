@@ -177,13 +177,15 @@ class _Compiled:
     processors: tuple[_Processor, ...]  # per column of `_COLUMNS`
 
 
-_COMPILED: dict[str, _Compiled] = {}  # by dialect name: the statement is the same for every engine
+# By dialect and driver: the statement is the same for every engine of one.
+_COMPILED: dict[tuple[str, str], _Compiled] = {}
 # Columns `job_rows` binds as they are: a type that processes them would need a change there.
 _AS_THEY_ARE = frozenset({"id", "seq", "custom_id", "request", "end_user"})
 
 
 def _compiled(dialect: Dialect) -> _Compiled:
-    found = _COMPILED.get(dialect.name)
+    key = (dialect.name, dialect.driver)
+    found = _COMPILED.get(key)
     if found is None:
         binds = {name: bindparam(name, type_=jobs.c[name].type) for name in _COLUMNS}
         binds["request"] = bindparam("request", type_=_EncodedJSON())
@@ -198,7 +200,7 @@ def _compiled(dialect: Dialect) -> _Compiled:
         processed = {name for name, p in zip(_COLUMNS, processors, strict=True) if p is not None}
         if processed & _AS_THEY_ARE:
             raise RuntimeError(f"the {dialect.name} dialect processes {processed & _AS_THEY_ARE}")
-        found = _COMPILED[dialect.name] = _Compiled(compiled.string, processors)
+        found = _COMPILED[key] = _Compiled(compiled.string, processors)
     return found
 
 
