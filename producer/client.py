@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -47,6 +47,7 @@ from storage.jobs import (
 )
 from storage.settings import Settings
 from storage.sql.batches import UNFINISHED_SUBMISSION
+from storage.sql.new_jobs import EncodedJobs, encode_jobs
 from storage.sql.store import Store
 
 __all__ = ["Client", "SubmitProgress"]
@@ -214,7 +215,7 @@ class Client:
         """Queue a parsed file as one batch, chunk by chunk: memory holds one chunk, not the file.
 
         Each chunk's valid items are inserted into SQL (one transaction, which also adds them to
-        the batch's `total`) and queued before the next chunk is asked for; rejected lines are
+        the batch's `total`), then queued while the next chunk is inserted; rejected lines are
         collected and recorded on the batch at the end, with the batch's final total in Redis.
         The batch row is created with the first valid item: a file without one makes no batch
         (`batch_id` stays None). `on_chunk` is called after each chunk with the counts so far.
@@ -235,20 +236,33 @@ class Client:
         _check_storable([], name, budget_usd, self.settings.request_limits())
         progress = SubmitProgress()
         lines = iter(chunks)
+        pipeline = _Pipeline()
         writing: asyncio.Task[None] | None = None
         try:
-            # Chunk n+1 is parsed in a thread while chunk n is written and queued: two chunks at most.
-            while (chunk := await asyncio.to_thread(next, lines, None)) is not None:
+            # Chunk n+1 is parsed (and its requests serialized) in a thread while chunk n is written
+            # (and chunk n-1 queued): three chunks at most, whatever the file.
+            while (ready := await asyncio.to_thread(_next_encoded, lines)) is not None:
                 if writing is not None:
                     await writing
+                pipeline.check()
                 writing = asyncio.create_task(
-                    self._submit_chunk(chunk, progress, name=name, budget_usd=budget_usd, on_chunk=on_chunk)
+                    self._submit_chunk(
+                        *ready, progress, pipeline, name=name, budget_usd=budget_usd, on_chunk=on_chunk
+                    )
                 )
             if writing is not None:
                 await writing
+            if pipeline.queuing is not None:
+                await pipeline.queuing
         except BaseException as exc:
+            # The chunks being written and queued end as wholes, either way: the write first, as
+            # it starts its chunk's queuing.
             if writing is not None and not writing.done():
-                await asyncio.wait([writing])  # the chunk being written ends as a whole, either way
+                await asyncio.wait([writing])
+            if pipeline.queuing is not None:
+                await asyncio.wait([pipeline.queuing])
+                if not pipeline.queuing.cancelled():
+                    pipeline.queuing.exception()  # seen: its error is `exc` or one the abandon meets
             if progress.batch_id is not None:
                 await self._abandon(progress, exc)
             raise
@@ -264,13 +278,18 @@ class Client:
     async def _submit_chunk(
         self,
         chunk: ParsedInput,
+        items: EncodedJobs,
         progress: SubmitProgress,
+        pipeline: _Pipeline,
         *,
         name: str | None,
         budget_usd: float | None,
         on_chunk: Callable[[SubmitProgress], None] | None,
     ) -> None:
+        """Insert the chunk's jobs, then queue them once the chunk before is queued (in order): the
+        next chunk's insert need not wait for this queuing."""
         lines = [found[-1].line for found in (chunk.items, chunk.errors) if found]
+        job_ids: list[str] = []
         if chunk.items:
             if progress.batch_id is None:
                 progress.batch_id = await self.store.batches.open(
@@ -280,22 +299,35 @@ class Client:
                     budget_usd=budget_usd,
                     invalid_lines=[_unfinished(progress.next_line)],
                 )
-            items = [NewJob(item.custom_id, item.request) for item in chunk.items]
             job_ids = await self.store.batches.append(
                 progress.batch_id,
                 items,
                 tenant=self.tenant,
                 user_id=self.user,
-                first_seq=progress.queued,
+                first_seq=pipeline.inserted,
                 invalid_lines=[_unfinished(max(lines) + 1)],
             )
+            pipeline.inserted += len(job_ids)
+        done = _ChunkDone(job_ids, chunk.errors, chunk.lines_read, max(lines) + 1 if lines else None)
+        pipeline.queuing = asyncio.create_task(self._queue_chunk(pipeline.queuing, done, progress, on_chunk))
+
+    async def _queue_chunk(
+        self,
+        previous: asyncio.Task[None] | None,
+        done: _ChunkDone,
+        progress: SubmitProgress,
+        on_chunk: Callable[[SubmitProgress], None] | None,
+    ) -> None:
+        if previous is not None:
+            await previous
+        if done.job_ids:
             # No `open_batch`: the progress total is set once, at the end (see `submit_chunks`).
-            await enqueue_jobs(self.redis, job_ids, queue_name=self.settings.queue_name)
-            progress.queued += len(job_ids)
-        progress.errors.extend(chunk.errors)
-        progress.lines_read += chunk.lines_read
-        if lines:
-            progress.next_line = max(lines) + 1
+            await enqueue_jobs(self.redis, done.job_ids, queue_name=self.settings.queue_name)
+            progress.queued += len(done.job_ids)
+        progress.errors.extend(done.errors)
+        progress.lines_read += done.lines_read
+        if done.next_line is not None:
+            progress.next_line = done.next_line
         if on_chunk is not None:
             on_chunk(progress)
 
@@ -447,6 +479,37 @@ class Client:
         if batch.done >= batch.total:
             await self.store.batches.mark_completed(batch_id)
         return len(cancelled)
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    """`submit_chunks` in flight: jobs inserted so far, and the queuing of the last chunk inserted."""
+
+    inserted: int = 0
+    queuing: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        """Raise the error a finished queuing ended with: no more chunks are inserted after it."""
+        if self.queuing is not None and self.queuing.done():
+            self.queuing.result()
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkDone:
+    """What is left of an inserted chunk until it is queued and counted."""
+
+    job_ids: list[str]
+    errors: list[LineError]
+    lines_read: int
+    next_line: int | None
+
+
+def _next_encoded(chunks: Iterator[ParsedInput]) -> tuple[ParsedInput, EncodedJobs] | None:
+    """The next chunk with its valid items encoded as rows store them, or None at the end."""
+    chunk = next(chunks, None)
+    if chunk is None:
+        return None
+    return chunk, encode_jobs(NewJob(item.custom_id, item.request) for item in chunk.items)
 
 
 def _unfinished(line: int) -> dict[str, Any]:

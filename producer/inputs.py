@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -367,12 +367,14 @@ def _load_object(text: str) -> tuple[dict[str, Any], bool] | str:
     if unreadable is not None:
         return unreadable
     try:
+        if text.startswith(_BOM):  # as json.loads, which would make a decoder per line: made once below
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         try:
-            data, finite = _loads(text, _finite_only, _finite_only), True
+            data, finite = _FINITE.decode(text), True
         except _NotFinite:
             # NaN and Infinity (and 1e999, which overflows) are read as floats so that
             # `unstorable_values` names the field that holds them.
-            data, finite = _loads(text, float, float), False
+            data, finite = _ANY_NUMBER.decode(text), False
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc.msg} (column {exc.colno})"
     except _BadJSON as exc:
@@ -382,12 +384,6 @@ def _load_object(text: str) -> tuple[dict[str, Any], bool] | str:
     if not isinstance(data, dict):
         return f"expected a JSON object, got {json_type(data)}"
     return data, finite
-
-
-def _loads(text: str, parse_float: Callable[[str], float], parse_constant: Callable[[str], float]) -> Any:
-    return json.loads(
-        text, object_pairs_hook=_no_duplicate_keys, parse_float=parse_float, parse_constant=parse_constant
-    )
 
 
 class _NotFinite(Exception):
@@ -436,6 +432,12 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise _BadJSON(f"duplicate key {show(key)} in a JSON object: give each key once")
             seen.add(key)
     return obj
+
+
+_FINITE, _ANY_NUMBER = (  # shared between threads, as json.loads shares its default decoder
+    json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_float=hook, parse_constant=hook)
+    for hook in (_finite_only, float)
+)
 
 
 def unstorable_values(value: Any, path: str) -> Iterator[str]:

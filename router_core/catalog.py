@@ -166,6 +166,18 @@ class Catalog(Mapping[str, Deployment]):
         self._by_id = {d.id: d for d in deployments}
         self._prices = dict(prices)
         self.source = source
+        # Asked of every request a file submits (`planner.check_references`): worked out once.
+        self._chat = tuple(d for d in deployments if d.task is Task.CHAT)
+        self._chat_features = frozenset(f for d in self._chat for f in d.features)
+        self._models = frozenset(d.model for d in deployments)
+
+    def chat_deployments(self) -> tuple[Deployment, ...]:
+        """The deployments that answer chat (task = "chat"), in file order."""
+        return self._chat
+
+    def chat_features(self) -> frozenset[Feature]:
+        """Every feature some chat deployment honours."""
+        return self._chat_features
 
     def price(self, deployment_id: str) -> Price:
         """The deployment's resolved price (genai-prices or the catalog's override)."""
@@ -214,7 +226,7 @@ class Catalog(Mapping[str, Deployment]):
 
     def serves(self, model: str) -> bool:
         """Whether a request's `model` names something here: "auto", a deployment id or a model name."""
-        return model == "auto" or model in self._by_id or any(d.model == model for d in self._by_id.values())
+        return model == "auto" or model in self._by_id or model in self._models
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

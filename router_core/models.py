@@ -252,11 +252,21 @@ class ChatRequest(BaseModel):
             raise ValueError("top_logprobs needs logprobs: true")
         if self.tool_choice is not None and self.tools is None:
             raise ValueError("tool_choice needs tools")
+        if self.tools is not None:
+            self._check_tools()
+        # Most requests carry no tool result: their messages need no walk.
+        if any(message.tool_call_id is not None for message in self.messages):
+            self._check_tool_results()
+        return self
+
+    def _check_tools(self) -> None:
         names = {t.function.name for t in self.tools or ()}
         if len(names) < len(self.tools or ()):
             raise ValueError("tools: each function name must be unique")
         if not isinstance(self.tool_choice, str | None) and self.tool_choice.function.name not in names:
             raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
+
+    def _check_tool_results(self) -> None:
         calls: set[str] = set()
         for index, message in enumerate(self.messages):
             calls.update(call.id for call in message.tool_calls or ())
@@ -265,7 +275,6 @@ class ChatRequest(BaseModel):
                     f"messages.{index}.tool_call_id {message.tool_call_id!r} answers no earlier "
                     "assistant tool call"
                 )
-        return self
 
     def prompt_text(self) -> str:
         """All message text joined, for classification and token estimates."""

@@ -254,7 +254,7 @@ def check_references(request: ChatRequest, catalog: Catalog) -> None:
     Raises:
         InvalidRequestError: with `field` "model", "preferences.chain" or the unhonoured field.
     """
-    chat = [d for d in catalog.values() if d.task is Task.CHAT]
+    chat = catalog.chat_deployments()
     chain = request.preferences.chain or []
     unknown = [d for d in chain if d not in catalog]
     if unknown:
@@ -285,9 +285,12 @@ def check_references(request: ChatRequest, catalog: Catalog) -> None:
     if not needs:
         return
     pinned = model != "auto" and not request.preferences.allow_fallbacks
-    usable = [d for d in chat if not pinned or model in (d.id, d.model)]
+    if pinned:
+        honoured = frozenset(f for d in chat if model in (d.id, d.model) for f in d.features)
+    else:
+        honoured = catalog.chat_features()
     for feature, field in needs.items():
-        if not any(feature in d.features for d in usable):
+        if feature not in honoured:
             what = _NEEDED_BY.get((feature, field), "it")
             if pinned:
                 message = (

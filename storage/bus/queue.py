@@ -3,7 +3,8 @@
 A queued job carries only its routeq job id; the request itself lives in SQL. Jobs are serialized
 as JSON, not arq's default pickle, so whoever can write to Redis cannot make a worker run code.
 
-    enqueue_jobs   new jobs: payload + queue entry + a wake-up ping for idle workers, pipelined
+    enqueue_jobs   new jobs: payload + queue entry + a wake-up ping for idle workers, one script call
+                   per 2,000 jobs
     claim_jobs     a worker takes due jobs nobody runs, past those running elsewhere: one Lua call
     orphans        which unfinished jobs nothing in Redis will run (no lease, no payload or entry)
     requeue_jobs   orphans back on the queue, their next arq try after the last one SQL recorded
@@ -12,6 +13,7 @@ as JSON, not arq's default pickle, so whoever can write to Redis cannot make a w
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,11 +53,11 @@ def deserialize(raw: bytes) -> Any:
 async def enqueue_jobs(
     redis: ArqRedis, job_ids: Sequence[str], *, queue_name: str, keep_scheduled: bool = False
 ) -> None:
-    """Put `job_ids` on the arq queue, one pipelined round trip per 2,000 jobs.
+    """Put `job_ids` on the arq queue, one round trip (one script call) per 2,000 jobs.
 
     arq's `enqueue_job` costs three round trips per job (WATCH, EXISTS, MULTI/EXEC) to dedupe ids;
-    routeq's ids are fresh and workers are idempotent on the SQL status, so a pipeline of
-    SET + ZADD writes the same keys arq would. `keep_scheduled`: an id already in the queue keeps
+    routeq's ids are fresh and workers are idempotent on the SQL status, so SET + ZADD write the
+    same keys arq would. `keep_scheduled`: an id already in the queue keeps
     its run-at time (ZADD NX), so re-queuing does not hurry a job deferred for capacity.
     """
     await _enqueue(redis, dict.fromkeys(job_ids), queue_name, keep_scheduled=keep_scheduled)
@@ -78,19 +80,73 @@ async def _enqueue(
 ) -> None:
     now_ms = int(time.time() * 1000)
     job_ids = list(tries)
+    payloads = _Payloads(now_ms)
+    script = redis.register_script(_ENQUEUE)
+    flags = [expires_extra_ms, now_ms, "NX" if keep_scheduled else "", keys.queue_wake_channel(queue_name)]
     for start in range(0, len(job_ids), _ENQUEUE_CHUNK):
         chunk = job_ids[start : start + _ENQUEUE_CHUNK]
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in chunk:
-                payload = serialize_job(
-                    JOB_FUNCTION, (job_id,), {}, tries[job_id], now_ms, serializer=serialize
-                )
-                pipe.psetex(keys.ARQ_JOB_PREFIX + job_id, expires_extra_ms, payload)
-            # Queue entries go in after their job keys: a worker never sees an id without its payload.
-            pipe.zadd(queue_name, dict.fromkeys(chunk, now_ms), nx=keep_scheduled)
-            # After the entries, on the same connection: a woken worker finds them.
-            pipe.publish(keys.queue_wake_channel(queue_name), b"")
-            await pipe.execute()
+        job_keys = [keys.ARQ_JOB_PREFIX + job_id for job_id in chunk]
+        args = [*flags, *(payloads.of(job_id, tries[job_id]) for job_id in chunk), *chunk]
+        await script(keys=[queue_name, *job_keys], args=args)
+
+
+# KEYS[1] the queue, KEYS[2..n+1] the jobs' payload keys. ARGV: [1] payload TTL (ms), [2] the queue
+# score (now, ms), [3] "NX" to keep the score of an id already queued, [4] the wake-up channel,
+# [5..n+4] the payloads, [n+5..2n+4] the ids.
+# One call per chunk instead of a SET per job: redis-py builds one command, not 2,000 (most of the
+# CPU a big submit spent on Redis), and the chunk lands at once. Queue entries go in after their
+# payloads and the ping after the entries: a worker never sees an id without its payload, and a
+# woken worker finds them.
+_ENQUEUE = """
+local n = #KEYS - 1
+local ttl, score, nx, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 1, n do
+  redis.call('SET', KEYS[i + 1], ARGV[i + 4], 'PX', ttl)
+end
+-- ZADD by slices: unpack's arguments must fit Lua's C stack.
+for first = 1, n, 500 do
+  local members = {}
+  for i = first, math.min(first + 499, n) do
+    members[#members + 1] = score
+    members[#members + 1] = ARGV[n + 4 + i]
+  end
+  if nx == 'NX' then
+    redis.call('ZADD', KEYS[1], 'NX', unpack(members))
+  else
+    redis.call('ZADD', KEYS[1], unpack(members))
+  end
+end
+redis.call('PUBLISH', channel, '')
+return n
+"""
+
+# An id that JSON writes as it is, between quotes (routeq's ids are `job_<hex>`).
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]*")
+_MARK = "routeq-job-id"
+
+
+class _Payloads:
+    """arq's job payloads (`serialize_job` with routeq's JSON serializer), from a template.
+
+    `serialize_job` builds a dict and JSON-encodes it per job; the payloads of one enqueue differ
+    only by the id (and the try, for re-queued jobs), so the bytes around the id are made once by
+    `serialize_job` itself, and each payload is those bytes around the id's JSON: the same bytes.
+    """
+
+    def __init__(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+        self._templates: dict[int | None, tuple[bytes, bytes]] = {}
+
+    def of(self, job_id: str, job_try: int | None) -> bytes:
+        template = self._templates.get(job_try)
+        if template is None:
+            whole = serialize_job(JOB_FUNCTION, (_MARK,), {}, job_try, self._now_ms, serializer=serialize)
+            before, _, after = whole.partition(serialize(_MARK))
+            template = self._templates[job_try] = (before, after)
+        before, after = template
+        if _PLAIN_ID.fullmatch(job_id):
+            return b'%s"%s"%s' % (before, job_id.encode(), after)
+        return before + serialize(job_id) + after
 
 
 async def orphans(redis: Redis, job_ids: Sequence[str], *, queue_name: str) -> list[str]:

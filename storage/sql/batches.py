@@ -14,9 +14,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, bindparam, func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import TypeDecorator
 
 from storage.errors import NotFoundError
 from storage.jobs import (
@@ -41,6 +40,7 @@ from storage.sql.database import Database, owned_by
 from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
+from storage.sql.new_jobs import EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
 from storage.sql.runs import money
 from storage.sql.schema import batches, files, jobs
 
@@ -51,26 +51,8 @@ UNFINISHED_SUBMISSION = "submission unfinished:"
 chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. What the sweeper
 reads is the batch's `submitting` flag (`finalizing`)."""
 
-# Batches at least this big build their job rows in a thread (a single submit stays inline).
+# Batches at least this big serialize their requests in a thread (a single submit stays inline).
 _ROWS_IN_THREAD = 1_000
-
-
-class _EncodedJSON(TypeDecorator[str]):
-    """A JSON column's value serialized already: bound as it is, cast to JSON where the driver casts.
-
-    A request is serialized by pydantic in one call (`model_dump_json`), where dumping it to Python
-    objects and then through `json.dumps` took about three times as long.
-    """
-
-    impl = JSON
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-
-# The new jobs of a batch, their `request` serialized by `_job_rows`.
-_INSERT_JOBS = insert(jobs).values(request=bindparam("request", type_=_EncodedJSON()))
 
 
 class Batches:
@@ -107,11 +89,8 @@ class Batches:
         """
         now = self._db.now()
         batch_id = new_id("batch")
-        owner = {"batch_id": batch_id, "tenant": tenant, "user_id": user_id, "created_at": now}
-        if len(items) < _ROWS_IN_THREAD:
-            rows = _job_rows(items, owner)
-        else:  # a big file's rows take a second of CPU: not on the event loop other requests share
-            rows = await asyncio.to_thread(_job_rows, items, owner)
+        owner = JobOwner(batch_id, tenant, user_id, now)
+        rows = job_rows(await _encoded(items), owner, self._db.engine.dialect)
         batch_row = {
             "id": batch_id,
             "kind": kind,
@@ -126,7 +105,7 @@ class Batches:
         }
         file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
-        created = CreatedBatch(batch_id, [row["id"] for row in rows])
+        created = CreatedBatch(batch_id, [row[0] for row in rows])
 
         async def write(conn: AsyncConnection) -> KeyRecord | None:
             if idempotency is not None:
@@ -134,8 +113,7 @@ class Batches:
                 if taken is not None:
                     return taken
             await conn.execute(batches.insert(), batch_row)
-            if rows:
-                await conn.execute(_INSERT_JOBS, rows)
+            await insert_jobs(conn, rows)
             if file_rows:
                 await conn.execute(files.insert(), file_rows)
             return None
@@ -187,7 +165,7 @@ class Batches:
     async def append(
         self,
         batch_id: str,
-        items: Sequence[NewJob],
+        items: Sequence[NewJob] | EncodedJobs,
         *,
         tenant: str,
         user_id: str,
@@ -198,24 +176,22 @@ class Batches:
         add them to its `total`, in one transaction; returns their ids in order.
 
         `invalid_lines`, when given, replaces the batch's in the same transaction (the caller's
-        note of how far the file got).
+        note of how far the file got). `items` may come encoded already (`encode_jobs`).
         """
-        owner = {"batch_id": batch_id, "tenant": tenant, "user_id": user_id, "created_at": self._db.now()}
-        if len(items) < _ROWS_IN_THREAD:
-            rows = _job_rows(items, owner, first_seq)
-        else:
-            rows = await asyncio.to_thread(_job_rows, items, owner, first_seq)
+        owner = JobOwner(batch_id, tenant, user_id, self._db.now())
+        rows = job_rows(await _encoded(items), owner, self._db.engine.dialect, first_seq)
         values: dict[str, Any] = {"total": batches.c.total + len(rows)}
         if invalid_lines is not None:
             values["invalid_lines"] = list(invalid_lines)
 
         async def write(conn: AsyncConnection) -> None:
-            if rows:
-                await conn.execute(_INSERT_JOBS, rows)
+            # The batch first: its row is locked before its jobs go in (and, on PostgreSQL, the
+            # transaction the jobs' COPY joins has begun).
             await conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
+            await insert_jobs(conn, rows)
 
         await self._db.writes.run(write)
-        return [row["id"] for row in rows]
+        return [row[0] for row in rows]
 
     async def seal(self, batch_id: str, invalid_lines: Sequence[dict[str, Any]]) -> int:
         """Record the file's rejected lines on a batch `append` has filled and end its submission
@@ -404,23 +380,13 @@ class Batches:
         )
 
 
-def _job_rows(items: Sequence[NewJob], owner: dict[str, Any], first_seq: int = 0) -> list[dict[str, Any]]:
-    """The `jobs` rows of a new batch's items, status `queued`, in input order from `first_seq`."""
-    return [
-        {
-            **owner,
-            "id": new_id("job"),
-            "seq": seq,
-            "custom_id": item.custom_id,
-            "request": item.request.model_dump_json(exclude_defaults=True),
-            "end_user": item.request.user,
-            "metadata": item.request.metadata,
-            "stream": item.stream,
-            "status": JobStatus.QUEUED.value,
-            "run": 0,
-        }
-        for seq, item in enumerate(items, start=first_seq)
-    ]
+async def _encoded(items: Sequence[NewJob] | EncodedJobs) -> EncodedJobs:
+    if isinstance(items, EncodedJobs):
+        return items
+    if len(items) < _ROWS_IN_THREAD:
+        return encode_jobs(items)
+    # A big file's requests take a second of CPU to serialize: not on the loop other requests share.
+    return await asyncio.to_thread(encode_jobs, items)
 
 
 async def _status_counts(conn: AsyncConnection, batch_id: str) -> dict[JobStatus, int]:
