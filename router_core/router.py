@@ -112,6 +112,7 @@ class _Walk:
     guard: SpendGuard | None
     attempts: list[Attempt]
     refused: list[_Refused]
+    waiter: str | None = None  # the job asking, for the fleet's waiting line (FleetState.admit)
 
     @property
     def max_tokens(self) -> int:
@@ -290,9 +291,16 @@ class Router:
         return build_plan(request, self.catalog, snapshot, rotation=rotation, limits=self.limits)
 
     async def complete(
-        self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
+        self,
+        request: ChatRequest,
+        *,
+        plan: Plan | None = None,
+        guard: SpendGuard | None = None,
+        waiter: str | None = None,
     ) -> CompletionResult:
         """Route `request` and return the first successful completion.
+
+        `waiter` names the job asking to the fleet state's admission (its place in a waiting line).
 
         Raises:
             NoRouteError: no deployment satisfies the constraints.
@@ -302,7 +310,7 @@ class Router:
         """
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        walk = _Walk(request, plan, guard, [], [])
+        walk = _Walk(request, plan, guard, [], [], waiter)
 
         async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
             if request.choices > 1 and Feature.N not in provider.deployment.features:
@@ -317,7 +325,12 @@ class Router:
         return self._result(dep, reply, walk.attempts, plan, started)
 
     async def stream(
-        self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
+        self,
+        request: ChatRequest,
+        *,
+        plan: Plan | None = None,
+        guard: SpendGuard | None = None,
+        waiter: str | None = None,
     ) -> AsyncGenerator[str | Delta | CompletionResult, None]:
         """Route `request` as a stream: text pieces and `Delta`s as they arrive, then the result.
 
@@ -335,7 +348,7 @@ class Router:
             raise InvalidRequestError("n > 1 cannot be streamed: ask without stream, or with n=1", field="n")
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        walk = _Walk(request, plan, guard, [], [])
+        walk = _Walk(request, plan, guard, [], [], waiter)
         attempts = walk.attempts
 
         async def open_stream(provider: Provider, max_tokens: int, timeout_s: float) -> _OpenStream:
@@ -494,7 +507,7 @@ class Router:
                     _Refused(refusal, budget=not wait, retry_after_s=_BUDGET_WAIT_S, spread_s=1.0)
                 )
                 return None
-        admission = await self.fleet.admit(dep, prompt + max_tokens)
+        admission = await self.fleet.admit(dep, prompt + max_tokens, waiter=walk.waiter)
         if admission.admitted:
             return admission
         if walk.guard is not None:
