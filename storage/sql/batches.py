@@ -126,7 +126,9 @@ class Batches:
         }
         file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
-        created = CreatedBatch(batch_id, [row["id"] for row in rows])
+        created = CreatedBatch(
+            batch_id, [row["id"] for row in rows], requests=[row["request"] for row in rows], tenant=tenant
+        )
 
         async def write(conn: AsyncConnection) -> KeyRecord | None:
             if idempotency is not None:
