@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from router_core.catalog import Catalog, Deployment, load_catalog
-from router_core.chat import Choice, Feature, output_problem
+from router_core.chat import Feature, output_problem
 from router_core.clock import Clock, SystemClock
 from router_core.embedder import embed_texts
 from router_core.errors import (
@@ -45,6 +45,7 @@ from router_core.errors import (
     RateLimitedError,
     StreamInterruptedError,
 )
+from router_core.fanout import fan_out
 from router_core.fleet import (
     CONCURRENCY_RETRY_S,
     Admission,
@@ -162,43 +163,6 @@ def _check_output(request: ChatRequest, deployment: str, reply: ProviderReply) -
             )
 
 
-async def _fan_out(
-    provider: Provider, request: ChatRequest, max_tokens: int, timeout_s: float
-) -> ProviderReply:
-    """`n` answers from a deployment without native `n`: `n` calls at once, merged as one reply.
-
-    If any call fails, the ones that answered were still billed: the error carries their usage.
-    """
-    single = request.model_copy(update={"n": None})
-    replies = await asyncio.gather(
-        *(
-            provider.complete(single, max_tokens=max_tokens, timeout_s=timeout_s)
-            for _ in range(request.choices)
-        ),
-        return_exceptions=True,
-    )
-    answered = [r for r in replies if isinstance(r, ProviderReply)]
-    usage = sum((r.usage for r in answered), Usage())
-    for r in replies:
-        if isinstance(r, ProviderError):
-            r.billed = (r.billed or Usage()) + usage if answered else r.billed
-            raise r
-        if isinstance(r, BaseException):
-            raise r
-    choices = tuple(
-        Choice(
-            index=i,
-            message=r.choices[0].message,
-            finish_reason=r.finish_reason,
-            logprobs=r.choices[0].logprobs,
-        )
-        for i, r in enumerate(answered)
-    )
-    return ProviderReply(
-        choices=choices, usage=usage, model=answered[0].model, simulated=answered[0].simulated
-    )
-
-
 def _delta_text(delta: Delta) -> str:
     """The text a streamed `Delta` carries, for the charge of a stream that breaks off."""
     inner = delta.choice.get("delta") or {}
@@ -314,7 +278,7 @@ class Router:
 
         async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
             if request.choices > 1 and Feature.N not in provider.deployment.features:
-                reply = await _fan_out(provider, request, max_tokens, timeout_s)
+                reply = await fan_out(provider, request, max_tokens, timeout_s)
             else:
                 reply = await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
             _check_output(request, provider.deployment.id, reply)
