@@ -105,6 +105,7 @@ class _Admitted:
 
     plan: Plan
     request: ChatRequest
+    claim: str | None = None  # the deployment it claimed a slot on, until admitted there
 
 
 @dataclass(slots=True)
@@ -170,6 +171,7 @@ class JobRunner:
             admitted = await self._admit(job_id, carried)
         started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
         if isinstance(started, JobRecord):
+            await self._drop_claim(job_id, admitted, [])
             # Already finished (a redelivery after commit) or cancelled: record what earlier runs
             # were answered, settle what a dead run may have left, and make sure its event is out.
             await self._commit_answers(_started(started), run)
@@ -200,6 +202,7 @@ class JobRunner:
             outcome = _Outcome(failure=expired)
         else:
             outcome = await self._route(started, run, admitted)
+        await self._drop_claim(job_id, admitted, outcome.attempts)
         try:
             return await self._conclude(started, run, outcome)
         finally:
@@ -269,10 +272,19 @@ class JobRunner:
             # the turns of jobs that waited longer (the router's admission does not see the line).
             first = [c for c in plan.candidates if c.deployment == turn.deployment]
             others = [c for c in plan.candidates if c.deployment != turn.deployment]
-            return _Admitted(plan.model_copy(update={"candidates": first + others}), request)
+            ordered = plan.model_copy(update={"candidates": first + others})
+            return _Admitted(ordered, request, claim=turn.deployment)
         self._observe("deferred", _Outcome())
         reason = f"no candidate has room; its turn on {turn.deployment} comes first"
         raise JobDeferred(job_id, turn.delay_s, reason, carry=carried, given_back=True)
+
+    async def _drop_claim(self, job_id: str, admitted: _Admitted | None, attempts: list[Attempt]) -> None:
+        """Give back a claimed slot the job did not take (a cache hit, a finished job, a failover):
+        an admission on that deployment took the claim out already."""
+        if admitted is None or admitted.claim is None or self.line is None:
+            return
+        if not any(a.deployment == admitted.claim for a in attempts):
+            await self.line.drop_claim(job_id, admitted.claim)
 
     async def _deferral(self, job: StartedJob, outcome: _Outcome) -> JobDeferred:
         """The `JobDeferred` of a run the router found full: its turn in the line, if there is one."""

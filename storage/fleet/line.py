@@ -185,6 +185,7 @@ class AdmissionLine:
         self._stale_s = stale_s
         self._margin_s = margin_s
         self._hop_s = hop_s
+        self._redis = redis
         self._script = redis.register_script(_TURN)
 
     async def turn(self, job_id: str, places: Sequence[Place], *, check_room: bool) -> Turn:
@@ -228,6 +229,10 @@ class AdmissionLine:
         if status == "room":
             return Turn(deployment, room=True)
         return Turn(deployment, room=False, delay_s=float(as_text(reply[2])))
+
+    async def drop_claim(self, job_id: str, deployment_id: str) -> None:
+        """End `job_id`'s claim on a slot of `deployment_id` that it will not take."""
+        await self._redis.zrem(keys.deployment_claims(deployment_id), job_id)
 
 
 def _limit(value: int | None) -> str:
