@@ -10,7 +10,11 @@ Prints:
 - batch time, from submit to `batch.completed`, against the ideal N / (sum of limits): the ratio
   is how much of the providers' combined capacity the fleet used (1.00 = all of it);
 - provider 429s as the sim counted them: any 429 means a worker sent a call the limit forbade;
-- calls per deployment against its limit, and how many deliveries were deferrals.
+- calls per deployment against its limit;
+- runs (sum of `jobs.run`: a delivery refused admission gives its arq try back, so this counts the
+  deliveries that ran), refusals (deliveries refused admission, each re-queued at its turn with no
+  SQL write: the `waits` of `routeq:dep:<id>`) and arq deliveries (their sum);
+- with `--timeline`, calls per second per deployment, 5 s at a time.
 
 Every run checks that all N jobs succeeded. The Redis database (default redis://127.0.0.1:6379/14 or
 ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end; the SQL store is a fresh SQLite file
@@ -29,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -103,6 +109,43 @@ async def wait_for_workers(redis: Redis, workers: list[subprocess.Popen[bytes]])
         await asyncio.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class Counts:
+    runs: int  # sum of jobs.run: deliveries that started a run
+    most_runs: int
+    calls: int
+    waits: int  # deliveries refused admission (routeq:dep:<id> waits)
+
+
+def report(
+    args: argparse.Namespace, limits: list[int], elapsed: float, sim: dict[str, Any], counts: Counts
+) -> None:
+    ideal = args.jobs / sum(limits)
+    throttled = sum(
+        d["by_outcome"].get("rpm_limited", 0) + d["by_outcome"].get("rate_limit", 0) for d in sim.values()
+    )
+    print(f"{args.jobs:,} jobs, {args.workers} workers, limits {limits} requests/s, sim {LATENCY_MS} ms")
+    print(f"   batch time:           {elapsed:8.2f} s")
+    print(f"   ideal N / sum(limits): {ideal:7.2f} s")
+    print(f"   batch time / ideal:   {elapsed / ideal:8.3f}")
+    print(f"   provider 429s:        {throttled:8d}")
+    for name, limit in zip(sorted(sim), limits, strict=True):
+        ok = sim[name]["by_outcome"].get("ok", 0)
+        print(f"   {name}: {ok:5d} calls ({ok / elapsed:6.1f}/s against a limit of {limit}/s)")
+    runs, waits, most = counts.runs, counts.waits, counts.most_runs
+    print(f"   runs: {runs:,} for {args.jobs:,} jobs (at most {most} for one); {counts.calls:,} calls")
+    print(f"   refused admission: {waits:,} deliveries (each re-queued at its turn, no SQL write)")
+    print(f"   arq deliveries: {runs + waits:,} ({(runs + waits) / args.jobs:.2f} per job)")
+    if args.timeline:
+        start = min(t for d in sim.values() for t in d["admitted_at"])
+        buckets = int(elapsed // 5) + 1
+        for name in sorted(sim):
+            per = [0] * buckets
+            for t in sim[name]["admitted_at"]:
+                per[min(buckets - 1, int((t - start) // 5))] += 1
+            print(f"   {name} calls/s per 5 s: " + " ".join(f"{n / 5:.0f}" for n in per))
+
+
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: str) -> None:
     import httpx2  # noqa: PLC0415 - only this benchmark reads the sim's counters
 
@@ -121,6 +164,9 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
                 if event.type == "batch.completed":
                     break
             elapsed = time.monotonic() - started
+        waits = 0
+        for n in range(len(limits)):
+            waits += int(await redis.hget(keys.deployment(f"d{n}"), "waits") or 0)  # type: ignore[misc]
         async with httpx2.AsyncClient() as http:
             sim = (await http.get(f"{sim_url}/_sim/stats")).json()["deployments"]
         batch = await client.batch(batch_id)
@@ -135,21 +181,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
             worker.wait(timeout=30)
         await close_services(redis, store)
 
-    ideal = args.jobs / sum(limits)
-    throttled = sum(
-        d["by_outcome"].get("rpm_limited", 0) + d["by_outcome"].get("rate_limit", 0) for d in sim.values()
-    )
-    print(f"{args.jobs:,} jobs, {args.workers} workers, limits {limits} requests/s, sim {LATENCY_MS} ms")
-    print(f"   batch time:           {elapsed:8.2f} s")
-    print(f"   ideal N / sum(limits): {ideal:7.2f} s")
-    print(f"   batch time / ideal:   {elapsed / ideal:8.3f}")
-    print(f"   provider 429s:        {throttled:8d}")
-    for name, limit in zip(sorted(sim), limits, strict=True):
-        ok = sim[name]["by_outcome"].get("ok", 0)
-        print(f"   {name}: {ok:5d} calls ({ok / elapsed:6.1f}/s against a limit of {limit}/s)")
-    print(
-        f"   deliveries: {deliveries:,} for {args.jobs:,} jobs (at most {most_runs} for one); {calls:,} calls"
-    )
+    report(args, limits, elapsed, sim, Counts(deliveries or 0, most_runs or 0, calls or 0, waits))
     succeeded = batch.counts.get(JobStatus.SUCCEEDED, 0)
     print(f"   check: {succeeded:,}/{args.jobs:,} succeeded")
     if succeeded != args.jobs:
@@ -165,6 +197,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3_000)
     parser.add_argument("--limits", default="40,30,20", help="requests per second of each deployment")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeline", action="store_true", help="calls per second, 5 s at a time")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds before the run gives up")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

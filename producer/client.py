@@ -31,7 +31,7 @@ from router_core.models import ChatRequest
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
 from storage.bus.notifier import Notifier
-from storage.bus.queue import enqueue_jobs
+from storage.bus.queue import carried_requests, enqueue_jobs
 from storage.bus.recovery import finish_batch, requeue_orphans
 from storage.connections import connect_redis
 from storage.jobs import (
@@ -390,6 +390,10 @@ class Client:
         """
         job_ids = created.job_ids
         total = len(job_ids)
+        carried = None
+        limit = self.settings.carry_request_max_bytes
+        if not created.replayed and created.requests is not None and created.tenant is not None and limit:
+            carried = carried_requests(created.batch_id, created.tenant, created.requests, max_bytes=limit)
         if created.replayed:
             job_ids = await self.store.jobs.ids(
                 created.batch_id, tenant=self.scope, statuses=(JobStatus.QUEUED,)
@@ -399,7 +403,11 @@ class Client:
         if job_ids:
             await self.events_bus.open_batch(created.batch_id, total)
             await enqueue_jobs(
-                self.redis, job_ids, queue_name=self.settings.queue_name, keep_scheduled=created.replayed
+                self.redis,
+                job_ids,
+                queue_name=self.settings.queue_name,
+                keep_scheduled=created.replayed,
+                carried=carried,
             )
 
     # -- reading ---------------------------------------------------------------------------------

@@ -148,8 +148,12 @@ class FleetState(Protocol):
 
     async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]: ...
 
-    async def admit(self, deployment: Deployment, tokens: int) -> Admission:
-        """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
+    async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
+        """Atomically check and take what one call needs; `tokens` is the worst-case estimate.
+
+        `waiter`: the job the call is for, when it may hold a claim on a slot in the fleet's
+        waiting line (`storage.fleet.line`): admitted, it gives the claim up in the same step.
+        """
         ...
 
     async def release(
@@ -242,7 +246,8 @@ class InMemoryFleetState:
             )
         return out
 
-    async def admit(self, deployment: Deployment, tokens: int) -> Admission:
+    async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
+        # One process has no waiting line (`waiter` is for the fleet's, in Redis).
         now = self._clock.now()
         entry = self._entry(deployment.id)
         entry.rate_window_s = deployment.rate_window_s

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from router_core.catalog import Catalog, Deployment, load_catalog
-from router_core.chat import Choice, Feature, output_problem
+from router_core.chat import Feature, output_problem
 from router_core.clock import Clock, SystemClock
 from router_core.embedder import embed_texts
 from router_core.errors import (
@@ -45,6 +45,7 @@ from router_core.errors import (
     RateLimitedError,
     StreamInterruptedError,
 )
+from router_core.fanout import fan_out
 from router_core.fleet import (
     CONCURRENCY_RETRY_S,
     Admission,
@@ -112,6 +113,7 @@ class _Walk:
     guard: SpendGuard | None
     attempts: list[Attempt]
     refused: list[_Refused]
+    waiter: str | None = None  # the job asking, for the fleet's waiting line (FleetState.admit)
 
     @property
     def max_tokens(self) -> int:
@@ -159,43 +161,6 @@ def _check_output(request: ChatRequest, deployment: str, reply: ProviderReply) -
             raise InvalidOutputError(
                 f"{deployment}{where}: {problem}", deployment=deployment, billed=reply.usage
             )
-
-
-async def _fan_out(
-    provider: Provider, request: ChatRequest, max_tokens: int, timeout_s: float
-) -> ProviderReply:
-    """`n` answers from a deployment without native `n`: `n` calls at once, merged as one reply.
-
-    If any call fails, the ones that answered were still billed: the error carries their usage.
-    """
-    single = request.model_copy(update={"n": None})
-    replies = await asyncio.gather(
-        *(
-            provider.complete(single, max_tokens=max_tokens, timeout_s=timeout_s)
-            for _ in range(request.choices)
-        ),
-        return_exceptions=True,
-    )
-    answered = [r for r in replies if isinstance(r, ProviderReply)]
-    usage = sum((r.usage for r in answered), Usage())
-    for r in replies:
-        if isinstance(r, ProviderError):
-            r.billed = (r.billed or Usage()) + usage if answered else r.billed
-            raise r
-        if isinstance(r, BaseException):
-            raise r
-    choices = tuple(
-        Choice(
-            index=i,
-            message=r.choices[0].message,
-            finish_reason=r.finish_reason,
-            logprobs=r.choices[0].logprobs,
-        )
-        for i, r in enumerate(answered)
-    )
-    return ProviderReply(
-        choices=choices, usage=usage, model=answered[0].model, simulated=answered[0].simulated
-    )
 
 
 def _delta_text(delta: Delta) -> str:
@@ -290,9 +255,16 @@ class Router:
         return build_plan(request, self.catalog, snapshot, rotation=rotation, limits=self.limits)
 
     async def complete(
-        self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
+        self,
+        request: ChatRequest,
+        *,
+        plan: Plan | None = None,
+        guard: SpendGuard | None = None,
+        waiter: str | None = None,
     ) -> CompletionResult:
         """Route `request` and return the first successful completion.
+
+        `waiter` names the job asking to the fleet state's admission (its place in a waiting line).
 
         Raises:
             NoRouteError: no deployment satisfies the constraints.
@@ -302,11 +274,11 @@ class Router:
         """
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        walk = _Walk(request, plan, guard, [], [])
+        walk = _Walk(request, plan, guard, [], [], waiter)
 
         async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
             if request.choices > 1 and Feature.N not in provider.deployment.features:
-                reply = await _fan_out(provider, request, max_tokens, timeout_s)
+                reply = await fan_out(provider, request, max_tokens, timeout_s)
             else:
                 reply = await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
             _check_output(request, provider.deployment.id, reply)
@@ -317,7 +289,12 @@ class Router:
         return self._result(dep, reply, walk.attempts, plan, started)
 
     async def stream(
-        self, request: ChatRequest, *, plan: Plan | None = None, guard: SpendGuard | None = None
+        self,
+        request: ChatRequest,
+        *,
+        plan: Plan | None = None,
+        guard: SpendGuard | None = None,
+        waiter: str | None = None,
     ) -> AsyncGenerator[str | Delta | CompletionResult, None]:
         """Route `request` as a stream: text pieces and `Delta`s as they arrive, then the result.
 
@@ -335,7 +312,7 @@ class Router:
             raise InvalidRequestError("n > 1 cannot be streamed: ask without stream, or with n=1", field="n")
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        walk = _Walk(request, plan, guard, [], [])
+        walk = _Walk(request, plan, guard, [], [], waiter)
         attempts = walk.attempts
 
         async def open_stream(provider: Provider, max_tokens: int, timeout_s: float) -> _OpenStream:
@@ -494,7 +471,7 @@ class Router:
                     _Refused(refusal, budget=not wait, retry_after_s=_BUDGET_WAIT_S, spread_s=1.0)
                 )
                 return None
-        admission = await self.fleet.admit(dep, prompt + max_tokens)
+        admission = await self.fleet.admit(dep, prompt + max_tokens, waiter=walk.waiter)
         if admission.admitted:
             return admission
         if walk.guard is not None:

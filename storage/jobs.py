@@ -102,6 +102,10 @@ class CreatedBatch:
     batch_id: str
     job_ids: list[str]
     replayed: bool = False  # made by an earlier request with the same idempotency key
+    # Each new job's request as stored (JSON text) and their tenant: what their arq payloads may
+    # carry (storage.bus.queue.carried_requests), so a worker admits a job before any SQL write.
+    requests: list[str] | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ __all__ = [
     "ANSWER_TTL_S",
     "ARQ_IN_PROGRESS_PREFIX",
     "ARQ_JOB_PREFIX",
+    "ARQ_RETRY_PREFIX",
     "BUDGET_CAPS",
     "OPEN_HOLDS",
     "ROTATION",
@@ -73,9 +74,11 @@ __all__ = [
     "batch_progress",
     "budget",
     "deployment",
+    "deployment_claims",
     "deployment_inflight",
     "deployment_requests",
     "deployment_tokens",
+    "deployment_waiting",
     "flight",
     "flight_done_channel",
     "flight_waiting",
@@ -93,6 +96,7 @@ __all__ = [
 PREFIX = "routeq:"
 ARQ_JOB_PREFIX = "arq:job:"  # arq.constants.job_key_prefix, written by our bulk enqueue too
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"  # arq.constants.in_progress_key_prefix: a live worker's lease
+ARQ_RETRY_PREFIX = "arq:retry:"  # arq.constants.retry_key_prefix: a job's try counter
 WORKERS = PREFIX + "workers"
 # Held by the one worker of the fleet sweeping for orphaned jobs (workers/sweeper.py): its id, with
 # a TTL of one sweep interval, so the fleet sweeps about once per interval whatever its size.
@@ -172,6 +176,16 @@ def deployment_requests(deployment_id: str) -> str:
 def deployment_tokens(deployment_id: str) -> str:
     """Ticket -> tokens counted for tpm (the estimate, corrected to real usage on release)."""
     return f"{PREFIX}dep:{key_part(deployment_id)}:tokens"
+
+
+def deployment_waiting(deployment_id: str) -> str:
+    """Jobs refused admission, scored by their turn (epoch s): when a slot frees for each, in order."""
+    return f"{PREFIX}dep:{key_part(deployment_id)}:waiting"
+
+
+def deployment_claims(deployment_id: str) -> str:
+    """Jobs that found room and are on their way to admission, scored by when they found it."""
+    return f"{PREFIX}dep:{key_part(deployment_id)}:claims"
 
 
 def budget(scope: str) -> str:

@@ -81,6 +81,13 @@ class Settings(RouterSettings):
         description="Rate windows are counted this much longer than the provider's, to absorb the "
         "jitter between admitting a call and its arrival at the provider.",
     )
+    carry_request_max_bytes: int = Field(
+        default=4096,
+        ge=0,
+        description="A queued job's arq payload carries its request when it is at most this many bytes "
+        "(JSON), so a worker asks for admission before its first SQL write; Redis holds it until the "
+        "job runs. 0 = payloads carry only job ids.",
+    )
     job_lease_s: float = Field(
         default=15.0,
         gt=0,

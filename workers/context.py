@@ -21,6 +21,7 @@ from typing import Any
 
 from router_core.catalog import Catalog
 from router_core.sim.world import SimWorld
+from storage.bus.queue import Deferrals
 from storage.metrics import Metrics
 from storage.sql.store import Store
 from workers.metrics_server import MetricsServer
@@ -63,6 +64,8 @@ class WorkerContext:
         worker_id: `host:pid:n`, this worker's key in `routeq:workers` and on the jobs it runs.
         started: when start-up finished (epoch seconds), reported in `routeq:workers`.
         metrics_server: this worker's metrics port, if it serves one.
+        deferrals: puts jobs deferred for capacity back on the worker's queue at their turn;
+            None: arq's own `Retry(defer)` (the score bumped by the delay).
         opened: what start-up opened, and only that (not what `Shared` brought); `close()`
             closes it in reverse order.
     """
@@ -72,6 +75,7 @@ class WorkerContext:
     started: float
     opened: AsyncExitStack = field(repr=False)
     metrics_server: MetricsServer | None = None
+    deferrals: Deferrals | None = None
 
     def record(self) -> str:
         """This worker's entry in `routeq:workers`, as of now (see `worker_record`)."""

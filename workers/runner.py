@@ -1,5 +1,8 @@
 """What a worker does with one delivered job: start it, route it, persist, settle, then publish.
 
+    admit       (a job carrying its request: one deferred before) plan, then ask the deployments'
+                waiting lines (storage/fleet/line.py) for room: none → re-queued at its turn,
+                with no SQL write, and its arq try given back (the delivery was not a run)
     start_job   UPDATE jobs SET status='running', starts+1 ... RETURNING request (skips finished)
     recover     holds a dead earlier run left in Redis: charge them (estimated if unrecorded)
     route       Router.complete: plan, hold budget, admit, call, retry, fail over
@@ -10,7 +13,9 @@
 
 When every candidate is full (rate limits, concurrency, breakers) the run records what it did, puts
 the job back to `queued` and raises `JobDeferred`; the arq function turns that into a deferred retry,
-so the job waits in the queue, not in a worker slot.
+so the job waits in the queue, not in a worker slot. With an admission line the job takes a turn in
+the line of the candidate that frees a slot first and comes back then; its payload carries its
+request from then on, so the next delivery is admitted (or refused again) before any SQL.
 
 A commit that fails (a database or Redis blip) makes arq retry the job; the retry commits the
 answer the failed run left in Redis as that run's, and calls no provider: a paid answer is kept.
@@ -23,6 +28,7 @@ attempts and charges (the provider billed them) but cannot overwrite the first r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,13 +36,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from router_core.catalog import Deployment
 from router_core.errors import (
     AllAttemptsFailedError,
     CapacityExhaustedError,
     RouteqError,
     StreamInterruptedError,
 )
-from router_core.models import Attempt, ChatRequest, CompletionResult, deployment_switches
+from router_core.models import Attempt, ChatRequest, CompletionResult, Plan, deployment_switches
+from router_core.planner import call_tokens
 from router_core.router import Router
 from router_core.spend import SpendGuard
 from storage.bus.events import EventBus, JobEvent
@@ -44,6 +52,7 @@ from storage.bus.relay import StreamRelay
 from storage.errors import NotFoundError
 from storage.fleet.answers import AnswerStore, SavedAnswer
 from storage.fleet.budgets import Budgets
+from storage.fleet.line import AdmissionLine, Place
 from storage.jobs import (
     ANY_TENANT,
     BatchLimits,
@@ -65,12 +74,38 @@ logger = logging.getLogger("routeq.worker")
 
 
 class JobDeferred(Exception):
-    """Every candidate was full: run the job again after `delay_s` (the job is `queued` again)."""
+    """Every candidate was full: run the job again after `delay_s` (the job is `queued` again).
 
-    def __init__(self, job_id: str, delay_s: float, reason: str, spread_s: float = 0.0) -> None:
+    Attributes:
+        carry: what the job's next delivery needs to ask for admission before SQL (request,
+            tenant, batch); None when the request is too large to keep in Redis.
+        given_back: the delivery was not a run (no call, no start kept): its arq try is given back.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        delay_s: float,
+        reason: str,
+        spread_s: float = 0.0,
+        *,
+        carry: dict[str, Any] | None = None,
+        given_back: bool = False,
+    ) -> None:
         self.delay_s = delay_s
         self.spread_s = spread_s
-        super().__init__(f"job {job_id} deferred {delay_s:.2f}s: {reason}")
+        self.carry = carry
+        self.given_back = given_back
+        super().__init__(f"job {job_id} deferred {delay_s:.3f}s: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A job admitted before its start: its request (from the payload) and plan."""
+
+    plan: Plan
+    request: ChatRequest
+    claim: str | None = None  # the deployment it claimed a slot on, until admitted there
 
 
 @dataclass(slots=True)
@@ -80,6 +115,7 @@ class _Outcome:
     failure: JobFailure | None = None
     deferred: CapacityExhaustedError | None = None
     cache: CacheUse | None = None  # how the job used the response cache (None: it did not)
+    plan: Plan | None = None  # the plan routed (with an admission line): a deferral's candidates
 
 
 class JobRunner:
@@ -100,6 +136,8 @@ class JobRunner:
         metrics: Metrics | None = None,
         answers: AnswerStore | None = None,
         cache: JobCache | None = None,
+        line: AdmissionLine | None = None,
+        carry_max_bytes: int = 4096,
     ) -> None:
         self.router = router
         self.relay = relay or StreamRelay(events.redis)
@@ -116,15 +154,24 @@ class JobRunner:
         self.route_timeout_s = route_timeout_s
         self.metrics = metrics  # None: this process keeps no metrics
         self.cache = cache  # None: no response cache (every job calls)
+        self.line = line  # None: deferred jobs retry after the router's guess, through SQL each time
+        self.carry_max_bytes = carry_max_bytes  # a deferred job's payload carries a request this large
 
-    async def run(self, job_id: str, *, run: int) -> str:
+    async def run(self, job_id: str, *, run: int, carried: dict[str, Any] | None = None) -> str:
         """Process one delivery of `job_id` (arq try `run`); returns the job's final status.
 
+        `carried`: the request (tenant, batch) a deferred job's payload carries: the job is admitted
+        before its SQL start, or deferred to its turn without one.
+
         Raises:
-            JobDeferred: every candidate is full for now; the job is back in `queued`.
+            JobDeferred: every candidate is full for now; the job is (still) `queued`.
         """
+        admitted = None
+        if carried is not None and self.line is not None:
+            admitted = await self._admit(job_id, carried)
         started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
         if isinstance(started, JobRecord):
+            await self._drop_claim(job_id, admitted, [])
             # Already finished (a redelivery after commit) or cancelled: record what earlier runs
             # were answered, settle what a dead run may have left, and make sure its event is out.
             await self._commit_answers(_started(started), run)
@@ -154,7 +201,8 @@ class JobRunner:
         elif expired is not None:
             outcome = _Outcome(failure=expired)
         else:
-            outcome = await self._route(started, run)
+            outcome = await self._route(started, run, admitted)
+        await self._drop_claim(job_id, admitted, outcome.attempts)
         try:
             return await self._conclude(started, run, outcome)
         finally:
@@ -168,8 +216,7 @@ class JobRunner:
             await self.store.runs.defer(started, run=run, attempts_made=outcome.attempts)
             await self._settle(job_id, run, outcome.attempts)
             self._observe("deferred", outcome)
-            deferred = outcome.deferred
-            raise JobDeferred(job_id, deferred.retry_after_s, str(deferred), deferred.spread_s)
+            raise await self._deferral(started, outcome)
         # The providers were paid: if the commit below fails, the retry commits this instead of paying again.
         answer = SavedAnswer(run, outcome.attempts, outcome.result, outcome.failure)
         written = bool(outcome.attempts) and await self.answers.save(job_id, answer)
@@ -193,6 +240,78 @@ class JobRunner:
         event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
         await self._publish(event, stream=started.stream, run=run)
         return event.status
+
+    async def _admit(self, job_id: str, carried: dict[str, Any]) -> _Admitted | None:
+        """Before the SQL start: the plan when a candidate has room, else `JobDeferred` to its turn.
+
+        None leaves the job to the usual path (start, then route): a carried request that does not
+        parse, a batch past its window (it fails at its start), a request with no route (it fails
+        there too). A job that uses the response cache waits for its turn like any other: its cache
+        lookup is a SQL read, which a job refused admission does not make; a hit is served at its
+        turn (taking no slot).
+        """
+        assert self.line is not None
+        try:
+            request = ChatRequest.model_validate_json(carried["request"])
+            batch_id = str(carried["batch_id"])
+        except (ValidationError, KeyError, TypeError):
+            return None
+        expires = (await self._limits(batch_id)).expires_at
+        if expires is not None and datetime.now(UTC) >= expires:
+            return None
+        try:
+            plan = await self.router.plan(request)
+        except RouteqError:
+            return None
+        places = self._places(plan, request)
+        if not places or _unlimited(places[0].deployment):
+            return _Admitted(plan, request)  # no limit to wait for: the router admits it at once
+        turn = await self.line.turn(job_id, places, check_room=True)
+        if turn.room:
+            # The deployment with room first: the ones before it are full, or their free slots are
+            # the turns of jobs that waited longer (the router's admission does not see the line).
+            first = [c for c in plan.candidates if c.deployment == turn.deployment]
+            others = [c for c in plan.candidates if c.deployment != turn.deployment]
+            ordered = plan.model_copy(update={"candidates": first + others})
+            return _Admitted(ordered, request, claim=turn.deployment)
+        self._observe("deferred", _Outcome())
+        reason = f"no candidate has room; its turn on {turn.deployment} comes first"
+        raise JobDeferred(job_id, turn.delay_s, reason, carry=carried, given_back=True)
+
+    async def _drop_claim(self, job_id: str, admitted: _Admitted | None, attempts: list[Attempt]) -> None:
+        """Give back a claimed slot the job did not take (a cache hit, a finished job, a failover):
+        an admission on that deployment took the claim out already."""
+        if admitted is None or admitted.claim is None or self.line is None:
+            return
+        if not any(a.deployment == admitted.claim for a in attempts):
+            await self.line.drop_claim(job_id, admitted.claim)
+
+    async def _deferral(self, job: StartedJob, outcome: _Outcome) -> JobDeferred:
+        """The `JobDeferred` of a run the router found full: its turn in the line, if there is one."""
+        deferred = outcome.deferred
+        assert deferred is not None
+        delay, spread = deferred.retry_after_s + 0.01, deferred.spread_s
+        if self.line is not None and outcome.plan is not None and outcome.plan.candidates:
+            places = self._places(outcome.plan, ChatRequest.model_validate(job.request))
+            turn = await self.line.turn(job.id, places, check_room=False)
+            # A turn about now means the line sees room the router did not get (a breaker, a race
+            # lost to another worker): the router's guess then.
+            if turn.delay_s > 0.01:
+                delay, spread = turn.delay_s, 0.0
+        # No call made: this delivery was not a run, and gives its number back.
+        given_back = not outcome.attempts
+        carry = _carry(job, self.carry_max_bytes)
+        return JobDeferred(job.id, delay, str(deferred), spread, carry=carry, given_back=given_back)
+
+    def _places(self, plan: Plan, request: ChatRequest) -> list[Place]:
+        """The plan's candidates as places in their lines, with the tokens a call would count."""
+        places = []
+        completion = request.max_tokens or plan.completion_tokens_estimate
+        for candidate in plan.candidates:
+            dep = self.router.catalog[candidate.deployment]
+            prompt, most = call_tokens(dep, request, plan.prompt_tokens_estimate, completion)
+            places.append(Place(dep, prompt + most))
+        return places
 
     async def _commit_answers(self, job: StartedJob, run: int) -> _Outcome | None:
         """Commit the answers earlier runs got but did not commit; the outcome set, if one was.
@@ -219,12 +338,16 @@ class JobRunner:
         await self.answers.forget(job.id, [answer.run for answer in answers])
         return applied
 
-    async def _route(self, job: StartedJob, run: int) -> _Outcome:
-        try:
-            request = ChatRequest.model_validate(job.request)
-        except ValidationError as exc:
-            message = f"stored request is invalid: {exc}"
-            return _Outcome(failure=JobFailure(FailureCode.INVALID_REQUEST, message))
+    async def _route(self, job: StartedJob, run: int, admitted: _Admitted | None = None) -> _Outcome:
+        plan = None
+        if admitted is not None:  # planned and validated before the start (the same stored request)
+            request, plan = admitted.request, admitted.plan
+        else:
+            try:
+                request = ChatRequest.model_validate(job.request)
+            except ValidationError as exc:
+                message = f"stored request is invalid: {exc}"
+                return _Outcome(failure=JobFailure(FailureCode.INVALID_REQUEST, message))
         guard = self.budgets.guard(
             job_id=job.id,
             run=run,
@@ -242,24 +365,30 @@ class JobRunner:
             return _Outcome(result=use.hit, attempts=embedded, cache=use)
         # After an embedding call (attempt 1, semantic cache), the router's attempts come next.
         outcome = await self._call(
-            job, run, request, ShiftedGuard(guard, len(embedded)) if embedded else guard
+            job, run, request, ShiftedGuard(guard, len(embedded)) if embedded else guard, plan
         )
         outcome.attempts = embedded + outcome.attempts
         outcome.cache = use
         return outcome
 
-    async def _call(self, job: StartedJob, run: int, request: ChatRequest, guard: SpendGuard) -> _Outcome:
+    async def _call(
+        self, job: StartedJob, run: int, request: ChatRequest, guard: SpendGuard, plan: Plan | None
+    ) -> _Outcome:
         try:
             async with asyncio.timeout(self.route_timeout_s):
+                if self.line is not None:  # the plan is kept: a deferral takes a turn on its candidates
+                    plan = plan or await self.router.plan(request)
                 if job.stream:
-                    result = await self._relay(job.id, run, request, guard)
-                else:
+                    result = await self._relay(job.id, run, request, guard, plan)
+                elif self.line is None:
                     result = await self.router.complete(request, guard=guard)
+                else:
+                    result = await self.router.complete(request, plan=plan, guard=guard, waiter=job.id)
         except TimeoutError:
             message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
             return _Outcome(failure=JobFailure(FailureCode.JOB_TIMEOUT, message))
         except CapacityExhaustedError as exc:
-            return _Outcome(attempts=exc.attempts, deferred=exc)
+            return _Outcome(attempts=exc.attempts, deferred=exc, plan=plan)
         except (AllAttemptsFailedError, StreamInterruptedError) as exc:  # BudgetExceededError too
             attempts = [self._mark_simulated(a) for a in exc.attempts]
             return _Outcome(attempts=attempts, failure=JobFailure.from_exception(exc))
@@ -274,12 +403,13 @@ class JobRunner:
         return attempt
 
     async def _relay(
-        self, job_id: str, run: int, request: ChatRequest, guard: SpendGuard
+        self, job_id: str, run: int, request: ChatRequest, guard: SpendGuard, plan: Plan | None
     ) -> CompletionResult:
         """Route as a stream, appending each text piece to the job's chunk stream as it arrives."""
         writer = self.relay.writer(job_id, run)
         try:
-            async for part in self.router.stream(request, guard=guard):
+            waiter = job_id if self.line is not None else None
+            async for part in self.router.stream(request, plan=plan, guard=guard, waiter=waiter):
                 if isinstance(part, CompletionResult):
                     await writer.close()  # every piece is out before the outcome is committed
                     return part
@@ -419,6 +549,19 @@ def _event_from_run(
         cost_usd=billed,
         error=failure.message if failure else None,
     )
+
+
+def _carry(job: StartedJob, max_bytes: int) -> dict[str, Any] | None:
+    """What a deferred job's payload carries for its admission before SQL; None if too large."""
+    request = json.dumps(job.request, separators=(",", ":"))
+    if len(request) > max_bytes:
+        return None
+    return {"request": request, "tenant": job.tenant, "batch_id": job.batch_id}
+
+
+def _unlimited(dep: Deployment) -> bool:
+    """A deployment with no capacity limit: only its breaker can refuse a call."""
+    return dep.rpm is None and dep.tpm is None and dep.max_concurrency is None
 
 
 def _started(record: JobRecord) -> StartedJob:

@@ -44,9 +44,10 @@ from router_core.router import Router
 from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.notifier import Notifier, Signal, exact_pattern
-from storage.bus.queue import JOB_FUNCTION, JobClaimer, deserialize, serialize
+from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, deserialize, serialize
 from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
+from storage.fleet.line import AdmissionLine
 from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
 from storage.settings import Settings
@@ -125,6 +126,8 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             ),
             metrics=metrics,
             cache=cache,
+            line=AdmissionLine(redis, rate_margin_s=settings.rate_limit_margin_s),
+            carry_max_bytes=settings.carry_request_max_bytes,
         )
         started = time.time()
         await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]
@@ -154,7 +157,14 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             store.engine.url.render_as_string(hide_password=True),
         )
         # Started: what was opened moves to the context, whose close() closes it at shut-down.
-        return WorkerContext(runner, worker_id, started, opened=opened.pop_all(), metrics_server=server)
+        return WorkerContext(
+            runner,
+            worker_id,
+            started,
+            opened=opened.pop_all(),
+            metrics_server=server,
+            deferrals=Deferrals(redis, settings.queue_name),
+        )
 
 
 async def _unregister(redis: Redis, worker_id: str) -> None:
@@ -194,25 +204,61 @@ class _Lifecycle:
             await context.close()
 
 
-async def route_job(ctx: dict[str, Any], job_id: str) -> str:
-    """arq job function: route one routeq job; returns its final status."""
-    runner = worker_context(ctx).runner
+async def route_job(ctx: dict[str, Any], job_id: str, carried: dict[str, Any] | None = None) -> str:
+    """arq job function: route one routeq job; returns its final status.
+
+    `carried`: a deferred job's request (tenant, batch), written into its payload at its deferral.
+    """
+    context = worker_context(ctx)
     run: int = ctx["job_try"]  # arq's own entry: this delivery's number, from 1
     try:
-        return await runner.run(job_id, run=run)
+        return await context.runner.run(job_id, run=run, carried=carried)
     except JobDeferred as exc:
-        # Every candidate is full: wait in the queue, not in a worker slot. A sliding window frees
-        # its room over a whole window, so waiting jobs come back spread over it instead of all
-        # racing for the first free slot (and being deferred again).
-        delay = exc.delay_s + random.uniform(0.0, exc.spread_s) + 0.01
+        # Every candidate is full: wait in the queue, not in a worker slot. A turn in a waiting
+        # line is exact (spread 0); the router's guess is spread over the window, so waiting jobs
+        # do not all race for the first free slot (and get deferred again).
+        delay = exc.delay_s + random.uniform(0.0, exc.spread_s)
         logger.debug("%s", exc)
-        await _keep_payload(ctx["redis"], job_id, delay)
-        raise Retry(defer=delay) from exc
+        if context.deferrals is None:
+            await _keep_payload(ctx["redis"], job_id, delay)
+            raise Retry(defer=delay) from exc
+        if not await _defer(context.deferrals, ctx, job_id, exc, delay):
+            raise Retry(defer=delay) from exc
+        raise Retry() from exc  # no defer: the score is set already, arq leaves it
     except (SQLAlchemyError, RedisError, OSError) as exc:
         # Redis or the database is down: try again later rather than leave the job `running`.
         delay = _INFRA_RETRY_S[min(run, len(_INFRA_RETRY_S)) - 1]
         logger.warning("job %s try %d hit %s; retrying in %ss", job_id, run, exc, delay)
         raise Retry(defer=delay) from exc
+
+
+async def _defer(
+    deferrals: Deferrals, ctx: dict[str, Any], job_id: str, exc: JobDeferred, delay: float
+) -> bool:
+    """Re-queue a deferred job at its run time, its payload carrying its request (one Lua call).
+
+    A delivery that was not a run gives its try back, so the next one has the same number; one that
+    called a provider keeps it, and the payload says so (the next run is numbered after it even if
+    arq's counter is lost).
+    """
+    run: int = ctx["job_try"]
+    enqueued = ctx.get("enqueue_time")
+    enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else timestamp_ms()
+    payload = None
+    if exc.carry is not None:
+        next_try = run if exc.given_back else run + 1
+        payload = Deferrals.payload(job_id, exc.carry, job_try=next_try, enqueued_ms=enqueued_ms)
+    try:
+        await deferrals.defer(
+            job_id,
+            run_at_ms=timestamp_ms() + int(delay * 1000),
+            payload=payload,
+            give_back_try=run if exc.given_back else None,
+        )
+    except (RedisError, OSError) as exc_redis:  # arq's Retry(defer) moves the score instead
+        logger.warning("could not re-queue deferred job %s: %s", job_id, exc_redis)
+        return False
+    return True
 
 
 async def _keep_payload(redis: Redis, job_id: str, defer_s: float) -> None:

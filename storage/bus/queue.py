@@ -1,11 +1,14 @@
 """The queue format producer and workers share: arq's job layout, a JSON serializer, bulk enqueue.
 
-A queued job carries only its routeq job id; the request itself lives in SQL. Jobs are serialized
+A new job carries only its routeq job id; the request itself lives in SQL. A job deferred for
+capacity carries its request too (`route_job(job_id, carried=...)`), so that its next delivery can
+ask for admission before it touches SQL. Jobs are serialized
 as JSON, not arq's default pickle, so whoever can write to Redis cannot make a worker run code.
 
     enqueue_jobs   new jobs: payload + queue entry + a wake-up ping for idle workers, one script call
                    per 2,000 jobs
     claim_jobs     a worker takes due jobs nobody runs, past those running elsewhere: one Lua call
+    Deferrals      a job waiting for capacity back on the queue at its turn, one Lua call
     orphans        which unfinished jobs nothing in Redis will run (no lease, no payload or entry)
     requeue_jobs   orphans back on the queue, their next arq try after the last one SQL recorded
 """
@@ -29,7 +32,9 @@ from storage import keys
 __all__ = [
     "JOB_FUNCTION",
     "Claim",
+    "Deferrals",
     "JobClaimer",
+    "carried_requests",
     "deserialize",
     "enqueue_jobs",
     "orphans",
@@ -51,7 +56,12 @@ def deserialize(raw: bytes) -> Any:
 
 
 async def enqueue_jobs(
-    redis: ArqRedis, job_ids: Sequence[str], *, queue_name: str, keep_scheduled: bool = False
+    redis: ArqRedis,
+    job_ids: Sequence[str],
+    *,
+    queue_name: str,
+    keep_scheduled: bool = False,
+    carried: Sequence[Mapping[str, str] | None] | None = None,
 ) -> None:
     """Put `job_ids` on the arq queue, one round trip (one script call) per 2,000 jobs.
 
@@ -59,8 +69,23 @@ async def enqueue_jobs(
     routeq's ids are fresh and workers are idempotent on the SQL status, so SET + ZADD write the
     same keys arq would. `keep_scheduled`: an id already in the queue keeps
     its run-at time (ZADD NX), so re-queuing does not hurry a job deferred for capacity.
+    `carried`: per job, what its payload carries besides its id (`carried_requests`), or None.
     """
-    await _enqueue(redis, dict.fromkeys(job_ids), queue_name, keep_scheduled=keep_scheduled)
+    jobs = dict.fromkeys(job_ids)
+    extra = None if carried is None else dict(zip(job_ids, carried, strict=True))
+    await _enqueue(redis, jobs, queue_name, keep_scheduled=keep_scheduled, carried=extra)
+
+
+def carried_requests(
+    batch_id: str, tenant: str, requests: Sequence[str], *, max_bytes: int
+) -> list[Mapping[str, str] | None]:
+    """What each new job's payload carries: its request (JSON text, as SQL stores it), tenant and
+    batch, for a worker to ask for admission before any SQL write; None for a request over
+    `max_bytes` (Redis holds every carried request until its job runs)."""
+    return [
+        {"request": request, "tenant": tenant, "batch_id": batch_id} if len(request) <= max_bytes else None
+        for request in requests
+    ]
 
 
 async def requeue_jobs(redis: Redis, last_runs: Mapping[str, int], *, queue_name: str) -> None:
@@ -76,7 +101,12 @@ async def requeue_jobs(redis: Redis, last_runs: Mapping[str, int], *, queue_name
 
 
 async def _enqueue(
-    redis: Redis, tries: Mapping[str, int | None], queue_name: str, *, keep_scheduled: bool = False
+    redis: Redis,
+    tries: Mapping[str, int | None],
+    queue_name: str,
+    *,
+    keep_scheduled: bool = False,
+    carried: Mapping[str, Mapping[str, str] | None] | None = None,
 ) -> None:
     now_ms = int(time.time() * 1000)
     job_ids = list(tries)
@@ -86,7 +116,8 @@ async def _enqueue(
     for start in range(0, len(job_ids), _ENQUEUE_CHUNK):
         chunk = job_ids[start : start + _ENQUEUE_CHUNK]
         job_keys = [keys.ARQ_JOB_PREFIX + job_id for job_id in chunk]
-        args = [*flags, *(payloads.of(job_id, tries[job_id]) for job_id in chunk), *chunk]
+        extra = dict.fromkeys(chunk) if carried is None else carried
+        args = [*flags, *(payloads.of(job_id, tries[job_id], extra[job_id]) for job_id in chunk), *chunk]
         await script(keys=[queue_name, *job_keys], args=args)
 
 
@@ -137,7 +168,10 @@ class _Payloads:
         self._now_ms = now_ms
         self._templates: dict[int | None, tuple[bytes, bytes]] = {}
 
-    def of(self, job_id: str, job_try: int | None) -> bytes:
+    def of(self, job_id: str, job_try: int | None, carried: Mapping[str, str] | None = None) -> bytes:
+        if carried is not None:  # a payload carrying the job's request: made whole
+            kwargs = {"carried": carried}
+            return serialize_job(JOB_FUNCTION, (job_id,), kwargs, job_try, self._now_ms, serializer=serialize)
         template = self._templates.get(job_try)
         if template is None:
             whole = serialize_job(JOB_FUNCTION, (_MARK,), {}, job_try, self._now_ms, serializer=serialize)
@@ -147,6 +181,68 @@ class _Payloads:
         if _PLAIN_ID.fullmatch(job_id):
             return b'%s"%s"%s' % (before, job_id.encode(), after)
         return before + serialize(job_id) + after
+
+
+# KEYS: the queue, the job's payload, its try counter. ARGV: job id, run-at (ms), payload ('' =
+# keep it), payload TTL (ms), the try to give back ('' = none).
+# The score is set, not bumped as arq's Retry(defer) does, so the job comes back at its turn exactly.
+# Nothing is re-created: a job cancelled meanwhile (no queue entry, no payload) stays gone.
+_DEFER = """
+local queue, job_key, retry_key = KEYS[1], KEYS[2], KEYS[3]
+local id, score, payload, ttl, given = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if payload ~= '' then
+  redis.call('SET', job_key, payload, 'PX', ttl, 'XX')
+else
+  redis.call('PEXPIRE', job_key, ttl)
+end
+redis.call('ZADD', queue, 'XX', score, id)
+-- Only if no other delivery counted a try since ours (a duplicate run keeps its own number).
+if given ~= '' and redis.call('GET', retry_key) == given then redis.call('DECR', retry_key) end
+return 0
+"""
+
+
+class Deferrals:
+    """Jobs waiting for capacity put back on one queue (the script is loaded once)."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self._queue_name = queue_name
+        self._script = redis.register_script(_DEFER)
+
+    async def defer(
+        self,
+        job_id: str,
+        *,
+        run_at_ms: int,
+        payload: bytes | None,
+        give_back_try: int | None,
+    ) -> None:
+        """Queue `job_id` again for `run_at_ms`, before arq's own end of the delivery.
+
+        Args:
+            payload: the job's new arq payload (it carries the request), None to keep the old one;
+                either way it lasts a day past the new run time, as arq's enqueue makes it last.
+            give_back_try: this delivery's arq try, when the delivery was not a run (refused
+                admission, nothing recorded under its number): the next delivery gets it again.
+        """
+        ttl_ms = max(0, run_at_ms - int(time.time() * 1000)) + expires_extra_ms
+        args: list[str | int | bytes] = [
+            job_id,
+            run_at_ms,
+            payload or b"",
+            ttl_ms,
+            "" if give_back_try is None else give_back_try,
+        ]
+        job_keys = [self._queue_name, keys.ARQ_JOB_PREFIX + job_id, keys.ARQ_RETRY_PREFIX + job_id]
+        await self._script(keys=job_keys, args=args)
+
+    @staticmethod
+    def payload(
+        job_id: str, carried: Mapping[str, Any] | None, *, job_try: int | None, enqueued_ms: int
+    ) -> bytes:
+        """The arq payload of `route_job(job_id, carried=...)`."""
+        kwargs = {} if carried is None else {"carried": dict(carried)}
+        return serialize_job(JOB_FUNCTION, (job_id,), kwargs, job_try, enqueued_ms, serializer=serialize)
 
 
 async def orphans(redis: Redis, job_ids: Sequence[str], *, queue_name: str) -> list[str]:

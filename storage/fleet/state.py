@@ -57,11 +57,12 @@ from router_core.fleet import (
 from storage import keys
 from storage.connections import as_text
 
-__all__ = ["RedisFleetState"]
+__all__ = ["LUA_COMMON", "RedisFleetState"]
 
-# Shared by every script. ARGV[1] is the time: a clock's reading, or negative for the server's TIME.
+# Shared by every script (and storage.fleet.line's). ARGV[1] is the time: a clock's reading, or
+# negative for the server's TIME.
 # Numbers handed to redis.call are formatted with %.17g, which round-trips a double exactly.
-_LUA_COMMON = """
+LUA_COMMON = """
 local CHUNK = 500
 local BUCKETS = 20
 local SLOTS = BUCKETS + 1
@@ -109,17 +110,19 @@ local function prune_requests(state, requests, tokens, cutoff)
 end
 """
 
-# KEYS: state, inflight, requests, tokens.
+# KEYS: state, inflight, requests, tokens, claims (storage.fleet.line).
 # ARGV: now, tokens wanted, rate_window_s, max_concurrency, rpm, tpm ('' = no limit), cooldown_s,
-#       probes, lease_s, retry after a full concurrency or probe budget.
+#       probes, lease_s, retry after a full concurrency or probe budget, the job admitted ('' = none:
+#       its claim on a slot, if it holds one, ends when admitted).
 # Returns {'admitted', ticket, probe 0|1} or {'refused', reason, retry_after_s or ''}.
 _ADMIT = (
-    _LUA_COMMON
+    LUA_COMMON
     + """
-local state, inflight, requests, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local state, inflight, requests, tokens, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, want, window = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_concurrency, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local cooldown, probes, lease, busy_retry = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local waiter = ARGV[11]
 
 local function live_probes()
   local fields = redis.call('HKEYS', state)
@@ -179,6 +182,7 @@ redis.call('ZADD', inflight, num(now + lease), ticket)
 redis.call('ZADD', requests, num(now + lease), ticket)
 redis.call('HSET', tokens, ticket, num(want))
 if want ~= 0 then redis.call('HINCRBY', state, 'tokens', num(want)) end
+if waiter ~= '' then redis.call('ZREM', claims, waiter) end
 if c == 'half_open' then
   redis.call('HSET', state, 'probe:' .. ticket, '1')
   return {'admitted', ticket, '1'}
@@ -191,7 +195,7 @@ return {'admitted', ticket, '0'}
 # ARGV: now, ticket, probe 0|1, outcome, latency_ms, real tokens ('' = keep the estimate), alpha,
 #       cooldown_s, window_s, failure_threshold, min_failure_ratio.
 _RELEASE = (
-    _LUA_COMMON
+    LUA_COMMON
     + """
 local state, inflight, tokens, requests = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, ticket, probe, outcome = clock(ARGV[1]), ARGV[2], ARGV[3] == '1', ARGV[4]
@@ -275,7 +279,7 @@ return 0
 # Returns per deployment {} when it has no state, else {success_rate, latency_ms, calls, forced,
 # circuit, in_flight, requests, tokens} as strings ('' = unset).
 _SNAPSHOT = (
-    _LUA_COMMON
+    LUA_COMMON
     + """
 local now, cooldown = clock(ARGV[1]), tonumber(ARGV[2])
 local out = {}
@@ -302,7 +306,7 @@ return out
 
 # KEYS: state. ARGV: 'down' | 'up' | '' (clear).
 _FORCE = (
-    _LUA_COMMON
+    LUA_COMMON
     + """
 local state = KEYS[1]
 if ARGV[1] == '' then
@@ -369,8 +373,12 @@ class RedisFleetState:
         reply: list[list[Any]] = await self._snapshot(keys=script_keys, args=args)
         return {dep: _deployment_snapshot(row) for dep, row in zip(deployment_ids, reply, strict=True)}
 
-    async def admit(self, deployment: Deployment, tokens: int) -> Admission:
-        """Atomically check and take what one call needs; `tokens` is the worst-case estimate."""
+    async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
+        """Atomically check and take what one call needs; `tokens` is the worst-case estimate.
+
+        An admitted `waiter` (a job id) gives up its claim on a slot (`storage.fleet.line`) in the
+        same step.
+        """
         state, inflight, requests, token_counts = _deployment_keys(deployment.id)
         args = [
             self._now(),
@@ -383,8 +391,10 @@ class RedisFleetState:
             _arg(self.breaker.probes),
             _arg(self._lease_s),
             _arg(CONCURRENCY_RETRY_S),
+            waiter or "",
         ]
-        reply: list[Any] = await self._admit(keys=[state, inflight, requests, token_counts], args=args)
+        script_keys = [state, inflight, requests, token_counts, keys.deployment_claims(deployment.id)]
+        reply: list[Any] = await self._admit(keys=script_keys, args=args)
         status, value, extra = (as_text(v) for v in reply)
         if status == "admitted":
             return Admission(value, probe=extra == "1")

@@ -40,7 +40,7 @@ from storage.sql.database import Database, owned_by
 from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
-from storage.sql.new_jobs import EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
+from storage.sql.new_jobs import ROW_COLUMNS, EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
 from storage.sql.runs import money
 from storage.sql.schema import batches, files, jobs
 
@@ -105,7 +105,8 @@ class Batches:
         }
         file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
-        created = CreatedBatch(batch_id, [row[0] for row in rows])
+        requests = [row[ROW_COLUMNS.index("request")] for row in rows]  # JSON text, as stored
+        created = CreatedBatch(batch_id, [row[0] for row in rows], requests=requests, tenant=tenant)
 
         async def write(conn: AsyncConnection) -> KeyRecord | None:
             if idempotency is not None:

@@ -31,11 +31,20 @@ from router_core.models import ChatRequest
 from storage.jobs import JobStatus, NewJob, new_id
 from storage.sql.schema import jobs
 
-__all__ = ["EncodedJob", "EncodedJobs", "JobOwner", "encode_jobs", "insert_jobs", "job_rows", "request_json"]
+__all__ = [
+    "ROW_COLUMNS",
+    "EncodedJob",
+    "EncodedJobs",
+    "JobOwner",
+    "encode_jobs",
+    "insert_jobs",
+    "job_rows",
+    "request_json",
+]
 
 # The order of every row tuple: the table's (SQLAlchemy compiles the INSERT in it). `request` is
 # JSON serialized already (`model_dump_json`).
-_COLUMNS = (
+ROW_COLUMNS = (
     "id",
     "batch_id",
     "seq",
@@ -139,7 +148,7 @@ def job_rows(items: EncodedJobs, owner: JobOwner, dialect: Dialect, first_seq: i
     bind = _compiled(dialect).processors
 
     def shared(name: str, value: Any) -> Any:
-        processor = bind[_COLUMNS.index(name)]
+        processor = bind[ROW_COLUMNS.index(name)]
         return value if processor is None else processor(value)
 
     batch_id, tenant, user_id = (
@@ -149,8 +158,8 @@ def job_rows(items: EncodedJobs, owner: JobOwner, dialect: Dialect, first_seq: i
     )
     status, run, starts = shared("status", JobStatus.QUEUED.value), shared("run", 0), shared("starts", 0)
     created_at = shared("created_at", owner.created_at)
-    as_stream = bind[_COLUMNS.index("stream")] or _unchanged
-    as_metadata = bind[_COLUMNS.index("metadata")] or _unchanged
+    as_stream = bind[ROW_COLUMNS.index("stream")] or _unchanged
+    as_metadata = bind[ROW_COLUMNS.index("metadata")] or _unchanged
     return [
         (
             new_id("job"),
@@ -179,7 +188,7 @@ def _unchanged(value: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     sql: str
-    processors: tuple[_Processor, ...]  # per column of `_COLUMNS`
+    processors: tuple[_Processor, ...]  # per column of `ROW_COLUMNS`
 
 
 # By dialect and driver: the statement is the same for every engine of one.
@@ -192,17 +201,17 @@ def _compiled(dialect: Dialect) -> _Compiled:
     key = (dialect.name, dialect.driver)
     found = _COMPILED.get(key)
     if found is None:
-        binds = {name: bindparam(name, type_=jobs.c[name].type) for name in _COLUMNS}
+        binds = {name: bindparam(name, type_=jobs.c[name].type) for name in ROW_COLUMNS}
         binds["request"] = bindparam("request", type_=_EncodedJSON())
         compiled = insert(jobs).values(binds).compile(dialect=dialect)
-        if compiled.positiontup != list(_COLUMNS):  # a named paramstyle, or the table's order changed
+        if compiled.positiontup != list(ROW_COLUMNS):  # a named paramstyle, or the table's order changed
             raise RuntimeError(
-                f"the {dialect.name} INSERT binds {compiled.positiontup}, not the columns {_COLUMNS}"
+                f"the {dialect.name} INSERT binds {compiled.positiontup}, not the columns {ROW_COLUMNS}"
             )
         processors = tuple(
-            binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS
+            binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in ROW_COLUMNS
         )
-        processed = {name for name, p in zip(_COLUMNS, processors, strict=True) if p is not None}
+        processed = {name for name, p in zip(ROW_COLUMNS, processors, strict=True) if p is not None}
         if processed & _AS_THEY_ARE:
             raise RuntimeError(f"the {dialect.name} dialect processes {processed & _AS_THEY_ARE}")
         found = _COMPILED[key] = _Compiled(compiled.string, processors)
@@ -225,5 +234,5 @@ async def _copy(conn: AsyncConnection, rows: list[Row]) -> bool:
     driver = raw.driver_connection
     if driver is None or not hasattr(driver, "copy_records_to_table") or not driver.is_in_transaction():
         return False
-    await driver.copy_records_to_table(jobs.name, records=rows, columns=list(_COLUMNS))
+    await driver.copy_records_to_table(jobs.name, records=rows, columns=list(ROW_COLUMNS))
     return True
