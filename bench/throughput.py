@@ -117,9 +117,13 @@ def sim_server(tmp: Path, catalog_toml: str = BENCH_CATALOG_TOML) -> Iterator[st
         proc.wait(timeout=10)
 
 
-def prompts(n: int) -> list[NewJob]:
+def prompts(n: int, *, run: str = "") -> list[NewJob]:
+    """N distinct prompts; another `run` gives other prompts, so the response cache (on by default)
+    serves none of them from an earlier phase's answers."""
     return [
-        NewJob(f"line-{i}", ChatRequest(messages=[Message(role="user", content=f"Say hello number {i}")]))
+        NewJob(
+            f"line-{i}", ChatRequest(messages=[Message(role="user", content=f"Say hello number {i}{run}")])
+        )
         for i in range(n)
     ]
 
@@ -183,7 +187,8 @@ async def pipeline_worker(
     With `in_process_sim` the sim world answers inside the worker's process (sharing its CPU);
     otherwise `settings.sim_url` names a `routeq sim` server reached over loopback HTTP.
     """
-    batch_id = await Client(redis, store, settings).submit_batch(prompts(n), name="bench")
+    run = "" if in_process_sim else " (over HTTP)"
+    batch_id = await Client(redis, store, settings).submit_batch(prompts(n, run=run), name="bench")
     catalog = bench_catalog()
     sim_world = sim_world_for(catalog) if in_process_sim else None
     started: list[float] = []
