@@ -62,22 +62,6 @@ local stale, margin, hop = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6
 local K = 6
 local n = #KEYS / K
 
-local function tokens_free_in(requests, tokens, window, excess)
-  local start = 0
-  while true do
-    local batch = redis.call('ZRANGE', requests, start, start + CHUNK - 1, 'WITHSCORES')
-    if #batch == 0 then return window end
-    local names = {}
-    for i = 1, #batch, 2 do names[#names + 1] = batch[i] end
-    local counted = redis.call('HMGET', tokens, unpack(names))
-    for i = 1, #names do
-      excess = excess - (tonumber(counted[i]) or 0)
-      if excess <= 0 then return math.min(tonumber(batch[2 * i]), now) + window - now end
-    end
-    start = start + CHUNK
-  end
-end
-
 -- Asking again leaves the line and drops a claim.
 for i = 0, n - 1 do
   redis.call('ZREM', KEYS[K * i + 5], job)
@@ -127,7 +111,7 @@ for i = 0, n - 1 do
     turn = math.max(turn, now + latency * (math.floor((busy + ahead - maxc) / maxc) + 1))
   end
   if tpm and counted + want > tpm then
-    turn = math.max(turn, now + tokens_free_in(requests, tokens, window, counted + want - tpm))
+    turn = math.max(turn, now + tokens_free_in(requests, tokens, window, now, counted + want - tpm))
   end
   if best_turn == nil or turn < best_turn then best, best_turn = i, turn end
 end

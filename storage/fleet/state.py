@@ -75,6 +75,23 @@ local function clock(arg)
   end
   return now
 end
+-- Seconds until a rate window (`requests`: ticket -> admission time, `tokens`: ticket -> tokens)
+-- frees `excess` tokens: the oldest entries leave it first.
+local function tokens_free_in(requests, tokens, window, now, excess)
+  local start = 0
+  while true do
+    local batch = redis.call('ZRANGE', requests, start, start + CHUNK - 1, 'WITHSCORES')
+    if #batch == 0 then return window end
+    local names = {}
+    for i = 1, #batch, 2 do names[#names + 1] = batch[i] end
+    local counted = redis.call('HMGET', tokens, unpack(names))
+    for i = 1, #names do
+      excess = excess - (tonumber(counted[i]) or 0)
+      if excess <= 0 then return math.min(tonumber(batch[2 * i]), now) + window - now end
+    end
+    start = start + CHUNK
+  end
+end
 local function circuit(forced, opened_at, now, cooldown)
   if forced == 'down' then return 'open' end
   if forced == 'up' or not opened_at then return 'closed' end
@@ -139,22 +156,6 @@ local function live_probes()
   return live
 end
 
-local function tokens_free_in(excess)
-  local start = 0
-  while true do
-    local batch = redis.call('ZRANGE', requests, start, start + CHUNK - 1, 'WITHSCORES')
-    if #batch == 0 then return window end
-    local names = {}
-    for i = 1, #batch, 2 do names[#names + 1] = batch[i] end
-    local counted = redis.call('HMGET', tokens, unpack(names))
-    for i = 1, #names do
-      excess = excess - (tonumber(counted[i]) or 0)
-      if excess <= 0 then return math.min(tonumber(batch[2 * i]), now) + window - now end
-    end
-    start = start + CHUNK
-  end
-end
-
 redis.call('HSET', state, 'rate_window_s', num(window))
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', num(now))
 prune_requests(state, requests, tokens, now - window)
@@ -174,7 +175,7 @@ if rpm and redis.call('ZCARD', requests) >= rpm then
   return {'refused', 'rpm', num(math.min(tonumber(oldest[2]), now) + window - now)}
 end
 if tpm and counted + want > tpm then
-  return {'refused', 'tpm', num(tokens_free_in(counted + want - tpm))}
+  return {'refused', 'tpm', num(tokens_free_in(requests, tokens, window, now, counted + want - tpm))}
 end
 local ticket = 't' .. num(redis.call('HINCRBY', state, 'seq', 1))
 redis.call('ZADD', inflight, num(now + lease), ticket)
