@@ -48,6 +48,7 @@ from router_core.planner import call_tokens
 from router_core.router import Router
 from router_core.spend import SpendGuard
 from storage.bus.events import EventBus, JobEvent
+from storage.bus.queue import carried_request
 from storage.bus.relay import StreamRelay
 from storage.errors import NotFoundError
 from storage.fleet.answers import AnswerStore, SavedAnswer
@@ -116,6 +117,7 @@ class _Outcome:
     deferred: CapacityExhaustedError | None = None
     cache: CacheUse | None = None  # how the job used the response cache (None: it did not)
     plan: Plan | None = None  # the plan routed (with an admission line): a deferral's candidates
+    request: ChatRequest | None = None  # the request routed, validated (a deferral's turn sizes it)
 
 
 class JobRunner:
@@ -292,7 +294,8 @@ class JobRunner:
         assert deferred is not None
         delay, spread = deferred.retry_after_s + 0.01, deferred.spread_s
         if self.line is not None and outcome.plan is not None and outcome.plan.candidates:
-            places = self._places(outcome.plan, ChatRequest.model_validate(job.request))
+            assert outcome.request is not None  # set with the plan
+            places = self._places(outcome.plan, outcome.request)
             turn = await self.line.turn(job.id, places, check_room=False)
             # A turn about now means the line sees room the router did not get (a breaker, a race
             # lost to another worker): the router's guess then.
@@ -300,7 +303,8 @@ class JobRunner:
                 delay, spread = turn.delay_s, 0.0
         # No call made: this delivery was not a run, and gives its number back.
         given_back = not outcome.attempts
-        carry = _carry(job, self.carry_max_bytes)
+        request = json.dumps(job.request, separators=(",", ":"))
+        carry = carried_request(job.batch_id, job.tenant, request, max_bytes=self.carry_max_bytes)
         return JobDeferred(job.id, delay, str(deferred), spread, carry=carry, given_back=given_back)
 
     def _places(self, plan: Plan, request: ChatRequest) -> list[Place]:
@@ -388,7 +392,7 @@ class JobRunner:
             message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
             return _Outcome(failure=JobFailure(FailureCode.JOB_TIMEOUT, message))
         except CapacityExhaustedError as exc:
-            return _Outcome(attempts=exc.attempts, deferred=exc, plan=plan)
+            return _Outcome(attempts=exc.attempts, deferred=exc, plan=plan, request=request)
         except (AllAttemptsFailedError, StreamInterruptedError) as exc:  # BudgetExceededError too
             attempts = [self._mark_simulated(a) for a in exc.attempts]
             return _Outcome(attempts=attempts, failure=JobFailure.from_exception(exc))
@@ -549,14 +553,6 @@ def _event_from_run(
         cost_usd=billed,
         error=failure.message if failure else None,
     )
-
-
-def _carry(job: StartedJob, max_bytes: int) -> dict[str, Any] | None:
-    """What a deferred job's payload carries for its admission before SQL; None if too large."""
-    request = json.dumps(job.request, separators=(",", ":"))
-    if len(request) > max_bytes:
-        return None
-    return {"request": request, "tenant": job.tenant, "batch_id": job.batch_id}
 
 
 def _unlimited(dep: Deployment) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "Claim",
     "Deferrals",
     "JobClaimer",
+    "carried_request",
     "carried_requests",
     "deserialize",
     "enqueue_jobs",
@@ -76,16 +77,20 @@ async def enqueue_jobs(
     await _enqueue(redis, jobs, queue_name, keep_scheduled=keep_scheduled, carried=extra)
 
 
+def carried_request(batch_id: str, tenant: str, request: str, *, max_bytes: int) -> dict[str, str] | None:
+    """What a job's payload carries: its request (JSON text, as SQL stores it), tenant and batch, for
+    a worker to ask for admission before any SQL write; None for a request over `max_bytes` (Redis
+    holds every carried request until its job runs)."""
+    if len(request) > max_bytes:
+        return None
+    return {"request": request, "tenant": tenant, "batch_id": batch_id}
+
+
 def carried_requests(
     batch_id: str, tenant: str, requests: Sequence[str], *, max_bytes: int
 ) -> list[Mapping[str, str] | None]:
-    """What each new job's payload carries: its request (JSON text, as SQL stores it), tenant and
-    batch, for a worker to ask for admission before any SQL write; None for a request over
-    `max_bytes` (Redis holds every carried request until its job runs)."""
-    return [
-        {"request": request, "tenant": tenant, "batch_id": batch_id} if len(request) <= max_bytes else None
-        for request in requests
-    ]
+    """`carried_request` for each of a new batch's requests."""
+    return [carried_request(batch_id, tenant, request, max_bytes=max_bytes) for request in requests]
 
 
 async def requeue_jobs(redis: Redis, last_runs: Mapping[str, int], *, queue_name: str) -> None:
