@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,7 +39,6 @@ logger = logging.getLogger("routeq.worker")
 # The embedding call is the job's first attempt; the router's calls are numbered after it.
 EMBEDDING_ATTEMPT = 1
 _NEIGHBOURS = 4
-_HOLD_MARGIN = 1.25  # the embedding's hold counts the text as this many times its token estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,9 @@ class SemanticCache:
                 self._warned = True
             return None
         text = semantic_text(request)
-        hold = self.router.catalog.price(dep.id).estimate(int(estimate_tokens(text) * _HOLD_MARGIN) + 8, 0)
+        # Held as the router holds a prompt: its estimate times the router's margin.
+        tokens = math.ceil(estimate_tokens(text) * self.router.prompt_margin) + 8
+        hold = self.router.catalog.price(dep.id).estimate(tokens, 0)
         if await guard.reserve(EMBEDDING_ATTEMPT, dep.id, hold) is not None:
             return None  # no budget left even for the embedding: the call's own hold will say why
         try:
