@@ -152,27 +152,23 @@ class ResponseCache:
 
     async def set_policy(self, policy: TenantCachePolicy) -> None:
         """Replace the tenant's defaults (None: the fleet's); its last clear is kept."""
-        now = self._db.now()
-        values = policy.overrides()
-
-        async def write(conn: Any) -> None:
-            await conn.execute(self._upsert.values(tenant=policy.tenant, updated_at=now, **values))
-            mine = update(cache_policies).where(_P.tenant == policy.tenant)
-            await conn.execute(mine.values(updated_at=now, **values))
-
-        await self._db.writes.run(write)
+        await self._write_policy(policy.tenant, self._db.now(), **policy.overrides())
 
     async def clear(self, tenant: str) -> datetime:
         """Stop serving every answer the tenant has so far (a marker: nothing is deleted); when."""
         now = self._db.now()
+        await self._write_policy(tenant, now, cleared_at=now)
+        return now
+
+    async def _write_policy(self, tenant: str, now: datetime, **values: Any) -> None:
+        """Set `values` on the tenant's row at `now`, making the row if it has none (others NULL)."""
 
         async def write(conn: Any) -> None:
-            await conn.execute(self._upsert.values(tenant=tenant, updated_at=now, cleared_at=now))
+            await conn.execute(self._upsert.values(tenant=tenant, updated_at=now, **values))
             mine = update(cache_policies).where(_P.tenant == tenant)
-            await conn.execute(mine.values(cleared_at=now, updated_at=now))
+            await conn.execute(mine.values(updated_at=now, **values))
 
         await self._db.writes.run(write)
-        return now
 
     async def forget_policy(self, tenant: str) -> None:
         """Drop the tenant's row: its defaults are the fleet's again, and its clear is undone."""
