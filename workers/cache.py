@@ -50,7 +50,7 @@ class CacheUse:
 
     decision: CacheDecision
     key: str
-    flight: str  # the key and the request's constraints: requests that may share one call
+    flight: str = ""  # the key and the request's constraints (set on a miss): who may share one call
     hit: CompletionResult | None = None  # served from the cache: route nothing
     source: CachedAnswer | None = None
     similarity: float | None = None
@@ -110,9 +110,7 @@ class JobCache:
         decision = decide(request, await self.tenant_policy(job.tenant))
         if decision.mode is CacheMode.OFF:
             return None
-        key = cache_key(request)
-        constraints = request.preferences.model_dump_json(exclude={"cache"})
-        use = CacheUse(decision, key, hashlib.sha256(f"{key}:{constraints}".encode()).hexdigest())
+        use = CacheUse(decision, cache_key(request))
         if not decision.reads:
             return use  # refresh: call whatever is cached; the new answer is cached from now on
         if await self._find(job, request, use):
@@ -155,6 +153,8 @@ class JobCache:
 
     async def _join_flight(self, job: StartedJob, request: ChatRequest, use: CacheUse) -> None:
         """Lead the request's flight, or wait for its leader's answer (at most `wait_s`)."""
+        constraints = request.preferences.model_dump_json(exclude={"cache"})
+        use.flight = hashlib.sha256(f"{use.key}:{constraints}".encode()).hexdigest()
         channel = keys.flight_done_channel(job.tenant, use.flight)
         deadline = time.monotonic() + self.wait_s
         while True:
