@@ -22,14 +22,12 @@ import asyncio
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 
-from saturation import routeq_env, spawn_routeq, wait_for_workers
+from saturation import check_all_succeeded, routeq_env, spawn_routeq, timed_batch, wait_for_workers
 from throughput import DEFAULT_REDIS_URL, bench_settings, close_services, open_services, prompts, sim_server
 
 from producer.client import Client
-from storage.jobs import JobStatus
 
 DEPLOYMENTS = 4
 
@@ -75,13 +73,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, [worker])
             client = Client(redis, store, settings)
-            items = prompts(args.jobs)
-            started = time.monotonic()
-            batch_id = await client.submit_batch(items)
-            async for event in client.events(batch_id):
-                if event.type == "batch.completed":
-                    break
-            elapsed = time.monotonic() - started
+            batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
         rss = peak_rss_mb(worker.pid)
         batch = await client.batch(batch_id)
     finally:
@@ -98,10 +90,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
     )
     print(f"   calls in flight (mean):  {args.jobs / elapsed * latency_s:8.0f}  (N / batch time x latency)")
     print(f"   worker peak RSS:         {rss:8.0f} MB")
-    succeeded = batch.counts.get(JobStatus.SUCCEEDED, 0)
-    print(f"   check: {succeeded:,}/{args.jobs:,} succeeded")
-    if succeeded != args.jobs:
-        raise SystemExit(f"only {succeeded} of {args.jobs} jobs succeeded: {batch.counts}")
+    check_all_succeeded(batch, args.jobs)
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ from throughput import DEFAULT_REDIS_URL, bench_settings, close_services, open_s
 
 from producer.client import Client
 from storage import keys
-from storage.jobs import JobStatus
+from storage.jobs import BatchRecord, JobStatus, NewJob
 from storage.settings import Settings
 from storage.sql.schema import attempts, jobs
 
@@ -146,6 +146,25 @@ def report(
             print(f"   {name} calls/s per 5 s: " + " ".join(f"{n / 5:.0f}" for n in per))
 
 
+async def timed_batch(client: Client, items: list[NewJob]) -> tuple[str, float]:
+    """Submit `items` as one batch and wait for its `batch.completed`: its id and the seconds from
+    the start of the submit."""
+    started = time.monotonic()
+    batch_id = await client.submit_batch(items)
+    async for event in client.events(batch_id):
+        if event.type == "batch.completed":
+            break
+    return batch_id, time.monotonic() - started
+
+
+def check_all_succeeded(batch: BatchRecord, jobs: int) -> None:
+    """Print the batch's check line; exit if a job did not succeed (a bench that loses jobs is void)."""
+    succeeded = batch.counts.get(JobStatus.SUCCEEDED, 0)
+    print(f"   check: {succeeded:,}/{jobs:,} succeeded")
+    if succeeded != jobs:
+        raise SystemExit(f"only {succeeded} of {jobs} jobs succeeded: {batch.counts}")
+
+
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: str) -> None:
     import httpx2  # noqa: PLC0415 - only this benchmark reads the sim's counters
 
@@ -158,12 +177,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, workers)
             client = Client(redis, store, settings)
-            started = time.monotonic()
-            batch_id = await client.submit_batch(prompts(args.jobs))
-            async for event in client.events(batch_id):
-                if event.type == "batch.completed":
-                    break
-            elapsed = time.monotonic() - started
+            batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
         waits = 0
         for n in range(len(limits)):
             waits += int(await redis.hget(keys.deployment(f"d{n}"), "waits") or 0)  # type: ignore[misc]
@@ -182,10 +196,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
         await close_services(redis, store)
 
     report(args, limits, elapsed, sim, Counts(deliveries or 0, most_runs or 0, calls or 0, waits))
-    succeeded = batch.counts.get(JobStatus.SUCCEEDED, 0)
-    print(f"   check: {succeeded:,}/{args.jobs:,} succeeded")
-    if succeeded != args.jobs:
-        raise SystemExit(f"only {succeeded} of {args.jobs} jobs succeeded: {batch.counts}")
+    check_all_succeeded(batch, args.jobs)
 
 
 def main() -> None:
