@@ -143,8 +143,15 @@ class QualityBoard:
         level = shrink(dep.quality, n_all - n_cx, s_all - s_cx, self.strength)
         return QualityScore(dep.id, dep.quality, shrink(level, n_cx, s_cx, self.strength), n_cx)
 
-    def samples(self, deployment_id: str) -> int:
-        return self._by_deployment.get(deployment_id, (0, 0.0))[0]
+    def samples(self, deployment_id: str, capability: Capability | None = None) -> int:
+        """Scored answers of the deployment (of prompts of `capability`, when given)."""
+        if capability is None:
+            return self._by_deployment.get(deployment_id, (0, 0.0))[0]
+        return self._by_capability.get((deployment_id, capability), (0, 0.0))[0]
+
+    def capabilities(self, deployment_id: str) -> list[Capability]:
+        """The capabilities the deployment has evidence for, in `Capability` order."""
+        return [c for c in Capability if (deployment_id, c) in self._by_capability]
 
 
 def _add(into: dict[_K, tuple[int, float]], key: _K, t: Tally) -> None:

@@ -5,7 +5,7 @@ for `refresh_s` (5 s), then read again from Redis (`routeq:quality:tallies:<vers
 first reader after new evidence reads the `quality_tallies` table. Writers (`record`,
 `add_feedback`) commit the evidence, then bump `routeq:quality:version`: every process sees new
 evidence within `refresh_s`, and a reader racing a writer caches an old version's key that nobody
-reads again (see `storage.keys`).
+reads again (see `storage.keys`). Without Redis (a CLI with no ROUTEQ_REDIS_URL) it reads SQL.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class FleetQuality:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | None,
         store: Store,
         *,
         strength: float,
@@ -63,14 +63,18 @@ class FleetQuality:
         return board
 
     async def _read(self) -> QualityBoard:
-        version = int(await self._redis.get(keys.QUALITY_VERSION) or 0)
-        key = keys.quality_tallies(version)
-        raw = await self._redis.get(key)
-        if raw is not None:
-            tallies = _decode(raw)
-        else:
+        redis = self._redis
+        if redis is None:
             tallies = await self._store.quality.tallies()
-            await self._redis.set(key, _encode(tallies), ex=keys.QUALITY_TALLIES_TTL_S)
+        else:
+            version = int(await redis.get(keys.QUALITY_VERSION) or 0)
+            key = keys.quality_tallies(version)
+            raw = await redis.get(key)
+            if raw is not None:
+                tallies = _decode(raw)
+            else:
+                tallies = await self._store.quality.tallies()
+                await redis.set(key, _encode(tallies), ex=keys.QUALITY_TALLIES_TTL_S)
         self._board = QualityBoard(tallies, strength=self.strength)
         self._until = self._clock() + self.refresh_s
         return self._board
@@ -89,7 +93,8 @@ class FleetQuality:
         return made
 
     async def _changed(self) -> None:
-        await self._redis.incr(keys.QUALITY_VERSION)
+        if self._redis is not None:
+            await self._redis.incr(keys.QUALITY_VERSION)
         self._until = 0.0  # this process reads the new tallies at its next plan
 
 

@@ -5,6 +5,7 @@ workers.py    worker
 tools.py      sim, catalog, migrate
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
+quality.py    feedback, quality
 serving.py    serve, keys ...
 reporting.py  what the commands show: the progress bar, status and summary tables
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from producer.cli import admin, batches, cache, serving, tools, workers
+from producer.cli import admin, batches, cache, quality, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -32,6 +33,8 @@ for command in (
     batches.watch,
     batches.cancel,
     batches.requeue,
+    quality.feedback,
+    quality.quality,
     workers.worker,
     tools.migrate,
     serving.serve,
