@@ -10,10 +10,12 @@ import pytest
 
 from producer.client import Client
 from router_core.errors import InvalidRequestError
+from router_core.fleet import Forced
 from router_core.models import Capability, ChatRequest, Complexity, Message, Preferences
 from router_core.planner import build_plan
 from router_core.quality import Evidence, QualityBoard, Tally, evidence_for, shrink, tallies_from
 from storage.errors import NotFoundError
+from storage.fleet.state import RedisFleetState
 from storage.jobs import JobStatus, NewJob
 from storage.quality import FleetQuality
 from storage.sql.quality import ScoredAnswer, rating_score
@@ -148,3 +150,20 @@ async def test_other_processes_see_new_evidence_once_their_board_is_due(backend:
     assert not await reader.board()  # planned with what it read, for refresh_s
     now[0] = 5.0
     assert (await reader.board()).samples("a") == 1
+
+
+async def test_client_plan_sees_forced_states_and_learned_scores(backend: Backend) -> None:
+    catalog = make_catalog(TRIO)
+    redis = await backend.redis()
+    plans = Client(redis, backend.store, backend.settings, tenant="acme")
+    request = chat(strategy="quality")
+    assert (await plans.plan(request, catalog=catalog)).primary.deployment == "smart-c"
+
+    await RedisFleetState(redis).force("smart-c", Forced.DOWN)
+    answers = [ScoredAnswer("judge", f"j{i}", Evidence("cheap-a", GENERAL, LOW, 1.0)) for i in range(50)]
+    await FleetQuality(redis, backend.store, strength=10).record(answers)
+    plan = await plans.plan(request, catalog=catalog)
+    assert [(e.deployment, e.reason.value) for e in plan.excluded] == [("smart-c", "forced_down")]
+    assert plan.primary.deployment == "cheap-a"  # learned 0.93 > fast-b's prior 0.75
+    assert (plan.primary.quality_source, plan.primary.quality_samples) == ("learned", 50)
+    assert await redis.zcard(backend.settings.queue_name) == 0  # a plan queues nothing

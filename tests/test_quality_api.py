@@ -133,3 +133,29 @@ async def test_the_cli_rates_lists_and_shows_quality(
     table = await asyncio.to_thread(invoke, "quality")
     assert "learned" in table.output
     assert "prior" in table.output
+
+
+async def test_route_previews_the_plan_and_queues_nothing(api: LiveApi) -> None:
+    prompt = [{"role": "user", "content": "Name a lighthouse"}]
+    async with await client(api, "acme") as acme:
+        body = {"model": "auto", "messages": prompt, "preferences": {"strategy": "quality"}}
+        view = (await acme.post("/v1/route", json=body)).json()
+        assert view["routable"]
+        assert [c["deployment"] for c in view["candidates"]] == ["smart-c", "fast-b", "cheap-a"]
+        assert view["primary"]["deployment"] == "smart-c"
+        assert (view["primary"]["quality"], view["primary"]["quality_source"]) == (0.95, "prior")
+        assert view["primary"]["estimated_cost_usd"] > 0
+
+        strict = {"model": "auto", "messages": prompt, "preferences": {"min_quality": 0.99}}
+        none = (await acme.post("/v1/route", json=strict)).json()
+        assert not none["routable"]
+        assert {e["reason"] for e in none["excluded"]} == {"below_quality"}
+        assert "min_quality" in none["message"]
+
+        bad = await acme.post(
+            "/v1/route", json={"model": "auto", "messages": prompt, "preferences": {"strategy": 1}}
+        )
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"] == "preferences.strategy"
+    redis = await api.backend.redis()
+    assert await redis.zcard(api.backend.settings.queue_name) == 0

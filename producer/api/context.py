@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request
@@ -57,6 +57,10 @@ class ApiContext:
         )
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
+
+    def planning(self) -> dict[str, Any]:
+        """What `producer.planning.preview` needs besides the request and catalog."""
+        return {"settings": self.settings, "store": self.store, "redis": self.redis, "quality": self.quality}
 
     def client(self, tenant: str, user: str) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""

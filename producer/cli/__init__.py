@@ -6,6 +6,7 @@ tools.py      sim, catalog, migrate
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
 quality.py    feedback, quality
+planning.py   plan (route without running)
 serving.py    serve, keys ...
 reporting.py  what the commands show: the progress bar, status and summary tables
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from producer.cli import admin, batches, cache, quality, serving, tools, workers
+from producer.cli import admin, batches, cache, planning, quality, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -33,6 +34,7 @@ for command in (
     batches.watch,
     batches.cancel,
     batches.requeue,
+    planning.plan,
     quality.feedback,
     quality.quality,
     workers.worker,
