@@ -27,6 +27,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:flight:<t>:<hash>     | string  | lease; then done mark, 30 s   | workers (cache)       |
 | routeq:flight:<t>:<hash>:waiting | string | with the flight             | workers (cache)       |
 | routeq:flight-done:<t>:<hash> | pub/sub | -                            | workers (cache)       |
+| routeq:ratelimit:<scope>:<kind> | hash | until its bucket is full again | the API (rate limits) |
 | routeq:quality:version       | string  | permanent (a counter)         | evidence writers      |
 | routeq:quality:tallies:<v>   | string  | QUALITY_TALLIES_TTL_S         | quality readers       |
 
@@ -96,6 +97,7 @@ __all__ = [
     "name_of_key_part",
     "quality_tallies",
     "queue_wake_channel",
+    "rate_bucket",
 ]
 
 PREFIX = "routeq:"
@@ -235,3 +237,10 @@ def flight_done_channel(tenant: str, request_hash: str) -> str:
 def quality_tallies(version: int) -> str:
     """The quality tallies as of evidence version `version` (JSON)."""
     return f"{PREFIX}quality:tallies:{version}"
+
+
+def rate_bucket(scope: str, kind: str) -> str:
+    """A rate limit's token bucket (`level`, `at`): scope `key:<id>` or `tenant:<name>`, kind
+    `requests` or `tokens` (storage.fleet.ratelimits)."""
+    kind_of, _, name = scope.partition(":")
+    return f"{PREFIX}ratelimit:{kind_of}:{key_part(name)}:{kind}"

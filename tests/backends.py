@@ -132,7 +132,7 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
             await conn.execute(
                 text(
                     "TRUNCATE feedback, quality_evidence, quality_tallies, cache_vectors, cache_policies, "
-                    "ledger, attempts, jobs, batches, files, api_keys, idempotency_keys"
+                    "tenant_limits, ledger, attempts, jobs, batches, files, api_keys, idempotency_keys"
                 )
             )
         backend = Backend(name, settings, store)

@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
+from storage.fleet.ratelimits import UNLIMITED, RateLimits
 
 __all__ = ["Admin", "Caller", "Operator", "Principal", "admin", "caller", "operator"]
 
@@ -34,6 +35,7 @@ class Principal:
     admin: bool  # administers `tenant`
     key_id: str | None  # None in dev mode
     operator: bool = False  # acts on the whole fleet, every tenant
+    limits: RateLimits = UNLIMITED  # the key's own rate limits (producer/api/ratelimit.py)
 
 
 async def caller(
@@ -59,7 +61,9 @@ async def caller(
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = Principal(key.tenant, key.user_id, key.admin, key.id, operator=key.operator)
+    principal = Principal(
+        key.tenant, key.user_id, key.admin, key.id, operator=key.operator, limits=key.limits
+    )
     request.state.key_id = key.id  # for access logs: the key's id, never its secret
     return principal
 

@@ -25,6 +25,7 @@ from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
+from producer.api.ratelimit import admit
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import InputRules, ParsedInput, parse_lines, unstorable_values
 from producer.outputs import output_line
@@ -255,6 +256,7 @@ async def create_batch(
     if problems := list(unstorable_values(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
     key = idempotency_key(idempotency, "/v1/batches", body.model_dump(mode="json"), ctx.settings)
+    await admit(ctx, principal)
     client = ctx.client(principal.tenant, principal.user)
     if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
         await client.enqueue(earlier)  # what a Redis error left unqueued the first time

@@ -38,6 +38,7 @@ from producer.api.errors import (
     unavailable,
 )
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
+from producer.api.ratelimit import admit, request_tokens
 from producer.api.schemas import ChatCompletionBody
 from producer.chat_body import reference_problem
 from producer.client import Client
@@ -128,12 +129,14 @@ async def get_model(model: str, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/v1/route", summary="Route without running: the plan a worker would follow now")
-async def route(body: ChatCompletionBody, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
+async def route(body: ChatCompletionBody, principal: Caller, ctx: Ctx) -> dict[str, Any]:
     """The same body as a chat completion; nothing is queued and no provider is called. The answer
     lists the candidates in the order a worker would try them (estimated cost and latency, score,
     the quality used and on how many samples) and every excluded deployment with its reason;
     `routable: false` when none is left."""
-    return plan_view(await preview(_request(body, ctx), ctx.catalog, **ctx.planning()))
+    request = _request(body, ctx)
+    await admit(ctx, principal)
+    return plan_view(await preview(request, ctx.catalog, **ctx.planning()))
 
 
 @router.post(_ROUTE, summary="Create a routed chat completion", response_model=None)
@@ -148,6 +151,9 @@ async def chat_completions(
         message = "n > 1 cannot be streamed; ask without stream or with n=1"
         raise ApiError(400, message, param="n", code="invalid_request")
     request = _request(body, ctx)
+    limits = await admit(
+        ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens)
+    )
     client = ctx.client(principal.tenant, principal.user)
     key = idempotency_key(idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings)
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
@@ -166,7 +172,7 @@ async def chat_completions(
         raise unavailable(exc, job_id=job_id) from exc
     if job.status != JobStatus.SUCCEEDED:
         raise job_failure(job)
-    return JSONResponse(_answer(job), headers=_routing_headers(job))
+    return JSONResponse(_answer(job), headers=_routing_headers(job) | limits)
 
 
 def _wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:

@@ -17,6 +17,7 @@ from storage.bus.notifier import Notifier
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
+from storage.fleet.ratelimits import RateLimiter, RateLimits
 from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
 from storage.quality import FleetQuality
@@ -39,6 +40,9 @@ class ApiContext:
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
     quality: FleetQuality = field(init=False)
+    limiter: RateLimiter = field(init=False)
+    # Tenants' rate limits read from SQL, each kept a few seconds: tenant -> (until, limits).
+    tenant_limits: dict[str, tuple[float, RateLimits]] = field(init=False, default_factory=dict)
     rules: InputRules = field(init=False)
     # One subscription for every waiting request of this app (chat completions, streamed pieces).
     notifier: Notifier = field(init=False)
@@ -49,6 +53,7 @@ class ApiContext:
         self.notifier = Notifier(self.redis)
         self.relay = StreamRelay(self.redis, notifier=self.notifier)
         self.metrics = Metrics()
+        self.limiter = RateLimiter(self.redis)
         self.quality = FleetQuality(
             self.redis,
             self.store,

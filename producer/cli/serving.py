@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from producer.cli._common import execute, finite_usd, load_settings, with_redis
+from producer.cli._common import execute, finite_usd, load_settings, with_redis, with_store
 from storage.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -25,6 +25,12 @@ __all__ = ["keys_app", "serve"]
 console = Console()
 err_console = Console(stderr=True)
 keys_app = typer.Typer(help="API keys of the HTTP API: each bound to a tenant and user.")
+
+RpmOpt = Annotated[int | None, typer.Option(min=1, help="Requests per minute, fleet-wide.")]
+TpmOpt = Annotated[
+    int | None, typer.Option(min=1, help="Tokens per minute (prompt estimate + max_tokens), fleet-wide.")
+]
+BurstOpt = Annotated[int | None, typer.Option(min=1, help="Requests at once (default: one minute's rpm).")]
 
 Host = Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to accept other machines).")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
@@ -93,17 +99,22 @@ def create_key(
             "--budget", min=0, callback=finite_usd, help="The user's spend cap in USD (fleet-wide)."
         ),
     ] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    burst: BurstOpt = None,
 ) -> None:
     """Make a key and print its secret once: only its SHA-256 is stored."""
+    from storage.fleet.ratelimits import RateLimits  # noqa: PLC0415 - start-up: imported on use
     from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
+    limits = RateLimits(rpm, tpm, burst)
 
     async def go() -> str:
         store = await Store.open(settings.database_url)
         try:
             key, secret = await store.api_keys.create(
-                tenant=tenant, user_id=user, name=name, admin=admin, operator=operator
+                tenant=tenant, user_id=user, name=name, admin=admin, operator=operator, limits=limits
             )
         finally:
             await store.close()
@@ -116,6 +127,43 @@ def create_key(
     secret = execute(go())
     console.print("secret (shown once, store it now):")
     print(secret)
+
+
+@keys_app.command("limit")
+def limit_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...), as `routeq keys list` shows.")],
+    *,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    burst: BurstOpt = None,
+) -> None:
+    """Set a key's rate limits, fleet-wide, from its next request; a limit left out is lifted."""
+    from storage.fleet.ratelimits import RateLimits  # noqa: PLC0415 - start-up: imported on use
+
+    limits = RateLimits(rpm, tpm, burst)
+    key = execute(with_store(load_settings(), lambda store: store.api_keys.set_limits(key_id, limits)))
+    console.print(f"key {key.id}: {_limits_text(key.limits.as_json())}", markup=False)
+
+
+@keys_app.command("tenant-limit")
+def limit_tenant(
+    tenant: Annotated[str, typer.Argument(help="The tenant: its limits hold over all its keys.")],
+    *,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    burst: BurstOpt = None,
+) -> None:
+    """Set a tenant's rate limits over all its keys (besides each key's own); a limit left out is lifted."""
+    from storage.fleet.ratelimits import RateLimits  # noqa: PLC0415 - start-up: imported on use
+
+    limits = RateLimits(rpm, tpm, burst)
+    execute(with_store(load_settings(), lambda store: store.api_keys.set_tenant_limits(tenant, limits)))
+    console.print(f"tenant {tenant}: {_limits_text(limits.as_json())}", markup=False)
+
+
+def _limits_text(limits: dict[str, int | None]) -> str:
+    shown = [f"{name} {value}" for name, value in limits.items() if value is not None]
+    return ", ".join(shown) or "no rate limits"
 
 
 async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: float) -> None:

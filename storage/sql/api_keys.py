@@ -22,9 +22,10 @@ from sqlalchemy import Row, RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
+from storage.fleet.ratelimits import UNLIMITED, RateLimits
 from storage.jobs import aware, new_id
 from storage.sql.database import Database
-from storage.sql.schema import api_keys
+from storage.sql.schema import api_keys, tenant_limits
 
 __all__ = ["KEY_PREFIX", "ApiKey", "ApiKeys", "hash_secret"]
 
@@ -50,6 +51,7 @@ class ApiKey:
     operator: bool
     created_at: datetime
     revoked_at: datetime | None
+    limits: RateLimits = UNLIMITED
 
     @property
     def active(self) -> bool:
@@ -66,14 +68,18 @@ _COLUMNS = (
     api_keys.c.operator,
     api_keys.c.created_at,
     api_keys.c.revoked_at,
+    api_keys.c.rpm,
+    api_keys.c.tpm,
+    api_keys.c.burst,
 )
+_LIMITS = ("rpm", "tpm", "burst")
 
 
 def _record(row: RowMapping) -> ApiKey:
-    values = {c.name: row[c.name] for c in _COLUMNS}
+    values = {c.name: row[c.name] for c in _COLUMNS if c.name not in _LIMITS}
     values["created_at"] = aware(values["created_at"])
     values["revoked_at"] = aware(values["revoked_at"])
-    return ApiKey(**values)
+    return ApiKey(**values, limits=RateLimits(*(row[name] for name in _LIMITS)))
 
 
 class ApiKeys:
@@ -81,6 +87,7 @@ class ApiKeys:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._new_tenant = db.insert_ignoring_duplicates(tenant_limits)
 
     async def create(
         self,
@@ -90,6 +97,7 @@ class ApiKeys:
         name: str | None = None,
         admin: bool = False,
         operator: bool = False,
+        limits: RateLimits = UNLIMITED,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret; the secret is not stored and cannot be shown again.
 
@@ -106,8 +114,10 @@ class ApiKeys:
             operator=operator,
             created_at=datetime.now(UTC),
             revoked_at=None,
+            limits=limits,
         )
-        row = {c.name: getattr(key, c.name) for c in _COLUMNS} | {"key_hash": hash_secret(secret)}
+        row = {c.name: getattr(key, c.name) for c in _COLUMNS if c.name not in _LIMITS}
+        row |= {"key_hash": hash_secret(secret), **limits.columns()}
 
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(api_keys.insert(), row)
@@ -132,6 +142,36 @@ class ApiKeys:
             query = query.where(api_keys.c.tenant == tenant)
         async with self._db.reading() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]
+
+    async def set_limits(self, key_id: str, limits: RateLimits) -> ApiKey:
+        """Replace a key's rate limits (None: no limit). Raises `NotFoundError`."""
+
+        async def write(conn: AsyncConnection) -> Row[Any] | None:
+            mine = update(api_keys).where(api_keys.c.id == key_id)
+            return (await conn.execute(mine.values(**limits.columns()).returning(*_COLUMNS))).first()
+
+        row = await self._db.writes.run(write)
+        if row is None:
+            raise NotFoundError("API key", key_id)
+        return _record(row._mapping)
+
+    async def tenant_limits(self, tenant: str) -> RateLimits:
+        """The tenant's limits over all its keys (none set: no limit)."""
+        query = select(tenant_limits.c.rpm, tenant_limits.c.tpm, tenant_limits.c.burst)
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query.where(tenant_limits.c.tenant == tenant))).first()
+        return RateLimits() if row is None else RateLimits(row.rpm, row.tpm, row.burst)
+
+    async def set_tenant_limits(self, tenant: str, limits: RateLimits) -> None:
+        """Replace the tenant's limits (all None: none)."""
+        now = datetime.now(UTC)
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(self._new_tenant.values(tenant=tenant, updated_at=now))
+            mine = update(tenant_limits).where(tenant_limits.c.tenant == tenant)
+            await conn.execute(mine.values(updated_at=now, **limits.columns()))
+
+        await self._db.writes.run(write)
 
     async def revoke(self, key_id: str) -> ApiKey:
         """Revoke a key by id (its secret stops working at once). Raises `NotFoundError`."""

@@ -48,6 +48,7 @@ __all__ = [
     "metadata",
     "quality_evidence",
     "quality_tallies",
+    "tenant_limits",
 ]
 
 
@@ -240,6 +241,10 @@ api_keys = Table(
     Column("operator", Boolean, nullable=False, default=False, server_default=false()),  # the whole fleet
     Column("created_at", _Time, nullable=False),
     Column("revoked_at", _Time),
+    # Request and token rates (per minute) and the burst a key may use, fleet-wide; NULL: no limit.
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("burst", Integer),  # requests allowed at once (the bucket's size); NULL: one minute's rpm
 )
 
 idempotency_keys = Table(
@@ -330,5 +335,16 @@ quality_tallies = Table(
     Column("complexity", String(16), primary_key=True),
     Column("samples", Integer, nullable=False),
     Column("total", Float, nullable=False),
+    Column("updated_at", _Time, nullable=False),
+)
+
+tenant_limits = Table(
+    "tenant_limits",
+    metadata,
+    # A tenant's request and token rates over all its keys (per minute), and its burst; NULL: none.
+    Column("tenant", String(128), primary_key=True),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("burst", Integer),
     Column("updated_at", _Time, nullable=False),
 )
