@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-from router_core.catalog import Deployment
 from router_core.classify import classify
 from router_core.models import Capability, ChatRequest, Complexity
+
+if TYPE_CHECKING:  # the catalog loads genai-prices: `routeq --help` and `status` must not
+    from router_core.catalog import Deployment
 
 __all__ = [
     "DEFAULT_STRENGTH",

@@ -1,6 +1,7 @@
 """The FastAPI application: `create_app(settings)`; `routeq serve` runs it on uvicorn.
 
     /v1/chat/completions                      OpenAI-compatible, plain or streamed    (chat.py)
+    /v1/messages                              Anthropic-compatible                    (messages.py)
     /v1/files, /v1/batches                    the OpenAI Batch API                    (batches.py)
     /v1/jobs, /v1/batches/{id}/jobs, events   routeq's own jobs and SSE events        (jobs.py)
     /v1/cache/stats, /v1/cache/clear, /v1/cache/policy   the response cache           (cache.py)
@@ -26,7 +27,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from producer.api import batches, cache, chat, jobs, observe, ops, quality
+from producer.api import batches, cache, chat, jobs, messages, observe, ops, quality
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
 from producer.api.limits import BodyLimit
@@ -89,7 +90,7 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    for module in (chat, batches, jobs, cache, quality, ops, observe):
+    for module in (chat, messages, batches, jobs, cache, quality, ops, observe):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

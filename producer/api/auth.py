@@ -43,17 +43,19 @@ async def caller(
     ctx: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The request's principal; 401 without a valid key (unless in dev mode)."""
+    """The request's principal; 401 without a valid key (unless in dev mode). The key comes as
+    `Authorization: Bearer` (OpenAI clients) or `x-api-key` (Anthropic clients)."""
     if ctx.settings.api_dev_mode:
         return Principal(ctx.settings.tenant, ctx.settings.user, admin=True, key_id=None, operator=True)
-    if credentials is None or not credentials.credentials:
+    secret = credentials.credentials if credentials is not None else request.headers.get("x-api-key")
+    if not secret:
         raise ApiError(
             401,
             "missing API key: send `Authorization: Bearer <key>` (make one with `routeq keys create`)",
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = await ctx.store.api_keys.authenticate(credentials.credentials)
+    key = await ctx.store.api_keys.authenticate(secret)
     if key is None:
         raise ApiError(
             401,

@@ -49,7 +49,7 @@ from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
 from storage.bus.relay import Piece
-from storage.jobs import FailureCode, JobFailure, JobRecord, JobStatus
+from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
 __all__ = ["job_failure", "router"]
 
@@ -78,9 +78,12 @@ def _routing_headers(job: JobRecord) -> dict[str, str]:
 
 
 def _request(body: ChatCompletionBody, ctx: ApiContext) -> ChatRequest:
-    request, problems = parse_chat_body(
-        body.model_dump(exclude_unset=True, mode="json"), ctx.settings.request_limits()
-    )
+    return checked_request(body.model_dump(exclude_unset=True, mode="json"), ctx)
+
+
+def checked_request(fields: dict[str, Any], ctx: ApiContext) -> ChatRequest:
+    """A chat completion body as a request the catalog can serve, or the 400/404 naming the field."""
+    request, problems = parse_chat_body(fields, ctx.settings.request_limits())
     if request is None:
         message = "; ".join(problems)
         raise ApiError(400, message, param=first_field(message), code="invalid_request")
@@ -159,11 +162,23 @@ async def chat_completions(
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
     created = await client.create_single(request, stream=body.stream, idempotency=key)
     job_id = created.job_ids[0]
-    try:
-        await client.enqueue(created)
-        if body.stream:
+    if body.stream:
+        try:
+            await client.enqueue(created)
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return await _stream(ctx, client, job_id, request, include_usage)
+        except INFRASTRUCTURE_ERRORS as exc:
+            raise unavailable(exc, job_id=job_id) from exc
+    job = await run_and_wait(ctx, client, created)
+    return JSONResponse(_answer(job), headers=_routing_headers(job) | limits)
+
+
+async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -> JobRecord:
+    """Queue a one-job batch and wait for its job to succeed; an error answer naming the job if it
+    failed, did not finish within ROUTEQ_API_WAIT_TIMEOUT_S, or Redis or SQL would not answer."""
+    job_id = created.job_ids[0]
+    try:
+        await client.enqueue(created)
         async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
             job = await client.wait(job_id)
     except TimeoutError:
@@ -172,7 +187,7 @@ async def chat_completions(
         raise unavailable(exc, job_id=job_id) from exc
     if job.status != JobStatus.SUCCEEDED:
         raise job_failure(job)
-    return JSONResponse(_answer(job), headers=_routing_headers(job) | limits)
+    return job
 
 
 def _wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
