@@ -6,25 +6,28 @@ embedded stack (and so `workers`), and FastAPI only with `--serve`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 from rich.console import Console
 
-from producer.cli._common import execute, finite_usd, load_settings, with_client, with_store
-from router_core.errors import ConfigError
-from router_core.redact import mask_url
+from producer.cli._common import (
+    execute,
+    fail,
+    finite_usd,
+    load_catalog_or_exit,
+    load_settings,
+    with_client,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from producer.client import Client, SubmitProgress
     from producer.inputs import InputRules, LineError, ParsedInput
     from storage.bus.events import Event
-    from storage.jobs import NewJob
     from storage.settings import Settings
     from storage.sql.store import Store
 
@@ -50,19 +53,12 @@ def _input_rules(settings: Settings) -> InputRules:
     """The settings' limits and the catalog the workers route with: a line naming an unknown model
     or deployment is refused at submission, by line and field."""
     from producer.inputs import InputRules  # noqa: PLC0415 - pydantic models of requests, on use
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - pydantic models of deployments, on use
 
-    try:
-        catalog = load_catalog(settings.catalog_path)
-    except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
-    return InputRules.from_settings(settings, catalog)
+    return InputRules.from_settings(settings, load_catalog_or_exit())
 
 
 def _cannot_read(path: Path, exc: OSError) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
-    return typer.Exit(2)
+    return fail(f"cannot read {path}: {exc.strerror or exc}")
 
 
 def _report_input(path: Path, errors: Sequence[LineError], lines_read: int, valid: int) -> None:
@@ -76,8 +72,7 @@ def _report_input(path: Path, errors: Sequence[LineError], lines_read: int, vali
             f"the other {valid} run.[/yellow]"
         )
     if not valid:
-        err_console.print(f"[red]error:[/red] {path} has no valid lines to run")
-        raise typer.Exit(1)
+        raise fail(f"{path} has no valid lines to run", code=1)
 
 
 def _read_input(path: Path, settings: Settings) -> ParsedInput:
@@ -93,21 +88,25 @@ def _read_input(path: Path, settings: Settings) -> ParsedInput:
     return parsed
 
 
-def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]]]:
-    from storage.jobs import NewJob  # noqa: PLC0415 - pydantic models of requests, on use
-
-    items = [NewJob(item.custom_id, item.request) for item in parsed.items]
-    invalid = [dataclasses.asdict(e) for e in parsed.errors]
-    return items, invalid
-
-
 def run(
-    file: FileArg,
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.", show_default=False),
+    ] = None,
+    *,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Results JSONL path.")] = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
     ] = None,
     budget: BudgetOpt = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="BATCH_ID",
+            help="Run what an interrupted `routeq run` left (instead of a FILE); finished jobs stay done.",
+        ),
+    ] = None,
     serve: Annotated[
         int | None,
         typer.Option(
@@ -119,65 +118,25 @@ def run(
 ) -> None:
     """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file.
 
+    Ctrl-C stops taking jobs and lets running ones finish (Ctrl-C again stops them too); the rest
+    stay queued in the database for `routeq run --resume BATCH_ID`.
     With `--serve PORT` the same in-process stack then serves the HTTP API (OpenAI-compatible
     chat completions and Batch API, results, events) until Ctrl-C, without API keys.
     """
-    from producer.cli.embedded import embedded_client  # noqa: PLC0415 - imports workers: `run` only
-    from producer.cli.reporting import (  # noqa: PLC0415 - start-up: imported on use
-        cache_line,
-        follow_with_progress,
-        summary_table,
-    )
-    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.running import RunOptions, run_embedded  # noqa: PLC0415 - imports workers: `run` only
 
+    if (file is None) == (resume is None):
+        raise fail("give the FILE to run, or --resume BATCH_ID to finish an interrupted run (not both)")
+    if resume is not None and budget is not None:
+        raise fail("--budget is set when a batch is made; a resumed batch keeps its own")
     settings = load_settings()
-    parsed = _read_input(file, settings)
+    parsed = _read_input(file, settings) if file is not None else None
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
-
-    async def go() -> int | None:
-        """Run the batch (then serve, with --serve); the signal that stopped the server, if any."""
-        async with embedded_client(settings) as embedded:
-            client = embedded.client
-            items, invalid = _batch_items(parsed)
-            started = time.perf_counter()
-            batch_id = await client.submit_batch(
-                items, name=file.name, invalid_lines=invalid, budget_usd=budget
-            )
-            batch = await client.batch(batch_id)
-            mode = (
-                "in-process Redis" if settings.redis_url is None else f"Redis {mask_url(settings.redis_url)}"
-            )
-            database = mask_url(settings.database_url)
-            console.print(f"batch [bold]{batch_id}[/bold]: {batch.total} jobs · {mode} · {database}")
-            await embedded.until(follow_with_progress(client, batch, console))
-            elapsed = time.perf_counter() - started
-            summary = await client.store.batches.summary(batch_id)
-            console.print(summary_table(summary))
-            if (cached := cache_line(summary)) is not None:
-                console.print(cached, highlight=False)
-            path = output or Path(f"results-{batch_id}.jsonl")
-            written, _ = await write_results(path, client.results(batch_id))
-            console.print(
-                f"{batch.total} jobs in {elapsed:.1f}s ({batch.total / elapsed:.0f} jobs/s). "
-                f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
-            )
-            if serve is not None:
-                from producer.api import serve_app  # noqa: PLC0415 - FastAPI and uvicorn: --serve only
-
-                dev = settings.model_copy(update={"api_dev_mode": True})
-                console.print(
-                    f"HTTP API on http://127.0.0.1:{serve} (docs at /docs), dev mode without keys. "
-                    "Ctrl-C stops."
-                )
-                return await embedded.until(
-                    serve_app(dev, client.redis, client.store, host="127.0.0.1", port=serve)
-                )
-        return None
-
-    stopped_by = execute(go())
-    if stopped_by is not None:  # everything is closed: exit as the signal would have (130 for Ctrl-C)
-        raise typer.Exit(128 + stopped_by)
+    options = RunOptions(file=file, parsed=parsed, resume=resume, output=output, budget=budget, serve=serve)
+    exit_code = execute(run_embedded(settings, options, console))
+    if exit_code:  # everything is closed: exit as the signal would have (130 for Ctrl-C)
+        raise typer.Exit(exit_code)
 
 
 def submit(
