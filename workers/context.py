@@ -76,18 +76,18 @@ class WorkerContext:
 
     def record(self, *, running: int = 0) -> str:
         """This worker's entry in `routeq:workers`, as of now, with the jobs it runs (see `worker_record`)."""
-        return worker_record(self.started, running=running)
+        return registry.worker_record(self.started, running=running, simulated=self.runner.simulated)
 
     async def close(self) -> None:
         """Close what start-up opened: metrics port, `routeq:workers` entry, SDK clients, own store."""
         await self.opened.aclose()
 
 
-def worker_record(started: float, *, running: int = 0) -> str:
+def worker_record(started: float, *, running: int = 0, simulated: frozenset[str] = frozenset()) -> str:
     """A worker's entry in `routeq:workers`, written at start and with every lease renewal.
 
     The format is `storage.bus.registry`'s: `routeq workers` and the API read it there."""
-    return registry.worker_record(started, running=running)
+    return registry.worker_record(started, running=running, simulated=simulated)
 
 
 def worker_context(ctx: Mapping[str, Any]) -> WorkerContext:

@@ -129,7 +129,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             carry_max_bytes=settings.carry_request_max_bytes,
         )
         started = time.time()
-        await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]
+        await redis.hset(keys.WORKERS, worker_id, worker_record(started, simulated=simulated))  # type: ignore[misc]
         opened.push_async_callback(_unregister, redis, worker_id)
         # Every worker takes its turn looking for jobs arq dropped (one at a time: a Redis lock).
         sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id, runner=runner)
@@ -150,7 +150,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             if server is not None:
                 opened.push_async_callback(server.close)
         logger.info(
-            "routeq worker %s ready: %d deployments (%s), database %s",
+            "routeq worker %s ready: %d deployments, %s, database %s",
             worker_id,
             len(router.catalog),
             simulated_note(router.catalog, simulated, settings.simulate),

@@ -7,6 +7,7 @@ the entry with their job leases; the queue is arq's sorted set. Both are read th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -21,11 +22,43 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from storage.bus.registry import QueueStats, WorkerEntry
+    from storage.settings import Settings
 
-__all__ = ["queue", "workers"]
+__all__ = ["NO_WORKER_GRACE_S", "queue", "until_no_live_worker", "workers"]
 
 console = Console(emoji=False, highlight=False)
 _HINT = "Workers and the queue live in the fleet's Redis: set ROUTEQ_REDIS_URL to it."
+
+
+# `submit --wait` gives up after the registry has shown no live worker for this long: enough for a
+# worker started next to it to register, short enough that nobody waits on nothing for long.
+NO_WORKER_GRACE_S = 3.0
+_CHECK_EVERY_S = 1.0
+
+
+async def until_no_live_worker(
+    redis: Redis, settings: Settings, *, grace_s: float = NO_WORKER_GRACE_S
+) -> None:
+    """Return once `routeq:workers` has shown no live worker for `grace_s` seconds (else never).
+
+    Run next to a wait on a batch: nobody is left waiting for jobs that no process will run.
+    """
+    from storage.bus.registry import registered_workers  # noqa: PLC0415 - redis: on use
+
+    grace_s = NO_WORKER_GRACE_S if grace_s is None else grace_s
+    missing_since: float | None = None
+    while True:
+        now = time.time()
+        live = any(
+            e.is_live(job_lease_s=settings.job_lease_s, now=now) for e in await registered_workers(redis)
+        )
+        if live:
+            missing_since = None
+        elif missing_since is None:
+            missing_since = time.monotonic()
+        if missing_since is not None and time.monotonic() - missing_since >= grace_s:
+            return
+        await asyncio.sleep(_CHECK_EVERY_S)
 
 
 def _ago(seconds: float) -> str:
@@ -55,12 +88,12 @@ def workers(as_json: JsonFlag = False) -> None:
         console.print("no worker registered: start one with `routeq worker`")
         return
     table = Table(title=f"workers ({sum(v['live'] for v in views)} live)", title_justify="left")
-    for column in ("host", "pid", "started", "last seen", "running", "id"):
+    for column in ("host", "pid", "started (UTC)", "last seen", "running"):
         table.add_column(column, justify="right" if column in ("pid", "running") else "left")
     for entry, view in zip(found, views, strict=True):
         seen = _ago(view["last_seen_s_ago"]) + ("" if view["live"] else " [red](stale)[/red]")
-        started = datetime.fromtimestamp(entry.started, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(escape(entry.host), str(entry.pid), started, seen, str(entry.running), escape(entry.id))
+        started = datetime.fromtimestamp(entry.started, UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(escape(entry.host), str(entry.pid), started, seen, str(entry.running))
     console.print(table)
     if any(not v["live"] for v in views):
         console.print(

@@ -1,6 +1,7 @@
 """Who works and what waits, read for operators: the worker registry and the arq queue.
 
-    routeq:workers   hash: worker id -> JSON {host, pid, started, seen, running}; a worker writes
+    routeq:workers   hash: worker id -> JSON {host, pid, started, seen, running, simulated}: the
+                     deployments it serves from the simulated world; a worker writes
                      its entry at start and with every lease renewal (a third of `job_lease_s`),
                      and deletes it on shut-down. One killed without shutting down stays until it is
                      older than three leases (`is_live` is False; the metrics refresh deletes it).
@@ -18,6 +19,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +34,16 @@ __all__ = ["QueueStats", "WorkerEntry", "queue_stats", "registered_workers", "wo
 STALE_AFTER_LEASES = 3
 
 
-def worker_record(started: float, *, running: int = 0) -> str:
-    """This process's entry in `routeq:workers`, as of now: host, pid, start, last seen, jobs running."""
+def worker_record(started: float, *, running: int = 0, simulated: Collection[str] = ()) -> str:
+    """This process's entry in `routeq:workers`, as of now: host, pid, start, last seen, jobs running,
+    and which deployments it serves from the simulated world (its environment decides: API keys)."""
     info = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": started,
         "seen": time.time(),
         "running": running,
+        "simulated": sorted(simulated),
     }
     return json.dumps(info)
 
@@ -54,6 +58,7 @@ class WorkerEntry:
     started: float
     seen: float
     running: int
+    simulated: frozenset[str] | None  # None: a worker older than the field did not say
 
     def is_live(self, *, job_lease_s: float, now: float) -> bool:
         """Seen within three leases: a live worker renews its entry every third of a lease."""
@@ -69,6 +74,7 @@ class WorkerEntry:
             "last_seen_s_ago": round(max(0.0, now - self.seen), 1),
             "running": self.running,
             "live": self.is_live(job_lease_s=job_lease_s, now=now),
+            "simulated": None if self.simulated is None else sorted(self.simulated),
         }
 
 
@@ -82,6 +88,7 @@ def _entry(worker_id: str, raw: str) -> WorkerEntry | None:
             started=float(record["started"]),
             seen=float(record["seen"]),
             running=int(record.get("running", 0)),  # entries of workers older than the field
+            simulated=frozenset(map(str, record["simulated"])) if "simulated" in record else None,
         )
     except (ValueError, KeyError, TypeError):  # an entry nobody can read is no worker to show
         return None
