@@ -36,10 +36,9 @@ NO_WORKER_GRACE_S = 3.0
 _CHECK_EVERY_S = 1.0
 
 
-async def until_no_live_worker(
-    redis: Redis, settings: Settings, *, grace_s: float = NO_WORKER_GRACE_S
-) -> None:
-    """Return once `routeq:workers` has shown no live worker for `grace_s` seconds (else never).
+async def until_no_live_worker(redis: Redis, settings: Settings, *, grace_s: float | None = None) -> None:
+    """Return once `routeq:workers` has shown no live worker for `grace_s` (default
+    `NO_WORKER_GRACE_S`) seconds; never while one is live.
 
     Run next to a wait on a batch: nobody is left waiting for jobs that no process will run.
     """

@@ -130,6 +130,7 @@ async def _start(embedded: Embedded, options: RunOptions, console: Console) -> s
             f"resuming {batch.id}: {batch.done} of {batch.total} jobs already finished, "
             f"{requeued} queued again",
             highlight=False,
+            soft_wrap=True,
         )
         return batch.id
     # The command checked that it has a file or a batch to resume.
@@ -152,6 +153,7 @@ async def _interrupted(
             f"stopping: {running} running jobs get up to {settings.shutdown_grace_s}s to finish "
             "(Ctrl-C again to stop them now)",
             highlight=False,
+            soft_wrap=True,
         )
     handed_back = await embedded.stop_work(grace_s=settings.shutdown_grace_s, hurry=ctrl_c.second)
     batch = await embedded.client.batch(batch_id)
