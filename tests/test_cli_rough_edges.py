@@ -263,3 +263,22 @@ async def test_a_running_worker_registers_what_it_runs_and_simulates(
     await backend.run_worker(before_shutdown=look)
     assert seen == [(os.getpid(), frozenset({"cheap-a", "fast-b", "smart-c"}))]
     assert "ready: 3 deployments, all simulated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ROUTEQ_SIMULATE", "sometimes", "ROUTEQ_SIMULATE: Input should be 'auto', 'always' or 'never'"),
+        ("ROUTEQ_WORKER_CONCURRENCY", "-3", "ROUTEQ_WORKER_CONCURRENCY: Input should be greater than"),
+        ("ROUTEQ_DATABASE_URL", "nonsense://", "cannot reach the database at nonsense://: no async driver"),
+        ("ROUTEQ_DATABASE_URL", "postgresql://u@h/d", "no async driver for 'postgresql'"),
+    ],
+)
+@pytest.mark.usefixtures("workdir")
+def test_bad_settings_are_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    result = runner.invoke(app, ["status", "batch_x"])
+    assert result.exit_code == 2
+    assert says in one_line(result.output)

@@ -95,10 +95,31 @@ def finite_usd(value: float | None) -> float | None:
 
 
 def load_settings() -> Settings:
-    """`Settings()` from the environment; pydantic-settings is imported only by commands that need it."""
+    """`Settings()` from the environment; pydantic-settings is imported only by commands that need it.
+
+    A bad value is one error line naming each variable and what it takes, not a traceback.
+    """
     from storage.settings import Settings  # noqa: PLC0415 - `routeq --help` reads no settings
 
-    return Settings()
+    return settings_or_exit(Settings)
+
+
+S = TypeVar("S")
+
+
+def settings_or_exit(make: Callable[[], S]) -> S:
+    """`make()` (a pydantic-settings class), or one line naming every bad ROUTEQ_ variable and exit 2."""
+    from pydantic import ValidationError  # noqa: PLC0415 - pydantic loads with the settings
+
+    try:
+        return make()
+    except ValidationError as exc:
+        problems = [
+            f"ROUTEQ_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            + (f" (got {error['input']!r})" if isinstance(error.get("input"), str | int | float) else "")
+            for error in exc.errors()
+        ]
+        raise fail("; ".join(problems) + "; fix the environment (or .env)", prefix="settings error") from None
 
 
 def execute(coro: Coroutine[Any, Any, T]) -> T:
@@ -116,7 +137,7 @@ def load_catalog_or_exit(path: Path | None = None) -> Catalog:
     from router_core.catalog import load_catalog  # noqa: PLC0415 - genai-prices: commands with a catalog
     from router_core.settings import RouterSettings  # noqa: PLC0415 - start-up: imported on use
 
-    configured = RouterSettings().catalog_path if path is None else None
+    configured = settings_or_exit(RouterSettings).catalog_path if path is None else None
     try:
         return load_catalog(path if path is not None else configured)
     except ConfigError as exc:

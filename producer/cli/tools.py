@@ -15,6 +15,7 @@ from producer.cli._common import (
     load_catalog_or_exit,
     load_settings,
     print_json,
+    settings_or_exit,
     with_store,
 )
 from router_core.redact import mask_url
@@ -53,7 +54,7 @@ def catalog(
     from router_core.simulated import simulated_ids, simulated_note  # noqa: PLC0415 - on use
 
     cat = load_catalog_or_exit(path)
-    mode = RouterSettings().simulate
+    mode = settings_or_exit(RouterSettings).simulate
     simulated = simulated_ids(cat, mode)
     if as_json:
         print_json(
