@@ -8,6 +8,7 @@ The sim answers in 30 s, so no job can finish before the interrupt; the test wai
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -16,11 +17,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from producer.cli import app
+from producer.cli.embedded import embedded_client
+from router_core.models import ChatRequest
+from router_core.settings import SimulateMode
+from storage.jobs import ANY_TENANT, JobStatus, NewJob, StartedJob
+from storage.settings import Settings
 
 JOBS = 12
 CONCURRENCY = 4
@@ -135,3 +142,41 @@ def test_ctrl_c_hands_running_jobs_back_and_resume_runs_each_job_once(
     assert sorted(re.findall(r'"custom_id": "(q\d+)"', "".join(written))) == sorted(
         f"q{n}" for n in range(JOBS)
     )
+
+
+async def test_the_first_ctrl_c_lets_running_jobs_finish_and_starts_no_other(tmp_path: Path) -> None:
+    """`Embedded.stop_work` with time to spare (no second Ctrl-C): the running jobs finish, no other
+    job starts, nothing is handed back."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG.format(latency_ms=300))
+    settings = Settings(
+        redis_url=None,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}",
+        catalog_path=catalog,
+        simulate=SimulateMode.ALWAYS,
+        worker_concurrency=CONCURRENCY,
+        cache=False,
+    )
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    async with embedded_client(settings) as embedded:
+        store = embedded.client.store  # the worker's too: it starts jobs through this one
+        all_running = asyncio.Event()
+        start = store.runs.start
+
+        async def counted_start(job_id: str, **kwargs: Any) -> Any:
+            started = await start(job_id, **kwargs)
+            if isinstance(started, StartedJob):
+                batch = await store.batches.get(started.batch_id, tenant=ANY_TENANT)
+                if batch.counts.get(JobStatus.RUNNING, 0) == CONCURRENCY:
+                    all_running.set()
+            return started
+
+        store.runs.start = counted_start  # type: ignore[method-assign]
+        batch_id = await embedded.client.submit_batch([NewJob(f"q{n}", request) for n in range(JOBS)])
+        async with asyncio.timeout(BOUND_S):  # a bound for a hang: the jobs start within milliseconds
+            await all_running.wait()
+        assert await embedded.stop_work(grace_s=BOUND_S, hurry=asyncio.Event()) == 0
+        after = (await store.batches.get(batch_id, tenant=ANY_TENANT)).counts
+    assert after.get(JobStatus.RUNNING, 0) == 0
+    assert after[JobStatus.SUCCEEDED] == CONCURRENCY  # the ones running when Ctrl-C came
+    assert after[JobStatus.QUEUED] == JOBS - CONCURRENCY  # none started after it
