@@ -25,9 +25,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from producer.inputs import MAX_CUSTOM_ID_LENGTH, LineError, ParsedInput, unstorable_values
-from router_core.errors import InvalidRequestError, RouteqError
+from router_core.catalog import Catalog, load_catalog
+from router_core.errors import InvalidRequestError, NoRouteError, RouteqError
 from router_core.limits import RequestLimits
-from router_core.models import ChatRequest
+from router_core.models import ChatRequest, Plan
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
 from storage.bus.notifier import Notifier
@@ -411,6 +412,23 @@ class Client:
             )
 
     # -- reading ---------------------------------------------------------------------------------
+
+    async def plan(self, request: ChatRequest, *, catalog: Catalog | None = None) -> Plan:
+        """The plan a worker would follow for `request` now (no job, no provider call): candidates
+        in order with their estimates and every exclusion with its reason. `catalog` defaults to
+        `settings.catalog_path`'s.
+
+        Raises:
+            NoRouteError: every deployment is excluded (`exclusions` says why each).
+            InvalidRequestError: `model` or `preferences.chain` names what the catalog lacks.
+        """
+        from producer.planning import preview  # noqa: PLC0415 - the planner's imports: only when planning
+
+        catalog = catalog or load_catalog(self.settings.catalog_path)
+        result = await preview(request, catalog, settings=self.settings, store=self.store, redis=self.redis)
+        if isinstance(result, NoRouteError):
+            raise result
+        return result
 
     async def get(self, job_id: str) -> JobRecord:
         """The job as stored now. Raises `NotFoundError` for an unknown id or another tenant's job."""

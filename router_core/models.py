@@ -348,6 +348,11 @@ class Candidate(BaseModel):
     estimated_latency_ms: float
     score: float
     capability_match: bool = False
+    quality: float | None = Field(
+        default=None, description="The quality the plan used: learned from evidence, or the catalog's."
+    )
+    quality_source: Literal["prior", "learned"] | None = None
+    quality_samples: int = Field(default=0, description="Scored answers of the deployment behind `quality`.")
 
 
 class Plan(BaseModel):

@@ -27,6 +27,7 @@ from router_core.models import (
     Preferences,
     Strategy,
 )
+from router_core.quality import QualityBoard
 from router_core.strategies import Option, RankContext, rank
 from router_core.tokens import prompt_tokens
 
@@ -47,6 +48,10 @@ class _Estimate:
     completion_tokens: int
     cost: float
     latency_ms: float
+    quality: float  # learned, or the catalog's prior without evidence
+
+
+_NO_EVIDENCE = QualityBoard()
 
 
 def call_tokens(dep: Deployment, request: ChatRequest, prompt: int, completion: int) -> tuple[int, int]:
@@ -121,8 +126,8 @@ def _context(
 def _quality(
     dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
 ) -> tuple[ExclusionReason, str] | None:
-    if p.min_quality is not None and dep.quality < p.min_quality:
-        return ExclusionReason.BELOW_QUALITY, f"quality {dep.quality:.2f} < min_quality {p.min_quality:.2f}"
+    if p.min_quality is not None and e.quality < p.min_quality:
+        return ExclusionReason.BELOW_QUALITY, f"quality {e.quality:.2f} < min_quality {p.min_quality:.2f}"
     return None
 
 
@@ -169,8 +174,13 @@ def build_plan(
     *,
     rotation: int = 0,
     limits: PlanLimits = PlanLimits(),
+    quality: QualityBoard = _NO_EVIDENCE,
 ) -> Plan:
     """Rank the catalog's deployments for `request`.
+
+    `quality` holds the learned scores (`router_core.quality`); the `quality` and `balanced`
+    strategies and `min_quality` use a deployment's learned score for the prompt's capability,
+    or its catalog quality when it has no evidence.
 
     Raises:
         InvalidRequestError: `model` names no deployment or model, or `chain` names unknown ids.
@@ -196,17 +206,21 @@ def build_plan(
         if missing is not None:
             excluded.append(Exclusion(deployment=dep.id, reason=ExclusionReason.UNSUPPORTED, detail=missing))
             continue
+        learned = quality.score(dep, capability)
         est = _Estimate(
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,
             cost=catalog.price(dep.id).estimate(*call_tokens(dep, request, p_tokens, c_tokens)),
             latency_ms=st.latency_ewma_ms if st.latency_ewma_ms is not None else dep.latency_ms,
+            quality=learned.value,
         )
         failure = next((f for check in checks if (f := check(dep, prefs, est, st))), None)
         if failure is not None:
             excluded.append(Exclusion(deployment=dep.id, reason=failure[0], detail=failure[1]))
             continue
-        options.append(Option(dep, position, est.cost, est.latency_ms, st, capability in dep.capabilities))
+        options.append(
+            Option(dep, position, est.cost, est.latency_ms, st, capability in dep.capabilities, learned)
+        )
 
     ranked = rank(options, RankContext(prefs, _BOOST[guess.complexity], rotation))
     ordered = _probes_first(_pin_and_fallbacks(request, catalog, ranked, excluded))
@@ -224,6 +238,9 @@ def build_plan(
             estimated_latency_ms=o.est_latency_ms,
             score=score,
             capability_match=o.capability_match,
+            quality=round(o.quality.value, 4),
+            quality_source=o.quality.source,
+            quality_samples=o.quality.samples,
         )
         for o, score in ordered[: limits.max_candidates]
     ]
@@ -354,7 +371,7 @@ def answer_fits(request: ChatRequest, dep: Deployment) -> str | None:
     answer already given.
     """
     prefs = request.preferences
-    estimate = _Estimate(0, 0, 0.0, 0.0)
+    estimate = _Estimate(0, 0, 0.0, 0.0, dep.quality)
     for check in (_chain, _providers, _quality):
         failure = check(dep, prefs, estimate, DeploymentSnapshot())
         if failure is not None:

@@ -67,6 +67,7 @@ from router_core.models import (
 from router_core.planner import PlanLimits, build_plan, call_tokens
 from router_core.providers.base import Delta, Provider, ProviderReply, StreamPart
 from router_core.providers.factory import build_providers
+from router_core.quality import QualitySource, StaticQuality
 from router_core.retry import RetryPolicy, backoff
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
@@ -190,6 +191,7 @@ class Router:
         rng: random.Random | None = None,
         sim_world: SimWorld | None = None,
         prompt_margin: float = 1.25,
+        quality: QualitySource | None = None,
     ) -> None:
         missing = set(catalog) - set(providers)
         if missing:
@@ -203,6 +205,8 @@ class Router:
         self.sim_world = sim_world
         # Budget holds assume the provider counts at most this many times our prompt estimate.
         self.prompt_margin = prompt_margin
+        # Learned quality scores (SQL, cached fleet-wide by storage); the catalog's priors without.
+        self.quality: QualitySource = quality or StaticQuality()
         self._rng = rng or random.Random()
 
     @classmethod
@@ -215,6 +219,7 @@ class Router:
         clock: Clock | None = None,
         sim_world: SimWorld | None = None,
         rng: random.Random | None = None,
+        quality: QualitySource | None = None,
     ) -> Router:
         """Load the catalog (unless given) and build one SDK client per deployment."""
         settings = settings or RouterSettings()
@@ -233,6 +238,7 @@ class Router:
             rng=rng,
             sim_world=world,
             prompt_margin=settings.budget_prompt_margin,
+            quality=quality,
         )
 
     async def __aenter__(self) -> Router:
@@ -252,7 +258,10 @@ class Router:
         rotation = 0
         if request.preferences.strategy is Strategy.ROUND_ROBIN:
             rotation = await self.fleet.next_rotation("default")
-        return build_plan(request, self.catalog, snapshot, rotation=rotation, limits=self.limits)
+        board = await self.quality.board()
+        return build_plan(
+            request, self.catalog, snapshot, rotation=rotation, limits=self.limits, quality=board
+        )
 
     async def complete(
         self,

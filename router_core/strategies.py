@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from router_core.catalog import Deployment
 from router_core.fleet import DeploymentSnapshot
 from router_core.models import Preferences, Strategy
+from router_core.quality import QualityScore
 
 __all__ = ["RANKERS", "Option", "RankContext", "rank"]
 
@@ -32,6 +33,7 @@ class Option:
     est_latency_ms: float
     stats: DeploymentSnapshot
     capability_match: bool
+    quality: QualityScore  # learned for the prompt's capability, or the catalog's prior
 
     @property
     def expected_latency_ms(self) -> float:
@@ -73,7 +75,7 @@ def _by_speed(options: Sequence[Option], ctx: RankContext) -> list[float]:
 
 
 def _by_quality(options: Sequence[Option], ctx: RankContext) -> list[float]:
-    return _boosted(options, ctx, [o.deployment.quality for o in options])
+    return _boosted(options, ctx, [o.quality.value for o in options])
 
 
 def _balanced(options: Sequence[Option], ctx: RankContext) -> list[float]:
@@ -81,9 +83,9 @@ def _balanced(options: Sequence[Option], ctx: RankContext) -> list[float]:
     total = w.cost + w.latency + w.quality
     cost = _relative_low([o.est_cost for o in options])
     latency = _relative_low([o.expected_latency_ms for o in options])
-    best_quality = max(o.deployment.quality for o in options) or 1.0
+    best_quality = max(o.quality.value for o in options) or 1.0
     base = [
-        (w.cost * c + w.latency * lat + w.quality * o.deployment.quality / best_quality) / total
+        (w.cost * c + w.latency * lat + w.quality * o.quality.value / best_quality) / total
         for o, c, lat in zip(options, cost, latency, strict=True)
     ]
     return _boosted(options, ctx, base)
@@ -119,10 +121,11 @@ RANKERS: dict[Strategy, Ranker] = {
 
 
 def rank(options: Sequence[Option], ctx: RankContext) -> list[tuple[Option, float]]:
-    """Options ordered best first, each with its score; ties go to higher quality, then catalog order."""
+    """Options ordered best first, each with its score; ties go to higher (learned) quality, then catalog
+    order."""
     if not options:
         return []
     scores = RANKERS[ctx.preferences.strategy](options, ctx)
     paired = list(zip(options, scores, strict=True))
-    paired.sort(key=lambda p: (-p[1], -p[0].deployment.quality, p[0].position))
+    paired.sort(key=lambda p: (-p[1], -p[0].quality.value, p[0].position))
     return paired

@@ -27,6 +27,8 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:flight:<t>:<hash>     | string  | lease; then done mark, 30 s   | workers (cache)       |
 | routeq:flight:<t>:<hash>:waiting | string | with the flight             | workers (cache)       |
 | routeq:flight-done:<t>:<hash> | pub/sub | -                            | workers (cache)       |
+| routeq:quality:version       | string  | permanent (a counter)         | evidence writers      |
+| routeq:quality:tallies:<v>   | string  | QUALITY_TALLIES_TTL_S         | quality readers       |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -67,6 +69,8 @@ __all__ = [
     "ARQ_RETRY_PREFIX",
     "BUDGET_CAPS",
     "OPEN_HOLDS",
+    "QUALITY_TALLIES_TTL_S",
+    "QUALITY_VERSION",
     "ROTATION",
     "SWEEPER",
     "WORKERS",
@@ -90,6 +94,7 @@ __all__ = [
     "job_published",
     "key_part",
     "name_of_key_part",
+    "quality_tallies",
     "queue_wake_channel",
 ]
 
@@ -106,6 +111,11 @@ BUDGET_CAPS = PREFIX + "budget:caps"
 # Jobs holding budget, scored by their oldest hold (epoch seconds): the sweeper settles what a run
 # cut off between its commit and its settle left. Not under `holds:`, which SCANs read as hashes.
 OPEN_HOLDS = PREFIX + "open-holds"
+# Learned quality (`storage.quality`): whoever adds evidence bumps the version after its commit; the
+# fleet's planners share the tallies (`quality_tallies` in SQL) as JSON under the current version, set
+# by the first reader to miss. A reader racing a writer sets an old version's key, never read again.
+QUALITY_VERSION = PREFIX + "quality:version"
+QUALITY_TALLIES_TTL_S = 300
 
 
 def key_part(name: str) -> str:
@@ -220,3 +230,8 @@ def flight_waiting(tenant: str, request_hash: str) -> str:
 def flight_done_channel(tenant: str, request_hash: str) -> str:
     """Published when the flight's job lets go (its answer is committed, or it failed)."""
     return f"{PREFIX}flight-done:{key_part(tenant)}:{request_hash}"
+
+
+def quality_tallies(version: int) -> str:
+    """The quality tallies as of evidence version `version` (JSON)."""
+    return f"{PREFIX}quality:tallies:{version}"

@@ -185,6 +185,18 @@ class Settings(RouterSettings):
         description="How long a job waits for an identical request in flight (single-flight) before "
         "calling by itself.",
     )
+    quality_prior_strength: float = Field(
+        default=10.0,
+        gt=0,
+        description="How many scored answers the catalog's quality counts as: learned quality moves "
+        "half way to the evidence's mean at this many samples.",
+    )
+    quality_refresh_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a process plans with the learned quality scores it read before reading "
+        "them again (new evidence reaches every worker within this).",
+    )
     semantic_cache: bool = Field(
         default=False, description="Also serve answers to prompts that mean the same (embeddings)."
     )

@@ -118,10 +118,9 @@ def pipeline_settings(**overrides: Any) -> Settings:
 @asynccontextmanager
 async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Backend]:
     if name == "embedded":
+        # In-memory SQLite unless the test names a file (one other processes or the CLI can open).
         settings = pipeline_settings(
-            redis_url=None,
-            database_url="sqlite+aiosqlite://",
-            **overrides,  # in-memory SQLite
+            **{"redis_url": None, "database_url": "sqlite+aiosqlite://", **overrides}
         )
         backend = Backend(name, settings, await Store.open(settings.database_url), fake_server=FakeServer())
     else:
@@ -132,8 +131,8 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
         async with store.engine.begin() as conn:
             await conn.execute(
                 text(
-                    "TRUNCATE cache_vectors, cache_policies, ledger, attempts, jobs, batches, files, "
-                    "api_keys, idempotency_keys"
+                    "TRUNCATE feedback, quality_evidence, quality_tallies, cache_vectors, cache_policies, "
+                    "ledger, attempts, jobs, batches, files, api_keys, idempotency_keys"
                 )
             )
         backend = Backend(name, settings, store)

@@ -50,6 +50,7 @@ from storage.fleet.budgets import Budgets
 from storage.fleet.line import AdmissionLine
 from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
+from storage.quality import FleetQuality
 from storage.settings import Settings
 from storage.sql.store import Store
 from workers.cache import JobCache
@@ -94,8 +95,11 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
             rate_margin_s=settings.rate_limit_margin_s,
         )
+        quality = FleetQuality(
+            redis, store, strength=settings.quality_prior_strength, refresh_s=settings.quality_refresh_s
+        )
         router = Router.from_settings(
-            settings, catalog=shared.catalog, sim_world=shared.sim_world, fleet=fleet
+            settings, catalog=shared.catalog, sim_world=shared.sim_world, fleet=fleet, quality=quality
         )
         opened.push_async_callback(router.aclose)
         events = EventBus(redis, retention_s=settings.event_retention_s)

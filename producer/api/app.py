@@ -4,6 +4,7 @@
     /v1/files, /v1/batches                    the OpenAI Batch API                    (batches.py)
     /v1/jobs, /v1/batches/{id}/jobs, events   routeq's own jobs and SSE events        (jobs.py)
     /v1/cache/stats, /v1/cache/clear, /v1/cache/policy   the response cache           (cache.py)
+    /v1/feedback, /v1/quality                 ratings of answers, learned quality     (quality.py)
     /v1/providers, /v1/admin/..., /health, /ready                                     (ops.py)
     /v1/analytics, /metrics                   SQL analytics, Prometheus               (observe.py)
     /docs, /openapi.json                      OpenAPI
@@ -25,7 +26,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from producer.api import batches, cache, chat, jobs, observe, ops
+from producer.api import batches, cache, chat, jobs, observe, ops, quality
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
 from producer.api.limits import BodyLimit
@@ -88,7 +89,7 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    for module in (chat, batches, jobs, cache, ops, observe):
+    for module in (chat, batches, jobs, cache, quality, ops, observe):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

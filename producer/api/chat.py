@@ -43,6 +43,7 @@ from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
 from producer.outputs import cache_state, completion_body, openai_usage, routing_metadata
+from producer.planning import plan_view, preview
 from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
@@ -124,6 +125,15 @@ async def get_model(model: str, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
         param="model",
         code="model_not_found",
     )
+
+
+@router.post("/v1/route", summary="Route without running: the plan a worker would follow now")
+async def route(body: ChatCompletionBody, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    """The same body as a chat completion; nothing is queued and no provider is called. The answer
+    lists the candidates in the order a worker would try them (estimated cost and latency, score,
+    the quality used and on how many samples) and every excluded deployment with its reason;
+    `routable: false` when none is left."""
+    return plan_view(await preview(_request(body, ctx), ctx.catalog, **ctx.planning()))
 
 
 @router.post(_ROUTE, summary="Create a routed chat completion", response_model=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request
@@ -19,6 +19,7 @@ from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
 from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
+from storage.quality import FleetQuality
 from storage.settings import Settings
 from storage.sql.store import Store
 
@@ -37,6 +38,7 @@ class ApiContext:
     fleet: RedisFleetState = field(init=False)
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
+    quality: FleetQuality = field(init=False)
     rules: InputRules = field(init=False)
     # One subscription for every waiting request of this app (chat completions, streamed pieces).
     notifier: Notifier = field(init=False)
@@ -47,8 +49,18 @@ class ApiContext:
         self.notifier = Notifier(self.redis)
         self.relay = StreamRelay(self.redis, notifier=self.notifier)
         self.metrics = Metrics()
+        self.quality = FleetQuality(
+            self.redis,
+            self.store,
+            strength=self.settings.quality_prior_strength,
+            refresh_s=self.settings.quality_refresh_s,
+        )
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
+
+    def planning(self) -> dict[str, Any]:
+        """What `producer.planning.preview` needs besides the request and catalog."""
+        return {"settings": self.settings, "store": self.store, "redis": self.redis, "quality": self.quality}
 
     def client(self, tenant: str, user: str) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""

@@ -162,3 +162,17 @@ class CachePolicyBody(BaseModel):
     threshold: Annotated[float, Field(gt=0, le=1)] | None = Field(
         default=None, description="Least cosine similarity of a semantic hit."
     )
+
+
+class FeedbackBody(BaseModel):
+    """`POST /v1/feedback`: a rating of a job's answer, stars or thumbs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(min_length=1, max_length=40, description="The job whose answer is rated.")
+    rating: Annotated[int, Field(ge=1, le=5)] | None = Field(default=None, description="1-5 stars.")
+    thumbs: Literal["up", "down"] | None = Field(default=None, description="Instead of stars.")
+    category: str | None = Field(
+        default=None, max_length=64, description="What the rating is about (wrong, slow, format...)."
+    )
+    comment: str | None = Field(default=None, max_length=4000)

@@ -5,6 +5,8 @@ workers.py    worker
 tools.py      sim, catalog, migrate (catalog_view.py: the catalog's table, wide or 80 columns)
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
+quality.py    feedback, quality
+planning.py   plan (route without running)
 serving.py    serve, keys ...
 fleet.py      workers, queue: who works and what waits
 reporting.py  what the commands show: the progress bar, status and summary tables
@@ -18,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from producer.cli import admin, batches, cache, fleet, serving, tools, workers
+from producer.cli import admin, batches, cache, fleet, planning, quality, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -59,6 +61,9 @@ for command in (
     batches.watch,
     batches.cancel,
     batches.requeue,
+    planning.plan,
+    quality.feedback,
+    quality.quality,
     workers.worker,
     fleet.workers,
     fleet.queue,

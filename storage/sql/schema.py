@@ -40,11 +40,14 @@ __all__ = [
     "batches",
     "cache_policies",
     "cache_vectors",
+    "feedback",
     "files",
     "idempotency_keys",
     "jobs",
     "ledger",
     "metadata",
+    "quality_evidence",
+    "quality_tallies",
 ]
 
 
@@ -276,4 +279,54 @@ cache_vectors = Table(
     Column("vector", LargeBinary, nullable=False),  # float32, little-endian
     Column("created_at", _Time, nullable=False),
     Index(None, "tenant", "grp"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    # What a tenant's users said of a job's answer (POST /v1/feedback, `routeq feedback`); history.
+    Column("id", String(40), primary_key=True),  # fb_...
+    Column("tenant", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("job_id", String(40), ForeignKey("jobs.id"), nullable=False),
+    Column("deployment", String(128), nullable=False),  # the deployment that gave the answer
+    Column("rating", Integer),  # 1-5 stars, or NULL for thumbs
+    Column("thumbs", String(8)),  # "up" / "down", or NULL for stars
+    Column("score", Float, nullable=False),  # the rating in [0, 1]: its quality evidence
+    Column("category", String(64)),
+    Column("comment", Text),
+    Column("created_at", _Time, nullable=False),
+    Index(None, "tenant", "job_id"),
+    Index(None, "tenant", "created_at"),
+)
+
+quality_evidence = Table(
+    "quality_evidence",
+    metadata,
+    # Every score given to an answer (a judge, a reference set, a user's feedback), once each.
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("source", String(16), nullable=False),  # feedback, judge, reference
+    Column("ref", String(160), nullable=False),  # what was scored, unique per source: redelivery adds nothing
+    Column("deployment", String(128), nullable=False),
+    Column("capability", String(32), nullable=False),
+    Column("complexity", String(16), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("tenant", String(128)),
+    Column("job_id", String(40)),  # the job whose answer was scored, when it was a job
+    Column("created_at", _Time, nullable=False),
+    UniqueConstraint("source", "ref"),
+    Index(None, "deployment", "created_at"),
+)
+
+quality_tallies = Table(
+    "quality_tallies",
+    metadata,
+    # Evidence summed per deployment x capability x complexity, in the transaction that adds it:
+    # the learned scores are read from these few rows, never from the evidence itself.
+    Column("deployment", String(128), primary_key=True),
+    Column("capability", String(32), primary_key=True),
+    Column("complexity", String(16), primary_key=True),
+    Column("samples", Integer, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("updated_at", _Time, nullable=False),
 )

@@ -8,6 +8,7 @@
     store.api_keys   the HTTP API's keys                                         (sql/api_keys.py)
     store.idempotency  the batch an Idempotency-Key's first request made          (sql/idempotency.py)
     store.cache      cached answers (jobs by request hash), tenants' cache policies, stats (sql/cache.py)
+    store.quality    scored answers (judges, reference sets, feedback) and their tallies (sql/quality.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -31,6 +32,7 @@ from storage.sql.files import Files
 from storage.sql.idempotency import IdempotencyKeys
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
+from storage.sql.quality import QualityEvidence
 from storage.sql.runs import Runs
 
 __all__ = ["Store"]
@@ -49,6 +51,7 @@ class Store:
         self.files = Files(self.db)
         self.api_keys = ApiKeys(self.db)
         self.cache = ResponseCache(self.db)
+        self.quality = QualityEvidence(self.db)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:

@@ -1,0 +1,71 @@
+"""Route without running: a request's plan as the fleet would make it now, with no provider called.
+
+`POST /v1/route`, `Client.plan` and `routeq plan` share this. The plan is `router_core.planner`'s
+own, fed the fleet's live state (breakers, forced states, latency and success rates from Redis) and
+its learned quality scores, so it shows the candidates a worker would try, in order, and every
+exclusion with its reason. A round-robin preview does not advance the fleet's rotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from router_core.catalog import Catalog
+from router_core.errors import NoRouteError
+from router_core.fleet import DeploymentSnapshot
+from router_core.models import ChatRequest, Plan
+from router_core.planner import PlanLimits, build_plan
+from router_core.quality import QualityBoard
+from storage.fleet.state import RedisFleetState
+from storage.quality import FleetQuality
+from storage.settings import Settings
+from storage.sql.store import Store
+
+__all__ = ["PlanPreview", "plan_view", "preview"]
+
+PlanPreview = Plan | NoRouteError
+
+
+async def preview(
+    request: ChatRequest,
+    catalog: Catalog,
+    *,
+    settings: Settings,
+    store: Store,
+    redis: Redis | None,
+    quality: FleetQuality | None = None,
+) -> PlanPreview:
+    """The plan for `request` now, or the `NoRouteError` naming why every deployment is out.
+
+    Without Redis (a CLI with no fleet) the deployments' live state is unknown: the plan uses
+    catalog priors for latency and assumes every breaker closed.
+    """
+    snapshot: Mapping[str, DeploymentSnapshot] = {}
+    if redis is not None:
+        snapshot = await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
+    quality = quality or FleetQuality(
+        redis, store, strength=settings.quality_prior_strength, refresh_s=settings.quality_refresh_s
+    )
+    board: QualityBoard = await quality.board()
+    limits = PlanLimits(settings.default_completion_tokens, settings.max_candidates)
+    try:
+        return build_plan(request, catalog, snapshot, limits=limits, quality=board)
+    except NoRouteError as exc:
+        return exc
+
+
+def plan_view(result: PlanPreview) -> dict[str, Any]:
+    """A plan as JSON: `routable`, the candidates best first (primary first) and every exclusion."""
+    if isinstance(result, NoRouteError):
+        return {
+            "object": "routeq.plan",
+            "routable": False,
+            "message": str(result),
+            "candidates": [],
+            "excluded": [e.model_dump(mode="json") for e in result.exclusions],
+        }
+    body = result.model_dump(mode="json")
+    return {"object": "routeq.plan", "routable": True, "primary": body["candidates"][0], **body}
