@@ -10,6 +10,7 @@ planning.py   plan (route without running)
 serving.py    serve, keys ...
 fleet.py      workers, queue: who works and what waits
 reporting.py  what the commands show: the progress bar, status and summary tables
+running.py    `routeq run` from start to end: submit or --resume, follow, Ctrl-C, summary
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
 _common.py    known errors as one red line; connections opened and closed for a command
 """

@@ -55,7 +55,9 @@ err_console = Console(stderr=True)
 T = TypeVar("T")
 
 # Every command that prints a table takes it: the same data as one JSON document on stdout.
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of text and tables.")
+]
 
 
 def fail(message: str, *, code: int = 2, prefix: str = "error") -> typer.Exit:
