@@ -95,6 +95,7 @@ class ApiBatch:
     completion_window: str
     expires_at: datetime
     metadata: dict[str, str] | None = None
+    output_expires_s: int | None = None  # `output_expires_after`: its files expire this long after creation
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,29 +40,53 @@ _WINDOWS = {"24h": timedelta(hours=24)}
 _READ_CHUNK = 1024 * 1024
 
 
-def _file_object(record: FileRecord) -> dict[str, Any]:
+def _file_object(record: FileRecord, size: int | None = None) -> dict[str, Any]:
     return {
         "id": record.id,
         "object": "file",
-        "bytes": record.bytes,
+        "bytes": record.bytes if size is None else size,
         "created_at": int(record.created_at.timestamp()),
         "filename": record.filename,
         "purpose": record.purpose,
         "status": "processed",
-        "expires_at": None,
+        "expires_at": None if record.expires_at is None else int(record.expires_at.timestamp()),
         "status_details": None,
     }
+
+
+async def _with_size(ctx: ApiContext, record: FileRecord) -> dict[str, Any]:
+    """The file object with its true size: a generated file is measured by generating it, once its
+    batch has finished (then kept), or each time it is asked while the batch still runs."""
+    if not record.generated or record.bytes:
+        return _file_object(record)
+    assert record.batch_id is not None  # a generated file always names its batch
+    errors = record.purpose == "batch_error"
+    size = 0
+    async for line in _result_lines(ctx, record, errors=errors):
+        size += len(line)
+    batch = await ctx.store.batches.get(record.batch_id, tenant=record.tenant)
+    if batch.completed_at is not None and size:
+        await ctx.store.files.set_bytes(record.id, size)
+    return _file_object(record, size)
 
 
 @router.post("/v1/files", summary="Upload a JSONL batch input file")
 async def upload_file(
     principal: Caller,
     ctx: Ctx,
+    *,
     file: Annotated[UploadFile, File(description="JSONL: one chat completion request per line.")],
     purpose: Annotated[str, Form(description="Must be `batch`.")],
+    anchor: Annotated[
+        str | None, Form(alias="expires_after[anchor]", description="`created_at` (with seconds).")
+    ] = None,
+    seconds: Annotated[
+        int | None, Form(alias="expires_after[seconds]", description="Expire this long after upload.")
+    ] = None,
 ) -> dict[str, Any]:
     if purpose != "batch":
         raise ApiError(400, f"purpose: only 'batch' files are accepted, got {purpose!r}", param="purpose")
+    expires_at = _upload_expiry(anchor, seconds)
     filename = (file.filename or "upload.jsonl")[:255]
     if any(unstorable_values(filename, "filename")):
         raise ApiError(400, "filename: contains characters that are not text (NUL or a lone surrogate)")
@@ -80,8 +104,24 @@ async def upload_file(
         purpose=purpose,
         filename=filename,
         content=bytes(content),
+        expires_at=expires_at,
     )
     return _file_object(record)
+
+
+def _upload_expiry(anchor: str | None, seconds: int | None) -> datetime | None:
+    """`expires_after` of an upload (multipart fields `expires_after[anchor]`, `[seconds]`)."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise ApiError(400, "expires_after.anchor: must be 'created_at'", param="expires_after.anchor")
+    if seconds is None or not 3600 <= seconds <= 2_592_000:
+        raise ApiError(
+            400,
+            "expires_after.seconds: must be between 3600 (1 hour) and 2592000 (30 days)",
+            param="expires_after.seconds",
+        )
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 @router.get("/v1/files", summary="The tenant's files, newest first")
@@ -89,12 +129,20 @@ async def list_files(
     principal: Caller, ctx: Ctx, purpose: Annotated[str | None, Query(max_length=32)] = None
 ) -> dict[str, Any]:
     records = await ctx.store.files.list(tenant=principal.tenant, purpose=purpose)
-    return {"object": "list", "data": [_file_object(r) for r in records], "has_more": False}
+    return {"object": "list", "data": [await _with_size(ctx, r) for r in records], "has_more": False}
 
 
 @router.get("/v1/files/{file_id}", summary="A file's metadata")
 async def get_file(file_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    return _file_object(await ctx.store.files.get(file_id, tenant=principal.tenant))
+    return await _with_size(ctx, await ctx.store.files.get(file_id, tenant=principal.tenant))
+
+
+@router.delete("/v1/files/{file_id}", summary="Delete a file")
+async def delete_file(file_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    """An upload's bytes go with it; batches made from it keep their jobs. A deleted (or expired)
+    file answers 404 from then on, like one that never existed."""
+    await ctx.store.files.delete(file_id, tenant=principal.tenant)
+    return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.get("/v1/files/{file_id}/content", summary="A file's content (a batch's output: JSONL by custom_id)")
@@ -128,8 +176,9 @@ async def _result_lines(ctx: ApiContext, file: FileRecord, *, errors: bool) -> A
             yield (json.dumps(output_line(job), ensure_ascii=False) + "\n").encode()
 
 
-def batch_object(batch: BatchRecord) -> dict[str, Any]:
-    """A batch in the OpenAI Batch shape, with its status derived from its jobs."""
+def batch_object(batch: BatchRecord, tokens: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """A batch in the OpenAI Batch shape, with its status derived from its jobs; `tokens` are the
+    input and output tokens its calls used (`Batches.token_usage`)."""
     failed_jobs = batch.counts.get(JobStatus.FAILED, 0) + batch.counts.get(JobStatus.CANCELLED, 0)
     rejected = len(batch.invalid_lines)
     status = _status(batch)
@@ -161,7 +210,20 @@ def batch_object(batch: BatchRecord) -> dict[str, Any]:
             "failed": failed_jobs + rejected,
         },
         "metadata": batch.metadata,
+        "usage": {
+            "input_tokens": tokens[0],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": tokens[1],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": tokens[0] + tokens[1],
+        },
     }
+
+
+async def _batch(ctx: ApiContext, batch_id: str, tenant: str) -> dict[str, Any]:
+    """The batch as `batch_object` shapes it, with its token usage."""
+    batch = await ctx.store.batches.get(batch_id, tenant=tenant)
+    return batch_object(batch, await ctx.store.batches.token_usage(batch_id))
 
 
 def _status(batch: BatchRecord) -> str:
@@ -196,7 +258,7 @@ async def create_batch(
     client = ctx.client(principal.tenant, principal.user)
     if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
         await client.enqueue(earlier)  # what a Redis error left unqueued the first time
-        return batch_object(await ctx.store.batches.get(earlier.batch_id, tenant=principal.tenant))
+        return await _batch(ctx, earlier.batch_id, principal.tenant)
     record, content = await ctx.store.files.read(body.input_file_id, tenant=principal.tenant)
     if content is None:  # a batch's generated output or error file is not an input
         raise NotFoundError("file", body.input_file_id)
@@ -214,11 +276,12 @@ async def create_batch(
             completion_window=body.completion_window,
             expires_at=datetime.now(UTC) + _WINDOWS[body.completion_window],
             metadata=body.metadata,
+            output_expires_s=None if body.output_expires_after is None else body.output_expires_after.seconds,
         ),
         idempotency=key,
     )
     await client.enqueue(created)
-    return batch_object(await ctx.store.batches.get(created.batch_id, tenant=principal.tenant))
+    return await _batch(ctx, created.batch_id, principal.tenant)
 
 
 def _parse_file(content: bytes, limit: int, rules: InputRules) -> ParsedInput:
@@ -233,7 +296,7 @@ def _parse_file(content: bytes, limit: int, rules: InputRules) -> ParsedInput:
 
 @router.get("/v1/batches/{batch_id}", summary="A batch: status, request counts, output and error files")
 async def get_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))
+    return await _batch(ctx, batch_id, principal.tenant)
 
 
 @router.get("/v1/batches", summary="The tenant's batches, newest first")
@@ -247,7 +310,7 @@ async def list_batches(
 ) -> dict[str, Any]:
     page = await ctx.store.batches.list(tenant=principal.tenant, after=after, limit=limit + 1)
     more = len(page) > limit
-    data = [batch_object(b) for b in page[:limit]]
+    data = [batch_object(b, await ctx.store.batches.token_usage(b.id)) for b in page[:limit]]
     return {
         "object": "list",
         "data": data,
@@ -260,7 +323,6 @@ async def list_batches(
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch: queued lines stop, finished ones stay")
 async def cancel_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
     batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
-    if batch.done >= batch.total:
-        return batch_object(batch)
-    await ctx.client(principal.tenant, principal.user).cancel(batch_id)
-    return batch_object(await ctx.store.batches.get(batch_id, tenant=principal.tenant))
+    if batch.done < batch.total:
+        await ctx.client(principal.tenant, principal.user).cancel(batch_id)
+    return await _batch(ctx, batch_id, principal.tenant)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -126,6 +126,15 @@ class JobBody(ChatFields):
     preferences: Preferences | None = None
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy of a file: `seconds` after its creation (1 hour to 30 days)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
 class OpenAIBatchBody(BaseModel):
     """`POST /v1/batches`: run an uploaded JSONL file of chat completion requests."""
 
@@ -135,7 +144,9 @@ class OpenAIBatchBody(BaseModel):
     endpoint: Literal["/v1/chat/completions"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
-    output_expires_after: dict[str, Any] | None = None
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None, description="When the batch's output and error files expire (after their creation)."
+    )
 
 
 class DeploymentStateBody(BaseModel):

@@ -10,7 +10,7 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -42,7 +42,7 @@ from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
 from storage.sql.new_jobs import ROW_COLUMNS, EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
 from storage.sql.runs import money
-from storage.sql.schema import batches, files, jobs
+from storage.sql.schema import attempts, batches, files, jobs
 
 __all__ = ["UNFINISHED_SUBMISSION", "Batches"]
 
@@ -259,6 +259,20 @@ class Batches:
             counts = await _status_counts(conn, batch_id)
         return BatchRecord.from_row(row._mapping, counts)
 
+    async def token_usage(self, batch_id: str) -> tuple[int, int]:
+        """Input and output tokens of every call the batch's jobs made (as the providers reported)."""
+        query = (
+            select(
+                func.coalesce(func.sum(attempts.c.input_tokens), 0),
+                func.coalesce(func.sum(attempts.c.output_tokens), 0),
+            )
+            .select_from(attempts.join(jobs, attempts.c.job_id == jobs.c.id))
+            .where(jobs.c.batch_id == batch_id)
+        )
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).one()
+        return int(row[0]), int(row[1])
+
     async def list(self, *, tenant: str, after: str | None = None, limit: int = 20) -> list[BatchRecord]:
         """The tenant's batches, newest first; `after` is the last id of the previous page."""
         query = select(batches).where(batches.c.tenant == tenant)
@@ -417,6 +431,7 @@ def _api_batch_files(api: ApiBatch, batch_row: dict[str, Any], now: datetime) ->
         output_file_id=new_id("file"),
         error_file_id=new_id("file"),
     )
+    expires = None if api.output_expires_s is None else now + timedelta(seconds=api.output_expires_s)
     owner = {"tenant": batch_row["tenant"], "user_id": batch_row["user_id"], "created_at": now}
     return [
         {
@@ -427,6 +442,7 @@ def _api_batch_files(api: ApiBatch, batch_row: dict[str, Any], now: datetime) ->
             "bytes": 0,
             "content": None,
             "batch_id": batch_row["id"],
+            "expires_at": expires,
         }
         for kind in ("output", "error")
     ]

@@ -3,7 +3,11 @@
 An upload's bytes are kept in SQL (`files.content`): the HTTP API bounds their size, and a batch
 made from the file reads it once. A batch's output and error files are rows without content; their
 JSONL is generated from the batch's jobs whenever it is read, so it is always current (partial
-results of a cancelled batch included) and never stored twice.
+results of a cancelled batch included) and never stored twice. Their size is measured once their
+batch has finished, and kept (`set_bytes`).
+
+A file with `expires_at` in the past is gone: every read answers `NotFoundError`, as for a deleted
+file, and listings leave it out.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
@@ -37,6 +41,7 @@ class FileRecord:
     bytes: int
     batch_id: str | None
     created_at: datetime
+    expires_at: datetime | None = None
 
     @property
     def generated(self) -> bool:
@@ -53,13 +58,24 @@ _COLUMNS = (
     files.c.bytes,
     files.c.batch_id,
     files.c.created_at,
+    files.c.expires_at,
 )
 
 
 def _record(row: Mapping[Any, Any]) -> FileRecord:
     values = dict(row)
     values["created_at"] = aware(values["created_at"])
+    values["expires_at"] = aware(values["expires_at"])
     return FileRecord(**values)
+
+
+def _live(file_id: str, tenant: str) -> ColumnElement[bool]:
+    """The tenant's file `file_id`, unless it has expired."""
+    return (files.c.id == file_id) & (files.c.tenant == tenant) & _unexpired()
+
+
+def _unexpired() -> ColumnElement[bool]:
+    return files.c.expires_at.is_(None) | (files.c.expires_at > datetime.now(UTC))
 
 
 class Files:
@@ -69,7 +85,14 @@ class Files:
         self._db = db
 
     async def create(
-        self, *, tenant: str, user_id: str, purpose: str, filename: str, content: bytes
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        purpose: str,
+        filename: str,
+        content: bytes,
+        expires_at: datetime | None = None,
     ) -> FileRecord:
         record = FileRecord(
             id=new_id("file"),
@@ -80,6 +103,7 @@ class Files:
             bytes=len(content),
             batch_id=None,
             created_at=datetime.now(UTC),
+            expires_at=expires_at,
         )
         row = {**dataclasses.asdict(record), "content": content}
 
@@ -91,7 +115,7 @@ class Files:
 
     async def get(self, file_id: str, *, tenant: str) -> FileRecord:
         """The file's metadata. Raises `NotFoundError` if it does not exist in `tenant`."""
-        query = select(*_COLUMNS).where((files.c.id == file_id) & (files.c.tenant == tenant))
+        query = select(*_COLUMNS).where(_live(file_id, tenant))
         async with self._db.reading() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
@@ -103,7 +127,7 @@ class Files:
 
         Raises `NotFoundError` if it does not exist in `tenant`.
         """
-        query = select(*_COLUMNS, files.c.content).where((files.c.id == file_id) & (files.c.tenant == tenant))
+        query = select(*_COLUMNS, files.c.content).where(_live(file_id, tenant))
         async with self._db.reading() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
@@ -116,9 +140,33 @@ class Files:
         self, *, tenant: str, purpose: str | None = None, limit: int = _LIST_LIMIT
     ) -> list[FileRecord]:
         """The tenant's files, newest first."""
-        query = select(*_COLUMNS).where(files.c.tenant == tenant)
+        query = select(*_COLUMNS).where((files.c.tenant == tenant) & _unexpired())
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         query = query.order_by(files.c.created_at.desc(), files.c.id).limit(limit)
         async with self._db.reading() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]
+
+    async def delete(self, file_id: str, *, tenant: str) -> None:
+        """Delete the file (an upload's bytes with it). Raises `NotFoundError` if it is not there.
+
+        A batch made from an upload keeps its jobs; a batch whose output file is deleted answers
+        404 for it, as for any file that is gone.
+        """
+        gone = 0
+
+        async def write(conn: AsyncConnection) -> None:
+            nonlocal gone
+            gone = (await conn.execute(delete(files).where(_live(file_id, tenant)))).rowcount
+
+        await self._db.writes.run(write)
+        if not gone:
+            raise NotFoundError("file", file_id)
+
+    async def set_bytes(self, file_id: str, size: int) -> None:
+        """Record a generated file's size, measured once its batch has finished."""
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(update(files).where(files.c.id == file_id).values(bytes=size))
+
+        await self._db.writes.run(write)

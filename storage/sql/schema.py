@@ -218,10 +218,12 @@ files = Table(
     Column("user_id", String(128), nullable=False),
     Column("purpose", String(32), nullable=False),  # batch (uploaded), batch_output, batch_error
     Column("filename", String(255), nullable=False),
-    Column("bytes", BigInteger, nullable=False),  # size of an upload; 0 for generated files
+    # An upload's size; a generated file's once its batch has finished (0 before it is first read).
+    Column("bytes", BigInteger, nullable=False),
     Column("content", LargeBinary),  # an upload's bytes; NULL for a batch's generated files
     Column("batch_id", String(40)),  # the batch a generated file belongs to
     Column("created_at", _Time, nullable=False),
+    Column("expires_at", _Time),  # past it the file is gone (expires_after, output_expires_after)
     Index(None, "tenant", "created_at"),
 )
 
