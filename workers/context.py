@@ -10,10 +10,6 @@ context built in `on_startup` reaches each `route_job` call. The hooks live in `
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import time
 from collections.abc import Mapping, MutableMapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -21,6 +17,7 @@ from typing import Any
 
 from router_core.catalog import Catalog
 from router_core.sim.world import SimWorld
+from storage.bus import registry
 from storage.bus.queue import Deferrals
 from storage.metrics import Metrics
 from storage.sql.store import Store
@@ -77,19 +74,20 @@ class WorkerContext:
     metrics_server: MetricsServer | None = None
     deferrals: Deferrals | None = None
 
-    def record(self) -> str:
-        """This worker's entry in `routeq:workers`, as of now (see `worker_record`)."""
-        return worker_record(self.started)
+    def record(self, *, running: int = 0) -> str:
+        """This worker's entry in `routeq:workers`, as of now, with the jobs it runs (see `worker_record`)."""
+        return registry.worker_record(self.started, running=running, simulated=self.runner.simulated)
 
     async def close(self) -> None:
         """Close what start-up opened: metrics port, `routeq:workers` entry, SDK clients, own store."""
         await self.opened.aclose()
 
 
-def worker_record(started: float) -> str:
-    """A worker's entry in `routeq:workers`, written at start and with every lease renewal."""
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "seen": time.time()}
-    return json.dumps(info)
+def worker_record(started: float, *, running: int = 0, simulated: frozenset[str] = frozenset()) -> str:
+    """A worker's entry in `routeq:workers`, written at start and with every lease renewal.
+
+    The format is `storage.bus.registry`'s: `routeq workers` and the API read it there."""
+    return registry.worker_record(started, running=running, simulated=simulated)
 
 
 def worker_context(ctx: Mapping[str, Any]) -> WorkerContext:

@@ -39,8 +39,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from router_core.providers.factory import is_simulated
 from router_core.router import Router
+from router_core.simulated import simulated_ids, simulated_note
 from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.notifier import Notifier, Signal, exact_pattern
@@ -117,6 +117,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             semantic=SemanticCache(store, router, embedder=settings.embedding_deployment),
         )
         opened.push_async_callback(cache.close)
+        simulated = simulated_ids(router.catalog, settings.simulate)
         runner = JobRunner(
             router,
             store,
@@ -125,16 +126,14 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             budgets=Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd),
             max_tries=settings.max_tries,
             route_timeout_s=settings.job_timeout_s * 0.9,
-            simulated=frozenset(
-                d.id for d in router.catalog.values() if is_simulated(d, settings.simulate, os.environ)
-            ),
+            simulated=simulated,
             metrics=metrics,
             cache=cache,
             line=AdmissionLine(redis, rate_margin_s=settings.rate_limit_margin_s),
             carry_max_bytes=settings.carry_request_max_bytes,
         )
         started = time.time()
-        await redis.hset(keys.WORKERS, worker_id, worker_record(started))  # type: ignore[misc]
+        await redis.hset(keys.WORKERS, worker_id, worker_record(started, simulated=simulated))  # type: ignore[misc]
         opened.push_async_callback(_unregister, redis, worker_id)
         # Every worker takes its turn looking for jobs arq dropped (one at a time: a Redis lock).
         sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id, runner=runner)
@@ -155,9 +154,10 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             if server is not None:
                 opened.push_async_callback(server.close)
         logger.info(
-            "routeq worker %s ready: %d deployments, database %s",
+            "routeq worker %s ready: %d deployments, %s, database %s",
             worker_id,
             len(router.catalog),
+            simulated_note(router.catalog, simulated, settings.simulate),
             store.engine.url.render_as_string(hide_password=True),
         )
         # Started: what was opened moves to the context, whose close() closes it at shut-down.
@@ -505,7 +505,7 @@ class RouteqWorker(Worker):
                 pipe.pexpire(in_progress_key_prefix + job_id, lease_ms, xx=True)
             with contextlib.suppress(LookupError):  # none before start-up has finished
                 context = worker_context(self.ctx)
-                pipe.hset(keys.WORKERS, context.worker_id, context.record())
+                pipe.hset(keys.WORKERS, context.worker_id, context.record(running=len(self.job_tasks)))
             await pipe.execute()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -15,6 +16,8 @@ from producer.api.context import ApiContext, Ctx
 from producer.api.schemas import DeploymentStateBody
 from router_core.fleet import DeploymentSnapshot, Forced
 from router_core.redact import mask_url
+from router_core.simulated import simulated_ids
+from storage.bus.registry import registered_workers
 from storage.errors import NotFoundError
 
 __all__ = ["router"]
@@ -26,12 +29,33 @@ logger = logging.getLogger("routeq.api")
 _READY_TIMEOUT_S = 2.0
 
 
-def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentSnapshot) -> dict[str, Any]:
+async def _simulated(ctx: ApiContext) -> frozenset[str]:
+    """The deployments the fleet serves from the simulated world.
+
+    The workers decide (their ROUTEQ_SIMULATE and API keys, not the API's), and each says so in
+    its `routeq:workers` entry: a deployment any live worker simulates may get simulated answers.
+    With no live worker that says, the API's own settings and environment stand in.
+    """
+    now = time.time()
+    told = [
+        worker.simulated
+        for worker in await registered_workers(ctx.redis)
+        if worker.simulated is not None and worker.is_live(job_lease_s=ctx.settings.job_lease_s, now=now)
+    ]
+    if not told:
+        return simulated_ids(ctx.catalog, ctx.settings.simulate)
+    return frozenset().union(*told)
+
+
+def _provider_view(
+    ctx: ApiContext, deployment_id: str, stats: DeploymentSnapshot, simulated: frozenset[str]
+) -> dict[str, Any]:
     dep = ctx.catalog[deployment_id]
     price = ctx.catalog.price(deployment_id)
     return {
         "id": dep.id,
         "object": "routeq.deployment",
+        "simulated": deployment_id in simulated,
         "provider": dep.provider,
         "kind": dep.kind.value,
         "model": dep.model,
@@ -60,12 +84,14 @@ def _provider_view(ctx: ApiContext, deployment_id: str, stats: DeploymentSnapsho
 
 
 @router.get(
-    "/v1/providers", summary="Every deployment with its circuit, live stats, rate-limit use and price"
+    "/v1/providers",
+    summary="Every deployment: circuit, live stats, rate-limit use, price, whether it is simulated",
 )
 async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     ids = list(ctx.catalog)
     snapshot = await ctx.fleet.snapshot(ids)
-    return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep]) for dep in ids]}
+    simulated = await _simulated(ctx)
+    return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep], simulated) for dep in ids]}
 
 
 @router.post(
@@ -80,7 +106,7 @@ async def set_deployment_state(
         raise NotFoundError("deployment", deployment_id)
     await ctx.fleet.force(deployment_id, None if body.state == "auto" else Forced(body.state))
     snapshot = await ctx.fleet.snapshot([deployment_id])
-    return _provider_view(ctx, deployment_id, snapshot[deployment_id])
+    return _provider_view(ctx, deployment_id, snapshot[deployment_id], await _simulated(ctx))
 
 
 @router.get("/health", summary="Liveness: the process answers", tags=["Operations"])

@@ -2,26 +2,54 @@
 
 batches.py    run, submit, status, results, watch, cancel, requeue
 workers.py    worker
-tools.py      sim, catalog, migrate
+tools.py      sim, catalog, migrate (catalog_view.py: the catalog's table, wide or 80 columns)
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
 quality.py    feedback, quality
 planning.py   plan (route without running)
 serving.py    serve, keys ...
+fleet.py      workers, queue: who works and what waits
 reporting.py  what the commands show: the progress bar, status and summary tables
+running.py    `routeq run` from start to end: submit or --resume, follow, Ctrl-C, summary
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
 _common.py    known errors as one red line; connections opened and closed for a command
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from producer.cli import admin, batches, cache, planning, quality, serving, tools, workers
+from producer.cli import admin, batches, cache, fleet, planning, quality, serving, tools, workers
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="routeq: route batches of LLM prompts across providers.", no_args_is_help=True)
+# No locals in a traceback: an unexpected error must not print settings holding passwords or keys.
+app = typer.Typer(
+    help="routeq: route batches of LLM prompts across providers.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # noqa: PLC0415 - only for --version
+
+        print(f"routeq {version('routeq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """routeq: route batches of LLM prompts across providers."""
+
 
 # The order of `routeq --help`.
 for command in (
@@ -38,6 +66,8 @@ for command in (
     quality.feedback,
     quality.quality,
     workers.worker,
+    fleet.workers,
+    fleet.queue,
     tools.migrate,
     serving.serve,
 ):

@@ -12,12 +12,20 @@ them; tests/test_cli_startup.py checks that `--help`, `status` and `results` sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import math
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from router_core.errors import ConfigError, InvalidRequestError
 from storage.errors import NotFoundError, ServiceUnavailableError
@@ -26,13 +34,59 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from producer.client import Client
+    from router_core.catalog import Catalog
     from storage.settings import Settings
     from storage.sql.store import Store
 
-__all__ = ["err_console", "execute", "load_settings", "with_client", "with_redis", "with_store"]
+__all__ = [
+    "JsonFlag",
+    "err_console",
+    "execute",
+    "fail",
+    "load_catalog_or_exit",
+    "load_settings",
+    "print_json",
+    "with_client",
+    "with_redis",
+    "with_store",
+]
 
 err_console = Console(stderr=True)
 T = TypeVar("T")
+
+# Every command that prints a table takes it: the same data as one JSON document on stdout.
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of text and tables.")
+]
+
+
+def fail(message: str, *, code: int = 2, prefix: str = "error") -> typer.Exit:
+    """Print `prefix: message` as one red line on stderr and return the exit to raise.
+
+    The message is escaped: error texts quote TOML tables (`[deployments.price]`) and names
+    (`tenant:x`) that rich would otherwise read as markup or emoji and drop.
+    """
+    err_console.print(f"[red]{prefix}:[/red] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+    return typer.Exit(code)
+
+
+def _jsonable(value: Any) -> Any:
+    """What `json` cannot write by itself: amounts, times, enums, dataclasses."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def print_json(data: Any) -> None:
+    """`data` as one JSON document on stdout, unstyled (the `--json` of every command)."""
+    sys.stdout.write(json.dumps(data, default=_jsonable, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def finite_usd(value: float | None) -> float | None:
@@ -43,10 +97,31 @@ def finite_usd(value: float | None) -> float | None:
 
 
 def load_settings() -> Settings:
-    """`Settings()` from the environment; pydantic-settings is imported only by commands that need it."""
+    """`Settings()` from the environment; pydantic-settings is imported only by commands that need it.
+
+    A bad value is one error line naming each variable and what it takes, not a traceback.
+    """
     from storage.settings import Settings  # noqa: PLC0415 - `routeq --help` reads no settings
 
-    return Settings()
+    return settings_or_exit(Settings)
+
+
+S = TypeVar("S")
+
+
+def settings_or_exit(make: Callable[[], S]) -> S:
+    """`make()` (a pydantic-settings class), or one line naming every bad ROUTEQ_ variable and exit 2."""
+    from pydantic import ValidationError  # noqa: PLC0415 - pydantic loads with the settings
+
+    try:
+        return make()
+    except ValidationError as exc:
+        problems = [
+            f"ROUTEQ_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            + (f" (got {error['input']!r})" if isinstance(error.get("input"), str | int | float) else "")
+            for error in exc.errors()
+        ]
+        raise fail("; ".join(problems) + "; fix the environment (or .env)", prefix="settings error") from None
 
 
 def execute(coro: Coroutine[Any, Any, T]) -> T:
@@ -54,11 +129,22 @@ def execute(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except NotFoundError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), code=1) from exc
     except (ServiceUnavailableError, ConfigError, InvalidRequestError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
+
+
+def load_catalog_or_exit(path: Path | None = None) -> Catalog:
+    """The catalog at `path` (None: ROUTEQ_CATALOG_PATH, else the demo), or one error line and exit 2."""
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - genai-prices: commands with a catalog
+    from router_core.settings import RouterSettings  # noqa: PLC0415 - start-up: imported on use
+
+    configured = settings_or_exit(RouterSettings).catalog_path if path is None else None
+    try:
+        return load_catalog(path if path is not None else configured)
+    except ConfigError as exc:
+        hint = "" if configured is None else " (ROUTEQ_CATALOG_PATH; unset it to use the demo catalog)"
+        raise fail(f"{exc}{hint}", prefix="config error") from exc
 
 
 async def with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:

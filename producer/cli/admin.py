@@ -7,21 +7,32 @@ imported when a command runs, not when `routeq --help` lists these.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from producer.cli._common import execute, finite_usd, load_settings, with_redis
+from producer.cli._common import (
+    JsonFlag,
+    execute,
+    fail,
+    finite_usd,
+    load_catalog_or_exit,
+    load_settings,
+    print_json,
+    with_redis,
+)
 from router_core.fleet import Forced
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from storage.fleet.budgets import Budgets
+    from router_core.catalog import Deployment
+    from router_core.fleet import DeploymentSnapshot
+    from storage.fleet.budgets import Budgets, ScopeUsage
     from storage.settings import Settings
 
 __all__ = ["budget_app", "deployments_app"]
@@ -50,55 +61,63 @@ async def _with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]
 
 
 @deployments_app.command("list")
-def list_deployments() -> None:
+def list_deployments(as_json: JsonFlag = False) -> None:
     """Every deployment with its circuit, live stats and rate-window usage, as the fleet sees them."""
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
     from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    catalog = load_catalog(settings.catalog_path)
+    catalog = load_catalog_or_exit()
 
-    async def go(redis: Redis) -> None:
-        stats = await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
-        table = Table(title="deployments (fleet-wide)")
-        for column in (
-            "id",
-            "circuit",
-            "forced",
-            "success",
-            "latency ewma",
-            "in flight",
-            "rpm used",
-            "tpm used",
-        ):
-            table.add_column(column)
-        for dep_id, dep in catalog.items():
-            s = stats[dep_id]
-            latency = f"{s.latency_ewma_ms:.0f} ms" if s.latency_ewma_ms is not None else "-"
-            table.add_row(
-                dep_id,
-                s.circuit.value,
-                s.forced.value if s.forced else "",
-                f"{s.success_rate:.0%}",
-                latency,
-                f"{s.in_flight}" + (f"/{dep.max_concurrency}" if dep.max_concurrency else ""),
-                f"{s.requests_in_window}" + (f"/{dep.rpm}" if dep.rpm else ""),
-                f"{s.tokens_in_window}" + (f"/{dep.tpm}" if dep.tpm else ""),
-            )
-        console.print(table)
+    async def go(redis: Redis) -> Mapping[str, DeploymentSnapshot]:
+        return await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
 
-    execute(_with_redis(settings, go))
+    stats = execute(_with_redis(settings, go))
+    if as_json:
+        print_json({"deployments": [_deployment_view(catalog[d], stats[d]) for d in catalog]})
+        return
+    table = Table(title="deployments (fleet-wide)")
+    for column in ("id", "circuit", "forced", "success", "latency ewma", "in flight", "rpm used", "tpm used"):
+        table.add_column(column)
+    for dep_id, dep in catalog.items():
+        s = stats[dep_id]
+        latency = f"{s.latency_ewma_ms:.0f} ms" if s.latency_ewma_ms is not None else "-"
+        table.add_row(
+            escape(dep_id),
+            s.circuit.value,
+            s.forced.value if s.forced else "",
+            f"{s.success_rate:.0%}",
+            latency,
+            f"{s.in_flight}" + (f"/{dep.max_concurrency}" if dep.max_concurrency else ""),
+            f"{s.requests_in_window}" + (f"/{dep.rpm}" if dep.rpm else ""),
+            f"{s.tokens_in_window}" + (f"/{dep.tpm}" if dep.tpm else ""),
+        )
+    console.print(table)
+
+
+def _deployment_view(dep: Deployment, s: DeploymentSnapshot) -> dict[str, Any]:
+    """One deployment's line of `routeq deployments list --json`."""
+    return {
+        "id": dep.id,
+        "circuit": s.circuit.value,
+        "forced": None if s.forced is None else s.forced.value,
+        "success_rate": s.success_rate,
+        "latency_ewma_ms": s.latency_ewma_ms,
+        "in_flight": s.in_flight,
+        "max_concurrency": dep.max_concurrency,
+        "requests_in_window": s.requests_in_window,
+        "rpm": dep.rpm,
+        "tokens_in_window": s.tokens_in_window,
+        "tpm": dep.tpm,
+    }
 
 
 def _force(deployment: str, state: Forced | None) -> None:
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
     from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    catalog = load_catalog(settings.catalog_path)
+    catalog = load_catalog_or_exit()
     if deployment not in catalog:
-        console.print(f"[red]error:[/red] unknown deployment {deployment!r}; known: {', '.join(catalog)}")
-        raise typer.Exit(1)
+        raise fail(f"unknown deployment {deployment!r}; known: {', '.join(catalog)}", code=1)
 
     async def go(redis: Redis) -> None:
         await RedisFleetState(redis).force(deployment, state)
@@ -139,23 +158,34 @@ def _scope(typed: str) -> tuple[str, str]:
     try:
         scope = parse_scope(typed)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="SCOPE") from None
+        raise fail(str(exc)) from None
     return scope, escape(readable_scope(scope))
 
 
 @budget_app.command()
-def show(scope: ScopeArg) -> None:
+def show(scope: ScopeArg, as_json: JsonFlag = False) -> None:
     """A scope's cap, settled spend and calls in flight (held)."""
+    from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
+
     settings = load_settings()
     stored, shown = _scope(scope)
 
-    async def go(redis: Redis) -> None:
-        budgets = _budgets(redis, settings)
-        usage = await budgets.usage(stored)
-        cap = "none" if usage.cap_usd is None else f"${usage.cap_usd:.4f}"
-        console.print(f"{shown}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
+    async def go(redis: Redis) -> ScopeUsage:
+        return await _budgets(redis, settings).usage(stored)
 
-    execute(_with_redis(settings, go))
+    usage = execute(_with_redis(settings, go))
+    if as_json:
+        print_json(
+            {
+                "scope": readable_scope(stored),
+                "spent_usd": usage.spent_usd,
+                "held_usd": usage.reserved_usd,
+                "cap_usd": usage.cap_usd,
+            }
+        )
+        return
+    cap = "none" if usage.cap_usd is None else f"${usage.cap_usd:.4f}"
+    console.print(f"{shown}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
 
 
 @budget_app.command("set")

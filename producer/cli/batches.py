@@ -6,25 +6,33 @@ embedded stack (and so `workers`), and FastAPI only with `--serve`.
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from producer.cli._common import execute, finite_usd, load_settings, with_client, with_store
-from router_core.errors import ConfigError
-from router_core.redact import mask_url
+from producer.cli._common import (
+    JsonFlag,
+    execute,
+    fail,
+    finite_usd,
+    load_catalog_or_exit,
+    load_settings,
+    print_json,
+    with_client,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from producer.client import Client, SubmitProgress
     from producer.inputs import InputRules, LineError, ParsedInput
     from storage.bus.events import Event
-    from storage.jobs import NewJob
+    from storage.jobs import BatchRecord, JobRecord
     from storage.settings import Settings
     from storage.sql.store import Store
 
@@ -44,25 +52,19 @@ BudgetOpt = Annotated[
 ]
 FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.")]
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
+BatchIdArg = Annotated[str, typer.Argument(help="A batch id (batch_...).")]
 
 
 def _input_rules(settings: Settings) -> InputRules:
     """The settings' limits and the catalog the workers route with: a line naming an unknown model
     or deployment is refused at submission, by line and field."""
     from producer.inputs import InputRules  # noqa: PLC0415 - pydantic models of requests, on use
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - pydantic models of deployments, on use
 
-    try:
-        catalog = load_catalog(settings.catalog_path)
-    except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
-    return InputRules.from_settings(settings, catalog)
+    return InputRules.from_settings(settings, load_catalog_or_exit())
 
 
 def _cannot_read(path: Path, exc: OSError) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
-    return typer.Exit(2)
+    return fail(f"cannot read {path}: {exc.strerror or exc}")
 
 
 def _report_input(path: Path, errors: Sequence[LineError], lines_read: int, valid: int) -> None:
@@ -76,8 +78,7 @@ def _report_input(path: Path, errors: Sequence[LineError], lines_read: int, vali
             f"the other {valid} run.[/yellow]"
         )
     if not valid:
-        err_console.print(f"[red]error:[/red] {path} has no valid lines to run")
-        raise typer.Exit(1)
+        raise fail(f"{path} has no valid lines to run", code=1)
 
 
 def _read_input(path: Path, settings: Settings) -> ParsedInput:
@@ -93,21 +94,25 @@ def _read_input(path: Path, settings: Settings) -> ParsedInput:
     return parsed
 
 
-def _batch_items(parsed: ParsedInput) -> tuple[list[NewJob], list[dict[str, Any]]]:
-    from storage.jobs import NewJob  # noqa: PLC0415 - pydantic models of requests, on use
-
-    items = [NewJob(item.custom_id, item.request) for item in parsed.items]
-    invalid = [dataclasses.asdict(e) for e in parsed.errors]
-    return items, invalid
-
-
 def run(
-    file: FileArg,
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.", show_default=False),
+    ] = None,
+    *,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Results JSONL path.")] = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (ROUTEQ_WORKER_CONCURRENCY).")
     ] = None,
     budget: BudgetOpt = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="BATCH_ID",
+            help="Run what an interrupted `routeq run` left (instead of a FILE); finished jobs stay done.",
+        ),
+    ] = None,
     serve: Annotated[
         int | None,
         typer.Option(
@@ -119,65 +124,25 @@ def run(
 ) -> None:
     """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file.
 
+    Ctrl-C stops taking jobs and lets running ones finish (Ctrl-C again stops them too); the rest
+    stay queued in the database for `routeq run --resume BATCH_ID`.
     With `--serve PORT` the same in-process stack then serves the HTTP API (OpenAI-compatible
     chat completions and Batch API, results, events) until Ctrl-C, without API keys.
     """
-    from producer.cli.embedded import embedded_client  # noqa: PLC0415 - imports workers: `run` only
-    from producer.cli.reporting import (  # noqa: PLC0415 - start-up: imported on use
-        cache_line,
-        follow_with_progress,
-        summary_table,
-    )
-    from producer.outputs import write_results  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.running import RunOptions, run_embedded  # noqa: PLC0415 - imports workers: `run` only
 
+    if (file is None) == (resume is None):
+        raise fail("give the FILE to run, or --resume BATCH_ID to finish an interrupted run (not both)")
+    if resume is not None and budget is not None:
+        raise fail("--budget is set when a batch is made; a resumed batch keeps its own")
     settings = load_settings()
-    parsed = _read_input(file, settings)
+    parsed = _read_input(file, settings) if file is not None else None
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
-
-    async def go() -> int | None:
-        """Run the batch (then serve, with --serve); the signal that stopped the server, if any."""
-        async with embedded_client(settings) as embedded:
-            client = embedded.client
-            items, invalid = _batch_items(parsed)
-            started = time.perf_counter()
-            batch_id = await client.submit_batch(
-                items, name=file.name, invalid_lines=invalid, budget_usd=budget
-            )
-            batch = await client.batch(batch_id)
-            mode = (
-                "in-process Redis" if settings.redis_url is None else f"Redis {mask_url(settings.redis_url)}"
-            )
-            database = mask_url(settings.database_url)
-            console.print(f"batch [bold]{batch_id}[/bold]: {batch.total} jobs · {mode} · {database}")
-            await embedded.until(follow_with_progress(client, batch, console))
-            elapsed = time.perf_counter() - started
-            summary = await client.store.batches.summary(batch_id)
-            console.print(summary_table(summary))
-            if (cached := cache_line(summary)) is not None:
-                console.print(cached, highlight=False)
-            path = output or Path(f"results-{batch_id}.jsonl")
-            written, _ = await write_results(path, client.results(batch_id))
-            console.print(
-                f"{batch.total} jobs in {elapsed:.1f}s ({batch.total / elapsed:.0f} jobs/s). "
-                f"Results: [bold]{path}[/bold] ({written} lines). Later: `routeq results {batch_id}`."
-            )
-            if serve is not None:
-                from producer.api import serve_app  # noqa: PLC0415 - FastAPI and uvicorn: --serve only
-
-                dev = settings.model_copy(update={"api_dev_mode": True})
-                console.print(
-                    f"HTTP API on http://127.0.0.1:{serve} (docs at /docs), dev mode without keys. "
-                    "Ctrl-C stops."
-                )
-                return await embedded.until(
-                    serve_app(dev, client.redis, client.store, host="127.0.0.1", port=serve)
-                )
-        return None
-
-    stopped_by = execute(go())
-    if stopped_by is not None:  # everything is closed: exit as the signal would have (130 for Ctrl-C)
-        raise typer.Exit(128 + stopped_by)
+    options = RunOptions(file=file, parsed=parsed, resume=resume, output=output, budget=budget, serve=serve)
+    exit_code = execute(run_embedded(settings, options, console))
+    if exit_code:  # everything is closed: exit as the signal would have (130 for Ctrl-C)
+        raise typer.Exit(exit_code)
 
 
 def submit(
@@ -194,7 +159,7 @@ def submit(
     The file is read, checked, written to SQL and queued a chunk at a time, so a file of any size
     takes the memory of one chunk; jobs of the first chunks may run while later ones are read.
     """
-    from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.reporting import status_table  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
     rules = _input_rules(settings)
@@ -211,11 +176,37 @@ def submit(
         assert done.batch_id is not None  # a file with a valid line makes a batch
         console.print(done.batch_id)
         if wait:
-            await follow_with_progress(client, await client.batch(done.batch_id), err_console)
+            await _follow_while_workers_live(client, settings, done.batch_id)
             err_console.print(status_table(await client.batch(done.batch_id)))
 
     with source:
         execute(with_client(settings, go))
+
+
+async def _follow_while_workers_live(client: Client, settings: Settings, batch_id: str) -> None:
+    """Follow the batch to its end, or fail within seconds when no live worker is registered."""
+    from producer.cli import fleet  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.reporting import follow_with_progress  # noqa: PLC0415 - start-up: imported on use
+
+    follow = asyncio.ensure_future(follow_with_progress(client, await client.batch(batch_id), err_console))
+    nobody = asyncio.ensure_future(fleet.until_no_live_worker(client.redis, settings))
+    try:
+        await asyncio.wait({follow, nobody}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (follow, nobody):
+            task.cancel()
+        await asyncio.gather(follow, nobody, return_exceptions=True)
+    if not follow.cancelled():
+        follow.result()  # the batch finished (or following it failed: raised here)
+        return
+    if not nobody.cancelled():
+        nobody.result()  # the registry could not be read: raised here
+    raise fail(
+        f"no live worker on queue {settings.queue_name!r} of this Redis, so nothing runs {batch_id}: start "
+        "`routeq worker` with the same ROUTEQ_REDIS_URL and ROUTEQ_QUEUE_NAME (`routeq workers` lists them). "
+        f"The batch stays queued; follow it with `routeq watch {batch_id}`.",
+        code=3,
+    )
 
 
 async def _submit_file(
@@ -258,32 +249,54 @@ async def _submit_file(
             raise _cannot_read(path, exc) from exc
 
 
-def status(id: IdArg) -> None:
+def status(id: IdArg, as_json: JsonFlag = False) -> None:
     """A batch's counts per status, or one job's status, cost and attempts (reads SQL only)."""
-    from producer.cli.reporting import status_table  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.reporting import status_table, status_view  # noqa: PLC0415 - start-up: imported on use
     from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
 
     async def go(store: Store) -> None:
-        if id.startswith("job_"):
-            job = await store.jobs.get(id, tenant=ANY_TENANT)
-            console.print(
-                f"job {job.id} ({job.custom_id}) in {job.batch_id}: [bold]{job.status.value}[/bold]"
-            )
-            for attempt in await store.jobs.attempts(id, tenant=ANY_TENANT):
-                outcome = (
-                    attempt["outcome"]
-                    if not attempt["error"]
-                    else f"{attempt['outcome']}: {attempt['error']}"
-                )
-                console.print(
-                    f"  try {attempt['run']}.{attempt['attempt_no']} {attempt['deployment']}: {outcome}"
-                )
-            if job.cost_usd is not None:
-                console.print(f"  cost ${job.cost_usd:.6f} on {job.deployment}")
+        if not id.startswith("job_"):
+            batch = await store.batches.get(id, tenant=ANY_TENANT)
+            if as_json:
+                print_json(status_view(batch))
+            else:
+                console.print(status_table(batch))
             return
-        console.print(status_table(await store.batches.get(id, tenant=ANY_TENANT)))
+        job = await store.jobs.get(id, tenant=ANY_TENANT)
+        attempts = await store.jobs.attempts(id, tenant=ANY_TENANT)
+        if as_json:
+            print_json(_job_view(job, attempts))
+            return
+        console.print(
+            f"job {job.id} ({escape(job.custom_id)}) in {job.batch_id}: [bold]{job.status.value}[/bold]"
+        )
+        for attempt in attempts:
+            outcome = (
+                attempt["outcome"] if not attempt["error"] else f"{attempt['outcome']}: {attempt['error']}"
+            )
+            console.print(
+                f"  try {attempt['run']}.{attempt['attempt_no']} {attempt['deployment']}: {escape(outcome)}"
+            )
+        if job.cost_usd is not None:
+            console.print(f"  cost ${job.cost_usd:.6f} on {job.deployment}")
 
     execute(with_store(load_settings(), go))
+
+
+def _job_view(job: JobRecord, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One job as `routeq status job_... --json` prints it."""
+    return {
+        "id": job.id,
+        "custom_id": job.custom_id,
+        "batch_id": job.batch_id,
+        "status": job.status.value,
+        "deployment": job.deployment,
+        "cost_usd": job.cost_usd,
+        "latency_ms": job.latency_ms,
+        "failovers": job.failovers,
+        "error": job.error,
+        "attempts": attempts,
+    }
 
 
 def results(
@@ -301,7 +314,7 @@ def results(
         ),
     ] = None,
 ) -> None:
-    """The batch's finished results as OpenAI-batch-style JSONL (reads SQL only)."""
+    """Finished results as OpenAI-batch-style JSONL: a batch's, or one job's (reads SQL only)."""
     from producer.outputs import metadata_filter, write_results  # noqa: PLC0415 - start-up: imported on use
     from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
 
@@ -309,40 +322,78 @@ def results(
         pairs = metadata_filter(metadata or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--metadata") from None
+    if pairs and id.startswith("job_"):
+        raise fail("--metadata picks jobs of a batch: give a batch id, or drop it to get the job's result")
 
     async def go(store: Store) -> None:
-        batch = await store.batches.get(id, tenant=ANY_TENANT)
         target = output or Path("/dev/stdout")
-        jobs = store.jobs.iter(batch.id, tenant=ANY_TENANT, metadata=pairs)
+        if id.startswith("job_"):
+            jobs: AsyncIterable[JobRecord] = _one(await store.jobs.get(id, tenant=ANY_TENANT))
+        else:
+            batch = await store.batches.get(id, tenant=ANY_TENANT)
+            jobs = store.jobs.iter(batch.id, tenant=ANY_TENANT, metadata=pairs)
         written, pending = await write_results(target, jobs)
         if output is not None:
-            err_console.print(f"{written} results written to {output}")
+            err_console.print(f"{written} results written to {escape(str(output))}")
         if pending:
             err_console.print(f"[yellow]{pending} jobs not finished yet[/yellow]")
 
     execute(with_store(load_settings(), go))
 
 
+async def _one(job: JobRecord) -> AsyncIterator[JobRecord]:
+    yield job
+
+
+def _batch_id(id: str, command: str) -> str:
+    """`id` when it names a batch; a job id is one error line saying what to type instead."""
+    if id.startswith("job_"):
+        raise fail(
+            f"`routeq {command}` takes a batch id; {id} is a job (`routeq status {id}` names its batch)"
+        )
+    return id
+
+
 def watch(
-    id: IdArg,
+    id: BatchIdArg,
     after: Annotated[str, typer.Option(help="Resume after this event id (0-0 = from the start).")] = "0-0",
 ) -> None:
-    """Live progress of a batch from its event stream; failures are printed as they happen."""
+    """Live progress of a batch from its event stream; failures are printed as they happen.
+
+    A batch already finished is read from SQL alone: its summary needs no Redis.
+    """
     from producer.cli.reporting import follow_with_progress, status_table  # noqa: PLC0415 - start-up: imported on use
+    from storage.jobs import ANY_TENANT  # noqa: PLC0415 - start-up: imported on use
+
+    batch_id = _batch_id(id, "watch")
+    settings = load_settings()
+
+    async def finished(store: Store) -> BatchRecord | None:
+        batch = await store.batches.get(batch_id, tenant=ANY_TENANT)
+        return batch if batch.status in ("completed", "cancelled") and not batch.submitting else None
+
+    done = execute(with_store(settings, finished))
+    if done is not None:
+        console.print(status_table(done))
+        console.print(
+            f"{done.id} is finished (read from the database): `routeq results {done.id}` prints them"
+        )
+        return
 
     def show_failure(event: Event) -> None:
         if event.type == "job.failed":
             err_console.print(
-                f"[red]{event.data['custom_id']}[/red]: {event.data.get('error')}", highlight=False
+                f"[red]{escape(str(event.data['custom_id']))}[/red]: {escape(str(event.data.get('error')))}",
+                highlight=False,
             )
 
     async def go(client: Client) -> None:
-        batch = await client.batch(id)
+        batch = await client.batch(batch_id)
         last = await follow_with_progress(client, batch, console, after=after, on_event=show_failure)
-        console.print(status_table(await client.batch(id)))
+        console.print(status_table(await client.batch(batch_id)))
         console.print(f"last event id: {last}")
 
-    execute(with_client(load_settings(), go))
+    execute(with_client(settings, go))
 
 
 def cancel(id: IdArg) -> None:
@@ -359,14 +410,16 @@ def cancel(id: IdArg) -> None:
     execute(with_client(load_settings(), go))
 
 
-def requeue(id: IdArg) -> None:
+def requeue(id: BatchIdArg) -> None:
     """Re-enqueue a batch's jobs that nothing will run, and restore its counters, from SQL.
 
     For a crash mid-submit, a Redis data loss or jobs arq dropped: queued and running jobs with no
     live lease go back on the queue; a batch whose jobs are all finished is marked complete.
     """
 
+    batch_id = _batch_id(id, "requeue")
+
     async def go(client: Client) -> None:
-        console.print(f"{await client.requeue(id)} jobs put back on the queue")
+        console.print(f"{await client.requeue(batch_id)} jobs put back on the queue")
 
     execute(with_client(load_settings(), go))

@@ -8,7 +8,6 @@ policy again every few seconds). SQLAlchemy is imported when a command runs, not
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from producer.cli._common import execute, load_settings, with_store
+from producer.cli._common import JsonFlag, execute, load_settings, print_json, with_store
 
 if TYPE_CHECKING:
     from storage.sql.store import Store
@@ -29,8 +28,6 @@ cache_app = typer.Typer(help="The response cache: hits and dollars saved, cleari
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def _since(value: str | None) -> datetime | None:
@@ -75,7 +72,7 @@ def stats(
 
     view = execute(with_store(load_settings(), go))
     if as_json:
-        print(json.dumps(view))
+        print_json(view)
         return
     who = f"tenant {view['tenant']}" if tenant else "every tenant"
     when = f" since {view['since']}" if start else ""
@@ -143,7 +140,7 @@ def policy(
 
     view = execute(with_store(settings, go))
     if as_json:
-        print(json.dumps(view))
+        print_json(view)
         return
     console.print(f"cache policy of tenant {tenant}:", markup=False)
     effective = view["effective"]

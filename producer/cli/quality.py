@@ -8,7 +8,6 @@ ROUTEQ_REDIS_URL set, a rating also tells the fleet at once (workers plan with i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -16,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.cli._common import execute, load_settings, with_store
+from producer.cli._common import JsonFlag, execute, load_settings, print_json, with_store
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -29,8 +28,6 @@ __all__ = ["feedback", "quality"]
 
 console = Console(emoji=False, highlight=False)
 T = TypeVar("T")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def feedback(
@@ -71,7 +68,7 @@ def feedback(
 
     made = execute(with_store(settings, rate))
     if as_json:
-        print(json.dumps(made))
+        print_json(made)
         return
     console.print(
         f"rated job {made['job_id']} ({made['deployment']}): score {made['score']:.2f}, id {made['id']}",
@@ -93,7 +90,7 @@ def quality(as_json: JsonFlag = False) -> None:
 
     view = execute(with_store(settings, read))
     if as_json:
-        print(json.dumps(view))
+        print_json(view)
         return
     table = Table(title=f"quality (prior counts as {view['prior_strength']:g} samples)")
     for name, justify in (
@@ -122,7 +119,7 @@ async def _history(store: Store, tenant: str, job_id: str | None, limit: int) ->
 
 def _print_history(view: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(view))
+        print_json(view)
         return
     if not view["data"]:
         console.print("no feedback", markup=False)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -20,7 +21,15 @@ if TYPE_CHECKING:
     from producer.inputs import LineError
     from storage.bus.events import Event
 
-__all__ = ["cache_line", "follow_with_progress", "print_line_errors", "status_table", "summary_table"]
+__all__ = [
+    "cache_line",
+    "follow_with_progress",
+    "print_line_errors",
+    "simulated_line",
+    "status_table",
+    "status_view",
+    "summary_table",
+]
 
 # Without an event for this long, check SQL: the batch may be finished and its stream expired.
 _IDLE_CHECK_MS = 2_000
@@ -64,6 +73,21 @@ async def follow_with_progress(
                     return after
 
 
+def status_view(batch: BatchRecord) -> dict[str, Any]:
+    """The batch's status and counts as `routeq status --json` prints them."""
+    return {
+        "id": batch.id,
+        "name": batch.name,
+        "status": batch.status,
+        "total": batch.total,
+        "done": batch.done,
+        "counts": {status.value: batch.counts.get(status, 0) for status in JobStatus},
+        "rejected_lines": len(batch.invalid_lines),
+        "created_at": batch.created_at,
+        "completed_at": batch.completed_at,
+    }
+
+
 def status_table(batch: BatchRecord) -> Group:
     """`batch <id>: <status>` and the count of jobs per status."""
     table = Table()
@@ -77,13 +101,14 @@ def status_table(batch: BatchRecord) -> Group:
     return Group(Text.assemble("batch ", (batch.id, "bold"), f": {batch.status}"), table)
 
 
-def summary_table(summary: BatchSummary) -> Table:
+def summary_table(summary: BatchSummary, simulated: frozenset[str] = frozenset()) -> Table:
+    """Jobs, cost, latency and failovers per deployment; a simulated deployment is marked `(sim)`."""
     table = Table(title="jobs per deployment", title_justify="left")
     for column in ("deployment", "jobs", "cost $", "p50 ms", "p95 ms", "failovers"):
         table.add_column(column, justify="left" if column == "deployment" else "right")
     for row in summary.deployments:
         table.add_row(
-            row.deployment,
+            escape(row.deployment) + (" [dim](sim)[/dim]" if row.deployment in simulated else ""),
             str(row.jobs),
             f"{row.cost_usd:.6f}",
             f"{row.p50_latency_ms:.0f}",
@@ -111,6 +136,16 @@ def summary_table(summary: BatchSummary) -> Table:
     return table
 
 
+def simulated_line(summary: BatchSummary, simulated: frozenset[str]) -> str | None:
+    """How many of the batch's answers came from the simulated world; None when none did."""
+    on_sim = sum(row.jobs for row in summary.deployments if row.deployment in simulated)
+    if not on_sim:
+        return None
+    answered = sum(row.jobs for row in summary.deployments)
+    every = f"all {on_sim}" if on_sim == answered else f"{on_sim} of {answered}"
+    return f"simulated: {every} answers came from the simulated provider world, not a real API"
+
+
 def cache_line(summary: BatchSummary) -> str | None:
     """The batch's use of the response cache in one line; None when no job used it."""
     if not summary.cache_jobs:
@@ -124,6 +159,10 @@ def cache_line(summary: BatchSummary) -> str | None:
 def print_line_errors(errors: Sequence[LineError], console: Console, *, source: str, limit: int = 20) -> None:
     """Each rejected input line with its number and reason (the first `limit`, then a count)."""
     for error in errors[:limit]:
-        console.print(f"[red]{source}:{error.line}:[/red] {error.reason}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]{escape(source)}:{error.line}:[/red] {escape(error.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if len(errors) > limit:
         console.print(f"[red]... and {len(errors) - limit} more rejected lines[/red]")

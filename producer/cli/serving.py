@@ -5,13 +5,21 @@ FastAPI and uvicorn are imported by `serve` when it runs: every other command go
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from producer.cli._common import execute, finite_usd, load_settings, with_redis, with_store
+from producer.cli._common import (
+    JsonFlag,
+    execute,
+    finite_usd,
+    load_settings,
+    print_json,
+    with_redis,
+    with_store,
+)
 from storage.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -178,7 +186,10 @@ async def _set_user_budget(settings: Settings, tenant: str, user: str, budget: f
 
 
 @keys_app.command("list")
-def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+def list_keys(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Every key (never a secret): id, prefix, tenant, user, rights, created, revoked."""
     from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
 
@@ -190,6 +201,9 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
             found = await store.api_keys.list(tenant=tenant)
         finally:
             await store.close()
+        if as_json:
+            print_json({"keys": [_key_view(k) for k in found]})
+            return
         # Plain aligned columns, never cut or folded to the terminal's width: ids must stay whole
         # to be copied into `routeq keys revoke` (a rich table truncated them on narrow terminals).
         rows = [_COLUMNS, *(_cells(k) for k in found)]
@@ -202,6 +216,22 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
 
 
 _COLUMNS = ("id", "prefix", "rights", "tenant", "user", "name", "created", "revoked")
+
+
+def _key_view(key: ApiKey) -> dict[str, Any]:
+    """One key as `routeq keys list --json` prints it (its prefix, never its secret)."""
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "tenant": key.tenant,
+        "user": key.user_id,
+        "name": key.name,
+        "admin": key.admin,
+        "operator": key.operator,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+        "limits": key.limits.as_json(),
+    }
 
 
 def _cells(key: ApiKey) -> tuple[str, ...]:

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from producer.cli._common import execute, load_settings, with_store
-from router_core.errors import ConfigError
+from producer.cli._common import (
+    JsonFlag,
+    execute,
+    load_catalog_or_exit,
+    load_settings,
+    print_json,
+    settings_or_exit,
+    with_store,
+)
 from router_core.redact import mask_url
-
-if TYPE_CHECKING:
-    from router_core.catalog import Catalog
 
 __all__ = ["catalog", "load_catalog_or_exit", "migrate", "sim"]
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 def sim(
@@ -44,41 +46,24 @@ def catalog(
     path: Annotated[
         Path | None, typer.Argument(help="Catalog TOML (default: ROUTEQ_CATALOG_PATH or demo).")
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Validate a catalog and show its deployments, their resolved prices and the features they honour."""
-    from router_core.chat import Feature  # noqa: PLC0415 - start-up: imported on use
+    """Validate a catalog and show its deployments, resolved prices, features and which are simulated."""
+    from producer.cli.catalog_view import catalog_rows, catalog_tables  # noqa: PLC0415 - on use
+    from router_core.settings import RouterSettings  # noqa: PLC0415 - start-up: imported on use
+    from router_core.simulated import simulated_ids, simulated_note  # noqa: PLC0415 - on use
 
     cat = load_catalog_or_exit(path)
-    table = Table(title=f"catalog {cat.source}")
-    columns = (
-        "id",
-        "kind",
-        "task",
-        "provider",
-        "model",
-        "quality",
-        "$ in/Mtok",
-        "$ out/Mtok",
-        "price source",
-        "features",
-    )
-    for column in columns:
-        table.add_column(column)
-    for d in cat.values():
-        price = cat.price(d.id)
-        table.add_row(
-            d.id,
-            d.kind.value,
-            d.task.value + (f" ({d.dimensions} dims)" if d.dimensions else ""),
-            d.provider,
-            d.model,
-            f"{d.quality:.2f}",
-            f"{price.input_per_token * 1e6:.3f}",
-            f"{price.output_per_token * 1e6:.3f}",
-            price.source,
-            ", ".join(f.value for f in Feature if f in d.features) or "-",  # as exclusions name them
+    mode = settings_or_exit(RouterSettings).simulate
+    simulated = simulated_ids(cat, mode)
+    if as_json:
+        print_json(
+            {"source": cat.source, "simulate": mode.value, "deployments": catalog_rows(cat, simulated)}
         )
-    console.print(table)
+        return
+    for renderable in catalog_tables(cat, simulated, console):
+        console.print(renderable)
+    console.print(f"deployments: {simulated_note(cat, simulated, mode)}", highlight=False, markup=False)
 
 
 def migrate() -> None:
@@ -86,15 +71,3 @@ def migrate() -> None:
     settings = load_settings()
     execute(with_store(settings, lambda store: asyncio.sleep(0)))
     console.print(f"database schema is current: {mask_url(settings.database_url)}")
-
-
-def load_catalog_or_exit(path: Path | None) -> Catalog:
-    """The catalog, or one clear error line and exit status 2."""
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - genai-prices: commands with a catalog
-    from router_core.settings import RouterSettings  # noqa: PLC0415 - start-up: imported on use
-
-    try:
-        return load_catalog(path if path is not None else RouterSettings().catalog_path)
-    except ConfigError as exc:
-        err_console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2) from exc

@@ -22,20 +22,13 @@ from router_core.providers.openai import OpenAIProvider
 from router_core.settings import SimulateMode
 from router_core.sim import SimProfile, SimWorld, sim_http_client
 from router_core.sim.transport import SIM_BASE_URL
+from router_core.simulated import is_simulated
 
 __all__ = ["build_providers", "is_simulated", "sim_profile", "sim_world_for"]
 
 # Sent as the key to the sim and to keyless local servers (Ollama, vLLM) that ignore it.
 _PLACEHOLDER_KEY = "routeq-no-key"
 _LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
-
-
-def is_simulated(dep: Deployment, mode: SimulateMode, env: Mapping[str, str]) -> bool:
-    if dep.kind is ProviderKind.SIM or mode is SimulateMode.ALWAYS:
-        return True
-    if mode is SimulateMode.NEVER or dep.api_key_env is None:
-        return False
-    return not env.get(dep.api_key_env)
 
 
 def sim_profile(dep: Deployment) -> SimProfile:

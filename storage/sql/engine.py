@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError, NoSuchModuleError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -71,6 +71,15 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ServiceUnavailableError("the database", url, "not a database URL", _HINT) from exc
+    try:
+        return _engine(parsed, echo=echo)
+    except (NoSuchModuleError, InvalidRequestError, ImportError) as exc:
+        # An unknown scheme (`nonsense://`) or a driver that is not async (`postgresql://`).
+        reason = f"no async driver for {parsed.drivername!r} ({exc})"
+        raise ServiceUnavailableError("the database", url, reason, _HINT) from exc
+
+
+def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if not database or database == ":memory:":

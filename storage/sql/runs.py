@@ -6,6 +6,7 @@
             `attempts` row per call and a `ledger` row per billed call (ON CONFLICT DO NOTHING)
     defer   back to `queued` to wait for capacity, keeping the run's attempts and charges
     record_in_doubt   calls a dead run held budget for: an in_doubt attempt and an estimated charge
+    hand_back         a stopping worker's unfinished jobs back to `queued` (`routeq run` on Ctrl-C)
 
 Attempts and ledger rows are keyed by (job_id, run, attempt_no), so replaying a run adds nothing:
 the unique constraint, not a prior SELECT, keeps the ledger exactly-once.
@@ -159,6 +160,25 @@ class Runs:
             await self._insert_calls(conn, *calls)
 
         await self._db.writes.run(write)
+
+    async def hand_back(self, worker: str) -> int:
+        """Put the jobs `worker` started and never finished back to `queued`; returns how many.
+
+        For a worker that stops on purpose with jobs cancelled mid-run (Ctrl-C on `routeq run`): its
+        rows would otherwise read `running` until a sweep or `requeue` found them. `starts` is
+        kept, so the next run of each job goes through the recovery of a run that did not finish
+        (calls it held budget for are charged, an answer it saved is used).
+        """
+        reopen = (
+            update(jobs)
+            .where((jobs.c.worker == worker) & (jobs.c.status == JobStatus.RUNNING.value))
+            .values(status=JobStatus.QUEUED.value, worker=None)
+        )
+
+        async def write(conn: AsyncConnection) -> int:
+            return (await conn.execute(reopen)).rowcount
+
+        return await self._db.writes.run(write)
 
     async def record_in_doubt(self, job: StartedJob, calls: Sequence[InDoubtCall]) -> None:
         """Record calls a dead run held budget for but never recorded: an attempt and an estimated charge.
