@@ -17,8 +17,9 @@ Two strategies are built on the others:
 - `escalate`: difficulty-aware. An option's `quality` is, for this strategy only, its learned
   quality on prompts of the request's complexity (`QualityBoard.by_complexity`). The bar is the best
   option's quality minus the tolerance (`Escalation.effective_tolerance`); options at or above it
-  come first, cheapest first, then the rest, cheapest first: the cheapest good-enough deployment
-  answers, and failover stays among good-enough ones before it falls to weaker ones.
+  come first, cheapest first, then the rest, best quality first: the cheapest good-enough
+  deployment answers, failover stays among good-enough ones, and only then falls to the least
+  weak of the others.
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def _escalate(options: Sequence[Option], ctx: RankContext) -> list[float]:
     tolerance = (ctx.preferences.escalation or Escalation()).effective_tolerance
     _, threshold = escalation_bar(options, tolerance)
     cheap = _relative_low([o.est_cost for o in options])  # in [0, 1]: 1 for the cheapest
+    # Good enough: 2 + cheapness, in [2, 3]; below the bar: its quality, in [0, 1].
     return [
-        (2.0 if o.quality.value >= threshold - _BAR_SLACK else 0.0) + c
+        2.0 + c if o.quality.value >= threshold - _BAR_SLACK else o.quality.value
         for o, c in zip(options, cheap, strict=True)
     ]
 
