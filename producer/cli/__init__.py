@@ -6,6 +6,7 @@ tools.py      sim, catalog, migrate
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
 serving.py    serve, keys ...
+replay.py     replay (a batch re-planned under other strategies)
 reporting.py  what the commands show: the progress bar, status and summary tables
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
 _common.py    known errors as one red line; connections opened and closed for a command
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from producer.cli import admin, batches, cache, serving, tools, workers
+from producer.cli import admin, batches, cache, replay, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -32,6 +33,7 @@ for command in (
     batches.watch,
     batches.cancel,
     batches.requeue,
+    replay.replay,
     workers.worker,
     tools.migrate,
     serving.serve,
