@@ -40,6 +40,8 @@ __all__ = [
     "batches",
     "cache_policies",
     "cache_vectors",
+    "eval_results",
+    "eval_runs",
     "feedback",
     "files",
     "idempotency_keys",
@@ -65,6 +67,7 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 _Money = Numeric(20, 10, asdecimal=True)
 _Time = DateTime(timezone=True)
 _CACHE_SOURCES = "cache_key IS NOT NULL AND status = 'succeeded' AND cache_source IS NULL"
+_ANSWERED = "status = 'succeeded' AND cache_source IS NULL"
 
 batches = Table(
     "batches",
@@ -159,6 +162,15 @@ jobs = Table(
         "finished_at",
         postgresql_where=text(_CACHE_SOURCES),
         sqlite_where=text(_CACHE_SOURCES),
+    ),
+    # The answers providers gave (not cache hits), by finish time: the eval beat samples them
+    # after its cursor (workers/evals.py, migration 0012).
+    Index(
+        "ix_jobs_answered",
+        "finished_at",
+        "id",
+        postgresql_where=text(_ANSWERED),
+        sqlite_where=text(_ANSWERED),
     ),
 )
 
@@ -329,4 +341,37 @@ quality_tallies = Table(
     Column("samples", Integer, nullable=False),
     Column("total", Float, nullable=False),
     Column("updated_at", _Time, nullable=False),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    # One `routeq eval FILE --deployments ...` run (migration 0012).
+    Column("id", String(40), primary_key=True),  # evalrun_...
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(255), nullable=False),  # the reference file's name
+    Column("judge", String(128)),  # the judge deployment of its `judge` lines
+    Column("batch_id", String(40), ForeignKey("batches.id")),  # where its jobs ran
+    Column("deployments", JSON, nullable=False),  # the deployments compared, in the order asked
+    Column("created_at", _Time, nullable=False),
+    Index(None, "tenant", "created_at"),
+)
+
+eval_results = Table(
+    "eval_results",
+    metadata,
+    # One reference line answered by one deployment, and its score (NULL: no score, see `error`).
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("eval_runs.id"), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("deployment", String(128), nullable=False),
+    Column("capability", String(32), nullable=False),
+    Column("complexity", String(16), nullable=False),
+    Column("method", String(16), nullable=False),  # exact, contains, json, judge
+    Column("score", Float),
+    Column("cost_usd", _Money),  # the answer's calls, plus the judge's for a `judge` line
+    Column("latency_ms", Float),
+    Column("job_id", String(40), ForeignKey("jobs.id")),
+    Column("error", Text),
+    UniqueConstraint("run_id", "line", "deployment"),
 )
