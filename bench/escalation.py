@@ -20,8 +20,14 @@ against `quality`, and whether the gap stays within the mode's tolerance
 
 Everything runs in this process (the sim in-process, one burst-mode worker per phase); the Redis
 database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start
-and the end; the SQL store is a fresh SQLite file. About 4,000 jobs at the defaults: well under a
-minute. The last line is the figures as JSON.
+and the end; the SQL store is a fresh SQLite file. About 3,800 jobs at the defaults (half of them judge
+calls, each checked against the verdict's JSON schema): about 2 minutes on a busy 2-core machine.
+The last line is the figures as JSON.
+
+Why 300 training prompts: the board shrinks a deployment's score on one complexity towards its
+score on the others (`QualityBoard.by_complexity`), so the cheap model's easy-prompt score needs
+some 150+ samples to get within `fast`'s tolerance of the strong one's; with fewer, escalate is
+more cautious (it sends easy prompts to the mid model), never less.
 
 Run: `.venv/bin/python bench/escalation.py [--train N] [--test N] [--easy-share 0.6]`.
 """
@@ -327,7 +333,6 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         worker_concurrency=args.concurrency,
         default_user_budget_usd=1e9,  # thousands of bench jobs would exhaust the default $1 cap
         cache=False,  # every arm pays for its own answers
-        quality_refresh_s=0.0,  # workers plan with the evidence as soon as it is recorded
     )
     print(f"redis: {args.redis_url} (FLUSHDB at start and end); database: a fresh SQLite file")
     print(f"prompts: {args.easy_share:.0%} short factual (low complexity), the rest long code/design (high)")
