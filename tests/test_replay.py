@@ -1,6 +1,6 @@
 """Strategy replay: a finished batch re-planned under other strategies, next to what happened.
 
-The engine is pure (`router_core.replay`); `storage.replay.replay_batch` streams a stored batch
+The engine is pure (`router_core.replay`); `storage.sql.replay.replay_batch` streams a stored batch
 through it, here on both backends; the CLI prints it.
 """
 
@@ -24,8 +24,8 @@ from router_core.replay import Replay, ReplayJob, parse_variants
 from storage.connections import embedded_redis
 from storage.errors import NotFoundError
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
-from storage.replay import replay_batch
 from storage.sql.quality import ScoredAnswer
+from storage.sql.replay import replay_batch
 from storage.sql.store import Store
 from tests.backends import Backend, pipeline_settings
 from tests.conftest import TRIO, make_catalog

@@ -42,7 +42,7 @@ def replay(
     from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
     from router_core.planner import PlanLimits  # noqa: PLC0415 - start-up: imported on use
     from router_core.replay import parse_variants  # noqa: PLC0415 - start-up: imported on use
-    from storage.replay import replay_batch  # noqa: PLC0415 - SQLAlchemy only when the command runs
+    from storage.sql.replay import replay_batch  # noqa: PLC0415 - SQLAlchemy only when the command runs
 
     settings = load_settings()
 
