@@ -5,6 +5,7 @@ workers.py    worker
 tools.py      sim, catalog, migrate
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
+evals.py      eval (reference sets scored on named deployments)
 serving.py    serve, keys ...
 reporting.py  what the commands show: the progress bar, status and summary tables
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from producer.cli import admin, batches, cache, serving, tools, workers
+from producer.cli import admin, batches, cache, evals, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -37,6 +38,7 @@ for command in (
     serving.serve,
 ):
     app.command()(command)
+app.command(name="eval")(evals.run_eval)
 app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")
