@@ -3,6 +3,7 @@ the eval budget scope, and the workers running the beat themselves. Both backend
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from storage import keys
 from storage.fleet.budgets import Budgets, eval_scope, parse_scope, readable_scope
 from storage.jobs import FailureCode, JobRecord, JobStatus, NewJob, StartedJob
 from storage.quality import FleetQuality
-from storage.sql.evals import EVAL_USER
+from storage.sql.evals import EVAL_USER, answered_query
 from tests.backends import Backend, pipeline_settings
 from tests.conftest import deployment, make_catalog
 from tests.fleet import until
@@ -147,3 +148,25 @@ async def test_workers_run_the_beat_themselves(backend: Backend) -> None:
 
     await backend.run_worker(catalog=CATALOG, sim_world=sim_world_for(CATALOG), before_shutdown=judged)
     assert await client.redis.get(keys.eval_judged(jobs[0].id)) is not None
+
+
+async def test_the_beat_reads_its_partial_index_even_in_a_generic_plan(backend: Backend) -> None:
+    """A beat must not scan every job: its page comes from `ix_jobs_answered`, as literal text keeps it."""
+    engine = backend.store.engine
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    compiled = answered_query((at, "job_x"), 500).compile(engine)
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            await conn.exec_driver_sql(f"PREPARE page AS {compiled}")
+            args = [repr(compiled.params[name]) for name in compiled.positiontup or ()]
+            args = ["now()" if "datetime" in a else a for a in args]
+            try:
+                plan = (await conn.exec_driver_sql(f"EXPLAIN EXECUTE page({', '.join(args)})")).all()
+            finally:  # the connection goes back to the pool
+                await conn.exec_driver_sql("DEALLOCATE page")
+                await conn.exec_driver_sql("RESET plan_cache_mode")
+        else:
+            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)).all()
+    assert "ix_jobs_answered" in " ".join(str(row) for row in plan), plan
