@@ -11,6 +11,10 @@ submits one judge request per job (`router_core.judging.judge_request`, pinned t
 no fallbacks) as a batch of kind "eval" of the job's tenant, user `EVAL_USER`. At most
 `eval_batch` jobs a beat; the cursor stops at the last job looked at, so the rest wait a beat.
 
+The cursor follows `finished_at` as each worker's clock wrote it: a job committed after the beat read
+past its finish time (a commit racing the read, a worker's clock seconds behind) is not sampled.
+Sampling is statistical, so a few missed jobs only thin the sample; they are never judged twice.
+
 Why a beat with a lock rather than arq's `cron_jobs`: routeq's worker replaces arq's poll loop
 (`RouteqWorker._poll_iteration`), which is where arq runs its cron; and the sweeper already shows
 the pattern (a task per worker, one lock holder per interval, idempotent work), which survives a

@@ -5,6 +5,7 @@ workers.py    worker
 tools.py      sim, catalog, migrate
 admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
+evals.py      eval (reference sets scored on named deployments)
 serving.py    serve, keys ...
 replay.py     replay (a batch re-planned under other strategies)
 reporting.py  what the commands show: the progress bar, status and summary tables
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from producer.cli import admin, batches, cache, replay, serving, tools, workers
+from producer.cli import admin, batches, cache, evals, replay, serving, tools, workers
 
 __all__ = ["app", "main"]
 
@@ -39,6 +40,7 @@ for command in (
     serving.serve,
 ):
     app.command()(command)
+app.command(name="eval")(evals.run_eval)
 app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select, text
 
 from router_core.models import Capability, Complexity
-from storage.jobs import JobStatus, aware, new_id
+from storage.jobs import aware, new_id
 from storage.sql.database import Database
 from storage.sql.runs import money
-from storage.sql.schema import eval_results, eval_runs, jobs
+from storage.sql.schema import ANSWERED_JOBS, eval_results, eval_runs, jobs
 
-__all__ = ["EVAL_USER", "AnsweredJob", "Cursor", "EvalResult", "EvalRun", "Evals"]
+__all__ = ["EVAL_USER", "AnsweredJob", "Cursor", "EvalResult", "EvalRun", "Evals", "answered_query"]
 
-EVAL_USER = "routeq-eval"
+EVAL_USER = "routeq-eval"  # spelt out in schema.ANSWERED_JOBS too
 """The user a tenant's evaluation jobs are submitted as (judge calls, reference runs).
 
 `storage.fleet.budgets` bills them to `eval:<tenant>` instead of a user scope, and the eval beat
@@ -86,6 +86,22 @@ class EvalRun:
     created_at: datetime
 
 
+def answered_query(after: Cursor | None, limit: int) -> Select[Any]:
+    """The eval beat's page of answered jobs after its cursor, on the partial index `ix_jobs_answered`."""
+    query = (
+        select(_J.id, _J.tenant, _J.deployment, _J.request, _J.result, _J.finished_at)
+        # As literal text, the partial index's own condition (see schema.ANSWERED_JOBS).
+        .where(text(ANSWERED_JOBS))
+        .where(_J.deployment.is_not(None), _J.finished_at.is_not(None))
+        .order_by(_J.finished_at, _J.id)
+        .limit(limit)
+    )
+    if after is not None:
+        at, job_id = after
+        query = query.where(or_(_J.finished_at > at, and_(_J.finished_at == at, _J.id > job_id)))
+    return query
+
+
 class Evals:
     """`store.evals`: what the eval beat samples, and reference-set runs."""
 
@@ -94,16 +110,7 @@ class Evals:
 
     async def answered(self, *, after: Cursor | None, limit: int) -> list[AnsweredJob]:
         """Up to `limit` answered jobs finished after `after`, by (finished_at, id)."""
-        query = (
-            select(_J.id, _J.tenant, _J.deployment, _J.request, _J.result, _J.finished_at)
-            .where(_J.status == JobStatus.SUCCEEDED.value, _J.cache_source.is_(None))
-            .where(_J.user_id != EVAL_USER, _J.deployment.is_not(None), _J.finished_at.is_not(None))
-            .order_by(_J.finished_at, _J.id)
-            .limit(limit)
-        )
-        if after is not None:
-            at, job_id = after
-            query = query.where(or_(_J.finished_at > at, and_(_J.finished_at == at, _J.id > job_id)))
+        query = answered_query(after, limit)
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
         answered = []

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "ANSWERED_JOBS",
     "api_keys",
     "attempts",
     "batches",
@@ -67,7 +68,11 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 _Money = Numeric(20, 10, asdecimal=True)
 _Time = DateTime(timezone=True)
 _CACHE_SOURCES = "cache_key IS NOT NULL AND status = 'succeeded' AND cache_source IS NULL"
-_ANSWERED = "status = 'succeeded' AND cache_source IS NULL"
+ANSWERED_JOBS = "status = 'succeeded' AND cache_source IS NULL AND user_id <> 'routeq-eval'"
+"""The jobs the eval beat samples: provider answers (no cache hits), not evaluation jobs (the user is
+`storage.sql.evals.EVAL_USER`). Queries state it as this literal text, so PostgreSQL can use the
+partial index `ix_jobs_answered` even in a generic plan, and no other query (the exact cache's, whose
+condition is close) can: none of them excludes that user."""
 
 batches = Table(
     "batches",
@@ -169,8 +174,8 @@ jobs = Table(
         "ix_jobs_answered",
         "finished_at",
         "id",
-        postgresql_where=text(_ANSWERED),
-        sqlite_where=text(_ANSWERED),
+        postgresql_where=text(ANSWERED_JOBS),
+        sqlite_where=text(ANSWERED_JOBS),
     ),
 )
 

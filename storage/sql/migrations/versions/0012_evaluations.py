@@ -5,8 +5,9 @@
 - `eval_results`: one scored line x deployment of a run: the job that answered, the capability and
   complexity the line counts under, the scoring method, the score (NULL when the job failed or the
   verdict could not be read, with the reason in `error`), its cost and latency.
-- `ix_jobs_answered`: the succeeded jobs a provider answered (not cache hits), by finish time: the
-  eval beat (workers/evals.py) pages through them after its cursor to sample jobs to judge.
+- `ix_jobs_answered`: the succeeded jobs a provider answered (not cache hits, not evaluation jobs), by
+  finish time: the eval beat (workers/evals.py) pages through them after its cursor to sample jobs
+  to judge.
 
 Revision ID: 0012
 Revises: 0011
@@ -26,7 +27,9 @@ depends_on = None
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _TIME = sa.DateTime(timezone=True)
-_ANSWERED = "status = 'succeeded' AND cache_source IS NULL"
+# Not evaluation jobs (user routeq-eval): no other query excludes them, so none but the eval beat's
+# (which states this text literally) can use the index; the exact cache's close condition keeps its own.
+_ANSWERED = "status = 'succeeded' AND cache_source IS NULL AND user_id <> 'routeq-eval'"
 
 
 def upgrade() -> None:
