@@ -21,7 +21,7 @@ against `quality`, and whether the gap stays within the mode's tolerance
 Everything runs in this process (the sim in-process, one burst-mode worker per phase); the Redis
 database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start
 and the end; the SQL store is a fresh SQLite file. About 3,800 jobs at the defaults (half of them judge
-calls, each checked against the verdict's JSON schema): about 2 minutes on a busy 2-core machine.
+calls, each checked against the verdict's JSON schema): 2-3 minutes on a busy 2-core machine.
 The last line is the figures as JSON.
 
 Why 300 training prompts: the board shrinks a deployment's score on one complexity towards its
