@@ -2,11 +2,12 @@
 
 routeq never pays twice for the same answer. Two requests get the same `cache_key` when nothing
 that changes the answer differs between them: the messages, the model asked for, the routing
-strategy (and its weights and chain) and every OpenAI field that shapes the reply (sampling, `n`,
-`seed`, `stop`, tools, response format, reasoning effort, token limit). Left out, because they do
-not change what the model says: the end user (`user`), `metadata`, `service_tier`, the constraints
-in `preferences` (a cached answer must satisfy them instead: `planner.answer_fits`) and the cache
-preference itself. The key is namespaced by tenant where it is stored, never here.
+strategy (and its weights, chain, ensemble and escalation) and every OpenAI field that shapes the
+reply (sampling, `n`, `seed`, `stop`, tools, response format, reasoning effort, token limit). Left
+out, because they do not change what the model says: the end user (`user`), `metadata`,
+`service_tier`, the constraints in `preferences` (a cached answer must satisfy them instead:
+`planner.answer_fits`) and the cache preference itself. The key is namespaced by tenant where it is
+stored, never here.
 
 Whether a request reads and writes the cache is decided from three layers, each overriding the one
 before: the fleet's settings (`ROUTEQ_CACHE*`), the tenant's policy (`routeq cache policy`), the
@@ -145,9 +146,12 @@ def semantic_text(request: ChatRequest) -> str:
     return "\n".join(f"{message.role}: {message.text()}" for message in request.messages)
 
 
+_ROUTING = {"strategy", "weights", "chain", "ensemble", "escalation"}
+
+
 def _routing(request: ChatRequest) -> dict[str, Any]:
     prefs = request.preferences
-    return prefs.model_dump(mode="json", include={"strategy", "weights", "chain"}, exclude_none=True)
+    return prefs.model_dump(mode="json", include=_ROUTING, exclude_none=True)
 
 
 def _digest(body: dict[str, Any]) -> str:

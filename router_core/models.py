@@ -41,6 +41,7 @@ from router_core.chat import (
 )
 
 __all__ = [
+    "ESCALATION_TOLERANCE",
     "Attempt",
     "AttemptOutcome",
     "CacheHit",
@@ -50,6 +51,8 @@ __all__ = [
     "CompletionResult",
     "Complexity",
     "Embeddings",
+    "Escalation",
+    "EscalationPlan",
     "Exclusion",
     "ExclusionReason",
     "Message",
@@ -64,7 +67,12 @@ __all__ = [
 
 
 class Strategy(StrEnum):
-    """How candidates are ordered. `fast` and `accurate` are accepted as aliases."""
+    """How candidates are ordered. `fast` and `accurate` are accepted as aliases.
+
+    `ensemble` is a weighted vote of other strategies' rankings (`Preferences.ensemble`); `escalate`
+    sends a prompt to the cheapest deployment whose learned quality on prompts of its complexity is
+    within a tolerance of the best one's (`Preferences.escalation`).
+    """
 
     COST = "cost"
     SPEED = "speed"
@@ -73,9 +81,22 @@ class Strategy(StrEnum):
     ROUND_ROBIN = "round_robin"
     LEAST_LOADED = "least_loaded"
     FALLBACK_CHAIN = "fallback_chain"
+    ENSEMBLE = "ensemble"
+    ESCALATE = "escalate"
 
 
 STRATEGY_ALIASES = {"fast": Strategy.SPEED, "accurate": Strategy.QUALITY}
+
+DEFAULT_ENSEMBLE = {Strategy.COST: 1.0, Strategy.SPEED: 1.0, Strategy.QUALITY: 1.0}
+"""The vote of `strategy: ensemble` without `preferences.ensemble`: cost, speed and quality alike."""
+
+ESCALATION_TOLERANCE = {"fast": 0.15, "balanced": 0.07, "accurate": 0.03}
+"""How far (in learned quality, 0..1) below the best deployment for a prompt's complexity the
+escalate strategy may go to save cost, per mode. Chosen with bench/escalation.py: there `fast`
+sends easy prompts to the cheap model, `balanced` to the mid one, and both send hard prompts to
+the strong one; `accurate` gives up little quality anywhere."""
+
+EscalationMode = Literal["fast", "balanced", "accurate"]
 
 
 class Capability(StrEnum):
@@ -163,6 +184,48 @@ class Weights(BaseModel):
         return self
 
 
+class Escalation(BaseModel):
+    """How much learned quality the escalate strategy may give up for cost: a `mode` or a `tolerance`.
+
+    Neither given is `balanced`. See `ESCALATION_TOLERANCE` for what each mode allows.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mode: EscalationMode | None = None
+    tolerance: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Quality (0..1) below the best score for the complexity that is enough."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Escalation:
+        if self.mode is not None and self.tolerance is not None:
+            raise ValueError("give either 'mode' or 'tolerance', not both")
+        return self
+
+    @property
+    def effective_tolerance(self) -> float:
+        if self.tolerance is not None:
+            return self.tolerance
+        return ESCALATION_TOLERANCE[self.mode or "balanced"]
+
+
+def _ensemble_members(value: Any) -> Any:
+    """Member names lower-cased and aliased like `strategy`; an unknown name says which are known."""
+    if not isinstance(value, dict):
+        return value
+    members: dict[Any, Any] = {}
+    for name, weight in value.items():
+        key = STRATEGY_ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+        if key not in set(Strategy):
+            known = ", ".join([*Strategy, *STRATEGY_ALIASES])
+            raise ValueError(f"unknown strategy {name!r} (known: {known})")
+        if key in members:
+            raise ValueError(f"strategy {Strategy(key).value!r} is given twice (an alias counts as its name)")
+        members[key] = weight
+    return members
+
+
 class Preferences(BaseModel):
     """Routing strategy and constraints for one request."""
 
@@ -190,6 +253,16 @@ class Preferences(BaseModel):
         description='The response cache for this request: "use", "refresh", "off", or '
         "{mode, ttl_s, semantic, threshold}; unset = the tenant's and the fleet's defaults.",
     )
+    ensemble: dict[Strategy, Annotated[float, Field(ge=0)]] | None = Field(
+        default=None,
+        description="For strategy 'ensemble': weights of the strategies that vote, e.g. "
+        '{"cost": 1, "quality": 2}; unset = cost, speed and quality at 1 each.',
+    )
+    escalation: Escalation | None = Field(
+        default=None,
+        description='For strategy \'escalate\': {"mode": "fast"|"balanced"|"accurate"} or {"tolerance": '
+        "0..1}; unset = balanced.",
+    )
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -198,11 +271,46 @@ class Preferences(BaseModel):
             return STRATEGY_ALIASES.get(value.lower(), value.lower())
         return value
 
+    @field_validator("ensemble", mode="before")
+    @classmethod
+    def _ensemble_names(cls, value: Any) -> Any:
+        return _ensemble_members(value)
+
     @model_validator(mode="after")
     def _chain_needs_list(self) -> Preferences:
         if self.strategy is Strategy.FALLBACK_CHAIN and not self.chain:
             raise ValueError("strategy 'fallback_chain' needs 'chain': an ordered list of deployment ids")
+        if self.ensemble is not None:
+            self._check_ensemble(self.ensemble)
+        if self.escalation is not None and self.strategy is not Strategy.ESCALATE:
+            raise ValueError(f"'escalation' is for strategy 'escalate', not {self.strategy.value!r}")
         return self
+
+    def _check_ensemble(self, members: dict[Strategy, float]) -> None:
+        where = "preferences.ensemble"
+        if self.strategy is not Strategy.ENSEMBLE:
+            raise ValueError(f"{where} is for strategy 'ensemble', not {self.strategy.value!r}")
+        if not members or sum(members.values()) <= 0:
+            raise ValueError(f"{where} needs at least one strategy with a weight > 0")
+        for member in (Strategy.ENSEMBLE, Strategy.ESCALATE):
+            if member in members:
+                raise ValueError(
+                    f"{where} cannot hold {member.value!r}: an ensemble votes with rankings of the "
+                    "deployments for the prompt's capability (ensemble in ensemble would not end; "
+                    "escalate ranks by complexity)"
+                )
+        if Strategy.FALLBACK_CHAIN in members and not self.chain:
+            raise ValueError(f"{where} has 'fallback_chain', which needs 'chain': ordered deployment ids")
+
+    def votes(self) -> dict[Strategy, float]:
+        """The ensemble's member strategies with their weights (the default vote when none given)."""
+        return dict(self.ensemble) if self.ensemble is not None else dict(DEFAULT_ENSEMBLE)
+
+    def uses(self, strategy: Strategy) -> bool:
+        """Whether `strategy` ranks this request: it is the strategy or one of the ensemble's members."""
+        return self.strategy is strategy or (
+            self.strategy is Strategy.ENSEMBLE and self.votes().get(strategy, 0.0) > 0
+        )
 
 
 class ChatRequest(BaseModel):
@@ -355,6 +463,19 @@ class Candidate(BaseModel):
     quality_samples: int = Field(default=0, description="Scored answers of the deployment behind `quality`.")
 
 
+class EscalationPlan(BaseModel):
+    """How an escalate plan chose: the prompt's complexity, the bar and what the scores rest on."""
+
+    complexity: Complexity
+    tolerance: float
+    best: float = Field(description="The best eligible deployment's quality on prompts of this complexity.")
+    threshold: float = Field(description="best - tolerance: the cheapest deployment at or above it leads.")
+    source: Literal["prior", "learned"] = Field(
+        description="'prior': no eligible deployment has evidence for this complexity, so the catalog's "
+        "qualities decided."
+    )
+
+
 class Plan(BaseModel):
     """The ordered candidates (primary first) and every exclusion with its reason."""
 
@@ -365,6 +486,7 @@ class Plan(BaseModel):
     completion_tokens_estimate: int
     candidates: list[Candidate]
     excluded: list[Exclusion]
+    escalation: EscalationPlan | None = None  # strategy escalate only
 
     @property
     def primary(self) -> Candidate:

@@ -21,6 +21,8 @@ from router_core.models import (
     Candidate,
     ChatRequest,
     Complexity,
+    Escalation,
+    EscalationPlan,
     Exclusion,
     ExclusionReason,
     Plan,
@@ -28,7 +30,7 @@ from router_core.models import (
     Strategy,
 )
 from router_core.quality import QualityBoard
-from router_core.strategies import Option, RankContext, rank
+from router_core.strategies import Option, RankContext, escalation_bar, rank
 from router_core.tokens import prompt_tokens
 
 __all__ = ["PlanLimits", "answer_fits", "build_plan", "call_tokens", "check_references"]
@@ -180,7 +182,9 @@ def build_plan(
 
     `quality` holds the learned scores (`router_core.quality`); the `quality` and `balanced`
     strategies and `min_quality` use a deployment's learned score for the prompt's capability,
-    or its catalog quality when it has no evidence.
+    or its catalog quality when it has no evidence. Under `escalate` a deployment's quality is
+    its learned score on prompts of the prompt's complexity instead (min_quality included), and
+    the plan's `escalation` says the bar it was held to.
 
     Raises:
         InvalidRequestError: `model` names no deployment or model, or `chain` names unknown ids.
@@ -206,7 +210,11 @@ def build_plan(
         if missing is not None:
             excluded.append(Exclusion(deployment=dep.id, reason=ExclusionReason.UNSUPPORTED, detail=missing))
             continue
-        learned = quality.score(dep, capability)
+        learned = (
+            quality.by_complexity(dep, guess.complexity)
+            if prefs.strategy is Strategy.ESCALATE
+            else quality.score(dep, capability)
+        )
         est = _Estimate(
             prompt_tokens=p_tokens,
             completion_tokens=c_tokens,
@@ -252,6 +260,23 @@ def build_plan(
         completion_tokens_estimate=c_tokens,
         candidates=candidates,
         excluded=excluded,
+        escalation=_escalation(prefs, guess.complexity, options),
+    )
+
+
+def _escalation(prefs: Preferences, complexity: Complexity, options: list[Option]) -> EscalationPlan | None:
+    """What an escalate plan was held to (None for the other strategies)."""
+    if prefs.strategy is not Strategy.ESCALATE or not options:
+        return None
+    tolerance = (prefs.escalation or Escalation()).effective_tolerance
+    best, threshold = escalation_bar(options, tolerance)
+    learned = any(o.quality.samples for o in options)
+    return EscalationPlan(
+        complexity=complexity,
+        tolerance=tolerance,
+        best=round(best, 4),
+        threshold=round(threshold, 4),
+        source="learned" if learned else "prior",
     )
 
 

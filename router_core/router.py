@@ -256,7 +256,7 @@ class Router:
         """Ordered candidates and exclusions for `request`, from live stats."""
         snapshot = await self.fleet.snapshot(list(self.catalog))
         rotation = 0
-        if request.preferences.strategy is Strategy.ROUND_ROBIN:
+        if request.preferences.uses(Strategy.ROUND_ROBIN):
             rotation = await self.fleet.next_rotation("default")
         board = await self.quality.board()
         return build_plan(

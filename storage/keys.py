@@ -30,6 +30,9 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:ratelimit:<scope>:<kind> | hash | until its bucket is full again | the API (rate limits) |
 | routeq:quality:version       | string  | permanent (a counter)         | evidence writers      |
 | routeq:quality:tallies:<v>   | string  | QUALITY_TALLIES_TTL_S         | quality readers       |
+| routeq:evals:beat            | string  | eval_interval_s (a lock)      | the judging worker    |
+| routeq:evals:cursor          | string  | permanent (small)             | the judging worker    |
+| routeq:evals:judged:<job_id> | string  | EVAL_JUDGED_TTL_S             | the judging worker    |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -69,6 +72,9 @@ __all__ = [
     "ARQ_JOB_PREFIX",
     "ARQ_RETRY_PREFIX",
     "BUDGET_CAPS",
+    "EVAL_BEAT",
+    "EVAL_CURSOR",
+    "EVAL_JUDGED_TTL_S",
     "OPEN_HOLDS",
     "QUALITY_TALLIES_TTL_S",
     "QUALITY_VERSION",
@@ -84,6 +90,7 @@ __all__ = [
     "deployment_requests",
     "deployment_tokens",
     "deployment_waiting",
+    "eval_judged",
     "flight",
     "flight_done_channel",
     "flight_waiting",
@@ -118,6 +125,12 @@ OPEN_HOLDS = PREFIX + "open-holds"
 # by the first reader to miss. A reader racing a writer sets an old version's key, never read again.
 QUALITY_VERSION = PREFIX + "quality:version"
 QUALITY_TALLIES_TTL_S = 300
+# Evaluations (`workers/evals.py`): the lock one worker holds to sample and judge per beat, the
+# (finished_at, job id) after which it looks next, and a mark per job sent to the judge (SET NX:
+# a job is judged once even if the cursor is lost; the evidence's unique ref backs it in SQL).
+EVAL_BEAT = PREFIX + "evals:beat"
+EVAL_CURSOR = PREFIX + "evals:cursor"
+EVAL_JUDGED_TTL_S = 30 * 24 * 3600
 
 
 def key_part(name: str) -> str:
@@ -244,3 +257,8 @@ def rate_bucket(scope: str, kind: str) -> str:
     `requests` or `tokens` (storage.fleet.ratelimits)."""
     kind_of, _, name = scope.partition(":")
     return f"{PREFIX}ratelimit:{kind_of}:{key_part(name)}:{kind}"
+
+
+def eval_judged(job_id: str) -> str:
+    """Set (NX) when `job_id` is sent to the judge, so it is sent once."""
+    return f"{PREFIX}evals:judged:{job_id}"

@@ -197,6 +197,31 @@ class Settings(RouterSettings):
         description="How long a process plans with the learned quality scores it read before reading "
         "them again (new evidence reaches every worker within this).",
     )
+    eval_judge: str | None = Field(
+        default=None,
+        description="The catalog deployment that grades a sampled share of finished jobs (automatic "
+        "evaluations); unset = no automatic evaluations.",
+    )
+    eval_sample_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of answered jobs the judge grades (chosen by a hash of the job id, so every "
+        "worker picks the same ones).",
+    )
+    eval_rubric: str | None = Field(
+        default=None,
+        description="What the judge is told a good answer is; unset = router_core.judging.DEFAULT_RUBRIC.",
+    )
+    eval_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often one worker of the fleet samples newly answered jobs and sends them to "
+        "the judge.",
+    )
+    eval_batch: int = Field(
+        default=50, ge=1, description="Most jobs sent to the judge per interval (the rest wait a beat)."
+    )
     semantic_cache: bool = Field(
         default=False, description="Also serve answers to prompts that mean the same (embeddings)."
     )

@@ -138,7 +138,9 @@ async def _open_store(name: str) -> tuple[Store, Clock]:
     )
     await migrate(engine)
     async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE feedback, cache_vectors, ledger, attempts, jobs, batches"))
+        await conn.execute(
+            text("TRUNCATE eval_results, eval_runs, feedback, cache_vectors, ledger, attempts, jobs, batches")
+        )
     return Store(engine, now=clock), clock
 
 

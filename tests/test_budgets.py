@@ -273,7 +273,12 @@ async def store(connect: Connect, request: pytest.FixtureRequest, tmp_path: Path
     if request.node.callspec.params["connect"] == "redis":
         opened = await Store.open(service_url(DATABASE_ENV))
         async with opened.engine.begin() as conn:
-            await conn.execute(text("TRUNCATE feedback, cache_vectors, ledger, attempts, jobs, batches"))
+            await conn.execute(
+                text(
+                    "TRUNCATE eval_results, eval_runs, feedback, cache_vectors, ledger, attempts, jobs, "
+                    "batches"
+                )
+            )
     else:
         opened = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
     try:

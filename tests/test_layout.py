@@ -69,7 +69,7 @@ def test_only_the_cli_starts_workers_in_process() -> None:
     importers = [_name(p) for p in _modules("producer") if "workers" in _imported_packages(p)]
     assert sorted(importers) == sorted(STARTS_WORKERS)
     embedded = {_name(p) for p in _modules("producer") if "producer.cli.embedded" in _imported_modules(p)}
-    assert embedded == {"producer/cli/running.py"}
+    assert embedded == {"producer/cli/running.py", "producer/cli/evals.py"}
     running = {_name(p) for p in _modules("producer") if "producer.cli.running" in _imported_modules(p)}
     assert running == {"producer/cli/batches.py"}
 

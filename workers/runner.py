@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,9 +70,13 @@ from storage.sql.store import Store
 from workers.cache import CacheUse, JobCache, hit_pieces
 from workers.semantic import ShiftedGuard
 
-__all__ = ["JobDeferred", "JobRunner"]
+__all__ = ["AnswerHook", "JobDeferred", "JobRunner"]
 
 logger = logging.getLogger("routeq.worker")
+
+AnswerHook = Callable[[StartedJob, str], Awaitable[object]]
+"""Awaited with a succeeded job and its answer's text after its commit, and again on a redelivery of
+a finished job (so it must be idempotent): the workers' evaluations read judge verdicts here."""
 
 
 class JobDeferred(Exception):
@@ -140,8 +145,10 @@ class JobRunner:
         cache: JobCache | None = None,
         line: AdmissionLine | None = None,
         carry_max_bytes: int = 4096,
+        on_answer: AnswerHook | None = None,
     ) -> None:
         self.router = router
+        self.on_answer = on_answer
         self.relay = relay or StreamRelay(events.redis)
         self.answers = answers or AnswerStore(events.redis)
         self.store = store
@@ -180,6 +187,7 @@ class JobRunner:
             await self._recover(_started(started), run)
             if started.terminal:
                 await self._publish(JobEvent.from_record(started), stream=started.stream, run=run)
+                await self._answered(_started(started), started.result)
             if started.status is JobStatus.CANCELLED:
                 self._observe(JobStatus.CANCELLED.value, _Outcome())
             logger.info("job %s not run again: it is %s", job_id, started.status.value)
@@ -241,7 +249,15 @@ class JobRunner:
             return record.status.value
         event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
         await self._publish(event, stream=started.stream, run=run)
+        if outcome.result is not None:
+            await self._answered(started, {"content": outcome.result.content})
         return event.status
+
+    async def _answered(self, job: StartedJob, result: dict[str, Any] | None) -> None:
+        """Run the `on_answer` hook for a succeeded job (a failed one has no `result`)."""
+        content = (result or {}).get("content")
+        if self.on_answer is not None and isinstance(content, str) and result is not None:
+            await self.on_answer(job, content)
 
     async def _admit(self, job_id: str, carried: dict[str, Any]) -> _Admitted | None:
         """Before the SQL start: the plan when a candidate has room, else `JobDeferred` to its turn.

@@ -55,6 +55,7 @@ from storage.settings import Settings
 from storage.sql.store import Store
 from workers.cache import JobCache
 from workers.context import Shared, WorkerContext, attach, detach, worker_context, worker_record
+from workers.evals import EvalBeat, VerdictRecorder
 from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
 from workers.semantic import SemanticCache
@@ -131,6 +132,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             cache=cache,
             line=AdmissionLine(redis, rate_margin_s=settings.rate_limit_margin_s),
             carry_max_bytes=settings.carry_request_max_bytes,
+            on_answer=VerdictRecorder(store, quality),  # judge jobs' verdicts become evidence
         )
         started = time.time()
         await redis.hset(keys.WORKERS, worker_id, worker_record(started, simulated=simulated))  # type: ignore[misc]
@@ -139,6 +141,11 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id, runner=runner)
         sweeper.start()
         opened.push_async_callback(sweeper.close)
+        # With ROUTEQ_EVAL_JUDGE set, one worker a beat sends sampled answers to the judge.
+        evals = EvalBeat.from_settings(redis, store, events, router.catalog, settings, holder=worker_id)
+        if evals is not None:
+            evals.start()
+            opened.push_async_callback(evals.close)
         server = None
         if metrics is not None and settings.worker_metrics_port is not None:
             deployments = list(router.catalog)

@@ -7,6 +7,8 @@ admin.py      deployments ..., budget ...
 cache.py      cache stats, clear, policy
 quality.py    feedback, quality
 planning.py   plan (route without running)
+evals.py      eval (reference sets scored on named deployments)
+replay.py     replay (a batch re-planned under other strategies)
 serving.py    serve, keys ...
 fleet.py      workers, queue: who works and what waits
 reporting.py  what the commands show: the progress bar, status and summary tables
@@ -21,7 +23,19 @@ from typing import Annotated
 
 import typer
 
-from producer.cli import admin, batches, cache, fleet, planning, quality, serving, tools, workers
+from producer.cli import (
+    admin,
+    batches,
+    cache,
+    evals,
+    fleet,
+    planning,
+    quality,
+    replay,
+    serving,
+    tools,
+    workers,
+)
 
 __all__ = ["app", "main"]
 
@@ -65,6 +79,7 @@ for command in (
     planning.plan,
     quality.feedback,
     quality.quality,
+    replay.replay,
     workers.worker,
     fleet.workers,
     fleet.queue,
@@ -72,6 +87,7 @@ for command in (
     serving.serve,
 ):
     app.command()(command)
+app.command(name="eval")(evals.run_eval)
 app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")

@@ -49,7 +49,8 @@ ScopeArg = Annotated[
     str,
     typer.Argument(
         help="user:<tenant>/<user> (an API key's user), end_user:<tenant>/<name> (a request's `user`), "
-        "tenant:<tenant> or batch:<id>; write a '/' inside a tenant, user or end user name as %2F.",
+        "tenant:<tenant>, eval:<tenant> (its evaluations) or batch:<id>; write a '/' inside a tenant, "
+        "user or end user name as %2F.",
     ),
 ]
 

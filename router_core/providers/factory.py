@@ -32,10 +32,14 @@ _LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
 
 
 def sim_profile(dep: Deployment) -> SimProfile:
-    """The deployment's sim profile; its context window follows the catalog unless set explicitly."""
-    if "context_window" in dep.sim.model_fields_set:
-        return dep.sim
-    return dep.sim.model_copy(update={"context_window": dep.context_window})
+    """The deployment's sim profile; its context window follows the catalog unless set explicitly,
+    and so does the quality a simulated judge sees in its answers (`judged_quality`)."""
+    update: dict[str, object] = {}
+    if "context_window" not in dep.sim.model_fields_set:
+        update["context_window"] = dep.context_window
+    if dep.sim.judged_quality is None:
+        update["judged_quality"] = dep.quality
+    return dep.sim.model_copy(update=update) if update else dep.sim
 
 
 def sim_world_for(catalog: Catalog) -> SimWorld:

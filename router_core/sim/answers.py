@@ -37,6 +37,7 @@ __all__ = [
     "Choice",
     "Finish",
     "ToolCall",
+    "break_json",
     "breaks_json",
     "chosen_tool",
     "compose",
@@ -196,7 +197,7 @@ def token_logprobs(text: str, top: int, salt: int) -> list[dict[str, Any]]:
     return entries
 
 
-def _break_json(text: str) -> str:
+def break_json(text: str) -> str:
     """`text` (JSON) cut in half, so that it no longer parses."""
     cut = text[: len(text) // 2]
     try:
@@ -270,7 +271,7 @@ def _choice(ctx: _Context, index: int) -> Choice:
         if room is not None and _count(text) > room:
             text, finish = text[: room * _CHARS_PER_TOKEN], "length"
         elif ctx.broken:
-            text = _break_json(text)
+            text = break_json(text)
         tokens = _count(text)
     elif room is not None and room < natural:
         text = synth_text(ctx.deployment, words, room, choice=index) if room else ""

@@ -88,6 +88,12 @@ class SimProfile(BaseModel):
         output_tokens: Completion length in tokens, before the request's max_tokens cap.
         script: Outcomes of the first `len(script)` requests, in order.
         seed: Seed of the deployment's random generator; None draws fresh entropy.
+        judged_quality: What a simulated judge makes of this deployment's answers
+            (`router_core.sim.judge`); None means its catalog `quality` (the provider factory fills
+            it in), or `judge.UNKNOWN_QUALITY` in a world built without a catalog.
+        judge: Answer judge requests (the `router_core.judging` format) with a deterministic
+            verdict `{"score", "reason"}` instead of the usual synthesized text; other requests
+            are answered as usual, so the deployment can serve ordinary traffic too.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,6 +115,8 @@ class SimProfile(BaseModel):
     output_tokens: int = Field(default=64, ge=1)
     script: list[Fault] = Field(default_factory=list)
     seed: int | None = None
+    judged_quality: Rate | None = None
+    judge: bool = False
 
     @model_validator(mode="after")
     def _rates_fit_one_draw(self) -> Self:

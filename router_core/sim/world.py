@@ -18,7 +18,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from router_core.clock import Clock, SystemClock
-from router_core.sim.answers import breaks_json, compose
+from router_core.sim.answers import Answer, Choice, break_json, breaks_json, compose
+from router_core.sim.judge import last_user_text, verdict_text
 from router_core.sim.profiles import RECORDED_REQUESTS, DeploymentState, Fault, SimCounters, SimProfile
 from router_core.sim.replies import completion_body, embedding_body, malformed_body, stream_frames
 from router_core.sim.wire import (
@@ -311,7 +312,17 @@ class SimWorld:
         fault = await self._admit(call, state, req.prompt_tokens, can_break_json=breaks_json(req))
         if fault is None or not await self._wait(call, state, fault, receive):
             return
-        await self._respond(call, fault, req)
+        verdict = self._verdict(body) if call.profile.judge else None
+        await self._respond(call, fault, req, verdict)
+
+    def _verdict(self, body: Mapping[str, Any]) -> str | None:
+        """A judge deployment's verdict on the judge request `body`, or None if it is not one."""
+
+        def quality_of(deployment: str) -> float | None:
+            profile = self.profile(deployment)
+            return profile.judged_quality if profile is not None else None
+
+        return verdict_text(last_user_text(body), quality_of)
 
     async def _embeddings(self, deployment: str, receive: Receive, send: Send) -> None:
         opened = await self._open("openai", deployment, receive, send)
@@ -390,16 +401,22 @@ class SimWorld:
             return True
         return False
 
-    async def _respond(self, call: _Call, fault: Fault, req: WireRequest) -> None:
+    async def _respond(self, call: _Call, fault: Fault, req: WireRequest, verdict: str | None) -> None:
         if await self._fail(call, fault, stream=req.stream):
             return
-        answer = compose(
-            req,
-            deployment=call.deployment,
-            output_tokens=call.profile.output_tokens,
-            seq=call.seq,
-            broken_json=fault == "invalid_json",
-        )
+        if verdict is not None:
+            # A verdict is short and whole: no max_tokens cut, every choice the same.
+            text = break_json(verdict) if fault == "invalid_json" else verdict
+            tokens = -(-len(text) // 4)
+            answer = Answer(tuple(Choice(i, text, None, tokens, 0, "stop") for i in range(req.n)))
+        else:
+            answer = compose(
+                req,
+                deployment=call.deployment,
+                output_tokens=call.profile.output_tokens,
+                seq=call.seq,
+                broken_json=fault == "invalid_json",
+            )
         prefix = "sim-chatcmpl-" if call.dialect == "openai" else "sim-msg_"
         response_id = f"{prefix}{call.seq:08d}"
         if not req.stream:

@@ -41,6 +41,12 @@ request names one counts against that scope too, which has no cap until an opera
 (`routeq budget set end_user:acme/alice 2.00`), so one end user can be stopped while the others of
 the same key go on.
 
+An evaluation (`eval:<tenant>`) scope holds what routeq spends grading a tenant's answers (the judge
+calls of `workers/evals.py`, the runs of `routeq eval`): those jobs are submitted as the tenant's
+reserved user `EVAL_USER` ("routeq-eval"), and count against `eval:<tenant>` *instead of* a user
+scope, so evaluations are capped apart from the users' traffic (`routeq budget set eval:acme 1.00`;
+no cap until one is set) while the tenant's and the batch's caps still cover them.
+
 The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
 `Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
 """
@@ -61,25 +67,32 @@ from redis.asyncio import Redis
 from router_core.spend import SpendRefusal
 from storage import keys
 from storage.connections import as_text
+from storage.sql.evals import EVAL_USER
 from storage.sql.store import Store
 
 __all__ = [
+    "EVAL_USER",
     "Budgets",
     "Hold",
     "JobSpendGuard",
     "ScopeUsage",
     "batch_scope",
     "end_user_scope",
+    "eval_scope",
     "parse_scope",
     "readable_scope",
     "tenant_scope",
     "user_scope",
 ]
 
-_KINDS = ("user:", "end_user:", "tenant:", "batch:")
+_KINDS = ("user:", "end_user:", "tenant:", "batch:", "eval:")
 # Scopes named by two names, tenant first: `<kind>:<tenant>/<name>`.
 _PAIRED = ("user", "end_user")
-_SCOPE_FORMS = "user:<tenant>/<user>, end_user:<tenant>/<end user>, tenant:<tenant> or batch:<id>"
+_SCOPE_FORMS = (
+    "user:<tenant>/<user>, end_user:<tenant>/<end user>, tenant:<tenant>, eval:<tenant> or batch:<id>"
+)
+
+
 _BUDGET_PREFIX = keys.budget("")
 _HOLDS_PREFIX = keys.job_holds("")
 _MICRO = Decimal(1_000_000)
@@ -199,6 +212,16 @@ def tenant_scope(tenant: str) -> str:
     return f"tenant:{keys.key_part(tenant)}"
 
 
+def eval_scope(tenant: str) -> str:
+    """The budget scope of a tenant's evaluations (judge calls, reference runs): `eval:<tenant>`."""
+    return f"eval:{keys.key_part(tenant)}"
+
+
+def _owner_scope(tenant: str, user: str) -> str:
+    """Who pays among a tenant's spenders: its user, or for `EVAL_USER` its evaluation scope."""
+    return eval_scope(tenant) if user == EVAL_USER else user_scope(tenant, user)
+
+
 def batch_scope(batch_id: str) -> str:
     """The budget scope of one batch: `batch:<batch_id>`, the id a `key_part`."""
     return f"batch:{keys.key_part(batch_id)}"
@@ -217,7 +240,8 @@ def parse_scope(text: str) -> str:
     """
     kind, colon, rest = text.partition(":")
     names = rest.split("/") if kind in _PAIRED else [rest]
-    if not colon or kind not in (*_PAIRED, "tenant", "batch") or len(names) != (2 if kind in _PAIRED else 1):
+    singles = ("tenant", "batch", "eval")
+    if not colon or kind not in (*_PAIRED, *singles) or len(names) != (2 if kind in _PAIRED else 1):
         raise ValueError(
             f"not a budget scope: {text!r}; use {_SCOPE_FORMS}"
             " (write a '/' inside a tenant, user or end user name as %2F)"
@@ -229,6 +253,8 @@ def parse_scope(text: str) -> str:
         return user_scope(*decoded)
     if kind == "end_user":
         return end_user_scope(*decoded)
+    if kind == "eval":
+        return eval_scope(decoded[0])
     return tenant_scope(decoded[0]) if kind == "tenant" else batch_scope(decoded[0])
 
 
@@ -305,9 +331,11 @@ class Budgets:
         end_user: str | None = None,
     ) -> JobSpendGuard:
         """The `SpendGuard` of one run of one job: its calls count against its user, tenant and batch,
-        and its request's end user when it names one (no cap unless an operator set one)."""
+        and its request's end user when it names one (no cap unless an operator set one). An
+        evaluation job (`EVAL_USER`) counts against `eval:<tenant>` instead of a user scope."""
+        owner = _owner_scope(tenant, user)
         defaults = {
-            user_scope(tenant, user): self._default_user_cap,
+            owner: None if user == EVAL_USER else self._default_user_cap,
             tenant_scope(tenant): None,
             batch_scope(batch_id): None if batch_cap_usd is None else _cap_micro(batch_cap_usd),
         }
@@ -476,11 +504,12 @@ class JobSpendGuard:
 
 
 async def _ledger_spent(store: Store) -> dict[str, int]:
-    """Micro-dollars charged per user, end user, tenant and batch scope, from one read of the ledger."""
+    """Micro-dollars charged per user (or eval), end user, tenant and batch scope, from one read of
+    the ledger."""
     spent: dict[str, int] = {}
     for owner in await store.ledger.micro_spent_by_owner():
         scopes = [
-            user_scope(owner.tenant, owner.user),
+            _owner_scope(owner.tenant, owner.user),
             tenant_scope(owner.tenant),
             batch_scope(owner.batch_id),
         ]

@@ -35,11 +35,14 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "ANSWERED_JOBS",
     "api_keys",
     "attempts",
     "batches",
     "cache_policies",
     "cache_vectors",
+    "eval_results",
+    "eval_runs",
     "feedback",
     "files",
     "idempotency_keys",
@@ -66,6 +69,11 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 _Money = Numeric(20, 10, asdecimal=True)
 _Time = DateTime(timezone=True)
 _CACHE_SOURCES = "cache_key IS NOT NULL AND status = 'succeeded' AND cache_source IS NULL"
+ANSWERED_JOBS = "status = 'succeeded' AND cache_source IS NULL AND user_id <> 'routeq-eval'"
+"""The jobs the eval beat samples: provider answers (no cache hits), not evaluation jobs (the user is
+`storage.sql.evals.EVAL_USER`). Queries state it as this literal text, so PostgreSQL can use the
+partial index `ix_jobs_answered` even in a generic plan, and no other query (the exact cache's, whose
+condition is close) can: none of them excludes that user."""
 
 batches = Table(
     "batches",
@@ -160,6 +168,15 @@ jobs = Table(
         "finished_at",
         postgresql_where=text(_CACHE_SOURCES),
         sqlite_where=text(_CACHE_SOURCES),
+    ),
+    # The answers providers gave (not cache hits), by finish time: the eval beat samples them
+    # after its cursor (workers/evals.py, migration 0014).
+    Index(
+        "ix_jobs_answered",
+        "finished_at",
+        "id",
+        postgresql_where=text(ANSWERED_JOBS),
+        sqlite_where=text(ANSWERED_JOBS),
     ),
 )
 
@@ -347,4 +364,37 @@ tenant_limits = Table(
     Column("tpm", Integer),
     Column("burst", Integer),
     Column("updated_at", _Time, nullable=False),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    # One `routeq eval FILE --deployments ...` run (migration 0014).
+    Column("id", String(40), primary_key=True),  # evalrun_...
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(255), nullable=False),  # the reference file's name
+    Column("judge", String(128)),  # the judge deployment of its `judge` lines
+    Column("batch_id", String(40), ForeignKey("batches.id")),  # where its jobs ran
+    Column("deployments", JSON, nullable=False),  # the deployments compared, in the order asked
+    Column("created_at", _Time, nullable=False),
+    Index(None, "tenant", "created_at"),
+)
+
+eval_results = Table(
+    "eval_results",
+    metadata,
+    # One reference line answered by one deployment, and its score (NULL: no score, see `error`).
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("eval_runs.id"), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("deployment", String(128), nullable=False),
+    Column("capability", String(32), nullable=False),
+    Column("complexity", String(16), nullable=False),
+    Column("method", String(16), nullable=False),  # exact, contains, json, judge
+    Column("score", Float),
+    Column("cost_usd", _Money),  # the answer's calls, plus the judge's for a `judge` line
+    Column("latency_ms", Float),
+    Column("job_id", String(40), ForeignKey("jobs.id")),
+    Column("error", Text),
+    UniqueConstraint("run_id", "line", "deployment"),
 )

@@ -9,6 +9,7 @@
     store.idempotency  the batch an Idempotency-Key's first request made          (sql/idempotency.py)
     store.cache      cached answers (jobs by request hash), tenants' cache policies, stats (sql/cache.py)
     store.quality    scored answers (judges, reference sets, feedback) and their tallies (sql/quality.py)
+    store.evals      answered jobs to sample for judging, reference-set runs and scores (sql/evals.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -28,6 +29,7 @@ from storage.sql.batches import Batches
 from storage.sql.cache import ResponseCache
 from storage.sql.database import Database, utcnow
 from storage.sql.engine import connect_database
+from storage.sql.evals import Evals
 from storage.sql.files import Files
 from storage.sql.idempotency import IdempotencyKeys
 from storage.sql.jobs import Jobs
@@ -52,6 +54,7 @@ class Store:
         self.api_keys = ApiKeys(self.db)
         self.cache = ResponseCache(self.db)
         self.quality = QualityEvidence(self.db)
+        self.evals = Evals(self.db)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
