@@ -46,9 +46,7 @@ async def preview(
     snapshot: Mapping[str, DeploymentSnapshot] = {}
     if redis is not None:
         snapshot = await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
-    quality = quality or FleetQuality(
-        redis, store, strength=settings.quality_prior_strength, refresh_s=settings.quality_refresh_s
-    )
+    quality = quality or FleetQuality.from_settings(redis, store, settings)
     board: QualityBoard = await quality.board()
     limits = PlanLimits(settings.default_completion_tokens, settings.max_candidates)
     try:

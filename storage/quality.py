@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from router_core.models import Capability, Complexity
 from router_core.quality import QualityBoard, Tally
 from storage import keys
+from storage.settings import Settings
 from storage.sql.quality import Feedback, ScoredAnswer
 from storage.sql.store import Store
 
@@ -47,6 +48,13 @@ class FleetQuality:
         self._board: QualityBoard | None = None
         self._until = 0.0
         self._reading: asyncio.Future[QualityBoard] | None = None
+
+    @classmethod
+    def from_settings(cls, redis: Redis | None, store: Store, settings: Settings) -> FleetQuality:
+        """With the prior strength and refresh interval the settings give."""
+        return cls(
+            redis, store, strength=settings.quality_prior_strength, refresh_s=settings.quality_refresh_s
+        )
 
     async def board(self) -> QualityBoard:
         """The current board; concurrent plans share one read when it is due."""

@@ -96,9 +96,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
             rate_margin_s=settings.rate_limit_margin_s,
         )
-        quality = FleetQuality(
-            redis, store, strength=settings.quality_prior_strength, refresh_s=settings.quality_refresh_s
-        )
+        quality = FleetQuality.from_settings(redis, store, settings)
         router = Router.from_settings(
             settings, catalog=shared.catalog, sim_world=shared.sim_world, fleet=fleet, quality=quality
         )

@@ -54,12 +54,7 @@ class ApiContext:
         self.relay = StreamRelay(self.redis, notifier=self.notifier)
         self.metrics = Metrics()
         self.limiter = RateLimiter(self.redis)
-        self.quality = FleetQuality(
-            self.redis,
-            self.store,
-            strength=self.settings.quality_prior_strength,
-            refresh_s=self.settings.quality_refresh_s,
-        )
+        self.quality = FleetQuality.from_settings(self.redis, self.store, self.settings)
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
 

@@ -16,7 +16,8 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -168,6 +169,22 @@ async def with_redis(settings: Settings, action: Callable[[Redis], Awaitable[T]]
     redis = await connect_redis(settings)
     try:
         return await action(redis)
+    finally:
+        await redis.aclose()
+
+
+@asynccontextmanager
+async def optional_redis(settings: Settings) -> AsyncIterator[Redis | None]:
+    """The fleet's Redis when ROUTEQ_REDIS_URL is set (closed after), else None: for commands that
+    work on SQL alone and tell the fleet when there is one."""
+    if settings.redis_url is None:
+        yield None
+        return
+    from storage.connections import connect_redis  # noqa: PLC0415 - arq and redis: fleet commands only
+
+    redis = await connect_redis(settings)
+    try:
+        yield redis
     finally:
         await redis.aclose()
 

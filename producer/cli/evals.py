@@ -355,7 +355,7 @@ async def _record(client: Client, settings: Settings, run_id: str, results: Sequ
     from storage.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
     from storage.sql.quality import ScoredAnswer  # noqa: PLC0415 - start-up: imported on use
 
-    fleet = FleetQuality(client.redis, client.store, strength=settings.quality_prior_strength)
+    fleet = FleetQuality.from_settings(client.redis, client.store, settings)
     answers = [
         ScoredAnswer(
             "reference",

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from producer.cli._common import execute, load_settings, with_store
+from producer.cli._common import execute, load_settings, optional_redis, with_store
 
 if TYPE_CHECKING:
     from router_core.catalog import Catalog
@@ -84,27 +84,13 @@ async def _plans(
     from producer.planning import plan_view, preview  # noqa: PLC0415 - start-up: imported on use
     from storage.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
 
-    redis = None
-    if settings.redis_url is not None:
-        from storage.connections import connect_redis  # noqa: PLC0415 - fleet commands only
-
-        redis = await connect_redis(settings)
-    try:
-        quality = FleetQuality(redis, store, strength=settings.quality_prior_strength, refresh_s=3600)
+    async with optional_redis(settings) as redis:
+        quality = FleetQuality.from_settings(redis, store, settings)
+        context = {"settings": settings, "store": store, "redis": redis, "quality": quality}
         return [
-            (
-                custom_id,
-                plan_view(
-                    await preview(
-                        request, catalog, settings=settings, store=store, redis=redis, quality=quality
-                    )
-                ),
-            )
+            (custom_id, plan_view(await preview(request, catalog, **context)))
             for custom_id, request in requests
         ]
-    finally:
-        if redis is not None:
-            await redis.aclose()
 
 
 def _quality(c: dict[str, Any]) -> str:

@@ -15,11 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.cli._common import JsonFlag, execute, load_settings, print_json, with_store
+from producer.cli._common import JsonFlag, execute, load_settings, optional_redis, print_json, with_store
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from storage.quality import FleetQuality
     from storage.settings import Settings
     from storage.sql.store import Store
@@ -148,16 +146,5 @@ async def _with_fleet_quality(
     """Run `action(FleetQuality)` with the fleet's Redis when one is configured, else on SQL alone."""
     from storage.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
 
-    redis: Redis | None = None
-    if settings.redis_url is not None:
-        from storage.connections import connect_redis  # noqa: PLC0415 - fleet commands only
-
-        redis = await connect_redis(settings)
-    try:
-        fleet = FleetQuality(
-            redis, store, strength=settings.quality_prior_strength, refresh_s=settings.quality_refresh_s
-        )
-        return await action(fleet)
-    finally:
-        if redis is not None:
-            await redis.aclose()
+    async with optional_redis(settings) as redis:
+        return await action(FleetQuality.from_settings(redis, store, settings))
