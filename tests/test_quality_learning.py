@@ -77,6 +77,9 @@ async def test_judged_and_rated_answers_move_quality_traffic_from_the_liar_to_th
     assert judge_cost > 0
     usage = await Budgets(redis).usage(eval_scope("acme"))
     assert usage.spent_usd == pytest.approx(judge_cost, abs=1e-5)
+    rebuilt = await Budgets(redis).rebuild_from_ledger(backend.store)  # the ledger maps them the same way
+    assert rebuilt[eval_scope("acme")] == pytest.approx(usage.spent_usd)
+    assert not any(scope.endswith("/routeq-eval") for scope in rebuilt)
     # Judge jobs are never judged themselves, and a job is judged once.
     await redis.delete("routeq:evals:beat")  # the next beat comes at once, not an interval later
     again = await beat.tick()
