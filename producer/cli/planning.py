@@ -86,11 +86,13 @@ async def _plans(
 
     async with optional_redis(settings) as redis:
         quality = FleetQuality.from_settings(redis, store, settings)
-        context = {"settings": settings, "store": store, "redis": redis, "quality": quality}
-        return [
-            (custom_id, plan_view(await preview(request, catalog, **context)))
-            for custom_id, request in requests
-        ]
+        plans = []
+        for custom_id, request in requests:
+            planned = await preview(
+                request, catalog, settings=settings, store=store, redis=redis, quality=quality
+            )
+            plans.append((custom_id, plan_view(planned)))
+        return plans
 
 
 def _quality(c: dict[str, Any]) -> str:
