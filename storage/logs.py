@@ -66,9 +66,9 @@ def bind_job_log(**fields: str | None) -> None:
 
     Outside a `job_log_context` block this does nothing: a field must never outlive its job.
     """
-    current = _context.get()
+    known, current = _known(fields), _context.get()
     if current is not None:
-        _context.set({**current, **_known(fields)})
+        _context.set({**current, **known})
 
 
 def _known(fields: dict[str, str | None]) -> dict[str, str]:
