@@ -225,7 +225,8 @@ class Metrics:
         *,
         job_lease_s: float,
     ) -> None:
-        """Read the gauges again from Redis: queue depth, live workers, each deployment's live state.
+        """Read the gauges again from Redis: queue depth, live workers, each deployment's live state,
+        the budgets of capped scopes (`Budgets.capped_usage`).
 
         A worker renews its `seen` in `routeq:workers` with its job leases (every third of
         `job_lease_s`); one not seen for three leases was killed without unregistering, and its
