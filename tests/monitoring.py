@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,26 @@ def metric_names(expr: str) -> set[str]:
         if word.lower() in _KEYWORDS or text[match.end() :].lstrip().startswith("("):
             continue
         names.add(word)
+    return names
+
+
+# Grafana replaces its interval variables before Prometheus sees a query; any duration parses alike.
+_GRAFANA_INTERVALS = re.compile(r"\$__(?:rate_interval|interval|range)\b")
+
+
+def parsed_metric_names(expr: str) -> set[str]:
+    """The metric names of the selectors promql-parser finds in `expr` (a check on `metric_names`).
+
+    Raises:
+        ValueError: `expr` is not valid PromQL (the parser's message says where).
+    """
+    names: set[str] = set()
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(_GRAFANA_INTERVALS.sub("5m", expr)), visit)
     return names
 
 

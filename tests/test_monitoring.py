@@ -34,6 +34,7 @@ from tests.monitoring import (
     load_yaml,
     metric_names,
     panels,
+    parsed_metric_names,
     shipped_expressions,
 )
 
@@ -80,6 +81,21 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 )
 def test_metric_names_are_the_selected_series(expr: str, names: set[str]) -> None:
     assert metric_names(expr) == names
+    assert parsed_metric_names(expr) == names  # a real parser agrees
+
+
+def test_every_shipped_expression_parses_and_the_tokenizer_agrees_with_the_parser() -> None:
+    for where, expr in shipped_expressions():
+        try:
+            parsed = parsed_metric_names(expr)
+        except ValueError as exc:
+            pytest.fail(f"{where}: not valid PromQL ({exc}): {expr!r}")
+        assert metric_names(expr) == parsed, where
+
+
+def test_invalid_promql_is_refused() -> None:
+    with pytest.raises(ValueError, match="parenthesis"):
+        parsed_metric_names("sum(rate(routeq_jobs_total[5m])")
 
 
 def test_every_shipped_expression_selects_a_metric() -> None:
