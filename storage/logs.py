@@ -1,6 +1,6 @@
 """Log lines of routeq's processes: text or JSON, each carrying the job it is about.
 
-    log_config(fmt, verbose)   the `logging.config.dictConfig` of `routeq worker`, `serve` and `run`
+    configure_logging(fmt)     the logging of `routeq worker`, `serve` and `run`: one root handler
     job_log_context(job=...)   while a job runs, every line logged in it carries job, batch, tenant
     bind_job_log(batch=...)    and deployment: fields learnt later in the run join the context
 
@@ -22,25 +22,31 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Literal, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 __all__ = [
+    "CONFIGURED_LOGGERS",
     "CONTEXT_FIELDS",
+    "HANDLER_NAME",
     "ArqJobLinesAtDebug",
     "JobContextFilter",
+    "LogFormat",
     "bind_job_log",
+    "configure_logging",
     "job_log_context",
     "json_formatter",
-    "log_config",
 ]
 
-LogFormat = Literal["text", "json"]
+LogFormat = Literal["text", "json"]  # Settings.log_format
 
 # The fields a job's lines carry, in the order JSON lines show them.
 CONTEXT_FIELDS = ("job", "batch", "tenant", "deployment")
+# The loggers `configure_logging` sets (besides the root logger, which gets its handler "routeq").
+CONFIGURED_LOGGERS = ("routeq", "arq", "arq.worker", "uvicorn", "uvicorn.error", "uvicorn.access")
+HANDLER_NAME = "routeq"
 
 _context: ContextVar[dict[str, str] | None] = ContextVar("routeq_job_log", default=None)
 
@@ -113,46 +119,41 @@ def json_formatter() -> JsonFormatter:
     )
 
 
-def log_config(fmt: LogFormat, *, verbose: bool = False, level: str = "INFO") -> dict[str, Any]:
-    """The `dictConfig` of a routeq process: one stderr handler on the root logger.
+def configure_logging(
+    fmt: LogFormat, *, verbose: bool = False, level: str = "INFO", stream: TextIO | None = None
+) -> logging.Handler:
+    """Set up a routeq process's logging: one handler on the root logger; returns it.
+
+    The handler replaces an earlier one of routeq's (a second call reconfigures) and leaves any
+    other alone, unlike `dictConfig`, which would close a host's or a test runner's handlers too.
 
     Args:
         fmt: `text` (arq's terse `12:00:01: message`) or `json` (one object a line).
         verbose: every job logged (DEBUG): routeq's and arq's loggers at DEBUG.
         level: the level of routeq's, arq's and uvicorn's loggers when not verbose. Other
             libraries log warnings and errors only, through the same handler and format.
+        stream: where lines go; None = sys.stderr.
     """
-    chosen = "DEBUG" if verbose else level
-    formatter: dict[str, Any] = (
-        {"()": json_formatter}
-        if fmt == "json"
-        else {"format": "%(asctime)s: %(message)s", "datefmt": "%H:%M:%S"}
+    chosen = logging.DEBUG if verbose else logging.getLevelNamesMapping()[level]
+    handler = logging.StreamHandler(stream)
+    handler.set_name(HANDLER_NAME)
+    handler.setLevel(chosen)
+    handler.addFilter(JobContextFilter())
+    handler.setFormatter(
+        json_formatter() if fmt == "json" else logging.Formatter("%(asctime)s: %(message)s", "%H:%M:%S")
     )
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {
-            "job_context": {"()": JobContextFilter},
-            "arq_job_lines": {"()": ArqJobLinesAtDebug},
-        },
-        "formatters": {"routeq": formatter},
-        "handlers": {
-            "routeq": {
-                "class": "logging.StreamHandler",
-                "formatter": "routeq",
-                "filters": ["job_context"],
-                "level": chosen,
-            }
-        },
-        "root": {"handlers": ["routeq"], "level": "WARNING"},
-        "loggers": {
-            "routeq": {"level": chosen},
-            "arq": {"level": chosen},
-            "arq.worker": {"filters": ["arq_job_lines"]},
-            # uvicorn's own config (which `serve` replaces with this one) gives these handlers of
-            # their own; here they log through the root's, in the chosen format.
-            "uvicorn": {"level": level, "handlers": [], "propagate": True},
-            "uvicorn.error": {"level": level, "handlers": [], "propagate": True},
-            "uvicorn.access": {"level": level, "handlers": [], "propagate": True},
-        },
-    }
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in ("routeq", "arq"):
+        logging.getLogger(name).setLevel(chosen)
+    arq_worker = logging.getLogger("arq.worker")
+    if not any(isinstance(f, ArqJobLinesAtDebug) for f in arq_worker.filters):
+        arq_worker.addFilter(ArqJobLinesAtDebug())
+    # `serve` starts uvicorn with log_config=None: its loggers then have no handlers of their own
+    # and log through this one, in the chosen format.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.getLevelNamesMapping()[level])
+    return handler

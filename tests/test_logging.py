@@ -1,8 +1,8 @@
 """Log lines: ROUTEQ_LOG_FORMAT=json, the job's fields on every line of its run, --verbose.
 
 The configuration under test is the one `routeq worker`, `serve` and `run` apply
-(`storage.logs.log_config` through `logging.config.dictConfig`); its handler's stream is pointed at
-a buffer, and the logging state is put back after each test.
+(`storage.logs.configure_logging`), writing to a buffer; conftest's autouse fixture puts the
+logging state back after each test.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import asyncio
 import io
 import json
 import logging
-import logging.config
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +23,27 @@ from router_core.models import ChatRequest, Message
 from storage.jobs import ANY_TENANT, NewJob
 from storage.logs import (
     CONTEXT_FIELDS,
+    HANDLER_NAME,
     JobContextFilter,
+    LogFormat,
     bind_job_log,
+    configure_logging,
     job_log_context,
     json_formatter,
-    log_config,
 )
 from storage.settings import Settings
 from tests.backends import Backend, open_backend
 
-_NAMES = ("routeq", "arq", "arq.worker", "uvicorn", "uvicorn.error", "uvicorn.access")
-
 
 @pytest.fixture
-def configured() -> Iterator[io.StringIO]:
-    """Apply a routeq log config (the test calls `apply`), writing to the yielded buffer; restore after."""
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in _NAMES)]
-    saved = [(lg, lg.level, lg.handlers[:], lg.filters[:], lg.propagate, lg.disabled) for lg in loggers]
-    buffer = io.StringIO()
-    try:
-        yield buffer
-    finally:
-        for lg, level, handlers, filters, propagate, disabled in saved:
-            lg.setLevel(level)
-            lg.handlers[:] = handlers
-            lg.filters[:] = filters
-            lg.propagate, lg.disabled = propagate, disabled
+def configured() -> io.StringIO:
+    """Where `apply` sends the lines."""
+    return io.StringIO()
 
 
-def apply(buffer: io.StringIO, config: dict[str, Any]) -> None:
-    logging.config.dictConfig(config)
-    (handler,) = logging.getLogger().handlers
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(buffer)
+def apply(buffer: io.StringIO, fmt: LogFormat, **options: Any) -> None:
+    handler = configure_logging(fmt, stream=buffer, **options)
+    assert [h for h in logging.getLogger().handlers if h.get_name() == HANDLER_NAME] == [handler]
 
 
 async def run_jobs(backend: Backend, count: int) -> list[str]:
@@ -74,7 +60,7 @@ async def run_jobs(backend: Backend, count: int) -> list[str]:
 async def test_json_lines_of_a_job_carry_its_job_batch_tenant_and_deployment(
     backend: Backend, configured: io.StringIO
 ) -> None:
-    apply(configured, log_config("json", verbose=True))
+    apply(configured, "json", verbose=True)
     job_ids = await run_jobs(backend, 3)
 
     lines = [json.loads(line) for line in configured.getvalue().splitlines()]  # every line is JSON
@@ -100,7 +86,7 @@ async def test_json_lines_of_a_job_carry_its_job_batch_tenant_and_deployment(
 async def test_verbose_logs_every_job_and_nothing_else_does(
     tmp_path: Path, configured: io.StringIO, verbose: bool
 ) -> None:
-    apply(configured, log_config("text", verbose=verbose))
+    apply(configured, "text", verbose=verbose)
     async with open_backend("embedded", tmp_path) as backend:  # one backend is enough: no Redis logic
         job_ids = await run_jobs(backend, 2)
     text = configured.getvalue()
@@ -112,7 +98,7 @@ async def test_verbose_logs_every_job_and_nothing_else_does(
 
 
 def test_other_libraries_log_warnings_only_in_the_same_format(configured: io.StringIO) -> None:
-    apply(configured, log_config("json"))
+    apply(configured, "json")
     logging.getLogger("sqlalchemy.engine").info("SELECT 1")
     logging.getLogger("sqlalchemy.engine").warning("pool exhausted")
     logging.getLogger("routeq.api").info("started")
@@ -125,7 +111,7 @@ def test_other_libraries_log_warnings_only_in_the_same_format(configured: io.Str
 
 
 def test_run_logs_warnings_only(configured: io.StringIO) -> None:
-    apply(configured, log_config("text", level="WARNING"))
+    apply(configured, "text", level="WARNING")
     logging.getLogger("routeq.worker").info("worker started")
     logging.getLogger("routeq.worker").warning("Redis unavailable")
     assert configured.getvalue().splitlines()[0].endswith(": Redis unavailable")

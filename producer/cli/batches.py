@@ -7,7 +7,6 @@ embedded stack (and so `workers`), and FastAPI only with `--serve`.
 from __future__ import annotations
 
 import dataclasses
-import logging.config
 import os
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from rich.console import Console
 from producer.cli._common import execute, finite_usd, load_settings, with_client, with_store
 from router_core.errors import ConfigError
 from router_core.redact import mask_url
-from storage.logs import log_config
+from storage.logs import configure_logging
 
 if TYPE_CHECKING:
     from producer.client import Client, SubmitProgress
@@ -134,7 +133,7 @@ def run(
 
     settings = load_settings()
     # Warnings and errors only (the progress bar says the rest), in ROUTEQ_LOG_FORMAT.
-    logging.config.dictConfig(log_config(settings.log_format, level="WARNING"))
+    configure_logging(settings.log_format, level="WARNING")
     parsed = _read_input(file, settings)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})

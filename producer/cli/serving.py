@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from producer.cli._common import execute, finite_usd, load_settings, with_redis
 from storage.errors import ServiceUnavailableError
-from storage.logs import log_config
+from storage.logs import configure_logging
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -53,13 +53,9 @@ def serve(
             f"{settings.tenant}/{settings.user} with admin rights. Never expose this.[/yellow]"
         )
     console.print(f"routeq API on http://{host}:{port} (docs at /docs)")
+    configure_logging(settings.log_format)  # uvicorn's lines too (log_config=None: no config of its own)
     uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=log_config(settings.log_format),  # uvicorn's lines too in ROUTEQ_LOG_FORMAT
-        log_level="info",
-        proxy_headers=False,
+        create_app(settings), host=host, port=port, log_config=None, log_level="info", proxy_headers=False
     )
 
 

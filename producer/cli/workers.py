@@ -5,14 +5,12 @@ The only command, with `routeq run`, that imports `workers`, and it does so when
 
 from __future__ import annotations
 
-import logging
-import logging.config
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from producer.cli._common import execute, load_settings, with_client
-from storage.logs import log_config
+from storage.logs import configure_logging
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -39,7 +37,7 @@ def worker(
 
     settings = load_settings()
     # routeq's and arq's lines in ROUTEQ_LOG_FORMAT; each job's own lines only with --verbose.
-    logging.config.dictConfig(log_config(settings.log_format, verbose=verbose))
+    configure_logging(settings.log_format, verbose=verbose)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     if metrics_port is not None:
