@@ -22,6 +22,10 @@ breakers.
     routeq_inflight{deployment}                        gauge: calls in flight, fleet-wide
     routeq_success_rate{deployment}                    gauge: the live success-rate EWMA
     routeq_workers                                     gauge: workers seen in the last 3 job leases
+    routeq_budget_spent_usd{scope}                     gauge: settled spend of each scope with a cap set
+    routeq_budget_reserved_usd{scope}                  gauge: held for its calls in flight
+    routeq_budget_cap_usd{scope}                       gauge: its cap
+    routeq_budget_used_ratio{scope}                    gauge: (spent + reserved) / cap; 1 = no room left
     routeq_http_requests_total{method,route,status}    the HTTP API's requests
     routeq_http_request_duration_seconds{method,route} histogram
 """
@@ -43,6 +47,7 @@ from redis.asyncio import Redis
 from router_core.fleet import CircuitState, FleetState, Forced
 from router_core.models import Attempt
 from storage import keys
+from storage.fleet.budgets import Budgets, ScopeUsage, readable_scope
 
 __all__ = ["CONTENT_TYPE", "LLM_LATENCY_BUCKETS", "Metrics"]
 
@@ -146,6 +151,29 @@ class Metrics:
             "routeq_success_rate", "Live success-rate EWMA.", ["deployment"], registry=reg
         )
         self.workers = Gauge("routeq_workers", "Workers registered in Redis.", registry=reg)
+        # Scopes with a cap an operator set (`routeq budget set`, `keys create --budget`): a user under
+        # the default cap alone is not listed (see Budgets.capped_usage).
+        self.budget_spent = Gauge(
+            "routeq_budget_spent_usd",
+            "Settled spend of each capped budget scope, USD.",
+            ["scope"],
+            registry=reg,
+        )
+        self.budget_reserved = Gauge(
+            "routeq_budget_reserved_usd",
+            "Budget held for calls in flight, per capped scope, USD.",
+            ["scope"],
+            registry=reg,
+        )
+        self.budget_cap = Gauge(
+            "routeq_budget_cap_usd", "Cap of each capped scope, USD.", ["scope"], registry=reg
+        )
+        self.budget_used = Gauge(
+            "routeq_budget_used_ratio",
+            "(spent + reserved) / cap of each capped scope; 1 means no room left.",
+            ["scope"],
+            registry=reg,
+        )
         self.http_requests = Counter(
             "routeq_http_requests_total", "HTTP API requests.", ["method", "route", "status"], registry=reg
         )
@@ -197,7 +225,8 @@ class Metrics:
         *,
         job_lease_s: float,
     ) -> None:
-        """Read the gauges again from Redis: queue depth, live workers, each deployment's live state.
+        """Read the gauges again from Redis: queue depth, live workers, each deployment's live state,
+        the budgets of capped scopes (`Budgets.capped_usage`).
 
         A worker renews its `seen` in `routeq:workers` with its job leases (every third of
         `job_lease_s`); one not seen for three leases was killed without unregistering, and its
@@ -209,13 +238,30 @@ class Metrics:
         depth = await redis.zcard(queue_name)
         workers = await redis.register_script(_LIVE_WORKERS)(keys=[keys.WORKERS], args=[3 * job_lease_s])
         snapshot = await fleet.snapshot(deployment_ids)
+        budgets = await Budgets(redis).capped_usage()
         self.queue_depth.set(depth)
         self.workers.set(workers)
+        self._set_budgets(budgets)
         for dep, live in snapshot.items():
             self.circuit_state.labels(dep).set(_CIRCUIT_VALUE[live.circuit])
             self.forced.labels(dep).set(_FORCED_VALUE[live.forced])
             self.inflight.labels(dep).set(live.in_flight)
             self.success_rate.labels(dep).set(live.success_rate)
+
+    def _set_budgets(self, budgets: Sequence[ScopeUsage]) -> None:
+        """Replace the budget gauges at once (no await in between): a removed cap leaves no series."""
+        gauges = (self.budget_spent, self.budget_reserved, self.budget_cap, self.budget_used)
+        for gauge in gauges:
+            gauge.clear()
+        for usage in budgets:
+            assert usage.cap_usd is not None  # capped_usage lists capped scopes only
+            scope = readable_scope(usage.scope)
+            used = usage.spent_usd + usage.reserved_usd
+            self.budget_spent.labels(scope).set(usage.spent_usd)
+            self.budget_reserved.labels(scope).set(usage.reserved_usd)
+            self.budget_cap.labels(scope).set(usage.cap_usd)
+            # A zero cap has no room at all, whatever it holds.
+            self.budget_used.labels(scope).set(used / usage.cap_usd if usage.cap_usd > 0 else 1.0)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format (serve it with `CONTENT_TYPE`)."""

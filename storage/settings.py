@@ -7,7 +7,7 @@ configures the whole fleet.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -118,6 +118,11 @@ class Settings(RouterSettings):
         le=65535,
         description="Port of each worker's Prometheus endpoint (GET /metrics, all interfaces); 0 = any "
         "free port (logged at start), unset or empty = no endpoint.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines of `routeq worker`, `serve` and `run`: text for a terminal, json (one "
+        "object a line, with job, batch, tenant and deployment where known) for a log pipeline.",
     )
     event_retention_s: int = Field(
         default=7 * 24 * 3600,

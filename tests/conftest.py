@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from router_core import Catalog, FakeClock, Router, RouterSettings, SimulateMode
 from router_core.catalog import parse_catalog
+from storage.logs import CONFIGURED_LOGGERS, HANDLER_NAME
 
 if TYPE_CHECKING:
     from tests.backends import Backend
@@ -20,6 +22,27 @@ if TYPE_CHECKING:
 # and budgets send the same prompt many times and count the calls it makes, so they run with it off;
 # tests/test_cache*.py turn it on where they test it. Subprocesses (CLI, workers) inherit this.
 os.environ.setdefault("ROUTEQ_CACHE", "false")
+
+
+@pytest.fixture(autouse=True)
+def _process_logging_undone() -> Iterator[None]:
+    """`routeq run`, `worker` and `serve` under test configure logging for their whole process
+    (storage.logs.configure_logging: a handler on the root logger writing to the runner's stderr,
+    levels and filters of routeq's, arq's and uvicorn's loggers). Undo that after each test.
+    pytest's own handlers on the root logger are its business: they are never touched here."""
+    root = logging.getLogger()
+    root_level = root.level
+    saved = [
+        (logger, logger.level, logger.handlers[:], logger.filters[:], logger.propagate)
+        for logger in map(logging.getLogger, CONFIGURED_LOGGERS)
+    ]
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(root_level)
+    for logger, level, handlers, filters, propagate in saved:
+        logger.setLevel(level)
+        logger.handlers[:], logger.filters[:], logger.propagate = handlers, filters, propagate
 
 
 def deployment(id: str, **overrides: Any) -> dict[str, Any]:

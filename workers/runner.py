@@ -65,6 +65,7 @@ from storage.jobs import (
     JobStatus,
     StartedJob,
 )
+from storage.logs import bind_job_log, job_log_context
 from storage.metrics import Metrics
 from storage.sql.store import Store
 from workers.cache import CacheUse, JobCache, hit_pieces
@@ -170,15 +171,23 @@ class JobRunner:
         """Process one delivery of `job_id` (arq try `run`); returns the job's final status.
 
         `carried`: the request (tenant, batch) a deferred job's payload carries: the job is admitted
-        before its SQL start, or deferred to its turn without one.
+        before its SQL start, or deferred to its turn without one. Every line logged meanwhile
+        carries the job (and its batch, tenant and deployment once known: storage/logs.py).
 
         Raises:
             JobDeferred: every candidate is full for now; the job is (still) `queued`.
         """
+        with job_log_context(job=job_id):
+            status = await self._run(job_id, run=run, carried=carried)
+            logger.debug("job %s run %d: %s", job_id, run, status)
+            return status
+
+    async def _run(self, job_id: str, *, run: int, carried: dict[str, Any] | None) -> str:
         admitted = None
         if carried is not None and self.line is not None:
             admitted = await self._admit(job_id, carried)
         started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
+        bind_job_log(batch=started.batch_id, tenant=started.tenant)
         if isinstance(started, JobRecord):
             await self._drop_claim(job_id, admitted, [])
             # Already finished (a redelivery after commit) or cancelled: record what earlier runs
@@ -222,6 +231,8 @@ class JobRunner:
     async def _conclude(self, started: StartedJob, run: int, outcome: _Outcome) -> str:
         """Commit the run's outcome, settle its holds and publish; or put the job back (deferred)."""
         job_id = started.id
+        routed = outcome.result or (outcome.attempts[-1] if outcome.attempts else None)
+        bind_job_log(deployment=routed.deployment if routed is not None else None)
         if outcome.deferred is not None:
             await self.store.runs.defer(started, run=run, attempts_made=outcome.attempts)
             await self._settle(job_id, run, outcome.attempts)

@@ -124,7 +124,9 @@ async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: 
     then exits as that signal would (130 for Ctrl-C).
     """
     app = create_app(settings, redis=redis, store=store)
-    server = _SignalReportingServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    # log_config=None: `routeq run` configured logging (storage/logs.py), uvicorn's lines included.
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level="warning")
+    server = _SignalReportingServer(config)
     await server.serve()
     return server.stopped_by
 

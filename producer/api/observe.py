@@ -1,9 +1,9 @@
 """`/metrics` (Prometheus) and `/v1/analytics` (SQL), plus the middleware counting API requests.
 
 The API process exports the same metric families as the workers (storage.metrics): its fleet gauges
-(queue depth, workers, circuit state, in-flight per deployment) are read from Redis at each scrape,
-and it counts its own HTTP requests by route template. Job, attempt, cost and latency counters are
-incremented where jobs run: scrape each worker's own metrics port for those.
+(queue depth, workers, circuit state, in-flight per deployment, capped budgets) are read from Redis
+at each scrape, and it counts its own HTTP requests by route template. Job, attempt, cost and
+latency counters are incremented where jobs run: scrape each worker's own metrics port for those.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from producer.cli._common import (
     with_client,
     with_store,
 )
+from storage.logs import configure_logging
 
 if TYPE_CHECKING:
     from producer.client import Client, SubmitProgress
@@ -136,6 +137,8 @@ def run(
     if resume is not None and budget is not None:
         raise fail("--budget is set when a batch is made; a resumed batch keeps its own")
     settings = load_settings()
+    # Warnings and errors only (the progress bar says the rest), in ROUTEQ_LOG_FORMAT.
+    configure_logging(settings.log_format, level="WARNING")
     parsed = _read_input(file, settings) if file is not None else None
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})

@@ -21,6 +21,7 @@ from producer.cli._common import (
     with_store,
 )
 from storage.errors import ServiceUnavailableError
+from storage.logs import configure_logging
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -66,7 +67,10 @@ def serve(
             f"{settings.tenant}/{settings.user} with admin rights. Never expose this.[/yellow]"
         )
     console.print(f"routeq API on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+    configure_logging(settings.log_format)  # uvicorn's lines too (log_config=None: no config of its own)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_config=None, log_level="info", proxy_headers=False
+    )
 
 
 async def _preflight(settings: Settings) -> None:

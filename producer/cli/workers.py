@@ -5,13 +5,12 @@ The only command, with `routeq run`, that imports `workers`, and it does so when
 
 from __future__ import annotations
 
-import logging
-import logging.config
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from producer.cli._common import execute, load_settings, with_client
+from storage.logs import configure_logging
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -33,16 +32,12 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker process against ROUTEQ_REDIS_URL and ROUTEQ_DATABASE_URL (scale by running more)."""
-    from arq.logs import default_log_config  # noqa: PLC0415 - `import arq` loads arq's worker: only here
-
     from workers.context import Shared  # noqa: PLC0415 - only this command starts workers
     from workers.worker import build_worker, run_worker  # noqa: PLC0415 - only this command starts workers
 
-    logging.config.dictConfig(default_log_config(verbose))
-    # arq logs each job at INFO; routeq's own loggers follow the same configuration.
-    logging.getLogger("routeq").handlers = logging.getLogger("arq").handlers
-    logging.getLogger("routeq").setLevel(logging.DEBUG if verbose else logging.INFO)
     settings = load_settings()
+    # routeq's and arq's lines in ROUTEQ_LOG_FORMAT; each job's own lines only with --verbose.
+    configure_logging(settings.log_format, verbose=verbose)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     if metrics_port is not None:

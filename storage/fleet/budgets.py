@@ -409,6 +409,23 @@ class Budgets:
             (raw,) = await pipe.execute()
         return {as_text(scope): _usd(cap) for scope, cap in raw.items()}
 
+    async def capped_usage(self) -> list[ScopeUsage]:
+        """Spend and holds of every scope with a cap an operator set, in two round trips.
+
+        What metrics export: bounded by the caps operators set, where listing every user under the
+        default cap would take a SCAN of the whole keyspace (there is no index of user scopes).
+        """
+        caps = await self.caps()
+        scopes = sorted(caps)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for scope in scopes:
+                pipe.hmget(keys.budget(scope), ["spent", "reserved"])
+            counters = await pipe.execute()
+        return [
+            ScopeUsage(scope=scope, spent_usd=_usd(spent), reserved_usd=_usd(reserved), cap_usd=caps[scope])
+            for scope, (spent, reserved) in zip(scopes, counters, strict=True)
+        ]
+
     async def rebuild_from_ledger(self, store: Store) -> dict[str, float]:
         """Reset every scope's `spent` from the SQL ledger and `reserved` from the holds left in Redis.
 
