@@ -19,8 +19,8 @@ from router_core.fleet import DeploymentSnapshot
 from router_core.models import ChatRequest, Plan
 from router_core.planner import PlanLimits, build_plan
 from router_core.quality import QualityBoard
+from storage.fleet.quality import FleetQuality
 from storage.fleet.state import RedisFleetState
-from storage.quality import FleetQuality
 from storage.settings import Settings
 from storage.sql.store import Store
 

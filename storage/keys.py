@@ -120,7 +120,7 @@ BUDGET_CAPS = PREFIX + "budget:caps"
 # Jobs holding budget, scored by their oldest hold (epoch seconds): the sweeper settles what a run
 # cut off between its commit and its settle left. Not under `holds:`, which SCANs read as hashes.
 OPEN_HOLDS = PREFIX + "open-holds"
-# Learned quality (`storage.quality`): whoever adds evidence bumps the version after its commit; the
+# Learned quality (`storage.fleet.quality`): whoever adds evidence bumps the version after its commit; the
 # fleet's planners share the tallies (`quality_tallies` in SQL) as JSON under the current version, set
 # by the first reader to miss. A reader racing a writer sets an old version's key, never read again.
 QUALITY_VERSION = PREFIX + "quality:version"

@@ -14,8 +14,8 @@ from router_core.models import ChatRequest, Message, Preferences
 from router_core.providers import sim_world_for
 from storage import keys
 from storage.fleet.budgets import Budgets, eval_scope, parse_scope, readable_scope
+from storage.fleet.quality import FleetQuality
 from storage.jobs import FailureCode, JobRecord, JobStatus, NewJob, StartedJob
-from storage.quality import FleetQuality
 from storage.sql.evals import EVAL_USER, answered_query
 from tests.backends import Backend, pipeline_settings
 from tests.conftest import deployment, make_catalog

@@ -15,9 +15,9 @@ from router_core.models import Capability, ChatRequest, Complexity, Message, Pre
 from router_core.planner import build_plan
 from router_core.quality import Evidence, QualityBoard, Tally, evidence_for, shrink, tallies_from
 from storage.errors import NotFoundError
+from storage.fleet.quality import FleetQuality
 from storage.fleet.state import RedisFleetState
 from storage.jobs import JobStatus, NewJob
-from storage.quality import FleetQuality
 from storage.sql.quality import ScoredAnswer, rating_score
 from tests.backends import Backend
 from tests.conftest import TRIO, deployment, make_catalog

@@ -22,8 +22,8 @@ from router_core.models import ChatRequest, Complexity, Message, Preferences
 from router_core.providers import sim_world_for
 from router_core.router import Router
 from storage.fleet.budgets import Budgets, eval_scope
+from storage.fleet.quality import FleetQuality
 from storage.jobs import JobStatus, NewJob
-from storage.quality import FleetQuality
 from tests.backends import Backend
 from tests.conftest import deployment, make_catalog
 from workers.evals import EvalBeat

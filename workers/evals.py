@@ -62,8 +62,8 @@ from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.queue import carried_requests, enqueue_jobs
 from storage.errors import NotFoundError
+from storage.fleet.quality import FleetQuality
 from storage.jobs import NewJob, StartedJob
-from storage.quality import FleetQuality
 from storage.settings import Settings
 from storage.sql.evals import EVAL_USER, AnsweredJob, Cursor
 from storage.sql.quality import ScoredAnswer

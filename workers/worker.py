@@ -48,9 +48,9 @@ from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, deserialize, 
 from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
 from storage.fleet.line import AdmissionLine
+from storage.fleet.quality import FleetQuality
 from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
-from storage.quality import FleetQuality
 from storage.settings import Settings
 from storage.sql.store import Store
 from workers.cache import JobCache

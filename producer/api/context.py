@@ -17,10 +17,10 @@ from storage.bus.notifier import Notifier
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
+from storage.fleet.quality import FleetQuality
 from storage.fleet.ratelimits import RateLimiter, RateLimits
 from storage.fleet.state import RedisFleetState
 from storage.metrics import Metrics
-from storage.quality import FleetQuality
 from storage.settings import Settings
 from storage.sql.store import Store
 

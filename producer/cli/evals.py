@@ -352,7 +352,7 @@ def _table(rows: list[dict[str, Any]], run_id: str) -> Table:
 async def _record(client: Client, settings: Settings, run_id: str, results: Sequence[EvalResult]) -> int:
     """Each score as quality evidence (source "reference"), the fleet told; returns how many were new."""
     from router_core.quality import Evidence  # noqa: PLC0415 - start-up: imported on use
-    from storage.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
+    from storage.fleet.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
     from storage.sql.quality import ScoredAnswer  # noqa: PLC0415 - start-up: imported on use
 
     fleet = FleetQuality.from_settings(client.redis, client.store, settings)

@@ -82,7 +82,7 @@ async def _plans(
     settings: Settings, store: Store, catalog: Catalog, requests: list[tuple[str, ChatRequest]]
 ) -> list[tuple[str, dict[str, Any]]]:
     from producer.planning import plan_view, preview  # noqa: PLC0415 - start-up: imported on use
-    from storage.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
+    from storage.fleet.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
 
     async with optional_redis(settings) as redis:
         quality = FleetQuality.from_settings(redis, store, settings)

@@ -18,7 +18,7 @@ from rich.table import Table
 from producer.cli._common import JsonFlag, execute, load_settings, optional_redis, print_json, with_store
 
 if TYPE_CHECKING:
-    from storage.quality import FleetQuality
+    from storage.fleet.quality import FleetQuality
     from storage.settings import Settings
     from storage.sql.store import Store
 
@@ -144,7 +144,7 @@ async def _with_fleet_quality(
     settings: Settings, store: Store, action: Callable[[FleetQuality], Awaitable[T]]
 ) -> T:
     """Run `action(FleetQuality)` with the fleet's Redis when one is configured, else on SQL alone."""
-    from storage.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
+    from storage.fleet.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
 
     async with optional_redis(settings) as redis:
         return await action(FleetQuality.from_settings(redis, store, settings))

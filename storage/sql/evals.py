@@ -6,7 +6,7 @@
     save_run   one `routeq eval` run (`eval_runs`) and its scored lines (`eval_results`), one transaction
     results    a run's scored lines, in line order
 
-The scores themselves become quality evidence through `storage.quality.FleetQuality.record`
+The scores themselves become quality evidence through `storage.fleet.quality.FleetQuality.record`
 (sources "judge" and "reference"); these tables keep what a reference run measured beside them
 (cost, latency, the job that answered), for reports.
 """
