@@ -14,6 +14,7 @@ import pytest
 from router_core import Catalog, FakeClock, Router, RouterSettings, SimulateMode
 from router_core.catalog import parse_catalog
 from storage.logs import CONFIGURED_LOGGERS, HANDLER_NAME
+from tests._xdist import isolate_worker
 
 if TYPE_CHECKING:
     from tests.backends import Backend
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 # and budgets send the same prompt many times and count the calls it makes, so they run with it off;
 # tests/test_cache*.py turn it on where they test it. Subprocesses (CLI, workers) inherit this.
 os.environ.setdefault("ROUTEQ_CACHE", "false")
+isolate_worker()  # under pytest-xdist: a Redis and a PostgreSQL database per worker
 
 
 @pytest.fixture(autouse=True)
