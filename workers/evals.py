@@ -35,12 +35,9 @@ the judge was paid and answered).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,8 +47,6 @@ from typing import cast
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
 
 from router_core.catalog import Catalog
 from router_core.errors import ConfigError
@@ -68,6 +63,7 @@ from storage.settings import Settings
 from storage.sql.evals import EVAL_USER, AnsweredJob, Cursor
 from storage.sql.quality import ScoredAnswer
 from storage.sql.store import Store
+from workers.beat import Beat
 
 __all__ = ["EVAL_OF", "EVAL_OF_DEPLOYMENT", "EvalBeat", "EvalTick", "VerdictRecorder", "sampled"]
 
@@ -81,7 +77,6 @@ EVAL_OF_DEPLOYMENT = "routeq_eval_deployment"
 _PAGE = 500  # answered jobs read at a time
 _HASH_SPAN = 2**64
 # How long a closing worker lets a beat in progress finish before cancelling it.
-_CLOSE_GRACE_S = 10.0
 
 
 def sampled(job_id: str, rate: float) -> bool:
@@ -103,8 +98,10 @@ class EvalTick:
     batches: list[str] = field(default_factory=list)
 
 
-class EvalBeat:
+class EvalBeat(Beat):
     """Samples answered jobs and submits their judge requests, once per interval across the fleet."""
+
+    name = "evaluation beat"
 
     def __init__(
         self,
@@ -134,13 +131,11 @@ class EvalBeat:
         self.judge = catalog[judge]
         self.sample_rate = sample_rate
         self.rubric = rubric
-        self._interval_s = interval_s
+        super().__init__(interval_s)
         self._batch = batch
         self._queue_name = queue_name
         self._holder = holder
         self._carry_max_bytes = carry_max_bytes
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     @classmethod
     def from_settings(
@@ -170,37 +165,6 @@ class EvalBeat:
             holder=holder,
             carry_max_bytes=settings.carry_request_max_bytes,
         )
-
-    def start(self) -> None:
-        """Beat every interval from now on, in a task of its own."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._beat(), name="routeq-evals")
-
-    async def close(self) -> None:
-        """Stop after the beat in progress (cancelled only if it outlasts the grace)."""
-        if self._task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=_CLOSE_GRACE_S)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
-
-    async def _beat(self) -> None:
-        wait_s = random.uniform(0, self._interval_s)  # workers started together: spread them out
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=wait_s)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.tick()
-            except (RedisError, SQLAlchemyError, OSError) as exc:
-                logger.warning("evaluation beat failed (%s); trying again in %gs", exc, self._interval_s)
-            wait_s = self._interval_s
 
     async def tick(self) -> EvalTick | None:
         """One beat, if this worker gets the lock; None when another worker holds it.

@@ -29,23 +29,19 @@ dying.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
 
 from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.recovery import finish_batch, requeue_orphans
 from storage.settings import Settings
 from storage.sql.store import Store
+from workers.beat import Beat
 from workers.runner import JobRunner
 
 __all__ = ["SweepReport", "Sweeper"]
@@ -55,7 +51,6 @@ logger = logging.getLogger("routeq.sweeper")
 # Unfinished jobs read and checked at a time: one SQL page, one Redis round trip.
 _PAGE = 1_000
 # How long a closing worker lets a sweep in progress finish before cancelling it.
-_CLOSE_GRACE_S = 10.0
 
 # KEYS[1] the lock; ARGV[1] its holder, ARGV[2] ms. Extends the lock only for its holder.
 _EXTEND = """
@@ -75,8 +70,10 @@ class SweepReport:
     settled: list[str] = field(default_factory=list)  # finished jobs whose leftover holds it settled
 
 
-class Sweeper:
+class Sweeper(Beat):
     """Re-queues orphaned jobs and finishes stuck batches, once per interval across the fleet."""
+
+    name = "sweep"
 
     def __init__(
         self,
@@ -96,11 +93,9 @@ class Sweeper:
         self._events = events
         self._queue_name = queue_name
         self._holder = holder  # this worker's id, the lock's value
-        self._interval_s = interval_s
+        super().__init__(interval_s)
         self._min_age_s = min_age_s
         self._extend = redis.register_script(_EXTEND)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     @classmethod
     def from_settings(
@@ -124,43 +119,8 @@ class Sweeper:
             runner=runner,
         )
 
-    def start(self) -> None:
-        """Sweep every interval from now on, in a task of its own (none when the interval is 0)."""
-        if self._interval_s > 0 and self._task is None:
-            self._task = asyncio.create_task(self._beat(), name="routeq-sweeper")
-
-    async def close(self) -> None:
-        """Stop after the sweep in progress, if any (cancelled only if it outlasts the grace).
-
-        Cancelling a sweep mid-query would cost its database connection (SQLAlchemy invalidates a
-        connection whose statement was interrupted; an in-memory SQLite loses its data with it).
-        """
-        if self._task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=_CLOSE_GRACE_S)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
-
-    async def _beat(self) -> None:
-        # Workers started together would all try at once; a random phase spreads them out.
-        wait_s = random.uniform(0, self._interval_s)
-        while not await self._stopped_within(wait_s):
-            try:
-                await self.sweep()
-            except (RedisError, SQLAlchemyError, OSError) as exc:
-                logger.warning("sweep failed (%s); trying again in %gs", exc, self._interval_s)
-            wait_s = self._interval_s
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        """Wait `seconds`, or less if `close` is called meanwhile; True when it was."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        return self._stopping.is_set()
+    async def tick(self) -> SweepReport | None:
+        return await self.sweep()
 
     async def sweep(self) -> SweepReport | None:
         """One sweep, if this worker gets the lock; None when another worker holds it.
