@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,11 +26,18 @@ CLOSE_GRACE_S = 10.0
 
 
 class Beat:
-    """Runs `tick` every `interval_s` in a task of its own, from `start` to `close` (none when 0)."""
+    """Runs `tick` every `interval_s` in a task of its own, from `start` to `close` (none when 0).
+
+    `tick` starts with `_take_lock`: the duty's `lock_key`, set to this worker's id (`holder`) for
+    one interval if no worker holds it.
+    """
 
     name = "beat"  # in the task's name and the log lines
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, redis: Redis, *, lock_key: str, holder: str, interval_s: float) -> None:
+        self._redis = redis
+        self._lock_key = lock_key
+        self._holder = holder
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -37,6 +45,13 @@ class Beat:
     async def tick(self) -> object:
         """One beat's work (when this worker holds the duty's lock)."""
         raise NotImplementedError
+
+    def _lock_ms(self) -> int:
+        return max(1, int(self._interval_s * 1000))
+
+    async def _take_lock(self) -> bool:
+        """Whether this worker got the duty's lock for this interval (left to expire, not released)."""
+        return bool(await self._redis.set(self._lock_key, self._holder, nx=True, px=self._lock_ms()))
 
     def start(self) -> None:
         if self._interval_s > 0 and self._task is None:

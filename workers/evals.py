@@ -125,16 +125,14 @@ class EvalBeat(Beat):
                 f"({', '.join(catalog)})",
                 field="eval_judge",
             )
-        self._redis = redis
+        super().__init__(redis, lock_key=keys.EVAL_BEAT, holder=holder, interval_s=interval_s)
         self._store = store
         self._events = events
         self.judge = catalog[judge]
         self.sample_rate = sample_rate
         self.rubric = rubric
-        super().__init__(interval_s)
         self._batch = batch
         self._queue_name = queue_name
-        self._holder = holder
         self._carry_max_bytes = carry_max_bytes
 
     @classmethod
@@ -171,8 +169,7 @@ class EvalBeat(Beat):
 
         The lock is left to expire after one interval, so the fleet beats about once per interval.
         """
-        lock_ms = max(1, int(self._interval_s * 1000))
-        if not await self._redis.set(keys.EVAL_BEAT, self._holder, nx=True, px=lock_ms):
+        if not await self._take_lock():
             return None
         cursor = await self._cursor()
         chosen: list[AnsweredJob] = []

@@ -87,13 +87,11 @@ class Sweeper(Beat):
         min_age_s: float,
         runner: JobRunner | None = None,
     ) -> None:
-        self._redis = redis
+        super().__init__(redis, lock_key=keys.SWEEPER, holder=holder, interval_s=interval_s)
         self._runner = runner  # settles finished jobs' leftover holds; None skips that step
         self._store = store
         self._events = events
         self._queue_name = queue_name
-        self._holder = holder  # this worker's id, the lock's value
-        super().__init__(interval_s)
         self._min_age_s = min_age_s
         self._extend = redis.register_script(_EXTEND)
 
@@ -128,7 +126,7 @@ class Sweeper(Beat):
         The lock is left to expire after one interval rather than released, so however many
         workers try, the fleet sweeps about once per interval.
         """
-        if not await self._redis.set(keys.SWEEPER, self._holder, nx=True, px=self._lock_ms()):
+        if not await self._take_lock():
             return None
         cutoff = datetime.now(UTC) - timedelta(seconds=self._min_age_s)
         report = SweepReport()
@@ -159,9 +157,6 @@ class Sweeper(Beat):
                 len(report.settled),
             )
         return report
-
-    def _lock_ms(self) -> int:
-        return max(1, int(self._interval_s * 1000))
 
     async def _still_held(self) -> bool:
         """Push the lock's expiry back before the next page; False if another worker has it now."""
