@@ -13,6 +13,7 @@ The learned score itself is computed from the tallies by `router_core.quality.Qu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -198,7 +199,7 @@ class QualityEvidence:
         )
 
         async def write(conn: Any) -> None:
-            await conn.execute(feedback.insert().values(**_row(made)))
+            await conn.execute(feedback.insert().values(**dataclasses.asdict(made)))
             await self._add(conn, answer, made.created_at)
 
         await self._db.writes.run(write)
@@ -241,35 +242,6 @@ class QualityEvidence:
         return [_feedback(r._mapping) for r in rows]
 
 
-def _row(f: Feedback) -> dict[str, Any]:
-    return {
-        "id": f.id,
-        "tenant": f.tenant,
-        "user_id": f.user_id,
-        "job_id": f.job_id,
-        "deployment": f.deployment,
-        "rating": f.rating,
-        "thumbs": f.thumbs,
-        "score": f.score,
-        "category": f.category,
-        "comment": f.comment,
-        "created_at": f.created_at,
-    }
-
-
 def _feedback(m: Any) -> Feedback:
-    created_at = aware(m["created_at"])
-    assert created_at is not None  # NOT NULL
-    return Feedback(
-        id=m["id"],
-        tenant=m["tenant"],
-        user_id=m["user_id"],
-        job_id=m["job_id"],
-        deployment=m["deployment"],
-        rating=m["rating"],
-        thumbs=m["thumbs"],
-        score=m["score"],
-        category=m["category"],
-        comment=m["comment"],
-        created_at=created_at,
-    )
+    """A `feedback` row as its record (the dataclass's fields are the table's columns)."""
+    return Feedback(**{**m, "created_at": aware(m["created_at"])})
