@@ -422,10 +422,10 @@ class Client:
             NoRouteError: every deployment is excluded (`exclusions` says why each).
             InvalidRequestError: `model` or `preferences.chain` names what the catalog lacks.
         """
-        from producer.planning import preview  # noqa: PLC0415 - the planner's imports: only when planning
+        from producer.planning import Planner  # noqa: PLC0415 - the planner's imports: only when planning
 
         catalog = catalog or load_catalog(self.settings.catalog_path)
-        result = await preview(request, catalog, settings=self.settings, store=self.store, redis=self.redis)
+        result = await Planner.from_settings(self.settings, self.store, self.redis).preview(request, catalog)
         if isinstance(result, NoRouteError):
             raise result
         return result

@@ -18,41 +18,43 @@ from router_core.errors import NoRouteError
 from router_core.fleet import DeploymentSnapshot
 from router_core.models import ChatRequest, Plan
 from router_core.planner import PlanLimits, build_plan
-from router_core.quality import QualityBoard
+from router_core.quality import QualitySource
 from storage.fleet.quality import FleetQuality
 from storage.fleet.state import RedisFleetState
 from storage.settings import Settings
 from storage.sql.store import Store
 
-__all__ = ["PlanPreview", "plan_view", "preview"]
+__all__ = ["PlanPreview", "Planner", "plan_view"]
 
 PlanPreview = Plan | NoRouteError
 
 
-async def preview(
-    request: ChatRequest,
-    catalog: Catalog,
-    *,
-    settings: Settings,
-    store: Store,
-    redis: Redis | None,
-    quality: FleetQuality | None = None,
-) -> PlanPreview:
-    """The plan for `request` now, or the `NoRouteError` naming why every deployment is out.
+class Planner:
+    """Plans as a worker would now: the fleet's live state (None: unknown, priors and every breaker
+    closed, as for a CLI with no fleet Redis) and its learned quality. Built once per process or
+    command and kept."""
 
-    Without Redis (a CLI with no fleet) the deployments' live state is unknown: the plan uses
-    catalog priors for latency and assumes every breaker closed.
-    """
-    snapshot: Mapping[str, DeploymentSnapshot] = {}
-    if redis is not None:
-        snapshot = await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
-    quality = quality or FleetQuality.from_settings(redis, store, settings)
-    board: QualityBoard = await quality.board()
-    limits = PlanLimits(settings.default_completion_tokens, settings.max_candidates)
-    try:
-        return build_plan(request, catalog, snapshot, limits=limits, quality=board)
-    except NoRouteError as exc:
-        return exc
+    def __init__(self, fleet: RedisFleetState | None, quality: QualitySource, limits: PlanLimits) -> None:
+        self.fleet = fleet
+        self.quality = quality
+        self.limits = limits
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store, redis: Redis | None) -> Planner:
+        fleet = None if redis is None else RedisFleetState(redis, breaker=settings.breaker_policy())
+        limits = PlanLimits(settings.default_completion_tokens, settings.max_candidates)
+        return cls(fleet, FleetQuality.from_settings(redis, store, settings), limits)
+
+    async def preview(self, request: ChatRequest, catalog: Catalog) -> PlanPreview:
+        """The plan for `request` now, or the `NoRouteError` naming why every deployment is out."""
+        snapshot: Mapping[str, DeploymentSnapshot] = {}
+        if self.fleet is not None:
+            snapshot = await self.fleet.snapshot(list(catalog))
+        board = await self.quality.board()
+        try:
+            return build_plan(request, catalog, snapshot, limits=self.limits, quality=board)
+        except NoRouteError as exc:
+            return exc
 
 
 def plan_view(result: PlanPreview) -> dict[str, Any]:

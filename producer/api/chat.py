@@ -44,7 +44,7 @@ from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
 from producer.outputs import cache_state, completion_body, openai_usage, routing_metadata
-from producer.planning import plan_view, preview
+from producer.planning import plan_view
 from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
@@ -139,7 +139,7 @@ async def route(body: ChatCompletionBody, principal: Caller, ctx: Ctx) -> dict[s
     `routable: false` when none is left."""
     request = _request(body, ctx)
     await admit(ctx, principal)
-    return plan_view(await preview(request, ctx.catalog, **ctx.planning()))
+    return plan_view(await ctx.planner.preview(request, ctx.catalog))
 
 
 @router.post(_ROUTE, summary="Create a routed chat completion", response_model=None)

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request
 
 from producer.client import Client
 from producer.inputs import InputRules
+from producer.planning import Planner
 from router_core.catalog import Catalog, load_catalog
+from router_core.planner import PlanLimits
 from storage.bus.notifier import Notifier
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
@@ -40,6 +42,7 @@ class ApiContext:
     relay: StreamRelay = field(init=False)
     metrics: Metrics = field(init=False)
     quality: FleetQuality = field(init=False)
+    planner: Planner = field(init=False)
     limiter: RateLimiter = field(init=False)
     # Tenants' rate limits read from SQL, each kept a few seconds: tenant -> (until, limits).
     tenant_limits: dict[str, tuple[float, RateLimits]] = field(init=False, default_factory=dict)
@@ -55,12 +58,10 @@ class ApiContext:
         self.metrics = Metrics()
         self.limiter = RateLimiter(self.redis)
         self.quality = FleetQuality.from_settings(self.redis, self.store, self.settings)
+        limits = PlanLimits(self.settings.default_completion_tokens, self.settings.max_candidates)
+        self.planner = Planner(self.fleet, self.quality, limits)  # POST /v1/route
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
-
-    def planning(self) -> dict[str, Any]:
-        """What `producer.planning.preview` needs besides the request and catalog."""
-        return {"settings": self.settings, "store": self.store, "redis": self.redis, "quality": self.quality}
 
     def client(self, tenant: str, user: str) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""

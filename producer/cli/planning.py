@@ -81,18 +81,11 @@ def _prompt_request(text: str, strategy: str | None) -> ChatRequest:
 async def _plans(
     settings: Settings, store: Store, catalog: Catalog, requests: list[tuple[str, ChatRequest]]
 ) -> list[tuple[str, dict[str, Any]]]:
-    from producer.planning import plan_view, preview  # noqa: PLC0415 - start-up: imported on use
-    from storage.fleet.quality import FleetQuality  # noqa: PLC0415 - start-up: imported on use
+    from producer.planning import Planner, plan_view  # noqa: PLC0415 - start-up: imported on use
 
     async with optional_redis(settings) as redis:
-        quality = FleetQuality.from_settings(redis, store, settings)
-        plans = []
-        for custom_id, request in requests:
-            planned = await preview(
-                request, catalog, settings=settings, store=store, redis=redis, quality=quality
-            )
-            plans.append((custom_id, plan_view(planned)))
-        return plans
+        planner = Planner.from_settings(settings, store, redis)
+        return [(cid, plan_view(await planner.preview(request, catalog))) for cid, request in requests]
 
 
 def _quality(c: dict[str, Any]) -> str:
