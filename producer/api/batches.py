@@ -224,7 +224,7 @@ def batch_object(batch: BatchRecord, tokens: tuple[int, int] = (0, 0)) -> dict[s
 async def _batch(ctx: ApiContext, batch_id: str, tenant: str) -> dict[str, Any]:
     """The batch as `batch_object` shapes it, with its token usage."""
     batch = await ctx.store.batches.get(batch_id, tenant=tenant)
-    return batch_object(batch, await ctx.store.batches.token_usage(batch_id))
+    return batch_object(batch, (await ctx.store.batches.token_usage([batch_id]))[batch_id])
 
 
 def _status(batch: BatchRecord) -> str:
@@ -312,7 +312,9 @@ async def list_batches(
 ) -> dict[str, Any]:
     page = await ctx.store.batches.list(tenant=principal.tenant, after=after, limit=limit + 1)
     more = len(page) > limit
-    data = [batch_object(b, await ctx.store.batches.token_usage(b.id)) for b in page[:limit]]
+    shown = page[:limit]
+    tokens = await ctx.store.batches.token_usage([b.id for b in shown])
+    data = [batch_object(b, tokens[b.id]) for b in shown]
     return {
         "object": "list",
         "data": data,

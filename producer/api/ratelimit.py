@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from producer.api.errors import ApiError
 from router_core.models import ChatRequest
 from router_core.tokens import prompt_tokens
-from storage.fleet.ratelimits import Bucket, RateDecision, RateLimits
+from storage.fleet.ratelimits import UNLIMITED, Bucket, RateDecision, RateLimits
 
 if TYPE_CHECKING:
     from producer.api.auth import Principal
@@ -41,7 +41,7 @@ async def admit(ctx: ApiContext, principal: Principal, *, tokens: int = 0) -> di
         return {}
     scopes = {f"key:{principal.key_id}": principal.limits}
     tenant = await _tenant_limits(ctx, principal.tenant)
-    if tenant != RateLimits():
+    if tenant != UNLIMITED:
         scopes[f"tenant:{principal.tenant}"] = tenant
     decision = await ctx.limiter.take(scopes, tokens)
     if decision.too_large:

@@ -259,19 +259,23 @@ class Batches:
             counts = await _status_counts(conn, batch_id)
         return BatchRecord.from_row(row._mapping, counts)
 
-    async def token_usage(self, batch_id: str) -> tuple[int, int]:
-        """Input and output tokens of every call the batch's jobs made (as the providers reported)."""
+    async def token_usage(self, batch_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Input and output tokens of every call each batch's jobs made (as the providers reported),
+        in one query for a page of batches; (0, 0) for a batch with no call yet."""
         query = (
             select(
+                jobs.c.batch_id,
                 func.coalesce(func.sum(attempts.c.input_tokens), 0),
                 func.coalesce(func.sum(attempts.c.output_tokens), 0),
             )
             .select_from(attempts.join(jobs, attempts.c.job_id == jobs.c.id))
-            .where(jobs.c.batch_id == batch_id)
+            .where(jobs.c.batch_id.in_(list(batch_ids)))
+            .group_by(jobs.c.batch_id)
         )
         async with self._db.reading() as conn:
-            row = (await conn.execute(query)).one()
-        return int(row[0]), int(row[1])
+            rows = (await conn.execute(query)).all()
+        found = {batch_id: (int(tokens_in), int(tokens_out)) for batch_id, tokens_in, tokens_out in rows}
+        return {batch_id: found.get(batch_id, (0, 0)) for batch_id in batch_ids}
 
     async def list(self, *, tenant: str, after: str | None = None, limit: int = 20) -> list[BatchRecord]:
         """The tenant's batches, newest first; `after` is the last id of the previous page."""
