@@ -5,6 +5,7 @@ and the stream ends with the stop reason and usage SQL recorded for the job."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import anthropic
@@ -14,6 +15,7 @@ from storage.jobs import ANY_TENANT, JobStatus
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend
 from tests.conftest import TRIO, deployment, make_catalog
+from tests.test_api_messages import WEATHER
 
 PACED = make_catalog(
     [
@@ -66,6 +68,7 @@ async def test_messages_stream_token_by_token_while_the_job_runs(backend: Backen
                     texts.append(text)
                 final = await stream.get_final_message()
             await _events_in_order(client)
+            await _tool_call_streamed(client, api)
             await _failure_before_the_first_piece(client)
         job = await backend.store.jobs.get(job_id, tenant=ANY_TENANT)
         assert job.status == JobStatus.SUCCEEDED
@@ -97,6 +100,29 @@ async def _events_in_order(client: anthropic.AsyncAnthropic) -> None:
         "message_delta",
         "message_stop",
     ]  # the SDK drops the ping after content_block_start
+
+
+async def _tool_call_streamed(client: anthropic.AsyncAnthropic, api: LiveApi) -> None:
+    """A tool call's pieces arrive as a tool_use block's input_json_deltas; the SDK's accumulated
+    input is the arguments the job recorded."""
+    async with client.messages.stream(
+        model="fast-b",
+        max_tokens=500,
+        tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    ) as stream:
+        job_id = stream.response.headers["x-routeq-job-id"]
+        kinds = [(event.type, getattr(getattr(event, "delta", None), "type", None)) async for event in stream]
+        final = await stream.get_final_message()
+    assert ("content_block_delta", "input_json_delta") in kinds
+    assert final.stop_reason == "tool_use"
+    [call] = [block for block in final.content if isinstance(block, anthropic.types.ToolUseBlock)]
+    job = await api.backend.store.jobs.get(job_id, tenant=ANY_TENANT)
+    assert job.result is not None
+    [recorded] = job.result["choices"][0]["message"]["tool_calls"]
+    assert (call.id, call.name) == (recorded["id"], "get_weather")
+    assert call.input == json.loads(recorded["function"]["arguments"])
 
 
 async def _failure_before_the_first_piece(client: anthropic.AsyncAnthropic) -> None:

@@ -102,8 +102,16 @@ async def _answer(ctx: ApiContext, batch: BatchRecord) -> dict[str, Any]:
 # -- creating --------------------------------------------------------------------------------------
 
 
-def _jobs(requests: Any, ctx: ApiContext) -> list[NewJob]:
-    """Each request as a job, or the 400 naming the first bad ones (index, custom_id, field)."""
+def _jobs(raw: bytes, ctx: ApiContext) -> list[NewJob]:
+    """Each request of the body as a job, or the 400 naming the first bad ones (index, custom_id,
+    field). CPU only: run it off the event loop."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "the body is not JSON", code="invalid_request") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object with requests", code="invalid_request")
+    requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise ApiError(400, "requests: expected a non-empty list of requests", param="requests")
     limit = ctx.settings.api_max_batch_lines
@@ -157,15 +165,9 @@ def _job(n: int, entry: Any, seen: dict[str, int], ctx: ApiContext) -> NewJob:
 
 @router.post(_ROUTE, summary="Create a message batch, each request routed across providers")
 async def create_message_batch(request: Request, principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    try:
-        body: Any = json.loads(await request.body())
-    except ValueError:
-        raise ApiError(400, "the body is not JSON", code="invalid_request") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object with requests", code="invalid_request")
     await admit(ctx, principal)
     # Checking 100,000 requests takes seconds of CPU: in a thread, so other requests keep being answered.
-    items = await asyncio.to_thread(_jobs, body.get("requests"), ctx)
+    items = await asyncio.to_thread(_jobs, await request.body(), ctx)
     client = ctx.client(principal.tenant, principal.user)
     created = await client.create(items, kind=KIND, expires_at=datetime.now(UTC) + _WINDOW)
     await client.enqueue(created)
