@@ -64,17 +64,23 @@ async def test_a_message_batch_runs_and_its_results_come_back_typed(backend: Bac
         serve_api(backend, catalog=CATALOG, worker=False, max_attempts_per_deployment=1) as api,
         sdk(api, await api.key("acme")) as client,
     ):
+        requests = [
+            ask("cheap", "Name a lighthouse", system="Be terse.", preferences={"strategy": "cost"}),
+            ask("smart", "Prove it", model="smart-c"),
+            ask("fails", "x", model="broken-d", preferences={"allow_fallbacks": False}),
+        ]
         created = await client.messages.batches.create(
-            requests=[
-                ask("cheap", "Name a lighthouse", system="Be terse.", preferences={"strategy": "cost"}),
-                ask("smart", "Prove it", model="smart-c"),
-                ask("fails", "x", model="broken-d", preferences={"allow_fallbacks": False}),
-            ]
+            requests=requests, extra_headers={"Idempotency-Key": "nightly-1"}
         )
         assert created.type == "message_batch"
         assert created.processing_status == "in_progress"
         assert created.request_counts.processing == 3
         assert created.results_url is None
+        # A retry with the same key and body gets the same batch, not a second one.
+        again = await client.messages.batches.create(
+            requests=requests, extra_headers={"Idempotency-Key": "nightly-1"}
+        )
+        assert again.id == created.id
         assert abs(created.expires_at - created.created_at - timedelta(hours=24)) < timedelta(minutes=1)
 
         # Past its 24 hours, a request not started yet ends expired.

@@ -20,6 +20,7 @@ Another tenant's batch, and a batch of another kind, are 404s like an id that ne
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from producer.anthropic_wire import message_object
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import FAILURE_STATUS, ApiError
+from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
 from producer.api.messages import message_request
 from producer.api.ratelimit import admit
 from storage.errors import NotFoundError
@@ -164,12 +166,23 @@ def _job(n: int, entry: Any, seen: dict[str, int], ctx: ApiContext) -> NewJob:
 
 
 @router.post(_ROUTE, summary="Create a message batch, each request routed across providers")
-async def create_message_batch(request: Request, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+async def create_message_batch(
+    request: Request, principal: Caller, ctx: Ctx, idempotency: IdempotencyKeyHeader = None
+) -> dict[str, Any]:
+    """With an `Idempotency-Key` (the SDK's `extra_headers`), a retry of the same body gets the
+    first request's batch."""
+    raw = await request.body()
+    # The body's hash stands for it: a retry sends the same bytes, and 16 MiB need not be re-encoded.
+    key = idempotency_key(idempotency, _ROUTE, hashlib.sha256(raw).hexdigest(), ctx.settings)
     await admit(ctx, principal)
-    # Checking 100,000 requests takes seconds of CPU: in a thread, so other requests keep being answered.
-    items = await asyncio.to_thread(_jobs, await request.body(), ctx)
     client = ctx.client(principal.tenant, principal.user)
-    created = await client.create(items, kind=KIND, expires_at=datetime.now(UTC) + _WINDOW)
+    if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
+        await client.enqueue(earlier)  # what a Redis error left unqueued the first time
+        return await _answer(ctx, await _message_batch(ctx, earlier.batch_id, principal.tenant))
+    # Checking 100,000 requests takes seconds of CPU: in a thread, so other requests keep being answered.
+    items = await asyncio.to_thread(_jobs, raw, ctx)
+    expires = datetime.now(UTC) + _WINDOW
+    created = await client.create(items, kind=KIND, expires_at=expires, idempotency=key)
     await client.enqueue(created)
     return await _answer(ctx, await _message_batch(ctx, created.batch_id, principal.tenant))
 
