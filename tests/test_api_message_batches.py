@@ -105,6 +105,8 @@ async def test_a_message_batch_runs_and_its_results_come_back_typed(backend: Bac
         lines = await results(client, batch.id)
         expired = await client.messages.batches.retrieve(stale.batch_id)
         assert (expired.request_counts.expired, expired.request_counts.errored) == (1, 0)
+        listed = {b.id: b.request_counts async for b in client.messages.batches.list()}
+        assert (listed[stale.batch_id].expired, listed[batch.id].errored) == (1, 1)  # counted per page
         assert (await results(client, stale.batch_id))["late"].result.type == "expired"
         assert set(lines) == {"cheap", "smart", "fails"}
         jobs = {job.custom_id: job async for job in backend.store.jobs.iter(batch.id, tenant=ANY_TENANT)}

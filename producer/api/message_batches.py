@@ -98,7 +98,7 @@ async def _message_batch(ctx: ApiContext, batch_id: str, tenant: str) -> BatchRe
 
 
 async def _answer(ctx: ApiContext, batch: BatchRecord) -> dict[str, Any]:
-    return batch_object(batch, await ctx.store.batches.failure_counts(batch.id))
+    return batch_object(batch, (await ctx.store.batches.failure_counts([batch.id]))[batch.id])
 
 
 # -- creating --------------------------------------------------------------------------------------
@@ -215,7 +215,8 @@ async def list_message_batches(
     more = len(page) > limit
     # The extra batch read (is there more?) lies beyond the page: the oldest, or before a cursor the newest.
     shown = page[1:] if more and before_id is not None else page[:limit]
-    data = [await _answer(ctx, batch) for batch in shown]
+    failures = await ctx.store.batches.failure_counts([batch.id for batch in shown])
+    data = [batch_object(batch, failures[batch.id]) for batch in shown]
     return {
         "data": data,
         "has_more": more,

@@ -355,17 +355,22 @@ class Batches:
         await self._db.writes.run(write)
         return True
 
-    async def failure_counts(self, batch_id: str) -> dict[FailureCode, int]:
-        """How many of the batch's failed jobs failed with each code (`batch_expired`, ...)."""
+    async def failure_counts(self, batch_ids: Sequence[str]) -> dict[str, dict[FailureCode, int]]:
+        """How many of each batch's failed jobs failed with each code (`batch_expired`, ...), in one
+        query for a page of batches."""
         code = jobs.c.error["type"].as_string()
         query = (
-            select(code, func.count())
-            .where((jobs.c.batch_id == batch_id) & (jobs.c.status == JobStatus.FAILED.value))
-            .group_by(code)
+            select(jobs.c.batch_id, code, func.count())
+            .where(jobs.c.batch_id.in_(list(batch_ids)) & (jobs.c.status == JobStatus.FAILED.value))
+            .group_by(jobs.c.batch_id, code)
         )
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
-        return {FailureCode(value): int(n) for value, n in rows if value in _CODES}
+        counts: dict[str, dict[FailureCode, int]] = {batch_id: {} for batch_id in batch_ids}
+        for batch_id, value, n in rows:
+            if value in _CODES:
+                counts[batch_id][FailureCode(value)] = int(n)
+        return counts
 
     async def limits(self, batch_id: str) -> BatchLimits:
         """The batch's own spend cap and expiry, if it has them (what a worker checks)."""
