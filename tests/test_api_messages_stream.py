@@ -54,22 +54,25 @@ async def test_messages_stream_token_by_token_while_the_job_runs(backend: Backen
     async with serve_api(backend, catalog=PACED, loopback_sim=True, max_attempts_per_deployment=1) as api:
         gate = _gate(api)
         client = anthropic.AsyncAnthropic(base_url=api.url, api_key=await api.key("acme"), max_retries=0)
-        async with client:
-            async with client.messages.stream(
-                model="fast-b", max_tokens=500, messages=[{"role": "user", "content": "Say hello slowly"}]
-            ) as stream:
-                job_id = stream.response.headers["x-routeq-job-id"]
-                texts: list[str] = []
-                async for text in stream.text_stream:
-                    if not texts:  # the first delta: the provider has not finished, nor has the job
-                        running = await backend.store.jobs.get(job_id, tenant=ANY_TENANT)
-                        assert running.status == JobStatus.RUNNING
-                        gate.gate.set()
-                    texts.append(text)
-                final = await stream.get_final_message()
-            await _events_in_order(client)
-            await _tool_call_streamed(client, api)
-            await _failure_before_the_first_piece(client)
+        try:
+            async with client:
+                async with client.messages.stream(
+                    model="fast-b", max_tokens=500, messages=[{"role": "user", "content": "Say hello slowly"}]
+                ) as stream:
+                    job_id = stream.response.headers["x-routeq-job-id"]
+                    texts: list[str] = []
+                    async for text in stream.text_stream:
+                        if not texts:  # the first delta: the provider has not finished, nor has the job
+                            running = await backend.store.jobs.get(job_id, tenant=ANY_TENANT)
+                            assert running.status == JobStatus.RUNNING
+                            gate.gate.set()
+                        texts.append(text)
+                    final = await stream.get_final_message()
+                await _events_in_order(client)
+                await _tool_call_streamed(client, api)
+                await _failure_before_the_first_piece(client)
+        finally:
+            gate.gate.set()  # a failed assertion must not leave the provider waiting
         job = await backend.store.jobs.get(job_id, tenant=ANY_TENANT)
         assert job.status == JobStatus.SUCCEEDED
         assert job.result is not None
