@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -358,8 +359,10 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
+        expires_at: datetime | None = None,
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
+        Jobs not started by `expires_at` end as expired.
 
         Raises:
             InvalidRequestError: an item the database would refuse or should never hold, by field.
@@ -380,6 +383,7 @@ class Client:
             budget_usd=budget_usd,
             api=api,
             idempotency=idempotency,
+            expires_at=expires_at,
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:

@@ -327,12 +327,13 @@ class BatchRecord:
     completion_window: str | None = None
     expires_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    deleted_at: datetime | None = None  # deleted by its tenant (only operators still read it)
     counts: dict[JobStatus, int] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], counts: dict[JobStatus, int]) -> BatchRecord:
         values = dict(row)
-        for name in ("created_at", "completed_at", "cancelled_at", "expires_at"):
+        for name in ("created_at", "completed_at", "cancelled_at", "expires_at", "deleted_at"):
             values[name] = aware(values[name])
         return cls(**values, counts=counts)
 

@@ -51,7 +51,7 @@ from router_core.planner import check_references
 from storage.bus.relay import Piece
 from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
-__all__ = ["job_failure", "router"]
+__all__ = ["job_failure", "router", "wait_timeout"]
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -182,7 +182,7 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
         async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
             job = await client.wait(job_id)
     except TimeoutError:
-        raise _wait_timeout(ctx, job_id) from None
+        raise wait_timeout(ctx, job_id) from None
     except INFRASTRUCTURE_ERRORS as exc:
         raise unavailable(exc, job_id=job_id) from exc
     if job.status != JobStatus.SUCCEEDED:
@@ -190,7 +190,8 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
     return job
 
 
-def _wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
+def wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
+    """The 504 for a job that did not finish (or start answering) within the API's wait."""
     return ApiError(
         504,
         f"job {job_id} did not finish within {ctx.settings.api_wait_timeout_s:g}s "
@@ -218,7 +219,7 @@ async def _stream(
             first = await anext(pieces)
     except TimeoutError:
         await pieces.aclose()
-        raise _wait_timeout(ctx, job_id) from None
+        raise wait_timeout(ctx, job_id) from None
     if first.end is not None:
         await pieces.aclose()
         job = await client.get(job_id)

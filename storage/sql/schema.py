@@ -79,7 +79,8 @@ batches = Table(
     "batches",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("kind", String(16), nullable=False),  # "batch" (a file of prompts) or "single" (submit())
+    # "batch" (a file of prompts), "single" (submit()), "eval", "messages" (an Anthropic message batch)
+    Column("kind", String(16), nullable=False),
     Column("tenant", String(128), nullable=False),
     Column("user_id", String(128), nullable=False),
     Column("name", String(255)),
@@ -99,6 +100,9 @@ batches = Table(
     Column("completion_window", String(16)),
     Column("expires_at", _Time),  # past it, jobs not started yet end as expired
     Column("metadata", JSON),
+    # Set when the tenant deleted the ended batch (DELETE /v1/messages/batches/{id}; migration 0019):
+    # gone for the tenant's reads, its jobs and ledger rows kept.
+    Column("deleted_at", _Time),
     Index(None, "tenant", "created_at"),
     # The sweeper's batches that may be done without being marked complete (migration 0004).
     Index(
