@@ -100,7 +100,7 @@ batches = Table(
     Column("completion_window", String(16)),
     Column("expires_at", _Time),  # past it, jobs not started yet end as expired
     Column("metadata", JSON),
-    # Set when the tenant deleted the ended batch (DELETE /v1/messages/batches/{id}; migration 0019):
+    # Set when the tenant deleted the ended batch (DELETE /v1/messages/batches/{id}; migration 0015):
     # gone for the tenant's reads, its jobs and ledger rows kept.
     Column("deleted_at", _Time),
     Index(None, "tenant", "created_at"),

@@ -5,7 +5,7 @@ then on it is gone for its tenant (every read scoped to a tenant answers 404 and
 out). Its jobs, attempts and ledger rows stay, so spend and analytics still count what it cost, and
 operators (reads for any tenant) still see it. NULL: not deleted.
 
-Revision ID: 0019
+Revision ID: 0015
 Revises: 0014
 Create Date: 2026-11-30
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
+revision = "0015"
 down_revision = "0014"
 branch_labels = None
 depends_on = None
