@@ -56,6 +56,7 @@ __all__ = [
     "Plan",
     "Preferences",
     "Strategy",
+    "StrategySource",
     "Usage",
     "Weights",
     "deployment_switches",
@@ -81,6 +82,10 @@ class Strategy(StrEnum):
     ENSEMBLE = "ensemble"
     ESCALATE = "escalate"
 
+
+StrategySource = Literal["request", "tenant", "environment", "default"]
+"""Where a job's strategy came from: the request, its tenant's default, ROUTEQ_DEFAULT_STRATEGY or the
+built-in balanced (`router_core.policy.with_default_strategy`)."""
 
 STRATEGY_ALIASES = {"fast": Strategy.SPEED, "accurate": Strategy.QUALITY}
 
@@ -210,6 +215,10 @@ class Preferences(BaseModel):
         description='For strategy \'escalate\': {"mode": "fast"|"balanced"|"accurate"} or {"tolerance": '
         "0..1}; unset = balanced.",
     )
+    # Set by routeq as the job is made, never by a request: where `strategy` came from, and the API
+    # key's allowed models (ids, model names, <provider>/<model>, * wildcards; the others are excluded).
+    strategy_source: StrategySource | None = None
+    allowed_models: list[Annotated[str, Field(min_length=1)]] | None = None
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -383,6 +392,7 @@ class ExclusionReason(StrEnum):
     NOT_IN_CHAIN = "not_in_chain"
     UNSUPPORTED = "unsupported"
     NOT_PINNED = "not_pinned"
+    NOT_ALLOWED = "not_allowed"  # not among the API key's allowed models
 
 
 class Exclusion(BaseModel):
@@ -427,6 +437,7 @@ class Plan(BaseModel):
     """The ordered candidates (primary first) and every exclusion with its reason."""
 
     strategy: Strategy
+    strategy_source: StrategySource | None = None  # the request, its tenant, the environment, built in
     capability: Capability
     complexity: Complexity
     prompt_tokens_estimate: int

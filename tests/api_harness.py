@@ -35,6 +35,7 @@ class LiveApi:
     backend: Backend
     catalog: Catalog
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+    world: SimWorld | None = None  # the worker's in-process sim (None with `loopback_sim`)
 
     async def key(self, tenant: str, user: str = "u1", *, admin: bool = False, operator: bool = False) -> str:
         """A new API key's secret for `tenant`/`user`."""
@@ -123,7 +124,7 @@ async def _serve(
                 poll_delay=0.01,
             )
             worker_task = asyncio.create_task(run_worker(arq_worker))
-        live = LiveApi(f"http://127.0.0.1:{port}", backend, catalog)
+        live = LiveApi(f"http://127.0.0.1:{port}", backend, catalog, world=sim_world)
         try:
             yield live
         finally:

@@ -20,6 +20,7 @@ from producer.api.auth import Caller
 from producer.api.chat import checked_request, run_and_wait
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
+from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
 
 __all__ = ["router"]
@@ -44,7 +45,7 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
     except MessagesBodyError as exc:
         raise ApiError(400, str(exc), param=exc.field, code="invalid_request") from None
     stream = bool(fields.pop("stream", False))
-    chat = checked_request(fields, ctx)
+    chat = allowed_request(checked_request(fields, ctx), principal, ctx.catalog)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
     client = ctx.client(principal.tenant, principal.user)
     job = await run_and_wait(ctx, client, await client.create_single(chat))
