@@ -73,7 +73,10 @@ def refused(response: httpx2.Response, param: str = "model") -> None:
     assert REFUSED in error["message"] or "smart-c-model" in error["message"]
 
 
-async def test_every_entry_point_refuses_a_model_the_key_may_not_use(api: LiveApi) -> None:
+async def test_a_limited_key_routes_inside_its_models_and_every_entry_point_refuses_others(
+    api: LiveApi,
+) -> None:
+    await auto_routing_stays_inside_the_allowed_models(api)  # first: the batch below calls deployments too
     async with await limited_client(api) as client:
         chat = {"messages": PROMPT, "max_tokens": 20}
         refused(await client.post("/v1/chat/completions", json={**chat, "model": "smart-c"}))
@@ -126,7 +129,7 @@ def _batch_file() -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-async def test_auto_routing_stays_inside_the_allowed_models(api: LiveApi) -> None:
+async def auto_routing_stays_inside_the_allowed_models(api: LiveApi) -> None:
     assert api.world is not None
     async with await limited_client(api) as client:
         body = {"model": "router:quality", "messages": PROMPT, "max_tokens": 20}  # quality: smart-c first
