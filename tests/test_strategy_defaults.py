@@ -20,9 +20,12 @@ from pydantic import ValidationError
 from typer.testing import CliRunner, Result
 
 from producer.cli import app
+from producer.client import Client
+from producer.inputs import parse_chunks
 from producer.strategy_defaults import StrategyDefaults
 from router_core.models import ChatRequest, Strategy
 from router_core.policy import parse_default_strategy, with_default_strategy
+from storage.jobs import NewJob
 from storage.settings import Settings
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend, open_backend
@@ -76,6 +79,29 @@ async def test_a_process_keeps_a_tenants_default_for_its_ttl(backend: Backend) -
     await backend.store.api_keys.set_default_strategy("acme", None)
     defaults.forget("acme")  # a change made through this process: seen at once
     assert await defaults.tenant_default("acme") is None
+
+
+async def test_submitted_files_and_batches_get_the_tenants_default(backend: Backend) -> None:
+    """`routeq submit` and `routeq run` (Client.submit_chunks) and Client.submit_batch resolve as the API
+    does."""
+    await backend.store.api_keys.set_default_strategy("acme", Strategy.QUALITY)
+    lines = [
+        json.dumps({"prompt": "Name a lighthouse"}),
+        json.dumps({"prompt": "Hi", "model": "router:cost"}),
+    ]
+    client = Client(await backend.redis(), backend.store, backend.settings, tenant="acme", all_tenants=True)
+    try:
+        progress = await client.submit_chunks(parse_chunks(lines, chunk_lines=1))
+        assert progress.batch_id is not None
+        batch_id = await client.submit_batch([NewJob("q", unnamed())])
+        stored = [job for b in (progress.batch_id, batch_id) async for job in client.results(b)]
+    finally:
+        await client.close()
+    sources = [
+        (job.request["preferences"].get("strategy"), job.request["preferences"]["strategy_source"])
+        for job in stored
+    ]
+    assert sources == [("quality", "tenant"), ("cost", "request"), ("quality", "tenant")]
 
 
 @pytest.fixture(params=["embedded", "services"])
