@@ -32,6 +32,7 @@ __all__ = [
     "disallowed_model",
     "model_allowed",
     "parse_default_strategy",
+    "unhonoured_field",
     "unmatched_patterns",
     "with_allowed_models",
     "with_default_strategy",
@@ -121,6 +122,23 @@ def disallowed_model(
     for deployment in request.preferences.chain or ():
         if deployment not in names:
             return "preferences.chain", deployment
+    return None
+
+
+def unhonoured_field(
+    request: ChatRequest, patterns: Sequence[str], catalog: Catalog
+) -> tuple[str, str] | None:
+    """A field `request` sets that no deployment `patterns` allow honours, with why; None if there is
+    none (the catalog-wide check is the planner's `check_references`)."""
+    needs = request.required_features()
+    if not needs:
+        return None
+    allowed = [dep for dep in catalog.chat_deployments() if model_allowed(patterns, dep)]
+    honoured = {feature for dep in allowed for feature in dep.features}
+    for feature, field in needs.items():
+        if feature not in honoured:
+            ids = ", ".join(dep.id for dep in allowed) or "none"
+            return field, f"no deployment this API key may use honours it ({ids}: none has '{feature.value}')"
     return None
 
 

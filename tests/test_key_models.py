@@ -21,7 +21,7 @@ from producer.cli import app
 from router_core.catalog import Catalog, load_catalog
 from router_core.models import ChatRequest
 from router_core.planner import answer_fits, build_plan
-from router_core.policy import model_allowed
+from router_core.policy import model_allowed, unhonoured_field
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend, open_backend
 
@@ -37,6 +37,14 @@ def test_patterns_name_ids_models_and_provider_paths(trio: Catalog) -> None:
     assert not model_allowed(["openai/*"], demo["claude-haiku-4-5"])
     assert model_allowed(["claude-*"], demo["claude-haiku-4-5"])
     assert model_allowed(["mistral-small-latest"], demo["mistral-small"])  # the served model's name
+    sampled = ChatRequest.model_validate({"messages": PROMPT, "temperature": 0.5})
+    field, why = unhonoured_field(sampled, ["claude-*"], demo) or ("", "")
+    assert (field, why) == (
+        "temperature",
+        "no deployment this API key may use honours it (claude-haiku-4-5, claude-sonnet-4-6: none has "
+        "'temperature')",
+    )
+    assert unhonoured_field(sampled, ["claude-*", "openai/*"], demo) is None
     assert [d.id for d in trio.values() if model_allowed(ALLOWED, d)] == ["cheap-a", "fast-b"]
 
     request = ChatRequest.model_validate(

@@ -3,10 +3,11 @@ enters, carried with the job.
 
 A request naming a model, deployment or `preferences.chain` entry the key may not use is a 403
 `model_not_allowed` naming it and the allowed list (a Batch API line: that line's error, with its
-number). Every request of such a key carries the key's patterns as `preferences.allowed_models`, so
-`auto` and every strategy route among the allowed deployments only: the planner excludes the
-others (`not_allowed`, "not allowed for this key") in the worker's plan and in `POST /v1/route`'s,
-and a worker never calls one. `GET /v1/models` lists what the key may name.
+number); one setting a field none of its allowed deployments honours is a 400 naming the field.
+Every request of such a key carries the key's patterns as `preferences.allowed_models`, so `auto`
+and every strategy route among the allowed deployments only: the planner excludes the others
+(`not_allowed`, "not allowed for this key") in the worker's plan and in `POST /v1/route`'s, and a
+worker never calls one. `GET /v1/models` lists what the key may name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from producer.api.errors import ApiError
 from producer.inputs import BatchItem, LineError, ParsedInput
 from router_core.catalog import Catalog
 from router_core.models import ChatRequest
-from router_core.policy import allowed_names, disallowed_model, with_allowed_models
+from router_core.policy import allowed_names, disallowed_model, unhonoured_field, with_allowed_models
 
 if TYPE_CHECKING:
     from producer.api.auth import Principal
@@ -44,6 +45,10 @@ def allowed_request(request: ChatRequest, principal: Principal, catalog: Catalog
             param=refused[0],
             code="model_not_allowed",
         )
+    unhonoured = unhonoured_field(request, patterns, catalog)
+    if unhonoured is not None:
+        field, why = unhonoured
+        raise ApiError(400, f"{field}: {why}", param=field, code="invalid_request")
     return with_allowed_models(request, patterns)
 
 
@@ -57,10 +62,13 @@ def allowed_lines(parsed: ParsedInput, principal: Principal, catalog: Catalog) -
     errors = list(parsed.errors)
     for item in parsed.items:
         refused = disallowed_model(item.request, patterns, catalog)
-        if refused is None:
-            items.append(BatchItem(item.line, item.custom_id, with_allowed_models(item.request, patterns)))
-        else:
+        unhonoured = None if refused is not None else unhonoured_field(item.request, patterns, catalog)
+        if refused is not None:
             errors.append(LineError(item.line, _refusal(*refused, patterns), item.custom_id))
+        elif unhonoured is not None:
+            errors.append(LineError(item.line, ": ".join(unhonoured), item.custom_id))
+        else:
+            items.append(BatchItem(item.line, item.custom_id, with_allowed_models(item.request, patterns)))
     errors.sort(key=lambda error: error.line)
     return ParsedInput(items, errors)
 
