@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from producer.inputs import MAX_CUSTOM_ID_LENGTH, LineError, ParsedInput, unstorable_values
+from producer.strategy_defaults import StrategyDefaults
 from router_core.catalog import Catalog, load_catalog
 from router_core.errors import InvalidRequestError, NoRouteError, RouteqError
 from router_core.limits import RequestLimits
@@ -94,6 +95,7 @@ class Client:
         all_tenants: bool = False,
         owns_connections: bool = False,
         notifier: Notifier | None = None,
+        strategies: StrategyDefaults | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -107,6 +109,9 @@ class Client:
         # Every wait of this client (and of clients sharing the notifier) shares one subscription.
         self._own_notifier = notifier is None
         self.notifier = notifier or Notifier(redis)
+        # A request naming no strategy gets its tenant's default, or the environment's, here: the
+        # job records which (producer/strategy_defaults.py).
+        self.strategies = strategies or StrategyDefaults(store, settings.default_strategy)
 
     @classmethod
     async def connect(cls, settings: Settings | None = None, **kwargs: Any) -> Client:
@@ -236,6 +241,7 @@ class Client:
             InvalidRequestError: `name` or `budget_usd` cannot be stored.
         """
         _check_storable([], name, budget_usd, self.settings.request_limits())
+        resolve = await self.strategies.resolver(self.tenant)
         progress = SubmitProgress()
         lines = iter(chunks)
         pipeline = _Pipeline()
@@ -243,7 +249,7 @@ class Client:
         try:
             # Chunk n+1 is parsed (and its requests serialized) in a thread while chunk n is written
             # (and chunk n-1 queued): three chunks at most, whatever the file.
-            while (ready := await asyncio.to_thread(_next_encoded, lines)) is not None:
+            while (ready := await asyncio.to_thread(_next_encoded, lines, resolve)) is not None:
                 if writing is not None:
                     await writing
                 pipeline.check()
@@ -363,15 +369,20 @@ class Client:
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
         Jobs not started by `expires_at` end as expired.
+        A request naming no strategy gets the tenant's default, or the environment's (recorded in
+        its `preferences.strategy_source`).
 
         Raises:
             InvalidRequestError: an item the database would refuse or should never hold, by field.
             IdempotencyKeyReusedError: `idempotency` was used by this tenant for another request.
         """
         limits = self.settings.request_limits()
+        resolve = await self.strategies.resolver(self.tenant)
         if len(items) < _CHECK_IN_THREAD:
+            items = _resolved(items, resolve)
             _check_storable(items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
+            items = await asyncio.to_thread(_resolved, items, resolve)
             await asyncio.to_thread(_check_storable, items, name, budget_usd, limits)
         return await self.store.batches.create(
             items,
@@ -429,6 +440,7 @@ class Client:
         from producer.planning import Planner  # noqa: PLC0415 - the planner's imports: only when planning
 
         catalog = catalog or load_catalog(self.settings.catalog_path)
+        request = await self.strategies.resolve(request, self.tenant)  # as `create` would
         result = await Planner.from_settings(self.settings, self.store, self.redis).preview(request, catalog)
         if isinstance(result, NoRouteError):
             raise result
@@ -534,12 +546,19 @@ class _ChunkDone:
     next_line: int | None
 
 
-def _next_encoded(chunks: Iterator[ParsedInput]) -> tuple[ParsedInput, EncodedJobs] | None:
-    """The next chunk with its valid items encoded as rows store them, or None at the end."""
+def _next_encoded(
+    chunks: Iterator[ParsedInput], resolve: Callable[[ChatRequest], ChatRequest]
+) -> tuple[ParsedInput, EncodedJobs] | None:
+    """The next chunk with its valid items (strategies resolved) encoded as rows store them, or None
+    at the end."""
     chunk = next(chunks, None)
     if chunk is None:
         return None
-    return chunk, encode_jobs(NewJob(item.custom_id, item.request) for item in chunk.items)
+    return chunk, encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
+
+
+def _resolved(items: list[NewJob], resolve: Callable[[ChatRequest], ChatRequest]) -> list[NewJob]:
+    return [dataclasses.replace(item, request=resolve(item.request)) for item in items]
 
 
 def _unfinished(line: int) -> dict[str, Any]:

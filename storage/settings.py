@@ -18,6 +18,8 @@ from router_core.limits import (
     DEFAULT_MAX_PROMPT_BYTES,
     RequestLimits,
 )
+from router_core.models import Strategy
+from router_core.policy import parse_default_strategy
 from router_core.settings import RouterSettings
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings"]
@@ -238,6 +240,11 @@ class Settings(RouterSettings):
         description="The catalog deployment that embeds prompts for the semantic cache; unset = the "
         'first with task = "embedding".',
     )
+    default_strategy: Strategy | None = Field(
+        default=None,
+        description="The strategy of a request that names none and whose tenant has no default of its "
+        "own; unset = balanced.",
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
 
@@ -255,6 +262,13 @@ class Settings(RouterSettings):
     @classmethod
     def _empty_redis_is_embedded(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("default_strategy", mode="before")
+    @classmethod
+    def _known_strategy(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_default_strategy(value) if value.strip() else None
+        return value
 
     @field_validator("worker_metrics_port", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from fastapi.responses import StreamingResponse
 
 from producer.anthropic_stream import error_type
 from producer.anthropic_wire import message_object
-from producer.api.auth import Caller
+from producer.api.auth import Caller, Principal
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import FAILURE_STATUS, ApiError
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
@@ -104,7 +104,7 @@ async def _answer(ctx: ApiContext, batch: BatchRecord) -> dict[str, Any]:
 # -- creating --------------------------------------------------------------------------------------
 
 
-def _jobs(raw: bytes, ctx: ApiContext) -> list[NewJob]:
+def _jobs(raw: bytes, ctx: ApiContext, principal: Principal) -> list[NewJob]:
     """Each request of the body as a job, or the 400 naming the first bad ones (index, custom_id,
     field). CPU only: run it off the event loop."""
     try:
@@ -125,7 +125,7 @@ def _jobs(raw: bytes, ctx: ApiContext) -> list[NewJob]:
     seen: dict[str, int] = {}
     for n, entry in enumerate(requests):
         try:
-            items.append(_job(n, entry, seen, ctx))
+            items.append(_job(n, entry, seen, ctx, principal))
         except ApiError as exc:
             problems.append((exc.param or f"requests.{n}", exc.message))
             if len(problems) == _SHOWN_PROBLEMS:
@@ -137,7 +137,7 @@ def _jobs(raw: bytes, ctx: ApiContext) -> list[NewJob]:
     return items
 
 
-def _job(n: int, entry: Any, seen: dict[str, int], ctx: ApiContext) -> NewJob:
+def _job(n: int, entry: Any, seen: dict[str, int], ctx: ApiContext, principal: Principal) -> NewJob:
     where = f"requests.{n}"
     if not isinstance(entry, dict):
         raise ApiError(400, f"{where}: expected an object with custom_id and params", param=where)
@@ -155,7 +155,7 @@ def _job(n: int, entry: Any, seen: dict[str, int], ctx: ApiContext) -> NewJob:
         message = f"{where}: params: expected an object (a POST /v1/messages body)"
         raise ApiError(400, message, param=f"requests.{n}.params")
     try:
-        request, stream = message_request(params, ctx)
+        request, stream = message_request(params, ctx, principal)
     except ApiError as exc:
         field = f"requests.{n}.params" + (f".{exc.param}" if exc.param else "")
         raise ApiError(400, f"{where}: params.{exc.message}", param=field) from None
@@ -180,7 +180,7 @@ async def create_message_batch(
         await client.enqueue(earlier)  # what a Redis error left unqueued the first time
         return await _answer(ctx, await _message_batch(ctx, earlier.batch_id, principal.tenant))
     # Checking 100,000 requests takes seconds of CPU: in a thread, so other requests keep being answered.
-    items = await asyncio.to_thread(_jobs, raw, ctx)
+    items = await asyncio.to_thread(_jobs, raw, ctx, principal)
     expires = datetime.now(UTC) + _WINDOW
     created = await client.create(items, kind=KIND, expires_at=expires, idempotency=key)
     await client.enqueue(created)

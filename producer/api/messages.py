@@ -24,10 +24,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from producer.anthropic_stream import MessageStream, error_event
 from producer.anthropic_wire import MessagesBodyError, chat_body, message_object
-from producer.api.auth import Caller
+from producer.api.auth import Caller, Principal
 from producer.api.chat import checked_request, job_failure, run_and_wait, wait_timeout
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
+from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
 from producer.client import Client
 from producer.outputs import routing_metadata
@@ -40,9 +41,10 @@ __all__ = ["message_request", "router"]
 router = APIRouter(tags=["Anthropic-compatible"])
 
 
-def message_request(body: Any, ctx: ApiContext) -> tuple[ChatRequest, bool]:
-    """A Messages API body as a request the catalog can serve, and whether it asks to be streamed;
-    otherwise the 400 (404 for a model not served) naming the field as the client sent it."""
+def message_request(body: Any, ctx: ApiContext, principal: Principal) -> tuple[ChatRequest, bool]:
+    """A Messages API body as a request the catalog can serve within the key's allowed models, and
+    whether it asks to be streamed; otherwise the 400 (404 for a model not served, 403 for one the
+    key may not use) naming the field as the client sent it."""
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_request")
     if "max_tokens" not in body:
@@ -52,7 +54,7 @@ def message_request(body: Any, ctx: ApiContext) -> tuple[ChatRequest, bool]:
     except MessagesBodyError as exc:
         raise ApiError(400, str(exc), param=exc.field, code="invalid_request") from None
     stream = bool(fields.pop("stream", False))
-    return checked_request(fields, ctx), stream
+    return allowed_request(checked_request(fields, ctx), principal, ctx.catalog), stream
 
 
 @router.post(
@@ -63,7 +65,7 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
         body: Any = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "the body is not JSON", code="invalid_request") from None
-    chat, stream = message_request(body, ctx)
+    chat, stream = message_request(body, ctx, principal)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
     client = ctx.client(principal.tenant, principal.user)
     if stream:

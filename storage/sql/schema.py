@@ -266,6 +266,8 @@ api_keys = Table(
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("burst", Integer),  # requests allowed at once (the bucket's size); NULL: one minute's rpm
+    # Deployment ids, model names, <provider>/<model> patterns the key may use; NULL: every one.
+    Column("allowed_models", JSON),
 )
 
 idempotency_keys = Table(
@@ -362,11 +364,14 @@ quality_tallies = Table(
 tenant_limits = Table(
     "tenant_limits",
     metadata,
-    # A tenant's request and token rates over all its keys (per minute), and its burst; NULL: none.
+    # The API's tenant settings: the tenant's request and token rates over all its keys (per
+    # minute) and its burst (NULL: none); the strategy of its requests that name none (NULL: the
+    # environment's, ROUTEQ_DEFAULT_STRATEGY).
     Column("tenant", String(128), primary_key=True),
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("burst", Integer),
+    Column("default_strategy", String(32)),
     Column("updated_at", _Time, nullable=False),
 )
 
