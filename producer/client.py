@@ -60,6 +60,7 @@ logger = logging.getLogger("routeq.client")
 # From this many items on, checking what they would store runs in a thread (as building their rows
 # does in `storage.sql.batches`).
 _CHECK_IN_THREAD = 1_000
+_Resolve = Callable[[ChatRequest], ChatRequest]  # a request with its default strategy resolved
 
 
 @dataclass(slots=True)
@@ -109,8 +110,7 @@ class Client:
         # Every wait of this client (and of clients sharing the notifier) shares one subscription.
         self._own_notifier = notifier is None
         self.notifier = notifier or Notifier(redis)
-        # A request naming no strategy gets its tenant's default, or the environment's, here: the
-        # job records which (producer/strategy_defaults.py).
+        # Default strategies are resolved here, each job recording which (producer/strategy_defaults.py).
         self.strategies = strategies or StrategyDefaults(store, settings.default_strategy)
 
     @classmethod
@@ -368,9 +368,8 @@ class Client:
         expires_at: datetime | None = None,
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
-        Jobs not started by `expires_at` end as expired.
-        A request naming no strategy gets the tenant's default, or the environment's (recorded in
-        its `preferences.strategy_source`).
+        Jobs not started by `expires_at` end as expired; a request naming no strategy gets the
+        tenant's default, or the environment's (recorded in its `preferences.strategy_source`).
 
         Raises:
             InvalidRequestError: an item the database would refuse or should never hold, by field.
@@ -546,18 +545,15 @@ class _ChunkDone:
     next_line: int | None
 
 
-def _next_encoded(
-    chunks: Iterator[ParsedInput], resolve: Callable[[ChatRequest], ChatRequest]
-) -> tuple[ParsedInput, EncodedJobs] | None:
-    """The next chunk with its valid items (strategies resolved) encoded as rows store them, or None
-    at the end."""
+def _next_encoded(chunks: Iterator[ParsedInput], resolve: _Resolve) -> tuple[ParsedInput, EncodedJobs] | None:
+    """The next chunk, its valid items resolved and encoded as rows store them; None at the end."""
     chunk = next(chunks, None)
     if chunk is None:
         return None
     return chunk, encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
 
 
-def _resolved(items: list[NewJob], resolve: Callable[[ChatRequest], ChatRequest]) -> list[NewJob]:
+def _resolved(items: list[NewJob], resolve: _Resolve) -> list[NewJob]:
     return [dataclasses.replace(item, request=resolve(item.request)) for item in items]
 
 
