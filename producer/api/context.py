@@ -51,7 +51,11 @@ class ApiContext:
     notifier: Notifier = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
+        self.budgets = Budgets(
+            self.redis,
+            default_user_cap_usd=self.settings.default_user_budget_usd,
+            zone=self.settings.budget_zone(),
+        )
         self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
         self.notifier = Notifier(self.redis)
         self.relay = StreamRelay(self.redis, notifier=self.notifier)

@@ -149,7 +149,7 @@ def auto(deployment: DeploymentArg) -> None:
 def _budgets(redis: Redis, settings: Settings) -> Budgets:
     from storage.fleet.budgets import Budgets  # noqa: PLC0415 - start-up: imported on use
 
-    return Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
+    return Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd, zone=settings.budget_zone())
 
 
 def _scope(typed: str) -> tuple[str, str]:

@@ -53,11 +53,13 @@ The SQL ledger is the source of truth; the counters in Redis are a fast copy of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import unquote
@@ -67,11 +69,13 @@ from redis.asyncio import Redis
 from router_core.spend import SpendRefusal
 from storage import keys
 from storage.connections import as_text
+from storage.periods import RESETTING, BudgetPeriod, period_bounds, period_label
 from storage.sql.evals import EVAL_USER
 from storage.sql.store import Store
 
 __all__ = [
     "EVAL_USER",
+    "BudgetPeriod",
     "Budgets",
     "Hold",
     "JobSpendGuard",
@@ -112,6 +116,15 @@ local function drop(holds, open, job, field, prefix, cost)
     redis.call('HINCRBY', prefix .. scope, 'reserved', minus)
     if cost then redis.call('HINCRBY', prefix .. scope, 'spent', cost) end
   end
+  -- The period counters of when the hold was taken: the call counts in that period, even once the
+  -- next one has begun. A counter already expired is not made again (it would never expire).
+  for _, counter in ipairs(h.periods or {}) do
+    local key = prefix .. counter
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HINCRBY', key, 'reserved', minus)
+      if cost then redis.call('HINCRBY', key, 'spent', cost) end
+    end
+  end
   redis.call('HDEL', holds, field)
   -- The job holds nothing any more: it leaves the index the sweeper reads.
   if redis.call('EXISTS', holds) == 0 then redis.call('ZREM', open, job) end
@@ -119,25 +132,44 @@ local function drop(holds, open, job, field, prefix, cost)
 end
 """
 
-# KEYS: [1] caps hash, [2] the job's holds hash, [3] the open-holds index, [4..] one budget hash
-# per scope. ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, [4] job id, [5] time,
-# then per scope: name, default cap in micro-dollars ('' = no cap). Returns 1 (held), 0 (already
-# held) or the refusing scope's {name, spent, reserved, cap}.
+# KEYS: [1] lifetime caps hash, [2] the job's holds hash, [3] the open-holds index, [4..6] the daily,
+# weekly and monthly caps hashes, then per scope four counters: lifetime, this day's, this week's,
+# this month's. ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, [4] job id, [5]
+# time, [6..8] how long this day's, week's and month's counters live (s: until the period's end and
+# its grace, by this process's clock, which Redis's need not match), then per scope: name,
+# default lifetime cap in micro-dollars ('' = no cap). Every cap of every scope must have room, or
+# nothing is taken. Returns 1 (held), 0 (already held) or the refusing cap's {scope name, spent,
+# reserved, cap, period index: 0 lifetime, 1 daily, 2 weekly, 3 monthly}.
 _RESERVE = """
 local caps, holds, open, field, amount = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
 if redis.call('HEXISTS', holds, field) == 1 then return 0 end
-for i = 4, #KEYS do
-  local name = ARGV[6 + (i - 4) * 2]
-  local cap = redis.call('HGET', caps, name) or ARGV[7 + (i - 4) * 2]
-  if cap ~= '' then
-    local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
-    local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-    if spent + reserved + amount > tonumber(cap) then
-      return {name, string.format('%d', spent), string.format('%d', reserved), cap}
+local scopes = (#KEYS - 6) / 4
+for s = 0, scopes - 1 do
+  local name, first = ARGV[9 + s * 2], 7 + s * 4
+  for p = 0, 3 do
+    local cap
+    if p == 0 then
+      cap = redis.call('HGET', caps, name) or ARGV[10 + s * 2]
+    else
+      cap = redis.call('HGET', KEYS[3 + p], name) or ''
+    end
+    if cap ~= '' then
+      local v = redis.call('HMGET', KEYS[first + p], 'spent', 'reserved')
+      local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+      if spent + reserved + amount > tonumber(cap) then
+        return {name, string.format('%d', spent), string.format('%d', reserved), cap, p}
+      end
     end
   end
 end
-for i = 4, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2]) end
+for s = 0, scopes - 1 do
+  local first = 7 + s * 4
+  redis.call('HINCRBY', KEYS[first], 'reserved', ARGV[2])
+  for p = 1, 3 do
+    redis.call('HINCRBY', KEYS[first + p], 'reserved', ARGV[2])
+    redis.call('EXPIRE', KEYS[first + p], ARGV[5 + p])
+  end
+end
 redis.call('HSET', holds, field, ARGV[3])
 redis.call('ZADD', open, 'NX', ARGV[5], ARGV[4])  -- scored by the job's oldest hold
 return 1
@@ -283,16 +315,29 @@ class Hold:
     deployment: str
     scopes: tuple[str, ...]
     created: float  # epoch seconds, from the reserving process's clock
+    # The period counters it holds in (`<scope>:<period>:<start>`), of the periods it was taken in.
+    periods: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ScopeUsage:
-    """A scope's settled spend, the amount held for calls in flight, and the cap that applies."""
+    """A scope's settled spend, the amount held for calls in flight, and the cap that applies, over
+    its life or (`period` daily, weekly, monthly) in the period running from `period_start`."""
 
     scope: str
     spent_usd: float
     reserved_usd: float
     cap_usd: float | None
+    period: BudgetPeriod = BudgetPeriod.LIFETIME
+    period_start: datetime | None = None  # a local midnight in the budgets' zone; None for lifetime
+    period_end: datetime | None = None  # the next period's start
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """What calls may still take (cap - spent - held, never below 0); None without a cap."""
+        if self.cap_usd is None:
+            return None
+        return max(0.0, round(self.cap_usd - self.spent_usd - self.reserved_usd, 6))
 
 
 class Budgets:
@@ -301,7 +346,10 @@ class Budgets:
     Args:
         redis: the fleet's Redis.
         default_user_cap_usd: cap of a user scope with no cap of its own; None = no cap.
-        now: epoch seconds, recorded on each hold (tests inject a fixed clock).
+        now: epoch seconds: recorded on each hold, and which day, week and month a call counts in
+            (tests inject a fake clock to cross a boundary).
+        zone: where periods start (local midnight); the whole fleet must use the same one
+            (`Settings.budget_zone()`).
     """
 
     def __init__(
@@ -310,10 +358,12 @@ class Budgets:
         *,
         default_user_cap_usd: float | None = 1.0,
         now: Callable[[], float] = time.time,
+        zone: tzinfo = UTC,
     ) -> None:
         self._redis = redis
         self._default_user_cap = None if default_user_cap_usd is None else _cap_micro(default_user_cap_usd)
         self._now = now
+        self.zone = zone
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
         self._settle = redis.register_script(_SETTLE)
@@ -376,38 +426,87 @@ class Budgets:
             (raw,) = await pipe.execute()
         return {as_text(field): _hold(as_text(field), as_text(value)) for field, value in raw.items()}
 
-    async def usage(self, scope: str) -> ScopeUsage:
-        """A scope's spend, holds and cap (for a batch, only a cap set with `set_cap`: its own is in SQL)."""
+    async def usage(
+        self, scope: str, period: BudgetPeriod = BudgetPeriod.LIFETIME, *, at: float | None = None
+    ) -> ScopeUsage:
+        """A scope's spend, holds and cap over its life, or in the `period` holding `at` (epoch s;
+        default now: the current one). A lifetime cap may be a default (for a batch, only a cap set
+        with `set_cap` is seen: its own is in SQL); a period cap is one set with `set_cap`."""
         _check_scope(scope)
+        start = end = None
+        counter = scope
+        if period is not BudgetPeriod.LIFETIME:
+            start, end = period_bounds(period, self._now() if at is None else at, self.zone)
+            counter = _period_counter(scope, period, start)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(keys.budget(scope), ["spent", "reserved"])
-            pipe.hget(keys.BUDGET_CAPS, scope)
+            pipe.hmget(keys.budget(counter), ["spent", "reserved"])
+            pipe.hget(keys.budget_caps(period), scope)
             (spent, reserved), cap = await pipe.execute()
-        if cap is None and scope.startswith("user:"):
+        if cap is None and scope.startswith("user:") and period is BudgetPeriod.LIFETIME:
             cap = self._default_user_cap
         return ScopeUsage(
             scope=scope,
             spent_usd=_usd(spent),
             reserved_usd=_usd(reserved),
             cap_usd=None if cap is None else _usd(cap),
+            period=period,
+            period_start=start,
+            period_end=end,
         )
 
-    async def set_cap(self, scope: str, cap_usd: float | None) -> None:
-        """Set a scope's cap for the whole fleet (for a user it replaces the default); None removes it."""
+    async def set_cap(
+        self, scope: str, cap_usd: float | None, period: BudgetPeriod = BudgetPeriod.LIFETIME
+    ) -> None:
+        """Set a scope's cap of one period for the whole fleet (a lifetime cap of a user replaces the
+        default); None removes it. A scope may have one cap per period: a call needs room in each.
+
+        A new period cap counts what the scope spent in the period so far: every call adds to the
+        counters of its day, week and month whether or not a cap is set on them.
+        """
         _check_scope(scope)
         async with self._redis.pipeline(transaction=False) as pipe:
             if cap_usd is None:
-                pipe.hdel(keys.BUDGET_CAPS, scope)
+                pipe.hdel(keys.budget_caps(period), scope)
             else:
-                pipe.hset(keys.BUDGET_CAPS, scope, str(_cap_micro(cap_usd)))
+                pipe.hset(keys.budget_caps(period), scope, str(_cap_micro(cap_usd)))
             await pipe.execute()
 
     async def caps(self) -> dict[str, float]:
-        """Every cap operators set, by scope (defaults are not listed)."""
+        """Every lifetime cap operators set, by scope (defaults are not listed; see `period_caps`)."""
+        return (await self.period_caps())[BudgetPeriod.LIFETIME]
+
+    async def period_caps(self) -> dict[BudgetPeriod, dict[str, float]]:
+        """Every cap operators set, by period, then scope (defaults are not listed)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.BUDGET_CAPS)
-            (raw,) = await pipe.execute()
-        return {as_text(scope): _usd(cap) for scope, cap in raw.items()}
+            for period in BudgetPeriod:
+                pipe.hgetall(keys.budget_caps(period))
+            found = await pipe.execute()
+        return {
+            period: {as_text(scope): _usd(cap) for scope, cap in raw.items()}
+            for period, raw in zip(BudgetPeriod, found, strict=True)
+        }
+
+    async def every_cap_usage(self) -> list[ScopeUsage]:
+        """Every cap operators set, each with its spend and holds in the current period (over the
+        scope's life for a lifetime cap), by scope, then lifetime, daily, weekly, monthly."""
+        caps = await self.period_caps()
+        now = self._now()
+        rows: list[tuple[str, BudgetPeriod, float, datetime | None, datetime | None]] = []
+        for period, by_scope in caps.items():
+            bounds = period_bounds(period, now, self.zone) if period is not BudgetPeriod.LIFETIME else None
+            for scope, cap in by_scope.items():
+                rows.append((scope, period, cap, *(bounds or (None, None))))
+        order = list(BudgetPeriod)
+        rows.sort(key=lambda row: (row[0], order.index(row[1])))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for scope, period, _, start, _ in rows:
+                counter = scope if start is None else _period_counter(scope, period, start)
+                pipe.hmget(keys.budget(counter), ["spent", "reserved"])
+            counters = await pipe.execute()
+        return [
+            ScopeUsage(scope, _usd(spent), _usd(reserved), cap, period, start, end)
+            for (scope, period, cap, start, end), (spent, reserved) in zip(rows, counters, strict=True)
+        ]
 
     async def capped_usage(self) -> list[ScopeUsage]:
         """Spend and holds of every scope with a cap an operator set, in two round trips.
@@ -444,7 +543,7 @@ class Budgets:
         holds_keys = [k async for k in self._scan(_HOLDS_PREFIX + "*")]
         async for key in self._scan(_BUDGET_PREFIX + "*"):
             scope = key.removeprefix(_BUDGET_PREFIX)
-            if scope.startswith(_KINDS):  # not routeq:budget:caps
+            if scope.startswith(_KINDS) and not _is_period_counter(scope):  # not caps, not a period's
                 spent.setdefault(scope, 0)
         args: list[str] = [_BUDGET_PREFIX]
         for scope, micro in spent.items():
@@ -479,9 +578,19 @@ class JobSpendGuard:
         budgets = self._budgets
         amount = _hold_micro(amount_usd)
         created = budgets._now()
+        # The day, week and month the call counts in: those of the moment it is held.
+        bounds = [period_bounds(period, created, budgets.zone) for period in RESETTING]
+        counters = [
+            [
+                scope,
+                *(_period_counter(scope, p, start) for p, (start, _) in zip(RESETTING, bounds, strict=True)),
+            ]
+            for scope in self.scopes
+        ]
         hold = {
             "amount_micro": amount,
             "scopes": list(self.scopes),
+            "periods": [counter for per_scope in counters for counter in per_scope[1:]],
             "deployment": deployment_id,
             "created": created,
         }
@@ -490,7 +599,8 @@ class JobSpendGuard:
                 keys.BUDGET_CAPS,
                 keys.job_holds(self.job_id),
                 keys.OPEN_HOLDS,
-                *map(keys.budget, self.scopes),
+                *(keys.budget_caps(period) for period in RESETTING),
+                *(keys.budget(counter) for per_scope in counters for counter in per_scope),
             ],
             args=[
                 f"{self.run}:{attempt_no}",
@@ -498,13 +608,20 @@ class JobSpendGuard:
                 json.dumps(hold),
                 self.job_id,
                 repr(float(created)),
+                *(
+                    str(math.ceil(end.timestamp() - created) + keys.BUDGET_PERIOD_GRACE_S)
+                    for _, end in bounds
+                ),
                 *self._scope_args,
             ],
         )
         if not isinstance(reply, list):
             return None
-        scope, spent, reserved, cap = map(as_text, reply)
+        scope, spent, reserved, cap, index = map(as_text, reply)
         kind, _, name = readable_scope(scope).partition(":")
+        if index != "0":  # a period's cap: say which period, and when it began
+            period = RESETTING[int(index) - 1]
+            name += f" ({period.value} from {period_label(bounds[int(index) - 1][0])})"
         message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
             f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
@@ -535,6 +652,20 @@ async def _ledger_spent(store: Store) -> dict[str, int]:
         for scope in scopes:
             spent[scope] = spent.get(scope, 0) + owner.micro
     return spent
+
+
+def _period_counter(scope: str, period: BudgetPeriod, start: datetime) -> str:
+    """The counters of `scope` in the period starting at `start`: `<scope>:<period>:<local date>`.
+
+    The hash is `keys.budget(...)` of it. A scope's names never hold a raw `:` (`keys.key_part`), so
+    no scope can be read as another scope's period counter.
+    """
+    return f"{scope}:{period.value}:{period_label(start)}"
+
+
+def _is_period_counter(name: str) -> bool:
+    """True for `_period_counter` names, false for scopes (whose names past the kind have no `:`)."""
+    return ":" in name.partition(":")[2]
 
 
 def _check_scope(scope: str) -> None:
@@ -593,4 +724,5 @@ def _hold(field: str, raw: str) -> Hold:
         deployment=str(data["deployment"]),
         scopes=tuple(data["scopes"]),
         created=float(data["created"]),
+        periods=tuple(data.get("periods", ())),  # holds taken before periods existed have none
     )

@@ -1,0 +1,246 @@
+"""Budget periods: daily, weekly and monthly caps that start again from zero at local midnight.
+
+The boundaries are computed in a configured zone (`storage.periods`); the counters of each period
+are their own Redis keys, so a new period starts from nothing with no reset job. Every Redis test
+runs on fakeredis and on a real Redis (ROUTEQ_TEST_REDIS_URL); the monthly reset through a worker
+runs on both pipeline backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from fakeredis import FakeAsyncRedis
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from producer.client import Client
+from router_core.models import ChatRequest, Message
+from router_core.providers import sim_world_for
+from storage import keys
+from storage.fleet.budgets import Budgets, ScopeUsage, tenant_scope, user_scope
+from storage.jobs import FailureCode, JobStatus, NewJob
+from storage.periods import BudgetPeriod, load_zone, period_bounds, period_label, period_starts
+from storage.settings import Settings
+from tests.backends import REDIS_ENV, open_backend, service_url
+from tests.conftest import deployment, make_catalog
+
+NY = ZoneInfo("America/New_York")
+DAILY, WEEKLY, MONTHLY = BudgetPeriod.DAILY, BudgetPeriod.WEEKLY, BudgetPeriod.MONTHLY
+ALICE = user_scope("acme", "alice")
+
+
+def epoch(text: str, zone: tzinfo = NY) -> float:
+    """`2026-01-31 23:30` in `zone`, as epoch seconds."""
+    return datetime.fromisoformat(text).replace(tzinfo=zone).timestamp()
+
+
+def local(text: str, zone: tzinfo = NY) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=zone)
+
+
+# -- boundaries ----------------------------------------------------------------------------------
+
+
+def test_periods_start_at_local_midnight_weeks_on_monday() -> None:
+    at = epoch("2026-01-31 23:30")  # a Saturday night in New York: already Sunday 04:30 in UTC
+    assert period_bounds(DAILY, at, NY) == (local("2026-01-31"), local("2026-02-01"))
+    assert period_bounds(WEEKLY, at, NY) == (local("2026-01-26"), local("2026-02-02"))  # Mondays
+    assert period_bounds(MONTHLY, at, NY) == (local("2026-01-01"), local("2026-02-01"))
+    assert period_bounds(DAILY, at, UTC) == (local("2026-02-01", UTC), local("2026-02-02", UTC))
+    assert period_bounds(MONTHLY, at, UTC)[0] == local("2026-02-01", UTC)
+    # A month in New York starts at 05:00 UTC; December rolls into the next year.
+    start, end = period_bounds(MONTHLY, epoch("2026-12-31 23:59:59"), NY)
+    assert (start, end) == (local("2026-12-01"), local("2027-01-01"))
+    assert end.astimezone(UTC) == local("2027-01-01 05:00", UTC)
+    # Daylight saving: the day clocks go forward has 23 hours, and the boundaries stay at midnight.
+    start, end = period_bounds(DAILY, epoch("2026-03-08 12:00"), NY)
+    assert (end.astimezone(UTC) - start.astimezone(UTC)).total_seconds() == 23 * 3600
+    assert period_label(start) == "2026-03-08"
+    assert period_starts(WEEKLY, local("2026-01-01"), local("2026-01-20"), NY) == [
+        local("2025-12-29"),
+        local("2026-01-05"),
+        local("2026-01-12"),
+        local("2026-01-19"),
+    ]
+
+
+def test_bad_periods_and_zones_are_named() -> None:
+    assert BudgetPeriod.parse("Monthly") is MONTHLY
+    with pytest.raises(ValueError, match="unknown budget period 'yearly'; use one of: lifetime, daily"):
+        BudgetPeriod.parse("yearly")
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Base': use an IANA name"):
+        load_zone("Mars/Base")
+    with pytest.raises(ValidationError, match=r"budget_timezone\n.*unknown time zone 'EST5'"):
+        Settings(_env_file=None, budget_timezone="EST5")
+    assert Settings(_env_file=None, budget_timezone="Europe/Paris").budget_zone() == ZoneInfo("Europe/Paris")
+    assert Settings(_env_file=None).budget_timezone == "UTC"
+
+
+# -- counters in Redis ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    client = Redis.from_url(service_url(REDIS_ENV)) if request.param == "redis" else FakeAsyncRedis()
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+class Clock:
+    """A wall clock a test sets (epoch seconds)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+async def test_a_monthly_cap_resets_at_local_midnight_and_january_keeps_its_spend(redis: Redis) -> None:
+    clock = Clock(epoch("2026-01-31 20:00"))
+    b = Budgets(redis, default_user_cap_usd=None, now=clock, zone=NY)
+    await b.set_cap(ALICE, 0.05, MONTHLY)
+    guard = b.guard(job_id="job_a", run=1, tenant="acme", user="alice", batch_id="b1")
+    assert await guard.reserve(1, "dep-x", 0.03) is None
+    assert await b.settle("job_a", {"1:1": 0.03}) == 1
+    assert await guard.reserve(2, "dep-x", 0.02) is None  # exactly the cap: held, in flight
+    refusal = await guard.reserve(3, "dep-x", 0.01)
+    assert refusal == (
+        "user acme/alice (monthly from 2026-01-01): spent $0.0300 + held $0.0200 of cap $0.0500; "
+        "this call needs up to $0.0100 on dep-x"
+    )
+    assert refusal.wait  # the hold in flight may settle for less
+
+    clock.at = epoch("2026-02-01 04:59", UTC)  # February in UTC, still January 31st in New York
+    assert await guard.reserve(3, "dep-x", 0.01) is not None
+    clock.at = epoch("2026-02-01 00:00")  # midnight in New York: a new month, from nothing
+    assert await guard.reserve(3, "dep-x", 0.01) is None
+    feb = await b.usage(ALICE, MONTHLY)
+    assert feb == ScopeUsage(ALICE, 0.0, 0.01, 0.05, MONTHLY, local("2026-02-01"), local("2026-03-01"))
+    assert feb.remaining_usd == 0.04
+
+    # The hold taken on January 31st settles into January, after the boundary too.
+    assert await b.settle("job_a", {"1:2": 0.015, "1:3": 0.004}) == 2
+    jan = await b.usage(ALICE, MONTHLY, at=epoch("2026-01-15 12:00"))
+    assert (jan.spent_usd, jan.reserved_usd, jan.period_start) == (0.045, 0.0, local("2026-01-01"))
+    assert (await b.usage(ALICE, MONTHLY)).spent_usd == 0.004
+    assert (await b.usage(ALICE)).spent_usd == 0.049  # the lifetime counter has it all
+    # January's counters expire by themselves two days after the month (no reset job): the TTL set
+    # by the last hold taken in January (at 20:00 on the 31st, by the clock of the process).
+    ttl = await redis.ttl(keys.budget(f"{ALICE}:monthly:2026-01-01"))
+    expected = 4 * 3600 + keys.BUDGET_PERIOD_GRACE_S
+    assert expected - 5 <= ttl <= expected
+    assert await redis.ttl(keys.budget(ALICE)) == -1  # lifetime: kept
+
+
+async def test_a_call_needs_room_under_every_cap_of_every_scope(redis: Redis) -> None:
+    clock = Clock(epoch("2026-03-02 09:00", UTC))  # a Monday
+    b = Budgets(redis, default_user_cap_usd=None, now=clock, zone=UTC)
+    await b.set_cap(ALICE, 0.10, DAILY)
+    await b.set_cap(ALICE, 0.25, MONTHLY)
+    await b.set_cap(tenant_scope("acme"), 0.22, WEEKLY)
+    guard = b.guard(job_id="job_b", run=1, tenant="acme", user="alice", batch_id="b1")
+    attempt = iter(range(1, 100))
+
+    async def spend(usd: float) -> str | None:
+        n = next(attempt)
+        refusal = await guard.reserve(n, "dep-x", usd)
+        if refusal is None:
+            await b.settle("job_b", {f"1:{n}": usd})
+        return refusal
+
+    assert await spend(0.08) is None
+    assert (await spend(0.03) or "").startswith("user acme/alice (daily from 2026-03-02): spent $0.0800")
+    clock.at += 86400  # Tuesday: the daily cap starts again; the week and the month go on
+    assert await spend(0.10) is None
+    clock.at += 86400
+    refusal = await spend(0.05)
+    assert (refusal or "").startswith("tenant acme (weekly from 2026-03-02): spent $0.1800")
+    clock.at += 6 * 86400  # the next Monday: a new week
+    assert await spend(0.05) is None
+    assert (await spend(0.05) or "").startswith("user acme/alice (monthly from 2026-03-01): spent $0.2300")
+    # Nothing refused was taken from any counter: every cap still sees what was settled.
+    usage = await b.every_cap_usage()
+    assert [(u.scope, u.period, round(u.spent_usd, 6), u.cap_usd) for u in usage] == [
+        (tenant_scope("acme"), WEEKLY, 0.05, 0.22),
+        (ALICE, DAILY, 0.05, 0.10),
+        (ALICE, MONTHLY, 0.23, 0.25),
+    ]
+    assert await b.caps() == {}  # lifetime caps only, as before periods
+    assert await b.period_caps() == {
+        BudgetPeriod.LIFETIME: {},
+        DAILY: {ALICE: 0.10},
+        WEEKLY: {tenant_scope("acme"): 0.22},
+        MONTHLY: {ALICE: 0.25},
+    }
+    await b.set_cap(ALICE, None, DAILY)
+    assert [u.period for u in await b.every_cap_usage()] == [WEEKLY, MONTHLY]
+
+
+# -- through a worker ----------------------------------------------------------------------------
+
+# Input is free and each answer is exactly max_tokens (10) at $1,000 per million: every call costs,
+# and holds, $0.01 exactly.
+PRICEY = [deployment("pricey-a", latency_ms=1, price={"input_per_mtok": 0.0, "output_per_mtok": 1000.0})]
+
+
+@pytest.mark.parametrize("backend_name", ["embedded", "services"])
+async def test_a_monthly_budget_resets_at_the_boundary_on_a_fake_clock(
+    backend_name: str, tmp_path: Path
+) -> None:
+    """The worker path end to end: a user's monthly cap in New York time, spent in late January."""
+    clock = Clock(epoch("2026-01-31 22:00"))
+    async with open_backend(backend_name, tmp_path, budget_timezone="America/New_York") as backend:
+        backend.store.db.now = lambda: datetime.fromtimestamp(clock.at, UTC)  # the ledger's clock
+        catalog = make_catalog(PRICEY)
+        redis = await backend.redis()
+        settings = backend.settings
+        scope = user_scope(settings.tenant, settings.user)
+        await Budgets(redis).set_cap(scope, 0.03, MONTHLY)
+        client = Client(redis, backend.store, settings)
+
+        async def run(n: int) -> list[JobStatus]:
+            asked = [
+                NewJob(
+                    f"q{i}", ChatRequest(messages=[Message(role="user", content=f"Hi {i}")], max_tokens=10)
+                )
+                for i in range(n)
+            ]
+            batch_id = await client.submit_batch(asked)
+            await backend.run_worker(catalog=catalog, sim_world=sim_world_for(catalog), now=clock)
+            jobs = [job async for job in client.results(batch_id)]
+            for job in jobs:
+                if job.failure is not None:
+                    assert job.failure.code is FailureCode.BUDGET_EXCEEDED
+                    assert (
+                        f"user {settings.tenant}/{settings.user} (monthly from 2026-01-01): spent $0.0300 "
+                        "+ held $0.0000 of cap $0.0300; this call needs up to $0.0100 on pricey-a"
+                    ) in job.failure.message
+            return [job.status for job in jobs]
+
+        assert await run(3) == [JobStatus.SUCCEEDED] * 3  # $0.03: the month's cap, reached
+        assert await run(1) == [JobStatus.FAILED]
+        clock.at = epoch("2026-02-01 04:30", UTC)  # February in UTC, not yet in New York
+        assert await run(1) == [JobStatus.FAILED]
+        clock.at = epoch("2026-02-01 00:00")  # midnight in New York
+        assert await run(1) == [JobStatus.SUCCEEDED]
+
+        budgets = Budgets(redis, now=clock, zone=NY)
+        jan = await budgets.usage(scope, MONTHLY, at=epoch("2026-01-20 12:00"))
+        feb = await budgets.usage(scope, MONTHLY)
+        assert (jan.spent_usd, jan.period_start, feb.spent_usd, feb.remaining_usd) == (
+            0.03,
+            local("2026-01-01"),
+            0.01,
+            0.02,
+        )
+        assert (await budgets.usage(scope)).spent_usd == 0.04
