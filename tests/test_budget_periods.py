@@ -8,6 +8,10 @@ runs on both pipeline backends.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -17,7 +21,10 @@ import pytest
 from fakeredis import FakeAsyncRedis
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from rich.console import Console
+from typer.testing import CliRunner
 
+from producer.cli import admin, app
 from producer.client import Client
 from router_core.models import ChatRequest, Message
 from router_core.providers import sim_world_for
@@ -32,6 +39,7 @@ from tests.conftest import deployment, make_catalog
 NY = ZoneInfo("America/New_York")
 DAILY, WEEKLY, MONTHLY = BudgetPeriod.DAILY, BudgetPeriod.WEEKLY, BudgetPeriod.MONTHLY
 ALICE = user_scope("acme", "alice")
+runner = CliRunner()
 
 
 def epoch(text: str, zone: tzinfo = NY) -> float:
@@ -244,3 +252,92 @@ async def test_a_monthly_budget_resets_at_the_boundary_on_a_fake_clock(
             0.02,
         )
         assert (await budgets.usage(scope)).spent_usd == 0.04
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_redis(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The CLI pointed at the real Redis (its caps must outlive one command), flushed first."""
+    url = service_url(REDIS_ENV)
+    monkeypatch.setenv("ROUTEQ_REDIS_URL", url)
+    monkeypatch.setenv("ROUTEQ_BUDGET_TIMEZONE", "America/New_York")
+
+    async def flush() -> None:
+        client = Redis.from_url(url)
+        await client.flushdb()
+        await client.aclose()
+
+    asyncio.run(flush())
+    return url
+
+
+def test_the_cli_sets_caps_per_period_and_shows_every_cap_with_its_period(
+    cli_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin, "console", Console(width=200, emoji=False))
+    said = []
+    for args in (
+        ["tenant:acme", "10"],
+        ["tenant:acme", "5", "--period", "monthly"],
+        ["tenant:acme", "1", "--period", "daily"],
+        ["user:acme/ana", "2", "--period", "weekly"],
+    ):
+        done = runner.invoke(app, ["budget", "set", *args])
+        assert done.exit_code == 0, done.output
+        said.append(done.output)
+    assert said[:2] == ["tenant:acme: cap $10.0000\n", "tenant:acme: monthly cap $5.0000\n"]
+    bad = runner.invoke(app, ["budget", "set", "tenant:acme", "1", "--period", "yearly"])
+    assert bad.exit_code == 2
+    assert "Invalid value for '--period'" in bad.output
+    assert "'yearly' is not one of" in bad.output
+
+    async def spend() -> float:
+        client = Redis.from_url(cli_redis)
+        b = Budgets(client, zone=NY)
+        guard = b.guard(job_id="job_s", run=1, tenant="acme", user="ana", batch_id="b1")
+        assert await guard.reserve(1, "dep-x", 0.5) is None
+        await b.settle("job_s", {"1:1": 0.25})
+        await client.aclose()
+        return time.time()
+
+    before = time.time()
+    after = asyncio.run(spend())
+    # The current period's start, as the CLI computes it (the same on either side of the call unless
+    # local midnight passed in between).
+    months = {period_label(period_bounds(MONTHLY, t, NY)[0]) for t in (before, after)}
+
+    shown = json.loads(runner.invoke(app, ["budget", "show", "--json"]).output)
+    assert shown["timezone"] == "America/New_York"
+    rows = [
+        (c["scope"], c["period"], c["spent_usd"], c["cap_usd"], c["remaining_usd"]) for c in shown["caps"]
+    ]
+    assert rows == [
+        ("tenant:acme", "lifetime", 0.25, 10.0, 9.75),
+        ("tenant:acme", "daily", 0.25, 1.0, 0.75),
+        ("tenant:acme", "monthly", 0.25, 5.0, 4.75),
+        ("user:acme/ana", "weekly", 0.25, 2.0, 1.75),
+    ]
+    assert shown["caps"][0]["period_start"] is None
+    assert shown["caps"][2]["period_start"][:10] in months
+    assert shown["caps"][2]["period_start"][10:] in ("T00:00:00-05:00", "T00:00:00-04:00")
+
+    table = runner.invoke(app, ["budget", "show"]).output
+    assert "America/New_York" in table
+    assert any(re.search(rf"tenant:acme\s*│\s*monthly\s*│\s*{m}\s*│\s*\$0.2500", table) for m in months), (
+        table
+    )
+    one = runner.invoke(app, ["budget", "show", "tenant:acme"]).output.splitlines()
+    assert one[0] == "tenant:acme: spent $0.2500, held $0.0000, cap $10.0000"
+    assert one[2].startswith("tenant:acme monthly from 20")
+    assert one[2].endswith(": spent $0.2500, held $0.0000, cap $5.0000, remaining $4.7500")
+
+    one = json.loads(runner.invoke(app, ["budget", "show", "user:acme/ana", "--json"]).output)
+    assert (one["cap_usd"], [(c["period"], c["cap_usd"]) for c in one["periods"]]) == (1.0, [("weekly", 2.0)])
+    assert runner.invoke(app, ["budget", "unset", "tenant:acme", "--period", "daily"]).exit_code == 0
+    shown = json.loads(runner.invoke(app, ["budget", "show", "--json"]).output)
+    assert [c["period"] for c in shown["caps"]] == ["lifetime", "monthly", "weekly"]
+    zone = runner.invoke(app, ["budget", "show"], env={"ROUTEQ_BUDGET_TIMEZONE": "Mars/Base"})
+    assert zone.exit_code == 2
+    assert "ROUTEQ_BUDGET_TIMEZONE: Value error, unknown time zone 'Mars/Base'" in zone.output
