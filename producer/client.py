@@ -93,12 +93,15 @@ class Client:
         all_tenants: bool = False,
         owns_connections: bool = False,
         notifier: Notifier | None = None,
+        api_key_id: str | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
         self.settings = settings
         self.tenant = tenant or settings.tenant
         self.user = user or settings.user
+        # Recorded on every job this client submits (the API's clients: spend per key); None: no key.
+        self.api_key_id = api_key_id
         # What this client may read: its own tenant's jobs and batches, or every tenant's (operators).
         self.scope: TenantScope = ANY_TENANT if all_tenants else self.tenant
         self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
@@ -380,6 +383,7 @@ class Client:
             budget_usd=budget_usd,
             api=api,
             idempotency=idempotency,
+            api_key_id=self.api_key_id,
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:

@@ -67,9 +67,18 @@ class ApiContext:
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
 
-    def client(self, tenant: str, user: str) -> Client:
-        """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""
-        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user, notifier=self.notifier)
+    def client(self, tenant: str, user: str, api_key_id: str | None = None) -> Client:
+        """A client that submits and reads as `tenant`/`user` (it shares the app's connections); the
+        jobs it submits record `api_key_id`, the caller's key (None in dev mode)."""
+        return Client(
+            self.redis,
+            self.store,
+            self.settings,
+            tenant=tenant,
+            user=user,
+            notifier=self.notifier,
+            api_key_id=api_key_id,
+        )
 
 
 @asynccontextmanager

@@ -91,7 +91,7 @@ async def create_job(
     if isinstance(item, LineError):
         raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
     await admit(ctx, principal, tokens=request_tokens(item.request, ctx.settings.default_completion_tokens))
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     key = idempotency_key(idempotency, "/v1/jobs", fields, ctx.settings)
     created = await client.create_single(item.request, custom_id=body.custom_id or "request", idempotency=key)
     job_id = created.job_ids[0]

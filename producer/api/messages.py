@@ -46,7 +46,7 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
     stream = bool(fields.pop("stream", False))
     chat = checked_request(fields, ctx)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     job = await run_and_wait(ctx, client, await client.create_single(chat))
     message = message_object(job)
     headers = {"x-routeq-job-id": job.id, "x-routeq-deployment": job.deployment or ""}
