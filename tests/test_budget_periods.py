@@ -33,6 +33,7 @@ from storage.fleet.budgets import Budgets, ScopeUsage, tenant_scope, user_scope
 from storage.jobs import FailureCode, JobStatus, NewJob
 from storage.periods import BudgetPeriod, load_zone, period_bounds, period_label, period_starts
 from storage.settings import Settings
+from storage.sql.spend import spend_per_period
 from tests.backends import REDIS_ENV, open_backend, service_url
 from tests.conftest import deployment, make_catalog
 
@@ -252,6 +253,22 @@ async def test_a_monthly_budget_resets_at_the_boundary_on_a_fake_clock(
             0.02,
         )
         assert (await budgets.usage(scope)).spent_usd == 0.04
+
+        # The ledger reports the same months: January's three calls were made on the 31st in New
+        # York, already February 1st in UTC.
+        async def months(zone: ZoneInfo) -> list[tuple[str, float, int]]:
+            found = await spend_per_period(
+                backend.store,
+                MONTHLY,
+                zone,
+                tenant=settings.tenant,
+                since=local("2026-01-01", UTC),
+                until=local("2026-03-01", UTC),
+            )
+            return [(p.start.isoformat(), float(p.cost_usd), p.calls) for p in found]
+
+        assert await months(NY) == [("2026-01-01", 0.03, 3), ("2026-02-01", 0.01, 1)]
+        assert await months(ZoneInfo("UTC")) == [("2026-02-01", 0.04, 4)]
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

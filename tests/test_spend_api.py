@@ -9,6 +9,7 @@ chat completion) and one key of another, and by the Python client with no key (a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from producer.cli import app as cli
 from producer.client import Client
 from router_core.models import ChatRequest, Message
 from router_core.providers import sim_world_for
@@ -36,8 +38,14 @@ runner = CliRunner()
 
 @pytest.fixture(params=["embedded", "services"])
 async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveApi]:
+    # On a SQLite file for the embedded backend: `routeq spend` opens it too.
+    file = (
+        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'spend.db'}"}
+        if request.param == "embedded"
+        else {}
+    )
     async with (
-        open_backend(request.param, tmp_path) as backend,
+        open_backend(request.param, tmp_path, **file) as backend,
         serve_api(backend, catalog=PRICEY, worker=False) as live,
     ):
         yield live
@@ -171,3 +179,14 @@ async def test_spend_per_user_key_and_batch_from_the_ledger(api: LiveApi) -> Non
     assert "spend" not in (await ann.get("/v1/analytics")).json()
     for client in (ann, bob, gil, operator):
         await client.aclose()
+
+    # `routeq spend` reads the same ledger (in a thread: the command runs its own event loop).
+    env = {"ROUTEQ_DATABASE_URL": backend.settings.database_url, "ROUTEQ_TENANT": "acme"}
+    shown = await asyncio.to_thread(runner.invoke, cli, ["spend", "--group-by", "key", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert rows(json.loads(shown.output)) == rows(by_key)
+    table = await asyncio.to_thread(
+        runner.invoke, cli, ["spend", "--group-by", "user", "--all-tenants", "--period", "today"], env=env
+    )
+    assert "gil" in table.output, table.output
+    assert "$0.0300" in table.output
