@@ -109,12 +109,20 @@ def period_label(start: datetime) -> str:
     return start.date().isoformat()
 
 
-def period_starts(period: BudgetPeriod, since: datetime, until: datetime, zone: tzinfo) -> list[datetime]:
+def period_starts(
+    period: BudgetPeriod, since: datetime, until: datetime, zone: tzinfo, *, limit: int = 1000
+) -> list[datetime]:
     """The starts of every period overlapping `[since, until)`, in order: the first may be before
-    `since` (the window cuts it), the last is before `until`."""
+    `since` (the window cuts it), the last is before `until`.
+
+    Raises:
+        ValueError: more than `limit` periods (the message says so), or one ends past year 9999.
+    """
     start, end = period_bounds(period, since, zone)
     starts = [start]
     while end < until:
+        if len(starts) == limit:
+            raise ValueError(f"the window holds more than {limit} {period.value} periods: shorten it")
         starts.append(end)
         end = _midnight(_next_first_day(period, end.date()), zone)
     return starts

@@ -358,3 +358,10 @@ def test_the_cli_sets_caps_per_period_and_shows_every_cap_with_its_period(
     zone = runner.invoke(app, ["budget", "show"], env={"ROUTEQ_BUDGET_TIMEZONE": "Mars/Base"})
     assert zone.exit_code == 2
     assert "ROUTEQ_BUDGET_TIMEZONE: Value error, unknown time zone 'Mars/Base'" in zone.output
+
+
+def test_a_window_of_too_many_periods_is_refused() -> None:
+    since, until = local("2020-01-01", UTC), local("2026-01-01", UTC)
+    assert len(period_starts(MONTHLY, since, until, UTC)) == 72
+    with pytest.raises(ValueError, match="more than 1000 daily periods: shorten it"):
+        period_starts(DAILY, since, until, UTC)

@@ -177,6 +177,9 @@ async def test_spend_per_user_key_and_batch_from_the_ledger(api: LiveApi) -> Non
             "UTC",
         )
     assert "spend" not in (await ann.get("/v1/analytics")).json()
+    long = await ann.get("/v1/analytics", params={"period": "day", "since": "2000-01-01T00:00:00Z"})
+    assert long.status_code == 400
+    assert "more than 1000 daily periods" in long.json()["error"]["message"]
     for client in (ann, bob, gil, operator):
         await client.aclose()
 

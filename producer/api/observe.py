@@ -96,9 +96,12 @@ async def analytics(
     body = report.to_dict()
     if period is not None:
         zone = ctx.settings.budget_zone()
-        rows = await spend_per_period(
-            ctx.store, _PERIODS[period], zone, tenant=report.tenant, since=start, until=end
-        )
+        try:
+            rows = await spend_per_period(
+                ctx.store, _PERIODS[period], zone, tenant=report.tenant, since=start, until=end
+            )
+        except (OverflowError, ValueError) as exc:  # too many periods, or one ending past year 9999
+            raise ApiError(400, f"period: {exc}", param="period") from None
         body["spend"] = {
             "period": period,
             "timezone": ctx.settings.budget_timezone,

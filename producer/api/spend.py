@@ -101,7 +101,7 @@ def _window(
             start = _aware(since)
         else:
             start = period_bounds(_PERIODS[period or "month"], end if until is not None else now, zone)[0]
-    except OverflowError:
+    except (OverflowError, ValueError):  # a period ending past year 9999
         raise ApiError(400, "since/until: out of the calendar's range", param="since") from None
     if start >= end:
         raise ApiError(400, "since: must be before until", param="since")
