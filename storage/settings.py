@@ -19,8 +19,8 @@ from router_core.limits import (
     DEFAULT_MAX_PROMPT_BYTES,
     RequestLimits,
 )
+from router_core.periods import load_zone
 from router_core.settings import RouterSettings
-from storage.periods import load_zone
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings"]
 

@@ -1,6 +1,6 @@
 """Budget periods: daily, weekly and monthly caps that start again from zero at local midnight.
 
-The boundaries are computed in a configured zone (`storage.periods`); the counters of each period
+The boundaries are computed in a configured zone (`router_core.periods`); the counters of each period
 are their own Redis keys, so a new period starts from nothing with no reset job. Every Redis test
 runs on fakeredis and on a real Redis (ROUTEQ_TEST_REDIS_URL); the monthly reset through a worker
 runs on both pipeline backends.
@@ -27,11 +27,11 @@ from typer.testing import CliRunner
 from producer.cli import admin, app
 from producer.client import Client
 from router_core.models import ChatRequest, Message
+from router_core.periods import BudgetPeriod, load_zone, period_bounds, period_label, period_starts
 from router_core.providers import sim_world_for
 from storage import keys
 from storage.fleet.budgets import Budgets, ScopeUsage, tenant_scope, user_scope
 from storage.jobs import FailureCode, JobStatus, NewJob
-from storage.periods import BudgetPeriod, load_zone, period_bounds, period_label, period_starts
 from storage.settings import Settings
 from storage.sql.spend import spend_per_period
 from tests.backends import REDIS_ENV, open_backend, service_url

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
+from router_core.periods import BudgetPeriod
 from storage.metrics import CONTENT_TYPE
-from storage.periods import BudgetPeriod
 from storage.sql.analytics import analytics as compute_analytics
 from storage.sql.spend import spend_per_period
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query
 from producer.api.auth import Caller, Principal
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
-from storage.periods import BudgetPeriod, period_bounds
+from router_core.periods import BudgetPeriod, period_bounds
 from storage.sql.spend import SpendGroup, spend_by
 
 __all__ = ["router"]

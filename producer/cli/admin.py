@@ -26,7 +26,7 @@ from producer.cli._common import (
     with_redis,
 )
 from router_core.fleet import Forced
-from storage.periods import BudgetPeriod
+from router_core.periods import BudgetPeriod
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

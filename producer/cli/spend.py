@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from producer.cli._common import JsonFlag, execute, load_settings, print_json, with_store
-from storage.periods import BudgetPeriod, period_bounds
+from router_core.periods import BudgetPeriod, period_bounds
 from storage.sql.spend import SpendGroup, SpendRow
 
 if TYPE_CHECKING:

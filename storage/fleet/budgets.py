@@ -62,14 +62,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
-from urllib.parse import unquote
 
 from redis.asyncio import Redis
 
+from router_core.periods import RESETTING, BudgetPeriod, period_bounds, period_label
 from router_core.spend import SpendRefusal
 from storage import keys
 from storage.connections import as_text
-from storage.periods import RESETTING, BudgetPeriod, period_bounds, period_label
+from storage.fleet._budget_scripts import REBUILD, RELEASE, RESERVE, SETTLE
+from storage.fleet.budget_scopes import (
+    KINDS,
+    batch_scope,
+    check_scope,
+    end_user_scope,
+    eval_scope,
+    owner_scope,
+    parse_scope,
+    readable_scope,
+    tenant_scope,
+    user_scope,
+)
 from storage.sql.evals import EVAL_USER
 from storage.sql.store import Store
 
@@ -89,219 +101,11 @@ __all__ = [
     "user_scope",
 ]
 
-_KINDS = ("user:", "end_user:", "tenant:", "batch:", "eval:")
-# Scopes named by two names, tenant first: `<kind>:<tenant>/<name>`.
-_PAIRED = ("user", "end_user")
-_SCOPE_FORMS = (
-    "user:<tenant>/<user>, end_user:<tenant>/<end user>, tenant:<tenant>, eval:<tenant> or batch:<id>"
-)
-
-
 _BUDGET_PREFIX = keys.budget("")
 _HOLDS_PREFIX = keys.job_holds("")
 _MICRO = Decimal(1_000_000)
 # The ledger stores cost_usd as Numeric(20, 10): a charge is rounded as it is stored, then to micros.
 _LEDGER_QUANTUM = Decimal("1e-10")
-
-# Drops one hold: its amount leaves `reserved` in each of its scopes and, when settling, the real
-# cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
-# cluster: the scripts may touch keys they were not passed).
-_LUA_DROP = """
-local function drop(holds, open, job, field, prefix, cost)
-  local hold = redis.call('HGET', holds, field)
-  if not hold then return 0 end
-  local h = cjson.decode(hold)
-  local minus = string.format('%d', -h.amount_micro)
-  for _, scope in ipairs(h.scopes) do
-    redis.call('HINCRBY', prefix .. scope, 'reserved', minus)
-    if cost then redis.call('HINCRBY', prefix .. scope, 'spent', cost) end
-  end
-  -- The period counters of when the hold was taken: the call counts in that period, even once the
-  -- next one has begun. A counter already expired is not made again (it would never expire).
-  for _, counter in ipairs(h.periods or {}) do
-    local key = prefix .. counter
-    if redis.call('EXISTS', key) == 1 then
-      redis.call('HINCRBY', key, 'reserved', minus)
-      if cost then redis.call('HINCRBY', key, 'spent', cost) end
-    end
-  end
-  redis.call('HDEL', holds, field)
-  -- The job holds nothing any more: it leaves the index the sweeper reads.
-  if redis.call('EXISTS', holds) == 0 then redis.call('ZREM', open, job) end
-  return 1
-end
-"""
-
-# KEYS: [1] lifetime caps hash, [2] the job's holds hash, [3] the open-holds index, [4..6] the daily,
-# weekly and monthly caps hashes, then per scope four counters: lifetime, this day's, this week's,
-# this month's. ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, [4] job id, [5]
-# time, [6..8] how long this day's, week's and month's counters live (s: until the period's end and
-# its grace, by this process's clock, which Redis's need not match), then per scope: name,
-# default lifetime cap in micro-dollars ('' = no cap). Every cap of every scope must have room, or
-# nothing is taken. Returns 1 (held), 0 (already held) or the refusing cap's {scope name, spent,
-# reserved, cap, period index: 0 lifetime, 1 daily, 2 weekly, 3 monthly}.
-_RESERVE = """
-local caps, holds, open, field, amount = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
-if redis.call('HEXISTS', holds, field) == 1 then return 0 end
-local scopes = (#KEYS - 6) / 4
-for s = 0, scopes - 1 do
-  local name, first = ARGV[9 + s * 2], 7 + s * 4
-  for p = 0, 3 do
-    local cap
-    if p == 0 then
-      cap = redis.call('HGET', caps, name) or ARGV[10 + s * 2]
-    else
-      cap = redis.call('HGET', KEYS[3 + p], name) or ''
-    end
-    if cap ~= '' then
-      local v = redis.call('HMGET', KEYS[first + p], 'spent', 'reserved')
-      local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-      if spent + reserved + amount > tonumber(cap) then
-        return {name, string.format('%d', spent), string.format('%d', reserved), cap, p}
-      end
-    end
-  end
-end
-for s = 0, scopes - 1 do
-  local first = 7 + s * 4
-  redis.call('HINCRBY', KEYS[first], 'reserved', ARGV[2])
-  for p = 1, 3 do
-    redis.call('HINCRBY', KEYS[first + p], 'reserved', ARGV[2])
-    redis.call('EXPIRE', KEYS[first + p], ARGV[5 + p])
-  end
-end
-redis.call('HSET', holds, field, ARGV[3])
-redis.call('ZADD', open, 'NX', ARGV[5], ARGV[4])  -- scored by the job's oldest hold
-return 1
-"""
-
-# KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] hold field, [2] budget key
-# prefix, [3] job id.
-_RELEASE = (
-    _LUA_DROP
-    + """
-return drop(KEYS[1], KEYS[2], ARGV[3], ARGV[1], ARGV[2], nil)
-"""
-)
-
-# KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] budget key prefix, [2] job
-# id, then pairs: hold field, real cost (micro-dollars). Returns how many holds were settled (those
-# already gone are skipped).
-_SETTLE = (
-    _LUA_DROP
-    + """
-local settled = 0
-for i = 3, #ARGV, 2 do
-  settled = settled + drop(KEYS[1], KEYS[2], ARGV[2], ARGV[i], ARGV[1], ARGV[i + 1])
-end
-return settled
-"""
-)
-
-# KEYS: holds hashes (found by SCAN). ARGV: [1] budget key prefix, then pairs: scope, spent
-# (micro-dollars). Sets every scope's spent and, from the holds present now, its reserved; a scope
-# only a hold names gets spent 0. Returns the scopes written.
-_REBUILD = """
-local prefix = ARGV[1]
-local spent, reserved, order = {}, {}, {}
-for i = 2, #ARGV, 2 do
-  spent[ARGV[i]] = ARGV[i + 1]
-  order[#order + 1] = ARGV[i]
-end
-for _, holds in ipairs(KEYS) do
-  for _, hold in ipairs(redis.call('HVALS', holds)) do
-    local h = cjson.decode(hold)
-    for _, scope in ipairs(h.scopes) do
-      if not spent[scope] then
-        spent[scope] = '0'
-        order[#order + 1] = scope
-      end
-      reserved[scope] = (reserved[scope] or 0) + h.amount_micro
-    end
-  end
-end
-for _, scope in ipairs(order) do
-  redis.call('HSET', prefix .. scope, 'spent', spent[scope],
-    'reserved', string.format('%d', reserved[scope] or 0))
-end
-return order
-"""
-
-
-def user_scope(tenant: str, user: str) -> str:
-    """The budget scope of one user of one tenant: `user:<tenant>/<user>`, each name a `key_part`."""
-    return f"user:{keys.key_part(tenant)}/{keys.key_part(user)}"
-
-
-def end_user_scope(tenant: str, end_user: str) -> str:
-    """The budget scope of one end user of one tenant (a request's `user` field):
-    `end_user:<tenant>/<end user>`, each name a `key_part`."""
-    return f"end_user:{keys.key_part(tenant)}/{keys.key_part(end_user)}"
-
-
-def tenant_scope(tenant: str) -> str:
-    """The budget scope of a whole tenant: `tenant:<tenant>`, the name a `key_part`."""
-    return f"tenant:{keys.key_part(tenant)}"
-
-
-def eval_scope(tenant: str) -> str:
-    """The budget scope of a tenant's evaluations (judge calls, reference runs): `eval:<tenant>`."""
-    return f"eval:{keys.key_part(tenant)}"
-
-
-def _owner_scope(tenant: str, user: str) -> str:
-    """Who pays among a tenant's spenders: its user, or for `EVAL_USER` its evaluation scope."""
-    return eval_scope(tenant) if user == EVAL_USER else user_scope(tenant, user)
-
-
-def batch_scope(batch_id: str) -> str:
-    """The budget scope of one batch: `batch:<batch_id>`, the id a `key_part`."""
-    return f"batch:{keys.key_part(batch_id)}"
-
-
-def parse_scope(text: str) -> str:
-    """The scope an operator typed (`readable_scope`'s form), as `user_scope` & co. build it.
-
-    Names are written as they are, except that percent escapes are decoded: in a user or end-user
-    scope the tenant and the name are split at the one `/`, so a `/` inside either name is written
-    `%2F` (and a `%` that could be read as an escape `%25`).
-
-    Raises:
-        ValueError: not `user:<tenant>/<user>`, `end_user:<tenant>/<end user>`, `tenant:<tenant>`
-            or `batch:<id>`, or a name is empty.
-    """
-    kind, colon, rest = text.partition(":")
-    names = rest.split("/") if kind in _PAIRED else [rest]
-    singles = ("tenant", "batch", "eval")
-    if not colon or kind not in (*_PAIRED, *singles) or len(names) != (2 if kind in _PAIRED else 1):
-        raise ValueError(
-            f"not a budget scope: {text!r}; use {_SCOPE_FORMS}"
-            " (write a '/' inside a tenant, user or end user name as %2F)"
-        )
-    decoded = [unquote(name) for name in names]
-    if not all(decoded):
-        raise ValueError(f"not a budget scope: {text!r}; a name is empty")
-    if kind == "user":
-        return user_scope(*decoded)
-    if kind == "end_user":
-        return end_user_scope(*decoded)
-    if kind == "eval":
-        return eval_scope(decoded[0])
-    return tenant_scope(decoded[0]) if kind == "tenant" else batch_scope(decoded[0])
-
-
-def readable_scope(scope: str) -> str:
-    """A scope as operators read and type it (`parse_scope` reads it back): names decoded.
-
-    Only what `parse_scope` would misread stays escaped: a `%` and, in a user or end-user scope, a `/`.
-    """
-    kind, _, rest = scope.partition(":")
-    parts = rest.split("/") if kind in _PAIRED else [rest]
-    shown = []
-    for part in parts:
-        name = keys.name_of_key_part(part).replace("%", "%25")
-        shown.append(name.replace("/", "%2F") if kind in _PAIRED else name)
-    return f"{kind}:{'/'.join(shown)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,10 +168,10 @@ class Budgets:
         self._default_user_cap = None if default_user_cap_usd is None else _cap_micro(default_user_cap_usd)
         self._now = now
         self.zone = zone
-        self._reserve = redis.register_script(_RESERVE)
-        self._release = redis.register_script(_RELEASE)
-        self._settle = redis.register_script(_SETTLE)
-        self._rebuild = redis.register_script(_REBUILD)
+        self._reserve = redis.register_script(RESERVE)
+        self._release = redis.register_script(RELEASE)
+        self._settle = redis.register_script(SETTLE)
+        self._rebuild = redis.register_script(REBUILD)
 
     def guard(
         self,
@@ -383,7 +187,7 @@ class Budgets:
         """The `SpendGuard` of one run of one job: its calls count against its user, tenant and batch,
         and its request's end user when it names one (no cap unless an operator set one). An
         evaluation job (`EVAL_USER`) counts against `eval:<tenant>` instead of a user scope."""
-        owner = _owner_scope(tenant, user)
+        owner = owner_scope(tenant, user)
         defaults = {
             owner: None if user == EVAL_USER else self._default_user_cap,
             tenant_scope(tenant): None,
@@ -432,7 +236,7 @@ class Budgets:
         """A scope's spend, holds and cap over its life, or in the `period` holding `at` (epoch s;
         default now: the current one). A lifetime cap may be a default (for a batch, only a cap set
         with `set_cap` is seen: its own is in SQL); a period cap is one set with `set_cap`."""
-        _check_scope(scope)
+        check_scope(scope)
         start = end = None
         counter = scope
         if period is not BudgetPeriod.LIFETIME:
@@ -463,7 +267,7 @@ class Budgets:
         A new period cap counts what the scope spent in the period so far: every call adds to the
         counters of its day, week and month whether or not a cap is set on them.
         """
-        _check_scope(scope)
+        check_scope(scope)
         async with self._redis.pipeline(transaction=False) as pipe:
             if cap_usd is None:
                 pipe.hdel(keys.budget_caps(period), scope)
@@ -543,7 +347,7 @@ class Budgets:
         holds_keys = [k async for k in self._scan(_HOLDS_PREFIX + "*")]
         async for key in self._scan(_BUDGET_PREFIX + "*"):
             scope = key.removeprefix(_BUDGET_PREFIX)
-            if scope.startswith(_KINDS) and not _is_period_counter(scope):  # not caps, not a period's
+            if scope.startswith(KINDS) and not _is_period_counter(scope):  # not caps, not a period's
                 spent.setdefault(scope, 0)
         args: list[str] = [_BUDGET_PREFIX]
         for scope, micro in spent.items():
@@ -643,7 +447,7 @@ async def _ledger_spent(store: Store) -> dict[str, int]:
     spent: dict[str, int] = {}
     for owner in await store.ledger.micro_spent_by_owner():
         scopes = [
-            _owner_scope(owner.tenant, owner.user),
+            owner_scope(owner.tenant, owner.user),
             tenant_scope(owner.tenant),
             batch_scope(owner.batch_id),
         ]
@@ -666,18 +470,6 @@ def _period_counter(scope: str, period: BudgetPeriod, start: datetime) -> str:
 def _is_period_counter(name: str) -> bool:
     """True for `_period_counter` names, false for scopes (whose names past the kind have no `:`)."""
     return ":" in name.partition(":")[2]
-
-
-def _check_scope(scope: str) -> None:
-    """A scope as `user_scope` & co. build it: its names encoded, one `/` in a user or end-user scope."""
-    kind, _, rest = scope.partition(":")
-    paired = kind in _PAIRED
-    names = rest.split("/") if paired else [rest]
-    if not scope.startswith(_KINDS) or not all(names) or len(names) != (2 if paired else 1):
-        raise ValueError(
-            f"not a budget scope: {scope!r}; use {_SCOPE_FORMS}"
-            " (build it with user_scope, end_user_scope, tenant_scope, batch_scope or parse_scope)"
-        )
 
 
 def _hold_micro(usd: float) -> int:

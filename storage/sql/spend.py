@@ -6,7 +6,7 @@ or a run replayed, cannot add a second row, so every sum here counts each call o
 half-open, `since <= created_at < until`. A tenant sees only its own rows; `tenant=None` (operators)
 sees every tenant's.
 
-Periods are the budgets' (`storage.periods`): local midnights in the fleet's zone, weeks from
+Periods are the budgets' (`router_core.periods`): local midnights in the fleet's zone, weeks from
 Monday. Each charge is put in its period by a CASE over the periods' starts (computed in Python with
 `zoneinfo`, sent as UTC times), so SQLite and PostgreSQL bucket alike, daylight saving included.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, literal_column, select
 
-from storage.periods import BudgetPeriod, period_starts
+from router_core.periods import BudgetPeriod, period_starts
 from storage.sql.schema import attempts, jobs, ledger
 from storage.sql.store import Store
 
