@@ -22,6 +22,7 @@ from fakeredis import FakeAsyncRedis
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from rich.console import Console
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from producer.cli import admin, app
@@ -34,8 +35,10 @@ from storage.fleet.budgets import Budgets, ScopeUsage, tenant_scope, user_scope
 from storage.jobs import FailureCode, JobStatus, NewJob
 from storage.settings import Settings
 from storage.sql.spend import spend_per_period
-from tests.backends import REDIS_ENV, open_backend, service_url
+from storage.sql.store import Store
+from tests.backends import DATABASE_ENV, REDIS_ENV, open_backend, service_url
 from tests.conftest import deployment, make_catalog
+from tests.test_budgets import charge, new_jobs
 
 NY = ZoneInfo("America/New_York")
 DAILY, WEEKLY, MONTHLY = BudgetPeriod.DAILY, BudgetPeriod.WEEKLY, BudgetPeriod.MONTHLY
@@ -365,3 +368,56 @@ def test_a_window_of_too_many_periods_is_refused() -> None:
     assert len(period_starts(MONTHLY, since, until, UTC)) == 72
     with pytest.raises(ValueError, match="more than 1000 daily periods: shorten it"):
         period_starts(DAILY, since, until, UTC)
+
+
+@pytest.fixture
+async def store(redis: Redis, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """SQLite beside fakeredis, PostgreSQL beside a real Redis."""
+    if request.node.callspec.params["redis"] == "redis":
+        opened = await Store.open(service_url(DATABASE_ENV))
+        async with opened.engine.begin() as conn:
+            tables = "eval_results, eval_runs, feedback, cache_vectors, ledger, attempts, jobs, batches"
+            await conn.execute(text(f"TRUNCATE {tables}"))
+    else:
+        opened = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_rebuild_restores_the_current_periods_from_the_ledger(redis: Redis, store: Store) -> None:
+    b = Budgets(redis, default_user_cap_usd=None, zone=NY)  # the real clock: the ledger's rows are now
+    first, second = await new_jobs(store, "acme", "alice", 2)
+    await charge(store, b, first, "0.1", "0.2")
+    live = b.guard(job_id=second.id, run=1, tenant="acme", user="alice", batch_id=second.batch_id)
+    assert await live.reserve(1, "dep-x", 0.05) is None  # a call in flight: held, not in the ledger
+
+    async def counters(scope: str) -> list[tuple[float, float]]:
+        return [((u := await b.usage(scope, p)).spent_usd, u.reserved_usd) for p in (DAILY, WEEKLY, MONTHLY)]
+
+    def counter(scope: str, period: BudgetPeriod) -> str:
+        return f"{scope}:{period.value}:{period_label(period_bounds(period, time.time(), NY)[0])}"
+
+    assert await counters(ALICE) == [(0.3, 0.05)] * 3
+    monthly, daily = counter(ALICE, MONTHLY), counter(ALICE, DAILY)
+    old = f"{ALICE}:monthly:2020-01-01"  # a past month: the rebuild leaves it be
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.budget(monthly), mapping={"spent": "999", "reserved": "777"})
+        pipe.delete(keys.budget(daily))
+        pipe.hset(keys.budget(old), mapping={"spent": "5000", "reserved": "0"})
+        await pipe.execute()
+
+    written = await b.rebuild_periods_from_ledger(store)
+
+    assert await counters(ALICE) == [(0.3, 0.05)] * 3
+    assert (written[monthly], written[daily], written[counter(tenant_scope("acme"), WEEKLY)]) == (
+        0.3,
+        0.3,
+        0.3,
+    )
+    assert await redis.hget(keys.budget(old), "spent") == b"5000"  # type: ignore[misc]
+    assert 0 < await redis.ttl(keys.budget(daily)) <= 86400 + 3600 + keys.BUDGET_PERIOD_GRACE_S
+    assert await b.rebuild_periods_from_ledger(store) == written  # right counters stay right
+    assert await b.settle(second.id, {"1:1": 0.01}) == 1
+    assert (await b.usage(ALICE, MONTHLY)).spent_usd == 0.31

@@ -301,7 +301,8 @@ def unset(scope: ScopeArg, period: PeriodOption = BudgetPeriod.LIFETIME) -> None
 
 @budget_app.command()
 def rebuild() -> None:
-    """Recompute every scope's spend in Redis from the SQL ledger (run while workers are idle)."""
+    """Recompute every scope's spend in Redis from the SQL ledger, over its life and in the current
+    day, week and month (run while workers are idle)."""
     from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
     from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
 
@@ -310,11 +311,16 @@ def rebuild() -> None:
     async def go(redis: Redis) -> None:
         store = await Store.open(settings.database_url)
         try:
-            spent = await _budgets(redis, settings).rebuild_from_ledger(store)
+            budgets = _budgets(redis, settings)
+            spent = await budgets.rebuild_from_ledger(store)
+            periods = await budgets.rebuild_periods_from_ledger(store)
         finally:
             await store.close()
         for scope, usd in sorted(spent.items()):
             console.print(f"{escape(readable_scope(scope))}: spent ${usd:.4f}")
-        console.print(f"{len(spent)} scopes rebuilt from the ledger")
+        console.print(
+            f"{len(spent)} scopes rebuilt from the ledger, and {len(periods)} counters of the current day, "
+            "week and month"
+        )
 
     execute(_with_redis(settings, go))

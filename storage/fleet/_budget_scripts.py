@@ -7,7 +7,7 @@ cluster: the scripts may touch keys they were not passed).
 
 from __future__ import annotations
 
-__all__ = ["REBUILD", "RELEASE", "RESERVE", "SETTLE"]
+__all__ = ["REBUILD", "REBUILD_PERIODS", "RELEASE", "RESERVE", "SETTLE"]
 
 # Drops one hold: its amount leaves `reserved` in each of its scopes and, when settling, the real
 # cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
@@ -129,6 +129,49 @@ end
 for _, scope in ipairs(order) do
   redis.call('HSET', prefix .. scope, 'spent', spent[scope],
     'reserved', string.format('%d', reserved[scope] or 0))
+end
+return order
+"""
+
+# KEYS: holds hashes (found by SCAN). ARGV: [1] budget key prefix, [2..4] the suffixes of the current
+# day's, week's and month's counters (`:daily:2026-11-30`), [5..7] how long each lives (s), then
+# triples: counter, spent (micro-dollars), period index (1 daily, 2 weekly, 3 monthly). Sets each
+# counter's spent and, from the holds present now that name it, its reserved; a current counter only
+# a hold names gets spent 0; counters of past periods are left alone. Returns the counters written.
+REBUILD_PERIODS = """
+local prefix = ARGV[1]
+local spent, reserved, period, order = {}, {}, {}, {}
+for i = 8, #ARGV, 3 do
+  spent[ARGV[i]] = ARGV[i + 1]
+  period[ARGV[i]] = tonumber(ARGV[i + 2])
+  order[#order + 1] = ARGV[i]
+end
+local function current(counter)
+  for p = 1, 3 do
+    local suffix = ARGV[1 + p]
+    if string.sub(counter, -#suffix) == suffix then return p end
+  end
+  return nil
+end
+for _, holds in ipairs(KEYS) do
+  for _, hold in ipairs(redis.call('HVALS', holds)) do
+    local h = cjson.decode(hold)
+    for _, counter in ipairs(h.periods or {}) do
+      local p = current(counter)
+      if p then
+        if not spent[counter] then
+          spent[counter], period[counter] = '0', p
+          order[#order + 1] = counter
+        end
+        reserved[counter] = (reserved[counter] or 0) + h.amount_micro
+      end
+    end
+  end
+end
+for _, counter in ipairs(order) do
+  redis.call('HSET', prefix .. counter, 'spent', spent[counter],
+    'reserved', string.format('%d', reserved[counter] or 0))
+  redis.call('EXPIRE', prefix .. counter, ARGV[4 + period[counter]])
 end
 return order
 """

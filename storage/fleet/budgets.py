@@ -69,7 +69,7 @@ from router_core.periods import RESETTING, BudgetPeriod, period_bounds, period_l
 from router_core.spend import SpendRefusal
 from storage import keys
 from storage.connections import as_text
-from storage.fleet._budget_scripts import REBUILD, RELEASE, RESERVE, SETTLE
+from storage.fleet._budget_scripts import REBUILD, REBUILD_PERIODS, RELEASE, RESERVE, SETTLE
 from storage.fleet.budget_scopes import (
     KINDS,
     batch_scope,
@@ -172,6 +172,7 @@ class Budgets:
         self._release = redis.register_script(RELEASE)
         self._settle = redis.register_script(SETTLE)
         self._rebuild = redis.register_script(REBUILD)
+        self._rebuild_periods = redis.register_script(REBUILD_PERIODS)
 
     def guard(
         self,
@@ -355,6 +356,36 @@ class Budgets:
         written: list[Any] = await self._rebuild(keys=holds_keys, args=args)
         return {scope: spent.get(scope, 0) / 1e6 for scope in map(as_text, written)}
 
+    async def rebuild_periods_from_ledger(self, store: Store) -> dict[str, float]:
+        """Reset the counters of the current day, week and month of every scope from the ledger's
+        charges recorded in each (and `reserved` from the holds naming them); past periods' counters
+        are left as they are. Returns the spent (USD) of every counter written, by its name
+        (`<scope>:<period>:<start>`). Run it while workers are idle, as `rebuild_from_ledger`.
+
+        A charge counts in the period of its ledger row (the run's commit), where the live counters
+        count it in the period of its hold: a call held before midnight and committed after it moves
+        to the new period.
+        """
+        now = self._now()
+        bounds = [period_bounds(period, now, self.zone) for period in RESETTING]
+        suffixes = [
+            f":{p.value}:{period_label(start)}" for p, (start, _) in zip(RESETTING, bounds, strict=True)
+        ]
+        args = [_BUDGET_PREFIX, *suffixes]
+        args += [str(math.ceil(end.timestamp() - now) + keys.BUDGET_PERIOD_GRACE_S) for _, end in bounds]
+        for index, (period, (start, end)) in enumerate(zip(RESETTING, bounds, strict=True), start=1):
+            spent = await _ledger_spent(store, since=start, until=end)
+            async for key in self._scan(_BUDGET_PREFIX + "*" + suffixes[index - 1]):
+                scope = key.removeprefix(_BUDGET_PREFIX).removesuffix(suffixes[index - 1])
+                if scope.startswith(KINDS) and not _is_period_counter(scope):
+                    spent.setdefault(scope, 0)
+            for scope, micro in spent.items():
+                args += [_period_counter(scope, period, start), str(micro), str(index)]
+        holds_keys = [k async for k in self._scan(_HOLDS_PREFIX + "*")]
+        written: list[Any] = await self._rebuild_periods(keys=holds_keys, args=args)
+        spent_of = dict(zip(args[7::3], args[8::3], strict=True))
+        return {counter: int(spent_of.get(counter, 0)) / 1e6 for counter in map(as_text, written)}
+
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
         async for key in self._redis.scan_iter(match=pattern, count=1000):
             yield as_text(key)
@@ -441,11 +472,13 @@ class JobSpendGuard:
         )
 
 
-async def _ledger_spent(store: Store) -> dict[str, int]:
+async def _ledger_spent(
+    store: Store, *, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, int]:
     """Micro-dollars charged per user (or eval), end user, tenant and batch scope, from one read of
-    the ledger."""
+    the ledger (of the charges recorded in `[since, until)` when given)."""
     spent: dict[str, int] = {}
-    for owner in await store.ledger.micro_spent_by_owner():
+    for owner in await store.ledger.micro_spent_by_owner(since=since, until=until):
         scopes = [
             owner_scope(owner.tenant, owner.user),
             tenant_scope(owner.tenant),
