@@ -47,8 +47,18 @@ reserved user `EVAL_USER` ("routeq-eval"), and count against `eval:<tenant>` *in
 scope, so evaluations are capped apart from the users' traffic (`routeq budget set eval:acme 1.00`;
 no cap until one is set) while the tenant's and the batch's caps still cover them.
 
+Periods (`router_core.periods`): besides its lifetime counters (`routeq:budget:<scope>`) each scope
+has counters of the current day, week and month (`routeq:budget:<scope>:<period>:<local start
+date>`), in the zone the fleet is configured with. Every hold adds to all of them, capped or not, so a
+period cap set mid-period sees the period's spend; caps per period live in
+`routeq:budget:caps:<period>` and reserve checks each cap of each scope. A new period is a new key:
+it starts from zero with no reset job, and the old one expires two days after its end. The hold
+names the period counters it was taken in, and release and settle move those: a call held at 23:59
+on January 31st counts in January, whenever it settles (a counter already expired is skipped).
+
 The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
-`Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
+`Budgets.rebuild_from_ledger` (lifetime) and `rebuild_periods_from_ledger` (the current periods)
+restore them after a Redis loss or a manual change.
 """
 
 from __future__ import annotations
