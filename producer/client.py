@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,11 +24,11 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from producer.inputs import MAX_CUSTOM_ID_LENGTH, LineError, ParsedInput, unstorable_values
+from producer.inputs import LineError, ParsedInput
+from producer.storable import check_storable
 from producer.strategy_defaults import StrategyDefaults
 from router_core.catalog import Catalog, load_catalog
-from router_core.errors import InvalidRequestError, NoRouteError, RouteqError
-from router_core.limits import RequestLimits
+from router_core.errors import NoRouteError, RouteqError
 from router_core.models import ChatRequest, Plan
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
@@ -97,12 +96,15 @@ class Client:
         owns_connections: bool = False,
         notifier: Notifier | None = None,
         strategies: StrategyDefaults | None = None,
+        api_key_id: str | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
         self.settings = settings
         self.tenant = tenant or settings.tenant
         self.user = user or settings.user
+        # Recorded on every job this client submits (the API's clients: spend per key); None: no key.
+        self.api_key_id = api_key_id
         # What this client may read: its own tenant's jobs and batches, or every tenant's (operators).
         self.scope: TenantScope = ANY_TENANT if all_tenants else self.tenant
         self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
@@ -240,7 +242,7 @@ class Client:
         Raises:
             InvalidRequestError: `name` or `budget_usd` cannot be stored.
         """
-        _check_storable([], name, budget_usd, self.settings.request_limits())
+        check_storable([], name, budget_usd, self.settings.request_limits())
         resolve = await self.strategies.resolver(self.tenant)
         progress = SubmitProgress()
         lines = iter(chunks)
@@ -379,10 +381,10 @@ class Client:
         resolve = await self.strategies.resolver(self.tenant)
         if len(items) < _CHECK_IN_THREAD:
             items = _resolved(items, resolve)
-            _check_storable(items, name, budget_usd, limits)
+            check_storable(items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
             items = await asyncio.to_thread(_resolved, items, resolve)
-            await asyncio.to_thread(_check_storable, items, name, budget_usd, limits)
+            await asyncio.to_thread(check_storable, items, name, budget_usd, limits)
         return await self.store.batches.create(
             items,
             tenant=self.tenant,
@@ -394,6 +396,7 @@ class Client:
             api=api,
             idempotency=idempotency,
             expires_at=expires_at,
+            api_key_id=self.api_key_id,
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:
@@ -565,36 +568,3 @@ def _unfinished(line: int) -> dict[str, Any]:
         "(yet, or ever if the submitting process stopped: then submit them again)",
         "custom_id": None,
     }
-
-
-def _check_storable(
-    items: Sequence[NewJob], name: str | None, budget_usd: float | None, limits: RequestLimits
-) -> None:
-    """Refuse, before anything is written, what the database would refuse or should never hold.
-
-    The CLI and the API check their input line by line; this is the same check for callers of the
-    Python client, so a bad value is an `InvalidRequestError` naming it, never a failed transaction
-    that reads like a database outage (and loses the batch's good requests with it).
-
-    Raises:
-        InvalidRequestError: naming the item and field at fault.
-    """
-    if budget_usd is not None and not (math.isfinite(budget_usd) and budget_usd >= 0):
-        raise InvalidRequestError(f"must be a finite number >= 0, got {budget_usd}", field="budget_usd")
-    for problem in unstorable_values(name, "name"):
-        raise InvalidRequestError(problem)
-    for index, item in enumerate(items):
-        where = f"items[{index}]"
-        if not item.custom_id or len(item.custom_id) > MAX_CUSTOM_ID_LENGTH:
-            raise InvalidRequestError(
-                f"must be 1 to {MAX_CUSTOM_ID_LENGTH} characters long", field=f"{where}.custom_id"
-            )
-        problems = [
-            *unstorable_values(item.custom_id, f"{where}.custom_id"),
-            *unstorable_values(
-                item.request.model_dump(mode="python", exclude_defaults=True), f"{where}.request"
-            ),
-            *(f"{where}.request.{field}: {message}" for field, message in limits.problems(item.request)),
-        ]
-        if problems:
-            raise InvalidRequestError("; ".join(problems))

@@ -284,6 +284,7 @@ class JobRecord:
     cache_source: str | None = None  # a cache hit: the job whose provider answer it reused
     cache_similarity: float | None = None  # a semantic hit's similarity (None: exact)
     saved_usd: Decimal | None = None  # a hit: what its source's calls cost, not paid again
+    api_key_id: str | None = None  # the API key that submitted it (None: the CLI or Python client)
 
     @property
     def terminal(self) -> bool:

@@ -258,7 +258,7 @@ async def create_batch(
         raise ApiError(400, "; ".join(problems), param="metadata")
     key = idempotency_key(idempotency, "/v1/batches", body.model_dump(mode="json"), ctx.settings)
     await admit(ctx, principal)
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
         await client.enqueue(earlier)  # what a Redis error left unqueued the first time
         return await _batch(ctx, earlier.batch_id, principal.tenant)

@@ -162,7 +162,7 @@ async def chat_completions(
     limits = await admit(
         ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens)
     )
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     key = idempotency_key(idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings)
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
     created = await client.create_single(request, stream=body.stream, idempotency=key)

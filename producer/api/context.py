@@ -54,7 +54,11 @@ class ApiContext:
     notifier: Notifier = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
+        self.budgets = Budgets(
+            self.redis,
+            default_user_cap_usd=self.settings.default_user_budget_usd,
+            zone=self.settings.budget_zone(),
+        )
         self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
         self.notifier = Notifier(self.redis)
         self.relay = StreamRelay(self.redis, notifier=self.notifier)
@@ -67,8 +71,9 @@ class ApiContext:
         self.rules = InputRules.from_settings(self.settings, self.catalog)
         self.strategies = StrategyDefaults(self.store, self.settings.default_strategy)
 
-    def client(self, tenant: str, user: str) -> Client:
-        """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""
+    def client(self, tenant: str, user: str, api_key_id: str | None = None) -> Client:
+        """A client that submits and reads as `tenant`/`user` (it shares the app's connections); the
+        jobs it submits record `api_key_id`, the caller's key (None in dev mode)."""
         return Client(
             self.redis,
             self.store,
@@ -77,6 +82,7 @@ class ApiContext:
             user=user,
             notifier=self.notifier,
             strategies=self.strategies,
+            api_key_id=api_key_id,
         )
 
 

@@ -93,7 +93,7 @@ async def create_job(
         raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
     request = allowed_request(item.request, principal, ctx.catalog)
     await admit(ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens))
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     key = idempotency_key(idempotency, "/v1/jobs", fields, ctx.settings)
     created = await client.create_single(request, custom_id=body.custom_id or "request", idempotency=key)
     job_id = created.job_ids[0]

@@ -175,7 +175,7 @@ async def create_message_batch(
     # The body's hash stands for it: a retry sends the same bytes, and 16 MiB need not be re-encoded.
     key = idempotency_key(idempotency, _ROUTE, hashlib.sha256(raw).hexdigest(), ctx.settings)
     await admit(ctx, principal)
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
         await client.enqueue(earlier)  # what a Redis error left unqueued the first time
         return await _answer(ctx, await _message_batch(ctx, earlier.batch_id, principal.tenant))

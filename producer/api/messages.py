@@ -67,7 +67,7 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
         raise ApiError(400, "the body is not JSON", code="invalid_request") from None
     chat, stream = message_request(body, ctx, principal)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     if stream:
         created = await client.create_single(chat, stream=True)
         job_id = created.job_ids[0]

@@ -10,6 +10,7 @@ planning.py   plan (route without running)
 evals.py      eval (reference sets scored on named deployments)
 replay.py     replay (a batch re-planned under other strategies)
 serving.py    serve, keys ...
+spend.py      spend (per user, API key or batch, from the ledger)
 tenants.py    tenant show, set-default-strategy
 fleet.py      workers, queue: who works and what waits
 reporting.py  what the commands show: the progress bar, status and summary tables
@@ -34,6 +35,7 @@ from producer.cli import (
     quality,
     replay,
     serving,
+    spend,
     tenants,
     tools,
     workers,
@@ -90,6 +92,7 @@ for command in (
 ):
     app.command()(command)
 app.command(name="eval")(evals.run_eval)
+app.command(name="spend")(spend.spend)
 app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")

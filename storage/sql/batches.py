@@ -79,6 +79,7 @@ class Batches:
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
         expires_at: datetime | None = None,
+        api_key_id: str | None = None,
     ) -> CreatedBatch:
         """Insert a batch and all its jobs (status `queued`) in one transaction.
 
@@ -95,7 +96,7 @@ class Batches:
         """
         now = self._db.now()
         batch_id = new_id("batch")
-        owner = JobOwner(batch_id, tenant, user_id, now)
+        owner = JobOwner(batch_id, tenant, user_id, now, api_key_id)
         rows = job_rows(await _encoded(items), owner, self._db.engine.dialect)
         batch_row = {
             "id": batch_id,

@@ -148,6 +148,9 @@ jobs = Table(
     Column("cache_source", String(40)),
     Column("cache_similarity", Float),
     Column("saved_usd", _Money),
+    # The API key that submitted the job (chat, jobs, batches; migration 0017): spend per key.
+    # NULL for jobs the CLI or the Python client submitted, which use no key.
+    Column("api_key_id", String(40)),
     Column("created_at", _Time, nullable=False),
     Column("started_at", _Time),
     Column("finished_at", _Time),
