@@ -222,6 +222,14 @@ async def test_pages_show_a_finished_batch(ui: Ui) -> None:
         attempts = re.findall(r'<li class="attempt success" data-deployment="([^"]+)"', job)
         assert attempts == ["smart-c"]
         assert text_of(job, "answer")
+        unroutable = (await acme.get(f"/ui/jobs/{job_ids[2]}")).text
+        assert text_of(unroutable, "job-status") == "failed"
+        assert sorted(re.findall(r'<li class="exclusion" data-deployment="([^"]+)"', unroutable)) == [
+            "cheap-a",
+            "fast-b",
+            "smart-c",
+        ]
+        assert "NoRouteError" in text_of(unroutable, "answer")
         assert text_of(job, "job-cost").startswith("$")
 
         listing = (await acme.get("/ui/batches")).text
@@ -252,7 +260,11 @@ async def test_pages_show_a_finished_batch(ui: Ui) -> None:
         assert 'id="cache"' in analytics
         assert 'id="quality"' in analytics
 
+        await ui.ctx.budgets.set_cap("end_user:acme/alice", 2.0)  # acme's: shown
+        await ui.ctx.budgets.set_cap("tenant:globex", 5.0)  # another tenant's: not shown
         budgets = (await acme.get("/ui/budgets")).text
+        assert 'data-scope="end_user:acme/alice"' in budgets
+        assert "globex" not in budgets
         assert 'data-scope="tenant:acme"' in budgets
         assert 'data-scope="user:acme/u1"' in budgets
 

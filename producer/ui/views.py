@@ -26,6 +26,7 @@ from storage.bus.events import EventBus
 from storage.bus.registry import WorkerEntry, queue_stats, registered_workers
 from storage.fleet.budgets import ScopeUsage, readable_scope, tenant_scope, user_scope
 from storage.jobs import BatchRecord, JobRecord, JobStatus
+from storage.keys import key_part
 from storage.sql.dashboard import (
     BatchDeployment,
     BatchFailure,
@@ -191,7 +192,8 @@ async def budget_rows(ctx: ApiContext, principal: Principal) -> list[tuple[str, 
     all of them), as (readable scope, usage)."""
     mine = [tenant_scope(principal.tenant), user_scope(principal.tenant, principal.user)]
     capped = await ctx.budgets.capped_usage()
-    by_scope = {usage.scope: usage for usage in capped if principal.operator or _owned(usage.scope, mine[0])}
+    name = key_part(principal.tenant)
+    by_scope = {usage.scope: usage for usage in capped if principal.operator or _owned(usage.scope, name)}
     for scope in mine:
         if scope not in by_scope:
             by_scope[scope] = await ctx.budgets.usage(scope)
@@ -199,11 +201,11 @@ async def budget_rows(ctx: ApiContext, principal: Principal) -> list[tuple[str, 
     return [(readable_scope(u.scope), u) for u in ordered]
 
 
-def _owned(scope: str, tenant: str) -> bool:
-    """Whether a scope is the tenant's (`tenant:<t>`, or a user, end user or evaluation scope of it)."""
-    name = tenant.partition(":")[2]
+def _owned(scope: str, tenant_part: str) -> bool:
+    """Whether a scope is the tenant's (`tenant:<t>`, or a user, end user or evaluation scope of it);
+    `tenant_part` is the tenant's name as a key part (`keys.key_part`), as scopes hold it."""
     kind, _, rest = scope.partition(":")
-    return kind in {"user", "end_user", "eval", "tenant"} and rest.partition("/")[0] == name
+    return kind in {"user", "end_user", "eval", "tenant"} and rest.partition("/")[0] == tenant_part
 
 
 async def workers(ctx: ApiContext) -> tuple[list[WorkerEntry], float]:
