@@ -119,12 +119,19 @@ def test_run_serve_keeps_the_embedded_stack_up_in_dev_mode(tmp_path: Path) -> No
         assert job["status"] == "succeeded"
         assert job["attempts"][0]["simulated"] is True
         assert httpx2.get(f"{url}/ready", timeout=10).json()["status"] == "ready"
+        # The dashboard, without signing in (dev mode): / leads to it, and the batch just run is listed.
+        home = httpx2.get(f"{url}/", timeout=10, follow_redirects=True)
+        assert home.status_code == 200
+        assert str(home.url) == f"{url}/ui"
+        batches = httpx2.get(f"{url}/ui/batches", timeout=10).text
+        assert ">2/2<" in batches
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 130, output  # the conventional exit status of Ctrl-C
     assert "Traceback" not in output
     assert "dev mode without keys" in output
+    assert f"Dashboard: {url}/ui" in output
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
 
 

@@ -2,6 +2,7 @@
 
     /v1/chat/completions                      OpenAI-compatible, plain or streamed    (chat.py)
     /v1/messages                              Anthropic-compatible                    (messages.py)
+    /v1/messages/batches                      the Anthropic Message Batches API       (message_batches.py)
     /v1/files, /v1/batches                    the OpenAI Batch API                    (batches.py)
     /v1/jobs, /v1/batches/{id}/jobs, events   routeq's own jobs and SSE events        (jobs.py)
     /v1/cache/stats, /v1/cache/clear, /v1/cache/policy   the response cache           (cache.py)
@@ -9,7 +10,9 @@
     /v1/providers, /v1/admin/..., /health, /ready                                     (ops.py)
     /v1/analytics, /metrics                   SQL analytics, Prometheus               (observe.py)
     /v1/spend                                 spend per user, key or batch            (spend.py)
+    /v1/tenant/settings                       the tenant's default strategy           (tenant.py)
     /docs, /openapi.json                      OpenAPI
+    /ui (and / redirecting there)             the web dashboard                       (producer/ui)
 
 The app meets the workers only through Redis (queue, events, relayed streams, fleet state) and SQL.
 """
@@ -28,6 +31,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from producer import ui
 from producer.api import (
     batches,
     cache,
@@ -103,20 +107,10 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    for module in (
-        chat,
-        messages,
-        message_batches,
-        batches,
-        jobs,
-        cache,
-        quality,
-        ops,
-        observe,
-        tenant,
-        spend,
-    ):
+    routers = (chat, messages, message_batches, batches, jobs, cache, quality, ops, observe, tenant, spend)
+    for module in routers:
         app.include_router(module.router)
+    app.include_router(ui.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -175,6 +175,7 @@ async def _serve(embedded: Embedded, settings: Settings, port: int, console: Con
     console.print(
         f"HTTP API on http://127.0.0.1:{port} (docs at /docs), dev mode without keys. Ctrl-C stops."
     )
+    console.print(f"Dashboard: http://127.0.0.1:{port}/ui")
     client = embedded.client
     stopped_by = await embedded.until(serve_app(dev, client.redis, client.store, host="127.0.0.1", port=port))
     return 0 if stopped_by is None else 128 + stopped_by

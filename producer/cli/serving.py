@@ -77,7 +77,7 @@ def serve(
             "[yellow]dev mode: no API keys are checked; every caller acts as "
             f"{settings.tenant}/{settings.user} with admin rights. Never expose this.[/yellow]"
         )
-    console.print(f"routeq API on http://{host}:{port} (docs at /docs)")
+    console.print(f"routeq API on http://{host}:{port} (dashboard at /ui, docs at /docs)")
     configure_logging(settings.log_format)  # uvicorn's lines too (log_config=None: no config of its own)
     uvicorn.run(
         create_app(settings), host=host, port=port, log_config=None, log_level="info", proxy_headers=False

@@ -269,6 +269,20 @@ class Batches:
             counts = await _status_counts(conn, batch_id)
         return BatchRecord.from_row(row._mapping, counts)
 
+    async def row(self, batch_id: str, *, tenant: TenantScope) -> BatchRecord:
+        """The batch without its job counts (`counts` is empty): one primary-key read, for a caller
+        that has the counts already (the dashboard reads them from the batch's progress in Redis).
+
+        Raises:
+            NotFoundError: no such batch, or it belongs to another tenant.
+        """
+        query = select(batches).where((batches.c.id == batch_id) & owned_by(batches.c.tenant, tenant))
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError("batch", batch_id)
+        return BatchRecord.from_row(row._mapping, {})
+
     async def token_usage(self, batch_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """Input and output tokens of every call each batch's jobs made (as the providers reported),
         in one query for a page of batches; (0, 0) for a batch with no call yet."""
@@ -295,10 +309,12 @@ class Batches:
         before: str | None = None,
         kind: str | None = None,
         limit: int = 20,
+        counts: bool = True,
     ) -> list[BatchRecord]:
         """The tenant's batches (of one `kind` if given), newest first. `after` is the last id of the
         previous page: the `limit` batches older than it; `before` the first id of the next page:
-        the `limit` batches newer than it, just before it.
+        the `limit` batches newer than it, just before it. Without `counts`, their job counts are left
+        empty (one query in all, for a caller that has them).
 
         Raises:
             NotFoundError: a cursor that is not one of the tenant's batches.
@@ -321,7 +337,12 @@ class Batches:
         query = query.order_by(*(o.asc() if before is not None else o.desc() for o in order)).limit(limit)
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
-            records = [BatchRecord.from_row(row._mapping, await _status_counts(conn, row.id)) for row in rows]
+            if not counts:
+                records = [BatchRecord.from_row(row._mapping, {}) for row in rows]
+            else:
+                records = [
+                    BatchRecord.from_row(row._mapping, await _status_counts(conn, row.id)) for row in rows
+                ]
         return records[::-1] if before is not None else records
 
     async def _cursor(self, batch_id: str, tenant: str) -> tuple[datetime, str]:

@@ -185,6 +185,18 @@ jobs = Table(
         postgresql_where=text(ANSWERED_JOBS),
         sqlite_where=text(ANSWERED_JOBS),
     ),
+    # A batch's jobs per status and deployment with their cost, latency and failovers (the dashboard's
+    # batch page, storage/sql/dashboard.py): one scan of the index alone (migration 0018). The figures
+    # are key columns, not INCLUDEd, so that SQLite's index covers the query too.
+    Index(
+        "ix_jobs_batch_breakdown",
+        "batch_id",
+        "status",
+        "deployment",
+        "cost_usd",
+        "latency_ms",
+        "failovers",
+    ),
 )
 
 attempts = Table(
@@ -233,6 +245,9 @@ ledger = Table(
     # The exactly-once guarantee: a redelivered or replayed run cannot bill the same call twice.
     UniqueConstraint("job_id", "run", "attempt_no"),
     Index(None, "tenant", "user_id", "created_at"),
+    # A batch's charges (`Ledger.billed`: its cost on the dashboard and in `routeq run`'s summary),
+    # summed from the index alone on both databases (migration 0018).
+    Index("ix_ledger_batch_id", "batch_id", "cost_usd"),
 )
 
 files = Table(
