@@ -33,6 +33,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:evals:beat            | string  | eval_interval_s (a lock)      | the judging worker    |
 | routeq:evals:cursor          | string  | permanent (small)             | the judging worker    |
 | routeq:evals:judged:<job_id> | string  | EVAL_JUDGED_TTL_S             | the judging worker    |
+| routeq:ui:session:<hash>     | string  | UI_SESSION_TTL_S              | the API (dashboard)   |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -80,6 +81,7 @@ __all__ = [
     "QUALITY_VERSION",
     "ROTATION",
     "SWEEPER",
+    "UI_SESSION_TTL_S",
     "WORKERS",
     "batch_events",
     "batch_progress",
@@ -105,6 +107,7 @@ __all__ = [
     "quality_tallies",
     "queue_wake_channel",
     "rate_bucket",
+    "ui_session",
 ]
 
 PREFIX = "routeq:"
@@ -131,6 +134,9 @@ QUALITY_TALLIES_TTL_S = 300
 EVAL_BEAT = PREFIX + "evals:beat"
 EVAL_CURSOR = PREFIX + "evals:cursor"
 EVAL_JUDGED_TTL_S = 30 * 24 * 3600
+# A dashboard sign-in (producer/ui/sessions.py) lasts this long; signing out or revoking its key
+# ends it sooner.
+UI_SESSION_TTL_S = 12 * 3600
 
 
 def key_part(name: str) -> str:
@@ -262,3 +268,8 @@ def rate_bucket(scope: str, kind: str) -> str:
 def eval_judged(job_id: str) -> str:
     """Set (NX) when `job_id` is sent to the judge, so it is sent once."""
     return f"{PREFIX}evals:judged:{job_id}"
+
+
+def ui_session(token_hash: str) -> str:
+    """A dashboard session (JSON: the API key's id, the CSRF token), under the SHA-256 of its cookie."""
+    return f"{PREFIX}ui:session:{token_hash}"

@@ -9,6 +9,7 @@
     /v1/providers, /v1/admin/..., /health, /ready                                     (ops.py)
     /v1/analytics, /metrics                   SQL analytics, Prometheus               (observe.py)
     /docs, /openapi.json                      OpenAPI
+    /ui (and / redirecting there)             the web dashboard                       (producer/ui)
 
 The app meets the workers only through Redis (queue, events, relayed streams, fleet state) and SQL.
 """
@@ -27,6 +28,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from producer import ui
 from producer.api import batches, cache, chat, jobs, messages, observe, ops, quality
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
@@ -92,6 +94,7 @@ def create_app(
     )
     for module in (chat, messages, batches, jobs, cache, quality, ops, observe):
         app.include_router(module.router)
+    app.include_router(ui.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

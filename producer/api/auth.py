@@ -20,8 +20,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
 from storage.fleet.ratelimits import UNLIMITED, RateLimits
+from storage.settings import Settings
+from storage.sql.api_keys import ApiKey
 
-__all__ = ["Admin", "Caller", "Operator", "Principal", "admin", "caller", "operator"]
+__all__ = [
+    "Admin",
+    "Caller",
+    "Operator",
+    "Principal",
+    "admin",
+    "caller",
+    "dev_principal",
+    "operator",
+    "principal_of",
+]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `routeq keys create`.")
 
@@ -38,6 +50,16 @@ class Principal:
     limits: RateLimits = UNLIMITED  # the key's own rate limits (producer/api/ratelimit.py)
 
 
+def principal_of(key: ApiKey) -> Principal:
+    """The principal an active API key stands for (the API's Bearer keys and the dashboard's sessions)."""
+    return Principal(key.tenant, key.user_id, key.admin, key.id, operator=key.operator, limits=key.limits)
+
+
+def dev_principal(settings: Settings) -> Principal:
+    """Dev mode's principal: the configured tenant/user, with admin and operator rights."""
+    return Principal(settings.tenant, settings.user, admin=True, key_id=None, operator=True)
+
+
 async def caller(
     request: Request,
     ctx: Ctx,
@@ -46,7 +68,7 @@ async def caller(
     """The request's principal; 401 without a valid key (unless in dev mode). The key comes as
     `Authorization: Bearer` (OpenAI clients) or `x-api-key` (Anthropic clients)."""
     if ctx.settings.api_dev_mode:
-        return Principal(ctx.settings.tenant, ctx.settings.user, admin=True, key_id=None, operator=True)
+        return dev_principal(ctx.settings)
     secret = credentials.credentials if credentials is not None else request.headers.get("x-api-key")
     if not secret:
         raise ApiError(
@@ -63,9 +85,7 @@ async def caller(
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = Principal(
-        key.tenant, key.user_id, key.admin, key.id, operator=key.operator, limits=key.limits
-    )
+    principal = principal_of(key)
     request.state.key_id = key.id  # for access logs: the key's id, never its secret
     return principal
 

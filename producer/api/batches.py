@@ -16,12 +16,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
-from producer.api.auth import Caller
+from producer.api.auth import Caller, Principal
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
@@ -33,7 +33,7 @@ from storage.errors import NotFoundError
 from storage.jobs import ApiBatch, BatchRecord, JobStatus, NewJob
 from storage.sql.files import FileRecord
 
-__all__ = ["batch_object", "router"]
+__all__ = ["BatchLines", "batch_lines", "batch_object", "batch_status", "cancel_queued", "router"]
 
 router = APIRouter(tags=["OpenAI Batch API"])
 
@@ -158,7 +158,19 @@ async def file_content(file_id: str, principal: Caller, ctx: Ctx) -> Response:
 async def _result_lines(ctx: ApiContext, file: FileRecord, *, errors: bool) -> AsyncIterator[bytes]:
     """The batch's output (succeeded jobs) or error (the rest, and rejected lines) file, as JSONL."""
     assert file.batch_id is not None  # a generated file always names its batch
-    batch_id, tenant = file.batch_id, file.tenant
+    async for line in batch_lines(ctx, file.batch_id, file.tenant, "errors" if errors else "output"):
+        yield line
+
+
+# Which of a batch's lines a download holds: every finished job, the succeeded ones (the output
+# file), or the rest and the rejected input lines (the error file).
+BatchLines = Literal["results", "output", "errors"]
+
+
+async def batch_lines(ctx: ApiContext, batch_id: str, tenant: str, kind: BatchLines) -> AsyncIterator[bytes]:
+    """A batch's finished jobs as output lines (JSONL, in input order): all of them (`results`), the
+    succeeded ones (`output`), or the others and the rejected input lines (`errors`)."""
+    errors = kind == "errors"
     if errors:
         batch = await ctx.store.batches.get(batch_id, tenant=tenant)
         for bad in batch.invalid_lines:
@@ -173,7 +185,7 @@ async def _result_lines(ctx: ApiContext, file: FileRecord, *, errors: bool) -> A
             }
             yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
     async for job in ctx.store.jobs.iter(batch_id, tenant=tenant, terminal_only=True):
-        if (job.status == JobStatus.SUCCEEDED) != errors:
+        if kind == "results" or (job.status == JobStatus.SUCCEEDED) != errors:
             yield (json.dumps(output_line(job), ensure_ascii=False) + "\n").encode()
 
 
@@ -182,7 +194,7 @@ def batch_object(batch: BatchRecord, tokens: tuple[int, int] = (0, 0)) -> dict[s
     input and output tokens its calls used (`Batches.token_usage`)."""
     failed_jobs = batch.counts.get(JobStatus.FAILED, 0) + batch.counts.get(JobStatus.CANCELLED, 0)
     rejected = len(batch.invalid_lines)
-    status = _status(batch)
+    status = batch_status(batch)
     created = int(batch.created_at.timestamp())
     ended = None if batch.completed_at is None else int(batch.completed_at.timestamp())
     terminal = status in {"completed", "failed", "cancelled", "expired"}
@@ -227,7 +239,8 @@ async def _batch(ctx: ApiContext, batch_id: str, tenant: str) -> dict[str, Any]:
     return batch_object(batch, (await ctx.store.batches.token_usage([batch_id]))[batch_id])
 
 
-def _status(batch: BatchRecord) -> str:
+def batch_status(batch: BatchRecord) -> str:
+    """The batch's status word as the OpenAI Batch API says it (`in_progress`, `completed`...)."""
     if batch.total == 0:
         return "failed"
     if batch.done < batch.total:
@@ -326,7 +339,17 @@ async def list_batches(
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch: queued lines stop, finished ones stay")
 async def cancel_batch(batch_id: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    await cancel_queued(ctx, principal, batch_id)
+    return await _batch(ctx, batch_id, principal.tenant)
+
+
+async def cancel_queued(ctx: ApiContext, principal: Principal, batch_id: str) -> None:
+    """Cancel the principal's batch (its queued jobs; running ones finish); a finished batch stays as it
+    is. The API's cancel route and the dashboard's cancel form both come here.
+
+    Raises:
+        NotFoundError: no such batch, or another tenant's.
+    """
     batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
     if batch.done < batch.total:
         await ctx.client(principal.tenant, principal.user).cancel(batch_id)
-    return await _batch(ctx, batch_id, principal.tenant)

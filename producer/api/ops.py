@@ -20,7 +20,7 @@ from router_core.simulated import simulated_ids
 from storage.bus.registry import registered_workers
 from storage.errors import NotFoundError
 
-__all__ = ["router"]
+__all__ = ["force_deployment", "provider_view", "router", "simulated_deployments"]
 
 router = APIRouter(tags=["Operations"])
 logger = logging.getLogger("routeq.api")
@@ -29,7 +29,7 @@ logger = logging.getLogger("routeq.api")
 _READY_TIMEOUT_S = 2.0
 
 
-async def _simulated(ctx: ApiContext) -> frozenset[str]:
+async def simulated_deployments(ctx: ApiContext) -> frozenset[str]:
     """The deployments the fleet serves from the simulated world.
 
     The workers decide (their ROUTEQ_SIMULATE and API keys, not the API's), and each says so in
@@ -47,7 +47,7 @@ async def _simulated(ctx: ApiContext) -> frozenset[str]:
     return frozenset().union(*told)
 
 
-def _provider_view(
+def provider_view(
     ctx: ApiContext, deployment_id: str, stats: DeploymentSnapshot, simulated: frozenset[str]
 ) -> dict[str, Any]:
     dep = ctx.catalog[deployment_id]
@@ -90,8 +90,8 @@ def _provider_view(
 async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
     ids = list(ctx.catalog)
     snapshot = await ctx.fleet.snapshot(ids)
-    simulated = await _simulated(ctx)
-    return {"object": "list", "data": [_provider_view(ctx, dep, snapshot[dep], simulated) for dep in ids]}
+    simulated = await simulated_deployments(ctx)
+    return {"object": "list", "data": [provider_view(ctx, dep, snapshot[dep], simulated) for dep in ids]}
 
 
 @router.post(
@@ -102,11 +102,21 @@ async def set_deployment_state(
 ) -> dict[str, Any]:
     """Fleet-wide, until set back to `auto`: workers see it on their next plan. Every tenant's
     calls are affected, so this takes an operator key, not a tenant's admin key."""
+    await force_deployment(ctx, deployment_id, body.state)
+    snapshot = await ctx.fleet.snapshot([deployment_id])
+    return provider_view(ctx, deployment_id, snapshot[deployment_id], await simulated_deployments(ctx))
+
+
+async def force_deployment(ctx: ApiContext, deployment_id: str, state: str) -> None:
+    """Force a deployment `down` or `up` for the whole fleet, or hand it back to its breaker (`auto`).
+    The API's admin route and the dashboard's operator form both come here.
+
+    Raises:
+        NotFoundError: the catalog has no such deployment.
+    """
     if deployment_id not in ctx.catalog:
         raise NotFoundError("deployment", deployment_id)
-    await ctx.fleet.force(deployment_id, None if body.state == "auto" else Forced(body.state))
-    snapshot = await ctx.fleet.snapshot([deployment_id])
-    return _provider_view(ctx, deployment_id, snapshot[deployment_id], await _simulated(ctx))
+    await ctx.fleet.force(deployment_id, None if state == "auto" else Forced(state))
 
 
 @router.get("/health", summary="Liveness: the process answers", tags=["Operations"])

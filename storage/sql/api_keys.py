@@ -136,6 +136,14 @@ class ApiKeys:
             return None
         return _record(row._mapping)
 
+    async def active(self, key_id: str) -> ApiKey | None:
+        """The key with this id if it is still active (not revoked), else None: a dashboard session
+        holds the key's id, never its secret, and is checked with this on every request."""
+        query = select(*_COLUMNS).where(api_keys.c.id == key_id)
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None or row.revoked_at is not None else _record(row._mapping)
+
     async def list(self, *, tenant: str | None = None) -> list[ApiKey]:
         query = select(*_COLUMNS).order_by(api_keys.c.created_at)
         if tenant is not None:

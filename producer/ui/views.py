@@ -1,0 +1,158 @@
+"""What each dashboard page shows, gathered from the same reads the API and the CLI use.
+
+Nothing here writes, and nothing reads more than a page: a batch's jobs come a page at a time by
+position (keyset, `Jobs.page`), its counts with the batch row (`Batches.get`), its per-deployment
+and failure tables from one GROUP BY each (storage/sql/dashboard.py), its cost from the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from producer.api.auth import Principal
+from producer.api.batches import batch_object, batch_status
+from producer.api.context import ApiContext
+from producer.api.ops import provider_view, simulated_deployments
+from storage.bus.registry import WorkerEntry, queue_stats, registered_workers
+from storage.fleet.budgets import ScopeUsage, readable_scope, tenant_scope, user_scope
+from storage.jobs import BatchRecord, JobRecord
+from storage.sql.dashboard import (
+    BatchDeployment,
+    BatchFailure,
+    batch_deployments,
+    batch_failures,
+    finished_since,
+    spent_since,
+)
+
+__all__ = [
+    "ENDED",
+    "BatchPage",
+    "batch_page",
+    "batch_snapshot",
+    "budget_rows",
+    "overview",
+    "providers",
+    "workers",
+]
+
+# A batch in one of these states changes no more: its live stream ends, its cancel form goes.
+ENDED = frozenset({"completed", "failed", "cancelled", "expired"})
+JOBS_PER_PAGE = 50
+_RATE_WINDOW_S = 60  # jobs per second: over the last minute
+
+
+def batch_snapshot(batch: BatchRecord, cost: Decimal) -> dict[str, Any]:
+    """The figures a batch's page shows and its live stream sends: the status word and counts as
+    GET /v1/batches/{id} says them, progress and cost."""
+    counts = batch_object(batch)["request_counts"]
+    status = batch_status(batch)
+    return {
+        "id": batch.id,
+        "status": status,
+        "total": counts["total"],
+        "completed": counts["completed"],
+        "failed": counts["failed"],
+        "done": batch.done,
+        "jobs": batch.total,
+        "cost_usd": float(cost),
+        "cancellable": batch.done < batch.total and batch.cancelled_at is None,
+        "ended": status in ENDED,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPage:
+    batch: BatchRecord
+    figures: dict[str, Any]
+    deployments: list[BatchDeployment]
+    failures: list[BatchFailure]
+    jobs: list[JobRecord]
+    next_after: int | None  # the `after` of the next page of jobs, if there is one
+
+
+async def batch_page(ctx: ApiContext, principal: Principal, batch_id: str, after: int) -> BatchPage:
+    """Everything the batch page shows. Raises `NotFoundError` for another tenant's batch."""
+    batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
+    cost, _calls = await ctx.store.ledger.billed(batch_id)
+    page = await ctx.store.jobs.page(
+        batch_id, tenant=principal.tenant, after_seq=after, limit=JOBS_PER_PAGE + 1
+    )
+    more = len(page) > JOBS_PER_PAGE
+    page = page[:JOBS_PER_PAGE]
+    return BatchPage(
+        batch=batch,
+        figures=batch_snapshot(batch, cost),
+        deployments=await batch_deployments(ctx.store, batch_id),
+        failures=await batch_failures(ctx.store, batch_id),
+        jobs=page,
+        next_after=page[-1].seq if more and page else None,
+    )
+
+
+async def overview(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
+    """The fleet at a glance: queue, workers, throughput, calls in flight, today's spend, circuits."""
+    now = time.time()
+    settings = ctx.settings
+    queue = await queue_stats(ctx.redis, settings.queue_name, now_ms=int(now * 1000))
+    registered = await registered_workers(ctx.redis)
+    live = [w for w in registered if w.is_live(job_lease_s=settings.job_lease_s, now=now)]
+    utc_now = datetime.now(UTC)
+    finished = await finished_since(ctx.store, principal.tenant, utc_now - timedelta(seconds=_RATE_WINDOW_S))
+    midnight = utc_now.replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = await providers(ctx)
+    return {
+        "queue": queue,
+        "workers": len(live),
+        "running": sum(w.running for w in live),
+        "jobs_per_s": finished / _RATE_WINDOW_S,
+        "in_flight": sum(row["in_flight"] for row in rows),
+        "spend_today": await spent_since(ctx.store, principal.tenant, midnight),
+        "providers": rows,
+        "recent": await ctx.store.batches.list(tenant=principal.tenant, limit=5),
+    }
+
+
+async def providers(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Every deployment as GET /v1/providers shows it, with the circuit word the page prints."""
+    ids = list(ctx.catalog)
+    snapshot = await ctx.fleet.snapshot(ids)
+    simulated = await simulated_deployments(ctx)
+    rows = []
+    for dep in ids:
+        view = provider_view(ctx, dep, snapshot[dep], simulated)
+        view["circuit_shown"] = f"forced {view['forced']}" if view["forced"] else view["circuit"]
+        limits = view["rate_limits"]
+        view["rpm_use"] = limits["requests_in_window"] / limits["rpm"] if limits["rpm"] else None
+        view["tpm_use"] = limits["tokens_in_window"] / limits["tpm"] if limits["tpm"] else None
+        rows.append(view)
+    return rows
+
+
+async def budget_rows(ctx: ApiContext, principal: Principal) -> list[tuple[str, ScopeUsage]]:
+    """The principal's tenant and user scopes and every scope with a cap it may see (an operator:
+    all of them), as (readable scope, usage)."""
+    mine = [tenant_scope(principal.tenant), user_scope(principal.tenant, principal.user)]
+    capped = await ctx.budgets.capped_usage()
+    by_scope = {usage.scope: usage for usage in capped if principal.operator or _owned(usage.scope, mine[0])}
+    for scope in mine:
+        if scope not in by_scope:
+            by_scope[scope] = await ctx.budgets.usage(scope)
+    ordered = sorted(by_scope.values(), key=lambda u: (u.scope not in mine, u.scope))
+    return [(readable_scope(u.scope), u) for u in ordered]
+
+
+def _owned(scope: str, tenant: str) -> bool:
+    """Whether a scope is the tenant's (`tenant:<t>`, or a user, end user or evaluation scope of it)."""
+    name = tenant.partition(":")[2]
+    kind, _, rest = scope.partition(":")
+    return kind in {"user", "end_user", "eval", "tenant"} and rest.partition("/")[0] == name
+
+
+async def workers(ctx: ApiContext) -> tuple[list[WorkerEntry], float]:
+    """Every registered worker (stale ones too: the page marks them) and the time they were read."""
+    return await registered_workers(ctx.redis), time.time()
