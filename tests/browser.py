@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -175,8 +176,13 @@ class LiveSite:
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T], what: str, timeout: float = WAIT_S) -> T:
-    """Wait until `condition(driver)` is truthy and return it; the failure says what was awaited."""
-    return WebDriverWait(driver, timeout, poll_frequency=_POLL_S).until(condition, f"waited for {what}")
+    """Wait until `condition(driver)` is truthy and return it; the failure says what was awaited.
+
+    An element that went stale (the page was replaced while it was read) is read again."""
+    waiting = WebDriverWait(
+        driver, timeout, poll_frequency=_POLL_S, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return waiting.until(condition, f"waited for {what}")
 
 
 def element(driver: WebDriver, css: str) -> WebElement:
@@ -188,8 +194,13 @@ def element(driver: WebDriver, css: str) -> WebElement:
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    """The visible text of the element `css` selects, stripped (waits until it exists)."""
-    return element(driver, css).text.strip()
+    """The visible text of the first element `css` selects, stripped (waits until there is one)."""
+
+    def read(d: WebDriver) -> list[str]:  # a list, so that an empty text is still found
+        found = d.find_elements(By.CSS_SELECTOR, css)
+        return [found[0].text.strip()] if found else []
+
+    return wait_for(driver, read, f"element {css!r} on {driver.current_url}")[0]
 
 
 def absent(driver: WebDriver, css: str) -> bool:
