@@ -34,6 +34,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:evals:cursor          | string  | permanent (small)             | the judging worker    |
 | routeq:evals:judged:<job_id> | string  | EVAL_JUDGED_TTL_S             | the judging worker    |
 | routeq:ui:session:<hash>     | string  | UI_SESSION_TTL_S              | the API (dashboard)   |
+| routeq:ui:batch:<batch_id>   | string  | UI_BATCH_SUMMARY_TTL_S        | the API (dashboard)   |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -81,6 +82,7 @@ __all__ = [
     "QUALITY_VERSION",
     "ROTATION",
     "SWEEPER",
+    "UI_BATCH_SUMMARY_TTL_S",
     "UI_SESSION_TTL_S",
     "WORKERS",
     "batch_events",
@@ -107,6 +109,7 @@ __all__ = [
     "quality_tallies",
     "queue_wake_channel",
     "rate_bucket",
+    "ui_batch_summary",
     "ui_session",
 ]
 
@@ -137,6 +140,9 @@ EVAL_JUDGED_TTL_S = 30 * 24 * 3600
 # A dashboard sign-in (producer/ui/sessions.py) lasts this long; signing out or revoking its key
 # ends it sooner.
 UI_SESSION_TTL_S = 12 * 3600
+# An ended batch's figures on its dashboard page (counts, per deployment, failures, cost) never change:
+# computed from SQL once, then kept this long, so a 100,000-job batch's page aggregates nothing.
+UI_BATCH_SUMMARY_TTL_S = 3600
 
 
 def key_part(name: str) -> str:
@@ -273,3 +279,8 @@ def eval_judged(job_id: str) -> str:
 def ui_session(token_hash: str) -> str:
     """A dashboard session (JSON: the API key's id, the CSRF token), under the SHA-256 of its cookie."""
     return f"{PREFIX}ui:session:{token_hash}"
+
+
+def ui_batch_summary(batch_id: str) -> str:
+    """An ended batch's figures as its dashboard page shows them (JSON), computed once from SQL."""
+    return f"{PREFIX}ui:batch:{batch_id}"

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from producer.api.auth import Principal
 from producer.api.context import ApiContext
-from producer.ui.views import batch_snapshot
+from producer.ui.views import batch_figures
 from storage.bus.events import EventBus
 from storage.errors import NotFoundError
 
@@ -34,12 +34,6 @@ def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-async def _snapshot(ctx: ApiContext, principal: Principal, batch_id: str) -> dict[str, Any]:
-    batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
-    cost, _calls = await ctx.store.ledger.billed(batch_id)
-    return batch_snapshot(batch, cost)
-
-
 def _event(data: dict[str, Any], kind: str = "snapshot") -> str:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -50,7 +44,7 @@ async def batch_stream(ctx: ApiContext, principal: Principal, batch_id: str) -> 
     after = "$"  # only what happens from now on wakes the loop; the first snapshot covers the past
     last: dict[str, Any] | None = None
     while True:
-        snapshot = await _snapshot(ctx, principal, batch_id)
+        snapshot = await batch_figures(ctx, principal, batch_id)
         if snapshot != last:
             yield _event(snapshot)
             last = snapshot
@@ -75,7 +69,7 @@ async def batches_stream(
         sent = False
         for batch_id in watching:
             try:
-                snapshot = await _snapshot(ctx, principal, batch_id)
+                snapshot = await batch_figures(ctx, principal, batch_id)
             except NotFoundError:
                 continue
             if snapshot != last.get(batch_id):

@@ -33,7 +33,15 @@ class BadForm(Exception):
 def _money(value: float | Decimal | None) -> str:
     if value is None:
         return "-"
-    amount = float(value)
+    return _dollars(float(value))
+
+
+def _dollars(amount: float) -> str:
+    """Money to the digit that matters: a simulated prompt costs millionths of a dollar."""
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) < 1:
+        return f"${amount:.6f}"
     return f"${amount:,.4f}" if abs(amount) < 100 else f"${amount:,.2f}"
 
 

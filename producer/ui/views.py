@@ -1,14 +1,16 @@
 """What each dashboard page shows, gathered from the same reads the API and the CLI use.
 
-Nothing here writes, and nothing reads more than a page: a batch's jobs come a page at a time by
-position (keyset, `Jobs.page`), its counts with the batch row (`Batches.get`), its per-deployment
-and failure tables from one GROUP BY each (storage/sql/dashboard.py), its cost from the ledger.
+Nothing here reads more than a page. A batch's page takes its figures from `summaries` (computed
+from SQL, kept in Redis once the batch ended) and its jobs a page at a time by position (keyset,
+`Jobs.page`). The live stream, which asks every second, takes the counts from the batch's progress
+counters in Redis (`routeq:progress:<id>`, SQL's when Redis has lost them) and the cost from its
+budget scope.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,21 +19,18 @@ from producer.api.auth import Principal
 from producer.api.batches import batch_object, batch_status
 from producer.api.context import ApiContext
 from producer.api.ops import provider_view, simulated_deployments
+from producer.ui.summaries import batch_cost, batch_summary
+from storage.bus.events import EventBus
 from storage.bus.registry import WorkerEntry, queue_stats, registered_workers
 from storage.fleet.budgets import ScopeUsage, readable_scope, tenant_scope, user_scope
-from storage.jobs import BatchRecord, JobRecord
-from storage.sql.dashboard import (
-    BatchDeployment,
-    BatchFailure,
-    batch_deployments,
-    batch_failures,
-    finished_since,
-    spent_since,
-)
+from storage.jobs import BatchRecord, JobRecord, JobStatus
+from storage.sql.dashboard import BatchDeployment, BatchFailure, finished_since, spent_since
 
 __all__ = [
     "ENDED",
     "BatchPage",
+    "batch_counted",
+    "batch_figures",
     "batch_page",
     "batch_snapshot",
     "budget_rows",
@@ -75,10 +74,32 @@ class BatchPage:
     next_after: int | None  # the `after` of the next page of jobs, if there is one
 
 
+async def batch_counted(ctx: ApiContext, principal: Principal, batch_id: str) -> BatchRecord:
+    """The principal's batch with its counts: from its progress counters in Redis while they hold
+    its total, else from SQL. Raises `NotFoundError` for another tenant's batch."""
+    batch = await ctx.store.batches.row(batch_id, tenant=principal.tenant)
+    progress = await EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s).counts(batch_id)
+    if batch.submitting or progress.total != batch.total:  # expired, lost, or not all in yet
+        return await ctx.store.batches.get(batch_id, tenant=principal.tenant)
+    counts = {
+        JobStatus.SUCCEEDED: progress.succeeded,
+        JobStatus.FAILED: progress.failed,
+        JobStatus.CANCELLED: progress.cancelled,
+    }
+    return replace(batch, counts=counts)
+
+
+async def batch_figures(ctx: ApiContext, principal: Principal, batch_id: str) -> dict[str, Any]:
+    """The batch's live snapshot (`batch_snapshot`)."""
+    batch = await batch_counted(ctx, principal, batch_id)
+    return batch_snapshot(batch, await batch_cost(ctx, batch_id))
+
+
 async def batch_page(ctx: ApiContext, principal: Principal, batch_id: str, after: int) -> BatchPage:
     """Everything the batch page shows. Raises `NotFoundError` for another tenant's batch."""
-    batch = await ctx.store.batches.get(batch_id, tenant=principal.tenant)
-    cost, _calls = await ctx.store.ledger.billed(batch_id)
+    batch = await ctx.store.batches.row(batch_id, tenant=principal.tenant)
+    summary = await batch_summary(ctx, batch)
+    batch = replace(batch, counts=summary.counts)
     page = await ctx.store.jobs.page(
         batch_id, tenant=principal.tenant, after_seq=after, limit=JOBS_PER_PAGE + 1
     )
@@ -86,9 +107,9 @@ async def batch_page(ctx: ApiContext, principal: Principal, batch_id: str, after
     page = page[:JOBS_PER_PAGE]
     return BatchPage(
         batch=batch,
-        figures=batch_snapshot(batch, cost),
-        deployments=await batch_deployments(ctx.store, batch_id),
-        failures=await batch_failures(ctx.store, batch_id),
+        figures=batch_snapshot(batch, summary.cost_usd),
+        deployments=summary.deployments,
+        failures=summary.failures,
         jobs=page,
         next_after=page[-1].seq if more and page else None,
     )

@@ -259,6 +259,20 @@ class Batches:
             counts = await _status_counts(conn, batch_id)
         return BatchRecord.from_row(row._mapping, counts)
 
+    async def row(self, batch_id: str, *, tenant: TenantScope) -> BatchRecord:
+        """The batch without its job counts (`counts` is empty): one primary-key read, for a caller
+        that has the counts already (the dashboard reads them from the batch's progress in Redis).
+
+        Raises:
+            NotFoundError: no such batch, or it belongs to another tenant.
+        """
+        query = select(batches).where((batches.c.id == batch_id) & owned_by(batches.c.tenant, tenant))
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError("batch", batch_id)
+        return BatchRecord.from_row(row._mapping, {})
+
     async def token_usage(self, batch_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """Input and output tokens of every call each batch's jobs made (as the providers reported),
         in one query for a page of batches; (0, 0) for a batch with no call yet."""

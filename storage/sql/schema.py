@@ -178,6 +178,15 @@ jobs = Table(
         postgresql_where=text(ANSWERED_JOBS),
         sqlite_where=text(ANSWERED_JOBS),
     ),
+    # A batch's jobs per status and deployment with their cost, latency and failovers (the dashboard's
+    # batch page, storage/sql/dashboard.py): on PostgreSQL one scan of the index alone (migration 0020).
+    Index(
+        "ix_jobs_batch_breakdown",
+        "batch_id",
+        "status",
+        "deployment",
+        postgresql_include=["cost_usd", "latency_ms", "failovers"],
+    ),
 )
 
 attempts = Table(
@@ -226,6 +235,9 @@ ledger = Table(
     # The exactly-once guarantee: a redelivered or replayed run cannot bill the same call twice.
     UniqueConstraint("job_id", "run", "attempt_no"),
     Index(None, "tenant", "user_id", "created_at"),
+    # A batch's charges (`Ledger.billed`: its cost on the dashboard and in `routeq run`'s summary),
+    # summed from the index alone on PostgreSQL (migration 0020).
+    Index(None, "batch_id", postgresql_include=["cost_usd"]),
 )
 
 files = Table(

@@ -13,7 +13,10 @@
     el.className = "pill " + status;
   }
 
+  // As the server writes money (producer/ui/rendering.py): millionths below a dollar.
   function money(value) {
+    if (value === 0) { return "$0.00"; }
+    if (Math.abs(value) < 1) { return "$" + value.toFixed(6); }
     return Math.abs(value) < 100 ? "$" + value.toFixed(4) : "$" + value.toFixed(2);
   }
 
