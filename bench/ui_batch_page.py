@@ -9,10 +9,18 @@ row for every provider call and a ledger row for every billed one. Another tenan
 20,000 jobs) sits next to it, so every query has to pick the batch's rows out of more.
 
 `routeq serve` (its own process, as in production) then serves the store; the bench signs in with
-an API key (POST /ui/login, the `routeq_session` cookie) and times, over one keep-alive connection:
-the batch page (--requests times, after 3 unmeasured), and its jobs' second page (the page's
-a#next-page: keyset paging). Prints the median and p95 of each per store, and exits 1 if a batch
-page's median is over the goal (issue 16: 300 ms on this machine).
+an API key (POST /ui/login, the `routeq_session` cookie) and times, over one keep-alive connection,
+the batch page (--requests times, after 3 unmeasured) and its jobs' second page (the page's
+a#next-page: keyset paging), in each state of the batch:
+
+    running            every job finished, the batch not yet marked complete: as for a running
+                       batch, its figures are aggregated over all its rows on every view
+    running, vacuumed  (PostgreSQL) the same after VACUUM ANALYZE, as autovacuum soon leaves it
+    ended              marked complete: its figures are computed once and kept in Redis
+
+Prints the median and p95 of each, and exits 1 if a batch page's median is over the goal
+(issue 16: 300 ms on this machine). --reuse measures the batch an earlier run left in the store
+(PostgreSQL, or --sqlite-path) instead of seeding again.
 
 Stores: a fresh SQLite file in a temporary directory, and PostgreSQL at --database-url (default
 ROUTEQ_BENCH_DATABASE_URL or postgresql+asyncpg://postgres@127.0.0.1:5432/routeq_bench_ui; the
@@ -183,7 +191,6 @@ def _finishing(batch_id: str, now: datetime, dialect: str) -> list[Executable]:
         )
     statements += _attempt_rows(mine, when)
     statements.append(_ledger_rows(mine, when, dialect))
-    statements.append(update(batches).where(batches.c.id == batch_id).values(completed_at=when))
     return statements
 
 
@@ -331,8 +338,12 @@ def _serve(redis_url: str, database_url: str, port: int) -> subprocess.Popen[byt
 
 
 async def measure(label: str, database_url: str, args: argparse.Namespace) -> list[Timings]:
-    """Seed (or reuse) the store, serve it, and time its pages; on PostgreSQL a second time after
-    VACUUM ANALYZE (what autovacuum soon does to a finished batch: index-only scans need it)."""
+    """Seed (or reuse) the store, serve it, and time its pages in each state of the batch.
+
+    First with every job finished but the batch not yet marked complete (as a running batch, its
+    figures are aggregated over its 100,000 rows on every view); on PostgreSQL again after VACUUM
+    ANALYZE (what autovacuum soon does: index-only scans need the visibility map); then once it
+    is marked complete (an ended batch's figures are computed once and kept)."""
     batch_id, secret, seed_s = await _prepared(label, database_url, args)
     redis = await connect_redis(Settings(_env_file=None, redis_url=args.redis_url))
     await redis.flushdb()
@@ -343,10 +354,14 @@ async def measure(label: str, database_url: str, args: argparse.Namespace) -> li
     try:
         await wait_for_port(port, server)
         browser.sign_in(secret)
-        timings.append(_time_pages(browser, label, batch_id, seed_s, args))
+        timings.append(_time_pages(browser, f"{label}, running", batch_id, seed_s, args))
         if database_url.startswith("postgresql"):
-            await _vacuum(database_url)
-            timings.append(_time_pages(browser, f"{label}, vacuumed", batch_id, seed_s, args))
+            await _maintain(database_url, "VACUUM ANALYZE jobs, ledger, attempts, batches")
+            timings.append(_time_pages(browser, f"{label}, running, vacuumed", batch_id, seed_s, args))
+        await _maintain(
+            database_url, f"UPDATE batches SET completed_at = CURRENT_TIMESTAMP WHERE id = '{batch_id}'"
+        )
+        timings.append(_time_pages(browser, f"{label}, ended", batch_id, seed_s, args))
     finally:
         browser.close()
         server.terminate()
@@ -396,6 +411,8 @@ async def _prepared(label: str, database_url: str, args: argparse.Namespace) -> 
             )
         else:
             print(f"{label}: reusing batch {batch_id}")
+            async with store.engine.begin() as conn:  # not ended again
+                await conn.execute(update(batches).where(batches.c.id == batch_id).values(completed_at=None))
         _, secret = await store.api_keys.create(tenant=TENANT, user_id="u1")
     finally:
         await store.close()
@@ -409,11 +426,12 @@ async def _existing(store: Store, n: int) -> str | None:
         return (await conn.execute(query)).scalars().first()
 
 
-async def _vacuum(database_url: str) -> None:
-    engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")  # VACUUM: no transaction
+async def _maintain(database_url: str, statement: str) -> None:
+    """Run one statement outside a transaction (VACUUM needs that)."""
+    engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
-            await conn.execute(text("VACUUM ANALYZE jobs, ledger, attempts, batches"))
+            await conn.execute(text(statement))
     finally:
         await engine.dispose()
 
@@ -437,7 +455,7 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
 
 
 def report(timings: list[Timings]) -> bool:
-    """Print the figures; True when every store met the goal."""
+    """Print the figures; True when every batch page's median met the goal."""
     met_all = True
     print(f"GET /ui/batches/{{id}} of a {timings[0].jobs:,}-job batch, signed in, one keep-alive connection:")
     for t in timings:
@@ -445,12 +463,13 @@ def report(timings: list[Timings]) -> bool:
         next_median, next_p95 = _quantiles(t.next_ms)
         met = median <= GOAL_MS
         met_all &= met
+        print(f"   {t.store}:")
         print(
-            f"   {t.store:<11} batch page  median {median:6.1f} ms   p95 {p95:6.1f} ms   "
+            f"      batch page   median {median:6.1f} ms   p95 {p95:6.1f} ms   "
             f"(goal median <= {GOAL_MS:.0f} ms: {'met' if met else 'NOT met'})"
         )
         print(
-            f"   {'':<11} jobs page 2 median {next_median:6.1f} ms   p95 {next_p95:6.1f} ms   "
+            f"      jobs page 2  median {next_median:6.1f} ms   p95 {next_p95:6.1f} ms   "
             "(a#next-page: keyset)"
         )
     return met_all
