@@ -19,7 +19,9 @@ from fastapi.responses import StreamingResponse
 from producer.api.auth import Principal
 from producer.api.context import ApiContext
 from producer.ui.views import batch_figures
+from storage import keys
 from storage.bus.events import EventBus
+from storage.connections import as_text
 from storage.errors import NotFoundError
 
 __all__ = ["batch_stream", "batches_stream", "event_stream"]
@@ -41,7 +43,9 @@ def _event(data: dict[str, Any], kind: str = "snapshot") -> str:
 async def batch_stream(ctx: ApiContext, principal: Principal, batch_id: str) -> AsyncIterator[str]:
     """Snapshots of one batch until it ends (the caller checked that the batch is the principal's)."""
     bus = EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s)
-    after = "$"  # only what happens from now on wakes the loop; the first snapshot covers the past
+    # Only what happens after the first snapshot wakes the loop: the snapshot covers the past.
+    last_event = await ctx.redis.xrevrange(keys.batch_events(batch_id), count=1)
+    after = as_text(last_event[0][0]) if last_event else "0-0"
     last: dict[str, Any] | None = None
     while True:
         snapshot = await batch_figures(ctx, principal, batch_id)

@@ -142,8 +142,10 @@ async def batches(
     request: Request, session: UiSession, ctx: Ctx, after: Annotated[str | None, Query(max_length=64)] = None
 ) -> HTMLResponse:
     tenant = session.principal.tenant
-    found = await ctx.store.batches.list(tenant=tenant, after=after, limit=views.JOBS_PER_PAGE + 1)
-    shown = found[: views.JOBS_PER_PAGE]
+    found = await ctx.store.batches.list(
+        tenant=tenant, after=after, limit=views.JOBS_PER_PAGE + 1, counts=False
+    )
+    shown = await views.counted(ctx, found[: views.JOBS_PER_PAGE])
     more = len(found) > views.JOBS_PER_PAGE
     rows = [views.batch_snapshot(b, Decimal(0)) | {"created_at": b.created_at, "name": b.name} for b in shown]
     watch = ",".join(row["id"] for row in rows if not row["ended"])

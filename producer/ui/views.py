@@ -9,6 +9,7 @@ budget scope.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ __all__ = [
     "batch_page",
     "batch_snapshot",
     "budget_rows",
+    "counted",
     "overview",
     "providers",
     "workers",
@@ -75,18 +77,32 @@ class BatchPage:
 
 
 async def batch_counted(ctx: ApiContext, principal: Principal, batch_id: str) -> BatchRecord:
-    """The principal's batch with its counts: from its progress counters in Redis while they hold
-    its total, else from SQL. Raises `NotFoundError` for another tenant's batch."""
+    """The principal's batch with its counts (`counted`). Raises `NotFoundError` for another
+    tenant's batch."""
     batch = await ctx.store.batches.row(batch_id, tenant=principal.tenant)
-    progress = await EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s).counts(batch_id)
-    if batch.submitting or progress.total != batch.total:  # expired, lost, or not all in yet
-        return await ctx.store.batches.get(batch_id, tenant=principal.tenant)
-    counts = {
-        JobStatus.SUCCEEDED: progress.succeeded,
-        JobStatus.FAILED: progress.failed,
-        JobStatus.CANCELLED: progress.cancelled,
-    }
-    return replace(batch, counts=counts)
+    return (await counted(ctx, [batch]))[0]
+
+
+async def counted(ctx: ApiContext, found: list[BatchRecord]) -> list[BatchRecord]:
+    """Batches read without counts, with them: from each one's progress counters in Redis while they
+    hold its total, else from SQL (an ended batch's from its figures, computed once and kept)."""
+    bus = EventBus(ctx.redis, retention_s=ctx.settings.event_retention_s)
+    progress = await asyncio.gather(*(bus.counts(batch.id) for batch in found))
+    out = []
+    for batch, known in zip(found, progress, strict=True):
+        if batch.completed_at is not None and known.total != batch.total:  # counters expired
+            out.append(replace(batch, counts=(await batch_summary(ctx, batch)).counts))  # kept once read
+            continue
+        if batch.submitting or known.total != batch.total:  # lost, or not all in yet
+            out.append(await ctx.store.batches.get(batch.id, tenant=batch.tenant))
+            continue
+        counts = {
+            JobStatus.SUCCEEDED: known.succeeded,
+            JobStatus.FAILED: known.failed,
+            JobStatus.CANCELLED: known.cancelled,
+        }
+        out.append(replace(batch, counts=counts))
+    return out
 
 
 async def batch_figures(ctx: ApiContext, principal: Principal, batch_id: str) -> dict[str, Any]:
@@ -134,7 +150,9 @@ async def overview(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
         "in_flight": sum(row["in_flight"] for row in rows),
         "spend_today": await spent_since(ctx.store, principal.tenant, midnight),
         "providers": rows,
-        "recent": await ctx.store.batches.list(tenant=principal.tenant, limit=5),
+        "recent": await counted(
+            ctx, await ctx.store.batches.list(tenant=principal.tenant, limit=5, counts=False)
+        ),
     }
 
 
