@@ -11,6 +11,7 @@ before any job has run, whatever the machine's speed.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from router_core.catalog import Catalog
 from router_core.models import ChatRequest, Message
 from storage.jobs import CreatedBatch, JobStatus, NewJob
 from storage.sql.schema import attempts, jobs
-from tests.browser import LiveSite, absent, element, open_chromium, text_of, wait_for
+from tests.browser import LiveSite, absent, element, open_chromium, require_browser, text_of, wait_for
 from tests.conftest import TRIO, deployment, make_catalog
 
 # Each sim deployment answers after its latency, so a batch on a worker running four jobs at a
@@ -57,6 +58,7 @@ class Keys:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSite]:
+    require_browser()  # before starting anything
     live = LiveSite(tmp_path_factory.mktemp("site"), _catalog(), worker_concurrency=4)
     live.start()
     try:
@@ -293,7 +295,8 @@ def test_cancelling_a_running_batch(site: LiveSite, keys: Keys, browser: WebDriv
     created = _open_batch(browser, site, acme, [_job(f"c-{i}", "slow-f") for i in range(40)])
     wait_for(browser, lambda d: _count(d, "#count-completed") >= 1, "the first job to finish")
     # Without the session's CSRF token, the same POST is refused.
-    forged = _fetch(browser, f"/ui/batches/{created.batch_id}/cancel", method="POST", body="", headers=_FORM)
+    action = element(browser, "#cancel-form").get_attribute("action") or ""
+    forged = _fetch(browser, action, method="POST", body="", headers=_FORM)
     assert forged["status"] == 403
     assert text_of(browser, "#batch-status") == "in_progress"
     element(browser, "#cancel-batch").click()
@@ -403,3 +406,17 @@ def test_a_job_page_shows_its_plan_and_attempts(
     assert ["error" in timeline[0], "success" in timeline[1]] == [True, True]
     assert text_of(browser, "#job-cost")
     assert text_of(browser, "#answer")
+
+
+def test_the_fleet_pages_show_their_figures(site: LiveSite, keys: Keys, browser: WebDriver) -> None:
+    browser.get(f"{site.url}/")  # / leads to the dashboard
+    wait_for(browser, lambda d: "/ui" in d.current_url, "the redirect from / to the dashboard")
+    sign_in(browser, site, keys.operator)
+    browser.get(f"{site.url}/ui/workers")
+    # The site's worker runs in this process: its row names this pid.
+    assert [str(os.getpid()) in cells for cells in _rows(browser, "#workers")] == [True]
+    browser.get(f"{site.url}/ui/analytics")
+    for figure in ("svg#cost-chart", "table#latency", "#failovers", "#cache", "#quality"):
+        element(browser, figure)
+    browser.get(f"{site.url}/ui/budgets")
+    element(browser, "table#budgets")
