@@ -24,15 +24,14 @@ def stacked_bars(
     width, height, left, bottom, top = 720, 240, 56, 28, 12
     totals = [sum(values[i] for values in series.values()) for i in range(len(columns))]
     peak = max(totals, default=0.0)
-    full_height = height + 24 * _legend_rows(series)
+    empty = not columns or peak <= 0
+    full_height = 48 if empty else height + 24 * _legend_rows(series)
     parts = [
         f'<svg id="{escape(svg_id)}" class="chart" viewBox="0 0 {width} {full_height}" '
         f'role="img" aria-label="{escape(svg_id)}">'
     ]
-    if not columns or peak <= 0:
-        parts.append(
-            f'<text x="{width / 2}" y="{height / 2}" class="empty" text-anchor="middle">no data yet</text>'
-        )
+    if empty:
+        parts.append(f'<text x="{width / 2}" y="28" class="empty" text-anchor="middle">no data yet</text>')
         return Markup("".join(parts) + "</svg>")
     plot_w, plot_h = width - left - 8, height - bottom - top
     step = plot_w / len(columns)

@@ -20,12 +20,19 @@ from producer.api.auth import Principal
 from producer.api.batches import batch_object, batch_status
 from producer.api.context import ApiContext
 from producer.api.ops import provider_view, simulated_deployments
+from producer.ui import charts
 from producer.ui.summaries import batch_cost, batch_summary
 from storage.bus.events import EventBus
 from storage.bus.registry import WorkerEntry, queue_stats, registered_workers
 from storage.fleet.budgets import ScopeUsage, readable_scope, tenant_scope, user_scope
 from storage.jobs import BatchRecord, JobRecord, JobStatus
-from storage.sql.dashboard import BatchDeployment, BatchFailure, finished_since, spent_since
+from storage.sql.dashboard import (
+    BatchDeployment,
+    BatchFailure,
+    finished_per_minute,
+    finished_since,
+    spent_since,
+)
 
 __all__ = [
     "ENDED",
@@ -45,6 +52,7 @@ __all__ = [
 ENDED = frozenset({"completed", "failed", "cancelled", "expired"})
 JOBS_PER_PAGE = 50
 _RATE_WINDOW_S = 60  # jobs per second: over the last minute
+_TREND_MINUTES = 30  # and its sparkline: per minute, over the last half hour
 
 
 def batch_snapshot(batch: BatchRecord, cost: Decimal) -> dict[str, Any]:
@@ -140,6 +148,11 @@ async def overview(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
     live = [w for w in registered if w.is_live(job_lease_s=settings.job_lease_s, now=now)]
     utc_now = datetime.now(UTC)
     finished = await finished_since(ctx.store, principal.tenant, utc_now - timedelta(seconds=_RATE_WINDOW_S))
+    this_minute = int(utc_now.timestamp()) // 60
+    first = this_minute - _TREND_MINUTES + 1
+    per_minute = await finished_per_minute(
+        ctx.store, principal.tenant, datetime.fromtimestamp(first * 60, UTC)
+    )
     midnight = utc_now.replace(hour=0, minute=0, second=0, microsecond=0)
     rows = await providers(ctx)
     return {
@@ -147,6 +160,7 @@ async def overview(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
         "workers": len(live),
         "running": sum(w.running for w in live),
         "jobs_per_s": finished / _RATE_WINDOW_S,
+        "trend": charts.sparkline([per_minute.get(m, 0) / 60 for m in range(first, this_minute + 1)]),
         "in_flight": sum(row["in_flight"] for row in rows),
         "spend_today": await spent_since(ctx.store, principal.tenant, midnight),
         "providers": rows,

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Integer, cast, func, select
 
 from storage.jobs import JobStatus
 from storage.sql.schema import jobs, ledger
@@ -26,6 +27,7 @@ __all__ = [
     "BatchFailure",
     "batch_breakdown",
     "batch_failures",
+    "finished_per_minute",
     "finished_since",
     "spent_since",
 ]
@@ -118,6 +120,24 @@ async def finished_since(store: Store, tenant: str, since: datetime) -> int:
     query = select(func.count()).where((jobs.c.tenant == tenant) & (jobs.c.finished_at >= since))
     async with store.reading() as conn:
         return int((await conn.execute(query)).scalar_one())
+
+
+async def finished_per_minute(store: Store, tenant: str, since: datetime) -> dict[int, int]:
+    """How many of the tenant's jobs finished in each minute since `since`, by the minute's epoch
+    number (seconds // 60); minutes with none are absent."""
+    async with store.reading() as conn:
+        minute: ColumnElement[Any]
+        if conn.dialect.name == "postgresql":
+            minute = func.floor(func.extract("epoch", jobs.c.finished_at) / 60)
+        else:  # SQLite keeps UTC text
+            minute = cast(func.strftime("%s", jobs.c.finished_at), Integer) / 60
+        query = (
+            select(minute.label("minute"), func.count())
+            .where((jobs.c.tenant == tenant) & (jobs.c.finished_at >= since))
+            .group_by(minute)
+        )
+        rows = (await conn.execute(query)).all()
+    return {int(at): int(n) for at, n in rows}
 
 
 async def spent_since(store: Store, tenant: str, since: datetime) -> Decimal:
