@@ -124,6 +124,7 @@ async def test_sign_in_redirects_and_sign_out(ui: Ui) -> None:
         redis = await ui.backend.redis()
         stored = [k async for k in redis.scan_iter(match=keys.ui_session("*"))]
         assert len(stored) == 1
+        assert 0 < await redis.ttl(stored[0]) <= keys.UI_SESSION_TTL_S
         assert secret not in str(await redis.get(stored[0]))
 
         out = await anonymous.post("/ui/logout", data={"csrf_token": csrf_of(page.text)})
