@@ -50,6 +50,7 @@ from storage.settings import Settings
 from storage.sql.batches import UNFINISHED_SUBMISSION
 from storage.sql.new_jobs import EncodedJobs, encode_jobs
 from storage.sql.store import Store
+from storage.webhooks.model import check_url
 
 __all__ = ["Client", "SubmitProgress"]
 
@@ -184,6 +185,7 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
+        webhook_url: str | None = None,
     ) -> str:
         """Queue many requests as one batch; returns the batch id.
 
@@ -192,7 +194,8 @@ class Client:
         batch so nothing the user sent goes unaccounted for. `budget_usd` caps the batch's spend
         (the user's and tenant's caps still apply); a job that cannot fit fails with
         `BudgetExceededError`. `api` records a batch made through the OpenAI Batch API.
-        `idempotency`: as for `submit`.
+        `idempotency`: as for `submit`. `webhook_url` receives the batch's webhook events
+        (`batch.completed` / `batch.failed`, `job.failed`), signed with the tenant's webhook secret.
         """
         created = await self.create(
             list(items),
@@ -201,6 +204,7 @@ class Client:
             budget_usd=budget_usd,
             api=api,
             idempotency=idempotency,
+            webhook_url=webhook_url,
         )
         await self.enqueue(created)
         return created.batch_id
@@ -212,6 +216,7 @@ class Client:
         name: str | None = None,
         budget_usd: float | None = None,
         on_chunk: Callable[[SubmitProgress], None] | None = None,
+        webhook_url: str | None = None,
     ) -> SubmitProgress:
         """Queue a parsed file as one batch, chunk by chunk: memory holds one chunk, not the file.
 
@@ -232,9 +237,10 @@ class Client:
         the per-item check of `create` is not repeated.
 
         Raises:
-            InvalidRequestError: `name` or `budget_usd` cannot be stored.
+            InvalidRequestError: `name`, `budget_usd` or `webhook_url` cannot be stored.
         """
         _check_storable([], name, budget_usd, self.settings.request_limits())
+        webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         progress = SubmitProgress()
         lines = iter(chunks)
         pipeline = _Pipeline()
@@ -248,7 +254,13 @@ class Client:
                 pipeline.check()
                 writing = asyncio.create_task(
                     self._submit_chunk(
-                        *ready, progress, pipeline, name=name, budget_usd=budget_usd, on_chunk=on_chunk
+                        *ready,
+                        progress,
+                        pipeline,
+                        name=name,
+                        budget_usd=budget_usd,
+                        on_chunk=on_chunk,
+                        webhook_url=webhook_url,
                     )
                 )
             if writing is not None:
@@ -286,6 +298,7 @@ class Client:
         name: str | None,
         budget_usd: float | None,
         on_chunk: Callable[[SubmitProgress], None] | None,
+        webhook_url: str | None = None,
     ) -> None:
         """Insert the chunk's jobs, then queue them once the chunk before is queued (in order): the
         next chunk's insert need not wait for this queuing."""
@@ -299,6 +312,7 @@ class Client:
                     name=name,
                     budget_usd=budget_usd,
                     invalid_lines=[_unfinished(progress.next_line)],
+                    webhook_url=webhook_url,
                 )
             job_ids = await self.store.batches.append(
                 progress.batch_id,
@@ -358,11 +372,13 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
+        webhook_url: str | None = None,
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
 
         Raises:
-            InvalidRequestError: an item the database would refuse or should never hold, by field.
+            InvalidRequestError: an item the database would refuse or should never hold, by field
+                (`webhook_url` too).
             IdempotencyKeyReusedError: `idempotency` was used by this tenant for another request.
         """
         limits = self.settings.request_limits()
@@ -370,6 +386,7 @@ class Client:
             _check_storable(items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
             await asyncio.to_thread(_check_storable, items, name, budget_usd, limits)
+        webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         return await self.store.batches.create(
             items,
             tenant=self.tenant,
@@ -380,6 +397,7 @@ class Client:
             budget_usd=budget_usd,
             api=api,
             idempotency=idempotency,
+            webhook_url=webhook_url,
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:
