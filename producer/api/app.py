@@ -27,7 +27,7 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from producer.api import batches, cache, chat, jobs, messages, observe, ops, quality
+from producer.api import batches, cache, chat, jobs, messages, observe, ops, quality, webhooks
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
 from producer.api.limits import BodyLimit
@@ -90,7 +90,7 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    for module in (chat, messages, batches, jobs, cache, quality, ops, observe):
+    for module in (chat, messages, batches, jobs, cache, quality, ops, observe, webhooks):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -145,9 +145,10 @@ def check_url(url: str, *, field: str = "url") -> str:
         InvalidRequestError: naming `field` and what is wrong.
     """
     url = url.strip()
-    if not url or len(url) > MAX_URL_CHARS or any(c.isspace() for c in url):
+    if not url or len(url) > MAX_URL_CHARS or any(c.isspace() or not c.isprintable() for c in url):
         raise InvalidRequestError(
-            f"{url[:80]!r} is not a webhook URL (empty, over {MAX_URL_CHARS} characters or with spaces)",
+            f"{url[:80]!r} is not a webhook URL (empty, over {MAX_URL_CHARS} characters, or with spaces "
+            "or control characters)",
             field=field,
         )
     try:
