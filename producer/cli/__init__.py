@@ -11,6 +11,7 @@ evals.py      eval (reference sets scored on named deployments)
 replay.py     replay (a batch re-planned under other strategies)
 serving.py    serve, keys ...
 fleet.py      workers, queue: who works and what waits
+webhooks.py   webhooks add, list, remove, secret, deliveries, retry
 reporting.py  what the commands show: the progress bar, status and summary tables
 running.py    `routeq run` from start to end: submit or --resume, follow, Ctrl-C, summary
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
@@ -34,6 +35,7 @@ from producer.cli import (
     replay,
     serving,
     tools,
+    webhooks,
     workers,
 )
 
@@ -92,6 +94,7 @@ app.add_typer(admin.deployments_app, name="deployments")
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")
 app.add_typer(serving.keys_app, name="keys")
+app.add_typer(webhooks.webhooks_app, name="webhooks")
 
 
 def main() -> None:
