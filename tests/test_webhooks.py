@@ -28,7 +28,7 @@ from storage.sql.schema import batches
 from storage.webhooks import DeliveryState, EventType, check_events
 from tests.backends import Backend
 from tests.conftest import deployment, make_catalog
-from tests.test_pipeline import items
+from tests.test_pipeline import chat, items
 from tests.webhook_receiver import Receiver
 from workers.webhooks import RetryPolicy, WebhookSender, retry_after_s
 
@@ -138,15 +138,18 @@ async def test_tenant_endpoints_get_the_event_types_they_asked_for(backend: Back
         on_failed = await backend.store.webhooks.add_endpoint(
             TENANT, failed_hook.url, [EventType.BATCH_FAILED]
         )
+        # A single job is a batch of one: its failure is a job.failed, but no batch event of its own.
+        single = Client(await backend.redis(), backend.store, backend.settings)
+        await single.submit(chat("Just one"), custom_id="single")
         batch_id = await run_batch(backend, failing=True)  # every call fails: the batch fails
         async with sender(backend) as webhooks:
-            assert await drain(webhooks) == 3
+            assert await drain(webhooks) == 4
 
     assert completed_hook.received == []
     assert on_jobs.secret is not None
     assert on_failed.secret is not None
     failed_jobs = [verified(on_jobs.secret, r) for r in jobs_hook.received]
-    assert sorted(e["data"]["custom_id"] for e in failed_jobs) == ["item-0", "item-1"]
+    assert sorted(e["data"]["custom_id"] for e in failed_jobs) == ["item-0", "item-1", "single"]
     assert {e["type"] for e in failed_jobs} == {"job.failed"}
     assert failed_jobs[0]["data"]["error"]["type"] == "AllAttemptsFailedError"
     assert failed_jobs[0]["data"]["deployments"] == ["down-a"]

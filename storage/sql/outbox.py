@@ -84,7 +84,9 @@ async def batch_finished(conn: AsyncConnection, batch_id: str, now: datetime) ->
     invalid = len(batch["invalid_lines"] or [])
     failed_batch = succeeded == 0 and (failed > 0 or invalid > 0)
     event_type = EventType.BATCH_FAILED if failed_batch else EventType.BATCH_COMPLETED
-    targets = await _targets(conn, batch["tenant"], batch_id, event_type)
+    # A single chat completion or job is a batch of one: its batch event goes to its own URL only.
+    own_only = batch["kind"] != "batch"
+    targets = await _targets(conn, batch["tenant"], batch_id, event_type, own_only=own_only)
     if not targets:
         return 0
     cost = (await conn.execute(select(func.sum(jobs.c.cost_usd)).where(jobs.c.batch_id == batch_id))).scalar()
@@ -139,12 +141,14 @@ class _Owner:
 
 
 async def _targets(
-    conn: AsyncConnection, tenant: str, batch_id: str, event_type: EventType
+    conn: AsyncConnection, tenant: str, batch_id: str, event_type: EventType, *, own_only: bool = False
 ) -> list[tuple[str, str]]:
-    """(endpoint id, url) of the tenant's endpoints taking `event_type` for this batch."""
-    query = select(_E.id, _E.url, _E.events).where(
-        (_E.tenant == tenant) & _E.removed_at.is_(None) & (_E.batch_id.is_(None) | (_E.batch_id == batch_id))
-    )
+    """(endpoint id, url) of the tenant's endpoints taking `event_type` for this batch (`own_only`:
+    only the batch's own URL)."""
+    scope = _E.batch_id == batch_id
+    if not own_only:
+        scope |= _E.batch_id.is_(None)
+    query = select(_E.id, _E.url, _E.events).where((_E.tenant == tenant) & _E.removed_at.is_(None) & scope)
     rows = (await conn.execute(query)).all()
     return [(row.id, row.url) for row in rows if event_type.value in (row.events or [])]
 

@@ -6,6 +6,9 @@
     job.failed       a job failed for good (after its retries and failovers); not the jobs of an
                      expired batch (batch.failed says it) nor cancelled ones
 
+A tenant's endpoints get the batch events of batches (files, Batch API), not of the batches of one
+that single chat completions and jobs are; a URL given with one batch gets all three of its events.
+
 An event's id is derived from its type and subject (`event_id`), so a finishing job delivered twice
 names the same event, which the outbox keeps once per endpoint.
 """
