@@ -262,6 +262,21 @@ async def test_an_unreachable_receiver_is_recorded_as_an_error(backend: Backend)
     assert delivery.view()["attempts"][0]["error"] == delivery.tries[0].error
 
 
+async def test_a_receiver_that_never_answers_times_out(backend: Backend) -> None:
+    async with Receiver([0]) as hook:
+        batch_id = await run_batch(backend, webhook_url=hook.url)
+        policy = RetryPolicy(timeout_s=0.2, max_attempts=1)
+        webhooks = WebhookSender(await backend.redis(), backend.store, policy, holder="test", interval_s=0)
+        try:
+            assert await webhooks.deliver_due() == 1
+        finally:
+            await webhooks.close()
+    [delivery] = await backend.store.webhooks.deliveries(tenant=TENANT, batch_id=batch_id)
+    assert (delivery.state, delivery.tries[0].status_code) == (DeliveryState.FAILED, None)
+    assert delivery.tries[0].error == "no answer within 0.2s (ROUTEQ_WEBHOOK_TIMEOUT_S)"
+    assert delivery.tries[0].latency_ms >= 200
+
+
 def test_retry_after_reads_seconds_and_dates() -> None:
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert retry_after_s("120", now) == 120.0

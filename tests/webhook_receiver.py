@@ -1,7 +1,8 @@
 """A webhook receiver for tests: a real HTTP/1.1 server on 127.0.0.1, answering from a script.
 
 Each request is recorded (headers, body) and answered with the script's next (status, headers), then
-the last one for good; the connection is closed after each answer.
+the last one for good; the connection is closed after each answer. A status of 0 never answers (the
+connection stays open until the receiver closes): the sender's timeout has to end the attempt.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     url: str = ""
     _server: asyncio.Server | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> Receiver:
         self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
@@ -42,6 +44,7 @@ class Receiver:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._server is not None
+        self._closing.set()
         self._server.close()
         await self._server.wait_closed()
 
@@ -57,6 +60,9 @@ class Receiver:
             self.received.append(Received(path, headers, body))
             step = self.script[min(len(self.received), len(self.script)) - 1]
             status, extra = step if isinstance(step, tuple) else (step, {})
+            if status == 0:
+                await self._closing.wait()
+                return
             answer = f'{{"answer": {status}}}'
             lines = [f"HTTP/1.1 {status} Scripted", f"Content-Length: {len(answer)}", "Connection: close"]
             lines += [f"{name}: {value}" for name, value in extra.items()]

@@ -143,16 +143,20 @@ class WebhookSender(Beat):
         error = excerpt = wait = None
         clock = time.perf_counter()
         try:
-            async with self._client.stream(
-                "POST", claimed.url, content=claimed.body, headers=headers
-            ) as reply:
+            # httpx2's timeout bounds each read; this bounds the whole attempt (a receiver trickling bytes).
+            async with (
+                asyncio.timeout(self.policy.timeout_s),
+                self._client.stream("POST", claimed.url, content=claimed.body, headers=headers) as reply,
+            ):
                 status = reply.status_code
                 excerpt = await _excerpt(reply)
                 if status in (429, 503):
                     wait = retry_after_s(reply.headers.get("retry-after"), started)
-        except httpx2.TimeoutException:
+        except (TimeoutError, httpx2.TimeoutException):
             error = f"no answer within {self.policy.timeout_s:g}s (ROUTEQ_WEBHOOK_TIMEOUT_S)"
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, httpx2.InvalidURL, OSError, ValueError) as exc:
+            # Recorded as the attempt's outcome: an error escaping here would leave the delivery
+            # claimed and tried again at every lease's end, never counted towards giving up.
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency_ms = (time.perf_counter() - clock) * 1000
         if status is not None and not 200 <= status < 300:

@@ -106,8 +106,8 @@ async def batch_finished(conn: AsyncConnection, batch_id: str, now: datetime) ->
         },
         "cost_usd": float(cost or 0),
         "metadata": batch["metadata"],
-        "created_at": aware(batch["created_at"]),
-        "completed_at": now,
+        "created_at": (aware(batch["created_at"]) or now).isoformat(),
+        "completed_at": now.isoformat(),
     }
     owner = _Owner(batch["tenant"], batch_id)
     return await _add(conn, targets, event_type=event_type, subject=batch_id, owner=owner, data=data, now=now)
