@@ -8,6 +8,7 @@ deterministic; the worker's own sender is off (`webhook_poll_s = 0`) so nothing 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from storage.bus.queue import enqueue_jobs
 from storage.bus.recovery import finish_batch
 from storage.jobs import ANY_TENANT
 from storage.sql.schema import batches
+from storage.sql.store import Store
 from storage.webhooks import DeliveryState, EventType, check_events
 from tests.backends import Backend
 from tests.conftest import deployment, make_catalog
@@ -188,6 +190,32 @@ async def test_a_finishing_job_delivered_again_makes_no_second_event(backend: Ba
     assert sorted(d.event_type.value for d in deliveries) == ["batch.failed", "job.failed", "job.failed"]
     assert len(hook.received) == 3
     assert len({r.headers["webhook-id"] for r in hook.received}) == 3
+
+
+async def test_workers_claiming_at_once_send_each_attempt_once(backend: Backend) -> None:
+    """Four senders (two processes' worth of stores on PostgreSQL) claim the same due delivery at once."""
+    async with Receiver([500]) as hook:
+        await run_batch(backend, n=1, webhook_url=hook.url)
+        stores = [backend.store]
+        if backend.name == "services":  # a second engine: the claims race in two transactions
+            stores.append(await Store.open(backend.settings.database_url))
+        senders = [
+            WebhookSender(
+                await backend.redis(), store, RetryPolicy(max_attempts=1), holder=f"w{i}", interval_s=0
+            )
+            for i, store in enumerate(stores * 2)
+        ]
+        try:
+            made = await asyncio.gather(*(s.deliver_due() for s in senders))
+        finally:
+            for webhooks in senders:
+                await webhooks.close()
+            for store in stores[1:]:
+                await store.close()
+    assert sum(made) == 1
+    assert len(hook.received) == 1
+    [delivery] = await backend.store.webhooks.deliveries(tenant=TENANT)
+    assert (delivery.attempts, [t.attempt_no for t in delivery.tries]) == (1, [1])
 
 
 async def test_a_bad_url_or_event_type_is_refused_clearly(backend: Backend) -> None:
