@@ -107,7 +107,9 @@ class WebhookSender(Beat):
         self._store = store
         self.policy = policy
         self._now = now
-        self._client = httpx2.AsyncClient(timeout=policy.timeout_s, follow_redirects=False)
+        # Made at the first attempt: a client costs ~100 ms (its TLS context), and most workers'
+        # ticks find nothing due.
+        self._client: httpx2.AsyncClient | None = None
 
     @classmethod
     def from_settings(cls, redis: Redis, store: Store, settings: Settings, *, holder: str) -> WebhookSender:
@@ -133,10 +135,13 @@ class WebhookSender(Beat):
         """Claim the deliveries due now and make one attempt at each; returns how many were made."""
         lease_s = self.policy.timeout_s + _LEASE_MARGIN_S
         claimed = await self._store.webhooks.claim_due(now=self._now(), lease_s=lease_s, limit=_CLAIM_AT_ONCE)
+        if claimed and self._client is None:
+            self._client = httpx2.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False)
         await asyncio.gather(*(self._attempt(c) for c in claimed))
         return len(claimed)
 
     async def _attempt(self, claimed: Claimed) -> None:
+        assert self._client is not None  # made by deliver_due
         started = self._now()
         headers = signed_headers(claimed.secret, claimed.event_id, int(started.timestamp()), claimed.body)
         status = None
@@ -180,7 +185,8 @@ class WebhookSender(Beat):
 
     async def close(self) -> None:
         await super().close()
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 async def _excerpt(reply: httpx2.Response) -> str:
