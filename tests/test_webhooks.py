@@ -218,6 +218,22 @@ async def test_workers_claiming_at_once_send_each_attempt_once(backend: Backend)
     assert (delivery.attempts, [t.attempt_no for t in delivery.tries]) == (1, [1])
 
 
+async def test_a_batch_whose_every_line_was_invalid_fails_at_once(backend: Backend) -> None:
+    async with Receiver() as hook:
+        client = Client(await backend.redis(), backend.store, backend.settings)
+        bad = [{"line": 1, "reason": "unknown field 'promt'", "custom_id": "line-1"}]
+        batch_id = await client.submit_batch([], invalid_lines=bad, webhook_url=hook.url)
+        async with sender(backend) as webhooks:
+            assert await drain(webhooks) == 1
+    event = verified(await backend.store.webhooks.tenant_secret(TENANT), hook.received[0])
+    assert (event["type"], event["data"]["id"], event["data"]["status"]) == (
+        "batch.failed",
+        batch_id,
+        "failed",
+    )
+    assert event["data"]["request_counts"]["invalid_lines"] == 1
+
+
 async def test_a_bad_url_or_event_type_is_refused_clearly(backend: Backend) -> None:
     client = Client(await backend.redis(), backend.store, backend.settings)
     with pytest.raises(
