@@ -9,6 +9,7 @@ deterministic; the worker's own sender is off (`webhook_poll_s = 0`) so nothing 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from sqlalchemy import update
 from standardwebhooks import Webhook
 
 from producer.client import Client
+from producer.inputs import read_jsonl_chunks
 from router_core.errors import InvalidRequestError
 from router_core.providers import sim_world_for
 from storage.bus.events import EventBus
@@ -232,6 +234,21 @@ async def test_a_batch_whose_every_line_was_invalid_fails_at_once(backend: Backe
         "failed",
     )
     assert event["data"]["request_counts"]["invalid_lines"] == 1
+
+
+async def test_a_file_submitted_chunk_by_chunk_carries_its_webhook(backend: Backend) -> None:
+    """`routeq submit --webhook URL`'s path: the URL is registered with the batch's first chunk."""
+    async with Receiver() as hook:
+        backend.settings = backend.settings.model_copy(update={"webhook_poll_s": 0.0})
+        client = Client(await backend.redis(), backend.store, backend.settings)
+        lines = io.BytesIO(b'{"prompt": "one"}\n{"prompt": "two"}\n{"prompt": "three"}\n')
+        done = await client.submit_chunks(read_jsonl_chunks(lines, chunk_lines=2), webhook_url=hook.url)
+        await backend.run_worker()
+        async with sender(backend) as webhooks:
+            assert await drain(webhooks) == 1
+    event = verified(await backend.store.webhooks.tenant_secret(TENANT), hook.received[0])
+    assert (event["type"], event["data"]["id"]) == ("batch.completed", done.batch_id)
+    assert event["data"]["request_counts"]["succeeded"] == 3
 
 
 async def test_a_bad_url_or_event_type_is_refused_clearly(backend: Backend) -> None:
