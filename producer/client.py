@@ -51,6 +51,7 @@ from storage.settings import Settings
 from storage.sql.batches import UNFINISHED_SUBMISSION
 from storage.sql.new_jobs import EncodedJobs, encode_jobs
 from storage.sql.store import Store
+from storage.webhooks.model import check_url
 
 __all__ = ["Client", "SubmitProgress"]
 
@@ -192,6 +193,7 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
+        webhook_url: str | None = None,
     ) -> str:
         """Queue many requests as one batch; returns the batch id.
 
@@ -200,7 +202,8 @@ class Client:
         batch so nothing the user sent goes unaccounted for. `budget_usd` caps the batch's spend
         (the user's and tenant's caps still apply); a job that cannot fit fails with
         `BudgetExceededError`. `api` records a batch made through the OpenAI Batch API.
-        `idempotency`: as for `submit`.
+        `idempotency`: as for `submit`. `webhook_url` receives the batch's webhook events
+        (`batch.completed` / `batch.failed`, `job.failed`), signed with the tenant's webhook secret.
         """
         created = await self.create(
             list(items),
@@ -209,6 +212,7 @@ class Client:
             budget_usd=budget_usd,
             api=api,
             idempotency=idempotency,
+            webhook_url=webhook_url,
         )
         await self.enqueue(created)
         return created.batch_id
@@ -220,6 +224,7 @@ class Client:
         name: str | None = None,
         budget_usd: float | None = None,
         on_chunk: Callable[[SubmitProgress], None] | None = None,
+        webhook_url: str | None = None,
     ) -> SubmitProgress:
         """Queue a parsed file as one batch, chunk by chunk: memory holds one chunk, not the file.
 
@@ -240,10 +245,11 @@ class Client:
         the per-item check of `create` is not repeated.
 
         Raises:
-            InvalidRequestError: `name` or `budget_usd` cannot be stored.
+            InvalidRequestError: `name`, `budget_usd` or `webhook_url` cannot be stored.
         """
         check_storable([], name, budget_usd, self.settings.request_limits())
         resolve = await self.strategies.resolver(self.tenant)
+        webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         progress = SubmitProgress()
         lines = iter(chunks)
         pipeline = _Pipeline()
@@ -257,7 +263,13 @@ class Client:
                 pipeline.check()
                 writing = asyncio.create_task(
                     self._submit_chunk(
-                        *ready, progress, pipeline, name=name, budget_usd=budget_usd, on_chunk=on_chunk
+                        *ready,
+                        progress,
+                        pipeline,
+                        name=name,
+                        budget_usd=budget_usd,
+                        on_chunk=on_chunk,
+                        webhook_url=webhook_url,
                     )
                 )
             if writing is not None:
@@ -295,6 +307,7 @@ class Client:
         name: str | None,
         budget_usd: float | None,
         on_chunk: Callable[[SubmitProgress], None] | None,
+        webhook_url: str | None = None,
     ) -> None:
         """Insert the chunk's jobs, then queue them once the chunk before is queued (in order): the
         next chunk's insert need not wait for this queuing."""
@@ -308,6 +321,7 @@ class Client:
                     name=name,
                     budget_usd=budget_usd,
                     invalid_lines=[_unfinished(progress.next_line)],
+                    webhook_url=webhook_url,
                 )
             job_ids = await self.store.batches.append(
                 progress.batch_id,
@@ -368,13 +382,15 @@ class Client:
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
         expires_at: datetime | None = None,
+        webhook_url: str | None = None,
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
         Jobs not started by `expires_at` end as expired; a request naming no strategy gets the
         tenant's default, or the environment's (recorded in its `preferences.strategy_source`).
 
         Raises:
-            InvalidRequestError: an item the database would refuse or should never hold, by field.
+            InvalidRequestError: an item the database would refuse or should never hold, by field
+                (`webhook_url` too).
             IdempotencyKeyReusedError: `idempotency` was used by this tenant for another request.
         """
         limits = self.settings.request_limits()
@@ -385,6 +401,7 @@ class Client:
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
             items = await asyncio.to_thread(_resolved, items, resolve)
             await asyncio.to_thread(check_storable, items, name, budget_usd, limits)
+        webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         return await self.store.batches.create(
             items,
             tenant=self.tenant,
@@ -397,6 +414,7 @@ class Client:
             idempotency=idempotency,
             expires_at=expires_at,
             api_key_id=self.api_key_id,
+            webhook_url=webhook_url,
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:

@@ -252,6 +252,24 @@ class Settings(RouterSettings):
         description="The strategy of a request that names none and whose tenant has no default of its "
         "own; unset = balanced.",
     )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long one webhook POST may take before it counts as failed."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts of a webhook delivery before it is given up (state failed)."
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Wait after a webhook's first failed attempt; it doubles with each further one "
+        "(never shorter than a 429/503's Retry-After, never longer than webhook_backoff_max_s).",
+    )
+    webhook_backoff_max_s: float = Field(default=3600.0, ge=0, description="Longest wait between attempts.")
+    webhook_poll_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How often each worker looks for webhook deliveries due (0 = this worker sends none).",
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
 

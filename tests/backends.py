@@ -132,7 +132,8 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
         async with store.engine.begin() as conn:
             await conn.execute(
                 text(
-                    "TRUNCATE eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
+                    "TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_secrets, "
+                    "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
                     "cache_vectors, cache_policies, tenant_limits, ledger, attempts, jobs, batches, files, "
                     "api_keys, idempotency_keys"
                 )

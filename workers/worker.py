@@ -60,6 +60,7 @@ from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
 from workers.semantic import SemanticCache
 from workers.sweeper import Sweeper
+from workers.webhooks import WebhookSender
 
 __all__ = [
     "ContextHook",
@@ -149,6 +150,10 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         if evals is not None:
             evals.start()
             opened.push_async_callback(evals.close)
+        if settings.webhook_poll_s > 0:  # every worker sends due webhooks (each attempt claimed in SQL)
+            webhooks = WebhookSender.from_settings(redis, store, settings, holder=worker_id)
+            webhooks.start()
+            opened.push_async_callback(webhooks.close)
         server = None
         if metrics is not None and settings.worker_metrics_port is not None:
             deployments = list(router.catalog)

@@ -11,6 +11,7 @@
     /v1/analytics, /metrics                   SQL analytics, Prometheus               (observe.py)
     /v1/spend                                 spend per user, key or batch            (spend.py)
     /v1/tenant/settings                       the tenant's default strategy           (tenant.py)
+    /v1/webhooks, /v1/webhooks/deliveries     webhook endpoints, deliveries, attempts (webhooks.py)
     /docs, /openapi.json                      OpenAPI
     /ui (and / redirecting there)             the web dashboard                       (producer/ui)
 
@@ -44,6 +45,7 @@ from producer.api import (
     quality,
     spend,
     tenant,
+    webhooks,
 )
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
@@ -107,7 +109,20 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    routers = (chat, messages, message_batches, batches, jobs, cache, quality, ops, observe, tenant, spend)
+    routers = (
+        chat,
+        messages,
+        message_batches,
+        batches,
+        jobs,
+        cache,
+        quality,
+        ops,
+        observe,
+        tenant,
+        spend,
+        webhooks,
+    )
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui.router)

@@ -30,9 +30,11 @@ from producer.api.ratelimit import admit
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import InputRules, ParsedInput, parse_lines, unstorable_values
 from producer.outputs import output_line
+from router_core.errors import InvalidRequestError
 from storage.errors import NotFoundError
 from storage.jobs import ApiBatch, BatchRecord, JobStatus, NewJob
 from storage.sql.files import FileRecord
+from storage.webhooks import check_url
 
 __all__ = ["BatchLines", "batch_lines", "batch_object", "batch_status", "cancel_queued", "router"]
 
@@ -269,6 +271,7 @@ async def create_batch(
 ) -> dict[str, Any]:
     if problems := list(unstorable_values(body.metadata or {}, "metadata")):
         raise ApiError(400, "; ".join(problems), param="metadata")
+    webhook_url = _webhook_url(body.metadata)
     key = idempotency_key(idempotency, "/v1/batches", body.model_dump(mode="json"), ctx.settings)
     await admit(ctx, principal)
     client = ctx.client(principal.tenant, principal.user, principal.key_id)
@@ -296,9 +299,21 @@ async def create_batch(
             output_expires_s=None if body.output_expires_after is None else body.output_expires_after.seconds,
         ),
         idempotency=key,
+        webhook_url=webhook_url,
     )
     await client.enqueue(created)
     return await _batch(ctx, created.batch_id, principal.tenant)
+
+
+def _webhook_url(metadata: dict[str, str] | None) -> str | None:
+    """`metadata.webhook_url`, checked: the URL the batch's webhook events go to (see webhooks.py)."""
+    url = (metadata or {}).get("webhook_url")
+    if url is None:
+        return None
+    try:
+        return check_url(url, field="metadata.webhook_url")
+    except InvalidRequestError as exc:
+        raise ApiError(400, str(exc), param=exc.field) from None
 
 
 def _parse_file(content: bytes, limit: int, rules: InputRules) -> ParsedInput:

@@ -13,6 +13,7 @@ serving.py    serve, keys ...
 spend.py      spend (per user, API key or batch, from the ledger)
 tenants.py    tenant show, set-default-strategy
 fleet.py      workers, queue: who works and what waits
+webhooks.py   webhooks add, list, remove, secret, deliveries, retry
 reporting.py  what the commands show: the progress bar, status and summary tables
 running.py    `routeq run` from start to end: submit or --resume, follow, Ctrl-C, summary
 embedded.py   `routeq run`'s engine: Redis (or fakeredis) and a worker in this process
@@ -38,6 +39,7 @@ from producer.cli import (
     spend,
     tenants,
     tools,
+    webhooks,
     workers,
 )
 
@@ -98,6 +100,7 @@ app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")
 app.add_typer(serving.keys_app, name="keys")
 app.add_typer(tenants.tenant_app, name="tenant")
+app.add_typer(webhooks.webhooks_app, name="webhooks")
 
 
 def main() -> None:

@@ -54,6 +54,16 @@ BudgetOpt = Annotated[
 FileArg = Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch lines or {prompt|messages, ...}.")]
 IdArg = Annotated[str, typer.Argument(help="A batch id (batch_...) or a job id (job_...).")]
 BatchIdArg = Annotated[str, typer.Argument(help="A batch id (batch_...).")]
+WebhookOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook",
+        metavar="URL",
+        help="POST the batch's webhook events here (batch.completed or batch.failed, job.failed), "
+        "signed with the tenant's secret (`routeq webhooks secret`).",
+    ),
+]
+_WEBHOOK_NOTE = "webhook: events go to {url}, signed with the tenant's secret (`routeq webhooks secret`)"
 
 
 def _input_rules(settings: Settings) -> InputRules:
@@ -122,6 +132,7 @@ def run(
             help="Then keep running and serve the HTTP API on 127.0.0.1:PORT in dev mode (no keys).",
         ),
     ] = None,
+    webhook: WebhookOpt = None,
 ) -> None:
     """Run a batch here and now: in-process Redis and workers, results to SQLite and a JSONL file.
 
@@ -142,7 +153,11 @@ def run(
     parsed = _read_input(file, settings) if file is not None else None
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
-    options = RunOptions(file=file, parsed=parsed, resume=resume, output=output, budget=budget, serve=serve)
+    if webhook is not None and resume is not None:
+        raise fail("--webhook is set when a batch is made; a resumed batch keeps its own")
+    options = RunOptions(
+        file=file, parsed=parsed, resume=resume, output=output, budget=budget, serve=serve, webhook=webhook
+    )
     exit_code = execute(run_embedded(settings, options, console))
     if exit_code:  # everything is closed: exit as the signal would have (130 for Ctrl-C)
         raise typer.Exit(exit_code)
@@ -150,12 +165,14 @@ def run(
 
 def submit(
     file: FileArg,
+    *,
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the batch is done.")] = False,
     name: Annotated[str | None, typer.Option(help="A name for the batch.")] = None,
     budget: BudgetOpt = None,
     chunk_lines: Annotated[
         int, typer.Option(min=1, help="Lines read, checked, written and queued at a time.")
     ] = 2_000,
+    webhook: WebhookOpt = None,
 ) -> None:
     """Queue a batch on ROUTEQ_REDIS_URL for `routeq worker` processes; prints the batch id.
 
@@ -173,11 +190,22 @@ def submit(
 
     async def go(client: Client) -> None:
         done = await _submit_file(
-            client, source, file, rules, name=name or file.name, budget=budget, chunk_lines=chunk_lines
+            client,
+            source,
+            file,
+            rules,
+            name=name or file.name,
+            budget=budget,
+            chunk_lines=chunk_lines,
+            webhook=webhook,
         )
         _report_input(file, done.errors, done.lines_read, done.queued)
         assert done.batch_id is not None  # a file with a valid line makes a batch
         console.print(done.batch_id)
+        if webhook is not None:
+            err_console.print(
+                _WEBHOOK_NOTE.format(url=webhook), highlight=False, soft_wrap=True, markup=False
+            )
         if wait:
             await _follow_while_workers_live(client, settings, done.batch_id)
             err_console.print(status_table(await client.batch(done.batch_id)))
@@ -221,6 +249,7 @@ async def _submit_file(
     name: str,
     budget: float | None,
     chunk_lines: int,
+    webhook: str | None = None,
 ) -> SubmitProgress:
     """`Client.submit_chunks` of the open file, with a progress bar of the bytes read (on stderr)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -247,6 +276,7 @@ async def _submit_file(
                 name=name,
                 budget_usd=budget,
                 on_chunk=show,
+                webhook_url=webhook,
             )
         except OSError as exc:
             raise _cannot_read(path, exc) from exc

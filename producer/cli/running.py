@@ -31,8 +31,9 @@ from producer.inputs import ParsedInput
 from producer.outputs import write_results
 from router_core.redact import mask_url
 from router_core.simulated import simulated_note
-from storage.jobs import NewJob
+from storage.jobs import ANY_TENANT, NewJob
 from storage.settings import Settings
+from storage.sql.store import Store
 
 __all__ = ["RunOptions", "run_embedded"]
 
@@ -50,6 +51,7 @@ class RunOptions:
     output: Path | None
     budget: float | None
     serve: int | None
+    webhook: str | None = None  # the batch's webhook URL
 
 
 class CtrlC:
@@ -115,9 +117,35 @@ async def run_embedded(settings: Settings, options: RunOptions, console: Console
             f"Later: `routeq results {batch_id}`.",
             soft_wrap=True,
         )
+        if options.webhook is not None:
+            await _report_webhooks(client.store, batch_id, settings, console)
         if options.serve is not None:
             return await _serve(embedded, settings, options.serve, console)
     return 0
+
+
+async def _report_webhooks(store: Store, batch_id: str, settings: Settings, console: Console) -> None:
+    """Give the in-process worker's sender time for one attempt at each of the batch's webhooks, then
+    say how each went (a failed attempt is retried by any worker later opening this database).
+
+    The batch's event is written when the batch is marked complete, just after its last job's
+    terminal event (which ended the progress bar): at least the `--webhook` URL's delivery comes.
+    """
+    bound = time.monotonic() + settings.webhook_timeout_s + 2 * settings.webhook_poll_s + 1
+    while True:
+        found = await store.webhooks.deliveries(tenant=ANY_TENANT, batch_id=batch_id)
+        attempted = all(d.attempts > 0 or d.state != "pending" for d in found)
+        if time.monotonic() > bound or (found and attempted):
+            break
+        await asyncio.sleep(0.1)
+    for d in found:
+        tries = f"{d.attempts} attempt{'' if d.attempts == 1 else 's'} ({d.last_error or 'ok'})"
+        console.print(
+            f"webhook {d.event_type.value} to {d.url}: {d.state.value} after {tries}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 async def _start(embedded: Embedded, options: RunOptions, console: Console) -> str:
@@ -139,7 +167,11 @@ async def _start(embedded: Embedded, options: RunOptions, console: Console) -> s
     items = [NewJob(item.custom_id, item.request) for item in options.parsed.items]
     invalid = [dataclasses.asdict(e) for e in options.parsed.errors]
     return await client.submit_batch(
-        items, name=options.file.name, invalid_lines=invalid, budget_usd=options.budget
+        items,
+        name=options.file.name,
+        invalid_lines=invalid,
+        budget_usd=options.budget,
+        webhook_url=options.webhook,
     )
 
 

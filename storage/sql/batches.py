@@ -41,6 +41,7 @@ from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
 from storage.sql.new_jobs import ROW_COLUMNS, EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
+from storage.sql.outbox import batch_finished, batch_url
 from storage.sql.runs import money
 from storage.sql.schema import attempts, batches, files, jobs
 
@@ -80,6 +81,7 @@ class Batches:
         idempotency: IdempotencyKey | None = None,
         expires_at: datetime | None = None,
         api_key_id: str | None = None,
+        webhook_url: str | None = None,
     ) -> CreatedBatch:
         """Insert a batch and all its jobs (status `queued`) in one transaction.
 
@@ -89,7 +91,8 @@ class Batches:
         A batch made through the OpenAI Batch API (`api`) also gets its output and error files:
         rows in `files` whose content is generated from the jobs when read. With `idempotency`,
         the key is recorded in the same transaction; if the tenant's earlier request holds it,
-        nothing is inserted and that request's batch comes back (`replayed`).
+        nothing is inserted and that request's batch comes back (`replayed`). `webhook_url` (checked
+        by the caller) receives the batch's webhook events.
 
         Raises:
             IdempotencyKeyReusedError: the key was used for a different request.
@@ -125,6 +128,10 @@ class Batches:
             await insert_jobs(conn, rows)
             if file_rows:
                 await conn.execute(files.insert(), file_rows)
+            if webhook_url is not None:
+                await batch_url(conn, tenant=tenant, batch_id=batch_id, url=webhook_url, now=now)
+            if not rows:  # complete at birth (every line was invalid): its event goes out now
+                await batch_finished(conn, batch_id, now)
             return None
 
         taken = await self._db.writes.run(write)
@@ -142,6 +149,7 @@ class Batches:
         name: str | None = None,
         budget_usd: float | None = None,
         invalid_lines: Sequence[dict[str, Any]] = (),
+        webhook_url: str | None = None,
     ) -> str:
         """Insert an empty batch that `append` fills; returns its id.
 
@@ -167,6 +175,8 @@ class Batches:
 
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(batches.insert(), row)
+            if webhook_url is not None:
+                await batch_url(conn, tenant=tenant, batch_id=batch_id, url=webhook_url, now=now)
 
         await self._db.writes.run(write)
         return batch_id
@@ -432,15 +442,20 @@ class Batches:
             return list((await conn.execute(query)).scalars())
 
     async def mark_completed(self, batch_id: str) -> None:
-        """Set `completed_at` once (the first call wins; later ones change nothing)."""
+        """Set `completed_at` once (the first call wins; later ones change nothing).
+
+        The call that sets it writes the batch's webhook event in the same transaction.
+        """
         now = self._db.now()
 
         async def write(conn: AsyncConnection) -> None:
-            await conn.execute(
+            marked = await conn.execute(
                 update(batches)
                 .where((batches.c.id == batch_id) & batches.c.completed_at.is_(None))
                 .values(completed_at=now)
             )
+            if marked.rowcount == 1:
+                await batch_finished(conn, batch_id, now)
 
         await self._db.writes.run(write)
 

@@ -3,7 +3,8 @@
     start   UPDATE jobs SET status='running', run, starts+1 ... WHERE status IN (queued, running)
             RETURNING what routing needs (no row: cancelled or finished → the job's record)
     finish  ONE transaction: the outcome on `jobs` (if still open: first finisher wins), an
-            `attempts` row per call and a `ledger` row per billed call (ON CONFLICT DO NOTHING)
+            `attempts` row per call and a `ledger` row per billed call (ON CONFLICT DO NOTHING);
+            a job it failed gets its `job.failed` webhook event in the outbox (sql/outbox.py)
     defer   back to `queued` to wait for capacity, keeping the run's attempts and charges
     record_in_doubt   calls a dead run held budget for: an in_doubt attempt and an estimated charge
     hand_back         a stopping worker's unfinished jobs back to `queued` (`routeq run` on Ctrl-C)
@@ -27,6 +28,7 @@ from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, JobRe
 from storage.sql.cache import CacheRecord
 from storage.sql.database import Database
 from storage.sql.jobs import Jobs
+from storage.sql.outbox import job_failed
 from storage.sql.schema import attempts, jobs, ledger
 
 __all__ = ["IN_DOUBT", "Runs", "money"]
@@ -137,6 +139,11 @@ class Runs:
         async def write(conn: AsyncConnection) -> bool:
             applied = await conn.execute(_FINISH_JOB, outcome)
             await self._insert_calls(conn, *calls)
+            if applied.rowcount == 1 and result is None and failure is not None:
+                cost = outcome["cost_usd"] or Decimal(0)
+                await job_failed(
+                    conn, job, failure=failure, attempts_made=attempts_made, cost_usd=cost, now=now
+                )
             return applied.rowcount == 1
 
         return await self._db.writes.run(write)

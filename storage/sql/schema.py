@@ -5,6 +5,7 @@
     files     uploaded batch input (content stored) and a batch's output/error files (generated)
     api_keys  the HTTP API's keys: only a SHA-256 of each secret, bound to a tenant and user
     idempotency_keys  (tenant, Idempotency-Key) -> the batch/job a POST created, for its retries
+    webhook_endpoints 1 ─── n  webhook_deliveries 1 ─── n  webhook_attempts   the webhooks' outbox
 
 A job is the unit arq delivers; `jobs.run` is the arq try that last started it. Attempts and ledger
 rows are keyed by (job_id, run, attempt_no), so writing the same run twice adds nothing: the unique
@@ -52,6 +53,10 @@ __all__ = [
     "quality_evidence",
     "quality_tallies",
     "tenant_limits",
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "webhook_secrets",
 ]
 
 
@@ -424,4 +429,73 @@ eval_results = Table(
     Column("job_id", String(40), ForeignKey("jobs.id")),
     Column("error", Text),
     UniqueConstraint("run_id", "line", "deployment"),
+)
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    # The secret a tenant's batch webhooks (a URL given with one batch) are signed with (migration 0019).
+    Column("tenant", String(128), primary_key=True),
+    Column("secret", String(128), nullable=False),  # whsec_<base64>
+    Column("created_at", _Time, nullable=False),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    # Where a tenant's events go: an endpoint it registered (batch_id NULL), or one batch's URL.
+    Column("id", String(40), primary_key=True),  # whe_...
+    Column("tenant", String(128), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("secret", String(128)),  # its own signing secret; NULL: the tenant's (webhook_secrets)
+    Column("events", JSON, nullable=False),  # the event types it receives
+    Column("batch_id", String(40), ForeignKey("batches.id")),  # only this batch's events
+    Column("created_at", _Time, nullable=False),
+    Column("removed_at", _Time),  # no new deliveries after it (the old ones stay visible)
+    Index(None, "tenant", "batch_id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    # The outbox: one event for one endpoint, written in the transaction that finished the job or
+    # batch; (endpoint, event) is unique, so a finishing job delivered twice makes one delivery.
+    Column("id", String(40), primary_key=True),  # whd_...
+    Column("tenant", String(128), nullable=False),
+    Column("endpoint_id", String(40), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("event_id", String(64), nullable=False),  # the webhook-id header: the same on every attempt
+    Column("event_type", String(32), nullable=False),
+    Column("batch_id", String(40), nullable=False),
+    Column("job_id", String(40)),  # job.failed only
+    Column("url", Text, nullable=False),
+    Column("body", Text, nullable=False),  # the exact JSON sent on every attempt
+    Column("state", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False),  # attempts claimed so far
+    Column("next_attempt_at", _Time, nullable=False),  # due then; a claim moves it past its lease
+    Column("created_at", _Time, nullable=False),
+    Column("finished_at", _Time),  # delivered or given up
+    Column("last_status", Integer),  # the last attempt's HTTP status, if it got one
+    Column("last_error", Text),
+    UniqueConstraint("endpoint_id", "event_id"),
+    Index(None, "tenant", "created_at"),
+    Index(None, "batch_id"),
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=text("state = 'pending'"),
+        sqlite_where=text("state = 'pending'"),
+    ),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    # Every POST of a delivery: when, what came back (status or error), how long it took.
+    Column("delivery_id", String(40), ForeignKey("webhook_deliveries.id"), primary_key=True),
+    Column("attempt_no", Integer, primary_key=True),
+    Column("started_at", _Time, nullable=False),
+    Column("status_code", Integer),  # NULL: no answer (timeout, refused connection...)
+    Column("error", Text),
+    Column("latency_ms", Float, nullable=False),
+    Column("response_excerpt", Text),  # the first 500 characters of the answer's body
 )

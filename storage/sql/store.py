@@ -10,6 +10,7 @@
     store.cache      cached answers (jobs by request hash), tenants' cache policies, stats (sql/cache.py)
     store.quality    scored answers (judges, reference sets, feedback) and their tallies (sql/quality.py)
     store.evals      answered jobs to sample for judging, reference-set runs and scores (sql/evals.py)
+    store.webhooks   webhook endpoints, the outbox's deliveries and attempts       (sql/webhooks.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -36,6 +37,7 @@ from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
 from storage.sql.quality import QualityEvidence
 from storage.sql.runs import Runs
+from storage.sql.webhooks import Webhooks
 
 __all__ = ["Store"]
 
@@ -55,6 +57,7 @@ class Store:
         self.cache = ResponseCache(self.db)
         self.quality = QualityEvidence(self.db)
         self.evals = Evals(self.db)
+        self.webhooks = Webhooks(self.db)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
