@@ -33,6 +33,8 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:evals:beat            | string  | eval_interval_s (a lock)      | the judging worker    |
 | routeq:evals:cursor          | string  | permanent (small)             | the judging worker    |
 | routeq:evals:judged:<job_id> | string  | EVAL_JUDGED_TTL_S             | the judging worker    |
+| routeq:catalog:version       | string  | permanent (a counter)         | catalog changes       |
+| routeq:catalog:changed       | pub/sub | -                             | catalog changes       |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -72,6 +74,8 @@ __all__ = [
     "ARQ_JOB_PREFIX",
     "ARQ_RETRY_PREFIX",
     "BUDGET_CAPS",
+    "CATALOG_CHANGED",
+    "CATALOG_VERSION",
     "EVAL_BEAT",
     "EVAL_CURSOR",
     "EVAL_JUDGED_TTL_S",
@@ -131,6 +135,10 @@ QUALITY_TALLIES_TTL_S = 300
 EVAL_BEAT = PREFIX + "evals:beat"
 EVAL_CURSOR = PREFIX + "evals:cursor"
 EVAL_JUDGED_TTL_S = 30 * 24 * 3600
+# The live catalog (`storage.fleet.catalog`): the newest version in SQL's `catalog_versions`, raised
+# (never lowered) after each commit, and the channel that tells every process to read it at once.
+CATALOG_VERSION = PREFIX + "catalog:version"
+CATALOG_CHANGED = PREFIX + "catalog:changed"
 
 
 def key_part(name: str) -> str:

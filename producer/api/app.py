@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from producer.api import batches, cache, chat, jobs, messages, observe, ops, quality
+from producer.api import catalog as live_catalog
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
 from producer.api.limits import BodyLimit
@@ -90,7 +91,7 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    for module in (chat, messages, batches, jobs, cache, quality, ops, observe):
+    for module in (chat, messages, batches, jobs, cache, quality, ops, observe, live_catalog):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -10,6 +10,7 @@
     store.cache      cached answers (jobs by request hash), tenants' cache policies, stats (sql/cache.py)
     store.quality    scored answers (judges, reference sets, feedback) and their tallies (sql/quality.py)
     store.evals      answered jobs to sample for judging, reference-set runs and scores (sql/evals.py)
+    store.catalog    the live catalog's versions, append-only                       (sql/catalog.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from storage.sql.api_keys import ApiKeys
 from storage.sql.batches import Batches
 from storage.sql.cache import ResponseCache
+from storage.sql.catalog import CatalogVersions
 from storage.sql.database import Database, utcnow
 from storage.sql.engine import connect_database
 from storage.sql.evals import Evals
@@ -55,6 +57,7 @@ class Store:
         self.cache = ResponseCache(self.db)
         self.quality = QualityEvidence(self.db)
         self.evals = Evals(self.db)
+        self.catalog = CatalogVersions(self.db)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
