@@ -141,7 +141,7 @@ def to_toml(document: Mapping[str, Any], *, header: str = "") -> str:
             lines.append(f"{_key(key)} = {_value(value)}")
     for entry in _entries(document):
         lines += ["", "[[deployments]]"]
-        lines += [f"{_key(k)} = {_value(v)}" for k, v in entry.items()]
+        lines += [f"{_key(k)} = {_value(v)}" for k, v in entry.items() if v is not None]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -159,7 +159,9 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(str(k))} = {_value(v)}" for k, v in value.items()) + " }"
+        # TOML has no null: a None field is left out, which is its default.
+        pairs = [f"{_key(str(k))} = {_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(pairs) + " }"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} {value!r} as TOML")
