@@ -207,3 +207,27 @@ async def test_a_running_worker_uses_a_change_within_the_bound_without_a_restart
         assert max(added_s, disabled_s) < REFRESH_S, (added_s, disabled_s)
         assert removed_s < REFRESH_S + 0.25, removed_s  # the bound, plus one refresh's own work
         await client.close()
+
+
+async def test_a_plan_made_before_a_swap_calls_nothing_removed_since(make_router: Any) -> None:
+    """The router's swap itself, without storage: a plan made before it, walked after it."""
+    from router_core.models import ChatRequest  # noqa: PLC0415
+
+    router = make_router(catalog_edit.validate({"deployments": TRIO}))
+    request = ChatRequest.model_validate({"messages": PROMPT, "preferences": {"strategy": "cost"}})
+    plan = await router.plan(request)
+    assert [c.deployment for c in plan.candidates][:2] == ["cheap-a", "fast-b"]
+
+    document, _ = catalog_edit.remove({"deployments": TRIO}, "cheap-a")
+    dearer = {"price": {"input_per_mtok": 100, "output_per_mtok": 400}}
+    _, repriced = catalog_edit.change(document, "fast-b", dearer)
+    kept, changed = router.providers["smart-c"], router.providers["fast-b"]
+    router.use_catalog(repriced)
+    assert "cheap-a" not in router.providers
+    assert router.providers["smart-c"] is kept  # unchanged: its adapter stays
+    assert router.providers["fast-b"] is not changed  # changed: a new adapter
+
+    walked = await router.complete(request, plan=plan)  # planned before the swap
+    assert [a.deployment for a in walked.attempts] == ["fast-b"]  # cheap-a is gone: never called
+    fresh = await router.complete(request)
+    assert fresh.deployment == "smart-c"  # fast-b is now the dearer one
