@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,10 @@ async def _live() -> list[str]:
 
 def test_changes_are_versions_and_export_imports_back(cli: Path) -> None:
     assert "catalog version 2: added new-d" in ok(*ADD)  # the file seeded version 1 first
+    if os.environ.get("ROUTEQ_REDIS_URL"):  # fleet state needs the fleet's Redis (services only)
+        listed = json.loads(ok("deployments", "list", "--json"))["deployments"]
+        assert [d["id"] for d in listed] == ["sim-a", "sim-b", "new-d"]
+        assert "new-d is down" in ok("deployments", "down", "new-d")
     changed = ok("deployments", "set", "new-d", "rpm=50", "tpm=9000")
     assert "catalog version 3: changed new-d (rpm, tpm)" in changed
     assert "version 4: sim-a disabled" in ok("deployments", "disable", "sim-a")

@@ -20,11 +20,11 @@ from producer.cli._common import (
     execute,
     fail,
     finite_usd,
-    load_catalog_or_exit,
     load_settings,
     print_json,
     with_redis,
 )
+from producer.cli.live_catalog import live_or_file_catalog
 from router_core.fleet import Forced
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def list_deployments(as_json: JsonFlag = False) -> None:
     from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    catalog = load_catalog_or_exit()
+    catalog = live_or_file_catalog(settings)
 
     async def go(redis: Redis) -> Mapping[str, DeploymentSnapshot]:
         return await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
@@ -116,7 +116,7 @@ def _force(deployment: str, state: Forced | None) -> None:
     from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    catalog = load_catalog_or_exit()
+    catalog = live_or_file_catalog(settings)
     if deployment not in catalog:
         raise fail(f"unknown deployment {deployment!r}; known: {', '.join(catalog)}", code=1)
 

@@ -26,6 +26,7 @@ from producer.cli._common import (
     JsonFlag,
     execute,
     fail,
+    load_catalog_or_exit,
     load_settings,
     optional_redis,
     print_json,
@@ -34,13 +35,24 @@ from producer.cli._common import (
 from router_core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from router_core.catalog import Catalog
     from router_core.catalog_edit import Document
     from storage.fleet.catalog import Edit
     from storage.settings import Settings
     from storage.sql.catalog import CatalogVersion
     from storage.sql.store import Store
 
-__all__ = ["add", "disable", "enable", "export", "history", "import_file", "remove", "set_fields"]
+__all__ = [
+    "add",
+    "disable",
+    "enable",
+    "export",
+    "history",
+    "import_file",
+    "live_or_file_catalog",
+    "remove",
+    "set_fields",
+]
 
 console = Console(emoji=False)
 
@@ -57,6 +69,20 @@ ExpectOpt = Annotated[
         "--expect", help="Apply only if this is still the newest version (else exit 1, nothing written)."
     ),
 ]
+
+
+def live_or_file_catalog(settings: Settings) -> Catalog:
+    """The live catalog's newest version, or the catalog file while SQL holds none (one line if bad)."""
+    from router_core.catalog_edit import validate  # noqa: PLC0415 - on use
+    from storage.fleet.catalog import source_of  # noqa: PLC0415 - on use
+
+    file_catalog = load_catalog_or_exit()  # a bad file is one error line, live or not: it seeds the live one
+
+    async def go(store: Store) -> Catalog | None:
+        newest = await store.catalog.newest()
+        return None if newest is None else validate(newest.document, source=source_of(newest.version))
+
+    return execute(with_store(settings, go)) or file_catalog
 
 
 def parse_fields(pairs: list[str]) -> dict[str, Any]:

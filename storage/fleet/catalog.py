@@ -41,7 +41,7 @@ from storage.settings import Settings
 from storage.sql.catalog import CatalogVersion
 from storage.sql.store import Store
 
-__all__ = ["CatalogListener", "Edit", "LiveCatalog", "announce", "commit_change", "seed_catalog"]
+__all__ = ["CatalogListener", "Edit", "LiveCatalog", "announce", "commit_change", "seed_catalog", "source_of"]
 
 logger = logging.getLogger("routeq.catalog")
 
