@@ -275,6 +275,10 @@ class LiveCatalog:
         return True
 
     def _swap(self, catalog: Catalog, version: int) -> None:
+        """Hand `catalog` to every listener, then hold it: if a listener fails, the next refresh
+        tries the same version again (listeners take a catalog they already have without harm)."""
+        for listener in list(self._listeners):
+            listener(catalog)
         old = self._catalog
         self._catalog, self._version = catalog, version
         self.pickups += 1
@@ -288,8 +292,6 @@ class LiveCatalog:
             ", ".join(removed) or "none",
             ", ".join(changed) or "none",
         )
-        for listener in list(self._listeners):
-            listener(catalog)
 
     async def _follow(self, notifier: Notifier) -> None:
         """Refresh on each message, and every `refresh_s` whatever happens (the guaranteed bound)."""
@@ -304,3 +306,5 @@ class LiveCatalog:
                     logger.warning(
                         "the live catalog was not refreshed (%s); keeping version %d", exc, self._version
                     )
+                except Exception:  # a listener's bug must not end the following: log it, try again
+                    logger.exception("the live catalog's listeners failed; keeping version %d", self._version)
