@@ -24,7 +24,8 @@ from router_core import catalog_edit
 from router_core.catalog import load_catalog, read_catalog_document
 from storage import keys
 from storage.fleet.catalog import commit_change, seed_catalog
-from storage.jobs import JobStatus
+from storage.jobs import JobStatus, NewJob
+from tests import test_cache
 from tests.backends import Backend
 from tests.conftest import TRIO, deployment
 from tests.fleet import until
@@ -231,3 +232,20 @@ async def test_a_plan_made_before_a_swap_calls_nothing_removed_since(make_router
     assert [a.deployment for a in walked.attempts] == ["fast-b"]  # cheap-a is gone: never called
     fresh = await router.complete(request)
     assert fresh.deployment == "smart-c"  # fast-b is now the dearer one
+
+
+cached = test_cache.cached  # a backend with the response cache on
+
+
+async def test_no_cached_answer_of_a_disabled_deployment_is_served(cached: Backend) -> None:
+    pipeline = test_cache.Pipeline(cached)
+    client = await pipeline.client()
+    cheapest = [NewJob("q", test_cache.chat("Name a lighthouse", preferences={"strategy": "cost"}))]
+    (first,) = await pipeline.run(client, cheapest)
+    (again,) = await pipeline.run(client, cheapest)
+    assert (first.deployment, again.cache_source) == ("cheap-a", first.id)  # the cache serves it
+
+    _, pipeline.catalog = catalog_edit.change({"deployments": TRIO}, "cheap-a", {"enabled": False})
+    (after,) = await pipeline.run(client, cheapest)
+    assert after.cache_source is None  # not cheap-a's answer: a call to another deployment
+    assert after.deployment == "fast-b"
