@@ -41,7 +41,9 @@ __all__ = ["budget_app", "deployments_app"]
 console = Console(emoji=False)
 T = TypeVar("T")
 
-deployments_app = typer.Typer(help="Fleet-wide deployment state: circuits, limits, maintenance.")
+deployments_app = typer.Typer(
+    help="Deployments: fleet state (circuits, limits, maintenance) and the live catalog (changes, history)."
+)
 budget_app = typer.Typer(help="Spend caps and spend per user, end user, tenant or batch.")
 
 DeploymentArg = Annotated[str, typer.Argument(help="A deployment id from the catalog.")]

@@ -164,7 +164,7 @@ def add(
 def set_fields(
     deployment: DeploymentArg, fields: FieldsArg = None, comment: CommentOpt = "", expect: ExpectOpt = None
 ) -> None:
-    """Change fields of a deployment: `routeq deployments set gpt-4o rpm=100 price={input_per_mtok=2}`."""
+    """Change fields of a deployment: `routeq deployments set gpt-4o rpm=100 quality=0.8`."""
     from router_core import catalog_edit  # noqa: PLC0415 - genai-prices: on use
 
     changes = parse_fields(fields or [])
