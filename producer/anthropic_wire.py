@@ -1,5 +1,5 @@
 """The Anthropic Messages API as a way in: a `messages.create` body as routeq's chat request, and a
-finished job as Anthropic's `message` (or its stream of events).
+finished job as Anthropic's `message` (its stream of events: `producer.anthropic_stream`).
 
 Code written for the anthropic SDK points at routeq unchanged and is routed across every provider:
 the body becomes an OpenAI Chat Completions body (which `producer.inputs.parse_chat_body` checks
@@ -20,12 +20,11 @@ field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from storage.jobs import JobRecord
 
-__all__ = ["MessagesBodyError", "chat_body", "message_events", "message_object"]
+__all__ = ["MessagesBodyError", "chat_body", "message_object"]
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -184,36 +183,3 @@ def message_object(job: JobRecord) -> dict[str, Any]:
             "output_tokens": usage.get("output_tokens", 0),
         },
     }
-
-
-def message_events(message: dict[str, Any]) -> Iterator[str]:
-    """A finished message as the Messages API's stream: message_start, one start / delta / stop per
-    content block (text as a text_delta, a tool call's input as one input_json_delta), message_delta
-    (stop reason, output tokens) and message_stop, as server-sent events."""
-    start = {**message, "content": [], "stop_reason": None, "usage": {**message["usage"], "output_tokens": 0}}
-    yield _event("message_start", {"type": "message_start", "message": start})
-    for index, block in enumerate(message["content"]):
-        if block["type"] == "text":
-            opening: dict[str, Any] = {"type": "text", "text": ""}
-            delta = {"type": "text_delta", "text": block["text"]}
-        else:
-            opening = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
-        yield _event(
-            "content_block_start", {"type": "content_block_start", "index": index, "content_block": opening}
-        )
-        yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-        yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
-    yield _event(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-            "usage": {"output_tokens": message["usage"]["output_tokens"]},
-        },
-    )
-    yield _event("message_stop", {"type": "message_stop"})
-
-
-def _event(name: str, data: dict[str, Any]) -> str:
-    return f"event: {name}\ndata: {json.dumps(data)}\n\n"

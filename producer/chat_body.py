@@ -79,10 +79,22 @@ def reference_problem(exc: InvalidRequestError) -> tuple[str | None, str]:
     return exc.field, str(exc).removeprefix(f"{exc.field}: ")
 
 
+_SET_BY_ROUTEQ = {
+    "strategy_source": "where the strategy came from, when the job is made",
+    "allowed_models": "from the API key's allowed models (routeq keys limit --allow-model)",
+}
+"""Preferences routeq sets itself: a request may not set them (nor widen a key's models)."""
+
+
 def _apply_preferences(payload: dict[str, Any], preferences: Any, prefix: str, problems: list[str]) -> None:
     """Set payload's preferences, turning a ``router:<strategy>`` model into model auto + strategy."""
     if preferences is not None:
         payload["preferences"] = preferences
+    if isinstance(preferences, dict):
+        for key in _SET_BY_ROUTEQ.keys() & preferences.keys():
+            problems.append(
+                f"{prefix}preferences.{key} is set by routeq ({_SET_BY_ROUTEQ[key]}), not by a request"
+            )
     model = payload.get("model")
     if model is None:
         payload.pop("model", None)

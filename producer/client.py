@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -24,10 +24,11 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from producer.inputs import MAX_CUSTOM_ID_LENGTH, LineError, ParsedInput, unstorable_values
+from producer.inputs import LineError, ParsedInput
+from producer.storable import check_storable
+from producer.strategy_defaults import StrategyDefaults
 from router_core.catalog import Catalog, load_catalog
-from router_core.errors import InvalidRequestError, NoRouteError, RouteqError
-from router_core.limits import RequestLimits
+from router_core.errors import NoRouteError, RouteqError
 from router_core.models import ChatRequest, Plan
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
@@ -58,6 +59,7 @@ logger = logging.getLogger("routeq.client")
 # From this many items on, checking what they would store runs in a thread (as building their rows
 # does in `storage.sql.batches`).
 _CHECK_IN_THREAD = 1_000
+_Resolve = Callable[[ChatRequest], ChatRequest]  # a request with its default strategy resolved
 
 
 @dataclass(slots=True)
@@ -93,12 +95,16 @@ class Client:
         all_tenants: bool = False,
         owns_connections: bool = False,
         notifier: Notifier | None = None,
+        strategies: StrategyDefaults | None = None,
+        api_key_id: str | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
         self.settings = settings
         self.tenant = tenant or settings.tenant
         self.user = user or settings.user
+        # Recorded on every job this client submits (the API's clients: spend per key); None: no key.
+        self.api_key_id = api_key_id
         # What this client may read: its own tenant's jobs and batches, or every tenant's (operators).
         self.scope: TenantScope = ANY_TENANT if all_tenants else self.tenant
         self.events_bus = EventBus(redis, retention_s=settings.event_retention_s)
@@ -106,6 +112,8 @@ class Client:
         # Every wait of this client (and of clients sharing the notifier) shares one subscription.
         self._own_notifier = notifier is None
         self.notifier = notifier or Notifier(redis)
+        # Default strategies are resolved here, each job recording which (producer/strategy_defaults.py).
+        self.strategies = strategies or StrategyDefaults(store, settings.default_strategy)
 
     @classmethod
     async def connect(cls, settings: Settings | None = None, **kwargs: Any) -> Client:
@@ -234,7 +242,8 @@ class Client:
         Raises:
             InvalidRequestError: `name` or `budget_usd` cannot be stored.
         """
-        _check_storable([], name, budget_usd, self.settings.request_limits())
+        check_storable([], name, budget_usd, self.settings.request_limits())
+        resolve = await self.strategies.resolver(self.tenant)
         progress = SubmitProgress()
         lines = iter(chunks)
         pipeline = _Pipeline()
@@ -242,7 +251,7 @@ class Client:
         try:
             # Chunk n+1 is parsed (and its requests serialized) in a thread while chunk n is written
             # (and chunk n-1 queued): three chunks at most, whatever the file.
-            while (ready := await asyncio.to_thread(_next_encoded, lines)) is not None:
+            while (ready := await asyncio.to_thread(_next_encoded, lines, resolve)) is not None:
                 if writing is not None:
                     await writing
                 pipeline.check()
@@ -358,18 +367,24 @@ class Client:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
+        expires_at: datetime | None = None,
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
+        Jobs not started by `expires_at` end as expired; a request naming no strategy gets the
+        tenant's default, or the environment's (recorded in its `preferences.strategy_source`).
 
         Raises:
             InvalidRequestError: an item the database would refuse or should never hold, by field.
             IdempotencyKeyReusedError: `idempotency` was used by this tenant for another request.
         """
         limits = self.settings.request_limits()
+        resolve = await self.strategies.resolver(self.tenant)
         if len(items) < _CHECK_IN_THREAD:
-            _check_storable(items, name, budget_usd, limits)
+            items = _resolved(items, resolve)
+            check_storable(items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
-            await asyncio.to_thread(_check_storable, items, name, budget_usd, limits)
+            items = await asyncio.to_thread(_resolved, items, resolve)
+            await asyncio.to_thread(check_storable, items, name, budget_usd, limits)
         return await self.store.batches.create(
             items,
             tenant=self.tenant,
@@ -380,6 +395,8 @@ class Client:
             budget_usd=budget_usd,
             api=api,
             idempotency=idempotency,
+            expires_at=expires_at,
+            api_key_id=self.api_key_id,
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:
@@ -425,6 +442,7 @@ class Client:
         from producer.planning import Planner  # noqa: PLC0415 - the planner's imports: only when planning
 
         catalog = catalog or load_catalog(self.settings.catalog_path)
+        request = await self.strategies.resolve(request, self.tenant)  # as `create` would
         result = await Planner.from_settings(self.settings, self.store, self.redis).preview(request, catalog)
         if isinstance(result, NoRouteError):
             raise result
@@ -530,12 +548,16 @@ class _ChunkDone:
     next_line: int | None
 
 
-def _next_encoded(chunks: Iterator[ParsedInput]) -> tuple[ParsedInput, EncodedJobs] | None:
-    """The next chunk with its valid items encoded as rows store them, or None at the end."""
+def _next_encoded(chunks: Iterator[ParsedInput], resolve: _Resolve) -> tuple[ParsedInput, EncodedJobs] | None:
+    """The next chunk, its valid items resolved and encoded as rows store them; None at the end."""
     chunk = next(chunks, None)
     if chunk is None:
         return None
-    return chunk, encode_jobs(NewJob(item.custom_id, item.request) for item in chunk.items)
+    return chunk, encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
+
+
+def _resolved(items: list[NewJob], resolve: _Resolve) -> list[NewJob]:
+    return [dataclasses.replace(item, request=resolve(item.request)) for item in items]
 
 
 def _unfinished(line: int) -> dict[str, Any]:
@@ -546,36 +568,3 @@ def _unfinished(line: int) -> dict[str, Any]:
         "(yet, or ever if the submitting process stopped: then submit them again)",
         "custom_id": None,
     }
-
-
-def _check_storable(
-    items: Sequence[NewJob], name: str | None, budget_usd: float | None, limits: RequestLimits
-) -> None:
-    """Refuse, before anything is written, what the database would refuse or should never hold.
-
-    The CLI and the API check their input line by line; this is the same check for callers of the
-    Python client, so a bad value is an `InvalidRequestError` naming it, never a failed transaction
-    that reads like a database outage (and loses the batch's good requests with it).
-
-    Raises:
-        InvalidRequestError: naming the item and field at fault.
-    """
-    if budget_usd is not None and not (math.isfinite(budget_usd) and budget_usd >= 0):
-        raise InvalidRequestError(f"must be a finite number >= 0, got {budget_usd}", field="budget_usd")
-    for problem in unstorable_values(name, "name"):
-        raise InvalidRequestError(problem)
-    for index, item in enumerate(items):
-        where = f"items[{index}]"
-        if not item.custom_id or len(item.custom_id) > MAX_CUSTOM_ID_LENGTH:
-            raise InvalidRequestError(
-                f"must be 1 to {MAX_CUSTOM_ID_LENGTH} characters long", field=f"{where}.custom_id"
-            )
-        problems = [
-            *unstorable_values(item.custom_id, f"{where}.custom_id"),
-            *unstorable_values(
-                item.request.model_dump(mode="python", exclude_defaults=True), f"{where}.request"
-            ),
-            *(f"{where}.request.{field}: {message}" for field, message in limits.problems(item.request)),
-        ]
-        if problems:
-            raise InvalidRequestError("; ".join(problems))

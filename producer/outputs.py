@@ -29,6 +29,7 @@ __all__ = [
     "openai_usage",
     "output_line",
     "routing_metadata",
+    "strategy_fields",
     "write_results",
 ]
 
@@ -104,8 +105,18 @@ def routing_metadata(job: JobRecord) -> dict[str, Any]:
         "simulated": (job.result or {}).get("simulated"),
         "batch_id": job.batch_id,
         "job_id": job.id,
+        **strategy_fields(job),
         **cache_fields(job),
     }
+
+
+def strategy_fields(job: JobRecord) -> dict[str, Any]:
+    """The strategy the job was routed by and where it came from (`request`, `tenant`,
+    `environment`, `default`; None for a job made without it: before routeq recorded it, or by the
+    fleet itself, such as the eval beat's judge jobs)."""
+    preferences = (job.request or {}).get("preferences") or {}
+    strategy = (job.result or {}).get("plan_strategy") or preferences.get("strategy") or "balanced"
+    return {"strategy": strategy, "strategy_source": preferences.get("strategy_source")}
 
 
 def cache_fields(job: JobRecord) -> dict[str, Any]:

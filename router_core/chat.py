@@ -1,4 +1,5 @@
-"""The Chat Completions vocabulary beyond plain text: tools, output formats, content parts, features.
+"""The Chat Completions vocabulary beyond plain text: messages, tools, output formats, content parts,
+features.
 
 A `ChatRequest` (router_core.models) carries these; this module also says which deployment
 `Feature`s a request needs (`required_features`), so the planner can exclude a deployment that
@@ -29,6 +30,7 @@ __all__ = [
     "Feature",
     "FunctionDef",
     "JsonSchemaFormat",
+    "Message",
     "NamedToolChoice",
     "ResponseFormat",
     "Tool",
@@ -211,6 +213,56 @@ class ContentPart(BaseModel):
         if self.type == "image_url" and self.image_url is None:
             raise ValueError("an 'image_url' part needs 'image_url': {url, detail?}")
         return self
+
+
+class Message(BaseModel):
+    """One chat message: text or content parts (text, images); an assistant's `tool_calls`; a
+    `tool` message's result for `tool_call_id`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs 'tool_call_id': the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an 'assistant' message carries 'tool_calls'")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only a 'tool' message carries 'tool_call_id'")
+        return self
+
+    def text(self) -> str:
+        """The message's text, joining text parts."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+    def image_tokens(self) -> int:
+        """Estimated prompt tokens of the message's images (0 for text)."""
+        if not isinstance(self.content, list):
+            return 0
+        return sum(
+            IMAGE_TOKENS_LOW_DETAIL if p.image_url.detail == "low" else IMAGE_TOKENS_ESTIMATE
+            for p in self.content
+            if p.image_url is not None
+        )
+
+    def has_payload(self) -> bool:
+        """Whether the message says anything: text, an image, tool calls or a tool result."""
+        if self.tool_calls or self.tool_call_id:
+            return True
+        if isinstance(self.content, list):
+            return any(p.image_url is not None or (p.text or "").strip() for p in self.content)
+        return bool(self.content and self.content.strip())
 
 
 class Choice(BaseModel):

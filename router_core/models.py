@@ -16,22 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from router_core.cache import CachePreference
 from router_core.chat import (
-    IMAGE_TOKENS_ESTIMATE,
-    IMAGE_TOKENS_LOW_DETAIL,
     Choice,
     Choices,
-    ContentPart,
     Effort,
     EndUser,
     Feature,
     LogitBias,
+    Message,
     Metadata,
     Penalty,
     ResponseFormat,
     ServiceTier,
     Stop,
     Temperature,
-    ToolCall,
     ToolChoice,
     Tools,
     TopLogprobs,
@@ -59,6 +56,7 @@ __all__ = [
     "Plan",
     "Preferences",
     "Strategy",
+    "StrategySource",
     "Usage",
     "Weights",
     "deployment_switches",
@@ -84,6 +82,10 @@ class Strategy(StrEnum):
     ENSEMBLE = "ensemble"
     ESCALATE = "escalate"
 
+
+StrategySource = Literal["request", "tenant", "environment", "default"]
+"""Where a job's strategy came from: the request, its tenant's default, ROUTEQ_DEFAULT_STRATEGY or the
+built-in balanced (`router_core.policy.with_default_strategy`)."""
 
 STRATEGY_ALIASES = {"fast": Strategy.SPEED, "accurate": Strategy.QUALITY}
 
@@ -116,56 +118,6 @@ class Complexity(StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
-
-
-class Message(BaseModel):
-    """One chat message: text or content parts (text, images); an assistant's `tool_calls`; a
-    `tool` message's result for `tool_call_id`."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-    refusal: str | None = None
-
-    @model_validator(mode="after")
-    def _shape(self) -> Message:
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a 'tool' message needs 'tool_call_id': the id of the call it answers")
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError("only an 'assistant' message carries 'tool_calls'")
-        if self.tool_call_id is not None and self.role != "tool":
-            raise ValueError("only a 'tool' message carries 'tool_call_id'")
-        return self
-
-    def text(self) -> str:
-        """The message's text, joining text parts."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text or "" for p in self.content if p.type == "text")
-
-    def image_tokens(self) -> int:
-        """Estimated prompt tokens of the message's images (0 for text)."""
-        if not isinstance(self.content, list):
-            return 0
-        return sum(
-            IMAGE_TOKENS_LOW_DETAIL if p.image_url.detail == "low" else IMAGE_TOKENS_ESTIMATE
-            for p in self.content
-            if p.image_url is not None
-        )
-
-    def has_payload(self) -> bool:
-        """Whether the message says anything: text, an image, tool calls or a tool result."""
-        if self.tool_calls or self.tool_call_id:
-            return True
-        if isinstance(self.content, list):
-            return any(p.image_url is not None or (p.text or "").strip() for p in self.content)
-        return bool(self.content and self.content.strip())
 
 
 class Weights(BaseModel):
@@ -263,6 +215,10 @@ class Preferences(BaseModel):
         description='For strategy \'escalate\': {"mode": "fast"|"balanced"|"accurate"} or {"tolerance": '
         "0..1}; unset = balanced.",
     )
+    # Set by routeq as the job is made, never by a request: where `strategy` came from, and the API
+    # key's allowed models (ids, model names, <provider>/<model>, * wildcards; the others are excluded).
+    strategy_source: StrategySource | None = None
+    allowed_models: list[Annotated[str, Field(min_length=1)]] | None = None
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -436,6 +392,7 @@ class ExclusionReason(StrEnum):
     NOT_IN_CHAIN = "not_in_chain"
     UNSUPPORTED = "unsupported"
     NOT_PINNED = "not_pinned"
+    NOT_ALLOWED = "not_allowed"  # not among the API key's allowed models
 
 
 class Exclusion(BaseModel):
@@ -480,6 +437,7 @@ class Plan(BaseModel):
     """The ordered candidates (primary first) and every exclusion with its reason."""
 
     strategy: Strategy
+    strategy_source: StrategySource | None = None  # the request, its tenant, the environment, built in
     capability: Capability
     complexity: Complexity
     prompt_tokens_estimate: int

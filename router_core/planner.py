@@ -3,8 +3,8 @@
 A pure function of its inputs (no I/O), so it is cheap to test and to benchmark. Steps:
 classify the prompt, estimate tokens, cost and latency per chat deployment (embedding deployments
 are never candidates, nor listed as exclusions), exclude those that break a constraint (recording
-why), rank the rest with the strategy, put a pinned `model` first and the primary's explicit
-`fallbacks` right after it.
+why; one outside the API key's `allowed_models` first of all), rank the rest with the strategy,
+put a pinned `model` first and the primary's explicit `fallbacks` right after it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from router_core.models import (
     Preferences,
     Strategy,
 )
+from router_core.policy import model_allowed
 from router_core.quality import QualityBoard
 from router_core.strategies import Option, RankContext, escalation_bar, rank
 from router_core.tokens import prompt_tokens
@@ -84,6 +85,15 @@ def _chain(
 ) -> tuple[ExclusionReason, str] | None:
     if p.strategy is Strategy.FALLBACK_CHAIN and dep.id not in (p.chain or []):
         return ExclusionReason.NOT_IN_CHAIN, "not in the fallback_chain 'chain' list"
+    return None
+
+
+def _allowed(
+    dep: Deployment, p: Preferences, e: _Estimate, s: DeploymentSnapshot
+) -> tuple[ExclusionReason, str] | None:
+    if p.allowed_models is not None and not model_allowed(p.allowed_models, dep):
+        allowed = ", ".join(p.allowed_models) or "none"
+        return ExclusionReason.NOT_ALLOWED, f"not allowed for this key (allowed models: {allowed})"
     return None
 
 
@@ -159,6 +169,7 @@ def _latency(
 # the preferences make it relevant at all, so a plan runs only the checks it needs (planning is on
 # every job's path).
 _CHECKS: tuple[tuple[Callable[[Preferences], bool], Check], ...] = (
+    (lambda p: p.allowed_models is not None, _allowed),
     (lambda p: p.strategy is Strategy.FALLBACK_CHAIN, _chain),
     (lambda p: bool(p.include_providers or p.exclude_providers), _providers),
     (lambda p: True, _circuit),
@@ -261,6 +272,7 @@ def build_plan(
     ]
     return Plan(
         strategy=prefs.strategy,
+        strategy_source=prefs.strategy_source,
         capability=capability,
         complexity=guess.complexity,
         prompt_tokens_estimate=p_tokens,
@@ -397,14 +409,14 @@ def _pin_and_fallbacks(
 def answer_fits(request: ChatRequest, dep: Deployment) -> str | None:
     """Why an answer `dep` gave may not serve `request` (a cached answer), or None if it may.
 
-    Only the request's own constraints count: its providers, least quality, fallback chain and a
-    pinned model without fallbacks. Cost and latency limits cannot fail (a cached answer costs
-    nothing and comes at once), and the fleet's state (breakers, limits) says nothing about an
-    answer already given.
+    Only the request's own constraints count: the key's allowed models, its providers, least
+    quality, fallback chain and a pinned model without fallbacks. Cost and latency limits cannot
+    fail (a cached answer costs nothing and comes at once), and the fleet's state (breakers,
+    limits) says nothing about an answer already given.
     """
     prefs = request.preferences
     estimate = _Estimate(0, 0, 0.0, 0.0, dep.quality)
-    for check in (_chain, _providers, _quality):
+    for check in (_allowed, _chain, _providers, _quality):
         failure = check(dep, prefs, estimate, DeploymentSnapshot())
         if failure is not None:
             return failure[1]

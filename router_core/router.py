@@ -474,7 +474,9 @@ class Router:
                 break
             wait = self._backoff(n, error.retry_after)
             if wait > self.policy.max_retry_after_s:
-                logger.info("%s asks to wait %.1fs; failing over instead", dep.id, wait)
+                logger.info(
+                    "%s asks to wait %.1fs; failing over instead", dep.id, wait, extra={"deployment": dep.id}
+                )
                 break
         return None, error
 
@@ -502,7 +504,7 @@ class Router:
         rate_limited = admission.refusal in (Refusal.RPM, Refusal.TPM)
         spread = dep.rate_window_s if rate_limited else CONCURRENCY_RETRY_S
         walk.refused.append(_Refused(admission.describe(dep.id), False, admission.retry_after_s, spread))
-        logger.debug("skipping %s", admission.describe(dep.id))
+        logger.debug("skipping %s", admission.describe(dep.id), extra={"deployment": dep.id})
         return None
 
     def _backoff(self, retry_number: int, retry_after: float | None) -> float:
@@ -537,7 +539,7 @@ class Router:
             tokens = usage.input_tokens + usage.output_tokens if usage else None
             await asyncio.shield(self.fleet.release(dep, admission, outcome, latency_ms, tokens))
         if error is not None:
-            logger.debug("attempt on %s failed: %s", dep.id, error)
+            logger.debug("attempt on %s failed: %s", dep.id, error, extra={"deployment": dep.id})
         attempt = Attempt(
             deployment=dep.id,
             provider=dep.provider,

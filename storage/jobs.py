@@ -284,6 +284,7 @@ class JobRecord:
     cache_source: str | None = None  # a cache hit: the job whose provider answer it reused
     cache_similarity: float | None = None  # a semantic hit's similarity (None: exact)
     saved_usd: Decimal | None = None  # a hit: what its source's calls cost, not paid again
+    api_key_id: str | None = None  # the API key that submitted it (None: the CLI or Python client)
 
     @property
     def terminal(self) -> bool:
@@ -327,12 +328,13 @@ class BatchRecord:
     completion_window: str | None = None
     expires_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    deleted_at: datetime | None = None  # deleted by its tenant (only operators still read it)
     counts: dict[JobStatus, int] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], counts: dict[JobStatus, int]) -> BatchRecord:
         values = dict(row)
-        for name in ("created_at", "completed_at", "cancelled_at", "expires_at"):
+        for name in ("created_at", "completed_at", "cancelled_at", "expires_at", "deleted_at"):
             values[name] = aware(values[name])
         return cls(**values, counts=counts)
 

@@ -20,7 +20,9 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:dep:<id>:tokens       | hash    | pruned with :requests         | fleet scripts         |
 | routeq:rotation              | hash    | permanent                     | fleet (round robin)   |
 | routeq:budget:caps           | hash    | permanent, set by operators   | `routeq budget set`   |
+| routeq:budget:caps:<period>  | hash    | permanent, set by operators   | `budget set --period` |
 | routeq:budget:<scope>        | hash    | permanent; rebuilt from SQL   | budget scripts        |
+| routeq:budget:<scope>:<period>:<start> | hash | until 2 days past the period's end | budget scripts |
 | routeq:holds:<job_id>        | hash    | until settled after commit    | budget scripts        |
 | routeq:open-holds            | zset    | until the job's last hold goes | budget scripts       |
 | routeq:answer:<job_id>       | hash    | until committed; ANSWER_TTL_S | workers (answers)     |
@@ -43,7 +45,11 @@ requests (score = release time; admission + lease while in flight) for the rpm/t
 
 Budgets (`storage.fleet.budgets`): a scope is `user:<tenant>/<user>`, `end_user:<tenant>/<end user>`,
 `tenant:<tenant>` or `batch:<id>`, each name passed through `key_part`; its hash keeps `spent` and
-`reserved` in micro-dollars. `routeq:holds:<job>` maps `<run>:<attempt_no>` to the hold of a call
+`reserved` in micro-dollars, over the scope's life. `routeq:budget:<scope>:<period>:<start>` (period
+daily, weekly or monthly, start the local date it began: `...:monthly:2026-01-01`) holds the same
+two counters for one period only: a new period is a new key, starting from nothing, and the old one
+expires by itself. Caps are `routeq:budget:caps` (lifetime) and `routeq:budget:caps:<period>`.
+`routeq:holds:<job>` maps `<run>:<attempt_no>` to the hold of a call
 about to be made: the write-ahead record that lets a re-run charge the calls of a worker that died
 before its ledger commit.
 
@@ -74,6 +80,7 @@ __all__ = [
     "ARQ_JOB_PREFIX",
     "ARQ_RETRY_PREFIX",
     "BUDGET_CAPS",
+    "BUDGET_PERIOD_GRACE_S",
     "CATALOG_CHANGED",
     "CATALOG_VERSION",
     "EVAL_BEAT",
@@ -88,6 +95,7 @@ __all__ = [
     "batch_events",
     "batch_progress",
     "budget",
+    "budget_caps",
     "deployment",
     "deployment_claims",
     "deployment_inflight",
@@ -222,8 +230,18 @@ def deployment_claims(deployment_id: str) -> str:
 
 
 def budget(scope: str) -> str:
-    """`spent` and `reserved` (micro-dollars) of one budget scope, as `storage.fleet.budgets` builds it."""
+    """`spent` and `reserved` (micro-dollars) of one budget scope, as `storage.fleet.budgets` builds it,
+    or of one scope in one period (`<scope>:<period>:<start>`: a scope's names never hold a raw `:`)."""
     return f"{PREFIX}budget:{scope}"
+
+
+def budget_caps(period: str) -> str:
+    """Caps (scope -> micro-dollars) of one period: `BUDGET_CAPS` for lifetime caps."""
+    return BUDGET_CAPS if period == "lifetime" else f"{BUDGET_CAPS}:{period}"
+
+
+# A period's counters outlive its end this long: holds taken before the boundary settle into it.
+BUDGET_PERIOD_GRACE_S = 2 * 24 * 3600
 
 
 def job_holds(job_id: str) -> str:

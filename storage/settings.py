@@ -8,6 +8,7 @@ configures the whole fleet.
 from __future__ import annotations
 
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator
 
@@ -18,6 +19,9 @@ from router_core.limits import (
     DEFAULT_MAX_PROMPT_BYTES,
     RequestLimits,
 )
+from router_core.models import Strategy
+from router_core.periods import load_zone
+from router_core.policy import parse_default_strategy
 from router_core.settings import RouterSettings
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings"]
@@ -135,6 +139,11 @@ class Settings(RouterSettings):
         description="Spend cap of a user with no cap of their own (`routeq budget set user:<t>/<u>`), "
         "in USD, for the whole fleet.",
     )
+    budget_timezone: str = Field(
+        default="UTC",
+        description="The IANA time zone (`Europe/Paris`, `America/New_York`) whose local midnights start "
+        "daily, weekly (Monday) and monthly budget periods; the same on every worker and API process.",
+    )
     api_dev_mode: bool = Field(
         default=False,
         description="HTTP API without keys: every request acts as `tenant`/`user`, with admin rights. "
@@ -244,6 +253,11 @@ class Settings(RouterSettings):
         description="The catalog deployment that embeds prompts for the semantic cache; unset = the "
         'first with task = "embedding".',
     )
+    default_strategy: Strategy | None = Field(
+        default=None,
+        description="The strategy of a request that names none and whose tenant has no default of its "
+        "own; unset = balanced.",
+    )
     tenant: str = Field(default="default", min_length=1, description="Tenant recorded on submitted jobs.")
     user: str = Field(default="default", min_length=1, description="User recorded on submitted jobs.")
 
@@ -262,10 +276,26 @@ class Settings(RouterSettings):
     def _empty_redis_is_embedded(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("default_strategy", mode="before")
+    @classmethod
+    def _known_strategy(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_default_strategy(value) if value.strip() else None
+        return value
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return load_zone(value).key
+
     @field_validator("worker_metrics_port", mode="before")
     @classmethod
     def _empty_port_is_disabled(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def budget_zone(self) -> ZoneInfo:
+        """The time zone whose local midnights start budget periods (`budget_timezone`)."""
+        return ZoneInfo(self.budget_timezone)
 
     def request_limits(self) -> RequestLimits:
         """The size limits every request entering the pipeline is checked against."""

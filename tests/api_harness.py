@@ -35,6 +35,7 @@ class LiveApi:
     backend: Backend
     catalog: Catalog
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+    sim_world: SimWorld | None = None  # the simulated providers the worker calls (in-process or loopback)
 
     async def key(self, tenant: str, user: str = "u1", *, admin: bool = False, operator: bool = False) -> str:
         """A new API key's secret for `tenant`/`user`."""
@@ -69,6 +70,7 @@ async def serve_api(
     async with _sim(catalog, loopback_sim) as sim:
         backend.settings = backend.settings.model_copy(update={**settings, "sim_url": sim.url})
         async with _serve(backend, catalog, sim.world if sim.url is None else None, worker=worker) as live:
+            live.sim_world = sim.world
             yield live
 
 

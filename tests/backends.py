@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,7 @@ class Backend:
         max_jobs: int | None = None,
         max_burst_jobs: int = -1,
         before_shutdown: ContextHook | None = None,
+        now: Callable[[], float] | None = None,
     ) -> int:
         """Run a burst-mode worker on this backend's store until the queue is empty; returns jobs done."""
         redis = await self.redis()
@@ -82,7 +83,7 @@ class Backend:
         worker = build_worker(
             self.settings,
             redis=redis,
-            shared=Shared(store=self.store, catalog=catalog, sim_world=sim_world),
+            shared=Shared(store=self.store, catalog=catalog, sim_world=sim_world, now=now),
             burst=True,
             max_burst_jobs=max_burst_jobs,
             handle_signals=False,

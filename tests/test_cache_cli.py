@@ -18,11 +18,15 @@ from producer.cli import app
 from storage.sql.schema import attempts, jobs, ledger
 from storage.sql.store import Store
 from tests import test_cli_pipeline
+from tests.fleet import PROCESS_TEST_TIMEOUT_S
 from tests.test_cli_pipeline import runner
 
 # The CLI tests' fixtures: a clean working directory and environment, and the real services.
 workdir = test_cli_pipeline.workdir
 services_env = test_cli_pipeline.services_env
+
+# Each test runs 2,000 jobs through the whole pipeline: on a loaded machine that outlasts pytest's 60 s.
+pytestmark = pytest.mark.timeout(PROCESS_TEST_TIMEOUT_S)
 
 LINES = 1_000
 REPEATS = 300

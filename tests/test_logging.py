@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from producer.client import Client
 from router_core.models import ChatRequest, Message
+from router_core.providers import sim_world_for
+from router_core.sim import SimProfile
 from storage.jobs import ANY_TENANT, NewJob
 from storage.logs import (
     CONTEXT_FIELDS,
@@ -33,6 +35,7 @@ from storage.logs import (
 )
 from storage.settings import Settings
 from tests.backends import Backend, open_backend
+from tests.conftest import TRIO, make_catalog
 
 
 @pytest.fixture
@@ -80,6 +83,35 @@ async def test_json_lines_of_a_job_carry_its_job_batch_tenant_and_deployment(
     arq_job_lines = [line for line in lines if line["logger"] == "arq.worker" and "←" in line["message"]]
     assert len(arq_job_lines) == 3
     assert {line["level"] for line in arq_job_lines} == {"DEBUG"}
+
+
+async def test_a_line_about_an_attempt_names_the_deployment_tried_not_the_one_that_answered(
+    tmp_path: Path, configured: io.StringIO
+) -> None:
+    """The router's own lines (router_core logs through `extra`): a job that fails over logs each
+    deployment it left under that deployment, while its last line names the one that answered."""
+    apply(configured, "json", verbose=True)
+    catalog = make_catalog(TRIO)
+    world = sim_world_for(catalog)
+    for refusing in ("cheap-a", "fast-b"):  # 429 with a wait far past the router's limit: fail over
+        world.set_profile(refusing, SimProfile(rate_limit_rate=1.0, retry_after_s=600))
+    async with open_backend("embedded", tmp_path) as backend:
+        client = Client(await backend.redis(), backend.store, backend.settings)
+        batch_id = await client.submit_batch(
+            [NewJob("one", ChatRequest(messages=[Message(role="user", content="hi")]))]
+        )
+        assert await backend.run_worker(catalog=catalog, sim_world=world) == 1
+        (job,) = [job async for job in client.results(batch_id)]
+
+    lines = [json.loads(line) for line in configured.getvalue().splitlines()]
+    left = [line for line in lines if "failing over" in line["message"]]
+    assert left, lines
+    for line in left:
+        assert line["message"].startswith(f"{line['deployment']} asks to wait")
+        assert line["deployment"] != job.deployment
+        assert line["job"] == job.id
+    (done,) = [line for line in lines if line["message"] == f"job {job.id} run 1: succeeded"]
+    assert done["deployment"] == job.deployment == "smart-c"
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -323,3 +325,28 @@ async def test_stopping_a_stream_early_releases_the_response(kind: str) -> None:
         assert len(responses) == 1
         assert responses[0].is_closed
         assert (await router.fleet.snapshot(["dep-a"]))["dep-a"].in_flight == 0
+
+
+# Run in a fresh interpreter: which SDKs building the providers of a catalog loads.
+_SDKS_LOADED = """
+import json, sys
+from router_core.providers import build_providers
+from tests.conftest import deployment, make_catalog
+kinds = json.loads(sys.argv[1])
+build_providers(make_catalog([deployment(f"d{n}", kind=kind) for n, kind in enumerate(kinds)]))
+print(json.dumps(sorted(sdk for sdk in ("openai", "anthropic") if sdk in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("kinds", "loaded"),
+    [(["openai", "sim"], ["openai"]), (["openai", "anthropic"], ["anthropic", "openai"])],
+)
+def test_the_anthropic_sdk_is_imported_only_for_an_anthropic_deployment(
+    kinds: list[str], loaded: list[str]
+) -> None:
+    """A worker without Anthropic deployments starts without importing the anthropic SDK (seconds)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SDKS_LOADED, json.dumps(kinds)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout) == loaded

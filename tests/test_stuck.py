@@ -32,11 +32,13 @@ from storage.jobs import TERMINAL, JobRecord, JobStatus, NewJob
 from storage.settings import Settings
 from tests.api_harness import serve_api
 from tests.backends import Backend, open_backend
-from tests.fleet import ROUTEQ, finished, fleet, free_port, until
+from tests.fleet import PROCESS_TEST_TIMEOUT_S, ROUTEQ, finished, fleet, free_port, until
 from tests.pg_proxy import PausableProxy
 from tests.test_api_batches import jsonl, line
 from tests.test_fleet import sim_deployment
 from tests.test_pipeline import chat
+
+pytestmark = pytest.mark.timeout(PROCESS_TEST_TIMEOUT_S)
 
 JOBS = 300
 # Short enough for seconds-long tests; the stall outlasts the job timeout by more than one lease.

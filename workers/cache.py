@@ -153,7 +153,7 @@ class JobCache:
 
     async def _join_flight(self, job: StartedJob, request: ChatRequest, use: CacheUse) -> None:
         """Lead the request's flight, or wait for its leader's answer (at most `wait_s`)."""
-        constraints = request.preferences.model_dump_json(exclude={"cache"})
+        constraints = request.preferences.model_dump_json(exclude={"cache", "strategy_source"})
         use.flight = hashlib.sha256(f"{use.key}:{constraints}".encode()).hexdigest()
         channel = keys.flight_done_channel(job.tenant, use.flight)
         deadline = time.monotonic() + self.wait_s

@@ -11,7 +11,7 @@ context built in `on_startup` reaches each `route_job` call. The hooks live in `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +52,8 @@ class Shared:
         sim_world: the simulated providers; None builds them from the catalog when simulating.
         metrics: the registry the runner counts into; None keeps one only when the worker serves
             a metrics port (`settings.worker_metrics_port`).
+        now: the wall clock (epoch s) budgets read: which day, week and month a call counts in;
+            None is `time.time` (tests bring a fake one to cross a period's boundary).
     """
 
     store: Store | None = None
@@ -59,6 +61,7 @@ class Shared:
     sim_world: SimWorld | None = None
     live: LiveCatalog | None = None
     metrics: Metrics | None = None
+    now: Callable[[], float] | None = None
 
 
 @dataclass(frozen=True)

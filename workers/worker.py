@@ -128,7 +128,12 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             store,
             events,
             worker_id=worker_id,
-            budgets=Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd),
+            budgets=Budgets(
+                redis,
+                default_user_cap_usd=settings.default_user_budget_usd,
+                now=shared.now or time.time,
+                zone=settings.budget_zone(),
+            ),
             max_tries=settings.max_tries,
             route_timeout_s=settings.job_timeout_s * 0.9,
             simulated=simulated,

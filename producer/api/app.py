@@ -8,6 +8,7 @@
     /v1/feedback, /v1/quality                 ratings of answers, learned quality     (quality.py)
     /v1/providers, /v1/admin/..., /health, /ready                                     (ops.py)
     /v1/analytics, /metrics                   SQL analytics, Prometheus               (observe.py)
+    /v1/spend                                 spend per user, key or batch            (spend.py)
     /docs, /openapi.json                      OpenAPI
 
 The app meets the workers only through Redis (queue, events, relayed streams, fleet state) and SQL.
@@ -27,7 +28,19 @@ from arq.connections import ArqRedis
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from producer.api import batches, cache, chat, jobs, messages, observe, ops, quality
+from producer.api import (
+    batches,
+    cache,
+    chat,
+    jobs,
+    message_batches,
+    messages,
+    observe,
+    ops,
+    quality,
+    spend,
+    tenant,
+)
 from producer.api import catalog as live_catalog
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
@@ -91,7 +104,20 @@ def create_app(
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
-    for module in (chat, messages, batches, jobs, cache, quality, ops, observe, live_catalog):
+    for module in (
+        chat,
+        messages,
+        message_batches,
+        batches,
+        jobs,
+        cache,
+        quality,
+        ops,
+        observe,
+        tenant,
+        spend,
+        live_catalog,
+    ):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

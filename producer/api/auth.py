@@ -36,6 +36,7 @@ class Principal:
     key_id: str | None  # None in dev mode
     operator: bool = False  # acts on the whole fleet, every tenant
     limits: RateLimits = UNLIMITED  # the key's own rate limits (producer/api/ratelimit.py)
+    allowed_models: tuple[str, ...] | None = None  # None: every model (producer/api/key_models.py)
 
 
 async def caller(
@@ -64,7 +65,13 @@ async def caller(
             headers={"WWW-Authenticate": "Bearer"},
         )
     principal = Principal(
-        key.tenant, key.user_id, key.admin, key.id, operator=key.operator, limits=key.limits
+        key.tenant,
+        key.user_id,
+        key.admin,
+        key.id,
+        operator=key.operator,
+        limits=key.limits,
+        allowed_models=key.allowed_models,
     )
     request.state.key_id = key.id  # for access logs: the key's id, never its secret
     return principal

@@ -25,6 +25,7 @@ from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
+from producer.api.key_models import allowed_lines
 from producer.api.ratelimit import admit
 from producer.api.schemas import OpenAIBatchBody
 from producer.inputs import InputRules, ParsedInput, parse_lines, unstorable_values
@@ -257,7 +258,7 @@ async def create_batch(
         raise ApiError(400, "; ".join(problems), param="metadata")
     key = idempotency_key(idempotency, "/v1/batches", body.model_dump(mode="json"), ctx.settings)
     await admit(ctx, principal)
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     if key is not None and (earlier := await ctx.store.idempotency.find(principal.tenant, key)):
         await client.enqueue(earlier)  # what a Redis error left unqueued the first time
         return await _batch(ctx, earlier.batch_id, principal.tenant)
@@ -268,6 +269,7 @@ async def create_batch(
         raise ApiError(400, f"input_file_id: {record.id} is a {record.purpose} file, not a batch input")
     # Parsing 50,000 lines takes seconds of CPU: in a thread, so every other request keeps being answered.
     parsed = await asyncio.to_thread(_parse_file, content, ctx.settings.api_max_batch_lines, ctx.rules)
+    parsed = allowed_lines(parsed, principal, ctx.catalog)
     created = await client.create(
         [NewJob(item.custom_id, item.request) for item in parsed.items],
         name=record.filename,

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from producer.api.auth import Caller
+from producer.api.auth import Caller, Principal
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import (
     FAILURE_STATUS,
@@ -38,6 +38,7 @@ from producer.api.errors import (
     unavailable,
 )
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
+from producer.api.key_models import allowed_request, visible_models
 from producer.api.ratelimit import admit, request_tokens
 from producer.api.schemas import ChatCompletionBody
 from producer.chat_body import reference_problem
@@ -51,7 +52,7 @@ from router_core.planner import check_references
 from storage.bus.relay import Piece
 from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
-__all__ = ["job_failure", "router"]
+__all__ = ["job_failure", "router", "wait_timeout"]
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -100,10 +101,12 @@ def checked_request(fields: dict[str, Any], ctx: ApiContext) -> ChatRequest:
     return request
 
 
-def _models(ctx: ApiContext) -> list[dict[str, Any]]:
-    """What `model` accepts: auto, router:<strategy>, every deployment id and served model name."""
+def _models(ctx: ApiContext, principal: Principal) -> list[dict[str, Any]]:
+    """What `model` accepts: auto, router:<strategy>, every deployment id and served model name
+    (those the key may use, when it is limited to some)."""
     names = ["auto", *(f"router:{s.value}" for s in Strategy), *ctx.catalog]
     names += sorted({d.model for d in ctx.catalog.values()} - set(names))
+    names = visible_models(names, principal, ctx.catalog)
     owners = {d.id: d.provider for d in ctx.catalog.values()} | {
         d.model: d.provider for d in ctx.catalog.values()
     }
@@ -114,13 +117,13 @@ def _models(ctx: ApiContext) -> list[dict[str, Any]]:
 
 
 @router.get("/v1/models", summary="Models a request may name: auto, router:<strategy>, deployments")
-async def list_models(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    return {"object": "list", "data": _models(ctx)}
+async def list_models(principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    return {"object": "list", "data": _models(ctx, principal)}
 
 
 @router.get("/v1/models/{model:path}", summary="One model a request may name")
-async def get_model(model: str, _principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    for entry in _models(ctx):
+async def get_model(model: str, principal: Caller, ctx: Ctx) -> dict[str, Any]:
+    for entry in _models(ctx, principal):
         if entry["id"] == model:
             return entry
     raise ApiError(
@@ -137,8 +140,10 @@ async def route(body: ChatCompletionBody, principal: Caller, ctx: Ctx) -> dict[s
     lists the candidates in the order a worker would try them (estimated cost and latency, score,
     the quality used and on how many samples) and every excluded deployment with its reason;
     `routable: false` when none is left."""
-    request = _request(body, ctx)
+    request = allowed_request(_request(body, ctx), principal, ctx.catalog)
     await admit(ctx, principal)
+    # Resolved as the job would be (Client.create): the preview names the strategy a worker uses.
+    request = await ctx.strategies.resolve(request, principal.tenant)
     return plan_view(await ctx.planner.preview(request, ctx.catalog))
 
 
@@ -153,11 +158,11 @@ async def chat_completions(
         # Each chunk carries one choice here: n answers would need n streams relayed at once.
         message = "n > 1 cannot be streamed; ask without stream or with n=1"
         raise ApiError(400, message, param="n", code="invalid_request")
-    request = _request(body, ctx)
+    request = allowed_request(_request(body, ctx), principal, ctx.catalog)
     limits = await admit(
         ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens)
     )
-    client = ctx.client(principal.tenant, principal.user)
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     key = idempotency_key(idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings)
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
     created = await client.create_single(request, stream=body.stream, idempotency=key)
@@ -182,7 +187,7 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
         async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
             job = await client.wait(job_id)
     except TimeoutError:
-        raise _wait_timeout(ctx, job_id) from None
+        raise wait_timeout(ctx, job_id) from None
     except INFRASTRUCTURE_ERRORS as exc:
         raise unavailable(exc, job_id=job_id) from exc
     if job.status != JobStatus.SUCCEEDED:
@@ -190,7 +195,8 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
     return job
 
 
-def _wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
+def wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
+    """The 504 for a job that did not finish (or start answering) within the API's wait."""
     return ApiError(
         504,
         f"job {job_id} did not finish within {ctx.settings.api_wait_timeout_s:g}s "
@@ -218,7 +224,7 @@ async def _stream(
             first = await anext(pieces)
     except TimeoutError:
         await pieces.aclose()
-        raise _wait_timeout(ctx, job_id) from None
+        raise wait_timeout(ctx, job_id) from None
     if first.end is not None:
         await pieces.aclose()
         job = await client.get(job_id)

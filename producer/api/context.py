@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from producer.client import Client
 from producer.inputs import InputRules
 from producer.planning import Planner
+from producer.strategy_defaults import StrategyDefaults
 from router_core.catalog import Catalog, load_catalog
 from router_core.planner import PlanLimits
 from storage.bus.notifier import Notifier
@@ -48,11 +49,17 @@ class ApiContext:
     # Tenants' rate limits read from SQL, each kept a few seconds: tenant -> (until, limits).
     tenant_limits: dict[str, tuple[float, RateLimits]] = field(init=False, default_factory=dict)
     rules: InputRules = field(init=False)
+    # Tenants' default strategies, each kept a few seconds; shared by every request's client.
+    strategies: StrategyDefaults = field(init=False)
     # One subscription for every waiting request of this app (chat completions, streamed pieces).
     notifier: Notifier = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budgets = Budgets(self.redis, default_user_cap_usd=self.settings.default_user_budget_usd)
+        self.budgets = Budgets(
+            self.redis,
+            default_user_cap_usd=self.settings.default_user_budget_usd,
+            zone=self.settings.budget_zone(),
+        )
         self.fleet = RedisFleetState(self.redis, breaker=self.settings.breaker_policy())
         self.notifier = Notifier(self.redis)
         self.relay = StreamRelay(self.redis, notifier=self.notifier)
@@ -63,6 +70,7 @@ class ApiContext:
         self.planner = Planner(self.fleet, self.quality, limits)  # POST /v1/route
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
+        self.strategies = StrategyDefaults(self.store, self.settings.default_strategy)
         self.live.on_change(self._catalog_changed)
 
     @property
@@ -73,9 +81,19 @@ class ApiContext:
     def _catalog_changed(self, catalog: Catalog) -> None:
         self.rules = InputRules.from_settings(self.settings, catalog)
 
-    def client(self, tenant: str, user: str) -> Client:
-        """A client that submits and reads as `tenant`/`user` (it shares the app's connections)."""
-        return Client(self.redis, self.store, self.settings, tenant=tenant, user=user, notifier=self.notifier)
+    def client(self, tenant: str, user: str, api_key_id: str | None = None) -> Client:
+        """A client that submits and reads as `tenant`/`user` (it shares the app's connections); the
+        jobs it submits record `api_key_id`, the caller's key (None in dev mode)."""
+        return Client(
+            self.redis,
+            self.store,
+            self.settings,
+            tenant=tenant,
+            user=user,
+            notifier=self.notifier,
+            strategies=self.strategies,
+            api_key_id=api_key_id,
+        )
 
 
 @asynccontextmanager

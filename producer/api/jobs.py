@@ -18,6 +18,7 @@ from producer.api.auth import Caller
 from producer.api.context import Ctx
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, first_field, unavailable
 from producer.api.idempotency import IdempotencyKeyHeader, idempotency_key
+from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
 from producer.api.schemas import JobBody
 from producer.inputs import LineError, parse_object, unstorable_values
@@ -90,10 +91,11 @@ async def create_job(
     item = parse_object(fields, rules=ctx.rules)
     if isinstance(item, LineError):
         raise ApiError(400, item.reason, param=first_field(item.reason), code="invalid_request")
-    await admit(ctx, principal, tokens=request_tokens(item.request, ctx.settings.default_completion_tokens))
-    client = ctx.client(principal.tenant, principal.user)
+    request = allowed_request(item.request, principal, ctx.catalog)
+    await admit(ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens))
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     key = idempotency_key(idempotency, "/v1/jobs", fields, ctx.settings)
-    created = await client.create_single(item.request, custom_id=body.custom_id or "request", idempotency=key)
+    created = await client.create_single(request, custom_id=body.custom_id or "request", idempotency=key)
     job_id = created.job_ids[0]
     try:
         await client.enqueue(created)

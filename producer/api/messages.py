@@ -1,30 +1,60 @@
 """The Anthropic Messages API: `POST /v1/messages`, so code written for the anthropic SDK points at
 routeq unchanged (`Anthropic(base_url=..., api_key=<routeq key>)`) and is routed across every
-provider. The body is translated (`producer.anthropic_wire`) and checked like a chat completion,
-rate-limited and run as one job; the answer is Anthropic's `message`. With `stream: true` it comes
-as the Messages API's events once the job has finished (one delta per content block), which the
-SDK's stream helpers accumulate as usual. Errors have the statuses of chat completions (the SDK
-raises its `BadRequestError`, `RateLimitError`... by status) and routeq's error body.
+provider. The body is translated (`producer.anthropic_wire`) and checked like a chat completion
+(`message_request`, also what each request of a message batch goes through), rate-limited and run
+as one job; the answer is Anthropic's `message`.
+
+With `stream: true` the job is queued as a streamed one and the worker relays the provider's
+pieces through Redis (`storage.bus.relay`, as for chat completions); each is passed on at once as
+the Messages API's events (`producer.anthropic_stream`), which the SDK's stream helpers accumulate
+as usual. A failure before the first piece is a plain HTTP error, after it an `error` event.
+Errors have the statuses of chat completions (the SDK raises its `BadRequestError`,
+`RateLimitError`... by status) and routeq's error body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from producer.anthropic_wire import MessagesBodyError, chat_body, message_events, message_object
-from producer.api.auth import Caller
-from producer.api.chat import checked_request, run_and_wait
-from producer.api.context import Ctx
-from producer.api.errors import ApiError
+from producer.anthropic_stream import MessageStream, error_event
+from producer.anthropic_wire import MessagesBodyError, chat_body, message_object
+from producer.api.auth import Caller, Principal
+from producer.api.chat import checked_request, job_failure, run_and_wait, wait_timeout
+from producer.api.context import ApiContext, Ctx
+from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
+from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
+from producer.client import Client
+from producer.outputs import routing_metadata
+from router_core.models import ChatRequest
+from storage.bus.relay import Piece
+from storage.jobs import JobStatus
 
-__all__ = ["router"]
+__all__ = ["message_request", "router"]
 
 router = APIRouter(tags=["Anthropic-compatible"])
+
+
+def message_request(body: Any, ctx: ApiContext, principal: Principal) -> tuple[ChatRequest, bool]:
+    """A Messages API body as a request the catalog can serve within the key's allowed models, and
+    whether it asks to be streamed; otherwise the 400 (404 for a model not served, 403 for one the
+    key may not use) naming the field as the client sent it."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_request")
+    if "max_tokens" not in body:
+        raise ApiError(400, "max_tokens: Field required", param="max_tokens", code="invalid_request")
+    try:
+        fields = chat_body(body)
+    except MessagesBodyError as exc:
+        raise ApiError(400, str(exc), param=exc.field, code="invalid_request") from None
+    stream = bool(fields.pop("stream", False))
+    return allowed_request(checked_request(fields, ctx), principal, ctx.catalog), stream
 
 
 @router.post(
@@ -35,21 +65,68 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
         body: Any = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "the body is not JSON", code="invalid_request") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_request")
-    if "max_tokens" not in body:
-        raise ApiError(400, "max_tokens: Field required", param="max_tokens", code="invalid_request")
-    try:
-        fields = chat_body(body)
-    except MessagesBodyError as exc:
-        raise ApiError(400, str(exc), param=exc.field, code="invalid_request") from None
-    stream = bool(fields.pop("stream", False))
-    chat = checked_request(fields, ctx)
+    chat, stream = message_request(body, ctx, principal)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
-    client = ctx.client(principal.tenant, principal.user)
-    job = await run_and_wait(ctx, client, await client.create_single(chat))
-    message = message_object(job)
-    headers = {"x-routeq-job-id": job.id, "x-routeq-deployment": job.deployment or ""}
+    client = ctx.client(principal.tenant, principal.user, principal.key_id)
     if stream:
-        return StreamingResponse(message_events(message), media_type="text/event-stream", headers=headers)
-    return JSONResponse(message, headers=headers)
+        created = await client.create_single(chat, stream=True)
+        job_id = created.job_ids[0]
+        try:
+            await client.enqueue(created)
+            return await _stream(ctx, client, job_id, chat)
+        except INFRASTRUCTURE_ERRORS as exc:
+            raise unavailable(exc, job_id=job_id) from exc
+    job = await run_and_wait(ctx, client, await client.create_single(chat))
+    headers = {"x-routeq-job-id": job.id, "x-routeq-deployment": job.deployment or ""}
+    return JSONResponse(message_object(job), headers=headers)
+
+
+async def _stream(ctx: ApiContext, client: Client, job_id: str, chat: ChatRequest) -> StreamingResponse:
+    """Wait for the job's first piece (an error before it is a plain HTTP error), then stream."""
+    pieces = ctx.relay.follow(job_id)
+    try:
+        async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
+            first = await anext(pieces)
+    except TimeoutError:
+        await pieces.aclose()
+        raise wait_timeout(ctx, job_id) from None
+    if first.end is not None:
+        await pieces.aclose()
+        job = await client.get(job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            raise job_failure(job)
+    events = MessageStream(f"msg_{job_id}", chat.model)
+    return StreamingResponse(
+        _events(client, job_id, events, first, pieces),
+        media_type="text/event-stream",
+        headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"},
+    )
+
+
+async def _events(
+    client: Client, job_id: str, events: MessageStream, first: Piece, pieces: AsyncGenerator[Piece, None]
+) -> AsyncIterator[str]:
+    """The SSE body: message_start, the pieces of one run as they come, then the stop reason and usage
+    the job ended with (or an `error` event)."""
+    try:
+        yield events.start()
+        piece, run = first, first.run
+        while piece.end is None:
+            if piece.run != run:
+                # The worker died mid-answer and the job is running again: what was sent stands.
+                yield error_event("the worker streaming this answer stopped; the text above is partial", 502)
+                return
+            for event in events.text(piece.text) if piece.text else events.choice(piece.delta or {}):
+                yield event
+            piece = await anext(pieces)
+        job = await client.get(job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            failure = job_failure(job)
+            yield error_event(failure.message, failure.status)
+            return
+        message = message_object(job)
+        closing = [] if events.blocks else events.whole(message)  # an answer that streamed no piece
+        for event in [*closing, *events.end(message, routing_metadata(job))]:
+            yield event
+    finally:
+        await pieces.aclose()

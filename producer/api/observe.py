@@ -19,12 +19,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from producer.api.auth import Caller
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
+from router_core.periods import BudgetPeriod
 from storage.metrics import CONTENT_TYPE
 from storage.sql.analytics import analytics as compute_analytics
+from storage.sql.spend import spend_per_period
 
 __all__ = ["RequestMetrics", "router"]
 
 router = APIRouter(tags=["Operations"])
+
+_PERIODS = {"day": BudgetPeriod.DAILY, "week": BudgetPeriod.WEEKLY, "month": BudgetPeriod.MONTHLY}
 
 
 @router.get("/metrics", summary="Prometheus metrics (fleet gauges and this API's requests)")
@@ -55,9 +59,16 @@ async def analytics(
     limit: Annotated[
         int, Query(ge=1, le=1000, description="With `group_by`: at most this many rows, most cost first.")
     ] = 100,
+    period: Annotated[
+        Literal["day", "week", "month"] | None,
+        Query(
+            description="Also `spend`: the ledger's charges per day, week (from Monday) or month, each from "
+            "local midnight in ROUTEQ_BUDGET_TIMEZONE as budget periods are (`start` is its local date)."
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant; per
-    end user too with `group_by=end_user`."""
+    end user too with `group_by=end_user`, spend per day, week or month with `period`."""
     if all_tenants and not principal.operator:
         # A tenant's admin key reads its own tenant only: every tenant is the fleet operator's.
         raise ApiError(
@@ -82,7 +93,23 @@ async def analytics(
         by_end_user=group_by == "end_user",
         end_user_limit=limit,
     )
-    return report.to_dict()
+    body = report.to_dict()
+    if period is not None:
+        zone = ctx.settings.budget_zone()
+        try:
+            rows = await spend_per_period(
+                ctx.store, _PERIODS[period], zone, tenant=report.tenant, since=start, until=end
+            )
+        except (OverflowError, ValueError) as exc:  # too many periods, or one ending past year 9999
+            raise ApiError(400, f"period: {exc}", param="period") from None
+        body["spend"] = {
+            "period": period,
+            "timezone": ctx.settings.budget_timezone,
+            "rows": [
+                {"start": r.start.isoformat(), "cost_usd": float(r.cost_usd), "calls": r.calls} for r in rows
+            ],
+        }
+    return body
 
 
 def _utc(value: datetime) -> datetime:

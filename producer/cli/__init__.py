@@ -11,6 +11,8 @@ planning.py   plan (route without running)
 evals.py      eval (reference sets scored on named deployments)
 replay.py     replay (a batch re-planned under other strategies)
 serving.py    serve, keys ...
+spend.py      spend (per user, API key or batch, from the ledger)
+tenants.py    tenant show, set-default-strategy
 fleet.py      workers, queue: who works and what waits
 reporting.py  what the commands show: the progress bar, status and summary tables
 running.py    `routeq run` from start to end: submit or --resume, follow, Ctrl-C, summary
@@ -35,6 +37,8 @@ from producer.cli import (
     quality,
     replay,
     serving,
+    spend,
+    tenants,
     tools,
     workers,
 )
@@ -90,6 +94,7 @@ for command in (
 ):
     app.command()(command)
 app.command(name="eval")(evals.run_eval)
+app.command(name="spend")(spend.spend)
 app.add_typer(admin.deployments_app, name="deployments")
 # The live catalog's changes and history sit in the deployments group (`routeq catalog FILE` shows a file).
 for name, change in (
@@ -106,6 +111,7 @@ for name, change in (
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")
 app.add_typer(serving.keys_app, name="keys")
+app.add_typer(tenants.tenant_app, name="tenant")
 
 
 def main() -> None:

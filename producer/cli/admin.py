@@ -26,6 +26,7 @@ from producer.cli._common import (
 )
 from producer.cli.live_catalog import live_or_file_catalog
 from router_core.fleet import Forced
+from router_core.periods import BudgetPeriod
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -53,6 +54,14 @@ ScopeArg = Annotated[
         help="user:<tenant>/<user> (an API key's user), end_user:<tenant>/<name> (a request's `user`), "
         "tenant:<tenant>, eval:<tenant> (its evaluations) or batch:<id>; write a '/' inside a tenant, "
         "user or end user name as %2F.",
+    ),
+]
+PeriodOption = Annotated[
+    BudgetPeriod,
+    typer.Option(
+        "--period",
+        help="lifetime (never resets), or daily, weekly (from Monday), monthly: from local midnight in "
+        "ROUTEQ_BUDGET_TIMEZONE. A scope may have one cap per period; a call needs room under each.",
     ),
 ]
 
@@ -151,7 +160,7 @@ def auto(deployment: DeploymentArg) -> None:
 def _budgets(redis: Redis, settings: Settings) -> Budgets:
     from storage.fleet.budgets import Budgets  # noqa: PLC0415 - start-up: imported on use
 
-    return Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd)
+    return Budgets(redis, default_user_cap_usd=settings.default_user_budget_usd, zone=settings.budget_zone())
 
 
 def _scope(typed: str) -> tuple[str, str]:
@@ -166,63 +175,136 @@ def _scope(typed: str) -> tuple[str, str]:
 
 
 @budget_app.command()
-def show(scope: ScopeArg, as_json: JsonFlag = False) -> None:
-    """A scope's cap, settled spend and calls in flight (held)."""
+def show(
+    scope: Annotated[
+        str | None,
+        typer.Argument(help="One scope (as `budget set` takes it); none: every cap set, of every period."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A scope's cap, settled spend and calls in flight (held), with its period caps; or every cap
+    operators set, each with its period, when the current period began, spend in it and what is left."""
     from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
+    if scope is None:
+        _show_every_cap(settings, as_json)
+        return
     stored, shown = _scope(scope)
 
-    async def go(redis: Redis) -> ScopeUsage:
-        return await _budgets(redis, settings).usage(stored)
+    async def go(redis: Redis) -> tuple[ScopeUsage, list[ScopeUsage]]:
+        budgets = _budgets(redis, settings)
+        periods = [u for u in await budgets.every_cap_usage() if u.scope == stored and u.period_start]
+        return await budgets.usage(stored), periods
 
-    usage = execute(_with_redis(settings, go))
+    usage, periods = execute(_with_redis(settings, go))
     if as_json:
-        print_json(
-            {
-                "scope": readable_scope(stored),
-                "spent_usd": usage.spent_usd,
-                "held_usd": usage.reserved_usd,
-                "cap_usd": usage.cap_usd,
-            }
-        )
+        view: dict[str, Any] = {
+            "scope": readable_scope(stored),
+            "spent_usd": usage.spent_usd,
+            "held_usd": usage.reserved_usd,
+            "cap_usd": usage.cap_usd,
+        }
+        if periods:  # only then: the document of a scope without period caps is as it always was
+            view["periods"] = [_cap_view(u) for u in periods]
+        print_json(view)
         return
     cap = "none" if usage.cap_usd is None else f"${usage.cap_usd:.4f}"
     console.print(f"{shown}: spent ${usage.spent_usd:.4f}, held ${usage.reserved_usd:.4f}, cap {cap}")
+    for u in periods:
+        console.print(
+            f"{shown} {u.period.value} from {_start(u)}: spent ${u.spent_usd:.4f}, "
+            f"held ${u.reserved_usd:.4f}, cap ${u.cap_usd or 0:.4f}, remaining ${u.remaining_usd or 0:.4f}"
+        )
+
+
+def _show_every_cap(settings: Settings, as_json: bool) -> None:
+    """`routeq budget show` without a scope: one row per cap set, of every period."""
+    from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
+
+    async def go(redis: Redis) -> list[ScopeUsage]:
+        return await _budgets(redis, settings).every_cap_usage()
+
+    caps = execute(_with_redis(settings, go))
+    if as_json:
+        print_json({"timezone": settings.budget_timezone, "caps": [_cap_view(u) for u in caps]})
+        return
+    table = Table(title=f"budget caps (periods start at midnight, {settings.budget_timezone})")
+    for column in ("scope", "period", "since", "spent", "held", "cap", "remaining"):
+        table.add_column(column)
+    for u in caps:
+        table.add_row(
+            escape(readable_scope(u.scope)),
+            u.period.value,
+            _start(u),
+            f"${u.spent_usd:.4f}",
+            f"${u.reserved_usd:.4f}",
+            f"${u.cap_usd or 0:.4f}",
+            f"${u.remaining_usd or 0:.4f}",
+        )
+    console.print(table)
+    if not caps:
+        console.print("no caps set: users have ROUTEQ_DEFAULT_USER_BUDGET_USD each (`routeq budget set`)")
+
+
+def _start(usage: ScopeUsage) -> str:
+    """The local date the usage's period began (`-` for a lifetime cap)."""
+    return "-" if usage.period_start is None else usage.period_start.date().isoformat()
+
+
+def _cap_view(usage: ScopeUsage) -> dict[str, Any]:
+    """One cap in `routeq budget show --json`."""
+    from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
+
+    return {
+        "scope": readable_scope(usage.scope),
+        "period": usage.period.value,
+        "period_start": None if usage.period_start is None else usage.period_start.isoformat(),
+        "period_end": None if usage.period_end is None else usage.period_end.isoformat(),
+        "spent_usd": usage.spent_usd,
+        "held_usd": usage.reserved_usd,
+        "cap_usd": usage.cap_usd,
+        "remaining_usd": usage.remaining_usd,
+    }
 
 
 @budget_app.command("set")
 def set_cap(
     scope: ScopeArg,
     cap_usd: Annotated[float, typer.Argument(min=0, callback=finite_usd, help="The cap in USD.")],
+    period: PeriodOption = BudgetPeriod.LIFETIME,
 ) -> None:
-    """Set a scope's spend cap for the whole fleet (for users it replaces the default)."""
+    """Set a scope's spend cap of one period for the whole fleet (a lifetime cap of a user replaces the
+    default). A period cap counts the period's spend so far."""
     settings = load_settings()
     stored, shown = _scope(scope)
 
     async def go(redis: Redis) -> None:
-        await _budgets(redis, settings).set_cap(stored, cap_usd)
-        console.print(f"{shown}: cap ${cap_usd:.4f}")
+        await _budgets(redis, settings).set_cap(stored, cap_usd, period)
+        what = "" if period is BudgetPeriod.LIFETIME else f" {period.value}"
+        console.print(f"{shown}:{what} cap ${cap_usd:.4f}")
 
     execute(_with_redis(settings, go))
 
 
 @budget_app.command()
-def unset(scope: ScopeArg) -> None:
-    """Remove a scope's own cap (users fall back to ROUTEQ_DEFAULT_USER_BUDGET_USD)."""
+def unset(scope: ScopeArg, period: PeriodOption = BudgetPeriod.LIFETIME) -> None:
+    """Remove a scope's own cap of one period (users fall back to ROUTEQ_DEFAULT_USER_BUDGET_USD)."""
     settings = load_settings()
     stored, shown = _scope(scope)
 
     async def go(redis: Redis) -> None:
-        await _budgets(redis, settings).set_cap(stored, None)
-        console.print(f"{shown}: own cap removed")
+        await _budgets(redis, settings).set_cap(stored, None, period)
+        what = "own cap" if period is BudgetPeriod.LIFETIME else f"{period.value} cap"
+        console.print(f"{shown}: {what} removed")
 
     execute(_with_redis(settings, go))
 
 
 @budget_app.command()
 def rebuild() -> None:
-    """Recompute every scope's spend in Redis from the SQL ledger (run while workers are idle)."""
+    """Recompute every scope's spend in Redis from the SQL ledger, over its life and in the current
+    day, week and month (run while workers are idle)."""
     from storage.fleet.budgets import readable_scope  # noqa: PLC0415 - start-up: imported on use
     from storage.sql.store import Store  # noqa: PLC0415 - start-up: imported on use
 
@@ -231,11 +313,16 @@ def rebuild() -> None:
     async def go(redis: Redis) -> None:
         store = await Store.open(settings.database_url)
         try:
-            spent = await _budgets(redis, settings).rebuild_from_ledger(store)
+            budgets = _budgets(redis, settings)
+            spent = await budgets.rebuild_from_ledger(store)
+            periods = await budgets.rebuild_periods_from_ledger(store)
         finally:
             await store.close()
         for scope, usd in sorted(spent.items()):
             console.print(f"{escape(readable_scope(scope))}: spent ${usd:.4f}")
-        console.print(f"{len(spent)} scopes rebuilt from the ledger")
+        console.print(
+            f"{len(spent)} scopes rebuilt from the ledger, and {len(periods)} counters of the current day, "
+            "week and month"
+        )
 
     execute(_with_redis(settings, go))

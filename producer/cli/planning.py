@@ -36,7 +36,10 @@ def plan(
     ],
     *,
     strategy: Annotated[
-        str | None, typer.Option(help="For a prompt: the strategy (default balanced).")
+        str | None,
+        typer.Option(
+            help="For a prompt: the strategy (default: the tenant's, ROUTEQ_DEFAULT_STRATEGY or balanced)."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON (one plan per line for a file).")
@@ -82,10 +85,15 @@ async def _plans(
     settings: Settings, store: Store, catalog: Catalog, requests: list[tuple[str, ChatRequest]]
 ) -> list[tuple[str, dict[str, Any]]]:
     from producer.planning import Planner, plan_view  # noqa: PLC0415 - start-up: imported on use
+    from producer.strategy_defaults import StrategyDefaults  # noqa: PLC0415 - start-up: imported on use
 
+    # The strategy a request names none of: ROUTEQ_TENANT's default, as `routeq submit` would give it.
+    resolve = await StrategyDefaults(store, settings.default_strategy).resolver(settings.tenant)
     async with optional_redis(settings) as redis:
         planner = Planner.from_settings(settings, store, redis)
-        return [(cid, plan_view(await planner.preview(request, catalog))) for cid, request in requests]
+        return [
+            (cid, plan_view(await planner.preview(resolve(request), catalog))) for cid, request in requests
+        ]
 
 
 def _quality(c: dict[str, Any]) -> str:
@@ -97,7 +105,8 @@ def _quality(c: dict[str, Any]) -> str:
 def _print_plan(view: dict[str, Any]) -> None:
     if view["routable"]:
         console.print(
-            f"strategy {view['strategy']}, prompt classed {view['capability']} / {view['complexity']}, "
+            f"strategy {view['strategy']} (from the {view.get('strategy_source') or 'default'}), "
+            f"prompt classed {view['capability']} / {view['complexity']}, "
             f"~{view['prompt_tokens_estimate']} + {view['completion_tokens_estimate']} tokens",
             markup=False,
         )

@@ -1,4 +1,5 @@
-"""`routeq serve` (the HTTP API on uvicorn) and `routeq keys` (API keys: create, list, revoke).
+"""`routeq serve` (the HTTP API on uvicorn) and `routeq keys` (API keys: create, list, revoke, limit:
+rate limits and allowed models).
 
 FastAPI and uvicorn are imported by `serve` when it runs: every other command goes without them.
 """
@@ -14,6 +15,7 @@ from rich.markup import escape
 from producer.cli._common import (
     JsonFlag,
     execute,
+    fail,
     finite_usd,
     load_settings,
     print_json,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
     from storage.settings import Settings
     from storage.sql.api_keys import ApiKey
+    from storage.sql.store import Store
 
 __all__ = ["keys_app", "serve"]
 
@@ -40,6 +43,14 @@ TpmOpt = Annotated[
     int | None, typer.Option(min=1, help="Tokens per minute (prompt estimate + max_tokens), fleet-wide.")
 ]
 BurstOpt = Annotated[int | None, typer.Option(min=1, help="Requests at once (default: one minute's rpm).")]
+AllowModelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-model",
+        help="A model the key may use (repeatable): a deployment id, a model name or "
+        "<provider>/<model>, with * wildcards (openai/*). Without any: every model.",
+    ),
+]
 
 Host = Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to accept other machines).")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
@@ -114,6 +125,7 @@ def create_key(
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
     burst: BurstOpt = None,
+    allow_model: AllowModelOpt = None,
 ) -> None:
     """Make a key and print its secret once: only its SHA-256 is stored."""
     from storage.fleet.ratelimits import RateLimits  # noqa: PLC0415 - start-up: imported on use
@@ -121,12 +133,19 @@ def create_key(
 
     settings = load_settings()
     limits = RateLimits(rpm, tpm, burst)
+    models = _checked_models(settings, allow_model) if allow_model else None
 
     async def go() -> str:
         store = await Store.open(settings.database_url)
         try:
             key, secret = await store.api_keys.create(
-                tenant=tenant, user_id=user, name=name, admin=admin, operator=operator, limits=limits
+                tenant=tenant,
+                user_id=user,
+                name=name,
+                admin=admin,
+                operator=operator,
+                limits=limits,
+                allowed_models=models,
             )
         finally:
             await store.close()
@@ -134,6 +153,8 @@ def create_key(
             await _set_user_budget(settings, tenant, user, budget)
         rights = " (operator)" if key.operator else " (admin)" if key.admin else ""
         console.print(f"key {key.id} for {escape(tenant)}/{escape(user)}{rights}", emoji=False)
+        if models is not None:
+            console.print(f"allowed models: {_models_text(key.allowed_models)}", markup=False)
         return secret
 
     secret = execute(go())
@@ -148,13 +169,60 @@ def limit_key(
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
     burst: BurstOpt = None,
+    allow_model: AllowModelOpt = None,
+    allow_all_models: Annotated[
+        bool, typer.Option("--allow-all-models", help="Lift the key's model limit: every model.")
+    ] = False,
 ) -> None:
-    """Set a key's rate limits, fleet-wide, from its next request; a limit left out is lifted."""
+    """Set a key's rate limits, fleet-wide, from its next request; a limit left out is lifted.
+
+    With --allow-model (repeatable) or --allow-all-models, set the models it may use instead; its
+    rate limits then change only if --rpm, --tpm or --burst is given too.
+    """
     from storage.fleet.ratelimits import RateLimits  # noqa: PLC0415 - start-up: imported on use
 
+    settings = load_settings()
+    if allow_model and allow_all_models:
+        raise fail("give --allow-model or --allow-all-models, not both")
+    models_given = bool(allow_model) or allow_all_models
+    models = _checked_models(settings, allow_model) if allow_model else None
+    rates_given = any(value is not None for value in (rpm, tpm, burst)) or not models_given
     limits = RateLimits(rpm, tpm, burst)
-    key = execute(with_store(load_settings(), lambda store: store.api_keys.set_limits(key_id, limits)))
-    console.print(f"key {key.id}: {_limits_text(key.limits.as_json())}", markup=False)
+
+    async def change(store: Store) -> ApiKey:
+        key = await store.api_keys.set_limits(key_id, limits) if rates_given else None
+        if models_given:
+            key = await store.api_keys.set_allowed_models(key_id, models)
+        assert key is not None
+        return key
+
+    key = execute(with_store(settings, change))
+    if rates_given:
+        console.print(f"key {key.id}: {_limits_text(key.limits.as_json())}", markup=False)
+    if models_given:
+        console.print(f"key {key.id}: allowed models: {_models_text(key.allowed_models)}", markup=False)
+
+
+def _checked_models(settings: Settings, patterns: list[str]) -> list[str]:
+    """The patterns, each naming some chat deployment of the catalog (else a one-line error)."""
+    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
+    from router_core.policy import unmatched_patterns  # noqa: PLC0415 - start-up: imported on use
+
+    catalog = load_catalog(settings.catalog_path)
+    patterns = [p.strip() for p in patterns]
+    if "" in patterns:
+        raise fail("--allow-model: an empty name allows nothing; give a deployment id, model or pattern")
+    unknown = unmatched_patterns(patterns, catalog)
+    if unknown:
+        ids = ", ".join(d.id for d in catalog.chat_deployments())
+        raise fail(
+            f"--allow-model {unknown[0]!r} names no chat deployment in the catalog (deployments: {ids})"
+        )
+    return patterns
+
+
+def _models_text(models: tuple[str, ...] | None) -> str:
+    return "every model" if models is None else ", ".join(models)
 
 
 @keys_app.command("tenant-limit")
@@ -219,7 +287,7 @@ def list_keys(
     execute(go())
 
 
-_COLUMNS = ("id", "prefix", "rights", "tenant", "user", "name", "created", "revoked")
+_COLUMNS = ("id", "prefix", "rights", "tenant", "user", "name", "models", "created", "revoked")
 
 
 def _key_view(key: ApiKey) -> dict[str, Any]:
@@ -235,6 +303,7 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
         "created_at": key.created_at,
         "revoked_at": key.revoked_at,
         "limits": key.limits.as_json(),
+        "allowed_models": None if key.allowed_models is None else list(key.allowed_models),
     }
 
 
@@ -247,6 +316,7 @@ def _cells(key: ApiKey) -> tuple[str, ...]:
         key.tenant,
         key.user_id,
         key.name or "-",
+        "all" if key.allowed_models is None else ",".join(key.allowed_models),
         f"{key.created_at:%Y-%m-%d %H:%M}",
         "-" if key.revoked_at is None else f"{key.revoked_at:%Y-%m-%d %H:%M}",
     )

@@ -2,18 +2,20 @@
 
 Both official SDKs share the same exception shapes (APIStatusError with `status_code`, `response`
 and `body`; APITimeoutError; APIConnectionError; APIResponseValidationError), so one mapping serves
-both, keyed on the status code and the provider's error code.
+both, keyed on the status code and the provider's error code. The anthropic SDK is imported only where
+an Anthropic deployment is built (providers/factory.py), so its classes are looked up only once it is
+loaded: an exception cannot come from an SDK this process never imported.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import sys
 import time
+from typing import TYPE_CHECKING, cast
 
-import anthropic
 import httpx2
-import openai
 
 from router_core.errors import (
     AuthenticationError,
@@ -28,6 +30,12 @@ from router_core.errors import (
 )
 from router_core.redact import mask_url, redact_keys
 
+if TYPE_CHECKING:
+    import anthropic
+    import openai
+
+    SdkStatusError = openai.APIStatusError | anthropic.APIStatusError
+
 __all__ = ["map_provider_error", "parse_retry_after"]
 
 _CONTEXT_MARKERS = (
@@ -36,6 +44,8 @@ _CONTEXT_MARKERS = (
     "prompt is too long",
     "context window",
 )
+# The SDKs whose exception classes are mapped below, by module name.
+_SDKS = ("openai", "anthropic")
 # Python-level errors raised while parsing a 2xx body.
 _PARSE_ERRORS = (json.JSONDecodeError, ValueError, KeyError, TypeError, IndexError)
 
@@ -71,7 +81,7 @@ def _request_url(exc: BaseException) -> str | None:
     return mask_url(str(request.url)) if request is not None else None
 
 
-def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deployment: str) -> ProviderError:
+def _status_error(exc: SdkStatusError, deployment: str) -> ProviderError:
     status = exc.status_code
     text = f"HTTP {status} from {deployment}: {redact_keys(exc.message)}"
     if status == 429:
@@ -102,6 +112,11 @@ def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, deploym
     return BadRequestError(text, status_code=status, deployment=deployment)
 
 
+def _sdk_classes(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class `name` (e.g. "APIStatusError") of every provider SDK loaded."""
+    return tuple(getattr(sys.modules[sdk], name) for sdk in _SDKS if sdk in sys.modules)
+
+
 def map_provider_error(exc: BaseException, deployment: str, *, parsing: bool = False) -> ProviderError:
     """Translate an exception raised during a provider call. Unknown exceptions are re-raised.
 
@@ -110,12 +125,12 @@ def map_provider_error(exc: BaseException, deployment: str, *, parsing: bool = F
     """
     if isinstance(exc, ProviderError):
         return exc
-    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
-        return _status_error(exc, deployment)
+    if isinstance(exc, _sdk_classes("APIStatusError")):
+        return _status_error(cast("SdkStatusError", exc), deployment)
     # Timeout before connection error: the SDKs' timeout class subclasses their connection error.
-    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | TimeoutError):
+    if isinstance(exc, (*_sdk_classes("APITimeoutError"), TimeoutError)):
         return ProviderTimeoutError(f"{deployment} did not answer in time", deployment=deployment)
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
+    if isinstance(exc, (*_sdk_classes("APIConnectionError"), httpx2.TransportError)):
         cause = exc.__cause__ or exc
         url = _request_url(exc)
         return ProviderConnectionError(
@@ -123,7 +138,7 @@ def map_provider_error(exc: BaseException, deployment: str, *, parsing: bool = F
             f"{redact_keys(str(cause))}. Check the deployment's base_url and that the host is reachable.",
             deployment=deployment,
         )
-    if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError) or (
+    if isinstance(exc, _sdk_classes("APIResponseValidationError")) or (
         parsing and isinstance(exc, _PARSE_ERRORS)
     ):
         return MalformedResponseError(

@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import anthropic
 import httpx2
 import openai
 
 from router_core.catalog import Catalog, Deployment, ProviderKind
-from router_core.providers.anthropic import AnthropicProvider
 from router_core.providers.base import Provider
 from router_core.providers.openai import OpenAIProvider
 from router_core.settings import SimulateMode
@@ -70,6 +68,12 @@ def _build(
         key = (env.get(dep.api_key_env) if dep.api_key_env else None) or _PLACEHOLDER_KEY
         http = _http_client(sim_world=None)
     if dep.kind is ProviderKind.ANTHROPIC:
+        # Imported here: the anthropic SDK takes about a second to import, which a worker whose
+        # catalog has no Anthropic deployment need not pay at every start.
+        import anthropic  # noqa: PLC0415
+
+        from router_core.providers.anthropic import AnthropicProvider  # noqa: PLC0415
+
         client_a = anthropic.AsyncAnthropic(
             api_key=key, base_url=root or None, http_client=http, max_retries=0
         )

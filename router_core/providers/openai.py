@@ -48,12 +48,16 @@ _PASSED = (
 )
 
 
-def _usage(usage: CompletionUsage | None) -> Usage:
+def _usage(usage: CompletionUsage | None, deployment: str) -> Usage:
     """OpenAI's prompt_tokens already include cached tokens, as routeq's input_tokens do; its
     completion_tokens include reasoning tokens, as routeq's output_tokens do."""
     if usage is None:
         # Some OpenAI-compatible servers send no usage; nothing is known, so nothing is billed.
-        logger.warning("response without usage: cost recorded as 0")
+        logger.warning(
+            "%s sent a response without usage: cost recorded as 0",
+            deployment,
+            extra={"deployment": deployment},
+        )
         return Usage()
     prompt, completion = usage.prompt_tokens_details, usage.completion_tokens_details
     return Usage(
@@ -138,7 +142,7 @@ class OpenAIProvider:
             raise map_provider_error(ValueError("the response has no choices"), dep.id, parsing=True)
         return ProviderReply(
             choices=choices,
-            usage=_usage(usage),
+            usage=_usage(usage, dep.id),
             model=answer.get("model") or dep.model,
             simulated=response.headers.get(SIMULATED_HEADER) == "1",
         )
@@ -169,7 +173,7 @@ class OpenAIProvider:
             await chunks.close()
         yield ProviderReply(
             choices=answer.choices(),
-            usage=_usage(usage),
+            usage=_usage(usage, dep.id),
             model=model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
         )

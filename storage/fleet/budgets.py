@@ -47,31 +47,57 @@ reserved user `EVAL_USER` ("routeq-eval"), and count against `eval:<tenant>` *in
 scope, so evaluations are capped apart from the users' traffic (`routeq budget set eval:acme 1.00`;
 no cap until one is set) while the tenant's and the batch's caps still cover them.
 
+Periods (`router_core.periods`): besides its lifetime counters (`routeq:budget:<scope>`) each scope
+has counters of the current day, week and month (`routeq:budget:<scope>:<period>:<local start
+date>`), in the zone the fleet is configured with. Every hold adds to all of them, capped or not, so a
+period cap set mid-period sees the period's spend; caps per period live in
+`routeq:budget:caps:<period>` and reserve checks each cap of each scope. A new period is a new key:
+it starts from zero with no reset job, and the old one expires two days after its end. The hold
+names the period counters it was taken in, and release and settle move those: a call held at 23:59
+on January 31st counts in January, whenever it settles (a counter already expired is skipped).
+
 The SQL ledger is the source of truth; the counters in Redis are a fast copy of it, and
-`Budgets.rebuild_from_ledger` restores them after a Redis loss or a manual change.
+`Budgets.rebuild_from_ledger` (lifetime) and `rebuild_periods_from_ledger` (the current periods)
+restore them after a Redis loss or a manual change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
-from urllib.parse import unquote
 
 from redis.asyncio import Redis
 
+from router_core.periods import RESETTING, BudgetPeriod, period_bounds, period_label
 from router_core.spend import SpendRefusal
 from storage import keys
 from storage.connections import as_text
+from storage.fleet._budget_scripts import REBUILD, REBUILD_PERIODS, RELEASE, RESERVE, SETTLE
+from storage.fleet.budget_scopes import (
+    KINDS,
+    batch_scope,
+    check_scope,
+    end_user_scope,
+    eval_scope,
+    owner_scope,
+    parse_scope,
+    readable_scope,
+    tenant_scope,
+    user_scope,
+)
 from storage.sql.evals import EVAL_USER
 from storage.sql.store import Store
 
 __all__ = [
     "EVAL_USER",
+    "BudgetPeriod",
     "Budgets",
     "Hold",
     "JobSpendGuard",
@@ -85,191 +111,11 @@ __all__ = [
     "user_scope",
 ]
 
-_KINDS = ("user:", "end_user:", "tenant:", "batch:", "eval:")
-# Scopes named by two names, tenant first: `<kind>:<tenant>/<name>`.
-_PAIRED = ("user", "end_user")
-_SCOPE_FORMS = (
-    "user:<tenant>/<user>, end_user:<tenant>/<end user>, tenant:<tenant>, eval:<tenant> or batch:<id>"
-)
-
-
 _BUDGET_PREFIX = keys.budget("")
 _HOLDS_PREFIX = keys.job_holds("")
 _MICRO = Decimal(1_000_000)
 # The ledger stores cost_usd as Numeric(20, 10): a charge is rounded as it is stored, then to micros.
 _LEDGER_QUANTUM = Decimal("1e-10")
-
-# Drops one hold: its amount leaves `reserved` in each of its scopes and, when settling, the real
-# cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
-# cluster: the scripts may touch keys they were not passed).
-_LUA_DROP = """
-local function drop(holds, open, job, field, prefix, cost)
-  local hold = redis.call('HGET', holds, field)
-  if not hold then return 0 end
-  local h = cjson.decode(hold)
-  local minus = string.format('%d', -h.amount_micro)
-  for _, scope in ipairs(h.scopes) do
-    redis.call('HINCRBY', prefix .. scope, 'reserved', minus)
-    if cost then redis.call('HINCRBY', prefix .. scope, 'spent', cost) end
-  end
-  redis.call('HDEL', holds, field)
-  -- The job holds nothing any more: it leaves the index the sweeper reads.
-  if redis.call('EXISTS', holds) == 0 then redis.call('ZREM', open, job) end
-  return 1
-end
-"""
-
-# KEYS: [1] caps hash, [2] the job's holds hash, [3] the open-holds index, [4..] one budget hash
-# per scope. ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, [4] job id, [5] time,
-# then per scope: name, default cap in micro-dollars ('' = no cap). Returns 1 (held), 0 (already
-# held) or the refusing scope's {name, spent, reserved, cap}.
-_RESERVE = """
-local caps, holds, open, field, amount = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
-if redis.call('HEXISTS', holds, field) == 1 then return 0 end
-for i = 4, #KEYS do
-  local name = ARGV[6 + (i - 4) * 2]
-  local cap = redis.call('HGET', caps, name) or ARGV[7 + (i - 4) * 2]
-  if cap ~= '' then
-    local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
-    local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-    if spent + reserved + amount > tonumber(cap) then
-      return {name, string.format('%d', spent), string.format('%d', reserved), cap}
-    end
-  end
-end
-for i = 4, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2]) end
-redis.call('HSET', holds, field, ARGV[3])
-redis.call('ZADD', open, 'NX', ARGV[5], ARGV[4])  -- scored by the job's oldest hold
-return 1
-"""
-
-# KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] hold field, [2] budget key
-# prefix, [3] job id.
-_RELEASE = (
-    _LUA_DROP
-    + """
-return drop(KEYS[1], KEYS[2], ARGV[3], ARGV[1], ARGV[2], nil)
-"""
-)
-
-# KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] budget key prefix, [2] job
-# id, then pairs: hold field, real cost (micro-dollars). Returns how many holds were settled (those
-# already gone are skipped).
-_SETTLE = (
-    _LUA_DROP
-    + """
-local settled = 0
-for i = 3, #ARGV, 2 do
-  settled = settled + drop(KEYS[1], KEYS[2], ARGV[2], ARGV[i], ARGV[1], ARGV[i + 1])
-end
-return settled
-"""
-)
-
-# KEYS: holds hashes (found by SCAN). ARGV: [1] budget key prefix, then pairs: scope, spent
-# (micro-dollars). Sets every scope's spent and, from the holds present now, its reserved; a scope
-# only a hold names gets spent 0. Returns the scopes written.
-_REBUILD = """
-local prefix = ARGV[1]
-local spent, reserved, order = {}, {}, {}
-for i = 2, #ARGV, 2 do
-  spent[ARGV[i]] = ARGV[i + 1]
-  order[#order + 1] = ARGV[i]
-end
-for _, holds in ipairs(KEYS) do
-  for _, hold in ipairs(redis.call('HVALS', holds)) do
-    local h = cjson.decode(hold)
-    for _, scope in ipairs(h.scopes) do
-      if not spent[scope] then
-        spent[scope] = '0'
-        order[#order + 1] = scope
-      end
-      reserved[scope] = (reserved[scope] or 0) + h.amount_micro
-    end
-  end
-end
-for _, scope in ipairs(order) do
-  redis.call('HSET', prefix .. scope, 'spent', spent[scope],
-    'reserved', string.format('%d', reserved[scope] or 0))
-end
-return order
-"""
-
-
-def user_scope(tenant: str, user: str) -> str:
-    """The budget scope of one user of one tenant: `user:<tenant>/<user>`, each name a `key_part`."""
-    return f"user:{keys.key_part(tenant)}/{keys.key_part(user)}"
-
-
-def end_user_scope(tenant: str, end_user: str) -> str:
-    """The budget scope of one end user of one tenant (a request's `user` field):
-    `end_user:<tenant>/<end user>`, each name a `key_part`."""
-    return f"end_user:{keys.key_part(tenant)}/{keys.key_part(end_user)}"
-
-
-def tenant_scope(tenant: str) -> str:
-    """The budget scope of a whole tenant: `tenant:<tenant>`, the name a `key_part`."""
-    return f"tenant:{keys.key_part(tenant)}"
-
-
-def eval_scope(tenant: str) -> str:
-    """The budget scope of a tenant's evaluations (judge calls, reference runs): `eval:<tenant>`."""
-    return f"eval:{keys.key_part(tenant)}"
-
-
-def _owner_scope(tenant: str, user: str) -> str:
-    """Who pays among a tenant's spenders: its user, or for `EVAL_USER` its evaluation scope."""
-    return eval_scope(tenant) if user == EVAL_USER else user_scope(tenant, user)
-
-
-def batch_scope(batch_id: str) -> str:
-    """The budget scope of one batch: `batch:<batch_id>`, the id a `key_part`."""
-    return f"batch:{keys.key_part(batch_id)}"
-
-
-def parse_scope(text: str) -> str:
-    """The scope an operator typed (`readable_scope`'s form), as `user_scope` & co. build it.
-
-    Names are written as they are, except that percent escapes are decoded: in a user or end-user
-    scope the tenant and the name are split at the one `/`, so a `/` inside either name is written
-    `%2F` (and a `%` that could be read as an escape `%25`).
-
-    Raises:
-        ValueError: not `user:<tenant>/<user>`, `end_user:<tenant>/<end user>`, `tenant:<tenant>`
-            or `batch:<id>`, or a name is empty.
-    """
-    kind, colon, rest = text.partition(":")
-    names = rest.split("/") if kind in _PAIRED else [rest]
-    singles = ("tenant", "batch", "eval")
-    if not colon or kind not in (*_PAIRED, *singles) or len(names) != (2 if kind in _PAIRED else 1):
-        raise ValueError(
-            f"not a budget scope: {text!r}; use {_SCOPE_FORMS}"
-            " (write a '/' inside a tenant, user or end user name as %2F)"
-        )
-    decoded = [unquote(name) for name in names]
-    if not all(decoded):
-        raise ValueError(f"not a budget scope: {text!r}; a name is empty")
-    if kind == "user":
-        return user_scope(*decoded)
-    if kind == "end_user":
-        return end_user_scope(*decoded)
-    if kind == "eval":
-        return eval_scope(decoded[0])
-    return tenant_scope(decoded[0]) if kind == "tenant" else batch_scope(decoded[0])
-
-
-def readable_scope(scope: str) -> str:
-    """A scope as operators read and type it (`parse_scope` reads it back): names decoded.
-
-    Only what `parse_scope` would misread stays escaped: a `%` and, in a user or end-user scope, a `/`.
-    """
-    kind, _, rest = scope.partition(":")
-    parts = rest.split("/") if kind in _PAIRED else [rest]
-    shown = []
-    for part in parts:
-        name = keys.name_of_key_part(part).replace("%", "%25")
-        shown.append(name.replace("/", "%2F") if kind in _PAIRED else name)
-    return f"{kind}:{'/'.join(shown)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,16 +129,29 @@ class Hold:
     deployment: str
     scopes: tuple[str, ...]
     created: float  # epoch seconds, from the reserving process's clock
+    # The period counters it holds in (`<scope>:<period>:<start>`), of the periods it was taken in.
+    periods: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ScopeUsage:
-    """A scope's settled spend, the amount held for calls in flight, and the cap that applies."""
+    """A scope's settled spend, the amount held for calls in flight, and the cap that applies, over
+    its life or (`period` daily, weekly, monthly) in the period running from `period_start`."""
 
     scope: str
     spent_usd: float
     reserved_usd: float
     cap_usd: float | None
+    period: BudgetPeriod = BudgetPeriod.LIFETIME
+    period_start: datetime | None = None  # a local midnight in the budgets' zone; None for lifetime
+    period_end: datetime | None = None  # the next period's start
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """What calls may still take (cap - spent - held, never below 0); None without a cap."""
+        if self.cap_usd is None:
+            return None
+        return max(0.0, round(self.cap_usd - self.spent_usd - self.reserved_usd, 6))
 
 
 class Budgets:
@@ -301,7 +160,10 @@ class Budgets:
     Args:
         redis: the fleet's Redis.
         default_user_cap_usd: cap of a user scope with no cap of its own; None = no cap.
-        now: epoch seconds, recorded on each hold (tests inject a fixed clock).
+        now: epoch seconds: recorded on each hold, and which day, week and month a call counts in
+            (tests inject a fake clock to cross a boundary).
+        zone: where periods start (local midnight); the whole fleet must use the same one
+            (`Settings.budget_zone()`).
     """
 
     def __init__(
@@ -310,14 +172,17 @@ class Budgets:
         *,
         default_user_cap_usd: float | None = 1.0,
         now: Callable[[], float] = time.time,
+        zone: tzinfo = UTC,
     ) -> None:
         self._redis = redis
         self._default_user_cap = None if default_user_cap_usd is None else _cap_micro(default_user_cap_usd)
         self._now = now
-        self._reserve = redis.register_script(_RESERVE)
-        self._release = redis.register_script(_RELEASE)
-        self._settle = redis.register_script(_SETTLE)
-        self._rebuild = redis.register_script(_REBUILD)
+        self.zone = zone
+        self._reserve = redis.register_script(RESERVE)
+        self._release = redis.register_script(RELEASE)
+        self._settle = redis.register_script(SETTLE)
+        self._rebuild = redis.register_script(REBUILD)
+        self._rebuild_periods = redis.register_script(REBUILD_PERIODS)
 
     def guard(
         self,
@@ -333,7 +198,7 @@ class Budgets:
         """The `SpendGuard` of one run of one job: its calls count against its user, tenant and batch,
         and its request's end user when it names one (no cap unless an operator set one). An
         evaluation job (`EVAL_USER`) counts against `eval:<tenant>` instead of a user scope."""
-        owner = _owner_scope(tenant, user)
+        owner = owner_scope(tenant, user)
         defaults = {
             owner: None if user == EVAL_USER else self._default_user_cap,
             tenant_scope(tenant): None,
@@ -376,38 +241,87 @@ class Budgets:
             (raw,) = await pipe.execute()
         return {as_text(field): _hold(as_text(field), as_text(value)) for field, value in raw.items()}
 
-    async def usage(self, scope: str) -> ScopeUsage:
-        """A scope's spend, holds and cap (for a batch, only a cap set with `set_cap`: its own is in SQL)."""
-        _check_scope(scope)
+    async def usage(
+        self, scope: str, period: BudgetPeriod = BudgetPeriod.LIFETIME, *, at: float | None = None
+    ) -> ScopeUsage:
+        """A scope's spend, holds and cap over its life, or in the `period` holding `at` (epoch s;
+        default now: the current one). A lifetime cap may be a default (for a batch, only a cap set
+        with `set_cap` is seen: its own is in SQL); a period cap is one set with `set_cap`."""
+        check_scope(scope)
+        start = end = None
+        counter = scope
+        if period is not BudgetPeriod.LIFETIME:
+            start, end = period_bounds(period, self._now() if at is None else at, self.zone)
+            counter = _period_counter(scope, period, start)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(keys.budget(scope), ["spent", "reserved"])
-            pipe.hget(keys.BUDGET_CAPS, scope)
+            pipe.hmget(keys.budget(counter), ["spent", "reserved"])
+            pipe.hget(keys.budget_caps(period), scope)
             (spent, reserved), cap = await pipe.execute()
-        if cap is None and scope.startswith("user:"):
+        if cap is None and scope.startswith("user:") and period is BudgetPeriod.LIFETIME:
             cap = self._default_user_cap
         return ScopeUsage(
             scope=scope,
             spent_usd=_usd(spent),
             reserved_usd=_usd(reserved),
             cap_usd=None if cap is None else _usd(cap),
+            period=period,
+            period_start=start,
+            period_end=end,
         )
 
-    async def set_cap(self, scope: str, cap_usd: float | None) -> None:
-        """Set a scope's cap for the whole fleet (for a user it replaces the default); None removes it."""
-        _check_scope(scope)
+    async def set_cap(
+        self, scope: str, cap_usd: float | None, period: BudgetPeriod = BudgetPeriod.LIFETIME
+    ) -> None:
+        """Set a scope's cap of one period for the whole fleet (a lifetime cap of a user replaces the
+        default); None removes it. A scope may have one cap per period: a call needs room in each.
+
+        A new period cap counts what the scope spent in the period so far: every call adds to the
+        counters of its day, week and month whether or not a cap is set on them.
+        """
+        check_scope(scope)
         async with self._redis.pipeline(transaction=False) as pipe:
             if cap_usd is None:
-                pipe.hdel(keys.BUDGET_CAPS, scope)
+                pipe.hdel(keys.budget_caps(period), scope)
             else:
-                pipe.hset(keys.BUDGET_CAPS, scope, str(_cap_micro(cap_usd)))
+                pipe.hset(keys.budget_caps(period), scope, str(_cap_micro(cap_usd)))
             await pipe.execute()
 
     async def caps(self) -> dict[str, float]:
-        """Every cap operators set, by scope (defaults are not listed)."""
+        """Every lifetime cap operators set, by scope (defaults are not listed; see `period_caps`)."""
+        return (await self.period_caps())[BudgetPeriod.LIFETIME]
+
+    async def period_caps(self) -> dict[BudgetPeriod, dict[str, float]]:
+        """Every cap operators set, by period, then scope (defaults are not listed)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.BUDGET_CAPS)
-            (raw,) = await pipe.execute()
-        return {as_text(scope): _usd(cap) for scope, cap in raw.items()}
+            for period in BudgetPeriod:
+                pipe.hgetall(keys.budget_caps(period))
+            found = await pipe.execute()
+        return {
+            period: {as_text(scope): _usd(cap) for scope, cap in raw.items()}
+            for period, raw in zip(BudgetPeriod, found, strict=True)
+        }
+
+    async def every_cap_usage(self) -> list[ScopeUsage]:
+        """Every cap operators set, each with its spend and holds in the current period (over the
+        scope's life for a lifetime cap), by scope, then lifetime, daily, weekly, monthly."""
+        caps = await self.period_caps()
+        now = self._now()
+        rows: list[tuple[str, BudgetPeriod, float, datetime | None, datetime | None]] = []
+        for period, by_scope in caps.items():
+            bounds = period_bounds(period, now, self.zone) if period is not BudgetPeriod.LIFETIME else None
+            for scope, cap in by_scope.items():
+                rows.append((scope, period, cap, *(bounds or (None, None))))
+        order = list(BudgetPeriod)
+        rows.sort(key=lambda row: (row[0], order.index(row[1])))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for scope, period, _, start, _ in rows:
+                counter = scope if start is None else _period_counter(scope, period, start)
+                pipe.hmget(keys.budget(counter), ["spent", "reserved"])
+            counters = await pipe.execute()
+        return [
+            ScopeUsage(scope, _usd(spent), _usd(reserved), cap, period, start, end)
+            for (scope, period, cap, start, end), (spent, reserved) in zip(rows, counters, strict=True)
+        ]
 
     async def capped_usage(self) -> list[ScopeUsage]:
         """Spend and holds of every scope with a cap an operator set, in two round trips.
@@ -444,13 +358,43 @@ class Budgets:
         holds_keys = [k async for k in self._scan(_HOLDS_PREFIX + "*")]
         async for key in self._scan(_BUDGET_PREFIX + "*"):
             scope = key.removeprefix(_BUDGET_PREFIX)
-            if scope.startswith(_KINDS):  # not routeq:budget:caps
+            if scope.startswith(KINDS) and not _is_period_counter(scope):  # not caps, not a period's
                 spent.setdefault(scope, 0)
         args: list[str] = [_BUDGET_PREFIX]
         for scope, micro in spent.items():
             args += [scope, str(micro)]
         written: list[Any] = await self._rebuild(keys=holds_keys, args=args)
         return {scope: spent.get(scope, 0) / 1e6 for scope in map(as_text, written)}
+
+    async def rebuild_periods_from_ledger(self, store: Store) -> dict[str, float]:
+        """Reset the counters of the current day, week and month of every scope from the ledger's
+        charges recorded in each (and `reserved` from the holds naming them); past periods' counters
+        are left as they are. Returns the spent (USD) of every counter written, by its name
+        (`<scope>:<period>:<start>`). Run it while workers are idle, as `rebuild_from_ledger`.
+
+        A charge counts in the period of its ledger row (the run's commit), where the live counters
+        count it in the period of its hold: a call held before midnight and committed after it moves
+        to the new period.
+        """
+        now = self._now()
+        bounds = [period_bounds(period, now, self.zone) for period in RESETTING]
+        suffixes = [
+            f":{p.value}:{period_label(start)}" for p, (start, _) in zip(RESETTING, bounds, strict=True)
+        ]
+        args = [_BUDGET_PREFIX, *suffixes]
+        args += [str(math.ceil(end.timestamp() - now) + keys.BUDGET_PERIOD_GRACE_S) for _, end in bounds]
+        for index, (period, (start, end)) in enumerate(zip(RESETTING, bounds, strict=True), start=1):
+            spent = await _ledger_spent(store, since=start, until=end)
+            async for key in self._scan(_BUDGET_PREFIX + "*" + suffixes[index - 1]):
+                scope = key.removeprefix(_BUDGET_PREFIX).removesuffix(suffixes[index - 1])
+                if scope.startswith(KINDS) and not _is_period_counter(scope):
+                    spent.setdefault(scope, 0)
+            for scope, micro in spent.items():
+                args += [_period_counter(scope, period, start), str(micro), str(index)]
+        holds_keys = [k async for k in self._scan(_HOLDS_PREFIX + "*")]
+        written: list[Any] = await self._rebuild_periods(keys=holds_keys, args=args)
+        spent_of = dict(zip(args[7::3], args[8::3], strict=True))
+        return {counter: int(spent_of.get(counter, 0)) / 1e6 for counter in map(as_text, written)}
 
     async def _scan(self, pattern: str) -> AsyncIterator[str]:
         async for key in self._redis.scan_iter(match=pattern, count=1000):
@@ -479,9 +423,19 @@ class JobSpendGuard:
         budgets = self._budgets
         amount = _hold_micro(amount_usd)
         created = budgets._now()
+        # The day, week and month the call counts in: those of the moment it is held.
+        bounds = [period_bounds(period, created, budgets.zone) for period in RESETTING]
+        counters = [
+            [
+                scope,
+                *(_period_counter(scope, p, start) for p, (start, _) in zip(RESETTING, bounds, strict=True)),
+            ]
+            for scope in self.scopes
+        ]
         hold = {
             "amount_micro": amount,
             "scopes": list(self.scopes),
+            "periods": [counter for per_scope in counters for counter in per_scope[1:]],
             "deployment": deployment_id,
             "created": created,
         }
@@ -490,7 +444,8 @@ class JobSpendGuard:
                 keys.BUDGET_CAPS,
                 keys.job_holds(self.job_id),
                 keys.OPEN_HOLDS,
-                *map(keys.budget, self.scopes),
+                *(keys.budget_caps(period) for period in RESETTING),
+                *(keys.budget(counter) for per_scope in counters for counter in per_scope),
             ],
             args=[
                 f"{self.run}:{attempt_no}",
@@ -498,13 +453,20 @@ class JobSpendGuard:
                 json.dumps(hold),
                 self.job_id,
                 repr(float(created)),
+                *(
+                    str(math.ceil(end.timestamp() - created) + keys.BUDGET_PERIOD_GRACE_S)
+                    for _, end in bounds
+                ),
                 *self._scope_args,
             ],
         )
         if not isinstance(reply, list):
             return None
-        scope, spent, reserved, cap = map(as_text, reply)
+        scope, spent, reserved, cap, index = map(as_text, reply)
         kind, _, name = readable_scope(scope).partition(":")
+        if index != "0":  # a period's cap: say which period, and when it began
+            period = RESETTING[int(index) - 1]
+            name += f" ({period.value} from {period_label(bounds[int(index) - 1][0])})"
         message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
             f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
@@ -520,13 +482,15 @@ class JobSpendGuard:
         )
 
 
-async def _ledger_spent(store: Store) -> dict[str, int]:
+async def _ledger_spent(
+    store: Store, *, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, int]:
     """Micro-dollars charged per user (or eval), end user, tenant and batch scope, from one read of
-    the ledger."""
+    the ledger (of the charges recorded in `[since, until)` when given)."""
     spent: dict[str, int] = {}
-    for owner in await store.ledger.micro_spent_by_owner():
+    for owner in await store.ledger.micro_spent_by_owner(since=since, until=until):
         scopes = [
-            _owner_scope(owner.tenant, owner.user),
+            owner_scope(owner.tenant, owner.user),
             tenant_scope(owner.tenant),
             batch_scope(owner.batch_id),
         ]
@@ -537,16 +501,18 @@ async def _ledger_spent(store: Store) -> dict[str, int]:
     return spent
 
 
-def _check_scope(scope: str) -> None:
-    """A scope as `user_scope` & co. build it: its names encoded, one `/` in a user or end-user scope."""
-    kind, _, rest = scope.partition(":")
-    paired = kind in _PAIRED
-    names = rest.split("/") if paired else [rest]
-    if not scope.startswith(_KINDS) or not all(names) or len(names) != (2 if paired else 1):
-        raise ValueError(
-            f"not a budget scope: {scope!r}; use {_SCOPE_FORMS}"
-            " (build it with user_scope, end_user_scope, tenant_scope, batch_scope or parse_scope)"
-        )
+def _period_counter(scope: str, period: BudgetPeriod, start: datetime) -> str:
+    """The counters of `scope` in the period starting at `start`: `<scope>:<period>:<local date>`.
+
+    The hash is `keys.budget(...)` of it. A scope's names never hold a raw `:` (`keys.key_part`), so
+    no scope can be read as another scope's period counter.
+    """
+    return f"{scope}:{period.value}:{period_label(start)}"
+
+
+def _is_period_counter(name: str) -> bool:
+    """True for `_period_counter` names, false for scopes (whose names past the kind have no `:`)."""
+    return ":" in name.partition(":")[2]
 
 
 def _hold_micro(usd: float) -> int:
@@ -593,4 +559,5 @@ def _hold(field: str, raw: str) -> Hold:
         deployment=str(data["deployment"]),
         scopes=tuple(data["scopes"]),
         created=float(data["created"]),
+        periods=tuple(data.get("periods", ())),  # holds taken before periods existed have none
     )

@@ -7,6 +7,10 @@ A key is `rq-` followed by 43 URL-safe random characters (256 bits). Only its SH
 a secret with that much entropy needs no slow hash, and a database dump reveals no usable key.
 The secret is shown once, when the key is made (`routeq keys create`); afterwards a key is known
 by its id (`key_...`) and the secret's first characters (`prefix`), which are safe to show and log.
+
+A key may be limited to allowed models (`allowed_models`: patterns, `router_core.policy`; None:
+every model). A tenant's settings live in `tenant_limits`: its rate limits over all its keys and
+its default strategy.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +26,7 @@ from typing import Any
 from sqlalchemy import Row, RowMapping, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from router_core.models import Strategy
 from storage.errors import NotFoundError
 from storage.fleet.ratelimits import UNLIMITED, RateLimits
 from storage.jobs import aware, new_id
@@ -52,6 +58,7 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
     limits: RateLimits = UNLIMITED
+    allowed_models: tuple[str, ...] | None = None  # None: every model
 
     @property
     def active(self) -> bool:
@@ -71,6 +78,7 @@ _COLUMNS = (
     api_keys.c.rpm,
     api_keys.c.tpm,
     api_keys.c.burst,
+    api_keys.c.allowed_models,
 )
 _LIMITS = ("rpm", "tpm", "burst")
 
@@ -79,7 +87,9 @@ def _record(row: RowMapping) -> ApiKey:
     values = {c.name: row[c.name] for c in _COLUMNS if c.name not in _LIMITS}
     values["created_at"] = aware(values["created_at"])
     values["revoked_at"] = aware(values["revoked_at"])
-    return ApiKey(**values, limits=RateLimits(*(row[name] for name in _LIMITS)))
+    models = values.pop("allowed_models")
+    allowed = None if models is None else tuple(models)
+    return ApiKey(**values, limits=RateLimits(*(row[name] for name in _LIMITS)), allowed_models=allowed)
 
 
 class ApiKeys:
@@ -98,10 +108,12 @@ class ApiKeys:
         admin: bool = False,
         operator: bool = False,
         limits: RateLimits = UNLIMITED,
+        allowed_models: Sequence[str] | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret; the secret is not stored and cannot be shown again.
 
         `admin` administers the key's tenant; `operator` acts on the whole fleet (and implies admin).
+        `allowed_models` limits the models it may use (None: every one).
         """
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
@@ -115,8 +127,10 @@ class ApiKeys:
             created_at=datetime.now(UTC),
             revoked_at=None,
             limits=limits,
+            allowed_models=None if allowed_models is None else tuple(allowed_models),
         )
         row = {c.name: getattr(key, c.name) for c in _COLUMNS if c.name not in _LIMITS}
+        row["allowed_models"] = None if allowed_models is None else list(allowed_models)
         row |= {"key_hash": hash_secret(secret), **limits.columns()}
 
         async def write(conn: AsyncConnection) -> None:
@@ -154,6 +168,38 @@ class ApiKeys:
         if row is None:
             raise NotFoundError("API key", key_id)
         return _record(row._mapping)
+
+    async def set_allowed_models(self, key_id: str, models: Sequence[str] | None) -> ApiKey:
+        """Replace the models a key may use (None: every one). Raises `NotFoundError`."""
+        value = None if models is None else list(models)
+
+        async def write(conn: AsyncConnection) -> Row[Any] | None:
+            mine = update(api_keys).where(api_keys.c.id == key_id)
+            return (await conn.execute(mine.values(allowed_models=value).returning(*_COLUMNS))).first()
+
+        row = await self._db.writes.run(write)
+        if row is None:
+            raise NotFoundError("API key", key_id)
+        return _record(row._mapping)
+
+    async def default_strategy(self, tenant: str) -> Strategy | None:
+        """The strategy of the tenant's requests that name none (None: the environment's)."""
+        query = select(tenant_limits.c.default_strategy).where(tenant_limits.c.tenant == tenant)
+        async with self._db.reading() as conn:
+            value = (await conn.execute(query)).scalar()
+        return None if value is None else Strategy(value)
+
+    async def set_default_strategy(self, tenant: str, strategy: Strategy | None) -> None:
+        """Set (None: clear) the tenant's default strategy; its rate limits stay as they are."""
+        now = datetime.now(UTC)
+        value = None if strategy is None else strategy.value
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(self._new_tenant.values(tenant=tenant, updated_at=now))
+            mine = update(tenant_limits).where(tenant_limits.c.tenant == tenant)
+            await conn.execute(mine.values(updated_at=now, default_strategy=value))
+
+        await self._db.writes.run(write)
 
     async def tenant_limits(self, tenant: str) -> RateLimits:
         """The tenant's limits over all its keys (none set: no limit)."""

@@ -1,7 +1,7 @@
 """Batches in SQL: a batch and all its jobs in one transaction, cancel, reads, the end-of-run summary.
 
 Every read and the cancel take a tenant: another tenant's batch is the same `NotFoundError` as a
-batch that does not exist.
+batch that does not exist, and so is a batch its tenant deleted (only reads for any tenant see it).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ UNFINISHED_SUBMISSION = "submission unfinished:"
 chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. What the sweeper
 reads is the batch's `submitting` flag (`finalizing`)."""
 
+_CODES = frozenset(code.value for code in FailureCode)
+
 # Batches at least this big serialize their requests in a thread (a single submit stays inline).
 _ROWS_IN_THREAD = 1_000
 
@@ -76,8 +78,13 @@ class Batches:
         budget_usd: float | None = None,
         api: ApiBatch | None = None,
         idempotency: IdempotencyKey | None = None,
+        expires_at: datetime | None = None,
+        api_key_id: str | None = None,
     ) -> CreatedBatch:
         """Insert a batch and all its jobs (status `queued`) in one transaction.
+
+        Past `expires_at` (an OpenAI batch's completion window, `api`, sets its own), jobs not
+        started yet end as expired.
 
         A batch made through the OpenAI Batch API (`api`) also gets its output and error files:
         rows in `files` whose content is generated from the jobs when read. With `idempotency`,
@@ -89,7 +96,7 @@ class Batches:
         """
         now = self._db.now()
         batch_id = new_id("batch")
-        owner = JobOwner(batch_id, tenant, user_id, now)
+        owner = JobOwner(batch_id, tenant, user_id, now, api_key_id)
         rows = job_rows(await _encoded(items), owner, self._db.engine.dialect)
         batch_row = {
             "id": batch_id,
@@ -102,6 +109,7 @@ class Batches:
             "budget_usd": None if budget_usd is None else money(budget_usd),
             "created_at": now,
             "completed_at": now if not rows else None,
+            "expires_at": expires_at,
         }
         file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
@@ -252,6 +260,8 @@ class Batches:
             NotFoundError: no such batch, or it belongs to another tenant.
         """
         query = select(batches).where((batches.c.id == batch_id) & owned_by(batches.c.tenant, tenant))
+        if tenant is not ANY_TENANT:
+            query = query.where(batches.c.deleted_at.is_(None))
         async with self._db.reading() as conn:
             row = (await conn.execute(query)).first()
             if row is None:
@@ -277,28 +287,91 @@ class Batches:
         found = {batch_id: (int(tokens_in), int(tokens_out)) for batch_id, tokens_in, tokens_out in rows}
         return {batch_id: found.get(batch_id, (0, 0)) for batch_id in batch_ids}
 
-    async def list(self, *, tenant: str, after: str | None = None, limit: int = 20) -> list[BatchRecord]:
-        """The tenant's batches, newest first; `after` is the last id of the previous page."""
-        query = select(batches).where(batches.c.tenant == tenant)
+    async def list(
+        self,
+        *,
+        tenant: str,
+        after: str | None = None,
+        before: str | None = None,
+        kind: str | None = None,
+        limit: int = 20,
+    ) -> list[BatchRecord]:
+        """The tenant's batches (of one `kind` if given), newest first. `after` is the last id of the
+        previous page: the `limit` batches older than it; `before` the first id of the next page:
+        the `limit` batches newer than it, just before it.
+
+        Raises:
+            NotFoundError: a cursor that is not one of the tenant's batches.
+        """
+        query = select(batches).where((batches.c.tenant == tenant) & batches.c.deleted_at.is_(None))
+        if kind is not None:
+            query = query.where(batches.c.kind == kind)
         if after is not None:
-            async with self._db.reading() as conn:
-                cursor = (
-                    await conn.execute(
-                        select(batches.c.created_at, batches.c.id).where(
-                            (batches.c.id == after) & (batches.c.tenant == tenant)
-                        )
-                    )
-                ).first()
-            if cursor is None:
-                raise NotFoundError("batch", after)
+            created, id_ = await self._cursor(after, tenant)
             query = query.where(
-                (batches.c.created_at < cursor.created_at)
-                | ((batches.c.created_at == cursor.created_at) & (batches.c.id < cursor.id))
+                (batches.c.created_at < created) | ((batches.c.created_at == created) & (batches.c.id < id_))
             )
-        query = query.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit)
+        if before is not None:
+            created, id_ = await self._cursor(before, tenant)
+            query = query.where(
+                (batches.c.created_at > created) | ((batches.c.created_at == created) & (batches.c.id > id_))
+            )
+        # Before a cursor, the nearest `limit` newer batches: read upwards from it, then turned round.
+        order = (batches.c.created_at, batches.c.id)
+        query = query.order_by(*(o.asc() if before is not None else o.desc() for o in order)).limit(limit)
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
-            return [BatchRecord.from_row(row._mapping, await _status_counts(conn, row.id)) for row in rows]
+            records = [BatchRecord.from_row(row._mapping, await _status_counts(conn, row.id)) for row in rows]
+        return records[::-1] if before is not None else records
+
+    async def _cursor(self, batch_id: str, tenant: str) -> tuple[datetime, str]:
+        query = select(batches.c.created_at, batches.c.id).where(
+            (batches.c.id == batch_id) & (batches.c.tenant == tenant)
+        )
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError("batch", batch_id)
+        return row.created_at, row.id
+
+    async def delete(self, batch_id: str, *, tenant: str) -> bool:
+        """Delete an ended batch (one marked complete) for its tenant: from then on its reads answer
+        `NotFoundError`; its jobs and ledger rows stay. False if it has not ended (nothing changes).
+
+        Raises:
+            NotFoundError: no such batch, it belongs to another tenant, or it is deleted already.
+        """
+        batch = await self.get(batch_id, tenant=tenant)
+        if batch.completed_at is None:
+            return False
+        now = self._db.now()
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(batches)
+                .where((batches.c.id == batch_id) & batches.c.deleted_at.is_(None))
+                .values(deleted_at=now)
+            )
+
+        await self._db.writes.run(write)
+        return True
+
+    async def failure_counts(self, batch_ids: Sequence[str]) -> dict[str, dict[FailureCode, int]]:
+        """How many of each batch's failed jobs failed with each code (`batch_expired`, ...), in one
+        query for a page of batches."""
+        code = jobs.c.error["type"].as_string()
+        query = (
+            select(jobs.c.batch_id, code, func.count())
+            .where(jobs.c.batch_id.in_(list(batch_ids)) & (jobs.c.status == JobStatus.FAILED.value))
+            .group_by(jobs.c.batch_id, code)
+        )
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        counts: dict[str, dict[FailureCode, int]] = {batch_id: {} for batch_id in batch_ids}
+        for batch_id, value, n in rows:
+            if value in _CODES:
+                counts[batch_id][FailureCode(value)] = int(n)
+        return counts
 
     async def limits(self, batch_id: str) -> BatchLimits:
         """The batch's own spend cap and expiry, if it has them (what a worker checks)."""

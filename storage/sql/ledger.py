@@ -6,6 +6,7 @@ Rows are written only by `Runs` (with the run's outcome, in one transaction); th
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -65,8 +66,11 @@ class Ledger:
             total, calls = (await conn.execute(query)).one()
         return Decimal(total), int(calls)
 
-    async def micro_spent_by_owner(self) -> list[OwnerSpend]:
-        """Micro-dollars charged per owner (tenant, user, batch, and the job's end user), in one read.
+    async def micro_spent_by_owner(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[OwnerSpend]:
+        """Micro-dollars charged per owner (tenant, user, batch, and the job's end user), in one read;
+        only charges recorded in `[since, until)` when given (a budget period's rebuild).
 
         The end user is the charged job's (`jobs.end_user`, its request's `user`): joined on the
         job's primary key, each ledger row is counted once, as it is billed once.
@@ -85,6 +89,10 @@ class Ledger:
             .select_from(ledger.outerjoin(jobs, jobs.c.id == ledger.c.job_id))
             .group_by(*owner)
         )
+        if since is not None:  # SQLite compares stored times as UTC text: bounds go as UTC
+            query = query.where(ledger.c.created_at >= since.astimezone(UTC))
+        if until is not None:
+            query = query.where(ledger.c.created_at < until.astimezone(UTC))
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
         return [

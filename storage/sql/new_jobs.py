@@ -58,6 +58,7 @@ ROW_COLUMNS = (
     "starts",
     "end_user",
     "metadata",
+    "api_key_id",
     "created_at",
 )
 
@@ -84,6 +85,7 @@ class JobOwner:
     tenant: str
     user_id: str
     created_at: datetime
+    api_key_id: str | None = None  # the API key submitting them (None: the CLI, the Python client)
 
 
 Row = tuple[Any, ...]
@@ -158,6 +160,7 @@ def job_rows(items: EncodedJobs, owner: JobOwner, dialect: Dialect, first_seq: i
     )
     status, run, starts = shared("status", JobStatus.QUEUED.value), shared("run", 0), shared("starts", 0)
     created_at = shared("created_at", owner.created_at)
+    api_key_id = shared("api_key_id", owner.api_key_id)
     as_stream = bind[ROW_COLUMNS.index("stream")] or _unchanged
     as_metadata = bind[ROW_COLUMNS.index("metadata")] or _unchanged
     return [
@@ -175,6 +178,7 @@ def job_rows(items: EncodedJobs, owner: JobOwner, dialect: Dialect, first_seq: i
             starts,
             end_user,
             as_metadata(metadata),
+            api_key_id,
             created_at,
         )
         for seq, (custom_id, request, stream, end_user, metadata) in enumerate(items.jobs, start=first_seq)

@@ -80,7 +80,8 @@ batches = Table(
     "batches",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("kind", String(16), nullable=False),  # "batch" (a file of prompts) or "single" (submit())
+    # "batch" (a file of prompts), "single" (submit()), "eval", "messages" (an Anthropic message batch)
+    Column("kind", String(16), nullable=False),
     Column("tenant", String(128), nullable=False),
     Column("user_id", String(128), nullable=False),
     Column("name", String(255)),
@@ -100,6 +101,9 @@ batches = Table(
     Column("completion_window", String(16)),
     Column("expires_at", _Time),  # past it, jobs not started yet end as expired
     Column("metadata", JSON),
+    # Set when the tenant deleted the ended batch (DELETE /v1/messages/batches/{id}; migration 0015):
+    # gone for the tenant's reads, its jobs and ledger rows kept.
+    Column("deleted_at", _Time),
     Index(None, "tenant", "created_at"),
     # The sweeper's batches that may be done without being marked complete (migration 0004).
     Index(
@@ -145,6 +149,9 @@ jobs = Table(
     Column("cache_source", String(40)),
     Column("cache_similarity", Float),
     Column("saved_usd", _Money),
+    # The API key that submitted the job (chat, jobs, batches; migration 0017): spend per key.
+    # NULL for jobs the CLI or the Python client submitted, which use no key.
+    Column("api_key_id", String(40)),
     Column("created_at", _Time, nullable=False),
     Column("started_at", _Time),
     Column("finished_at", _Time),
@@ -263,6 +270,8 @@ api_keys = Table(
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("burst", Integer),  # requests allowed at once (the bucket's size); NULL: one minute's rpm
+    # Deployment ids, model names, <provider>/<model> patterns the key may use; NULL: every one.
+    Column("allowed_models", JSON),
 )
 
 idempotency_keys = Table(
@@ -359,11 +368,14 @@ quality_tallies = Table(
 tenant_limits = Table(
     "tenant_limits",
     metadata,
-    # A tenant's request and token rates over all its keys (per minute), and its burst; NULL: none.
+    # The API's tenant settings: the tenant's request and token rates over all its keys (per
+    # minute) and its burst (NULL: none); the strategy of its requests that name none (NULL: the
+    # environment's, ROUTEQ_DEFAULT_STRATEGY).
     Column("tenant", String(128), primary_key=True),
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("burst", Integer),
+    Column("default_strategy", String(32)),
     Column("updated_at", _Time, nullable=False),
 )
 
