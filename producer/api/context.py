@@ -119,16 +119,18 @@ async def open_context(
     try:
         own_store = store is None
         store = store or await Store.open(settings.database_url)
-        if catalog is not None:
-            live = LiveCatalog.fixed(catalog)
-        else:
-            live = await LiveCatalog.from_settings(redis, store, settings)
-        ctx = ApiContext(settings, redis, store, live)
         try:
-            yield ctx
+            if catalog is not None:
+                live = LiveCatalog.fixed(catalog)
+            else:
+                live = await LiveCatalog.from_settings(redis, store, settings)
+            ctx = ApiContext(settings, redis, store, live)
+            try:
+                yield ctx
+            finally:
+                await ctx.notifier.close()
+                await live.close()
         finally:
-            await ctx.notifier.close()
-            await live.close()
             if own_store:
                 await store.close()
     finally:
