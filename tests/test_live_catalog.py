@@ -23,7 +23,7 @@ from producer.client import Client
 from router_core import catalog_edit
 from router_core.catalog import load_catalog, read_catalog_document
 from storage import keys
-from storage.fleet.catalog import commit_change, seed_catalog
+from storage.fleet.catalog import LiveCatalog, commit_change, seed_catalog
 from storage.jobs import JobStatus, NewJob
 from tests import test_cache
 from tests.backends import Backend
@@ -249,3 +249,23 @@ async def test_no_cached_answer_of_a_disabled_deployment_is_served(cached: Backe
     (after,) = await pipeline.run(client, cheapest)
     assert after.cache_source is None  # not cheap-a's answer: a call to another deployment
     assert after.deployment == "fast-b"
+
+
+async def test_an_embedded_process_reads_sqls_version_when_nothing_is_announced(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """`routeq run` has an in-process Redis nobody else writes to: a CLI change (no ROUTEQ_REDIS_URL,
+    so nothing is announced) reaches it through SQL's newest version number, within the bound."""
+    path = write_catalog(tmp_path / "catalog.toml", TRIO)
+    redis = await backend.redis()
+    live = await LiveCatalog.open(redis, backend.store, seed_path=path, refresh_s=REFRESH_S, poll_sql=True)
+    try:
+        new = deployment("new-d")
+        await commit_change(backend.store, None, lambda doc: catalog_edit.add(doc, new), author="cli")
+        assert int(await redis.get(keys.CATALOG_VERSION)) == 1  # nothing announced version 2
+        started = time.monotonic()
+        await until(lambda: live.version == 2, timeout_s=REFRESH_S * 10, what="the SQL poll", every_s=0.005)
+        assert time.monotonic() - started < REFRESH_S + 0.25
+        assert "new-d" in live.current
+    finally:
+        await live.close()

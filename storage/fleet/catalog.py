@@ -163,6 +163,7 @@ class LiveCatalog:
         *,
         redis: Redis | None = None,
         store: Store | None = None,
+        refresh_s: float = 2.0,
         poll_sql: bool = False,
     ) -> None:
         self._catalog = catalog
@@ -174,7 +175,7 @@ class LiveCatalog:
         self._listeners: list[CatalogListener] = []
         self._task: asyncio.Task[None] | None = None
         self._notifier: Notifier | None = None
-        self.refresh_s = 2.0
+        self.refresh_s = refresh_s  # the bound: a refresh at least this often, message or not
         self.pickups = 0  # versions picked up since start (tests, logs)
 
     @classmethod
@@ -203,13 +204,8 @@ class LiveCatalog:
         await seed_catalog(store, redis, seed_path)
         stored = await store.catalog.newest()
         assert stored is not None  # seeded above, or by another process first
-        live = cls(
-            validate(stored.document, source=source_of(stored.version)),
-            stored.version,
-            redis=redis,
-            store=store,
-        )
-        live.refresh_s = refresh_s
+        catalog = validate(stored.document, source=source_of(stored.version))
+        live = cls(catalog, stored.version, redis=redis, store=store, refresh_s=refresh_s, poll_sql=poll_sql)
         live.start()
         return live
 
