@@ -34,6 +34,8 @@ __all__ = [
     "Task",
     "default_features",
     "load_catalog",
+    "parse_catalog",
+    "read_catalog_document",
 ]
 
 DEMO_CATALOG = "demo_catalog.toml"
@@ -121,6 +123,10 @@ class Deployment(BaseModel):
     price_provider: str | None = Field(default=None, description="genai-prices provider id.")
     price: PriceOverride | None = None
     sim: SimProfile = Field(default_factory=SimProfile)
+    enabled: bool = Field(
+        default=True,
+        description="False: kept in the catalog, never planned or called (`routeq catalog disable`).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Deployment:
@@ -202,7 +208,7 @@ class Catalog(Mapping[str, Deployment]):
             ConfigError: there is none, or `deployment_id` is unknown or not an embedding deployment.
         """
         if deployment_id is None:
-            found = next((d for d in self._by_id.values() if d.task is Task.EMBEDDING), None)
+            found = next((d for d in self._by_id.values() if d.task is Task.EMBEDDING and d.enabled), None)
             if found is None:
                 raise ConfigError(
                     'no embedding deployment: add a [[deployments]] table with task = "embedding" '
@@ -236,6 +242,16 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         ConfigError: unreadable file, bad TOML, an invalid field, a duplicate id, an unknown
             fallback, or a model with no price.
     """
+    raw, where = read_catalog_document(path)
+    return parse_catalog(raw, source=where)
+
+
+def read_catalog_document(path: str | Path | None = None) -> tuple[dict[str, Any], str]:
+    """A catalog file's TOML as parsed but not yet validated, and where it came from (for errors).
+
+    Raises:
+        ConfigError: unreadable file or bad TOML.
+    """
     if path is None:
         text = resources.files("router_core").joinpath(DEMO_CATALOG).read_text("utf-8")
         where = f"<built-in {DEMO_CATALOG}>"
@@ -246,10 +262,9 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         except OSError as exc:
             raise ConfigError(f"cannot read catalog: {exc.strerror}", path=where) from exc
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text), where
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=where) from exc
-    return parse_catalog(raw, source=where)
 
 
 def parse_catalog(raw: Mapping[str, Any], *, source: str) -> Catalog:

@@ -216,6 +216,13 @@ def build_plan(
     for position, dep in enumerate(catalog.values()):
         if dep.task is not Task.CHAT:
             continue
+        if not dep.enabled:  # an operator took it out of routing, in the catalog rather than Redis
+            excluded.append(
+                Exclusion(
+                    deployment=dep.id, reason=ExclusionReason.FORCED_DOWN, detail="disabled in the catalog"
+                )
+            )
+            continue
         st = snapshot.get(dep.id) or DeploymentSnapshot()
         missing = unsupported(dep, needs) if needs else None
         if missing is not None:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from router_core.catalog import Catalog, Deployment, load_catalog
 from router_core.chat import Feature, output_problem
 from router_core.clock import Clock, SystemClock
+from router_core.deployment_set import DeploymentSet, ProviderFactory, provider_factory, swapped
 from router_core.embedder import embed_texts
 from router_core.errors import (
     AllAttemptsFailedError,
@@ -114,6 +115,7 @@ class _Walk:
     guard: SpendGuard | None
     attempts: list[Attempt]
     refused: list[_Refused]
+    deployments: DeploymentSet  # as the walk began: a catalog swap meanwhile does not reprice its calls
     waiter: str | None = None  # the job asking, for the fleet's waiting line (FleetState.admit)
 
     @property
@@ -192,12 +194,15 @@ class Router:
         sim_world: SimWorld | None = None,
         prompt_margin: float = 1.25,
         quality: QualitySource | None = None,
+        provider_factory: ProviderFactory | None = None,
     ) -> None:
         missing = set(catalog) - set(providers)
         if missing:
             raise ValueError(f"no provider for deployments {sorted(missing)}")
-        self.catalog = catalog
+        self.catalog = catalog  # what new requests are planned over; `use_catalog` swaps both
         self.providers = providers
+        self._provider_factory = provider_factory  # adapters for what a new catalog adds or changes
+        self._retired: list[Provider] = []  # swapped out: walks under way may still call them
         self.clock = clock or SystemClock()
         self.fleet: FleetState = fleet or InMemoryFleetState(clock=self.clock)
         self.policy = policy or RetryPolicy()
@@ -239,7 +244,15 @@ class Router:
             sim_world=world,
             prompt_margin=settings.budget_prompt_margin,
             quality=quality,
+            provider_factory=provider_factory(settings, world),
         )
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Plan over `catalog` from now on; walks under way keep theirs, calling none it removes/disables."""
+        current = DeploymentSet(self.catalog, self.providers)
+        using, retired = swapped(current, catalog, self._provider_factory, self.sim_world)
+        self.catalog, self.providers = using.catalog, using.providers
+        self._retired += retired
 
     async def __aenter__(self) -> Router:
         return self
@@ -250,18 +263,17 @@ class Router:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+        await asyncio.gather(*(p.aclose() for p in [*self.providers.values(), *self._retired]))
 
     async def plan(self, request: ChatRequest) -> Plan:
         """Ordered candidates and exclusions for `request`, from live stats."""
-        snapshot = await self.fleet.snapshot(list(self.catalog))
+        catalog = self.catalog  # one catalog for the whole plan, even if a swap comes meanwhile
+        snapshot = await self.fleet.snapshot(list(catalog))
         rotation = 0
         if request.preferences.uses(Strategy.ROUND_ROBIN):
             rotation = await self.fleet.next_rotation("default")
         board = await self.quality.board()
-        return build_plan(
-            request, self.catalog, snapshot, rotation=rotation, limits=self.limits, quality=board
-        )
+        return build_plan(request, catalog, snapshot, rotation=rotation, limits=self.limits, quality=board)
 
     async def complete(
         self,
@@ -283,7 +295,7 @@ class Router:
         """
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        walk = _Walk(request, plan, guard, [], [], waiter)
+        walk = _Walk(request, plan, guard, [], [], DeploymentSet(self.catalog, self.providers), waiter)
 
         async def call(provider: Provider, max_tokens: int, timeout_s: float) -> ProviderReply:
             if request.choices > 1 and Feature.N not in provider.deployment.features:
@@ -294,7 +306,7 @@ class Router:
             return reply
 
         dep, reply = await self._walk(walk, call)
-        self._settle(dep, reply, walk.attempts)
+        self._settle(dep, reply, walk)
         return self._result(dep, reply, walk.attempts, plan, started)
 
     async def stream(
@@ -321,7 +333,7 @@ class Router:
             raise InvalidRequestError("n > 1 cannot be streamed: ask without stream, or with n=1", field="n")
         plan = plan or await self.plan(request)
         started = self.clock.now()
-        walk = _Walk(request, plan, guard, [], [], waiter)
+        walk = _Walk(request, plan, guard, [], [], DeploymentSet(self.catalog, self.providers), waiter)
         attempts = walk.attempts
 
         async def open_stream(provider: Provider, max_tokens: int, timeout_s: float) -> _OpenStream:
@@ -357,7 +369,7 @@ class Router:
             raise StreamInterruptedError(f"the stream from {dep.id} broke off: {exc}", attempts) from exc
         finally:
             await opened.rest.aclose()
-        self._settle(dep, part, attempts)
+        self._settle(dep, part, walk)
         try:
             _check_output(request, dep.id, part)
         except InvalidOutputError as exc:
@@ -388,8 +400,9 @@ class Router:
         """Run `op` over the plan's candidates with retries and failover; the first success wins."""
         context_floor = 0  # after a context-length error, only larger windows are worth trying
         for candidate in walk.plan.candidates:
-            dep = self.catalog[candidate.deployment]
-            if dep.context_window <= context_floor:
+            dep = walk.deployments.catalog.get(candidate.deployment)
+            live = self.catalog.get(candidate.deployment)  # removed or disabled since: never called again
+            if dep is None or live is None or not live.enabled or dep.context_window <= context_floor:
                 continue
             value, error = await self._try_deployment(dep, walk, op)
             if value is not None:
@@ -472,7 +485,8 @@ class Router:
         attempt_no = len(walk.attempts) + 1
         prompt, max_tokens = call_tokens(dep, walk.request, walk.plan.prompt_tokens_estimate, walk.max_tokens)
         if walk.guard is not None:
-            worst = self.catalog.price(dep.id).estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
+            price = walk.deployments.catalog.price(dep.id)
+            worst = price.estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
             refusal = await walk.guard.reserve(attempt_no, dep.id, worst)
             if refusal is not None:
                 # Room held by calls in flight may come back when they settle: wait, like for a
@@ -509,7 +523,7 @@ class Router:
         error: ProviderError | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                value = await op(self.providers[dep.id], walk.max_tokens, timeout_s)
+                value = await op(walk.deployments.providers[dep.id], walk.max_tokens, timeout_s)
         except TimeoutError:
             error = ProviderTimeoutError(
                 f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)", deployment=dep.id
@@ -540,7 +554,7 @@ class Router:
         if error is not None and error.billed is not None:
             billed = error.billed
             attempt = attempt.model_copy(
-                update={"usage": billed, "cost_usd": self.catalog.price(dep.id).cost(billed)}
+                update={"usage": billed, "cost_usd": walk.deployments.catalog.price(dep.id).cost(billed)}
             )
         return value, error, attempt
 
@@ -553,14 +567,15 @@ class Router:
         """
         output = min(estimate_tokens(text), walk.max_tokens)
         usage = Usage(input_tokens=walk.plan.prompt_tokens_estimate, output_tokens=output)
-        return {"usage": usage, "cost_usd": self.catalog.price(dep.id).cost(usage), "estimated": True}
+        price = walk.deployments.catalog.price(dep.id)
+        return {"usage": usage, "cost_usd": price.cost(usage), "estimated": True}
 
-    def _settle(self, dep: Deployment, reply: ProviderReply, attempts: list[Attempt]) -> None:
+    def _settle(self, dep: Deployment, reply: ProviderReply, walk: _Walk) -> None:
         """Record the successful attempt's usage and billed cost."""
-        attempts[-1] = attempts[-1].model_copy(
+        walk.attempts[-1] = walk.attempts[-1].model_copy(
             update={
                 "usage": reply.usage,
-                "cost_usd": self.catalog.price(dep.id).cost(reply.usage),
+                "cost_usd": walk.deployments.catalog.price(dep.id).cost(reply.usage),
                 "simulated": reply.simulated,
             }
         )

@@ -4,6 +4,7 @@ RouteqError (router_core.errors)
 └── StorageError
     ├── ServiceUnavailableError   Redis or the database cannot be reached; names the URL
     ├── NotFoundError             no job or batch with that id
+    ├── CatalogConflictError      a catalog change made against a version that is no longer the newest
     └── IdempotencyKeyReusedError an idempotency key sent again with a different request
 """
 
@@ -12,7 +13,13 @@ from __future__ import annotations
 from router_core.errors import RouteqError
 from router_core.redact import mask_url
 
-__all__ = ["IdempotencyKeyReusedError", "NotFoundError", "ServiceUnavailableError", "StorageError"]
+__all__ = [
+    "CatalogConflictError",
+    "IdempotencyKeyReusedError",
+    "NotFoundError",
+    "ServiceUnavailableError",
+    "StorageError",
+]
 
 
 class StorageError(RouteqError):
@@ -52,4 +59,16 @@ class IdempotencyKeyReusedError(StorageError):
         super().__init__(
             f"Idempotency-Key {key!r} was already used for a different request (another route or "
             "body); send a new key for a new request, or the same body to get the first answer"
+        )
+
+
+class CatalogConflictError(StorageError):
+    """Someone committed a catalog version since the one this change was made against."""
+
+    def __init__(self, expected: int, newest: int) -> None:
+        self.expected = expected
+        self.newest = newest
+        super().__init__(
+            f"the catalog changed: this change was made against version {expected}, the newest is "
+            f"{newest}; read the catalog again and re-apply the change"
         )

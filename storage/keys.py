@@ -37,6 +37,8 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:evals:judged:<job_id> | string  | EVAL_JUDGED_TTL_S             | the judging worker    |
 | routeq:ui:session:<hash>     | string  | UI_SESSION_TTL_S              | the API (dashboard)   |
 | routeq:ui:batch:<batch_id>   | string  | UI_BATCH_SUMMARY_TTL_S        | the API (dashboard)   |
+| routeq:catalog:version       | string  | permanent (a counter)         | catalog changes       |
+| routeq:catalog:changed       | pub/sub | -                             | catalog changes       |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -81,6 +83,8 @@ __all__ = [
     "ARQ_RETRY_PREFIX",
     "BUDGET_CAPS",
     "BUDGET_PERIOD_GRACE_S",
+    "CATALOG_CHANGED",
+    "CATALOG_VERSION",
     "EVAL_BEAT",
     "EVAL_CURSOR",
     "EVAL_JUDGED_TTL_S",
@@ -151,6 +155,10 @@ UI_SESSION_TTL_S = 12 * 3600
 # An ended batch's figures on its dashboard page (counts, per deployment, failures, cost) never change:
 # computed from SQL once, then kept this long, so a 100,000-job batch's page aggregates nothing.
 UI_BATCH_SUMMARY_TTL_S = 3600
+# The live catalog (`storage.fleet.catalog`): the newest version in SQL's `catalog_versions`, raised
+# (never lowered) after each commit, and the channel that tells every process to read it at once.
+CATALOG_VERSION = PREFIX + "catalog:version"
+CATALOG_CHANGED = PREFIX + "catalog:changed"
 
 
 def key_part(name: str) -> str:

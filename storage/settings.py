@@ -211,6 +211,12 @@ class Settings(RouterSettings):
         description="How long a process plans with the learned quality scores it read before reading "
         "them again (new evidence reaches every worker within this).",
     )
+    catalog_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="The live catalog's bound: a process that missed a change's message reads the "
+        "catalog version from Redis this often, so every worker and API process uses a change within it.",
+    )
     eval_judge: str | None = Field(
         default=None,
         description="The catalog deployment that grades a sampled share of finished jobs (automatic "

@@ -135,7 +135,7 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
                     "TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_secrets, "
                     "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
                     "cache_vectors, cache_policies, tenant_limits, ledger, attempts, jobs, batches, files, "
-                    "api_keys, idempotency_keys"
+                    "api_keys, idempotency_keys, catalog_versions"
                 )
             )
         backend = Backend(name, settings, store)

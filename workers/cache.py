@@ -10,7 +10,7 @@
 A hit is a succeeded job with no attempts: no provider call, no budget hold, $0 in the ledger;
 `result.cache` names the source job and what was saved. An answer serves a request only if it meets
 the request's own constraints (`planner.answer_fits`: providers, least quality, pinned model):
-answers of a deployment that no longer exists in the catalog are not served.
+answers of a deployment that no longer exists in the catalog, or is disabled in it, are not served.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class JobCache:
 
     def _fits(self, request: ChatRequest, answer: CachedAnswer) -> bool:
         deployment = self.catalog.get(answer.deployment)
-        return deployment is not None and answer_fits(request, deployment) is None
+        return deployment is not None and deployment.enabled and answer_fits(request, deployment) is None
 
     def _serve(self, use: CacheUse, answer: CachedAnswer, *, similarity: float | None) -> None:
         hit = CacheHit(source_job=answer.source_job, similarity=similarity, saved_usd=float(answer.saved_usd))

@@ -1,6 +1,7 @@
 """What a worker process holds while it runs, typed, under one key of arq's `ctx` dict.
 
-    Shared         what a caller brings to share (store, catalog, sim world, metrics); frozen
+    Shared         what a caller brings to share (store, catalog or live catalog, sim world, metrics)
+    CatalogSwap    hands a new live catalog to what plans, calls or prices with it
     WorkerContext  what start-up built (the job runner, this worker's id, its metrics port), once
                    per process, stored in arq's `ctx` under one key; read with `worker_context(ctx)`
 
@@ -16,15 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router_core.catalog import Catalog
+from router_core.router import Router
+from router_core.settings import SimulateMode
 from router_core.sim.world import SimWorld
+from router_core.simulated import simulated_ids
 from storage.bus import registry
 from storage.bus.queue import Deferrals
+from storage.fleet.catalog import LiveCatalog
 from storage.metrics import Metrics
 from storage.sql.store import Store
+from workers.cache import JobCache
 from workers.metrics_server import MetricsServer
 from workers.runner import JobRunner
 
-__all__ = ["Shared", "WorkerContext", "attach", "detach", "worker_context", "worker_record"]
+__all__ = ["CatalogSwap", "Shared", "WorkerContext", "attach", "detach", "worker_context", "worker_record"]
 
 # The one routeq entry in arq's ctx; arq's own entries (redis, job_id, job_try...) sit beside it.
 _CTX_KEY = "routeq"
@@ -40,7 +46,9 @@ class Shared:
 
     Attributes:
         store: the SQL store; None opens one on `settings.database_url`.
-        catalog: the deployments; None loads `settings.catalog_path`.
+        catalog: the deployments, fixed for the worker's life; None: the live catalog (`live`).
+        live: the live catalog to follow (the embedded runner shares its own); None with no
+            `catalog`: start-up opens one (seeded from `settings.catalog_path`).
         sim_world: the simulated providers; None builds them from the catalog when simulating.
         metrics: the registry the runner counts into; None keeps one only when the worker serves
             a metrics port (`settings.worker_metrics_port`).
@@ -51,8 +59,28 @@ class Shared:
     store: Store | None = None
     catalog: Catalog | None = None
     sim_world: SimWorld | None = None
+    live: LiveCatalog | None = None
     metrics: Metrics | None = None
     now: Callable[[], float] | None = None
+
+
+@dataclass(frozen=True)
+class CatalogSwap:
+    """Hands a new live catalog to everything in the worker that plans, calls or prices with one.
+
+    The router swaps catalog and adapters together (walks under way keep theirs); the response
+    cache checks cached answers' deployments against it; the runner reports what it simulates.
+    """
+
+    router: Router
+    cache: JobCache
+    runner: JobRunner
+    simulate: SimulateMode
+
+    def __call__(self, catalog: Catalog) -> None:
+        self.router.use_catalog(catalog)
+        self.cache.catalog = catalog
+        self.runner.simulated = simulated_ids(catalog, self.simulate)
 
 
 @dataclass(frozen=True)

@@ -335,11 +335,10 @@ class JobRunner:
         return JobDeferred(job.id, delay, str(deferred), spread, carry=carry, given_back=given_back)
 
     def _places(self, plan: Plan, request: ChatRequest) -> list[Place]:
-        """The plan's candidates as places in their lines, with the tokens a call would count."""
+        """The plan's candidates still in the (live) catalog as places in their lines, with their tokens."""
         places = []
         completion = request.max_tokens or plan.completion_tokens_estimate
-        for candidate in plan.candidates:
-            dep = self.router.catalog[candidate.deployment]
+        for dep in filter(None, (self.router.catalog.get(c.deployment) for c in plan.candidates)):
             prompt, most = call_tokens(dep, request, plan.prompt_tokens_estimate, completion)
             places.append(Place(dep, prompt + most))
         return places

@@ -47,6 +47,7 @@ from storage.bus.notifier import Notifier, Signal, exact_pattern
 from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, deserialize, serialize
 from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
+from storage.fleet.catalog import LiveCatalog
 from storage.fleet.line import AdmissionLine
 from storage.fleet.quality import FleetQuality
 from storage.fleet.state import RedisFleetState
@@ -54,7 +55,7 @@ from storage.metrics import Metrics
 from storage.settings import Settings
 from storage.sql.store import Store
 from workers.cache import JobCache
-from workers.context import Shared, WorkerContext, attach, detach, worker_context, worker_record
+from workers.context import CatalogSwap, Shared, WorkerContext, attach, detach, worker_context, worker_record
 from workers.evals import EvalBeat, VerdictRecorder
 from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
@@ -98,8 +99,13 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             rate_margin_s=settings.rate_limit_margin_s,
         )
         quality = FleetQuality.from_settings(redis, store, settings)
+        live = shared.live
+        if live is None and shared.catalog is None:
+            live = await LiveCatalog.from_settings(redis, store, settings)
+            opened.push_async_callback(live.close)
+        catalog = shared.catalog if live is None else live.current
         router = Router.from_settings(
-            settings, catalog=shared.catalog, sim_world=shared.sim_world, fleet=fleet, quality=quality
+            settings, catalog=catalog, sim_world=shared.sim_world, fleet=fleet, quality=quality
         )
         opened.push_async_callback(router.aclose)
         events = EventBus(redis, retention_s=settings.event_retention_s)
@@ -138,6 +144,8 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             carry_max_bytes=settings.carry_request_max_bytes,
             on_answer=VerdictRecorder(store, quality),  # judge jobs' verdicts become evidence
         )
+        if live is not None:
+            opened.callback(live.on_change(CatalogSwap(router, cache, runner, settings.simulate)))
         started = time.time()
         await redis.hset(keys.WORKERS, worker_id, worker_record(started, simulated=simulated))  # type: ignore[misc]
         opened.push_async_callback(_unregister, redis, worker_id)

@@ -47,6 +47,7 @@ from producer.api import (
     tenant,
     webhooks,
 )
+from producer.api import catalog as live_catalog
 from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
 from producer.api.limits import BodyLimit
@@ -122,6 +123,7 @@ def create_app(
         tenant,
         spend,
         webhooks,
+        live_catalog,
     )
     for module in routers:
         app.include_router(module.router)

@@ -20,6 +20,7 @@ from storage.bus.notifier import Notifier
 from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
+from storage.fleet.catalog import LiveCatalog
 from storage.fleet.quality import FleetQuality
 from storage.fleet.ratelimits import RateLimiter, RateLimits
 from storage.fleet.state import RedisFleetState
@@ -37,7 +38,7 @@ class ApiContext:
     settings: Settings
     redis: ArqRedis
     store: Store
-    catalog: Catalog
+    live: LiveCatalog  # the catalog, swapped when a new version is committed (`catalog` reads it)
     budgets: Budgets = field(init=False)
     fleet: RedisFleetState = field(init=False)
     relay: StreamRelay = field(init=False)
@@ -70,6 +71,15 @@ class ApiContext:
         # Jobs and Batch API lines are checked against the catalog as they arrive, like the CLI's.
         self.rules = InputRules.from_settings(self.settings, self.catalog)
         self.strategies = StrategyDefaults(self.store, self.settings.default_strategy)
+        self.live.on_change(self._catalog_changed)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog now: the live catalog's current version (no I/O)."""
+        return self.live.current
+
+    def _catalog_changed(self, catalog: Catalog) -> None:
+        self.rules = InputRules.from_settings(self.settings, catalog)
 
     def client(self, tenant: str, user: str, api_key_id: str | None = None) -> Client:
         """A client that submits and reads as `tenant`/`user` (it shares the app's connections); the
@@ -96,21 +106,31 @@ async def open_context(
 ) -> AsyncIterator[ApiContext]:
     """Connect to Redis and the database (unless given), and close what was opened here on exit.
 
+    With no `catalog`, the app follows the live catalog (seeded from `settings.catalog_path`).
+
     Raises:
         ServiceUnavailableError: Redis or the database cannot be reached (the URL is named).
         ConfigError: the catalog is invalid.
     """
-    catalog = catalog or load_catalog(settings.catalog_path)
+    if catalog is None:
+        load_catalog(settings.catalog_path)  # a bad file fails here, before anything is opened
     own_redis = redis is None
     redis = redis or await connect_redis(settings)
     try:
         own_store = store is None
         store = store or await Store.open(settings.database_url)
-        ctx = ApiContext(settings, redis, store, catalog)
         try:
-            yield ctx
+            if catalog is not None:
+                live = LiveCatalog.fixed(catalog)
+            else:
+                live = await LiveCatalog.from_settings(redis, store, settings)
+            ctx = ApiContext(settings, redis, store, live)
+            try:
+                yield ctx
+            finally:
+                await ctx.notifier.close()
+                await live.close()
         finally:
-            await ctx.notifier.close()
             if own_store:
                 await store.close()
     finally:

@@ -56,6 +56,7 @@ def provider_view(
         "id": dep.id,
         "object": "routeq.deployment",
         "simulated": deployment_id in simulated,
+        "enabled": dep.enabled,  # false: disabled in the live catalog, never planned
         "provider": dep.provider,
         "kind": dep.kind.value,
         "model": dep.model,

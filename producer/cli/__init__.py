@@ -4,6 +4,7 @@ batches.py    run, submit, status, results, watch, cancel, requeue
 workers.py    worker
 tools.py      sim, catalog, migrate (catalog_view.py: the catalog's table, wide or 80 columns)
 admin.py      deployments ..., budget ...
+live_catalog.py  deployments add/set/disable/enable/remove/import/export/history (the live catalog)
 cache.py      cache stats, clear, policy
 quality.py    feedback, quality
 planning.py   plan (route without running)
@@ -32,6 +33,7 @@ from producer.cli import (
     cache,
     evals,
     fleet,
+    live_catalog,
     planning,
     quality,
     replay,
@@ -96,6 +98,18 @@ for command in (
 app.command(name="eval")(evals.run_eval)
 app.command(name="spend")(spend.spend)
 app.add_typer(admin.deployments_app, name="deployments")
+# The live catalog's changes and history sit in the deployments group (`routeq catalog FILE` shows a file).
+for name, change in (
+    ("add", live_catalog.add),
+    ("set", live_catalog.set_fields),
+    ("disable", live_catalog.disable),
+    ("enable", live_catalog.enable),
+    ("remove", live_catalog.remove),
+    ("import", live_catalog.import_file),
+    ("export", live_catalog.export),
+    ("history", live_catalog.history),
+):
+    admin.deployments_app.command(name)(change)
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")
 app.add_typer(serving.keys_app, name="keys")

@@ -20,11 +20,11 @@ from producer.cli._common import (
     execute,
     fail,
     finite_usd,
-    load_catalog_or_exit,
     load_settings,
     print_json,
     with_redis,
 )
+from producer.cli.live_catalog import live_or_file_catalog
 from router_core.fleet import Forced
 from router_core.periods import BudgetPeriod
 
@@ -42,7 +42,9 @@ __all__ = ["budget_app", "deployments_app"]
 console = Console(emoji=False)
 T = TypeVar("T")
 
-deployments_app = typer.Typer(help="Fleet-wide deployment state: circuits, limits, maintenance.")
+deployments_app = typer.Typer(
+    help="Deployments: fleet state (circuits, limits, maintenance) and the live catalog (changes, history)."
+)
 budget_app = typer.Typer(help="Spend caps and spend per user, end user, tenant or batch.")
 
 DeploymentArg = Annotated[str, typer.Argument(help="A deployment id from the catalog.")]
@@ -76,7 +78,7 @@ def list_deployments(as_json: JsonFlag = False) -> None:
     from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    catalog = load_catalog_or_exit()
+    catalog = live_or_file_catalog(settings)
 
     async def go(redis: Redis) -> Mapping[str, DeploymentSnapshot]:
         return await RedisFleetState(redis, breaker=settings.breaker_policy()).snapshot(list(catalog))
@@ -125,7 +127,7 @@ def _force(deployment: str, state: Forced | None) -> None:
     from storage.fleet.state import RedisFleetState  # noqa: PLC0415 - start-up: imported on use
 
     settings = load_settings()
-    catalog = load_catalog_or_exit()
+    catalog = live_or_file_catalog(settings)
     if deployment not in catalog:
         raise fail(f"unknown deployment {deployment!r}; known: {', '.join(catalog)}", code=1)
 

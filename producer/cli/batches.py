@@ -179,10 +179,13 @@ def submit(
     The file is read, checked, written to SQL and queued a chunk at a time, so a file of any size
     takes the memory of one chunk; jobs of the first chunks may run while later ones are read.
     """
+    from producer.cli.live_catalog import live_or_file_catalog  # noqa: PLC0415 - on use
     from producer.cli.reporting import status_table  # noqa: PLC0415 - start-up: imported on use
+    from producer.inputs import InputRules  # noqa: PLC0415 - pydantic models of requests, on use
 
     settings = load_settings()
-    rules = _input_rules(settings)
+    # The workers route with the live catalog: lines are checked against it (the file before any).
+    rules = InputRules.from_settings(settings, live_or_file_catalog(settings))
     try:
         source = file.open("rb")
     except OSError as exc:

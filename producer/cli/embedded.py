@@ -29,6 +29,7 @@ from router_core.catalog import Catalog, load_catalog
 from router_core.simulated import simulated_ids
 from storage.connections import connect_redis, embedded_redis
 from storage.fleet.budgets import Budgets
+from storage.fleet.catalog import LiveCatalog
 from storage.settings import Settings
 from storage.sql.store import Store
 from workers.context import Shared, worker_context
@@ -98,9 +99,11 @@ class Embedded:
 async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
     """A client whose jobs run on a worker in this process; the worker stops on exit.
 
-    The catalog is loaded here, before the worker starts, so a bad catalog is an error at once.
+    The catalog file is read here, before the worker starts, so a bad catalog is an error at once.
+    It seeds the live catalog in SQL (storage/fleet/catalog.py): a run with a file that changed
+    since it last seeded routes with the file, as before; changes made live are kept otherwise.
     """
-    catalog = load_catalog(settings.catalog_path)
+    load_catalog(settings.catalog_path)  # a bad file fails here, before anything is opened
     server = FakeServer() if settings.redis_url is None else None
 
     async def redis_connection() -> ArqRedis:
@@ -116,13 +119,15 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         await Budgets(
             client.redis, default_user_cap_usd=settings.default_user_budget_usd
         ).rebuild_from_ledger(store)
+    live = await LiveCatalog.from_settings(client.redis, store, settings)
+    catalog = live.current
     # A one-off run opens no worker metrics port (nothing would scrape it; ROUTEQ_WORKER_METRICS_PORT
     # is for `routeq worker` processes).
     worker = build_worker(
         settings.model_copy(update={"worker_metrics_port": None}),
         redis=await redis_connection(),
         handle_signals=False,
-        shared=Shared(store=store, catalog=catalog),
+        shared=Shared(store=store, live=live),
     )
     worker_task = asyncio.create_task(run_worker(worker))
     try:
@@ -131,5 +136,6 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         # Stop polling; jobs still running (after Ctrl-C) are cancelled, and run_worker closes it.
         worker.handle_sig(signal.SIGINT)
         await asyncio.wait({worker_task})  # a worker failure is raised by until(), not here
+        await live.close()
         await client.redis.aclose()
         await store.close()

@@ -205,10 +205,10 @@ def limit_key(
 
 def _checked_models(settings: Settings, patterns: list[str]) -> list[str]:
     """The patterns, each naming some chat deployment of the catalog (else a one-line error)."""
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.live_catalog import live_or_file_catalog  # noqa: PLC0415 - start-up: imported on use
     from router_core.policy import unmatched_patterns  # noqa: PLC0415 - start-up: imported on use
 
-    catalog = load_catalog(settings.catalog_path)
+    catalog = live_or_file_catalog(settings)  # what the fleet routes with
     patterns = [p.strip() for p in patterns]
     if "" in patterns:
         raise fail("--allow-model: an empty name allows nothing; give a deployment id, model or pattern")

@@ -42,6 +42,7 @@ __all__ = [
     "batches",
     "cache_policies",
     "cache_vectors",
+    "catalog_versions",
     "eval_results",
     "eval_runs",
     "feedback",
@@ -498,4 +499,17 @@ webhook_attempts = Table(
     Column("error", Text),
     Column("latency_ms", Float, nullable=False),
     Column("response_excerpt", Text),  # the first 500 characters of the answer's body
+)
+
+catalog_versions = Table(
+    "catalog_versions",
+    metadata,
+    # The live catalog, append-only: every change is a new row holding the whole catalog document
+    # (the TOML's tables as JSON); the newest version is the catalog (storage/fleet/catalog.py).
+    Column("version", Integer, primary_key=True, autoincrement=False),  # 1, 2, ...: a commit claims n+1
+    Column("document", JSON, nullable=False),  # {"deployments": [{field: value}, ...]}
+    Column("author", String(128), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("seed_hash", String(64)),  # a version seeded from the TOML file: its document's SHA-256
+    Column("created_at", _Time, nullable=False),
 )

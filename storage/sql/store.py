@@ -11,6 +11,7 @@
     store.quality    scored answers (judges, reference sets, feedback) and their tallies (sql/quality.py)
     store.evals      answered jobs to sample for judging, reference-set runs and scores (sql/evals.py)
     store.webhooks   webhook endpoints, the outbox's deliveries and attempts       (sql/webhooks.py)
+    store.catalog    the live catalog's versions, append-only                       (sql/catalog.py)
 
 Every write goes through the group committer (`storage/sql/group_commit.py`): writes of concurrent
 jobs share a transaction, and each write begins with a write statement (SQLite then takes its lock
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from storage.sql.api_keys import ApiKeys
 from storage.sql.batches import Batches
 from storage.sql.cache import ResponseCache
+from storage.sql.catalog import CatalogVersions
 from storage.sql.database import Database, utcnow
 from storage.sql.engine import connect_database
 from storage.sql.evals import Evals
@@ -58,6 +60,7 @@ class Store:
         self.quality = QualityEvidence(self.db)
         self.evals = Evals(self.db)
         self.webhooks = Webhooks(self.db)
+        self.catalog = CatalogVersions(self.db)
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
