@@ -31,6 +31,13 @@ from workers.context import Shared
 from workers.worker import ContextHook, build_worker
 
 REDIS_ENV = "ROUTEQ_TEST_REDIS_URL"
+# Every table a test may fill: a services test starts from empty ones (the test databases are shared).
+TRUNCATE_ALL = text(
+    "TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_secrets, "
+    "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
+    "cache_vectors, cache_policies, tenant_limits, ledger, attempts, jobs, batches, files, "
+    "api_keys, idempotency_keys, catalog_versions"
+)
 DATABASE_ENV = "ROUTEQ_TEST_DATABASE_URL"
 
 
@@ -130,14 +137,7 @@ async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIter
         )
         store = await Store.open(settings.database_url)
         async with store.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_secrets, "
-                    "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
-                    "cache_vectors, cache_policies, tenant_limits, ledger, attempts, jobs, batches, files, "
-                    "api_keys, idempotency_keys, catalog_versions"
-                )
-            )
+            await conn.execute(TRUNCATE_ALL)
         backend = Backend(name, settings, store)
         await (await backend.redis()).flushdb()
     try:

@@ -14,7 +14,6 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from router_core import Strategy
@@ -30,7 +29,7 @@ from storage.sql.analytics import (
 )
 from storage.sql.engine import connect_database, migrate
 from storage.sql.store import Store
-from tests.backends import DATABASE_ENV, service_url
+from tests.backends import DATABASE_ENV, TRUNCATE_ALL, service_url
 
 DAY1 = datetime(2025, 3, 1, 23, 30, tzinfo=UTC)
 DAY2 = datetime(2025, 3, 2, 0, 30, tzinfo=UTC)
@@ -138,9 +137,7 @@ async def _open_store(name: str) -> tuple[Store, Clock]:
     )
     await migrate(engine)
     async with engine.begin() as conn:
-        await conn.execute(
-            text("TRUNCATE eval_results, eval_runs, feedback, cache_vectors, ledger, attempts, jobs, batches")
-        )
+        await conn.execute(TRUNCATE_ALL)
     return Store(engine, now=clock), clock
 
 

@@ -22,7 +22,6 @@ from fakeredis import FakeAsyncRedis
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from rich.console import Console
-from sqlalchemy import text
 from typer.testing import CliRunner
 
 from producer.cli import admin, app
@@ -36,7 +35,7 @@ from storage.jobs import FailureCode, JobStatus, NewJob
 from storage.settings import Settings
 from storage.sql.spend import spend_per_period
 from storage.sql.store import Store
-from tests.backends import DATABASE_ENV, REDIS_ENV, open_backend, service_url
+from tests.backends import DATABASE_ENV, REDIS_ENV, TRUNCATE_ALL, open_backend, service_url
 from tests.conftest import deployment, make_catalog
 from tests.test_budgets import charge, new_jobs
 
@@ -376,8 +375,7 @@ async def store(redis: Redis, request: pytest.FixtureRequest, tmp_path: Path) ->
     if request.node.callspec.params["redis"] == "redis":
         opened = await Store.open(service_url(DATABASE_ENV))
         async with opened.engine.begin() as conn:
-            tables = "eval_results, eval_runs, feedback, cache_vectors, ledger, attempts, jobs, batches"
-            await conn.execute(text(f"TRUNCATE {tables}"))
+            await conn.execute(TRUNCATE_ALL)
     else:
         opened = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
     try:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from fakeredis import FakeAsyncRedis, FakeServer
 from redis.asyncio import Redis
-from sqlalchemy import text
 
 from producer.client import Client
 from router_core.models import ChatRequest, Message
@@ -36,7 +35,7 @@ from storage.fleet.budgets import (
 from storage.jobs import FailureCode, JobStatus, NewJob, StartedJob
 from storage.sql.schema import ledger
 from storage.sql.store import Store
-from tests.backends import DATABASE_ENV, REDIS_ENV, Backend, service_url
+from tests.backends import DATABASE_ENV, REDIS_ENV, TRUNCATE_ALL, Backend, service_url
 
 NOW = 1_700_000_000.0
 ALICE = user_scope("acme", "alice")
@@ -273,12 +272,7 @@ async def store(connect: Connect, request: pytest.FixtureRequest, tmp_path: Path
     if request.node.callspec.params["connect"] == "redis":
         opened = await Store.open(service_url(DATABASE_ENV))
         async with opened.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "TRUNCATE eval_results, eval_runs, feedback, cache_vectors, ledger, attempts, jobs, "
-                    "batches"
-                )
-            )
+            await conn.execute(TRUNCATE_ALL)
     else:
         opened = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
     try:
