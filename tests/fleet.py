@@ -1,12 +1,16 @@
 """Processes for fleet tests: `routeq sim` and `routeq worker` subprocesses on loopback, plus redis-server.
 
 Every process is started with a log file and stopped by the `Fleet` that started it (SIGTERM, then
-SIGKILL after a deadline), so a failing test never leaves a process behind.
+SIGKILL after a deadline), so a failing test never leaves a process behind. A test interrupted inside
+that clean-up (pytest-timeout raises wherever the test is) could still leave one: every process
+spawned is also killed when the test process exits. A leftover worker would otherwise go on taking
+the fleet's sweeper lock in the test Redis database, and later tests' sweeps would never run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import signal
@@ -24,6 +28,15 @@ from storage import keys
 from storage.settings import Settings
 
 ROUTEQ = shutil.which("routeq", path=str(Path(sys.executable).parent))
+
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in _SPAWNED:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def free_port() -> int:
@@ -70,6 +83,7 @@ class Fleet:
         with (self.tmp_path / f"{name}.log").open("ab") as out:
             proc = subprocess.Popen(argv, env=dict(env or os.environ), stdout=out, stderr=subprocess.STDOUT)
         self.procs[name] = proc
+        _SPAWNED.append(proc)
         return proc
 
     async def sim(self, catalog: Path) -> str:
@@ -129,7 +143,12 @@ class Fleet:
             return proc.wait(timeout=10)
 
     def stop_all(self) -> dict[str, int]:
-        return {name: self.stop(name) for name in list(self.procs)}
+        try:
+            return {name: self.stop(name) for name in list(self.procs)}
+        finally:  # interrupted (a timeout raised in here): none may outlive the test
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
 
 
 @asynccontextmanager
