@@ -1,6 +1,7 @@
-"""`routeq deployments add|set|disable|enable|remove|import|export|history`, embedded (SQLite file, no
-Redis) and on the real Redis + PostgreSQL: every change a version, bad input one line naming the field,
-and an export that `routeq catalog` validates and that imports back as the same catalog.
+"""`routeq deployments add|set|disable|enable|remove|import|export|history` (`routeq catalog
+export|import|history` too), embedded (SQLite file, no Redis) and on the real Redis + PostgreSQL:
+every change a version, bad input one line naming the field, and an export that `routeq catalog`
+validates and that imports back as the same catalog.
 """
 
 from __future__ import annotations
@@ -82,18 +83,20 @@ def test_changes_are_versions_and_export_imports_back(cli: Path) -> None:
     assert "version 6: removed sim-b" in ok("deployments", "remove", "sim-b")
     assert asyncio.run(_live()) == ["sim-a", "new-d"]
 
-    ok("deployments", "export", "live.toml")
+    ok("catalog", "export", "live.toml")  # as `routeq deployments export`
     assert ok("deployments", "export") == (cli / "live.toml").read_text()
     exported = load_catalog(cli / "live.toml")
     assert exported["new-d"].rpm == 50
     assert exported["new-d"].price is not None
-    ok("catalog", "live.toml")  # the file routeq reads validates
+    ok("catalog", "live.toml")  # the file routeq reads validates (a first word naming no command: a file)
+    assert "new-d" in ok("catalog", "live.toml", "--json")
     assert "version 7: imported" in ok("deployments", "import", str(cli / "catalog.toml"))
     assert asyncio.run(_live()) == ["sim-a", "sim-b"]
     ok("deployments", "import", "live.toml", "-m", "back")
     ok("deployments", "export", "again.toml")
     assert load_catalog(cli / "again.toml").deployments() == exported.deployments()
 
+    assert ok("catalog", "history", "--json") == ok("deployments", "history", "--json")
     history = json.loads(ok("deployments", "history", "--json"))["versions"]
     assert [v["version"] for v in history] == [8, 7, 6, 5, 4, 3, 2, 1]
     assert history[-1]["author"] == "seed"

@@ -44,6 +44,7 @@ from producer.cli import (
     webhooks,
     workers,
 )
+from producer.cli._common import FileOrCommand
 
 __all__ = ["app", "main"]
 
@@ -76,7 +77,6 @@ def _options(
 # The order of `routeq --help`.
 for command in (
     tools.sim,
-    tools.catalog,
     batches.run,
     batches.submit,
     batches.status,
@@ -110,6 +110,18 @@ for name, change in (
     ("history", live_catalog.history),
 ):
     admin.deployments_app.command(name)(change)
+# `routeq catalog [FILE]` shows a catalog file; `routeq catalog export|import|history`, the live one.
+catalog_app = typer.Typer(
+    cls=FileOrCommand, help="Show a catalog file, or export, import and list the live one."
+)
+catalog_app.command("show")(tools.catalog)
+for name, change in (
+    ("export", live_catalog.export),
+    ("import", live_catalog.import_file),
+    ("history", live_catalog.history),
+):
+    catalog_app.command(name)(change)
+app.add_typer(catalog_app, name="catalog")
 app.add_typer(admin.budget_app, name="budget")
 app.add_typer(cache.cache_app, name="cache")
 app.add_typer(serving.keys_app, name="keys")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from router_core.errors import ConfigError, InvalidRequestError
 from storage.errors import NotFoundError, ServiceUnavailableError
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from storage.sql.store import Store
 
 __all__ = [
+    "FileOrCommand",
     "JsonFlag",
     "err_console",
     "execute",
@@ -198,3 +200,14 @@ async def with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]
         return await action(store)
     finally:
         await store.close()
+
+
+class FileOrCommand(TyperGroup):
+    """A command group whose first word, when it names none of its commands, is the argument of its
+    `show` command: `routeq catalog FILE` (and plain `routeq catalog`) shows a catalog file, while
+    `routeq catalog export` runs `export`. A file named like a command is reached as `./export`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own vendored click Context
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
