@@ -72,17 +72,15 @@ from router_core.models import ChatRequest, Message
 from storage.connections import connect_redis
 from storage.jobs import NewJob
 from storage.settings import Settings
-from storage.sql.schema import attempts, batches, jobs, ledger
+from storage.sql.schema import attempts, batches, jobs, ledger, metadata
 from storage.sql.store import Store
 
 GOAL_MS = 300.0  # issue 16: a 100,000-job batch renders its page in under 300 ms
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/routeq_bench_ui"
 TENANT = "bench"
-_TABLES = (
-    "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, cache_vectors, cache_policies, "
-    "tenant_limits, ledger, attempts, jobs, batches, files, api_keys, idempotency_keys"
-)
+# Every routeq table (the schema's own list, so a table added later is emptied too).
+_TABLES = ", ".join(table.name for table in metadata.sorted_tables)
 
 # (deployment, provider, model, cost of one answer in USD): five of the demo catalog's.
 DEPLOYMENTS = (

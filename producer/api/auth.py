@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from producer.api.context import Ctx
@@ -119,5 +119,35 @@ async def operator(principal: Annotated[Principal, Depends(caller)]) -> Principa
 
 
 Caller = Annotated[Principal, Depends(caller)]
+# `?tenant=`: another tenant than the key's (operator keys only; `acting_tenant` checks).
+TenantParam = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\x00-\x1f\x7f]+$",  # no control characters: PostgreSQL's text holds no NUL
+        description="Another tenant (operator keys only); default: the key's.",
+    ),
+]
 Admin = Annotated[Principal, Depends(admin)]
 Operator = Annotated[Principal, Depends(operator)]
+
+
+def acting_tenant(principal: Principal, tenant: str | None, *, changing: str | None = None) -> str:
+    """The tenant a request acts on: the key's own, or (operator keys only) the one it names. With
+    `changing` (what the request changes, e.g. "the tenant's cache"), the key must also be an admin
+    or operator key; 403 otherwise."""
+    if tenant is not None and tenant != principal.tenant:
+        if not principal.operator:
+            raise ApiError(
+                403,
+                "tenant: naming another tenant needs an operator key (`routeq keys create --operator`)",
+                param="tenant",
+                code="not_operator",
+            )
+        return tenant
+    if changing is not None and not (principal.admin or principal.operator):
+        raise ApiError(
+            403, f"changing {changing} needs an admin key (`routeq keys create --admin`)", code="not_admin"
+        )
+    return principal.tenant

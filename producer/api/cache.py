@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from producer.api.auth import Caller, Principal
+from producer.api.auth import Caller, TenantParam, acting_tenant
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
 from producer.api.schemas import CachePolicyBody
@@ -24,36 +24,6 @@ from storage.sql.cache import TenantCachePolicy
 __all__ = ["router"]
 
 router = APIRouter(tags=["Response cache"])
-
-TenantParam = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=255,
-        pattern=r"^[^\x00-\x1f\x7f]+$",  # no control characters: PostgreSQL's text holds no NUL
-        description="Another tenant (operator keys only); default: the key's.",
-    ),
-]
-
-
-def _tenant(principal: Principal, tenant: str | None, *, changes: bool = False) -> str:
-    """The tenant the request acts on: the key's own, or (operator keys only) the one named."""
-    if tenant is not None and tenant != principal.tenant:
-        if not principal.operator:
-            raise ApiError(
-                403,
-                "tenant: naming another tenant needs an operator key (`routeq keys create --operator`)",
-                param="tenant",
-                code="not_operator",
-            )
-        return tenant
-    if changes and not (principal.admin or principal.operator):
-        raise ApiError(
-            403,
-            "changing the tenant's cache needs an admin key (`routeq keys create --admin`)",
-            code="not_admin",
-        )
-    return principal.tenant
 
 
 @router.get("/v1/cache/stats", summary="What the response cache did: hits, misses, hit rate, dollars saved")
@@ -79,7 +49,7 @@ async def cache_stats(
             param="all_tenants",
             code="not_operator",
         )
-    scope = None if all_tenants else _tenant(principal, tenant)
+    scope = None if all_tenants else acting_tenant(principal, tenant)
     try:
         start = _utc(since) if since is not None else None
         if start is None and days is not None:
@@ -94,7 +64,7 @@ async def cache_stats(
 async def cache_clear(principal: Caller, ctx: Ctx, *, tenant: TenantParam = None) -> dict[str, Any]:
     """Answers finished before `cleared_at` are never served again (nothing is deleted: the jobs keep
     their results); new answers are cached from now on."""
-    name = _tenant(principal, tenant, changes=True)
+    name = acting_tenant(principal, tenant, changing="the tenant's cache")
     cleared = await ctx.store.cache.clear(name)
     return {"object": "routeq.cache_clear", "tenant": name, "cleared_at": cleared.isoformat()}
 
@@ -102,7 +72,7 @@ async def cache_clear(principal: Caller, ctx: Ctx, *, tenant: TenantParam = None
 @router.get("/v1/cache/policy", summary="The tenant's cache defaults, over the fleet's")
 async def get_cache_policy(principal: Caller, ctx: Ctx, *, tenant: TenantParam = None) -> dict[str, Any]:
     """The tenant's own settings (null: the fleet's default) and what they come to (`effective`)."""
-    name = _tenant(principal, tenant)
+    name = acting_tenant(principal, tenant)
     return policy_view(name, await ctx.store.cache.policy(name), ctx.settings.cache_policy())
 
 
@@ -112,7 +82,7 @@ async def put_cache_policy(
 ) -> dict[str, Any]:
     """Replaces all four settings: a field left out or null falls back to the fleet's default. A
     request's own `preferences.cache` still overrides them. Workers see a change within seconds."""
-    name = _tenant(principal, tenant, changes=True)
+    name = acting_tenant(principal, tenant, changing="the tenant's cache")
     await ctx.store.cache.set_policy(TenantCachePolicy(name, **body.model_dump()))
     return policy_view(name, await ctx.store.cache.policy(name), ctx.settings.cache_policy())
 

@@ -52,7 +52,7 @@ from router_core.planner import check_references
 from storage.bus.relay import Piece
 from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
-__all__ = ["job_failure", "router", "wait_timeout"]
+__all__ = ["first_piece", "job_failure", "router", "wait_timeout"]
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -214,10 +214,12 @@ def _answer(job: JobRecord) -> dict[str, Any]:
 # -- streaming -----------------------------------------------------------------------------------
 
 
-async def _stream(
-    ctx: ApiContext, client: Client, job_id: str, request: ChatRequest, include_usage: bool
-) -> JSONResponse | StreamingResponse:
-    """Wait for the first piece; an error before it is a plain HTTP error, after it an SSE error."""
+async def first_piece(
+    ctx: ApiContext, client: Client, job_id: str
+) -> tuple[Piece, AsyncGenerator[Piece, None]]:
+    """The streamed job's first relayed piece and the pieces after it. A job that ends before its
+    first piece without an answer, or no piece within the API's wait, is a plain HTTP error: no
+    stream has begun yet."""
     pieces = ctx.relay.follow(job_id)
     try:
         async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
@@ -230,6 +232,14 @@ async def _stream(
         job = await client.get(job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise job_failure(job)
+    return first, pieces
+
+
+async def _stream(
+    ctx: ApiContext, client: Client, job_id: str, request: ChatRequest, include_usage: bool
+) -> JSONResponse | StreamingResponse:
+    """Wait for the first piece; an error before it is a plain HTTP error, after it an SSE error."""
+    first, pieces = await first_piece(ctx, client, job_id)
     chunks = _ChunkWriter(job_id, request.model, include_usage)
     return StreamingResponse(
         _events(client, job_id, chunks, first, pieces),

@@ -14,7 +14,6 @@ Errors have the statuses of chat completions (the SDK raises its `BadRequestErro
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -25,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from producer.anthropic_stream import MessageStream, error_event
 from producer.anthropic_wire import MessagesBodyError, chat_body, message_object
 from producer.api.auth import Caller, Principal
-from producer.api.chat import checked_request, job_failure, run_and_wait, wait_timeout
+from producer.api.chat import checked_request, first_piece, job_failure, run_and_wait
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
 from producer.api.key_models import allowed_request
@@ -83,18 +82,7 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
 
 async def _stream(ctx: ApiContext, client: Client, job_id: str, chat: ChatRequest) -> StreamingResponse:
     """Wait for the job's first piece (an error before it is a plain HTTP error), then stream."""
-    pieces = ctx.relay.follow(job_id)
-    try:
-        async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
-            first = await anext(pieces)
-    except TimeoutError:
-        await pieces.aclose()
-        raise wait_timeout(ctx, job_id) from None
-    if first.end is not None:
-        await pieces.aclose()
-        job = await client.get(job_id)
-        if job.status != JobStatus.SUCCEEDED:
-            raise job_failure(job)
+    first, pieces = await first_piece(ctx, client, job_id)
     events = MessageStream(f"msg_{job_id}", chat.model)
     return StreamingResponse(
         _events(client, job_id, events, first, pieces),

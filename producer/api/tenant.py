@@ -13,8 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from producer.api.auth import Caller, Principal
-from producer.api.cache import TenantParam
+from producer.api.auth import Caller, TenantParam, acting_tenant
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from producer.strategy_defaults import tenant_settings_view
@@ -36,26 +35,6 @@ class TenantSettingsBody(BaseModel):
     )
 
 
-def _tenant(principal: Principal, tenant: str | None, *, changes: bool = False) -> str:
-    """The tenant the request acts on: the key's own, or (operator keys only) the one named."""
-    if tenant is not None and tenant != principal.tenant:
-        if not principal.operator:
-            raise ApiError(
-                403,
-                "tenant: naming another tenant needs an operator key (`routeq keys create --operator`)",
-                param="tenant",
-                code="not_operator",
-            )
-        return tenant
-    if changes and not (principal.admin or principal.operator):
-        raise ApiError(
-            403,
-            "changing the tenant's settings needs an admin key (`routeq keys create --admin`)",
-            code="not_admin",
-        )
-    return principal.tenant
-
-
 async def _view(ctx: ApiContext, tenant: str) -> dict[str, Any]:
     keys = ctx.store.api_keys
     default, limits = await keys.default_strategy(tenant), await keys.tenant_limits(tenant)
@@ -66,7 +45,7 @@ async def _view(ctx: ApiContext, tenant: str) -> dict[str, Any]:
 async def get_settings(principal: Caller, ctx: Ctx, *, tenant: TenantParam = None) -> dict[str, Any]:
     """The tenant's own default strategy (null: none), the one its requests naming none get and where
     it comes from (`tenant`, `environment` or `default`), and its rate limits over all its keys."""
-    return await _view(ctx, _tenant(principal, tenant))
+    return await _view(ctx, acting_tenant(principal, tenant))
 
 
 @router.put("/v1/tenant/settings", summary="Set the tenant's default strategy (admin)")
@@ -75,7 +54,7 @@ async def put_settings(
 ) -> dict[str, Any]:
     """Sets the tenant's default strategy (null clears it). Rate limits are the operator's
     (`routeq keys tenant-limit`) and are not changed here."""
-    name = _tenant(principal, tenant, changes=True)
+    name = acting_tenant(principal, tenant, changing="the tenant's settings")
     strategy = None
     if body.default_strategy is not None:
         try:
