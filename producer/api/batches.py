@@ -340,7 +340,8 @@ async def list_batches(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    page = await ctx.store.batches.list(tenant=principal.tenant, after=after, limit=limit + 1)
+    # Batches only: not the batch of one each chat completion or job runs as, nor message batches.
+    page = await ctx.store.batches.list(tenant=principal.tenant, after=after, kind="batch", limit=limit + 1)
     more = len(page) > limit
     shown = page[:limit]
     tokens = await ctx.store.batches.token_usage([b.id for b in shown])
