@@ -450,16 +450,17 @@ class Client:
 
     async def plan(self, request: ChatRequest, *, catalog: Catalog | None = None) -> Plan:
         """The plan a worker would follow for `request` now (no job, no provider call): candidates
-        in order with their estimates and every exclusion with its reason. `catalog` defaults to
-        `settings.catalog_path`'s.
+        in order with their estimates and every exclusion with its reason. `catalog` defaults to the
+        live catalog's newest version (as workers plan), or `settings.catalog_path`'s before one exists.
 
         Raises:
             NoRouteError: every deployment is excluded (`exclusions` says why each).
             InvalidRequestError: `model` or `preferences.chain` names what the catalog lacks.
         """
         from producer.planning import Planner  # noqa: PLC0415 - the planner's imports: only when planning
+        from storage.fleet.catalog import newest_catalog  # noqa: PLC0415 - with the planner
 
-        catalog = catalog or load_catalog(self.settings.catalog_path)
+        catalog = catalog or await newest_catalog(self.store) or load_catalog(self.settings.catalog_path)
         request = await self.strategies.resolve(request, self.tenant)  # as `create` would
         result = await Planner.from_settings(self.settings, self.store, self.redis).preview(request, catalog)
         if isinstance(result, NoRouteError):

@@ -22,6 +22,7 @@ import pytest
 from producer.client import Client
 from router_core import catalog_edit
 from router_core.catalog import load_catalog, read_catalog_document
+from router_core.models import ChatRequest, Message
 from storage import keys
 from storage.fleet.catalog import LiveCatalog, commit_change, seed_catalog
 from storage.jobs import JobStatus, NewJob
@@ -269,3 +270,20 @@ async def test_an_embedded_process_reads_sqls_version_when_nothing_is_announced(
         assert "new-d" in live.current
     finally:
         await live.close()
+
+
+async def test_a_route_preview_plans_over_the_live_catalog(backend: Backend, tmp_path: Path) -> None:
+    """`Client.plan` (and `routeq plan`, `POST /v1/route`) plans as workers do: a deployment removed
+    from the live catalog is in no preview, though the catalog file still names it."""
+    redis = await backend.redis()
+    path = write_catalog(tmp_path / "c.toml", TRIO)
+    await seed_catalog(backend.store, redis, path)
+    settings = backend.settings.model_copy(update={"catalog_path": str(path)})
+    client = Client(redis, backend.store, settings)
+    request = ChatRequest(messages=[Message(role="user", content="hi")])
+    assert {c.deployment for c in (await client.plan(request)).candidates} == {"cheap-a", "fast-b", "smart-c"}
+
+    await commit_change(backend.store, redis, lambda doc: catalog_edit.remove(doc, "smart-c"), author="t")
+    plan = await client.plan(request)
+    assert {c.deployment for c in plan.candidates} == {"cheap-a", "fast-b"}
+    assert "smart-c" not in {e.deployment for e in plan.excluded}

@@ -73,16 +73,10 @@ ExpectOpt = Annotated[
 
 def live_or_file_catalog(settings: Settings) -> Catalog:
     """The live catalog's newest version, or the catalog file while SQL holds none (one line if bad)."""
-    from router_core.catalog_edit import validate  # noqa: PLC0415 - on use
-    from storage.fleet.catalog import source_of  # noqa: PLC0415 - on use
+    from storage.fleet.catalog import newest_catalog  # noqa: PLC0415 - on use
 
     file_catalog = load_catalog_or_exit()  # a bad file is one error line, live or not: it seeds the live one
-
-    async def go(store: Store) -> Catalog | None:
-        newest = await store.catalog.newest()
-        return None if newest is None else validate(newest.document, source=source_of(newest.version))
-
-    return execute(with_store(settings, go)) or file_catalog
+    return execute(with_store(settings, newest_catalog)) or file_catalog
 
 
 def parse_fields(pairs: list[str]) -> dict[str, Any]:

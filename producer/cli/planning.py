@@ -47,7 +47,7 @@ def plan(
 ) -> None:
     """Show the candidates in the order a worker would try them (estimated cost, latency, quality and
     the samples behind it) and every excluded deployment with its reason."""
-    from router_core.catalog import load_catalog  # noqa: PLC0415 - start-up: imported on use
+    from producer.cli.live_catalog import live_or_file_catalog  # noqa: PLC0415 - start-up: on use
 
     settings = load_settings()
     path = Path(target)
@@ -57,7 +57,7 @@ def plan(
         requests = [(item.custom_id, item.request) for item in _read_input(path, settings).items]
     else:
         requests = [("prompt", _prompt_request(target, strategy))]
-    catalog = load_catalog(settings.catalog_path)
+    catalog = live_or_file_catalog(settings)  # as a worker plans: the live catalog, once seeded
     views = execute(with_store(settings, lambda store: _plans(settings, store, catalog, requests)))
     if as_json:
         for custom_id, view in views:

@@ -41,7 +41,16 @@ from storage.settings import Settings
 from storage.sql.catalog import CatalogVersion
 from storage.sql.store import Store
 
-__all__ = ["CatalogListener", "Edit", "LiveCatalog", "announce", "commit_change", "seed_catalog", "source_of"]
+__all__ = [
+    "CatalogListener",
+    "Edit",
+    "LiveCatalog",
+    "announce",
+    "commit_change",
+    "newest_catalog",
+    "seed_catalog",
+    "source_of",
+]
 
 logger = logging.getLogger("routeq.catalog")
 
@@ -64,6 +73,12 @@ _REAPPLY = 5
 def source_of(version: int) -> str:
     """How a live catalog version names itself in errors and in `routeq catalog`."""
     return f"<live catalog v{version}>"
+
+
+async def newest_catalog(store: Store) -> Catalog | None:
+    """The live catalog's newest version, validated; None while SQL holds none (not seeded yet)."""
+    stored = await store.catalog.newest()
+    return None if stored is None else validate(stored.document, source=source_of(stored.version))
 
 
 async def announce(redis: Redis, version: int) -> None:
