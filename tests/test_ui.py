@@ -24,6 +24,7 @@ from producer.api import create_app
 from producer.api.context import ApiContext, attach, open_context
 from router_core.models import ChatRequest, Message, Preferences
 from storage import keys
+from storage.fleet.budgets import BudgetPeriod
 from storage.jobs import NewJob
 from tests.backends import Backend
 from tests.conftest import TRIO, make_catalog
@@ -261,11 +262,13 @@ async def test_pages_show_a_finished_batch(ui: Ui) -> None:
         assert 'id="quality"' in analytics
 
         await ui.ctx.budgets.set_cap("end_user:acme/alice", 2.0)  # acme's: shown
+        await ui.ctx.budgets.set_cap("tenant:acme", 30.0, period=BudgetPeriod.MONTHLY)  # and its period caps
         await ui.ctx.budgets.set_cap("tenant:globex", 5.0)  # another tenant's: not shown
         budgets = (await acme.get("/ui/budgets")).text
         assert 'data-scope="end_user:acme/alice"' in budgets
         assert "globex" not in budgets
-        assert 'data-scope="tenant:acme"' in budgets
+        assert 'data-scope="tenant:acme" data-period="lifetime"' in budgets
+        assert 'data-scope="tenant:acme" data-period="monthly"' in budgets
         assert 'data-scope="user:acme/u1"' in budgets
 
         providers = (await acme.get("/ui/providers")).text

@@ -24,7 +24,7 @@ from producer.ui import charts
 from producer.ui.summaries import batch_cost, batch_summary
 from storage.bus.events import EventBus
 from storage.bus.registry import WorkerEntry, queue_stats, registered_workers
-from storage.fleet.budgets import ScopeUsage, readable_scope, tenant_scope, user_scope
+from storage.fleet.budgets import BudgetPeriod, ScopeUsage, readable_scope, tenant_scope, user_scope
 from storage.jobs import BatchRecord, JobRecord, JobStatus
 from storage.keys import key_part
 from storage.sql.dashboard import (
@@ -188,17 +188,17 @@ async def providers(ctx: ApiContext) -> list[dict[str, Any]]:
 
 
 async def budget_rows(ctx: ApiContext, principal: Principal) -> list[tuple[str, ScopeUsage]]:
-    """The principal's tenant and user scopes and every scope with a cap it may see (an operator:
-    all of them), as (readable scope, usage)."""
+    """The principal's tenant and user scopes and every cap it may see (an operator: all of them),
+    lifetime and daily / weekly / monthly (spend in the current period), as (readable scope, usage)."""
     mine = [tenant_scope(principal.tenant), user_scope(principal.tenant, principal.user)]
-    capped = await ctx.budgets.capped_usage()
     name = key_part(principal.tenant)
-    by_scope = {usage.scope: usage for usage in capped if principal.operator or _owned(usage.scope, name)}
-    for scope in mine:
-        if scope not in by_scope:
-            by_scope[scope] = await ctx.budgets.usage(scope)
-    ordered = sorted(by_scope.values(), key=lambda u: (u.scope not in mine, u.scope))
-    return [(readable_scope(u.scope), u) for u in ordered]
+    rows = [u for u in await ctx.budgets.every_cap_usage() if principal.operator or _owned(u.scope, name)]
+    for scope in mine:  # their lifetime spend, capped or not
+        if not any(u.scope == scope and u.period is BudgetPeriod.LIFETIME for u in rows):
+            rows.append(await ctx.budgets.usage(scope))
+    periods = list(BudgetPeriod)
+    rows.sort(key=lambda u: (u.scope not in mine, u.scope, periods.index(u.period)))
+    return [(readable_scope(u.scope), u) for u in rows]
 
 
 def _owned(scope: str, tenant_part: str) -> bool:
