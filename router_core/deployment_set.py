@@ -3,13 +3,17 @@
 The live catalog (`storage.fleet.catalog`) hands the router a new catalog while requests run
 (`Router.use_catalog`). `swapped` makes the set for it: deployments the new catalog adds or changes
 get new adapters (and their sim profile in the process's simulated world), unchanged ones keep
-theirs, and the adapters no longer in use are returned for closing once nothing can call them.
+theirs, and the adapters no longer in use are returned for closing once nothing can call them:
+`RetiredAdapters` keeps them open for as long as a walk begun before the swap may still call one,
+and closes them at a later swap (so they pile up no further than one such span's worth of changes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from router_core.catalog import Catalog
 from router_core.providers.base import Provider
@@ -17,7 +21,7 @@ from router_core.providers.factory import build_providers, sim_profile
 from router_core.settings import RouterSettings
 from router_core.sim import SimWorld
 
-__all__ = ["DeploymentSet", "ProviderFactory", "provider_factory", "swapped"]
+__all__ = ["DeploymentSet", "ProviderFactory", "RetiredAdapters", "provider_factory", "swapped"]
 
 # Builds adapters for the deployments of a (partial) catalog.
 ProviderFactory = Callable[[Catalog], dict[str, Provider]]
@@ -61,3 +65,36 @@ def swapped(
     retired = [p for d, p in current.providers.items() if d not in catalog or d in fresh]
     providers = {d: fresh.get(d) or current.providers[d] for d in catalog}
     return DeploymentSet(catalog, providers), retired
+
+
+@dataclass
+class RetiredAdapters:
+    """Adapters a swap replaced, each kept open `keep_s` after it (a walk begun before the swap may
+    still call it), then closed at the next `retire` (or by `aclose`)."""
+
+    keep_s: float
+    _held: list[tuple[float, Provider]] = field(default_factory=list)
+    _closing: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def retire(self, providers: Sequence[Provider], now: float) -> None:
+        """Hold `providers` from `now`; start closing those held `keep_s` already (in the running loop)."""
+        self._held += [(now, provider) for provider in providers]
+        due = [provider for at, provider in self._held if now - at >= self.keep_s]
+        if due:
+            self._held = [(at, provider) for at, provider in self._held if now - at < self.keep_s]
+            task = asyncio.get_running_loop().create_task(_close_all(due))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def aclose(self) -> None:
+        """Close every adapter held, and wait for the closing already started."""
+        await asyncio.gather(*self._closing)
+        await _close_all([provider for _, provider in self._held])
+        self._held.clear()
+
+
+async def _close_all(providers: Sequence[Provider]) -> None:
+    await asyncio.gather(*(provider.aclose() for provider in providers))

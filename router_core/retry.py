@@ -34,6 +34,12 @@ class RetryPolicy:
             default_timeout_s=s.default_timeout_ms / 1000,
         )
 
+    @property
+    def longest_walk_s(self) -> float:
+        """The longest a walk over a plan calls providers: every attempt at the default timeout, each
+        after the longest wait it honours (a request's own longer `timeout_ms` may outlast it)."""
+        return self.max_attempts_total * (self.default_timeout_s + self.max_retry_after_s)
+
 
 def backoff(policy: RetryPolicy, rng: random.Random, retry_number: int, retry_after: float | None) -> float:
     """Full jitter (uniform over 0..base*2^n, capped), but never less than Retry-After."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+from router_core import deployment_set
 from router_core.catalog import Catalog, Deployment, load_catalog
 from router_core.chat import Feature, output_problem
 from router_core.clock import Clock, SystemClock
@@ -202,10 +203,10 @@ class Router:
         self.catalog = catalog  # what new requests are planned over; `use_catalog` swaps both
         self.providers = providers
         self._provider_factory = provider_factory  # adapters for what a new catalog adds or changes
-        self._retired: list[Provider] = []  # swapped out: walks under way may still call them
+        self.policy = policy or RetryPolicy()
+        self._retired = deployment_set.RetiredAdapters(self.policy.longest_walk_s)
         self.clock = clock or SystemClock()
         self.fleet: FleetState = fleet or InMemoryFleetState(clock=self.clock)
-        self.policy = policy or RetryPolicy()
         self.limits = limits or PlanLimits()
         self.sim_world = sim_world
         # Budget holds assume the provider counts at most this many times our prompt estimate.
@@ -252,7 +253,7 @@ class Router:
         current = DeploymentSet(self.catalog, self.providers)
         using, retired = swapped(current, catalog, self._provider_factory, self.sim_world)
         self.catalog, self.providers = using.catalog, using.providers
-        self._retired += retired
+        self._retired.retire(retired, self.clock.now())
 
     async def __aenter__(self) -> Router:
         return self
@@ -263,7 +264,7 @@ class Router:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(p.aclose() for p in [*self.providers.values(), *self._retired]))
+        await asyncio.gather(self._retired.aclose(), *(p.aclose() for p in self.providers.values()))
 
     async def plan(self, request: ChatRequest) -> Plan:
         """Ordered candidates and exclusions for `request`, from live stats."""

@@ -22,6 +22,7 @@ import pytest
 from producer.client import Client
 from router_core import catalog_edit
 from router_core.catalog import load_catalog, read_catalog_document
+from router_core.clock import FakeClock
 from router_core.models import ChatRequest, Message
 from storage import keys
 from storage.fleet.catalog import LiveCatalog, commit_change, seed_catalog
@@ -287,3 +288,25 @@ async def test_a_route_preview_plans_over_the_live_catalog(backend: Backend, tmp
     plan = await client.plan(request)
     assert {c.deployment for c in plan.candidates} == {"cheap-a", "fast-b"}
     assert "smart-c" not in {e.deployment for e in plan.excluded}
+
+
+async def test_a_swapped_out_adapter_is_closed_once_no_walk_begun_before_can_call_it(
+    make_router: Any, clock: FakeClock
+) -> None:
+    """A long-running worker's catalog changes do not pile up HTTP clients: a replaced adapter stays
+    open while a walk begun before the swap may still call it, then the next swap closes it."""
+    router = make_router(catalog_edit.validate({"deployments": TRIO}))
+    replaced = router.providers["fast-b"]
+    closed: list[object] = []
+
+    async def record_close() -> None:
+        closed.append(replaced)
+
+    replaced.aclose = record_close
+    for quality in (0.8, 0.9):  # two swaps, each changing fast-b: a new adapter each time
+        _, changed = catalog_edit.change({"deployments": TRIO}, "fast-b", {"quality": quality})
+        router.use_catalog(changed)
+        assert closed == []  # within the span a walk begun before the first swap may last
+    clock.advance(router.policy.longest_walk_s)
+    router.use_catalog(catalog_edit.validate({"deployments": TRIO}))
+    await until(lambda: closed == [replaced], timeout_s=5, what="the first replaced adapter to be closed")
