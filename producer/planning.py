@@ -68,4 +68,7 @@ def plan_view(result: PlanPreview) -> dict[str, Any]:
             "excluded": [e.model_dump(mode="json") for e in result.exclusions],
         }
     body = result.model_dump(mode="json")
+    if not body["candidates"]:  # a plan a run recorded when it found no route
+        message = "no deployment could serve the request: every one was excluded"
+        return {"object": "routeq.plan", "routable": False, "message": message, **body}
     return {"object": "routeq.plan", "routable": True, "primary": body["candidates"][0], **body}

@@ -35,7 +35,7 @@ REDIS_ENV = "ROUTEQ_TEST_REDIS_URL"
 TRUNCATE_ALL = text(
     "TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_secrets, "
     "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
-    "cache_vectors, cache_policies, tenant_limits, ledger, attempts, jobs, batches, files, "
+    "cache_vectors, cache_policies, tenant_limits, ledger, attempts, job_plans, jobs, batches, files, "
     "api_keys, idempotency_keys, catalog_versions"
 )
 DATABASE_ENV = "ROUTEQ_TEST_DATABASE_URL"

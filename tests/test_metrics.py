@@ -19,7 +19,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producer.client import Client
-from router_core import Catalog, FakeClock, Router, SpendGuard
+from router_core import Catalog, FakeClock, Router
 from router_core.errors import AllAttemptsFailedError, CapacityExhaustedError
 from router_core.fleet import BreakerPolicy, CallOutcome, Forced
 from router_core.models import (
@@ -212,7 +212,10 @@ class _Scripted:
     def __init__(self, errors: Sequence[Exception]) -> None:
         self._errors = list(errors)
 
-    async def complete(self, request: ChatRequest, guard: SpendGuard | None = None) -> CompletionResult:
+    async def plan(self, request: ChatRequest) -> None:
+        return None
+
+    async def complete(self, request: ChatRequest, **route: Any) -> CompletionResult:
         raise self._errors.pop(0)
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from producer.client import Client
-from router_core import Catalog, Router, SpendGuard
-from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Usage
+from router_core import Catalog, Router
+from router_core.models import Attempt, AttemptOutcome, ChatRequest, CompletionResult, Message, Plan, Usage
 from router_core.providers import sim_world_for
 from storage.bus.events import Event, EventBus
 from storage.fleet.budgets import Budgets
@@ -144,9 +144,12 @@ class _MeetFirst:
         self._router = router
         self._barrier = asyncio.Barrier(runs)
 
-    async def complete(self, request: ChatRequest, guard: SpendGuard | None = None) -> CompletionResult:
+    async def plan(self, request: ChatRequest) -> Plan:
+        return await self._router.plan(request)
+
+    async def complete(self, request: ChatRequest, **route: Any) -> CompletionResult:
         await self._barrier.wait()
-        return await self._router.complete(request, guard=guard)
+        return await self._router.complete(request, **route)
 
 
 async def test_concurrent_duplicate_runs_keep_one_result_and_every_charge(
@@ -187,10 +190,13 @@ class _Gate:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def complete(self, request: ChatRequest, guard: SpendGuard | None = None) -> CompletionResult:
+    async def plan(self, request: ChatRequest) -> Plan:
+        return await self._router.plan(request)
+
+    async def complete(self, request: ChatRequest, **route: Any) -> CompletionResult:
         self.entered.set()
         await self.release.wait()
-        return await self._router.complete(request, guard=guard)
+        return await self._router.complete(request, **route)
 
 
 async def test_status_is_visible_in_sql_while_the_job_runs(backend: Backend, trio: Catalog) -> None:

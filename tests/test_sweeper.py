@@ -23,7 +23,6 @@ from router_core.errors import CapacityExhaustedError
 from router_core.models import ChatRequest, CompletionResult
 from router_core.providers import sim_world_for
 from router_core.router import Router
-from router_core.spend import SpendGuard
 from storage import keys
 from storage.bus.events import EventBus
 from storage.fleet.budgets import Budgets
@@ -110,7 +109,10 @@ async def test_a_queued_job_whose_payload_expired_is_swept(backend: Backend) -> 
 class _Full:
     """A router whose every candidate is full."""
 
-    async def complete(self, request: ChatRequest, guard: SpendGuard | None = None) -> CompletionResult:
+    async def plan(self, request: ChatRequest) -> None:
+        return None
+
+    async def complete(self, request: ChatRequest, **route: Any) -> CompletionResult:
         raise CapacityExhaustedError("all full", [], retry_after_s=5.0)
 
 

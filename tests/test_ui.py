@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from producer.api import create_app
 from producer.api.context import ApiContext, attach, open_context
+from router_core.fleet import Forced
 from router_core.models import ChatRequest, Message, Preferences
 from storage import keys
 from storage.fleet.budgets import BudgetPeriod
@@ -220,6 +221,11 @@ async def test_pages_show_a_finished_batch(ui: Ui) -> None:
         exclusions = re.findall(r'<li class="exclusion" data-deployment="([^"]+)"', job)
         assert sorted(exclusions) == ["cheap-a", "fast-b"]
         assert "below_quality" in job
+        assert "The plan run 1 routed with" in job  # recorded by the worker, not planned again now
+        await ui.ctx.fleet.force("smart-c", Forced.DOWN)  # a plan made now would leave smart-c out
+        as_run = (await acme.get(f"/ui/jobs/{job_ids[1]}")).text
+        assert sorted(re.findall(r'<li class="exclusion" data-deployment="([^"]+)"', as_run)) == exclusions
+        await ui.ctx.fleet.force("smart-c", None)
         attempts = re.findall(r'<li class="attempt success" data-deployment="([^"]+)"', job)
         assert attempts == ["smart-c"]
         assert text_of(job, "answer")

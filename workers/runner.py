@@ -122,7 +122,7 @@ class _Outcome:
     failure: JobFailure | None = None
     deferred: CapacityExhaustedError | None = None
     cache: CacheUse | None = None  # how the job used the response cache (None: it did not)
-    plan: Plan | None = None  # the plan routed (with an admission line): a deferral's candidates
+    plan: Plan | None = None  # the plan routed: recorded with the outcome, a deferral's candidates
     request: ChatRequest | None = None  # the request routed, validated (a deferral's turn sizes it)
 
 
@@ -248,6 +248,7 @@ class JobRunner:
             result=outcome.result,
             failure=outcome.failure,
             cache=outcome.cache.record() if outcome.cache is not None else None,
+            plan=outcome.plan.model_dump(mode="json", exclude_defaults=True) if outcome.plan else None,
         )
         await self._settle(job_id, run, outcome.attempts)
         if written:
@@ -406,25 +407,25 @@ class JobRunner:
     ) -> _Outcome:
         try:
             async with asyncio.timeout(self.route_timeout_s):
-                if self.line is not None:  # the plan is kept: a deferral takes a turn on its candidates
-                    plan = plan or await self.router.plan(request)
+                # Planned here (the router would plan the same): it is recorded with the outcome, and
+                # with an admission line a deferral takes a turn on its candidates.
+                plan = plan or await self.router.plan(request)
                 if job.stream:
                     result = await self._relay(job.id, run, request, guard, plan)
-                elif self.line is None:
-                    result = await self.router.complete(request, guard=guard)
                 else:
-                    result = await self.router.complete(request, plan=plan, guard=guard, waiter=job.id)
+                    waiter = job.id if self.line is not None else None
+                    result = await self.router.complete(request, plan=plan, guard=guard, waiter=waiter)
         except TimeoutError:
             message = f"routing did not finish within {self.route_timeout_s:g}s (ROUTEQ_JOB_TIMEOUT_S)"
-            return _Outcome(failure=JobFailure(FailureCode.JOB_TIMEOUT, message))
+            return _Outcome(failure=JobFailure(FailureCode.JOB_TIMEOUT, message), plan=plan)
         except CapacityExhaustedError as exc:
             return _Outcome(attempts=exc.attempts, deferred=exc, plan=plan, request=request)
         except (AllAttemptsFailedError, StreamInterruptedError) as exc:  # BudgetExceededError too
             attempts = [self._mark_simulated(a) for a in exc.attempts]
-            return _Outcome(attempts=attempts, failure=JobFailure.from_exception(exc))
+            return _Outcome(attempts=attempts, failure=JobFailure.from_exception(exc), plan=plan)
         except RouteqError as exc:  # NoRouteError, InvalidRequestError...: the job fails with the message
-            return _Outcome(failure=JobFailure.from_exception(exc))
-        return _Outcome(result=result, attempts=result.attempts)
+            return _Outcome(failure=JobFailure.from_exception(exc), plan=plan)
+        return _Outcome(result=result, attempts=result.attempts, plan=plan)
 
     def _mark_simulated(self, attempt: Attempt) -> Attempt:
         """A cut-off stream's estimated charge cannot know whether the sim served it: the worker does."""

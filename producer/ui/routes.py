@@ -46,7 +46,7 @@ from producer.ui.sessions import (
     delete_session,
     same_origin,
 )
-from router_core.models import AttemptOutcome, ChatRequest
+from router_core.models import AttemptOutcome, ChatRequest, Plan
 from storage import keys
 from storage.sql.analytics import analytics as compute_analytics
 
@@ -200,9 +200,16 @@ async def job(request: Request, job_id: str, session: UiSession, ctx: Ctx) -> HT
     tenant = session.principal.tenant
     record = await ctx.store.jobs.get(job_id, tenant=tenant)
     attempts = await ctx.store.jobs.attempts(job_id, tenant=tenant)
+    # The plan its last planned run routed with; before any run (or for a run that made none, a cache
+    # hit), how the fleet would route the request now.
+    recorded = await ctx.store.jobs.plan(job_id, tenant=tenant)
     try:
-        plan = plan_view(await ctx.planner.preview(ChatRequest.model_validate(record.request), ctx.catalog))
-    except ValidationError:  # a request stored before a field changed meaning: show the job without it
+        if recorded is not None:
+            plan = plan_view(Plan.model_validate(recorded[1]))
+        else:
+            stored = ChatRequest.model_validate(record.request)
+            plan = plan_view(await ctx.planner.preview(stored, ctx.catalog))
+    except ValidationError:  # stored before a field changed meaning: show the job without it
         plan = None
     segments = [
         charts.Segment(
@@ -221,6 +228,7 @@ async def job(request: Request, job_id: str, session: UiSession, ctx: Ctx) -> HT
         job=record,
         attempts=attempts,
         plan=plan,
+        plan_run=recorded[0] if recorded is not None else None,
         timeline=charts.timeline(segments),
         answer=content,
         failure=record.failure,

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, exists, func, select, true
 from storage.errors import NotFoundError
 from storage.jobs import FinishedJob, JobRecord, JobStatus, TenantScope
 from storage.sql.database import Database, owned_by
-from storage.sql.schema import attempts, jobs
+from storage.sql.schema import attempts, job_plans, jobs
 
 __all__ = ["Jobs"]
 
@@ -43,6 +43,20 @@ class Jobs:
         if row is None:
             raise NotFoundError("job", job_id)
         return JobRecord.from_row(row._mapping)
+
+    async def plan(self, job_id: str, *, tenant: TenantScope) -> tuple[int, dict[str, Any]] | None:
+        """The plan the job's last planned run routed with, and that run's number; None if no run
+        made one (yet). `NotFoundError` as `get` raises it."""
+        await self.get(job_id, tenant=tenant)
+        query = (
+            select(job_plans.c.run, job_plans.c.plan)
+            .where(job_plans.c.job_id == job_id)
+            .order_by(job_plans.c.run.desc())
+            .limit(1)
+        )
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (int(row.run), dict(row.plan))
 
     async def iter(
         self,

@@ -15,7 +15,7 @@ the unique constraint, not a prior SELECT, keeps the ledger exactly-once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -29,7 +29,7 @@ from storage.sql.cache import CacheRecord
 from storage.sql.database import Database
 from storage.sql.jobs import Jobs
 from storage.sql.outbox import job_failed
-from storage.sql.schema import attempts, jobs, ledger
+from storage.sql.schema import attempts, job_plans, jobs, ledger
 
 __all__ = ["IN_DOUBT", "Runs", "money"]
 
@@ -94,6 +94,7 @@ class Runs:
         self._jobs = jobs
         self._insert_attempts = db.insert_ignoring_duplicates(attempts)
         self._insert_ledger = db.insert_ignoring_duplicates(ledger)
+        self._insert_plan = db.insert_ignoring_duplicates(job_plans)
 
     async def start(self, job_id: str, *, run: int, worker: str) -> StartedJob | JobRecord:
         """Move a queued (or re-delivered running) job to `running` for arq try `run`.
@@ -123,13 +124,15 @@ class Runs:
         result: CompletionResult | None,
         failure: JobFailure | None = None,
         cache: CacheRecord | None = None,
+        plan: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record a run's attempts and ledger charges, and its outcome if the job is still open.
 
         One transaction. Returns True when this run set the job's final status, False when another
         run (a concurrent redelivery) had already finished it; its attempts and charges are recorded
         either way, because the provider billed them either way. `cache` is what the job did with
-        the response cache (the key its answer is cached under; a hit's source), set with the outcome.
+        the response cache (the key its answer is cached under; a hit's source), set with the outcome;
+        `plan` the plan the run routed with (`job_plans`, once per run).
         """
         now = self._db.now()
         billed = billed_calls(attempts_made)
@@ -139,6 +142,10 @@ class Runs:
         async def write(conn: AsyncConnection) -> bool:
             applied = await conn.execute(_FINISH_JOB, outcome)
             await self._insert_calls(conn, *calls)
+            if plan is not None:
+                await conn.execute(
+                    self._insert_plan, {"job_id": job.id, "run": run, "plan": plan, "created_at": now}
+                )
             if applied.rowcount == 1 and result is None and failure is not None:
                 cost = outcome["cost_usd"] or Decimal(0)
                 await job_failed(

@@ -205,6 +205,19 @@ jobs = Table(
     ),
 )
 
+job_plans = Table(
+    "job_plans",
+    metadata,
+    # The plan a run routed with (candidates in order with their estimates, every exclusion with its
+    # reason), as the worker made it: what the dashboard's job page shows (migration 0021). Its own
+    # table, so reading a batch's jobs never loads plans. A run that made no plan (a cache hit, an
+    # invalid request) has none.
+    Column("job_id", String(40), ForeignKey("jobs.id"), primary_key=True),
+    Column("run", Integer, primary_key=True),
+    Column("plan", JSON, nullable=False),  # router_core.models.Plan as JSON, defaults left out
+    Column("created_at", _Time, nullable=False),
+)
+
 attempts = Table(
     "attempts",
     metadata,
