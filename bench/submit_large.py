@@ -8,7 +8,7 @@ Generates a file of N lines (default 100,000: short-form and OpenAI Batch lines 
     old  `read_jsonl` + `Client.submit_batch`: the whole file parsed, then one transaction
 
 Each store given (--database-url, repeatable: `sqlite` = a fresh SQLite file per run, the default;
-or a PostgreSQL URL, whose jobs and batches are TRUNCATEd before each run) runs each mode --repeat
+or a PostgreSQL URL, whose tables are TRUNCATEd before each run) runs each mode --repeat
 times, runs of the stores and modes alternating (the machine's noise spreads over all of them),
 against a Redis database FLUSHDB'd before each run (default redis://127.0.0.1:6379/11, or
 --redis-url). Each run is checked: every valid line is a job in SQL and on the arq queue with its
@@ -176,16 +176,15 @@ def _reset(redis_url: str, database_url: str | None) -> None:
 
 
 async def _truncate(database_url: str) -> None:
-    from sqlalchemy import text  # noqa: PLC0415
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
     from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+
+    from storage.sql.schema import truncate_all  # noqa: PLC0415
 
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text("TRUNCATE cache_vectors, ledger, attempts, jobs, files, idempotency_keys, batches")
-            )
+            await conn.execute(truncate_all())
     except SQLAlchemyError as exc:  # a database not migrated yet has nothing to truncate
         print(f"(not truncated: {exc.__class__.__name__})", file=sys.stderr)
     finally:

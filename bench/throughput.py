@@ -19,7 +19,7 @@ default run takes about a minute and a half, mostly the pipeline phases; --timeo
 Redis database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the
 start, between phases and at the end: give it a database that holds nothing you want. The SQL store
 is a fresh SQLite file in a temporary directory unless --database-url is given; a PostgreSQL
-database given there has its ledger, attempts, jobs and batches tables TRUNCATEd first.
+database given there has its tables TRUNCATEd first.
 
 Run: `.venv/bin/python bench/throughput.py [--jobs N] [--submit M] [--concurrency C]`.
 """
@@ -46,7 +46,7 @@ from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms
 from arq.jobs import serialize_job
 from arq.worker import Worker, func
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 
 from producer.client import Client
 from router_core import SimulateMode
@@ -57,6 +57,7 @@ from storage.bus.queue import deserialize, serialize
 from storage.connections import connect_redis
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from storage.settings import Settings
+from storage.sql.schema import truncate_all
 from storage.sql.store import Store
 from workers.context import Shared, WorkerContext
 from workers.worker import build_worker
@@ -241,7 +242,7 @@ async def open_store(url: str) -> Store:
     store = await Store.open(url)
     if store.engine.dialect.name == "postgresql":
         async with store.engine.begin() as conn:
-            await conn.execute(text("TRUNCATE cache_vectors, ledger, attempts, jobs, batches"))
+            await conn.execute(truncate_all())
     return store
 
 

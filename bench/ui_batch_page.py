@@ -72,15 +72,13 @@ from router_core.models import ChatRequest, Message
 from storage.connections import connect_redis
 from storage.jobs import NewJob
 from storage.settings import Settings
-from storage.sql.schema import attempts, batches, jobs, ledger, metadata
+from storage.sql.schema import attempts, batches, jobs, ledger, truncate_all
 from storage.sql.store import Store
 
 GOAL_MS = 300.0  # issue 16: a 100,000-job batch renders its page in under 300 ms
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/routeq_bench_ui"
 TENANT = "bench"
-# Every routeq table (the schema's own list, so a table added later is emptied too).
-_TABLES = ", ".join(table.name for table in metadata.sorted_tables)
 
 # (deployment, provider, model, cost of one answer in USD): five of the demo catalog's.
 DEPLOYMENTS = (
@@ -394,7 +392,7 @@ async def _prepared(label: str, database_url: str, args: argparse.Namespace) -> 
         if batch_id is None:
             if postgres:
                 async with store.engine.begin() as conn:
-                    await conn.execute(text(f"TRUNCATE {_TABLES}"))
+                    await conn.execute(truncate_all())
             started = time.perf_counter()
             batch_id = await seed(store, tenant=TENANT, n=args.jobs)
             if args.other_jobs:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 from fakeredis import FakeServer
-from sqlalchemy import text
 
 from router_core import SimulateMode
 from router_core.catalog import Catalog
@@ -25,6 +24,7 @@ from router_core.providers import sim_world_for
 from router_core.sim.world import SimWorld
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
+from storage.sql.schema import truncate_all
 from storage.sql.store import Store
 from tests.conftest import TRIO, make_catalog
 from workers.context import Shared
@@ -32,12 +32,7 @@ from workers.worker import ContextHook, build_worker
 
 REDIS_ENV = "ROUTEQ_TEST_REDIS_URL"
 # Every table a test may fill: a services test starts from empty ones (the test databases are shared).
-TRUNCATE_ALL = text(
-    "TRUNCATE webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_secrets, "
-    "eval_results, eval_runs, feedback, quality_evidence, quality_tallies, "
-    "cache_vectors, cache_policies, tenant_limits, ledger, attempts, job_plans, jobs, batches, files, "
-    "api_keys, idempotency_keys, catalog_versions"
-)
+TRUNCATE_ALL = truncate_all()
 DATABASE_ENV = "ROUTEQ_TEST_DATABASE_URL"
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TextClause,
     UniqueConstraint,
     false,
     text,
@@ -48,12 +49,14 @@ __all__ = [
     "feedback",
     "files",
     "idempotency_keys",
+    "job_plans",
     "jobs",
     "ledger",
     "metadata",
     "quality_evidence",
     "quality_tallies",
     "tenant_limits",
+    "truncate_all",
     "webhook_attempts",
     "webhook_deliveries",
     "webhook_endpoints",
@@ -526,3 +529,9 @@ catalog_versions = Table(
     Column("seed_hash", String(64)),  # a version seeded from the TOML file: its document's SHA-256
     Column("created_at", _Time, nullable=False),
 )
+
+
+def truncate_all() -> TextClause:
+    """PostgreSQL's `TRUNCATE` of every routeq table (tests and benches start from empty ones; one
+    statement, so the foreign keys between them never refuse it)."""
+    return text("TRUNCATE " + ", ".join(table.name for table in metadata.sorted_tables))
