@@ -151,3 +151,19 @@ def acting_tenant(principal: Principal, tenant: str | None, *, changing: str | N
             403, f"changing {changing} needs an admin key (`routeq keys create --admin`)", code="not_admin"
         )
     return principal.tenant
+
+
+def tenant_or_all(principal: Principal, tenant: str | None, all_tenants: bool) -> str | None:
+    """The tenant a fleet-wide read covers: every one (None) with `all_tenants`, which takes an
+    operator key (a tenant's admin key reads its own only; 403 otherwise), else `acting_tenant`."""
+    if not all_tenants:
+        return acting_tenant(principal, tenant)
+    if not principal.operator:
+        raise ApiError(
+            403,
+            "all_tenants needs an operator key (`routeq keys create --operator`); an admin key reads "
+            "its own tenant",
+            param="all_tenants",
+            code="not_operator",
+        )
+    return None

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from producer.api.auth import Caller, TenantParam, acting_tenant
+from producer.api.auth import Caller, TenantParam, acting_tenant, tenant_or_all
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
 from producer.api.schemas import CachePolicyBody
@@ -42,14 +42,7 @@ async def cache_stats(
     """Jobs that used the cache, hits among them (exact and semantic), misses, hit rate and dollars not
     paid again, for jobs finished in the window (default: every job); `entries` is how many distinct
     answers may still be served."""
-    if all_tenants and not principal.operator:
-        raise ApiError(
-            403,
-            "all_tenants needs an operator key (`routeq keys create --operator`)",
-            param="all_tenants",
-            code="not_operator",
-        )
-    scope = None if all_tenants else acting_tenant(principal, tenant)
+    scope = tenant_or_all(principal, tenant, all_tenants)
     try:
         start = _utc(since) if since is not None else None
         if start is None and days is not None:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer.api.auth import Caller
+from producer.api.auth import Caller, tenant_or_all
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import ApiError
 from router_core.periods import BudgetPeriod
@@ -69,15 +69,7 @@ async def analytics(
 ) -> dict[str, Any]:
     """Global totals, per-deployment rows and daily rollups per model, for the caller's tenant; per
     end user too with `group_by=end_user`, spend per day, week or month with `period`."""
-    if all_tenants and not principal.operator:
-        # A tenant's admin key reads its own tenant only: every tenant is the fleet operator's.
-        raise ApiError(
-            403,
-            "all_tenants needs an operator key (`routeq keys create --operator`); an admin key reads "
-            "its own tenant",
-            param="all_tenants",
-            code="not_operator",
-        )
+    scope = tenant_or_all(principal, None, all_tenants)
     try:
         end = _utc(until) if until is not None else datetime.now(UTC)
         start = _utc(since) if since is not None else end - timedelta(days=days)
@@ -87,7 +79,7 @@ async def analytics(
         raise ApiError(400, "since: must be before until", param="since")
     report = await compute_analytics(
         ctx.store,
-        tenant=None if all_tenants else principal.tenant,
+        tenant=scope,
         since=start,
         until=end,
         by_end_user=group_by == "end_user",

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from producer.api.auth import Caller, Principal
+from producer.api.auth import Caller, TenantParam, tenant_or_all
 from producer.api.context import Ctx
 from producer.api.errors import ApiError
 from router_core.periods import BudgetPeriod, period_bounds
@@ -42,13 +42,13 @@ async def spend(
     ] = None,
     since: Annotated[datetime | None, Query(description="Window start (instead of `period`).")] = None,
     until: Annotated[datetime | None, Query(description="Window end, excluded (default: now).")] = None,
-    tenant: Annotated[str | None, Query(description="Another tenant's spend (operator keys only).")] = None,
+    tenant: TenantParam = None,
     all_tenants: Annotated[bool, Query(description="Every tenant's spend (operator keys only).")] = False,
     limit: Annotated[int, Query(ge=1, le=1000, description="Rows per page.")] = 100,
     offset: Annotated[int, Query(ge=0, description="Rows to skip (the previous page's `next_offset`).")] = 0,
 ) -> dict[str, Any]:
     """Charges per group in the window, biggest first; each row's `requests` counts the jobs charged."""
-    who = _tenant(principal, tenant, all_tenants)
+    who = tenant_or_all(principal, tenant, all_tenants)
     start, end = _window(ctx.settings.budget_zone(), period, since, until)
     rows, more = await spend_by(
         ctx.store, group_by, tenant=who, since=start, until=end, limit=limit, offset=offset
@@ -72,20 +72,6 @@ async def spend(
         "has_more": more,
         "next_offset": offset + len(rows) if more else None,
     }
-
-
-def _tenant(principal: Principal, tenant: str | None, all_tenants: bool) -> str | None:
-    """Whose spend: the caller's tenant, or (operators) the one named or every one (None)."""
-    if (all_tenants or (tenant is not None and tenant != principal.tenant)) and not principal.operator:
-        raise ApiError(
-            403,
-            "another tenant's spend needs an operator key (`routeq keys create --operator`)",
-            param="all_tenants" if all_tenants else "tenant",
-            code="not_operator",
-        )
-    if all_tenants:
-        return None
-    return tenant or principal.tenant
 
 
 def _window(
