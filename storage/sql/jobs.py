@@ -46,11 +46,11 @@ class Jobs:
 
     async def plan(self, job_id: str, *, tenant: TenantScope) -> tuple[int, dict[str, Any]] | None:
         """The plan the job's last planned run routed with, and that run's number; None if no run
-        made one (yet). `NotFoundError` as `get` raises it."""
-        await self.get(job_id, tenant=tenant)
+        made one (yet), or the job is not the tenant's."""
         query = (
             select(job_plans.c.run, job_plans.c.plan)
-            .where(job_plans.c.job_id == job_id)
+            .join(jobs, jobs.c.id == job_plans.c.job_id)
+            .where((job_plans.c.job_id == job_id) & owned_by(jobs.c.tenant, tenant))
             .order_by(job_plans.c.run.desc())
             .limit(1)
         )
