@@ -46,6 +46,22 @@ def service_url(env: str) -> str:
     pytest.skip(f"{env} not set: real-service tests skipped locally")
 
 
+@asynccontextmanager
+async def store_beside(redis_kind: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store a test of Redis-side code pairs with its Redis: PostgreSQL (emptied) beside a real
+    Redis (`redis_kind` "redis"), a SQLite file beside fakeredis."""
+    if redis_kind == "redis":
+        store = await Store.open(service_url(DATABASE_ENV))
+        async with store.engine.begin() as conn:
+            await conn.execute(TRUNCATE_ALL)
+    else:
+        store = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @dataclass
 class Backend:
     """One place the pipeline runs: settings plus factories for Redis connections and the store."""

@@ -35,7 +35,7 @@ from storage.jobs import FailureCode, JobStatus, NewJob
 from storage.settings import Settings
 from storage.sql.spend import spend_per_period
 from storage.sql.store import Store
-from tests.backends import DATABASE_ENV, REDIS_ENV, TRUNCATE_ALL, open_backend, service_url
+from tests.backends import REDIS_ENV, open_backend, service_url, store_beside
 from tests.conftest import deployment, make_catalog
 from tests.test_budgets import charge, new_jobs
 
@@ -372,16 +372,8 @@ def test_a_window_of_too_many_periods_is_refused() -> None:
 @pytest.fixture
 async def store(redis: Redis, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """SQLite beside fakeredis, PostgreSQL beside a real Redis."""
-    if request.node.callspec.params["redis"] == "redis":
-        opened = await Store.open(service_url(DATABASE_ENV))
-        async with opened.engine.begin() as conn:
-            await conn.execute(TRUNCATE_ALL)
-    else:
-        opened = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
-    try:
+    async with store_beside(request.node.callspec.params["redis"], tmp_path) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 async def test_rebuild_restores_the_current_periods_from_the_ledger(redis: Redis, store: Store) -> None:

@@ -35,7 +35,7 @@ from storage.fleet.budgets import (
 from storage.jobs import FailureCode, JobStatus, NewJob, StartedJob
 from storage.sql.schema import ledger
 from storage.sql.store import Store
-from tests.backends import DATABASE_ENV, REDIS_ENV, TRUNCATE_ALL, Backend, service_url
+from tests.backends import REDIS_ENV, Backend, service_url, store_beside
 
 NOW = 1_700_000_000.0
 ALICE = user_scope("acme", "alice")
@@ -269,16 +269,8 @@ async def test_caps_and_amounts_are_checked(redis: Redis) -> None:
 @pytest.fixture
 async def store(connect: Connect, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """SQLite beside fakeredis, PostgreSQL beside a real Redis."""
-    if request.node.callspec.params["connect"] == "redis":
-        opened = await Store.open(service_url(DATABASE_ENV))
-        async with opened.engine.begin() as conn:
-            await conn.execute(TRUNCATE_ALL)
-    else:
-        opened = await Store.open("sqlite+aiosqlite:///" + str(tmp_path / "t.db"))
-    try:
+    async with store_beside(request.node.callspec.params["connect"], tmp_path) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 async def charge(store: Store, b: Budgets, job: StartedJob, *costs: str, end_user: str | None = None) -> None:
