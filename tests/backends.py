@@ -135,12 +135,15 @@ def pipeline_settings(**overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def open_backend(name: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Backend]:
+async def open_backend(
+    name: str, tmp_path: Path, *, on_file: bool = False, **overrides: Any
+) -> AsyncIterator[Backend]:
+    """The backend `name`; `on_file`: the embedded one's SQLite in a file under `tmp_path`
+    (routeq.db), which the CLI or another process can open too (PostgreSQL always can)."""
     if name == "embedded":
-        # In-memory SQLite unless the test names a file (one other processes or the CLI can open).
-        settings = pipeline_settings(
-            **{"redis_url": None, "database_url": "sqlite+aiosqlite://", **overrides}
-        )
+        # In-memory SQLite unless on a file (or the test names its own database).
+        database = f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}" if on_file else "sqlite+aiosqlite://"
+        settings = pipeline_settings(**{"redis_url": None, "database_url": database, **overrides})
         backend = Backend(name, settings, await Store.open(settings.database_url), fake_server=FakeServer())
     else:
         settings = pipeline_settings(

@@ -117,3 +117,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
     async with open_backend(request.param, tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture(params=["embedded", "services"])
+async def backend_on_file(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """`backend` on a database the CLI can open too (the embedded one's SQLite in a file)."""
+    from tests.backends import open_backend  # noqa: PLC0415 - backends imports this module's catalogs
+
+    async with open_backend(request.param, tmp_path, on_file=True) as opened:
+        yield opened

@@ -161,18 +161,6 @@ async def auto_routing_stays_inside_the_allowed_models(api: LiveApi) -> None:
         assert "smart-c" in {m["id"] for m in (await other.get("/v1/models")).json()["data"]}
 
 
-@pytest.fixture(params=["embedded", "services"])
-async def backend_on_file(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """A backend whose database the CLI can open too (SQLite in a file, for the embedded one)."""
-    on_file = (
-        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}"}
-        if request.param == "embedded"
-        else {}
-    )
-    async with open_backend(request.param, tmp_path, **on_file) as backend:
-        yield backend
-
-
 async def test_the_cli_creates_and_limits_a_keys_models(
     backend_on_file: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

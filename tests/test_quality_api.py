@@ -86,13 +86,8 @@ async def test_ratings_are_the_tenants_history_and_move_the_learned_quality(api:
 @pytest.fixture(params=["embedded", "services"])
 async def api_on_file(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveApi]:
     """The API on a database the CLI can open too (SQLite in a file, for the embedded backend)."""
-    on_file = (
-        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}"}
-        if request.param == "embedded"
-        else {}
-    )
     async with (
-        open_backend(request.param, tmp_path, **on_file) as backend,
+        open_backend(request.param, tmp_path, on_file=True) as backend,
         serve_api(backend, api_wait_timeout_s=WAIT_S) as live,
     ):
         yield live

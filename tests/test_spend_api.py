@@ -38,14 +38,8 @@ runner = CliRunner()
 
 @pytest.fixture(params=["embedded", "services"])
 async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveApi]:
-    # On a SQLite file for the embedded backend: `routeq spend` opens it too.
-    file = (
-        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'spend.db'}"}
-        if request.param == "embedded"
-        else {}
-    )
     async with (
-        open_backend(request.param, tmp_path, **file) as backend,
+        open_backend(request.param, tmp_path, on_file=True) as backend,
         serve_api(backend, catalog=PRICEY, worker=False) as live,
     ):
         yield live

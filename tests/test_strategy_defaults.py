@@ -228,15 +228,3 @@ async def test_the_cli_sets_and_shows_a_tenants_default(
     cleared = await asyncio.to_thread(invoke, "tenant", "set-default-strategy", "acme", "none")
     assert cleared.exit_code == 0, cleared.output
     assert await backend_on_file.store.api_keys.default_strategy("acme") is None
-
-
-@pytest.fixture(params=["embedded", "services"])
-async def backend_on_file(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """A backend whose database the CLI can open too (SQLite in a file, for the embedded one)."""
-    on_file = (
-        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'routeq.db'}"}
-        if request.param == "embedded"
-        else {}
-    )
-    async with open_backend(request.param, tmp_path, **on_file) as backend:
-        yield backend
