@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
 from storage.jobs import CancelledJob, FinishedJob, JobRecord, JobStatus
 
@@ -161,7 +162,7 @@ class EventBus:
     def __init__(self, redis: Redis, *, retention_s: int) -> None:
         self._redis = redis
         self._retention_s = retention_s
-        self._script = redis.register_script(_PUBLISH_TERMINAL)
+        self._script = BatchedScript(redis, _PUBLISH_TERMINAL)
 
     @property
     def redis(self) -> Redis:

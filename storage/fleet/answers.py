@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from router_core.models import Attempt, CompletionResult
 from storage import keys
+from storage.bus.coalesce import coalescer_for
 from storage.connections import as_text
 from storage.jobs import JobFailure
 
@@ -77,15 +78,16 @@ class AnswerStore:
     def __init__(self, redis: Redis, *, ttl_s: int = keys.ANSWER_TTL_S) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._batch = coalescer_for(redis)
 
     async def save(self, job_id: str, answer: SavedAnswer) -> bool:
         """Record `answer` before its commit; False (logged) when Redis could not take it."""
         key = keys.job_answer(job_id)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, str(answer.run), answer.dumps())
-                pipe.expire(key, self._ttl_s)
-                await pipe.execute()
+            # Both in this turn's pipeline (storage/bus/coalesce.py), one after the other.
+            written = self._batch.execute("HSET", key, str(answer.run), answer.dumps())
+            await self._batch.execute("EXPIRE", key, self._ttl_s)
+            await written
         except RedisError as exc:
             # Not fatal: the commit may well go through; only a failure after this one re-runs the call.
             logger.warning("job %s run %d: answer not written ahead (%s)", job_id, answer.run, exc)
@@ -103,4 +105,4 @@ class AnswerStore:
     async def forget(self, job_id: str, runs: Sequence[int]) -> None:
         """Drop the answers of `runs` once they are committed (never another run's)."""
         if runs:
-            await self._redis.hdel(keys.job_answer(job_id), *map(str, runs))  # type: ignore[misc]
+            await self._batch.execute("HDEL", keys.job_answer(job_id), *map(str, runs))

@@ -78,6 +78,7 @@ from redis.asyncio import Redis
 from router_core.periods import RESETTING, BudgetPeriod, period_bounds, period_label
 from router_core.spend import SpendRefusal
 from storage import keys
+from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
 from storage.fleet._budget_scripts import REBUILD, REBUILD_PERIODS, RELEASE, RESERVE, SETTLE
 from storage.fleet.budget_scopes import (
@@ -178,9 +179,9 @@ class Budgets:
         self._default_user_cap = None if default_user_cap_usd is None else _cap_micro(default_user_cap_usd)
         self._now = now
         self.zone = zone
-        self._reserve = redis.register_script(RESERVE)
-        self._release = redis.register_script(RELEASE)
-        self._settle = redis.register_script(SETTLE)
+        self._reserve = BatchedScript(redis, RESERVE)
+        self._release = BatchedScript(redis, RELEASE)
+        self._settle = BatchedScript(redis, SETTLE)
         self._rebuild = redis.register_script(REBUILD)
         self._rebuild_periods = redis.register_script(REBUILD_PERIODS)
 

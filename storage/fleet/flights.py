@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.bus.coalesce import BatchedScript
 
 __all__ = ["DONE_TTL_S", "Entry", "Flights"]
 
@@ -73,8 +74,8 @@ class Flights:
 
     def __init__(self, redis: Redis, *, lease_s: float) -> None:
         self.lease_s = lease_s
-        self._enter = redis.register_script(_ENTER)
-        self._leave = redis.register_script(_LEAVE)
+        self._enter = BatchedScript(redis, _ENTER)
+        self._leave = BatchedScript(redis, _LEAVE)
 
     async def enter(self, tenant: str, flight: str, job_id: str) -> Entry:
         """Lead the flight, or wait in it (counted, so the leader's leaving wakes this job)."""

@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from router_core.catalog import Deployment
 from router_core.clock import Clock
 from storage import keys
+from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
 from storage.fleet.state import LUA_COMMON
 
@@ -170,7 +171,7 @@ class AdmissionLine:
         self._margin_s = margin_s
         self._hop_s = hop_s
         self._redis = redis
-        self._script = redis.register_script(_TURN)
+        self._script = BatchedScript(redis, _TURN)
 
     async def turn(self, job_id: str, places: Sequence[Place], *, check_room: bool) -> Turn:
         """Room on the first candidate that has it (`check_room`), else the job's earliest turn.

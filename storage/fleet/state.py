@@ -55,6 +55,7 @@ from router_core.fleet import (
     Refusal,
 )
 from storage import keys
+from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
 
 __all__ = ["LUA_COMMON", "RedisFleetState"]
@@ -357,8 +358,8 @@ class RedisFleetState:
         self._clock = clock
         self._alpha = alpha
         self._lease_s = lease_s
-        self._admit = redis.register_script(_ADMIT)
-        self._release = redis.register_script(_RELEASE)
+        self._admit = BatchedScript(redis, _ADMIT)
+        self._release = BatchedScript(redis, _RELEASE)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._force = redis.register_script(_FORCE)
 
