@@ -5,6 +5,12 @@
     finish  ONE transaction: the outcome on `jobs` (if still open: first finisher wins), an
             `attempts` row per call and a `ledger` row per billed call (ON CONFLICT DO NOTHING);
             a job it failed gets its `job.failed` webhook event in the outbox (sql/outbox.py)
+
+Starts and finishes are batched writes (sql/group_commit.py): the jobs a worker starts (or
+finishes) while a group commits share one statement per kind in the next group: one UPDATE ...
+WHERE id IN (...) RETURNING for their starts; for their finishes one UPDATE that locks the rows
+still open (first finisher wins, as before), then one executemany each for the outcomes, attempts,
+ledger rows and plans.
     defer   back to `queued` to wait for capacity, keeping the run's attempts and charges
     record_in_doubt   calls a dead run held budget for: an in_doubt attempt and an estimated charge
     hand_back         a stopping worker's unfinished jobs back to `queued` (`routeq run` on Ctrl-C)
@@ -15,7 +21,8 @@ the unique constraint, not a prior SELECT, keeps the ledger exactly-once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -58,9 +65,9 @@ OUTCOME_COLUMNS = (
 
 # Statements built once: per-job writes then skip SQLAlchemy's statement construction and coercion.
 # (Bind names carry a b_ prefix: SQLAlchemy reserves column names for the SET clause.)
-_START_JOB = (
+_START_JOBS = (
     update(jobs)
-    .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .where(jobs.c.id.in_(bindparam("b_ids", expanding=True)) & jobs.c.status.in_(_RUNNABLE_VALUES))
     .values(
         status=JobStatus.RUNNING.value,
         run=bindparam("b_run"),
@@ -79,11 +86,41 @@ _START_JOB = (
         jobs.c.stream,
     )
 )
+# For the rows `_LOCK_OPEN_JOBS` found open and locked in the same transaction (executemany: no IN).
 _FINISH_JOB = (
     update(jobs)
-    .where((jobs.c.id == bindparam("b_id")) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .where(jobs.c.id == bindparam("b_id"))
     .values({name: bindparam(name, type_=jobs.c[name].type) for name in OUTCOME_COLUMNS})
 )
+# Takes the write lock on the jobs of a group of finishes that are still open, and names them: a
+# no-op write (SQLite: the database's write lock; PostgreSQL: the rows' locks, until the commit), so
+# no other worker can finish them between this and the outcomes written after it.
+_LOCK_OPEN_JOBS = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("b_ids", expanding=True)) & jobs.c.status.in_(_RUNNABLE_VALUES))
+    .values(status=jobs.c.status)
+    .returning(jobs.c.id)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    job_id: str
+    run: int
+    worker: str
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    job: StartedJob
+    run: int
+    attempts_made: Sequence[Attempt]
+    outcome: dict[str, Any]  # the outcome columns, with b_id
+    calls: tuple[list[dict[str, Any]], list[dict[str, Any]]]  # attempt rows, ledger rows
+    plan: dict[str, Any] | None  # the job_plans row
+    failure: JobFailure | None
+    failed: bool  # the run ends the job failed (no result)
 
 
 class Runs:
@@ -105,15 +142,25 @@ class Runs:
         Raises:
             NotFoundError: no such job.
         """
-        params = {"b_id": job_id, "b_run": run, "b_worker": worker, "b_now": self._db.now()}
-
-        async def write(conn: AsyncConnection) -> Any:
-            return (await conn.execute(_START_JOB, params)).first()
-
-        row = await self._db.writes.run(write)
+        row = await self._db.writes.run_batched(self._start_many, _Start(job_id, run, worker, self._db.now()))
         if row is not None:
             return StartedJob(**row._mapping)
         return await self._jobs.get(job_id, tenant=ANY_TENANT)
+
+    @staticmethod
+    async def _start_many(conn: AsyncConnection, starts: list[_Start]) -> list[Any]:
+        """The starts of one group: one UPDATE ... RETURNING per (run, worker) among them."""
+        rows: dict[int, Any] = {}
+        for group in _passes(starts, lambda s: s.job_id):  # a job twice in a group starts twice
+            by_run: dict[tuple[int, str], list[int]] = {}
+            for n in group:
+                by_run.setdefault((starts[n].run, starts[n].worker), []).append(n)
+            for (run, worker), members in by_run.items():
+                ids = [starts[n].job_id for n in members]
+                params = {"b_ids": ids, "b_run": run, "b_worker": worker, "b_now": starts[members[0]].now}
+                found = {row.id: row for row in (await conn.execute(_START_JOBS, params)).all()}
+                rows.update((n, found.get(starts[n].job_id)) for n in members)
+        return [rows[n] for n in range(len(starts))]
 
     async def finish(
         self,
@@ -137,23 +184,54 @@ class Runs:
         now = self._db.now()
         billed = billed_calls(attempts_made)
         outcome = {"b_id": job.id, **outcome_values(attempts_made, result, failure, billed, now, cache=cache)}
-        calls = run_rows(job, run, attempts_made, billed, now)
+        plan_row = None if plan is None else {"job_id": job.id, "run": run, "plan": plan, "created_at": now}
+        finish = _Finish(
+            job,
+            run,
+            attempts_made,
+            outcome,
+            run_rows(job, run, attempts_made, billed, now),
+            plan_row,
+            failure,
+            failed=result is None and failure is not None,
+        )
+        applied: bool = await self._db.writes.run_batched(self._finish_many, finish)
+        return applied
 
-        async def write(conn: AsyncConnection) -> bool:
-            applied = await conn.execute(_FINISH_JOB, outcome)
-            await self._insert_calls(conn, *calls)
-            if plan is not None:
-                await conn.execute(
-                    self._insert_plan, {"job_id": job.id, "run": run, "plan": plan, "created_at": now}
-                )
-            if applied.rowcount == 1 and result is None and failure is not None:
-                cost = outcome["cost_usd"] or Decimal(0)
-                await job_failed(
-                    conn, job, failure=failure, attempts_made=attempts_made, cost_usd=cost, now=now
-                )
-            return applied.rowcount == 1
+    async def _finish_many(self, conn: AsyncConnection, finishes: list[_Finish]) -> list[bool]:
+        """The finishes of one group: the open jobs locked and named, then one statement per table."""
+        applied = [False] * len(finishes)
+        for group in _passes(finishes, lambda f: f.job.id):  # a job twice: the second finds it closed
+            ids = [finishes[n].job.id for n in group]
+            still_open = set((await conn.execute(_LOCK_OPEN_JOBS, {"b_ids": ids})).scalars())
+            closing = [n for n in group if finishes[n].job.id in still_open]
+            if closing:
+                await conn.execute(_FINISH_JOB, [finishes[n].outcome for n in closing])
+            for n in closing:
+                applied[n] = True
+                if finishes[n].failed:
+                    await self._failed_event(conn, finishes[n])
+        attempt_rows = [row for f in finishes for row in f.calls[0]]
+        ledger_rows = [row for f in finishes for row in f.calls[1]]
+        await self._insert_calls(conn, attempt_rows, ledger_rows)
+        plans = [f.plan for f in finishes if f.plan is not None]
+        if plans:
+            await conn.execute(self._insert_plan, plans)
+        return applied
 
-        return await self._db.writes.run(write)
+    @staticmethod
+    async def _failed_event(conn: AsyncConnection, finish: _Finish) -> None:
+        """The `job.failed` webhook event of a job this finish failed (in its transaction)."""
+        assert finish.failure is not None
+        cost = finish.outcome["cost_usd"] or Decimal(0)
+        await job_failed(
+            conn,
+            finish.job,
+            failure=finish.failure,
+            attempts_made=finish.attempts_made,
+            cost_usd=cost,
+            now=finish.outcome["finished_at"],
+        )
 
     async def defer(self, job: StartedJob, *, run: int, attempts_made: Sequence[Attempt]) -> None:
         """Put a started job back to `queued` to wait for capacity, keeping what its run did.
@@ -221,6 +299,20 @@ class Runs:
             await conn.execute(self._insert_attempts, attempt_rows)
         if ledger_rows:
             await conn.execute(self._insert_ledger, ledger_rows)
+
+
+def _passes(items: Sequence[Any], key: Callable[[Any], str]) -> list[list[int]]:
+    """Indexes of `items` in passes where no key repeats: the first of each key, then the second..."""
+    passes: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for n, item in enumerate(items):
+        k = key(item)
+        depth = seen.get(k, 0)
+        seen[k] = depth + 1
+        if depth == len(passes):
+            passes.append([])
+        passes[depth].append(n)
+    return passes
 
 
 def _lost_attempt(call: InDoubtCall) -> Attempt:
