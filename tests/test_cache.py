@@ -26,7 +26,7 @@ from storage.bus.relay import StreamRelay
 from storage.fleet.budgets import Budgets
 from storage.fleet.flights import Entry, Flights
 from storage.jobs import JobRecord, JobStatus, NewJob, StartedJob
-from storage.sql.cache import _LOOKUP, TenantCachePolicy
+from storage.sql.cache import _LOOKUP_MANY, TenantCachePolicy
 from storage.sql.schema import jobs
 from tests.backends import Backend, open_backend
 from tests.conftest import TRIO, make_catalog
@@ -325,15 +325,19 @@ sim = { latency_ms = 400 }
 async def test_a_lookup_reads_the_cache_index_even_in_a_generic_plan(cached: Backend) -> None:
     """The exact cache is an index: a lookup must not scan the tenant's jobs of the whole window."""
     engine = cached.store.engine
-    compiled = _LOOKUP.compile(engine)
+    # A batch of lookups of one key, as the statement and binds the driver is sent.
+    now = cached.store.db.now()
+    lookup = _LOOKUP_MANY.compile(engine).construct_expanded_state(
+        {"b_tenant": "acme", "b_since": now, "b_keys": ["k"]}
+    )
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             # asyncpg prepares statements; after five runs PostgreSQL may plan them without the
             # values (a generic plan): plan it that way here.
             await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-            await conn.exec_driver_sql(f"PREPARE lookup AS {compiled}")
-            given = {"b_tenant": "'acme'", "b_since": "now()", "b_key": "'k'"}
-            args = [given.get(name, repr(compiled.params[name])) for name in compiled.positiontup or ()]
+            await conn.exec_driver_sql(f"PREPARE lookup AS {lookup.statement}")
+            given = {"b_tenant": "'acme'", "b_since": "now()", "b_keys_1": "'k'"}
+            args = [given.get(name, repr(lookup.parameters[name])) for name in lookup.positiontup or ()]
             explain = f"EXPLAIN EXECUTE lookup({', '.join(args)})"
             try:
                 plan = (await conn.exec_driver_sql(explain)).all()
@@ -341,9 +345,8 @@ async def test_a_lookup_reads_the_cache_index_even_in_a_generic_plan(cached: Bac
                 await conn.exec_driver_sql("DEALLOCATE lookup")
                 await conn.exec_driver_sql("RESET plan_cache_mode")
         else:
-            values = {**compiled.params, "b_tenant": "acme", "b_since": cached.store.db.now(), "b_key": "k"}
-            params = tuple(values[name] for name in compiled.positiontup or ())
-            plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)).all()
+            params = tuple(lookup.parameters[name] for name in lookup.positiontup or ())
+            plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {lookup.statement}", params)).all()
     assert "ix_jobs_cached" in " ".join(str(row) for row in plan), plan
 
 

@@ -35,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 
+from storage.bus.coalesce import TickBatcher
 from storage.jobs import JobStatus, TenantScope, aware
 from storage.sql.database import Database, owned_by
 from storage.sql.schema import cache_policies, jobs
@@ -119,13 +120,32 @@ class ResponseCache:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._upsert = db.insert_ignoring_duplicates(cache_policies)
+        self._lookups: TickBatcher[_Lookup, list[CachedAnswer]] = TickBatcher(self._lookup_many)
 
     async def lookup(self, tenant: str, key: str, *, since: datetime) -> list[CachedAnswer]:
-        """The tenant's newest answers for `key` finished at or after `since` (newest first)."""
-        params = {"b_tenant": tenant, "b_since": since, "b_key": key}
+        """The tenant's newest answers for `key` finished at or after `since` (newest first).
+
+        Lookups made together (a worker's concurrent jobs) share one query per tenant (`_lookups`).
+        """
+        return await self._lookups.submit(_Lookup(tenant, key, since))
+
+    async def _lookup_many(self, lookups: list[_Lookup]) -> list[list[CachedAnswer]]:
+        """One query per tenant for a turn's lookups: each key's newest answers since the earliest
+        `since` asked, then each lookup's own window."""
+        found: dict[tuple[str, str], list[CachedAnswer]] = {}
+        by_tenant: dict[str, list[_Lookup]] = {}
+        for lookup in lookups:
+            by_tenant.setdefault(lookup.tenant, []).append(lookup)
         async with self._db.reading() as conn:
-            rows = (await conn.execute(_LOOKUP, params)).all()
-        return [_answer(row) for row in rows]
+            for tenant, asked in by_tenant.items():
+                keys = sorted({lookup.key for lookup in asked})
+                params = {"b_tenant": tenant, "b_since": min(a.since for a in asked), "b_keys": keys}
+                for row in (await conn.execute(_LOOKUP_MANY, params)).all():
+                    found.setdefault((tenant, row.cache_key), []).append(_answer(row))
+        return [
+            [a for a in found.get((lookup.tenant, lookup.key), []) if a.finished_at >= lookup.since]
+            for lookup in lookups
+        ]
 
     async def answers(
         self, tenant: str, job_ids: Sequence[str], *, since: datetime
@@ -224,9 +244,36 @@ _ANSWERS = (
     .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
     .where((_J.tenant == bindparam("b_tenant")) & _servable() & (_J.finished_at >= bindparam("b_since")))
 )
-_LOOKUP = (
-    _ANSWERS.where(_J.cache_key == bindparam("b_key")).order_by(_J.finished_at.desc()).limit(_CANDIDATES)
+# The newest `_CANDIDATES` answers of each key asked, newest first.
+_RANKED = (
+    select(
+        _J.id,
+        _J.cache_key,
+        _J.deployment,
+        _J.result,
+        _J.cost_usd,
+        _J.finished_at,
+        func.row_number().over(partition_by=_J.cache_key, order_by=_J.finished_at.desc()).label("rank"),
+    )
+    .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
+    .where(
+        (_J.tenant == bindparam("b_tenant"))
+        & _servable()
+        & (_J.finished_at >= bindparam("b_since"))
+        & _J.cache_key.in_(bindparam("b_keys", expanding=True))
+    )
+    .subquery()
 )
+_LOOKUP_MANY = select(_RANKED).where(_RANKED.c.rank <= _CANDIDATES).order_by(_RANKED.c.rank)
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    tenant: str
+    key: str
+    since: datetime
+
+
 _OF_JOBS = _ANSWERS.where(_J.id.in_(bindparam("b_ids", expanding=True)))
 
 

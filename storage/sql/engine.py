@@ -79,6 +79,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         raise ServiceUnavailableError("the database", url, reason, _HINT) from exc
 
 
+_SQLITE_POOL = 32
+
+
 def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -89,7 +92,9 @@ def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
             return engine
         if not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(parsed, echo=echo)
+        # Every connection is a thread of aiosqlite's: a pool as large as a busy worker's concurrent
+        # reads keeps them, where the default (5) opened and closed one thread per overflowing read.
+        engine = create_async_engine(parsed, echo=echo, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
