@@ -360,7 +360,7 @@ class RedisFleetState:
         self._lease_s = lease_s
         self._admit = BatchedScript(redis, _ADMIT)
         self._release = BatchedScript(redis, _RELEASE)
-        self._snapshot = redis.register_script(_SNAPSHOT)
+        self._snapshot = BatchedScript(redis, _SNAPSHOT)
         self._force = redis.register_script(_FORCE)
 
     def _now(self) -> str:

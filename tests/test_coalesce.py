@@ -1,0 +1,165 @@
+"""Calls of concurrent callers batched per event-loop turn: Redis commands in one pipeline
+(storage/bus/coalesce.py) and SQL starts/finishes in one statement per kind (storage/sql/runs.py).
+Both backends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import ResponseError
+
+from router_core.models import (
+    Attempt,
+    AttemptOutcome,
+    ChatRequest,
+    CompletionResult,
+    Message,
+    Strategy,
+    Usage,
+)
+from storage.bus.coalesce import BatchedScript, TickBatcher, coalescer_for
+from storage.jobs import ANY_TENANT, JobStatus, NewJob, StartedJob
+from tests.backends import Backend
+
+_ECHO = "return {KEYS[1], ARGV[1]}"
+
+
+async def test_calls_made_in_one_turn_share_one_pipeline_and_each_gets_its_reply(backend: Backend) -> None:
+    redis = await backend.redis()
+    coalescer = coalescer_for(redis)
+    script = BatchedScript(redis, _ECHO)
+    await redis.script_flush()  # the first batch finds the script unknown and loads it
+    batches_before = coalescer._batcher.batches
+
+    replies = await asyncio.gather(
+        *(script(keys=[f"k{i}"], args=[f"v{i}"]) for i in range(50)),
+        coalescer.execute("SET", "coalesce:x", "1"),
+        coalescer.execute("GET", "coalesce:x"),
+    )
+
+    assert [tuple(map(_text, r)) for r in replies[:50]] == [(f"k{i}", f"v{i}") for i in range(50)]
+    assert replies[50] is True
+    assert _text(replies[51]) == "1"
+    assert coalescer._batcher.batches == batches_before + 1
+    assert coalescer_for(redis) is coalescer  # one per client
+
+
+async def test_an_error_reaches_its_caller_only(backend: Backend) -> None:
+    redis = await backend.redis()
+    coalescer = coalescer_for(redis)
+    await redis.set("coalesce:text", "not a number")
+
+    good = coalescer.execute("INCR", "coalesce:n")
+    bad = coalescer.execute("INCR", "coalesce:text")
+    other = coalescer.execute("INCR", "coalesce:n")
+
+    assert await good == 1
+    with pytest.raises(ResponseError):
+        await bad
+    assert await other == 2
+
+
+async def test_a_failed_batch_fails_each_caller_and_the_next_turn_goes_on() -> None:
+    calls: list[list[int]] = []
+
+    async def handle(items: list[int]) -> list[int | BaseException]:
+        calls.append(items)
+        if 13 in items:
+            raise ConnectionError("the server went away")
+        return [i * 2 if i != 7 else ValueError("seven") for i in items]
+
+    batcher: TickBatcher[int, int] = TickBatcher(handle, max_batch=3)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(8)), return_exceptions=True)
+    assert calls == [[0, 1, 2], [3, 4, 5], [6, 7]]  # one turn, cut at max_batch
+    assert results[:7] == [0, 2, 4, 6, 8, 10, 12]
+    assert isinstance(results[7], ValueError)
+
+    failed = await asyncio.gather(batcher.submit(12), batcher.submit(13), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in failed)
+    assert await batcher.submit(1) == 2
+
+
+async def test_a_cancelled_caller_leaves_the_batch_to_the_others() -> None:
+    release = asyncio.Event()
+
+    async def handle(items: list[int]) -> list[int]:
+        await release.wait()
+        return items
+
+    batcher: TickBatcher[int, int] = TickBatcher(handle)
+    first, second = batcher.submit(1), batcher.submit(2)
+    await asyncio.sleep(0)  # the batch is on its way
+    first.cancel()
+    release.set()
+    assert await second == 2
+
+
+def chat(text: str) -> ChatRequest:
+    return ChatRequest(messages=[Message(role="user", content=text)])
+
+
+async def _queued(backend: Backend, n: int) -> list[str]:
+    items = [NewJob(f"c{i}", chat(f"hi {i}")) for i in range(n)]
+    return list((await backend.store.batches.create(items, tenant="acme", user_id="u")).job_ids)
+
+
+def _answer() -> CompletionResult:
+    usage = Usage(input_tokens=3, output_tokens=2)
+    attempt = Attempt(
+        deployment="sim-a",
+        provider="sim",
+        model="m",
+        outcome=AttemptOutcome.SUCCESS,
+        usage=usage,
+        cost_usd=0.001,
+    )
+    return CompletionResult(
+        content="hello",
+        deployment="sim-a",
+        provider="sim",
+        model="m",
+        usage=usage,
+        cost_usd=0.001,
+        latency_ms=1.0,
+        simulated=True,
+        attempts=[attempt],
+        plan_strategy=Strategy.BALANCED,
+    )
+
+
+async def test_starts_and_finishes_made_together_share_statements_and_first_finisher_wins(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    job_ids = await _queued(backend, 6)
+    writes = store.db.writes
+    groups_before = writes.groups
+
+    # A job twice in the same group (a duplicate delivery) starts twice: both runs are counted.
+    started = await asyncio.gather(*(store.runs.start(j, run=1, worker="w") for j in [*job_ids, job_ids[0]]))
+    assert all(isinstance(s, StartedJob) for s in started)
+    assert [s.starts for s in started if isinstance(s, StartedJob) and s.id == job_ids[0]] == [1, 2]
+    assert writes.groups - groups_before <= 2  # one group (two when a group was already committing)
+
+    jobs = [s for s in started if isinstance(s, StartedJob)]
+    answer = _answer()
+    applied = await asyncio.gather(
+        *(
+            store.runs.finish(job, run=n, attempts_made=answer.attempts, result=answer)
+            for n, job in enumerate(jobs, start=1)
+        )
+    )
+    # Every job finishes once: the second finish of job 0 (run 7) finds it finished.
+    assert applied == [True] * 6 + [False]
+    for job_id in job_ids:
+        record = await store.jobs.get(job_id, tenant=ANY_TENANT)
+        assert record.status is JobStatus.SUCCEEDED
+    # Both runs of job 0 made a call the provider billed: both are in the ledger, once each.
+    rows = await store.ledger.rows(batch_id=jobs[0].batch_id)
+    assert sorted(r["run"] for r in rows if r["job_id"] == job_ids[0]) == [1, 7]
+    assert len(rows) == 7
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
