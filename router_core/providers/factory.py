@@ -17,6 +17,7 @@ import openai
 from router_core.catalog import Catalog, Deployment, ProviderKind
 from router_core.providers.base import Provider
 from router_core.providers.openai import OpenAIProvider
+from router_core.providers.pools import sharded_transport
 from router_core.settings import SimulateMode
 from router_core.sim import SimProfile, SimWorld, sim_http_client
 from router_core.sim.transport import SIM_BASE_URL
@@ -26,7 +27,7 @@ __all__ = ["build_providers", "is_simulated", "sim_profile", "sim_world_for"]
 
 # Sent as the key to the sim and to keyless local servers (Ollama, vLLM) that ignore it.
 _PLACEHOLDER_KEY = "routeq-no-key"
-_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
+_LIMITS = httpx2.Limits(max_connections=1000)
 
 
 def sim_profile(dep: Deployment) -> SimProfile:
@@ -48,7 +49,8 @@ def sim_world_for(catalog: Catalog) -> SimWorld:
 def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
     if sim_world is not None:
         return sim_http_client(sim_world)
-    return httpx2.AsyncClient(limits=_LIMITS, follow_redirects=True)
+    # In pools of 32 (providers/pools.py): one pool of 1,000 walked every connection on every call.
+    return httpx2.AsyncClient(transport=sharded_transport(_LIMITS), follow_redirects=True)
 
 
 def _build(
