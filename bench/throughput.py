@@ -11,6 +11,9 @@ Prints, from one run on one Redis:
        real provider would be: the sim's own work no longer shares the worker's CPU.
    pipeline / raw is the share of arq's own ceiling routeq reaches; the pipeline's results are then
    checked (every job succeeded, one ledger row each): a benchmark that loses jobs is worthless.
+   Each phase also prints this process's CPU per job, and each ratio again from it: on a machine
+   busy with other work the rates of two phases can be cut by different amounts, their CPU per job
+   far less (over HTTP the sim's CPU is in its own process and not counted).
 2. Submission of M lines (default 10,000): routeq `Client.submit_batch` (one SQL transaction plus a
    pipelined enqueue) against a loop of arq's `enqueue_job` (three round trips per job).
 
@@ -39,6 +42,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +148,29 @@ async def enqueue_noops(redis: ArqRedis, n: int) -> None:
         await pipe.execute()
 
 
-async def drain(worker: Worker, started: list[float]) -> float:
-    """Jobs/s of a burst worker, timed from the end of its start-up hook to its return."""
+@dataclass(frozen=True)
+class Drained:
+    """A burst worker's run: jobs/s, and this process's CPU per job (every thread, the in-process
+    sim's included), which a machine busy with other work inflates far less than it cuts the rate."""
+
+    rate: float
+    cpu_ms: float
+
+
+async def drain(worker: Worker, started: list[float]) -> Drained:
+    """A burst worker timed from the end of its start-up hook to its return."""
+    cpu = time.process_time()
     try:
         await worker.main()
         elapsed = time.perf_counter() - started[0]
+        cpu = time.process_time() - cpu
     finally:
         await worker.close()
-    return worker.jobs_complete / elapsed
+    jobs = max(1, worker.jobs_complete)
+    return Drained(worker.jobs_complete / elapsed, cpu * 1000 / jobs)
 
 
-async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: int) -> float:
+async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: int) -> Drained:
     await enqueue_noops(redis, n)
     started: list[float] = []
 
@@ -174,16 +190,16 @@ async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: i
         job_deserializer=deserialize,
         on_startup=mark,
     )
-    rate = await drain(worker, started)
+    drained = await drain(worker, started)
     if worker.jobs_complete != n:
         raise SystemExit(f"raw arq worker completed {worker.jobs_complete} of {n} jobs")
-    return rate
+    return drained
 
 
 async def pipeline_worker(
     settings: Settings, redis: ArqRedis, store: Store, n: int, *, in_process_sim: bool = True
-) -> tuple[float, str]:
-    """Jobs/s of routeq's worker on `n` prompts, and the result check line (exits if it fails).
+) -> tuple[Drained, str]:
+    """routeq's worker on `n` prompts, and the result check line (exits if it fails).
 
     With `in_process_sim` the sim world answers inside the worker's process (sharing its CPU);
     otherwise `settings.sim_url` names a `routeq sim` server reached over loopback HTTP.
@@ -206,7 +222,7 @@ async def pipeline_worker(
         after_startup=mark,
         shared=Shared(store=store, catalog=catalog, sim_world=sim_world),
     )
-    rate = await drain(worker, started)
+    drained = await drain(worker, started)
     batch = await store.batches.get(batch_id, tenant=ANY_TENANT)
     ledger_rows = len(await store.ledger.rows(batch_id=batch_id))
     ok = batch.counts == {JobStatus.SUCCEEDED: n} and ledger_rows == n and batch.status == "completed"
@@ -214,7 +230,7 @@ async def pipeline_worker(
     check = f"{'OK' if ok else 'FAILED'}: batch {batch.status}, counts {counts}, ledger rows {ledger_rows:,}"
     if not ok:
         raise SystemExit(f"pipeline check {check}")
-    return rate, check
+    return drained, check
 
 
 async def submit_routeq(settings: Settings, redis: ArqRedis, store: Store, n: int) -> float:
@@ -276,6 +292,16 @@ def row(label: str, value: float, unit: str, note: str = "") -> None:
     print(f"   {label:<28}{value:9,.0f} {unit}{f'  ({note})' if note else ''}")
 
 
+def drained_row(label: str, drained: Drained, note: str = "") -> None:
+    row(label, drained.rate, f"jobs/s  {drained.cpu_ms:6.3f} ms CPU/job", note)
+
+
+def ratio_row(label: str, raw: Drained, other: Drained, note: str = "") -> None:
+    """The rate ratio, and the same ratio from CPU per job (raw's CPU / other's)."""
+    by_cpu = f"by CPU per job {raw.cpu_ms / other.cpu_ms:.3f}"
+    print(f"   {label:<28}{other.rate / raw.rate:9.3f}   {by_cpu}{f'  ({note})' if note else ''}")
+
+
 async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None:
     settings = bench_settings(
         args.redis_url,
@@ -303,12 +329,12 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
                 remote_settings, redis, store, args.jobs, in_process_sim=False
             )
             print(f"\n1. worker throughput, 1 worker, {args.jobs:,} jobs (queue filled before the clock)")
-            row("raw arq no-op job:", raw, "jobs/s")
-            row("routeq pipeline (sim 0 ms):", pipeline, "jobs/s", "sim in the worker's process")
-            print(f"   {'pipeline / raw:':<28}{pipeline / raw:9.3f}")
+            drained_row("raw arq no-op job:", raw)
+            drained_row("routeq pipeline (sim 0 ms):", pipeline, "sim in the worker's process")
+            ratio_row("pipeline / raw:", raw, pipeline)
             print(f"   check: {check}")
-            row("routeq, sim over HTTP:", remote, "jobs/s", "routeq sim in its own process, loopback")
-            print(f"   {'pipeline over HTTP / raw:':<28}{remote / raw:9.3f}")
+            drained_row("routeq, sim over HTTP:", remote, "routeq sim in its own process, loopback")
+            ratio_row("pipeline over HTTP / raw:", raw, remote, "the sim's CPU is not counted")
             print(f"   check: {remote_check}")
             await redis.flushdb()
             submit = await submit_routeq(settings, redis, store, args.submit)
