@@ -6,7 +6,9 @@ deployments of `max_concurrency = 1000` each (the SDK's HTTP client opens at mos
 to one deployment), so the router spreads the calls. Prints, from submit to `batch.completed`:
 - the batch time and the calls in flight on average, N / batch time x latency (the worker is
   waiting on providers, not on itself, when this approaches C);
-- the worker's peak resident memory (VmHWM from /proc).
+- the worker's peak resident memory (VmHWM from /proc);
+- the worker's CPU per job and its share of a core, and the machine's load average: a worker that
+  waits for a CPU (other work on the machine) keeps fewer calls open than it could.
 
 Every run checks that all N jobs succeeded. The Redis database (default redis://127.0.0.1:6379/14 or
 ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end; the SQL store is a fresh SQLite file
@@ -51,6 +53,12 @@ sim = {{ latency_ms = {latency_ms} }}
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system, from /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -73,7 +81,9 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, [worker])
             client = Client(redis, store, settings)
+            cpu = cpu_seconds(worker.pid)
             batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
+            cpu = cpu_seconds(worker.pid) - cpu
         rss = peak_rss_mb(worker.pid)
         batch = await client.batch(batch_id)
     finally:
@@ -90,6 +100,12 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
     )
     print(f"   calls in flight (mean):  {args.jobs / elapsed * latency_s:8.0f}  (N / batch time x latency)")
     print(f"   worker peak RSS:         {rss:8.0f} MB")
+    cpu_ms = cpu * 1000 / args.jobs
+    print(f"   worker CPU per job:      {cpu_ms:8.2f} ms  ({cpu / elapsed:.0%} of a core over the batch)")
+    print(
+        f"   load average (1 min):    {os.getloadavg()[0]:8.2f}   (on {os.cpu_count()} CPUs: above that, "
+        "the worker waited for a CPU and the figures above are low)"
+    )
     check_all_succeeded(batch, args.jobs)
 
 
