@@ -1,6 +1,11 @@
 """Build one provider adapter per deployment, real or simulated.
 
-Every adapter gets its own `httpx2.AsyncClient` (the SDKs' HTTP library) with SDK retries off.
+Every adapter gets its own `httpx2.AsyncClient` (the SDKs' HTTP library) with SDK retries off; over
+the network it is the openai SDK's `DefaultAioHttpClient` (aiohttp as httpx2's transport, which the
+SDK offers "for improved concurrency performance"): httpcore's own pool walks every connection it
+holds, checking its socket, on each request and each closed response, so with hundreds of calls in
+flight to one deployment a call's cost grew with the calls in flight (half the SDK call's CPU at
+200 over loopback). Both SDKs take it: it is an `httpx2.AsyncClient`.
 A deployment is simulated when its kind is `sim`, when `simulate=always`, or, with `simulate=auto`,
 when its API key variable is unset; simulated deployments talk to the in-process `SimWorld`
 through `SimTransport`, or to a `routeq sim` server when `sim_url` is set.
@@ -17,7 +22,6 @@ import openai
 from router_core.catalog import Catalog, Deployment, ProviderKind
 from router_core.providers.base import Provider
 from router_core.providers.openai import OpenAIProvider
-from router_core.providers.pools import sharded_transport
 from router_core.settings import SimulateMode
 from router_core.sim import SimProfile, SimWorld, sim_http_client
 from router_core.sim.transport import SIM_BASE_URL
@@ -49,8 +53,7 @@ def sim_world_for(catalog: Catalog) -> SimWorld:
 def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
     if sim_world is not None:
         return sim_http_client(sim_world)
-    # In pools of 32 (providers/pools.py): one pool of 1,000 walked every connection on every call.
-    return httpx2.AsyncClient(transport=sharded_transport(_LIMITS), follow_redirects=True)
+    return openai.DefaultAioHttpClient(limits=_LIMITS, follow_redirects=True)
 
 
 def _build(
