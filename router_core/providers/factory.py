@@ -13,7 +13,9 @@ through `SimTransport`, or to a `routeq sim` server when `sim_url` is set.
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 from collections.abc import Mapping
 
 import httpx2
@@ -53,7 +55,14 @@ def sim_world_for(catalog: Catalog) -> SimWorld:
 def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
     if sim_world is not None:
         return sim_http_client(sim_world)
-    return openai.DefaultAioHttpClient(limits=_LIMITS, follow_redirects=True)
+    return openai.DefaultAioHttpClient(limits=_LIMITS, follow_redirects=True, verify=_tls())
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every provider client of the process: each would load the CA bundle
+    again (about 0.1 s, several on a busy machine), at every start of a worker or API process."""
+    return httpx2.create_ssl_context()
 
 
 def _build(
