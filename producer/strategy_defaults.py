@@ -13,6 +13,7 @@ interval, not one per request); a change made through this process is seen at on
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,14 +66,13 @@ class StrategyDefaults:
         self._tenants.pop(tenant, None)
 
     async def resolver(self, tenant: str) -> Callable[[ChatRequest], ChatRequest]:
-        """A function resolving the tenant's requests (one read for a whole batch; CPU only after)."""
-        tenant_default = await self.tenant_default(tenant)
-        environment = self.environment
+        """A function resolving the tenant's requests (one read for a whole batch; CPU only after).
 
-        def resolve(request: ChatRequest) -> ChatRequest:
-            return with_default_strategy(request, tenant_default, environment)
-
-        return resolve
+        It pickles: a process parsing a file resolves its requests (`producer.parsing`).
+        """
+        return functools.partial(
+            with_default_strategy, tenant=await self.tenant_default(tenant), environment=self.environment
+        )
 
     async def resolve(self, request: ChatRequest, tenant: str) -> ChatRequest:
         """`request` with its strategy and `strategy_source` set for `tenant`."""
