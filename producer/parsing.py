@@ -14,18 +14,21 @@ machine with two cores, chunk n+1 is parsed there while chunk n is inserted and 
 
 The child sends each chunk through a pipe and parses the next one while this process writes; a
 send waits for this process to read, so at most two chunks are held, whatever the file's size. The
-child is spawned (not forked: the parent runs threads, the event loop's and the database driver's),
-and is terminated if the submission stops early.
+child is a new interpreter (not a fork: the parent runs threads, the event loop's and the database
+driver's) that imports only the parsing code, and is killed if the submission stops early.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import os
+import pickle
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ __all__ = [
     "EncodedChunk",
     "JsonlFile",
     "ParseProcessError",
+    "child_main",
     "encoded_chunks",
     "in_process",
     "in_thread",
@@ -140,41 +144,56 @@ async def in_process(file: JsonlFile, resolve: Resolve) -> AsyncGenerator[Encode
         OSError: the file cannot be read (raised in the child, re-raised here).
         ParseProcessError: the child stopped without finishing the file.
     """
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_parse_file, args=(file, resolve, sender), name="routeq-parse", daemon=True
-    )
-    child.start()
-    sender.close()  # the child's end: once it exits, a read here sees the pipe closed
+    read_fd, write_fd = os.pipe()
     try:
-        while (ready := await asyncio.to_thread(_receive, receiver, child.sentinel)) is not None:
+        # Not `multiprocessing`: its spawned child imports the parent's __main__ (the whole CLI).
+        child = subprocess.Popen(  # noqa: ASYNC220 - fork and exec: the child's start is not waited for
+            [sys.executable, "-c", _CHILD, str(write_fd)], stdin=subprocess.PIPE, pass_fds=(write_fd,)
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the child's end: once it exits, a read here sees the pipe closed
+    receiver = Connection(read_fd, writable=False)
+    finished = False
+    try:
+        await asyncio.to_thread(_start, child, pickle.dumps((file, resolve)))
+        while (ready := await asyncio.to_thread(_receive, receiver)) is not None:
             yield ready
-        child.join()
+        finished = True
     finally:
         receiver.close()
-        if child.is_alive():  # stopped early: the rest of the file is not wanted
-            child.terminate()
-            await asyncio.to_thread(child.join)
-        child.close()
+        if not finished:  # stopped early: the rest of the file is not wanted
+            child.kill()
+        await asyncio.to_thread(child.wait)
 
 
 class ParseProcessError(RuntimeError):
     """The process parsing a file ended before the file did (killed, or out of memory)."""
 
 
+_CHILD = "import sys; from producer.parsing import child_main; child_main(int(sys.argv[1]))"
+_STOPPED = "the process parsing the file stopped before its end: submit the file again"
 _END = "end"
 
 
-def _receive(receiver: Connection, sentinel: int) -> EncodedChunk | None:
+def _start(child: subprocess.Popen[bytes], arguments: bytes) -> None:
+    """Hand the child its file and resolver (on its stdin, which it reads once it has started)."""
+    assert child.stdin is not None
+    try:
+        with child.stdin:
+            child.stdin.write(arguments)
+    except BrokenPipeError:
+        raise ParseProcessError(_STOPPED) from None
+
+
+def _receive(receiver: Connection) -> EncodedChunk | None:
     """The child's next chunk (None at the end of the file), or its error raised here."""
-    wait([receiver, sentinel])
     try:
         message: tuple[str, Any] = receiver.recv()
     except (EOFError, OSError):  # OSError: the pipe closed in the middle of a chunk
-        raise ParseProcessError(
-            "the process parsing the file stopped before its end: submit the file again"
-        ) from None
+        raise ParseProcessError(_STOPPED) from None
     kind, value = message
     if kind == _END:
         return None
@@ -184,8 +203,11 @@ def _receive(receiver: Connection, sentinel: int) -> EncodedChunk | None:
     return value
 
 
-def _parse_file(file: JsonlFile, resolve: Resolve, sender: Connection) -> None:
-    """The child: each chunk of the file sent as it is made, then the end, or the error met."""
+def child_main(fd: int) -> None:
+    """The child process: its file and resolver from stdin, each chunk sent on pipe `fd` as it is
+    made, then the end, or the error met."""
+    sender = Connection(fd, readable=False)
+    file, resolve = pickle.load(sys.stdin.buffer)
     try:
         with file.path.open("rb") as source:
             for chunk in read_jsonl_chunks(source, file.rules, chunk_lines=file.chunk_lines):

@@ -7,7 +7,7 @@ The size from which a file is parsed in a process is lowered, so that a small fi
 from __future__ import annotations
 
 import json
-import multiprocessing
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +43,17 @@ def write_file(path: Path, lines: int) -> Path:
     return path
 
 
-def in_process_spy(monkeypatch: pytest.MonkeyPatch) -> list[JsonlFile]:
-    """Files parsed in a process from now on (any size qualifies)."""
-    started: list[JsonlFile] = []
-    real = producer.parsing.in_process
+def children(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
+    """The parsing processes started from now on, a file of any size parsed in one."""
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
 
-    def spy(file: JsonlFile, resolve: Any) -> Any:
-        started.append(file)
-        return real(file, resolve)
+    def spy(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(popen(*args, **kwargs))
+        return started[-1]
 
     monkeypatch.setattr(producer.parsing, "IN_PROCESS_MIN_BYTES", 1)
-    monkeypatch.setattr(producer.parsing, "in_process", spy)
+    monkeypatch.setattr(subprocess, "Popen", spy)
     return started
 
 
@@ -69,7 +69,7 @@ async def test_a_file_parsed_in_a_process_makes_what_a_thread_makes(
     path = write_file(tmp_path / "lines.jsonl", 30)
     with path.open("rb") as source:
         by_thread = await client.submit_chunks(read_jsonl_chunks(source, chunk_lines=4))
-    started = in_process_spy(monkeypatch)
+    started = children(monkeypatch)
     seen: list[int] = []
     by_process = await client.submit_chunks(
         JsonlFile(path, InputRules(), chunk_lines=4), on_chunk=lambda p: seen.append(p.bytes_read)
@@ -105,7 +105,7 @@ async def test_the_process_is_stopped_when_the_submission_fails(
 ) -> None:
     client = Client(await backend.redis(), backend.store, backend.settings)
     path = write_file(tmp_path / "lines.jsonl", 2_000)
-    started = in_process_spy(monkeypatch)
+    started = children(monkeypatch)
 
     def stop(progress: SubmitProgress) -> None:
         raise RuntimeError("stop here")
@@ -113,24 +113,26 @@ async def test_the_process_is_stopped_when_the_submission_fails(
     with pytest.raises(RuntimeError, match="stop here"):
         await client.submit_chunks(JsonlFile(path, InputRules(), chunk_lines=100), on_chunk=stop)
     assert len(started) == 1
-    assert multiprocessing.active_children() == []
+    assert started[0].returncode is not None  # killed and waited for
 
 
 def resolve(request: ChatRequest) -> ChatRequest:
     return with_default_strategy(request, None, None)
 
 
-async def test_a_parsing_process_that_dies_is_an_error(tmp_path: Path) -> None:
+async def test_a_parsing_process_that_dies_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started = children(monkeypatch)
     # Chunks of 1,000 lines are larger than a pipe holds: the child waits on its second chunk.
     chunks = in_process(JsonlFile(write_file(tmp_path / "lines.jsonl", 3_000), InputRules(), 1_000), resolve)
     first = await anext(chunks)
     assert first.last_line == 1_000
-    (child,) = multiprocessing.active_children()
-    child.kill()
+    started[0].kill()
     with pytest.raises(ParseProcessError, match="stopped before its end"):
         await anext(chunks)
     await chunks.aclose()
-    assert multiprocessing.active_children() == []
+    assert started[0].returncode is not None
 
 
 async def test_what_the_process_cannot_read_is_raised_here(tmp_path: Path) -> None:
