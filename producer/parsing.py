@@ -34,8 +34,7 @@ from typing import Any
 
 from producer.inputs import DEFAULT_CHUNK_LINES, InputRules, LineError, ParsedInput, read_jsonl_chunks
 from router_core.models import ChatRequest
-from storage.jobs import NewJob
-from storage.sql.new_jobs import EncodedJobs, encode_jobs
+from storage.jobs import EncodedJobs, NewJob, encode_jobs
 
 __all__ = [
     "IN_PROCESS_MIN_BYTES",
