@@ -21,6 +21,8 @@ driver's) that imports only the parsing code, and is killed if the submission st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import os
 import pickle
 import stat
@@ -32,12 +34,20 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from producer.inputs import DEFAULT_CHUNK_LINES, InputRules, LineError, ParsedInput, read_jsonl_chunks
+from producer.inputs import (
+    DEFAULT_CHUNK_LINES,
+    InputRules,
+    LineError,
+    ParsedInput,
+    duplicate_reason,
+    read_jsonl_chunks,
+)
 from router_core.models import ChatRequest
 from storage.jobs import EncodedJobs, NewJob, encode_jobs
 
 __all__ = [
     "IN_PROCESS_MIN_BYTES",
+    "PARSE_PROCESSES",
     "EncodedChunk",
     "JsonlFile",
     "ParseProcessError",
@@ -52,6 +62,10 @@ Resolve = Callable[[ChatRequest], ChatRequest]  # a request with its default str
 IN_PROCESS_MIN_BYTES = 1_000_000
 """A smaller file is parsed in a thread: a process takes a few tenths of a second to start."""
 
+PARSE_PROCESSES = min(4, os.cpu_count() or 1)
+"""Processes parsing one large file: one per core (up to 4). The submitting process mostly waits on
+the database and Redis, so on two cores two parsers and it share them without idling either."""
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedChunk:
@@ -60,12 +74,14 @@ class EncodedChunk:
     Attributes:
         jobs: Its valid lines, resolved and encoded as their rows store them, in line order.
         errors: Its rejected lines, in line order.
+        lines: The line number of each of `jobs`.
         lines_read: Its non-blank lines (valid and rejected).
         last_line: The number of its last non-blank line (None: all blank).
         offset: How far into the file its lines end, in bytes (None: not read from a file).
     """
 
     jobs: EncodedJobs
+    lines: list[int]
     errors: list[LineError]
     lines_read: int
     last_line: int | None
@@ -91,7 +107,35 @@ def encode_chunk(chunk: ParsedInput, resolve: Resolve, offset: int | None = None
     """The chunk's items resolved and encoded (`encode_jobs`), with its errors and counts."""
     last = [found[-1].line for found in (chunk.items, chunk.errors) if found]
     jobs = encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
-    return EncodedChunk(jobs, chunk.errors, chunk.lines_read, max(last) if last else None, offset)
+    lines = [item.line for item in chunk.items]
+    return EncodedChunk(jobs, lines, chunk.errors, chunk.lines_read, max(last) if last else None, offset)
+
+
+def without_duplicates(chunk: EncodedChunk, first_used: dict[str, int]) -> EncodedChunk:
+    """The chunk with each line whose ``custom_id`` an earlier line used (in `first_used`, which
+    records the chunk's ids) turned into an error, as `producer.inputs.parse_chunks` does."""
+    jobs, lines, errors = [], [], []
+    kept = iter(chunk.errors)
+    error = next(kept, None)
+    for job, line in zip(chunk.jobs.jobs, chunk.lines, strict=True):
+        while error is not None and error.line < line:  # in line order: the ids are first used so
+            errors.append(_unique_error(error, first_used))
+            error = next(kept, None)
+        reason = duplicate_reason(job.custom_id, line, first_used)
+        if reason is None:
+            jobs.append(job)
+            lines.append(line)
+        else:
+            errors.append(LineError(line, reason, job.custom_id))
+    while error is not None:
+        errors.append(_unique_error(error, first_used))
+        error = next(kept, None)
+    return dataclasses.replace(chunk, jobs=EncodedJobs(jobs), lines=lines, errors=errors)
+
+
+def _unique_error(error: LineError, first_used: dict[str, int]) -> LineError:
+    reason = duplicate_reason(error.custom_id, error.line, first_used)
+    return error if reason is None else LineError(error.line, f"{reason}; {error.reason}", error.custom_id)
 
 
 def encoded_chunks(
@@ -107,7 +151,7 @@ def encoded_chunks(
         return in_thread(source, resolve)
     found = source.path.stat()
     if stat.S_ISREG(found.st_mode) and found.st_size >= IN_PROCESS_MIN_BYTES:
-        return in_process(source, resolve)
+        return in_process(source, resolve, PARSE_PROCESSES)
     return _small_file(source, resolve)
 
 
@@ -136,17 +180,52 @@ async def _small_file(file: JsonlFile, resolve: Resolve) -> AsyncGenerator[Encod
             yield chunk
 
 
-async def in_process(file: JsonlFile, resolve: Resolve) -> AsyncGenerator[EncodedChunk, None]:
-    """The file's chunks, parsed and encoded by a child process; `resolve` must pickle.
+async def in_process(
+    file: JsonlFile, resolve: Resolve, processes: int = 1
+) -> AsyncGenerator[EncodedChunk, None]:
+    """The file's chunks, parsed and encoded by `processes` child processes; `resolve` must pickle.
+
+    Child k parses chunks k, k + n, k + 2n... of the n; their chunks are taken in turn, and the
+    ``custom_id`` of each line is checked here against the earlier ones, in line order.
 
     Raises:
-        OSError: the file cannot be read (raised in the child, re-raised here).
-        ParseProcessError: the child stopped without finishing the file.
+        OSError: the file cannot be read (raised in a child, re-raised here).
+        ParseProcessError: a child stopped without finishing its part of the file.
     """
+    children: list[tuple[subprocess.Popen[bytes], Connection]] = []
+    finished = False
+    try:
+        children.extend(_start_child() for _ in range(processes))
+        work = [pickle.dumps((file, resolve, (part, processes))) for part in range(processes)]
+        # All at once: each child reads its work once it has started (imports take a few tenths).
+        await asyncio.gather(
+            *(asyncio.to_thread(_hand, c, w) for (c, _), w in zip(children, work, strict=True))
+        )
+        first_used: dict[str, int] = {}
+        for turn in itertools.count():
+            chunk = await asyncio.to_thread(_receive, children[turn % processes][1])
+            if chunk is None:  # one child's end is the file's: the others' next chunks would come later
+                break
+            yield without_duplicates(chunk, first_used)
+        finished = True
+    finally:
+        for process, receiver in children:
+            receiver.close()
+            if not finished:  # stopped early: the rest of the file is not wanted
+                process.kill()
+            await asyncio.to_thread(process.wait)
+
+
+class ParseProcessError(RuntimeError):
+    """The process parsing a file ended before the file did (killed, or out of memory)."""
+
+
+def _start_child() -> tuple[subprocess.Popen[bytes], Connection]:
+    """A child process, and the end of the pipe it sends its chunks on."""
     read_fd, write_fd = os.pipe()
     try:
         # Not `multiprocessing`: its spawned child imports the parent's __main__ (the whole CLI).
-        child = subprocess.Popen(  # noqa: ASYNC220 - fork and exec: the child's start is not waited for
+        child = subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(write_fd)], stdin=subprocess.PIPE, pass_fds=(write_fd,)
         )
     except BaseException:
@@ -154,22 +233,7 @@ async def in_process(file: JsonlFile, resolve: Resolve) -> AsyncGenerator[Encode
         raise
     finally:
         os.close(write_fd)  # the child's end: once it exits, a read here sees the pipe closed
-    receiver = Connection(read_fd, writable=False)
-    finished = False
-    try:
-        await asyncio.to_thread(_start, child, pickle.dumps((file, resolve)))
-        while (ready := await asyncio.to_thread(_receive, receiver)) is not None:
-            yield ready
-        finished = True
-    finally:
-        receiver.close()
-        if not finished:  # stopped early: the rest of the file is not wanted
-            child.kill()
-        await asyncio.to_thread(child.wait)
-
-
-class ParseProcessError(RuntimeError):
-    """The process parsing a file ended before the file did (killed, or out of memory)."""
+    return child, Connection(read_fd, writable=False)
 
 
 _CHILD = "import sys; from producer.parsing import child_main; child_main(int(sys.argv[1]))"
@@ -177,8 +241,8 @@ _STOPPED = "the process parsing the file stopped before its end: submit the file
 _END = "end"
 
 
-def _start(child: subprocess.Popen[bytes], arguments: bytes) -> None:
-    """Hand the child its file and resolver (on its stdin, which it reads once it has started)."""
+def _hand(child: subprocess.Popen[bytes], arguments: bytes) -> None:
+    """Hand the child its work (on its stdin, which it reads once it has started)."""
     assert child.stdin is not None
     try:
         with child.stdin:
@@ -188,7 +252,7 @@ def _start(child: subprocess.Popen[bytes], arguments: bytes) -> None:
 
 
 def _receive(receiver: Connection) -> EncodedChunk | None:
-    """The child's next chunk (None at the end of the file), or its error raised here."""
+    """The child's next chunk (None at the end of its part), or its error raised here."""
     try:
         message: tuple[str, Any] = receiver.recv()
     except (EOFError, OSError):  # OSError: the pipe closed in the middle of a chunk
@@ -203,13 +267,14 @@ def _receive(receiver: Connection) -> EncodedChunk | None:
 
 
 def child_main(fd: int) -> None:
-    """The child process: its file and resolver from stdin, each chunk sent on pipe `fd` as it is
-    made, then the end, or the error met."""
+    """A child process: its file, resolver and part from stdin, each chunk of its part sent on pipe
+    `fd` as it is made, then the end, or the error met."""
     sender = Connection(fd, readable=False)
-    file, resolve = pickle.load(sys.stdin.buffer)
+    file, resolve, part = pickle.load(sys.stdin.buffer)
     try:
         with file.path.open("rb") as source:
-            for chunk in read_jsonl_chunks(source, file.rules, chunk_lines=file.chunk_lines):
+            chunks = read_jsonl_chunks(source, file.rules, chunk_lines=file.chunk_lines, part=part)
+            for chunk in chunks:
                 sender.send(("chunk", encode_chunk(chunk, resolve, source.tell())))
         sender.send((_END, None))
     except (OSError, ValueError, RuntimeError) as exc:  # e.g. the file gone: the parent raises it

@@ -6,6 +6,7 @@ The size from which a file is parsed in a process is lowered, so that a small fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import producer.parsing
 from producer.client import Client, SubmitProgress
 from producer.inputs import InputRules, read_jsonl_chunks
-from producer.parsing import JsonlFile, ParseProcessError, in_process
+from producer.parsing import JsonlFile, ParseProcessError, encode_chunk, in_process
 from router_core.models import ChatRequest
 from router_core.policy import with_default_strategy
 from tests.backends import Backend
@@ -24,7 +25,8 @@ from tests.backends import Backend
 
 def write_file(path: Path, lines: int) -> Path:
     """`lines` lines: every 7th refused (temperature out of range), line 12 a duplicate of line 1,
-    line 5 blank, both formats and a default strategy to resolve."""
+    line 22 refused and a duplicate of line 3, line 5 blank, both formats and a default strategy to
+    resolve."""
     rows = []
     for n in range(1, lines + 1):
         if n == 5:
@@ -33,6 +35,8 @@ def write_file(path: Path, lines: int) -> Path:
             rows.append(json.dumps({"custom_id": f"bad-{n}", "prompt": "x", "temperature": 9}))
         elif n == 12:
             rows.append(json.dumps({"custom_id": "id-1", "prompt": "again"}))
+        elif n == 22:
+            rows.append(json.dumps({"custom_id": "id-3", "prompt": "again", "temperature": 9}))
         elif n % 2:
             rows.append(json.dumps({"custom_id": f"id-{n}", "prompt": f"say {n}", "max_tokens": 20}))
         else:
@@ -75,10 +79,11 @@ async def test_a_file_parsed_in_a_process_makes_what_a_thread_makes(
         JsonlFile(path, InputRules(), chunk_lines=4), on_chunk=lambda p: seen.append(p.bytes_read)
     )
 
-    assert len(started) == 1
+    assert len(started) == producer.parsing.PARSE_PROCESSES
     assert by_process.errors == by_thread.errors
-    assert [e.line for e in by_process.errors] == [7, 12, 14, 21, 28]
-    assert (by_process.queued, by_process.lines_read) == (by_thread.queued, by_thread.lines_read) == (24, 29)
+    assert [e.line for e in by_process.errors] == [7, 12, 14, 21, 22, 28]
+    assert by_process.errors[4].reason.startswith("duplicate custom_id 'id-3' (first used on line 3); ")
+    assert (by_process.queued, by_process.lines_read) == (by_thread.queued, by_thread.lines_read) == (23, 29)
     assert by_thread.batch_id is not None
     assert by_process.batch_id is not None
     assert await stored(client, by_process.batch_id) == await stored(client, by_thread.batch_id)
@@ -86,9 +91,9 @@ async def test_a_file_parsed_in_a_process_makes_what_a_thread_makes(
     assert seen == sorted(seen)
     assert seen[-1] == path.stat().st_size
     batch = await client.batch(by_process.batch_id)
-    assert batch.total == 24
-    assert [line["line"] for line in batch.invalid_lines] == [7, 12, 14, 21, 28]
-    assert await backend.run_worker() == 48
+    assert batch.total == 23
+    assert [line["line"] for line in batch.invalid_lines] == [7, 12, 14, 21, 22, 28]
+    assert await backend.run_worker() == 46
 
 
 async def test_a_small_file_is_parsed_in_a_thread(backend: Backend, tmp_path: Path) -> None:
@@ -112,12 +117,25 @@ async def test_the_process_is_stopped_when_the_submission_fails(
 
     with pytest.raises(RuntimeError, match="stop here"):
         await client.submit_chunks(JsonlFile(path, InputRules(), chunk_lines=100), on_chunk=stop)
-    assert len(started) == 1
-    assert started[0].returncode is not None  # killed and waited for
+    assert len(started) == producer.parsing.PARSE_PROCESSES
+    assert all(child.returncode is not None for child in started)  # killed and waited for
 
 
 def resolve(request: ChatRequest) -> ChatRequest:
     return with_default_strategy(request, None, None)
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+async def test_the_chunks_of_any_number_of_processes_are_those_of_one_thread(
+    processes: int, tmp_path: Path
+) -> None:
+    path = write_file(tmp_path / "lines.jsonl", 40)
+    with path.open("rb") as source:
+        expected = [encode_chunk(chunk, resolve) for chunk in read_jsonl_chunks(source, chunk_lines=3)]
+    chunks = in_process(JsonlFile(path, InputRules(), chunk_lines=3), resolve, processes)
+    got = [chunk async for chunk in chunks]
+    assert [dataclasses.replace(chunk, offset=None) for chunk in got] == expected
+    assert got[-1].offset == path.stat().st_size
 
 
 async def test_a_parsing_process_that_dies_is_an_error(
