@@ -21,6 +21,7 @@ driver's) that imports only the parsing code, and is killed if the submission st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -225,8 +226,12 @@ def _start_child() -> tuple[subprocess.Popen[bytes], Connection]:
     read_fd, write_fd = os.pipe()
     try:
         # Not `multiprocessing`: its spawned child imports the parent's __main__ (the whole CLI).
+        # A process group of its own: Ctrl-C at the terminal reaches this process, which stops it.
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(write_fd)], stdin=subprocess.PIPE, pass_fds=(write_fd,)
+            [sys.executable, "-c", _CHILD, str(write_fd)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            process_group=0,
         )
     except BaseException:
         os.close(read_fd)
@@ -270,14 +275,21 @@ def child_main(fd: int) -> None:
     """A child process: its file, resolver and part from stdin, each chunk of its part sent on pipe
     `fd` as it is made, then the end, or the error met."""
     sender = Connection(fd, readable=False)
-    file, resolve, part = pickle.load(sys.stdin.buffer)
+    try:
+        file, resolve, part = pickle.load(sys.stdin.buffer)
+    except EOFError:  # the parent stopped before handing the work over
+        return
     try:
         with file.path.open("rb") as source:
             chunks = read_jsonl_chunks(source, file.rules, chunk_lines=file.chunk_lines, part=part)
             for chunk in chunks:
                 sender.send(("chunk", encode_chunk(chunk, resolve, source.tell())))
         sender.send((_END, None))
+    except BrokenPipeError:  # the parent is gone: nobody wants the rest
+        return
     except (OSError, ValueError, RuntimeError) as exc:  # e.g. the file gone: the parent raises it
-        sender.send(("error", exc))
+        with contextlib.suppress(BrokenPipeError):
+            sender.send(("error", exc))
     finally:
-        sender.close()
+        with contextlib.suppress(BrokenPipeError):
+            sender.close()
