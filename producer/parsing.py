@@ -1,21 +1,26 @@
-"""A file's chunks as `Client.submit_chunks` writes them: parsed and encoded in a thread, or in a
-process of their own beside the one that writes them.
+"""A file's chunks as `Client.submit_chunks` writes them: parsed and encoded in a thread, or by
+processes of their own beside the one that writes them.
 
 Parsing and checking a line (JSON, the request model, the catalog's references) and serializing its
 request as SQL stores it is most of the CPU a submitted file costs; writing the rows and queuing the
 jobs is the rest. A thread shares the GIL with the event loop that writes, so its parsing only
-overlaps the database's and Redis's own work. A `JsonlFile` is parsed by a child process: on a
-machine with two cores, chunk n+1 is parsed there while chunk n is inserted and queued here.
+overlapped the database's and Redis's own work. A large `JsonlFile` is parsed by `PARSE_PROCESSES`
+children: child k of n parses chunks k, k + n, k + 2n... while this process inserts and queues the
+chunks before them.
 
-    EncodedChunk   one chunk's valid lines encoded as their rows store them, and its rejected lines
-    JsonlFile      a file to parse in a child process (`Client.submit_chunks` starts and stops it)
-    in_thread      chunks of an iterable of `ParsedInput`, encoded in a worker thread
-    in_process     chunks of a `JsonlFile`, parsed and encoded by a child process
+    EncodedChunk        one chunk's valid lines encoded as their rows store them, its rejected lines
+    JsonlFile           a file for `Client.submit_chunks` to parse in child processes when it is large
+    encoded_chunks      the chunks of a `JsonlFile` or of an iterable of `ParsedInput`
+    in_thread           chunks of an iterable of `ParsedInput`, encoded in a worker thread
+    in_process          chunks of a `JsonlFile`, parsed and encoded by child processes
+    without_duplicates  a chunk's lines whose custom_id an earlier line used, made errors
 
-The child sends each chunk through a pipe and parses the next one while this process writes; a
-send waits for this process to read, so at most two chunks are held, whatever the file's size. The
-child is a new interpreter (not a fork: the parent runs threads, the event loop's and the database
-driver's) that imports only the parsing code, and is killed if the submission stops early.
+Each child sends its chunks through a pipe; a send waits for this process to read, so a child holds
+two chunks at most (one sent, one parsed), whatever the file's size. This process takes the chunks
+in turn and checks each line's ``custom_id`` against the earlier lines', in line order: the jobs and
+rejected lines are those `producer.inputs.parse_chunks` makes in one thread. A child is a new
+interpreter (not a fork: this process runs threads, the event loop's and the database driver's)
+that imports only the parsing code, and is killed if the submission stops early.
 """
 
 from __future__ import annotations
@@ -91,7 +96,8 @@ class EncodedChunk:
 
 @dataclass(frozen=True, slots=True)
 class JsonlFile:
-    """A JSONL file for `Client.submit_chunks` to parse in a child process, `chunk_lines` at a time.
+    """A JSONL file for `Client.submit_chunks` to parse, `chunk_lines` at a time: in child processes
+    when it is large (`encoded_chunks`).
 
     Attributes:
         path: The file.
@@ -142,8 +148,8 @@ def _unique_error(error: LineError, first_used: dict[str, int]) -> LineError:
 def encoded_chunks(
     source: Iterable[ParsedInput] | JsonlFile, resolve: Resolve
 ) -> AsyncGenerator[EncodedChunk, None]:
-    """The chunks of `source`: a regular `JsonlFile` of at least `IN_PROCESS_MIN_BYTES` parsed in a
-    child process, anything else in a thread.
+    """The chunks of `source`: a regular `JsonlFile` of at least `IN_PROCESS_MIN_BYTES` parsed by
+    `PARSE_PROCESSES` child processes, anything else in a thread.
 
     Raises:
         OSError: a `JsonlFile` that cannot be read.
