@@ -2,7 +2,7 @@
 
 Generates a file of N lines (default 100,000: short-form and OpenAI Batch lines mixed, one line in
 1,000 bad), then submits it in a child process, so that the peak RSS printed is that process's own
-(`ru_maxrss`, plus the largest of its own children's: the parsing process): what `routeq submit
+(`ru_maxrss`, plus for each parsing process the largest one's peak): what `routeq submit
 FILE` does, without the CLI's printing.
 
     file  `Client.submit_chunks(JsonlFile(...))`: what `routeq submit` does; chunk by chunk
@@ -140,16 +140,29 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         usage = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        parsers = _parsers(args.mode)
         measured = {
             "seconds": seconds,
             "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
             "child_cpu_s": children.ru_utime + children.ru_stime,
-            # The parsing process's peak on top of this one's: an upper bound of the two at once.
-            "peak_mb": (usage.ru_maxrss + children.ru_maxrss) / 1024,
+            "self_peak_mb": usage.ru_maxrss / 1024,
+            "parser_peak_mb": children.ru_maxrss / 1024,  # the largest parsing process's
+            "parsers": parsers,
+            # Every parsing process at the largest one's peak on top of this one's: an upper bound.
+            "peak_mb": (usage.ru_maxrss + parsers * children.ru_maxrss) / 1024,
             "phases": None if phases is None else phases.busy,
         }
         assert batch_id is not None
         return {"batch_id": batch_id, "rejected": rejected} | measured | (await _check(client, batch_id))
+
+
+def _parsers(mode: str) -> int:
+    """How many processes parsed the file (a `file` run of a large file: `PARSE_PROCESSES`)."""
+    if mode != "file":
+        return 0
+    from producer import parsing  # noqa: PLC0415 - `new` and `old` run on older trees too
+
+    return parsing.PARSE_PROCESSES
 
 
 class _Phases:
@@ -381,8 +394,9 @@ def main() -> None:
                     ok = _checked(result, valid, bad)
                     print(
                         f"  run {run} {_store_name(store)} {variant.label}: {result['seconds']:.2f} s "
-                        f"(CPU {result['cpu_s']:.2f} s, parsing process {result['child_cpu_s']:.2f} s), "
-                        f"peak RSS {result['peak_mb']:.0f} MB; "
+                        f"(CPU {result['cpu_s']:.2f} s, parsing processes {result['child_cpu_s']:.2f} s), "
+                        f"peak RSS {result['peak_mb']:.0f} MB ({result['self_peak_mb']:.0f} MB + "
+                        f"{result['parsers']} x {result['parser_peak_mb']:.0f} MB); "
                         f"{result['sql_jobs']} jobs in SQL, {result['queued']} queued, total "
                         f"{result['total']}, {result['invalid_lines']} rejected lines: "
                         f"{'OK' if ok else 'MISMATCH'}"

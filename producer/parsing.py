@@ -42,14 +42,16 @@ from typing import Any
 
 from producer.inputs import (
     DEFAULT_CHUNK_LINES,
+    BatchItem,
     InputRules,
     LineError,
     ParsedInput,
     duplicate_reason,
     read_jsonl_chunks,
 )
-from router_core.models import ChatRequest
-from storage.jobs import EncodedJobs, NewJob, encode_jobs
+from router_core.models import ChatRequest, Message
+from router_core.policy import DefaultStrategy
+from storage.jobs import EncodedJob, EncodedJobs, NewJob, encode_jobs, request_json
 
 __all__ = [
     "IN_PROCESS_MIN_BYTES",
@@ -113,9 +115,40 @@ class JsonlFile:
 def encode_chunk(chunk: ParsedInput, resolve: Resolve, offset: int | None = None) -> EncodedChunk:
     """The chunk's items resolved and encoded (`encode_jobs`), with its errors and counts."""
     last = [found[-1].line for found in (chunk.items, chunk.errors) if found]
-    jobs = encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
+    unnamed = _unnamed_suffix(resolve)
+    if unnamed is None:
+        jobs = encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
+    else:
+        jobs = EncodedJobs([_encoded(item, resolve, unnamed) for item in chunk.items])
     lines = [item.line for item in chunk.items]
     return EncodedChunk(jobs, lines, chunk.errors, chunk.lines_read, max(last) if last else None, offset)
+
+
+# A request naming no preferences (most lines) resolves to the same preferences as every other one:
+# `request_json` of the resolved request is its text without preferences, then those preferences
+# (the last field), serialized once per chunk. Resolving it (two model copies) and serializing its
+# preferences was about a third of encoding it.
+_PROBE = ChatRequest(messages=[Message(role="user", content="-")])
+
+
+def _unnamed_suffix(resolve: Resolve) -> str | None:
+    """What resolving adds to the end of the text of a request naming no preferences; None when
+    `resolve` is not a `DefaultStrategy` (what it does to such a request is not known)."""
+    if not isinstance(resolve, DefaultStrategy):
+        return None
+    bare = _PROBE.model_dump_json(exclude_defaults=True, exclude={"preferences"})
+    whole = request_json(resolve(_PROBE))
+    return whole[len(bare) - 1 :] if whole.startswith(bare[:-1]) else None
+
+
+def _encoded(item: BatchItem, resolve: Resolve, unnamed: str) -> EncodedJob:
+    """`encode_jobs` of the item resolved: the same row."""
+    request = item.request
+    if request.preferences.model_fields_set:
+        text = request_json(resolve(request))
+    else:  # `request_json` of such a request leaves preferences out, and `resolve` adds them
+        text = request.model_dump_json(exclude_defaults=True, exclude={"preferences"})[:-1] + unnamed
+    return EncodedJob(item.custom_id, text, False, request.user, request.metadata)
 
 
 def without_duplicates(chunk: EncodedChunk, first_used: dict[str, int]) -> EncodedChunk:

@@ -13,13 +13,12 @@ interval, not one per request); a change made through this process is seen at on
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 from router_core.models import ChatRequest, Message, Strategy
-from router_core.policy import with_default_strategy
+from router_core.policy import DefaultStrategy, with_default_strategy
 from storage.fleet.ratelimits import RateLimits
 from storage.sql.store import Store
 
@@ -70,9 +69,7 @@ class StrategyDefaults:
 
         It pickles: a process parsing a file resolves its requests (`producer.parsing`).
         """
-        return functools.partial(
-            with_default_strategy, tenant=await self.tenant_default(tenant), environment=self.environment
-        )
+        return DefaultStrategy(await self.tenant_default(tenant), self.environment)
 
     async def resolve(self, request: ChatRequest, tenant: str) -> ChatRequest:
         """`request` with its strategy and `strategy_source` set for `tenant`."""

@@ -16,11 +16,14 @@ import pytest
 
 import producer.parsing
 from producer.client import Client, SubmitProgress
-from producer.inputs import InputRules, read_jsonl_chunks
+from producer.inputs import InputRules, parse_chunks, read_jsonl_chunks
 from producer.parsing import JsonlFile, ParseProcessError, encode_chunk, in_process
-from router_core.models import ChatRequest
-from router_core.policy import with_default_strategy
+from router_core.models import ChatRequest, Strategy
+from router_core.policy import DefaultStrategy, with_default_strategy
+from storage.jobs import NewJob, encode_jobs
 from tests.backends import Backend
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def write_file(path: Path, lines: int) -> Path:
@@ -123,6 +126,32 @@ async def test_the_process_is_stopped_when_the_submission_fails(
 
 def resolve(request: ChatRequest) -> ChatRequest:
     return with_default_strategy(request, None, None)
+
+
+@pytest.mark.parametrize(
+    "resolver",
+    [
+        DefaultStrategy(None, None),
+        DefaultStrategy(Strategy.COST, None),
+        DefaultStrategy(None, Strategy.QUALITY),
+        DefaultStrategy(Strategy.ESCALATE, Strategy.SPEED),
+    ],
+)
+def test_a_chunk_is_encoded_as_its_resolved_requests_are(resolver: DefaultStrategy, tmp_path: Path) -> None:
+    """Requests naming no preferences take a shortcut: the same text as resolving them, then
+    `request_json`; those naming some are resolved."""
+    lines = [
+        *write_file(tmp_path / "lines.jsonl", 30).read_text().splitlines(),
+        *(EXAMPLES / "chat-features.jsonl").read_text().splitlines(),
+        json.dumps({"prompt": "p", "preferences": {"strategy": "cost"}}),
+        json.dumps({"prompt": "p", "preferences": {"weights": {"cost": 2}}, "metadata": {"k": "v"}}),
+        json.dumps({"prompt": "p", "user": "u-1", "model": "router:quality", "max_tokens": 9}),
+    ]
+    (chunk,) = parse_chunks(lines, chunk_lines=len(lines))
+    assert len(chunk.items) > 30
+    expected = encode_jobs(NewJob(item.custom_id, resolver(item.request)) for item in chunk.items)
+    assert producer.parsing._unnamed_suffix(resolver) is not None  # the shortcut is taken
+    assert encode_chunk(chunk, resolver).jobs == expected
 
 
 @pytest.mark.parametrize("processes", [1, 3])
