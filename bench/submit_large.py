@@ -2,8 +2,8 @@
 
 Generates a file of N lines (default 100,000: short-form and OpenAI Batch lines mixed, one line in
 1,000 bad), then submits it in a child process, so that the peak RSS printed is that process's own
-(`ru_maxrss`, plus for each parsing process the largest one's peak): what `routeq submit
-FILE` does, without the CLI's printing.
+(`ru_maxrss`, plus each parsing process's own, `VmHWM` sampled): what `routeq submit FILE` does,
+without the CLI's printing.
 
     file  `Client.submit_chunks(JsonlFile(...))`: what `routeq submit` does; chunk by chunk
           (--chunk-lines, default 2,000), parsed in a process of its own
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,7 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(redis_url=args.redis_url, database_url=args.database_url)
     rules = InputRules.from_settings(settings, load_catalog(settings.catalog_path))
     phases = _Phases() if args.phases else None
+    parsers = _ParserMemory()
     async with await Client.connect(settings) as client:
         before = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = before.ru_utime + before.ru_stime
@@ -140,29 +143,59 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         usage = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        parsers = _parsers(args.mode)
+        peaks = parsers.stop()
         measured = {
             "seconds": seconds,
             "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
             "child_cpu_s": children.ru_utime + children.ru_stime,
             "self_peak_mb": usage.ru_maxrss / 1024,
-            "parser_peak_mb": children.ru_maxrss / 1024,  # the largest parsing process's
-            "parsers": parsers,
-            # Every parsing process at the largest one's peak on top of this one's: an upper bound.
-            "peak_mb": (usage.ru_maxrss + parsers * children.ru_maxrss) / 1024,
+            "parser_peaks_mb": peaks,
+            # Every parsing process at its peak on top of this one's: an upper bound of them at once.
+            "peak_mb": usage.ru_maxrss / 1024 + sum(peaks),
             "phases": None if phases is None else phases.busy,
         }
         assert batch_id is not None
         return {"batch_id": batch_id, "rejected": rejected} | measured | (await _check(client, batch_id))
 
 
-def _parsers(mode: str) -> int:
-    """How many processes parsed the file (a `file` run of a large file: `PARSE_PROCESSES`)."""
-    if mode != "file":
-        return 0
-    from producer import parsing  # noqa: PLC0415 - `new` and `old` run on older trees too
+class _ParserMemory:
+    """The peak RSS of each child process (the parsers) after it started its own program (`VmHWM`,
+    sampled every 50 ms): `RUSAGE_CHILDREN`'s `ru_maxrss` would count the pages a child shared with
+    this process between its fork and its exec."""
 
-    return parsing.PARSE_PROCESSES
+    def __init__(self) -> None:
+        self._peaks: dict[int, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[float]:
+        self._done.set()
+        self._thread.join()
+        return sorted(self._peaks.values(), reverse=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            for pid in _children():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    exe = os.readlink(f"/proc/{pid}/exe")
+                except OSError:  # ended meanwhile
+                    continue
+                if "python" not in Path(exe).name:  # still the fork, before its exec
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+                        self._peaks[pid] = max(self._peaks.get(pid, 0.0), peak)
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+    return pids
 
 
 class _Phases:
@@ -395,8 +428,8 @@ def main() -> None:
                     print(
                         f"  run {run} {_store_name(store)} {variant.label}: {result['seconds']:.2f} s "
                         f"(CPU {result['cpu_s']:.2f} s, parsing processes {result['child_cpu_s']:.2f} s), "
-                        f"peak RSS {result['peak_mb']:.0f} MB ({result['self_peak_mb']:.0f} MB + "
-                        f"{result['parsers']} x {result['parser_peak_mb']:.0f} MB); "
+                        f"peak RSS {result['peak_mb']:.0f} MB ({result['self_peak_mb']:.0f} MB"
+                        f"{''.join(f' + {mb:.0f}' for mb in result['parser_peaks_mb'])}); "
                         f"{result['sql_jobs']} jobs in SQL, {result['queued']} queued, total "
                         f"{result['total']}, {result['invalid_lines']} rejected lines: "
                         f"{'OK' if ok else 'MISMATCH'}"
