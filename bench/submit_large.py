@@ -2,10 +2,19 @@
 
 Generates a file of N lines (default 100,000: short-form and OpenAI Batch lines mixed, one line in
 1,000 bad), then submits it in a child process, so that the peak RSS printed is that process's own
-(`ru_maxrss`): what `routeq submit FILE` does, without the CLI's printing.
+(`ru_maxrss`, plus each parsing process's own, `VmHWM` sampled): what `routeq submit FILE` does,
+without the CLI's printing.
 
-    new  `read_jsonl_chunks` + `Client.submit_chunks`: chunk by chunk (--chunk-lines, default 2,000)
-    old  `read_jsonl` + `Client.submit_batch`: the whole file parsed, then one transaction
+    file  `Client.submit_chunks(JsonlFile(...))`: what `routeq submit` does; chunk by chunk
+          (--chunk-lines, default 2,000), parsed in a process of its own
+    new   `read_jsonl_chunks` + `Client.submit_chunks`: chunk by chunk, parsed in a thread
+    old   `read_jsonl` + `Client.submit_batch`: the whole file parsed, then one transaction
+
+`--base DIR` also runs `--base-mode` (default `new`) with the routeq code of DIR (a worktree of the
+code before a change, put first on PYTHONPATH), alternating with the others: before and after in
+one run. `--phases` prints where the submitting process's time went: waiting for parsed chunks,
+inserting rows (`Batches.append`), queuing (`enqueue_jobs`), each as busy wall time (the insert of
+one chunk overlaps the queuing of the one before), and the parsing process's CPU.
 
 Each store given (--database-url, repeatable: `sqlite` = a fresh SQLite file per run, the default;
 or a PostgreSQL URL, whose tables are TRUNCATEd before each run) runs each mode --repeat
@@ -16,22 +25,27 @@ payload, and the batch's rejected lines are the bad ones. Prints each run, then 
 the median wall time, lines/s, CPU and peak RSS, against the goal (issue 17: 100,000 lines parsed
 and submitted in <= 8 s, peak RSS <= 300 MB).
 
-Run: `.venv/bin/python bench/submit_large.py [--lines N] [--mode new|old|both] [--repeat 3]
-[--database-url sqlite] [--database-url postgresql+asyncpg://...] [--profile FILE]`.
+Run: `.venv/bin/python bench/submit_large.py [--lines N] [--mode file|new|old ...] [--repeat 3]
+[--database-url sqlite] [--database-url postgresql+asyncpg://...] [--base DIR] [--phases]
+[--profile FILE]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +113,22 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = Settings(redis_url=args.redis_url, database_url=args.database_url)
     rules = InputRules.from_settings(settings, load_catalog(settings.catalog_path))
+    phases = _Phases() if args.phases else None
+    parsers = _ParserMemory()
     async with await Client.connect(settings) as client:
         before = resource.getrusage(resource.RUSAGE_SELF)
         cpu_before = before.ru_utime + before.ru_stime
         started = time.perf_counter()
-        if args.mode == "new":
+        if args.mode == "file":
+            from producer.parsing import JsonlFile  # noqa: PLC0415 - `new` and `old` run on older trees too
+
+            chunks: Any = JsonlFile(Path(args.file), rules, chunk_lines=args.chunk_lines)
+            done = await client.submit_chunks(chunks, name="bench")
+            batch_id, rejected = done.batch_id, len(done.errors)
+        elif args.mode == "new":
             from producer.inputs import read_jsonl_chunks  # noqa: PLC0415 - `old` runs on older trees too
 
-            with Path(args.file).open("rb") as file:  # noqa: ASYNC230 - read as submitted, as the CLI does
+            with Path(args.file).open("rb") as file:  # noqa: ASYNC230 - read as submitted, as the CLI did
                 done = await client.submit_chunks(
                     read_jsonl_chunks(file, rules, chunk_lines=args.chunk_lines), name="bench"
                 )
@@ -120,10 +142,106 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
             del parsed, items
         seconds = time.perf_counter() - started
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        peak_mb, cpu_s = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime - cpu_before
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peaks = parsers.stop()
+        measured = {
+            "seconds": seconds,
+            "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
+            "child_cpu_s": children.ru_utime + children.ru_stime,
+            "self_peak_mb": usage.ru_maxrss / 1024,
+            "parser_peaks_mb": peaks,
+            # Every parsing process at its peak on top of this one's: an upper bound of them at once.
+            "peak_mb": usage.ru_maxrss / 1024 + sum(peaks),
+            "phases": None if phases is None else phases.busy,
+        }
         assert batch_id is not None
-        measured = {"seconds": seconds, "cpu_s": cpu_s, "peak_mb": peak_mb}
         return {"batch_id": batch_id, "rejected": rejected} | measured | (await _check(client, batch_id))
+
+
+class _ParserMemory:
+    """The peak RSS of each child process (the parsers) after it started its own program (`VmHWM`,
+    sampled every 50 ms): `RUSAGE_CHILDREN`'s `ru_maxrss` would count the pages a child shared with
+    this process between its fork and its exec."""
+
+    def __init__(self) -> None:
+        self._peaks: dict[int, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[float]:
+        self._done.set()
+        self._thread.join()
+        return sorted(self._peaks.values(), reverse=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            for pid in _children():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    exe = os.readlink(f"/proc/{pid}/exe")
+                except OSError:  # ended meanwhile
+                    continue
+                if "python" not in Path(exe).name:  # still the fork, before its exec
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+                        self._peaks[pid] = max(self._peaks.get(pid, 0.0), peak)
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+    return pids
+
+
+class _Phases:
+    """Busy wall time of the submitting process's phases: each wrapped function's calls, in seconds."""
+
+    def __init__(self) -> None:
+        import producer.client  # noqa: PLC0415
+        import storage.sql.batches  # noqa: PLC0415
+
+        self.busy: dict[str, float] = {}
+        batches = storage.sql.batches.Batches
+        batches.append = self._timed("insert rows (Batches.append)", batches.append)  # type: ignore[method-assign]
+        client = producer.client
+        client.enqueue_jobs = self._timed("queue (enqueue_jobs)", client.enqueue_jobs)  # type: ignore[attr-defined]
+        if hasattr(producer.client, "encoded_chunks"):  # the trees with `producer.parsing`
+            producer.client.encoded_chunks = self._timed_chunks(producer.client.encoded_chunks)
+
+    def _timed_chunks(self, chunks: Any) -> Any:
+        name = "wait for parsed chunks"
+
+        async def timed(*args: Any) -> Any:
+            encoded = chunks(*args)
+            try:
+                while True:
+                    started = time.perf_counter()
+                    try:
+                        chunk = await anext(encoded)
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        self.busy[name] = self.busy.get(name, 0.0) + time.perf_counter() - started
+                    yield chunk
+            finally:
+                await encoded.aclose()
+
+        return timed
+
+    def _timed(self, name: str, function: Any) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                self.busy[name] = self.busy.get(name, 0.0) + time.perf_counter() - started
+
+        return timed
 
 
 async def _check(client: Any, batch_id: str) -> dict[str, Any]:
@@ -195,7 +313,20 @@ GOAL_SECONDS = 8.0  # issue 17, per 100,000 lines
 GOAL_PEAK_MB = 300.0
 
 
-def run_mode(mode: str, args: argparse.Namespace, file: Path, tmp: Path, store: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Variant:
+    """One kind of run: a mode, on this tree's code or on the code of `base` (a directory)."""
+
+    mode: str
+    base: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.mode if self.base is None else f"{self.mode} (base)"
+
+
+def run_mode(variant: Variant, args: argparse.Namespace, file: Path, tmp: Path, store: str) -> dict[str, Any]:
+    mode = variant.mode
     database_url = f"sqlite+aiosqlite:///{tmp / f'{mode}.db'}" if store == "sqlite" else store
     (tmp / f"{mode}.db").unlink(missing_ok=True)
     _reset(args.redis_url, None if store == "sqlite" else store)
@@ -214,11 +345,16 @@ def run_mode(mode: str, args: argparse.Namespace, file: Path, tmp: Path, store: 
         "--chunk-lines",
         str(args.chunk_lines),
     ]
+    if args.phases:
+        command.append("--phases")
     if args.profile:
-        command += ["--profile", f"{args.profile}.{mode}"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+        command += ["--profile", f"{args.profile}.{mode}{'.base' if variant.base else ''}"]
+    env = dict(os.environ)
+    if variant.base is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [variant.base, env.get("PYTHONPATH")]))
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        sys.exit(f"{mode} failed:\n{done.stderr}")
+        sys.exit(f"{variant.label} failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -239,7 +375,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--lines", type=int, default=100_000)
-    parser.add_argument("--mode", choices=["new", "old", "both"], default="new")
+    parser.add_argument(
+        "--mode",
+        action="append",
+        choices=["file", "new", "old"],
+        default=None,
+        help="What to run, repeatable (default: file).",
+    )
+    parser.add_argument("--base", default=None, help="Also run --base-mode with the routeq code of BASE.")
+    parser.add_argument("--base-mode", default="new", choices=["new", "old"])
+    parser.add_argument("--phases", action="store_true", help="Print where the submitting time went.")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
     parser.add_argument(
         "--database-url",
@@ -256,6 +401,7 @@ def main() -> None:
     parser.add_argument("--file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.mode = args.mode[0]
         args.database_url = args.database_url[0]
         child_main(args)
         return
@@ -269,23 +415,29 @@ def main() -> None:
             f"{args.lines} lines ({valid} valid, {bad} bad), {size_mb:.1f} MB; chunks of {args.chunk_lines}; "
             f"{args.repeat} runs per store and mode"
         )
-        modes = ["new", "old"] if args.mode == "both" else [args.mode]
+        variants = [Variant(mode) for mode in args.mode or ["file"]]
+        if args.base:
+            variants.insert(0, Variant(args.base_mode, str(Path(args.base).resolve())))
         results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for run in range(1, args.repeat + 1):
             for store in stores:
-                for mode in modes:
-                    result = run_mode(mode, args, file, tmp, store)
-                    results.setdefault((store, mode), []).append(result)
+                for variant in variants:
+                    result = run_mode(variant, args, file, tmp, store)
+                    results.setdefault((store, variant.label), []).append(result)
                     ok = _checked(result, valid, bad)
                     print(
-                        f"  run {run} {_store_name(store)} {mode}: {result['seconds']:.2f} s "
-                        f"(CPU {result['cpu_s']:.2f} s), peak RSS {result['peak_mb']:.0f} MB; "
+                        f"  run {run} {_store_name(store)} {variant.label}: {result['seconds']:.2f} s "
+                        f"(CPU {result['cpu_s']:.2f} s, parsing processes {result['child_cpu_s']:.2f} s), "
+                        f"peak RSS {result['peak_mb']:.0f} MB ({result['self_peak_mb']:.0f} MB"
+                        f"{''.join(f' + {mb:.0f}' for mb in result['parser_peaks_mb'])}); "
                         f"{result['sql_jobs']} jobs in SQL, {result['queued']} queued, total "
                         f"{result['total']}, {result['invalid_lines']} rejected lines: "
                         f"{'OK' if ok else 'MISMATCH'}"
                     )
+                    if result["phases"]:
+                        print("    " + ", ".join(f"{k} {v:.2f} s" for k, v in result["phases"].items()))
                     if not ok:
-                        sys.exit(f"{mode}: {result}")
+                        sys.exit(f"{variant.label}: {result}")
         scale = args.lines / 100_000
         for (store, mode), runs in results.items():
             seconds = statistics.median(r["seconds"] for r in runs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from producer.inputs import LineError, ParsedInput
+from producer.parsing import EncodedChunk, JsonlFile, encoded_chunks
 from producer.storable import check_storable
 from producer.strategy_defaults import StrategyDefaults
 from router_core.catalog import Catalog, load_catalog
@@ -49,7 +50,6 @@ from storage.jobs import (
 )
 from storage.settings import Settings
 from storage.sql.batches import UNFINISHED_SUBMISSION
-from storage.sql.new_jobs import EncodedJobs, encode_jobs
 from storage.sql.store import Store
 from storage.webhooks.model import check_url
 
@@ -73,6 +73,7 @@ class SubmitProgress:
         next_line: The first line not dealt with yet.
         queued: Jobs inserted into SQL and queued.
         errors: The rejected lines, in order.
+        bytes_read: How far into the file the lines dealt with end (a `JsonlFile`'s; else 0).
     """
 
     batch_id: str | None = None
@@ -80,6 +81,7 @@ class SubmitProgress:
     next_line: int = 1
     queued: int = 0
     errors: list[LineError] = field(default_factory=list)
+    bytes_read: int = 0
 
 
 class Client:
@@ -219,7 +221,7 @@ class Client:
 
     async def submit_chunks(
         self,
-        chunks: Iterable[ParsedInput],
+        chunks: Iterable[ParsedInput] | JsonlFile,
         *,
         name: str | None = None,
         budget_usd: float | None = None,
@@ -241,8 +243,10 @@ class Client:
         queued jobs and records the failure in place of that note, then propagates: submit the
         file again.
 
-        `chunks` are `producer.inputs.read_jsonl_chunks` output: already checked line by line, so
-        the per-item check of `create` is not repeated.
+        `chunks` are `producer.inputs.read_jsonl_chunks` output, parsed in a thread as they are
+        asked for, or a `JsonlFile`, parsed in a process of its own when it is large (see
+        `producer.parsing`): either way checked line by line, so the per-item check of `create` is
+        not repeated.
 
         Raises:
             InvalidRequestError: `name`, `budget_usd` or `webhook_url` cannot be stored.
@@ -251,19 +255,19 @@ class Client:
         resolve = await self.strategies.resolver(self.tenant)
         webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         progress = SubmitProgress()
-        lines = iter(chunks)
+        encoded = encoded_chunks(chunks, resolve)
         pipeline = _Pipeline()
         writing: asyncio.Task[None] | None = None
         try:
-            # Chunk n+1 is parsed (and its requests serialized) in a thread while chunk n is written
-            # (and chunk n-1 queued): three chunks at most, whatever the file.
-            while (ready := await asyncio.to_thread(_next_encoded, lines, resolve)) is not None:
+            # Chunk n+1 is parsed (and its requests serialized) in a thread or a process while
+            # chunk n is written (and chunk n-1 queued): three chunks at most, whatever the file.
+            async for ready in encoded:
                 if writing is not None:
                     await writing
                 pipeline.check()
                 writing = asyncio.create_task(
                     self._submit_chunk(
-                        *ready,
+                        ready,
                         progress,
                         pipeline,
                         name=name,
@@ -288,6 +292,8 @@ class Client:
             if progress.batch_id is not None:
                 await self._abandon(progress, exc)
             raise
+        finally:
+            await encoded.aclose()  # a parsing process stopped, when the file is not read to its end
         if progress.batch_id is not None:
             invalid = [dataclasses.asdict(e) for e in progress.errors]
             total = await self.store.batches.seal(progress.batch_id, invalid)
@@ -299,8 +305,7 @@ class Client:
 
     async def _submit_chunk(
         self,
-        chunk: ParsedInput,
-        items: EncodedJobs,
+        chunk: EncodedChunk,
         progress: SubmitProgress,
         pipeline: _Pipeline,
         *,
@@ -311,9 +316,9 @@ class Client:
     ) -> None:
         """Insert the chunk's jobs, then queue them once the chunk before is queued (in order): the
         next chunk's insert need not wait for this queuing."""
-        lines = [found[-1].line for found in (chunk.items, chunk.errors) if found]
+        next_line = None if chunk.last_line is None else chunk.last_line + 1
         job_ids: list[str] = []
-        if chunk.items:
+        if chunk.jobs:
             if progress.batch_id is None:
                 progress.batch_id = await self.store.batches.open(
                     tenant=self.tenant,
@@ -325,14 +330,14 @@ class Client:
                 )
             job_ids = await self.store.batches.append(
                 progress.batch_id,
-                items,
+                chunk.jobs,
                 tenant=self.tenant,
                 user_id=self.user,
                 first_seq=pipeline.inserted,
-                invalid_lines=[_unfinished(max(lines) + 1)],
+                invalid_lines=[_unfinished(next_line or progress.next_line)],
             )
             pipeline.inserted += len(job_ids)
-        done = _ChunkDone(job_ids, chunk.errors, chunk.lines_read, max(lines) + 1 if lines else None)
+        done = _ChunkDone(job_ids, chunk.errors, chunk.lines_read, next_line, chunk.offset)
         pipeline.queuing = asyncio.create_task(self._queue_chunk(pipeline.queuing, done, progress, on_chunk))
 
     async def _queue_chunk(
@@ -352,6 +357,8 @@ class Client:
         progress.lines_read += done.lines_read
         if done.next_line is not None:
             progress.next_line = done.next_line
+        if done.offset is not None:
+            progress.bytes_read = done.offset
         if on_chunk is not None:
             on_chunk(progress)
 
@@ -565,14 +572,7 @@ class _ChunkDone:
     errors: list[LineError]
     lines_read: int
     next_line: int | None
-
-
-def _next_encoded(chunks: Iterator[ParsedInput], resolve: _Resolve) -> tuple[ParsedInput, EncodedJobs] | None:
-    """The next chunk, its valid items resolved and encoded as rows store them; None at the end."""
-    chunk = next(chunks, None)
-    if chunk is None:
-        return None
-    return chunk, encode_jobs(NewJob(item.custom_id, resolve(item.request)) for item in chunk.items)
+    offset: int | None
 
 
 def _resolved(items: list[NewJob], resolve: _Resolve) -> list[NewJob]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import ValidationError
 
-from producer._reasons import given, join, json_type, show, validation_problems
+from producer._reasons import given, join, json_type, show, unstorable_values, validation_problems
 from producer.chat_body import (
     CHAT_ONLY,
     REQUEST_FIELDS,
@@ -51,7 +50,6 @@ from producer.chat_body import (
     request_payload,
 )
 from router_core.catalog import Catalog
-from router_core.chat import NOT_FINITE
 from router_core.errors import InvalidRequestError
 from router_core.limits import DEFAULT_MAX_LINE_BYTES, RequestLimits
 from router_core.models import ChatRequest
@@ -67,6 +65,7 @@ __all__ = [
     "InputRules",
     "LineError",
     "ParsedInput",
+    "duplicate_reason",
     "parse_chat_body",
     "parse_chunks",
     "parse_line",
@@ -93,8 +92,6 @@ _SHORT_KEYS = (
 _SKIP_CHUNK = 1024 * 1024
 DEFAULT_CHUNK_LINES = 2_000
 """Lines parsed (and, by `Client.submit_chunks`, written and queued) per chunk of a streamed file."""
-# A regex scans in C: a per-character loop in Python took ~0.1 s on a megabyte prompt.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,47 +263,58 @@ def parse_lines(lines: Iterable[str], rules: InputRules = _DEFAULT_RULES) -> Par
 
 
 def parse_chunks(
-    lines: Iterable[str], rules: InputRules = _DEFAULT_RULES, *, chunk_lines: int = DEFAULT_CHUNK_LINES
+    lines: Iterable[str],
+    rules: InputRules = _DEFAULT_RULES,
+    *,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[ParsedInput]:
     """Parse a JSONL batch `chunk_lines` lines at a time: what `parse_lines` does, in pieces.
 
     Each chunk holds the items and errors of its own lines only, so a caller that writes each
     chunk away before asking for the next keeps one chunk of requests in memory, whatever the size
     of the file. Duplicate ``custom_id`` detection spans the whole file (a set of the ids seen).
-    A chunk may be empty (all its lines blank); the last one may be short.
+    A chunk may be empty (all its lines blank); the last one may be short. `part` (k, n): only
+    chunks k, k + n, k + 2n... (from 0; the other lines are read past), and duplicate ids are the
+    caller's to find (`duplicate_reason`, in line order): n processes parsing one file.
     """
     if chunk_lines < 1:
         raise ValueError(f"chunk_lines must be at least 1, got {chunk_lines}")
-    first_used: dict[str, int] = {}
+    first_used: dict[str, int] | None = {} if part is None else None
+    mine, parts = part or (0, 1)
     chunk = ParsedInput()
     number = 0
     for number, raw in enumerate(lines, start=1):
-        text = _clean(raw, number)
-        if text.strip():
-            parsed = _unique(parse_line(text, number, rules), first_used)
+        ours = (number - 1) // chunk_lines % parts == mine
+        if ours and (text := _clean(raw, number)).strip():
+            parsed = parse_line(text, number, rules)
+            parsed = parsed if first_used is None else _unique(parsed, first_used)
             if isinstance(parsed, BatchItem):
                 chunk.items.append(parsed)
             else:
                 chunk.errors.append(parsed)
         if number % chunk_lines == 0:
-            yield chunk
+            if ours:
+                yield chunk
             chunk = ParsedInput()
-    if number % chunk_lines or number == 0:
+    if (number % chunk_lines or number == 0) and max(number - 1, 0) // chunk_lines % parts == mine:
         yield chunk
+
+
+def duplicate_reason(custom_id: str | None, line: int, first_used: dict[str, int]) -> str | None:
+    """Why `line` cannot use `custom_id` (an earlier line of `first_used` did), or None (recorded)."""
+    first = line if custom_id is None else first_used.setdefault(custom_id, line)
+    return None if first == line else f"duplicate custom_id {show(custom_id)} (first used on line {first})"
 
 
 def _unique(parsed: BatchItem | LineError, first_used: dict[str, int]) -> BatchItem | LineError:
     """`parsed`, or an error when an earlier line already used its ``custom_id``."""
-    custom_id = parsed.custom_id
-    if custom_id is None:
+    reason = duplicate_reason(parsed.custom_id, parsed.line, first_used)
+    if reason is None:
         return parsed
-    first = first_used.setdefault(custom_id, parsed.line)
-    if first == parsed.line:
-        return parsed
-    reason = f"duplicate custom_id {show(custom_id)} (first used on line {first})"
     if isinstance(parsed, LineError):
         reason = f"{reason}; {parsed.reason}"
-    return LineError(parsed.line, reason, custom_id)
+    return LineError(parsed.line, reason, parsed.custom_id)
 
 
 def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedInput:
@@ -331,13 +339,18 @@ def read_jsonl(path: str | Path, rules: InputRules = _DEFAULT_RULES) -> ParsedIn
 
 
 def read_jsonl_chunks(
-    file: BinaryIO, rules: InputRules = _DEFAULT_RULES, *, chunk_lines: int = DEFAULT_CHUNK_LINES
+    file: BinaryIO,
+    rules: InputRules = _DEFAULT_RULES,
+    *,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[ParsedInput]:
-    """`read_jsonl` of an open binary file, `chunk_lines` lines at a time (`parse_chunks`).
+    """`read_jsonl` of an open binary file, `chunk_lines` lines at a time (`parse_chunks`, `part`).
 
     The file is read as it is asked for: ``file.tell()`` after a chunk says how far it got.
     """
-    return parse_chunks(_bounded_lines(file, rules.max_line_bytes), rules, chunk_lines=chunk_lines)
+    lines = _bounded_lines(file, rules.max_line_bytes)
+    return parse_chunks(lines, rules, chunk_lines=chunk_lines, part=part)
 
 
 def _bounded_lines(file: BinaryIO, max_bytes: int) -> Iterator[str]:
@@ -438,26 +451,6 @@ _FINITE, _ANY_NUMBER = (  # shared between threads, as json.loads shares its def
     json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_float=hook, parse_constant=hook)
     for hook in (_finite_only, float)
 )
-
-
-def unstorable_values(value: Any, path: str) -> Iterator[str]:
-    """Values JSON can carry but no database stores: NaN and infinities (PostgreSQL's JSON has
-    neither), strings with NUL or a lone UTF-16 surrogate (`\\ud800`)."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            yield f"{path or 'value'}: {NOT_FINITE}"
-    elif isinstance(value, str):
-        if "\x00" in value:
-            yield f"{path or 'value'}: contains a NUL character (\\u0000), which cannot be stored"
-        elif _SURROGATE.search(value):
-            yield f"{path or 'value'}: contains a lone surrogate (\\ud800-\\udfff), which is not text"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from unstorable_values(key, path)
-            yield from unstorable_values(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from unstorable_values(item, f"{path}.{index}" if path else str(index))
 
 
 def _rule_problems(request: ChatRequest, rules: InputRules, prefix: str, text_field: str) -> list[str]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router_core.models import ChatRequest, Message, Strategy
-from router_core.policy import with_default_strategy
+from router_core.policy import DefaultStrategy, with_default_strategy
 from storage.fleet.ratelimits import RateLimits
 from storage.sql.store import Store
 
@@ -65,14 +65,11 @@ class StrategyDefaults:
         self._tenants.pop(tenant, None)
 
     async def resolver(self, tenant: str) -> Callable[[ChatRequest], ChatRequest]:
-        """A function resolving the tenant's requests (one read for a whole batch; CPU only after)."""
-        tenant_default = await self.tenant_default(tenant)
-        environment = self.environment
+        """A function resolving the tenant's requests (one read for a whole batch; CPU only after).
 
-        def resolve(request: ChatRequest) -> ChatRequest:
-            return with_default_strategy(request, tenant_default, environment)
-
-        return resolve
+        It pickles: a process parsing a file resolves its requests (`producer.parsing`).
+        """
+        return DefaultStrategy(await self.tenant_default(tenant), self.environment)
 
     async def resolve(self, request: ChatRequest, tenant: str) -> ChatRequest:
         """`request` with its strategy and `strategy_source` set for `tenant`."""

@@ -18,6 +18,7 @@ other deployment (`not_allowed`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # settings validate ROUTEQ_DEFAULT_STRATEGY here: no catalog 
 
 __all__ = [
     "BUILT_IN_STRATEGY",
+    "DefaultStrategy",
     "allowed_names",
     "disallowed_model",
     "model_allowed",
@@ -62,6 +64,18 @@ def parse_default_strategy(name: str) -> Strategy:
             f"(use one of: {', '.join(usable)})"
         )
     return strategy
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultStrategy:
+    """`with_default_strategy` with a tenant's and the environment's defaults: a resolver that pickles
+    (a process parsing a file resolves its requests) and says what it does (`producer.parsing`)."""
+
+    tenant: Strategy | None
+    environment: Strategy | None
+
+    def __call__(self, request: ChatRequest) -> ChatRequest:
+        return with_default_strategy(request, self.tenant, self.environment)
 
 
 def with_default_strategy(

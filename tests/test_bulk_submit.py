@@ -13,7 +13,7 @@ from arq.jobs import serialize_job
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from router_core.models import ChatRequest
+from router_core.models import ChatRequest, Preferences
 from storage.bus.queue import JOB_FUNCTION, _Payloads, serialize
 from storage.jobs import NewJob
 from storage.sql import new_jobs
@@ -129,6 +129,16 @@ def test_request_json_is_pydantics_dump_without_defaults(preferences: dict[str, 
         body["preferences"] = preferences
     request = ChatRequest.model_validate(body)
     assert request_json(request) == request.model_dump_json(exclude_defaults=True)
+
+
+def test_a_request_naming_no_preferences_has_default_ones_of_its_own() -> None:
+    """They are copied from one made once (no validation per request): the same as `Preferences()`."""
+    one, other = (ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}]}) for _ in "ab")
+    assert one.preferences == Preferences()
+    assert one.preferences.model_fields_set == set()
+    assert one.model_fields_set == {"messages"}
+    assert one.preferences is not other.preferences
+    assert one.preferences.weights is not other.preferences.weights
 
 
 @pytest.mark.parametrize(

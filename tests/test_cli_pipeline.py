@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from producer import parsing
 from producer.cli import _common, app, batches, cache
 from tests.test_multiprocess import CATALOG
 
@@ -150,6 +151,17 @@ def test_submit_worker_watch_status_on_real_services() -> None:
     status = runner.invoke(app, ["status", batch_id.group(0)])
     assert "completed" in status.output
     assert re.search(r"succeeded\s*│\s*8", status.output), status.output
+
+
+@pytest.mark.usefixtures("services_env")
+def test_submit_parses_a_large_file_in_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parsing, "IN_PROCESS_MIN_BYTES", 1)  # this small file counts as large
+    submitted = runner.invoke(app, ["submit", str(EXAMPLES / "with-errors.jsonl"), "--chunk-lines", "5"])
+    assert submitted.exit_code == 0, submitted.output
+    assert re.search(r"batch_[0-9a-f]+", submitted.output)
+    for line in (3, 6, 8, 11):
+        assert f"with-errors.jsonl:{line}:" in submitted.output
+    assert "4 of 12 lines rejected" in submitted.output
 
 
 @pytest.mark.usefixtures("services_env")

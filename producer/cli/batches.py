@@ -254,10 +254,11 @@ async def _submit_file(
     chunk_lines: int,
     webhook: str | None = None,
 ) -> SubmitProgress:
-    """`Client.submit_chunks` of the open file, with a progress bar of the bytes read (on stderr)."""
+    """`Client.submit_chunks` of the file (a large one parsed in a process of its own), with a
+    progress bar of the bytes read (on stderr); `source` is the file, open."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
-    from producer.inputs import read_jsonl_chunks  # noqa: PLC0415 - pydantic models of requests, on use
+    from producer.parsing import JsonlFile  # noqa: PLC0415 - pydantic models of requests, on use
 
     size = os.fstat(source.fileno()).st_size
     columns = (
@@ -271,11 +272,13 @@ async def _submit_file(
         task = bar.add_task(path.name, total=size, queued=0, rejected=0)
 
         def show(progress: SubmitProgress) -> None:
-            bar.update(task, completed=source.tell(), queued=progress.queued, rejected=len(progress.errors))
+            bar.update(
+                task, completed=progress.bytes_read, queued=progress.queued, rejected=len(progress.errors)
+            )
 
         try:
             return await client.submit_chunks(
-                read_jsonl_chunks(source, rules, chunk_lines=chunk_lines),
+                JsonlFile(path, rules, chunk_lines=chunk_lines),
                 name=name,
                 budget_usd=budget,
                 on_chunk=show,

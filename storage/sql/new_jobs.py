@@ -9,7 +9,8 @@ their type's bind processor once, and each row is a tuple handed to the driver's
 on PostgreSQL the rows go in by `COPY` (asyncpg's `copy_records_to_table`) inside the same
 transaction: no statement per row at all.
 
-    encode_jobs   the CPU of a row: each request serialized (`request_json`); any thread may do it
+    encode_jobs   the CPU of a row: each request serialized (`request_json`, in `storage.jobs`, which
+                  a parsing process imports without SQLAlchemy); any thread or process may do it
     job_rows      the encoded jobs as the dialect's driver binds them, each with a new id
     insert_jobs   the rows into `jobs`, in the caller's transaction
 
@@ -18,17 +19,16 @@ The columns not named here (the outcome and cache columns) are NULL, as SQLAlche
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import JSON, Dialect, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator
 
-from router_core.models import ChatRequest
-from storage.jobs import JobStatus, NewJob, new_id
+from storage.jobs import EncodedJob, EncodedJobs, JobStatus, encode_jobs, new_id, request_json
 from storage.sql.schema import jobs
 
 __all__ = [
@@ -90,58 +90,6 @@ class JobOwner:
 
 Row = tuple[Any, ...]
 _Processor = Callable[[Any], Any] | None
-
-
-class EncodedJob(NamedTuple):
-    """A `NewJob` as its row stores it: the request serialized, its `user` and `metadata` copied out."""
-
-    custom_id: str
-    request: str  # JSON
-    stream: bool
-    end_user: str | None
-    metadata: dict[str, str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedJobs:
-    """New jobs encoded ahead (`encode_jobs`), e.g. in the thread that parsed them."""
-
-    jobs: list[EncodedJob]
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-
-def encode_jobs(items: Iterable[NewJob]) -> EncodedJobs:
-    """Serialize each request (`model_dump_json`, defaults left out): the CPU a new row costs."""
-    return EncodedJobs(
-        [
-            EncodedJob(
-                item.custom_id,
-                request_json(item.request),
-                item.stream,
-                item.request.user,
-                item.request.metadata,
-            )
-            for item in items
-        ]
-    )
-
-
-def request_json(request: ChatRequest) -> str:
-    """`request.model_dump_json(exclude_defaults=True)`, the same text, for less CPU.
-
-    To leave a field out, pydantic compares it with its default, and a default made by a factory
-    is made again for the comparison: `Preferences()` (with its `Weights()`) per request, most of
-    the cost of the dump. Preferences (or weights) nobody set are their defaults (they are never
-    changed after validation), so they are left out without the comparison.
-    """
-    given = request.preferences.model_fields_set
-    if not given:
-        return request.model_dump_json(exclude_defaults=True, exclude={"preferences"})
-    if "weights" not in given:
-        return request.model_dump_json(exclude_defaults=True, exclude={"preferences": {"weights"}})
-    return request.model_dump_json(exclude_defaults=True)
 
 
 def job_rows(items: EncodedJobs, owner: JobOwner, dialect: Dialect, first_seq: int = 0) -> list[Row]:
