@@ -106,8 +106,12 @@ async def measure(
 
 
 def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
-    """The three ways of asking: the Python client, the API, the API streamed."""
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
+    """The three ways of asking: the Python client, the API, the API streamed. Every request is a
+    prompt of its own: the response cache (on by default) would answer a repeated one without a
+    provider call, and make whichever phase repeats its prompt look cheaper than the others."""
+
+    def messages(text: str) -> list[ChatCompletionMessageParam]:
+        return [{"role": "user", "content": text}]
 
     async def direct(i: int) -> float | None:
         request = ChatRequest(messages=[Message(role="user", content=f"Say hello {i}")])
@@ -117,14 +121,16 @@ def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
         return None
 
     async def plain(i: int) -> float | None:
-        reply = await sdk.chat.completions.create(model="auto", messages=messages)
+        reply = await sdk.chat.completions.create(model="auto", messages=messages(f"Say hello {i} over HTTP"))
         if not reply.choices[0].message.content:
             raise SystemExit(f"API request {i} came back empty")
         return None
 
     async def streamed(i: int) -> float | None:
         first: float | None = None
-        stream = await sdk.chat.completions.create(model="auto", messages=messages, stream=True)
+        stream = await sdk.chat.completions.create(
+            model="auto", messages=messages(f"Say hello {i}, streamed"), stream=True
+        )
         async for chunk in stream:
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter()
@@ -153,7 +159,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
             await wait_for_workers(redis, workers)
             await wait_for_port(port, api)
             for warm in (direct, plain):  # connections, SDK import paths, SQLite pages
-                await asyncio.gather(*(warm(i) for i in range(10)))
+                await asyncio.gather(*(warm(-1 - i) for i in range(10)))  # prompts not measured
             print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
             pids = {"worker": workers[0].pid, "serve": api.pid, "callers": None}
             n, c = args.requests, args.concurrency
