@@ -7,10 +7,13 @@ Prints, from one run:
    process) on loopback;
 3. API, streamed: the same with `stream=True`, consumed to the end (time to first chunk too).
 API / direct is what the HTTP layer costs. Every request must succeed; a failed one stops the run.
+Each line also gives the CPU time per request of the worker, of `routeq serve` and of this process
+(the callers: the client, or the openai SDK), read from /proc: on a machine whose cores are shared,
+CPU per request says what a change saved when the rates are noisy.
 The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
 
-Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C]`.
+Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--phases direct,api,stream]`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ from storage.jobs import JobStatus
 from storage.settings import Settings
 
 Call = Callable[[int], Awaitable[float | None]]
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (this process when None), from /proc."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14, 15)
 
 
 def free_port() -> int:
@@ -60,8 +73,11 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def measure(label: str, call: Call, requests: int, concurrency: int) -> float:
-    """Run `requests` calls, `concurrency` at a time; print the rate and latencies; return the rate."""
+async def measure(
+    label: str, call: Call, requests: int, concurrency: int, pids: dict[str, int | None]
+) -> float:
+    """Run `requests` calls, `concurrency` at a time; print the rate, latencies and CPU per request
+    of each process in `pids`; return the rate."""
     latencies: list[float] = []
     firsts: list[float] = []
     queue = iter(range(requests))
@@ -74,21 +90,28 @@ async def measure(label: str, call: Call, requests: int, concurrency: int) -> fl
             if first is not None:
                 firsts.append(first - started)
 
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu = {name: (cpu_s(pid) - cpu_before[name]) / requests * 1000 for name, pid in pids.items()}
     rate = requests / elapsed
     p50, p95 = statistics.quantiles(latencies, n=20)[9], statistics.quantiles(latencies, n=20)[18]
     line = f"   {label:<28} {rate:8.1f} req/s   p50 {p50 * 1000:6.1f} ms   p95 {p95 * 1000:6.1f} ms"
     if firsts:
         line += f"   first chunk p50 {statistics.median(firsts) * 1000:6.1f} ms"
     print(line)
+    print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
     return rate
 
 
 def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
-    """The three ways of asking: the Python client, the API, the API streamed."""
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
+    """The three ways of asking: the Python client, the API, the API streamed. Every request is a
+    prompt of its own: the response cache (on by default) would answer a repeated one without a
+    provider call, and make whichever phase repeats its prompt look cheaper than the others."""
+
+    def messages(text: str) -> list[ChatCompletionMessageParam]:
+        return [{"role": "user", "content": text}]
 
     async def direct(i: int) -> float | None:
         request = ChatRequest(messages=[Message(role="user", content=f"Say hello {i}")])
@@ -98,14 +121,16 @@ def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
         return None
 
     async def plain(i: int) -> float | None:
-        reply = await sdk.chat.completions.create(model="auto", messages=messages)
+        reply = await sdk.chat.completions.create(model="auto", messages=messages(f"Say hello {i} over HTTP"))
         if not reply.choices[0].message.content:
             raise SystemExit(f"API request {i} came back empty")
         return None
 
     async def streamed(i: int) -> float | None:
         first: float | None = None
-        stream = await sdk.chat.completions.create(model="auto", messages=messages, stream=True)
+        stream = await sdk.chat.completions.create(
+            model="auto", messages=messages(f"Say hello {i}, streamed"), stream=True
+        )
         async for chunk in stream:
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter()
@@ -134,13 +159,22 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
             await wait_for_workers(redis, workers)
             await wait_for_port(port, api)
             for warm in (direct, plain):  # connections, SDK import paths, SQLite pages
-                await asyncio.gather(*(warm(i) for i in range(10)))
+                await asyncio.gather(*(warm(-1 - i) for i in range(10)))  # prompts not measured
             print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
-            base = await measure("direct (Client.submit+wait)", direct, args.requests, args.concurrency)
-            over_http = await measure("API, openai SDK", plain, args.requests, args.concurrency)
-            stream_rate = await measure("API, openai SDK, stream", streamed, args.requests, args.concurrency)
-        print(f"   API / direct:          {over_http / base:6.3f}")
-        print(f"   API stream / direct:   {stream_rate / base:6.3f}")
+            pids = {"worker": workers[0].pid, "serve": api.pid, "callers": None}
+            n, c = args.requests, args.concurrency
+            rates = {}
+            for phase, label, call in (
+                ("direct", "direct (Client.submit+wait)", direct),
+                ("api", "API, openai SDK", plain),
+                ("stream", "API, openai SDK, stream", streamed),
+            ):
+                if phase in args.phases:
+                    rates[phase] = await measure(label, call, n, c, pids)
+        if "direct" in rates:
+            for phase, label in (("api", "API / direct:       "), ("stream", "API stream / direct:")):
+                if phase in rates:
+                    print(f"   {label}   {rates[phase] / rates['direct']:6.3f}")
         print(f"   ({NOTE})")
     finally:
         await sdk.close()
@@ -159,6 +193,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--redis-url", default=os.environ.get("ROUTEQ_BENCH_REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=["direct", "api", "stream"],
+        help="which of direct,api,stream to run (e.g. `api` alone, under a profiler)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sim_server(Path(tmp)) as sim_url:
         asyncio.run(run(args, Path(tmp), sim_url))

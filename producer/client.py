@@ -33,12 +33,13 @@ from router_core.errors import NoRouteError, RouteqError
 from router_core.models import ChatRequest, Plan
 from storage import keys
 from storage.bus.events import BatchCounts, Event, EventBus, JobEvent
-from storage.bus.notifier import Notifier
+from storage.bus.notifier import Notifier, Signal
 from storage.bus.queue import carried_requests, enqueue_jobs
 from storage.bus.recovery import finish_batch, requeue_orphans
 from storage.connections import connect_redis
 from storage.jobs import (
     ANY_TENANT,
+    SINGLE,
     ApiBatch,
     BatchRecord,
     CreatedBatch,
@@ -184,7 +185,7 @@ class Client:
         Split from `submit` so a caller knows the job id before Redis is touched.
         """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        return await self.create([NewJob(custom_id, chat, stream)], kind="single", idempotency=idempotency)
+        return await self.create([NewJob(custom_id, chat, stream)], kind=SINGLE, idempotency=idempotency)
 
     async def submit_batch(
         self,
@@ -436,7 +437,9 @@ class Client:
         carried = None
         limit = self.settings.carry_request_max_bytes
         if not created.replayed and created.requests is not None and created.tenant is not None and limit:
-            carried = carried_requests(created.batch_id, created.tenant, created.requests, max_bytes=limit)
+            carried = carried_requests(
+                created.batch_id, created.tenant, created.requests, max_bytes=limit, single=created.single
+            )
         if created.replayed:
             job_ids = await self.store.jobs.ids(
                 created.batch_id, tenant=self.scope, statuses=(JobStatus.QUEUED,)
@@ -478,7 +481,7 @@ class Client:
         """The job as stored now. Raises `NotFoundError` for an unknown id or another tenant's job."""
         return await self.store.jobs.get(job_id, tenant=self.scope)
 
-    async def wait(self, job_id: str) -> JobRecord:
+    async def wait(self, job_id: str, *, woken: Signal | None = None) -> JobRecord:
         """Wait until the job is finished and return it.
 
         Registers with the client's notifier (one subscription for all its waits) first, then
@@ -486,17 +489,24 @@ class Client:
         subscription coming back after a Redis failure (pings sent meanwhile are lost). A job that
         finishes in between is seen by one or the other, and there is no polling loop.
 
-        Wrap it in `asyncio.timeout(...)` to bound the wait.
+        `woken`: the job's signal, registered (`notifier.watch`) before the job was queued, so it
+        cannot finish unseen: the first read waits for a wake-up. Bound it with `asyncio.timeout`.
 
         Raises:
             NotFoundError: no such job.
         """
+        if woken is not None:
+            await woken.wait()
+            return await self._read_until_finished(job_id, woken)
         async with self.notifier.watch(keys.job_done_channel(job_id)) as done:
-            while True:
-                job = await self.store.jobs.get(job_id, tenant=self.scope)
-                if job.terminal:
-                    return job
-                await done.wait()
+            return await self._read_until_finished(job_id, done)
+
+    async def _read_until_finished(self, job_id: str, woken: Signal) -> JobRecord:
+        while True:
+            job = await self.store.jobs.get(job_id, tenant=self.scope)
+            if job.terminal:
+                return job
+            await woken.wait()
 
     async def batch(self, batch_id: str) -> BatchRecord:
         """The batch with its job counts per status, from SQL."""

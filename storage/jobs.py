@@ -27,6 +27,7 @@ from router_core.models import ChatRequest
 
 __all__ = [
     "ANY_TENANT",
+    "SINGLE",
     "TERMINAL",
     "AnyTenant",
     "ApiBatch",
@@ -64,6 +65,11 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+SINGLE = "single"
+"""The `batches.kind` of a batch of one (`Client.submit`, a chat completion, `POST /v1/jobs`): it never
+has a spend cap, a completion window or a webhook URL of its own, so its jobs take the light path
+(no batch reads in the worker, no webhook event at its completion)."""
 
 
 class AnyTenant(Enum):
@@ -166,6 +172,9 @@ class CreatedBatch:
     # carry (storage.bus.queue.carried_requests), so a worker admits a job before any SQL write.
     requests: list[str] | None = None
     tenant: str | None = None
+    # A batch of one (`Client.submit`, a chat completion): no cap, no window, no webhook URL of its
+    # own, so its payload says so and a worker reads none of them (storage.bus.queue.carried_request).
+    single: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +319,8 @@ class StartedJob:
     request: dict[str, Any]
     starts: int = 1  # deliveries that started routing, this one included
     stream: bool = False  # relay the text through Redis as it arrives (chat completions, stream=true)
+    # The job is a batch of one (its payload said so): the worker reads no batch cap or window.
+    single: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,11 @@ async def test_a_redis_blip_while_waiting_names_the_job_and_the_retry_gets_its_a
     real_wait = Client.wait
     blips: list[str] = []
 
-    async def blinking_wait(self: Client, job_id: str) -> JobRecord:
+    async def blinking_wait(self: Client, job_id: str, **kwargs: Any) -> JobRecord:
         if not blips:  # the first wait loses its Redis connection, as in a failover
             blips.append(job_id)
             raise RedisConnectionError("Connection closed by server.")
-        return await real_wait(self, job_id)
+        return await real_wait(self, job_id, **kwargs)
 
     monkeypatch.setattr(Client, "wait", blinking_wait)
     async with serve_api(backend) as api, _http(api, await api.key("acme")) as http:

@@ -31,7 +31,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -188,6 +188,8 @@ class JobRunner:
             admitted = await self._admit(job_id, carried)
         started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
         bind_job_log(batch=started.batch_id, tenant=started.tenant)
+        if isinstance(started, StartedJob) and carried is not None and carried.get("single") == "1":
+            started = replace(started, single=True)  # a batch of one: no batch reads
         if isinstance(started, JobRecord):
             await self._drop_claim(job_id, admitted, [])
             # Already finished (a redelivery after commit) or cancelled: record what earlier runs
@@ -286,7 +288,7 @@ class JobRunner:
             batch_id = str(carried["batch_id"])
         except (ValidationError, KeyError, TypeError):
             return None
-        expires = (await self._limits(batch_id)).expires_at
+        expires = (await self._limits(batch_id, carried.get("single") == "1")).expires_at
         if expires is not None and datetime.now(UTC) >= expires:
             return None
         try:
@@ -332,7 +334,9 @@ class JobRunner:
         # No call made: this delivery was not a run, and gives its number back.
         given_back = not outcome.attempts
         request = json.dumps(job.request, separators=(",", ":"))
-        carry = carried_request(job.batch_id, job.tenant, request, max_bytes=self.carry_max_bytes)
+        carry = carried_request(
+            job.batch_id, job.tenant, request, max_bytes=self.carry_max_bytes, single=job.single
+        )
         return JobDeferred(job.id, delay, str(deferred), spread, carry=carry, given_back=given_back)
 
     def _places(self, plan: Plan, request: ChatRequest) -> list[Place]:
@@ -385,7 +389,7 @@ class JobRunner:
             tenant=job.tenant,
             user=job.user_id,
             batch_id=job.batch_id,
-            batch_cap_usd=(await self._limits(job.batch_id)).budget_usd,
+            batch_cap_usd=(await self._limits(job.batch_id, job.single)).budget_usd,
             end_user=request.user,  # the request's own end user: a scope of its own when named
         )
         use = await self.cache.begin(job, request, guard) if self.cache is not None else None
@@ -459,8 +463,10 @@ class JobRunner:
         finally:
             await writer.abort()
 
-    async def _limits(self, batch_id: str) -> BatchLimits:
-        """The batch's cap and expiry (they never change, so each worker reads them once)."""
+    async def _limits(self, batch_id: str, single: bool = False) -> BatchLimits:
+        """The batch's cap and expiry (never changing: read once per worker); a batch of one has neither."""
+        if single:
+            return BatchLimits()
         if batch_id not in self._batch_limits:
             if len(self._batch_limits) > 10_000:
                 self._batch_limits.clear()
@@ -469,7 +475,7 @@ class JobRunner:
 
     async def _expired(self, job: StartedJob) -> JobFailure | None:
         """A batch past its completion window runs no more of its jobs (OpenAI's `expired`)."""
-        expires = (await self._limits(job.batch_id)).expires_at
+        expires = (await self._limits(job.batch_id, job.single)).expires_at
         if expires is None or datetime.now(UTC) < expires:
             return None
         return JobFailure(
@@ -587,13 +593,5 @@ def _unlimited(dep: Deployment) -> bool:
     return dep.rpm is None and dep.tpm is None and dep.max_concurrency is None
 
 
-def _started(record: JobRecord) -> StartedJob:
-    return StartedJob(
-        record.id,
-        record.batch_id,
-        record.custom_id,
-        record.tenant,
-        record.user_id,
-        record.request,
-        record.starts,
-    )
+def _started(job: JobRecord) -> StartedJob:
+    return StartedJob(job.id, job.batch_id, job.custom_id, job.tenant, job.user_id, job.request, job.starts)

@@ -49,6 +49,7 @@ from producer.planning import plan_view
 from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
+from storage import keys
 from storage.bus.relay import Piece
 from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
@@ -183,9 +184,12 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
     failed, did not finish within ROUTEQ_API_WAIT_TIMEOUT_S, or Redis or SQL would not answer."""
     job_id = created.job_ids[0]
     try:
-        await client.enqueue(created)
-        async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
-            job = await client.wait(job_id)
+        # Watched before it is queued: the job cannot finish unseen, and is read once, when done.
+        async with client.notifier.watch(keys.job_done_channel(job_id)) as done:
+            await client.enqueue(created)
+            async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
+                # A replayed request's job (its idempotency key) may be finished already: read it now.
+                job = await client.wait(job_id, woken=None if created.replayed else done)
     except TimeoutError:
         raise wait_timeout(ctx, job_id) from None
     except INFRASTRUCTURE_ERRORS as exc:

@@ -77,20 +77,28 @@ async def enqueue_jobs(
     await _enqueue(redis, jobs, queue_name, keep_scheduled=keep_scheduled, carried=extra)
 
 
-def carried_request(batch_id: str, tenant: str, request: str, *, max_bytes: int) -> dict[str, str] | None:
+def carried_request(
+    batch_id: str, tenant: str, request: str, *, max_bytes: int, single: bool = False
+) -> dict[str, str] | None:
     """What a job's payload carries: its request (JSON text, as SQL stores it), tenant and batch, for
     a worker to ask for admission before any SQL write; None for a request over `max_bytes` (Redis
-    holds every carried request until its job runs)."""
+    holds every carried request until its job runs). `single`: the batch is a batch of one (no cap,
+    no window: the worker need not read them)."""
     if len(request) > max_bytes:
         return None
-    return {"request": request, "tenant": tenant, "batch_id": batch_id}
+    carried = {"request": request, "tenant": tenant, "batch_id": batch_id}
+    if single:
+        carried["single"] = "1"
+    return carried
 
 
 def carried_requests(
-    batch_id: str, tenant: str, requests: Sequence[str], *, max_bytes: int
+    batch_id: str, tenant: str, requests: Sequence[str], *, max_bytes: int, single: bool = False
 ) -> list[Mapping[str, str] | None]:
     """`carried_request` for each of a new batch's requests."""
-    return [carried_request(batch_id, tenant, request, max_bytes=max_bytes) for request in requests]
+    return [
+        carried_request(batch_id, tenant, request, max_bytes=max_bytes, single=single) for request in requests
+    ]
 
 
 async def requeue_jobs(redis: Redis, last_runs: Mapping[str, int], *, queue_name: str) -> None:

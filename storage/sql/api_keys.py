@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, RowMapping, func, select, update
+from sqlalchemy import Row, RowMapping, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import Strategy
@@ -80,6 +80,8 @@ _COLUMNS = (
     api_keys.c.burst,
     api_keys.c.allowed_models,
 )
+# The lookup of every authenticated request, built once (building it cost more than running it).
+_BY_HASH = select(*_COLUMNS, api_keys.c.key_hash).where(api_keys.c.key_hash == bindparam("digest"))
 _LIMITS = ("rpm", "tpm", "burst")
 
 
@@ -142,9 +144,8 @@ class ApiKeys:
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The active key whose secret this is, or None."""
         digest = hash_secret(secret)
-        query = select(*_COLUMNS, api_keys.c.key_hash).where(api_keys.c.key_hash == digest)
         async with self._db.reading() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_BY_HASH, {"digest": digest})).first()
         # The lookup is by hash; the constant-time compare guards against a collation surprise.
         if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
             return None

@@ -14,12 +14,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
 from storage.jobs import (
     ANY_TENANT,
+    SINGLE,
     ApiBatch,
     BatchLimits,
     BatchRecord,
@@ -53,6 +54,13 @@ chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. 
 reads is the batch's `submitting` flag (`finalizing`)."""
 
 _CODES = frozenset(code.value for code in FailureCode)
+# Every finished batch of one runs this: built once (building it cost more than running it).
+_MARK_COMPLETED = (
+    update(batches)
+    .where((batches.c.id == bindparam("batch_id")) & batches.c.completed_at.is_(None))
+    .values(completed_at=bindparam("now", type_=batches.c.completed_at.type))
+    .returning(batches.c.kind)
+)
 
 # Batches at least this big serialize their requests in a thread (a single submit stays inline).
 _ROWS_IN_THREAD = 1_000
@@ -94,9 +102,14 @@ class Batches:
         nothing is inserted and that request's batch comes back (`replayed`). `webhook_url` (checked
         by the caller) receives the batch's webhook events.
 
+        A batch of one (`kind` SINGLE) has no cap, window or URL: workers count on it.
+
         Raises:
             IdempotencyKeyReusedError: the key was used for a different request.
+            ValueError: a batch of one given a cap, a window or a URL.
         """
+        if kind == SINGLE and (budget_usd is not None or expires_at is not None or webhook_url is not None):
+            raise ValueError("a batch of one has no budget_usd, expires_at or webhook_url: make a batch")
         now = self._db.now()
         batch_id = new_id("batch")
         owner = JobOwner(batch_id, tenant, user_id, now, api_key_id)
@@ -117,7 +130,9 @@ class Batches:
         file_rows = [] if api is None else _api_batch_files(api, batch_row, now)
 
         requests = [row[ROW_COLUMNS.index("request")] for row in rows]  # JSON text, as stored
-        created = CreatedBatch(batch_id, [row[0] for row in rows], requests=requests, tenant=tenant)
+        created = CreatedBatch(
+            batch_id, [row[0] for row in rows], requests=requests, tenant=tenant, single=kind == SINGLE
+        )
 
         async def write(conn: AsyncConnection) -> KeyRecord | None:
             if idempotency is not None:
@@ -444,17 +459,15 @@ class Batches:
     async def mark_completed(self, batch_id: str) -> None:
         """Set `completed_at` once (the first call wins; later ones change nothing).
 
-        The call that sets it writes the batch's webhook event in the same transaction.
+        The call that sets it writes the batch's webhook event in the same transaction; a batch of
+        one has none (it has no URL of its own, and endpoints take only real batches' events), so
+        its completion is this one UPDATE.
         """
         now = self._db.now()
 
         async def write(conn: AsyncConnection) -> None:
-            marked = await conn.execute(
-                update(batches)
-                .where((batches.c.id == batch_id) & batches.c.completed_at.is_(None))
-                .values(completed_at=now)
-            )
-            if marked.rowcount == 1:
+            kind = (await conn.execute(_MARK_COMPLETED, {"batch_id": batch_id, "now": now})).scalar()
+            if kind is not None and kind != SINGLE:
                 await batch_finished(conn, batch_id, now)
 
         await self._db.writes.run(write)

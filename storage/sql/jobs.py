@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, select, true
+from sqlalchemy import ColumnElement, bindparam, exists, func, select, true
 
 from storage.errors import NotFoundError
-from storage.jobs import FinishedJob, JobRecord, JobStatus, TenantScope
+from storage.jobs import AnyTenant, FinishedJob, JobRecord, JobStatus, TenantScope
 from storage.sql.database import Database, owned_by
 from storage.sql.schema import attempts, job_plans, jobs
 
@@ -23,6 +23,10 @@ __all__ = ["Jobs"]
 _RUNNABLE_VALUES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 _PAGE = 500
 _FINISHED_COLUMNS = [field.name for field in dataclasses.fields(FinishedJob)]
+# One job by id, built once: every chat completion reads its job, and building the statement (and
+# its cache key) each time cost more than running it.
+_JOB = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_TENANTS_JOB = _JOB.where(jobs.c.tenant == bindparam("tenant"))
 
 
 class Jobs:
@@ -37,9 +41,12 @@ class Jobs:
         Raises:
             NotFoundError: no such job, or it belongs to another tenant.
         """
-        query = select(jobs).where((jobs.c.id == job_id) & owned_by(jobs.c.tenant, tenant))
+        if isinstance(tenant, AnyTenant):
+            query, params = _JOB, {"job_id": job_id}
+        else:
+            query, params = _TENANTS_JOB, {"job_id": job_id, "tenant": tenant}
         async with self._db.reading() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, params)).first()
         if row is None:
             raise NotFoundError("job", job_id)
         return JobRecord.from_row(row._mapping)
