@@ -538,7 +538,10 @@ class Router:
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
             usage = value.usage if isinstance(value, ProviderReply) else error.billed if error else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
-            await asyncio.shield(self.fleet.release(dep, admission, outcome, latency_ms, tokens))
+            # A reply (or an error status) proves the call reached the provider before now.
+            answered = ok or (error is not None and error.status_code is not None)
+            release = self.fleet.release(dep, admission, outcome, latency_ms, tokens, answered=answered)
+            await asyncio.shield(release)
         if error is not None:
             logger.debug("attempt on %s failed: %s", dep.id, error, extra={"deployment": dep.id})
         attempt = Attempt(
