@@ -9,7 +9,8 @@ for exactly then. One Lua script per question, over the keys `RedisFleetState` k
     routeq:dep:<id>:waiting   zset  job id -> its turn (epoch s, the Redis server's clock)
     routeq:dep:<id>:claims    zset  job id -> when it found room (until admitted, or stale_s)
     routeq:dep:<id>           hash  waits: refusals re-queued to their turn; holds: refusals
-                                    whose job waits for its turn in its worker (statistics)
+                                    whose job waits for its turn in its worker (statistics);
+                                    hop_s: from room found to admission (EWMA, set by admit)
 
 A turn is a slot freeing. With `rpm`, the rate log's entries leave the window in score order (a
 call in flight is taken to end `latency` from now, measured when it can be, and at most the
@@ -67,7 +68,7 @@ _TURN = (
     LUA_COMMON
     + """
 local now, job, check = clock(ARGV[1]), ARGV[2], ARGV[3] == '1'
-local stale, margin, hop = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local stale, margin, least_hop = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local arrival, hold = tonumber(ARGV[7]), tonumber(ARGV[8])
 local K = 6
 local n = #KEYS / K
@@ -99,8 +100,10 @@ for i = 0, n - 1 do
   -- A call's latency as measured (the live EWMA) when known. A call counts until a window after
   -- its answer, or after its start plus the arrival margin if sooner (router_core.fleet), so a
   -- slot is taken again a window and this long (plus the hop from a turn to its admission) after.
-  local measured = tonumber(redis.call('HGET', state, 'latency_ms'))
-  if measured then latency = math.max(latency, measured / 1000) end
+  local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s')
+  if measured[1] then latency = math.max(latency, tonumber(measured[1]) / 1000) end
+  -- The hop as the admissions measured it (from room found to slot taken: a busy worker's is long).
+  local hop = math.max(least_hop, tonumber(measured[2]) or 0)
   latency = math.min(latency, arrival)
   local cycle = window + latency + hop
   local counted = tonumber(redis.call('HGET', state, 'tokens')) or 0
@@ -199,6 +202,7 @@ class AdmissionLine:
         margin_s: added to every turn, so the job arrives just after its slot frees, not before.
         hop_s: how long a job takes from its turn to its admission (pick-up, plan, SQL start):
             a slot freed is taken again about this long later, which turns further out count in.
+            The least taken: the admissions measure it per deployment (`hop_s` of its hash).
     """
 
     def __init__(

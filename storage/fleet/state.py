@@ -8,6 +8,7 @@ Same rules as `router_core.fleet.InMemoryFleetState` (read its docstring for the
                                      w0..w20 = "<bucket>:<ok>:<failed>"     breaker's failure window
                                      probe:<ticket>                         a half-open probe in flight
                                      rate_window_s, tokens, seq             window, its token total, tickets
+                                     hop_s                                  claim to admission (EWMA)
     routeq:dep:<id>:inflight   zset  ticket -> lease expiry                 max_concurrency, probes
     routeq:dep:<id>:requests   zset  ticket -> latest arrival at the       rpm (exact sliding log)
                                      provider (in flight: admission + lease,
@@ -185,7 +186,17 @@ redis.call('ZADD', inflight, num(now + lease), ticket)
 redis.call('ZADD', requests, num(now + lease), ticket)
 redis.call('HSET', tokens, ticket, num(want))
 if want ~= 0 then redis.call('HINCRBY', state, 'tokens', num(want)) end
-if waiter ~= '' then redis.call('ZREM', claims, waiter) end
+if waiter ~= '' then
+  -- The hop from a job finding room (its claim) to this admission, as an EWMA: the waiting line
+  -- expects a freed slot to be taken again this long after it frees.
+  local found = tonumber(redis.call('ZSCORE', claims, waiter))
+  if found then
+    local hop, prev = now - found, tonumber(redis.call('HGET', state, 'hop_s'))
+    if prev then hop = prev + 0.2 * (hop - prev) end
+    redis.call('HSET', state, 'hop_s', num(hop))
+    redis.call('ZREM', claims, waiter)
+  end
+end
 if c == 'half_open' then
   redis.call('HSET', state, 'probe:' .. ticket, '1')
   return {'admitted', ticket, '1'}
