@@ -57,7 +57,7 @@ __all__ = ["AdmissionLine", "Place", "Turn"]
 
 # KEYS: state, inflight, requests, tokens, waiting, claims of each candidate deployment, in plan order.
 # ARGV: [1] now, [2] job id, [3] check room 1|0, [4] stale_s (turns and claims), [5] margin after the
-#       slot frees, [6] the hop from a turn to the admission (s), [7] the arrival margin (s: a call
+#       slot frees, [6] the least hop from a turn to the admission (s), [7] the arrival margin (s: a call
 #       in flight counts until a window after at most this long), [8] the longest wait the job
 #       holds in its worker (a refusal with a turn further out is re-queued, and counted in
 #       `waits`; one within it in `holds`); then
@@ -108,11 +108,10 @@ for i = 0, n - 1 do
   local cycle = window + latency + hop
   local counted = tonumber(redis.call('HGET', state, 'tokens')) or 0
   -- A line is in the order of turns: ahead of a job in its own line are the jobs its rank says;
-  -- in another line, every job in it (it is new there). Of those, the jobs due already keep a
-  -- free slot each: they are on their way back (woken in their worker, or re-queued and being
-  -- delivered) until stale_s.
-  -- A job new to the line also leaves the slots of those due within a hop: a slot that frees a
-  -- little before the turn it was promised for is theirs.
+  -- in another line, every job in it (it is new there). Of those, the jobs due (within a hop: a
+  -- slot that frees a little before the turn it was promised for is theirs too) keep a free slot
+  -- each: they are on their way back (woken in their worker, or re-queued and being delivered)
+  -- until stale_s.
   local ahead = redis.call('ZCARD', waiting)
   local due = redis.call('ZCOUNT', waiting, '-inf', num(now + hop))
   if mine_in == i then ahead, due = rank, math.min(due, rank) end
