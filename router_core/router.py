@@ -526,9 +526,8 @@ class Router:
             async with asyncio.timeout(timeout_s):
                 value = await op(walk.deployments.providers[dep.id], walk.max_tokens, timeout_s)
         except TimeoutError:
-            error = ProviderTimeoutError(
-                f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)", deployment=dep.id
-            )
+            message = f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)"
+            error = ProviderTimeoutError(message, deployment=dep.id)
         except ProviderError as exc:
             error = exc
         finally:
@@ -556,10 +555,8 @@ class Router:
             wait_ms=wait * 1000,
         )
         if error is not None and error.billed is not None:
-            billed = error.billed
-            attempt = attempt.model_copy(
-                update={"usage": billed, "cost_usd": walk.deployments.catalog.price(dep.id).cost(billed)}
-            )
+            cost = walk.deployments.catalog.price(dep.id).cost(error.billed)
+            attempt = attempt.model_copy(update={"usage": error.billed, "cost_usd": cost})
         return value, error, attempt
 
     def _partial_charge(self, dep: Deployment, walk: _Walk, text: str) -> dict[str, Any]:
