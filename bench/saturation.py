@@ -12,8 +12,9 @@ Prints:
 - provider 429s as the sim counted them: any 429 means a worker sent a call the limit forbade;
 - calls per deployment against its limit;
 - runs (sum of `jobs.run`: a delivery refused admission gives its arq try back, so this counts the
-  deliveries that ran), refusals (deliveries refused admission, each re-queued at its turn with no
-  SQL write: the `waits` of `routeq:dep:<id>`) and arq deliveries (their sum);
+  deliveries that ran), refusals re-queued (deliveries refused admission, each re-queued at its
+  turn with no SQL write: the `waits` of `routeq:dep:<id>`), arq deliveries (their sum), and
+  holds (refusals whose job waited for its near turn in its worker: `holds`, no delivery);
 - with `--timeline`, calls per second per deployment, 5 s at a time.
 
 Every run checks that all N jobs succeeded. The Redis database (default redis://127.0.0.1:6379/14 or
@@ -112,9 +113,11 @@ async def wait_for_workers(redis: Redis, workers: list[subprocess.Popen[bytes]])
 @dataclass(frozen=True)
 class Counts:
     runs: int  # sum of jobs.run: deliveries that started a run
+    starts: int  # sum of jobs.starts: SQL starts (a run the router then found full starts too)
     most_runs: int
     calls: int
-    waits: int  # deliveries refused admission (routeq:dep:<id> waits)
+    waits: int  # deliveries refused admission and re-queued (routeq:dep:<id> waits)
+    holds: int  # refusals waited out in the worker (routeq:dep:<id> holds)
 
 
 def report(
@@ -134,8 +137,10 @@ def report(
         print(f"   {name}: {ok:5d} calls ({ok / elapsed:6.1f}/s against a limit of {limit}/s)")
     runs, waits, most = counts.runs, counts.waits, counts.most_runs
     print(f"   runs: {runs:,} for {args.jobs:,} jobs (at most {most} for one); {counts.calls:,} calls")
+    print(f"   SQL starts: {counts.starts:,} (a start the router then found full defers through SQL)")
     print(f"   refused admission: {waits:,} deliveries (each re-queued at its turn, no SQL write)")
     print(f"   arq deliveries: {runs + waits:,} ({(runs + waits) / args.jobs:.2f} per job)")
+    print(f"   waits in a worker for a near turn: {counts.holds:,} (no delivery)")
     if args.timeline:
         start = min(t for d in sim.values() for t in d["admitted_at"])
         buckets = int(elapsed // 5) + 1
@@ -178,15 +183,17 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
             await wait_for_workers(redis, workers)
             client = Client(redis, store, settings)
             batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
-        waits = 0
+        waits = holds = 0
         for n in range(len(limits)):
-            waits += int(await redis.hget(keys.deployment(f"d{n}"), "waits") or 0)  # type: ignore[misc]
+            stats = await redis.hmget(keys.deployment(f"d{n}"), ["waits", "holds"])  # type: ignore[misc]
+            waits, holds = waits + int(stats[0] or 0), holds + int(stats[1] or 0)
         async with httpx2.AsyncClient() as http:
             sim = (await http.get(f"{sim_url}/_sim/stats")).json()["deployments"]
         batch = await client.batch(batch_id)
         async with store.engine.connect() as conn:
             most_runs = await conn.scalar(select(func.max(jobs.c.run)).where(jobs.c.batch_id == batch_id))
             deliveries = await conn.scalar(select(func.sum(jobs.c.run)).where(jobs.c.batch_id == batch_id))
+            starts = await conn.scalar(select(func.sum(jobs.c.starts)).where(jobs.c.batch_id == batch_id))
             calls = await conn.scalar(select(func.count()).select_from(attempts))
     finally:
         for worker in workers:
@@ -195,7 +202,8 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
             worker.wait(timeout=30)
         await close_services(redis, store)
 
-    report(args, limits, elapsed, sim, Counts(deliveries or 0, most_runs or 0, calls or 0, waits))
+    counts = Counts(deliveries or 0, starts or 0, most_runs or 0, calls or 0, waits, holds)
+    report(args, limits, elapsed, sim, counts)
     check_all_succeeded(batch, args.jobs)
 
 

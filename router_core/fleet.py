@@ -15,11 +15,24 @@ The breaker, per deployment:
 An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
 until the override is cleared.
 
-Rate windows (rpm, tpm). A call counts from its admission until one rate window after its release,
-not after its admission. The provider counts a call when it arrives, which is somewhere between our
-admission and our release; counting from the release keeps any two calls that the limit separates
-at least a window apart as the provider sees them, however long a busy worker takes between
-admitting a call and sending it. The price is that a window also holds the calls still in flight.
+Rate windows (rpm, tpm). The provider counts a call when it arrives, and the fleet cannot see that
+moment: only bounds on it. A call arrives no earlier than its admission (the router sends it after),
+and no later than the provider's answer (it answered what arrived); and, by the margin's definition
+(`ROUTEQ_RATE_LIMIT_MARGIN_S`), no later than `arrival_margin_s` after the router started it. So a
+call counts from its admission until one rate window after the latest moment it can have arrived:
+
+    answered (a reply or an error status from the provider)    min(release, start + margin)
+    not answered (timeout, connection error, cancelled)         start + margin
+
+Why this cannot let a provider's sliding window see more than `rpm` calls: take any window the
+provider checks, (a - W, a], and the call L of it admitted last. At L's admission (at or before
+a) every other call i of the window was admitted already, and arrived after a - W, so after
+L's admission minus W. Its count ends a window after a bound on its arrival, so later than that
+admission: it was still counted when L was admitted, and L was admitted only with fewer than
+`rpm` counted. (A fixed-window or token-bucket provider accepts whatever a sliding one does.)
+The price: a window also holds the calls in flight, and a short call holds its slot until a
+window after its answer (its latency on top of the window); a call slower than the margin holds
+it only until a window after its start plus the margin.
 
 `InMemoryFleetState` is the single-process implementation; `storage.fleet.state.RedisFleetState`
 keeps the same state in Redis for every worker. `tests/fleet_state_contract.py` is the behaviour
@@ -45,6 +58,7 @@ if TYPE_CHECKING:
     from router_core.catalog import Deployment
 
 __all__ = [
+    "ARRIVAL_MARGIN_S",
     "Admission",
     "BreakerPolicy",
     "CallOutcome",
@@ -54,6 +68,7 @@ __all__ = [
     "Forced",
     "InMemoryFleetState",
     "Refusal",
+    "counted_until",
 ]
 
 
@@ -142,6 +157,21 @@ _REFUSAL_TEXT = {
 # How long a refused caller should wait when only the in-flight calls can free room.
 CONCURRENCY_RETRY_S = 0.25
 
+ARRIVAL_MARGIN_S = 1.0
+"""The default bound on the time from a call's start (the router handing it to the provider's
+SDK) to the provider counting it: the SDK's request build, the network, the provider's queue
+(`ROUTEQ_RATE_LIMIT_MARGIN_S`). Only calls slower than this end their count before their answer."""
+
+
+def counted_until(now: float, latency_s: float | None, *, answered: bool, margin_s: float) -> float:
+    """When an ended call stops counting in its deployment's rate window, less the window.
+
+    `now`: its release; `latency_s`: from its start to now (None: unknown, taken as 0); `answered`:
+    the provider replied (a response or an error status). See the module docstring.
+    """
+    started = now - (latency_s or 0.0)
+    return min(now, started + margin_s) if answered else started + margin_s
+
 
 class FleetState(Protocol):
     """Where live stats, breakers and limits are kept."""
@@ -163,8 +193,14 @@ class FleetState(Protocol):
         outcome: CallOutcome,
         latency_ms: float | None,
         tokens: int | None,
+        *,
+        answered: bool = True,
     ) -> None:
-        """End an admitted call; `tokens` is the real usage (None keeps the estimate)."""
+        """End an admitted call; `tokens` is the real usage (None keeps the estimate).
+
+        `latency_ms`: from the call's start to now; `answered`: the provider replied (a response or
+        an error status), so the call arrived before now (see "Rate windows" above).
+        """
         ...
 
     async def force(self, deployment_id: str, state: Forced | None) -> None:
@@ -185,8 +221,8 @@ class _Entry:
     forced: Forced | None = None
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (time, ok) within the window
     in_flight: dict[str, bool] = field(default_factory=dict)  # ticket -> is a probe
-    # ticket -> when the call ended (None while in flight): a call counts against rpm and tpm from
-    # its admission until a rate window after its release (see `FleetState`).
+    # ticket -> the latest it can have arrived (None while in flight): a call counts against rpm and
+    # tpm from its admission until a rate window after that (see "Rate windows" above).
     requests: dict[str, float | None] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)  # ticket -> tokens counted for tpm
     rate_window_s: float = 60.0  # the deployment's, as of its last admission
@@ -196,9 +232,15 @@ class InMemoryFleetState:
     """`FleetState` for one process (tests, the router on its own). Same rules as the Redis one."""
 
     def __init__(
-        self, *, clock: Clock | None = None, alpha: float = 0.2, breaker: BreakerPolicy | None = None
+        self,
+        *,
+        clock: Clock | None = None,
+        alpha: float = 0.2,
+        breaker: BreakerPolicy | None = None,
+        arrival_margin_s: float = ARRIVAL_MARGIN_S,
     ) -> None:
         self._clock = clock or SystemClock()
+        self._arrival_margin_s = arrival_margin_s
         self._alpha = alpha
         self.breaker = breaker or BreakerPolicy()
         self._entries: dict[str, _Entry] = {}
@@ -304,6 +346,8 @@ class InMemoryFleetState:
         outcome: CallOutcome,
         latency_ms: float | None,
         tokens: int | None,
+        *,
+        answered: bool = True,
     ) -> None:
         now = self._clock.now()
         entry = self._entry(deployment.id)
@@ -311,7 +355,10 @@ class InMemoryFleetState:
             return
         entry.in_flight.pop(admission.ticket, None)
         if admission.ticket in entry.requests:  # from now on it leaves the window like any ended call
-            entry.requests[admission.ticket] = now
+            latency_s = None if latency_ms is None else latency_ms / 1000
+            entry.requests[admission.ticket] = counted_until(
+                now, latency_s, answered=answered, margin_s=self._arrival_margin_s
+            )
         if tokens is not None and admission.ticket in entry.tokens:
             entry.tokens[admission.ticket] = tokens
         entry.calls += 1

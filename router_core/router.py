@@ -526,9 +526,8 @@ class Router:
             async with asyncio.timeout(timeout_s):
                 value = await op(walk.deployments.providers[dep.id], walk.max_tokens, timeout_s)
         except TimeoutError:
-            error = ProviderTimeoutError(
-                f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)", deployment=dep.id
-            )
+            message = f"{dep.id} did not answer within {timeout_s * 1000:.0f} ms (timeout_ms)"
+            error = ProviderTimeoutError(message, deployment=dep.id)
         except ProviderError as exc:
             error = exc
         finally:
@@ -538,7 +537,10 @@ class Router:
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
             usage = value.usage if isinstance(value, ProviderReply) else error.billed if error else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
-            await asyncio.shield(self.fleet.release(dep, admission, outcome, latency_ms, tokens))
+            # A reply (or an error status) proves the call reached the provider before now.
+            answered = ok or (error is not None and error.status_code is not None)
+            release = self.fleet.release(dep, admission, outcome, latency_ms, tokens, answered=answered)
+            await asyncio.shield(release)
         if error is not None:
             logger.debug("attempt on %s failed: %s", dep.id, error, extra={"deployment": dep.id})
         attempt = Attempt(
@@ -553,10 +555,8 @@ class Router:
             wait_ms=wait * 1000,
         )
         if error is not None and error.billed is not None:
-            billed = error.billed
-            attempt = attempt.model_copy(
-                update={"usage": billed, "cost_usd": walk.deployments.catalog.price(dep.id).cost(billed)}
-            )
+            cost = walk.deployments.catalog.price(dep.id).cost(error.billed)
+            attempt = attempt.model_copy(update={"usage": error.billed, "cost_usd": cost})
         return value, error, attempt
 
     def _partial_charge(self, dep: Deployment, walk: _Walk, text: str) -> dict[str, Any]:

@@ -80,10 +80,18 @@ class Settings(RouterSettings):
         "fails. Waiting for capacity does not count.",
     )
     rate_limit_margin_s: float = Field(
-        default=0.1,
+        default=1.0,
         ge=0,
-        description="Rate windows are counted this much longer than the provider's, to absorb the "
-        "jitter between admitting a call and its arrival at the provider.",
+        description="The longest a call may take from its start to the provider counting it (SDK, "
+        "network, the provider's queue). A call counts against rpm/tpm until a rate window after its "
+        "answer, or after its start plus this margin when that is sooner.",
+    )
+    admission_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A job refused admission whose turn is at most this far off waits for it in its "
+        "worker (a worker slot) instead of going back to the queue (an arq delivery). Capped at 5% of "
+        "job_timeout_s; 0 = always re-queue.",
     )
     carry_request_max_bytes: int = Field(
         default=4096,

@@ -205,6 +205,33 @@ class FleetStateContract:
         clock.advance(0.01)
         assert (await fleet.admit(limited, 10)).admitted
 
+    async def test_a_call_slower_than_the_margin_counts_until_a_window_after_its_start_plus_it(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        """The provider counted it no later than its start plus the arrival margin (1 s by default),
+        whenever its answer came: its slot does not wait for a window after the answer."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        slow = await fleet.admit(limited, 10)
+        clock.advance(1.5)
+        await fleet.release(limited, slow, CallOutcome.SUCCESS, 1500.0, None)
+        clock.advance(0.49)  # 1.99 s after its start: it may have arrived 0.99 s ago
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
+
+    async def test_an_unanswered_call_counts_until_a_window_after_its_start_plus_the_margin(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        """A call given up on (a timeout) may still reach the provider after it ended here."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        lost = await fleet.admit(limited, 10)
+        clock.advance(0.2)
+        await fleet.release(limited, lost, CallOutcome.NEUTRAL, 200.0, None, answered=False)
+        clock.advance(1.79)  # a window after its start plus the margin is 2.0 s after its start
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
+
     async def test_max_concurrency_frees_on_release(self, fleet: FleetState) -> None:
         limited = dep(max_concurrency=2)
         a = await fleet.admit(limited, 10)

@@ -74,8 +74,8 @@ sim = {{ latency_ms = {latency_ms}, latency_jitter_ms = 10{sim} }}
 
 LIMIT, WINDOW_S = 20, 2.0
 # The sim enforces the same limit on its own clock, on arrival; any 429 from it means the fleet
-# overshot as the provider measures it. (Workers count windows ROUTEQ_RATE_LIMIT_MARGIN_S longer
-# than the provider's to absorb the hop between Redis admitting a call and its arrival.)
+# overshot as the provider measures it. (Workers count a call until a window after its answer,
+# which came after its arrival: see "Rate windows" in router_core/fleet.py.)
 SIM_WINDOW_S = WINDOW_S
 
 

@@ -1,8 +1,8 @@
 """What a worker does with one delivered job: start it, route it, persist, settle, then publish.
 
-    admit       (a job carrying its request: one deferred before) plan, then ask the deployments'
-                waiting lines (storage/fleet/line.py) for room: none → re-queued at its turn,
-                with no SQL write, and its arq try given back (the delivery was not a run)
+    admit       (a job carrying its request) plan, ask the deployments' waiting lines for room
+                (storage/fleet/line.py): none → wait in the worker for a near turn, else re-queued
+                at its turn with no SQL write, its arq try given back (the delivery was no run)
     start_job   UPDATE jobs SET status='running', starts+1 ... RETURNING request (skips finished)
     recover     holds a dead earlier run left in Redis: charge them (estimated if unrecorded)
     route       Router.complete: plan, hold budget, admit, call, retry, fail over
@@ -13,9 +13,8 @@
 
 When every candidate is full (rate limits, concurrency, breakers) the run records what it did, puts
 the job back to `queued` and raises `JobDeferred`; the arq function turns that into a deferred retry,
-so the job waits in the queue, not in a worker slot. With an admission line the job takes a turn in
-the line of the candidate that frees a slot first and comes back then; its payload carries its
-request from then on, so the next delivery is admitted (or refused again) before any SQL.
+so the job waits in the queue, not in a worker slot. With an admission line it takes a turn in the
+line of the candidate that frees a slot first and comes back then, its request in its payload.
 
 A commit that fails (a database or Redis blip) makes arq retry the job; the retry commits the
 answer the failed run left in Redis as that run's, and calls no provider: a paid answer is kept.
@@ -145,6 +144,7 @@ class JobRunner:
         answers: AnswerStore | None = None,
         cache: JobCache | None = None,
         line: AdmissionLine | None = None,
+        admission_wait_s: float = 0.0,
         carry_max_bytes: int = 4096,
         on_answer: AnswerHook | None = None,
     ) -> None:
@@ -165,6 +165,7 @@ class JobRunner:
         self.metrics = metrics  # None: this process keeps no metrics
         self.cache = cache  # None: no response cache (every job calls)
         self.line = line  # None: deferred jobs retry after the router's guess, through SQL each time
+        self.admission_wait_s = admission_wait_s  # a turn this near is waited for here, not re-queued
         self.carry_max_bytes = carry_max_bytes  # a deferred job's payload carries a request this large
 
     async def run(self, job_id: str, *, run: int, carried: dict[str, Any] | None = None) -> str:
@@ -274,14 +275,14 @@ class JobRunner:
             await self.on_answer(job, content)
 
     async def _admit(self, job_id: str, carried: dict[str, Any]) -> _Admitted | None:
-        """Before the SQL start: the plan when a candidate has room, else `JobDeferred` to its turn.
+        """Before the SQL start: the plan once a candidate has room (now or at a near turn), else
+        `JobDeferred` to its turn.
 
         None leaves the job to the usual path (start, then route): a carried request that does not
         parse, a batch past its window (it fails at its start), a request with no route (it fails
         there too). A job that uses the response cache waits for its turn like any other: its cache
         lookup is a SQL read, which a job refused admission does not make; a hit is served at its
-        turn (taking no slot).
-        """
+        turn (taking no slot)."""
         assert self.line is not None
         try:
             request = ChatRequest.model_validate_json(carried["request"])
@@ -298,7 +299,7 @@ class JobRunner:
         places = self._places(plan, request)
         if not places or _unlimited(places[0].deployment):
             return _Admitted(plan, request)  # no limit to wait for: the router admits it at once
-        turn = await self.line.turn(job_id, places, check_room=True)
+        turn = await self.line.wait_for_room(job_id, places, self.admission_wait_s, self.router.clock)
         if turn.room:
             # The deployment with room first: the ones before it are full, or their free slots are
             # the turns of jobs that waited longer (the router's admission does not see the line).

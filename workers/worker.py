@@ -96,7 +96,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             redis,
             breaker=settings.breaker_policy(),
             lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
-            rate_margin_s=settings.rate_limit_margin_s,
+            arrival_margin_s=settings.rate_limit_margin_s,
         )
         quality = FleetQuality.from_settings(redis, store, settings)
         live = shared.live
@@ -140,7 +140,8 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             simulated=simulated,
             metrics=metrics,
             cache=cache,
-            line=AdmissionLine(redis, rate_margin_s=settings.rate_limit_margin_s),
+            line=AdmissionLine(redis, arrival_margin_s=settings.rate_limit_margin_s),
+            admission_wait_s=min(settings.admission_wait_s, settings.job_timeout_s * 0.05),
             carry_max_bytes=settings.carry_request_max_bytes,
             on_answer=VerdictRecorder(store, quality),  # judge jobs' verdicts become evidence
         )

@@ -8,26 +8,33 @@ for exactly then. One Lua script per question, over the keys `RedisFleetState` k
 
     routeq:dep:<id>:waiting   zset  job id -> its turn (epoch s, the Redis server's clock)
     routeq:dep:<id>:claims    zset  job id -> when it found room (until admitted, or stale_s)
-    routeq:dep:<id>           hash  waits: jobs refused admission so far (a statistic)
+    routeq:dep:<id>           hash  waits: refusals re-queued to their turn; holds: refusals
+                                    whose job waits for its turn in its worker (statistics);
+                                    hop_s: from room found to admission (EWMA, set by admit)
 
 A turn is a slot freeing. With `rpm`, the rate log's entries leave the window in score order (a
-call in flight is taken to end `latency` from now, measured when it can be), so the k-th job ahead
-in the line gets the moment the k-th entry leaves (a slot free now, when there is one), and the
-k-th past the limit a cycle (the window, a call's latency and the hop from a turn to its admission)
-after the job `rpm` places ahead of it. Only jobs whose turn is still to come are ahead: a job whose
-turn passed and has not asked again left a slot free, or lost it to whoever came first.
+call in flight is taken to end `latency` from now, measured when it can be, and at most the
+arrival margin: see "Rate windows" in `router_core.fleet`), so the k-th job ahead in the line gets
+the moment the k-th entry leaves (a slot free now, when there is one; slots claimed by jobs on
+their way to admission leave last), and the k-th past the limit a cycle (the window, a call's
+latency and the hop from a turn to its admission) after the job `rpm` places ahead of it. Jobs
+whose turn is still to come are ahead; jobs whose turn has come and who have not asked again yet
+(woken in their worker, or re-queued and on their way back through arq) keep a free slot each, in
+the order of their turns, until `stale_s` after their turn: a job that asks without a turn (a new
+one) does not take the slot of one whose turn came a moment ago.
 `max_concurrency` lets the line through `max_concurrency` jobs per call latency; `tpm` waits for
 enough tokens to leave the window.
 A job is in the line until it asks again, which takes it out; a job that never comes back
 (cancelled, its worker died) is dropped `stale_s` after its turn.
 
 Room means: the deployment would admit the call now even after every job that found room before
-and is still on its way to admission (its SQL start) took its slot. Such a job holds a claim, which
-the router's admission (`RedisFleetState.admit(..., waiter=job)`) takes out in the same step that
-takes the slot: a burst of jobs asking at once does not all see the same free slot. Jobs whose turn
-has come compete for the free slots as they arrive; one that loses asks again and gets the next
-slot to free. Neither a turn nor a claim is a reservation: a job that asks admission without a
-place (a new job whose payload carries no request) may take a slot first, and the breaker is left
+and is still on its way to admission (its SQL start), and every job due before it, took its slot.
+A job that found room holds a claim, which the router's admission
+(`RedisFleetState.admit(..., waiter=job)`) takes out in the same step that takes the slot: a burst
+of jobs asking at once does not all see the same free slot. A job that finds no room at its turn
+(its slot went to a call the line did not see) asks again and gets the next slot to free. Neither
+a turn nor a claim is a reservation in `admit`: a job that asks admission without a place (a new
+job whose payload carries no request, a failover) may take a slot first, and the breaker is left
 to `admit`.
 """
 
@@ -41,6 +48,7 @@ from redis.asyncio import Redis
 
 from router_core.catalog import Deployment
 from router_core.clock import Clock
+from router_core.fleet import ARRIVAL_MARGIN_S
 from storage import keys
 from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
@@ -50,8 +58,10 @@ __all__ = ["AdmissionLine", "Place", "Turn"]
 
 # KEYS: state, inflight, requests, tokens, waiting, claims of each candidate deployment, in plan order.
 # ARGV: [1] now, [2] job id, [3] check room 1|0, [4] stale_s (turns and claims), [5] margin after the
-#       slot frees,
-#       [6] the hop from a turn to the admission (s); then
+#       slot frees, [6] the least hop from a turn to the admission (s), [7] the arrival margin (s: a call
+#       in flight counts until a window after at most this long), [8] the longest wait the job
+#       holds in its worker (a refusal with a turn further out is re-queued, and counted in
+#       `waits`; one within it in `holds`); then
 #       for each deployment: rate window, max_concurrency, rpm, tpm ('' = no limit), tokens wanted,
 #       latency of a call (s).
 # Returns {'room', n} (deployment n, from 1, has room) or {'wait', n, seconds until its turn}.
@@ -59,12 +69,22 @@ _TURN = (
     LUA_COMMON
     + """
 local now, job, check = clock(ARGV[1]), ARGV[2], ARGV[3] == '1'
-local stale, margin, hop = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local stale, margin, least_hop = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local arrival, hold = tonumber(ARGV[7]), tonumber(ARGV[8])
 local K = 6
 local n = #KEYS / K
 
--- Asking again leaves the line and drops a claim.
+-- Asking again leaves the line (the job's turn, if it had one, is kept for the order of those
+-- due) and drops a claim.
+local mine, mine_in, rank = nil, nil, nil
 for i = 0, n - 1 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[K * i + 5], '-inf', num(now - stale))
+  redis.call('ZREMRANGEBYSCORE', KEYS[K * i + 6], '-inf', num(now - stale))
+  local had = redis.call('ZSCORE', KEYS[K * i + 5], job)
+  if had then
+    -- Its rank orders it among jobs given the same turn (by id), so they wake one slot apart.
+    mine, mine_in, rank = tonumber(had), i, redis.call('ZRANK', KEYS[K * i + 5], job)
+  end
   redis.call('ZREM', KEYS[K * i + 5], job)
   redis.call('ZREM', KEYS[K * i + 6], job)
 end
@@ -72,53 +92,81 @@ local best, best_turn = 0, nil
 for i = 0, n - 1 do
   local state, inflight, requests, tokens, waiting, claims =
     KEYS[K * i + 1], KEYS[K * i + 2], KEYS[K * i + 3], KEYS[K * i + 4], KEYS[K * i + 5], KEYS[K * i + 6]
-  local a = 6 + 6 * i
+  local a = 8 + 6 * i
   local window, maxc, rpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local tpm, want, latency = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   redis.call('ZREMRANGEBYSCORE', inflight, '-inf', num(now))
   prune_requests(state, requests, tokens, now - window)
-  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', num(now - stale))
-  redis.call('ZREMRANGEBYSCORE', claims, '-inf', num(now - stale))
   local used, busy = redis.call('ZCARD', requests), redis.call('ZCARD', inflight)
-  -- A call's latency as measured (the live EWMA) when known; a slot is taken again this long
-  -- (plus the hop from a job's turn to its admission) after it frees.
-  local measured = tonumber(redis.call('HGET', state, 'latency_ms'))
-  if measured then latency = math.max(latency, measured / 1000) end
+  -- A call's latency as measured (the live EWMA) when known. A call counts until a window after
+  -- its answer, or after its start plus the arrival margin if sooner (router_core.fleet), so a
+  -- slot is taken again a window and this long (plus the hop from a turn to its admission) after.
+  local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s')
+  if measured[1] then latency = math.max(latency, tonumber(measured[1]) / 1000) end
+  -- The hop as the admissions measured it (from room found to slot taken: a busy worker's is long).
+  local hop = math.max(least_hop, tonumber(measured[2]) or 0)
+  latency = math.min(latency, arrival)
   local cycle = window + latency + hop
   local counted = tonumber(redis.call('HGET', state, 'tokens')) or 0
-  -- Jobs due already (their turn passed, they have not asked again) are not ahead: their slots
-  -- are free now, or taken by whoever came first.
-  local ahead = redis.call('ZCOUNT', waiting, '(' .. num(now), '+inf')
-  -- Room after the slots claimed by jobs that found room and are on their way to admission.
+  -- A line is in the order of turns: ahead of a job in its own line are the jobs its rank says;
+  -- in another line, every job in it (it is new there). Of those, the jobs due (within a hop: a
+  -- slot that frees a little before the turn it was promised for is theirs too) keep a free slot
+  -- each: they are on their way back (woken in their worker, or re-queued and being delivered)
+  -- until stale_s.
+  local ahead = redis.call('ZCARD', waiting)
+  local due = redis.call('ZCOUNT', waiting, '-inf', num(now + hop))
+  if mine_in == i then ahead, due = rank, math.min(due, rank) end
+  -- Room after the slots claimed by jobs that found room and are on their way to admission, and
+  -- those kept for the jobs due.
   local claimed = redis.call('ZCARD', claims)
-  if check and (not rpm or used + claimed < rpm) and (not maxc or busy + claimed < maxc)
+  if check and (not rpm or used + claimed + due < rpm) and (not maxc or busy + claimed + due < maxc)
       and (not tpm or counted + want <= tpm) then
     redis.call('ZADD', claims, num(now), job)  -- until RedisFleetState.admit takes it out
     return {'room', i + 1}
   end
-  local turn = now
-  if rpm then
-    -- The k-th job ahead takes the k-th slot to free; past rpm, a cycle later per round.
-    local free_now = math.max(0, rpm - used)
-    local place, rounds = ahead % rpm, math.floor(ahead / rpm)
-    local base = now
-    if place >= free_now then
-      local row = redis.call('ZRANGE', requests, place - free_now, place - free_now, 'WITHSCORES')
-      if #row > 0 then base = math.min(tonumber(row[2]), now + latency) + window end
+  local function turn_for(ahead)
+    local turn = now
+    if rpm then
+      -- The k-th job ahead takes the k-th slot to free: a free one now, then the log's entries in
+      -- the order they leave, then the slots claimed by jobs on their way to admission (admitted
+      -- about a hop from now); past rpm, a cycle later per round.
+      local free_now = math.max(0, rpm - used - claimed)
+      local place, rounds = ahead % rpm, math.floor(ahead / rpm)
+      local base = now
+      if place >= free_now then
+        local row = redis.call('ZRANGE', requests, place - free_now, place - free_now, 'WITHSCORES')
+        if #row > 0 then
+          base = math.min(tonumber(row[2]), now + latency) + window
+        else
+          base = now + hop + latency + window
+        end
+      end
+      turn = math.max(turn, base + rounds * cycle)
     end
-    turn = math.max(turn, base + rounds * cycle)
+    if maxc and busy + claimed + ahead >= maxc then
+      turn = math.max(turn, now + latency * (math.floor((busy + claimed + ahead - maxc) / maxc) + 1))
+    end
+    if tpm and counted + want > tpm then
+      turn = math.max(turn, now + tokens_free_in(requests, tokens, window, now, counted + want - tpm))
+    end
+    return turn
   end
-  if maxc and busy + ahead >= maxc then
-    turn = math.max(turn, now + latency * (math.floor((busy + ahead - maxc) / maxc) + 1))
-  end
-  if tpm and counted + want > tpm then
-    turn = math.max(turn, now + tokens_free_in(requests, tokens, window, now, counted + want - tpm))
+  local turn = turn_for(ahead)
+  if mine_in == i then
+    -- Back in its own line after its turn, the job keeps its rank, behind the jobs given a turn
+    -- at or before the one it gets now: they were promised those slots before it.
+    for _ = 1, 8 do
+      local later = turn_for(rank + redis.call('ZCOUNT', waiting, '(' .. num(now), num(turn)))
+      if later <= turn then break end
+      turn = later
+    end
   end
   if best_turn == nil or turn < best_turn then best, best_turn = i, turn end
 end
 redis.call('ZADD', KEYS[K * best + 5], num(best_turn), job)
-redis.call('HINCRBY', KEYS[K * best + 1], 'waits', 1)
-return {'wait', best + 1, num(best_turn - now + margin)}
+local delay = best_turn - now + margin
+redis.call('HINCRBY', KEYS[K * best + 1], delay > hold and 'waits' or 'holds', 1)
+return {'wait', best + 1, num(delay)}
 """
 )
 
@@ -147,25 +195,27 @@ class AdmissionLine:
 
     Args:
         redis: the fleet's Redis.
-        rate_margin_s: added to every rate window, as `RedisFleetState` adds it (same setting).
+        arrival_margin_s: as `RedisFleetState`'s (same setting): a call counts until a window after
+            its answer, or after its start plus this margin if sooner.
         clock: where time comes from; None (production) means the Redis server's clock.
         stale_s: how long after its turn a job that did not come back is still counted.
         margin_s: added to every turn, so the job arrives just after its slot frees, not before.
         hop_s: how long a job takes from its turn to its admission (pick-up, plan, SQL start):
             a slot freed is taken again about this long later, which turns further out count in.
+            The least taken: the admissions measure it per deployment (`hop_s` of its hash).
     """
 
     def __init__(
         self,
         redis: Redis,
         *,
-        rate_margin_s: float = 0.0,
+        arrival_margin_s: float = ARRIVAL_MARGIN_S,
         clock: Clock | None = None,
         stale_s: float = 2.0,
         margin_s: float = 0.005,
         hop_s: float = 0.05,
     ) -> None:
-        self._rate_margin_s = rate_margin_s
+        self._arrival_margin_s = arrival_margin_s
         self._clock = clock
         self._stale_s = stale_s
         self._margin_s = margin_s
@@ -173,11 +223,14 @@ class AdmissionLine:
         self._redis = redis
         self._script = BatchedScript(redis, _TURN)
 
-    async def turn(self, job_id: str, places: Sequence[Place], *, check_room: bool) -> Turn:
+    async def turn(
+        self, job_id: str, places: Sequence[Place], *, check_room: bool, hold_s: float = 0.0
+    ) -> Turn:
         """Room on the first candidate that has it (`check_room`), else the job's earliest turn.
 
         Either way the job leaves the line it was in; a turn puts it in the line of the deployment
-        that gives the earliest one (ties: the first in plan order).
+        that gives the earliest one (ties: the first in plan order). `hold_s`: the longest the job
+        will wait for its turn in its worker (the statistics tell a hold from a re-queue).
         """
         if not places:
             raise ValueError("a turn needs at least one candidate deployment")
@@ -189,6 +242,8 @@ class AdmissionLine:
             repr(self._stale_s),
             repr(self._margin_s),
             repr(self._hop_s),
+            repr(float(self._arrival_margin_s)),
+            repr(float(hold_s)),
         ]
         for place in places:
             dep = place.deployment
@@ -201,7 +256,7 @@ class AdmissionLine:
                 keys.deployment_claims(dep.id),
             ]
             args += [
-                repr(float(dep.rate_window_s + self._rate_margin_s)),
+                repr(float(dep.rate_window_s)),
                 _limit(dep.max_concurrency),
                 _limit(dep.rpm),
                 _limit(dep.tpm),
@@ -214,6 +269,22 @@ class AdmissionLine:
         if status == "room":
             return Turn(deployment, room=True)
         return Turn(deployment, room=False, delay_s=float(as_text(reply[2])))
+
+    async def wait_for_room(self, job_id: str, places: Sequence[Place], wait_s: float, clock: Clock) -> Turn:
+        """Room, or a turn further off than what is left of `wait_s` (a turn to re-queue the job at).
+
+        A turn within `wait_s` (in all) is waited for on `clock` and the line asked again: a job
+        re-queued to its turn would cost an arq delivery (a claim, a lease, a payload read) to
+        come back at the same moment. A turn is not a reservation: a job that finds the slot
+        taken at its turn gets the next one.
+        """
+        left = wait_s
+        turn = await self.turn(job_id, places, check_room=True, hold_s=left)
+        while not turn.room and turn.delay_s <= left:
+            await clock.sleep(turn.delay_s)
+            left -= turn.delay_s
+            turn = await self.turn(job_id, places, check_room=True, hold_s=left)
+        return turn
 
     async def drop_claim(self, job_id: str, deployment_id: str) -> None:
         """End `job_id`'s claim on a slot of `deployment_id` that it will not take."""

@@ -8,9 +8,11 @@ Same rules as `router_core.fleet.InMemoryFleetState` (read its docstring for the
                                      w0..w20 = "<bucket>:<ok>:<failed>"     breaker's failure window
                                      probe:<ticket>                         a half-open probe in flight
                                      rate_window_s, tokens, seq             window, its token total, tickets
+                                     hop_s                                  claim to admission (EWMA)
     routeq:dep:<id>:inflight   zset  ticket -> lease expiry                 max_concurrency, probes
-    routeq:dep:<id>:requests   zset  ticket -> release time (in flight:     rpm (exact sliding log)
-                                     admission + lease, i.e. still counted)
+    routeq:dep:<id>:requests   zset  ticket -> latest arrival at the       rpm (exact sliding log)
+                                     provider (in flight: admission + lease,
+                                     i.e. still counted)
     routeq:dep:<id>:tokens     hash  ticket -> tokens counted for tpm       tpm (estimate, then real usage)
 
 Why each operation is one Lua script: `admit` checks and takes (a probe slot, a concurrency slot, a
@@ -45,6 +47,7 @@ from redis.asyncio import Redis
 from router_core.catalog import Deployment
 from router_core.clock import Clock
 from router_core.fleet import (
+    ARRIVAL_MARGIN_S,
     CONCURRENCY_RETRY_S,
     Admission,
     BreakerPolicy,
@@ -184,7 +187,17 @@ redis.call('ZADD', inflight, num(now + lease), ticket)
 redis.call('ZADD', requests, num(now + lease), ticket)
 redis.call('HSET', tokens, ticket, num(want))
 if want ~= 0 then redis.call('HINCRBY', state, 'tokens', num(want)) end
-if waiter ~= '' then redis.call('ZREM', claims, waiter) end
+if waiter ~= '' then
+  -- The hop from a job finding room (its claim) to this admission, as an EWMA: the waiting line
+  -- expects a freed slot to be taken again this long after it frees.
+  local found = tonumber(redis.call('ZSCORE', claims, waiter))
+  if found then
+    local hop, prev = now - found, tonumber(redis.call('HGET', state, 'hop_s'))
+    if prev then hop = prev + 0.2 * (hop - prev) end
+    redis.call('HSET', state, 'hop_s', num(hop))
+    redis.call('ZREM', claims, waiter)
+  end
+end
 if c == 'half_open' then
   redis.call('HSET', state, 'probe:' .. ticket, '1')
   return {'admitted', ticket, '1'}
@@ -195,7 +208,7 @@ return {'admitted', ticket, '0'}
 
 # KEYS: state, inflight, tokens, requests.
 # ARGV: now, ticket, probe 0|1, outcome, latency_ms, real tokens ('' = keep the estimate), alpha,
-#       cooldown_s, window_s, failure_threshold, min_failure_ratio.
+#       cooldown_s, window_s, failure_threshold, min_failure_ratio, answered 1|0, arrival margin (s).
 _RELEASE = (
     LUA_COMMON
     + """
@@ -204,6 +217,7 @@ local now, ticket, probe, outcome = clock(ARGV[1]), ARGV[2], ARGV[3] == '1', ARG
 local latency, used, alpha = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown, window = tonumber(ARGV[8]), tonumber(ARGV[9])
 local threshold, min_ratio = tonumber(ARGV[10]), tonumber(ARGV[11])
+local answered, arrival_margin = ARGV[12] == '1', tonumber(ARGV[13])
 
 local function parse(raw)
   if not raw then return nil, 0, 0 end
@@ -234,7 +248,12 @@ end
 
 redis.call('ZREM', inflight, ticket)
 redis.call('HDEL', state, 'probe:' .. ticket)
-redis.call('ZADD', requests, 'XX', num(now), ticket)  -- leaves the rate window a window from now
+-- Scored at the latest moment the provider can have counted it (router_core.fleet.counted_until):
+-- it leaves the rate window a window after that.
+local started = now - (latency or 0) / 1000
+local arrived_by = started + arrival_margin
+if answered then arrived_by = math.min(now, arrived_by) end
+redis.call('ZADD', requests, 'XX', num(arrived_by), ticket)
 if used then
   local counted = tonumber(redis.call('HGET', tokens, ticket))
   if counted then  -- not yet out of the window
@@ -336,10 +355,10 @@ class RedisFleetState:
         alpha: weight of the newest call in the success-rate and latency EWMAs.
         lease_s: how long an admitted call may stay in flight before its slot is taken back (a
             worker killed mid-call never releases); keep it above the longest provider timeout.
-        rate_margin_s: added to every deployment's rate window. Calls count from admission until
-            a window after their release (see `router_core.fleet`), so a slow hop between
-            admission and the provider cannot squeeze two calls into one provider window; the
-            margin covers what is left: the provider's own rounding of its window edges.
+        arrival_margin_s: the longest a call may take from its start to the provider counting it
+            (`ROUTEQ_RATE_LIMIT_MARGIN_S`). A call counts from its admission until a window after
+            the latest moment it can have arrived: its answer, or its start plus this margin if
+            that is sooner (or it was not answered). See "Rate windows" in `router_core.fleet`.
     """
 
     def __init__(
@@ -350,10 +369,10 @@ class RedisFleetState:
         clock: Clock | None = None,
         alpha: float = 0.2,
         lease_s: float = 300.0,
-        rate_margin_s: float = 0.0,
+        arrival_margin_s: float = ARRIVAL_MARGIN_S,
     ) -> None:
         self._redis = redis
-        self._rate_margin_s = rate_margin_s
+        self._arrival_margin_s = arrival_margin_s
         self.breaker = breaker or BreakerPolicy()
         self._clock = clock
         self._alpha = alpha
@@ -385,7 +404,7 @@ class RedisFleetState:
         args = [
             self._now(),
             _arg(tokens),
-            _arg(deployment.rate_window_s + self._rate_margin_s),
+            _arg(deployment.rate_window_s),
             _arg(deployment.max_concurrency),
             _arg(deployment.rpm),
             _arg(deployment.tpm),
@@ -409,8 +428,13 @@ class RedisFleetState:
         outcome: CallOutcome,
         latency_ms: float | None,
         tokens: int | None,
+        *,
+        answered: bool = True,
     ) -> None:
-        """End an admitted call; `tokens` is the real usage (None keeps the estimate)."""
+        """End an admitted call; `tokens` is the real usage (None keeps the estimate).
+
+        `answered`: the provider replied, so the call arrived before now (`router_core.fleet`).
+        """
         if admission.ticket is None:
             return
         state, inflight, requests, token_counts = _deployment_keys(deployment.id)
@@ -427,6 +451,8 @@ class RedisFleetState:
             _arg(policy.window_s),
             _arg(policy.failure_threshold),
             _arg(policy.min_failure_ratio),
+            "1" if answered else "0",
+            _arg(self._arrival_margin_s),
         ]
         await self._release(keys=[state, inflight, token_counts, requests], args=args)
 

@@ -1,0 +1,104 @@
+"""Why counting a call until a window after the latest it can have arrived never earns a 429.
+
+The provider counts a call when it arrives; the fleet knows only bounds on that moment: after its
+admission, before its answer (when it was answered), and before its start plus the arrival margin
+(`ROUTEQ_RATE_LIMIT_MARGIN_S`, by that setting's definition). Here a fake clock drives random
+schedules of calls through `RedisFleetState` (latencies below and above the margin, answered or
+not, slow hops between admission and start), and every call arrives at the worst moment its bounds
+allow: the first or last instant, or anywhere between. A provider's sliding window (the sim's rule:
+an arrival is refused when `rpm` arrivals lie within the window before it) must never refuse one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from fakeredis import FakeAsyncRedis
+
+from router_core import CallOutcome, FakeClock
+from router_core.fleet import Admission
+from storage.fleet.state import RedisFleetState
+from tests.fleet_state_contract import dep
+
+RPM, WINDOW_S, MARGIN_S = 4, 1.0, 0.3
+
+
+@dataclass(order=True)
+class _Event:
+    at: float
+    seq: int
+    kind: str = field(compare=False)  # "try" | "start" | "end"
+    call: int = field(compare=False)
+
+
+@dataclass
+class _Call:
+    admission: Admission | None = None
+    admitted_at: float = 0.0
+    started_at: float = 0.0
+    latency_s: float = 0.0
+    answered: bool = True
+
+
+def _arrival(rng: random.Random, call: _Call) -> float:
+    """The worst moment within the bounds the fleet relies on: first, last, or in between."""
+    latest = call.started_at + MARGIN_S
+    if call.answered:
+        latest = min(latest, call.started_at + call.latency_s)
+    return rng.choice([call.admitted_at, latest, rng.uniform(call.admitted_at, latest)])
+
+
+def _most_in_a_window(arrivals: list[float]) -> int:
+    """The sim's check, at every arrival: how many arrivals lie within the window before it."""
+    ordered = sorted(arrivals)
+    return max(sum(1 for b in ordered if a - WINDOW_S < b <= a) for a in ordered)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_no_provider_window_sees_more_than_rpm(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = FakeClock(start=0.0)
+    redis = FakeAsyncRedis()
+    fleet = RedisFleetState(redis, clock=clock, arrival_margin_s=MARGIN_S)
+    limited = dep(rpm=RPM, rate_window_s=WINDOW_S)
+    calls = [_Call() for _ in range(60)]
+    events = [_Event(rng.uniform(0, 3), n, "try", n) for n in range(len(calls))]
+    heapq.heapify(events)
+    seq, arrivals = len(events), []
+    while events:
+        event = heapq.heappop(events)
+        clock.advance(event.at - clock.now())
+        call, seq = calls[event.call], seq + 1
+        if event.kind == "try":
+            call.admission = await fleet.admit(limited, 10)
+            if not call.admission.admitted:
+                retry = (call.admission.retry_after_s or 0.0) + rng.uniform(0, 0.2)
+                heapq.heappush(events, _Event(clock.now() + retry, seq, "try", event.call))
+                continue
+            call.admitted_at = clock.now()
+            heapq.heappush(events, _Event(clock.now() + rng.uniform(0, 0.2), seq, "start", event.call))
+        elif event.kind == "start":
+            call.started_at = clock.now()
+            call.latency_s = rng.choice([0.01, 0.05, 0.2, MARGIN_S, 0.8, 2.0])
+            call.answered = rng.random() < 0.75
+            heapq.heappush(events, _Event(clock.now() + call.latency_s, seq, "end", event.call))
+        else:
+            assert call.admission is not None
+            outcome = CallOutcome.SUCCESS if call.answered else CallOutcome.NEUTRAL
+            latency_ms = (clock.now() - call.started_at) * 1000
+            await fleet.release(limited, call.admission, outcome, latency_ms, None, answered=call.answered)
+            arrivals.append(_arrival(rng, call))
+    await redis.aclose()
+    assert len(arrivals) == len(calls)
+    assert _most_in_a_window(arrivals) <= RPM
+
+
+async def test_counting_from_the_start_alone_would_not_hold() -> None:
+    """The bound matters: a call counted only from its start (no margin, no answer) can arrive late
+    enough to share a provider window with `rpm` calls admitted a window after its start."""
+    late = [0.0 + MARGIN_S]  # started at 0, arrived at the margin
+    on_time = [WINDOW_S + 0.01 * n for n in range(RPM)]  # admitted once the start-based count ended
+    assert _most_in_a_window(late + on_time) > RPM
