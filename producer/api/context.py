@@ -138,8 +138,9 @@ async def open_context(
             await redis.aclose()
 
 
-def context(request: Request) -> ApiContext:
-    """The app's context (a FastAPI dependency)."""
+async def context(request: Request) -> ApiContext:
+    """The app's context (a FastAPI dependency; a coroutine: FastAPI runs a plain function
+    dependency in its thread pool, a thread hop on every request)."""
     ctx: ApiContext = request.app.state.ctx
     return ctx
 
