@@ -44,7 +44,7 @@ from router_core.simulated import simulated_ids, simulated_note
 from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.notifier import Notifier, Signal, exact_pattern
-from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, deserialize, serialize
+from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, JobEnder, deserialize, serialize
 from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
 from storage.fleet.catalog import LiveCatalog
@@ -481,13 +481,13 @@ class RouteqWorker(Worker):
         """
         for delay in _FINISH_RETRY_S:
             try:
-                await super().finish_job(job_id, finish, *args)
+                await JobEnder.of(self.pool, self.queue_name).end(job_id, finish, *args)
                 break
             except (RedisError, OSError) as exc:
                 logger.warning("could not record a finished job (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
         else:
-            await super().finish_job(job_id, finish, *args)
+            await JobEnder.of(self.pool, self.queue_name).end(job_id, finish, *args)
         if not finish:
             await self._announce_requeue()
 

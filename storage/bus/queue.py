@@ -18,22 +18,25 @@ from __future__ import annotations
 import json
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from arq.connections import ArqRedis
-from arq.constants import expires_extra_ms
+from arq.constants import abort_jobs_ss, expires_extra_ms, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.bus.coalesce import BatchedScript
 
 __all__ = [
     "JOB_FUNCTION",
     "Claim",
     "Deferrals",
     "JobClaimer",
+    "JobEnder",
     "carried_request",
     "carried_requests",
     "deserialize",
@@ -361,3 +364,77 @@ class JobClaimer:
 def _text(value: bytes | str) -> str:
     # Not storage.connections.as_text: that module imports this one (the serializer).
     return value.decode() if isinstance(value, bytes) else value
+
+
+# KEYS: the job's lease, try counter, payload and result keys, arq's abort set, the queue. ARGV: the
+# id, '1' to finish ('' to leave it queued), the result ('' none), its PX ('' none), the score to
+# add ('' none: arq's Retry(defer=...)), the lease's new PX ('' to delete it).
+# arq's `Worker.finish_job` as one script: the same commands in the same order, atomic as its
+# MULTI/EXEC was, but sent in the worker's coalesced pipeline instead of a transaction of its own.
+_END = """
+local lease, tries, payload, result, aborts, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, finish, data, data_px, incr, keep_px = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if keep_px ~= '' then redis.call('PEXPIRE', lease, keep_px) end
+if finish == '1' then
+  if data ~= '' and data_px ~= '' then
+    redis.call('SET', result, data, 'PX', data_px)
+  elseif data ~= '' then
+    redis.call('SET', result, data)
+  end
+  redis.call('ZREM', aborts, id)
+  redis.call('ZREM', queue, id)
+elseif incr ~= '' then
+  redis.call('ZINCRBY', queue, incr, id)
+end
+if keep_px == '' then redis.call('DEL', lease) end
+if finish == '1' then redis.call('DEL', tries, payload) end
+return 0
+"""
+
+
+class JobEnder:
+    """arq's end of a delivery (`Worker.finish_job`) through the worker's coalesced pipeline."""
+
+    _of: ClassVar[weakref.WeakKeyDictionary[Redis, JobEnder]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self._queue_name = queue_name
+        self._script = BatchedScript(redis, _END)
+
+    @classmethod
+    def of(cls, redis: Redis, queue_name: str) -> JobEnder:
+        """The ender of `redis` (made once per client)."""
+        ender = cls._of.get(redis)
+        if ender is None or ender._queue_name != queue_name:
+            ender = cls._of[redis] = cls(redis, queue_name)
+        return ender
+
+    async def end(  # noqa: PLR0917 - arq's finish_job's positional arguments, passed on as they come
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """What arq's `finish_job` does with the same arguments."""
+        expire = None if keep_result_forever else result_timeout_s
+        job_keys = [
+            keys.ARQ_IN_PROGRESS_PREFIX + job_id,
+            keys.ARQ_RETRY_PREFIX + job_id,
+            keys.ARQ_JOB_PREFIX + job_id,
+            result_key_prefix + job_id,
+            abort_jobs_ss,
+            self._queue_name,
+        ]
+        args: list[str | bytes | int] = [
+            job_id,
+            "1" if finish else "",
+            result_data or b"",
+            "" if expire is None else int(expire * 1000),
+            incr_score or "",
+            "" if keep_in_progress is None else int(keep_in_progress * 1000),
+        ]
+        await self._script(keys=job_keys, args=args)
