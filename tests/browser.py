@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -178,11 +178,25 @@ class LiveSite:
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T], what: str, timeout: float = WAIT_S) -> T:
     """Wait until `condition(driver)` is truthy and return it; the failure says what was awaited.
 
-    An element that went stale (the page was replaced while it was read) is read again."""
+    An element that went stale (the page was replaced while it was read) is read again: Chromium
+    reports some of those as an "unknown error" about a node that no longer belongs to the document.
+    """
+
+    def checked(d: WebDriver) -> T:
+        try:
+            return condition(d)
+        except WebDriverException as exc:
+            if _DETACHED in (exc.msg or ""):
+                raise StaleElementReferenceException(exc.msg) from exc
+            raise
+
     waiting = WebDriverWait(
         driver, timeout, poll_frequency=_POLL_S, ignored_exceptions=(StaleElementReferenceException,)
     )
-    return waiting.until(condition, f"waited for {what}")
+    return waiting.until(checked, f"waited for {what}")
+
+
+_DETACHED = "does not belong to the document"
 
 
 def element(driver: WebDriver, css: str) -> WebElement:
