@@ -65,7 +65,7 @@ async def test_the_script_leaves_what_arqs_finish_job_leaves(backend: Backend, c
     by_arq = await _state(redis)
 
     await _seed(redis)
-    await JobEnder.of(redis, QUEUE).end(JOB, *args)
+    await JobEnder(redis, QUEUE).end(JOB, *args)
     assert await _state(redis) == by_arq
     if args[1] is not None:  # the cases that keep a result do keep it
         assert result_key_prefix + JOB in by_arq

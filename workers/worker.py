@@ -479,15 +479,16 @@ class RouteqWorker(Worker):
         A job that goes back to the queue (`Retry`, deferred for capacity, cancelled at shut-down)
         is announced like a new one: another worker takes it now, or waits for its time exactly.
         """
+        ender = JobEnder(self.pool, self.queue_name)
         for delay in _FINISH_RETRY_S:
             try:
-                await JobEnder.of(self.pool, self.queue_name).end(job_id, finish, *args)
+                await ender.end(job_id, finish, *args)
                 break
             except (RedisError, OSError) as exc:
                 logger.warning("could not record a finished job (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
         else:
-            await JobEnder.of(self.pool, self.queue_name).end(job_id, finish, *args)
+            await ender.end(job_id, finish, *args)
         if not finish:
             await self._announce_requeue()
 

@@ -20,6 +20,7 @@ order they were made.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -56,8 +57,7 @@ class TickBatcher(Generic[Item, Result]):
         self._max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0  # calls of `handle`, for tests and benches
-        self.items = 0
+        self.batches = 0  # calls of `handle`, for tests
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """Queue `item` for this turn's batch (at once: this is not a coroutine); await the reply."""
@@ -77,7 +77,6 @@ class TickBatcher(Generic[Item, Result]):
 
     async def _run(self, pending: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         self.batches += 1
-        self.items += len(pending)
         try:
             replies = await self._handle([item for item, _ in pending])
         except BaseException as exc:  # every caller of the batch hears it
@@ -156,9 +155,15 @@ class BatchedScript:
     """A Lua script called through its client's `Coalescer`: `register_script`'s object, batched."""
 
     def __init__(self, redis: Redis, script: str) -> None:
-        self.script = script.encode()
-        self.sha = hashlib.sha1(self.script).hexdigest()
+        self.script, self.sha = _encoded(script)
         self._coalescer = coalescer_for(redis)
 
     def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> asyncio.Future[Any]:
         return self._coalescer.evalsha(self.sha, self.script, keys, args)
+
+
+@functools.cache
+def _encoded(script: str) -> tuple[bytes, str]:
+    """A script's bytes and SHA-1, made once per text (a worker makes a `JobEnder` per job)."""
+    encoded = script.encode()
+    return encoded, hashlib.sha1(encoded).hexdigest()

@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 import re
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, expires_extra_ms, result_key_prefix
@@ -395,19 +394,9 @@ return 0
 class JobEnder:
     """arq's end of a delivery (`Worker.finish_job`) through the worker's coalesced pipeline."""
 
-    _of: ClassVar[weakref.WeakKeyDictionary[Redis, JobEnder]] = weakref.WeakKeyDictionary()
-
     def __init__(self, redis: Redis, queue_name: str) -> None:
         self._queue_name = queue_name
         self._script = BatchedScript(redis, _END)
-
-    @classmethod
-    def of(cls, redis: Redis, queue_name: str) -> JobEnder:
-        """The ender of `redis` (made once per client)."""
-        ender = cls._of.get(redis)
-        if ender is None or ender._queue_name != queue_name:
-            ender = cls._of[redis] = cls(redis, queue_name)
-        return ender
 
     async def end(  # noqa: PLR0917 - arq's finish_job's positional arguments, passed on as they come
         self,
