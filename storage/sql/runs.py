@@ -119,8 +119,7 @@ class _Finish:
     outcome: dict[str, Any]  # the outcome columns, with b_id
     calls: tuple[list[dict[str, Any]], list[dict[str, Any]]]  # attempt rows, ledger rows
     plan: dict[str, Any] | None  # the job_plans row
-    failure: JobFailure | None
-    failed: bool  # the run ends the job failed (no result)
+    failure: JobFailure | None  # the run ends the job failed with this (no result), else None
 
 
 class Runs:
@@ -192,8 +191,7 @@ class Runs:
             outcome,
             run_rows(job, run, attempts_made, billed, now),
             plan_row,
-            failure,
-            failed=result is None and failure is not None,
+            failure if result is None else None,
         )
         applied: bool = await self._db.writes.run_batched(self._finish_many, finish)
         return applied
@@ -209,8 +207,8 @@ class Runs:
                 await conn.execute(_FINISH_JOB, [finishes[n].outcome for n in closing])
             for n in closing:
                 applied[n] = True
-                if finishes[n].failed:
-                    await self._failed_event(conn, finishes[n])
+                if (failure := finishes[n].failure) is not None:
+                    await self._failed_event(conn, finishes[n], failure)
         attempt_rows = [row for f in finishes for row in f.calls[0]]
         ledger_rows = [row for f in finishes for row in f.calls[1]]
         await self._insert_calls(conn, attempt_rows, ledger_rows)
@@ -220,14 +218,13 @@ class Runs:
         return applied
 
     @staticmethod
-    async def _failed_event(conn: AsyncConnection, finish: _Finish) -> None:
+    async def _failed_event(conn: AsyncConnection, finish: _Finish, failure: JobFailure) -> None:
         """The `job.failed` webhook event of a job this finish failed (in its transaction)."""
-        assert finish.failure is not None
         cost = finish.outcome["cost_usd"] or Decimal(0)
         await job_failed(
             conn,
             finish.job,
-            failure=finish.failure,
+            failure=failure,
             attempts_made=finish.attempts_made,
             cost_usd=cost,
             now=finish.outcome["finished_at"],
