@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx2
 import pytest
 from sqlalchemy import update
 from standardwebhooks import Webhook
@@ -22,7 +23,7 @@ from standardwebhooks import Webhook
 from producer.client import Client
 from producer.inputs import read_jsonl_chunks
 from router_core.errors import InvalidRequestError
-from router_core.providers import sim_world_for
+from router_core.providers import parse_retry_after, sim_world_for
 from storage.bus.events import EventBus
 from storage.bus.queue import enqueue_jobs
 from storage.bus.recovery import finish_batch
@@ -34,7 +35,7 @@ from tests.backends import Backend
 from tests.conftest import deployment, make_catalog
 from tests.test_pipeline import chat, items
 from tests.webhook_receiver import Receiver
-from workers.webhooks import RetryPolicy, WebhookSender, retry_after_s
+from workers.webhooks import RetryPolicy, WebhookSender
 
 TENANT = "default"  # the pipeline settings' tenant
 
@@ -339,11 +340,16 @@ async def test_a_receiver_that_never_answers_times_out(backend: Backend) -> None
 
 
 def test_retry_after_reads_seconds_and_dates() -> None:
-    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-    assert retry_after_s("120", now) == 120.0
-    assert retry_after_s("Mon, 30 Nov 2026 12:01:00 GMT", now) == 60.0
-    assert retry_after_s("soon", now) is None
-    assert retry_after_s(None, now) is None
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
+
+    def retry_after_s(value: str | None) -> float | None:  # what the sender reads from an answer
+        return parse_retry_after(httpx2.Headers({} if value is None else {"retry-after": value}), now=now)
+
+    assert retry_after_s("120") == 120.0
+    assert retry_after_s("Mon, 30 Nov 2026 12:01:00 GMT") == 60.0
+    assert retry_after_s("Mon, 30 Nov 2026 12:01:00 -0000") == 60.0  # a date with no zone is GMT
+    assert retry_after_s("soon") is None
+    assert retry_after_s(None) is None
     policy = RetryPolicy(backoff_s=5, backoff_max_s=60)
     assert [policy.delay_s(n) for n in (1, 2, 3, 5)] == [5, 10, 20, 60]
     assert policy.delay_s(1, retry_after=30) == 30

@@ -20,16 +20,16 @@ see an event more than once (an answer lost on the way back): `webhook-id` lets 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx2
 from redis.asyncio import Redis
 
+from router_core.providers.errors import parse_retry_after
 from storage.settings import Settings
 from storage.sql.database import utcnow
 from storage.sql.store import Store
@@ -38,7 +38,7 @@ from storage.webhooks.model import DeliveryAttempt, DeliveryState
 from storage.webhooks.signing import signed_headers
 from workers.beat import Beat
 
-__all__ = ["RetryPolicy", "WebhookSender", "retry_after_s"]
+__all__ = ["RetryPolicy", "WebhookSender"]
 
 logger = logging.getLogger("routeq.webhooks")
 
@@ -70,22 +70,6 @@ class RetryPolicy:
         """The wait after failed attempt `attempt_no` (from 1), at least `retry_after`, at most the max."""
         backoff = self.backoff_s * 2.0 ** (attempt_no - 1)
         return min(self.backoff_max_s, max(backoff, retry_after or 0.0))
-
-
-def retry_after_s(value: str | None, now: datetime) -> float | None:
-    """A Retry-After header's wait in seconds (delta-seconds or an HTTP date); None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 class WebhookSender(Beat):
@@ -156,7 +140,7 @@ class WebhookSender(Beat):
                 status = reply.status_code
                 excerpt = await _excerpt(reply)
                 if status in (429, 503):
-                    wait = retry_after_s(reply.headers.get("retry-after"), started)
+                    wait = parse_retry_after(reply.headers, now=started.timestamp())
         except (TimeoutError, httpx2.TimeoutException):
             error = f"no answer within {self.policy.timeout_s:g}s (ROUTEQ_WEBHOOK_TIMEOUT_S)"
         except (httpx2.HTTPError, httpx2.InvalidURL, OSError, ValueError) as exc:

@@ -13,6 +13,7 @@ import email.utils
 import json
 import sys
 import time
+from datetime import UTC
 from typing import TYPE_CHECKING, cast
 
 import httpx2
@@ -70,6 +71,8 @@ def parse_retry_after(headers: httpx2.Headers | None, *, now: float | None = Non
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a "-0000" zone parses without one
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
