@@ -32,7 +32,16 @@ from pathlib import Path
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from saturation import routeq_env, spawn_routeq, start_workers, wait_for_workers
-from throughput import DEFAULT_REDIS_URL, NOTE, bench_settings, close_services, open_services, sim_server
+from throughput import (
+    DEFAULT_REDIS_URL,
+    NOTE,
+    bench_settings,
+    close_services,
+    free_port,
+    open_services,
+    process_cpu_s,
+    sim_server,
+)
 
 from producer.client import Client
 from router_core.models import ChatRequest, Message
@@ -40,23 +49,14 @@ from storage.jobs import JobStatus
 from storage.settings import Settings
 
 Call = Callable[[int], Awaitable[float | None]]
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_s(pid: int | None = None) -> float:
-    """User + system CPU seconds of process `pid` (this process when None), from /proc."""
+    """User + system CPU seconds of process `pid` (this process when None)."""
     if pid is None:
         times = os.times()
         return times.user + times.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14, 15)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return process_cpu_s(pid)
 
 
 def start_api(settings: Settings, catalog: Path, sim_url: str, port: int) -> subprocess.Popen[bytes]:

@@ -27,7 +27,15 @@ import tempfile
 from pathlib import Path
 
 from saturation import check_all_succeeded, routeq_env, spawn_routeq, timed_batch, wait_for_workers
-from throughput import DEFAULT_REDIS_URL, bench_settings, close_services, open_services, prompts, sim_server
+from throughput import (
+    DEFAULT_REDIS_URL,
+    bench_settings,
+    close_services,
+    open_services,
+    process_cpu_s,
+    prompts,
+    sim_server,
+)
 
 from producer.client import Client
 
@@ -53,12 +61,6 @@ sim = {{ latency_ms = {latency_ms} }}
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time so far (user + system, from /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -81,9 +83,9 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, [worker])
             client = Client(redis, store, settings)
-            cpu = cpu_seconds(worker.pid)
+            cpu = process_cpu_s(worker.pid)
             batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
-            cpu = cpu_seconds(worker.pid) - cpu
+            cpu = process_cpu_s(worker.pid) - cpu
         rss = peak_rss_mb(worker.pid)
         batch = await client.batch(batch_id)
     finally:

@@ -93,14 +93,26 @@ def bench_catalog() -> Catalog:
     return parse_catalog(tomllib.loads(BENCH_CATALOG_TOML), source="<bench>")
 
 
+def free_port() -> int:
+    """A loopback port free now (for a server the bench starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 @contextlib.contextmanager
 def sim_server(tmp: Path, catalog_toml: str = BENCH_CATALOG_TOML) -> Iterator[str]:
     """`routeq sim` in its own process on a free loopback port; yields its URL."""
     catalog = tmp / "bench-catalog.toml"
     catalog.write_text(catalog_toml)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     routeq = Path(sys.executable).with_name("routeq")
     proc = subprocess.Popen(
         [str(routeq), "sim", "--port", str(port), "--catalog", str(catalog)],

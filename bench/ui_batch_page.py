@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from api import free_port, wait_for_port
+from api import wait_for_port
 from sqlalchemy import (
     ColumnElement,
     DateTime,
@@ -67,6 +67,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import create_async_engine
+from throughput import free_port
 
 from router_core.models import ChatRequest, Message
 from storage.connections import connect_redis

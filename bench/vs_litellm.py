@@ -58,7 +58,7 @@ from typing import Any
 
 from saturation import routeq_env, spawn_routeq, wait_for_workers
 from sqlalchemy import func, select
-from throughput import bench_settings, close_services, open_services, prompts, sim_server
+from throughput import bench_settings, close_services, open_services, process_cpu_s, prompts, sim_server
 
 from producer.client import Client
 from storage.jobs import JobStatus
@@ -203,13 +203,12 @@ class Side:
     detail: str = ""
 
 
-def process_cpu_s(pid: int) -> float | None:
+def worker_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu_s(pid)
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def sim_counts(sim_url: str) -> dict[str, Counter[str]]:
@@ -245,14 +244,14 @@ async def routeq_side(args: argparse.Namespace, tmp: Path, sim_url: str, n_round
             before = await sim_counts(sim_url)
             items = prompts(args.requests)  # built before the clock, as on the LiteLLM side
             client = Client(redis, store, settings)
-            cpu0 = process_cpu_s(worker.pid)
+            cpu0 = worker_cpu_s(worker.pid)
             t0 = time.perf_counter()
             batch_id = await client.submit_batch(items, name="vs-litellm")
             async for event in client.events(batch_id):
                 if event.type == "batch.completed":
                     break
             side.elapsed_s = time.perf_counter() - t0
-            cpu1 = process_cpu_s(worker.pid)
+            cpu1 = worker_cpu_s(worker.pid)
             if cpu0 is not None and cpu1 is not None:
                 side.cpu_s = cpu1 - cpu0
         await sim_delta(sim_url, before, side)
