@@ -136,7 +136,7 @@ def _unnamed_suffix(resolve: Resolve) -> str | None:
     `resolve` is not a `DefaultStrategy` (what it does to such a request is not known)."""
     if not isinstance(resolve, DefaultStrategy):
         return None
-    bare = _PROBE.model_dump_json(exclude_defaults=True, exclude={"preferences"})
+    bare = request_json(_PROBE)  # it names no preferences: its text leaves them out
     whole = request_json(resolve(_PROBE))
     return whole[len(bare) - 1 :] if whole.startswith(bare[:-1]) else None
 
@@ -147,7 +147,7 @@ def _encoded(item: BatchItem, resolve: Resolve, unnamed: str) -> EncodedJob:
     if request.preferences.model_fields_set:
         text = request_json(resolve(request))
     else:  # `request_json` of such a request leaves preferences out, and `resolve` adds them
-        text = request.model_dump_json(exclude_defaults=True, exclude={"preferences"})[:-1] + unnamed
+        text = request_json(request)[:-1] + unnamed
     return EncodedJob(item.custom_id, text, False, request.user, request.metadata)
 
 
