@@ -48,7 +48,7 @@ from router_core.planner import call_tokens
 from router_core.router import Router
 from router_core.spend import SpendGuard
 from storage.bus.events import EventBus, JobEvent
-from storage.bus.queue import carried_request
+from storage.bus.queue import carried_request, carries_single
 from storage.bus.relay import StreamRelay
 from storage.errors import NotFoundError
 from storage.fleet.answers import AnswerStore, SavedAnswer
@@ -189,7 +189,7 @@ class JobRunner:
             admitted = await self._admit(job_id, carried)
         started = await self.store.runs.start(job_id, run=run, worker=self.worker_id)
         bind_job_log(batch=started.batch_id, tenant=started.tenant)
-        if isinstance(started, StartedJob) and carried is not None and carried.get("single") == "1":
+        if isinstance(started, StartedJob) and carries_single(carried):
             started = replace(started, single=True)  # a batch of one: no batch reads
         if isinstance(started, JobRecord):
             await self._drop_claim(job_id, admitted, [])
@@ -289,7 +289,7 @@ class JobRunner:
             batch_id = str(carried["batch_id"])
         except (ValidationError, KeyError, TypeError):
             return None
-        expires = (await self._limits(batch_id, carried.get("single") == "1")).expires_at
+        expires = (await self._limits(batch_id, carries_single(carried))).expires_at
         if expires is not None and datetime.now(UTC) >= expires:
             return None
         try:

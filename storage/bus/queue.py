@@ -38,6 +38,7 @@ __all__ = [
     "JobEnder",
     "carried_request",
     "carried_requests",
+    "carries_single",
     "deserialize",
     "enqueue_jobs",
     "orphans",
@@ -92,6 +93,11 @@ def carried_request(
     if single:
         carried["single"] = "1"
     return carried
+
+
+def carries_single(carried: Mapping[str, Any] | None) -> bool:
+    """Whether a payload's `carried` says its job is a batch of one (`carried_request(single=True)`)."""
+    return carried is not None and carried.get("single") == "1"
 
 
 def carried_requests(
