@@ -12,12 +12,16 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from standardwebhooks import Webhook
 
 from producer.cli import app
+from producer.cli.running import attempt_over
+from storage.webhooks.model import Delivery, DeliveryState, EventType
 from tests.test_cli_pipeline import runner, workdir
 from tests.webhook_receiver import Receiver
 
@@ -79,3 +83,29 @@ def test_endpoints_and_a_run_with_a_webhook(workdir: Path, monkeypatch: pytest.M
     bad_state = runner.invoke(app, ["webhooks", "deliveries", "--state", "lost"])
     assert bad_state.exit_code == 2
     assert "--state: 'lost' is not one of pending, delivered, failed" in bad_state.output
+
+
+def test_the_run_reports_a_delivery_only_once_its_attempt_has_ended() -> None:
+    """The claim counts an attempt when it starts: one still being sent (attempts 1, no status, no
+    error) is not reported as `pending after 1 attempt (ok)` (it was, on a busy machine)."""
+    now = datetime.now(UTC)
+    sending = Delivery(
+        id="whd_1",
+        tenant="t",
+        endpoint_id="whe_1",
+        event_id="evt",
+        event_type=EventType.BATCH_COMPLETED,
+        batch_id="b",
+        job_id=None,
+        url="http://127.0.0.1:9/hook",
+        state=DeliveryState.PENDING,
+        attempts=1,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    assert not attempt_over(sending)
+    assert not attempt_over(replace(sending, attempts=0))
+    assert attempt_over(replace(sending, state=DeliveryState.DELIVERED, last_status=200))
+    assert attempt_over(replace(sending, last_status=503, last_error="HTTP 503"))  # due again later
+    assert attempt_over(replace(sending, last_error="no answer within 10s (ROUTEQ_WEBHOOK_TIMEOUT_S)"))
+    assert attempt_over(replace(sending, state=DeliveryState.FAILED, last_error="endpoint removed"))

@@ -34,6 +34,7 @@ from router_core.simulated import simulated_note
 from storage.jobs import ANY_TENANT, NewJob
 from storage.settings import Settings
 from storage.sql.store import Store
+from storage.webhooks.model import Delivery, DeliveryState
 
 __all__ = ["RunOptions", "run_embedded"]
 
@@ -134,8 +135,7 @@ async def _report_webhooks(store: Store, batch_id: str, settings: Settings, cons
     bound = time.monotonic() + settings.webhook_timeout_s + 2 * settings.webhook_poll_s + 1
     while True:
         found = await store.webhooks.deliveries(tenant=ANY_TENANT, batch_id=batch_id)
-        attempted = all(d.attempts > 0 or d.state != "pending" for d in found)
-        if time.monotonic() > bound or (found and attempted):
+        if time.monotonic() > bound or (found and all(map(attempt_over, found))):
             break
         await asyncio.sleep(0.1)
     for d in found:
@@ -146,6 +146,14 @@ async def _report_webhooks(store: Store, batch_id: str, settings: Settings, cons
             soft_wrap=True,
             markup=False,
         )
+
+
+def attempt_over(delivery: Delivery) -> bool:
+    """Whether a delivery has an outcome to report: it is finished, or an attempt of it has ended
+    (a failure due again later). A claimed attempt counts in `attempts` from its start, so a
+    delivery with attempts but neither a status nor an error is still being sent."""
+    ended = delivery.last_status is not None or delivery.last_error is not None
+    return delivery.state != DeliveryState.PENDING or ended
 
 
 async def _start(embedded: Embedded, options: RunOptions, console: Console) -> str:
