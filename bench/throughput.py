@@ -17,6 +17,9 @@ Prints, from one run on one Redis:
 2. Submission of M lines (default 10,000): routeq `Client.submit_batch` (one SQL transaction plus a
    pipelined enqueue) against a loop of arq's `enqueue_job` (three round trips per job).
 
+Both workers run on uvloop, the event loop `routeq worker` runs on (`--loop asyncio`: asyncio's own
+loop, as runs before 2026-12 did; on it both phases cost about a tenth more CPU per job).
+
 Numbers vary by about +-10% between runs; compare ratios within one run, not across machines. A
 default run takes about a minute and a half, mostly the pipeline phases; --timeout bounds it. The
 Redis database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the
@@ -24,7 +27,7 @@ start, between phases and at the end: give it a database that holds nothing you 
 is a fresh SQLite file in a temporary directory unless --database-url is given; a PostgreSQL
 database given there has its tables TRUNCATEd first.
 
-Run: `.venv/bin/python bench/throughput.py [--jobs N] [--submit M] [--concurrency C]`.
+Run: `.venv/bin/python bench/throughput.py [--jobs N] [--submit M] [--concurrency C] [--loop L]`.
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms
 from arq.jobs import serialize_job
@@ -274,6 +278,12 @@ async def open_store(url: str) -> Store:
     return store
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a bench runs its in-process workers on: `routeq worker` runs on uvloop
+    (`producer.cli._common.execute`), so the default compares routeq and raw arq on that loop."""
+    return uvloop.new_event_loop if name == "uvloop" else None
+
+
 def bench_settings(redis_url: str, database_url: str, queue_name: str, **extra: Any) -> Settings:
     """Settings of a bench run: no .env file, simulated providers, the bench's own queue."""
     return Settings(
@@ -325,7 +335,7 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
     print(f"redis:       {args.redis_url} (FLUSHDB at start, between phases and at the end)")
     print(f"database:    {make_url(database_url).render_as_string(hide_password=True)}")
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    print(f"python:      {python}, {os.cpu_count()} CPUs")
+    print(f"python:      {python}, {os.cpu_count()} CPUs, both workers on {args.loop}'s event loop")
     print(f"concurrency: {args.concurrency} jobs at once per worker; {NOTE}")
     redis = await connect_redis(settings)
     store = await open_store(database_url)
@@ -370,13 +380,20 @@ def main() -> None:
     parser.add_argument("--submit", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds before the run gives up")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop of both workers (default uvloop, the loop `routeq worker` runs on)",
+    )
     args = parser.parse_args()
     # arq logs every job at INFO: formatting those lines would be part of what is timed.
     logging.basicConfig(level=logging.WARNING)
     try:
         with tempfile.TemporaryDirectory(prefix="routeq-bench-") as tmp, sim_server(Path(tmp)) as sim_url:
             database_url = args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
-            asyncio.run(run(args, database_url, sim_url))
+            with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+                runner.run(run(args, database_url, sim_url))
     except TimeoutError:
         raise SystemExit(f"gave up after --timeout {args.timeout:g} s: lower --jobs/--submit") from None
 
