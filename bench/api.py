@@ -20,7 +20,12 @@ are shared, CPU per request says what a change saved when the rates are noisy.
 The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
 
-Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--phases direct,http,api,stream]`.
+With `--rounds R` the phases run R times in turn (other prompts each round) and each ratio is the
+median of the rounds' ratios, every round's shown: on a busy machine one round's phases can meet
+different loads.
+
+Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--phases direct,http,api,stream]
+[--rounds R]`.
 """
 
 from __future__ import annotations
@@ -83,13 +88,13 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def measure(
-    label: str, call: Call, requests: int, concurrency: int, pids: dict[str, int | None]
+    label: str, call: Call, requests: int, concurrency: int, pids: dict[str, int | None], *, first: int = 0
 ) -> float:
-    """Run `requests` calls, `concurrency` at a time; print the rate, latencies and CPU per request
-    of each process in `pids`; return the rate."""
+    """Run `requests` calls (prompts `first`, `first` + 1, ...), `concurrency` at a time; print the
+    rate, latencies and CPU per request of each process in `pids`; return the rate."""
     latencies: list[float] = []
     firsts: list[float] = []
-    queue = iter(range(requests))
+    queue = iter(range(first, first + requests))
 
     async def lane() -> None:
         for i in queue:
@@ -196,15 +201,20 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
             print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
             pids = {"worker": workers[0].pid, "serve": api.pid, "callers": None}
             n, c = args.requests, args.concurrency
-            rates = {}
-            for phase, label, call in (
-                ("direct", "direct (Client.submit+wait)", direct),
-                ("http", "API, light aiohttp caller", light),
-                ("api", "API, openai SDK", plain),
-                ("stream", "API, openai SDK, stream", streamed),
-            ):
-                if phase in args.phases:
-                    rates[phase] = await measure(label, call, n, c, pids)
+            rates: dict[str, list[float]] = {}
+            for round_no in range(args.rounds):
+                if args.rounds > 1:
+                    print(f" round {round_no + 1} of {args.rounds}")
+                for phase, label, call in (
+                    ("direct", "direct (Client.submit+wait)", direct),
+                    ("http", "API, light aiohttp caller", light),
+                    ("api", "API, openai SDK", plain),
+                    ("stream", "API, openai SDK, stream", streamed),
+                ):
+                    if phase in args.phases:
+                        # Prompts of their own each round: the response cache answers none of them.
+                        rate = await measure(label, call, n, c, pids, first=round_no * n)
+                        rates.setdefault(phase, []).append(rate)
         if "direct" in rates:
             for phase, label in (
                 ("http", "API / direct, light aiohttp caller:    "),
@@ -212,7 +222,11 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
                 ("stream", "API stream / direct, openai SDK caller:"),
             ):
                 if phase in rates:
-                    print(f"   {label}   {rates[phase] / rates['direct']:6.3f}")
+                    ratios = [r / d for r, d in zip(rates[phase], rates["direct"], strict=True)]
+                    line = f"   {label}   {statistics.median(ratios):6.3f}"
+                    if len(ratios) > 1:
+                        line += "  (median; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
+                    print(line)
         print(f"   ({NOTE})")
     finally:
         await sdk.close()
@@ -231,6 +245,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--redis-url", default=os.environ.get("ROUTEQ_BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the phases this many times, one after the other; ratios are the median of the rounds' "
+        "(on a busy machine a round's phases see different loads)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(
         "--phases",
