@@ -14,9 +14,11 @@ cores as the server, so a heavy caller (the SDK: about as much CPU per request a
 takes the server's core where production callers run elsewhere. The light caller measures the
 API; the SDK's ratio says what a caller on the same machine sees. Every request must succeed; a
 failed one stops the run.
-Each line also gives the CPU time per request of the worker, of `routeq serve` and of this process
-(the callers: the client, aiohttp, or the openai SDK), read from /proc: on a machine whose cores
-are shared, CPU per request says what a change saved when the rates are noisy.
+Each line also gives the CPU time per request of the worker, of `routeq serve`, of the sim, of this
+process (the callers: the client, aiohttp, or the openai SDK) and their sum (`all`; Redis, shared
+with whatever else runs, is left out), read from /proc: on a machine whose cores are shared, CPU
+per request says what a change saved when the rates are noisy, and when other work leaves less
+than two cores the rates follow `all`.
 The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
 
@@ -73,6 +75,21 @@ def cpu_s(pid: int | None = None) -> float:
     return process_cpu_s(pid)
 
 
+def sim_pid() -> int | None:
+    """The `routeq sim` process this bench started (a child of this process), from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+        if ppid == os.getpid() and b"sim" in command[2:3]:
+            return int(entry.name)
+    return None
+
+
 def start_api(settings: Settings, catalog: Path, sim_url: str, port: int) -> subprocess.Popen[bytes]:
     return spawn_routeq(["serve", "--port", str(port)], routeq_env(settings, catalog, sim_url))
 
@@ -115,6 +132,7 @@ async def measure(
     if firsts:
         line += f"   first chunk p50 {statistics.median(firsts) * 1000:6.1f} ms"
     print(line)
+    cpu["all"] = sum(cpu.values())
     print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
     return rate
 
@@ -177,6 +195,23 @@ def light_call(session: aiohttp.ClientSession, url: str, secret: str) -> Call:
     return light
 
 
+def print_ratios(rates: dict[str, list[float]]) -> None:
+    """Each API phase's rate over the direct one's, naming its caller (the median over rounds)."""
+    if "direct" not in rates:
+        return
+    for phase, label in (
+        ("http", "API / direct, light aiohttp caller:    "),
+        ("api", "API / direct, openai SDK caller:       "),
+        ("stream", "API stream / direct, openai SDK caller:"),
+    ):
+        if phase in rates:
+            ratios = [r / d for r, d in zip(rates[phase], rates["direct"], strict=True)]
+            line = f"   {label}   {statistics.median(ratios):6.3f}"
+            if len(ratios) > 1:
+                line += "  (median; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
+            print(line)
+
+
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp}/bench-api.db"
     catalog = tmp / "bench-catalog.toml"  # written by sim_server
@@ -199,7 +234,9 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
             for warm in (direct, light, plain):  # connections, SDK import paths, SQLite pages
                 await asyncio.gather(*(warm(-1 - i) for i in range(10)))  # prompts not measured
             print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
-            pids = {"worker": workers[0].pid, "serve": api.pid, "callers": None}
+            pids = {"worker": workers[0].pid, "serve": api.pid, "sim": sim_pid(), "callers": None}
+            if pids["sim"] is None:
+                raise SystemExit("the sim process was not found among this process's children")
             n, c = args.requests, args.concurrency
             rates: dict[str, list[float]] = {}
             for round_no in range(args.rounds):
@@ -215,18 +252,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
                         # Prompts of their own each round: the response cache answers none of them.
                         rate = await measure(label, call, n, c, pids, first=round_no * n)
                         rates.setdefault(phase, []).append(rate)
-        if "direct" in rates:
-            for phase, label in (
-                ("http", "API / direct, light aiohttp caller:    "),
-                ("api", "API / direct, openai SDK caller:       "),
-                ("stream", "API stream / direct, openai SDK caller:"),
-            ):
-                if phase in rates:
-                    ratios = [r / d for r, d in zip(rates[phase], rates["direct"], strict=True)]
-                    line = f"   {label}   {statistics.median(ratios):6.3f}"
-                    if len(ratios) > 1:
-                        line += "  (median; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
-                    print(line)
+        print_ratios(rates)
         print(f"   ({NOTE})")
     finally:
         await sdk.close()
