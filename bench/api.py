@@ -3,23 +3,38 @@ Python client on the same Redis, the same worker process and the same sim.
 
 Prints, from one run:
 1. direct: C concurrent tasks doing `Client.submit` + `Client.wait` (what the API does inside);
-2. API: C concurrent official-SDK `chat.completions.create` calls against `routeq serve` (its own
-   process) on loopback;
-3. API, streamed: the same with `stream=True`, consumed to the end (time to first chunk too).
-API / direct is what the HTTP layer costs. Every request must succeed; a failed one stops the run.
-Each line also gives the CPU time per request of the worker, of `routeq serve` and of this process
-(the callers: the client, or the openai SDK), read from /proc: on a machine whose cores are shared,
-CPU per request says what a change saved when the rates are noisy.
+2. API, light caller: C concurrent POSTs of the Chat Completions JSON body on one shared aiohttp
+   session against `routeq serve` (its own process) on loopback, each answer parsed and checked
+   (a `chat.completion` holding the sim's text);
+3. API, openai SDK: the same through the official SDK's `chat.completions.create`;
+4. API, streamed: the SDK with `stream=True`, consumed to the end (time to first chunk too).
+API / direct is what the HTTP layer costs; it is printed for each caller, the line naming it. The
+callers are the bench's load generator, not routeq: they run in this process, on the same two
+cores as the server, so a heavy caller (the SDK: about as much CPU per request as the server)
+takes the server's core where production callers run elsewhere. The light caller measures the
+API; the SDK's ratio says what a caller on the same machine sees. Every request must succeed; a
+failed one stops the run.
+Each line also gives the CPU time per request of the worker, of `routeq serve`, of the sim, of this
+process (the callers: the client, aiohttp, or the openai SDK) and their sum (`all`; Redis, shared
+with whatever else runs, is left out), read from /proc: on a machine whose cores are shared, CPU
+per request says what a change saved when the rates are noisy, and when other work leaves less
+than two cores the rates follow `all`.
 The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
 
-Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--phases direct,api,stream]`.
+With `--rounds R` the phases run R times in turn (other prompts each round) and each ratio is the
+median of the rounds' ratios, every round's shown: on a busy machine one round's phases can meet
+different loads.
+
+Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--phases direct,http,api,stream]
+[--rounds R]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -29,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from saturation import routeq_env, spawn_routeq, start_workers, wait_for_workers
@@ -59,6 +75,21 @@ def cpu_s(pid: int | None = None) -> float:
     return process_cpu_s(pid)
 
 
+def sim_pid() -> int | None:
+    """The `routeq sim` process this bench started (a child of this process), from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+        if ppid == os.getpid() and b"sim" in command[2:3]:
+            return int(entry.name)
+    return None
+
+
 def start_api(settings: Settings, catalog: Path, sim_url: str, port: int) -> subprocess.Popen[bytes]:
     return spawn_routeq(["serve", "--port", str(port)], routeq_env(settings, catalog, sim_url))
 
@@ -74,13 +105,13 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def measure(
-    label: str, call: Call, requests: int, concurrency: int, pids: dict[str, int | None]
+    label: str, call: Call, requests: int, concurrency: int, pids: dict[str, int | None], *, first: int = 0
 ) -> float:
-    """Run `requests` calls, `concurrency` at a time; print the rate, latencies and CPU per request
-    of each process in `pids`; return the rate."""
+    """Run `requests` calls (prompts `first`, `first` + 1, ...), `concurrency` at a time; print the
+    rate, latencies and CPU per request of each process in `pids`; return the rate."""
     latencies: list[float] = []
     firsts: list[float] = []
-    queue = iter(range(requests))
+    queue = iter(range(first, first + requests))
 
     async def lane() -> None:
         for i in queue:
@@ -101,6 +132,7 @@ async def measure(
     if firsts:
         line += f"   first chunk p50 {statistics.median(firsts) * 1000:6.1f} ms"
     print(line)
+    cpu["all"] = sum(cpu.values())
     print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
     return rate
 
@@ -141,6 +173,45 @@ def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
     return direct, plain, streamed
 
 
+def light_call(session: aiohttp.ClientSession, url: str, secret: str) -> Call:
+    """The API asked by a light HTTP client: the body an SDK would send, POSTed on one shared
+    aiohttp session, the JSON answer parsed and checked (a `chat.completion` holding the sim's
+    answer). The bench's callers are its load generator, not routeq: on a machine of two cores a
+    heavy caller takes CPU from the server it measures, where production callers run elsewhere."""
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+
+    async def light(i: int) -> float | None:
+        body = {"model": "auto", "messages": [{"role": "user", "content": f"Say hello {i} over plain HTTP"}]}
+        async with session.post(url, data=json.dumps(body), headers=headers) as response:
+            payload = await response.read()
+        if response.status != 200:
+            raise SystemExit(f"API request {i} answered {response.status}: {payload[:200]!r}")
+        reply = json.loads(payload)
+        content = reply["choices"][0]["message"]["content"] if reply.get("choices") else None
+        if reply.get("object") != "chat.completion" or not str(content).startswith("[simulated "):
+            raise SystemExit(f"API request {i} is not the sim's chat completion: {payload[:200]!r}")
+        return None
+
+    return light
+
+
+def print_ratios(rates: dict[str, list[float]]) -> None:
+    """Each API phase's rate over the direct one's, naming its caller (the median over rounds)."""
+    if "direct" not in rates:
+        return
+    for phase, label in (
+        ("http", "API / direct, light aiohttp caller:    "),
+        ("api", "API / direct, openai SDK caller:       "),
+        ("stream", "API stream / direct, openai SDK caller:"),
+    ):
+        if phase in rates:
+            ratios = [r / d for r, d in zip(rates[phase], rates["direct"], strict=True)]
+            line = f"   {label}   {statistics.median(ratios):6.3f}"
+            if len(ratios) > 1:
+                line += "  (median; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
+            print(line)
+
+
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp}/bench-api.db"
     catalog = tmp / "bench-catalog.toml"  # written by sim_server
@@ -151,33 +222,41 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     workers = start_workers(settings, catalog, sim_url, 1)
     api = start_api(settings, catalog, sim_url, port)
     sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency))
     client = Client(redis, store, settings, tenant="bench", user="bench")
     direct, plain, streamed = calls(client, sdk)
+    light = light_call(session, f"http://127.0.0.1:{port}/v1/chat/completions", secret)
 
     try:
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, workers)
             await wait_for_port(port, api)
-            for warm in (direct, plain):  # connections, SDK import paths, SQLite pages
+            for warm in (direct, light, plain):  # connections, SDK import paths, SQLite pages
                 await asyncio.gather(*(warm(-1 - i) for i in range(10)))  # prompts not measured
             print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
-            pids = {"worker": workers[0].pid, "serve": api.pid, "callers": None}
+            pids = {"worker": workers[0].pid, "serve": api.pid, "sim": sim_pid(), "callers": None}
+            if pids["sim"] is None:
+                raise SystemExit("the sim process was not found among this process's children")
             n, c = args.requests, args.concurrency
-            rates = {}
-            for phase, label, call in (
-                ("direct", "direct (Client.submit+wait)", direct),
-                ("api", "API, openai SDK", plain),
-                ("stream", "API, openai SDK, stream", streamed),
-            ):
-                if phase in args.phases:
-                    rates[phase] = await measure(label, call, n, c, pids)
-        if "direct" in rates:
-            for phase, label in (("api", "API / direct:       "), ("stream", "API stream / direct:")):
-                if phase in rates:
-                    print(f"   {label}   {rates[phase] / rates['direct']:6.3f}")
+            rates: dict[str, list[float]] = {}
+            for round_no in range(args.rounds):
+                if args.rounds > 1:
+                    print(f" round {round_no + 1} of {args.rounds}")
+                for phase, label, call in (
+                    ("direct", "direct (Client.submit+wait)", direct),
+                    ("http", "API, light aiohttp caller", light),
+                    ("api", "API, openai SDK", plain),
+                    ("stream", "API, openai SDK, stream", streamed),
+                ):
+                    if phase in args.phases:
+                        # Prompts of their own each round: the response cache answers none of them.
+                        rate = await measure(label, call, n, c, pids, first=round_no * n)
+                        rates.setdefault(phase, []).append(rate)
+        print_ratios(rates)
         print(f"   ({NOTE})")
     finally:
         await sdk.close()
+        await session.close()
         for proc in (api, *workers):
             proc.terminate()
         for proc in (api, *workers):
@@ -192,12 +271,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--redis-url", default=os.environ.get("ROUTEQ_BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the phases this many times, one after the other; ratios are the median of the rounds' "
+        "(on a busy machine a round's phases see different loads)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(
         "--phases",
         type=lambda text: text.split(","),
-        default=["direct", "api", "stream"],
-        help="which of direct,api,stream to run (e.g. `api` alone, under a profiler)",
+        default=["direct", "http", "api", "stream"],
+        help="which of direct,http,api,stream to run (e.g. `api` alone, under a profiler)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sim_server(Path(tmp)) as sim_url:

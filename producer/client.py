@@ -426,7 +426,8 @@ class Client:
         )
 
     async def enqueue(self, created: CreatedBatch) -> None:
-        """Steps 2-3: the batch's progress counter, then its jobs on the arq queue.
+        """Steps 2-3: the batch's progress counter, then its jobs on the arq queue (one script call
+        for both when the batch fits one: `enqueue_jobs`).
 
         A replayed batch (same idempotency key) may have been left unqueued by a Redis error
         after its SQL commit: its jobs still `queued` in SQL are queued again, and one already
@@ -447,13 +448,13 @@ class Client:
             if job_ids:
                 total = (await self.store.batches.get(created.batch_id, tenant=self.scope)).total
         if job_ids:
-            await self.events_bus.open_batch(created.batch_id, total)
             await enqueue_jobs(
                 self.redis,
                 job_ids,
                 queue_name=self.settings.queue_name,
                 keep_scheduled=created.replayed,
                 carried=carried,
+                opening=self.events_bus.opening(created.batch_id, total),  # the total, set first
             )
 
     # -- reading ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:ui:batch:<batch_id>   | string  | UI_BATCH_SUMMARY_TTL_S        | the API (dashboard)   |
 | routeq:catalog:version       | string  | permanent (a counter)         | catalog changes       |
 | routeq:catalog:changed       | pub/sub | -                             | catalog changes       |
+| routeq:api-keys:version      | string  | permanent (a random token)    | `routeq keys` changes |
 
 Fleet state (`storage.fleet.state`): `routeq:dep:<id>` holds the breaker (state, opened_at, forced), the
 live stats (success rate, latency EWMA, calls) and the breaker's failure window; the sorted sets
@@ -78,6 +79,7 @@ from urllib.parse import unquote
 
 __all__ = [
     "ANSWER_TTL_S",
+    "API_KEYS_VERSION",
     "ARQ_IN_PROGRESS_PREFIX",
     "ARQ_JOB_PREFIX",
     "ARQ_RETRY_PREFIX",
@@ -159,6 +161,9 @@ UI_BATCH_SUMMARY_TTL_S = 3600
 # (never lowered) after each commit, and the channel that tells every process to read it at once.
 CATALOG_VERSION = PREFIX + "catalog:version"
 CATALOG_CHANGED = PREFIX + "catalog:changed"
+# API keys (`storage.fleet.key_cache`): a token replaced after every change of a key, so that API
+# servers read their kept keys from SQL again.
+API_KEYS_VERSION = PREFIX + "api-keys:version"
 
 
 def key_part(name: str) -> str:

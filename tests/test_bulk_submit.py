@@ -14,7 +14,10 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import ChatRequest, Preferences
-from storage.bus.queue import JOB_FUNCTION, _Payloads, serialize
+from storage import keys
+from storage.bus import queue
+from storage.bus.events import EventBus
+from storage.bus.queue import JOB_FUNCTION, _Payloads, deserialize, enqueue_jobs, serialize
 from storage.jobs import NewJob
 from storage.sql import new_jobs
 from storage.sql.new_jobs import JobOwner, _EncodedJSON, encode_jobs, insert_jobs, job_rows, request_json
@@ -147,3 +150,28 @@ def test_a_request_naming_no_preferences_has_default_ones_of_its_own() -> None:
 def test_payloads_are_the_bytes_arq_serializes(job_id: str, job_try: int | None) -> None:
     expected = serialize_job(JOB_FUNCTION, (job_id,), {}, job_try, 1_700_000_000_123, serializer=serialize)
     assert _Payloads(1_700_000_000_123).of(job_id, job_try) == expected
+
+
+async def test_the_first_enqueue_call_sets_the_batch_total_before_its_jobs(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`enqueue_jobs(opening=...)`: the batch's total goes in with its first chunk (one call, no
+    `open_batch` round trip of its own); later chunks and a re-queue leave it alone."""
+    monkeypatch.setattr(queue, "_ENQUEUE_CHUNK", 2)  # three jobs: two calls
+    redis = await backend.redis()
+    bus = EventBus(redis, retention_s=600)
+    queue_name = backend.settings.queue_name
+    ids = ["job_1", "job_2", "job_3"]
+    await enqueue_jobs(redis, ids, queue_name=queue_name, opening=bus.opening("batch_x", 3))
+    progress = keys.batch_progress("batch_x")
+    assert await redis.hgetall(progress) == {b"total": b"3"}  # type: ignore[misc]
+    assert 0 < await redis.ttl(progress) <= 600
+    assert sorted(await redis.zrange(queue_name, 0, -1)) == [i.encode() for i in ids]
+    for job_id in ids:
+        payload = deserialize(await redis.get(keys.ARQ_JOB_PREFIX + job_id))
+        assert (payload["f"], payload["a"]) == (JOB_FUNCTION, [job_id])
+
+    await redis.hset(progress, "total", "9")  # type: ignore[misc]
+    await enqueue_jobs(redis, ["job_4"], queue_name=queue_name)
+    assert await redis.hget(progress, "total") == b"9"  # type: ignore[misc]
+    assert await redis.zscore(queue_name, "job_4") is not None

@@ -8,10 +8,12 @@ Every test runs on both backends (fakeredis + SQLite, real Redis + PostgreSQL in
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from producer.client import Client
 from storage.bus.queue import carried_request, enqueue_jobs
@@ -131,3 +133,35 @@ async def test_a_chat_completion_reads_its_job_once(
     job = await backend.store.jobs.get(job_id, tenant=ANY_TENANT)
     assert job.status == JobStatus.SUCCEEDED
     assert (await backend.store.batches.get(job.batch_id, tenant=ANY_TENANT)).completed_at is not None
+
+
+async def test_batches_of_one_made_together_share_their_statements(backend: Backend) -> None:
+    """Concurrent chat completions' jobs go into SQL as one INSERT of their batch rows (and one of
+    their jobs) in one group commit, each batch and job as if made alone."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = backend.store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        made = await asyncio.gather(
+            *(
+                backend.store.batches.create(
+                    [NewJob("request", chat(f"Hello {i}"))], tenant=TENANT, user_id="u1", kind=SINGLE
+                )
+                for i in range(5)
+            )
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sum(s.lstrip().upper().startswith("INSERT INTO BATCHES") for s in statements) == 1
+    assert len({created.batch_id for created in made}) == 5
+    for i, created in enumerate(made):
+        batch = await backend.store.batches.get(created.batch_id, tenant=TENANT)
+        assert (batch.kind, batch.total, batch.completed_at) == (SINGLE, 1, None)
+        [job_id] = created.job_ids
+        job = await backend.store.jobs.get(job_id, tenant=TENANT)
+        assert (job.batch_id, job.status, job.custom_id) == (created.batch_id, JobStatus.QUEUED, "request")
+        assert job.request["messages"][0]["content"] == f"Hello {i}"

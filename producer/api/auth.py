@@ -1,6 +1,7 @@
 """Who is calling: an API key (`Authorization: Bearer rq-...`) bound to a tenant and user.
 
-Only the key's SHA-256 is looked up (storage.sql.api_keys); the secret is never logged or stored. In dev
+Only the key's SHA-256 is looked up (storage.sql.api_keys; each server keeps the active keys it
+looked up until any key changes: storage.fleet.key_cache); the secret is never logged or stored. In dev
 mode (`ROUTEQ_API_DEV_MODE=true`, turned on by `routeq run --serve` only) there are no keys: every
 request acts as the configured tenant/user with admin and operator rights.
 
@@ -86,7 +87,7 @@ async def caller(
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = await ctx.store.api_keys.authenticate(secret)
+    key = await ctx.keys.authenticate(secret)  # kept between requests until a key changes
     if key is None:
         raise ApiError(
             401,

@@ -164,7 +164,11 @@ async def chat_completions(
         ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens)
     )
     client = ctx.client(principal.tenant, principal.user, principal.key_id)
-    key = idempotency_key(idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings)
+    key = None
+    if idempotency is not None:  # the body's JSON dump is the key's fingerprint: only made for one
+        key = idempotency_key(
+            idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings
+        )
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
     created = await client.create_single(request, stream=body.stream, idempotency=key)
     job_id = created.job_ids[0]

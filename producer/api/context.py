@@ -21,6 +21,7 @@ from storage.bus.relay import StreamRelay
 from storage.connections import connect_redis
 from storage.fleet.budgets import Budgets
 from storage.fleet.catalog import LiveCatalog
+from storage.fleet.key_cache import KeyCache
 from storage.fleet.quality import FleetQuality
 from storage.fleet.ratelimits import RateLimiter, RateLimits
 from storage.fleet.state import RedisFleetState
@@ -46,6 +47,8 @@ class ApiContext:
     quality: FleetQuality = field(init=False)
     planner: Planner = field(init=False)
     limiter: RateLimiter = field(init=False)
+    # The API keys callers sent, kept until any key changes (storage.fleet.key_cache).
+    keys: KeyCache = field(init=False)
     # Tenants' rate limits read from SQL, each kept a few seconds: tenant -> (until, limits).
     tenant_limits: dict[str, tuple[float, RateLimits]] = field(init=False, default_factory=dict)
     rules: InputRules = field(init=False)
@@ -65,6 +68,7 @@ class ApiContext:
         self.relay = StreamRelay(self.redis, notifier=self.notifier)
         self.metrics = Metrics()
         self.limiter = RateLimiter(self.redis)
+        self.keys = KeyCache(self.redis, self.store.api_keys)
         self.quality = FleetQuality.from_settings(self.redis, self.store, self.settings)
         limits = PlanLimits(self.settings.default_completion_tokens, self.settings.max_candidates)
         self.planner = Planner(self.fleet, self.quality, limits)  # POST /v1/route

@@ -18,6 +18,7 @@ from producer.cli._common import (
     fail,
     finite_usd,
     load_settings,
+    optional_redis,
     print_json,
     with_redis,
     with_store,
@@ -194,6 +195,7 @@ def limit_key(
         if models_given:
             key = await store.api_keys.set_allowed_models(key_id, models)
         assert key is not None
+        await _tell_servers(settings)
         return key
 
     key = execute(with_store(settings, change))
@@ -201,6 +203,26 @@ def limit_key(
         console.print(f"key {key.id}: {_limits_text(key.limits.as_json())}", markup=False)
     if models_given:
         console.print(f"key {key.id}: allowed models: {_models_text(key.allowed_models)}", markup=False)
+
+
+async def _tell_servers(settings: Settings) -> None:
+    """Announce a committed key change to the API servers, which keep the keys they looked up
+    (storage.fleet.key_cache): each reads them from SQL again on its next request. Without Redis
+    the change still holds in SQL; a server then sees it when its kept copy expires."""
+    from redis.exceptions import RedisError  # noqa: PLC0415 - start-up: imported on use
+
+    from storage.fleet.key_cache import KEY_CACHE_TTL_S, announce_key_change  # noqa: PLC0415 - on use
+
+    try:
+        async with optional_redis(settings) as redis:
+            if redis is not None:
+                await announce_key_change(redis)
+    except (ServiceUnavailableError, RedisError, OSError) as exc:
+        err_console.print(
+            f"[yellow]warning: the change is made, but the API servers could not be told through Redis "
+            f"({escape(str(exc))}): one that used this key may go on as before for up to "
+            f"{KEY_CACHE_TTL_S:g} s[/yellow]"
+        )
 
 
 def _checked_models(settings: Settings, patterns: list[str]) -> list[str]:
@@ -335,6 +357,7 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (key_...
             key = await store.api_keys.revoke(key_id)
         finally:
             await store.close()
+        await _tell_servers(settings)
         console.print(f"revoked {key.id} ({key.tenant}/{key.user_id})")
 
     execute(go())

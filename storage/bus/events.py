@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from storage import keys
 from storage.bus.coalesce import BatchedScript
+from storage.bus.queue import BatchOpening
 from storage.connections import as_text
 from storage.jobs import CancelledJob, FinishedJob, JobRecord, JobStatus
 
@@ -168,6 +169,10 @@ class EventBus:
     def redis(self) -> Redis:
         """The connection the bus publishes on."""
         return self._redis
+
+    def opening(self, batch_id: str, total: int) -> BatchOpening:
+        """The batch's total for `enqueue_jobs(opening=...)`: set with its first jobs, in one call."""
+        return BatchOpening(keys.batch_progress(batch_id), total, self._retention_s)
 
     async def open_batch(self, batch_id: str, total: int) -> None:
         """Record the batch size so workers know when it is complete (before any job is queued)."""

@@ -6,7 +6,7 @@ ask for admission before it touches SQL. Jobs are serialized
 as JSON, not arq's default pickle, so whoever can write to Redis cannot make a worker run code.
 
     enqueue_jobs   new jobs: payload + queue entry + a wake-up ping for idle workers, one script call
-                   per 2,000 jobs
+                   per 2,000 jobs (the first may also open the batch's progress: `BatchOpening`)
     claim_jobs     a worker takes due jobs nobody runs, past those running elsewhere: one Lua call
     Deferrals      a job waiting for capacity back on the queue at its turn, one Lua call
     orphans        which unfinished jobs nothing in Redis will run (no lease, no payload or entry)
@@ -32,6 +32,7 @@ from storage.bus.coalesce import BatchedScript
 
 __all__ = [
     "JOB_FUNCTION",
+    "BatchOpening",
     "Claim",
     "Deferrals",
     "JobClaimer",
@@ -59,6 +60,15 @@ def deserialize(raw: bytes) -> Any:
     return json.loads(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchOpening:
+    """A batch's progress total (`EventBus.opening`), set by the first enqueue call before its jobs."""
+
+    key: str  # routeq:progress:<batch>
+    total: int
+    retention_s: int
+
+
 async def enqueue_jobs(
     redis: ArqRedis,
     job_ids: Sequence[str],
@@ -66,6 +76,7 @@ async def enqueue_jobs(
     queue_name: str,
     keep_scheduled: bool = False,
     carried: Sequence[Mapping[str, str] | None] | None = None,
+    opening: BatchOpening | None = None,
 ) -> None:
     """Put `job_ids` on the arq queue, one round trip (one script call) per 2,000 jobs.
 
@@ -74,10 +85,13 @@ async def enqueue_jobs(
     same keys arq would. `keep_scheduled`: an id already in the queue keeps
     its run-at time (ZADD NX), so re-queuing does not hurry a job deferred for capacity.
     `carried`: per job, what its payload carries besides its id (`carried_requests`), or None.
+    `opening`: the batch's progress total, set by the first call before any job is queued (what
+    `EventBus.open_batch` does, without a round trip of its own). The calls go through the client's
+    `Coalescer`: concurrent submitters' enqueues share pipelines.
     """
     jobs = dict.fromkeys(job_ids)
     extra = None if carried is None else dict(zip(job_ids, carried, strict=True))
-    await _enqueue(redis, jobs, queue_name, keep_scheduled=keep_scheduled, carried=extra)
+    await _enqueue(redis, jobs, queue_name, keep_scheduled=keep_scheduled, carried=extra, opening=opening)
 
 
 def carried_request(
@@ -128,39 +142,50 @@ async def _enqueue(
     *,
     keep_scheduled: bool = False,
     carried: Mapping[str, Mapping[str, str] | None] | None = None,
+    opening: BatchOpening | None = None,
 ) -> None:
     now_ms = int(time.time() * 1000)
     job_ids = list(tries)
     payloads = _Payloads(now_ms)
-    script = redis.register_script(_ENQUEUE)
+    script = BatchedScript(redis, _ENQUEUE)
     flags = [expires_extra_ms, now_ms, "NX" if keep_scheduled else "", keys.queue_wake_channel(queue_name)]
     for start in range(0, len(job_ids), _ENQUEUE_CHUNK):
         chunk = job_ids[start : start + _ENQUEUE_CHUNK]
         job_keys = [keys.ARQ_JOB_PREFIX + job_id for job_id in chunk]
         extra = dict.fromkeys(chunk) if carried is None else carried
-        args = [*flags, *(payloads.of(job_id, tries[job_id], extra[job_id]) for job_id in chunk), *chunk]
-        await script(keys=[queue_name, *job_keys], args=args)
+        progress: list[Any] = ["", 0] if opening is None else [opening.total, opening.retention_s]
+        opened = [] if opening is None else [opening.key]
+        opening = None  # the first call sets it
+        payload_args = (payloads.of(job_id, tries[job_id], extra[job_id]) for job_id in chunk)
+        args = [*flags, *progress, *payload_args, *chunk]
+        await script(keys=[queue_name, *job_keys, *opened], args=args)
 
 
-# KEYS[1] the queue, KEYS[2..n+1] the jobs' payload keys. ARGV: [1] payload TTL (ms), [2] the queue
-# score (now, ms), [3] "NX" to keep the score of an id already queued, [4] the wake-up channel,
-# [5..n+4] the payloads, [n+5..2n+4] the ids.
+# KEYS[1] the queue, KEYS[2..n+1] the jobs' payload keys, then the batch's progress hash when
+# ARGV[5] is a total. ARGV: [1] payload TTL (ms), [2] the queue score (now, ms), [3] "NX" to keep the
+# score of an id already queued, [4] the wake-up channel, [5] the batch's total or "", [6] the
+# progress hash's TTL (s), [7..n+6] the payloads, [n+7..2n+6] the ids.
 # One call per chunk instead of a SET per job: redis-py builds one command, not 2,000 (most of the
-# CPU a big submit spent on Redis), and the chunk lands at once. Queue entries go in after their
-# payloads and the ping after the entries: a worker never sees an id without its payload, and a
-# woken worker finds them.
+# CPU a big submit spent on Redis), and the chunk lands at once. The batch's total goes in first
+# (workers count a job's end against it), queue entries after their payloads and the ping after
+# the entries: a worker never sees an id without its payload, and a woken worker finds them.
 _ENQUEUE = """
 local n = #KEYS - 1
-local ttl, score, nx, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, score, nx, channel, total = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if total ~= '' then
+  n = n - 1
+  redis.call('HSET', KEYS[n + 2], 'total', total)
+  redis.call('EXPIRE', KEYS[n + 2], ARGV[6])
+end
 for i = 1, n do
-  redis.call('SET', KEYS[i + 1], ARGV[i + 4], 'PX', ttl)
+  redis.call('SET', KEYS[i + 1], ARGV[i + 6], 'PX', ttl)
 end
 -- ZADD by slices: unpack's arguments must fit Lua's C stack.
 for first = 1, n, 500 do
   local members = {}
   for i = first, math.min(first + 499, n) do
     members[#members + 1] = score
-    members[#members + 1] = ARGV[n + 4 + i]
+    members[#members + 1] = ARGV[n + 6 + i]
   end
   if nx == 'NX' then
     redis.call('ZADD', KEYS[1], 'NX', unpack(members))

@@ -100,6 +100,9 @@ class ApiKeys:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._new_tenant = db.insert_ignoring_duplicates(tenant_limits)
+        # Changes of a key (revoke, limits, allowed models) committed through this object: a process's
+        # cache of keys (storage.fleet.key_cache) reads them again after one.
+        self.changes = 0
 
     async def create(
         self,
@@ -174,6 +177,7 @@ class ApiKeys:
             return (await conn.execute(mine.values(**limits.columns()).returning(*_COLUMNS))).first()
 
         row = await self._db.writes.run(write)
+        self.changes += 1
         if row is None:
             raise NotFoundError("API key", key_id)
         return _record(row._mapping)
@@ -187,6 +191,7 @@ class ApiKeys:
             return (await conn.execute(mine.values(allowed_models=value).returning(*_COLUMNS))).first()
 
         row = await self._db.writes.run(write)
+        self.changes += 1
         if row is None:
             raise NotFoundError("API key", key_id)
         return _record(row._mapping)
@@ -242,6 +247,7 @@ class ApiKeys:
             return result.first()
 
         row = await self._db.writes.run(write)
+        self.changes += 1
         if row is None:
             raise NotFoundError("API key", key_id)
         return _record(row._mapping)

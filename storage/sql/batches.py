@@ -41,7 +41,7 @@ from storage.sql.database import Database, owned_by
 from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
-from storage.sql.new_jobs import ROW_COLUMNS, EncodedJobs, JobOwner, encode_jobs, insert_jobs, job_rows
+from storage.sql.new_jobs import ROW_COLUMNS, EncodedJobs, JobOwner, Row, encode_jobs, insert_jobs, job_rows
 from storage.sql.outbox import batch_finished, batch_url
 from storage.sql.runs import money
 from storage.sql.schema import attempts, batches, files, jobs
@@ -134,6 +134,11 @@ class Batches:
             batch_id, [row[0] for row in rows], requests=requests, tenant=tenant, single=kind == SINGLE
         )
 
+        if kind == SINGLE and idempotency is None and len(rows) == 1 and not file_rows:
+            # Batches of one made at the same time (chat completions) share their two statements.
+            await self._db.writes.run_batched(self._insert_singles, (batch_row, rows[0]))
+            return created
+
         async def write(conn: AsyncConnection) -> KeyRecord | None:
             if idempotency is not None:
                 taken = await self._keys.claim(conn, tenant, idempotency, created)
@@ -153,6 +158,16 @@ class Batches:
         if taken is not None and idempotency is not None:
             return taken.replay(idempotency)
         return created
+
+    async def _insert_singles(
+        self, conn: AsyncConnection, singles: list[tuple[dict[str, Any], Row]]
+    ) -> list[None]:
+        """The batches of one queued for a group commit: one INSERT of their batch rows (executemany),
+        one of their jobs. Each was a statement of its own per batch: on SQLite several hops to
+        aiosqlite's thread each, the largest part of a chat completion's SQL write."""
+        await conn.execute(batches.insert(), [batch_row for batch_row, _ in singles])
+        await insert_jobs(conn, [job_row for _, job_row in singles])
+        return [None] * len(singles)
 
     # -- a batch written chunk by chunk (`Client.submit_chunks`) ----------------------------------
 

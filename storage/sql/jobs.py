@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, exists, func, select, true
+from sqlalchemy import ColumnElement, RowMapping, bindparam, exists, func, select, true
 
+from storage.bus.coalesce import TickBatcher
 from storage.errors import NotFoundError
 from storage.jobs import AnyTenant, FinishedJob, JobRecord, JobStatus, TenantScope
 from storage.sql.database import Database, owned_by
@@ -27,6 +28,9 @@ _FINISHED_COLUMNS = [field.name for field in dataclasses.fields(FinishedJob)]
 # its cache key) each time cost more than running it.
 _JOB = select(jobs).where(jobs.c.id == bindparam("job_id"))
 _TENANTS_JOB = _JOB.where(jobs.c.tenant == bindparam("tenant"))
+# The jobs read in one event-loop turn, one query per tenant (`Jobs.get`).
+_JOBS = select(jobs).where(jobs.c.id.in_(bindparam("job_ids", expanding=True)))
+_TENANTS_JOBS = _JOBS.where(jobs.c.tenant == bindparam("tenant"))
 
 
 class Jobs:
@@ -34,6 +38,7 @@ class Jobs:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._reads: TickBatcher[tuple[str, TenantScope], RowMapping | None] = TickBatcher(self._read_many)
 
     async def get(self, job_id: str, *, tenant: TenantScope) -> JobRecord:
         """The job as stored now.
@@ -41,15 +46,33 @@ class Jobs:
         Raises:
             NotFoundError: no such job, or it belongs to another tenant.
         """
-        if isinstance(tenant, AnyTenant):
-            query, params = _JOB, {"job_id": job_id}
-        else:
-            query, params = _TENANTS_JOB, {"job_id": job_id, "tenant": tenant}
-        async with self._db.reading() as conn:
-            row = (await conn.execute(query, params)).first()
+        # Reads made in one event-loop turn share a query: jobs that finished together (one group
+        # commit, one wake-up of their waiters) are read together.
+        row = await self._reads.submit((job_id, tenant))
         if row is None:
             raise NotFoundError("job", job_id)
-        return JobRecord.from_row(row._mapping)
+        return JobRecord.from_row(row)
+
+    async def _read_many(self, reads: list[tuple[str, TenantScope]]) -> list[RowMapping | None]:
+        """One query per tenant scope for a turn's reads (`get`); None for a job not found."""
+        scopes: dict[TenantScope, list[str]] = {}
+        for job_id, tenant in reads:
+            scopes.setdefault(tenant, []).append(job_id)
+        found: dict[tuple[str, TenantScope], RowMapping] = {}
+        async with self._db.reading() as conn:
+            for tenant, ids in scopes.items():
+                unique = list(dict.fromkeys(ids))
+                params: dict[str, Any]
+                if len(unique) == 1:
+                    query, params = _JOB, {"job_id": unique[0]}
+                else:
+                    query, params = _JOBS, {"job_ids": unique}
+                if not isinstance(tenant, AnyTenant):
+                    query = _TENANTS_JOB if query is _JOB else _TENANTS_JOBS
+                    params["tenant"] = tenant
+                for row in (await conn.execute(query, params)).all():
+                    found[(row.id, tenant)] = row._mapping
+        return [found.get(read) for read in reads]
 
     async def plan(self, job_id: str, *, tenant: TenantScope) -> tuple[int, dict[str, Any]] | None:
         """The plan the job's last planned run routed with, and that run's number; None if no run
