@@ -97,6 +97,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
             breaker=settings.breaker_policy(),
             lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
             arrival_margin_s=settings.rate_limit_margin_s,
+            trust_processing_time=settings.trust_processing_time,
         )
         quality = FleetQuality.from_settings(redis, store, settings)
         live = shared.live
