@@ -103,6 +103,28 @@ async def test_turns_follow_the_slots_as_they_leave_the_window(redis: Redis, clo
     assert (await line.turn("job-0", place, check_room=True)).room
 
 
+async def test_turns_count_a_call_until_its_answer_less_the_providers_hold(
+    redis: Redis, clock: FakeClock
+) -> None:
+    """A provider that says it held each 50 ms call 40 ms: a slot leaves the window a window after
+    the answer less 40 ms, and a cycle is the window and the other 10 ms; a call in flight is
+    expected to stop counting 10 ms from now."""
+    dep = limited("a-1", rpm=2)
+    fleet = RedisFleetState(redis, clock=clock)
+    line = AdmissionLine(redis, clock=clock, margin_s=0.0, hop_s=0.0)
+    admission = await fleet.admit(dep, 10)
+    clock.advance(0.05)
+    await fleet.release(dep, admission, CallOutcome.SUCCESS, 50.0, 10, server_s=0.04)  # from 1000.01
+    in_flight = await fleet.admit(dep, 10)
+    assert in_flight.admitted
+    now = clock.now()
+    place = [Place(dep, 10)]
+    turns = [await line.turn(f"job-{n}", place, check_room=True) for n in range(3)]
+    assert turns[0].delay_s == pytest.approx(1000.01 + WINDOW_S - now)
+    assert turns[1].delay_s == pytest.approx(0.01 + WINDOW_S)
+    assert turns[2].delay_s == pytest.approx(turns[0].delay_s + WINDOW_S + 0.01)
+
+
 async def test_a_job_waits_on_the_candidate_that_frees_first(redis: Redis, clock: FakeClock) -> None:
     slow, fast = limited("slow-a", rpm=1), limited("fast-b", rpm=1)
     fleet = RedisFleetState(redis, clock=clock)

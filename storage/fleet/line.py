@@ -13,11 +13,12 @@ for exactly then. One Lua script per question, over the keys `RedisFleetState` k
                                     hop_s: from room found to admission (EWMA, set by admit)
 
 A turn is a slot freeing. With `rpm`, the rate log's entries leave the window in score order (a
-call in flight is taken to end `latency` from now, measured when it can be, and at most the
-arrival margin: see "Rate windows" in `router_core.fleet`), so the k-th job ahead in the line gets
+call in flight is taken to stop counting its latency from now, less the time the provider says it
+holds a call (`held_ms`, both measured when they can be), and at most the arrival margin: see
+"Rate windows" in `router_core.fleet`), so the k-th job ahead in the line gets
 the moment the k-th entry leaves (a slot free now, when there is one; slots claimed by jobs on
-their way to admission leave last), and the k-th past the limit a cycle (the window, a call's
-latency and the hop from a turn to its admission) after the job `rpm` places ahead of it. Jobs
+their way to admission leave last), and the k-th past the limit a cycle (the window, that
+latency less the hold, and the hop from a turn to its admission) after the job `rpm` places ahead of it. Jobs
 whose turn is still to come are ahead; jobs whose turn has come and who have not asked again yet
 (woken in their worker, or re-queued and on their way back through arq) keep a free slot each, in
 the order of their turns, until `stale_s` after their turn: a job that asks without a turn (a new
@@ -99,14 +100,16 @@ for i = 0, n - 1 do
   prune_requests(state, requests, tokens, now - window)
   local used, busy = redis.call('ZCARD', requests), redis.call('ZCARD', inflight)
   -- A call's latency as measured (the live EWMA) when known. A call counts until a window after
-  -- its answer, or after its start plus the arrival margin if sooner (router_core.fleet), so a
-  -- slot is taken again a window and this long (plus the hop from a turn to its admission) after.
-  local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s')
+  -- its answer less the time the provider says it held it, or after its start plus the arrival
+  -- margin if sooner (router_core.fleet): `lag` from its start. So a slot is taken again a window
+  -- and this long (plus the hop from a turn to its admission) after.
+  local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s', 'held_ms')
   if measured[1] then latency = math.max(latency, tonumber(measured[1]) / 1000) end
   -- The hop as the admissions measured it (from room found to slot taken: a busy worker's is long).
   local hop = math.max(least_hop, tonumber(measured[2]) or 0)
+  local lag = math.min(math.max(0, latency - (tonumber(measured[3]) or 0) / 1000), arrival)
   latency = math.min(latency, arrival)
-  local cycle = window + latency + hop
+  local cycle = window + lag + hop
   local counted = tonumber(redis.call('HGET', state, 'tokens')) or 0
   -- A line is in the order of turns: ahead of a job in its own line are the jobs its rank says;
   -- in another line, every job in it (it is new there). Of those, the jobs due (within a hop: a
@@ -136,9 +139,9 @@ for i = 0, n - 1 do
       if place >= free_now then
         local row = redis.call('ZRANGE', requests, place - free_now, place - free_now, 'WITHSCORES')
         if #row > 0 then
-          base = math.min(tonumber(row[2]), now + latency) + window
+          base = math.min(tonumber(row[2]), now + lag) + window
         else
-          base = now + hop + latency + window
+          base = now + hop + lag + window
         end
       end
       turn = math.max(turn, base + rounds * cycle)
