@@ -133,7 +133,7 @@ class Counts:
     calls: int
     waits: int  # deliveries refused admission and re-queued (routeq:dep:<id> waits)
     holds: int  # refusals waited out in the worker (routeq:dep:<id> holds)
-    worker_cpu_s: float  # the workers' user + system CPU over the whole run
+    worker_cpu_s: float  # the workers' user + system CPU from the submit to the end
     measured: dict[str, tuple[float, float, float]]  # deployment -> latency, held, hop (ms, EWMAs)
 
 
@@ -231,9 +231,10 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
     try:
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, workers)
+            cpu_before = sum(process_cpu_s(w.pid) for w in workers)  # start-up (imports) left out
             client = Client(redis, store, settings)
             batch_id, timing = await timed_batch(client, prompts(args.jobs))
-        worker_cpu = sum(process_cpu_s(w.pid) for w in workers)
+        worker_cpu = sum(process_cpu_s(w.pid) for w in workers) - cpu_before
         waits = holds = 0
         measured: dict[str, tuple[float, float, float]] = {}
         for n in range(len(limits)):

@@ -5,7 +5,8 @@ admission rules themselves cost. Here the same three deployments (40/30/20 reque
 and N jobs run through the real Lua scripts (`RedisFleetState`, `AdmissionLine`) on a real Redis,
 with a `FakeClock` and a discrete-event loop standing in for workers: `--held` jobs at a time wait
 in "workers" (`wait_for_room`'s loop: ask, sleep to the turn, ask again), each admitted a random hop
-after it finds room (`--hop`, the pick-up, plan and SQL start), answered a random latency after its
+after it finds room (`--hop`, the pick-up, plan and SQL start), and no sooner than its slot frees
+(`Turn.ready_s`: room may be a slot freeing within the line's lead), answered a random latency after its
 admission (`--latency`), its release followed by the next queued job. The provider counts a call
 at its admission and holds it its whole latency (no network), and says so as OpenAI's API does
 (`openai-processing-ms`, whole ms, read by the adapter's `processing_s`: the release's `server_s`);
@@ -19,8 +20,9 @@ and the most calls any window of each deployment holds as the provider counts th
 admission, the earliest it can be: at most its rpm, or the rule let a 429 through).
 
 Run: `.venv/bin/python bench/saturation_virtual.py [--jobs 3000] [--held 400] [--hop 0.005,0.04]
-[--latency 0.05,0.08] [--seed 1] [--no-report-hold]`. The Redis database (default redis://127.0.0.1:6379/14, or
-ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end. A default run takes about 20 s.
+[--latency 0.05,0.08] [--seed 1] [--no-report-hold]`. The Redis database (default
+redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end. A
+default run takes about 20 s.
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ class VirtualFleet:
             self.push(turn.delay_s, "ask", job)
             return
         dep = next(d for d in self.deps if d.id == turn.deployment)
-        self.push(self.rng.uniform(*self.args.hop), "admit", job, dep)
+        # Admitted after its hop, and no sooner than its slot frees (the worker's runner waits).
+        self.push(max(self.rng.uniform(*self.args.hop), turn.ready_s), "admit", job, dep)
 
     async def admit(self, job: str, dep: Deployment) -> None:
         admission = await self.fleet.admit(dep, 10, waiter=job)
