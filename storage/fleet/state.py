@@ -61,6 +61,7 @@ from router_core.fleet import (
 from storage import keys
 from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
+from storage.settings import Settings
 
 __all__ = ["LUA_COMMON", "RedisFleetState"]
 
@@ -393,6 +394,18 @@ class RedisFleetState:
         self._release = BatchedScript(redis, _RELEASE)
         self._snapshot = BatchedScript(redis, _SNAPSHOT)
         self._force = redis.register_script(_FORCE)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> RedisFleetState:
+        """A worker's: the breaker, rate-limit margin and trust in providers' reported holds the
+        settings give; a lease past twice the default timeout, plus a minute."""
+        return cls(
+            redis,
+            breaker=settings.breaker_policy(),
+            lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
+            arrival_margin_s=settings.rate_limit_margin_s,
+            trust_processing_time=settings.trust_processing_time,
+        )
 
     def _now(self) -> str:
         return _SERVER_TIME if self._clock is None else repr(float(self._clock.now()))
