@@ -108,7 +108,7 @@ for i = 0, n - 1 do
   -- A call's latency as measured (the live EWMA) when known. A call counts until a window after
   -- its answer less the time the provider says it held it, or after its start plus the arrival
   -- margin if sooner (router_core.fleet): `lag` from its start. So a slot is taken again a window
-  -- and this long (plus the hop from a turn to its admission) after.
+  -- and this long after (below: the hop to the admission overlaps the wait).
   local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s', 'held_ms')
   if measured[1] then latency = math.max(latency, tonumber(measured[1]) / 1000) end
   -- The hop as the admissions measured it (from room found to slot taken: a busy worker's is long).
