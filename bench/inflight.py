@@ -84,7 +84,8 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
             await wait_for_workers(redis, [worker])
             client = Client(redis, store, settings)
             cpu = process_cpu_s(worker.pid)
-            batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
+            batch_id, timing = await timed_batch(client, prompts(args.jobs))
+            elapsed = timing.elapsed
             cpu = process_cpu_s(worker.pid) - cpu
         rss = peak_rss_mb(worker.pid)
         batch = await client.batch(batch_id)

@@ -15,7 +15,14 @@ Prints:
   deliveries that ran), refusals re-queued (deliveries refused admission, each re-queued at its
   turn with no SQL write: the `waits` of `routeq:dep:<id>`), arq deliveries (their sum), and
   holds (refusals whose job waited for its near turn in its worker: `holds`, no delivery);
+- per deployment, as the fleet measured them at the end (EWMAs): a call's latency, the part of it
+  the provider said it held the call (`openai-processing-ms`: its slot frees a window after the
+  answer less this), and the hop from a job finding room to its admission;
+- the workers' CPU (user + system, from /proc) per job, and the load average before and after;
 - with `--timeline`, calls per second per deployment, 5 s at a time.
+
+`ROUTEQ_TRUST_PROCESSING_TIME=false` in the environment (the workers inherit it) runs the rule
+without the providers' reported hold, for a comparison on the same machine.
 
 Every run checks that all N jobs succeeded. The Redis database (default redis://127.0.0.1:6379/14 or
 ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end; the SQL store is a fresh SQLite file
@@ -40,7 +47,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
-from throughput import DEFAULT_REDIS_URL, bench_settings, close_services, open_services, prompts, sim_server
+from throughput import (
+    DEFAULT_REDIS_URL,
+    bench_settings,
+    close_services,
+    open_services,
+    process_cpu_s,
+    prompts,
+    sim_server,
+)
 
 from producer.client import Client
 from storage import keys
@@ -118,6 +133,8 @@ class Counts:
     calls: int
     waits: int  # deliveries refused admission and re-queued (routeq:dep:<id> waits)
     holds: int  # refusals waited out in the worker (routeq:dep:<id> holds)
+    worker_cpu_s: float  # the workers' user + system CPU from the submit to the end
+    measured: dict[str, tuple[float, float, float]]  # deployment -> latency, held, hop (ms, EWMAs)
 
 
 def report(
@@ -141,6 +158,10 @@ def report(
     print(f"   refused admission: {waits:,} deliveries (each re-queued at its turn, no SQL write)")
     print(f"   arq deliveries: {runs + waits:,} ({(runs + waits) / args.jobs:.2f} per job)")
     print(f"   waits in a worker for a near turn: {counts.holds:,} (no delivery)")
+    for name, (latency, held, hop) in sorted(counts.measured.items()):
+        print(f"   {name}: latency {latency:5.1f} ms, held by the provider {held:5.1f} ms, hop {hop:5.1f} ms")
+    cpu = counts.worker_cpu_s
+    print(f"   worker CPU: {cpu:.1f} s ({cpu / args.jobs * 1000:.2f} ms per job)")
     if args.timeline:
         start = min(t for d in sim.values() for t in d["admitted_at"])
         buckets = int(elapsed // 5) + 1
@@ -151,15 +172,44 @@ def report(
             print(f"   {name} calls/s per 5 s: " + " ".join(f"{n / 5:.0f}" for n in per))
 
 
-async def timed_batch(client: Client, items: list[NewJob]) -> tuple[str, float]:
-    """Submit `items` as one batch and wait for its `batch.completed`: its id and the seconds from
-    the start of the submit."""
+@dataclass(frozen=True)
+class Timing:
+    """When the batch's phases happened, `time.monotonic()` (the sim's clock too: one machine)."""
+
+    started: float  # the submit began
+    submitted: float  # submit_batch returned (rows inserted, jobs queued)
+    completed: float  # batch.completed arrived
+
+    @property
+    def elapsed(self) -> float:
+        return self.completed - self.started
+
+
+async def timed_batch(client: Client, items: list[NewJob]) -> tuple[str, Timing]:
+    """Submit `items` as one batch and wait for its `batch.completed`: its id and its timing."""
     started = time.monotonic()
     batch_id = await client.submit_batch(items)
+    submitted = time.monotonic()
     async for event in client.events(batch_id):
         if event.type == "batch.completed":
             break
-    return batch_id, time.monotonic() - started
+    return batch_id, Timing(started, submitted, time.monotonic())
+
+
+def report_phases(timing: Timing, sim: dict[str, Any], limits: list[int]) -> None:
+    """Where the batch time went: before the first call, the calls, after the last one."""
+    ideal = sum(d["admitted"] for d in sim.values()) / sum(limits)
+    calls = sorted(t for d in sim.values() for t in d["admitted_at"])
+    first, last = calls[0] - timing.started, calls[-1] - timing.started
+    print(f"   submit returned after {timing.submitted - timing.started:.2f} s; first call at {first:.2f} s")
+    print(f"   calls from first to last: {last - first:.2f} s ({(last - first) / ideal:.3f} x ideal)")
+    print(f"   last call to batch.completed: {timing.elapsed - last:.2f} s")
+    for name, limit in zip(sorted(sim), limits, strict=True):
+        # A slot's cycle: from a call to the call `limit` places after it (the slot's next use).
+        times = sorted(sim[name]["admitted_at"])
+        cycles = sorted(times[k + limit] - times[k] for k in range(len(times) - limit))
+        quartiles = " ".join(f"{cycles[len(cycles) * q // 4]:.3f}" for q in (1, 2, 3))
+        print(f"   {name}: a slot's cycle (a call to the one {limit} after it), quartiles {quartiles} s")
 
 
 def check_all_succeeded(batch: BatchRecord, jobs: int) -> None:
@@ -181,12 +231,18 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
     try:
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, workers)
+            cpu_before = sum(process_cpu_s(w.pid) for w in workers)  # start-up (imports) left out
             client = Client(redis, store, settings)
-            batch_id, elapsed = await timed_batch(client, prompts(args.jobs))
+            batch_id, timing = await timed_batch(client, prompts(args.jobs))
+        worker_cpu = sum(process_cpu_s(w.pid) for w in workers) - cpu_before
         waits = holds = 0
+        measured: dict[str, tuple[float, float, float]] = {}
         for n in range(len(limits)):
-            stats = await redis.hmget(keys.deployment(f"d{n}"), ["waits", "holds"])  # type: ignore[misc]
+            fields = ["waits", "holds", "latency_ms", "held_ms", "hop_s"]
+            stats = await redis.hmget(keys.deployment(f"d{n}"), fields)  # type: ignore[misc]
             waits, holds = waits + int(stats[0] or 0), holds + int(stats[1] or 0)
+            latency, held, hop = (float(v or 0) for v in stats[2:])
+            measured[f"d{n}"] = (latency, held, hop * 1000)
         async with httpx2.AsyncClient() as http:
             sim = (await http.get(f"{sim_url}/_sim/stats")).json()["deployments"]
         batch = await client.batch(batch_id)
@@ -202,8 +258,12 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str, database_url: s
             worker.wait(timeout=30)
         await close_services(redis, store)
 
-    counts = Counts(deliveries or 0, starts or 0, most_runs or 0, calls or 0, waits, holds)
-    report(args, limits, elapsed, sim, counts)
+    counts = Counts(
+        deliveries or 0, starts or 0, most_runs or 0, calls or 0, waits, holds, worker_cpu, measured
+    )
+    report(args, limits, timing.elapsed, sim, counts)
+    report_phases(timing, sim, limits)
+    print(f"   load average before, after: {args.load_before:.2f}, {os.getloadavg()[0]:.2f}")
     check_all_succeeded(batch, args.jobs)
 
 
@@ -219,6 +279,7 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true", help="calls per second, 5 s at a time")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds before the run gives up")
     args = parser.parse_args()
+    args.load_before = os.getloadavg()[0]
     logging.basicConfig(level=logging.WARNING)
     limits = [int(x) for x in args.limits.split(",")]
     try:

@@ -5,9 +5,14 @@ admission rules themselves cost. Here the same three deployments (40/30/20 reque
 and N jobs run through the real Lua scripts (`RedisFleetState`, `AdmissionLine`) on a real Redis,
 with a `FakeClock` and a discrete-event loop standing in for workers: `--held` jobs at a time wait
 in "workers" (`wait_for_room`'s loop: ask, sleep to the turn, ask again), each admitted a random hop
-after it finds room (`--hop`, the pick-up, plan and SQL start), answered a random latency after its
-admission (`--latency`), its release followed by the next queued job. No CPU is simulated: the
-figure is what the rules leave of the providers' capacity, with the hops and latencies given.
+after it finds room (`--hop`, the pick-up, plan and SQL start), and no sooner than its slot frees
+(`Turn.ready_s`: room may be a slot freeing within the line's lead), answered a random latency after its
+admission (`--latency`), its release followed by the next queued job. The provider counts a call
+at its admission and holds it its whole latency (no network), and says so as OpenAI's API does
+(`openai-processing-ms`, whole ms, read by the adapter's `processing_s`: the release's `server_s`);
+`--no-report-hold` answers without it (the rule then counts a call until a window after its
+answer). No CPU is simulated: the figure is what the rules leave of the providers' capacity, with
+the hops and latencies given.
 
 Prints the batch time against the ideal N / (sum of limits), asks of the line per job (1 = admitted
 at the first ask), jobs that found no room at their admission (0 expected: a claim holds the slot),
@@ -15,8 +20,9 @@ and the most calls any window of each deployment holds as the provider counts th
 admission, the earliest it can be: at most its rpm, or the rule let a 429 through).
 
 Run: `.venv/bin/python bench/saturation_virtual.py [--jobs 3000] [--held 400] [--hop 0.005,0.04]
-[--latency 0.05,0.08] [--seed 1]`. The Redis database (default redis://127.0.0.1:6379/14, or
-ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end. A default run takes about 20 s.
+[--latency 0.05,0.08] [--seed 1] [--no-report-hold]`. The Redis database (default
+redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and the end. A
+default run takes about 20 s.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import heapq
 import itertools
+import math
 import os
 import random
 from collections import Counter
@@ -35,6 +42,7 @@ from throughput import DEFAULT_REDIS_URL
 
 from router_core import CallOutcome, FakeClock
 from router_core.catalog import Deployment
+from router_core.providers.openai import PROCESSING_HEADER, processing_s
 from storage.fleet.line import AdmissionLine, Place
 from storage.fleet.state import RedisFleetState
 
@@ -112,7 +120,8 @@ class VirtualFleet:
             self.push(turn.delay_s, "ask", job)
             return
         dep = next(d for d in self.deps if d.id == turn.deployment)
-        self.push(self.rng.uniform(*self.args.hop), "admit", job, dep)
+        # Admitted after its hop, and no sooner than its slot frees (the worker's runner waits).
+        self.push(max(self.rng.uniform(*self.args.hop), turn.ready_s), "admit", job, dep)
 
     async def admit(self, job: str, dep: Deployment) -> None:
         admission = await self.fleet.admit(dep, 10, waiter=job)
@@ -126,7 +135,10 @@ class VirtualFleet:
 
     async def release(self, _: str, data: Any) -> None:
         dep, admission, latency = data
-        await self.fleet.release(dep, admission, CallOutcome.SUCCESS, latency * 1000, 10)
+        held = {PROCESSING_HEADER: str(math.floor(latency * 1000))} if self.args.report_hold else {}
+        await self.fleet.release(
+            dep, admission, CallOutcome.SUCCESS, latency * 1000, 10, server_s=processing_s(held)
+        )
         following = next(self.queued, None)
         if following is not None:
             self.push(0.0, "ask", f"j{following}")
@@ -134,6 +146,7 @@ class VirtualFleet:
     def report(self, elapsed: float) -> None:
         args, ideal = self.args, self.args.jobs / sum(LIMITS)
         print(f"{args.jobs:,} jobs, {args.held} held at a time, hop {args.hop} s, latency {args.latency} s")
+        print(f"   provider reports its hold: {'yes' if args.report_hold else 'no'}")
         print(f"   batch time / ideal:   {elapsed / ideal:6.3f} ({elapsed:.2f} s against {ideal:.2f} s)")
         asks = self.asks.values()
         print(f"   asks per job:         {sum(asks) / args.jobs:6.2f} (at most {max(asks)})")
@@ -165,6 +178,12 @@ def main() -> None:
     parser.add_argument("--hop", type=span, default=(0.005, 0.04), help="room to admission, s: low,high")
     parser.add_argument("--latency", type=span, default=(0.05, 0.08), help="a call's latency, s: low,high")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--report-hold",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the provider sends openai-processing-ms (its hold: the whole latency)",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

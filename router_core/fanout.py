@@ -44,6 +44,11 @@ async def fan_out(
         )
         for i, r in enumerate(answered)
     )
+    # Every call arrived at least the least of their held times before the last reply.
     return ProviderReply(
-        choices=choices, usage=usage, model=answered[0].model, simulated=answered[0].simulated
+        choices=choices,
+        usage=usage,
+        model=answered[0].model,
+        simulated=answered[0].simulated,
+        server_s=min(r.server_s for r in answered),
     )

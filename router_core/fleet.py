@@ -18,11 +18,21 @@ until the override is cleared.
 Rate windows (rpm, tpm). The provider counts a call when it arrives, and the fleet cannot see that
 moment: only bounds on it. A call arrives no earlier than its admission (the router sends it after),
 and no later than the provider's answer (it answered what arrived); and, by the margin's definition
-(`ROUTEQ_RATE_LIMIT_MARGIN_S`), no later than `arrival_margin_s` after the router started it. So a
-call counts from its admission until one rate window after the latest moment it can have arrived:
+(`ROUTEQ_RATE_LIMIT_MARGIN_S`), no later than `arrival_margin_s` after the router started it. A
+provider that says how long it held the request (OpenAI's `openai-processing-ms`: `server_s`, from
+counting it to answering) moves the second bound earlier: it counted the call at A, answered at
+A + server_s, and the answer reached us at our release R >= A + server_s. Durations do not depend
+on whose clock measures them, so A <= R - server_s on ours. (Never before the call's start: a
+reported time longer than the call is not believed past that.) So a call counts from its admission
+until one rate window after the latest moment it can have arrived:
 
-    answered (a reply or an error status from the provider)    min(release, start + margin)
+    answered (a reply or an error status from the provider)    min(release - server_s, start + margin)
     not answered (timeout, connection error, cancelled)         start + margin
+
+`server_s` is 0 when the provider says nothing (Anthropic; an OpenAI-compatible server without the
+header) or is not trusted (`ROUTEQ_TRUST_PROCESSING_TIME=false`), which is the rule without it. The
+bound holds as long as the reported time is no longer than the provider really held the call after
+counting it; the adapter takes a millisecond off the whole milliseconds it reports, for rounding.
 
 Why this cannot let a provider's sliding window see more than `rpm` calls: take any window the
 provider checks, (a - W, a], and the call L of it admitted last. At L's admission (at or before
@@ -31,8 +41,9 @@ L's admission minus W. Its count ends a window after a bound on its arrival, so 
 admission: it was still counted when L was admitted, and L was admitted only with fewer than
 `rpm` counted. (A fixed-window or token-bucket provider accepts whatever a sliding one does.)
 The price: a window also holds the calls in flight, and a short call holds its slot until a
-window after its answer (its latency on top of the window); a call slower than the margin holds
-it only until a window after its start plus the margin.
+window after its answer less the provider's reported hold (on top of the window: the network both
+ways and whatever the provider does not report; its whole latency without the header); a call
+slower than the margin holds it only until a window after its start plus the margin.
 
 `InMemoryFleetState` is the single-process implementation; `storage.fleet.state.RedisFleetState`
 keeps the same state in Redis for every worker. `tests/fleet_state_contract.py` is the behaviour
@@ -163,14 +174,19 @@ SDK) to the provider counting it: the SDK's request build, the network, the prov
 (`ROUTEQ_RATE_LIMIT_MARGIN_S`). Only calls slower than this end their count before their answer."""
 
 
-def counted_until(now: float, latency_s: float | None, *, answered: bool, margin_s: float) -> float:
+def counted_until(
+    now: float, latency_s: float | None, *, answered: bool, margin_s: float, server_s: float = 0.0
+) -> float:
     """When an ended call stops counting in its deployment's rate window, less the window.
 
     `now`: its release; `latency_s`: from its start to now (None: unknown, taken as 0); `answered`:
-    the provider replied (a response or an error status). See the module docstring.
+    the provider replied (a response or an error status); `server_s`: how long the provider says
+    it held the call after counting it (0: it did not say). See the module docstring.
     """
     started = now - (latency_s or 0.0)
-    return min(now, started + margin_s) if answered else started + margin_s
+    if not answered:
+        return started + margin_s
+    return min(max(now - server_s, started), started + margin_s)
 
 
 class FleetState(Protocol):
@@ -195,11 +211,13 @@ class FleetState(Protocol):
         tokens: int | None,
         *,
         answered: bool = True,
+        server_s: float = 0.0,
     ) -> None:
         """End an admitted call; `tokens` is the real usage (None keeps the estimate).
 
         `latency_ms`: from the call's start to now; `answered`: the provider replied (a response or
-        an error status), so the call arrived before now (see "Rate windows" above).
+        an error status), so the call arrived before now; `server_s`: the provider said it held the
+        call this long after counting it, so it arrived that long before now (see "Rate windows").
         """
         ...
 
@@ -238,9 +256,11 @@ class InMemoryFleetState:
         alpha: float = 0.2,
         breaker: BreakerPolicy | None = None,
         arrival_margin_s: float = ARRIVAL_MARGIN_S,
+        trust_processing_time: bool = True,
     ) -> None:
         self._clock = clock or SystemClock()
         self._arrival_margin_s = arrival_margin_s
+        self._trust_processing_time = trust_processing_time
         self._alpha = alpha
         self.breaker = breaker or BreakerPolicy()
         self._entries: dict[str, _Entry] = {}
@@ -348,6 +368,7 @@ class InMemoryFleetState:
         tokens: int | None,
         *,
         answered: bool = True,
+        server_s: float = 0.0,
     ) -> None:
         now = self._clock.now()
         entry = self._entry(deployment.id)
@@ -357,7 +378,11 @@ class InMemoryFleetState:
         if admission.ticket in entry.requests:  # from now on it leaves the window like any ended call
             latency_s = None if latency_ms is None else latency_ms / 1000
             entry.requests[admission.ticket] = counted_until(
-                now, latency_s, answered=answered, margin_s=self._arrival_margin_s
+                now,
+                latency_s,
+                answered=answered,
+                margin_s=self._arrival_margin_s,
+                server_s=server_s if self._trust_processing_time else 0.0,
             )
         if tokens is not None and admission.ticket in entry.tokens:
             entry.tokens[admission.ticket] = tokens

@@ -167,14 +167,6 @@ def _check_output(request: ChatRequest, deployment: str, reply: ProviderReply) -
             )
 
 
-def _delta_text(delta: Delta) -> str:
-    """The text a streamed `Delta` carries, for the charge of a stream that breaks off."""
-    inner = delta.choice.get("delta") or {}
-    calls = inner.get("tool_calls") or ()
-    text = str(inner.get("content") or "")
-    return text + "".join(str((c.get("function") or {}).get("arguments") or "") for c in calls)
-
-
 class Router:
     """Routes chat requests over a catalog of deployments.
 
@@ -351,7 +343,7 @@ class Router:
         relayed: list[str] = []
         try:
             while not isinstance(part, ProviderReply):
-                relayed.append(part if isinstance(part, str) else _delta_text(part))
+                relayed.append(part if isinstance(part, str) else part.text)
                 yield part
                 try:
                     async with asyncio.timeout(timeout_s):
@@ -537,9 +529,13 @@ class Router:
             outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
             usage = value.usage if isinstance(value, ProviderReply) else error.billed if error else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
-            # A reply (or an error status) proves the call reached the provider before now.
+            # A reply (or an error status) proves the call reached the provider before now, and
+            # before now less the time the provider says it held it (a reply's `server_s`).
             answered = ok or (error is not None and error.status_code is not None)
-            release = self.fleet.release(dep, admission, outcome, latency_ms, tokens, answered=answered)
+            server_s = value.server_s if isinstance(value, ProviderReply) else 0.0
+            release = self.fleet.release(
+                dep, admission, outcome, latency_ms, tokens, answered=answered, server_s=server_s
+            )
             await asyncio.shield(release)
         if error is not None:
             logger.debug("attempt on %s failed: %s", dep.id, error, extra={"deployment": dep.id})

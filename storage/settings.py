@@ -86,6 +86,12 @@ class Settings(RouterSettings):
         "network, the provider's queue). A call counts against rpm/tpm until a rate window after its "
         "answer, or after its start plus this margin when that is sooner.",
     )
+    trust_processing_time: bool = Field(
+        default=True,
+        description="Believe a provider's report of how long it held a call (OpenAI's "
+        "openai-processing-ms): the call arrived at least that long before its answer, so it stops "
+        "counting against rpm/tpm that much sooner. false for a server whose header cannot be trusted.",
+    )
     admission_wait_s: float = Field(
         default=10.0,
         ge=0,

@@ -1,8 +1,9 @@
 """The behaviour every `FleetState` must have, as a test class to subclass per backend.
 
 Subclass `FleetStateContract` and provide the `fleet` fixture, built on the given fake clock with
-`POLICY` as its breaker policy. `InMemoryFleetState` and the Redis-backed
-`storage.fleet.state.RedisFleetState` both run this suite unchanged.
+`POLICY` as its breaker policy, and `untrusting`, the same with `trust_processing_time=False`.
+`InMemoryFleetState` and the Redis-backed `storage.fleet.state.RedisFleetState` both run this suite
+unchanged.
 """
 
 from __future__ import annotations
@@ -228,6 +229,57 @@ class FleetStateContract:
         clock.advance(0.2)
         await fleet.release(limited, lost, CallOutcome.NEUTRAL, 200.0, None, answered=False)
         clock.advance(1.79)  # a window after its start plus the margin is 2.0 s after its start
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
+
+    async def test_an_answered_call_counts_until_a_window_after_its_answer_less_the_providers_hold(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        """A provider that held the call 0.2 s after counting it (`server_s`) counted it at least
+        0.2 s before its answer reached us: its slot frees a window after that, not after the answer."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        held = await fleet.admit(limited, 10)
+        clock.advance(0.3)
+        await fleet.release(limited, held, CallOutcome.SUCCESS, 300.0, None, server_s=0.2)
+        clock.advance(0.79)  # 1.09 s after its admission: it may have arrived 0.99 s ago
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
+
+    async def test_a_hold_longer_than_the_call_frees_its_slot_no_sooner_than_a_window_after_its_start(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        """The call was sent at its start (0.2 s after its admission here): whatever the provider
+        says, it did not arrive before that."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        held = await fleet.admit(limited, 10)
+        clock.advance(0.5)  # started at 0.2, answered at 0.5, the provider claims a 9 s hold
+        await fleet.release(limited, held, CallOutcome.SUCCESS, 300.0, None, server_s=9.0)
+        clock.advance(0.69)
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
+
+    async def test_an_untrusting_state_counts_an_answered_call_until_a_window_after_its_answer(
+        self, untrusting: FleetState, clock: FakeClock
+    ) -> None:
+        """`ROUTEQ_TRUST_PROCESSING_TIME=false`: the provider's reported hold is not believed."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        held = await untrusting.admit(limited, 10)
+        clock.advance(0.3)
+        await untrusting.release(limited, held, CallOutcome.SUCCESS, 300.0, None, server_s=0.2)
+        clock.advance(0.99)
+        assert (await untrusting.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await untrusting.admit(limited, 10)).admitted
+
+    async def test_an_unanswered_call_ignores_a_hold(self, fleet: FleetState, clock: FakeClock) -> None:
+        limited = dep(rpm=1, rate_window_s=1.0)
+        lost = await fleet.admit(limited, 10)
+        clock.advance(0.2)
+        await fleet.release(limited, lost, CallOutcome.NEUTRAL, 200.0, None, answered=False, server_s=0.2)
+        clock.advance(1.79)  # still a window after its start plus the margin
         assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
         clock.advance(0.01)
         assert (await fleet.admit(limited, 10)).admitted

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from producer.client import Client
 from router_core import FakeClock, Router, RouterSettings, SimulateMode
 from router_core.catalog import Deployment
-from router_core.fleet import CallOutcome
+from router_core.fleet import CallOutcome, Refusal
 from router_core.models import ChatRequest, Message
 from router_core.providers.factory import sim_profile
 from router_core.sim.world import SimWorld
@@ -103,6 +103,49 @@ async def test_turns_follow_the_slots_as_they_leave_the_window(redis: Redis, clo
     assert (await line.turn("job-0", place, check_room=True)).room
 
 
+async def test_turns_count_a_call_until_its_answer_less_the_providers_hold(
+    redis: Redis, clock: FakeClock
+) -> None:
+    """A provider that says it held each 50 ms call 40 ms: a slot leaves the window a window after
+    the answer less 40 ms, and a cycle is the window and the other 10 ms; a call in flight is
+    expected to stop counting 10 ms from now."""
+    dep = limited("a-1", rpm=2)
+    fleet = RedisFleetState(redis, clock=clock)
+    line = AdmissionLine(redis, clock=clock, margin_s=0.0, hop_s=0.0)
+    admission = await fleet.admit(dep, 10)
+    clock.advance(0.05)
+    await fleet.release(dep, admission, CallOutcome.SUCCESS, 50.0, 10, server_s=0.04)  # from 1000.01
+    in_flight = await fleet.admit(dep, 10)
+    assert in_flight.admitted
+    now = clock.now()
+    place = [Place(dep, 10)]
+    turns = [await line.turn(f"job-{n}", place, check_room=True) for n in range(3)]
+    assert turns[0].delay_s == pytest.approx(1000.01 + WINDOW_S - now)
+    assert turns[1].delay_s == pytest.approx(0.01 + WINDOW_S)
+    assert turns[2].delay_s == pytest.approx(turns[0].delay_s + WINDOW_S + 0.01)
+
+
+async def test_a_slot_freeing_within_the_lead_is_room_for_one_job_admitted_once_it_frees(
+    redis: Redis, clock: FakeClock
+) -> None:
+    """A job finds room up to `hop_s` (the lead) before its slot frees, so its way to admission (SQL
+    start, cache lookup, budget hold) overlaps the wait; it is told when the slot frees, and the
+    fleet would refuse it sooner. The claim keeps the slot from a second job."""
+    dep = limited("a-1", rpm=1)
+    fleet = RedisFleetState(redis, clock=clock)
+    line = AdmissionLine(redis, clock=clock, margin_s=0.0, hop_s=0.05)
+    await admit_and_release(fleet, dep, clock)  # counted until a window after 1000.05
+    clock.advance(WINDOW_S - 0.03)  # the slot frees in 0.03 s
+    place = [Place(dep, 10)]
+    first = await line.turn("job-1", place, check_room=True)
+    assert first.room
+    assert first.ready_s == pytest.approx(0.03)
+    assert not (await line.turn("job-2", place, check_room=True)).room
+    assert (await fleet.admit(dep, 10, waiter="job-1")).refusal is Refusal.RPM
+    clock.advance(first.ready_s)
+    assert (await fleet.admit(dep, 10, waiter="job-1")).admitted
+
+
 async def test_a_job_waits_on_the_candidate_that_frees_first(redis: Redis, clock: FakeClock) -> None:
     slow, fast = limited("slow-a", rpm=1), limited("fast-b", rpm=1)
     fleet = RedisFleetState(redis, clock=clock)
@@ -174,8 +217,11 @@ async def test_a_near_turn_is_waited_for_in_the_worker(redis: Redis, clock: Fake
     assert (far.room, clock.sleeps) == (False, [])
     near = await line.wait_for_room("near", [Place(near_dep, 10)], 5.0, clock)
     assert near.room
-    # Its call was released 0.05 s before the other's, which ended just now: a window after it.
-    assert clock.sleeps == [pytest.approx(WINDOW_S - 0.05 + 0.005)]
+    # Its call was released 0.05 s before the other's, which ended just now: its slot frees a
+    # window after it, and its turn comes a hop (0.05 s) before that, to find room then ...
+    assert clock.sleeps == [pytest.approx(WINDOW_S - 0.05 - 0.05 + 0.005)]
+    # ... and be admitted once it frees (the runner waits `ready_s`).
+    assert near.ready_s == pytest.approx(0.05)
     assert await redis.hget(keys.deployment("b-2"), "waits") == b"1"  # type: ignore[misc]
     assert await redis.hget(keys.deployment("a-1"), "holds") == b"1"  # type: ignore[misc]
 
@@ -338,7 +384,10 @@ async def test_a_line_of_held_jobs_fills_the_limits_asking_about_twice_each(
             asks[job] += 1
             turn = await line.turn(job, places, check_room=True, hold_s=10.0)
             dep = next(d for d in deps if d.id == turn.deployment)
-            push(rng.uniform(0.005, 0.04), "admit", job, dep) if turn.room else push(turn.delay_s, "ask", job)
+            if turn.room:  # admitted a hop later, and no sooner than its slot frees (the runner waits)
+                push(max(rng.uniform(0.005, 0.04), turn.ready_s), "admit", job, dep)
+            else:
+                push(turn.delay_s, "ask", job)
         elif kind == "admit":
             admission = await fleet.admit(data, 10, waiter=job)
             assert admission.admitted, admission

@@ -12,3 +12,7 @@ class TestInMemoryFleetState(FleetStateContract):
     @pytest.fixture
     def fleet(self, clock: FakeClock) -> InMemoryFleetState:
         return InMemoryFleetState(clock=clock, breaker=POLICY)
+
+    @pytest.fixture
+    def untrusting(self, clock: FakeClock) -> InMemoryFleetState:
+        return InMemoryFleetState(clock=clock, breaker=POLICY, trust_processing_time=False)

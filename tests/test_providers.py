@@ -20,9 +20,11 @@ from router_core import (
     ChatRequest,
     ContextLengthError,
     FakeClock,
+    InMemoryFleetState,
     ProviderKind,
     ProviderServerError,
     RateLimitedError,
+    Refusal,
     Router,
     RouterSettings,
     SimulateMode,
@@ -45,6 +47,8 @@ from router_core.providers import (
     map_provider_error,
     parse_retry_after,
 )
+from router_core.providers.base import ProviderReply
+from router_core.providers.openai import processing_s
 from router_core.sim import SimTransport, SimWorld, sim_http_client
 from tests.conftest import RouterFactory, deployment, make_catalog
 
@@ -325,6 +329,81 @@ async def test_stopping_a_stream_early_releases_the_response(kind: str) -> None:
         assert len(responses) == 1
         assert responses[0].is_closed
         assert (await router.fleet.snapshot(["dep-a"]))["dep-a"].in_flight == 0
+
+
+def held_world(clock: FakeClock, kind: str, hold_ms: float) -> tuple[Deployment, SimWorld]:
+    """A deployment answering `hold_ms` after it counts a call, on `clock`, limited to 1 call a second."""
+    sim = {"latency_ms": hold_ms, "rpm": 1, "window_s": 1.0}
+    dep = make_catalog([deployment("dep-a", kind=kind, rpm=1, rate_window_s=1.0, sim=sim)])["dep-a"]
+    return dep, SimWorld({"dep-a": dep.sim}, clock=clock)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_openai_sdk_reads_how_long_the_provider_held_the_call(
+    clock: FakeClock, stream: bool
+) -> None:
+    """The sim sends `openai-processing-ms` as OpenAI does (whole ms from counting the call to
+    answering); the adapter reads it through the SDK's response, less a millisecond for rounding."""
+    dep, world = held_world(clock, "openai", 250)
+    provider = direct_provider(dep, sim_http_client(world))
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "Hi"}]})
+    try:
+        if stream:
+            parts = [part async for part in provider.stream(request, max_tokens=16, timeout_s=5)]
+            reply = parts[-1]
+        else:
+            reply = await provider.complete(request, max_tokens=16, timeout_s=5)
+    finally:
+        await provider.aclose()
+    assert isinstance(reply, ProviderReply)
+    assert reply.server_s == pytest.approx(0.249)
+
+
+async def test_an_anthropic_reply_says_nothing_of_the_providers_hold(clock: FakeClock) -> None:
+    dep, world = held_world(clock, "anthropic", 250)
+    provider = direct_provider(dep, sim_http_client(world))
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "Hi"}]})
+    try:
+        reply = await provider.complete(request, max_tokens=16, timeout_s=5)
+    finally:
+        await provider.aclose()
+    assert reply.server_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "held_s"),
+    [
+        ({"openai-processing-ms": "250"}, 0.249),
+        ({"openai-processing-ms": "0"}, 0.0),
+        ({"openai-processing-ms": "12.5"}, 0.0115),
+        ({}, 0.0),
+        ({"openai-processing-ms": "soon"}, 0.0),
+        ({"openai-processing-ms": "nan"}, 0.0),
+        ({"openai-processing-ms": "inf"}, 0.0),
+        ({"openai-processing-ms": "-40"}, 0.0),
+    ],
+)
+def test_a_missing_or_malformed_processing_time_is_no_hold(headers: dict[str, str], held_s: float) -> None:
+    assert processing_s(headers) == pytest.approx(held_s)
+
+
+async def test_the_router_frees_a_slot_a_window_after_the_answer_less_the_providers_hold(
+    clock: FakeClock,
+) -> None:
+    """End to end through the SDK: a call the sim held 250 ms counts until a window after its
+    answer less 249 ms (its start plus 1 ms here, with no network), not after the answer."""
+    dep, world = held_world(clock, "openai", 250)
+    fleet = InMemoryFleetState(clock=clock)
+    started = clock.now()
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "Hi"}]})
+    providers: dict[str, Provider] = {"dep-a": direct_provider(dep, sim_http_client(world))}
+    async with Router(make_catalog([dep.model_dump()]), providers, fleet=fleet, clock=clock) as router:
+        await router.complete(request)
+        assert clock.now() == pytest.approx(started + 0.25)
+        clock.advance(0.75)  # a window after the start: it may have arrived 1 ms after it
+        assert (await fleet.admit(dep, 10)).refusal is Refusal.RPM
+        clock.advance(0.0011)
+        assert (await fleet.admit(dep, 10)).admitted
 
 
 # Run in a fresh interpreter: which SDKs building the providers of a catalog loads.

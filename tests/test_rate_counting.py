@@ -1,17 +1,21 @@
 """Why counting a call until a window after the latest it can have arrived never earns a 429.
 
 The provider counts a call when it arrives; the fleet knows only bounds on that moment: after its
-admission, before its answer (when it was answered), and before its start plus the arrival margin
+admission, before its answer (when it was answered) less the time the provider says it held it
+(`server_s`, OpenAI's `openai-processing-ms`), and before its start plus the arrival margin
 (`ROUTEQ_RATE_LIMIT_MARGIN_S`, by that setting's definition). Here a fake clock drives random
 schedules of calls through `RedisFleetState` (latencies below and above the margin, answered or
-not, slow hops between admission and start), and every call arrives at the worst moment its bounds
-allow: the first or last instant, or anywhere between. A provider's sliding window (the sim's rule:
-an arrival is refused when `rpm` arrivals lie within the window before it) must never refuse one.
+not, slow hops between admission and start, providers holding a call anything from none to all of
+its latency and reporting it), and every call arrives at the worst moment its bounds allow: the
+first or last instant, or anywhere between. A provider's sliding window (the sim's rule: an arrival
+is refused when `rpm` arrivals lie within the window before it) must never refuse one. A provider
+that reports a longer hold than it really had breaks the rule, and the same replay shows it.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -20,6 +24,7 @@ from fakeredis import FakeAsyncRedis
 
 from router_core import CallOutcome, FakeClock
 from router_core.fleet import Admission
+from router_core.providers.openai import processing_s
 from storage.fleet.state import RedisFleetState
 from tests.fleet_state_contract import dep
 
@@ -41,13 +46,17 @@ class _Call:
     started_at: float = 0.0
     latency_s: float = 0.0
     answered: bool = True
+    held_s: float = 0.0  # how long the provider really held it, from counting it to its answer
 
 
-def _arrival(rng: random.Random, call: _Call) -> float:
-    """The worst moment within the bounds the fleet relies on: first, last, or in between."""
+def _arrival(rng: random.Random, call: _Call, *, latest_only: bool) -> float:
+    """The worst moment the call can really have arrived: first, last, or in between (`latest_only`:
+    the last). An answered call arrived at least its true hold before its answer."""
     latest = call.started_at + MARGIN_S
     if call.answered:
-        latest = min(latest, call.started_at + call.latency_s)
+        latest = min(latest, call.started_at + call.latency_s - call.held_s)
+    if latest_only:
+        return latest
     return rng.choice([call.admitted_at, latest, rng.uniform(call.admitted_at, latest)])
 
 
@@ -57,8 +66,12 @@ def _most_in_a_window(arrivals: list[float]) -> int:
     return max(sum(1 for b in ordered if a - WINDOW_S < b <= a) for a in ordered)
 
 
-@pytest.mark.parametrize("seed", range(6))
-async def test_no_provider_window_sees_more_than_rpm(seed: int) -> None:
+async def _replay(seed: int, *, overclaim_s: float = 0.0, latest_only: bool = False) -> int:
+    """Run 60 calls through the fleet's rate counting; the most arrivals any provider window saw.
+
+    The provider reports each call's true hold (to the millisecond, less one as the adapter takes
+    off), or that plus `overclaim_s`.
+    """
     rng = random.Random(seed)
     clock = FakeClock(start=0.0)
     redis = FakeAsyncRedis()
@@ -84,16 +97,48 @@ async def test_no_provider_window_sees_more_than_rpm(seed: int) -> None:
             call.started_at = clock.now()
             call.latency_s = rng.choice([0.01, 0.05, 0.2, MARGIN_S, 0.8, 2.0])
             call.answered = rng.random() < 0.75
+            # Some providers hold a call its whole latency (no network), some part of it, some
+            # say nothing (0); a held time is at most the latency.
+            call.held_s = rng.choice([0.0, call.latency_s / 2, call.latency_s])
             heapq.heappush(events, _Event(clock.now() + call.latency_s, seq, "end", event.call))
         else:
             assert call.admission is not None
             outcome = CallOutcome.SUCCESS if call.answered else CallOutcome.NEUTRAL
             latency_ms = (clock.now() - call.started_at) * 1000
-            await fleet.release(limited, call.admission, outcome, latency_ms, None, answered=call.answered)
-            arrivals.append(_arrival(rng, call))
+            reported = processing_s({"openai-processing-ms": str(math.floor(call.held_s * 1000))})
+            await fleet.release(
+                limited,
+                call.admission,
+                outcome,
+                latency_ms,
+                None,
+                answered=call.answered,
+                server_s=reported + overclaim_s if call.answered else 0.0,
+            )
+            arrivals.append(_arrival(rng, call, latest_only=latest_only))
     await redis.aclose()
     assert len(arrivals) == len(calls)
-    assert _most_in_a_window(arrivals) <= RPM
+    return _most_in_a_window(arrivals)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_no_provider_window_sees_more_than_rpm(seed: int) -> None:
+    assert await _replay(seed) <= RPM
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_the_latest_arrivals_fill_windows_without_passing_rpm(seed: int) -> None:
+    """Every call arriving as late as it really can (its answer less its true hold): the counting
+    is tight, the windows fill up to rpm and no further."""
+    assert await _replay(seed, latest_only=True) == RPM
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_provider_claiming_a_longer_hold_than_it_had_earns_429s(seed: int) -> None:
+    """The bound holds only while the reported hold is true: 0.3 s more than the truth (the count
+    still never ends before a call's start), and the calls arriving as late as they really could
+    push some provider window past rpm."""
+    assert await _replay(seed, overclaim_s=0.3, latest_only=True) > RPM
 
 
 async def test_counting_from_the_start_alone_would_not_hold() -> None:

@@ -71,9 +71,10 @@ async def _random_step(
             [CallOutcome.SUCCESS, CallOutcome.FAILURE, CallOutcome.FAILURE, CallOutcome.NEUTRAL]
         )
         latency, used = rng.choice([None, 10.0, 123.4]), rng.choice([None, 0, 77, 1_500])
-        await mem.release(d, a, outcome, latency, used)
-        await red.release(d, b, outcome, latency, used)
-        return f"release {outcome} {latency} {used}"
+        server_s = rng.choice([0.0, 0.0, 0.004, 0.1, 5.0])  # the provider's reported hold
+        await mem.release(d, a, outcome, latency, used, server_s=server_s)
+        await red.release(d, b, outcome, latency, used, server_s=server_s)
+        return f"release {outcome} {latency} {used} held {server_s}"
     if op < 0.83:
         forced = rng.choice([None, None, Forced.UP, Forced.DOWN])
         await mem.force("d", forced)
@@ -244,6 +245,10 @@ class RedisFleetStateSuite(FleetStateContract, FleetExtras):
     @pytest.fixture
     def fleet(self, redis: Redis, clock: FakeClock) -> RedisFleetState:
         return RedisFleetState(redis, clock=clock, breaker=POLICY)
+
+    @pytest.fixture
+    def untrusting(self, redis: Redis, clock: FakeClock) -> RedisFleetState:
+        return RedisFleetState(redis, clock=clock, breaker=POLICY, trust_processing_time=False)
 
 
 class TestRedisFleetStateFake(RedisFleetStateSuite):

@@ -36,7 +36,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from router_core.catalog import Deployment
 from router_core.errors import (
     AllAttemptsFailedError,
     CapacityExhaustedError,
@@ -112,6 +111,7 @@ class _Admitted:
     plan: Plan
     request: ChatRequest
     claim: str | None = None  # the deployment it claimed a slot on, until admitted there
+    ready_at: float = 0.0  # when that slot frees (router clock): the call is not admitted sooner
 
 
 @dataclass(slots=True)
@@ -297,7 +297,7 @@ class JobRunner:
         except RouteqError:
             return None
         places = self._places(plan, request)
-        if not places or _unlimited(places[0].deployment):
+        if not places or places[0].unlimited:
             return _Admitted(plan, request)  # no limit to wait for: the router admits it at once
         turn = await self.line.wait_for_room(job_id, places, self.admission_wait_s, self.router.clock)
         if turn.room:
@@ -306,7 +306,7 @@ class JobRunner:
             first = [c for c in plan.candidates if c.deployment == turn.deployment]
             others = [c for c in plan.candidates if c.deployment != turn.deployment]
             ordered = plan.model_copy(update={"candidates": first + others})
-            return _Admitted(ordered, request, claim=turn.deployment)
+            return _Admitted(ordered, request, turn.deployment, self.router.clock.now() + turn.ready_s)
         self._observe("deferred", _Outcome())
         reason = f"no candidate has room; its turn on {turn.deployment} comes first"
         raise JobDeferred(job_id, turn.delay_s, reason, carry=carried, given_back=True)
@@ -399,6 +399,8 @@ class JobRunner:
             if job.stream:
                 await self._relay_pieces(job.id, run, hit_pieces(use.hit))
             return _Outcome(result=use.hit, attempts=embedded, cache=use)
+        if admitted is not None and (wait := admitted.ready_at - self.router.clock.now()) > 0:
+            await self.router.clock.sleep(wait)  # until its slot frees: the fleet would refuse it sooner
         # After an embedding call (attempt 1, semantic cache), the router's attempts come next.
         outcome = await self._call(
             job, run, request, ShiftedGuard(guard, len(embedded)) if embedded else guard, plan
@@ -587,11 +589,6 @@ def _event_from_run(
         cost_usd=billed,
         error=failure.message if failure else None,
     )
-
-
-def _unlimited(dep: Deployment) -> bool:
-    """A deployment with no capacity limit: only its breaker can refuse a call."""
-    return dep.rpm is None and dep.tpm is None and dep.max_concurrency is None
 
 
 def _started(job: JobRecord) -> StartedJob:

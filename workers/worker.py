@@ -92,12 +92,7 @@ async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, wor
         if store is None:
             store = await Store.open(settings.database_url)
             opened.push_async_callback(store.close)
-        fleet = RedisFleetState(
-            redis,
-            breaker=settings.breaker_policy(),
-            lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
-            arrival_margin_s=settings.rate_limit_margin_s,
-        )
+        fleet = RedisFleetState.from_settings(redis, settings)
         quality = FleetQuality.from_settings(redis, store, settings)
         live = shared.live
         if live is None and shared.catalog is None:

@@ -22,12 +22,16 @@ class ProviderReply:
 
     `choices` hold each answer's message (`content`, `tool_calls`, `refusal`), its OpenAI
     `finish_reason` ("stop", "length", "tool_calls", "content_filter") and `logprobs`.
+    `server_s`: how long the provider says it held the request, from counting it to answering
+    (OpenAI's `openai-processing-ms`, less a millisecond for its rounding); 0 when it says nothing.
+    The call arrived at least this long before its reply reached us (`router_core.fleet`).
     """
 
     choices: tuple[Choice, ...]
     usage: Usage
     model: str
     simulated: bool
+    server_s: float = 0.0
 
     @property
     def content(self) -> str:
@@ -54,6 +58,14 @@ class Delta:
     logprobs, or any part of another choice, as an OpenAI `chat.completion.chunk` choice."""
 
     choice: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        """The text it carries (content, tool-call arguments), for the charge of a stream that breaks off."""
+        inner = self.choice.get("delta") or {}
+        calls = inner.get("tool_calls") or ()
+        text = str(inner.get("content") or "")
+        return text + "".join(str((c.get("function") or {}).get("arguments") or "") for c in calls)
 
 
 # What a provider stream yields: text pieces of choice 0 and `Delta`s, then exactly one ProviderReply.

@@ -9,7 +9,8 @@ field it sets. The answer comes back as OpenAI shaped it, all choices kept. Embe
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+import math
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx2
@@ -23,9 +24,12 @@ from router_core.models import ChatRequest, Usage
 from router_core.providers.base import SIMULATED_HEADER, Delta, EmbeddingReply, ProviderReply, StreamPart
 from router_core.providers.errors import map_provider_error
 
-__all__ = ["OpenAIProvider", "openai_body"]
+__all__ = ["PROCESSING_HEADER", "OpenAIProvider", "openai_body", "processing_s"]
 
 logger = logging.getLogger("routeq.providers")
+
+# OpenAI's API says on each response how long its servers held the request, in whole milliseconds.
+PROCESSING_HEADER = "openai-processing-ms"
 
 # Request fields passed through as they are when set (the rest is routeq's or handled below).
 _PASSED = (
@@ -66,6 +70,23 @@ def _usage(usage: CompletionUsage | None, deployment: str) -> Usage:
         cache_read_tokens=(prompt.cached_tokens or 0) if prompt else 0,
         reasoning_tokens=(completion.reasoning_tokens or 0) if completion else 0,
     )
+
+
+def processing_s(headers: Mapping[str, str]) -> float:
+    """The provider's `openai-processing-ms` in seconds, less a millisecond for its rounding (a
+    whole number of ms may be rounded up), never below 0; 0 when missing or not a number.
+
+    It bounds the call's arrival (`ProviderReply.server_s`), so it must never say more than the
+    provider really held it: 0, the rule without it, is always safe.
+    """
+    raw = headers.get(PROCESSING_HEADER)
+    if raw is None:
+        return 0.0
+    try:
+        ms = float(raw)
+    except ValueError:
+        return 0.0
+    return max(0.0, ms - 1.0) / 1000 if math.isfinite(ms) else 0.0
 
 
 def openai_body(request: ChatRequest, deployment: Deployment, max_tokens: int) -> dict[str, Any]:
@@ -145,6 +166,7 @@ class OpenAIProvider:
             usage=_usage(usage, dep.id),
             model=answer.get("model") or dep.model,
             simulated=response.headers.get(SIMULATED_HEADER) == "1",
+            server_s=processing_s(response.headers),
         )
 
     async def stream(
@@ -176,6 +198,7 @@ class OpenAIProvider:
             usage=_usage(usage, dep.id),
             model=model,
             simulated=raw.headers.get(SIMULATED_HEADER) == "1",
+            server_s=processing_s(raw.headers),
         )
 
     async def embed(

@@ -102,11 +102,20 @@ class _Call:
     seq: int
     stats: SimCounters
     send: Send
+    counted_at: float | None = None  # when its deployment's rpm window counted it (`_admit`)
 
     @property
     def id_header(self) -> dict[str, str]:
         name = "x-request-id" if self.dialect == "openai" else "request-id"
         return {name: f"sim-req-{self.seq:08d}"}
+
+    def answer_headers(self, now: float) -> dict[str, str]:
+        """The headers of an answer sent at `now`: its id and, as OpenAI's API does, how long it
+        was held since it was counted (`openai-processing-ms`, whole ms rounded down)."""
+        if self.dialect != "openai" or self.counted_at is None:
+            return self.id_header
+        held_ms = max(0, math.floor((now - self.counted_at) * 1000))
+        return {**self.id_header, "openai-processing-ms": str(held_ms)}
 
     async def refuse(
         self,
@@ -339,7 +348,7 @@ class SimWorld:
         if fault is None or not await self._wait(call, state, fault, receive):
             return
         if not await self._fail(call, fault, stream=False):
-            await _send_json(call.send, 200, embedding_body(req), call.id_header)
+            await _send_json(call.send, 200, embedding_body(req), call.answer_headers(self.clock.now()))
 
     async def _admit(
         self, call: _Call, state: DeploymentState, prompt_tokens: int, *, can_break_json: bool
@@ -377,6 +386,7 @@ class SimWorld:
             await call.refuse("rpm_limited", "rate_limit", message, retry)
             return None
         call.stats.record_admission(now)
+        call.counted_at = now
         if fault == "invalid_json" and not can_break_json:
             fault = "ok"  # nothing to break: the answer is plain text or a tool call
         call.stats.by_outcome[fault] += 1
@@ -391,13 +401,12 @@ class SimWorld:
             raise ConnectionDropped(f"simulated connection drop on {call.deployment}")
         if fault == "server_error":
             message = "The server had an error while processing your request. Sorry about that! (simulated)"
-            await _send_json(
-                call.send, 500, error_body(call.dialect, "server_error", message), call.id_header
-            )
+            sent = call.answer_headers(self.clock.now())
+            await _send_json(call.send, 500, error_body(call.dialect, "server_error", message), sent)
             return True
         if fault == "malformed":
             broken, content_type = malformed_body(call.dialect, stream)
-            await _send(call.send, 200, broken, content_type, call.id_header)
+            await _send(call.send, 200, broken, content_type, call.answer_headers(self.clock.now()))
             return True
         return False
 
@@ -421,12 +430,11 @@ class SimWorld:
         response_id = f"{prefix}{call.seq:08d}"
         if not req.stream:
             body = completion_body(req, response_id=response_id, answer=answer)
-            await _send_json(call.send, 200, body, call.id_header)
+            await _send_json(call.send, 200, body, call.answer_headers(self.clock.now()))
             return
         frames = stream_frames(req, response_id=response_id, answer=answer)
-        headers = _headers(
-            "text/event-stream; charset=utf-8", {**call.id_header, "cache-control": "no-cache"}
-        )
+        sent = call.answer_headers(self.clock.now())  # a stream's at its start, as OpenAI's
+        headers = _headers("text/event-stream; charset=utf-8", {**sent, "cache-control": "no-cache"})
         await call.send({"type": "http.response.start", "status": 200, "headers": headers})
         pause = call.profile.stream_interval_ms / 1000
         for index, frame in enumerate(frames):

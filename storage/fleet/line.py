@@ -13,11 +13,12 @@ for exactly then. One Lua script per question, over the keys `RedisFleetState` k
                                     hop_s: from room found to admission (EWMA, set by admit)
 
 A turn is a slot freeing. With `rpm`, the rate log's entries leave the window in score order (a
-call in flight is taken to end `latency` from now, measured when it can be, and at most the
-arrival margin: see "Rate windows" in `router_core.fleet`), so the k-th job ahead in the line gets
-the moment the k-th entry leaves (a slot free now, when there is one; slots claimed by jobs on
-their way to admission leave last), and the k-th past the limit a cycle (the window, a call's
-latency and the hop from a turn to its admission) after the job `rpm` places ahead of it. Jobs
+call in flight is taken to stop counting its latency from now, less the time the provider says it
+holds a call (`held_ms`, both measured when they can be), and at most the arrival margin: see
+"Rate windows" in `router_core.fleet`), so the k-th job ahead in the line gets the moment the
+k-th entry leaves, less the lead (below; a slot free now, when there is one; slots claimed by jobs
+on their way to admission leave last), and the k-th past the limit a cycle (the window and that
+latency less the hold) after the job `rpm` places ahead of it. Jobs
 whose turn is still to come are ahead; jobs whose turn has come and who have not asked again yet
 (woken in their worker, or re-queued and on their way back through arq) keep a free slot each, in
 the order of their turns, until `stale_s` after their turn: a job that asks without a turn (a new
@@ -28,7 +29,13 @@ A job is in the line until it asks again, which takes it out; a job that never c
 (cancelled, its worker died) is dropped `stale_s` after its turn.
 
 Room means: the deployment would admit the call now even after every job that found room before
-and is still on its way to admission (its SQL start), and every job due before it, took its slot.
+and is still on its way to admission (its SQL start), and every job due before it, took its slot;
+or would, once rate-log entries leaving within the lead (`hop_s`, the least hop) have left. A job
+takes that long from finding room to its admission (SQL start, cache lookup, budget hold), so it
+finds room a lead before its slot frees, its turn comes a lead before that, and it is told when the
+slot frees (`Turn.ready_s`): the worker admits it no sooner, and a slot is taken again a window and
+the call's lag after it frees instead of a hop later still. The lead is fixed: the hop the
+admissions measure includes that wait, and a lead following it would grow without end.
 A job that found room holds a claim, which the router's admission
 (`RedisFleetState.admit(..., waiter=job)`) takes out in the same step that takes the slot: a burst
 of jobs asking at once does not all see the same free slot. A job that finds no room at its turn
@@ -99,14 +106,21 @@ for i = 0, n - 1 do
   prune_requests(state, requests, tokens, now - window)
   local used, busy = redis.call('ZCARD', requests), redis.call('ZCARD', inflight)
   -- A call's latency as measured (the live EWMA) when known. A call counts until a window after
-  -- its answer, or after its start plus the arrival margin if sooner (router_core.fleet), so a
-  -- slot is taken again a window and this long (plus the hop from a turn to its admission) after.
-  local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s')
+  -- its answer less the time the provider says it held it, or after its start plus the arrival
+  -- margin if sooner (router_core.fleet): `lag` from its start. So a slot is taken again a window
+  -- and this long after (below: the hop to the admission overlaps the wait).
+  local measured = redis.call('HMGET', state, 'latency_ms', 'hop_s', 'held_ms')
   if measured[1] then latency = math.max(latency, tonumber(measured[1]) / 1000) end
   -- The hop as the admissions measured it (from room found to slot taken: a busy worker's is long).
   local hop = math.max(least_hop, tonumber(measured[2]) or 0)
+  local lag = math.min(math.max(0, latency - (tonumber(measured[3]) or 0) / 1000), arrival)
   latency = math.min(latency, arrival)
-  local cycle = window + latency + hop
+  -- A job finding room `lead` (the least hop) before its slot frees reaches its admission about
+  -- when it frees (the hop is its SQL start and the rest, and it waits for the rest of the lead):
+  -- the slot is taken again a window and `lag` after, not a hop later too. The lead is fixed, not
+  -- the measured hop: a job waiting for its slot lengthens the hop the admissions measure.
+  local lead = least_hop
+  local cycle = window + lag
   local counted = tonumber(redis.call('HGET', state, 'tokens')) or 0
   -- A line is in the order of turns: ahead of a job in its own line are the jobs its rank says;
   -- in another line, every job in it (it is new there). Of those, the jobs due (within a hop: a
@@ -119,29 +133,39 @@ for i = 0, n - 1 do
   -- Room after the slots claimed by jobs that found room and are on their way to admission, and
   -- those kept for the jobs due.
   local claimed = redis.call('ZCARD', claims)
-  if check and (not rpm or used + claimed + due < rpm) and (not maxc or busy + claimed + due < maxc)
+  -- Entries leaving the window within the lead count as free: the job is told when its slot frees
+  -- (`ready`), and is admitted no sooner.
+  local leaving = 0
+  if rpm then leaving = redis.call('ZCOUNT', requests, '-inf', num(now + lead - window)) end
+  if check and (not rpm or used - leaving + claimed + due < rpm) and (not maxc or busy + claimed + due < maxc)
       and (not tpm or counted + want <= tpm) then
     redis.call('ZADD', claims, num(now), job)  -- until RedisFleetState.admit takes it out
-    return {'room', i + 1}
+    local ready, k = 0, rpm and used + claimed + due - rpm or -1
+    if k >= 0 then  -- the (k+1)-th entry to leave frees this job's slot
+      local row = redis.call('ZRANGE', requests, k, k, 'WITHSCORES')
+      ready = math.max(0, tonumber(row[2]) + window - now) + margin  -- just after, as a turn
+    end
+    return {'room', i + 1, num(ready)}
   end
   local function turn_for(ahead)
     local turn = now
     if rpm then
       -- The k-th job ahead takes the k-th slot to free: a free one now, then the log's entries in
       -- the order they leave, then the slots claimed by jobs on their way to admission (admitted
-      -- about a hop from now); past rpm, a cycle later per round.
+      -- about a hop from now); past rpm, a cycle later per round. Its turn comes `lead` before its
+      -- slot frees (it finds room then: see above).
       local free_now = math.max(0, rpm - used - claimed)
       local place, rounds = ahead % rpm, math.floor(ahead / rpm)
       local base = now
       if place >= free_now then
         local row = redis.call('ZRANGE', requests, place - free_now, place - free_now, 'WITHSCORES')
         if #row > 0 then
-          base = math.min(tonumber(row[2]), now + latency) + window
+          base = math.min(tonumber(row[2]), now + lag) + window
         else
-          base = now + hop + latency + window
+          base = now + hop + lag + window
         end
       end
-      turn = math.max(turn, base + rounds * cycle)
+      turn = math.max(turn, base - lead + rounds * cycle)
     end
     if maxc and busy + claimed + ahead >= maxc then
       turn = math.max(turn, now + latency * (math.floor((busy + claimed + ahead - maxc) / maxc) + 1))
@@ -180,14 +204,25 @@ class Place:
     deployment: Deployment
     tokens: int
 
+    @property
+    def unlimited(self) -> bool:
+        """No capacity limit (rpm, tpm, concurrency): only the breaker can refuse a call, no line."""
+        dep = self.deployment
+        return dep.rpm is None and dep.tpm is None and dep.max_concurrency is None
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """The line's answer: `deployment` has room now, or the job's turn on it is `delay_s` away."""
+    """The line's answer: `deployment` has room now, or the job's turn on it is `delay_s` away.
+
+    Room may be a slot that frees within a hop (the job's way to its admission): `ready_s` from
+    now, when the job may be admitted (0: free now).
+    """
 
     deployment: str
     room: bool
     delay_s: float = 0.0
+    ready_s: float = 0.0
 
 
 class AdmissionLine:
@@ -200,9 +235,9 @@ class AdmissionLine:
         clock: where time comes from; None (production) means the Redis server's clock.
         stale_s: how long after its turn a job that did not come back is still counted.
         margin_s: added to every turn, so the job arrives just after its slot frees, not before.
-        hop_s: how long a job takes from its turn to its admission (pick-up, plan, SQL start):
-            a slot freed is taken again about this long later, which turns further out count in.
-            The least taken: the admissions measure it per deployment (`hop_s` of its hash).
+        hop_s: how long a job takes from its turn to its admission (pick-up, plan, SQL start).
+            The least taken: the admissions measure it per deployment (`hop_s` of its hash). It
+            is also the lead: a job finds room this long before its slot frees (`Turn.ready_s`).
     """
 
     def __init__(
@@ -264,11 +299,11 @@ class AdmissionLine:
                 repr(dep.latency_ms / 1000),
             ]
         reply: list[Any] = await self._script(keys=script_keys, args=args)
-        status, index = as_text(reply[0]), int(reply[1])
+        status, index, seconds = as_text(reply[0]), int(reply[1]), float(as_text(reply[2]))
         deployment = places[index - 1].deployment.id
         if status == "room":
-            return Turn(deployment, room=True)
-        return Turn(deployment, room=False, delay_s=float(as_text(reply[2])))
+            return Turn(deployment, room=True, ready_s=seconds)
+        return Turn(deployment, room=False, delay_s=seconds)
 
     async def wait_for_room(self, job_id: str, places: Sequence[Place], wait_s: float, clock: Clock) -> Turn:
         """Room, or a turn further off than what is left of `wait_s` (a turn to re-queue the job at).

@@ -9,6 +9,7 @@ Same rules as `router_core.fleet.InMemoryFleetState` (read its docstring for the
                                      probe:<ticket>                         a half-open probe in flight
                                      rate_window_s, tokens, seq             window, its token total, tickets
                                      hop_s                                  claim to admission (EWMA)
+                                     held_ms                                latest arrival to answer (EWMA)
     routeq:dep:<id>:inflight   zset  ticket -> lease expiry                 max_concurrency, probes
     routeq:dep:<id>:requests   zset  ticket -> latest arrival at the       rpm (exact sliding log)
                                      provider (in flight: admission + lease,
@@ -60,6 +61,7 @@ from router_core.fleet import (
 from storage import keys
 from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
+from storage.settings import Settings
 
 __all__ = ["LUA_COMMON", "RedisFleetState"]
 
@@ -208,7 +210,8 @@ return {'admitted', ticket, '0'}
 
 # KEYS: state, inflight, tokens, requests.
 # ARGV: now, ticket, probe 0|1, outcome, latency_ms, real tokens ('' = keep the estimate), alpha,
-#       cooldown_s, window_s, failure_threshold, min_failure_ratio, answered 1|0, arrival margin (s).
+#       cooldown_s, window_s, failure_threshold, min_failure_ratio, answered 1|0, arrival margin (s),
+#       the provider's reported hold (s, 0 = none or not trusted).
 _RELEASE = (
     LUA_COMMON
     + """
@@ -217,7 +220,7 @@ local now, ticket, probe, outcome = clock(ARGV[1]), ARGV[2], ARGV[3] == '1', ARG
 local latency, used, alpha = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown, window = tonumber(ARGV[8]), tonumber(ARGV[9])
 local threshold, min_ratio = tonumber(ARGV[10]), tonumber(ARGV[11])
-local answered, arrival_margin = ARGV[12] == '1', tonumber(ARGV[13])
+local answered, arrival_margin, server = ARGV[12] == '1', tonumber(ARGV[13]), tonumber(ARGV[14])
 
 local function parse(raw)
   if not raw then return nil, 0, 0 end
@@ -249,10 +252,11 @@ end
 redis.call('ZREM', inflight, ticket)
 redis.call('HDEL', state, 'probe:' .. ticket)
 -- Scored at the latest moment the provider can have counted it (router_core.fleet.counted_until):
--- it leaves the rate window a window after that.
+-- it leaves the rate window a window after that. An answered call arrived before its answer, less
+-- the time the provider says it held it (never before the call's start).
 local started = now - (latency or 0) / 1000
 local arrived_by = started + arrival_margin
-if answered then arrived_by = math.min(now, arrived_by) end
+if answered then arrived_by = math.min(math.max(now - server, started), arrived_by) end
 redis.call('ZADD', requests, 'XX', num(arrived_by), ticket)
 if used then
   local counted = tonumber(redis.call('HGET', tokens, ticket))
@@ -265,14 +269,18 @@ redis.call('HINCRBY', state, 'calls', 1)
 if outcome == 'neutral' then return 0 end
 
 local ok = outcome == 'success'
-local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'forced', 'opened_at', 'cooldown_s')
+local f = redis.call('HMGET', state, 'success_rate', 'latency_ms', 'forced', 'opened_at', 'cooldown_s',
+  'held_ms')
 local rate = tonumber(f[1]) or 1.0
 rate = rate + alpha * ((ok and 1.0 or 0.0) - rate)
 redis.call('HSET', state, 'success_rate', num(rate))
 if ok and latency then
-  local prev = tonumber(f[2])
+  -- With the latency, the part of it after the latest arrival (the provider's reported hold, or
+  -- past the margin): a slot is taken again a window after the latency less this (storage.fleet.line).
+  local held, prev, prev_held = (now - arrived_by) * 1000, tonumber(f[2]), tonumber(f[6])
   if prev then latency = prev + alpha * (latency - prev) end
-  redis.call('HSET', state, 'latency_ms', num(latency))
+  if prev_held then held = prev_held + alpha * (held - prev_held) end
+  redis.call('HSET', state, 'latency_ms', num(latency), 'held_ms', num(held))
 end
 local forced, opened_at = f[3], tonumber(f[4])
 local c = circuit(forced, opened_at, now, tonumber(f[5]) or cooldown)
@@ -357,8 +365,11 @@ class RedisFleetState:
             worker killed mid-call never releases); keep it above the longest provider timeout.
         arrival_margin_s: the longest a call may take from its start to the provider counting it
             (`ROUTEQ_RATE_LIMIT_MARGIN_S`). A call counts from its admission until a window after
-            the latest moment it can have arrived: its answer, or its start plus this margin if
-            that is sooner (or it was not answered). See "Rate windows" in `router_core.fleet`.
+            the latest moment it can have arrived: its answer (less the time the provider says it
+            held it), or its start plus this margin if that is sooner (or it was not answered).
+            See "Rate windows" in `router_core.fleet`.
+        trust_processing_time: believe the providers' reported hold (`release(server_s=...)`);
+            False (`ROUTEQ_TRUST_PROCESSING_TIME=false`) counts every call until its answer.
     """
 
     def __init__(
@@ -370,9 +381,11 @@ class RedisFleetState:
         alpha: float = 0.2,
         lease_s: float = 300.0,
         arrival_margin_s: float = ARRIVAL_MARGIN_S,
+        trust_processing_time: bool = True,
     ) -> None:
         self._redis = redis
         self._arrival_margin_s = arrival_margin_s
+        self._trust_processing_time = trust_processing_time
         self.breaker = breaker or BreakerPolicy()
         self._clock = clock
         self._alpha = alpha
@@ -381,6 +394,18 @@ class RedisFleetState:
         self._release = BatchedScript(redis, _RELEASE)
         self._snapshot = BatchedScript(redis, _SNAPSHOT)
         self._force = redis.register_script(_FORCE)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> RedisFleetState:
+        """A worker's: the breaker, rate-limit margin and trust in providers' reported holds the
+        settings give; a lease past twice the default timeout, plus a minute."""
+        return cls(
+            redis,
+            breaker=settings.breaker_policy(),
+            lease_s=settings.default_timeout_ms / 1000 * 2 + 60,
+            arrival_margin_s=settings.rate_limit_margin_s,
+            trust_processing_time=settings.trust_processing_time,
+        )
 
     def _now(self) -> str:
         return _SERVER_TIME if self._clock is None else repr(float(self._clock.now()))
@@ -430,10 +455,13 @@ class RedisFleetState:
         tokens: int | None,
         *,
         answered: bool = True,
+        server_s: float = 0.0,
     ) -> None:
         """End an admitted call; `tokens` is the real usage (None keeps the estimate).
 
-        `answered`: the provider replied, so the call arrived before now (`router_core.fleet`).
+        `answered`: the provider replied, so the call arrived before now; `server_s`: it says it
+        held the call this long after counting it, so it arrived that long before now (when
+        trusted; `router_core.fleet`).
         """
         if admission.ticket is None:
             return
@@ -453,6 +481,7 @@ class RedisFleetState:
             _arg(policy.min_failure_ratio),
             "1" if answered else "0",
             _arg(self._arrival_margin_s),
+            _arg(float(server_s) if self._trust_processing_time else 0.0),
         ]
         await self._release(keys=[state, inflight, token_counts, requests], args=args)
 
