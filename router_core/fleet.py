@@ -23,15 +23,18 @@ provider that says how long it held the request (OpenAI's `openai-processing-ms`
 counting it to answering) moves the second bound earlier: it counted the call at A, answered at
 A + server_s, and the answer reached us at our release R >= A + server_s. Durations do not depend
 on whose clock measures them, so A <= R - server_s on ours. (Never before the call's start: a
-reported time longer than the call is not believed past that.) So a call counts from its admission
-until one rate window after the latest moment it can have arrived:
+reported time longer than the call is not believed past that.) That bound needs no assumption, so
+the margin's, which fails when a starved worker (or network) takes longer than the margin to get a
+call to the provider, is not used for such a call. So a call counts from its admission until one
+rate window after the latest moment it can have arrived:
 
-    answered (a reply or an error status from the provider)    min(release - server_s, start + margin)
+    answered, with the provider's hold (server_s)              max(release - server_s, start)
+    answered otherwise (a reply or an error status)            min(release, start + margin)
     not answered (timeout, connection error, cancelled)         start + margin
 
-`server_s` is 0 when the provider says nothing (Anthropic; an OpenAI-compatible server without the
-header) or is not trusted (`ROUTEQ_TRUST_PROCESSING_TIME=false`), which is the rule without it. The
-bound holds as long as the reported time is no longer than the provider really held the call after
+`server_s` is None when the provider says nothing (Anthropic; an OpenAI-compatible server without
+the header; an error status) or is not trusted (`ROUTEQ_TRUST_PROCESSING_TIME=false`). The bound
+holds as long as the reported time is no longer than the provider really held the call after
 counting it; the adapter takes a millisecond off the whole milliseconds it reports, for rounding.
 
 Why this cannot let a provider's sliding window see more than `rpm` calls: take any window the
@@ -42,7 +45,7 @@ admission: it was still counted when L was admitted, and L was admitted only wit
 `rpm` counted. (A fixed-window or token-bucket provider accepts whatever a sliding one does.)
 The price: a window also holds the calls in flight, and a short call holds its slot until a
 window after its answer less the provider's reported hold (on top of the window: the network both
-ways and whatever the provider does not report; its whole latency without the header); a call
+ways and whatever the provider does not report); without that header, its whole latency, and a call
 slower than the margin holds it only until a window after its start plus the margin.
 
 `InMemoryFleetState` is the single-process implementation; `storage.fleet.state.RedisFleetState`
@@ -175,18 +178,25 @@ SDK) to the provider counting it: the SDK's request build, the network, the prov
 
 
 def counted_until(
-    now: float, latency_s: float | None, *, answered: bool, margin_s: float, server_s: float = 0.0
+    now: float,
+    latency_s: float | None,
+    *,
+    answered: bool,
+    margin_s: float,
+    server_s: float | None = None,
 ) -> float:
     """When an ended call stops counting in its deployment's rate window, less the window.
 
     `now`: its release; `latency_s`: from its start to now (None: unknown, taken as 0); `answered`:
     the provider replied (a response or an error status); `server_s`: how long the provider says
-    it held the call after counting it (0: it did not say). See the module docstring.
+    it held the call after counting it (None: it did not say). See the module docstring.
     """
     started = now - (latency_s or 0.0)
     if not answered:
         return started + margin_s
-    return min(max(now - server_s, started), started + margin_s)
+    if server_s is not None:
+        return max(now - server_s, started)
+    return min(now, started + margin_s)
 
 
 class FleetState(Protocol):
@@ -211,7 +221,7 @@ class FleetState(Protocol):
         tokens: int | None,
         *,
         answered: bool = True,
-        server_s: float = 0.0,
+        server_s: float | None = None,
     ) -> None:
         """End an admitted call; `tokens` is the real usage (None keeps the estimate).
 
@@ -368,7 +378,7 @@ class InMemoryFleetState:
         tokens: int | None,
         *,
         answered: bool = True,
-        server_s: float = 0.0,
+        server_s: float | None = None,
     ) -> None:
         now = self._clock.now()
         entry = self._entry(deployment.id)
@@ -382,7 +392,7 @@ class InMemoryFleetState:
                 latency_s,
                 answered=answered,
                 margin_s=self._arrival_margin_s,
-                server_s=server_s if self._trust_processing_time else 0.0,
+                server_s=server_s if self._trust_processing_time else None,
             )
         if tokens is not None and admission.ticket in entry.tokens:
             entry.tokens[admission.ticket] = tokens

@@ -532,7 +532,7 @@ class Router:
             # A reply (or an error status) proves the call reached the provider before now, and
             # before now less the time the provider says it held it (a reply's `server_s`).
             answered = ok or (error is not None and error.status_code is not None)
-            server_s = value.server_s if isinstance(value, ProviderReply) else 0.0
+            server_s = value.server_s if isinstance(value, ProviderReply) else None
             release = self.fleet.release(
                 dep, admission, outcome, latency_ms, tokens, answered=answered, server_s=server_s
             )

@@ -83,14 +83,16 @@ class Settings(RouterSettings):
         default=1.0,
         ge=0,
         description="The longest a call may take from its start to the provider counting it (SDK, "
-        "network, the provider's queue). A call counts against rpm/tpm until a rate window after its "
-        "answer, or after its start plus this margin when that is sooner.",
+        "network, the provider's queue), for calls whose provider does not report how long it held "
+        "them: such a call counts against rpm/tpm until a rate window after its answer, or after its "
+        "start plus this margin when that is sooner.",
     )
     trust_processing_time: bool = Field(
         default=True,
         description="Believe a provider's report of how long it held a call (OpenAI's "
         "openai-processing-ms): the call arrived at least that long before its answer, so it stops "
-        "counting against rpm/tpm that much sooner. false for a server whose header cannot be trusted.",
+        "counting against rpm/tpm that much sooner, and the margin is not needed for it. false for a "
+        "server whose header cannot be trusted.",
     )
     admission_wait_s: float = Field(
         default=10.0,

@@ -261,6 +261,21 @@ class FleetStateContract:
         clock.advance(0.01)
         assert (await fleet.admit(limited, 10)).admitted
 
+    async def test_a_reported_hold_bounds_a_slow_call_past_the_margin(
+        self, fleet: FleetState, clock: FakeClock
+    ) -> None:
+        """A call answered 3 s after its start, 50 ms of it held by the provider, may have reached
+        the provider 2.95 s after its start (a starved worker, a slow network), later than the
+        margin: the reported hold bounds it, the margin does not."""
+        limited = dep(rpm=1, rate_window_s=1.0)
+        slow = await fleet.admit(limited, 10)
+        clock.advance(3.0)
+        await fleet.release(limited, slow, CallOutcome.SUCCESS, 3000.0, None, server_s=0.05)
+        clock.advance(0.94)
+        assert (await fleet.admit(limited, 10)).refusal is Refusal.RPM
+        clock.advance(0.01)
+        assert (await fleet.admit(limited, 10)).admitted
+
     async def test_an_untrusting_state_counts_an_answered_call_until_a_window_after_its_answer(
         self, untrusting: FleetState, clock: FakeClock
     ) -> None:

@@ -71,7 +71,7 @@ async def _random_step(
             [CallOutcome.SUCCESS, CallOutcome.FAILURE, CallOutcome.FAILURE, CallOutcome.NEUTRAL]
         )
         latency, used = rng.choice([None, 10.0, 123.4]), rng.choice([None, 0, 77, 1_500])
-        server_s = rng.choice([0.0, 0.0, 0.004, 0.1, 5.0])  # the provider's reported hold
+        server_s = rng.choice([None, None, 0.0, 0.004, 0.1, 5.0])  # the provider's reported hold
         await mem.release(d, a, outcome, latency, used, server_s=server_s)
         await red.release(d, b, outcome, latency, used, server_s=server_s)
         return f"release {outcome} {latency} {used} held {server_s}"

@@ -23,7 +23,7 @@ class ProviderReply:
     `choices` hold each answer's message (`content`, `tool_calls`, `refusal`), its OpenAI
     `finish_reason` ("stop", "length", "tool_calls", "content_filter") and `logprobs`.
     `server_s`: how long the provider says it held the request, from counting it to answering
-    (OpenAI's `openai-processing-ms`, less a millisecond for its rounding); 0 when it says nothing.
+    (OpenAI's `openai-processing-ms`, less a millisecond for its rounding); None when it says nothing.
     The call arrived at least this long before its reply reached us (`router_core.fleet`).
     """
 
@@ -31,7 +31,7 @@ class ProviderReply:
     usage: Usage
     model: str
     simulated: bool
-    server_s: float = 0.0
+    server_s: float | None = None
 
     @property
     def content(self) -> str:

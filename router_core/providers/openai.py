@@ -72,21 +72,21 @@ def _usage(usage: CompletionUsage | None, deployment: str) -> Usage:
     )
 
 
-def processing_s(headers: Mapping[str, str]) -> float:
+def processing_s(headers: Mapping[str, str]) -> float | None:
     """The provider's `openai-processing-ms` in seconds, less a millisecond for its rounding (a
-    whole number of ms may be rounded up), never below 0; 0 when missing or not a number.
+    whole number of ms may be rounded up), never below 0; None when missing or not a number.
 
     It bounds the call's arrival (`ProviderReply.server_s`), so it must never say more than the
-    provider really held it: 0, the rule without it, is always safe.
+    provider really held it: None, the rule without it, is always safe.
     """
     raw = headers.get(PROCESSING_HEADER)
     if raw is None:
-        return 0.0
+        return None
     try:
         ms = float(raw)
     except ValueError:
-        return 0.0
-    return max(0.0, ms - 1.0) / 1000 if math.isfinite(ms) else 0.0
+        return None
+    return max(0.0, ms - 1.0) / 1000 if math.isfinite(ms) and ms >= 0 else None
 
 
 def openai_body(request: ChatRequest, deployment: Deployment, max_tokens: int) -> dict[str, Any]:

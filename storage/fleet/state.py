@@ -253,10 +253,14 @@ redis.call('ZREM', inflight, ticket)
 redis.call('HDEL', state, 'probe:' .. ticket)
 -- Scored at the latest moment the provider can have counted it (router_core.fleet.counted_until):
 -- it leaves the rate window a window after that. An answered call arrived before its answer, less
--- the time the provider says it held it (never before the call's start).
+-- the time the provider says it held it when it says (never before the call's start; no margin).
 local started = now - (latency or 0) / 1000
 local arrived_by = started + arrival_margin
-if answered then arrived_by = math.min(math.max(now - server, started), arrived_by) end
+if answered and server then
+  arrived_by = math.max(now - server, started)
+elseif answered then
+  arrived_by = math.min(now, arrived_by)
+end
 redis.call('ZADD', requests, 'XX', num(arrived_by), ticket)
 if used then
   local counted = tonumber(redis.call('HGET', tokens, ticket))
@@ -455,7 +459,7 @@ class RedisFleetState:
         tokens: int | None,
         *,
         answered: bool = True,
-        server_s: float = 0.0,
+        server_s: float | None = None,
     ) -> None:
         """End an admitted call; `tokens` is the real usage (None keeps the estimate).
 
@@ -481,7 +485,7 @@ class RedisFleetState:
             _arg(policy.min_failure_ratio),
             "1" if answered else "0",
             _arg(self._arrival_margin_s),
-            _arg(float(server_s) if self._trust_processing_time else 0.0),
+            _arg(server_s if self._trust_processing_time else None),
         ]
         await self._release(keys=[state, inflight, token_counts, requests], args=args)
 
