@@ -14,13 +14,14 @@ from sqlalchemy import text
 from producer.api.auth import Caller, Operator
 from producer.api.context import ApiContext, Ctx
 from producer.api.schemas import DeploymentStateBody
+from router_core.catalog import Catalog
 from router_core.fleet import DeploymentSnapshot, Forced
 from router_core.redact import mask_url
 from router_core.simulated import simulated_ids
 from storage.bus.registry import registered_workers
 from storage.errors import NotFoundError
 
-__all__ = ["force_deployment", "provider_view", "router", "simulated_deployments"]
+__all__ = ["force_deployment", "provider_view", "provider_views", "router", "simulated_deployments"]
 
 router = APIRouter(tags=["Operations"])
 logger = logging.getLogger("routeq.api")
@@ -47,11 +48,21 @@ async def simulated_deployments(ctx: ApiContext) -> frozenset[str]:
     return frozenset().union(*told)
 
 
+async def provider_views(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Every deployment of the catalog as GET /v1/providers shows it. The catalog is read once: a
+    live catalog swapped between the awaits would lack a deployment the list was made from."""
+    catalog = ctx.catalog
+    ids = list(catalog)
+    snapshot = await ctx.fleet.snapshot(ids)
+    simulated = await simulated_deployments(ctx)
+    return [provider_view(catalog, dep, snapshot[dep], simulated) for dep in ids]
+
+
 def provider_view(
-    ctx: ApiContext, deployment_id: str, stats: DeploymentSnapshot, simulated: frozenset[str]
+    catalog: Catalog, deployment_id: str, stats: DeploymentSnapshot, simulated: frozenset[str]
 ) -> dict[str, Any]:
-    dep = ctx.catalog[deployment_id]
-    price = ctx.catalog.price(deployment_id)
+    dep = catalog[deployment_id]
+    price = catalog.price(deployment_id)
     return {
         "id": dep.id,
         "object": "routeq.deployment",
@@ -89,10 +100,7 @@ def provider_view(
     summary="Every deployment: circuit, live stats, rate-limit use, price, whether it is simulated",
 )
 async def providers(_principal: Caller, ctx: Ctx) -> dict[str, Any]:
-    ids = list(ctx.catalog)
-    snapshot = await ctx.fleet.snapshot(ids)
-    simulated = await simulated_deployments(ctx)
-    return {"object": "list", "data": [provider_view(ctx, dep, snapshot[dep], simulated) for dep in ids]}
+    return {"object": "list", "data": await provider_views(ctx)}
 
 
 @router.post(
@@ -103,9 +111,10 @@ async def set_deployment_state(
 ) -> dict[str, Any]:
     """Fleet-wide, until set back to `auto`: workers see it on their next plan. Every tenant's
     calls are affected, so this takes an operator key, not a tenant's admin key."""
+    catalog = ctx.catalog
     await force_deployment(ctx, deployment_id, body.state)
     snapshot = await ctx.fleet.snapshot([deployment_id])
-    return provider_view(ctx, deployment_id, snapshot[deployment_id], await simulated_deployments(ctx))
+    return provider_view(catalog, deployment_id, snapshot[deployment_id], await simulated_deployments(ctx))
 
 
 async def force_deployment(ctx: ApiContext, deployment_id: str, state: str) -> None:

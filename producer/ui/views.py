@@ -19,7 +19,7 @@ from typing import Any
 from producer.api.auth import Principal
 from producer.api.batches import batch_object, batch_status
 from producer.api.context import ApiContext
-from producer.api.ops import provider_view, simulated_deployments
+from producer.api.ops import provider_views
 from producer.ui import charts
 from producer.ui.summaries import batch_cost, batch_summary
 from storage.bus.events import EventBus
@@ -173,12 +173,8 @@ async def overview(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
 
 async def providers(ctx: ApiContext) -> list[dict[str, Any]]:
     """Every deployment as GET /v1/providers shows it, with the circuit word the page prints."""
-    ids = list(ctx.catalog)
-    snapshot = await ctx.fleet.snapshot(ids)
-    simulated = await simulated_deployments(ctx)
     rows = []
-    for dep in ids:
-        view = provider_view(ctx, dep, snapshot[dep], simulated)
+    for view in await provider_views(ctx):
         view["circuit_shown"] = f"forced {view['forced']}" if view["forced"] else view["circuit"]
         limits = view["rate_limits"]
         view["rpm_use"] = limits["requests_in_window"] / limits["rpm"] if limits["rpm"] else None
