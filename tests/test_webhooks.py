@@ -41,7 +41,8 @@ TENANT = "default"  # the pipeline settings' tenant
 
 
 class Now:
-    """A fake clock for the sender: starts at the real time (the outbox's rows are due then)."""
+    """A fake clock for the sender: starts a second past the real time, so the outbox rows written
+    before it was made are due (make it after them: a slow batch may take longer than that)."""
 
     def __init__(self) -> None:
         self.at = datetime.now(UTC) + timedelta(seconds=1)
@@ -291,9 +292,9 @@ async def test_a_delivery_is_given_up_after_max_attempts_and_an_admin_sends_it_a
 
 
 async def test_retry_after_and_backoff_set_the_next_attempt_on_a_fake_clock(backend: Backend) -> None:
-    now = Now()
     async with Receiver([(429, {"Retry-After": "30"}), 500, 200]) as hook:
         await run_batch(backend, webhook_url=hook.url)
+        now = Now()  # after the batch: its delivery, written at the real time then, is due
         async with sender(backend, backoff_s=2.0, now=now) as webhooks:
             assert await webhooks.deliver_due() == 1  # 429: Retry-After 30 s beats the 2 s backoff
             [pending] = await backend.store.webhooks.deliveries(tenant=TENANT)
