@@ -9,7 +9,6 @@ show at once on the app that made it and within the bound on the other; a bad fi
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -24,7 +23,10 @@ from tests.backends import Backend
 from tests.conftest import TRIO, deployment
 from tests.fleet import until
 
-REFRESH_S = 0.5
+# The apps' version check runs this rarely: a change another app sees within PUSHED_S came by its
+# message (a wall-clock bound of 0.5 s on the pick-up failed on a busy machine).
+REFRESH_S = 60.0
+PUSHED_S = 10.0
 CATALOG = "/v1/admin/catalog"
 DEPLOYMENTS = "/v1/admin/catalog/deployments"
 
@@ -82,11 +84,8 @@ async def test_each_change_is_a_version_both_apps_serve(apis: tuple[httpx2.Async
     seen = await ids(one)  # the app that made the change reads its own write
     assert "new-d" in seen["providers"]
     assert {"new-d", "new-d-model"} <= seen["models"]
-    started = time.monotonic()
-    await until(
-        lambda: _has(two, "new-d"), timeout_s=REFRESH_S * 10, what="the other app's pick-up", every_s=0.01
-    )
-    assert time.monotonic() - started < REFRESH_S
+    # Sooner than the version check (REFRESH_S): the change message woke it.
+    await until(lambda: _has(two, "new-d"), timeout_s=PUSHED_S, what="the other app's pick-up", every_s=0.01)
 
     changed = await one.patch(f"{DEPLOYMENTS}/new-d", json={"rpm": 60, "quality": 0.91})
     assert changed.json()["version"] == 3
@@ -103,9 +102,7 @@ async def test_each_change_is_a_version_both_apps_serve(apis: tuple[httpx2.Async
 
     assert (await one.delete(f"{DEPLOYMENTS}/new-d")).json()["version"] == 5
     assert "new-d" not in (await ids(one))["providers"]
-    await until(
-        lambda: _has(two, "new-d", present=False), timeout_s=REFRESH_S * 10, what="removal", every_s=0.01
-    )
+    await until(lambda: _has(two, "new-d", present=False), timeout_s=PUSHED_S, what="removal", every_s=0.01)
 
     history = (await two.get(f"{CATALOG}/history")).json()["data"]
     assert [(v["version"], v["deployment_count"]) for v in history] == [
