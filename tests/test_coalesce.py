@@ -8,7 +8,6 @@ import asyncio
 
 import pytest
 from redis.exceptions import ResponseError
-from sqlalchemy import event
 
 from router_core.models import (
     Attempt,
@@ -22,7 +21,7 @@ from router_core.models import (
 from storage.bus.coalesce import BatchedScript, TickBatcher, coalescer_for
 from storage.errors import NotFoundError
 from storage.jobs import ANY_TENANT, JobRecord, JobStatus, NewJob, StartedJob
-from tests.backends import Backend
+from tests.backends import Backend, sql_statements
 
 _ECHO = "return {KEYS[1], ARGV[1]}"
 
@@ -167,14 +166,7 @@ async def test_reads_of_jobs_made_in_one_turn_share_a_query_per_tenant(backend: 
     """Waiters woken together (jobs finished in one group commit) read their jobs in one query; each
     read still sees only its tenant's job, another tenant's the same NotFoundError as a missing one."""
     job_ids = await _queued(backend, 4)
-    statements: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    engine = backend.store.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with sql_statements(backend.store) as statements:
         reads = await asyncio.gather(
             *(backend.store.jobs.get(job_id, tenant="acme") for job_id in [*job_ids, job_ids[0]]),
             backend.store.jobs.get(job_ids[1], tenant=ANY_TENANT),
@@ -182,8 +174,6 @@ async def test_reads_of_jobs_made_in_one_turn_share_a_query_per_tenant(backend: 
             backend.store.jobs.get("job_nope", tenant="acme"),
             return_exceptions=True,
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert len([s for s in statements if "FROM jobs" in s]) == 3  # acme's, any tenant's, globex's
     assert [r.id for r in reads[:6] if isinstance(r, JobRecord)] == [*job_ids, job_ids[0], job_ids[1]]
     assert all(isinstance(r, JobRecord) and r.tenant == "acme" for r in reads[:6])

@@ -8,14 +8,12 @@ connection would, and a Redis client whose every command fails. Both backends.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from producer.client import Client
@@ -28,8 +26,7 @@ from storage.fleet.answers import AnswerStore
 from storage.fleet.budgets import Budgets, user_scope
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
 from storage.sql.runs import Runs
-from storage.sql.store import Store
-from tests.backends import Backend
+from tests.backends import Backend, sql_statements
 from tests.test_pipeline import all_events, chat
 from workers.runner import JobRunner
 from workers.sweeper import Sweeper
@@ -145,27 +142,12 @@ async def test_redis_down_for_the_answer_leaves_the_run_to_its_commit(
     await _assert_paid_once(backend, client, job_id, world)
 
 
-@contextmanager
-def _statements(store: Store) -> Iterator[list[str]]:
-    """The SQL statements `store` runs inside the block."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
-
-
 async def test_cancel_and_requeue_read_ids_not_requests(backend: Backend) -> None:
     client = Client(await backend.redis(), backend.store, backend.settings)
     batch_id = await client.submit_batch([NewJob(f"item-{i}", chat(f"hello {i}")) for i in range(5)])
-    with _statements(backend.store) as requeue_sql:
+    with sql_statements(backend.store) as requeue_sql:
         assert await client.requeue(batch_id) == 0  # every job is waiting in the queue: none to put back
-    with _statements(backend.store) as cancel_sql:
+    with sql_statements(backend.store) as cancel_sql:
         assert await client.cancel(batch_id) == 5
     for statement in requeue_sql + cancel_sql:
         assert "jobs.request" not in statement, statement

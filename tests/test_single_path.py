@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from producer.client import Client
 from storage.bus.queue import carried_request, enqueue_jobs
@@ -22,7 +21,7 @@ from storage.sql.batches import Batches
 from storage.sql.jobs import Jobs
 from storage.webhooks import EventType
 from tests.api_harness import serve_api
-from tests.backends import Backend
+from tests.backends import Backend, sql_statements
 from tests.test_pipeline import all_events, chat, items
 from tests.webhook_receiver import Receiver
 
@@ -138,14 +137,7 @@ async def test_a_chat_completion_reads_its_job_once(
 async def test_batches_of_one_made_together_share_their_statements(backend: Backend) -> None:
     """Concurrent chat completions' jobs go into SQL as one INSERT of their batch rows (and one of
     their jobs) in one group commit, each batch and job as if made alone."""
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    engine = backend.store.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with sql_statements(backend.store) as statements:
         made = await asyncio.gather(
             *(
                 backend.store.batches.create(
@@ -154,8 +146,6 @@ async def test_batches_of_one_made_together_share_their_statements(backend: Back
                 for i in range(5)
             )
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert sum(s.lstrip().upper().startswith("INSERT INTO BATCHES") for s in statements) == 1
     assert len({created.batch_id for created in made}) == 5
     for i, created in enumerate(made):
