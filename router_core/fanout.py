@@ -44,13 +44,13 @@ async def fan_out(
         )
         for i, r in enumerate(answered)
     )
-    # Every call arrived at least the least of their held times before the last reply (when
-    # every provider said how long it held its call).
-    held = [r.server_s for r in answered]
+    # Every call arrived at least the least of their held times before the last reply, when every
+    # provider said how long it held its call.
+    held = [r.server_s for r in answered if r.server_s is not None]
     return ProviderReply(
         choices=choices,
         usage=usage,
         model=answered[0].model,
         simulated=answered[0].simulated,
-        server_s=None if None in held else min(h for h in held if h is not None),
+        server_s=min(held) if len(held) == len(answered) else None,
     )

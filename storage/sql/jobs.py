@@ -31,6 +31,13 @@ _TENANTS_JOB = _JOB.where(jobs.c.tenant == bindparam("tenant"))
 # The jobs read in one event-loop turn, one query per tenant (`Jobs.get`).
 _JOBS = select(jobs).where(jobs.c.id.in_(bindparam("job_ids", expanding=True)))
 _TENANTS_JOBS = _JOBS.where(jobs.c.tenant == bindparam("tenant"))
+# By (more than one job, one tenant's only).
+_READS = {
+    (False, False): _JOB,
+    (False, True): _TENANTS_JOB,
+    (True, False): _JOBS,
+    (True, True): _TENANTS_JOBS,
+}
 
 
 class Jobs:
@@ -62,13 +69,10 @@ class Jobs:
         async with self._db.reading() as conn:
             for tenant, ids in scopes.items():
                 unique = list(dict.fromkeys(ids))
-                params: dict[str, Any]
-                if len(unique) == 1:
-                    query, params = _JOB, {"job_id": unique[0]}
-                else:
-                    query, params = _JOBS, {"job_ids": unique}
-                if not isinstance(tenant, AnyTenant):
-                    query = _TENANTS_JOB if query is _JOB else _TENANTS_JOBS
+                many, scoped = len(unique) > 1, not isinstance(tenant, AnyTenant)
+                query = _READS[many, scoped]
+                params: dict[str, Any] = {"job_ids": unique} if many else {"job_id": unique[0]}
+                if scoped:
                     params["tenant"] = tenant
                 for row in (await conn.execute(query, params)).all():
                     found[(row.id, tenant)] = row._mapping
