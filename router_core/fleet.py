@@ -174,7 +174,8 @@ CONCURRENCY_RETRY_S = 0.25
 ARRIVAL_MARGIN_S = 1.0
 """The default bound on the time from a call's start (the router handing it to the provider's
 SDK) to the provider counting it: the SDK's request build, the network, the provider's queue
-(`ROUTEQ_RATE_LIMIT_MARGIN_S`). Only calls slower than this end their count before their answer."""
+(`ROUTEQ_RATE_LIMIT_MARGIN_S`). Only calls slower than this whose provider does not report its
+hold end their count before their answer."""
 
 
 def counted_until(
@@ -227,7 +228,8 @@ class FleetState(Protocol):
 
         `latency_ms`: from the call's start to now; `answered`: the provider replied (a response or
         an error status), so the call arrived before now; `server_s`: the provider said it held the
-        call this long after counting it, so it arrived that long before now (see "Rate windows").
+        call this long after counting it, so it arrived that long before now (None: it did not say;
+        see "Rate windows").
         """
         ...
 

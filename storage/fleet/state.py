@@ -211,7 +211,7 @@ return {'admitted', ticket, '0'}
 # KEYS: state, inflight, tokens, requests.
 # ARGV: now, ticket, probe 0|1, outcome, latency_ms, real tokens ('' = keep the estimate), alpha,
 #       cooldown_s, window_s, failure_threshold, min_failure_ratio, answered 1|0, arrival margin (s),
-#       the provider's reported hold (s, 0 = none or not trusted).
+#       the provider's reported hold (s, '' = none or not trusted).
 _RELEASE = (
     LUA_COMMON
     + """
@@ -369,11 +369,11 @@ class RedisFleetState:
             worker killed mid-call never releases); keep it above the longest provider timeout.
         arrival_margin_s: the longest a call may take from its start to the provider counting it
             (`ROUTEQ_RATE_LIMIT_MARGIN_S`). A call counts from its admission until a window after
-            the latest moment it can have arrived: its answer (less the time the provider says it
-            held it), or its start plus this margin if that is sooner (or it was not answered).
-            See "Rate windows" in `router_core.fleet`.
+            the latest moment it can have arrived: its answer less the time the provider says it
+            held it, when it says (no margin then); else its answer, or its start plus this margin
+            if that is sooner (or it was not answered). See "Rate windows" in `router_core.fleet`.
         trust_processing_time: believe the providers' reported hold (`release(server_s=...)`);
-            False (`ROUTEQ_TRUST_PROCESSING_TIME=false`) counts every call until its answer.
+            False (`ROUTEQ_TRUST_PROCESSING_TIME=false`) counts calls as if no provider reported one.
     """
 
     def __init__(
