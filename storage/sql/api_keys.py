@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -171,30 +171,11 @@ class ApiKeys:
 
     async def set_limits(self, key_id: str, limits: RateLimits) -> ApiKey:
         """Replace a key's rate limits (None: no limit). Raises `NotFoundError`."""
-
-        async def write(conn: AsyncConnection) -> Row[Any] | None:
-            mine = update(api_keys).where(api_keys.c.id == key_id)
-            return (await conn.execute(mine.values(**limits.columns()).returning(*_COLUMNS))).first()
-
-        row = await self._db.writes.run(write)
-        self.changes += 1
-        if row is None:
-            raise NotFoundError("API key", key_id)
-        return _record(row._mapping)
+        return await self._change(key_id, limits.columns())
 
     async def set_allowed_models(self, key_id: str, models: Sequence[str] | None) -> ApiKey:
         """Replace the models a key may use (None: every one). Raises `NotFoundError`."""
-        value = None if models is None else list(models)
-
-        async def write(conn: AsyncConnection) -> Row[Any] | None:
-            mine = update(api_keys).where(api_keys.c.id == key_id)
-            return (await conn.execute(mine.values(allowed_models=value).returning(*_COLUMNS))).first()
-
-        row = await self._db.writes.run(write)
-        self.changes += 1
-        if row is None:
-            raise NotFoundError("API key", key_id)
-        return _record(row._mapping)
+        return await self._change(key_id, {"allowed_models": None if models is None else list(models)})
 
     async def default_strategy(self, tenant: str) -> Strategy | None:
         """The strategy of the tenant's requests that name none (None: the environment's)."""
@@ -235,16 +216,15 @@ class ApiKeys:
 
     async def revoke(self, key_id: str) -> ApiKey:
         """Revoke a key by id (its secret stops working at once). Raises `NotFoundError`."""
-        now = datetime.now(UTC)
+        revoked = func.coalesce(api_keys.c.revoked_at, datetime.now(UTC))  # the first revocation stays
+        return await self._change(key_id, {"revoked_at": revoked})
+
+    async def _change(self, key_id: str, values: Mapping[str, Any]) -> ApiKey:
+        """Set columns of one key and return it, counted in `changes`. Raises `NotFoundError`."""
+        statement = update(api_keys).where(api_keys.c.id == key_id).values(**values).returning(*_COLUMNS)
 
         async def write(conn: AsyncConnection) -> Row[Any] | None:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id)
-                .values(revoked_at=func.coalesce(api_keys.c.revoked_at, now))
-                .returning(*_COLUMNS)
-            )
-            return result.first()
+            return (await conn.execute(statement)).first()
 
         row = await self._db.writes.run(write)
         self.changes += 1
