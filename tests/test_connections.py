@@ -1,0 +1,88 @@
+"""Redis connections pack commands with hiredis: the same bytes as redis-py's own packing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import DataError
+
+from storage.connections import _PACKED, connect_redis
+from tests.backends import REDIS_ENV, pipeline_settings, service_url
+
+ARGUMENTS: list[Any] = [
+    b"bytes",
+    "text é ✓",
+    "",
+    b"",
+    0,
+    -5,
+    2**70,
+    0.1,
+    1e-7,
+    1.5e300,
+    float("inf"),
+    3.0,
+    memoryview(b"view"),
+    b"x" * 10_000,  # past redis-py's buffer cut-off: it sends such a value as a chunk of its own
+]
+
+
+def joined(chunks: list[bytes]) -> bytes:
+    return b"".join(bytes(chunk) for chunk in chunks)
+
+
+@pytest.mark.parametrize("kind", [Connection, SSLConnection, UnixDomainSocketConnection])
+def test_every_connection_kind_has_a_packing_twin(kind: type[Connection]) -> None:
+    packed = _PACKED[kind]
+    assert issubclass(packed, kind)
+    assert packed.pack_command is not kind.pack_command
+
+
+@pytest.mark.parametrize("value", ARGUMENTS, ids=repr)
+def test_a_command_packs_to_the_bytes_redis_py_sends(value: Any) -> None:
+    theirs, ours = Connection(), _PACKED[Connection]()
+    command = ("EVALSHA", "f" * 40, 2, "routeq:a", value, value, 7)
+    assert joined(ours.pack_command(*command)) == joined(theirs.pack_command(*command))
+
+
+def test_a_command_name_of_two_words_is_sent_as_two() -> None:
+    theirs, ours = Connection(), _PACKED[Connection]()
+    for command in (("SCRIPT LOAD", "return 1"), (b"CLIENT SETNAME", b"worker")):
+        assert joined(ours.pack_command(*command)) == joined(theirs.pack_command(*command))
+        assert joined(ours.pack_command(*command)).startswith(b"*3\r\n")
+
+
+def test_a_pipeline_packs_its_commands_in_order() -> None:
+    theirs, ours = Connection(), _PACKED[Connection]()
+    commands = [("SET", "a", 1), ("GET", "a"), ("HSET", "h", "f", b"x" * 10_000)]
+    assert joined(ours.pack_commands(commands)) == joined(theirs.pack_commands(commands))
+
+
+@pytest.mark.parametrize("value", [True, None, [1], {"a": 1}], ids=repr)
+def test_a_value_redis_cannot_take_is_redis_pys_data_error_naming_its_type(value: Any) -> None:
+    with pytest.raises(DataError, match=type(value).__name__):
+        _PACKED[Connection]().pack_command("SET", "key", value)
+    with pytest.raises(DataError):  # as redis-py's own packing refuses it
+        Connection().pack_command("SET", "key", value)
+
+
+async def test_connect_redis_gives_pools_that_pack_with_hiredis_and_round_trip() -> None:
+    settings = pipeline_settings(redis_url=service_url(REDIS_ENV), database_url="sqlite+aiosqlite://")
+    redis = await connect_redis(settings)
+    try:
+        assert redis.connection_pool.connection_class is _PACKED[Connection]
+        key = "routeq:test:packing"
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, "é ✓")
+            pipe.append(key, b"\x00\xff")
+            pipe.expire(key, 60)
+            pipe.get(key)
+            pipe.execute_command("EVAL", "return {ARGV[1], ARGV[2]}", 0, 0.5, 2**40)
+            *_, value, numbers = await pipe.execute()
+        assert value == "é ✓".encode() + b"\x00\xff"
+        assert numbers == [b"0.5", b"1099511627776"]
+        await redis.delete(key)
+    finally:
+        await redis.aclose()
