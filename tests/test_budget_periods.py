@@ -80,6 +80,20 @@ def test_periods_start_at_local_midnight_weeks_on_monday() -> None:
     ]
 
 
+def test_budgets_keep_a_days_periods_and_give_period_bounds_at_every_instant() -> None:
+    """`Budgets.periods_at` keeps the bounds of the day last asked: the same as `period_bounds` at
+    every instant, across midnights, a Monday, a month's end and daylight saving, in any order."""
+    budgets = Budgets(FakeAsyncRedis(), zone=NY)
+    start = epoch("2026-02-27 21:00")  # a Friday evening, near February's end
+    instants = [start + step * 1_800 for step in range(24 * 4 * 2)]  # 4 days, every half hour
+    instants += [epoch("2026-03-08 01:59"), epoch("2026-03-08 03:00"), epoch("2026-03-09 00:00")]
+    instants += [start + 1, epoch("2026-03-01 00:00") - 0.001, epoch("2026-03-01 00:00")]  # back again
+    for at in instants:
+        assert budgets.periods_at(at) == [
+            period_bounds(period, at, NY) for period in (DAILY, WEEKLY, MONTHLY)
+        ]
+
+
 def test_bad_periods_and_zones_are_named() -> None:
     assert BudgetPeriod.parse("Monthly") is MONTHLY
     with pytest.raises(ValueError, match="unknown budget period 'yearly'; use one of: lifetime, daily"):

@@ -184,6 +184,20 @@ class Budgets:
         self._settle = BatchedScript(redis, SETTLE)
         self._rebuild = redis.register_script(REBUILD)
         self._rebuild_periods = redis.register_script(REBUILD_PERIODS)
+        self._day: tuple[float, float, list[tuple[datetime, datetime]]] | None = None
+
+    def periods_at(self, at: float) -> list[tuple[datetime, datetime]]:
+        """`period_bounds` of each of RESETTING's periods holding instant `at` (epoch seconds).
+
+        Kept while `at` stays in the same local day: periods start at local midnights, so every
+        instant of a day is in the same week and month. Every hold asks, with the time it is taken.
+        """
+        if self._day is not None and self._day[0] <= at < self._day[1]:
+            return self._day[2]
+        bounds = [period_bounds(period, at, self.zone) for period in RESETTING]
+        day_start, day_end = bounds[RESETTING.index(BudgetPeriod.DAILY)]
+        self._day = (day_start.timestamp(), day_end.timestamp(), bounds)
+        return bounds
 
     def guard(
         self,
@@ -378,7 +392,7 @@ class Budgets:
         to the new period.
         """
         now = self._now()
-        bounds = [period_bounds(period, now, self.zone) for period in RESETTING]
+        bounds = self.periods_at(now)
         suffixes = [
             f":{p.value}:{period_label(start)}" for p, (start, _) in zip(RESETTING, bounds, strict=True)
         ]
@@ -425,7 +439,7 @@ class JobSpendGuard:
         amount = _hold_micro(amount_usd)
         created = budgets._now()
         # The day, week and month the call counts in: those of the moment it is held.
-        bounds = [period_bounds(period, created, budgets.zone) for period in RESETTING]
+        bounds = budgets.periods_at(created)
         counters = [
             [
                 scope,
