@@ -33,6 +33,7 @@ breakers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -93,6 +94,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = reg = registry or CollectorRegistry()
+        self._children: dict[tuple[object, ...], Any] = {}
         self.jobs = Counter("routeq_jobs_total", "Job runs finished, by status.", ["status"], registry=reg)
         self.provider_requests = Counter(
             "routeq_provider_requests_total",
@@ -189,19 +191,29 @@ class Metrics:
         self, status: str, attempts: Sequence[Attempt], failovers: int, latency_ms: float | None
     ) -> None:
         """Count one finished (or deferred) run and every provider call it made."""
-        self.jobs.labels(status).inc()
+        self._child(self.jobs, status).inc()
         for attempt in attempts:
             dep = attempt.deployment
-            self.provider_requests.labels(dep, attempt.outcome.value).inc()
-            self.provider_latency.labels(dep).observe(attempt.latency_ms / 1000)
-            self.cost.labels(dep).inc(attempt.cost_usd)
+            self._child(self.provider_requests, dep, attempt.outcome.value).inc()
+            self._child(self.provider_latency, dep).observe(attempt.latency_ms / 1000)
+            self._child(self.cost, dep).inc(attempt.cost_usd)
             if attempt.usage is not None:
-                self.tokens.labels(dep, "input").inc(attempt.usage.input_tokens)
-                self.tokens.labels(dep, "output").inc(attempt.usage.output_tokens)
+                self._child(self.tokens, dep, "input").inc(attempt.usage.input_tokens)
+                self._child(self.tokens, dep, "output").inc(attempt.usage.output_tokens)
         if failovers > 0:
             self.failovers.inc(failovers)
         if latency_ms is not None:
             self.job_latency.observe(latency_ms / 1000)
+
+    def _child(self, family: Counter | Histogram, *labels: str) -> Any:
+        """`family.labels(*labels)`, kept: `labels` takes a lock and checks its values on each call,
+        and a worker counts half a dozen children a job. The label values come from the catalog and
+        the outcome enums, so the children kept are few; these families are never cleared."""
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def observe_cache(self, hit: bool, similarity: float | None, saved_usd: float) -> None:
         """Count one finished job that used the response cache: a hit (with what it saved) or a miss."""
