@@ -7,6 +7,7 @@ connection would, and a Redis client whose every command fails. Both backends.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -22,11 +23,13 @@ from router_core.providers import sim_world_for
 from router_core.sim.world import SimWorld
 from storage import keys
 from storage.bus.events import EventBus
-from storage.fleet.answers import AnswerStore
+from storage.fleet.answers import AnswerStore, SavedAnswer
 from storage.fleet.budgets import Budgets, user_scope
-from storage.jobs import ANY_TENANT, JobStatus, NewJob
+from storage.jobs import ANY_TENANT, FailureCode, JobFailure, JobStatus, NewJob
 from storage.sql.runs import Runs
 from tests.backends import Backend, sql_statements
+from tests.conftest import RouterFactory, deployment, make_catalog
+from tests.test_chat_routing import WEATHER, ask
 from tests.test_pipeline import all_events, chat
 from workers.runner import JobRunner
 from workers.sweeper import Sweeper
@@ -199,3 +202,27 @@ async def test_a_run_cut_off_after_its_commit_leaves_holds_the_sweeper_settles(
     assert await budgets.open_since(time.time() + 1, limit=10) == []
     assert await runner.settle_leftovers(job_id, held_before=time.time() + 1) == 0  # settled once only
     assert await budgets.usage(scope) == usage
+
+
+async def test_an_answer_written_ahead_reads_back_whole_and_reads_the_older_format(
+    make_router: RouterFactory,
+) -> None:
+    """`SavedAnswer.dumps` (pydantic-core's JSON) gives back the same answer, and an answer written by
+    an older worker (json.dumps of the models' dicts) still reads: workers are upgraded one by one."""
+    router = make_router(make_catalog([deployment("sim-a")]))
+    request = ask("Quel temps fait-il à Paris? ✓", tools=[WEATHER], n=2, logprobs=True)
+    result = await router.complete(request)
+    for answer in (
+        SavedAnswer(2, result.attempts, result),
+        SavedAnswer(3, result.attempts, None, JobFailure(FailureCode.ALL_ATTEMPTS_FAILED, "500 × 3 é")),
+    ):
+        older = json.dumps(
+            {
+                "result": None if answer.result is None else answer.result.model_dump(mode="json"),
+                "attempts": [a.model_dump(mode="json") for a in answer.attempts],
+                "failure": None if answer.failure is None else answer.failure.as_json(),
+            },
+            separators=(",", ":"),
+        )
+        assert SavedAnswer.loads(answer.run, answer.dumps()) == answer
+        assert SavedAnswer.loads(answer.run, older) == answer

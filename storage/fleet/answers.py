@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -50,14 +51,9 @@ class SavedAnswer:
     failure: JobFailure | None = None
 
     def dumps(self) -> str:
-        return json.dumps(
-            {
-                "result": None if self.result is None else self.result.model_dump(mode="json"),
-                "attempts": [a.model_dump(mode="json") for a in self.attempts],
-                "failure": None if self.failure is None else self.failure.as_json(),
-            },
-            separators=(",", ":"),
-        )
+        # pydantic-core writes the models' JSON itself, without Python dicts in between.
+        failure = None if self.failure is None else self.failure.as_json()
+        return to_json({"result": self.result, "attempts": self.attempts, "failure": failure}).decode()
 
     @classmethod
     def loads(cls, run: int, raw: str) -> SavedAnswer:
