@@ -311,6 +311,35 @@ async def test_wire_request_shape(kind: str, sent_temperature: float | None) -> 
         assert body["messages"][0] == {"role": "system", "content": "Be brief."}
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://sim.routeq.invalid/dep-a/v1", "http://sim.routeq.invalid/dep-a/v1/", "https://h:8443/openai/v1"],
+)
+async def test_a_chat_call_goes_to_the_url_the_sdk_makes_of_its_base_url(base_url: str) -> None:
+    """OpenAIProvider posts to an absolute URL made once: the one the SDK's relative path gives."""
+    dep = make_catalog([deployment("dep-a", kind="openai", model="some-model")])["dep-a"]
+    urls: list[str] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        urls.append(str(request.url))
+        message = {"role": "assistant", "content": "Hello"}
+        return httpx2.Response(
+            200, json={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        )
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+    client = openai.AsyncOpenAI(api_key="k", base_url=base_url, http_client=http, max_retries=0)
+    body = {"model": "some-model", "messages": [{"role": "user", "content": "Hi"}]}
+    await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+    reply = await OpenAIProvider(dep, client).complete(ask_request("Hi"), max_tokens=16, timeout_s=5)
+    assert reply.choices
+    assert urls[1] == urls[0] == base_url.rstrip("/") + "/chat/completions"
+
+
+def ask_request(text: str) -> ChatRequest:
+    return ChatRequest.model_validate({"messages": [{"role": "user", "content": text}]})
+
+
 @pytest.mark.parametrize("kind", ["anthropic", "openai"])
 async def test_stopping_a_stream_early_releases_the_response(kind: str) -> None:
     catalog = make_catalog([deployment("dep-a", kind=kind, sim={"output_tokens": 50})])

@@ -118,6 +118,10 @@ class OpenAIProvider:
     def __init__(self, deployment: Deployment, client: openai.AsyncOpenAI) -> None:
         self.deployment = deployment
         self._client = client
+        # The SDK merges a relative path into its base URL on every call: three URL parses in Python
+        # (about 15% of a call's CPU). The same merge made once gives an absolute URL, used as given.
+        base = client.base_url
+        self._chat_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
 
     async def _send(self, request: ChatRequest, max_tokens: int, timeout_s: float, **extra: Any) -> Any:
         """POST the chat completion; the raw response gives access to headers."""
@@ -141,7 +145,7 @@ class OpenAIProvider:
         body = openai_body(request, dep, max_tokens)
         try:
             response = await self._client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": timeout_s}
+                self._chat_url, cast_to=httpx2.Response, body=body, options={"timeout": timeout_s}
             )
         except Exception as exc:
             raise map_provider_error(exc, dep.id) from exc
