@@ -27,7 +27,14 @@ from typer.testing import CliRunner
 from producer.cli import admin, app
 from producer.client import Client
 from router_core.models import ChatRequest, Message
-from router_core.periods import BudgetPeriod, load_zone, period_bounds, period_label, period_starts
+from router_core.periods import (
+    RESETTING,
+    BudgetPeriod,
+    load_zone,
+    period_bounds,
+    period_label,
+    period_starts,
+)
 from router_core.providers import sim_world_for
 from storage import keys
 from storage.fleet.budgets import Budgets, ScopeUsage, tenant_scope, user_scope
@@ -81,7 +88,7 @@ def test_periods_start_at_local_midnight_weeks_on_monday() -> None:
 
 
 def test_budgets_keep_a_days_periods_and_give_period_bounds_at_every_instant() -> None:
-    """`Budgets.periods_at` keeps the bounds of the day last asked: the same as `period_bounds` at
+    """`Budgets.periods_at` keeps the periods of the day last asked: the same as `period_bounds` at
     every instant, across midnights, a Monday, a month's end and daylight saving, in any order."""
     budgets = Budgets(FakeAsyncRedis(), zone=NY)
     start = epoch("2026-02-27 21:00")  # a Friday evening, near February's end
@@ -89,9 +96,12 @@ def test_budgets_keep_a_days_periods_and_give_period_bounds_at_every_instant() -
     instants += [epoch("2026-03-08 01:59"), epoch("2026-03-08 03:00"), epoch("2026-03-09 00:00")]
     instants += [start + 1, epoch("2026-03-01 00:00") - 0.001, epoch("2026-03-01 00:00")]  # back again
     for at in instants:
-        assert budgets.periods_at(at) == [
-            period_bounds(period, at, NY) for period in (DAILY, WEEKLY, MONTHLY)
-        ]
+        periods = budgets.periods_at(at)
+        bounds = [period_bounds(period, at, NY) for period in (DAILY, WEEKLY, MONTHLY)]
+        assert periods.bounds == bounds
+        assert periods.ends_s == [end.timestamp() for _, end in bounds]
+        labels = [f"{p.value}:{period_label(start)}" for p, (start, _) in zip(RESETTING, bounds, strict=True)]
+        assert periods.suffixes == [f":{label}" for label in labels]
 
 
 def test_bad_periods_and_zones_are_named() -> None:

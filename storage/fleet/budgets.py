@@ -155,6 +155,29 @@ class ScopeUsage:
         return max(0.0, round(self.cap_usd - self.spent_usd - self.reserved_usd, 6))
 
 
+@dataclass(frozen=True, slots=True)
+class Periods:
+    """RESETTING's periods (day, week, month) holding one local day, as a hold names them."""
+
+    bounds: list[tuple[datetime, datetime]]  # period_bounds of each
+    suffixes: list[str]  # a scope's counter in each is scope + suffix (`_period_counter`)
+    ends_s: list[float]  # each period's end, epoch seconds
+    day_start_s: float
+    day_end_s: float
+
+    @classmethod
+    def at(cls, at: float, zone: tzinfo) -> Periods:
+        bounds = [period_bounds(period, at, zone) for period in RESETTING]
+        day_start, day_end = bounds[RESETTING.index(BudgetPeriod.DAILY)]
+        return cls(
+            bounds=bounds,
+            suffixes=[_period_counter("", p, start) for p, (start, _) in zip(RESETTING, bounds, strict=True)],
+            ends_s=[end.timestamp() for _, end in bounds],
+            day_start_s=day_start.timestamp(),
+            day_end_s=day_end.timestamp(),
+        )
+
+
 class Budgets:
     """Spend caps shared by the fleet, one per worker or client process.
 
@@ -184,20 +207,18 @@ class Budgets:
         self._settle = BatchedScript(redis, SETTLE)
         self._rebuild = redis.register_script(REBUILD)
         self._rebuild_periods = redis.register_script(REBUILD_PERIODS)
-        self._day: tuple[float, float, list[tuple[datetime, datetime]]] | None = None
+        self._day: Periods | None = None
 
-    def periods_at(self, at: float) -> list[tuple[datetime, datetime]]:
-        """`period_bounds` of each of RESETTING's periods holding instant `at` (epoch seconds).
+    def periods_at(self, at: float) -> Periods:
+        """The day, week and month holding instant `at` (epoch seconds), as holds name them.
 
         Kept while `at` stays in the same local day: periods start at local midnights, so every
         instant of a day is in the same week and month. Every hold asks, with the time it is taken.
         """
-        if self._day is not None and self._day[0] <= at < self._day[1]:
-            return self._day[2]
-        bounds = [period_bounds(period, at, self.zone) for period in RESETTING]
-        day_start, day_end = bounds[RESETTING.index(BudgetPeriod.DAILY)]
-        self._day = (day_start.timestamp(), day_end.timestamp(), bounds)
-        return bounds
+        if self._day is not None and self._day.day_start_s <= at < self._day.day_end_s:
+            return self._day
+        self._day = Periods.at(at, self.zone)
+        return self._day
 
     def guard(
         self,
@@ -392,12 +413,10 @@ class Budgets:
         to the new period.
         """
         now = self._now()
-        bounds = self.periods_at(now)
-        suffixes = [
-            f":{p.value}:{period_label(start)}" for p, (start, _) in zip(RESETTING, bounds, strict=True)
-        ]
+        periods = self.periods_at(now)
+        bounds, suffixes = periods.bounds, periods.suffixes
         args = [_BUDGET_PREFIX, *suffixes]
-        args += [str(math.ceil(end.timestamp() - now) + keys.BUDGET_PERIOD_GRACE_S) for _, end in bounds]
+        args += [str(math.ceil(end_s - now) + keys.BUDGET_PERIOD_GRACE_S) for end_s in periods.ends_s]
         for index, (period, (start, end)) in enumerate(zip(RESETTING, bounds, strict=True), start=1):
             spent = await _ledger_spent(store, since=start, until=end)
             async for key in self._scan(_BUDGET_PREFIX + "*" + suffixes[index - 1]):
@@ -439,14 +458,8 @@ class JobSpendGuard:
         amount = _hold_micro(amount_usd)
         created = budgets._now()
         # The day, week and month the call counts in: those of the moment it is held.
-        bounds = budgets.periods_at(created)
-        counters = [
-            [
-                scope,
-                *(_period_counter(scope, p, start) for p, (start, _) in zip(RESETTING, bounds, strict=True)),
-            ]
-            for scope in self.scopes
-        ]
+        periods = budgets.periods_at(created)
+        counters = [[scope, *(scope + suffix for suffix in periods.suffixes)] for scope in self.scopes]
         hold = {
             "amount_micro": amount,
             "scopes": list(self.scopes),
@@ -468,10 +481,7 @@ class JobSpendGuard:
                 json.dumps(hold),
                 self.job_id,
                 repr(float(created)),
-                *(
-                    str(math.ceil(end.timestamp() - created) + keys.BUDGET_PERIOD_GRACE_S)
-                    for _, end in bounds
-                ),
+                *(str(math.ceil(end_s - created) + keys.BUDGET_PERIOD_GRACE_S) for end_s in periods.ends_s),
                 *self._scope_args,
             ],
         )
@@ -481,7 +491,7 @@ class JobSpendGuard:
         kind, _, name = readable_scope(scope).partition(":")
         if index != "0":  # a period's cap: say which period, and when it began
             period = RESETTING[int(index) - 1]
-            name += f" ({period.value} from {period_label(bounds[int(index) - 1][0])})"
+            name += f" ({period.value} from {period_label(periods.bounds[int(index) - 1][0])})"
         message = (
             f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
             f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
