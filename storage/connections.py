@@ -13,7 +13,7 @@ from typing import Any
 import hiredis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from fakeredis import FakeAsyncRedis, FakeServer
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -25,7 +25,7 @@ from storage.bus.queue import deserialize, serialize
 from storage.errors import ServiceUnavailableError
 from storage.settings import Settings
 
-__all__ = ["as_text", "connect_redis", "embedded_redis", "redis_settings"]
+__all__ = ["as_text", "connect_redis", "embedded_redis", "pack_with_hiredis", "redis_settings"]
 
 _HINT = (
     "Start Redis or fix ROUTEQ_REDIS_URL (redis://[:password@]host:port/db); "
@@ -130,6 +130,19 @@ _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
     SSLConnection: _PackedSSLConnection,
     UnixDomainSocketConnection: _PackedUnixConnection,
 }
+
+
+async def pack_with_hiredis(redis: Redis) -> None:
+    """Make `redis`'s pool open connections that pack with hiredis, when it opens redis-py's own
+    (arq's `create_pool`, which a worker given a Redis URL uses); its idle connections are closed.
+    Call it while no command is in flight. `connect_redis`'s pools pack with hiredis already.
+    """
+    pool = redis.connection_pool
+    packed = _PACKED.get(pool.connection_class)
+    if packed is not None:
+        await pool.disconnect()
+        pool.reset()  # type: ignore[no-untyped-call]  # opened ones would pack in Python when used again
+        pool.connection_class = packed
 
 
 def embedded_redis(settings: Settings, server: FakeServer | None = None) -> ArqRedis:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from arq.connections import create_pool
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from storage.connections import _PACKED, connect_redis
+from storage.connections import _PACKED, connect_redis, pack_with_hiredis, redis_settings
 from tests.backends import REDIS_ENV, pipeline_settings, service_url
+from workers.context import WorkerContext
+from workers.worker import build_worker
 
 ARGUMENTS: list[Any] = [
     b"bytes",
@@ -86,3 +89,34 @@ async def test_connect_redis_gives_pools_that_pack_with_hiredis_and_round_trip()
         await redis.delete(key)
     finally:
         await redis.aclose()
+
+
+async def test_a_pool_arq_made_packs_with_hiredis_after_pack_with_hiredis() -> None:
+    url = service_url(REDIS_ENV)
+    redis = await create_pool(redis_settings(url))  # arq's pool, as a worker given a URL makes
+    try:
+        pool = redis.connection_pool
+        assert pool.connection_class is Connection
+        await pack_with_hiredis(redis)
+        assert pool.connection_class is _PACKED[Connection]
+        assert await redis.ping()
+        assert {type(conn) for conn in pool._available_connections} == {_PACKED[Connection]}
+        await pack_with_hiredis(redis)  # again: nothing changes
+        assert pool.connection_class is _PACKED[Connection]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_worker_started_from_a_redis_url_packs_with_hiredis() -> None:
+    settings = pipeline_settings(redis_url=service_url(REDIS_ENV), database_url="sqlite+aiosqlite://")
+    seen: list[type[Any]] = []
+
+    async def record(context: WorkerContext) -> None:  # after start-up, before any job
+        seen.append(worker.pool.connection_pool.connection_class)
+
+    worker = build_worker(settings, burst=True, handle_signals=False, after_startup=record)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    assert seen == [_PACKED[Connection]]

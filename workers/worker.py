@@ -45,7 +45,7 @@ from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.notifier import Notifier, Signal, exact_pattern
 from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, JobEnder, deserialize, serialize
-from storage.connections import redis_settings
+from storage.connections import pack_with_hiredis, redis_settings
 from storage.fleet.budgets import Budgets
 from storage.fleet.catalog import LiveCatalog
 from storage.fleet.line import AdmissionLine
@@ -210,6 +210,7 @@ class _Lifecycle:
     async def startup(self, ctx: dict[str, Any]) -> None:
         """Build the worker context once per process and store it in `ctx` (arq `on_startup`)."""
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
+        await pack_with_hiredis(ctx["redis"])  # the pool arq's create_pool made, before any job
         context = await _open_context(ctx["redis"], self.settings, self.shared, worker_id=worker_id)
         attach(ctx, context)
         if self.after_startup is not None:
