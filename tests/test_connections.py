@@ -14,22 +14,23 @@ from tests.backends import REDIS_ENV, pipeline_settings, service_url
 from workers.context import WorkerContext
 from workers.worker import build_worker
 
-ARGUMENTS: list[Any] = [
-    b"bytes",
-    "text é ✓",
-    "",
-    b"",
-    0,
-    -5,
-    2**70,
-    0.1,
-    1e-7,
-    1.5e300,
-    float("inf"),
-    3.0,
-    memoryview(b"view"),
-    b"x" * 10_000,  # past redis-py's buffer cut-off: it sends such a value as a chunk of its own
-]
+ARGUMENTS: dict[str, Any] = {
+    "bytes": b"bytes",
+    "text": "text é ✓",
+    "empty text": "",
+    "empty bytes": b"",
+    "zero": 0,
+    "negative": -5,
+    "big int": 2**70,
+    "float": 0.1,
+    "small float": 1e-7,
+    "large float": 1.5e300,
+    "infinity": float("inf"),
+    "whole float": 3.0,
+    "memoryview": memoryview(b"view"),
+    "large value": b"x"
+    * 10_000,  # past redis-py's buffer cut-off: it sends such a value as a chunk of its own
+}
 
 
 def joined(chunks: list[bytes]) -> bytes:
@@ -43,7 +44,7 @@ def test_every_connection_kind_has_a_packing_twin(kind: type[Connection]) -> Non
     assert packed.pack_command is not kind.pack_command
 
 
-@pytest.mark.parametrize("value", ARGUMENTS, ids=repr)
+@pytest.mark.parametrize("value", ARGUMENTS.values(), ids=ARGUMENTS.keys())
 def test_a_command_packs_to_the_bytes_redis_py_sends(value: Any) -> None:
     theirs, ours = Connection(), _PACKED[Connection]()
     command = ("EVALSHA", "f" * 40, 2, "routeq:a", value, value, 7)
@@ -63,7 +64,7 @@ def test_a_pipeline_packs_its_commands_in_order() -> None:
     assert joined(ours.pack_commands(commands)) == joined(theirs.pack_commands(commands))
 
 
-@pytest.mark.parametrize("value", [True, None, [1], {"a": 1}], ids=repr)
+@pytest.mark.parametrize("value", [True, None, [1], {"a": 1}], ids=["bool", "None", "list", "dict"])
 def test_a_value_redis_cannot_take_is_redis_pys_data_error_naming_its_type(value: Any) -> None:
     with pytest.raises(DataError, match=type(value).__name__):
         _PACKED[Connection]().pack_command("SET", "key", value)
