@@ -45,7 +45,8 @@ from storage import keys
 from storage.bus.events import EventBus
 from storage.bus.notifier import Notifier, Signal, exact_pattern
 from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, JobEnder, deserialize, serialize
-from storage.connections import pack_with_hiredis, redis_settings
+from storage.bus.transactions import worker_client
+from storage.connections import redis_settings
 from storage.fleet.budgets import Budgets
 from storage.fleet.catalog import LiveCatalog
 from storage.fleet.line import AdmissionLine
@@ -210,7 +211,6 @@ class _Lifecycle:
     async def startup(self, ctx: dict[str, Any]) -> None:
         """Build the worker context once per process and store it in `ctx` (arq `on_startup`)."""
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
-        await pack_with_hiredis(ctx["redis"])  # the pool arq's create_pool made, before any job
         context = await _open_context(ctx["redis"], self.settings, self.shared, worker_id=worker_id)
         attach(ctx, context)
         if self.after_startup is not None:
@@ -359,17 +359,16 @@ async def _log_redis_info(redis: Redis, log_func: Callable[[str], Any]) -> None:
 class RouteqWorker(Worker):
     """arq's `Worker` with short, renewed job leases, one-call claims and a poll loop woken by pings.
 
-    Leases: see the module docstring.
+    Leases: see the module docstring. Client: `storage.bus.transactions.worker_client` (commands
+    packed by hiredis; transactions, as arq's start of each job, sent with the other calls).
 
     Claims: arq's poll reads the first `queue_read_limit` due ids, where jobs running anywhere in
-    the fleet stay until they end, and checks each id in a WATCH/EXISTS/ZSCORE/MULTI transaction
-    (about four round trips). With more jobs running fleet-wide than that limit, a worker with
-    free slots saw only running jobs and starved. Here `_poll_iteration` claims with one Lua call
-    (`storage.bus.queue.JobClaimer`) that takes arq's own decision for every due id, past the
-    running ones, and starts the claimed jobs as arq's `start_jobs` would (same semaphore,
-    counter and `run_job`). The queue's keys and their meaning are arq's, unchanged: crash
-    recovery (a dead worker's lease expires, its job is claimed again) and the sweeper see
-    exactly what they saw before.
+    the fleet stay until they end, and checks each in a WATCH/EXISTS/ZSCORE/MULTI transaction: with
+    more jobs running fleet-wide than that limit, a worker with free slots saw only running jobs
+    and starved. Here `_poll_iteration` claims with one Lua call (`storage.bus.queue.JobClaimer`)
+    that takes arq's own decision for every due id, past the running ones, and starts the claimed
+    jobs as arq's `start_jobs` would (same semaphore, counter and `run_job`). The queue's keys and
+    their meaning are arq's: crash recovery and the sweeper see what they saw before.
 
     Wake-ups: arq sleeps `poll_delay` between polls. Here arq's own loop (`main`, `poll`) runs with
     a delay of 0 and each iteration ends waiting for the first of: a ping on
@@ -495,6 +494,9 @@ class RouteqWorker(Worker):
             logger.warning("could not announce a re-queued job: %s", exc)
 
     async def main(self) -> None:
+        serializers = {"job_serializer": self.job_serializer, "job_deserializer": self.job_deserializer}
+        options = {"default_queue_name": self.queue_name, **serializers}  # arq's main's create_pool
+        self._pool = await worker_client(self._pool, self.redis_settings, **options)
         renewer = asyncio.create_task(self._renew_leases())
         try:
             await super().main()
