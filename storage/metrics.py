@@ -209,7 +209,7 @@ class Metrics:
         """`family.labels(*labels)`, kept: `labels` takes a lock and checks its values on each call,
         and a worker counts half a dozen children a job. The label values come from the catalog and
         the outcome enums, so the children kept are few; these families are never cleared."""
-        key = (id(family), *labels)
+        key = (family, *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = family.labels(*labels)
