@@ -253,17 +253,17 @@ class JobRunner:
             cache=outcome.cache.record() if outcome.cache is not None else None,
             plan=outcome.plan.model_dump(mode="json", exclude_defaults=True) if outcome.plan else None,
         )
-        await self._settle(job_id, run, outcome.attempts)
-        if written:
-            await self.answers.forget(job_id, [run])
+        # Settle, forget the answer written ahead, publish: one pipeline, run by Redis in this order.
+        event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
+        publish = [self._publish(event, stream=started.stream, run=run)] if applied else []
+        forget = [self.answers.forget(job_id, [run])] if written else []
+        await _together([self._settle(job_id, run, outcome.attempts), *forget, *publish])
         self._observe((JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value, outcome)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
             record = await self.store.jobs.get(job_id, tenant=ANY_TENANT)
             await self._publish(JobEvent.from_record(record), stream=started.stream, run=run)
             return record.status.value
-        event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
-        await self._publish(event, stream=started.stream, run=run)
         if outcome.result is not None:
             await self._answered(started, {"content": outcome.result.content})
         return event.status
@@ -567,28 +567,26 @@ class JobRunner:
             await self.relay.end(event.job_id, run, event.status)
 
 
+async def _together(calls: list[Awaitable[object]]) -> None:
+    """Await `calls` started at once (their Redis calls share a pipeline); the first error is raised
+    once all have ended."""
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 def _event_from_run(
     job: StartedJob, result: CompletionResult | None, attempts: list[Attempt], failure: JobFailure | None
 ) -> JobEvent:
     billed = sum(a.cost_usd for a in attempts)
+    job_key = (job.id, job.batch_id, job.custom_id)
     if result is not None:
+        succeeded = JobStatus.SUCCEEDED.value
         return JobEvent(
-            job.id,
-            job.batch_id,
-            job.custom_id,
-            JobStatus.SUCCEEDED.value,
-            deployment=result.deployment,
-            cost_usd=billed,
-            latency_ms=result.latency_ms,
+            *job_key, succeeded, cost_usd=billed, deployment=result.deployment, latency_ms=result.latency_ms
         )
-    return JobEvent(
-        job.id,
-        job.batch_id,
-        job.custom_id,
-        JobStatus.FAILED.value,
-        cost_usd=billed,
-        error=failure.message if failure else None,
-    )
+    error = failure.message if failure else None
+    return JobEvent(*job_key, JobStatus.FAILED.value, cost_usd=billed, error=error)
 
 
 def _started(job: JobRecord) -> StartedJob:
