@@ -123,6 +123,7 @@ class _Outcome:
     cache: CacheUse | None = None  # how the job used the response cache (None: it did not)
     plan: Plan | None = None  # the plan routed: recorded with the outcome, a deferral's candidates
     request: ChatRequest | None = None  # the request routed, validated (a deferral's turn sizes it)
+    cache_ended: bool = False  # its flight let go with the commit's other Redis calls
 
 
 class JobRunner:
@@ -228,7 +229,7 @@ class JobRunner:
         try:
             return await self._conclude(started, run, outcome)
         finally:
-            if self.cache is not None:  # after the commit: identical jobs waiting take this answer
+            if self.cache is not None and not outcome.cache_ended:  # after the commit: waiters take it
                 await self.cache.end(started, outcome.cache, answered=outcome.result is not None)
 
     async def _conclude(self, started: StartedJob, run: int, outcome: _Outcome) -> str:
@@ -253,11 +254,16 @@ class JobRunner:
             cache=outcome.cache.record() if outcome.cache is not None else None,
             plan=outcome.plan.model_dump(mode="json", exclude_defaults=True) if outcome.plan else None,
         )
-        # Settle, forget the answer written ahead, publish: one pipeline, run by Redis in this order.
+        # Settle, forget the answer written ahead, publish, let the flight's waiters take the answer:
+        # one pipeline, run by Redis in this order.
         event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
         publish = [self._publish(event, stream=started.stream, run=run)] if applied else []
         forget = [self.answers.forget(job_id, [run])] if written else []
-        await _together([self._settle(job_id, run, outcome.attempts), *forget, *publish])
+        ended = []
+        if self.cache is not None:
+            outcome.cache_ended = True
+            ended = [self.cache.end(started, outcome.cache, answered=outcome.result is not None)]
+        await _together([self._settle(job_id, run, outcome.attempts), *forget, *publish, *ended])
         self._observe((JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value, outcome)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
