@@ -11,8 +11,10 @@ from typing import Any
 
 import anthropic
 import httpx2
+import httpx2._urls as httpx2_urls
 import openai
 import pytest
+from httpx2._urlparse import urlparse
 
 from router_core import (
     AuthenticationError,
@@ -334,6 +336,37 @@ async def test_a_chat_call_goes_to_the_url_the_sdk_makes_of_its_base_url(base_ur
     reply = await OpenAIProvider(dep, client).complete(ask_request("Hi"), max_tokens=16, timeout_s=5)
     assert reply.choices
     assert urls[1] == urls[0] == base_url.rstrip("/") + "/chat/completions"
+
+
+@pytest.mark.parametrize("sim_url", [None, "http://127.0.0.1:9"], ids=["in-process", "network-client"])
+async def test_calls_after_the_first_parse_no_url(
+    sim_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The factory's clients (the SDK's and the HTTP client under it) parse each URL once."""
+    catalog = make_catalog([deployment("dep-a", kind="openai", model="some-model")])
+    provider = build_providers(catalog, simulate=SimulateMode.ALWAYS, sim_url=sim_url)[0]["dep-a"]
+    assert isinstance(provider, OpenAIProvider)
+    client = provider._client
+    parsed: list[str] = []
+
+    def counting(url: str = "", **kwargs: Any) -> Any:
+        parsed.append(url)
+        return urlparse(url, **kwargs)
+
+    monkeypatch.setattr(httpx2_urls, "urlparse", counting)
+
+    def build() -> httpx2.Request:  # as the SDK's _build_request: its URL, made a string again
+        return client._client.build_request("POST", str(client._prepare_url(provider._chat_url)))
+
+    first = build()
+    firsts = len(parsed)
+    again = [build() for _ in range(3)]
+    assert firsts == 2  # the SDK's parse of the URL, and the HTTP client's of the string made of it
+    assert len(parsed) == firsts
+    assert {str(r.url) for r in again} == {str(first.url)}
+    client.base_url = "http://elsewhere.invalid/v1"  # a relative URL's parse depends on the base
+    assert str(client._prepare_url("/models")) == "http://elsewhere.invalid/v1/models"
+    await provider.aclose()
 
 
 def ask_request(text: str) -> ChatRequest:

@@ -17,12 +17,14 @@ import functools
 import os
 import ssl
 from collections.abc import Mapping
+from typing import Any
 
 import httpx2
 import openai
 
 from router_core.catalog import Catalog, Deployment, ProviderKind
 from router_core.providers.base import Provider
+from router_core.providers.http import AsyncClient, ParsedUrls
 from router_core.providers.openai import OpenAIProvider
 from router_core.settings import SimulateMode
 from router_core.sim import SimProfile, SimWorld, sim_http_client
@@ -52,10 +54,25 @@ def sim_world_for(catalog: Catalog) -> SimWorld:
     return SimWorld({d.id: sim_profile(d) for d in catalog.values()})
 
 
+class AioHttpClient(AsyncClient, openai.DefaultAioHttpClient):
+    """The openai SDK's aiohttp-backed client, parsing each request URL once (providers/http.py)."""
+
+
+class OpenAIClient(openai.AsyncOpenAI):
+    """`openai.AsyncOpenAI` keeping its parse of each request URL (providers/http.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepared = ParsedUrls()
+
+    def _prepare_url(self, url: str) -> httpx2.URL:
+        return self._prepared.parse(self.base_url, url, super()._prepare_url)
+
+
 def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:
     if sim_world is not None:
         return sim_http_client(sim_world)
-    return openai.DefaultAioHttpClient(limits=_LIMITS, follow_redirects=True, verify=_tls())
+    return AioHttpClient(limits=_LIMITS, follow_redirects=True, verify=_tls())
 
 
 @functools.cache
@@ -93,7 +110,7 @@ def _build(
         )
         return AnthropicProvider(dep, client_a)
     base = (root + "/v1" if simulated else root) or None
-    client_o = openai.AsyncOpenAI(api_key=key, base_url=base, http_client=http, max_retries=0)
+    client_o = OpenAIClient(api_key=key, base_url=base, http_client=http, max_retries=0)
     return OpenAIProvider(dep, client_o)
 
 

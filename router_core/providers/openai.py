@@ -119,7 +119,8 @@ class OpenAIProvider:
         self.deployment = deployment
         self._client = client
         # The SDK merges a relative path into its base URL on every call: three URL parses in Python
-        # (about 15% of a call's CPU). The same merge made once gives an absolute URL, used as given.
+        # (about 15% of a call's CPU). The same merge made once gives an absolute URL, used as given
+        # (the factory's clients keep their parses of it: providers/http.py).
         base = client.base_url
         self._chat_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
 

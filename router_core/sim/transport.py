@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx2
 
+from router_core.providers.http import AsyncClient
 from router_core.sim.world import ConnectionDropped, SimWorld
 
 __all__ = ["SIM_BASE_URL", "SimTransport", "sim_http_client"]
@@ -58,4 +59,4 @@ def sim_http_client(world: SimWorld, *, timeout: float | None = None) -> httpx2.
     Returns:
         A client with `base_url` `http://sim.routeq.invalid`.
     """
-    return httpx2.AsyncClient(transport=SimTransport(world), base_url=SIM_BASE_URL, timeout=timeout)
+    return AsyncClient(transport=SimTransport(world), base_url=SIM_BASE_URL, timeout=timeout)
