@@ -128,6 +128,38 @@ async def test_an_idle_worker_is_not_starved_by_jobs_running_on_another(backend:
     assert sorted(on_a) == busy  # each job ran once, on the worker that claimed it
 
 
+async def test_a_poll_reaps_the_jobs_that_ended_and_keeps_the_running_ones(backend: Backend) -> None:
+    """Ended jobs leave `tasks` at the next poll (their ends are noted as they happen: no poll walks
+    every running job), the running ones stay, and a job id started again is not reaped with its
+    earlier run."""
+    releases = {f"job_{n}": asyncio.Event() for n in range(5)}
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], job_id: str) -> None:
+        ran.append(job_id)
+        await releases[job_id].wait()
+
+    redis = await backend.redis()
+    async with running(worker_on(backend, redis, cast(JobFunction, job))) as worker:
+        await enqueue_jobs(redis, list(releases), queue_name=backend.settings.queue_name)
+        await until(lambda: len(ran) == 5, timeout_s=15, what="five jobs to start")
+        releases["job_0"].set()
+        releases["job_1"].set()
+        running_ids = {"job_2", "job_3", "job_4"}
+        await until(
+            lambda: set(worker.tasks) == running_ids, timeout_s=15, what="the two ended jobs to be reaped"
+        )
+        assert all(not worker.tasks[job_id].done() for job_id in running_ids)
+        await until(lambda: worker.waiting and not worker._ended, timeout_s=15, what="the poll to reap")
+        releases["job_0"].clear()
+        await enqueue_jobs(redis, ["job_0"], queue_name=backend.settings.queue_name)  # a second run
+        await until(lambda: ran.count("job_0") == 2, timeout_s=15, what="job_0 to run again")
+        assert set(worker.tasks) == running_ids | {"job_0"}
+        for release in releases.values():
+            release.set()
+        await until(lambda: not worker.tasks, timeout_s=15, what="every job to be reaped")
+
+
 async def test_a_deferred_job_runs_when_due_not_a_poll_later(backend: Backend) -> None:
     """`Retry(defer=...)` re-queues with a later score; the worker waits for that time, not an hour."""
     redis = await backend.redis()

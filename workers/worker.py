@@ -298,9 +298,8 @@ async def _keep_payload(redis: Redis, job_id: str, defer_s: float) -> None:
         logger.warning("could not extend job %s's payload: %s", job_id, exc)
 
 
-# Most jobs one claim takes; a worker with more free slots claims again at once. Every idle worker
-# wakes on the same ping: small claims let them share a burst of jobs instead of the first one
-# taking it all (arq's start, one id per transaction, interleaved workers the same way).
+# Most jobs one claim takes; a worker with more free slots claims again at once. Idle workers wake on
+# the same ping: small claims share a burst among them (as arq's start, one id per transaction).
 _CLAIM_AT_ONCE = 10
 
 # arq counts every delivery, deferrals for capacity included, and drops a job silently past its
@@ -393,6 +392,7 @@ class RouteqWorker(Worker):
         self._work = Signal()
         self._claimer: JobClaimer | None = None
         self._next_due_ms: int | None = None
+        self._ended: list[tuple[str, asyncio.Task[None]]] = []
         self._subscription = contextlib.AsyncExitStack()
         self.notifier: Notifier | None = None
 
@@ -404,8 +404,9 @@ class RouteqWorker(Worker):
             await self._claim_and_start()
             if self.allow_abort_jobs:  # as arq (routeq itself does not abort running jobs)
                 await self._cancel_aborted_jobs()
-            for job_id, task in list(self.tasks.items()):  # as arq: reap, surfacing run_job errors
-                if task.done():
+            ended, self._ended = self._ended, []  # as arq: reap, surfacing run_job errors; the ended
+            for job_id, task in ended:  # only (arq walks every task: 5% of the CPU at 3,000 running)
+                if self.tasks.get(job_id) is task:
                     del self.tasks[job_id]
                     task.result()
             await self.heart_beat()
@@ -436,12 +437,13 @@ class RouteqWorker(Worker):
             await self.sem.acquire()
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(self._job_ended)
+            task.add_done_callback(functools.partial(self._job_ended, job_id))
             self.tasks[job_id] = task
         if len(claim.jobs) == limit:
             self._work.set()  # the claim was cut at its limit: there may be more, with slots for them
 
-    def _job_ended(self, _: asyncio.Task[None]) -> None:
+    def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._ended.append((job_id, task))  # reaped by the next poll
         self._release_sem_dec_counter_on_complete()
         if self.wake:
             self._work.set()  # a free slot: look at the queue now, not a poll later
