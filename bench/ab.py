@@ -4,7 +4,8 @@ On a machine whose speed moves by a fifth within minutes (a shared host), one ru
 before a change and one after says little: a change of a few percent is lost in the drift. This
 runs bench/throughput.py's pipeline phase (one burst worker draining N prompts: SQL start, the real
 router and openai SDK against the sim, commit, settle, publish) on the code of BASE and on this
-tree's, in turn, each run in a process of its own, and prints every pair and, per phase:
+tree's, in turn, each run in a process of its own (its garbage collector as that tree's `routeq
+worker` has it), and prints every pair and, per phase:
 - the CPU a job of each tree, median of its runs (the process's CPU over the drain, every thread;
   load moves it far less than it moves rates);
 - the median of the pairs' ratios (this tree / BASE) and how many pairs this tree won.
@@ -46,6 +47,12 @@ def child(tree: str, phase: str, jobs: int, redis_url: str, sim_url: str) -> Non
     from storage.connections import connect_redis  # noqa: PLC0415 - the tree's
 
     logging.basicConfig(level=logging.WARNING)  # arq logs every job at INFO
+    from storage.settings import Settings  # noqa: PLC0415 - the tree's
+
+    if "gc_threshold" in Settings.model_fields:  # each tree's process as its `routeq worker` has it
+        from storage.logs import tune_gc  # noqa: PLC0415 - the tree's (older ones have none)
+
+        tune_gc(Settings(_env_file=None).gc_threshold)
 
     async def drain() -> None:
         with tempfile.TemporaryDirectory(prefix="routeq-ab-") as tmp:

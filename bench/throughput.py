@@ -18,7 +18,9 @@ Prints, from one run on one Redis:
    pipelined enqueue) against a loop of arq's `enqueue_job` (three round trips per job).
 
 Both workers run on uvloop, the event loop `routeq worker` runs on (`--loop asyncio`: asyncio's own
-loop, as runs before 2026-12 did; on it both phases cost about a tenth more CPU per job).
+loop, as runs before 2026-12 did; on it both phases cost about a tenth more CPU per job), in a process
+whose garbage collector is tuned as `routeq worker` tunes its own (storage/logs.py; `--gc python`:
+Python's defaults, as runs before 2026-12-01 had).
 
 Numbers vary by about +-10% between runs; compare ratios within one run, not across machines. A
 default run takes about a minute and a half, mostly the pipeline phases; --timeout bounds it. The
@@ -64,6 +66,7 @@ from router_core.providers import sim_world_for
 from storage.bus.queue import deserialize, serialize
 from storage.connections import connect_redis
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
+from storage.logs import tune_gc
 from storage.settings import Settings
 from storage.sql.schema import truncate_all
 from storage.sql.store import Store
@@ -336,6 +339,8 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
     print(f"database:    {make_url(database_url).render_as_string(hide_password=True)}")
     python = f"{platform.python_implementation()} {platform.python_version()}"
     print(f"python:      {python}, {os.cpu_count()} CPUs, both workers on {args.loop}'s event loop")
+    collector = "tuned as `routeq worker` tunes it" if args.gc == "routeq" else "Python's defaults"
+    print(f"gc:          {collector}, for both workers (--gc)")
     print(f"concurrency: {args.concurrency} jobs at once per worker; {NOTE}")
     redis = await connect_redis(settings)
     store = await open_store(database_url)
@@ -386,9 +391,18 @@ def main() -> None:
         default="uvloop",
         help="the event loop of both workers (default uvloop, the loop `routeq worker` runs on)",
     )
+    parser.add_argument(
+        "--gc",
+        choices=("routeq", "python"),
+        default="routeq",
+        help="the process's garbage collector for both workers: tuned as `routeq worker` tunes its own "
+        "(default; storage/logs.py, ROUTEQ_GC_THRESHOLD) or Python's defaults",
+    )
     args = parser.parse_args()
     # arq logs every job at INFO: formatting those lines would be part of what is timed.
     logging.basicConfig(level=logging.WARNING)
+    if args.gc == "routeq":
+        tune_gc(Settings(_env_file=None).gc_threshold)
     try:
         with tempfile.TemporaryDirectory(prefix="routeq-bench-") as tmp, sim_server(Path(tmp)) as sim_url:
             database_url = args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db"

@@ -139,6 +139,13 @@ class Settings(RouterSettings):
         description="Port of each worker's Prometheus endpoint (GET /metrics, all interfaces); 0 = any "
         "free port (logged at start), unset or empty = no endpoint.",
     )
+    gc_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="Allocations between collections of young objects in `routeq worker`, `serve` and "
+        "`run`, which also freeze what start-up left alive (storage/logs.py); 0 = Python's defaults "
+        "(700, nothing frozen).",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Log lines of `routeq worker`, `serve` and `run`: text for a terminal, json (one "

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 # and budgets send the same prompt many times and count the calls it makes, so they run with it off;
 # tests/test_cache*.py turn it on where they test it. Subprocesses (CLI, workers) inherit this.
 os.environ.setdefault("ROUTEQ_CACHE", "false")
+# `routeq worker`, `serve` and `run` freeze what start-up left alive (storage/logs.py): in this
+# process, where tests run `routeq run` one after another, each would freeze the last one's fixtures
+# for good and pay a full collection. tests/test_gc.py tests the tuning itself.
+os.environ.setdefault("ROUTEQ_GC_THRESHOLD", "0")
 isolate_worker()  # under pytest-xdist: a Redis and a PostgreSQL database per worker
 
 

@@ -30,6 +30,7 @@ from router_core.simulated import simulated_ids
 from storage.connections import connect_redis, embedded_redis
 from storage.fleet.budgets import Budgets
 from storage.fleet.catalog import LiveCatalog
+from storage.logs import tune_gc
 from storage.settings import Settings
 from storage.sql.store import Store
 from workers.context import Shared, worker_context
@@ -129,6 +130,7 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         handle_signals=False,
         shared=Shared(store=store, live=live),
     )
+    tune_gc(settings.gc_threshold)  # start-up is done: what it left alive is frozen
     worker_task = asyncio.create_task(run_worker(worker))
     try:
         yield Embedded(client, worker, worker_task, catalog, simulated_ids(catalog, settings.simulate))

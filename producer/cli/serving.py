@@ -24,7 +24,7 @@ from producer.cli._common import (
     with_store,
 )
 from storage.errors import ServiceUnavailableError
-from storage.logs import configure_logging
+from storage.logs import configure_logging, tune_gc
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -80,9 +80,9 @@ def serve(
         )
     console.print(f"routeq API on http://{host}:{port} (dashboard at /ui, docs at /docs)")
     configure_logging(settings.log_format)  # uvicorn's lines too (log_config=None: no config of its own)
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_config=None, log_level="info", proxy_headers=False
-    )
+    app = create_app(settings)
+    tune_gc(settings.gc_threshold)  # the imports and the app are made: what they left alive is frozen
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level="info", proxy_headers=False)
 
 
 async def _preflight(settings: Settings) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from producer.cli._common import execute, load_settings, with_client
-from storage.logs import configure_logging
+from storage.logs import configure_logging, tune_gc
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -45,6 +45,8 @@ def worker(
 
     async def go(client: Client) -> None:
         # Connections were checked by with_client; the worker opens its own pool with retries.
-        await run_worker(build_worker(settings, burst=burst, shared=Shared(store=client.store)))
+        worker = build_worker(settings, burst=burst, shared=Shared(store=client.store))
+        tune_gc(settings.gc_threshold)  # start-up is done: what it left alive is frozen
+        await run_worker(worker)
 
     execute(with_client(settings, go))
