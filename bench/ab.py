@@ -7,7 +7,8 @@ router and openai SDK against the sim, commit, settle, publish) on the code of B
 tree's, in turn, each run in a process of its own (its garbage collector as that tree's `routeq
 worker` has it), and prints every pair and, per phase:
 - the CPU a job of each tree, median of its runs (the process's CPU over the drain, every thread;
-  load moves it far less than it moves rates);
+  load moves it far less than it moves rates), and of it the garbage collector's (`nan` for a tree
+  whose throughput.py does not time it);
 - the median of the pairs' ratios (this tree / BASE) and how many pairs this tree won.
 
 Phases: `inproc` (the sim in the worker's process) and `http` (`routeq sim` in its own process over
@@ -72,7 +73,8 @@ def child(tree: str, phase: str, jobs: int, redis_url: str, sim_url: str) -> Non
                 await redis.flushdb()
             finally:
                 await throughput.close_services(redis, store)
-        print(json.dumps({"rate": drained.rate, "cpu_ms": drained.cpu_ms}))
+        gc_ms = getattr(drained, "gc_ms", float("nan"))  # trees before 2026-12-01 do not time it
+        print(json.dumps({"rate": drained.rate, "cpu_ms": drained.cpu_ms, "gc_ms": gc_ms}))
 
     uvloop.run(drain())
 
@@ -126,8 +128,9 @@ def main() -> None:
                     runs[name].append(one_run(trees[name], phase, args, sim_url))
                 base, this = runs["base"][-1], runs["this"][-1]
                 print(
-                    f"  {phase} pair {pair + 1}: base {base['rate']:6.0f} jobs/s {base['cpu_ms']:.3f} ms, "
-                    f"this {this['rate']:6.0f} jobs/s {this['cpu_ms']:.3f} ms CPU a job",
+                    f"  {phase} pair {pair + 1}: base {base['rate']:6.0f} jobs/s {base['cpu_ms']:.3f} ms "
+                    f"({base['gc_ms']:.3f} in gc), this {this['rate']:6.0f} jobs/s {this['cpu_ms']:.3f} ms "
+                    f"({this['gc_ms']:.3f} in gc) CPU a job",
                     flush=True,
                 )
             cpu = {name: statistics.median(r["cpu_ms"] for r in rs) for name, rs in runs.items()}
