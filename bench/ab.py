@@ -38,18 +38,16 @@ PHASES = ("inproc", "http")
 
 
 def child(tree: str, phase: str, jobs: int, redis_url: str, sim_url: str) -> None:
-    """One drain on `tree`'s code; prints {"rate": jobs/s, "cpu_ms": CPU a job} as JSON."""
+    """One drain on `tree`'s code; prints {"rate": jobs/s, "cpu_ms", "gc_ms": CPU a job} as JSON."""
     sys.path[:0] = [tree, str(Path(tree) / "bench")]
     import logging  # noqa: PLC0415 - the tree's modules must be found first
 
     import throughput  # noqa: PLC0415 - the tree's own bench/throughput.py
     import uvloop  # noqa: PLC0415
 
-    from storage.connections import connect_redis  # noqa: PLC0415 - the tree's
-
-    logging.basicConfig(level=logging.WARNING)  # arq logs every job at INFO
     from storage.settings import Settings  # noqa: PLC0415 - the tree's
 
+    logging.basicConfig(level=logging.WARNING)  # arq logs every job at INFO
     if "gc_threshold" in Settings.model_fields:  # each tree's process as its `routeq worker` has it
         from storage.logs import tune_gc  # noqa: PLC0415 - the tree's (older ones have none)
 
@@ -57,14 +55,15 @@ def child(tree: str, phase: str, jobs: int, redis_url: str, sim_url: str) -> Non
 
     async def drain() -> None:
         with tempfile.TemporaryDirectory(prefix="routeq-ab-") as tmp:
-            database_url = f"sqlite+aiosqlite:///{tmp}/bench.db"
             settings = throughput.bench_settings(
-                redis_url, database_url, "bench:routeq", worker_concurrency=200, default_user_budget_usd=1e9
+                redis_url,
+                f"sqlite+aiosqlite:///{tmp}/bench.db",
+                "bench:routeq",
+                worker_concurrency=200,
+                default_user_budget_usd=1e9,
             )
-            redis = await connect_redis(settings)
-            store = await throughput.open_store(database_url)
+            redis, store = await throughput.open_services(settings)
             try:
-                await redis.flushdb()
                 if phase == "http":
                     settings = settings.model_copy(update={"sim_url": sim_url})
                 drained, _ = await throughput.pipeline_worker(

@@ -25,7 +25,7 @@ heap, the ~160,000 objects the imports of openai, SQLAlchemy, pydantic and FastA
 in bench/throughput.py's pipeline it took about a fifth of the worker's CPU (1.9 s of collections
 for 3,000 jobs, full ones about 0.1 s each).
 
-`tune_gc`, called once start-up is done: one full collection (so no garbage is kept for good),
+`tune_gc`, called once the imports are done: one full collection (so no garbage is kept for good),
 then `gc.freeze()`, which moves every object alive to the permanent generation that no collection
 walks again, and a first-generation threshold of `ROUTEQ_GC_THRESHOLD` (default 20,000): the
 same 3,000 jobs then spend about 0.3 s in collections. Garbage in reference cycles waits a little

@@ -130,7 +130,7 @@ async def embedded_client(settings: Settings) -> AsyncIterator[Embedded]:
         handle_signals=False,
         shared=Shared(store=store, live=live),
     )
-    tune_gc(settings.gc_threshold)  # start-up is done: what it left alive is frozen
+    tune_gc(settings.gc_threshold)  # the imports and the stores are done: what is alive is frozen
     worker_task = asyncio.create_task(run_worker(worker))
     try:
         yield Embedded(client, worker, worker_task, catalog, simulated_ids(catalog, settings.simulate))

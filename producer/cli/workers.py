@@ -46,7 +46,7 @@ def worker(
     async def go(client: Client) -> None:
         # Connections were checked by with_client; the worker opens its own pool with retries.
         worker = build_worker(settings, burst=burst, shared=Shared(store=client.store))
-        tune_gc(settings.gc_threshold)  # start-up is done: what it left alive is frozen
+        tune_gc(settings.gc_threshold)  # the imports are done: what they left alive is frozen
         await run_worker(worker)
 
     execute(with_client(settings, go))
