@@ -29,6 +29,20 @@ TENANT = "default"  # the pipeline settings' tenant
 
 
 @pytest.fixture
+def marked_completed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The batches marked completed by a write of their own (`Batches.mark_completed`), in order."""
+    marked: list[str] = []
+    real = Batches.mark_completed
+
+    async def counting(self: Batches, batch_id: str) -> None:
+        marked.append(batch_id)
+        await real(self, batch_id)
+
+    monkeypatch.setattr(Batches, "mark_completed", counting)
+    return marked
+
+
+@pytest.fixture
 def limits_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The batches whose cap and window a worker read from SQL, in order."""
     read: list[str] = []
@@ -74,8 +88,29 @@ async def test_a_single_job_reads_no_batch_and_finishes_as_before(
     ]
 
 
+async def test_a_single_jobs_finish_completes_its_batch(
+    backend: Backend, marked_completed: list[str]
+) -> None:
+    """The commit that finishes a batch of one completes the batch too (at the job's finish time, in
+    its transaction): no write of its own after the publish. A real batch still gets that write."""
+    client = Client(await backend.redis(), backend.store, backend.settings)
+    no_route = chat("Fails", preferences={"include_providers": ["nobody"]})
+    job_ids = [await client.submit(chat("Just one")), await client.submit(no_route)]
+    batch_id = await client.submit_batch(items(2))
+    assert await backend.run_worker() == 4
+
+    for job_id in job_ids:
+        job = await client.get(job_id)
+        assert (await client.batch(job.batch_id)).completed_at == job.finished_at is not None
+    assert [(await client.get(job_id)).status for job_id in job_ids] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+    ]
+    assert marked_completed == [batch_id]
+
+
 async def test_a_single_job_without_the_marker_takes_the_general_path(
-    backend: Backend, limits_read: list[str]
+    backend: Backend, limits_read: list[str], marked_completed: list[str]
 ) -> None:
     """A payload written without it (the sweeper's re-queue, a request too large to carry) reads the
     batch as any job does, and finishes the same."""
@@ -88,6 +123,7 @@ async def test_a_single_job_without_the_marker_takes_the_general_path(
     assert limits_read == [created.batch_id]
     assert (await client.get(created.job_ids[0])).status == JobStatus.SUCCEEDED
     assert (await client.batch(created.batch_id)).completed_at is not None
+    assert marked_completed == [created.batch_id]  # after its publish, as any batch
 
 
 @pytest.mark.parametrize(

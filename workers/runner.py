@@ -256,15 +256,18 @@ class JobRunner:
         )
         # Settle, forget the answer written ahead, publish, let the flight's waiters take the answer:
         # one pipeline, run by Redis in this order.
-        event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
-        publish = [self._publish(event, stream=started.stream, run=run)] if applied else []
+        publish = []
+        if applied:  # a batch of one was completed by the finish itself (`Runs.finish`), not here
+            event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
+            publish = [self._publish(event, stream=started.stream, run=run, completed=started.single)]
         forget = [self.answers.forget(job_id, [run])] if written else []
         ended = []
         if self.cache is not None:
             outcome.cache_ended = True
             ended = [self.cache.end(started, outcome.cache, answered=outcome.result is not None)]
         await _together([self._settle(job_id, run, outcome.attempts), *forget, *publish, *ended])
-        self._observe((JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value, outcome)
+        status = (JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value
+        self._observe(status, outcome)
         if not applied:
             # A concurrent duplicate finished first: publish what SQL holds, not what we got.
             record = await self.store.jobs.get(job_id, tenant=ANY_TENANT)
@@ -272,7 +275,7 @@ class JobRunner:
             return record.status.value
         if outcome.result is not None:
             await self._answered(started, {"content": outcome.result.content})
-        return event.status
+        return status
 
     async def _answered(self, job: StartedJob, result: dict[str, Any] | None) -> None:
         """Run the `on_answer` hook for a succeeded job (a failed one has no `result`)."""
@@ -487,9 +490,8 @@ class JobRunner:
         expires = (await self._limits(job.batch_id, job.single)).expires_at
         if expires is None or datetime.now(UTC) < expires:
             return None
-        return JobFailure(
-            FailureCode.BATCH_EXPIRED, f"the batch's completion window ended at {expires:%Y-%m-%d %H:%M:%S}Z"
-        )
+        ended = f"{expires:%Y-%m-%d %H:%M:%S}Z"
+        return JobFailure(FailureCode.BATCH_EXPIRED, f"the batch's completion window ended at {ended}")
 
     async def _settle(self, job_id: str, run: int, attempts: list[Attempt]) -> None:
         """After the ledger commit: this run's holds become the real cost (0 if not billed)."""
@@ -515,10 +517,7 @@ class JobRunner:
         costs = {key: float(cost) for key, cost in (await self.store.ledger.recorded_calls(job.id)).items()}
         in_doubt = [hold for key, hold in holds.items() if key not in costs]
         if in_doubt:
-            calls = [
-                self._in_doubt_call(hold.run, hold.attempt_no, hold.deployment, hold.amount_usd)
-                for hold in in_doubt
-            ]
+            calls = [self._in_doubt_call(h.run, h.attempt_no, h.deployment, h.amount_usd) for h in in_doubt]
             await self.store.runs.record_in_doubt(job, calls)
             costs.update({hold.key: hold.amount_usd for hold in in_doubt})
             logger.warning("job %s: %d calls of a dead run charged as estimated", job.id, len(in_doubt))
@@ -565,9 +564,10 @@ class JobRunner:
             simulated=deployment in self.simulated,
         )
 
-    async def _publish(self, event: JobEvent, *, stream: bool, run: int) -> None:
+    async def _publish(self, event: JobEvent, *, stream: bool, run: int, completed: bool = False) -> None:
+        """Publish a committed job's event; if it completed its batch, say so in SQL (unless `completed`)."""
         counts = await self.events.publish_terminal([event])
-        if counts is not None and counts.complete:
+        if counts is not None and counts.complete and not completed:
             await self.store.batches.mark_completed(event.batch_id)
         if stream:  # the API relaying this job's text stops reading here
             await self.relay.end(event.job_id, run, event.status)

@@ -31,12 +31,21 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import Attempt, AttemptOutcome, CompletionResult, deployment_switches
-from storage.jobs import ANY_TENANT, FailureCode, InDoubtCall, JobFailure, JobRecord, JobStatus, StartedJob
+from storage.jobs import (
+    ANY_TENANT,
+    SINGLE,
+    FailureCode,
+    InDoubtCall,
+    JobFailure,
+    JobRecord,
+    JobStatus,
+    StartedJob,
+)
 from storage.sql.cache import CacheRecord
 from storage.sql.database import Database
 from storage.sql.jobs import Jobs
 from storage.sql.outbox import job_failed
-from storage.sql.schema import attempts, job_plans, jobs, ledger
+from storage.sql.schema import attempts, batches, job_plans, jobs, ledger
 
 __all__ = ["IN_DOUBT", "Runs", "money"]
 
@@ -100,6 +109,18 @@ _LOCK_OPEN_JOBS = (
     .where(jobs.c.id.in_(bindparam("b_ids", expanding=True)) & jobs.c.status.in_(_RUNNABLE_VALUES))
     .values(status=jobs.c.status)
     .returning(jobs.c.id)
+)
+# A batch of one is done once its job is: its completion is set in the finish that closes the job,
+# not by a write of its own after the publish (`Batches.mark_completed`: a batch of one has no
+# webhook event to write with it). `kind` guards it: only a batch of one completes with one job.
+_COMPLETE_SINGLES = (
+    update(batches)
+    .where(
+        batches.c.id.in_(bindparam("batch_ids", expanding=True))
+        & (batches.c.kind == SINGLE)
+        & batches.c.completed_at.is_(None)
+    )
+    .values(completed_at=bindparam("now", type_=batches.c.completed_at.type))
 )
 
 
@@ -178,7 +199,8 @@ class Runs:
         run (a concurrent redelivery) had already finished it; its attempts and charges are recorded
         either way, because the provider billed them either way. `cache` is what the job did with
         the response cache (the key its answer is cached under; a hit's source), set with the outcome;
-        `plan` the plan the run routed with (`job_plans`, once per run).
+        `plan` the plan the run routed with (`job_plans`, once per run). A job known to be a batch of
+        one (`job.single`) completes its batch in the same transaction when it sets its final status.
         """
         now = self._db.now()
         billed = billed_calls(attempts_made)
@@ -209,6 +231,9 @@ class Runs:
                 applied[n] = True
                 if (failure := finishes[n].failure) is not None:
                     await self._failed_event(conn, finishes[n], failure)
+            if singles := [finishes[n].job.batch_id for n in closing if finishes[n].job.single]:
+                now = finishes[closing[0]].outcome["finished_at"]
+                await conn.execute(_COMPLETE_SINGLES, {"batch_ids": singles, "now": now})
         attempt_rows = [row for f in finishes for row in f.calls[0]]
         ledger_rows = [row for f in finishes for row in f.calls[1]]
         await self._insert_calls(conn, attempt_rows, ledger_rows)
