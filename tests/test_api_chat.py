@@ -280,3 +280,37 @@ async def test_analytics_grouped_by_end_user(api: LiveApi) -> None:
         refused = await http.get("/v1/analytics", params={"group_by": "model"})
         assert refused.status_code == 400
         assert refused.json()["error"]["param"] == "query parameter group_by"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"model": "auto", "messages": [', "application/json"),  # not JSON
+        (b"", "application/json"),  # no body
+        (b"[1, 2]", "application/json"),  # JSON, not an object
+        (b'{"model": "auto", "messages": []}', "application/json; charset=utf-8"),  # a bad field
+        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}', "text/plain"),  # not JSON
+        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}', None),  # no type
+    ],
+)
+async def test_chat_bodies_are_refused_as_every_route_refuses_them(
+    api: LiveApi, content: bytes, content_type: str | None
+) -> None:
+    """The chat route reads its own body (not as a FastAPI parameter): what it refuses and how it says
+    so is what `/v1/route`, which takes the same body as a parameter, answers."""
+    headers = {"Authorization": f"Bearer {await api.key('acme')}"}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    async with httpx2.AsyncClient(base_url=api.url, headers=headers) as http:
+        chat = await http.post("/v1/chat/completions", content=content)
+        routed = await http.post("/v1/route", content=content)
+    assert (chat.status_code, chat.json()) == (400, routed.json())
+    assert set(chat.json()["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_a_chat_body_that_is_not_utf8_is_400(api: LiveApi) -> None:
+    headers = {"Authorization": f"Bearer {await api.key('acme')}", "content-type": "application/json"}
+    async with httpx2.AsyncClient(base_url=api.url, headers=headers) as http:
+        response = await http.post("/v1/chat/completions", content=b'{"model": "\xff"}')
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "the body is not UTF-8 JSON"

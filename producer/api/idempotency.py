@@ -25,18 +25,31 @@ from producer.api.errors import ApiError
 from storage.jobs import IdempotencyKey
 from storage.settings import Settings
 
-__all__ = ["IdempotencyKeyHeader", "idempotency_key"]
+__all__ = ["HEADER", "HEADER_PARAMETER", "IdempotencyKeyHeader", "idempotency_key"]
 
 _MAX_KEY = 255
 
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="A key of your choice (e.g. a UUID) per request: a retry with the same key and body "
-        "gets the first request's job or batch instead of a new one.",
-    ),
-]
+HEADER = "Idempotency-Key"
+_DESCRIPTION = (
+    "A key of your choice (e.g. a UUID) per request: a retry with the same key and body "
+    "gets the first request's job or batch instead of a new one."
+)
+
+IdempotencyKeyHeader = Annotated[str | None, Header(alias=HEADER, description=_DESCRIPTION)]
+
+# The header's OpenAPI entry, as FastAPI writes it for `IdempotencyKeyHeader`: for a route that reads
+# the header itself (`request.headers`) and declares it with `openapi_extra`.
+HEADER_PARAMETER: dict[str, Any] = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": _DESCRIPTION,
+        "title": HEADER,
+    },
+    "description": _DESCRIPTION,
+}
 
 
 def idempotency_key(header: str | None, route: str, body: Any, settings: Settings) -> IdempotencyKey | None:
