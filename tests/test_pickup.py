@@ -160,6 +160,33 @@ async def test_a_poll_reaps_the_jobs_that_ended_and_keeps_the_running_ones(backe
         await until(lambda: not worker.tasks, timeout_s=15, what="every job to be reaped")
 
 
+async def test_a_job_ending_after_a_claim_that_took_every_due_job_claims_nothing(backend: Backend) -> None:
+    """A job's end wakes the poll to reap it; it claims only if the last claim may have left due jobs
+    behind (cut at its limit, or put off with no free slot). A job queued since pings, and is claimed."""
+    redis = await backend.redis()
+    ran: list[str] = []
+    async with running(worker_on(backend, redis, recorder(ran))) as worker:
+        await enqueue_jobs(redis, ["job_1"], queue_name=backend.settings.queue_name)
+        await until(lambda: ran == ["job_1"], timeout_s=15, what="the job to start")
+        await until(lambda: not worker.tasks and worker.waiting, timeout_s=15, what="the job to be reaped")
+        claims = worker.polls
+        await enqueue_jobs(redis, ["job_2"], queue_name=backend.settings.queue_name)
+        await until(lambda: ran == ["job_1", "job_2"], timeout_s=15, what="the next job to start on its ping")
+        await until(lambda: not worker.tasks and worker.waiting, timeout_s=15, what="the job to be reaped")
+        assert worker.polls == claims + 1  # the ping's claim; the job's end made none
+
+
+async def test_a_slot_freed_on_a_full_worker_takes_the_job_waiting_for_it(backend: Backend) -> None:
+    release = asyncio.Event()
+    ran: list[str] = []
+    redis = await backend.redis()
+    async with running(worker_on(backend, redis, recorder(ran, release), max_jobs=1)):
+        await enqueue_jobs(redis, ["job_1", "job_2"], queue_name=backend.settings.queue_name)
+        await until(lambda: ran == ["job_1"], timeout_s=15, what="the first job to start")
+        release.set()
+        await until(lambda: ran == ["job_1", "job_2"], timeout_s=15, what="the second job, on the freed slot")
+
+
 async def test_a_deferred_job_runs_when_due_not_a_poll_later(backend: Backend) -> None:
     """`Retry(defer=...)` re-queues with a later score; the worker waits for that time, not an hour."""
     redis = await backend.redis()

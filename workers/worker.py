@@ -32,7 +32,7 @@ from typing import Any
 import arq.worker
 from arq.connections import ArqRedis
 from arq.connections import log_redis_info as _arq_log_redis_info
-from arq.constants import expires_extra_ms, in_progress_key_prefix
+from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
@@ -57,6 +57,7 @@ from storage.settings import Settings
 from storage.sql.store import Store
 from workers.cache import JobCache
 from workers.context import CatalogSwap, Shared, WorkerContext, attach, detach, worker_context, worker_record
+from workers.deferral import keep_payload, requeue
 from workers.evals import EvalBeat, VerdictRecorder
 from workers.metrics_server import serve_worker_metrics
 from workers.runner import JobDeferred, JobRunner
@@ -244,9 +245,9 @@ async def route_job(ctx: dict[str, Any], job_id: str, carried: dict[str, Any] | 
         delay = exc.delay_s + random.uniform(0.0, exc.spread_s)
         logger.debug("%s", exc)
         if context.deferrals is None:
-            await _keep_payload(ctx["redis"], job_id, delay)
+            await keep_payload(ctx["redis"], job_id, delay)
             raise Retry(defer=delay) from exc
-        if not await _defer(context.deferrals, ctx, job_id, exc, delay):
+        if not await requeue(context.deferrals, ctx, job_id, exc, delay):
             raise Retry(defer=delay) from exc
         raise Retry() from exc  # no defer: the score is set already, arq leaves it
     except (SQLAlchemyError, RedisError, OSError) as exc:
@@ -254,48 +255,6 @@ async def route_job(ctx: dict[str, Any], job_id: str, carried: dict[str, Any] | 
         delay = _INFRA_RETRY_S[min(run, len(_INFRA_RETRY_S)) - 1]
         logger.warning("job %s try %d hit %s; retrying in %ss", job_id, run, exc, delay)
         raise Retry(defer=delay) from exc
-
-
-async def _defer(
-    deferrals: Deferrals, ctx: dict[str, Any], job_id: str, exc: JobDeferred, delay: float
-) -> bool:
-    """Re-queue a deferred job at its run time, its payload carrying its request (one Lua call).
-
-    A delivery that was not a run gives its try back, so the next one has the same number; one that
-    called a provider keeps it, and the payload says so (the next run is numbered after it even if
-    arq's counter is lost).
-    """
-    run: int = ctx["job_try"]
-    enqueued = ctx.get("enqueue_time")
-    enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else timestamp_ms()
-    payload = None
-    if exc.carry is not None:
-        next_try = run if exc.given_back else run + 1
-        payload = Deferrals.payload(job_id, exc.carry, job_try=next_try, enqueued_ms=enqueued_ms)
-    try:
-        await deferrals.defer(
-            job_id,
-            run_at_ms=timestamp_ms() + int(delay * 1000),
-            payload=payload,
-            give_back_try=run if exc.given_back else None,
-        )
-    except (RedisError, OSError) as exc_redis:  # arq's Retry(defer) moves the score instead
-        logger.warning("could not re-queue deferred job %s: %s", job_id, exc_redis)
-        return False
-    return True
-
-
-async def _keep_payload(redis: Redis, job_id: str, defer_s: float) -> None:
-    """Keep a deferred job's payload a day past its new run time, as arq's enqueue does.
-
-    arq writes `arq:job:<id>` with a TTL of a day (`expires_extra_ms`) and a deferral does not touch
-    it, so a job deferred for capacity over and over would lose its payload and be dropped.
-    """
-    ttl_ms = int(defer_s * 1000) + expires_extra_ms
-    try:
-        await redis.pexpire(keys.ARQ_JOB_PREFIX + job_id, ttl_ms)
-    except (RedisError, OSError) as exc:  # the sweeper re-queues the job if the payload does expire
-        logger.warning("could not extend job %s's payload: %s", job_id, exc)
 
 
 # Most jobs one claim takes; a worker with more free slots claims again at once. Idle workers wake on
@@ -392,6 +351,7 @@ class RouteqWorker(Worker):
         self._work = Signal()
         self._claimer: JobClaimer | None = None
         self._next_due_ms: int | None = None
+        self._claim_due, self._pings_seen = True, 0  # see _claim_and_start
         self._ended: list[tuple[str, asyncio.Task[None]]] = []
         self._subscription = contextlib.AsyncExitStack()
         self.notifier: Notifier | None = None
@@ -417,20 +377,29 @@ class RouteqWorker(Worker):
         await self._wait_for_work()
 
     async def _claim_and_start(self) -> None:
-        """arq's read of the queue and `start_jobs`, as one claim of as many jobs as slots are free."""
+        """arq's read of the queue and `start_jobs`, as one claim of as many jobs as slots are free.
+
+        Only when one is due: a ping came (a job was queued), a wait timed out, or the last claim may
+        have left due jobs behind (cut at its limit, or put off with no free slot). A job's end alone
+        wakes the loop to reap it, and calls for no claim after one that took every due job.
+        """
         if self._claimer is None:
             self._claimer = JobClaimer(self.pool, self.queue_name)
             await self._subscribe()
         limit = min(self.max_jobs - self.job_counter, self.queue_read_limit, _CLAIM_AT_ONCE)
         if self.burst and self.max_burst_jobs >= 0:
             limit = min(limit, self.max_burst_jobs - self._jobs_started())
-        self._next_due_ms = None
-        if not self.allow_pick_jobs or limit < 1:
+        due = self._claim_due or self._work.sets != self._pings_seen
+        if not self.allow_pick_jobs or limit < 1 or not due:
             return
         self.polls += 1
-        claim = await self._claimer.claim(
-            limit=limit, lease_ms=int(self.in_progress_timeout_s * 1000), now_ms=timestamp_ms()
-        )
+        self._claim_due, self._pings_seen = False, self._work.sets  # a ping from here on calls again
+        try:
+            lease_ms = int(self.in_progress_timeout_s * 1000)
+            claim = await self._claimer.claim(limit=limit, lease_ms=lease_ms, now_ms=timestamp_ms())
+        except BaseException:
+            self._claim_due = True
+            raise
         self._next_due_ms = claim.next_due_ms
         for job_id, score in claim.jobs:
             # Never blocks: `sem` holds max_jobs + 1 and only `limit` free slots were claimed.
@@ -439,14 +408,15 @@ class RouteqWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(functools.partial(self._job_ended, job_id))
             self.tasks[job_id] = task
-        if len(claim.jobs) == limit:
-            self._work.set()  # the claim was cut at its limit: there may be more, with slots for them
+        if len(claim.jobs) == limit:  # cut at its limit: there may be more, with slots for them
+            self._claim_due = True
+            self._work.nudge()
 
     def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._ended.append((job_id, task))  # reaped by the next poll
         self._release_sem_dec_counter_on_complete()
         if self.wake:
-            self._work.set()  # a free slot: look at the queue now, not a poll later
+            self._work.nudge()  # a free slot: look at the queue now (if a claim is due), not a poll later
 
     async def _subscribe(self) -> None:
         if not self.wake:
@@ -466,7 +436,7 @@ class RouteqWorker(Worker):
             async with asyncio.timeout(timeout):
                 await self._work.wait()
         except TimeoutError:
-            pass
+            self._claim_due = True  # the poll as arq's, or the next deferred job's time
         finally:
             self.waiting = False
 

@@ -45,10 +45,14 @@ def exact_pattern(channel: str) -> str:
 
 
 class Signal:
-    """A waiter's wake-up: set by a message on its channel or by a (re)subscription."""
+    """A waiter's wake-up: set by a message on its channel or by a (re)subscription.
+
+    `sets` counts them; `nudge` wakes the waiter without one (for a wake-up of its owner's making).
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.sets = 0
 
     async def wait(self) -> None:
         """Wait for the next wake-up (one that came since the last `wait` returns at once)."""
@@ -56,6 +60,10 @@ class Signal:
         self._event.clear()
 
     def set(self) -> None:
+        self.sets += 1
+        self._event.set()
+
+    def nudge(self) -> None:
         self._event.set()
 
 
