@@ -176,11 +176,12 @@ jobs = Table(
         sqlite_where=text("status IN ('queued', 'running')"),
     ),
     # The exact cache: the answers providers gave (succeeded jobs with a key that were not hits
-    # themselves), by tenant, key and age (migrations 0009, 0010).
+    # themselves), by key, tenant and age (migrations 0009, 0010, 0022: the key first, so SQLite
+    # seeks each key of a worker's batched lookup rather than scanning the tenant's keys).
     Index(
         "ix_jobs_cached",
-        "tenant",
         "cache_key",
+        "tenant",
         "finished_at",
         postgresql_where=text(_CACHE_SOURCES),
         sqlite_where=text(_CACHE_SOURCES),
