@@ -1,11 +1,11 @@
-"""Reads whose work must not grow with the rows stored: a worker's batched cache lookup and the
-jobs read together in one turn (`Jobs.get`). Work is counted in SQLite VM steps (a progress
-handler on every connection): exact and untimed. A read that scans grows with every row; one that
-seeks each key asked does not.
+"""Reads whose work must not grow with the rows stored: a worker's batched cache lookup, the jobs
+read together in one turn (`Jobs.get`) and a semantic search's neighbours. Work is counted in
+SQLite VM steps (a progress handler on every connection): exact and untimed. A read that scans
+grows with every row; one that seeks each key asked does not.
 
-SQLite only: it keeps no statistics here, and planned both reads as scans of the tenant's rows
-(a tenant judged to hold about ten) until the index led with the key and the jobs were read by id
-alone. PostgreSQL plans them by its statistics.
+SQLite only: it keeps no statistics here, and planned these reads as scans of the tenant's rows
+(a tenant judged to hold about ten) until the cache index led with the key and jobs were read by
+id alone. PostgreSQL plans them by its statistics.
 """
 
 from __future__ import annotations
@@ -95,6 +95,24 @@ async def test_jobs_read_together_are_read_by_id(store: Store) -> None:
         return asyncio.gather(*(store.jobs.get(job_id, tenant=TENANT) for job_id in ids[:20]))
 
     assert [job.id for job in await read()] == ids[:20]
+    small = await steps.of(read)
+    await add_answers(store, 4000, start=400)
+    large = await steps.of(read)
+    assert large < 2 * max(small, 1), (small, large)
+
+
+async def test_a_semantic_searchs_neighbours_are_read_by_id(store: Store) -> None:
+    """`answers` reads the neighbours' rows by id; another tenant's and older answers stay unserved."""
+    ids = await add_answers(store, 400, start=0)
+    steps = Steps(store)
+    await store.engine.dispose()
+
+    def read() -> Awaitable[dict[str, CachedAnswer]]:
+        return store.cache.answers(TENANT, ids[:8], since=SINCE)
+
+    assert sorted(await read()) == sorted(ids[:8])
+    assert await store.cache.answers("globex", ids[:8], since=SINCE) == {}
+    assert await store.cache.answers(TENANT, ids[:8], since=datetime.now(UTC) + timedelta(hours=1)) == {}
     small = await steps.of(read)
     await add_answers(store, 4000, start=400)
     large = await steps.of(read)

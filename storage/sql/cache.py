@@ -153,10 +153,10 @@ class ResponseCache:
         """The answers of `job_ids` that the tenant may be served (a semantic search's neighbours)."""
         if not job_ids:
             return {}
-        params = {"b_tenant": tenant, "b_since": since, "b_ids": list(job_ids)}
         async with self._db.reading() as conn:
-            rows = (await conn.execute(_OF_JOBS, params)).all()
-        return {row.id: _answer(row) for row in rows}
+            rows = (await conn.execute(_OF_JOBS, {"b_ids": list(job_ids)})).all()
+        answers = [_answer(row) for row in rows if row.tenant == tenant]
+        return {answer.job_id: answer for answer in answers if answer.finished_at >= since}
 
     async def policy(self, tenant: str) -> TenantCachePolicy | None:
         query = select(_P.tenant, _P.enabled, _P.ttl_s, _P.semantic, _P.threshold, _P.cleared_at).where(
@@ -237,13 +237,6 @@ def _servable() -> ColumnElement[bool]:
     )
 
 
-# The tenant's servable answers finished at or after `since`, with what they cost. Built once (bind
-# names carry a b_ prefix): per-job reads then skip statement construction.
-_ANSWERS = (
-    select(_J.id, _J.deployment, _J.result, _J.cost_usd, _J.finished_at)
-    .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
-    .where((_J.tenant == bindparam("b_tenant")) & _servable() & (_J.finished_at >= bindparam("b_since")))
-)
 # The newest `_CANDIDATES` answers of each key asked, newest first.
 _RANKED = (
     select(
@@ -274,10 +267,18 @@ class _Lookup:
     since: datetime
 
 
-_OF_JOBS = _ANSWERS.where(_J.id.in_(bindparam("b_ids", expanding=True)))
+# The servable answers of some jobs (a semantic search's neighbours), with what they cost, by id
+# alone: `answers` checks the tenant and the age on the rows read. With `tenant = ? AND finished_at
+# >= ?` in the query SQLite read the tenant's whole window (ix_jobs_tenant_finished_at) for a few
+# ids. Built once (bind names carry a b_ prefix): per-job reads then skip statement construction.
+_OF_JOBS = (
+    select(_J.id, _J.tenant, _J.deployment, _J.result, _J.cost_usd, _J.finished_at)
+    .select_from(jobs.outerjoin(cache_policies, _P.tenant == _J.tenant))
+    .where(_J.id.in_(bindparam("b_ids", expanding=True)) & _servable())
+)
 
 
-def _answer(row: Row[Any, Any, Any, Any, Any]) -> CachedAnswer:
+def _answer(row: Row[*tuple[Any, ...]]) -> CachedAnswer:
     finished = aware(row.finished_at)
     assert finished is not None  # a succeeded job has finished
     return CachedAnswer(row.id, row.id, row.deployment, row.result, Decimal(row.cost_usd or 0), finished)
