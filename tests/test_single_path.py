@@ -16,7 +16,7 @@ import pytest
 
 from producer.client import Client
 from storage.bus.queue import carried_request, enqueue_jobs
-from storage.jobs import ANY_TENANT, SINGLE, BatchLimits, JobStatus, NewJob
+from storage.jobs import ANY_TENANT, SINGLE, JobStatus, NewJob
 from storage.sql.batches import Batches
 from storage.sql.jobs import Jobs
 from storage.webhooks import EventType
@@ -28,32 +28,29 @@ from tests.webhook_receiver import Receiver
 TENANT = "default"  # the pipeline settings' tenant
 
 
+def batches_asked(monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:
+    """The batch ids `Batches.<method>` is called with from here on, in order (it still runs)."""
+    asked: list[str] = []
+    real = getattr(Batches, method)
+
+    async def recording(self: Batches, batch_id: str) -> Any:
+        asked.append(batch_id)
+        return await real(self, batch_id)
+
+    monkeypatch.setattr(Batches, method, recording)
+    return asked
+
+
 @pytest.fixture
 def marked_completed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The batches marked completed by a write of their own (`Batches.mark_completed`), in order."""
-    marked: list[str] = []
-    real = Batches.mark_completed
-
-    async def counting(self: Batches, batch_id: str) -> None:
-        marked.append(batch_id)
-        await real(self, batch_id)
-
-    monkeypatch.setattr(Batches, "mark_completed", counting)
-    return marked
+    return batches_asked(monkeypatch, "mark_completed")
 
 
 @pytest.fixture
 def limits_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The batches whose cap and window a worker read from SQL, in order."""
-    read: list[str] = []
-    real = Batches.limits
-
-    async def counting(self: Batches, batch_id: str) -> BatchLimits:
-        read.append(batch_id)
-        return await real(self, batch_id)
-
-    monkeypatch.setattr(Batches, "limits", counting)
-    return read
+    return batches_asked(monkeypatch, "limits")
 
 
 def test_a_single_jobs_payload_says_it_is_one() -> None:
