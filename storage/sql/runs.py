@@ -113,14 +113,13 @@ _LOCK_OPEN_JOBS = (
 # A batch of one is done once its job is: its completion is set in the finish that closes the job,
 # not by a write of its own after the publish (`Batches.mark_completed`: a batch of one has no
 # webhook event to write with it). `kind` guards it: only a batch of one completes with one job.
-_COMPLETE_SINGLES = (
+# Run as an executemany: each batch completes at its own job's finish time.
+_COMPLETE_SINGLE = (
     update(batches)
     .where(
-        batches.c.id.in_(bindparam("batch_ids", expanding=True))
-        & (batches.c.kind == SINGLE)
-        & batches.c.completed_at.is_(None)
+        (batches.c.id == bindparam("b_batch")) & (batches.c.kind == SINGLE) & batches.c.completed_at.is_(None)
     )
-    .values(completed_at=bindparam("now", type_=batches.c.completed_at.type))
+    .values(completed_at=bindparam("b_now", type_=batches.c.completed_at.type))
 )
 
 
@@ -231,9 +230,12 @@ class Runs:
                 applied[n] = True
                 if (failure := finishes[n].failure) is not None:
                     await self._failed_event(conn, finishes[n], failure)
-            if singles := [finishes[n].job.batch_id for n in closing if finishes[n].job.single]:
-                now = finishes[closing[0]].outcome["finished_at"]
-                await conn.execute(_COMPLETE_SINGLES, {"batch_ids": singles, "now": now})
+            closed = [finishes[n] for n in closing]
+            singles = [
+                {"b_batch": f.job.batch_id, "b_now": f.outcome["finished_at"]} for f in closed if f.job.single
+            ]
+            if singles:
+                await conn.execute(_COMPLETE_SINGLE, singles)
         attempt_rows = [row for f in finishes for row in f.calls[0]]
         ledger_rows = [row for f in finishes for row in f.calls[1]]
         await self._insert_calls(conn, attempt_rows, ledger_rows)
