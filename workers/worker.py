@@ -389,8 +389,10 @@ class RouteqWorker(Worker):
         limit = min(self.max_jobs - self.job_counter, self.queue_read_limit, _CLAIM_AT_ONCE)
         if self.burst and self.max_burst_jobs >= 0:
             limit = min(limit, self.max_burst_jobs - self._jobs_started())
-        due = self._claim_due or self._work.sets != self._pings_seen
-        if not self.allow_pick_jobs or limit < 1 or not due:
+        if not self.allow_pick_jobs or limit < 1:  # no free slot: nothing falling due is waited for,
+            self._next_due_ms, self._claim_due = None, True  # and the next slot freed claims
+            return
+        if not self._claim_due and self._work.sets == self._pings_seen:
             return
         self.polls += 1
         self._claim_due, self._pings_seen = False, self._work.sets  # a ping from here on calls again
