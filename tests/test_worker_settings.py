@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
@@ -21,9 +22,17 @@ def test_worker_settings_class_for_arq_cli(monkeypatch: pytest.MonkeyPatch) -> N
     assert kwargs["poll_delay"] <= 0.1
     assert kwargs["redis_settings"].database == 3
     assert kwargs["redis_settings"].retry_on_timeout is True
-    worker = create_worker(workers.WorkerSettings, handle_signals=False)
-    assert list(worker.functions) == [JOB_FUNCTION]
-    assert worker.in_progress_timeout_s == 130  # job timeout + 10 s: how soon a crashed job re-runs
+    # arq's Worker takes the current event loop (making one if there is none): give it one that is
+    # closed here, or its unclosed socket pair surfaces as a warning in whichever test runs next.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        worker = create_worker(workers.WorkerSettings, handle_signals=False)
+        assert list(worker.functions) == [JOB_FUNCTION]
+        assert worker.in_progress_timeout_s == 130  # job timeout + 10 s: how soon a crashed job re-runs
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def test_unknown_attribute_is_still_an_error() -> None:
