@@ -210,14 +210,9 @@ async def _chat_body(http: Request) -> ChatCompletionBody:
         try:
             content = json.loads(raw)
         except json.JSONDecodeError as exc:
-            context = {"error": exc.msg}
-            error = {
-                "type": "json_invalid",
-                "loc": ("body", exc.pos),
-                "msg": "JSON decode error",
-                "ctx": context,
-            }
-            raise RequestValidationError([error | {"input": {}}], body=exc.doc) from None
+            loc, ctx = ("body", exc.pos), {"error": exc.msg}
+            error = {"type": "json_invalid", "loc": loc, "msg": "JSON decode error", "input": {}, "ctx": ctx}
+            raise RequestValidationError([error], body=exc.doc) from None
         except UnicodeDecodeError:
             raise ApiError(400, "the body is not UTF-8 JSON", code="invalid_request") from None
     elif raw:

@@ -226,14 +226,14 @@ class Runs:
             closing = [n for n in group if finishes[n].job.id in still_open]
             if closing:
                 await conn.execute(_FINISH_JOB, [finishes[n].outcome for n in closing])
+            singles = []
             for n in closing:
                 applied[n] = True
-                if (failure := finishes[n].failure) is not None:
-                    await self._failed_event(conn, finishes[n], failure)
-            closed = [finishes[n] for n in closing]
-            singles = [
-                {"b_batch": f.job.batch_id, "b_now": f.outcome["finished_at"]} for f in closed if f.job.single
-            ]
+                finish = finishes[n]
+                if finish.failure is not None:
+                    await self._failed_event(conn, finish, finish.failure)
+                if finish.job.single:
+                    singles.append({"b_batch": finish.job.batch_id, "b_now": finish.outcome["finished_at"]})
             if singles:
                 await conn.execute(_COMPLETE_SINGLE, singles)
         attempt_rows = [row for f in finishes for row in f.calls[0]]
