@@ -50,7 +50,9 @@ from router_core.providers import (
     parse_retry_after,
 )
 from router_core.providers.base import ProviderReply
-from router_core.providers.openai import processing_s
+from router_core.providers.factory import OpenAIClient
+from router_core.providers.http import AsyncClient
+from router_core.providers.openai import openai_body, processing_s
 from router_core.sim import SimTransport, SimWorld, sim_http_client
 from tests.conftest import RouterFactory, deployment, make_catalog
 
@@ -336,6 +338,46 @@ async def test_a_chat_call_goes_to_the_url_the_sdk_makes_of_its_base_url(base_ur
     reply = await OpenAIProvider(dep, client).complete(ask_request("Hi"), max_tokens=16, timeout_s=5)
     assert reply.choices
     assert urls[1] == urls[0] == base_url.rstrip("/") + "/chat/completions"
+
+
+async def test_a_chat_call_sends_what_the_sdks_post_sends() -> None:
+    """The factory's clients (headers kept, merged in one pass) and the adapter's options template
+    send the request the SDK's own `post` sends through a plain httpx2 client: same URL, headers
+    (the SDK's, the HTTP client's, their order) and body."""
+    dep = make_catalog([deployment("dep-a", kind="openai", model="some-model")])["dep-a"]
+    sent: list[httpx2.Request] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        message = {"role": "assistant", "content": "Hello"}
+        return httpx2.Response(
+            200, json={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        )
+
+    base_url = "https://h.invalid/v1"
+    plain = openai.AsyncOpenAI(
+        api_key="k",
+        base_url=base_url,
+        max_retries=0,
+        organization="org",
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer), headers={"X-Mine": "1"}),
+    )
+    ours = OpenAIClient(
+        api_key="k",
+        base_url=base_url,
+        max_retries=0,
+        organization="org",
+        http_client=AsyncClient(transport=httpx2.MockTransport(answer), headers={"X-Mine": "1"}),
+    )
+    provider = OpenAIProvider(dep, ours)
+    request = ask_request("Hi")
+    for _ in range(2):  # the first call asks the platform; the second uses the kept headers
+        body = openai_body(request, dep, 16)
+        await plain.post("/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": 5})
+        await provider.complete(request, max_tokens=16, timeout_s=5)
+    for theirs, mine in zip(sent[::2], sent[1::2], strict=True):
+        assert (mine.method, mine.url, mine.content) == (theirs.method, theirs.url, theirs.content)
+        assert mine.headers.raw == theirs.headers.raw, (mine.headers.raw, theirs.headers.raw)
 
 
 @pytest.mark.parametrize("sim_url", [None, "http://127.0.0.1:9"], ids=["in-process", "network-client"])

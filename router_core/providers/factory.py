@@ -59,14 +59,33 @@ class AioHttpClient(AsyncClient, openai.DefaultAioHttpClient):
 
 
 class OpenAIClient(openai.AsyncOpenAI):
-    """`openai.AsyncOpenAI` keeping its parse of each request URL (providers/http.py)."""
+    """`openai.AsyncOpenAI` keeping its parse of each request URL and its default headers
+    (providers/http.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prepared = ParsedUrls()
+        self._kept_headers: dict[str, str | openai.Omit] | None = None
 
     def _prepare_url(self, url: str) -> httpx2.URL:
         return self._prepared.parse(self.base_url, url, super()._prepare_url)
+
+    @property
+    def user_agent(self) -> str:
+        """The SDK's own (it names the client's class, which would be this subclass's name)."""
+        return f"{openai.AsyncOpenAI.__name__}/Python {self._version}"
+
+    @property
+    def default_headers(self) -> dict[str, str | openai.Omit]:
+        """The SDK's default headers, built on every call from settings fixed for the client's life
+        (its platform, asked once at its first request, the async library, organization, project);
+        built once here after that first request. A copy: the caller may change it."""
+        kept = self._kept_headers
+        if kept is None:
+            kept = super().default_headers
+            if self._platform is not None:
+                self._kept_headers = kept
+        return dict(kept)
 
 
 def _http_client(*, sim_world: SimWorld | None) -> httpx2.AsyncClient:

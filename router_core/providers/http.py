@@ -41,7 +41,8 @@ class ParsedUrls:
 
 
 class AsyncClient(httpx2.AsyncClient):
-    """`httpx2.AsyncClient` remembering the URLs it merged into its base URL."""
+    """`httpx2.AsyncClient` remembering the URLs it merged into its base URL, and merging its
+    headers with a request's in one pass."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,3 +52,12 @@ class AsyncClient(httpx2.AsyncClient):
         if isinstance(url, str):
             return self._merged.parse(self.base_url, url, super()._merge_url)
         return super()._merge_url(url)
+
+    def _merge_headers(self, headers: Any = None) -> httpx2.Headers:
+        """The client's headers, less those the request sets, then the request's: what httpx2's
+        merge gives (`Headers.update`), which looks each of the request's dozen headers up and
+        removes it by a walk of the list (a twentieth of an SDK call's CPU)."""
+        given = httpx2.Headers(headers)
+        taken = {key.lower() for key, _ in given.raw}
+        kept = [(key, value) for key, value in self.headers.raw if key.lower() not in taken]
+        return httpx2.Headers(kept + given.raw)
