@@ -18,6 +18,7 @@ import openai
 from openai._models import FinalRequestOptions
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
+from pydantic_core import from_json, to_json
 
 from router_core.catalog import Deployment, ProviderKind
 from router_core.chat import Choice
@@ -151,12 +152,13 @@ class OpenAIProvider:
         dep = self.deployment
         body = openai_body(request, dep, max_tokens)
         try:
-            options = self._chat_options.model_copy(update={"json_data": body, "timeout": timeout_s})
+            content = to_json(body)  # as the SDK would send it (`openapi_dumps`), in a quarter of its time
+            options = self._chat_options.model_copy(update={"json_data": content, "timeout": timeout_s})
             response = await self._client.request(httpx2.Response, options)
         except Exception as exc:
             raise map_provider_error(exc, dep.id) from exc
         try:
-            answer = response.json()
+            answer = from_json(response.content)
             choices = tuple(
                 Choice(
                     index=choice.get("index", 0),

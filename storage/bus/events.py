@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
 
 from storage import keys
@@ -116,7 +117,7 @@ class JobEvent:
         return cls(job.id, job.batch_id, job.custom_id, JobStatus.CANCELLED.value, error=job.failure.message)
 
     def data(self) -> str:
-        return json.dumps(
+        return to_json(
             {
                 "job_id": self.job_id,
                 "batch_id": self.batch_id,
@@ -126,9 +127,8 @@ class JobEvent:
                 "cost_usd": self.cost_usd,
                 "latency_ms": self.latency_ms,
                 "error": self.error,
-            },
-            separators=(",", ":"),
-        )
+            }
+        ).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ as JSON, not arq's default pickle, so whoever can write to Redis cannot make a w
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, expires_extra_ms, result_key_prefix
 from arq.jobs import serialize_job
+from pydantic_core import from_json, to_json
 from redis.asyncio import Redis
 
 from storage import keys
@@ -53,11 +53,12 @@ _ENQUEUE_CHUNK = 2_000
 
 
 def serialize(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """arq's job serializer: compact JSON, by pydantic-core (a few times `json.dumps`'s speed)."""
+    return to_json(obj)
 
 
 def deserialize(raw: bytes) -> Any:
-    return json.loads(raw)
+    return from_json(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
 
 from router_core.periods import RESETTING, BudgetPeriod, period_bounds, period_label
@@ -478,7 +479,7 @@ class JobSpendGuard:
             args=[
                 f"{self.run}:{attempt_no}",
                 str(amount),
-                json.dumps(hold),
+                to_json(hold).decode(),
                 self.job_id,
                 repr(float(created)),
                 *(str(math.ceil(end_s - created) + keys.BUDGET_PERIOD_GRACE_S) for end_s in periods.ends_s),

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import from_json, to_json
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError, NoSuchModuleError, OperationalError
@@ -82,22 +83,36 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 _SQLITE_POOL = 32
 
 
+def _json_text(value: Any) -> str:
+    """A JSON column's text, written by pydantic-core: about four times as fast as `json.dumps`,
+    which took a few percent of a worker's CPU (a job writes its result, attempts and plan)."""
+    return to_json(value).decode()
+
+
+# Every engine reads and writes JSON columns with pydantic-core (`from_json` reads what json wrote).
+_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": from_json}
+
+
 def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if not database or database == ":memory:":
             # One in-memory database lives on one connection: share it (fast tests, throwaway runs).
-            engine = create_async_engine(parsed, echo=echo, poolclass=StaticPool)
+            engine = create_async_engine(parsed, echo=echo, **_JSON_CODEC, poolclass=StaticPool)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             return engine
         if not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # Every connection is a thread of aiosqlite's: a pool as large as a busy worker's concurrent
         # reads keeps them, where the default (5) opened and closed one thread per overflowing read.
-        engine = create_async_engine(parsed, echo=echo, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL)
+        engine = create_async_engine(
+            parsed, echo=echo, **_JSON_CODEC, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
+    return create_async_engine(
+        parsed, echo=echo, **_JSON_CODEC, pool_size=10, max_overflow=20, pool_recycle=1800
+    )
 
 
 async def connect_database(url: str, *, run_migrations: bool = True) -> AsyncEngine:
