@@ -203,6 +203,35 @@ class FleetExtras:
         assert {a.refusal for a in admissions if not a.admitted} == {Refusal.RPM}
         assert len({a.ticket for a in admissions if a.admitted}) == 50
 
+    async def test_concurrent_snapshots_share_one_read(
+        self, fleet: RedisFleetState, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Snapshots asked while one is on its way share its script call; a cancelled asker does
+        not cancel the others' read, and a read at another (fake) time is a read of its own."""
+        reads: list[object] = []
+        read = fleet._read_snapshot
+
+        async def counted(*args: object) -> object:
+            reads.append(args)
+            return await read(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(fleet, "_read_snapshot", counted)
+        ids = [dep().id]
+        first = asyncio.ensure_future(fleet.snapshot(ids))
+        await asyncio.sleep(0)  # the first read is on its way
+        cancelled = asyncio.ensure_future(fleet.snapshot(ids))
+        rest = [asyncio.ensure_future(fleet.snapshot(ids)) for _ in range(3)]
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        answers = await asyncio.gather(first, *rest)
+        assert len(reads) == 1 and all(a is answers[0] for a in answers)
+        assert cancelled.cancelled()
+        clock.advance(1)
+        await asyncio.gather(fleet.snapshot(ids), fleet.snapshot(ids))
+        assert len(reads) == 2
+        await fleet.snapshot(ids)  # the last read ended: a new one
+        assert len(reads) == 3
+
     async def test_server_time_when_no_clock_is_given(self, redis: Redis) -> None:
         fleet = RedisFleetState(redis, breaker=POLICY)
         limited = dep(rpm=1, rate_window_s=60.0)

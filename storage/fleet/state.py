@@ -40,6 +40,7 @@ reconfigured) still sees when it half-opens; the members of a fleet should share
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -397,6 +398,7 @@ class RedisFleetState:
         self._admit = BatchedScript(redis, _ADMIT)
         self._release = BatchedScript(redis, _RELEASE)
         self._snapshot = BatchedScript(redis, _SNAPSHOT)
+        self._reading: dict[tuple[str, ...], asyncio.Future[Mapping[str, DeploymentSnapshot]]] = {}
         self._force = redis.register_script(_FORCE)
 
     @classmethod
@@ -415,12 +417,30 @@ class RedisFleetState:
         return _SERVER_TIME if self._clock is None else repr(float(self._clock.now()))
 
     async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]:
-        """Live stats of each deployment, after dropping expired leases and requests."""
+        """Live stats of each deployment, after dropping expired leases and requests.
+
+        Callers asking for the same deployments while a read is on its way share it (a worker plans
+        every job it starts: hundreds of the same read a second, each a script call and a parse of
+        its reply): they get what a read sent a moment later would give. The mapping is shared:
+        read it, do not change it.
+        """
         if not deployment_ids:
             return {}
+        now = self._now()
+        ids = (now, *deployment_ids)  # a fake clock's reads share only with reads at the same time
+        reading = self._reading.get(ids)
+        if reading is None:
+            reading = self._reading[ids] = asyncio.ensure_future(self._read_snapshot(now, ids[1:]))
+            reading.add_done_callback(lambda _: self._reading.pop(ids, None))
+        return await asyncio.shield(reading)  # one caller cancelled does not cancel the others' read
+
+    async def _read_snapshot(
+        self, now: str, deployment_ids: Sequence[str]
+    ) -> Mapping[str, DeploymentSnapshot]:
         script_keys = [key for dep in deployment_ids for key in _deployment_keys(dep)]
-        args = [self._now(), _arg(self.breaker.cooldown_s)]
-        reply: list[list[Any]] = await self._snapshot(keys=script_keys, args=args)
+        reply: list[list[Any]] = await self._snapshot(
+            keys=script_keys, args=[now, _arg(self.breaker.cooldown_s)]
+        )
         return {dep: _deployment_snapshot(row) for dep, row in zip(deployment_ids, reply, strict=True)}
 
     async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
