@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
+from pydantic_core import from_json, to_json
+
 from router_core.sim.options import (
     ErrorKind,
     RequestError,
@@ -156,8 +158,8 @@ class WireRequest:
 
 
 def dumps(payload: object) -> bytes:
-    """Serialize `payload` as compact UTF-8 JSON."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """Serialize `payload` as compact UTF-8 JSON (pydantic-core: a few times `json.dumps`'s speed)."""
+    return to_json(payload)
 
 
 def _first_words(text: str) -> list[str]:
@@ -359,8 +361,8 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         RequestError: If the body is not a JSON object.
     """
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = from_json(raw)
+    except ValueError as exc:  # not UTF-8, not JSON
         raise RequestError(f"We could not parse the JSON body of your request: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.")
