@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from router_core.models import Attempt, CompletionResult
 from storage import keys
-from storage.bus.coalesce import coalescer_for
+from storage.bus.coalesce import BatchedScript, coalescer_for
 from storage.connections import as_text
 from storage.jobs import JobFailure
 
@@ -68,6 +68,15 @@ class SavedAnswer:
         )
 
 
+# KEYS: the job's answers. ARGV: run, answer (JSON), TTL in seconds. One call where HSET + EXPIRE
+# were two commands in this turn's pipeline: a worker writes an answer ahead for every job.
+_SAVE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
 class AnswerStore:
     """Reads and writes `routeq:answer:<job_id>` (one per worker process)."""
 
@@ -75,15 +84,13 @@ class AnswerStore:
         self._redis = redis
         self._ttl_s = ttl_s
         self._batch = coalescer_for(redis)
+        self._save = BatchedScript(redis, _SAVE)
 
     async def save(self, job_id: str, answer: SavedAnswer) -> bool:
         """Record `answer` before its commit; False (logged) when Redis could not take it."""
         key = keys.job_answer(job_id)
         try:
-            # Both in this turn's pipeline (storage/bus/coalesce.py), one after the other.
-            written = self._batch.execute("HSET", key, str(answer.run), answer.dumps())
-            await self._batch.execute("EXPIRE", key, self._ttl_s)
-            await written
+            await self._save(keys=[key], args=[str(answer.run), answer.dumps(), self._ttl_s])
         except RedisError as exc:
             # Not fatal: the commit may well go through; only a failure after this one re-runs the call.
             logger.warning("job %s run %d: answer not written ahead (%s)", job_id, answer.run, exc)
