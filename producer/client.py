@@ -179,13 +179,17 @@ class Client:
         custom_id: str = "request",
         stream: bool = False,
         idempotency: IdempotencyKey | None = None,
+        checked: bool = False,
     ) -> CreatedBatch:
         """Record one chat request in SQL (a batch of one), not yet queued: `enqueue` queues it.
 
-        Split from `submit` so a caller knows the job id before Redis is touched.
+        Split from `submit` so a caller knows the job id before Redis is touched. `checked`: the
+        request passed `check_storable`'s checks already (the API's `parse_chat_body` makes them on
+        the body it came from), so they are not made again.
         """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        return await self.create([NewJob(custom_id, chat, stream)], kind=SINGLE, idempotency=idempotency)
+        job = NewJob(custom_id, chat, stream)
+        return await self.create([job], kind=SINGLE, idempotency=idempotency, checked=checked)
 
     async def submit_batch(
         self,
@@ -391,10 +395,12 @@ class Client:
         idempotency: IdempotencyKey | None = None,
         expires_at: datetime | None = None,
         webhook_url: str | None = None,
+        checked: bool = False,
     ) -> CreatedBatch:
         """Step 1 of submitting: the batch and its jobs in one SQL transaction (with the key, if any).
         Jobs not started by `expires_at` end as expired; a request naming no strategy gets the
         tenant's default, or the environment's (recorded in its `preferences.strategy_source`).
+        `checked`: the items passed `check_storable` already (as for `create_single`).
 
         Raises:
             InvalidRequestError: an item the database would refuse or should never hold, by field
@@ -405,10 +411,10 @@ class Client:
         resolve = await self.strategies.resolver(self.tenant)
         if len(items) < _CHECK_IN_THREAD:
             items = _resolved(items, resolve)
-            check_storable(items, name, budget_usd, limits)
+            check_storable([] if checked else items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
             items = await asyncio.to_thread(_resolved, items, resolve)
-            await asyncio.to_thread(check_storable, items, name, budget_usd, limits)
+            await asyncio.to_thread(check_storable, [] if checked else items, name, budget_usd, limits)
         webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         return await self.store.batches.create(
             items,

@@ -28,6 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from producer.api.auth import BEARER_SECURITY, Caller, Principal, request_caller
 from producer.api.context import ApiContext, Ctx
@@ -187,7 +188,8 @@ async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
             idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings
         )
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
-    created = await client.create_single(request, stream=body.stream, idempotency=key)
+    # parse_chat_body checked what check_storable would (unstorable values, the size limits).
+    created = await client.create_single(request, stream=body.stream, idempotency=key, checked=True)
     job_id = created.job_ids[0]
     if body.stream:
         try:
@@ -197,7 +199,7 @@ async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
         except INFRASTRUCTURE_ERRORS as exc:
             raise unavailable(exc, job_id=job_id) from exc
     job = await run_and_wait(ctx, client, created)
-    return JSONResponse(_answer(job), headers=_routing_headers(job) | limits)
+    return AnswerResponse(_answer(job), headers=_routing_headers(job) | limits)
 
 
 async def _chat_body(http: Request) -> ChatCompletionBody:
@@ -225,6 +227,14 @@ async def _chat_body(http: Request) -> ChatCompletionBody:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors, body=content) from None
+
+
+class AnswerResponse(JSONResponse):
+    """A JSON answer written by pydantic-core, about four times as fast as Starlette's `json.dumps`
+    (the same compact UTF-8); a non-finite number is null where `json.dumps` would raise."""
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content, inf_nan_mode="null")
 
 
 def _is_json(content_type: str) -> bool:

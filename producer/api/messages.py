@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from producer.anthropic_stream import MessageStream, error_event
 from producer.anthropic_wire import MessagesBodyError, chat_body, message_object
 from producer.api.auth import Caller, Principal
-from producer.api.chat import checked_request, first_piece, job_failure, run_and_wait
+from producer.api.chat import AnswerResponse, checked_request, first_piece, job_failure, run_and_wait
 from producer.api.context import ApiContext, Ctx
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
 from producer.api.key_models import allowed_request
@@ -77,7 +77,7 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
             raise unavailable(exc, job_id=job_id) from exc
     job = await run_and_wait(ctx, client, await client.create_single(chat))
     headers = {"x-routeq-job-id": job.id, "x-routeq-deployment": job.deployment or ""}
-    return JSONResponse(message_object(job), headers=headers)
+    return AnswerResponse(message_object(job), headers=headers)
 
 
 async def _stream(ctx: ApiContext, client: Client, job_id: str, chat: ChatRequest) -> StreamingResponse:
