@@ -340,6 +340,26 @@ async def test_a_chat_call_goes_to_the_url_the_sdk_makes_of_its_base_url(base_ur
     assert urls[1] == urls[0] == base_url.rstrip("/") + "/chat/completions"
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        None,
+        {"accept": "b", "X-Y": "1"},
+        [("X-A", "1"), ("X-A", "2"), ("user-agent", "z")],
+        [(b"ACCEPT", b"q")],
+        httpx2.Headers({"Connection": "close"}),
+    ],
+)
+def test_the_http_clients_header_merge_is_httpx2s(given: Any) -> None:
+    """providers.http.AsyncClient merges its headers with a request's in one pass: the same headers,
+    in the same order, as httpx2's own merge, whatever form the request's take."""
+    client = AsyncClient(headers={"User-Agent": "x", "Accept": "a"})
+    assert (
+        client._merge_headers(given).raw
+        == httpx2.Headers(httpx2.AsyncClient._merge_headers(client, given)).raw
+    )
+
+
 async def test_a_chat_call_sends_what_the_sdks_post_sends() -> None:
     """The factory's clients (headers kept, merged in one pass) and the adapter's options template
     send the request the SDK's own `post` sends through a plain httpx2 client: same URL, headers

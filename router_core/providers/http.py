@@ -57,7 +57,15 @@ class AsyncClient(httpx2.AsyncClient):
         """The client's headers, less those the request sets, then the request's: what httpx2's
         merge gives (`Headers.update`), which looks each of the request's dozen headers up and
         removes it by a walk of the list (a twentieth of an SDK call's CPU)."""
-        given = httpx2.Headers(headers)
-        taken = {key.lower() for key, _ in given.raw}
-        kept = [(key, value) for key, value in self.headers.raw if key.lower() not in taken]
-        return httpx2.Headers(kept + given.raw)
+        if isinstance(headers, list):  # (name, value) pairs, as the SDKs give them: read once
+            given: list[tuple[Any, Any]] = headers
+        else:
+            given = httpx2.Headers(headers).raw
+        taken = {_lowered(key) for key, _ in given}
+        kept = [(key, value) for key, value in self.headers.raw if _lowered(key) not in taken]
+        return httpx2.Headers(kept + given)
+
+
+def _lowered(name: str | bytes) -> str:
+    """A header name as compared: lower case (latin-1, as bytes may hold anything)."""
+    return (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
