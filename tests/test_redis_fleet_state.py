@@ -224,7 +224,8 @@ class FleetExtras:
         await asyncio.sleep(0)
         cancelled.cancel()
         answers = await asyncio.gather(first, *rest)
-        assert len(reads) == 1 and all(a is answers[0] for a in answers)
+        assert len(reads) == 1
+        assert all(a is answers[0] for a in answers)
         assert cancelled.cancelled()
         clock.advance(1)
         await asyncio.gather(fleet.snapshot(ids), fleet.snapshot(ids))
