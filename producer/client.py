@@ -50,7 +50,7 @@ from storage.jobs import (
     TenantScope,
 )
 from storage.settings import Settings
-from storage.sql.batches import UNFINISHED_SUBMISSION
+from storage.sql.batches import unfinished_line
 from storage.sql.store import Store
 from storage.webhooks.model import check_url
 
@@ -184,12 +184,12 @@ class Client:
         """Record one chat request in SQL (a batch of one), not yet queued: `enqueue` queues it.
 
         Split from `submit` so a caller knows the job id before Redis is touched. `checked`: the
-        request passed `check_storable`'s checks already (the API's `parse_chat_body` makes them on
-        the body it came from), so they are not made again.
+        request passed `check_storable`'s checks (the API's `parse_chat_body` on its body).
         """
         chat = request if isinstance(request, ChatRequest) else ChatRequest.model_validate(request)
-        job = NewJob(custom_id, chat, stream)
-        return await self.create([job], kind=SINGLE, idempotency=idempotency, checked=checked)
+        return await self.create(
+            [NewJob(custom_id, chat, stream)], kind=SINGLE, idempotency=idempotency, checked=checked
+        )
 
     async def submit_batch(
         self,
@@ -330,7 +330,7 @@ class Client:
                     user_id=self.user,
                     name=name,
                     budget_usd=budget_usd,
-                    invalid_lines=[_unfinished(progress.next_line)],
+                    invalid_lines=[unfinished_line(progress.next_line)],
                     webhook_url=webhook_url,
                 )
             job_ids = await self.store.batches.append(
@@ -339,7 +339,7 @@ class Client:
                 tenant=self.tenant,
                 user_id=self.user,
                 first_seq=pipeline.inserted,
-                invalid_lines=[_unfinished(next_line or progress.next_line)],
+                invalid_lines=[unfinished_line(next_line or progress.next_line)],
             )
             pipeline.inserted += len(job_ids)
         done = _ChunkDone(job_ids, chunk.errors, chunk.lines_read, next_line, chunk.offset)
@@ -414,7 +414,7 @@ class Client:
             check_storable([] if checked else items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
             items = await asyncio.to_thread(_resolved, items, resolve)
-            await asyncio.to_thread(check_storable, [] if checked else items, name, budget_usd, limits)
+            await asyncio.to_thread(check_storable, items, name, budget_usd, limits)
         webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         return await self.store.batches.create(
             items,
@@ -594,13 +594,3 @@ class _ChunkDone:
 
 def _resolved(items: list[NewJob], resolve: _Resolve) -> list[NewJob]:
     return [dataclasses.replace(item, request=resolve(item.request)) for item in items]
-
-
-def _unfinished(line: int) -> dict[str, Any]:
-    """The rejected-line note a batch carries while its file is being submitted."""
-    return {
-        "line": line,
-        "reason": f"{UNFINISHED_SUBMISSION} this line and the ones after it were not submitted "
-        "(yet, or ever if the submitting process stopped: then submit them again)",
-        "custom_id": None,
-    }

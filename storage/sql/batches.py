@@ -46,12 +46,20 @@ from storage.sql.outbox import batch_finished, batch_url
 from storage.sql.runs import money
 from storage.sql.schema import attempts, batches, files, jobs
 
-__all__ = ["UNFINISHED_SUBMISSION", "Batches"]
+__all__ = ["UNFINISHED_SUBMISSION", "Batches", "unfinished_line"]
 
 UNFINISHED_SUBMISSION = "submission unfinished:"
 """How the reason starts of the rejected-line entry a batch carries while its file is submitted
 chunk by chunk (`Client.submit_chunks`), telling a reader how far the file got. What the sweeper
 reads is the batch's `submitting` flag (`finalizing`)."""
+
+
+def unfinished_line(line: int) -> dict[str, Any]:
+    """The rejected-line entry a batch carries while its file is being submitted, from `line` on."""
+    reason = "this line and the ones after it were not submitted (yet, or ever if the submitting "
+    reason += "process stopped: then submit them again)"
+    return {"line": line, "reason": f"{UNFINISHED_SUBMISSION} {reason}", "custom_id": None}
+
 
 _CODES = frozenset(code.value for code in FailureCode)
 # Every finished batch of one runs this: built once (building it cost more than running it).

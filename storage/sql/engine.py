@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from storage.errors import ServiceUnavailableError
+from storage.sql.sqlite_driver import one_hop_dbapi
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -96,9 +97,11 @@ _JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer
 def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
+        # aiosqlite (the only async SQLite driver here) through one thread hop a statement.
+        driver = {"module": one_hop_dbapi()} if parsed.get_driver_name() == "aiosqlite" else {}
         if not database or database == ":memory:":
             # One in-memory database lives on one connection: share it (fast tests, throwaway runs).
-            engine = create_async_engine(parsed, echo=echo, **_JSON_CODEC, poolclass=StaticPool)
+            engine = create_async_engine(parsed, echo=echo, **_JSON_CODEC, **driver, poolclass=StaticPool)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             return engine
         if not database.startswith("file:"):
@@ -106,7 +109,7 @@ def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
         # Every connection is a thread of aiosqlite's: a pool as large as a busy worker's concurrent
         # reads keeps them, where the default (5) opened and closed one thread per overflowing read.
         engine = create_async_engine(
-            parsed, echo=echo, **_JSON_CODEC, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL
+            parsed, echo=echo, **_JSON_CODEC, **driver, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
