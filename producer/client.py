@@ -414,7 +414,7 @@ class Client:
             check_storable([] if checked else items, name, budget_usd, limits)
         else:  # 50,000 items take most of a second of CPU: not on the loop an API process shares
             items = await asyncio.to_thread(_resolved, items, resolve)
-            await asyncio.to_thread(check_storable, items, name, budget_usd, limits)
+            await asyncio.to_thread(check_storable, [] if checked else items, name, budget_usd, limits)
         webhook_url = None if webhook_url is None else check_url(webhook_url, field="webhook_url")
         return await self.store.batches.create(
             items,
