@@ -224,11 +224,13 @@ def test_arqs_job_lines_are_not_even_made_unless_verbose(
     apply(configured, "text", verbose=verbose)
     arq_worker = logging.getLogger("arq.worker")
     made: list[str] = []
+    callers: list[str] = []
     make = arq_worker.makeRecord
 
     def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
         made.append(record.getMessage())
+        callers.append(record.funcName)
         return record
 
     monkeypatch.setattr(arq_worker, "makeRecord", counted)
@@ -239,3 +241,4 @@ def test_arqs_job_lines_are_not_even_made_unless_verbose(
     ]
     assert ("→" in configured.getvalue()) is verbose
     assert "Starting worker" in configured.getvalue()
+    assert set(callers) == {"test_arqs_job_lines_are_not_even_made_unless_verbose"}  # arq's call site
