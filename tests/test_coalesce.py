@@ -5,8 +5,10 @@ Both backends."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from router_core.models import (
@@ -59,6 +61,45 @@ async def test_an_error_reaches_its_caller_only(backend: Backend) -> None:
     with pytest.raises(ResponseError):
         await bad
     assert await other == 2
+
+
+async def test_a_batch_whose_connection_drops_is_sent_again_whole_as_redis_pys_pipeline_is(
+    backend: Backend,
+) -> None:
+    """A connection error on a batch drops that connection, and the client's retry policy decides
+    (as for redis-py's pipeline): the services client retries (`connect_redis`), the batch is sent
+    again whole on a new connection; the embedded client does not, and every caller hears it."""
+    redis = await backend.redis()
+    coalescer = coalescer_for(redis)
+    assert await coalescer.execute("SET", "coalesce:dropped", "1") is True
+    pooled = await redis.connection_pool.get_connection()  # the one the next batch takes
+    await redis.connection_pool.release(pooled)
+    sends = []
+    real_send = pooled.send_packed_command
+
+    async def send_dropped_once(command: Any, check_health: bool = True) -> None:
+        sends.append(command)
+        if len(sends) == 1:
+            raise RedisConnectionError("the connection dropped")
+        await real_send(command, check_health)
+
+    pooled.send_packed_command = send_dropped_once  # type: ignore[method-assign]
+
+    replies = await asyncio.gather(
+        coalescer.execute("INCR", "coalesce:dropped"),
+        coalescer.execute("GET", "coalesce:dropped"),
+        return_exceptions=True,
+    )
+
+    if pooled.retry_on_error:  # the services backend's client
+        assert [replies[0], _text(replies[1])] == [2, "2"]  # applied once: the first send never left
+        batches = [sent for sent in sends if b"INCR" in b"".join(sent)]  # not the reconnection's
+        assert len(batches) == 2  # the whole batch again, as it was
+        assert batches[0] == batches[1]
+    else:
+        assert all(isinstance(reply, RedisConnectionError) for reply in replies)
+        assert len(sends) == 1
+        assert _text(await redis.get("coalesce:dropped")) == "1"
 
 
 async def test_a_failed_batch_fails_each_caller_and_the_next_turn_goes_on() -> None:
