@@ -56,10 +56,16 @@ class _FailingFinish:
 
 
 class _DownRedis:
-    """A Redis client whose every pipeline fails to connect."""
+    """A Redis client whose every pipeline, and every connection of its pool, fails to connect."""
+
+    def __init__(self) -> None:
+        self.connection_pool = self  # the coalescer takes its connections from the pool
 
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.pipeline()
 
 
 @pytest.fixture
