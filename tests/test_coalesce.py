@@ -5,6 +5,10 @@ Both backends."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
+import warnings
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -20,7 +24,7 @@ from router_core.models import (
     Strategy,
     Usage,
 )
-from storage.bus.coalesce import BatchedScript, TickBatcher, coalescer_for
+from storage.bus.coalesce import BatchedScript, Later, TickBatcher, coalescer_for, in_turn, ready
 from storage.errors import NotFoundError
 from storage.jobs import ANY_TENANT, JobRecord, JobStatus, NewJob, StartedJob
 from tests.backends import Backend, sql_statements
@@ -83,7 +87,7 @@ async def test_a_batch_whose_connection_drops_is_sent_again_whole_as_redis_pys_p
             raise RedisConnectionError("the connection dropped")
         await real_send(command, check_health)
 
-    pooled.send_packed_command = send_dropped_once  # type: ignore[method-assign]
+    pooled.send_packed_command = send_dropped_once
 
     replies = await asyncio.gather(
         coalescer.execute("INCR", "coalesce:dropped"),
@@ -100,6 +104,47 @@ async def test_a_batch_whose_connection_drops_is_sent_again_whole_as_redis_pys_p
         assert all(isinstance(reply, RedisConnectionError) for reply in replies)
         assert len(sends) == 1
         assert _text(await redis.get("coalesce:dropped")) == "1"
+
+
+async def test_calls_queued_together_and_awaited_in_turn_share_one_pipeline(backend: Backend) -> None:
+    redis = await backend.redis()
+    coalescer = coalescer_for(redis)
+    await redis.set("coalesce:turn", "not a number")
+    batches = coalescer._batcher.batches
+    calls: list[Awaitable[Any]] = [
+        coalescer.execute("INCR", "coalesce:turn"),  # fails, but only once the others have ended
+        coalescer.execute("SET", "coalesce:after", "1"),
+        Later(functools.partial(_text_of, coalescer.execute("GET", "coalesce:after"))),
+        ready("ready"),
+    ]
+
+    with pytest.raises(ResponseError):
+        await in_turn(calls)
+
+    assert coalescer._batcher.batches == batches + 1  # queued when made: one pipeline, no tasks
+    assert await in_turn(calls[1:]) == [True, "1", "ready"]  # each had ended, none was lost
+
+
+async def _text_of(reply: Awaitable[Any]) -> str:
+    return _text(await reply)
+
+
+async def test_a_cancelled_in_turn_leaves_no_coroutine_never_awaited() -> None:
+    blocked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def held(inner: Awaitable[str]) -> str:
+        return await inner
+
+    calls: list[Awaitable[str]] = [blocked, held(ready("x")), Later(lambda: held(ready("y")))]
+    waiting = asyncio.ensure_future(in_turn(calls))
+    await asyncio.sleep(0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gc.collect()
+    assert [w for w in seen if "never awaited" in str(w.message)] == []
 
 
 async def test_a_failed_batch_fails_each_caller_and_the_next_turn_goes_on() -> None:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from router_core.models import CacheHit, ChatRequest, CompletionResult
 from router_core.planner import answer_fits
 from router_core.spend import SpendGuard
 from storage import keys
+from storage.bus.coalesce import Later
 from storage.bus.notifier import Notifier
 from storage.fleet.flights import Flights
 from storage.jobs import StartedJob
@@ -120,15 +122,22 @@ class JobCache:
         await self._join_flight(job, request, use)
         return use
 
-    async def end(self, job: StartedJob, use: CacheUse | None, *, answered: bool = False) -> None:
+    def end(self, job: StartedJob, use: CacheUse | None, *, answered: bool = False) -> Awaitable[None]:
         """After the job's commit (or its deferral): a leader lets its flight go, waking the waiters;
-        a new answer (`answered`) of a semantic request has its embedding indexed."""
-        if use is None:
-            return
-        if use.leading:
+        a new answer (`answered`) of a semantic request has its embedding indexed. The flight's
+        script call is queued when this is called (storage/bus/coalesce.py)."""
+        left = None
+        if use is not None and use.leading:
             use.leading = False
-            await self.flights.leave(job.tenant, use.flight, job.id)
-        if answered and use.hit is None and use.probe is not None and self.semantic is not None:
+            left = self.flights.leave(job.tenant, use.flight, job.id)
+        return Later(lambda: self._ended(job, use, left, answered=answered))
+
+    async def _ended(
+        self, job: StartedJob, use: CacheUse | None, left: Awaitable[int] | None, *, answered: bool
+    ) -> None:
+        if left is not None:
+            await left
+        if answered and use is not None and use.hit is None and use.probe is not None and self.semantic:
             await self.semantic.remember(job, use.probe)
 
     async def tenant_policy(self, tenant: str) -> CachePolicy:

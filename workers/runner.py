@@ -46,6 +46,7 @@ from router_core.models import Attempt, ChatRequest, CompletionResult, Plan, dep
 from router_core.planner import call_tokens
 from router_core.router import Router
 from router_core.spend import SpendGuard
+from storage.bus.coalesce import Later, in_turn
 from storage.bus.events import EventBus, JobEvent
 from storage.bus.queue import carried_request, carries_single
 from storage.bus.relay import StreamRelay
@@ -255,7 +256,7 @@ class JobRunner:
             plan=outcome.plan.model_dump(mode="json", exclude_defaults=True) if outcome.plan else None,
         )
         # Settle, forget the answer written ahead, publish, let the flight's waiters take the answer:
-        # one pipeline, run by Redis in this order.
+        # each call is queued as it is made, so they share one pipeline, run by Redis in this order.
         publish = []
         if applied:  # a batch of one was completed by the finish itself (`Runs.finish`), not here
             event = _event_from_run(started, outcome.result, outcome.attempts, outcome.failure)
@@ -265,7 +266,7 @@ class JobRunner:
         if self.cache is not None:
             outcome.cache_ended = True
             ended = [self.cache.end(started, outcome.cache, answered=outcome.result is not None)]
-        await _together([self._settle(job_id, run, outcome.attempts), *forget, *publish, *ended])
+        await in_turn([self._settle(job_id, run, outcome.attempts), *forget, *publish, *ended])
         status = (JobStatus.FAILED if outcome.result is None else JobStatus.SUCCEEDED).value
         self._observe(status, outcome)
         if not applied:
@@ -493,11 +494,11 @@ class JobRunner:
         ended = f"{expires:%Y-%m-%d %H:%M:%S}Z"
         return JobFailure(FailureCode.BATCH_EXPIRED, f"the batch's completion window ended at {ended}")
 
-    async def _settle(self, job_id: str, run: int, attempts: list[Attempt]) -> None:
-        """After the ledger commit: this run's holds become the real cost (0 if not billed)."""
-        if attempts:
-            charges = {f"{run}:{n}": a.cost_usd for n, a in enumerate(attempts, start=1)}
-            await self.budgets.settle(job_id, charges)
+    def _settle(self, job_id: str, run: int, attempts: list[Attempt]) -> Awaitable[int]:
+        """After the ledger commit: this run's holds become the real cost (0 if not billed). Queued
+        when called (storage/bus/coalesce.py), as `_publish` is."""
+        charges = {f"{run}:{n}": a.cost_usd for n, a in enumerate(attempts, start=1)}
+        return self.budgets.settle(job_id, charges)
 
     async def _recover(self, job: StartedJob, run: int | None, *, held_before: float | None = None) -> int:
         """Charge the calls of dead earlier runs (all but `run`): their holds are still in Redis.
@@ -564,21 +565,21 @@ class JobRunner:
             simulated=deployment in self.simulated,
         )
 
-    async def _publish(self, event: JobEvent, *, stream: bool, run: int, completed: bool = False) -> None:
-        """Publish a committed job's event; if it completed its batch, say so in SQL (unless `completed`)."""
-        counts = await self.events.publish_terminal([event])
-        if counts is not None and counts.complete and not completed:
-            await self.store.batches.mark_completed(event.batch_id)
-        if stream:  # the API relaying this job's text stops reading here
-            await self.relay.end(event.job_id, run, event.status)
+    def _publish(
+        self, event: JobEvent, *, stream: bool, run: int, completed: bool = False
+    ) -> Awaitable[None]:
+        """Publish a committed job's event; if it completed its batch, say so in SQL (unless
+        `completed`). The event's script call is queued when this is called."""
+        counting = self.events.publish_terminal([event])
 
+        async def published() -> None:
+            counts = await counting
+            if counts is not None and counts.complete and not completed:
+                await self.store.batches.mark_completed(event.batch_id)
+            if stream:  # the API relaying this job's text stops reading here
+                await self.relay.end(event.job_id, run, event.status)
 
-async def _together(calls: list[Awaitable[object]]) -> None:
-    """Await `calls` started at once (their Redis calls share a pipeline); the first error is raised
-    once all have ended."""
-    for outcome in await asyncio.gather(*calls, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
+        return Later(published)
 
 
 def _event_from_run(

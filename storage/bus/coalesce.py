@@ -15,6 +15,11 @@ order they were made.
     script = BatchedScript(redis, LUA)     # like redis.register_script(LUA)
     reply = await script(keys=[...], args=[...])
     await coalescer_for(redis).execute("HDEL", key, field)
+
+A call is queued when it is made, not when it is awaited: calls made one after the other share a
+pipeline without `asyncio.gather` (whose task per call cost more than the call). Methods built on
+them can keep that by being plain functions that return an awaitable (`Budgets.settle`); `in_turn`
+awaits several such.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import functools
 import hashlib
 import inspect
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,7 +37,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-__all__ = ["BatchedScript", "Coalescer", "TickBatcher", "coalescer_for"]
+__all__ = ["BatchedScript", "Coalescer", "Later", "TickBatcher", "coalescer_for", "in_turn", "ready"]
 
 # Most commands in one pipeline: a burst larger than this is sent as several.
 _MAX_BATCH = 1_000
@@ -40,6 +45,7 @@ _MAX_BATCH = 1_000
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+T = TypeVar("T")
 
 
 class TickBatcher(Generic[Item, Result]):
@@ -212,3 +218,57 @@ def _encoded(script: str) -> tuple[bytes, str]:
     """A script's bytes and SHA-1, made once per text (a worker makes a `JobEnder` per job)."""
     encoded = script.encode()
     return encoded, hashlib.sha1(encoded).hexdigest()
+
+
+async def in_turn(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of `calls`, awaited one after the other; the first error is raised once every
+    call has ended (as `asyncio.gather` would, but with no task per call).
+
+    For awaitables that queued their Redis calls when they were made (see the module docstring):
+    made together, they share this turn's pipeline even though they are awaited in turn. A call not
+    awaited because the caller was cancelled is closed, so no coroutine is left never awaited.
+    """
+    pending = list(calls)
+    results: list[T] = []
+    error: Exception | None = None
+    try:
+        while pending:
+            call = pending.pop(0)
+            try:
+                results.append(await call)
+            except Exception as exc:
+                error = error or exc
+    finally:
+        for call in pending:
+            if inspect.iscoroutine(call):
+                call.close()
+    if error is not None:
+        raise error
+    return results
+
+
+class Later(Generic[T]):
+    """What is left to do once queued calls reply, made into a coroutine only when awaited.
+
+    A function that queues its calls and returns `Later(lambda: finish(replies))` gives its caller
+    an awaitable that, never awaited (the caller was cancelled first), leaves no coroutine behind
+    unawaited, which a coroutine made up front would (and every coroutine it held).
+    """
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], Awaitable[T]]) -> None:
+        self._make = make
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._make().__await__()
+
+
+def ready(value: T) -> Later[T]:
+    """`value` as an awaitable: what a function returning a queued call's awaitable returns when it
+    has nothing to send."""
+    return Later(functools.partial(_value, value))
+
+
+async def _value(value: T) -> T:
+    return value

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from pydantic_core import to_json
 from redis.asyncio import Redis
 
 from storage import keys
-from storage.bus.coalesce import BatchedScript
+from storage.bus.coalesce import BatchedScript, Later, in_turn, ready
 from storage.bus.queue import BatchOpening
 from storage.connections import as_text
 from storage.jobs import CancelledJob, FinishedJob, JobRecord, JobStatus
@@ -194,19 +194,26 @@ class EventBus:
         counts = await self._publish(batch_id, finished, total=total)
         return counts if counts is not None else await self.counts(batch_id)
 
-    async def publish_terminal(self, events: Sequence[JobEvent]) -> BatchCounts | None:
+    def publish_terminal(self, events: Sequence[JobEvent]) -> Awaitable[BatchCounts | None]:
         """Publish terminal events of jobs of one batch; a job already published is skipped.
 
-        Returns the batch counts after publishing, or None when `events` is empty.
+        Await the batch counts after publishing, or None when `events` is empty. The script calls
+        are queued when this is called (storage/bus/coalesce.py): calls made with it share its
+        pipeline.
         """
         if not events:
-            return None
-        return await self._publish(events[0].batch_id, events, total=None)
+            return ready(None)
+        replies = self._queue(events[0].batch_id, events, total=None)
+        return Later(lambda: _counts(replies))
 
     async def _publish(
         self, batch_id: str, events: Sequence[JobEvent], *, total: int | None
     ) -> BatchCounts | None:
-        counts: BatchCounts | None = None
+        return await _counts(self._queue(batch_id, events, total=total))
+
+    def _queue(self, batch_id: str, events: Sequence[JobEvent], *, total: int | None) -> list[Awaitable[Any]]:
+        """The publishing script's calls for `events`, queued now in chunks (their replies, in order)."""
+        replies: list[Awaitable[Any]] = []
         # At least one call when restoring a total, even with no finished job to publish.
         starts = range(0, len(events), _PUBLISH_CHUNK) if events or total is None else [0]
         for start in starts:
@@ -217,9 +224,8 @@ class EventBus:
             args: list[str | int] = [self._retention_s, _CHANNEL_PREFIX, restore]
             for e in chunk:
                 args += [e.job_id, e.status, e.data()]
-            reply: list[Any] = await self._script(keys=script_keys, args=args)
-            counts = BatchCounts(*(int(v) for v in reply[1:]))
-        return counts
+            replies.append(self._script(keys=script_keys, args=args))
+        return replies
 
     async def counts(self, batch_id: str) -> BatchCounts:
         # redis-py types hash commands as sync-or-async; on an asyncio client they are awaitable.
@@ -254,3 +260,11 @@ def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
     return Event(
         id=as_text(entry_id), type=decoded.get("type", ""), data=json.loads(decoded.get("data", "{}"))
     )
+
+
+async def _counts(replies: list[Awaitable[Any]]) -> BatchCounts | None:
+    """The batch's counts after the last of the publishing script's calls (None if there were none)."""
+    counts = None
+    for reply in await in_turn(replies):
+        counts = BatchCounts(*(int(v) for v in reply[1:]))
+    return counts

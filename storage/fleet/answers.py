@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from router_core.models import Attempt, CompletionResult
 from storage import keys
-from storage.bus.coalesce import BatchedScript, coalescer_for
+from storage.bus.coalesce import BatchedScript, coalescer_for, ready
 from storage.connections import as_text
 from storage.jobs import JobFailure
 
@@ -105,7 +105,9 @@ class AnswerStore:
         answers = [SavedAnswer.loads(int(as_text(run)), as_text(value)) for run, value in raw.items()]
         return sorted((a for a in answers if a.run != other_than), key=lambda a: a.run)
 
-    async def forget(self, job_id: str, runs: Sequence[int]) -> None:
-        """Drop the answers of `runs` once they are committed (never another run's)."""
-        if runs:
-            await self._batch.execute("HDEL", keys.job_answer(job_id), *map(str, runs))
+    def forget(self, job_id: str, runs: Sequence[int]) -> Awaitable[object]:
+        """Drop the answers of `runs` once they are committed (never another run's); the command is
+        queued when this is called (storage/bus/coalesce.py)."""
+        if not runs:
+            return ready(0)
+        return self._batch.execute("HDEL", keys.job_answer(job_id), *map(str, runs))

@@ -67,7 +67,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
@@ -79,7 +79,7 @@ from redis.asyncio import Redis
 from router_core.periods import RESETTING, BudgetPeriod, period_bounds, period_label
 from router_core.spend import SpendRefusal
 from storage import keys
-from storage.bus.coalesce import BatchedScript
+from storage.bus.coalesce import BatchedScript, ready
 from storage.connections import as_text
 from storage.fleet._budget_scripts import REBUILD, REBUILD_PERIODS, RELEASE, RESERVE, SETTLE
 from storage.fleet.budget_scopes import (
@@ -245,20 +245,21 @@ class Budgets:
             defaults[end_user_scope(tenant, end_user)] = None
         return JobSpendGuard(self, job_id=job_id, run=run, default_caps=defaults)
 
-    async def settle(self, job_id: str, charges: Mapping[str, float | Decimal]) -> int:
-        """Turn holds into charges, after their ledger commit; returns how many holds were settled.
+    def settle(self, job_id: str, charges: Mapping[str, float | Decimal]) -> Awaitable[int]:
+        """Turn holds into charges, after their ledger commit; await how many holds were settled.
 
         `charges` maps a hold's field (`"<run>:<attempt_no>"`) to the call's cost as the ledger
         holds it (0 for a call with no ledger row). Each such hold leaves `reserved` and the cost
         joins `spent`, in one script. Holds not in `charges` stay; a hold already settled or
-        released is skipped, so settling twice never charges twice.
+        released is skipped, so settling twice never charges twice. The script call is queued when
+        this is called (storage/bus/coalesce.py): calls made with it share its pipeline.
         """
         if not charges:
-            return 0
+            return ready(0)
         args: list[str] = [_BUDGET_PREFIX, job_id]
         for field, cost_usd in charges.items():
             args += [field, str(_charge_micro(cost_usd))]
-        settled: int = await self._settle(keys=[keys.job_holds(job_id), keys.OPEN_HOLDS], args=args)
+        settled: Awaitable[int] = self._settle(keys=[keys.job_holds(job_id), keys.OPEN_HOLDS], args=args)
         return settled
 
     async def open_since(self, before: float, *, limit: int) -> list[str]:

@@ -22,6 +22,7 @@ may have been committed between its read and its entering. Most misses so pay on
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -85,8 +86,10 @@ class Flights:
         )
         return Entry(bool(state), int(left_ms) / 1000, recheck=state == 2)
 
-    async def leave(self, tenant: str, flight: str, job_id: str) -> bool:
-        """Let go of a flight this job leads (no-op otherwise), waking whoever waits."""
+    def leave(self, tenant: str, flight: str, job_id: str) -> Awaitable[int]:
+        """Let go of a flight this job leads (no-op otherwise), waking whoever waits; await 1 if it
+        led, else 0. The script call is queued when this is called (storage/bus/coalesce.py)."""
         names = [keys.flight(tenant, flight), keys.flight_waiting(tenant, flight)]
         done = [*names, keys.flight_done_channel(tenant, flight)]
-        return bool(await self._leave(keys=done, args=[job_id, DONE_TTL_S * 1000]))
+        led: Awaitable[int] = self._leave(keys=done, args=[job_id, DONE_TTL_S * 1000])
+        return led
