@@ -9,6 +9,9 @@ Prints, from one run on one Redis:
        persist result + attempts + ledger in one transaction, publish the events with Lua;
    (c) the same pipeline with the sim as a separate `routeq sim` process over loopback HTTP, as a
        real provider would be: the sim's own work no longer shares the worker's CPU.
+   Raw arq runs twice, first and after both pipeline phases, and the ratios are taken against the
+   mean of the two (both printed): the host's speed drifts by up to a fifth within minutes, and a
+   base measured at one end of the run alone moved the ratios by as much.
    pipeline / raw is the share of arq's own ceiling routeq reaches; the pipeline's results are then
    checked (every job succeeded, one ledger row each): a benchmark that loses jobs is worthless.
    Each phase also prints this process's CPU per job, and each ratio again from it: on a machine
@@ -42,6 +45,7 @@ import logging
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -236,6 +240,16 @@ async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: i
     return drained
 
 
+def mean_drained(*runs: Drained) -> Drained:
+    """The mean of several runs' rates and CPU: raw arq is run before and after the pipeline phases,
+    so a machine whose speed drifts during the run moves the base of the ratios with them."""
+    return Drained(
+        statistics.fmean(r.rate for r in runs),
+        statistics.fmean(r.cpu_ms for r in runs),
+        statistics.fmean(r.gc_ms for r in runs),
+    )
+
+
 async def pipeline_worker(
     settings: Settings, redis: ArqRedis, store: Store, n: int, *, in_process_sim: bool = True
 ) -> tuple[Drained, str]:
@@ -368,7 +382,7 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
     try:
         async with asyncio.timeout(args.timeout):
             await redis.flushdb()
-            raw = await raw_worker(settings, redis, args.jobs, args.concurrency)
+            raw_before = await raw_worker(settings, redis, args.jobs, args.concurrency)
             await redis.flushdb()
             pipeline, check = await pipeline_worker(settings, redis, store, args.jobs)
             await redis.flushdb()
@@ -376,8 +390,13 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
             remote, remote_check = await pipeline_worker(
                 remote_settings, redis, store, args.jobs, in_process_sim=False
             )
+            await redis.flushdb()
+            raw_after = await raw_worker(settings, redis, args.jobs, args.concurrency)
+            raw = mean_drained(raw_before, raw_after)
             print(f"\n1. worker throughput, 1 worker, {args.jobs:,} jobs (queue filled before the clock)")
-            drained_row("raw arq no-op job:", raw)
+            drained_row("raw arq, before:", raw_before)
+            drained_row("raw arq, after:", raw_after)
+            drained_row("raw arq no-op job:", raw, "the mean of both: the ratios' base")
             drained_row("routeq pipeline (sim 0 ms):", pipeline, "sim in the worker's process")
             ratio_row("pipeline / raw:", raw, pipeline)
             print(f"   check: {check}")
