@@ -236,10 +236,11 @@ async def test_a_tool_use_answer_through_the_sdk() -> None:
     assert (reply.usage.input_tokens, reply.usage.output_tokens) == (12, 30)
 
 
-def as_chunk(choice: dict[str, Any]) -> ChatCompletionChunk:
-    return ChatCompletionChunk.model_validate(
-        {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [choice]}
-    )
+def as_chunk(choice: dict[str, Any]) -> dict[str, Any]:
+    """A `chat.completion.chunk` holding `choice`, as JSON (checked against the SDK's model)."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [choice]}
+    ChatCompletionChunk.model_validate(chunk)
+    return chunk
 
 
 async def test_a_streamed_tool_use_answer_relays_openai_tool_call_deltas() -> None:
