@@ -21,11 +21,13 @@ import json
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from redis.asyncio import Redis
 
 from storage import keys
+from storage.bus.coalesce import BatchedScript, coalescer_for
 from storage.bus.notifier import Notifier, Signal
 from storage.connections import as_text
 
@@ -33,6 +35,15 @@ __all__ = ["Piece", "PieceWriter", "StreamRelay"]
 
 # A reader waits at most this long on one XREAD, so it notices a client that went away.
 _BLOCK_MS = 5_000
+
+# KEYS: the job's chunk stream, its "piece added" channel. ARGV: retention (s), then the entry's
+# fields and values. One call where XADD + EXPIRE + PUBLISH were a pipeline of their own.
+_APPEND = """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], '')
+return id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +65,9 @@ class StreamRelay:
         self._retention_s = retention_s
         # With a notifier, readers wait for its pings instead of holding a connection in XREAD BLOCK.
         self._notifier = notifier
+        # Appends and non-blocking reads go in the turn's pipeline with the process's other calls.
+        self._append_script = BatchedScript(redis, _APPEND)
+        self._batch = coalescer_for(redis)
 
     async def push(self, job_id: str, run: int, text: str | dict[str, Any]) -> None:
         """Append a piece of run `run`'s answer: text, or a chunk choice (`delta`)."""
@@ -71,12 +85,8 @@ class StreamRelay:
         await self._append(job_id, {"run": str(run), "end": status})
 
     async def _append(self, job_id: str, fields: dict[str, str]) -> None:
-        key = keys.job_chunks(job_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, fields)  # type: ignore[arg-type]
-            pipe.expire(key, self._retention_s)
-            pipe.publish(keys.job_chunks_added(job_id), "")
-            await pipe.execute()
+        script_keys = [keys.job_chunks(job_id), keys.job_chunks_added(job_id)]
+        await self._append_script(keys=script_keys, args=[self._retention_s, *chain(*fields.items())])
 
     async def follow(self, job_id: str, *, after: str = "0-0") -> AsyncGenerator[Piece, None]:
         """The job's pieces from stream id `after`, live, up to and including its `end` entry."""
@@ -89,7 +99,10 @@ class StreamRelay:
         async with watching as added:
             block = _BLOCK_MS if added is None else None
             while True:
-                reply = await self._redis.xread({key: after}, count=500, block=block)
+                if block is None:
+                    reply = await self._batch.execute("XREAD", "COUNT", 500, "STREAMS", key, after)
+                else:
+                    reply = await self._redis.xread({key: after}, count=500, block=block)
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         after = as_text(entry_id)
