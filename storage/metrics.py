@@ -207,8 +207,9 @@ class Metrics:
 
     def _child(self, family: Counter | Histogram, *labels: str) -> Any:
         """`family.labels(*labels)`, kept: `labels` takes a lock and checks its values on each call,
-        and a worker counts half a dozen children a job. The label values come from the catalog and
-        the outcome enums, so the children kept are few; these families are never cleared."""
+        and a worker counts half a dozen children a job (the API two a request). The label values
+        come from the catalog, the outcome enums and the API's route templates, and the family keeps
+        every child it made anyway; these families are never cleared."""
         key = (family, *labels)
         child = self._children.get(key)
         if child is None:
@@ -220,13 +221,14 @@ class Metrics:
         if not hit:
             self.cache_misses.inc()
             return
-        self.cache_hits.labels("exact" if similarity is None else "semantic").inc()
+        self._child(self.cache_hits, "exact" if similarity is None else "semantic").inc()
         self.cache_saved.inc(saved_usd)
 
     def observe_http(self, method: str, route: str, status: int | str, seconds: float) -> None:
-        """Count one HTTP API request; `route` is the route template, never the raw path."""
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        """Count one HTTP API request; `route` is the route template, never the raw path (so the
+        children kept are few)."""
+        self._child(self.http_requests, method, route, str(status)).inc()
+        self._child(self.http_duration, method, route).observe(seconds)
 
     async def refresh(
         self,
