@@ -172,6 +172,12 @@ class Settings(RouterSettings):
         description="HTTP API without keys: every request acts as `tenant`/`user`, with admin rights. "
         "For a laptop only; `routeq run --serve` turns it on, nothing else does.",
     )
+    api_access_log: bool = Field(
+        default=True,
+        description="`routeq serve` logs a line for every HTTP request (uvicorn's access log). Off, "
+        "requests are still counted by route and status in /metrics; the line costs a busy API about "
+        "3% of its CPU.",
+    )
     api_max_upload_bytes: int = Field(
         default=100 * 1024 * 1024,
         ge=1024,

@@ -45,6 +45,32 @@ def test_serve_with_unreachable_redis_masks_the_password(monkeypatch: pytest.Mon
     assert "hunter2" not in result.output
 
 
+@pytest.mark.parametrize(("setting", "logged"), [(None, True), ("false", False)])
+def test_serve_logs_each_request_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: str | None, logged: bool
+) -> None:
+    """uvicorn's access log is on by default; ROUTEQ_API_ACCESS_LOG=false turns it off."""
+    import uvicorn  # noqa: PLC0415 - what `serve` imports on use
+
+    from producer.cli import serving  # noqa: PLC0415
+
+    async def services_up(settings: object) -> None:
+        return None
+
+    started: list[dict[str, object]] = []
+    monkeypatch.setattr(serving, "_preflight", services_up)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(options))
+    monkeypatch.setenv("ROUTEQ_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached: preflight is stubbed
+    monkeypatch.setenv("ROUTEQ_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/serve.db")
+    if setting is None:
+        monkeypatch.delenv("ROUTEQ_API_ACCESS_LOG", raising=False)
+    else:
+        monkeypatch.setenv("ROUTEQ_API_ACCESS_LOG", setting)
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 0, result.output
+    assert [options["access_log"] for options in started] == [logged]
+
+
 def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/keys.db"
     monkeypatch.setenv("ROUTEQ_DATABASE_URL", url)

@@ -82,7 +82,15 @@ def serve(
     configure_logging(settings.log_format)  # uvicorn's lines too (log_config=None: no config of its own)
     app = create_app(settings)
     tune_gc(settings.gc_threshold)  # the imports and the app are made: what they left alive is frozen
-    uvicorn.run(app, host=host, port=port, log_config=None, log_level="info", proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level="info",
+        access_log=settings.api_access_log,
+        proxy_headers=False,
+    )
 
 
 async def _preflight(settings: Settings) -> None:
