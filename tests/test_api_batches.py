@@ -190,6 +190,12 @@ async def test_text_no_database_stores_is_refused_by_field(backend: Backend) -> 
             refused = await http.post("/v1/chat/completions", content=chat)
             assert refused.status_code == 400
             assert refused.json()["error"]["param"] == "messages.0.content"
+            message = (
+                b'{"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "a\\u0000b"}]}'
+            )
+            refused = await http.post("/v1/messages", content=message)  # the Anthropic route, the same check
+            assert refused.status_code == 400, refused.text
+            assert "NUL" in refused.json()["error"]["message"]
         lines = [line("good", "Hello"), line("nul", "Hello\u0000there"), line("\ud800", "Hi")]
         uploaded = await client.files.create(file=("t.jsonl", jsonl(lines)), purpose="batch")
         batch = await client.batches.create(

@@ -67,15 +67,16 @@ async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONR
     chat, stream = message_request(body, ctx, principal)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
     client = ctx.client(principal.tenant, principal.user, principal.key_id)
+    # checked_request (parse_chat_body) checked what check_storable would, as for chat completions.
     if stream:
-        created = await client.create_single(chat, stream=True)
+        created = await client.create_single(chat, stream=True, checked=True)
         job_id = created.job_ids[0]
         try:
             await client.enqueue(created)
             return await _stream(ctx, client, job_id, chat)
         except INFRASTRUCTURE_ERRORS as exc:
             raise unavailable(exc, job_id=job_id) from exc
-    job = await run_and_wait(ctx, client, await client.create_single(chat))
+    job = await run_and_wait(ctx, client, await client.create_single(chat, checked=True))
     headers = {"x-routeq-job-id": job.id, "x-routeq-deployment": job.deployment or ""}
     return AnswerResponse(message_object(job), headers=headers)
 
