@@ -128,6 +128,10 @@ async def test_breaker_opens_for_every_worker_and_a_probe_closes_it(
         "ROUTEQ_BREAKER_WINDOW_S": "60",
         "ROUTEQ_BREAKER_COOLDOWN_S": "4",
         "ROUTEQ_MAX_ATTEMPTS_PER_DEPLOYMENT": "1",
+        # Four slots a worker: one worker alone needs ten turns of a 20 ms call for the 40 jobs of
+        # step 2, so the other, woken by the same ping, takes some. With 50 slots the first worker
+        # awake could claim them all before the other's first claim (claims take 10 at once).
+        "ROUTEQ_WORKER_CONCURRENCY": "4",
     }
     async with fleet(tmp_path) as procs:
         sim_url = await procs.sim(catalog)
@@ -157,7 +161,7 @@ async def test_breaker_opens_for_every_worker_and_a_probe_closes_it(
         failures_while_closed = (await sim_stats(sim_url))["flaky-a"]["requests"]
 
         # 2. While it is open, no worker sends flaky-a anything, and both workers take jobs.
-        batch_id = await client.submit_batch([NewJob(f"open-{i}", chat(f"open {i}")) for i in range(30)])
+        batch_id = await client.submit_batch([NewJob(f"open-{i}", chat(f"open {i}")) for i in range(40)])
         await finished(client, batch_id, timeout_s=60)
         jobs = [job async for job in client.results(batch_id)]
         assert {job.deployment for job in jobs} == {"backup-b"}
