@@ -137,7 +137,9 @@ class JobCache:
     ) -> None:
         if left is not None:
             await left
-        if answered and use is not None and use.hit is None and use.probe is not None and self.semantic:
+        if not answered or use is None or use.hit is not None or use.probe is None:
+            return  # no new answer of a semantic request: nothing to index
+        if self.semantic is not None:
             await self.semantic.remember(job, use.probe)
 
     async def tenant_policy(self, tenant: str) -> CachePolicy:

@@ -18,8 +18,8 @@ order they were made.
 
 A call is queued when it is made, not when it is awaited: calls made one after the other share a
 pipeline without `asyncio.gather` (whose task per call cost more than the call). Methods built on
-them can keep that by being plain functions that return an awaitable (`Budgets.settle`); `in_turn`
-awaits several such.
+them can keep that by being plain functions that return an awaitable (`Budgets.settle`): the queued
+call's future, or a `Later` for what is left once it replies; `in_turn` awaits several such.
 """
 
 from __future__ import annotations
