@@ -71,11 +71,15 @@ def sql_statements(store: Store) -> Iterator[list[str]]:
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    # A SQLite file's plain writes run on the writer thread's engine (storage/sql/writer.py).
+    engines = [store.engine.sync_engine, *([] if store.db.writer is None else [store.db.writer.engine])]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 @dataclass

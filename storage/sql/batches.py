@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
@@ -41,7 +41,15 @@ from storage.sql.database import Database, owned_by
 from storage.sql.idempotency import IdempotencyKeys, KeyRecord
 from storage.sql.jobs import Jobs
 from storage.sql.ledger import Ledger
-from storage.sql.new_jobs import ROW_COLUMNS, EncodedJobs, JobOwner, Row, encode_jobs, insert_jobs, job_rows
+from storage.sql.new_jobs import (
+    ROW_COLUMNS,
+    EncodedJobs,
+    JobOwner,
+    encode_jobs,
+    insert_jobs,
+    insert_singles,
+    job_rows,
+)
 from storage.sql.outbox import batch_finished, batch_url
 from storage.sql.runs import money
 from storage.sql.schema import attempts, batches, files, jobs
@@ -144,7 +152,7 @@ class Batches:
 
         if kind == SINGLE and idempotency is None and len(rows) == 1 and not file_rows:
             # Batches of one made at the same time (chat completions) share their two statements.
-            await self._db.writes.run_batched(self._insert_singles, (batch_row, rows[0]))
+            await self._db.writes.run_sync_batched(insert_singles, (batch_row, rows[0]))
             return created
 
         async def write(conn: AsyncConnection) -> KeyRecord | None:
@@ -157,25 +165,15 @@ class Batches:
             if file_rows:
                 await conn.execute(files.insert(), file_rows)
             if webhook_url is not None:
-                await batch_url(conn, tenant=tenant, batch_id=batch_id, url=webhook_url, now=now)
+                await conn.run_sync(batch_url, tenant=tenant, batch_id=batch_id, url=webhook_url, now=now)
             if not rows:  # complete at birth (every line was invalid): its event goes out now
-                await batch_finished(conn, batch_id, now)
+                await conn.run_sync(batch_finished, batch_id, now)
             return None
 
         taken = await self._db.writes.run(write)
         if taken is not None and idempotency is not None:
             return taken.replay(idempotency)
         return created
-
-    async def _insert_singles(
-        self, conn: AsyncConnection, singles: list[tuple[dict[str, Any], Row]]
-    ) -> list[None]:
-        """The batches of one queued for a group commit: one INSERT of their batch rows (executemany),
-        one of their jobs. Each was a statement of its own per batch: on SQLite several hops to
-        aiosqlite's thread each, the largest part of a chat completion's SQL write."""
-        await conn.execute(batches.insert(), [batch_row for batch_row, _ in singles])
-        await insert_jobs(conn, [job_row for _, job_row in singles])
-        return [None] * len(singles)
 
     # -- a batch written chunk by chunk (`Client.submit_chunks`) ----------------------------------
 
@@ -211,12 +209,12 @@ class Batches:
             "completed_at": None,
         }
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(batches.insert(), row)
+        def write(conn: Connection) -> None:
+            conn.execute(batches.insert(), row)
             if webhook_url is not None:
-                await batch_url(conn, tenant=tenant, batch_id=batch_id, url=webhook_url, now=now)
+                batch_url(conn, tenant=tenant, batch_id=batch_id, url=webhook_url, now=now)
 
-        await self._db.writes.run(write)
+        await self._db.writes.run_sync(write)
         return batch_id
 
     async def append(
@@ -488,12 +486,12 @@ class Batches:
         """
         now = self._db.now()
 
-        async def write(conn: AsyncConnection) -> None:
-            kind = (await conn.execute(_MARK_COMPLETED, {"batch_id": batch_id, "now": now})).scalar()
+        def write(conn: Connection) -> None:
+            kind = conn.execute(_MARK_COMPLETED, {"batch_id": batch_id, "now": now}).scalar()
             if kind is not None and kind != SINGLE:
-                await batch_finished(conn, batch_id, now)
+                batch_finished(conn, batch_id, now)
 
-        await self._db.writes.run(write)
+        await self._db.writes.run_sync(write)
 
     async def summary(self, batch_id: str, *, tenant: TenantScope = ANY_TENANT) -> BatchSummary:
         """Per-deployment jobs, cost, latency percentiles and failovers, for succeeded jobs; what the

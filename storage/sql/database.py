@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from storage.jobs import AnyTenant, TenantScope
 from storage.sql.engine import is_single_connection
 from storage.sql.group_commit import GroupCommitter
+from storage.sql.writer import WriterThread, has_writer_thread
 
 __all__ = ["Database", "owned_by", "utcnow"]
 
@@ -36,7 +37,9 @@ class Database:
         # SQLite this process is then a single writer instead of many waiting on its lock.
         # In-memory SQLite has one shared connection: reads and write groups then take turns.
         self._turns: asyncio.Lock | None = asyncio.Lock() if is_single_connection(engine) else None
-        self.writes = GroupCommitter(engine, lock=self._turns)
+        # A SQLite file's groups of plain writes run whole on a thread of their own (sql/writer.py).
+        self.writer = WriterThread(engine) if has_writer_thread(engine) else None
+        self.writes = GroupCommitter(engine, lock=self._turns, thread=self.writer)
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
@@ -55,6 +58,8 @@ class Database:
 
     async def close(self) -> None:
         await self.writes.close()
+        if self.writer is not None:
+            await self.writer.close()
         await self.engine.dispose()
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = [
+    "JSON_CODEC",
     "MIGRATIONS_DIR",
     "SCHEMA_HEAD",
     "alembic_config",
@@ -31,6 +32,7 @@ __all__ = [
     "is_single_connection",
     "is_sqlite",
     "migrate",
+    "sqlite_pragmas",
 ]
 
 logger = logging.getLogger("routeq.storage")
@@ -55,7 +57,7 @@ def is_single_connection(engine: AsyncEngine) -> bool:
     return isinstance(engine.pool, StaticPool)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers (status, results, the progress bar) run while a worker writes; the busy
     # timeout makes a second writer process wait instead of failing with "database is locked".
     cursor = dbapi_connection.cursor()
@@ -90,7 +92,7 @@ def _json_text(value: Any) -> str:
 
 
 # Every engine reads and writes JSON columns with pydantic-core (`from_json` reads what json wrote).
-_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": from_json}
+JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": from_json}
 
 
 def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
@@ -103,20 +105,20 @@ def _engine(parsed: URL, *, echo: bool) -> AsyncEngine:
         driver = {"module": one_hop_dbapi()} if parsed.get_driver_name() == "aiosqlite" else {}
         if not database or database == ":memory:":
             # One in-memory database lives on one connection: share it (fast tests, throwaway runs).
-            engine = create_async_engine(parsed, echo=echo, **_JSON_CODEC, **driver, poolclass=StaticPool)
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            engine = create_async_engine(parsed, echo=echo, **JSON_CODEC, **driver, poolclass=StaticPool)
+            event.listen(engine.sync_engine, "connect", sqlite_pragmas)
             return engine
         if not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # Every connection is a thread of aiosqlite's: a pool as large as a busy worker's concurrent
         # reads keeps them, where the default (5) opened and closed one thread per overflowing read.
         engine = create_async_engine(
-            parsed, echo=echo, **_JSON_CODEC, **driver, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL
+            parsed, echo=echo, **JSON_CODEC, **driver, pool_size=_SQLITE_POOL, max_overflow=_SQLITE_POOL
         )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
     return create_async_engine(
-        parsed, echo=echo, **_JSON_CODEC, pool_size=10, max_overflow=20, pool_recycle=1800
+        parsed, echo=echo, **JSON_CODEC, pool_size=10, max_overflow=20, pool_recycle=1800
     )
 
 

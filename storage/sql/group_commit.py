@@ -15,6 +15,13 @@ Writes of one kind can also share their statements (`run_batched`): the items qu
 instead of a statement per job. On SQLite every statement is several hops to aiosqlite's thread
 (cursor, execute, fetch, close), so a job's start and finish cost two dozen thread hops, written
 one by one; batched, a group pays them once.
+
+Writes are async functions of an `AsyncConnection` (`run`, `run_batched`) or plain functions of a
+synchronous `Connection` (`run_sync`, `run_sync_batched`), as SQLAlchemy's `run_sync` takes. On a
+SQLite file a group made only of plain writes runs whole on the writer thread (sql/writer.py): one
+trip to a thread for the transaction instead of several a statement. Anywhere else (PostgreSQL,
+in-memory SQLite, a group with an async write in it) plain writes run through `run_sync` on the
+group's async connection, in the same transaction as the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.sql.writer import WriterThread
 
 __all__ = ["GroupCommitter", "Write"]
 
@@ -37,24 +47,33 @@ Item = TypeVar("Item")
 Write = Callable[[AsyncConnection], Awaitable[T]]
 BatchWrite = Callable[[AsyncConnection, list[Item]], Awaitable[list[T]]]
 """Writes many items of one kind at once; returns each item's result, in order."""
+SyncWrite = Callable[[Connection], T]
+SyncBatchWrite = Callable[[Connection, list[Item]], list[T]]
 
 
 @dataclass(slots=True)
 class _Pending:
-    write: Write[Any] | BatchWrite[Any, Any]
+    write: Any  # one of Write, BatchWrite, SyncWrite, SyncBatchWrite, as the flags say
     future: asyncio.Future[Any]
     item: Any = None
     batched: bool = False
+    sync: bool = False
 
 
 class GroupCommitter:
     """Runs writes submitted concurrently in shared transactions (one flusher task at a time)."""
 
     def __init__(
-        self, engine: AsyncEngine, *, max_group: int = 256, lock: asyncio.Lock | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        max_group: int = 256,
+        lock: asyncio.Lock | None = None,
+        thread: WriterThread | None = None,
     ) -> None:
         self._engine = engine
         self._lock = lock  # held around each transaction when the engine has a single connection
+        self._thread = thread  # where groups of plain writes run whole (a SQLite file's)
         self._max_group = max_group
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -71,6 +90,19 @@ class GroupCommitter:
         """Run `write(connection, [item, ...])` once for every item of that write in the next group."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue(_Pending(write, future, item, batched=True))
+        return await future
+
+    async def run_sync(self, write: SyncWrite[T]) -> T:
+        """Run the plain function `write(connection)` in the next group's transaction."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue(_Pending(write, future, sync=True))
+        return await future
+
+    async def run_sync_batched(self, write: SyncBatchWrite[Item, T], item: Item) -> T:
+        """Run the plain function `write(connection, [item, ...])` once for every item of that write
+        in the next group."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue(_Pending(write, future, item, batched=True, sync=True))
         return await future
 
     def _queue(self, pending: _Pending) -> None:
@@ -106,20 +138,40 @@ class GroupCommitter:
 
     async def _commit(self, group: list[_Pending]) -> list[Any]:
         """One transaction: plain writes in order, then each batched write once with its items."""
-        results: list[Any] = [None] * len(group)
-        batches: dict[Any, list[int]] = {}
-        async with self._lock or contextlib.nullcontext(), self._engine.begin() as conn:
-            for n, pending in enumerate(group):
-                if pending.batched:
-                    batches.setdefault(pending.write, []).append(n)
-                else:
-                    results[n] = await pending.write(conn)  # type: ignore[call-arg]
-            for write, members in batches.items():
-                replies = await write(conn, [group[n].item for n in members])
-                for n, reply in zip(members, replies, strict=True):
-                    results[n] = reply
+        if self._thread is not None and all(pending.sync for pending in group):
+            results = await self._thread.transaction(lambda conn: self._run_sync(conn, group))
+        else:
+            async with self._lock or contextlib.nullcontext(), self._engine.begin() as conn:
+                results = await self._run_async(conn, group)
         self.groups += 1
         self.writes += len(group)
+        return results
+
+    @staticmethod
+    async def _run_async(conn: AsyncConnection, group: list[_Pending]) -> list[Any]:
+        results: list[Any] = [None] * len(group)
+        singles, batches = _order(group)
+        for n in singles:
+            pending = group[n]
+            results[n] = await (conn.run_sync(pending.write) if pending.sync else pending.write(conn))
+        for members in batches:
+            write, items = group[members[0]].write, [group[n].item for n in members]
+            replies = await (conn.run_sync(write, items) if group[members[0]].sync else write(conn, items))
+            for n, reply in zip(members, replies, strict=True):
+                results[n] = reply
+        return results
+
+    @staticmethod
+    def _run_sync(conn: Connection, group: list[_Pending]) -> list[Any]:
+        """The group on the writer thread: every write in it is plain."""
+        results: list[Any] = [None] * len(group)
+        singles, batches = _order(group)
+        for n in singles:
+            results[n] = group[n].write(conn)
+        for members in batches:
+            replies = group[members[0]].write(conn, [group[n].item for n in members])
+            for n, reply in zip(members, replies, strict=True):
+                results[n] = reply
         return results
 
     async def _one_by_one(self, group: list[_Pending]) -> None:
@@ -132,3 +184,16 @@ class GroupCommitter:
             else:
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+
+def _order(group: list[_Pending]) -> tuple[list[int], list[list[int]]]:
+    """The order a group runs in: its unbatched writes one by one (indexes, as queued), then each
+    batched write once, with its members' indexes."""
+    singles: list[int] = []
+    batches: dict[Any, list[int]] = {}
+    for n, pending in enumerate(group):
+        if pending.batched:
+            batches.setdefault(pending.write, []).append(n)
+        else:
+            singles.append(n)
+    return singles, list(batches.values())

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, bindparam, insert
+from sqlalchemy import JSON, Connection, Dialect, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator
 
 from storage.jobs import EncodedJob, EncodedJobs, JobStatus, encode_jobs, new_id, request_json
-from storage.sql.schema import jobs
+from storage.sql.schema import batches, jobs
 
 __all__ = [
     "ROW_COLUMNS",
@@ -38,6 +38,7 @@ __all__ = [
     "JobOwner",
     "encode_jobs",
     "insert_jobs",
+    "insert_singles",
     "job_rows",
     "request_json",
 ]
@@ -177,6 +178,16 @@ async def insert_jobs(conn: AsyncConnection, rows: list[Row]) -> None:
     if conn.dialect.name == "postgresql" and await _copy(conn, rows):
         return
     await conn.exec_driver_sql(_compiled(conn.dialect).sql, rows)
+
+
+def insert_singles(conn: Connection, singles: list[tuple[dict[str, Any], Row]]) -> list[None]:
+    """The batches of one queued for a group commit (a plain write): one INSERT of their batch rows
+    and one of their jobs, each an executemany (never a COPY, which needs asyncpg's connection: a
+    group holds a few rows). A statement per batch of one was, on SQLite, several hops to the
+    driver's thread each: the largest part of a chat completion's SQL write."""
+    conn.execute(batches.insert(), [batch_row for batch_row, _ in singles])
+    conn.exec_driver_sql(_compiled(conn.dialect).sql, [job_row for _, job_row in singles])
+    return [None] * len(singles)
 
 
 async def _copy(conn: AsyncConnection, rows: list[Row]) -> bool:

@@ -18,9 +18,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Insert, Table, func, select
+from sqlalchemy import Connection, Insert, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import Attempt
 from storage.jobs import FailureCode, JobFailure, JobStatus, StartedJob, aware, new_id
@@ -35,8 +34,8 @@ _E = webhook_endpoints.c
 _NO_JOB_EVENT = (FailureCode.BATCH_EXPIRED, FailureCode.CANCELLED)
 
 
-async def job_failed(
-    conn: AsyncConnection,
+def job_failed(
+    conn: Connection,
     job: StartedJob,
     *,
     failure: JobFailure,
@@ -47,7 +46,7 @@ async def job_failed(
     """Write the `job.failed` event of a job this transaction failed; returns the deliveries added."""
     if failure.code in _NO_JOB_EVENT:
         return 0
-    targets = await _targets(conn, job.tenant, job.batch_id, EventType.JOB_FAILED)
+    targets = _targets(conn, job.tenant, job.batch_id, EventType.JOB_FAILED)
     if not targets:
         return 0
     data = {
@@ -62,22 +61,18 @@ async def job_failed(
         "cost_usd": float(cost_usd),
         "user": job.user_id,
     }
-    return await _add(
-        conn, targets, event_type=EventType.JOB_FAILED, subject=job.id, owner=job, data=data, now=now
-    )
+    return _add(conn, targets, event_type=EventType.JOB_FAILED, subject=job.id, owner=job, data=data, now=now)
 
 
-async def batch_finished(conn: AsyncConnection, batch_id: str, now: datetime) -> int:
+def batch_finished(conn: Connection, batch_id: str, now: datetime) -> int:
     """Write the batch's `batch.completed` or `batch.failed`; returns the deliveries added."""
-    row = (await conn.execute(select(batches).where(batches.c.id == batch_id))).first()
+    row = conn.execute(select(batches).where(batches.c.id == batch_id)).first()
     if row is None:
         return 0
     batch = row._mapping
     counts: dict[str, int] = dict(
-        (
-            await conn.execute(
-                select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id).group_by(jobs.c.status)
-            )
+        conn.execute(
+            select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id).group_by(jobs.c.status)
         ).all()
     )
     succeeded, failed = counts.get(JobStatus.SUCCEEDED.value, 0), counts.get(JobStatus.FAILED.value, 0)
@@ -86,10 +81,10 @@ async def batch_finished(conn: AsyncConnection, batch_id: str, now: datetime) ->
     event_type = EventType.BATCH_FAILED if failed_batch else EventType.BATCH_COMPLETED
     # A single chat completion or job is a batch of one: its batch event goes to its own URL only.
     own_only = batch["kind"] != "batch"
-    targets = await _targets(conn, batch["tenant"], batch_id, event_type, own_only=own_only)
+    targets = _targets(conn, batch["tenant"], batch_id, event_type, own_only=own_only)
     if not targets:
         return 0
-    cost = (await conn.execute(select(func.sum(jobs.c.cost_usd)).where(jobs.c.batch_id == batch_id))).scalar()
+    cost = conn.execute(select(func.sum(jobs.c.cost_usd)).where(jobs.c.batch_id == batch_id)).scalar()
     expires = aware(batch["expires_at"])
     data = {
         "id": batch_id,
@@ -110,15 +105,15 @@ async def batch_finished(conn: AsyncConnection, batch_id: str, now: datetime) ->
         "completed_at": now.isoformat(),
     }
     owner = _Owner(batch["tenant"], batch_id)
-    return await _add(conn, targets, event_type=event_type, subject=batch_id, owner=owner, data=data, now=now)
+    return _add(conn, targets, event_type=event_type, subject=batch_id, owner=owner, data=data, now=now)
 
 
-async def batch_url(conn: AsyncConnection, *, tenant: str, batch_id: str, url: str, now: datetime) -> None:
+def batch_url(conn: Connection, *, tenant: str, batch_id: str, url: str, now: datetime) -> None:
     """Register `url` (checked by the caller) for this batch's events, signed with the tenant's secret."""
-    await conn.execute(
+    conn.execute(
         _insert_ignoring(conn, webhook_secrets).values(tenant=tenant, secret=new_secret(), created_at=now)
     )
-    await conn.execute(
+    conn.execute(
         webhook_endpoints.insert().values(
             id=new_id("whe"),
             tenant=tenant,
@@ -140,8 +135,8 @@ class _Owner:
         self.id: str | None = None
 
 
-async def _targets(
-    conn: AsyncConnection, tenant: str, batch_id: str, event_type: EventType, *, own_only: bool = False
+def _targets(
+    conn: Connection, tenant: str, batch_id: str, event_type: EventType, *, own_only: bool = False
 ) -> list[tuple[str, str]]:
     """(endpoint id, url) of the tenant's endpoints taking `event_type` for this batch (`own_only`:
     only the batch's own URL)."""
@@ -149,12 +144,12 @@ async def _targets(
     if not own_only:
         scope |= _E.batch_id.is_(None)
     query = select(_E.id, _E.url, _E.events).where((_E.tenant == tenant) & _E.removed_at.is_(None) & scope)
-    rows = (await conn.execute(query)).all()
+    rows = conn.execute(query).all()
     return [(row.id, row.url) for row in rows if event_type.value in (row.events or [])]
 
 
-async def _add(
-    conn: AsyncConnection,
+def _add(
+    conn: Connection,
     targets: list[tuple[str, str]],
     *,
     event_type: EventType,
@@ -184,11 +179,11 @@ async def _add(
         }
         for endpoint_id, url in targets
     ]
-    result = await conn.execute(_insert_ignoring(conn, webhook_deliveries), rows)
+    result = conn.execute(_insert_ignoring(conn, webhook_deliveries), rows)
     return max(result.rowcount, 0)
 
 
-def _insert_ignoring(conn: AsyncConnection, table: Table) -> Insert:
+def _insert_ignoring(conn: Connection, table: Table) -> Insert:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()

@@ -27,8 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, bindparam, update
 
 from router_core.models import Attempt, AttemptOutcome, CompletionResult, deployment_switches
 from storage.jobs import (
@@ -161,13 +160,14 @@ class Runs:
         Raises:
             NotFoundError: no such job.
         """
-        row = await self._db.writes.run_batched(self._start_many, _Start(job_id, run, worker, self._db.now()))
+        start = _Start(job_id, run, worker, self._db.now())
+        row = await self._db.writes.run_sync_batched(self._start_many, start)
         if row is not None:
             return StartedJob(**row._mapping)
         return await self._jobs.get(job_id, tenant=ANY_TENANT)
 
     @staticmethod
-    async def _start_many(conn: AsyncConnection, starts: list[_Start]) -> list[Any]:
+    def _start_many(conn: Connection, starts: list[_Start]) -> list[Any]:
         """The starts of one group: one UPDATE ... RETURNING per (run, worker) among them."""
         rows: dict[int, Any] = {}
         for group in _passes(starts, lambda s: s.job_id):  # a job twice in a group starts twice
@@ -177,7 +177,7 @@ class Runs:
             for (run, worker), members in by_run.items():
                 ids = [starts[n].job_id for n in members]
                 params = {"b_ids": ids, "b_run": run, "b_worker": worker, "b_now": starts[members[0]].now}
-                found = {row.id: row for row in (await conn.execute(_START_JOBS, params)).all()}
+                found = {row.id: row for row in conn.execute(_START_JOBS, params).all()}
                 rows.update((n, found.get(starts[n].job_id)) for n in members)
         return [rows[n] for n in range(len(starts))]
 
@@ -214,41 +214,41 @@ class Runs:
             plan_row,
             failure if result is None else None,
         )
-        applied: bool = await self._db.writes.run_batched(self._finish_many, finish)
+        applied: bool = await self._db.writes.run_sync_batched(self._finish_many, finish)
         return applied
 
-    async def _finish_many(self, conn: AsyncConnection, finishes: list[_Finish]) -> list[bool]:
+    def _finish_many(self, conn: Connection, finishes: list[_Finish]) -> list[bool]:
         """The finishes of one group: the open jobs locked and named, then one statement per table."""
         applied = [False] * len(finishes)
         for group in _passes(finishes, lambda f: f.job.id):  # a job twice: the second finds it closed
             ids = [finishes[n].job.id for n in group]
-            still_open = set((await conn.execute(_LOCK_OPEN_JOBS, {"b_ids": ids})).scalars())
+            still_open = set(conn.execute(_LOCK_OPEN_JOBS, {"b_ids": ids}).scalars())
             closing = [n for n in group if finishes[n].job.id in still_open]
             if closing:
-                await conn.execute(_FINISH_JOB, [finishes[n].outcome for n in closing])
+                conn.execute(_FINISH_JOB, [finishes[n].outcome for n in closing])
             singles = []
             for n in closing:
                 applied[n] = True
                 finish = finishes[n]
                 if finish.failure is not None:
-                    await self._failed_event(conn, finish, finish.failure)
+                    self._failed_event(conn, finish, finish.failure)
                 if finish.job.single:
                     singles.append({"b_batch": finish.job.batch_id, "b_now": finish.outcome["finished_at"]})
             if singles:
-                await conn.execute(_COMPLETE_SINGLE, singles)
+                conn.execute(_COMPLETE_SINGLE, singles)
         attempt_rows = [row for f in finishes for row in f.calls[0]]
         ledger_rows = [row for f in finishes for row in f.calls[1]]
-        await self._insert_calls(conn, attempt_rows, ledger_rows)
+        self._insert_calls(conn, attempt_rows, ledger_rows)
         plans = [f.plan for f in finishes if f.plan is not None]
         if plans:
-            await conn.execute(self._insert_plan, plans)
+            conn.execute(self._insert_plan, plans)
         return applied
 
     @staticmethod
-    async def _failed_event(conn: AsyncConnection, finish: _Finish, failure: JobFailure) -> None:
+    def _failed_event(conn: Connection, finish: _Finish, failure: JobFailure) -> None:
         """The `job.failed` webhook event of a job this finish failed (in its transaction)."""
         cost = finish.outcome["cost_usd"] or Decimal(0)
-        await job_failed(
+        job_failed(
             conn,
             finish.job,
             failure=failure,
@@ -271,11 +271,11 @@ class Runs:
             .values(status=JobStatus.QUEUED.value, starts=starts, worker=None)
         )
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(reopen)
-            await self._insert_calls(conn, *calls)
+        def write(conn: Connection) -> None:
+            conn.execute(reopen)
+            self._insert_calls(conn, *calls)
 
-        await self._db.writes.run(write)
+        await self._db.writes.run_sync(write)
 
     async def hand_back(self, worker: str) -> int:
         """Put the jobs `worker` started and never finished back to `queued`; returns how many.
@@ -291,10 +291,10 @@ class Runs:
             .values(status=JobStatus.QUEUED.value, worker=None)
         )
 
-        async def write(conn: AsyncConnection) -> int:
-            return (await conn.execute(reopen)).rowcount
+        def write(conn: Connection) -> int:
+            return conn.execute(reopen).rowcount
 
-        return await self._db.writes.run(write)
+        return await self._db.writes.run_sync(write)
 
     async def record_in_doubt(self, job: StartedJob, calls: Sequence[InDoubtCall]) -> None:
         """Record calls a dead run held budget for but never recorded: an attempt and an estimated charge.
@@ -310,19 +310,19 @@ class Runs:
         ]
         ledger_rows = [ledger_row(job, c.run, c.attempt_no, a, now) | {"estimated": True} for c, a in lost]
 
-        async def write(conn: AsyncConnection) -> None:
-            await self._insert_calls(conn, attempt_rows, ledger_rows)
+        def write(conn: Connection) -> None:
+            self._insert_calls(conn, attempt_rows, ledger_rows)
 
-        await self._db.writes.run(write)
+        await self._db.writes.run_sync(write)
 
-    async def _insert_calls(
-        self, conn: AsyncConnection, attempt_rows: list[dict[str, Any]], ledger_rows: list[dict[str, Any]]
+    def _insert_calls(
+        self, conn: Connection, attempt_rows: list[dict[str, Any]], ledger_rows: list[dict[str, Any]]
     ) -> None:
         """Insert a run's attempts and charges; rows already there (same job, run, attempt_no) stay."""
         if attempt_rows:
-            await conn.execute(self._insert_attempts, attempt_rows)
+            conn.execute(self._insert_attempts, attempt_rows)
         if ledger_rows:
-            await conn.execute(self._insert_ledger, ledger_rows)
+            conn.execute(self._insert_ledger, ledger_rows)
 
 
 def _passes(items: Sequence[Any], key: Callable[[Any], str]) -> list[list[int]]:
