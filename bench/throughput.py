@@ -236,7 +236,11 @@ async def raw_worker(settings: Settings, redis: ArqRedis, n: int, concurrency: i
     )
     drained = await drain(worker, started)
     if worker.jobs_complete != n:
-        raise SystemExit(f"raw arq worker completed {worker.jobs_complete} of {n} jobs")
+        raise SystemExit(
+            f"raw arq worker completed {worker.jobs_complete} of {n} jobs ({worker.jobs_failed} failed, "
+            f"{worker.jobs_retried} retried): did another process (another bench's FLUSHDB, a worker of "
+            f"{RAW_QUEUE!r}) use this Redis database meanwhile?"
+        )
     return drained
 
 
