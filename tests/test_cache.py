@@ -288,7 +288,9 @@ def test_the_decision_layers_settings_tenant_and_request() -> None:
 async def test_fifty_identical_requests_across_two_worker_processes_make_one_call(tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(SLOW_CATALOG)
-    async with open_backend("services", tmp_path, cache=True, worker_concurrency=50) as services:
+    # Ten slots a worker: one worker alone cannot claim all fifty while its first ten wait out the
+    # leader's 400 ms call, so the other takes some whichever wakes first.
+    async with open_backend("services", tmp_path, cache=True, worker_concurrency=10) as services:
         async with fleet(tmp_path) as procs:
             for n in range(2):
                 procs.worker(f"worker-{n}", services.settings, catalog, ROUTEQ_CACHE="true")
