@@ -81,7 +81,7 @@ class GroupCommitter:
         self.writes = 0
 
     async def run(self, write: Write[T]) -> T:
-        """Run `write(connection)` in the next group's transaction and return its result."""
+        """Run the async `write(connection)` in the next group's transaction and return its result."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue(_Pending(write, future))
         return await future
@@ -137,7 +137,7 @@ class GroupCommitter:
                     pending.future.set_result(result)
 
     async def _commit(self, group: list[_Pending]) -> list[Any]:
-        """One transaction: plain writes in order, then each batched write once with its items."""
+        """One transaction: unbatched writes in order, then each batched write once with its items."""
         if self._thread is not None and all(pending.sync for pending in group):
             results = await self._thread.transaction(lambda conn: self._run_sync(conn, group))
         else:
