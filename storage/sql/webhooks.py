@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
@@ -145,10 +145,10 @@ class Webhooks:
             .returning(_D.id, _D.attempts, _D.url, _D.event_id, _D.body, _D.endpoint_id, _D.tenant)
         )
 
-        async def write(conn: AsyncConnection) -> list[Any]:
-            return list((await conn.execute(claim)).all())
+        def write(conn: Connection) -> list[Any]:  # plain: a worker's groups stay on the writer thread
+            return list(conn.execute(claim).all())
 
-        rows = await self._db.writes.run(write)
+        rows = await self._db.writes.run_sync(write)
         if not rows:
             return []
         secrets = await self._secrets({row.endpoint_id for row in rows})
@@ -197,11 +197,11 @@ class Webhooks:
         )
         insert = self._db.insert_ignoring_duplicates(webhook_attempts)
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(insert, row)
-            await conn.execute(move)
+        def write(conn: Connection) -> None:  # plain, as the claim: the worker's deliverer writes it
+            conn.execute(insert, row)
+            conn.execute(move)
 
-        await self._db.writes.run(write)
+        await self._db.writes.run_sync(write)
 
     # -- reads and an admin's re-send -------------------------------------------------------------
 
