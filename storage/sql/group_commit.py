@@ -150,28 +150,19 @@ class GroupCommitter:
     @staticmethod
     async def _run_async(conn: AsyncConnection, group: list[_Pending]) -> list[Any]:
         results: list[Any] = [None] * len(group)
-        singles, batches = _order(group)
-        for n in singles:
-            pending = group[n]
-            results[n] = await (conn.run_sync(pending.write) if pending.sync else pending.write(conn))
-        for members in batches:
-            write, items = group[members[0]].write, [group[n].item for n in members]
-            replies = await (conn.run_sync(write, items) if group[members[0]].sync else write(conn, items))
-            for n, reply in zip(members, replies, strict=True):
-                results[n] = reply
+        for members, pending, args in _steps(group):
+            reply = await (
+                conn.run_sync(pending.write, *args) if pending.sync else pending.write(conn, *args)
+            )
+            _place(results, members, pending, reply)
         return results
 
     @staticmethod
     def _run_sync(conn: Connection, group: list[_Pending]) -> list[Any]:
         """The group on the writer thread: every write in it is plain."""
         results: list[Any] = [None] * len(group)
-        singles, batches = _order(group)
-        for n in singles:
-            results[n] = group[n].write(conn)
-        for members in batches:
-            replies = group[members[0]].write(conn, [group[n].item for n in members])
-            for n, reply in zip(members, replies, strict=True):
-                results[n] = reply
+        for members, pending, args in _steps(group):
+            _place(results, members, pending, pending.write(conn, *args))
         return results
 
     async def _one_by_one(self, group: list[_Pending]) -> None:
@@ -186,14 +177,26 @@ class GroupCommitter:
                     pending.future.set_result(result)
 
 
-def _order(group: list[_Pending]) -> tuple[list[int], list[list[int]]]:
-    """The order a group runs in: its unbatched writes one by one (indexes, as queued), then each
-    batched write once, with its members' indexes."""
-    singles: list[int] = []
+def _steps(group: list[_Pending]) -> list[tuple[list[int], _Pending, tuple[Any, ...]]]:
+    """The calls a group makes, in order: each unbatched write (as queued), then each batched write
+    once with its members' items. A step is (indexes of the writes it answers, the write, the
+    arguments after the connection)."""
+    steps: list[tuple[list[int], _Pending, tuple[Any, ...]]] = []
     batches: dict[Any, list[int]] = {}
     for n, pending in enumerate(group):
         if pending.batched:
             batches.setdefault(pending.write, []).append(n)
         else:
-            singles.append(n)
-    return singles, list(batches.values())
+            steps.append(([n], pending, ()))
+    for members in batches.values():
+        steps.append((members, group[members[0]], ([group[n].item for n in members],)))
+    return steps
+
+
+def _place(results: list[Any], members: list[int], pending: _Pending, reply: Any) -> None:
+    """Put a step's reply in `results`: a batched write replies with one result per member."""
+    if pending.batched:
+        for n, result in zip(members, reply, strict=True):
+            results[n] = result
+    else:
+        results[members[0]] = reply
