@@ -15,6 +15,7 @@ Only file databases get one: an in-memory database lives on the async engine's s
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -39,17 +40,27 @@ class WriterThread:
     """Transactions on `engine`'s SQLite file, each run whole on one thread by synchronous SQLAlchemy."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        # One connection, made and used on the thread (check_same_thread off only so that
-        # dispose, also run there, may close it whatever thread Python's pool thinks owns it).
-        self.engine: Engine = create_engine(
-            engine.url.set(drivername="sqlite"),
-            **JSON_CODEC,
-            pool_size=1,
-            max_overflow=0,
-            connect_args={"check_same_thread": False},
-        )
-        event.listen(self.engine, "connect", sqlite_pragmas)
+        self._url = engine.url.set(drivername="sqlite")  # the standard library's sqlite3
+        self._engine: Engine | None = None  # made at first use: a process that only reads never pays
+        self._made = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routeq-sql-writer")
+
+    @property
+    def engine(self) -> Engine:
+        """The synchronous engine the thread writes with (made on first use)."""
+        with self._made:
+            if self._engine is None:
+                # One connection, made and used on the thread (check_same_thread off only so that
+                # dispose, also run there, may close it whatever thread Python's pool thinks owns it).
+                self._engine = create_engine(
+                    self._url,
+                    **JSON_CODEC,
+                    pool_size=1,
+                    max_overflow=0,
+                    connect_args={"check_same_thread": False},
+                )
+                event.listen(self._engine, "connect", sqlite_pragmas)
+            return self._engine
 
     async def transaction(self, write: Callable[[Connection], T]) -> T:
         """`write(connection)` in one transaction on the thread, committed unless it raised.
@@ -69,5 +80,6 @@ class WriterThread:
 
     async def close(self) -> None:
         """Close the connection (on its thread) and stop the thread."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.dispose)
+        if self._engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
         self._executor.shutdown(wait=True)
