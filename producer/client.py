@@ -559,8 +559,12 @@ class Client:
         cancelled = await self.store.batches.cancel(batch_id, tenant=self.scope, job_id=job_id)
         if cancelled:
             ids = [job.id for job in cancelled]
-            # Workers would skip them anyway (SQL says cancelled); removing them saves the trip.
-            await self.redis.zrem(self.settings.queue_name, *ids)
+            # Workers would skip them anyway (SQL says cancelled); removing them saves the trip (one
+            # claimed before its SQL start leaves the running set: not queued again).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.settings.queue_name, *ids)
+                pipe.zrem(keys.queue_running(self.settings.queue_name), *ids)
+                await pipe.execute()
             await self.events_bus.publish_terminal([JobEvent.cancelled(job) for job in cancelled])
         batch = await self.store.batches.get(batch_id, tenant=self.scope)
         if batch.done >= batch.total:

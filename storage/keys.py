@@ -12,6 +12,7 @@ beside these; the queue itself is the sorted set named by `Settings.queue_name`.
 | routeq:chunks:<job_id>       | stream  | 1 h after last piece          | workers (stream=true) |
 | routeq:chunks-added:<job_id> | pub/sub | -                             | workers (stream=true) |
 | routeq:queue-wake:<queue>    | pub/sub | -                             | enqueue, requeues     |
+| routeq:running:<queue>       | zset    | from a claim to its job's end | claims, job ends      |
 | routeq:workers               | hash    | removed on shutdown or stale  | workers, metrics      |
 | routeq:sweeper               | string  | sweep_interval_s (a lock)     | the sweeping worker   |
 | routeq:dep:<id>              | hash    | permanent (small)             | fleet scripts         |
@@ -121,6 +122,7 @@ __all__ = [
     "key_part",
     "name_of_key_part",
     "quality_tallies",
+    "queue_running",
     "queue_wake_channel",
     "rate_bucket",
     "ui_batch_summary",
@@ -214,6 +216,16 @@ def queue_wake_channel(queue_name: str) -> str:
     the queue every `poll_delay_s`.
     """
     return f"{PREFIX}queue-wake:{queue_name}"
+
+
+def queue_running(queue_name: str) -> str:
+    """The jobs workers have claimed from the queue and run, scored by their lease's expiry (ms).
+
+    A claimed job leaves the queue for this set until its delivery ends (storage.bus.queue), so a
+    claim reads only jobs waiting to run, however many run fleet-wide; one whose lease ran out (its
+    worker died) goes back to the queue at the next claim.
+    """
+    return f"{PREFIX}running:{queue_name}"
 
 
 def deployment(deployment_id: str) -> str:

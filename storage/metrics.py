@@ -16,7 +16,7 @@ breakers.
     routeq_cache_hits_total{kind}                      jobs served from the response cache: exact, semantic
     routeq_cache_misses_total                          jobs that looked in the cache, then called
     routeq_cache_saved_usd_total                       what cache hits did not pay again, USD
-    routeq_queue_depth                                 gauge: ZCARD of the arq queue (running jobs included)
+    routeq_queue_depth                                 gauge: jobs queued or running (queue + running set)
     routeq_circuit_state{deployment}                   gauge: 0 closed, 1 half-open, 2 open
     routeq_deployment_forced{deployment}               gauge: -1 forced down, 1 forced up, 0 auto
     routeq_inflight{deployment}                        gauge: calls in flight, fleet-wide
@@ -249,7 +249,11 @@ class Metrics:
         Raises:
             redis.exceptions.RedisError: Redis is unreachable; the gauges keep their last values.
         """
-        depth = await redis.zcard(queue_name)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(queue_name)
+            pipe.zcard(keys.queue_running(queue_name))
+            queued, running = await pipe.execute()
+        depth = int(queued) + int(running)
         workers = await redis.register_script(_LIVE_WORKERS)(keys=[keys.WORKERS], args=[3 * job_lease_s])
         snapshot = await fleet.snapshot(deployment_ids)
         budgets = await Budgets(redis).capped_usage()

@@ -1,5 +1,8 @@
 """arq's end of a delivery as one coalesced script (storage/bus/queue.py JobEnder): for every branch
-of arq's own `Worker.finish_job`, the same keys are left behind. Both backends."""
+of arq's own `Worker.finish_job`, the same keys are left behind, whether the job is where a claim
+put it (the queue's running set, its queue score remembered by the worker) or back in the queue
+(queued again during its delivery, as a deferral does; or claimed by a plain arq worker). Both
+backends."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from storage import keys
-from storage.bus.queue import JobEnder
+from storage.bus.queue import Deferrals, JobEnder
 from tests.backends import Backend
 
 QUEUE = "ender:queue"
@@ -29,12 +32,18 @@ CASES = {
 }
 
 
-async def _seed(redis: Redis) -> None:
+async def _seed(redis: Redis, *, claimed: bool = False) -> None:
+    """The job mid-delivery: in arq's queue at score 1,000, or (`claimed`) moved by a claim from
+    there to the running set."""
     await redis.flushdb()
     await redis.set(keys.ARQ_IN_PROGRESS_PREFIX + JOB, "1", px=15_000)
     await redis.set(keys.ARQ_RETRY_PREFIX + JOB, 2)
     await redis.set(keys.ARQ_JOB_PREFIX + JOB, b"payload", px=86_400_000)
-    await redis.zadd(QUEUE, {JOB: 1_000, "other": 2_000})
+    await redis.zadd(QUEUE, {"other": 2_000})
+    if claimed:
+        await redis.zadd(keys.queue_running(QUEUE), {JOB: 99_000})
+    else:
+        await redis.zadd(QUEUE, {JOB: 1_000})
     await redis.zadd(abort_jobs_ss, {JOB: 1})
 
 
@@ -54,8 +63,11 @@ async def _state(redis: Redis) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.parametrize("claimed", [True, False], ids=["claimed", "in the queue"])
 @pytest.mark.parametrize("case", list(CASES))
-async def test_the_script_leaves_what_arqs_finish_job_leaves(backend: Backend, case: str) -> None:
+async def test_the_script_leaves_what_arqs_finish_job_leaves(
+    backend: Backend, case: str, claimed: bool
+) -> None:
     redis = await backend.redis()
     args = CASES[case]
 
@@ -64,8 +76,31 @@ async def test_the_script_leaves_what_arqs_finish_job_leaves(backend: Backend, c
     await Worker.finish_job(arq_worker, JOB, *args)  # type: ignore[arg-type]
     by_arq = await _state(redis)
 
-    await _seed(redis)
-    await JobEnder(redis, QUEUE).end(JOB, *args)
-    assert await _state(redis) == by_arq
+    await _seed(redis, claimed=claimed)
+    await JobEnder(redis, QUEUE).end(JOB, *args, claimed_score=1_000)
+    assert await _state(redis) == by_arq  # the running set emptied, so gone
     if args[1] is not None:  # the cases that keep a result do keep it
         assert result_key_prefix + JOB in by_arq
+
+
+async def test_a_claimed_job_deferred_keeps_its_turn_when_its_delivery_ends(backend: Backend) -> None:
+    """A deferral puts the claimed job back on the queue at its turn; the end of the delivery (arq's
+    Retry without a delay) leaves it there and empties the running set."""
+    redis = await backend.redis()
+    await _seed(redis, claimed=True)
+    await Deferrals(redis, QUEUE).defer(JOB, run_at_ms=50_000, payload=None, give_back_try=None)
+    await JobEnder(redis, QUEUE).end(JOB, False, None, None, False, None, None, claimed_score=1_000)
+    assert await redis.zscore(QUEUE, JOB) == 50_000
+    assert await redis.zcard(keys.queue_running(QUEUE)) == 0
+
+
+async def test_a_job_cancelled_while_claimed_is_not_queued_again(backend: Backend) -> None:
+    """A cancel takes the job out of the running set: neither its deferral nor its unfinished end
+    puts it back on the queue."""
+    redis = await backend.redis()
+    await _seed(redis, claimed=True)
+    await redis.zrem(keys.queue_running(QUEUE), JOB)  # what Client.cancel does to a claimed job
+    await Deferrals(redis, QUEUE).defer(JOB, run_at_ms=50_000, payload=None, give_back_try=None)
+    await JobEnder(redis, QUEUE).end(JOB, False, None, None, False, None, None, claimed_score=1_000)
+    assert await redis.zscore(QUEUE, JOB) is None
+    assert await redis.zrange(QUEUE, 0, -1) == [b"other"]

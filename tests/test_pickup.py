@@ -236,10 +236,53 @@ async def test_claims_skip_leased_and_future_jobs_and_report_the_next_due(backen
     assert claim.next_due_ms == now + 5_000
     assert 0 < await redis.pttl(keys.ARQ_IN_PROGRESS_PREFIX + "job_free") <= 30_000
     assert (await claimer.claim(limit=5, lease_ms=30_000, now_ms=now)).jobs == []  # leased now
-    # A dead worker's lease expires: the job is claimed again, still in its place in the queue.
+    # Claimed, it left the queue for the running set, scored by its lease's expiry.
+    assert await redis.zscore(queue, "job_free") is None
+    assert await redis.zscore(keys.queue_running(queue), "job_free") == now + 30_000
+    # A job leased by other means (a plain arq worker) stays in its place in the queue until its
+    # lease goes: then it is claimed.
     await redis.delete(keys.ARQ_IN_PROGRESS_PREFIX + "job_run3")
     assert (await claimer.claim(limit=5, lease_ms=30_000, now_ms=now)).jobs == [("job_run3", now - 1000)]
-    assert await redis.zcard(queue) == 703
+    assert await redis.zcard(queue) == 701
+    assert await redis.zcard(keys.queue_running(queue)) == 2
+
+
+async def test_a_claimed_job_whose_lease_lapses_is_queued_again_and_claimed(backend: Backend) -> None:
+    """A worker dies mid-job: its lease is not renewed. The next claim after the lease's expiry
+    puts the job back on the queue at that expiry, ahead of jobs queued since, and takes it."""
+    redis = await backend.redis()
+    queue, running = backend.settings.queue_name, keys.queue_running(backend.settings.queue_name)
+    now = timestamp_ms()
+    await redis.zadd(queue, {"job_a": now - 100})
+    claimer = JobClaimer(redis, queue)
+    assert (await claimer.claim(limit=1, lease_ms=5_000, now_ms=now)).jobs == [("job_a", now - 100)]
+    await redis.zadd(queue, {"job_b": now + 5_500})
+
+    # Its lease is live: a claim before the expiry finds nothing to take back.
+    assert (await claimer.claim(limit=5, lease_ms=5_000, now_ms=now + 4_000)).jobs == []
+    await redis.delete(keys.ARQ_IN_PROGRESS_PREFIX + "job_a")  # the worker died; its lease ran out
+    later = now + 6_000
+    claim = await claimer.claim(limit=5, lease_ms=5_000, now_ms=later)
+    assert claim.jobs == [("job_a", now + 5_000), ("job_b", now + 5_500)]
+    assert await redis.zrange(running, 0, -1, withscores=True) == [
+        (b"job_a", later + 5_000),
+        (b"job_b", later + 5_000),
+    ]
+
+
+async def test_a_renewed_lease_keeps_a_job_running_however_its_entry_is_scored(backend: Backend) -> None:
+    """A claim that finds a running entry past its score with the lease still live (a renewal in
+    flight, another worker's clock) moves the entry to the lease's expiry and leaves the job alone."""
+    redis = await backend.redis()
+    queue, running = backend.settings.queue_name, keys.queue_running(backend.settings.queue_name)
+    now = timestamp_ms()
+    await redis.zadd(running, {"job_a": now - 1})
+    await redis.set(keys.ARQ_IN_PROGRESS_PREFIX + "job_a", b"1", px=20_000)
+    assert (await JobClaimer(redis, queue).claim(limit=5, lease_ms=5_000, now_ms=now)).jobs == []
+    assert await redis.zcard(queue) == 0
+    score = await redis.zscore(running, "job_a")
+    assert score is not None
+    assert now + 15_000 < score <= now + 20_000
 
 
 async def test_claims_take_due_jobs_in_queue_order_up_to_the_limit(backend: Backend) -> None:

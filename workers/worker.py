@@ -3,7 +3,7 @@
 `routeq worker` runs it (`build_worker`); so does `arq workers.WorkerSettings`. Start-up builds the
 router (its catalog and SDK clients, with breakers, limits and live stats in Redis shared by the
 fleet), the budgets, the SQL engine, the event bus and the job runner once per process, as one
-`WorkerContext` (workers/context.py) stored in arq's `ctx`; each job reads it back with
+`WorkerContext` (workers/context.py, built by workers/startup.py) stored in arq's `ctx`; each job reads it back with
 `worker_context(ctx)`. What a caller shares (`Shared`: store, catalog, sim world, metrics) replaces
 the part start-up would build, and shut-down closes only what start-up opened.
 
@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import socket
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,31 +38,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from router_core.router import Router
-from router_core.simulated import simulated_ids, simulated_note
 from storage import keys
-from storage.bus.events import EventBus
 from storage.bus.notifier import Notifier, Signal, exact_pattern
-from storage.bus.queue import JOB_FUNCTION, Deferrals, JobClaimer, JobEnder, deserialize, serialize
+from storage.bus.queue import JOB_FUNCTION, JobClaimer, JobEnder, deserialize, serialize
 from storage.bus.transactions import worker_client
 from storage.connections import redis_settings
-from storage.fleet.budgets import Budgets
-from storage.fleet.catalog import LiveCatalog
-from storage.fleet.line import AdmissionLine
-from storage.fleet.quality import FleetQuality
-from storage.fleet.state import RedisFleetState
-from storage.metrics import Metrics
 from storage.settings import Settings
-from storage.sql.store import Store
-from workers.cache import JobCache
-from workers.context import CatalogSwap, Shared, WorkerContext, attach, detach, worker_context, worker_record
+from workers.context import Shared, WorkerContext, attach, detach, worker_context
 from workers.deferral import keep_payload, requeue
-from workers.evals import EvalBeat, VerdictRecorder
-from workers.metrics_server import serve_worker_metrics
-from workers.runner import JobDeferred, JobRunner
-from workers.semantic import SemanticCache
-from workers.sweeper import Sweeper
-from workers.webhooks import WebhookSender
+from workers.runner import JobDeferred
+from workers.startup import open_context
 
 __all__ = [
     "ContextHook",
@@ -83,119 +67,6 @@ _INFRA_RETRY_S = (1, 2, 5, 10, 30)
 _FINISH_RETRY_S = (0.2, 0.5, 1, 2, 4, 8, 15)
 
 
-async def _open_context(redis: Redis, settings: Settings, shared: Shared, *, worker_id: str) -> WorkerContext:
-    """Build this process's router, store, event bus and job runner; `Shared` replaces parts.
-
-    Everything opened here is registered in the context's exit stack, so shut-down closes exactly
-    that; if start-up fails half-way, what it had opened is closed before the error propagates.
-    """
-    async with contextlib.AsyncExitStack() as opened:
-        store = shared.store
-        if store is None:
-            store = await Store.open(settings.database_url)
-            opened.push_async_callback(store.close)
-        fleet = RedisFleetState.from_settings(redis, settings)
-        quality = FleetQuality.from_settings(redis, store, settings)
-        live = shared.live
-        if live is None and shared.catalog is None:
-            live = await LiveCatalog.from_settings(redis, store, settings)
-            opened.push_async_callback(live.close)
-        catalog = shared.catalog if live is None else live.current
-        router = Router.from_settings(
-            settings, catalog=catalog, sim_world=shared.sim_world, fleet=fleet, quality=quality
-        )
-        opened.push_async_callback(router.aclose)
-        events = EventBus(redis, retention_s=settings.event_retention_s)
-        # Kept when the worker serves a metrics port; a caller may also bring its own (Shared.metrics).
-        metrics = shared.metrics
-        if metrics is None and settings.worker_metrics_port is not None:
-            metrics = Metrics()
-        cache = JobCache(
-            store,
-            redis,
-            router.catalog,
-            settings.cache_policy(),
-            wait_s=settings.cache_wait_s,
-            lease_s=settings.job_timeout_s,
-            semantic=SemanticCache(store, router, embedder=settings.embedding_deployment),
-        )
-        opened.push_async_callback(cache.close)
-        simulated = simulated_ids(router.catalog, settings.simulate)
-        runner = JobRunner(
-            router,
-            store,
-            events,
-            worker_id=worker_id,
-            budgets=Budgets(
-                redis,
-                default_user_cap_usd=settings.default_user_budget_usd,
-                now=shared.now or time.time,
-                zone=settings.budget_zone(),
-            ),
-            max_tries=settings.max_tries,
-            route_timeout_s=settings.job_timeout_s * 0.9,
-            simulated=simulated,
-            metrics=metrics,
-            cache=cache,
-            line=AdmissionLine(redis, arrival_margin_s=settings.rate_limit_margin_s),
-            admission_wait_s=min(settings.admission_wait_s, settings.job_timeout_s * 0.05),
-            carry_max_bytes=settings.carry_request_max_bytes,
-            on_answer=VerdictRecorder(store, quality),  # judge jobs' verdicts become evidence
-        )
-        if live is not None:
-            opened.callback(live.on_change(CatalogSwap(router, cache, runner, settings.simulate)))
-        started = time.time()
-        await redis.hset(keys.WORKERS, worker_id, worker_record(started, simulated=simulated))  # type: ignore[misc]
-        opened.push_async_callback(_unregister, redis, worker_id)
-        # Every worker takes its turn looking for jobs arq dropped (one at a time: a Redis lock).
-        sweeper = Sweeper.from_settings(redis, store, events, settings, holder=worker_id, runner=runner)
-        sweeper.start()
-        opened.push_async_callback(sweeper.close)
-        # With ROUTEQ_EVAL_JUDGE set, one worker a beat sends sampled answers to the judge.
-        evals = EvalBeat.from_settings(redis, store, events, router.catalog, settings, holder=worker_id)
-        if evals is not None:
-            evals.start()
-            opened.push_async_callback(evals.close)
-        if settings.webhook_poll_s > 0:  # every worker sends due webhooks (each attempt claimed in SQL)
-            webhooks = WebhookSender.from_settings(redis, store, settings, holder=worker_id)
-            webhooks.start()
-            opened.push_async_callback(webhooks.close)
-        server = None
-        if metrics is not None and settings.worker_metrics_port is not None:
-            deployments = list(router.catalog)
-            refresh = functools.partial(
-                metrics.refresh,
-                redis,
-                fleet,
-                deployments,
-                settings.queue_name,
-                job_lease_s=settings.job_lease_s,
-            )
-            server = await serve_worker_metrics(metrics, refresh, settings.worker_metrics_port)
-            if server is not None:
-                opened.push_async_callback(server.close)
-        logger.info(
-            "routeq worker %s ready: %d deployments, %s, database %s",
-            worker_id,
-            len(router.catalog),
-            simulated_note(router.catalog, simulated, settings.simulate),
-            store.engine.url.render_as_string(hide_password=True),
-        )
-        # Started: what was opened moves to the context, whose close() closes it at shut-down.
-        return WorkerContext(
-            runner,
-            worker_id,
-            started,
-            opened=opened.pop_all(),
-            metrics_server=server,
-            deferrals=Deferrals(redis, settings.queue_name),
-        )
-
-
-async def _unregister(redis: Redis, worker_id: str) -> None:
-    await redis.hdel(keys.WORKERS, worker_id)  # type: ignore[misc]
-
-
 # What build_worker's caller may run with the started context (bench timing, test scrapes).
 ContextHook = Callable[[WorkerContext], Awaitable[None]]
 
@@ -212,7 +83,7 @@ class _Lifecycle:
     async def startup(self, ctx: dict[str, Any]) -> None:
         """Build the worker context once per process and store it in `ctx` (arq `on_startup`)."""
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(ctx):x}"
-        context = await _open_context(ctx["redis"], self.settings, self.shared, worker_id=worker_id)
+        context = await open_context(ctx["redis"], self.settings, self.shared, worker_id=worker_id)
         attach(ctx, context)
         if self.after_startup is not None:
             await self.after_startup(context)
@@ -324,9 +195,11 @@ class RouteqWorker(Worker):
     the fleet stay until they end, and checks each in a WATCH/EXISTS/ZSCORE/MULTI transaction: with
     more jobs running fleet-wide than that limit, a worker with free slots saw only running jobs
     and starved. Here `_poll_iteration` claims with one Lua call (`storage.bus.queue.JobClaimer`)
-    that takes arq's own decision for every due id, past the running ones, and starts the claimed
-    jobs as arq's `start_jobs` would (same semaphore, counter and `run_job`). The queue's keys and
-    their meaning are arq's: crash recovery and the sweeper see what they saw before.
+    that takes arq's own decision for due ids and moves each job it takes from the queue to the
+    queue's running set until its delivery ends (`finish_job`, `finish_failed_job`: one script),
+    so a claim never reads the jobs running fleet-wide; it starts the claimed jobs as arq's
+    `start_jobs` would (same semaphore, counter and `run_job`). arq's keys keep their meaning; a
+    dead worker's job goes back on the queue at the first claim after its lease expires (docs/arq.md).
 
     Wake-ups: arq sleeps `poll_delay` between polls. Here arq's own loop (`main`, `poll`) runs with
     a delay of 0 and each iteration ends waiting for the first of: a ping on
@@ -351,12 +224,35 @@ class RouteqWorker(Worker):
         self._work = Signal()
         self._claimer: JobClaimer | None = None
         self._next_due_ms: int | None = None
+        self._claimed: dict[str, int] = {}  # running job -> its queue score when claimed (JobEnder)
         self._claim_due, self._pings_seen = True, 0  # see _claim_and_start
         self._ended: list[tuple[str, asyncio.Task[None]]] = []
         self._subscription = contextlib.AsyncExitStack()
         self.notifier: Notifier | None = None
 
     async def _poll_iteration(self) -> None:
+        await self._poll_once()
+        # arq's burst worker stops once the queue is empty: jobs running here or elsewhere used to
+        # keep their entries there until they ended, and may still come back to it (a retry, a
+        # deferral, a dead worker's job). Now they are in the running set: polling goes on while
+        # the queue is empty and that set is not.
+        while (
+            self.burst and not 0 <= self.max_burst_jobs <= self._jobs_started() and await self._only_running()
+        ):
+            await self._poll_once()
+
+    async def _only_running(self) -> bool:
+        """True when the queue is empty and jobs are running (here or elsewhere): burst mode only."""
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.queue_name)
+                pipe.zcard(keys.queue_running(self.queue_name))
+                queued, running = await pipe.execute()
+        except (RedisError, OSError):
+            return False  # arq's own check of the queue decides
+        return int(queued) == 0 and int(running) > 0
+
+    async def _poll_once(self) -> None:
         # arq's poll loop dies on the first Redis error that its client does not retry (its
         # WATCH/MULTI pipelines are not retried on a dropped connection). Here an outage only
         # pauses polling; jobs whose bookkeeping failed come back when their lease runs out.
@@ -404,6 +300,7 @@ class RouteqWorker(Worker):
             raise
         self._next_due_ms = claim.next_due_ms
         for job_id, score in claim.jobs:
+            self._claimed[job_id] = score
             # Never blocks: `sem` holds max_jobs + 1 and only `limit` free slots were claimed.
             await self.sem.acquire()
             self.job_counter += 1
@@ -416,6 +313,7 @@ class RouteqWorker(Worker):
 
     def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._ended.append((job_id, task))  # reaped by the next poll
+        self._claimed.pop(job_id, None)  # (finish_job took it, unless run_job failed before its end)
         self._release_sem_dec_counter_on_complete()
         if self.wake:
             self._work.nudge()  # a free slot: look at the queue now (if a claim is due), not a poll later
@@ -449,17 +347,26 @@ class RouteqWorker(Worker):
         is announced like a new one: another worker takes it now, or waits for its time exactly.
         """
         ender = JobEnder(self.pool, self.queue_name)
+        claimed = self._claimed.pop(job_id, None)
         for delay in _FINISH_RETRY_S:
             try:
-                await ender.end(job_id, finish, *args)
+                await ender.end(job_id, finish, *args, claimed_score=claimed)
                 break
             except (RedisError, OSError) as exc:
                 logger.warning("could not record a finished job (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
         else:
-            await ender.end(job_id, finish, *args)
+            await ender.end(job_id, finish, *args, claimed_score=claimed)
         if not finish:
             await self._announce_requeue()
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's end of a job that never ran (payload gone, max tries, aborted before its start):
+        arq's own transaction is `finish_job`'s with `finish`, which also takes the job out of the
+        running set its claim put it in."""
+        keep = self.keep_result_forever or self.keep_result_s > 0
+        data = result_data if keep else None
+        await self.finish_job(job_id, True, data, self.keep_result_s, self.keep_result_forever, None, None)
 
     async def _announce_requeue(self) -> None:
         try:
@@ -497,9 +404,11 @@ class RouteqWorker(Worker):
         if self._pool is None:
             return
         lease_ms = int(self.lease_s * 1000)
+        running, expiry = keys.queue_running(self.queue_name), timestamp_ms() + lease_ms
         async with self.pool.pipeline(transaction=False) as pipe:
             for job_id in list(self.job_tasks):
                 pipe.pexpire(in_progress_key_prefix + job_id, lease_ms, xx=True)
+                pipe.zadd(running, {job_id: expiry}, xx=True)
             with contextlib.suppress(LookupError):  # none before start-up has finished
                 context = worker_context(self.ctx)
                 pipe.hset(keys.WORKERS, context.worker_id, context.record(running=len(self.job_tasks)))

@@ -102,7 +102,7 @@ def workers(as_json: JsonFlag = False) -> None:
 
 
 def queue(as_json: JsonFlag = False) -> None:
-    """The job queue: depth, jobs due and deferred, how long the oldest due job has waited."""
+    """The job queue: depth, jobs due, deferred and running, how long the oldest due job has waited."""
     from storage.bus.registry import queue_stats, registered_workers  # noqa: PLC0415 - redis: on use
 
     settings = load_settings()
@@ -123,8 +123,9 @@ def queue(as_json: JsonFlag = False) -> None:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("depth (running included)", str(stats.depth))
-    table.add_row("due", str(stats.due))
+    table.add_row("due (waiting for a worker)", str(stats.due))
     table.add_row("deferred (waiting for capacity or a retry)", str(stats.deferred))
+    table.add_row("running", str(stats.running))
     oldest = "-" if stats.oldest_due_age_s is None else f"{stats.oldest_due_age_s:.1f}s"
     table.add_row("oldest due job waiting for", oldest)
     table.add_row("live workers", str(live) if live else "[red]0[/red]")

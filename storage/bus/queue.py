@@ -7,7 +7,9 @@ as JSON, not arq's default pickle, so whoever can write to Redis cannot make a w
 
     enqueue_jobs   new jobs: payload + queue entry + a wake-up ping for idle workers, one script call
                    per 2,000 jobs (the first may also open the batch's progress: `BatchOpening`)
-    claim_jobs     a worker takes due jobs nobody runs, past those running elsewhere: one Lua call
+    JobClaimer     a worker takes due jobs nobody runs: one Lua call, which moves them from the queue
+                   to the queue's running set (`keys.queue_running`) until their delivery ends
+    JobEnder       arq's end of a delivery (`finish_job`), the job out of the running set too
     Deferrals      a job waiting for capacity back on the queue at its turn, one Lua call
     orphans        which unfinished jobs nothing in Redis will run (no lease, no payload or entry)
     requeue_jobs   orphans back on the queue, their next arq try after the last one SQL recorded
@@ -230,19 +232,24 @@ class _Payloads:
         return before + serialize(job_id) + after
 
 
-# KEYS: the queue, the job's payload, its try counter. ARGV: job id, run-at (ms), payload ('' =
-# keep it), payload TTL (ms), the try to give back ('' = none).
+# KEYS: the queue, its running set, the job's payload, its try counter. ARGV: job id, run-at (ms),
+# payload ('' = keep it), payload TTL (ms), the try to give back ('' = none).
 # The score is set, not bumped as arq's Retry(defer) does, so the job comes back at its turn exactly.
-# Nothing is re-created: a job cancelled meanwhile (no queue entry, no payload) stays gone.
+# The delivery deferring it holds it in the running set (a claim took it off the queue); it goes
+# back on the queue here. Nothing is re-created: a job cancelled meanwhile (in neither set) or whose
+# payload is gone stays gone.
 _DEFER = """
-local queue, job_key, retry_key = KEYS[1], KEYS[2], KEYS[3]
+local queue, running, job_key, retry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, score, payload, ttl, given = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if payload ~= '' then
   redis.call('SET', job_key, payload, 'PX', ttl, 'XX')
 else
   redis.call('PEXPIRE', job_key, ttl)
 end
-redis.call('ZADD', queue, 'XX', score, id)
+if redis.call('EXISTS', job_key) == 1
+    and (redis.call('ZSCORE', queue, id) or redis.call('ZSCORE', running, id)) then
+  redis.call('ZADD', queue, score, id)
+end
 -- Only if no other delivery counted a try since ours (a duplicate run keeps its own number).
 if given ~= '' and redis.call('GET', retry_key) == given then redis.call('DECR', retry_key) end
 return 0
@@ -280,7 +287,12 @@ class Deferrals:
             ttl_ms,
             "" if give_back_try is None else give_back_try,
         ]
-        job_keys = [self._queue_name, keys.ARQ_JOB_PREFIX + job_id, keys.ARQ_RETRY_PREFIX + job_id]
+        job_keys = [
+            self._queue_name,
+            keys.queue_running(self._queue_name),
+            keys.ARQ_JOB_PREFIX + job_id,
+            keys.ARQ_RETRY_PREFIX + job_id,
+        ]
         await self._script(keys=job_keys, args=args)
 
     @staticmethod
@@ -297,12 +309,15 @@ async def orphans(redis: Redis, job_ids: Sequence[str], *, queue_name: str) -> l
 
     A job some worker runs has a live lease (`arq:in-progress:<id>`, renewed while its worker
     lives); a job waiting to run (new, deferred, or retrying after an outage) has both its payload
-    and its queue entry. A job with neither was dropped: arq's job timeout ended its run while a
-    write of it was still queued for the database, its payload expired (a day) while it waited, or
-    Redis lost its data. Checked in one round trip per 2,000 jobs, each chunk in one MULTI so a
-    job cannot move between the checks; a job that finishes meanwhile is for the caller to re-read.
+    and its queue entry; a claimed job whose worker died has its payload and its entry in the
+    running set, and the next claim puts it back on the queue. A job with none of these was
+    dropped: arq's job timeout ended its run while a write of it was still queued for the database,
+    its payload expired (a day) while it waited, or Redis lost its data. Checked in one round trip
+    per 2,000 jobs, each chunk in one MULTI so a job cannot move between the checks; a job that
+    finishes meanwhile is for the caller to re-read.
     """
     found: list[str] = []
+    running = keys.queue_running(queue_name)
     for start in range(0, len(job_ids), _ENQUEUE_CHUNK):
         chunk = job_ids[start : start + _ENQUEUE_CHUNK]
         async with redis.pipeline(transaction=True) as pipe:
@@ -310,32 +325,47 @@ async def orphans(redis: Redis, job_ids: Sequence[str], *, queue_name: str) -> l
                 pipe.exists(keys.ARQ_IN_PROGRESS_PREFIX + job_id)
                 pipe.exists(keys.ARQ_JOB_PREFIX + job_id)
                 pipe.zscore(queue_name, job_id)
+                pipe.zscore(running, job_id)
             replies = await pipe.execute()
         for n, job_id in enumerate(chunk):
-            leased, payload, score = replies[3 * n : 3 * n + 3]
-            if not leased and not (payload and score is not None):
+            leased, payload, queued, claimed = replies[4 * n : 4 * n + 4]
+            if not leased and not (payload and (queued is not None or claimed is not None)):
                 found.append(job_id)
     return found
 
 
-# How many queue entries the claim script reads at a time while it looks for jobs nobody runs.
+# The most queue entries the claim script reads at a time (its first read is a few times the jobs
+# it wants: past the running set, the head of the queue is jobs waiting to run).
 _CLAIM_PAGE = 500
 
-# KEYS[1] the queue. ARGV: [1] now (ms, the clock arq scores with), [2] most jobs to claim,
-# [3] lease (ms), [4] the in-progress key prefix, [5] page size.
+# KEYS[1] the queue, KEYS[2] its running set. ARGV: [1] now (ms, the clock arq scores with), [2] most
+# jobs to claim, [3] lease (ms), [4] the in-progress key prefix, [5] the most entries read at a time.
 # arq's own start (worker.start_jobs) checks one id per WATCH/EXISTS/ZSCORE/MULTI transaction and
 # only among the first `queue_read_limit` due ids, where jobs running elsewhere stay until they
-# end. This takes the same decision for every due id in order - no lease: claim it with one,
-# exactly as arq would - inside Redis, so running jobs never hide the queued ones behind them
-# (a page of running jobs costs one multi-key EXISTS).
-# Returns the claimed ids with their scores, then the next future score.
+# end. Here a claimed job leaves the queue for the running set (scored by its lease's expiry) until
+# arq's end of its delivery (_END), so the due ids a claim reads are jobs waiting to run, however
+# many run fleet-wide; each is still claimed only without a live lease (a plain arq worker's job, a
+# replayed enqueue of a running one), with one exactly as arq would. First, running jobs whose lease
+# ran out (their worker died) go back to the queue at their lease's expiry, ahead of newer jobs;
+# a lease renewed meanwhile moves its entry's score instead.
+# Returns the claimed ids with their queue scores, then the next future score.
 _CLAIM = """
-local queue, now, want = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local lease, prefix, page = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local claimed, first = {}, 0
+local queue, running = KEYS[1], KEYS[2]
+local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lease, prefix, most = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'WITHSCORES', 'LIMIT', 0, most)
+for i = 1, #lapsed, 2 do
+  local id = lapsed[i]
+  local left = redis.call('PTTL', prefix .. id)
+  if left == -2 then
+    redis.call('ZREM', running, id)
+    redis.call('ZADD', queue, 'NX', lapsed[i + 1], id)
+  else
+    redis.call('ZADD', running, now + (left > 0 and left or lease), id)
+  end
+end
+local claimed, first, page = {}, 0, math.min(most, math.max(16, 4 * want))
 while #claimed < 2 * want do
-  -- By rank, not ZRANGEBYSCORE's LIMIT offset: a page deep in a long queue costs no more than one
-  -- at its head.
   local rows = redis.call('ZRANGE', queue, first, first + page - 1, 'WITHSCORES')
   local ids, scores = {}, {}
   for i = 1, #rows, 2 do
@@ -344,19 +374,26 @@ while #claimed < 2 * want do
   end
   local leases = {}
   for i = 1, #ids do leases[i] = prefix .. ids[i] end
-  -- A page of jobs all running elsewhere (the usual head of a busy queue) costs one EXISTS.
+  local taken = 0
+  -- A page of leased jobs (rare: see above) costs one EXISTS.
   if #ids > 0 and redis.call('EXISTS', unpack(leases)) < #ids then
     for i = 1, #ids do
       if redis.call('EXISTS', leases[i]) == 0 then
         redis.call('SET', leases[i], '1', 'PX', lease)
+        redis.call('ZREM', queue, ids[i])
+        redis.call('ZADD', running, now + lease, ids[i])
         claimed[#claimed + 1] = ids[i]
         claimed[#claimed + 1] = scores[i]
+        taken = taken + 1
         if #claimed >= 2 * want then break end
       end
     end
   end
   if #ids < page then break end
-  first = first + page
+  -- By rank, not ZRANGEBYSCORE's LIMIT offset (a page deep in a long queue costs no more than one
+  -- at its head); the jobs taken from this page have left it.
+  first = first + #ids - taken
+  page = math.min(most, 4 * page)
 end
 local later = redis.call('ZRANGEBYSCORE', queue, '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 return {claimed, later[2] or ''}
@@ -375,19 +412,21 @@ class JobClaimer:
     """A worker's claims on one queue (the script is loaded once, then called by its hash)."""
 
     def __init__(self, redis: Redis, queue_name: str) -> None:
-        self._queue_name = queue_name
+        self._keys = [queue_name, keys.queue_running(queue_name)]
         self._script = redis.register_script(_CLAIM)
 
     async def claim(self, *, limit: int, lease_ms: int, now_ms: int) -> Claim:
         """Lease up to `limit` due jobs that no worker runs, in queue order: one round trip.
 
         The lease is arq's `arq:in-progress:<id>` (the same key, value and meaning), so a job
-        claimed here is run by arq's `run_job` and finished by its `finish_job`, plain arq workers
-        on the same queue see it as taken, and a claimed job whose worker dies runs again once the
-        lease expires. Queue entries stay where they are: the queue's state is arq's, unchanged.
+        claimed here is run by arq's `run_job`, plain arq workers on the same queue see it as taken,
+        and a claimed job whose worker dies runs again once the lease expires. The job moves from the
+        queue to its running set (`keys.queue_running`) with the lease's expiry: `JobEnder.end`
+        takes it out, and puts it back on the queue at its score when the delivery ends unfinished
+        (a retry, a shut-down). The lease's renewal (`renew`) moves the expiry with it.
         """
         args: list[str | int] = [now_ms, limit, lease_ms, keys.ARQ_IN_PROGRESS_PREFIX, _CLAIM_PAGE]
-        pairs, later = await self._script(keys=[self._queue_name], args=args)
+        pairs, later = await self._script(keys=self._keys, args=args)
         jobs = [(_text(pairs[i]), int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
         return Claim(jobs, int(float(later)) if later not in (b"", "", None) else None)
 
@@ -397,15 +436,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-# KEYS: the job's lease, try counter, payload and result keys, arq's abort set, the queue. ARGV: the
-# id, '1' to finish ('' to leave it queued), the result ('' none), its PX ('' none), the score to
-# add ('' none: arq's Retry(defer=...)), the lease's new PX ('' to delete it).
+# KEYS: the job's lease, try counter, payload and result keys, arq's abort set, the queue, its
+# running set. ARGV: the id, '1' to finish ('' to leave it queued), the result ('' none), its PX
+# ('' none), the score to add ('' none: arq's Retry(defer=...)), the lease's new PX ('' to delete
+# it), the job's queue score when it was claimed.
 # arq's `Worker.finish_job` as one script: the same commands in the same order, atomic as its
 # MULTI/EXEC was, but sent in the worker's coalesced pipeline instead of a transaction of its own.
+# The delivery ends, so the job leaves the running set. A job not finished goes back on the queue
+# where arq would have left it: its claimed score, plus arq's increment; if something queued it
+# again meanwhile (a deferral at its turn), that entry is arq's to bump, as before.
 _END = """
-local lease, tries, payload, result, aborts, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local lease, tries, payload, result = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local aborts, queue, running = KEYS[5], KEYS[6], KEYS[7]
 local id, finish, data, data_px, incr, keep_px = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local claimed = ARGV[7]
 if keep_px ~= '' then redis.call('PEXPIRE', lease, keep_px) end
+local held = redis.call('ZREM', running, id) == 1
 if finish == '1' then
   if data ~= '' and data_px ~= '' then
     redis.call('SET', result, data, 'PX', data_px)
@@ -414,8 +460,10 @@ if finish == '1' then
   end
   redis.call('ZREM', aborts, id)
   redis.call('ZREM', queue, id)
-elseif incr ~= '' then
-  redis.call('ZINCRBY', queue, incr, id)
+elseif redis.call('ZSCORE', queue, id) then
+  if incr ~= '' then redis.call('ZINCRBY', queue, incr, id) end
+elseif held then
+  redis.call('ZADD', queue, tonumber(claimed) + (tonumber(incr) or 0), id)
 end
 if keep_px == '' then redis.call('DEL', lease) end
 if finish == '1' then redis.call('DEL', tries, payload) end
@@ -439,9 +487,17 @@ class JobEnder:
         keep_result_forever: bool,
         incr_score: int | None,
         keep_in_progress: float | None,
+        *,
+        claimed_score: int | None = None,
     ) -> None:
-        """What arq's `finish_job` does with the same arguments."""
+        """What arq's `finish_job` does with the same arguments, and the job out of the running set.
+
+        `claimed_score`: the job's queue score when `JobClaimer.claim` took it (now, when unknown):
+        a job not finished goes back on the queue there, plus `incr_score`, as arq leaves it.
+        """
         expire = None if keep_result_forever else result_timeout_s
+        if claimed_score is None:
+            claimed_score = int(time.time() * 1000)
         job_keys = [
             keys.ARQ_IN_PROGRESS_PREFIX + job_id,
             keys.ARQ_RETRY_PREFIX + job_id,
@@ -449,6 +505,7 @@ class JobEnder:
             result_key_prefix + job_id,
             abort_jobs_ss,
             self._queue_name,
+            keys.queue_running(self._queue_name),
         ]
         args: list[str | bytes | int] = [
             job_id,
@@ -457,5 +514,6 @@ class JobEnder:
             "" if expire is None else int(expire * 1000),
             incr_score or "",
             "" if keep_in_progress is None else int(keep_in_progress * 1000),
+            claimed_score,
         ]
         await self._script(keys=job_keys, args=args)

@@ -103,18 +103,20 @@ async def registered_workers(redis: Redis) -> list[WorkerEntry]:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """The arq queue at one moment.
+    """The arq queue and its running set at one moment.
 
     Attributes:
-        depth: every entry (due, deferred and running: entries stay while their job runs).
-        due: entries whose time has come (waiting for a worker, or running).
-        deferred: entries due later (waiting for capacity, or a retry's backoff).
+        depth: every job queued or running (the queue's entries and the running set's).
+        due: queue entries whose time has come (waiting for a worker).
+        deferred: queue entries due later (waiting for capacity, or a retry's backoff).
+        running: jobs claimed by a worker and not yet ended (`keys.queue_running`).
         oldest_due_age_s: how long the oldest due entry has been due; None when none is.
     """
 
     depth: int
     due: int
     deferred: int
+    running: int
     oldest_due_age_s: float | None
 
     def view(self) -> dict[str, Any]:
@@ -122,18 +124,26 @@ class QueueStats:
             "depth": self.depth,
             "due": self.due,
             "deferred": self.deferred,
+            "running": self.running,
             "oldest_due_age_s": None if self.oldest_due_age_s is None else round(self.oldest_due_age_s, 1),
         }
 
 
 async def queue_stats(redis: Redis, queue_name: str, *, now_ms: int) -> QueueStats:
-    """Depth, due and deferred counts and the oldest due entry's age, in one transaction."""
+    """Depth, due, deferred and running counts and the oldest due entry's age, in one transaction."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zcard(queue_name)
         pipe.zcount(queue_name, "-inf", now_ms)
         pipe.zrange(queue_name, 0, 0, withscores=True)
-        depth, due, first = await pipe.execute()
+        pipe.zcard(keys.queue_running(queue_name))
+        queued, due, first, running = await pipe.execute()
     oldest = None
     if due and first:
         oldest = max(0.0, (now_ms - float(first[0][1])) / 1000)
-    return QueueStats(depth=int(depth), due=int(due), deferred=int(depth) - int(due), oldest_due_age_s=oldest)
+    return QueueStats(
+        depth=int(queued) + int(running),
+        due=int(due),
+        deferred=int(queued) - int(due),
+        running=int(running),
+        oldest_due_age_s=oldest,
+    )
