@@ -23,10 +23,13 @@ local function drop(holds, open, job, field, prefix, cost)
     if cost then redis.call('HINCRBY', prefix .. scope, 'spent', cost) end
   end
   -- The period counters of when the hold was taken: the call counts in that period, even once the
-  -- next one has begun. A counter already expired is not made again (it would never expire).
-  for _, counter in ipairs(h.periods or {}) do
-    local key = prefix .. counter
-    if redis.call('EXISTS', key) == 1 then
+  -- next one has begun. A counter already expired is not made again (it would never expire); one
+  -- EXISTS for them all finds the usual case, every one still there.
+  local counters = {}
+  for i, counter in ipairs(h.periods or {}) do counters[i] = prefix .. counter end
+  local all = #counters == 0 or redis.call('EXISTS', unpack(counters)) == #counters
+  for _, key in ipairs(counters) do
+    if all or redis.call('EXISTS', key) == 1 then
       redis.call('HINCRBY', key, 'reserved', minus)
       if cost then redis.call('HINCRBY', key, 'spent', cost) end
     end
@@ -72,8 +75,11 @@ for s = 0, scopes - 1 do
   local first = 7 + s * 4
   redis.call('HINCRBY', KEYS[first], 'reserved', ARGV[2])
   for p = 1, 3 do
-    redis.call('HINCRBY', KEYS[first + p], 'reserved', ARGV[2])
-    redis.call('EXPIRE', KEYS[first + p], ARGV[5 + p])
+    -- A period counter's life is set when this hold is all it holds (new, or nothing reserved
+    -- since): a counter with holds in it got its TTL with the first of them.
+    if redis.call('HINCRBY', KEYS[first + p], 'reserved', ARGV[2]) == amount then
+      redis.call('EXPIRE', KEYS[first + p], ARGV[5 + p])
+    end
   end
 end
 redis.call('HSET', holds, field, ARGV[3])
