@@ -12,11 +12,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, Insert, Table, true
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.jobs import AnyTenant, TenantScope
-from storage.sql.engine import is_single_connection
+from storage.sql.engine import insert_ignoring, is_single_connection
 from storage.sql.group_commit import GroupCommitter
 from storage.sql.writer import WriterThread, has_writer_thread
 
@@ -52,9 +51,7 @@ class Database:
 
     def insert_ignoring_duplicates(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING in this engine's dialect."""
-        if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()
-        return sqlite.insert(table).on_conflict_do_nothing()
+        return insert_ignoring(self.engine.dialect.name, table)
 
     async def close(self) -> None:
         await self.writes.close()

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json, to_json
-from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy import Connection, Insert, Table, event, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError, NoSuchModuleError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -29,6 +30,7 @@ __all__ = [
     "SCHEMA_HEAD",
     "alembic_config",
     "connect_database",
+    "insert_ignoring",
     "is_single_connection",
     "is_sqlite",
     "migrate",
@@ -55,6 +57,13 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 def is_single_connection(engine: AsyncEngine) -> bool:
     """True for in-memory SQLite: every user shares one connection, so access must take turns."""
     return isinstance(engine.pool, StaticPool)
+
+
+def insert_ignoring(dialect: str, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING into `table`, for a `dialect` named as SQLAlchemy names it."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
 
 
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

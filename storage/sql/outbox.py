@@ -18,11 +18,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, func, select
 
 from router_core.models import Attempt
 from storage.jobs import FailureCode, JobFailure, JobStatus, StartedJob, aware, new_id
+from storage.sql.engine import insert_ignoring
 from storage.sql.schema import batches, jobs, webhook_deliveries, webhook_endpoints, webhook_secrets
 from storage.webhooks.model import DeliveryState, EventType, event_body, event_id
 from storage.webhooks.signing import new_secret
@@ -111,7 +111,9 @@ def batch_finished(conn: Connection, batch_id: str, now: datetime) -> int:
 def batch_url(conn: Connection, *, tenant: str, batch_id: str, url: str, now: datetime) -> None:
     """Register `url` (checked by the caller) for this batch's events, signed with the tenant's secret."""
     conn.execute(
-        _insert_ignoring(conn, webhook_secrets).values(tenant=tenant, secret=new_secret(), created_at=now)
+        insert_ignoring(conn.dialect.name, webhook_secrets).values(
+            tenant=tenant, secret=new_secret(), created_at=now
+        )
     )
     conn.execute(
         webhook_endpoints.insert().values(
@@ -179,11 +181,5 @@ def _add(
         }
         for endpoint_id, url in targets
     ]
-    result = conn.execute(_insert_ignoring(conn, webhook_deliveries), rows)
+    result = conn.execute(insert_ignoring(conn.dialect.name, webhook_deliveries), rows)
     return max(result.rowcount, 0)
-
-
-def _insert_ignoring(conn: Connection, table: Table) -> Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
