@@ -3,9 +3,9 @@
 `routeq worker` runs it (`build_worker`); so does `arq workers.WorkerSettings`. Start-up builds the
 router (its catalog and SDK clients, with breakers, limits and live stats in Redis shared by the
 fleet), the budgets, the SQL engine, the event bus and the job runner once per process, as one
-`WorkerContext` (workers/context.py, built by workers/startup.py) stored in arq's `ctx`; each job reads it back with
-`worker_context(ctx)`. What a caller shares (`Shared`: store, catalog, sim world, metrics) replaces
-the part start-up would build, and shut-down closes only what start-up opened.
+`WorkerContext` (workers/context.py, built by workers/startup.py) stored in arq's `ctx`; each job
+reads it back with `worker_context(ctx)`. What a caller shares (`Shared`: store, catalog, sim world,
+metrics) replaces the part start-up would build, and shut-down closes only what start-up opened.
 
 Crash recovery: arq marks a started job with `arq:in-progress:<id>` and only hands it to another
 worker once that key expires. arq sets its TTL to the longest job timeout + 10 s (310 s here);
