@@ -11,17 +11,18 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from router_core.models import ChatRequest, Message
 from storage.errors import NotFoundError
 from storage.jobs import ANY_TENANT, JobStatus, NewJob
-from storage.sql.engine import SCHEMA_HEAD, alembic_config, migrate
+from storage.sql.engine import SCHEMA_HEAD, alembic_config, create_engine, migrate
 from storage.sql.schema import metadata
 from storage.sql.store import Store
-from tests.backends import Backend
+from tests.backends import DATABASE_ENV, Backend, service_url
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -59,6 +60,54 @@ async def test_a_database_behind_the_head_is_upgraded(tmp_path: Path) -> None:
             assert version.scalar() == SCHEMA_HEAD
     finally:
         await store.close()
+
+
+async def _fresh_database(url: str, name: str, *, create: bool = True) -> None:
+    """DROP (if there) and CREATE (unless not `create`) database `name` on the server of `url`."""
+    import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - the services backend only
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if create:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def test_postgresql_rebuilds_the_cache_index_without_locking_the_jobs() -> None:
+    """0021 -> head on PostgreSQL: the cache index is built CONCURRENTLY, outside a transaction,
+    so the workers' writes go on meanwhile; a build cut short before (its index left) is redone."""
+    url = make_url(service_url(DATABASE_ENV))
+    fresh = url.set(database=f"{url.database}_upgrade")
+    await _fresh_database(url.render_as_string(hide_password=False), fresh.database or "")
+    engine = create_engine(fresh.render_as_string(hide_password=False))
+    built: list[str] = []
+
+    def seen(conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("CREATE INDEX CONCURRENTLY"):
+            isolation = conn.get_execution_options()["isolation_level"]
+            built.append(f"{statement.split(' ON ', maxsplit=1)[0]} ({isolation})")
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0021"))
+            await conn.execute(text("CREATE INDEX ix_jobs_cached_next ON jobs (tenant)"))  # cut short
+        event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        await migrate(engine)
+        assert built == ["CREATE INDEX CONCURRENTLY ix_jobs_cached_next (AUTOCOMMIT)"]
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+            assert (
+                await conn.execute(text("SELECT version_num FROM alembic_version"))
+            ).scalar() == SCHEMA_HEAD
+            names = await conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_jobs_cached%'")
+            )
+            assert names.scalars().all() == ["ix_jobs_cached"]
+    finally:
+        await engine.dispose()
+        await _fresh_database(url.render_as_string(hide_password=False), fresh.database or "", create=False)
 
 
 async def test_sqlite_file_runs_in_wal_mode(tmp_path: Path) -> None:

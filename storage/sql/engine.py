@@ -168,8 +168,15 @@ def _at_head(connection: Connection) -> bool:
     return connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
 
 
-def _upgrade(connection: Connection) -> None:
-    if _at_head(connection):
+def _upgrade(connection: Connection, *, per_migration: bool = False) -> None:
+    """Run the migrations a database not at `SCHEMA_HEAD` lacks. `per_migration`: each in a
+    transaction alembic begins and commits itself (env.py `transaction_per_migration`) instead of
+    the caller's, so that one may run outside any: PostgreSQL builds an index on a table in use
+    without blocking its writes only so (`CREATE INDEX CONCURRENTLY`)."""
+    at_head = _at_head(connection)
+    if per_migration:
+        connection.commit()  # the read's transaction ends: alembic's context begins its own
+    if at_head:
         return
     from alembic import command  # noqa: PLC0415 - alembic loads only when a migration may run
 
@@ -178,9 +185,21 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Upgrade the schema to the newest migration. Safe to call from many processes at once."""
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Workers starting together would otherwise race to create the same tables.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-        await conn.run_sync(_upgrade)
+    if engine.dialect.name != "postgresql":
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        logger.debug("database schema is at head")
+        return
+    async with engine.connect() as conn:
+        # Workers starting together would otherwise race to create the same tables. The lock is the
+        # session's, held across the migrations' own transactions until it is released here (or the
+        # connection closes with its process).
+        await conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        await conn.commit()
+        try:
+            await conn.run_sync(_upgrade, per_migration=True)
+        finally:
+            await conn.rollback()
+            await conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            await conn.commit()
     logger.debug("database schema is at head")

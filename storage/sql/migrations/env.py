@@ -20,6 +20,10 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs ALTER via table copies
+        # Outside a transaction of the caller's (PostgreSQL: storage.sql.engine.migrate), a
+        # transaction per migration, so that one may leave it (`autocommit_block`); inside one
+        # (SQLite, the command line's), the caller's transaction holds them all.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
