@@ -20,9 +20,9 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs ALTER via table copies
-        # Outside a transaction of the caller's (PostgreSQL: storage.sql.engine.migrate), a
-        # transaction per migration, so that one may leave it (`autocommit_block`); inside one
-        # (SQLite, the command line's), the caller's transaction holds them all.
+        # Outside a transaction of the caller's (PostgreSQL: storage.sql.engine.migrate; the
+        # command line), a transaction per migration, so that one may leave it
+        # (`autocommit_block`); inside one (SQLite's migrate), the caller's holds them all.
         transaction_per_migration=True,
     )
     with context.begin_transaction():
@@ -33,8 +33,9 @@ async def _run_standalone() -> None:
     from storage.sql.engine import create_engine  # noqa: PLC0415 - only the command line path needs it
 
     engine = create_engine(Settings().database_url)
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:  # no transaction of ours: alembic's, one per migration
         await conn.run_sync(_run)
+        await conn.commit()
     await engine.dispose()
 
 
