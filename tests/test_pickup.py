@@ -348,3 +348,20 @@ def test_exact_pattern_escapes_glob_characters(channel: str) -> None:
     pattern = exact_pattern(channel)
     assert pattern.replace("\\", "") == channel.replace("\\", "")
     assert all(pattern[i - 1] == "\\" for i, c in enumerate(pattern) if c in "*?[]" and i > 0)
+
+
+async def test_a_job_arq_ends_unrun_leaves_the_running_set_and_a_burst_worker_stops(backend: Backend) -> None:
+    """arq ends a claimed job whose payload is gone without running it (`finish_failed_job`): the
+    job leaves the running set its claim put it in, so a burst worker, which polls on while that set
+    holds jobs, stops; one that did run ends the same way."""
+    redis = await backend.redis()
+    queue = backend.settings.queue_name
+    ran: list[str] = []
+    await enqueue_jobs(redis, ["job_ran"], queue_name=queue)
+    await redis.zadd(queue, {"job_gone": timestamp_ms() - 1})  # queued, its payload lost
+    worker = worker_on(backend, redis, recorder(ran))
+    worker.burst = True
+    await asyncio.wait_for(run_worker(worker), timeout=15)
+    assert ran == ["job_ran"]
+    assert await redis.zcard(queue) == 0
+    assert await redis.zcard(keys.queue_running(queue)) == 0
