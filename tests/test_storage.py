@@ -216,3 +216,25 @@ async def test_a_jobs_user_and_metadata_are_columns_sql_filters_by(backend: Back
     assert await store.jobs.page(batch_id, tenant="acme", metadata={"team": "v"}) == []
     assert await store.jobs.page(batch_id, tenant="globex", metadata={"all": "yes"}) == []
     assert len(await store.jobs.page(batch_id, tenant="acme", metadata={})) == len(items)
+
+
+async def test_a_batchs_jobs_by_status_are_read_through_an_index(tmp_path: Path) -> None:
+    """Counts per status, the queued jobs a cancel takes, the open ones: SQLite seeks them in
+    ix_jobs_batch_breakdown (migration 0023 dropped the narrower (batch_id, status) index)."""
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'plans.db'}")
+    queries = [
+        "SELECT status, count(*) FROM jobs WHERE batch_id = 'b' GROUP BY status",
+        "UPDATE jobs SET status = 'cancelled' WHERE batch_id = 'b' AND status = 'queued'",
+        "SELECT id FROM jobs WHERE batch_id = 'b' AND status IN ('queued', 'running')",
+    ]
+    try:
+        async with store.engine.connect() as conn:
+            for query in queries:
+                rows = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}")).all()
+                plan = [str(row[-1]) for row in rows]  # (id, parent, notused, detail)
+                assert any("INDEX ix_jobs_batch_breakdown (batch_id=?" in step for step in plan), (
+                    query,
+                    plan,
+                )
+    finally:
+        await store.close()

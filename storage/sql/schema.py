@@ -165,7 +165,7 @@ jobs = Table(
     Column("finished_at", _Time),
     UniqueConstraint("batch_id", "seq"),
     UniqueConstraint("batch_id", "custom_id"),
-    Index(None, "batch_id", "status"),
+    # (batch_id, status) is read through ix_jobs_batch_breakdown below, which begins with both.
     Index(None, "tenant", "finished_at"),  # analytics over a window
     Index(None, "tenant", "end_user", "finished_at"),  # analytics and lookups by end user
     # The sweeper's old unfinished jobs: the index holds only those rows (migration 0004).
