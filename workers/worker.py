@@ -235,9 +235,12 @@ class RouteqWorker(Worker):
         # arq's burst worker stops once the queue is empty: jobs running here or elsewhere used to
         # keep their entries there until they ended, and may still come back to it (a retry, a
         # deferral, a dead worker's job). Now they are in the running set: polling goes on while
-        # the queue is empty and that set is not.
+        # this worker runs jobs (no need to ask Redis, nor for arq's own look at the queue after
+        # each poll), or while the queue is empty and jobs run elsewhere.
         while (
-            self.burst and not 0 <= self.max_burst_jobs <= self._jobs_started() and await self._only_running()
+            self.burst
+            and not 0 <= self.max_burst_jobs <= self._jobs_started()
+            and (self.job_counter > 0 or await self._only_running())
         ):
             await self._poll_once()
 
