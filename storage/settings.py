@@ -54,7 +54,7 @@ class Settings(RouterSettings):
     queue_read_limit: int | None = Field(
         default=None,
         ge=1,
-        description="Most jobs a worker claims in one poll (one Lua call that looks past the jobs "
+        description="Most jobs a worker claims in one poll (one Lua call, which never reads the jobs "
         "running anywhere in the fleet); unset = 4 x worker_concurrency.",
     )
     poll_delay_s: float = Field(

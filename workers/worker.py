@@ -191,15 +191,16 @@ class RouteqWorker(Worker):
     Leases: see the module docstring. Client: `storage.bus.transactions.worker_client` (commands
     packed by hiredis; transactions, as arq's start of each job, sent with the other calls).
 
-    Claims: arq's poll reads the first `queue_read_limit` due ids, where jobs running anywhere in
-    the fleet stay until they end, and checks each in a WATCH/EXISTS/ZSCORE/MULTI transaction: with
-    more jobs running fleet-wide than that limit, a worker with free slots saw only running jobs
-    and starved. Here `_poll_iteration` claims with one Lua call (`storage.bus.queue.JobClaimer`)
-    that takes arq's own decision for due ids and moves each job it takes from the queue to the
-    queue's running set until its delivery ends (`finish_job`, `finish_failed_job`: one script),
-    so a claim never reads the jobs running fleet-wide; it starts the claimed jobs as arq's
-    `start_jobs` would (same semaphore, counter and `run_job`). arq's keys keep their meaning; a
-    dead worker's job goes back on the queue at the first claim after its lease expires (docs/arq.md).
+    Claims: arq's poll reads the first `queue_read_limit` due ids, where (in arq) jobs running
+    anywhere in the fleet stay until they end, and checks each in a WATCH/EXISTS/ZSCORE/MULTI
+    transaction: with more jobs running fleet-wide than that limit, a worker with free slots saw
+    only running jobs and starved. Here `_poll_iteration` claims with one Lua call
+    (`storage.bus.queue.JobClaimer`) that takes arq's own decision for due ids and moves each job
+    it takes from the queue to the queue's running set until its delivery ends (`finish_job`,
+    `finish_failed_job`: one script), so a claim never reads the jobs running fleet-wide; it starts
+    the claimed jobs as arq's `start_jobs` would (same semaphore, counter and `run_job`). arq's keys
+    keep their meaning; a dead worker's job goes back on the queue at the first claim after its
+    lease expires (docs/arq.md).
 
     Wake-ups: arq sleeps `poll_delay` between polls. Here arq's own loop (`main`, `poll`) runs with
     a delay of 0 and each iteration ends waiting for the first of: a ping on

@@ -5,9 +5,10 @@
                      its entry at start and with every lease renewal (a third of `job_lease_s`),
                      and deletes it on shut-down. One killed without shutting down stays until it is
                      older than three leases (`is_live` is False; the metrics refresh deletes it).
-    <queue_name>     arq's sorted set, score = when the job is due (ms). Entries stay while they
-                     run, so the depth counts running jobs; a score in the future is a job deferred
-                     (waiting for capacity, or a retry after backoff).
+    <queue_name>     arq's sorted set, score = when the job is due (ms): the jobs waiting to run; a
+                     score in the future is a job deferred (waiting for capacity, or a retry after
+                     backoff). A claimed job waits in routeq:running:<queue> until its delivery
+                     ends (storage.bus.queue); the depth counts both.
 
 The record's format lives here, not in `workers`, because the CLI and the API read what workers
 write and may not import `workers`.
