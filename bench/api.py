@@ -8,7 +8,9 @@ Prints, from one run:
    (a `chat.completion` holding the sim's text);
 3. API, openai SDK: the same through the official SDK's `chat.completions.create`;
 4. API, streamed: the SDK with `stream=True`, consumed to the end (time to first chunk too).
-API / direct is what the HTTP layer costs; it is printed for each caller, the line naming it. The
+API / direct is what the HTTP layer costs; it is printed for each caller, the line naming it, and
+again from the CPU a request of every process (direct's over the API's): with the callers, the
+server, the worker and Redis sharing two cores, the rates follow it. The
 callers are the bench's load generator, not routeq: they run in this process, on the same two
 cores as the server, so a heavy caller (the SDK: about as much CPU per request as the server)
 takes the server's core where production callers run elsewhere. The light caller measures the
@@ -106,9 +108,10 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 async def measure(
     label: str, call: Call, requests: int, concurrency: int, pids: dict[str, int | None], *, first: int = 0
-) -> float:
+) -> tuple[float, float]:
     """Run `requests` calls (prompts `first`, `first` + 1, ...), `concurrency` at a time; print the
-    rate, latencies and CPU per request of each process in `pids`; return the rate."""
+    rate, latencies and CPU per request of each process in `pids`; return the rate and the CPU a
+    request of all of them (ms)."""
     latencies: list[float] = []
     firsts: list[float] = []
     queue = iter(range(first, first + requests))
@@ -134,7 +137,7 @@ async def measure(
     print(line)
     cpu["all"] = sum(cpu.values())
     print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
-    return rate
+    return rate, cpu["all"]
 
 
 def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
@@ -195,8 +198,10 @@ def light_call(session: aiohttp.ClientSession, url: str, secret: str) -> Call:
     return light
 
 
-def print_ratios(rates: dict[str, list[float]]) -> None:
-    """Each API phase's rate over the direct one's, naming its caller (the median over rounds)."""
+def print_ratios(rates: dict[str, list[float]], cpus: dict[str, list[float]]) -> None:
+    """Each API phase's rate over the direct one's, naming its caller (the median over rounds); then
+    the direct phase's CPU a request over each API phase's, every process counted: with the callers
+    and the server on the same two cores, the rates follow it."""
     if "direct" not in rates:
         return
     for phase, label in (
@@ -206,9 +211,11 @@ def print_ratios(rates: dict[str, list[float]]) -> None:
     ):
         if phase in rates:
             ratios = [r / d for r, d in zip(rates[phase], rates["direct"], strict=True)]
-            line = f"   {label}   {statistics.median(ratios):6.3f}"
+            by_cpu = [d / a for a, d in zip(cpus[phase], cpus["direct"], strict=True)]
+            median, median_cpu = statistics.median(ratios), statistics.median(by_cpu)
+            line = f"   {label}   {median:6.3f}   by CPU a request {median_cpu:6.3f}"
             if len(ratios) > 1:
-                line += "  (median; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
+                line += "  (medians; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
             print(line)
 
 
@@ -239,6 +246,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
                 raise SystemExit("the sim process was not found among this process's children")
             n, c = args.requests, args.concurrency
             rates: dict[str, list[float]] = {}
+            cpus: dict[str, list[float]] = {}  # CPU a request, every process counted
             for round_no in range(args.rounds):
                 if args.rounds > 1:
                     print(f" round {round_no + 1} of {args.rounds}")
@@ -250,9 +258,10 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
                 ):
                     if phase in args.phases:
                         # Prompts of their own each round: the response cache answers none of them.
-                        rate = await measure(label, call, n, c, pids, first=round_no * n)
+                        rate, cpu = await measure(label, call, n, c, pids, first=round_no * n)
                         rates.setdefault(phase, []).append(rate)
-        print_ratios(rates)
+                        cpus.setdefault(phase, []).append(cpu)
+        print_ratios(rates, cpus)
         print(f"   ({NOTE})")
     finally:
         await sdk.close()
