@@ -9,8 +9,8 @@ Prints, from one run:
 3. API, openai SDK: the same through the official SDK's `chat.completions.create`;
 4. API, streamed: the SDK with `stream=True`, consumed to the end (time to first chunk too).
 API / direct is what the HTTP layer costs; it is printed for each caller, the line naming it, and
-again from the CPU a request of every process (direct's over the API's): with the callers, the
-server, the worker and Redis sharing two cores, the rates follow it. The
+again from the CPU a request of the processes it times (`all` below; direct's over the API's):
+with the callers, the server, the worker and Redis sharing two cores, the rates follow it. The
 callers are the bench's load generator, not routeq: they run in this process, on the same two
 cores as the server, so a heavy caller (the SDK: about as much CPU per request as the server)
 takes the server's core where production callers run elsewhere. The light caller measures the
@@ -200,8 +200,8 @@ def light_call(session: aiohttp.ClientSession, url: str, secret: str) -> Call:
 
 def print_ratios(rates: dict[str, list[float]], cpus: dict[str, list[float]]) -> None:
     """Each API phase's rate over the direct one's, naming its caller (the median over rounds); then
-    the direct phase's CPU a request over each API phase's, every process counted: with the callers
-    and the server on the same two cores, the rates follow it."""
+    the direct phase's CPU a request over each API phase's (`all`: every process timed): with the
+    callers and the server on the same two cores, the rates follow it."""
     if "direct" not in rates:
         return
     for phase, label in (
@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
                 raise SystemExit("the sim process was not found among this process's children")
             n, c = args.requests, args.concurrency
             rates: dict[str, list[float]] = {}
-            cpus: dict[str, list[float]] = {}  # CPU a request, every process counted
+            cpus: dict[str, list[float]] = {}  # CPU a request of every process timed (`all`)
             for round_no in range(args.rounds):
                 if args.rounds > 1:
                     print(f" round {round_no + 1} of {args.rounds}")
