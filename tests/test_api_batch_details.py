@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import openai
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.sql.schema import attempts, files, jobs
 from tests.api_harness import serve_api
@@ -23,10 +24,18 @@ async def _upload(client: openai.AsyncOpenAI, n: int) -> str:
 
 
 async def _expire(backend: Backend, file_id: str) -> None:
-    """Move a file's expiry into the past (the clock the API reads is the wall clock)."""
-    async with backend.store.engine.begin() as conn:
-        past = datetime.now(UTC) - timedelta(seconds=1)
+    """Move a file's expiry into the past (the clock the API reads is the wall clock).
+
+    Through the store's group committer, as every write of the API and the worker: on in-memory
+    SQLite they share one connection, and a transaction begun beside theirs (the engine's own
+    `begin()`) could run inside one of them and be rolled back with it.
+    """
+    past = datetime.now(UTC) - timedelta(seconds=1)
+
+    async def write(conn: AsyncConnection) -> None:
         await conn.execute(update(files).where(files.c.id == file_id).values(expires_at=past))
+
+    await backend.store.db.writes.run(write)
 
 
 async def test_files_are_deleted_and_expire_as_the_sdk_asks(backend: Backend) -> None:
