@@ -32,6 +32,7 @@ breakers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ from redis.asyncio import Redis
 from router_core.fleet import CircuitState, FleetState, Forced
 from router_core.models import Attempt
 from storage import keys
+from storage.bus.registry import queue_stats
 from storage.fleet.budgets import Budgets, ScopeUsage, readable_scope
 
 __all__ = ["CONTENT_TYPE", "LLM_LATENCY_BUCKETS", "Metrics"]
@@ -249,11 +251,7 @@ class Metrics:
         Raises:
             redis.exceptions.RedisError: Redis is unreachable; the gauges keep their last values.
         """
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.zcard(queue_name)
-            pipe.zcard(keys.queue_running(queue_name))
-            queued, running = await pipe.execute()
-        depth = int(queued) + int(running)
+        depth = (await queue_stats(redis, queue_name, now_ms=int(time.time() * 1000))).depth
         workers = await redis.register_script(_LIVE_WORKERS)(keys=[keys.WORKERS], args=[3 * job_lease_s])
         snapshot = await fleet.snapshot(deployment_ids)
         budgets = await Budgets(redis).capped_usage()

@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storage import keys
 from storage.bus.notifier import Notifier, Signal, exact_pattern
 from storage.bus.queue import JOB_FUNCTION, JobClaimer, JobEnder, deserialize, serialize
+from storage.bus.registry import queue_stats
 from storage.bus.transactions import worker_client
 from storage.connections import redis_settings
 from storage.settings import Settings
@@ -248,13 +249,10 @@ class RouteqWorker(Worker):
     async def _only_running(self) -> bool:
         """True when the queue is empty and jobs are running (here or elsewhere): burst mode only."""
         try:
-            async with self.pool.pipeline(transaction=False) as pipe:
-                pipe.zcard(self.queue_name)
-                pipe.zcard(keys.queue_running(self.queue_name))
-                queued, running = await pipe.execute()
+            stats = await queue_stats(self.pool, self.queue_name, now_ms=timestamp_ms())
         except (RedisError, OSError):
             return False  # arq's own check of the queue decides
-        return int(queued) == 0 and int(running) > 0
+        return stats.running > 0 and stats.depth == stats.running
 
     async def _poll_once(self) -> None:
         # arq's poll loop dies on the first Redis error that its client does not retry (its
