@@ -33,12 +33,12 @@ import time
 
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
+from throughput import DEFAULT_REDIS_URL
 
 from storage.bus.queue import JobClaimer, JobEnder, enqueue_jobs
 from storage.connections import connect_redis
 from storage.settings import Settings
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 QUEUE = "bench:claims"
 LEASE_MS = 600_000  # the running jobs' lease outlives the phase
 

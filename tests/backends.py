@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 from fakeredis import FakeServer
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from router_core import SimulateMode
 from router_core.catalog import Catalog
@@ -25,6 +26,7 @@ from router_core.providers import sim_world_for
 from router_core.sim.world import SimWorld
 from storage.connections import connect_redis, embedded_redis
 from storage.settings import Settings
+from storage.sql.engine import create_engine
 from storage.sql.schema import truncate_all
 from storage.sql.store import Store
 from tests.conftest import TRIO, make_catalog
@@ -61,6 +63,19 @@ async def store_beside(redis_kind: str, tmp_path: Path) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def sqlite_file_engine(path: Path, ddl: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the SQLite file `path`, made as routeq makes one, with `ddl` run first;
+    disposed at the end."""
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(ddl))
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @contextmanager

@@ -17,15 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from storage.sql.engine import create_engine
 from storage.sql.group_commit import GroupCommitter
 from storage.sql.writer import WriterThread, has_writer_thread
+from tests.backends import sqlite_file_engine
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
-    async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, thread TEXT)"))
-    yield engine
-    await engine.dispose()
+    ddl = "CREATE TABLE t (k INTEGER PRIMARY KEY, thread TEXT)"
+    async with sqlite_file_engine(tmp_path / "g.db", ddl) as made:
+        yield made
 
 
 def plain_insert(k: int) -> Callable[[Connection], int]:

@@ -17,16 +17,14 @@ import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.sql.engine import create_engine
+from tests.backends import sqlite_file_engine
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
-    async with engine.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)"))
-    yield engine
-    await engine.dispose()
+    ddl = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)"
+    async with sqlite_file_engine(tmp_path / "driver.db", ddl) as made:
+        yield made
 
 
 @pytest.fixture
