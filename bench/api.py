@@ -3,11 +3,15 @@ Python client on the same Redis, the same worker process and the same sim.
 
 Prints, from one run:
 1. direct: C concurrent tasks doing `Client.submit` + `Client.wait` (what the API does inside);
-2. API, light caller: C concurrent POSTs of the Chat Completions JSON body on one shared aiohttp
+2. bare front, light caller: the light caller below against bench/bare_front.py, a bare ASGI
+   application on uvicorn that does only what the API's route does inside (no FastAPI, key, limits
+   or validation): the least any HTTP front can cost here, so bare / direct is what the HTTP hop
+   itself costs on this machine, and API / bare front what routeq's API adds on top;
+3. API, light caller: C concurrent POSTs of the Chat Completions JSON body on one shared aiohttp
    session against `routeq serve` (its own process) on loopback, each answer parsed and checked
    (a `chat.completion` holding the sim's text);
-3. API, openai SDK: the same through the official SDK's `chat.completions.create`;
-4. API, streamed: the SDK with `stream=True`, consumed to the end (time to first chunk too).
+4. API, openai SDK: the same through the official SDK's `chat.completions.create`;
+5. API, streamed: the SDK with `stream=True`, consumed to the end (time to first chunk too).
 API / direct is what the HTTP layer costs; it is printed for each caller, the line naming it, and
 again from the CPU a request of the processes it times (`all` below; direct's over the API's):
 with the callers, the server, the worker and Redis sharing two cores, the rates follow it. The
@@ -16,11 +20,11 @@ cores as the server, so a heavy caller (the SDK: about as much CPU per request a
 takes the server's core where production callers run elsewhere. The light caller measures the
 API; the SDK's ratio says what a caller on the same machine sees. Every request must succeed; a
 failed one stops the run.
-Each line also gives the CPU time per request of the worker, of `routeq serve`, of the sim, of this
-process (the callers: the client, aiohttp, or the openai SDK) and their sum (`all`; Redis, shared
-with whatever else runs, is left out), read from /proc: on a machine whose cores are shared, CPU
-per request says what a change saved when the rates are noisy, and when other work leaves less
-than two cores the rates follow `all`.
+Each line also gives the CPU time per request of the worker, of `routeq serve`, of the bare front,
+of the sim, of this process (the callers: the client, aiohttp, or the openai SDK) and their sum
+(`all`; Redis, shared with whatever else runs, is left out), read from /proc: on a machine whose
+cores are shared, CPU per request says what a change saved when the rates are noisy, and when other
+work leaves less than two cores the rates follow `all`.
 The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
 
@@ -28,8 +32,8 @@ With `--rounds R` the phases run R times in turn (other prompts each round) and 
 median of the rounds' ratios, every round's shown: on a busy machine one round's phases can meet
 different loads.
 
-Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--phases direct,http,api,stream]
-[--rounds R]`.
+Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--rounds R]
+[--phases direct,bare,http,api,stream]`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -96,13 +101,24 @@ def start_api(settings: Settings, catalog: Path, sim_url: str, port: int) -> sub
     return spawn_routeq(["serve", "--port", str(port)], routeq_env(settings, catalog, sim_url))
 
 
-async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+def start_bare_front(settings: Settings, catalog: Path, sim_url: str, port: int) -> subprocess.Popen[bytes]:
+    """bench/bare_front.py on `port`: the least an HTTP front can do (see its docstring)."""
+    script = Path(__file__).with_name("bare_front.py")
+    return subprocess.Popen(
+        [sys.executable, str(script), str(port)],
+        env=routeq_env(settings, catalog, sim_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str) -> None:
     while True:
         with socket.socket() as conn:
             if conn.connect_ex(("127.0.0.1", port)) == 0:
                 return
         if proc.poll() is not None:
-            raise SystemExit("routeq serve exited at start-up")
+            raise SystemExit(f"{name} exited at start-up")
         await asyncio.sleep(0.05)
 
 
@@ -176,15 +192,16 @@ def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
     return direct, plain, streamed
 
 
-def light_call(session: aiohttp.ClientSession, url: str, secret: str) -> Call:
+def light_call(session: aiohttp.ClientSession, url: str, secret: str, over: str) -> Call:
     """The API asked by a light HTTP client: the body an SDK would send, POSTed on one shared
     aiohttp session, the JSON answer parsed and checked (a `chat.completion` holding the sim's
     answer). The bench's callers are its load generator, not routeq: on a machine of two cores a
-    heavy caller takes CPU from the server it measures, where production callers run elsewhere."""
+    heavy caller takes CPU from the server it measures, where production callers run elsewhere.
+    `over` names the server in each prompt: every server gets prompts of its own (see `calls`)."""
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
 
     async def light(i: int) -> float | None:
-        body = {"model": "auto", "messages": [{"role": "user", "content": f"Say hello {i} over plain HTTP"}]}
+        body = {"model": "auto", "messages": [{"role": "user", "content": f"Say hello {i} over {over}"}]}
         async with session.post(url, data=json.dumps(body), headers=headers) as response:
             payload = await response.read()
         if response.status != 200:
@@ -199,19 +216,19 @@ def light_call(session: aiohttp.ClientSession, url: str, secret: str) -> Call:
 
 
 def print_ratios(rates: dict[str, list[float]], cpus: dict[str, list[float]]) -> None:
-    """Each API phase's rate over the direct one's, naming its caller (the median over rounds); then
-    the direct phase's CPU a request over each API phase's (`all`: every process timed): with the
-    callers and the server on the same two cores, the rates follow it."""
-    if "direct" not in rates:
-        return
-    for phase, label in (
-        ("http", "API / direct, light aiohttp caller:    "),
-        ("api", "API / direct, openai SDK caller:       "),
-        ("stream", "API stream / direct, openai SDK caller:"),
+    """Each phase's rate over another's (the median over rounds), naming its caller; then the
+    second phase's CPU a request over the first's (`all`: every process timed): with the callers and
+    the servers on the same two cores, the rates follow it."""
+    for phase, base, label in (
+        ("bare", "direct", "bare front / direct, light caller:     "),
+        ("http", "direct", "API / direct, light aiohttp caller:    "),
+        ("http", "bare", "API / bare front, light caller:        "),
+        ("api", "direct", "API / direct, openai SDK caller:       "),
+        ("stream", "direct", "API stream / direct, openai SDK caller:"),
     ):
-        if phase in rates:
-            ratios = [r / d for r, d in zip(rates[phase], rates["direct"], strict=True)]
-            by_cpu = [d / a for a, d in zip(cpus[phase], cpus["direct"], strict=True)]
+        if phase in rates and base in rates:
+            ratios = [r / d for r, d in zip(rates[phase], rates[base], strict=True)]
+            by_cpu = [d / a for a, d in zip(cpus[phase], cpus[base], strict=True)]
             median, median_cpu = statistics.median(ratios), statistics.median(by_cpu)
             line = f"   {label}   {median:6.3f}   by CPU a request {median_cpu:6.3f}"
             if len(ratios) > 1:
@@ -225,23 +242,32 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     settings = bench_settings(args.redis_url, database_url, "bench:api")
     redis, store = await open_services(settings)
     _, secret = await store.api_keys.create(tenant="bench", user_id="bench")
-    port = free_port()
+    port, bare_port = free_port(), free_port()
     workers = start_workers(settings, catalog, sim_url, 1)
     api = start_api(settings, catalog, sim_url, port)
+    front = start_bare_front(settings, catalog, sim_url, bare_port)
     sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency))
     client = Client(redis, store, settings, tenant="bench", user="bench")
     direct, plain, streamed = calls(client, sdk)
-    light = light_call(session, f"http://127.0.0.1:{port}/v1/chat/completions", secret)
+    light = light_call(session, f"http://127.0.0.1:{port}/v1/chat/completions", secret, "plain HTTP")
+    bare = light_call(session, f"http://127.0.0.1:{bare_port}/v1/chat/completions", secret, "a bare front")
 
     try:
         async with asyncio.timeout(args.timeout):
             await wait_for_workers(redis, workers)
-            await wait_for_port(port, api)
-            for warm in (direct, light, plain):  # connections, SDK import paths, SQLite pages
+            await wait_for_port(port, api, "routeq serve")
+            await wait_for_port(bare_port, front, "bench/bare_front.py")
+            for warm in (direct, bare, light, plain):  # connections, SDK import paths, SQLite pages
                 await asyncio.gather(*(warm(-1 - i) for i in range(10)))  # prompts not measured
             print(f"{args.requests:,} chat completions, {args.concurrency} at a time, 1 worker, sim 0 ms")
-            pids = {"worker": workers[0].pid, "serve": api.pid, "sim": sim_pid(), "callers": None}
+            pids = {
+                "worker": workers[0].pid,
+                "serve": api.pid,
+                "front": front.pid,
+                "sim": sim_pid(),
+                "callers": None,
+            }
             if pids["sim"] is None:
                 raise SystemExit("the sim process was not found among this process's children")
             n, c = args.requests, args.concurrency
@@ -252,6 +278,7 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
                     print(f" round {round_no + 1} of {args.rounds}")
                 for phase, label, call in (
                     ("direct", "direct (Client.submit+wait)", direct),
+                    ("bare", "bare HTTP front, light caller", bare),
                     ("http", "API, light aiohttp caller", light),
                     ("api", "API, openai SDK", plain),
                     ("stream", "API, openai SDK, stream", streamed),
@@ -266,9 +293,9 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
     finally:
         await sdk.close()
         await session.close()
-        for proc in (api, *workers):
+        for proc in (api, front, *workers):
             proc.terminate()
-        for proc in (api, *workers):
+        for proc in (api, front, *workers):
             proc.wait(timeout=30)
         await close_services(redis, store)
 
@@ -291,8 +318,8 @@ def main() -> None:
     parser.add_argument(
         "--phases",
         type=lambda text: text.split(","),
-        default=["direct", "http", "api", "stream"],
-        help="which of direct,http,api,stream to run (e.g. `api` alone, under a profiler)",
+        default=["direct", "bare", "http", "api", "stream"],
+        help="which of direct,bare,http,api,stream to run (e.g. `api` alone, under a profiler)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, sim_server(Path(tmp)) as sim_url:

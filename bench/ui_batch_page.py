@@ -349,7 +349,7 @@ async def measure(label: str, database_url: str, args: argparse.Namespace) -> li
     browser = Browser(port)
     timings: list[Timings] = []
     try:
-        await wait_for_port(port, server)
+        await wait_for_port(port, server, "routeq serve")
         browser.sign_in(secret)
         timings.append(_time_pages(browser, f"{label}, running", batch_id, seed_s, args))
         if database_url.startswith("postgresql"):
