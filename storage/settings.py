@@ -130,7 +130,9 @@ class Settings(RouterSettings):
         default=20,
         ge=0,
         description="On SIGTERM a worker stops taking jobs and lets running ones finish for this long, "
-        "then cancels and re-queues the rest.",
+        "then cancels and re-queues the rest; `routeq serve` stops taking connections and gives the "
+        "requests in progress this long to be answered, then closes them (their jobs go on: read them "
+        "by id).",
     )
     worker_metrics_port: int | None = Field(
         default=9101,

@@ -1,4 +1,5 @@
-"""`routeq serve` refuses to start without its services, naming them; `routeq keys` makes, lists, revokes."""
+"""`routeq serve` refuses to start without its services, naming them, and stops in bounded time;
+`routeq keys` makes, lists, revokes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +14,15 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from producer.api.stopping import Stopping
 from producer.cli import app
+from storage.sql.schema import jobs
 from storage.sql.store import Store
-from tests.fleet import PROCESS_TEST_TIMEOUT_S
+from tests.backends import open_backend
+from tests.fleet import PROCESS_TEST_TIMEOUT_S, ROUTEQ, fleet, free_port, until
 
 # Each test here starts Python processes (workers, a sim, an API) and waits on conditions with deadlines
 # of its own; on a busy machine process start-up alone can take tens of seconds, so the per-test
@@ -50,16 +54,20 @@ def test_serve_logs_each_request_unless_told_not_to(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: str | None, logged: bool
 ) -> None:
     """uvicorn's access log is on by default; ROUTEQ_API_ACCESS_LOG=false turns it off."""
-    import uvicorn  # noqa: PLC0415 - what `serve` imports on use
-
+    from producer.api.app import ApiServer  # noqa: PLC0415 - what `serve` imports on use
     from producer.cli import serving  # noqa: PLC0415
 
     async def services_up(settings: object) -> None:
         return None
 
-    started: list[dict[str, object]] = []
+    started: list[bool] = []
+
+    def run(server: ApiServer) -> None:
+        started.append(server.config.access_log)
+        server.started = True
+
     monkeypatch.setattr(serving, "_preflight", services_up)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(options))
+    monkeypatch.setattr(ApiServer, "run", run)
     monkeypatch.setenv("ROUTEQ_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached: preflight is stubbed
     monkeypatch.setenv("ROUTEQ_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/serve.db")
     if setting is None:
@@ -68,7 +76,7 @@ def test_serve_logs_each_request_unless_told_not_to(
         monkeypatch.setenv("ROUTEQ_API_ACCESS_LOG", setting)
     result = runner.invoke(app, ["serve", "--port", "1"])
     assert result.exit_code == 0, result.output
-    assert [options["access_log"] for options in started] == [logged]
+    assert started == [logged]
 
 
 def test_keys_create_list_revoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -161,13 +169,6 @@ def test_run_serve_keeps_the_embedded_stack_up_in_dev_mode(tmp_path: Path) -> No
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_keys_create_operator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`--operator` makes the fleet's operator key (an admin too); `--admin` alone is not one."""
     url = f"sqlite+aiosqlite:///{tmp_path}/keys.db"
@@ -192,3 +193,85 @@ def test_keys_create_operator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert asyncio.run(rights(admin_secret_text)) == (True, False)
     listed = runner.invoke(app, ["keys", "list"])
     assert [line.split()[2] for line in listed.output.splitlines()] == ["rights", "operator", "admin"]
+
+
+async def test_serve_stops_within_its_grace_period_while_a_chat_completion_waits(tmp_path: Path) -> None:
+    """SIGTERM while a chat completion waits for a job no worker runs: the request answers a 503 naming
+    its job within ROUTEQ_SHUTDOWN_GRACE_S and `routeq serve` exits as SIGTERM's default would (as
+    uvicorn does). uvicorn alone would wait for the request up to ROUTEQ_API_WAIT_TIMEOUT_S (ten
+    minutes). The job stays queued, readable by its id."""
+    if not os.environ.get("ROUTEQ_TEST_REDIS_URL") and not os.environ.get("CI"):
+        pytest.skip("needs the real Redis and PostgreSQL (ROUTEQ_TEST_REDIS_URL, ROUTEQ_TEST_DATABASE_URL)")
+    async with open_backend("services", tmp_path) as services, fleet(tmp_path) as procs:
+        settings = services.settings
+        assert ROUTEQ is not None
+        assert settings.redis_url is not None
+        _, secret = await services.store.api_keys.create(tenant="acme", user_id="u1")
+        env = {
+            **os.environ,
+            "ROUTEQ_REDIS_URL": settings.redis_url,
+            "ROUTEQ_DATABASE_URL": settings.database_url,
+            "ROUTEQ_QUEUE_NAME": settings.queue_name,
+            "ROUTEQ_SIMULATE": "always",
+            "ROUTEQ_SHUTDOWN_GRACE_S": "1",
+        }
+        port = free_port()
+        api = procs.spawn("api", [ROUTEQ, "serve", "--port", str(port)], env)
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx2.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60
+        ) as http:
+
+            async def up() -> bool:
+                assert api.poll() is None, procs.log("api")
+                try:
+                    return (await http.get("/health")).status_code == 200
+                except httpx2.TransportError:
+                    return False
+
+            await until(up, timeout_s=60, what="`routeq serve` to answer /health")
+            body = {"model": "auto", "messages": [{"role": "user", "content": "still there?"}]}
+            waiting = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+
+            async def job_made() -> list[tuple[str, str]]:
+                async with services.store.engine.connect() as conn:
+                    query = select(jobs.c.id, jobs.c.status).where(jobs.c.tenant == "acme")
+                    return [(row.id, row.status) for row in await conn.execute(query)]
+
+            await until(job_made, timeout_s=30, what="the chat completion's job")
+            api.send_signal(signal.SIGTERM)
+            # Bounded by the grace period (1 s) plus the process's own stopping, well within 30 s.
+            await until(
+                lambda: api.poll() is not None, timeout_s=30, what="`routeq serve` to exit on SIGTERM"
+            )
+            answer = await waiting
+        assert answer.status_code == 503, answer.text
+        ((job_id, status),) = await job_made()
+        assert answer.headers["x-routeq-job-id"] == job_id
+        assert answer.headers["Retry-After"] == "1"
+        error = answer.json()["error"]
+        assert (error["code"], error["job_id"]) == ("server_stopping", job_id)
+        assert f"GET /v1/jobs/{job_id}" in error["message"]
+        assert status == "queued"
+        assert api.returncode == -signal.SIGTERM, procs.log("api")
+        assert "Traceback" not in procs.log("api")
+
+
+async def test_a_stopping_server_cuts_waits_short_and_never_extends_one() -> None:
+    stopping = Stopping()
+    async with asyncio.timeout(600) as long_wait, asyncio.timeout(0.5) as short_wait:
+        short_when = short_wait.when()
+        with stopping.cutting(long_wait), stopping.cutting(short_wait):
+            assert not stopping.begun
+            before = asyncio.get_running_loop().time()
+            stopping.begin(grace_s=10)
+            after = asyncio.get_running_loop().time()
+            assert stopping.begun
+            cut = long_wait.when()
+            assert cut is not None
+            assert before + 9 < cut < after + 10  # before the grace period ends, with a margin
+            assert short_wait.when() == short_when  # a wait ending sooner keeps its own deadline
+            async with asyncio.timeout(None) as later:  # a wait begun while stopping is cut at once
+                with stopping.cutting(later):
+                    assert later.when() == cut
+                    await asyncio.sleep(0)

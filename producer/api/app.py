@@ -21,6 +21,7 @@ The app meets the workers only through Redis (queue, events, relayed streams, fl
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -52,11 +53,12 @@ from producer.api.context import attach, open_context
 from producer.api.errors import install_error_handlers
 from producer.api.limits import BodyLimit
 from producer.api.observe import RequestMetrics
+from producer.api.stopping import Stopping
 from router_core.catalog import Catalog
 from storage.settings import Settings
 from storage.sql.store import Store
 
-__all__ = ["create_app", "serve_app"]
+__all__ = ["ApiServer", "api_config", "create_app", "serve_app"]
 
 # Bodies other than uploads: a chat request with a long conversation fits many times over.
 _MAX_JSON_BODY = 16 * 1024 * 1024
@@ -95,13 +97,17 @@ def create_app(
     """The API app. Connections are opened at startup (or the ones given are used, not closed)."""
     settings = settings or Settings()
 
+    stopping = Stopping()  # made before the server starts: `ApiServer` tells it when it stops
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_context(settings, redis=redis, store=store, catalog=catalog) as ctx:
+            ctx.stopping = stopping
             attach(app, ctx)
             yield
 
     app = FastAPI(title="routeq", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.stopping = stopping
     install_error_handlers(app)
     app.add_middleware(RequestMetrics)
     app.add_middleware(
@@ -153,6 +159,32 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def api_config(app: FastAPI, settings: Settings, *, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration of the API: on SIGTERM requests in progress get
+    ROUTEQ_SHUTDOWN_GRACE_S to be answered, then are closed, so the server always stops."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        **options,
+    )
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn's server, which tells the app's waiting requests when it starts to stop
+    (producer/api/stopping.py): they answer before the grace period ends instead of being cut off."""
+
+    def __init__(self, config: uvicorn.Config, stopping: Stopping) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stopping.begin(self.config.timeout_graceful_shutdown or 0)
+        await super().shutdown(sockets)
+
+
 async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: str, port: int) -> int | None:
     """Serve the API inside an already running loop until Ctrl-C (used by `routeq run --serve`).
 
@@ -161,14 +193,15 @@ async def serve_app(settings: Settings, redis: ArqRedis, store: Store, *, host: 
     """
     app = create_app(settings, redis=redis, store=store)
     # log_config=None: `routeq run` configured logging (storage/logs.py), uvicorn's lines included.
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level="warning")
-    server = _SignalReportingServer(config)
+    server = _SignalReportingServer(
+        api_config(app, settings, host=host, port=port, log_level="warning"), app.state.stopping
+    )
     await server.serve()
     return server.stopped_by
 
 
-class _SignalReportingServer(uvicorn.Server):
-    """uvicorn's server, except that a signal it caught is reported to the caller, not raised again.
+class _SignalReportingServer(ApiServer):
+    """The API's server, except that a signal it caught is reported to the caller, not raised again.
 
     uvicorn raises a signal it handled once more after shutting down. Inside `routeq run --serve`
     that lands in asyncio.run's own SIGINT handler, which cancels the command wherever it is (its
@@ -176,8 +209,8 @@ class _SignalReportingServer(uvicorn.Server):
     clean-up depended on timing.
     """
 
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: uvicorn.Config, stopping: Stopping) -> None:
+        super().__init__(config, stopping)
         self.stopped_by: int | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -45,6 +46,7 @@ from producer.api.idempotency import HEADER_PARAMETER, idempotency_key
 from producer.api.key_models import allowed_request, visible_models
 from producer.api.ratelimit import admit, request_tokens
 from producer.api.schemas import ChatCompletionBody
+from producer.api.stopping import stopping_error
 from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
@@ -250,7 +252,7 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
         # Watched before it is queued: the job cannot finish unseen, and is read once, when done.
         async with client.notifier.watch(keys.job_done_channel(job_id)) as done:
             await client.enqueue(created)
-            async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
+            async with job_wait(ctx):
                 # A replayed request's job (its idempotency key) may be finished already: read it now.
                 job = await client.wait(job_id, woken=None if created.replayed else done)
     except TimeoutError:
@@ -262,8 +264,20 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
     return job
 
 
+@asynccontextmanager
+async def job_wait(ctx: ApiContext) -> AsyncIterator[None]:
+    """Bounds a request's wait for its job: ROUTEQ_API_WAIT_TIMEOUT_S, or less once the server stops
+    (producer/api/stopping.py). Past it `TimeoutError`: answer `wait_timeout`."""
+    async with asyncio.timeout(ctx.settings.api_wait_timeout_s) as wait:
+        with ctx.stopping.cutting(wait):
+            yield
+
+
 def wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
-    """The 504 for a job that did not finish (or start answering) within the API's wait."""
+    """The 504 for a job that did not finish (or start answering) within the API's wait; the 503
+    naming the job when the wait was cut short because the server is stopping."""
+    if ctx.stopping.begun:
+        return stopping_error(job_id)
     return ApiError(
         504,
         f"job {job_id} did not finish within {ctx.settings.api_wait_timeout_s:g}s "
@@ -289,7 +303,7 @@ async def first_piece(
     stream has begun yet."""
     pieces = ctx.relay.follow(job_id)
     try:
-        async with asyncio.timeout(ctx.settings.api_wait_timeout_s):
+        async with job_wait(ctx):
             first = await anext(pieces)
     except TimeoutError:
         await pieces.aclose()

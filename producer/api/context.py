@@ -10,6 +10,7 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request
 
+from producer.api.stopping import Stopping
 from producer.client import Client
 from producer.inputs import InputRules
 from producer.planning import Planner
@@ -59,6 +60,8 @@ class ApiContext:
     strategies: StrategyDefaults = field(init=False)
     # One subscription for every waiting request of this app (chat completions, streamed pieces).
     notifier: Notifier = field(init=False)
+    # Waits on jobs, cut short when the server stops (the app's own, set by its lifespan).
+    stopping: Stopping = field(init=False, default_factory=Stopping)
 
     def __post_init__(self) -> None:
         self.budgets = Budgets(

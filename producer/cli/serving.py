@@ -6,6 +6,7 @@ FastAPI and uvicorn are imported by `serve` when it runs: every other command go
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -65,9 +66,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the HTTP API: OpenAI-compatible chat completions and Batch API, jobs, events, metrics."""
-    import uvicorn  # noqa: PLC0415 - FastAPI and uvicorn load for `serve` only
-
-    from producer.api import create_app  # noqa: PLC0415 - FastAPI and uvicorn load for `serve` only
+    from producer.api.app import ApiServer, api_config, create_app  # noqa: PLC0415 - `serve` only
 
     settings = load_settings()
     if dev:
@@ -82,15 +81,19 @@ def serve(
     configure_logging(settings.log_format)  # uvicorn's lines too (log_config=None: no config of its own)
     app = create_app(settings)
     tune_gc(settings.gc_threshold)  # the imports and the app are made: what they left alive is frozen
-    uvicorn.run(
+    config = api_config(
         app,
+        settings,
         host=host,
         port=port,
-        log_config=None,
         log_level="info",
         access_log=settings.api_access_log,
         proxy_headers=False,
     )
+    server = ApiServer(config, app.state.stopping)
+    server.run()  # on SIGTERM: waiting requests answer within ROUTEQ_SHUTDOWN_GRACE_S (ApiServer)
+    if not server.started:  # as `uvicorn.run`: a server that could not start (its port taken) exits 3
+        sys.exit(3)
 
 
 async def _preflight(settings: Settings) -> None:
