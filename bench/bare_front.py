@@ -92,4 +92,5 @@ if __name__ == "__main__":
         log_level="warning",
         loop="uvloop",
         http="httptools",
+        timeout_graceful_shutdown=5,  # as `routeq serve`: stops even if a caller left a request waiting
     )
