@@ -1,6 +1,7 @@
 """`POST /v1/messages` with `stream: true`, the anthropic SDK as the client: the worker's pieces are
 relayed live as Messages API events (the first delta arrives while the provider is still answering)
-and the stream ends with the stop reason and usage SQL recorded for the job."""
+and the stream ends with the stop reason and usage SQL recorded for the job. A stream (Messages or
+Chat Completions) under way when the server stops ends with an error event naming its job."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import time
 
 import anthropic
+import httpx2
 import pytest
 
 from storage.jobs import ANY_TENANT, JobStatus
@@ -140,3 +142,43 @@ async def _failure_before_the_first_piece(client: anthropic.AsyncAnthropic) -> N
             await stream.get_final_message()
     assert caught.value.status_code == 502
     assert caught.value.response.headers["x-routeq-job-id"].startswith("job_")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_stream_under_way_ends_with_an_error_naming_its_job_when_the_server_stops(
+    backend: Backend, path: str
+) -> None:
+    """The server starts to stop (SIGTERM: `ApiServer.shutdown`) while the provider is still
+    answering: the stream's last event is an error naming the job, which goes on, not a connection
+    cut mid-answer once the grace period is over."""
+    async with serve_api(backend, catalog=PACED, loopback_sim=True, max_attempts_per_deployment=1) as api:
+        gate = _gate(api)
+        assert api.stopping is not None
+        body = {
+            "model": "fast-b",
+            "max_tokens": 500,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hi"}],
+        }
+        headers = {"Authorization": f"Bearer {await api.key('acme')}"}
+        try:
+            async with (
+                httpx2.AsyncClient(base_url=api.url, headers=headers, timeout=30) as http,
+                http.stream("POST", path, json=body) as response,
+            ):
+                assert response.status_code == 200
+                job_id = response.headers["x-routeq-job-id"]
+                lines = response.aiter_lines()
+                async for line in lines:  # up to the first piece of text: the provider is mid-answer
+                    if '"text_delta"' in line or ('"content":"' in line and '"content":""' not in line):
+                        break
+                api.stopping.begin(grace_s=0)
+                rest = [line async for line in lines if line.startswith("data: ")]
+        finally:
+            gate.gate.set()  # a failed assertion must not leave the provider waiting
+    error = json.loads(rest[-1].removeprefix("data: "))["error"]
+    assert f"job {job_id} goes on: GET /v1/jobs/{job_id}" in error["message"]
+    if path == "/v1/messages":
+        assert error["type"] == "api_error"  # Anthropic's type for a 503
+    else:
+        assert (error["code"], error["type"]) == ("server_stopping", "stream_error")

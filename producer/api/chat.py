@@ -46,7 +46,7 @@ from producer.api.idempotency import HEADER_PARAMETER, idempotency_key
 from producer.api.key_models import allowed_request, visible_models
 from producer.api.ratelimit import admit, request_tokens
 from producer.api.schemas import ChatCompletionBody
-from producer.api.stopping import stopping_error
+from producer.api.stopping import ServerStopping, stopping_error, stopping_message
 from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
@@ -300,7 +300,7 @@ async def first_piece(
 ) -> tuple[Piece, AsyncGenerator[Piece, None]]:
     """The streamed job's first relayed piece and the pieces after it. A job that ends before its
     first piece without an answer, or no piece within the API's wait, is a plain HTTP error: no
-    stream has begun yet."""
+    stream has begun yet. The pieces after it raise `ServerStopping` if the server stops first."""
     pieces = ctx.relay.follow(job_id)
     try:
         async with job_wait(ctx):
@@ -313,7 +313,7 @@ async def first_piece(
         job = await client.get(job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise job_failure(job)
-    return first, pieces
+    return first, ctx.stopping.follow(pieces)  # a stream under way ends when the server stops
 
 
 async def _stream(
@@ -387,7 +387,11 @@ async def _events(
                 # Tool-call pieces and the like, as the provider's chunk choice; the finish
                 # reason comes once, with the final chunk.
                 yield chunks.choice({k: v for k, v in piece.delta.items() if k != "finish_reason"})
-            piece = await anext(pieces)
+            try:
+                piece = await anext(pieces)
+            except ServerStopping:
+                yield _sse_error(stopping_message(job_id), "server_stopping")
+                return
         job = await client.get(job_id)
         if job.status == JobStatus.SUCCEEDED:
             for event in chunks.final(job):

@@ -29,6 +29,7 @@ from producer.api.context import ApiContext, Ctx
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
 from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
+from producer.api.stopping import ServerStopping, stopping_message
 from producer.client import Client
 from producer.outputs import routing_metadata
 from router_core.models import ChatRequest
@@ -107,7 +108,11 @@ async def _events(
                 return
             for event in events.text(piece.text) if piece.text else events.choice(piece.delta or {}):
                 yield event
-            piece = await anext(pieces)
+            try:
+                piece = await anext(pieces)
+            except ServerStopping:
+                yield error_event(stopping_message(job_id), 503)
+                return
         job = await client.get(job_id)
         if job.status != JobStatus.SUCCEEDED:
             failure = job_failure(job)

@@ -6,18 +6,23 @@ a bare `500 Internal Server Error` (and the log as a traceback). A chat completi
 job for up to ROUTEQ_API_WAIT_TIMEOUT_S (ten minutes), far past any grace period. So each such wait
 registers its deadline here, and when the server starts to stop (`ApiServer.shutdown`, in
 producer/api/app.py) every deadline is brought forward to just before the grace period ends: the
-request answers a 503 naming its job, which goes on in the workers and is read by its id.
+request answers a 503 naming its job, which goes on in the workers and is read by its id. A stream
+already under way (`follow`) ends the same way, with an error event naming the job, instead of a
+connection cut mid-answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from producer.api.errors import ApiError
 
-__all__ = ["Stopping", "stopping_error"]
+__all__ = ["ServerStopping", "Stopping", "stopping_error", "stopping_message"]
+
+T = TypeVar("T")
 
 # Waits are cut this long before the grace period ends, so their answers are written before uvicorn
 # cancels what is left (or at once when the grace is shorter).
@@ -45,6 +50,22 @@ class Stopping:
         finally:
             self._waits.discard(wait)
 
+    async def follow(self, pieces: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """`pieces` until they end, or `ServerStopping` once the server stops before they do."""
+        try:
+            while True:
+                async with asyncio.timeout(None) as wait:
+                    with self.cutting(wait):
+                        try:
+                            piece = await anext(pieces)
+                        except StopAsyncIteration:
+                            return
+                yield piece
+        except TimeoutError:
+            raise ServerStopping from None
+        finally:
+            await pieces.aclose()
+
     def begin(self, grace_s: float) -> None:
         """The server is stopping and gives requests `grace_s`: cut every wait short of that."""
         self._deadline = asyncio.get_running_loop().time() + max(0.0, grace_s - _MARGIN_S)
@@ -57,12 +78,22 @@ class Stopping:
             wait.reschedule(self._deadline)
 
 
+class ServerStopping(Exception):
+    """The server stopped before the stream followed (`Stopping.follow`) ended."""
+
+
+def stopping_message(job_id: str) -> str:
+    return (
+        f"this API server is stopping; job {job_id} goes on: GET /v1/jobs/{job_id}, or retry with the "
+        "same Idempotency-Key"
+    )
+
+
 def stopping_error(job_id: str) -> ApiError:
     """The 503 of a request whose job had not finished when the server stopped."""
     return ApiError(
         503,
-        f"this API server is stopping; job {job_id} goes on: GET /v1/jobs/{job_id}, or retry with the "
-        "same Idempotency-Key",
+        stopping_message(job_id),
         type_="service_unavailable",
         code="server_stopping",
         job_id=job_id,
