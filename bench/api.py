@@ -28,12 +28,17 @@ work leaves less than two cores the rates follow `all`.
 The worker and the sim (0 ms latency) are separate processes, as in production; the Redis database
 (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the start and end.
 
+With `--caller wrk` the bare and API phases are driven by wrk (`apt-get install wrk`; bench/wrk_chat.lua
+writes the same bodies and checks the same answers) for `--wrk-seconds` each: a C load generator
+costs about a tenth of the light caller's CPU a request, so the HTTP phases keep nearly all of the
+two cores, as with callers on other machines. Its rates are wrk's count over wrk's time.
+
 With `--rounds R` the phases run R times in turn (other prompts each round) and each ratio is the
 median of the rounds' ratios, every round's shown: on a busy machine one round's phases can meet
 different loads.
 
 Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--rounds R]
-[--phases direct,bare,http,api,stream]`.
+[--phases direct,bare,http,api,stream] [--caller aiohttp|wrk]`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -53,6 +60,7 @@ from pathlib import Path
 
 import aiohttp
 import openai
+from arq.connections import ArqRedis
 from openai.types.chat import ChatCompletionMessageParam
 from saturation import routeq_env, spawn_routeq, start_workers, wait_for_workers
 from throughput import (
@@ -68,6 +76,7 @@ from throughput import (
 
 from producer.client import Client
 from router_core.models import ChatRequest, Message
+from storage.bus.registry import queue_stats
 from storage.jobs import JobStatus
 from storage.settings import Settings
 
@@ -156,6 +165,57 @@ async def measure(
     return rate, cpu["all"]
 
 
+def run_wrk(command: list[str], env: dict[str, str]) -> tuple[int, str, float]:
+    """Run wrk to its end: its exit status, its output and the CPU seconds it used (wait4's usage)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)  # its output is a few lines: the pipe never fills
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    output = proc.stdout.read() if proc.stdout else ""
+    return proc.returncode, output, usage.ru_utime + usage.ru_stime
+
+
+async def measure_wrk(
+    label: str, *, url: str, secret: str, over: str, args: argparse.Namespace, pids: dict[str, int | None]
+) -> tuple[float, float]:
+    """As `measure`, with wrk as the callers: `args.concurrency` connections of one wrk thread POST
+    chat completions to `url` for `args.wrk_seconds` (bench/wrk_chat.lua checks every answer). The
+    callers' CPU is wrk's own; requests wrk left unanswered when its time was up are drained before
+    the next phase (`drained`)."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("--caller wrk needs wrk on the PATH (Debian: apt-get install wrk)")
+    command = [wrk, "-t1", f"-c{args.concurrency}", f"-d{args.wrk_seconds}s", "--timeout", "60s"]
+    command += ["-s", str(Path(__file__).with_name("wrk_chat.lua")), url]
+    env = os.environ | {"WRK_SECRET": secret, "WRK_OVER": over}
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items() if pid is not None}
+    status, output, wrk_cpu_s = await asyncio.to_thread(run_wrk, command, env)
+    cpu_after = {name: cpu_s(pid) for name, pid in pids.items() if pid is not None}
+    found = re.search(r"^routeq-wrk (.*)$", output, re.MULTILINE)
+    if status != 0 or found is None:
+        raise SystemExit(f"wrk failed (exit {status}):\n{output}")
+    fields = dict(field.split("=", 1) for field in found.group(1).split(" first_bad=")[0].split())
+    requests, bad = int(fields["requests"]), int(fields["bad"]) + int(fields["socket_errors"])
+    if bad or not requests:
+        raise SystemExit(f"{bad} of {requests} requests through wrk failed: {found.group(1)}")
+    rate = requests / (int(fields["duration_us"]) / 1e6)
+    p50, p95 = int(fields["p50_us"]) / 1000, int(fields["p95_us"]) / 1000
+    line = f"   {label:<28} {rate:8.1f} req/s   p50 {p50:6.1f} ms   p95 {p95:6.1f} ms"
+    print(f"{line}   ({requests:,} requests)")
+    cpu = {name: (cpu_after[name] - cpu_before[name]) / requests * 1000 for name in cpu_after}
+    cpu["callers"] = wrk_cpu_s / requests * 1000
+    cpu["all"] = sum(cpu.values())
+    print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
+    return rate, cpu["all"]
+
+
+async def drained(redis: ArqRedis, queue: str) -> None:
+    """Until the worker has run every job queued (what wrk's unanswered requests left behind)."""
+    while True:
+        if not (await queue_stats(redis, queue, now_ms=int(time.time() * 1000))).depth:
+            return
+        await asyncio.sleep(0.05)
+
+
 def calls(client: Client, sdk: openai.AsyncOpenAI) -> tuple[Call, Call, Call]:
     """The three ways of asking: the Python client, the API, the API streamed. Every request is a
     prompt of its own: the response cache (on by default) would answer a repeated one without a
@@ -215,25 +275,62 @@ def light_call(session: aiohttp.ClientSession, url: str, secret: str, over: str)
     return light
 
 
-def print_ratios(rates: dict[str, list[float]], cpus: dict[str, list[float]]) -> None:
+def print_ratios(rates: dict[str, list[float]], cpus: dict[str, list[float]], caller: str) -> None:
     """Each phase's rate over another's (the median over rounds), naming its caller; then the
     second phase's CPU a request over the first's (`all`: every process timed): with the callers and
     the servers on the same two cores, the rates follow it."""
     for phase, base, label in (
-        ("bare", "direct", "bare front / direct, light caller:     "),
-        ("http", "direct", "API / direct, light aiohttp caller:    "),
-        ("http", "bare", "API / bare front, light caller:        "),
-        ("api", "direct", "API / direct, openai SDK caller:       "),
+        ("bare", "direct", f"bare front / direct, {caller} caller:"),
+        ("http", "direct", f"API / direct, {caller} caller:"),
+        ("http", "bare", f"API / bare front, {caller} caller:"),
+        ("api", "direct", "API / direct, openai SDK caller:"),
         ("stream", "direct", "API stream / direct, openai SDK caller:"),
     ):
         if phase in rates and base in rates:
             ratios = [r / d for r, d in zip(rates[phase], rates[base], strict=True)]
             by_cpu = [d / a for a, d in zip(cpus[phase], cpus[base], strict=True)]
             median, median_cpu = statistics.median(ratios), statistics.median(by_cpu)
-            line = f"   {label}   {median:6.3f}   by CPU a request {median_cpu:6.3f}"
+            line = f"   {label:<42} {median:6.3f}   by CPU a request {median_cpu:6.3f}"
             if len(ratios) > 1:
                 line += "  (medians; each round: " + ", ".join(f"{r:.3f}" for r in ratios) + ")"
             print(line)
+
+
+# A phase: its name, its label, its call, and for the light caller's phases the port and the name
+# of the server in the prompts (what wrk needs with --caller wrk).
+Phase = tuple[str, str, Call, tuple[int, str] | None]
+
+
+async def run_rounds(
+    args: argparse.Namespace,
+    phases: list[Phase],
+    *,
+    pids: dict[str, int | None],
+    secret: str,
+    redis: ArqRedis,
+    queue: str,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each phase in turn, `args.rounds` times: every round's rate and CPU a request of each phase."""
+    rates: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}  # CPU a request of every process timed (`all`)
+    for round_no in range(args.rounds):
+        if args.rounds > 1:
+            print(f" round {round_no + 1} of {args.rounds}")
+        for phase, label, call, server in phases:
+            if args.caller == "wrk" and server is not None:
+                port, server_name = server
+                timed = {name: pid for name, pid in pids.items() if name != "callers"}  # wrk's: its own
+                over = f"{server_name}, wrk round {round_no}"  # prompts of their own each round
+                url = f"http://127.0.0.1:{port}"
+                rate, cpu = await measure_wrk(label, url=url, secret=secret, over=over, args=args, pids=timed)
+                await drained(redis, queue)
+            else:
+                # Prompts of their own each round: the response cache answers none of them.
+                first = round_no * args.requests
+                rate, cpu = await measure(label, call, args.requests, args.concurrency, pids, first=first)
+            rates.setdefault(phase, []).append(rate)
+            cpus.setdefault(phase, []).append(cpu)
+    return rates, cpus
 
 
 async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
@@ -270,25 +367,19 @@ async def run(args: argparse.Namespace, tmp: Path, sim_url: str) -> None:
             }
             if pids["sim"] is None:
                 raise SystemExit("the sim process was not found among this process's children")
-            n, c = args.requests, args.concurrency
-            rates: dict[str, list[float]] = {}
-            cpus: dict[str, list[float]] = {}  # CPU a request of every process timed (`all`)
-            for round_no in range(args.rounds):
-                if args.rounds > 1:
-                    print(f" round {round_no + 1} of {args.rounds}")
-                for phase, label, call in (
-                    ("direct", "direct (Client.submit+wait)", direct),
-                    ("bare", "bare HTTP front, light caller", bare),
-                    ("http", "API, light aiohttp caller", light),
-                    ("api", "API, openai SDK", plain),
-                    ("stream", "API, openai SDK, stream", streamed),
-                ):
-                    if phase in args.phases:
-                        # Prompts of their own each round: the response cache answers none of them.
-                        rate, cpu = await measure(label, call, n, c, pids, first=round_no * n)
-                        rates.setdefault(phase, []).append(rate)
-                        cpus.setdefault(phase, []).append(cpu)
-        print_ratios(rates, cpus)
+            caller = "wrk" if args.caller == "wrk" else "light aiohttp"
+            phases: list[Phase] = [
+                ("direct", "direct (Client.submit+wait)", direct, None),
+                ("bare", f"bare HTTP front, {caller} caller", bare, (bare_port, "a bare front")),
+                ("http", f"API, {caller} caller", light, (port, "plain HTTP")),
+                ("api", "API, openai SDK", plain, None),
+                ("stream", "API, openai SDK, stream", streamed, None),
+            ]
+            chosen = [phase for phase in phases if phase[0] in args.phases]
+            rates, cpus = await run_rounds(
+                args, chosen, pids=pids, secret=secret, redis=redis, queue=settings.queue_name
+            )
+        print_ratios(rates, cpus, caller)
         print(f"   ({NOTE})")
     finally:
         await sdk.close()
@@ -315,6 +406,15 @@ def main() -> None:
         "(on a busy machine a round's phases see different loads)",
     )
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--caller",
+        choices=["aiohttp", "wrk"],
+        default="aiohttp",
+        help="what drives the bare and API phases: the light aiohttp caller in this process, or wrk "
+        "(a C load generator, `apt-get install wrk`: about a tenth of aiohttp's CPU a request, the "
+        "nearest this machine gets to callers on other machines)",
+    )
+    parser.add_argument("--wrk-seconds", type=int, default=4, help="how long each wrk phase runs")
     parser.add_argument(
         "--phases",
         type=lambda text: text.split(","),
