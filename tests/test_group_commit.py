@@ -68,6 +68,21 @@ async def test_plain_writes_on_a_sqlite_file_commit_in_groups_on_the_writer_thre
     assert {thread.split("_")[0] for thread in found.values()} == {"routeq-sql-writer"}
 
 
+async def test_the_writer_threads_connection_keeps_more_pages_and_checkpoints_less(
+    engine: AsyncEngine,
+) -> None:
+    writer = WriterThread(engine)
+
+    def settings(conn: Connection) -> tuple[object, ...]:
+        pragmas = ("journal_mode", "synchronous", "cache_size", "wal_autocheckpoint")
+        return tuple(conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in pragmas)
+
+    found = await writer.transaction(settings)
+    await writer.close()
+    # The async engine's PRAGMAs (WAL, synchronous NORMAL = 1), then 64 MiB and 20,000 pages.
+    assert found == ("wal", 1, -65_536, 20_000)
+
+
 async def test_a_group_with_an_async_write_runs_its_plain_writes_in_the_same_transaction(
     engine: AsyncEngine,
 ) -> None:
