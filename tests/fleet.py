@@ -66,6 +66,19 @@ async def until(check: Callable[[], Any], *, timeout_s: float, what: str, every_
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None
 
 
+def routeq_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `routeq` process on the test's Redis, database and queue, simulating."""
+    assert settings.redis_url is not None
+    return {
+        **os.environ,
+        "ROUTEQ_REDIS_URL": settings.redis_url,
+        "ROUTEQ_DATABASE_URL": settings.database_url,
+        "ROUTEQ_QUEUE_NAME": settings.queue_name,
+        "ROUTEQ_SIMULATE": "always",
+        **extra,
+    }
+
+
 class Fleet:
     """Starts and always stops the subprocesses of one test."""
 
@@ -107,20 +120,19 @@ class Fleet:
     def worker(self, name: str, settings: Settings, catalog: Path, **env: str) -> subprocess.Popen[bytes]:
         """Start `routeq worker` with the test's Redis, database and queue."""
         assert ROUTEQ is not None
-        assert settings.redis_url is not None
-        full_env = {
-            **os.environ,
-            "ROUTEQ_REDIS_URL": settings.redis_url,
-            "ROUTEQ_DATABASE_URL": settings.database_url,
-            "ROUTEQ_QUEUE_NAME": settings.queue_name,
-            "ROUTEQ_SIMULATE": "always",
+        defaults = {
             "ROUTEQ_CATALOG_PATH": str(catalog),
             "ROUTEQ_WORKER_CONCURRENCY": "50",
             "ROUTEQ_POLL_DELAY_S": "0.02",
             "ROUTEQ_WORKER_METRICS_PORT": "",  # off: several workers on one host would race for 9101
-            **env,
         }
+        full_env = routeq_env(settings, **(defaults | env))
         return self.spawn(name, [ROUTEQ, "worker"], full_env)
+
+    def api(self, name: str, settings: Settings, port: int, **env: str) -> subprocess.Popen[bytes]:
+        """Start `routeq serve` on `port` with the test's Redis, database and queue."""
+        assert ROUTEQ is not None
+        return self.spawn(name, [ROUTEQ, "serve", "--port", str(port)], routeq_env(settings, **env))
 
     async def registered(self, redis: Any, count: int) -> None:
         """Wait until `count` workers are in `routeq:workers` (each started up)."""

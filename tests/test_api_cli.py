@@ -22,7 +22,7 @@ from producer.cli import app
 from storage.sql.schema import jobs
 from storage.sql.store import Store
 from tests.backends import open_backend
-from tests.fleet import PROCESS_TEST_TIMEOUT_S, ROUTEQ, fleet, free_port, until
+from tests.fleet import PROCESS_TEST_TIMEOUT_S, fleet, free_port, until
 
 # Each test here starts Python processes (workers, a sim, an API) and waits on conditions with deadlines
 # of its own; on a busy machine process start-up alone can take tens of seconds, so the per-test
@@ -203,20 +203,9 @@ async def test_serve_stops_within_its_grace_period_while_a_chat_completion_waits
     if not os.environ.get("ROUTEQ_TEST_REDIS_URL") and not os.environ.get("CI"):
         pytest.skip("needs the real Redis and PostgreSQL (ROUTEQ_TEST_REDIS_URL, ROUTEQ_TEST_DATABASE_URL)")
     async with open_backend("services", tmp_path) as services, fleet(tmp_path) as procs:
-        settings = services.settings
-        assert ROUTEQ is not None
-        assert settings.redis_url is not None
         _, secret = await services.store.api_keys.create(tenant="acme", user_id="u1")
-        env = {
-            **os.environ,
-            "ROUTEQ_REDIS_URL": settings.redis_url,
-            "ROUTEQ_DATABASE_URL": settings.database_url,
-            "ROUTEQ_QUEUE_NAME": settings.queue_name,
-            "ROUTEQ_SIMULATE": "always",
-            "ROUTEQ_SHUTDOWN_GRACE_S": "1",
-        }
         port = free_port()
-        api = procs.spawn("api", [ROUTEQ, "serve", "--port", str(port)], env)
+        api = procs.api("api", services.settings, port, ROUTEQ_SHUTDOWN_GRACE_S="1")
         headers = {"Authorization": f"Bearer {secret}"}
         async with httpx2.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60

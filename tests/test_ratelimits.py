@@ -22,7 +22,7 @@ from storage.fleet.ratelimits import RateLimiter, RateLimits
 from storage.sql.store import Store
 from tests.api_harness import LiveApi, serve_api
 from tests.backends import Backend, open_backend
-from tests.fleet import PROCESS_TEST_TIMEOUT_S, ROUTEQ, fleet, free_port, until
+from tests.fleet import PROCESS_TEST_TIMEOUT_S, fleet, free_port, until
 
 PROMPT = [{"role": "user", "content": "Name a lighthouse"}]
 
@@ -98,22 +98,12 @@ async def test_a_keys_rpm_holds_across_two_api_processes(tmp_path: Path) -> None
     if not os.environ.get("ROUTEQ_TEST_REDIS_URL") and not os.environ.get("CI"):
         pytest.skip("needs the real Redis and PostgreSQL (ROUTEQ_TEST_REDIS_URL, ROUTEQ_TEST_DATABASE_URL)")
     async with open_backend("services", tmp_path) as services, fleet(tmp_path) as procs:
-        settings = services.settings
-        assert ROUTEQ is not None
-        assert settings.redis_url is not None
         _, secret = await services.store.api_keys.create(
             tenant="acme", user_id="u1", limits=RateLimits(rpm=5, burst=5)
         )
-        env = {
-            **os.environ,
-            "ROUTEQ_REDIS_URL": settings.redis_url,
-            "ROUTEQ_DATABASE_URL": settings.database_url,
-            "ROUTEQ_QUEUE_NAME": settings.queue_name,
-            "ROUTEQ_SIMULATE": "always",
-        }
         ports = [free_port(), free_port()]
         for n, port in enumerate(ports):
-            procs.spawn(f"api-{n}", [ROUTEQ, "serve", "--port", str(port)], env)
+            procs.api(f"api-{n}", services.settings, port)
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {secret}"}, timeout=30) as http:
 
