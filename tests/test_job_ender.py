@@ -1,8 +1,8 @@
 """arq's end of a delivery as one coalesced script (storage/bus/queue.py JobEnder): for every branch
 of arq's own `Worker.finish_job`, the same keys are left behind, whether the job is where a claim
 put it (the queue's running set, its queue score remembered by the worker) or back in the queue
-(queued again during its delivery, as a deferral does; or claimed by a plain arq worker). Both
-backends."""
+(queued again during its delivery, as a deferral does; or claimed by a plain arq worker). A
+delivery that outlived its lease leaves the job to the claim that took it next. Both backends."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from storage import keys
-from storage.bus.queue import Deferrals, JobEnder
+from storage.bus.queue import Deferrals, JobClaimer, JobEnder
 from tests.backends import Backend
 
 QUEUE = "ender:queue"
 JOB = "job-1"
+TOKEN = "w1:7"  # the lease's value: the token of the claim that took the job
 
 # (finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
 CASES = {
@@ -36,7 +37,7 @@ async def _seed(redis: Redis, *, claimed: bool = False) -> None:
     """The job mid-delivery: in arq's queue at score 1,000, or (`claimed`) moved by a claim from
     there to the running set."""
     await redis.flushdb()
-    await redis.set(keys.ARQ_IN_PROGRESS_PREFIX + JOB, "1", px=15_000)
+    await redis.set(keys.ARQ_IN_PROGRESS_PREFIX + JOB, TOKEN, px=15_000)
     await redis.set(keys.ARQ_RETRY_PREFIX + JOB, 2)
     await redis.set(keys.ARQ_JOB_PREFIX + JOB, b"payload", px=86_400_000)
     await redis.zadd(QUEUE, {"other": 2_000})
@@ -77,7 +78,7 @@ async def test_the_script_leaves_what_arqs_finish_job_leaves(
     by_arq = await _state(redis)
 
     await _seed(redis, claimed=claimed)
-    await JobEnder(redis, QUEUE).end(JOB, *args, claimed_score=1_000)
+    await JobEnder(redis, QUEUE).end(JOB, *args, claimed_score=1_000, token=TOKEN)
     assert await _state(redis) == by_arq  # the running set emptied, so gone
     if args[1] is not None:  # the cases that keep a result do keep it
         assert result_key_prefix + JOB in by_arq
@@ -104,3 +105,42 @@ async def test_a_job_cancelled_while_claimed_is_not_queued_again(backend: Backen
     await JobEnder(redis, QUEUE).end(JOB, False, None, None, False, None, None, claimed_score=1_000)
     assert await redis.zscore(QUEUE, JOB) is None
     assert await redis.zrange(QUEUE, 0, -1) == [b"other"]
+
+
+async def test_a_delivery_that_outlived_its_lease_leaves_the_next_claim_alone(backend: Backend) -> None:
+    """Delivery A's lease lapsed (its worker stalled) and a claim took the job again (B). A's end (a
+    retry) must not delete B's lease, take the job out of the running set or queue it again: B runs
+    it, and should B's worker die, the claims' crash recovery must still find it."""
+    redis = await backend.redis()
+    await redis.flushdb()
+    lease, running = keys.ARQ_IN_PROGRESS_PREFIX + JOB, keys.queue_running(QUEUE)
+    await redis.set(keys.ARQ_JOB_PREFIX + JOB, b"payload")
+    await redis.zadd(QUEUE, {JOB: 1_000})
+    claimer, ender = JobClaimer(redis, QUEUE), JobEnder(redis, QUEUE)
+    assert (await claimer.claim(limit=1, lease_ms=5_000, now_ms=10_000, token="a:1")).jobs == [(JOB, 1_000)]
+    await redis.delete(lease)  # A's lease ran out
+    # The next claim puts the job back at its lease's expiry and takes it: delivery B.
+    assert (await claimer.claim(limit=1, lease_ms=5_000, now_ms=16_000, token="b:1")).jobs == [(JOB, 15_000)]
+    retry = (False, None, None, False, 5_000, None)
+
+    await ender.end(JOB, *retry, claimed_score=1_000, token="a:1")
+    assert await redis.get(lease) == b"b:1"
+    assert await redis.zscore(running, JOB) == 21_000
+    assert await redis.zscore(QUEUE, JOB) is None
+
+    await ender.end(JOB, True, None, None, False, None, None, claimed_score=15_000, token="b:1")
+    assert not await redis.exists(lease, running, keys.ARQ_JOB_PREFIX + JOB)
+    assert await redis.zscore(QUEUE, JOB) is None
+
+
+async def test_a_delivery_whose_lease_lapsed_unclaimed_still_ends_its_own_entry(backend: Backend) -> None:
+    """No other claim took the job: a lease gone is no one else's, so the end (a retry) takes the
+    job out of the running set and back on the queue, as when the lease held."""
+    redis = await backend.redis()
+    await _seed(redis, claimed=True)
+    await redis.delete(keys.ARQ_IN_PROGRESS_PREFIX + JOB)
+    await JobEnder(redis, QUEUE).end(
+        JOB, False, None, None, False, 5_000, None, claimed_score=1_000, token=TOKEN
+    )
+    assert await redis.zcard(keys.queue_running(QUEUE)) == 0
+    assert await redis.zscore(QUEUE, JOB) == 6_000

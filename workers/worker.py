@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import random
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -226,7 +227,9 @@ class RouteqWorker(Worker):
         self._work = Signal()
         self._claimer: JobClaimer | None = None
         self._next_due_ms: int | None = None
-        self._claimed: dict[str, int] = {}  # running job -> its queue score when claimed (JobEnder)
+        # Running job -> its queue score when claimed and the claim's token (JobEnder).
+        self._claimed: dict[str, tuple[int, str]] = {}
+        self._claim_tokens = f"{secrets.token_hex(6)}:"  # + the claim's number: each claim's own
         self._claim_due, self._pings_seen = True, 0  # see _claim_and_start
         self._ended: list[tuple[str, asyncio.Task[None]]] = []
         self._subscription = contextlib.AsyncExitStack()
@@ -296,13 +299,16 @@ class RouteqWorker(Worker):
         self._claim_due, self._pings_seen = False, self._work.sets  # a ping from here on calls again
         try:
             lease_ms = int(self.in_progress_timeout_s * 1000)
-            claim = await self._claimer.claim(limit=limit, lease_ms=lease_ms, now_ms=timestamp_ms())
+            token = f"{self._claim_tokens}{self.polls}"
+            claim = await self._claimer.claim(
+                limit=limit, lease_ms=lease_ms, now_ms=timestamp_ms(), token=token
+            )
         except BaseException:
             self._claim_due = True
             raise
         self._next_due_ms = claim.next_due_ms
         for job_id, score in claim.jobs:
-            self._claimed[job_id] = score
+            self._claimed[job_id] = (score, token)
             # Never blocks: `sem` holds max_jobs + 1 and only `limit` free slots were claimed.
             await self.sem.acquire()
             self.job_counter += 1
@@ -349,16 +355,16 @@ class RouteqWorker(Worker):
         is announced like a new one: another worker takes it now, or waits for its time exactly.
         """
         ender = JobEnder(self.pool, self.queue_name)
-        claimed = self._claimed.pop(job_id, None)
+        score, token = self._claimed.pop(job_id, (None, None))
         for delay in _FINISH_RETRY_S:
             try:
-                await ender.end(job_id, finish, *args, claimed_score=claimed)
+                await ender.end(job_id, finish, *args, claimed_score=score, token=token)
                 break
             except (RedisError, OSError) as exc:
                 logger.warning("could not record a finished job (%s); retrying in %ss", exc, delay)
                 await asyncio.sleep(delay)
         else:
-            await ender.end(job_id, finish, *args, claimed_score=claimed)
+            await ender.end(job_id, finish, *args, claimed_score=score, token=token)
         if not finish:
             await self._announce_requeue()
 

@@ -339,7 +339,9 @@ async def orphans(redis: Redis, job_ids: Sequence[str], *, queue_name: str) -> l
 _CLAIM_PAGE = 500
 
 # KEYS[1] the queue, KEYS[2] its running set. ARGV: [1] now (ms, the clock arq scores with), [2] most
-# jobs to claim, [3] lease (ms), [4] the in-progress key prefix, [5] the most entries read at a time.
+# jobs to claim, [3] lease (ms), [4] the in-progress key prefix, [5] the most entries read at a time,
+# [6] the lease's value: this claim's token, which the delivery's end (_END) shows to prove it still
+# owns the job.
 # arq's own start (worker.start_jobs) checks one id per WATCH/EXISTS/ZSCORE/MULTI transaction and
 # only among the first `queue_read_limit` due ids, where jobs running elsewhere stay until they
 # end. Here a claimed job leaves the queue for the running set (scored by its lease's expiry) until
@@ -352,7 +354,7 @@ _CLAIM_PAGE = 500
 _CLAIM = """
 local queue, running = KEYS[1], KEYS[2]
 local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
-local lease, prefix, most = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local lease, prefix, most, token = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'WITHSCORES', 'LIMIT', 0, most)
 for i = 1, #lapsed, 2 do
   local id = lapsed[i]
@@ -379,7 +381,7 @@ while #claimed < 2 * want do
   if #ids > 0 and redis.call('EXISTS', unpack(leases)) < #ids then
     for i = 1, #ids do
       if redis.call('EXISTS', leases[i]) == 0 then
-        redis.call('SET', leases[i], '1', 'PX', lease)
+        redis.call('SET', leases[i], token, 'PX', lease)
         redis.call('ZREM', queue, ids[i])
         redis.call('ZADD', running, now + lease, ids[i])
         claimed[#claimed + 1] = ids[i]
@@ -415,17 +417,20 @@ class JobClaimer:
         self._keys = [queue_name, keys.queue_running(queue_name)]
         self._script = redis.register_script(_CLAIM)
 
-    async def claim(self, *, limit: int, lease_ms: int, now_ms: int) -> Claim:
+    async def claim(self, *, limit: int, lease_ms: int, now_ms: int, token: str = "1") -> Claim:
         """Lease up to `limit` due jobs that no worker runs, in queue order: one round trip.
 
-        The lease is arq's `arq:in-progress:<id>` (the same key, value and meaning), so a job
-        claimed here is run by arq's `run_job`, plain arq workers on the same queue see it as taken,
-        and a claimed job whose worker dies runs again once the lease expires. The job moves from the
+        The lease is arq's `arq:in-progress:<id>` (the same key and meaning; its value is `token`,
+        where arq writes "1"), so a job claimed here is run by arq's `run_job`, plain arq workers on
+        the same queue see it as taken, and a claimed job whose worker dies runs again once the
+        lease expires. `token` names this claim: the delivery's end shows it (`JobEnder.end`), so a
+        delivery whose lease lapsed and whose job another claim took leaves that claim's lease and
+        running entry alone. The job moves from the
         queue to its running set (`keys.queue_running`) with the lease's expiry: `JobEnder.end`
         takes it out, and puts it back on the queue at its score when the delivery ends unfinished
         (a retry, a shut-down). The lease's renewal (`renew`) moves the expiry with it.
         """
-        args: list[str | int] = [now_ms, limit, lease_ms, keys.ARQ_IN_PROGRESS_PREFIX, _CLAIM_PAGE]
+        args: list[str | int] = [now_ms, limit, lease_ms, keys.ARQ_IN_PROGRESS_PREFIX, _CLAIM_PAGE, token]
         pairs, later = await self._script(keys=self._keys, args=args)
         jobs = [(_text(pairs[i]), int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
         return Claim(jobs, int(float(later)) if later not in (b"", "", None) else None)
@@ -439,19 +444,23 @@ def _text(value: bytes | str) -> str:
 # KEYS: the job's lease, try counter, payload and result keys, arq's abort set, the queue, its
 # running set. ARGV: the id, '1' to finish ('' to leave it queued), the result ('' none), its PX
 # ('' none), the score to add ('' none: arq's Retry(defer=...)), the lease's new PX ('' to delete
-# it), the job's queue score when it was claimed.
+# it), the job's queue score when it was claimed, the claim's token ('' none: not checked).
 # arq's `Worker.finish_job` as one script: the same commands in the same order, atomic as its
 # MULTI/EXEC was, but sent in the worker's coalesced pipeline instead of a transaction of its own.
 # The delivery ends, so the job leaves the running set. A job not finished goes back on the queue
 # where arq would have left it: its claimed score, plus arq's increment; if something queued it
-# again meanwhile (a deferral at its turn), that entry is arq's to bump, as before.
+# again meanwhile (a deferral at its turn), that entry is arq's to bump, as before. The lease and
+# the running entry are this delivery's only while the lease holds its claim's token (or is gone):
+# a delivery that outlived its lease, whose job another claim took, leaves them to that delivery.
 _END = """
 local lease, tries, payload, result = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local aborts, queue, running = KEYS[5], KEYS[6], KEYS[7]
 local id, finish, data, data_px, incr, keep_px = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local claimed = ARGV[7]
-if keep_px ~= '' then redis.call('PEXPIRE', lease, keep_px) end
-local held = redis.call('ZREM', running, id) == 1
+local claimed, token = ARGV[7], ARGV[8]
+local current = redis.call('GET', lease)
+local owner = token == '' or not current or current == token
+if owner and keep_px ~= '' then redis.call('PEXPIRE', lease, keep_px) end
+local held = owner and redis.call('ZREM', running, id) == 1
 if finish == '1' then
   if data ~= '' and data_px ~= '' then
     redis.call('SET', result, data, 'PX', data_px)
@@ -465,7 +474,7 @@ elseif redis.call('ZSCORE', queue, id) then
 elseif held then
   redis.call('ZADD', queue, tonumber(claimed) + (tonumber(incr) or 0), id)
 end
-if keep_px == '' then redis.call('DEL', lease) end
+if owner and keep_px == '' then redis.call('DEL', lease) end
 if finish == '1' then redis.call('DEL', tries, payload) end
 return 0
 """
@@ -489,11 +498,14 @@ class JobEnder:
         keep_in_progress: float | None,
         *,
         claimed_score: int | None = None,
+        token: str | None = None,
     ) -> None:
         """What arq's `finish_job` does with the same arguments, and the job out of the running set.
 
         `claimed_score`: the job's queue score when `JobClaimer.claim` took it (now, when unknown):
         a job not finished goes back on the queue there, plus `incr_score`, as arq leaves it.
+        `token`: the claim's (`JobClaimer.claim`); when the lease holds another claim's, that claim
+        owns the job now and its lease and running entry are left alone. None: not checked.
         """
         expire = None if keep_result_forever else result_timeout_s
         if claimed_score is None:
@@ -515,5 +527,6 @@ class JobEnder:
             incr_score or "",
             "" if keep_in_progress is None else int(keep_in_progress * 1000),
             claimed_score,
+            token or "",
         ]
         await self._script(keys=job_keys, args=args)
