@@ -17,7 +17,7 @@ import openai
 import uvicorn
 
 from producer.api import create_app
-from producer.api.stopping import Stopping
+from producer.api.direct import RouteqApi
 from router_core.catalog import Catalog
 from router_core.providers import sim_world_for
 from router_core.sim import create_server
@@ -37,7 +37,7 @@ class LiveApi:
     catalog: Catalog
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
     sim_world: SimWorld | None = None  # the simulated providers the worker calls (in-process or loopback)
-    stopping: Stopping | None = None  # the app's: `begin` it to act as a server that starts to stop
+    app: RouteqApi | None = None  # its `state.stopping.begin` acts as a server that starts to stop
 
     async def key(self, tenant: str, user: str = "u1", *, admin: bool = False, operator: bool = False) -> str:
         """A new API key's secret for `tenant`/`user`."""
@@ -127,7 +127,7 @@ async def _serve(
                 poll_delay=0.01,
             )
             worker_task = asyncio.create_task(run_worker(arq_worker))
-        live = LiveApi(f"http://127.0.0.1:{port}", backend, catalog, stopping=app.state.stopping)
+        live = LiveApi(f"http://127.0.0.1:{port}", backend, catalog, app=app)
         try:
             yield live
         finally:

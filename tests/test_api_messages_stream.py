@@ -153,7 +153,7 @@ async def test_a_stream_under_way_ends_with_an_error_naming_its_job_when_the_ser
     cut mid-answer once the grace period is over."""
     async with serve_api(backend, catalog=PACED, loopback_sim=True, max_attempts_per_deployment=1) as api:
         gate = _gate(api)
-        assert api.stopping is not None
+        assert api.app is not None
         body = {
             "model": "fast-b",
             "max_tokens": 500,
@@ -172,7 +172,7 @@ async def test_a_stream_under_way_ends_with_an_error_naming_its_job_when_the_ser
                 async for line in lines:  # up to the first piece of text: the provider is mid-answer
                     if '"text_delta"' in line or ('"content":"' in line and '"content":""' not in line):
                         break
-                api.stopping.begin(grace_s=0)
+                api.app.state.stopping.begin(grace_s=0)
                 rest = [line async for line in lines if line.startswith("data: ")]
         finally:
             gate.gate.set()  # a failed assertion must not leave the provider waiting

@@ -59,11 +59,11 @@ from storage import keys
 from storage.bus.relay import Piece
 from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
-__all__ = ["first_piece", "job_failure", "router", "wait_timeout"]
+__all__ = ["ROUTE", "first_piece", "job_failure", "router", "wait_timeout"]
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
-_ROUTE = "/v1/chat/completions"
+ROUTE = "/v1/chat/completions"
 
 
 def job_failure(job: JobRecord) -> ApiError:
@@ -169,7 +169,7 @@ _CHAT_OPENAPI: dict[str, Any] = {
 
 
 @router.post(
-    _ROUTE, summary="Create a routed chat completion", response_model=None, openapi_extra=_CHAT_OPENAPI
+    ROUTE, summary="Create a routed chat completion", response_model=None, openapi_extra=_CHAT_OPENAPI
 )
 async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
     principal, ctx = await request_caller(http)  # first: a request without a key is a 401, body or not
@@ -187,7 +187,7 @@ async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
     key = None
     if idempotency is not None:  # the body's JSON dump is the key's fingerprint: only made for one
         key = idempotency_key(
-            idempotency, _ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings
+            idempotency, ROUTE, body.model_dump(exclude_unset=True, mode="json"), ctx.settings
         )
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
     # parse_chat_body checked what check_storable would (unstorable values, the size limits).
