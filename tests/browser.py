@@ -88,9 +88,7 @@ class LiveSite:
         self._catalog = catalog
         self._settings = settings
         self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._main(),), name="live-site", daemon=True
-        )
+        self._thread: threading.Thread | None = None  # made by `start`, once the services are there
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
@@ -114,6 +112,11 @@ class LiveSite:
         # The services' URLs are checked here, where a skip or a failure reaches pytest.
         service_url(REDIS_ENV)
         service_url(DATABASE_ENV)
+        # The coroutine is made only now: one made before a skip above was never awaited, and its
+        # warning, raised when it was collected, failed whichever test was running then.
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._main(),), name="live-site", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(60):
             raise RuntimeError("the live site did not start within 60 s")
@@ -123,6 +126,8 @@ class LiveSite:
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is None:
+            return
         self._thread.join(30)
         if self._thread.is_alive():
             raise RuntimeError("the live site did not stop within 30 s")
