@@ -111,9 +111,13 @@ def create_app(
     app = RouteqApi(title="routeq", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.stopping = stopping
     install_error_handlers(app)
-    limits = {"uploads_max": settings.api_max_upload_bytes, "default_max": _MAX_JSON_BODY}
     app.add_middleware(RequestMetrics)
-    app.add_middleware(BodyLimit, **limits, upload_path="/v1/files")
+    app.add_middleware(
+        BodyLimit,
+        uploads_max=settings.api_max_upload_bytes,
+        default_max=_MAX_JSON_BODY,
+        upload_path="/v1/files",
+    )
     routers = (
         chat,
         messages,
@@ -133,10 +137,9 @@ def create_app(
         app.include_router(module.router)
     app.include_router(ui.router)
     # The busiest route, past FastAPI's own middleware and routing (producer/api/direct.py), inside
-    # the same middleware as every route.
-    chat_route = next(r for r in chat.router.routes if isinstance(r, APIRoute) and r.path == chat.ROUTE)
+    # the middleware added above.
     app.serve_directly(
-        chat_route, lambda inner: BodyLimit(RequestMetrics(inner), **limits, upload_path="/v1/files")
+        next(r for r in chat.router.routes if isinstance(r, APIRoute) and r.path == chat.ROUTE)
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -5,8 +5,8 @@ around its route function: FastAPI's and Starlette's middleware (server errors, 
 handlers, an exit stack for dependencies, body-limit and telemetry wrappers), the route table's
 matching and the endpoint wrapper, and every message sent through each of their `send` wrappers.
 The chat route takes the raw `Request` and builds its answer itself, so none of that is needed:
-`RouteqApi` hands a POST to /v1/chat/completions straight to the route function, inside the same
-body limit and request metrics as every other route, with the app's own exception handlers. Every
+`RouteqApi` hands a POST to /v1/chat/completions straight to the route function, inside the app's
+own middleware (the body limit and request metrics every route has), with its exception handlers. Every
 other request goes through FastAPI as before; the route stays registered with FastAPI for the
 OpenAPI document.
 """
@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["RouteqApi"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-Wrap = Callable[[ASGIApp], ASGIApp]
 
 
 class RouteqApi(FastAPI):
@@ -33,23 +32,36 @@ class RouteqApi(FastAPI):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._direct: dict[tuple[str, str], ASGIApp] = {}
+        self._direct_routes: list[APIRoute] = []
+        self._direct: dict[tuple[str, str], ASGIApp] | None = None  # built on the first call
 
-    def serve_directly(self, route: APIRoute, wrap: Wrap) -> None:
+    def serve_directly(self, route: APIRoute) -> None:
         """Serve `route` (registered with this app through its router; its endpoint a function of
-        the raw request that returns its response) by calling its endpoint, inside `wrap` (the
-        middleware every route has, as one ASGI app around it)."""
-        direct = wrap(_Direct(self, route, route.endpoint))
-        for method in route.methods or ():
-            self._direct[(method, route.path)] = direct
+        the raw request that returns its response) by calling its endpoint, inside the app's own
+        middleware (`add_middleware`), in the order FastAPI stacks it."""
+        self._direct_routes.append(route)
+        self._direct = None
+
+    def _build_direct(self) -> dict[tuple[str, str], ASGIApp]:
+        direct: dict[tuple[str, str], ASGIApp] = {}
+        for route in self._direct_routes:
+            app: ASGIApp = _Direct(self, route, route.endpoint)
+            for cls, args, kwargs in reversed(self.user_middleware):  # as Starlette builds its stack
+                app = cls(app, *args, **kwargs)
+            for method in route.methods or ():
+                direct[(method, route.path)] = app
+        return direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        direct = self._direct.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
-        if direct is None:
-            await super().__call__(scope, receive, send)
-            return
-        scope["app"] = self
-        await direct(scope, receive, send)
+        if scope["type"] == "http":
+            if self._direct is None:
+                self._direct = self._build_direct()
+            direct = self._direct.get((scope["method"], scope["path"]))
+            if direct is not None:
+                scope["app"] = self
+                await direct(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class _Direct:
