@@ -18,11 +18,9 @@ wait): with the same `Idempotency-Key` a retry gets that job's answer, not a sec
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -252,7 +250,7 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
         # Watched before it is queued: the job cannot finish unseen, and is read once, when done.
         async with client.notifier.watch(keys.job_done_channel(job_id)) as done:
             await client.enqueue(created)
-            async with job_wait(ctx):
+            async with ctx.stopping.waiting(ctx.settings.api_wait_timeout_s):
                 # A replayed request's job (its idempotency key) may be finished already: read it now.
                 job = await client.wait(job_id, woken=None if created.replayed else done)
     except TimeoutError:
@@ -264,17 +262,9 @@ async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -
     return job
 
 
-@asynccontextmanager
-async def job_wait(ctx: ApiContext) -> AsyncIterator[None]:
-    """Bounds a request's wait for its job: ROUTEQ_API_WAIT_TIMEOUT_S, or less once the server stops
-    (producer/api/stopping.py). Past it `TimeoutError`: answer `wait_timeout`."""
-    async with asyncio.timeout(ctx.settings.api_wait_timeout_s) as wait:
-        with ctx.stopping.cutting(wait):
-            yield
-
-
 def wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
-    """The 504 for a job that did not finish (or start answering) within the API's wait; the 503
+    """The 504 for a job that did not finish (or start answering) within the API's wait
+    (ROUTEQ_API_WAIT_TIMEOUT_S, cut short when the server stops: `Stopping.waiting`); the 503
     naming the job when the wait was cut short because the server is stopping."""
     if ctx.stopping.begun:
         return stopping_error(job_id)
@@ -303,7 +293,7 @@ async def first_piece(
     stream has begun yet. The pieces after it raise `ServerStopping` if the server stops first."""
     pieces = ctx.relay.follow(job_id)
     try:
-        async with job_wait(ctx):
+        async with ctx.stopping.waiting(ctx.settings.api_wait_timeout_s):
             first = await anext(pieces)
     except TimeoutError:
         await pieces.aclose()

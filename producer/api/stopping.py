@@ -14,8 +14,8 @@ connection cut mid-answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
 from producer.api.errors import ApiError
@@ -50,16 +50,23 @@ class Stopping:
         finally:
             self._waits.discard(wait)
 
+    @asynccontextmanager
+    async def waiting(self, timeout_s: float | None) -> AsyncIterator[None]:
+        """`asyncio.timeout(timeout_s)` (None: no limit), cut short when the server stops: past it,
+        `TimeoutError` (`begun` tells which)."""
+        async with asyncio.timeout(timeout_s) as wait:
+            with self.cutting(wait):
+                yield
+
     async def follow(self, pieces: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
         """`pieces` until they end, or `ServerStopping` once the server stops before they do."""
         try:
             while True:
-                async with asyncio.timeout(None) as wait:
-                    with self.cutting(wait):
-                        try:
-                            piece = await anext(pieces)
-                        except StopAsyncIteration:
-                            return
+                async with self.waiting(None):
+                    try:
+                        piece = await anext(pieces)
+                    except StopAsyncIteration:
+                        return
                 yield piece
         except TimeoutError:
             raise ServerStopping from None
