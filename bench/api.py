@@ -156,13 +156,19 @@ async def measure(
     cpu = {name: (cpu_s(pid) - cpu_before[name]) / requests * 1000 for name, pid in pids.items()}
     rate = requests / elapsed
     p50, p95 = statistics.quantiles(latencies, n=20)[9], statistics.quantiles(latencies, n=20)[18]
-    line = f"   {label:<28} {rate:8.1f} req/s   p50 {p50 * 1000:6.1f} ms   p95 {p95 * 1000:6.1f} ms"
-    if firsts:
-        line += f"   first chunk p50 {statistics.median(firsts) * 1000:6.1f} ms"
-    print(line)
+    after = f"   first chunk p50 {statistics.median(firsts) * 1000:6.1f} ms" if firsts else ""
+    return rate, report(label, rate, p50 * 1000, p95 * 1000, cpu, after=after)
+
+
+def report(
+    label: str, rate: float, p50_ms: float, p95_ms: float, cpu: dict[str, float], *, after: str
+) -> float:
+    """Print a phase's rate and latencies (then `after`), and the CPU a request of each process
+    timed (ms) and of all of them; returns that sum."""
+    print(f"   {label:<28} {rate:8.1f} req/s   p50 {p50_ms:6.1f} ms   p95 {p95_ms:6.1f} ms{after}")
     cpu["all"] = sum(cpu.values())
     print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
-    return rate, cpu["all"]
+    return cpu["all"]
 
 
 def run_wrk(command: list[str], env: dict[str, str]) -> tuple[int, str, float]:
@@ -199,13 +205,9 @@ async def measure_wrk(
         raise SystemExit(f"{bad} of {requests} requests through wrk failed: {found.group(1)}")
     rate = requests / (int(fields["duration_us"]) / 1e6)
     p50, p95 = int(fields["p50_us"]) / 1000, int(fields["p95_us"]) / 1000
-    line = f"   {label:<28} {rate:8.1f} req/s   p50 {p50:6.1f} ms   p95 {p95:6.1f} ms"
-    print(f"{line}   ({requests:,} requests)")
     cpu = {name: (cpu_after[name] - cpu_before[name]) / requests * 1000 for name in cpu_after}
     cpu["callers"] = wrk_cpu_s / requests * 1000
-    cpu["all"] = sum(cpu.values())
-    print("   " + " " * 28 + "   CPU ms/request: " + "  ".join(f"{k} {v:5.2f}" for k, v in cpu.items()))
-    return rate, cpu["all"]
+    return rate, report(label, rate, p50, p95, cpu, after=f"   ({requests:,} requests)")
 
 
 async def drained(redis: ArqRedis, queue: str) -> None:
