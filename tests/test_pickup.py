@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -365,3 +366,32 @@ async def test_a_job_arq_ends_unrun_leaves_the_running_set_and_a_burst_worker_st
     assert ran == ["job_ran"]
     assert await redis.zcard(queue) == 0
     assert await redis.zcard(keys.queue_running(queue)) == 0
+
+
+async def test_a_worker_renews_the_leases_it_owns_and_not_one_another_claim_took(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`renew_leases_once` on a worker running two claimed jobs: both leases are pushed back while
+    they hold its claim's token; once one holds another claim's token (this worker stalled past
+    its lease and another took the job) that lease is left to its owner, and the worker says so."""
+    redis = await backend.redis()
+    release = asyncio.Event()
+    ran: list[str] = []
+    leases = [keys.ARQ_IN_PROGRESS_PREFIX + job_id for job_id in ("job_1", "job_2")]
+    worker = worker_on(backend, redis, recorder(ran, release))
+    async with running(worker):
+        await enqueue_jobs(redis, ["job_1", "job_2"], queue_name=backend.settings.queue_name)
+        await until(lambda: sorted(ran) == ["job_1", "job_2"], timeout_s=15, what="both jobs to start")
+        for lease in leases:
+            await redis.pexpire(lease, 1_000)
+        await worker.renew_leases_once()
+        assert [await redis.pttl(lease) > 20_000 for lease in leases] == [True, True]  # lease_s is 30
+
+        await redis.set(leases[1], "another:1", px=1_000)
+        with caplog.at_level(logging.WARNING, logger="routeq"):
+            await worker.renew_leases_once()
+        assert await redis.pttl(leases[0]) > 20_000
+        assert await redis.get(leases[1]) == b"another:1"
+        assert await redis.pttl(leases[1]) <= 1_000
+        assert "job job_2: its lease lapsed" in caplog.text
+        release.set()

@@ -32,7 +32,6 @@ from typing import Any
 import arq.worker
 from arq.connections import ArqRedis
 from arq.connections import log_redis_info as _arq_log_redis_info
-from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
@@ -409,18 +408,25 @@ class RouteqWorker(Worker):
                 logger.warning("could not renew job leases: %s", exc)
 
     async def renew_leases_once(self) -> None:
+        """Renew the lease of each job running here (those its claim still owns) and this worker's
+        entry in the registry."""
         if self._pool is None:
             return
-        lease_ms = int(self.lease_s * 1000)
-        running, expiry = keys.queue_running(self.queue_name), timestamp_ms() + lease_ms
-        async with self.pool.pipeline(transaction=False) as pipe:
-            for job_id in list(self.job_tasks):
-                pipe.pexpire(in_progress_key_prefix + job_id, lease_ms, xx=True)
-                pipe.zadd(running, {job_id: expiry}, xx=True)
-            with contextlib.suppress(LookupError):  # none before start-up has finished
-                context = worker_context(self.ctx)
-                pipe.hset(keys.WORKERS, context.worker_id, context.record(running=len(self.job_tasks)))
-            await pipe.execute()
+        if self._claimer is not None:
+            # A job not claimed here (none are, but arq's own start could) shows no token: any live lease.
+            leases = {job_id: self._claimed.get(job_id, (0, ""))[1] for job_id in self.job_tasks}
+            lost = await self._claimer.renew(leases, lease_ms=int(self.lease_s * 1000), now_ms=timestamp_ms())
+            for job_id in lost:
+                logger.warning(
+                    "job %s: its lease lapsed (this worker stalled past it) or another worker took the "
+                    "job; not renewed, and it may run twice (routeq's writes are idempotent)",
+                    job_id,
+                    extra={"job_id": job_id},
+                )
+        with contextlib.suppress(LookupError):  # none before start-up has finished
+            context = worker_context(self.ctx)
+            record = context.record(running=len(self.job_tasks))
+            await self.pool.hset(keys.WORKERS, context.worker_id, record)  # type: ignore[misc]
 
 
 async def run_worker(worker: Worker) -> None:

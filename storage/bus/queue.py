@@ -402,6 +402,28 @@ return {claimed, later[2] or ''}
 """
 
 
+# KEYS[1] the queue's running set. ARGV: [1] the in-progress key prefix, [2] the lease (ms), [3] its
+# new expiry (the running entry's score), then pairs: job id, its claim's token ('' = any live lease).
+# Each lease still ours gets the new expiry, and its running entry with it (XX: a job that left the
+# set stays out); a lease gone (lapsed: the claims' crash recovery has it) or holding another
+# claim's token is left alone. Returns the ids not renewed.
+_RENEW = """
+local running, prefix, px, expiry = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local lost = {}
+for i = 4, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local current = redis.call('GET', prefix .. id)
+  if current and (token == '' or current == token) then
+    redis.call('PEXPIRE', prefix .. id, px)
+    redis.call('ZADD', running, 'XX', expiry, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What one claim took: (job id, queue score) pairs, and when the next scheduled job is due."""
@@ -416,6 +438,7 @@ class JobClaimer:
     def __init__(self, redis: Redis, queue_name: str) -> None:
         self._keys = [queue_name, keys.queue_running(queue_name)]
         self._script = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
 
     async def claim(self, *, limit: int, lease_ms: int, now_ms: int, token: str = "1") -> Claim:
         """Lease up to `limit` due jobs that no worker runs, in queue order: one round trip.
@@ -434,6 +457,21 @@ class JobClaimer:
         pairs, later = await self._script(keys=self._keys, args=args)
         jobs = [(_text(pairs[i]), int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
         return Claim(jobs, int(float(later)) if later not in (b"", "", None) else None)
+
+    async def renew(self, leases: Mapping[str, str], *, lease_ms: int, now_ms: int) -> list[str]:
+        """Push back the lease of each running job in `leases` (job id -> its claim's token, ''
+        for a job not claimed here) to `lease_ms` from now, and its running entry with it: one
+        round trip. A lease is renewed only while it holds its claim's token ('' renews any live
+        lease, as arq would): a delivery that outlived its lease, whose job another claim took,
+        must not keep that claim's lease alive. Returns the ids whose lease is gone or another
+        claim's."""
+        if not leases:
+            return []
+        args: list[str | int] = [keys.ARQ_IN_PROGRESS_PREFIX, lease_ms, now_ms + lease_ms]
+        for job_id, token in leases.items():
+            args += [job_id, token]
+        lost = await self._renew(keys=self._keys[1:], args=args)
+        return [_text(job_id) for job_id in lost]
 
 
 def _text(value: bytes | str) -> str:
