@@ -57,8 +57,24 @@ async def test_chat_completions_skip_fastapis_routing_but_keep_limits_metrics_an
 
             metrics = (await http.get("/metrics", headers=auth)).text
             assert fastapi.paths == ["/metrics"]  # every other route goes through FastAPI, as before
-        for status in (200, 401, 400):  # (a 413 is answered outside the counters, as on every route)
+        for status in (200, 401, 400, 413):  # a 413, refused before the route, under its template too
             assert (
                 f'routeq_http_requests_total{{method="POST",route="{ROUTE}",status="{status}"}} 1.0'
                 in metrics
             )
+
+
+async def test_requests_refused_before_their_route_are_counted_under_its_template(backend: Backend) -> None:
+    """The request metrics are the outermost middleware: a body over the limit, refused before
+    routing, counts under the template of the route it was for; a path no route serves under
+    "unmatched"."""
+    async with serve_api(backend) as api:
+        secret = await api.key("acme")
+        async with httpx2.AsyncClient(base_url=api.url, timeout=30) as http:
+            auth = {"Authorization": f"Bearer {secret}"}
+            too_large = await http.post("/v1/jobs", content=b"x" * (16 * 1024 * 1024 + 1), headers=auth)
+            assert too_large.status_code == 413
+            assert (await http.get("/v1/nothing-here", headers=auth)).status_code == 404
+            metrics = (await http.get("/metrics", headers=auth)).text
+        assert 'routeq_http_requests_total{method="POST",route="/v1/jobs",status="413"} 1.0' in metrics
+        assert 'routeq_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in metrics

@@ -111,13 +111,13 @@ def create_app(
     app = RouteqApi(title="routeq", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.stopping = stopping
     install_error_handlers(app)
-    app.add_middleware(RequestMetrics)
     app.add_middleware(
         BodyLimit,
         uploads_max=settings.api_max_upload_bytes,
         default_max=_MAX_JSON_BODY,
         upload_path="/v1/files",
     )
+    app.add_middleware(RequestMetrics)  # added last, so outermost: a 413 is counted too
     routers = (
         chat,
         messages,

@@ -8,6 +8,7 @@ latency counters are incremented where jobs run: scrape each worker's own metric
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -110,7 +111,11 @@ def _utc(value: datetime) -> datetime:
 
 
 class RequestMetrics:
-    """Pure ASGI middleware: each HTTP request counted by method, route template and status."""
+    """Pure ASGI middleware: each HTTP request counted by method, route template and status.
+
+    The outermost of the app's middleware: a request refused before it reached its route (a 413
+    from the body limit) is counted too, under the template of the route it was for.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -131,8 +136,23 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(scope.get("route"), "path", None) or _template(scope)
             ctx: ApiContext | None = getattr(scope["app"].state, "ctx", None)
             if ctx is not None:
                 ctx.metrics.observe_http(scope["method"], template, status, time.perf_counter() - started)
+
+
+_PARAMETER = re.compile(r"\\\{[^/]+?\\\}")  # a path parameter, `{name}`, as re.escape writes it
+
+
+def _template(scope: Scope) -> str:
+    """The template of the route the request was for, when it was answered before routing (which
+    names its route in the scope): a 413 from the body limit. Matched against the app's OpenAPI
+    paths (the routes it documents; the dashboard's are not), "unmatched" when none fits (a 404)."""
+    app = scope["app"]
+    templates: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "route_templates", None)
+    if templates is None:  # made on the first such request; fixed paths before templated ones
+        paths = sorted(app.openapi()["paths"], key=lambda path: path.count("{"))
+        templates = [(re.compile(_PARAMETER.sub("[^/]+", re.escape(path)) + "$"), path) for path in paths]
+        app.state.route_templates = templates
+    return next((path for pattern, path in templates if pattern.match(scope["path"])), "unmatched")
