@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         Forced,
         InMemoryFleetState,
         Refusal,
+        SpendHold,
     )
     from router_core.models import (
         Attempt,
@@ -122,6 +123,7 @@ __all__ = [
     "RouterSettings",
     "SimulateMode",
     "SpendGuard",
+    "SpendHold",
     "Strategy",
     "StreamInterruptedError",
     "SystemClock",
@@ -189,6 +191,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "InMemoryFleetState",
         "Refusal",
         "FleetState",
+        "SpendHold",
     ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _MODULES, globals())

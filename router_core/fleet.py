@@ -15,6 +15,12 @@ The breaker, per deployment:
 An operator can force a deployment down (never admitted) or up (admitted whatever the breaker says)
 until the override is cleared.
 
+A call with a spend budget asks `admit` with its hold (`SpendHold`: the run's `SpendGuard`, the
+attempt, its worst-case cost): it is admitted only if its budget has room too, and the hold is
+taken only if it is admitted. `RedisFleetState` checks and takes both in one script when the guard
+can say its hold as script keys (`script_hold`); any other pairing reserves, then admits, and gives
+the hold back if refused (`admit_holding`).
+
 Rate windows (rpm, tpm). The provider counts a call when it arrives, and the fleet cannot see that
 moment: only bounds on it. A call arrives no earlier than its admission (the router sends it after),
 and no later than the provider's answer (it answered what arrived); and, by the margin's definition
@@ -58,13 +64,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import count
 from typing import TYPE_CHECKING, Protocol
 
 from router_core.clock import Clock, SystemClock
+from router_core.spend import SpendGuard, SpendRefusal
 
 if TYPE_CHECKING:
     # Annotations only: the catalog pulls in genai-prices, which settings (and so every CLI
@@ -82,6 +89,8 @@ __all__ = [
     "Forced",
     "InMemoryFleetState",
     "Refusal",
+    "SpendHold",
+    "admit_holding",
     "counted_until",
 ]
 
@@ -141,19 +150,35 @@ class DeploymentSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class SpendHold:
+    """The budget hold a call needs to be admitted (`FleetState.admit(..., hold=)`): `amount_usd`,
+    its worst case, held by `guard` for attempt `attempt_no` on `deployment_id`."""
+
+    guard: SpendGuard
+    attempt_no: int
+    deployment_id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
-    """The answer of `admit`: a ticket to call, or the reason not to and when to ask again."""
+    """The answer of `admit`: a ticket to call, or the reason not to and when to ask again.
+
+    `spend_refusal`: the call's budget had no room for its hold (nothing was taken)."""
 
     ticket: str | None
     refusal: Refusal | None = None
     retry_after_s: float | None = None
     probe: bool = False
+    spend_refusal: SpendRefusal | None = None
 
     @property
     def admitted(self) -> bool:
         return self.ticket is not None
 
     def describe(self, deployment_id: str) -> str:
+        if self.spend_refusal is not None:
+            return f"{deployment_id}: {self.spend_refusal}"
         if self.refusal is None:
             return f"{deployment_id}: admitted"
         when = f"; room again in {self.retry_after_s:.2f}s" if self.retry_after_s is not None else ""
@@ -200,16 +225,35 @@ def counted_until(
     return min(now, started + margin_s)
 
 
+async def admit_holding(admit: Callable[[], Awaitable[Admission]], hold: SpendHold | None) -> Admission:
+    """`admit()` behind `hold`, for a fleet state that cannot check and take both in one step: the
+    hold is reserved first (refused: nothing else is asked), then given back if the call is not
+    admitted."""
+    if hold is None:
+        return await admit()
+    refusal = await hold.guard.reserve(hold.attempt_no, hold.deployment_id, hold.amount_usd)
+    if refusal is not None:
+        return Admission(None, spend_refusal=refusal)
+    admission = await admit()
+    if not admission.admitted:
+        await hold.guard.release(hold.attempt_no)
+    return admission
+
+
 class FleetState(Protocol):
     """Where live stats, breakers and limits are kept."""
 
     async def snapshot(self, deployment_ids: Sequence[str]) -> Mapping[str, DeploymentSnapshot]: ...
 
-    async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
+    async def admit(
+        self, deployment: Deployment, tokens: int, *, waiter: str | None = None, hold: SpendHold | None = None
+    ) -> Admission:
         """Atomically check and take what one call needs; `tokens` is the worst-case estimate.
 
         `waiter`: the job the call is for, when it may hold a claim on a slot in the fleet's
         waiting line (`storage.fleet.line`): admitted, it gives the claim up in the same step.
+        `hold`: its budget hold, taken if and only if the call is admitted (refused for it: the
+        answer's `spend_refusal`).
         """
         ...
 
@@ -320,8 +364,16 @@ class InMemoryFleetState:
             )
         return out
 
-    async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
+    async def admit(
+        self, deployment: Deployment, tokens: int, *, waiter: str | None = None, hold: SpendHold | None = None
+    ) -> Admission:
         # One process has no waiting line (`waiter` is for the fleet's, in Redis).
+        async def take() -> Admission:
+            return self._take(deployment, tokens)
+
+        return await admit_holding(take, hold)
+
+    def _take(self, deployment: Deployment, tokens: int) -> Admission:
         now = self._clock.now()
         entry = self._entry(deployment.id)
         entry.rate_window_s = deployment.rate_window_s

@@ -4,8 +4,9 @@
 share one walk over the plan: for a stream, "success" means the first piece of text arrived, after
 which the router is committed to that deployment.
 
-Before each call the router reserves its worst-case cost with the caller's `SpendGuard` (if any)
-and asks the `FleetState` to admit it (breaker, concurrency, rpm/tpm). A refused candidate is
+Before each call the router asks the `FleetState` to admit it (breaker, concurrency, rpm/tpm) with
+its worst-case cost held by the caller's `SpendGuard` (if any): both in one step, or neither (a
+Redis fleet checks and takes both in one script). A refused candidate is
 skipped; when every candidate refuses for capacity, `CapacityExhaustedError` says when to try
 again, and when only the budget refused, `BudgetExceededError` names the cap.
 
@@ -55,6 +56,7 @@ from router_core.fleet import (
     FleetState,
     InMemoryFleetState,
     Refusal,
+    SpendHold,
 )
 from router_core.models import (
     Attempt,
@@ -474,26 +476,25 @@ class Router:
         return None, error
 
     async def _admit(self, dep: Deployment, walk: _Walk) -> Admission | None:
-        """Hold the worst-case cost, then take a place in the deployment's limits; None if refused."""
-        attempt_no = len(walk.attempts) + 1
+        """Take a place in the deployment's limits and hold the worst-case cost, both or neither (one
+        step: `FleetState.admit` with the hold); None if refused."""
         prompt, max_tokens = call_tokens(dep, walk.request, walk.plan.prompt_tokens_estimate, walk.max_tokens)
+        hold = None
         if walk.guard is not None:
             price = walk.deployments.catalog.price(dep.id)
             worst = price.estimate(math.ceil(prompt * self.prompt_margin), max_tokens)
-            refusal = await walk.guard.reserve(attempt_no, dep.id, worst)
-            if refusal is not None:
-                # Room held by calls in flight may come back when they settle: wait, like for a
-                # full rate window. Room already spent will not: that is a budget refusal.
-                wait = refusal.wait
-                walk.refused.append(
-                    _Refused(refusal, budget=not wait, retry_after_s=_BUDGET_WAIT_S, spread_s=1.0)
-                )
-                return None
-        admission = await self.fleet.admit(dep, prompt + max_tokens, waiter=walk.waiter)
+            hold = SpendHold(walk.guard, len(walk.attempts) + 1, dep.id, worst)
+        admission = await self.fleet.admit(dep, prompt + max_tokens, waiter=walk.waiter, hold=hold)
+        if admission.spend_refusal is not None:
+            # Room held by calls in flight may come back when they settle: wait, like for a full
+            # rate window. Room already spent will not: that is a budget refusal.
+            refusal = admission.spend_refusal
+            walk.refused.append(
+                _Refused(refusal, budget=not refusal.wait, retry_after_s=_BUDGET_WAIT_S, spread_s=1.0)
+            )
+            return None
         if admission.admitted:
             return admission
-        if walk.guard is not None:
-            await walk.guard.release(attempt_no)
         rate_limited = admission.refusal in (Refusal.RPM, Refusal.TPM)
         spread = dep.rate_window_s if rate_limited else CONCURRENCY_RETRY_S
         walk.refused.append(_Refused(admission.describe(dep.id), False, admission.retry_after_s, spread))

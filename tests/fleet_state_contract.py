@@ -22,7 +22,9 @@ from router_core import (
     FleetState,
     Forced,
     Refusal,
+    SpendHold,
 )
+from router_core.spend import SpendRefusal
 from tests.conftest import deployment
 
 POLICY = BreakerPolicy(failure_threshold=3, window_s=10.0, min_failure_ratio=0.5, cooldown_s=10.0, probes=1)
@@ -47,6 +49,23 @@ async def call(
     assert admission.admitted, admission
     await fleet.release(d, admission, outcome, latency_ms, used)
     return admission
+
+
+class Purse:
+    """A `SpendGuard` holding up to `room` dollars, in memory: what it holds, attempt by attempt."""
+
+    def __init__(self, room: float) -> None:
+        self.room = room
+        self.held: dict[int, float] = {}
+
+    async def reserve(self, attempt_no: int, deployment_id: str, amount_usd: float) -> SpendRefusal | None:
+        if attempt_no not in self.held and sum(self.held.values()) + amount_usd > self.room:
+            return SpendRefusal(f"purse: no room for ${amount_usd} on {deployment_id}", wait=True)
+        self.held.setdefault(attempt_no, amount_usd)
+        return None
+
+    async def release(self, attempt_no: int) -> None:
+        self.held.pop(attempt_no, None)
 
 
 async def snapshot_of(fleet: FleetState, deployment_id: str = "d") -> Any:
@@ -309,6 +328,30 @@ class FleetStateContract:
         assert full.retry_after_s > 0
         await fleet.release(limited, a, CallOutcome.SUCCESS, 10.0, None)
         assert (await fleet.admit(limited, 10)).admitted
+
+    # -- a call's budget hold ------------------------------------------------------------------
+
+    async def test_a_hold_is_taken_with_the_admission_and_only_with_it(self, fleet: FleetState) -> None:
+        """Admitted: the hold is taken. Refused by a limit: no hold is left. Refused by the budget:
+        no slot is taken, and the answer says why."""
+        limited, purse = dep(max_concurrency=1), Purse(room=1.0)
+        first = await fleet.admit(limited, 10, hold=SpendHold(purse, 1, "d", 0.75))
+        assert first.admitted
+        assert first.spend_refusal is None
+        assert purse.held == {1: 0.75}
+
+        full = await fleet.admit(limited, 10, hold=SpendHold(purse, 2, "d", 0.1))
+        assert full.refusal is Refusal.CONCURRENCY
+        assert purse.held == {1: 0.75}  # the refused call holds nothing
+
+        await fleet.release(limited, first, CallOutcome.SUCCESS, 10.0, None)
+        broke = await fleet.admit(limited, 10, hold=SpendHold(purse, 3, "d", 0.5))
+        assert not broke.admitted
+        assert broke.spend_refusal == "purse: no room for $0.5 on d"
+        assert broke.describe("d") == "d: purse: no room for $0.5 on d"
+        assert (await snapshot_of(fleet)).in_flight == 0  # the slot was not taken
+        assert (await fleet.admit(limited, 10, hold=SpendHold(purse, 4, "d", 0.25))).admitted
+        assert purse.held == {1: 0.75, 4: 0.25}
 
     async def test_rotation_counts_up_per_key(self, fleet: FleetState) -> None:
         assert [await fleet.next_rotation("a") for _ in range(3)] == [0, 1, 2]

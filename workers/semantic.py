@@ -28,6 +28,7 @@ from router_core.models import Attempt, AttemptOutcome, ChatRequest, Usage
 from router_core.router import Router
 from router_core.spend import SpendGuard, SpendRefusal
 from router_core.tokens import estimate_tokens
+from storage.fleet.budgets import ScriptHold
 from storage.jobs import StartedJob
 from storage.sql.store import Store
 from storage.sql.vectors import Neighbour, VectorEntry, VectorIndex, open_vector_index
@@ -63,6 +64,14 @@ class ShiftedGuard:
 
     async def release(self, attempt_no: int) -> None:
         await self._guard.release(attempt_no + self._shift)
+
+    def script_hold(self, attempt_no: int, deployment_id: str, amount_usd: float) -> ScriptHold | None:
+        """The wrapped guard's hold as script keys (`RedisFleetState.admit`), None if it has none."""
+        script_hold = getattr(self._guard, "script_hold", None)
+        if script_hold is None:
+            return None
+        hold: ScriptHold = script_hold(attempt_no + self._shift, deployment_id, amount_usd)
+        return hold
 
 
 class SemanticCache:

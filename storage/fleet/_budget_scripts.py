@@ -7,7 +7,7 @@ cluster: the scripts may touch keys they were not passed).
 
 from __future__ import annotations
 
-__all__ = ["REBUILD", "REBUILD_PERIODS", "RELEASE", "RESERVE", "SETTLE"]
+__all__ = ["LUA_HOLD", "REBUILD", "REBUILD_PERIODS", "RELEASE", "RESERVE", "SETTLE"]
 
 # Drops one hold: its amount leaves `reserved` in each of its scopes and, when settling, the real
 # cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
@@ -41,51 +41,75 @@ local function drop(holds, open, job, field, prefix, cost)
 end
 """
 
+# A hold's three steps, its keys from KEYS[ko + 1] and its arguments from ARGV[ao + 1] (RESERVE's,
+# below, at offsets 0; a script that takes a hold with something else passes them after its own:
+# storage.fleet.state's admission with its hold). held: the attempt has its hold already.
+# hold_refusal: the refusing cap, or nil (reads only). hold_take: adds the hold everywhere.
+LUA_HOLD = """
+local function held(ko, ao)
+  return redis.call('HEXISTS', KEYS[ko + 2], ARGV[ao + 1]) == 1
+end
+
+local function hold_refusal(ko, ao)
+  local caps, amount = KEYS[ko + 1], tonumber(ARGV[ao + 2])
+  for s = 0, (#KEYS - ko - 6) / 4 - 1 do
+    local name, first = ARGV[ao + 9 + s * 2], ko + 7 + s * 4
+    for p = 0, 3 do
+      local cap
+      if p == 0 then
+        cap = redis.call('HGET', caps, name) or ARGV[ao + 10 + s * 2]
+      else
+        cap = redis.call('HGET', KEYS[ko + 3 + p], name) or ''
+      end
+      if cap ~= '' then
+        local v = redis.call('HMGET', KEYS[first + p], 'spent', 'reserved')
+        local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+        if spent + reserved + amount > tonumber(cap) then
+          return {name, string.format('%d', spent), string.format('%d', reserved), cap, p}
+        end
+      end
+    end
+  end
+  return nil
+end
+
+local function hold_take(ko, ao)
+  local amount = tonumber(ARGV[ao + 2])
+  for s = 0, (#KEYS - ko - 6) / 4 - 1 do
+    local first = ko + 7 + s * 4
+    redis.call('HINCRBY', KEYS[first], 'reserved', ARGV[ao + 2])
+    for p = 1, 3 do
+      -- A period counter's life is set when this hold is all it holds (new, or nothing reserved
+      -- since): a counter with holds in it got its TTL with the first of them.
+      if redis.call('HINCRBY', KEYS[first + p], 'reserved', ARGV[ao + 2]) == amount then
+        redis.call('EXPIRE', KEYS[first + p], ARGV[ao + 5 + p])
+      end
+    end
+  end
+  redis.call('HSET', KEYS[ko + 2], ARGV[ao + 1], ARGV[ao + 3])
+  redis.call('ZADD', KEYS[ko + 3], 'NX', ARGV[ao + 5], ARGV[ao + 4])  -- scored by the job's oldest hold
+end
+"""
+
 # KEYS: [1] lifetime caps hash, [2] the job's holds hash, [3] the open-holds index, [4..6] the daily,
 # weekly and monthly caps hashes, then per scope four counters: lifetime, this day's, this week's,
 # this month's. ARGV: [1] hold field, [2] amount (micro-dollars), [3] hold JSON, [4] job id, [5]
 # time, [6..8] how long this day's, week's and month's counters live (s: until the period's end and
 # its grace, by this process's clock, which Redis's need not match), then per scope: name,
 # default lifetime cap in micro-dollars ('' = no cap). Every cap of every scope must have room, or
-# nothing is taken. Returns 1 (held), 0 (already held) or the refusing cap's {scope name, spent,
-# reserved, cap, period index: 0 lifetime, 1 daily, 2 weekly, 3 monthly}.
-RESERVE = """
-local caps, holds, open, field, amount = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
-if redis.call('HEXISTS', holds, field) == 1 then return 0 end
-local scopes = (#KEYS - 6) / 4
-for s = 0, scopes - 1 do
-  local name, first = ARGV[9 + s * 2], 7 + s * 4
-  for p = 0, 3 do
-    local cap
-    if p == 0 then
-      cap = redis.call('HGET', caps, name) or ARGV[10 + s * 2]
-    else
-      cap = redis.call('HGET', KEYS[3 + p], name) or ''
-    end
-    if cap ~= '' then
-      local v = redis.call('HMGET', KEYS[first + p], 'spent', 'reserved')
-      local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-      if spent + reserved + amount > tonumber(cap) then
-        return {name, string.format('%d', spent), string.format('%d', reserved), cap, p}
-      end
-    end
-  end
-end
-for s = 0, scopes - 1 do
-  local first = 7 + s * 4
-  redis.call('HINCRBY', KEYS[first], 'reserved', ARGV[2])
-  for p = 1, 3 do
-    -- A period counter's life is set when this hold is all it holds (new, or nothing reserved
-    -- since): a counter with holds in it got its TTL with the first of them.
-    if redis.call('HINCRBY', KEYS[first + p], 'reserved', ARGV[2]) == amount then
-      redis.call('EXPIRE', KEYS[first + p], ARGV[5 + p])
-    end
-  end
-end
-redis.call('HSET', holds, field, ARGV[3])
-redis.call('ZADD', open, 'NX', ARGV[5], ARGV[4])  -- scored by the job's oldest hold
+# nothing is taken (keys must be the last passed: the scopes are counted from #KEYS). Returns 1
+# (held), 0 (already held) or the refusing cap's {scope name, spent, reserved, cap, period index: 0
+# lifetime, 1 daily, 2 weekly, 3 monthly}.
+RESERVE = (
+    LUA_HOLD
+    + """
+if held(0, 0) then return 0 end
+local refused = hold_refusal(0, 0)
+if refused then return refused end
+hold_take(0, 0)
 return 1
 """
+)
 
 # KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] hold field, [2] budget key
 # prefix, [3] job id.

@@ -67,10 +67,10 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from pydantic_core import to_json
@@ -94,6 +94,7 @@ from storage.fleet.budget_scopes import (
     tenant_scope,
     user_scope,
 )
+from storage.fleet.micro import cap_micro, charge_micro, hold_micro, usd
 from storage.sql.evals import EVAL_USER
 from storage.sql.store import Store
 
@@ -104,6 +105,7 @@ __all__ = [
     "Hold",
     "JobSpendGuard",
     "ScopeUsage",
+    "ScriptHold",
     "batch_scope",
     "end_user_scope",
     "eval_scope",
@@ -115,9 +117,6 @@ __all__ = [
 
 _BUDGET_PREFIX = keys.budget("")
 _HOLDS_PREFIX = keys.job_holds("")
-_MICRO = Decimal(1_000_000)
-# The ledger stores cost_usd as Numeric(20, 10): a charge is rounded as it is stored, then to micros.
-_LEDGER_QUANTUM = Decimal("1e-10")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +199,7 @@ class Budgets:
         zone: tzinfo = UTC,
     ) -> None:
         self._redis = redis
-        self._default_user_cap = None if default_user_cap_usd is None else _cap_micro(default_user_cap_usd)
+        self._default_user_cap = None if default_user_cap_usd is None else cap_micro(default_user_cap_usd)
         self._now = now
         self.zone = zone
         self._reserve = BatchedScript(redis, RESERVE)
@@ -239,7 +238,7 @@ class Budgets:
         defaults = {
             owner: None if user == EVAL_USER else self._default_user_cap,
             tenant_scope(tenant): None,
-            batch_scope(batch_id): None if batch_cap_usd is None else _cap_micro(batch_cap_usd),
+            batch_scope(batch_id): None if batch_cap_usd is None else cap_micro(batch_cap_usd),
         }
         if end_user is not None:
             defaults[end_user_scope(tenant, end_user)] = None
@@ -258,7 +257,7 @@ class Budgets:
             return ready(0)
         args: list[str] = [_BUDGET_PREFIX, job_id]
         for field, cost_usd in charges.items():
-            args += [field, str(_charge_micro(cost_usd))]
+            args += [field, str(charge_micro(cost_usd))]
         settled: Awaitable[int] = self._settle(keys=[keys.job_holds(job_id), keys.OPEN_HOLDS], args=args)
         return settled
 
@@ -299,9 +298,9 @@ class Budgets:
             cap = self._default_user_cap
         return ScopeUsage(
             scope=scope,
-            spent_usd=_usd(spent),
-            reserved_usd=_usd(reserved),
-            cap_usd=None if cap is None else _usd(cap),
+            spent_usd=usd(spent),
+            reserved_usd=usd(reserved),
+            cap_usd=None if cap is None else usd(cap),
             period=period,
             period_start=start,
             period_end=end,
@@ -321,7 +320,7 @@ class Budgets:
             if cap_usd is None:
                 pipe.hdel(keys.budget_caps(period), scope)
             else:
-                pipe.hset(keys.budget_caps(period), scope, str(_cap_micro(cap_usd)))
+                pipe.hset(keys.budget_caps(period), scope, str(cap_micro(cap_usd)))
             await pipe.execute()
 
     async def caps(self) -> dict[str, float]:
@@ -335,7 +334,7 @@ class Budgets:
                 pipe.hgetall(keys.budget_caps(period))
             found = await pipe.execute()
         return {
-            period: {as_text(scope): _usd(cap) for scope, cap in raw.items()}
+            period: {as_text(scope): usd(cap) for scope, cap in raw.items()}
             for period, raw in zip(BudgetPeriod, found, strict=True)
         }
 
@@ -357,7 +356,7 @@ class Budgets:
                 pipe.hmget(keys.budget(counter), ["spent", "reserved"])
             counters = await pipe.execute()
         return [
-            ScopeUsage(scope, _usd(spent), _usd(reserved), cap, period, start, end)
+            ScopeUsage(scope, usd(spent), usd(reserved), cap, period, start, end)
             for (scope, period, cap, start, end), (spent, reserved) in zip(rows, counters, strict=True)
         ]
 
@@ -374,7 +373,7 @@ class Budgets:
                 pipe.hmget(keys.budget(scope), ["spent", "reserved"])
             counters = await pipe.execute()
         return [
-            ScopeUsage(scope=scope, spent_usd=_usd(spent), reserved_usd=_usd(reserved), cap_usd=caps[scope])
+            ScopeUsage(scope=scope, spent_usd=usd(spent), reserved_usd=usd(reserved), cap_usd=caps[scope])
             for scope, (spent, reserved) in zip(scopes, counters, strict=True)
         ]
 
@@ -437,6 +436,16 @@ class Budgets:
             yield as_text(key)
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptHold:
+    """One attempt's hold as a script takes it (`JobSpendGuard.script_hold`): the keys and arguments
+    of `LUA_HOLD`'s steps, and the refusal a refusing cap's reply (its `hold_refusal`) means."""
+
+    keys: list[str]
+    args: list[str]
+    refusal: Callable[[Sequence[Any]], SpendRefusal]
+
+
 class JobSpendGuard:
     """`SpendGuard` of one run of one job (build with `Budgets.guard`)."""
 
@@ -456,8 +465,15 @@ class JobSpendGuard:
 
         Reserving an attempt that already has a hold changes nothing and returns None.
         """
+        hold = self.script_hold(attempt_no, deployment_id, amount_usd)
+        reply: Any = await self._budgets._reserve(keys=hold.keys, args=hold.args)
+        return hold.refusal(reply) if isinstance(reply, list) else None
+
+    def script_hold(self, attempt_no: int, deployment_id: str, amount_usd: float) -> ScriptHold:
+        """The hold of `reserve` as the keys and arguments of `LUA_HOLD`'s steps, for a script that
+        takes it with something else in one step (the fleet's admission: `RedisFleetState.admit`)."""
         budgets = self._budgets
-        amount = _hold_micro(amount_usd)
+        amount = hold_micro(amount_usd)
         created = budgets._now()
         # The day, week and month the call counts in: those of the moment it is held.
         periods = budgets.periods_at(created)
@@ -469,37 +485,37 @@ class JobSpendGuard:
             "deployment": deployment_id,
             "created": created,
         }
-        reply: Any = await budgets._reserve(
-            keys=[
-                keys.BUDGET_CAPS,
-                keys.job_holds(self.job_id),
-                keys.OPEN_HOLDS,
-                *(keys.budget_caps(period) for period in RESETTING),
-                *(keys.budget(counter) for per_scope in counters for counter in per_scope),
-            ],
-            args=[
-                f"{self.run}:{attempt_no}",
-                str(amount),
-                to_json(hold).decode(),
-                self.job_id,
-                repr(float(created)),
-                *(str(math.ceil(end_s - created) + keys.BUDGET_PERIOD_GRACE_S) for end_s in periods.ends_s),
-                *self._scope_args,
-            ],
-        )
-        if not isinstance(reply, list):
-            return None
-        scope, spent, reserved, cap, index = map(as_text, reply)
-        kind, _, name = readable_scope(scope).partition(":")
-        if index != "0":  # a period's cap: say which period, and when it began
-            period = RESETTING[int(index) - 1]
-            name += f" ({period.value} from {period_label(periods.bounds[int(index) - 1][0])})"
-        message = (
-            f"{kind} {name}: spent ${_usd(spent):.4f} + held ${_usd(reserved):.4f} of cap ${_usd(cap):.4f}; "
-            f"this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
-        )
-        # Spend alone leaves room: only calls in flight hold it, and they may settle for less.
-        return SpendRefusal(message, wait=float(spent) + amount <= float(cap))
+        script_keys = [
+            keys.BUDGET_CAPS,
+            keys.job_holds(self.job_id),
+            keys.OPEN_HOLDS,
+            *(keys.budget_caps(period) for period in RESETTING),
+            *(keys.budget(counter) for per_scope in counters for counter in per_scope),
+        ]
+        args = [
+            f"{self.run}:{attempt_no}",
+            str(amount),
+            to_json(hold).decode(),
+            self.job_id,
+            repr(float(created)),
+            *(str(math.ceil(end_s - created) + keys.BUDGET_PERIOD_GRACE_S) for end_s in periods.ends_s),
+            *self._scope_args,
+        ]
+
+        def refusal(reply: Sequence[Any]) -> SpendRefusal:
+            scope, spent, reserved, cap, index = map(as_text, reply)
+            kind, _, name = readable_scope(scope).partition(":")
+            if index != "0":  # a period's cap: say which period, and when it began
+                period = RESETTING[int(index) - 1]
+                name += f" ({period.value} from {period_label(periods.bounds[int(index) - 1][0])})"
+            message = (
+                f"{kind} {name}: spent ${usd(spent):.4f} + held ${usd(reserved):.4f} of cap "
+                f"${usd(cap):.4f}; this call needs up to ${amount / 1e6:.4f} on {deployment_id}"
+            )
+            # Spend alone leaves room: only calls in flight hold it, and they may settle for less.
+            return SpendRefusal(message, wait=float(spent) + amount <= float(cap))
+
+        return ScriptHold(script_keys, args, refusal)
 
     async def release(self, attempt_no: int) -> None:
         """Drop the hold of an attempt not sent or not billed; a hold already gone is left alone."""
@@ -540,39 +556,6 @@ def _period_counter(scope: str, period: BudgetPeriod, start: datetime) -> str:
 def _is_period_counter(name: str) -> bool:
     """True for `_period_counter` names, false for scopes (whose names past the kind have no `:`)."""
     return ":" in name.partition(":")[2]
-
-
-def _hold_micro(usd: float) -> int:
-    """A worst-case amount in micro-dollars, rounded up: a hold is never smaller than the call."""
-    if usd < 0:
-        raise ValueError(f"cannot hold a negative amount (${usd})")
-    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_CEILING))
-
-
-def _charge_micro(usd: float | Decimal) -> int:
-    """A real cost in micro-dollars: rounded as the ledger stores it, then up to a whole micro.
-
-    The same rule as `Ledger.micro_spent_by_owner` (the rebuild): keep the two in step.
-    """
-    value = usd if isinstance(usd, Decimal) else Decimal(repr(usd))
-    if value < 0:
-        raise ValueError(f"cannot charge a negative cost (${usd})")
-    # PostgreSQL rounds NUMERIC half away from zero; for a cost (never negative) that is half-up.
-    stored = value.quantize(_LEDGER_QUANTUM, ROUND_HALF_UP)
-    return int((stored * _MICRO).to_integral_value(ROUND_CEILING))
-
-
-def _cap_micro(usd: float) -> int:
-    """A cap in micro-dollars, rounded down: counters in whole micros must not pass the cap in USD."""
-    if not math.isfinite(usd):
-        raise ValueError(f"a spend cap must be a finite amount of USD, not {usd}")
-    if usd < 0:
-        raise ValueError(f"a spend cap cannot be negative (${usd}); use 0 to allow no spend")
-    return int((Decimal(repr(usd)) * _MICRO).to_integral_value(ROUND_FLOOR))
-
-
-def _usd(micro: bytes | str | int | None) -> float:
-    return int(as_text(micro or 0)) / 1e6
 
 
 def _hold(field: str, raw: str) -> Hold:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -58,11 +58,17 @@ from router_core.fleet import (
     DeploymentSnapshot,
     Forced,
     Refusal,
+    SpendHold,
+    admit_holding,
 )
 from storage import keys
 from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
+from storage.fleet._budget_scripts import LUA_HOLD
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from storage.fleet.budgets import ScriptHold
 
 __all__ = ["LUA_COMMON", "RedisFleetState"]
 
@@ -139,9 +145,7 @@ end
 #       probes, lease_s, retry after a full concurrency or probe budget, the job admitted ('' = none:
 #       its claim on a slot, if it holds one, ends when admitted).
 # Returns {'admitted', ticket, probe 0|1} or {'refused', reason, retry_after_s or ''}.
-_ADMIT = (
-    LUA_COMMON
-    + """
+_ADMIT_CALL = """
 local state, inflight, requests, tokens, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, want, window = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_concurrency, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -206,6 +210,28 @@ if c == 'half_open' then
   return {'admitted', ticket, '1'}
 end
 return {'admitted', ticket, '0'}
+"""
+_ADMIT = LUA_COMMON + _ADMIT_CALL
+
+# _ADMIT's keys and arguments, then a budget hold's (storage.fleet._budget_scripts.LUA_HOLD, after
+# 5 keys and 11 arguments). The call is admitted only if the hold's caps have room too, and the hold
+# is taken only if it is admitted (one already taken, a re-run's, stands). Returns _ADMIT's answer,
+# or {'spend', the refusing cap (LUA_HOLD's hold_refusal)}.
+_ADMIT_HOLDING = (
+    LUA_COMMON
+    + LUA_HOLD
+    + "local function admit()\n"
+    + _ADMIT_CALL
+    + """end
+
+local had = held(5, 11)
+if not had then
+  local refused = hold_refusal(5, 11)
+  if refused then return {'spend', refused} end
+end
+local answer = admit()
+if answer[1] == 'admitted' and not had then hold_take(5, 11) end
+return answer
 """
 )
 
@@ -396,6 +422,7 @@ class RedisFleetState:
         self._alpha = alpha
         self._lease_s = lease_s
         self._admit = BatchedScript(redis, _ADMIT)
+        self._admit_holding = BatchedScript(redis, _ADMIT_HOLDING)
         self._release = BatchedScript(redis, _RELEASE)
         self._snapshot = BatchedScript(redis, _SNAPSHOT)
         self._reading: dict[tuple[str, ...], asyncio.Future[Mapping[str, DeploymentSnapshot]]] = {}
@@ -443,12 +470,22 @@ class RedisFleetState:
         )
         return {dep: _deployment_snapshot(row) for dep, row in zip(deployment_ids, reply, strict=True)}
 
-    async def admit(self, deployment: Deployment, tokens: int, *, waiter: str | None = None) -> Admission:
+    async def admit(
+        self, deployment: Deployment, tokens: int, *, waiter: str | None = None, hold: SpendHold | None = None
+    ) -> Admission:
         """Atomically check and take what one call needs; `tokens` is the worst-case estimate.
 
         An admitted `waiter` (a job id) gives up its claim on a slot (`storage.fleet.line`) in the
-        same step.
+        same step. A `hold` whose guard can say it as script keys (`JobSpendGuard.script_hold`) is
+        checked and taken in the same script, one round trip; another guard's is reserved first
+        (`admit_holding`).
         """
+        script_hold = getattr(hold.guard, "script_hold", None) if hold is not None else None
+        spend: ScriptHold | None = None
+        if hold is not None and script_hold is not None:
+            spend = script_hold(hold.attempt_no, hold.deployment_id, hold.amount_usd)
+        if hold is not None and spend is None:
+            return await admit_holding(lambda: self.admit(deployment, tokens, waiter=waiter), hold)
         state, inflight, requests, token_counts = _deployment_keys(deployment.id)
         args = [
             self._now(),
@@ -464,7 +501,12 @@ class RedisFleetState:
             waiter or "",
         ]
         script_keys = [state, inflight, requests, token_counts, keys.deployment_claims(deployment.id)]
-        reply: list[Any] = await self._admit(keys=script_keys, args=args)
+        if spend is None:
+            reply: list[Any] = await self._admit(keys=script_keys, args=args)
+        else:
+            reply = await self._admit_holding(keys=script_keys + spend.keys, args=args + spend.args)
+            if as_text(reply[0]) == "spend":
+                return Admission(None, spend_refusal=spend.refusal(reply[1]))
         status, value, extra = (as_text(v) for v in reply)
         if status == "admitted":
             return Admission(value, probe=extra == "1")
