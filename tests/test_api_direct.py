@@ -1,6 +1,6 @@
-"""POST /v1/chat/completions is served past FastAPI's middleware and routing (producer/api/direct.py),
-with what every route has: the body limit, the request metrics under the route's template, and the
-app's error answers (401, 400 naming the field)."""
+"""POST /v1/chat/completions (and /v1/messages) is served past FastAPI's middleware and routing
+(producer/api/direct.py), with what every route has: the body limit, the request metrics under the
+route's template, and the app's error answers (401, 400 naming the field)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,12 @@ async def test_chat_completions_skip_fastapis_routing_but_keep_limits_metrics_an
             assert too_large.status_code == 413
             assert too_large.json()["error"]["code"] == "too_large"
             assert fastapi.paths == []
+            message = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
+            answered = await http.post("/v1/messages", json=message, headers=auth)
+            assert answered.status_code == 200, answered.text
+            assert answered.json()["type"] == "message"
+            assert (await http.post("/v1/messages", json=message)).status_code == 401
+            assert fastapi.paths == []  # the Messages API is served directly too
 
             metrics = (await http.get("/metrics", headers=auth)).text
             assert fastapi.paths == ["/metrics"]  # every other route goes through FastAPI, as before

@@ -136,11 +136,11 @@ def create_app(
     for module in routers:
         app.include_router(module.router)
     app.include_router(ui.router)
-    # The busiest route, past FastAPI's own middleware and routing (producer/api/direct.py), inside
+    # The busiest routes, past FastAPI's own middleware and routing (producer/api/direct.py), inside
     # the middleware added above.
-    app.serve_directly(
-        next(r for r in chat.router.routes if isinstance(r, APIRoute) and r.path == chat.ROUTE)
-    )
+    for module, path in ((chat, chat.ROUTE), (messages, messages.ROUTE)):
+        route = next(r for r in module.router.routes if isinstance(r, APIRoute) and r.path == path)
+        app.serve_directly(route)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

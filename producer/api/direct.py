@@ -1,4 +1,4 @@
-"""The API's busiest route served without FastAPI's routing: `RouteqApi.serve_directly`.
+"""The API's busiest routes served without FastAPI's routing: `RouteqApi.serve_directly`.
 
 A chat completion through `routeq serve` spent about a fifth of the server's CPU in the framework
 around its route function: FastAPI's and Starlette's middleware (server errors, exception
@@ -6,9 +6,10 @@ handlers, an exit stack for dependencies, body-limit and telemetry wrappers), th
 matching and the endpoint wrapper, and every message sent through each of their `send` wrappers.
 The chat route takes the raw `Request` and builds its answer itself, so none of that is needed:
 `RouteqApi` hands a POST to /v1/chat/completions straight to the route function, inside the app's
-own middleware (the body limit and request metrics every route has), with its exception handlers. Every
-other request goes through FastAPI as before; the route stays registered with FastAPI for the
-OpenAPI document.
+own middleware (the body limit and request metrics every route has), with its exception handlers.
+The Messages API's POST /v1/messages (Anthropic clients) is served the same way. Every other
+request goes through FastAPI as before; the routes stay registered with FastAPI for the OpenAPI
+document.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from producer.anthropic_stream import MessageStream, error_event
 from producer.anthropic_wire import MessagesBodyError, chat_body, message_object
-from producer.api.auth import Caller, Principal
+from producer.api.auth import BEARER_SECURITY, Principal, request_caller
 from producer.api.chat import AnswerResponse, checked_request, first_piece, job_failure, run_and_wait
-from producer.api.context import ApiContext, Ctx
+from producer.api.context import ApiContext
 from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
 from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
@@ -36,7 +36,7 @@ from router_core.models import ChatRequest
 from storage.bus.relay import Piece
 from storage.jobs import JobStatus
 
-__all__ = ["message_request", "router"]
+__all__ = ["ROUTE", "message_request", "router"]
 
 router = APIRouter(tags=["Anthropic-compatible"])
 
@@ -57,10 +57,19 @@ def message_request(body: Any, ctx: ApiContext, principal: Principal) -> tuple[C
     return allowed_request(checked_request(fields, ctx), principal, ctx.catalog), stream
 
 
+ROUTE = "/v1/messages"
+
+
+# Served past FastAPI's routing, as chat completions are (producer/api/direct.py): the route reads
+# its caller itself (`request_caller`) and declares the bearer scheme for the OpenAPI document.
 @router.post(
-    "/v1/messages", summary="Create a routed message (the Anthropic Messages API)", response_model=None
+    ROUTE,
+    summary="Create a routed message (the Anthropic Messages API)",
+    response_model=None,
+    openapi_extra={"security": BEARER_SECURITY},
 )
-async def create_message(request: Request, principal: Caller, ctx: Ctx) -> JSONResponse | StreamingResponse:
+async def create_message(request: Request) -> JSONResponse | StreamingResponse:
+    principal, ctx = await request_caller(request)  # first: a request without a key is a 401
     try:
         body: Any = json.loads(await request.body())
     except ValueError:
