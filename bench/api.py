@@ -33,9 +33,9 @@ writes the same bodies and checks the same answers) for `--wrk-seconds` each: a 
 costs about a tenth of the light caller's CPU a request, so the HTTP phases keep nearly all of the
 two cores, as with callers on other machines. Its rates are wrk's count over wrk's time.
 
-With `--rounds R` the phases run R times in turn (other prompts each round) and each ratio is the
-median of the rounds' ratios, every round's shown: on a busy machine one round's phases can meet
-different loads.
+The phases run `--rounds R` times in turn (5 by default; other prompts each round) and each ratio
+is the median of the rounds' ratios, every round's shown: on a shared host one round's phases meet
+different loads (a round's API / direct moved from 0.72 to 1.31 within one 9-round run here).
 
 Run: `.venv/bin/python bench/api.py [--requests N] [--concurrency C] [--rounds R]
 [--phases direct,bare,http,api,stream] [--caller aiohttp|wrk]`.
@@ -403,7 +403,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=5,
         help="run the phases this many times, one after the other; ratios are the median of the rounds' "
         "(on a busy machine a round's phases see different loads)",
     )
