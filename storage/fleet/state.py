@@ -213,24 +213,25 @@ return {'admitted', ticket, '0'}
 """
 _ADMIT = LUA_COMMON + _ADMIT_CALL
 
-# _ADMIT's keys and arguments, then a budget hold's (storage.fleet._budget_scripts.LUA_HOLD, after
-# 5 keys and 11 arguments). The call is admitted only if the hold's caps have room too, and the hold
-# is taken only if it is admitted (one already taken, a re-run's, stands). Returns _ADMIT's answer,
-# or {'spend', the refusing cap (LUA_HOLD's hold_refusal)}.
+# _ADMIT's keys and arguments (_ADMIT_KEYS, _ADMIT_ARGS of them), then a budget hold's
+# (storage.fleet._budget_scripts.LUA_HOLD). The call is admitted only if the hold's caps have room
+# too, and the hold is taken only if it is admitted (one already taken, a re-run's, stands). Returns
+# _ADMIT's answer, or {'spend', the refusing cap (LUA_HOLD's hold_refusal)}.
+_ADMIT_KEYS, _ADMIT_ARGS = 5, 11
 _ADMIT_HOLDING = (
     LUA_COMMON
     + LUA_HOLD
     + "local function admit()\n"
     + _ADMIT_CALL
-    + """end
+    + f"""end
 
-local had = held(5, 11)
+local had = held({_ADMIT_KEYS}, {_ADMIT_ARGS})
 if not had then
-  local refused = hold_refusal(5, 11)
-  if refused then return {'spend', refused} end
+  local refused = hold_refusal({_ADMIT_KEYS}, {_ADMIT_ARGS})
+  if refused then return {{'spend', refused}} end
 end
 local answer = admit()
-if answer[1] == 'admitted' and not had then hold_take(5, 11) end
+if answer[1] == 'admitted' and not had then hold_take({_ADMIT_KEYS}, {_ADMIT_ARGS}) end
 return answer
 """
 )
@@ -504,6 +505,7 @@ class RedisFleetState:
         if spend is None:
             reply: list[Any] = await self._admit(keys=script_keys, args=args)
         else:
+            assert (len(script_keys), len(args)) == (_ADMIT_KEYS, _ADMIT_ARGS), "the hold's offsets moved"
             reply = await self._admit_holding(keys=script_keys + spend.keys, args=args + spend.args)
             if as_text(reply[0]) == "spend":
                 return Admission(None, spend_refusal=spend.refusal(reply[1]))
