@@ -267,13 +267,15 @@ class FleetState(Protocol):
         *,
         answered: bool = True,
         server_s: float | None = None,
+        give_back: SpendHold | None = None,
     ) -> None:
         """End an admitted call; `tokens` is the real usage (None keeps the estimate).
 
         `latency_ms`: from the call's start to now; `answered`: the provider replied (a response or
         an error status), so the call arrived before now; `server_s`: the provider said it held the
         call this long after counting it, so it arrived that long before now (None: it did not say;
-        see "Rate windows").
+        see "Rate windows"). `give_back`: the hold taken with the call, which was not billed: it is
+        released with the slot.
         """
         ...
 
@@ -433,11 +435,28 @@ class InMemoryFleetState:
         *,
         answered: bool = True,
         server_s: float | None = None,
+        give_back: SpendHold | None = None,
     ) -> None:
-        now = self._clock.now()
-        entry = self._entry(deployment.id)
         if admission.ticket is None:
             return
+        self._end(deployment, admission, outcome, latency_ms, tokens, answered=answered, server_s=server_s)
+        if give_back is not None:
+            await give_back.guard.release(give_back.attempt_no)
+
+    def _end(
+        self,
+        deployment: Deployment,
+        admission: Admission,
+        outcome: CallOutcome,
+        latency_ms: float | None,
+        tokens: int | None,
+        *,
+        answered: bool,
+        server_s: float | None,
+    ) -> None:
+        assert admission.ticket is not None
+        now = self._clock.now()
+        entry = self._entry(deployment.id)
         entry.in_flight.pop(admission.ticket, None)
         if admission.ticket in entry.requests:  # from now on it leaves the window like any ended call
             latency_s = None if latency_ms is None else latency_ms / 1000

@@ -30,14 +30,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from router_core import deployment_set
+from router_core.attempts import attempt_outcome, check_output, failed_attempt, health_outcome
 from router_core.catalog import Catalog, Deployment, load_catalog
-from router_core.chat import Feature, output_problem
+from router_core.chat import Feature
 from router_core.clock import Clock, SystemClock
 from router_core.deployment_set import DeploymentSet, ProviderFactory, provider_factory, swapped
 from router_core.embedder import embed_texts
 from router_core.errors import (
     AllAttemptsFailedError,
-    AuthenticationError,
     BudgetExceededError,
     CapacityExhaustedError,
     ContextLengthError,
@@ -45,7 +45,6 @@ from router_core.errors import (
     InvalidRequestError,
     ProviderError,
     ProviderTimeoutError,
-    RateLimitedError,
     StreamInterruptedError,
 )
 from router_core.fanout import fan_out
@@ -60,7 +59,6 @@ from router_core.fleet import (
 )
 from router_core.models import (
     Attempt,
-    AttemptOutcome,
     ChatRequest,
     CompletionResult,
     Embeddings,
@@ -125,48 +123,6 @@ class _Walk:
     def max_tokens(self) -> int:
         """The completion cap sent with every call: the request's, else the plan's default."""
         return self.request.max_tokens or self.plan.completion_tokens_estimate
-
-
-def _health(error: ProviderError) -> CallOutcome:
-    """429s and request errors say nothing about a deployment's health; auth and 5xx do."""
-    if isinstance(error, AuthenticationError) or (
-        error.retryable and not isinstance(error, RateLimitedError)
-    ):
-        return CallOutcome.FAILURE
-    return CallOutcome.NEUTRAL
-
-
-def _outcome(error: ProviderError | None) -> AttemptOutcome:
-    if error is None:
-        return AttemptOutcome.SUCCESS
-    return AttemptOutcome.INVALID_OUTPUT if isinstance(error, InvalidOutputError) else AttemptOutcome.ERROR
-
-
-def _failed(attempt: Attempt, error: ProviderError, **charge: Any) -> Attempt:
-    """`attempt` marked as failed by `error` (a stream that broke off or ended invalid), with the
-    `charge` (usage, cost) of what the provider sent, if any."""
-    update = {"outcome": _outcome(error), "error_class": type(error).__name__, "error": str(error)}
-    return attempt.model_copy(update=update | charge)
-
-
-def _check_output(request: ChatRequest, deployment: str, reply: ProviderReply) -> None:
-    """Raise `InvalidOutputError` when an answer breaks the JSON schema the request asked for.
-
-    An answer that called tools instead (finish_reason "tool_calls") or that the model refused
-    has no JSON to check.
-    """
-    schema = request.output_schema
-    if schema is None:
-        return
-    for choice in reply.choices:
-        if choice.message.get("tool_calls") or choice.message.get("refusal"):
-            continue
-        problem = output_problem(schema, choice.text)
-        if problem is not None:
-            where = f" (choice {choice.index})" if len(reply.choices) > 1 else ""
-            raise InvalidOutputError(
-                f"{deployment}{where}: {problem}", deployment=deployment, billed=reply.usage
-            )
 
 
 class Router:
@@ -297,7 +253,7 @@ class Router:
                 reply = await fan_out(provider, request, max_tokens, timeout_s)
             else:
                 reply = await provider.complete(request, max_tokens=max_tokens, timeout_s=timeout_s)
-            _check_output(request, provider.deployment.id, reply)
+            check_output(request, provider.deployment.id, reply)
             return reply
 
         dep, reply = await self._walk(walk, call)
@@ -360,15 +316,15 @@ class Router:
                     ) from None
         except ProviderError as exc:
             charge = self._partial_charge(dep, walk, "".join(relayed))
-            attempts[-1] = _failed(attempts[-1], exc, **charge)
+            attempts[-1] = failed_attempt(attempts[-1], exc, **charge)
             raise StreamInterruptedError(f"the stream from {dep.id} broke off: {exc}", attempts) from exc
         finally:
             await opened.rest.aclose()
         self._settle(dep, part, walk)
         try:
-            _check_output(request, dep.id, part)
+            check_output(request, dep.id, part)
         except InvalidOutputError as exc:
-            attempts[-1] = _failed(attempts[-1], exc)
+            attempts[-1] = failed_attempt(attempts[-1], exc)
             raise StreamInterruptedError(f"the stream from {dep.id} ended invalid: {exc}", attempts) from exc
         yield self._result(dep, part, attempts, plan, started)
 
@@ -449,10 +405,10 @@ class Router:
                 await self.clock.sleep(wait)
             attempt_no = len(attempts) + 1
             try:
-                admission = await self._admit(dep, walk)
-                if admission is None:
+                admitted = await self._admit(dep, walk)
+                if admitted is None:
                     return None, None
-                value, error, attempt = await self._call(dep, walk, wait, op, admission)
+                value, error, attempt = await self._call(dep, walk, wait, op, *admitted)
             except asyncio.CancelledError:
                 # We abandoned the call (shutdown, job timeout): like a timeout, it is not billed.
                 # Only a worker killed outright leaves its hold for a re-run to charge.
@@ -462,9 +418,7 @@ class Router:
             attempts.append(attempt)
             if value is not None:
                 return value, None
-            assert error is not None
-            if walk.guard is not None and error.billed is None:
-                await walk.guard.release(len(attempts))  # not billed: give its hold back at once
+            assert error is not None  # not billed: its hold was given back with its slot (`_call`)
             if not error.retryable or n + 1 == self.policy.max_attempts_per_deployment:
                 break
             wait = self._backoff(n, error.retry_after)
@@ -475,9 +429,9 @@ class Router:
                 break
         return None, error
 
-    async def _admit(self, dep: Deployment, walk: _Walk) -> Admission | None:
+    async def _admit(self, dep: Deployment, walk: _Walk) -> tuple[Admission, SpendHold | None] | None:
         """Take a place in the deployment's limits and hold the worst-case cost, both or neither (one
-        step: `FleetState.admit` with the hold); None if refused."""
+        step: `FleetState.admit` with the hold): the admission and the hold; None if refused."""
         prompt, max_tokens = call_tokens(dep, walk.request, walk.plan.prompt_tokens_estimate, walk.max_tokens)
         hold = None
         if walk.guard is not None:
@@ -494,7 +448,7 @@ class Router:
             )
             return None
         if admission.admitted:
-            return admission
+            return admission, hold
         rate_limited = admission.refusal in (Refusal.RPM, Refusal.TPM)
         spread = dep.rate_window_s if rate_limited else CONCURRENCY_RETRY_S
         walk.refused.append(_Refused(admission.describe(dep.id), False, admission.retry_after_s, spread))
@@ -507,10 +461,17 @@ class Router:
     def _timeout_s(self, request: ChatRequest) -> float:
         return (request.preferences.timeout_ms or 0) / 1000 or self.policy.default_timeout_s
 
-    async def _call(
-        self, dep: Deployment, walk: _Walk, wait: float, op: Operation[T], admission: Admission
+    async def _call(  # noqa: PLR0917 - the attempt's parts, as `_try_deployment` has them
+        self,
+        dep: Deployment,
+        walk: _Walk,
+        wait: float,
+        op: Operation[T],
+        admission: Admission,
+        hold: SpendHold | None,
     ) -> tuple[T | None, ProviderError | None, Attempt]:
-        """One admitted attempt, timed and released to the live stats. `_settle` fills usage and cost."""
+        """One admitted attempt, timed and released to the live stats (with its hold, when the
+        provider did not bill it). `_settle` fills usage and cost."""
         timeout_s = self._timeout_s(walk.request)
         t0 = self.clock.now()
         value: T | None = None
@@ -527,15 +488,25 @@ class Router:
             # Also on cancellation, so the in-flight count never leaks.
             latency_ms = (self.clock.now() - t0) * 1000
             ok = value is not None
-            outcome = CallOutcome.SUCCESS if ok else _health(error) if error else CallOutcome.NEUTRAL
+            outcome = CallOutcome.SUCCESS if ok else health_outcome(error) if error else CallOutcome.NEUTRAL
             usage = value.usage if isinstance(value, ProviderReply) else error.billed if error else None
             tokens = usage.input_tokens + usage.output_tokens if usage else None
             # A reply (or an error status) proves the call reached the provider before now, and
             # before now less the time the provider says it held it (a reply's `server_s`).
             answered = ok or (error is not None and error.status_code is not None)
             server_s = value.server_s if isinstance(value, ProviderReply) else None
+            # A call the provider did not bill gives its hold back at once, with its slot. (One
+            # cancelled has no error: `_try_deployment` gives its hold back.)
+            give_back = hold if error is not None and error.billed is None else None
             release = self.fleet.release(
-                dep, admission, outcome, latency_ms, tokens, answered=answered, server_s=server_s
+                dep,
+                admission,
+                outcome,
+                latency_ms,
+                tokens,
+                answered=answered,
+                server_s=server_s,
+                give_back=give_back,
             )
             await asyncio.shield(release)
         if error is not None:
@@ -544,7 +515,7 @@ class Router:
             deployment=dep.id,
             provider=dep.provider,
             model=dep.model,
-            outcome=_outcome(error),
+            outcome=attempt_outcome(error),
             error_class=type(error).__name__ if error else None,
             error=str(error) if error else None,
             status_code=error.status_code if error else None,

@@ -353,6 +353,19 @@ class FleetStateContract:
         assert (await fleet.admit(limited, 10, hold=SpendHold(purse, 4, "d", 0.25))).admitted
         assert purse.held == {1: 0.75, 4: 0.25}
 
+    async def test_a_hold_given_back_is_released_with_the_slot(self, fleet: FleetState) -> None:
+        """A call not billed ends with `give_back`: its slot and its hold both go."""
+        limited, purse = dep(max_concurrency=1), Purse(room=1.0)
+        hold = SpendHold(purse, 1, "d", 0.75)
+        first = await fleet.admit(limited, 10, hold=hold)
+        await fleet.release(limited, first, CallOutcome.FAILURE, 10.0, None, give_back=hold)
+        assert purse.held == {}
+        assert (await snapshot_of(fleet)).in_flight == 0
+        billed = SpendHold(purse, 2, "d", 0.75)
+        second = await fleet.admit(limited, 10, hold=billed)
+        await fleet.release(limited, second, CallOutcome.SUCCESS, 10.0, 12)  # billed: the hold stays
+        assert purse.held == {2: 0.75}
+
     async def test_rotation_counts_up_per_key(self, fleet: FleetState) -> None:
         assert [await fleet.next_rotation("a") for _ in range(3)] == [0, 1, 2]
         assert await fleet.next_rotation("b") == 0

@@ -1,5 +1,6 @@
 """A call's admission and its budget hold in one script (`RedisFleetState.admit(..., hold=)` with a
-`JobSpendGuard`): both are taken or neither, in one round trip, with the refusal a `reserve` gives.
+`JobSpendGuard`): both are taken or neither, in one round trip, with the refusal a `reserve` gives;
+and a call not billed gives both back in one (`release(..., give_back=)`).
 
 Every test runs on fakeredis (with Lua) and on a real Redis (ROUTEQ_TEST_REDIS_URL).
 """
@@ -25,13 +26,15 @@ LIMITED = dep(max_concurrency=1)
 
 
 def guard(b: Budgets, job_id: str, *, run: int = 1) -> JobSpendGuard:
-    """The job's guard, its own `reserve` unused: a hold taken with an admission is the script's."""
+    """The job's guard, its own `reserve` and `release` unused: a hold taken with an admission, or
+    given back with a slot, is the fleet script's."""
     made = b.guard(job_id=job_id, run=run, tenant="acme", user="alice", batch_id="b1")
 
     async def no_second_round_trip(*args: Any) -> SpendRefusal | None:
-        raise AssertionError("the hold was reserved on its own, not with the admission")
+        raise AssertionError("the hold was reserved or released on its own, not with the slot")
 
     made.reserve = no_second_round_trip  # type: ignore[method-assign,assignment]
+    made.release = no_second_round_trip  # type: ignore[method-assign,assignment]
     return made
 
 
@@ -80,3 +83,21 @@ async def test_a_shifted_guard_holds_its_attempts_shifted_in_the_same_script(red
     shifted = ShiftedGuard(guard(b, "job_a"), 1)
     assert (await fleet.admit(LIMITED, 10, hold=SpendHold(shifted, 1, "d", 0.1))).admitted
     assert set(await b.holds("job_a")) == {"1:2"}
+
+
+async def test_a_call_not_billed_gives_back_its_slot_and_its_hold_in_one_script(redis: Redis) -> None:
+    b, fleet = budgets(redis), RedisFleetState(redis)
+    unbilled, billed = SpendHold(guard(b, "job_a"), 1, "d", 0.25), SpendHold(guard(b, "job_a"), 2, "d", 0.5)
+    first = await fleet.admit(LIMITED, 10, hold=unbilled)
+    await fleet.release(LIMITED, first, CallOutcome.FAILURE, 10.0, None, give_back=unbilled)
+    assert await b.holds("job_a") == {}
+    assert await redis.zscore(keys.OPEN_HOLDS, "job_a") is None  # the job holds nothing any more
+    assert await usages(b, ALICE) == [(0.0, 0.0)]
+    assert (await snapshot_of(fleet)).in_flight == 0
+
+    second = await fleet.admit(LIMITED, 10, hold=billed)
+    await fleet.release(LIMITED, second, CallOutcome.SUCCESS, 10.0, 12)  # billed: settled after its commit
+    assert set(await b.holds("job_a")) == {"1:2"}
+    # A hold already gone (released twice, a retried release) is skipped.
+    await fleet.release(LIMITED, second, CallOutcome.FAILURE, 10.0, None, give_back=unbilled)
+    assert await usages(b, ALICE) == [(0.0, 0.5)]

@@ -22,6 +22,7 @@ from router_core import (
 )
 from router_core.sim import SimProfile
 from tests.conftest import RouterFactory, deployment, make_catalog
+from tests.fleet_state_contract import Purse
 
 
 def ask(text: str = "Tell me about the weather on Mars", **kw: Any) -> ChatRequest:
@@ -120,6 +121,23 @@ async def test_failover_after_5xx(make_router: RouterFactory, clock: FakeClock) 
     assert 0 <= clock.sleeps[0] <= 0.5
     assert 0 <= clock.sleeps[1] <= 1.0
     assert result.attempts[3].wait_ms == 0  # failing over does not wait
+
+
+async def test_a_call_not_billed_gives_its_hold_back_and_the_answer_keeps_its_own(
+    make_router: RouterFactory,
+) -> None:
+    """Each attempt is held before it is made; a 500 (not billed) gives its hold back with its slot,
+    the answered call keeps its hold for whoever records the charge (`SpendGuard`)."""
+    catalog = make_catalog(
+        [deployment("first-a", sim=scripted(*["server_error"] * 3)), deployment("second-b", sim={"seed": 1})]
+    )
+    purse = Purse(room=1.0)
+    result = await make_router(catalog).complete(ask(max_tokens=50), guard=purse)
+    assert [(a.deployment, a.status_code) for a in result.attempts] == [("first-a", 500)] * 3 + [
+        ("second-b", None)
+    ]
+    assert list(purse.held) == [4]  # attempts 1-3 gave their holds back when first-a answered 500
+    assert purse.held[4] >= result.cost_usd  # the worst case, at least what the answer cost
 
 
 async def test_429_retry_after_is_waited(make_router: RouterFactory, clock: FakeClock) -> None:

@@ -73,6 +73,14 @@ class ShiftedGuard:
         hold: ScriptHold = script_hold(attempt_no + self._shift, deployment_id, amount_usd)
         return hold
 
+    def script_release(self, attempt_no: int) -> tuple[list[str], list[str]] | None:
+        """The wrapped guard's release as script keys (`RedisFleetState.release`), None if it has none."""
+        script_release = getattr(self._guard, "script_release", None)
+        if script_release is None:
+            return None
+        parts: tuple[list[str], list[str]] = script_release(attempt_no + self._shift)
+        return parts
+
 
 class SemanticCache:
     """Embeds requests, searches the vector index, indexes new answers (see the module docstring).

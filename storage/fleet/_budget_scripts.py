@@ -7,12 +7,12 @@ cluster: the scripts may touch keys they were not passed).
 
 from __future__ import annotations
 
-__all__ = ["LUA_HOLD", "REBUILD", "REBUILD_PERIODS", "RELEASE", "RESERVE", "SETTLE"]
+__all__ = ["LUA_DROP", "LUA_HOLD", "REBUILD", "REBUILD_PERIODS", "RELEASE", "RESERVE", "SETTLE"]
 
 # Drops one hold: its amount leaves `reserved` in each of its scopes and, when settling, the real
 # cost joins `spent`. The budget keys are built from the scopes the hold names (one Redis, not a
 # cluster: the scripts may touch keys they were not passed).
-_LUA_DROP = """
+LUA_DROP = """
 local function drop(holds, open, job, field, prefix, cost)
   local hold = redis.call('HGET', holds, field)
   if not hold then return 0 end
@@ -114,7 +114,7 @@ return 1
 # KEYS: [1] the job's holds hash, [2] the open-holds index. ARGV: [1] hold field, [2] budget key
 # prefix, [3] job id.
 RELEASE = (
-    _LUA_DROP
+    LUA_DROP
     + """
 return drop(KEYS[1], KEYS[2], ARGV[3], ARGV[1], ARGV[2], nil)
 """
@@ -124,7 +124,7 @@ return drop(KEYS[1], KEYS[2], ARGV[3], ARGV[1], ARGV[2], nil)
 # id, then pairs: hold field, real cost (micro-dollars). Returns how many holds were settled (those
 # already gone are skipped).
 SETTLE = (
-    _LUA_DROP
+    LUA_DROP
     + """
 local settled = 0
 for i = 3, #ARGV, 2 do

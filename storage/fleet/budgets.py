@@ -519,10 +519,17 @@ class JobSpendGuard:
 
     async def release(self, attempt_no: int) -> None:
         """Drop the hold of an attempt not sent or not billed; a hold already gone is left alone."""
-        await self._budgets._release(
-            keys=[keys.job_holds(self.job_id), keys.OPEN_HOLDS],
-            args=[f"{self.run}:{attempt_no}", _BUDGET_PREFIX, self.job_id],
-        )
+        script_keys, args = self.script_release(attempt_no)
+        await self._budgets._release(keys=script_keys, args=args)
+
+    def script_release(self, attempt_no: int) -> tuple[list[str], list[str]]:
+        """`release`'s keys and arguments (the budget's RELEASE script), for a script that drops the
+        hold with something else in one step (`RedisFleetState.release(..., give_back=)`)."""
+        return [keys.job_holds(self.job_id), keys.OPEN_HOLDS], [
+            f"{self.run}:{attempt_no}",
+            _BUDGET_PREFIX,
+            self.job_id,
+        ]
 
 
 async def _ledger_spent(

@@ -59,7 +59,7 @@ from router_core.fleet import ARRIVAL_MARGIN_S
 from storage import keys
 from storage.bus.coalesce import BatchedScript
 from storage.connections import as_text
-from storage.fleet.state import LUA_COMMON
+from storage.fleet._state_scripts import LUA_COMMON
 
 __all__ = ["AdmissionLine", "Place", "Turn"]
 
