@@ -439,22 +439,8 @@ class InMemoryFleetState:
     ) -> None:
         if admission.ticket is None:
             return
-        self._end(deployment, admission, outcome, latency_ms, tokens, answered=answered, server_s=server_s)
-        if give_back is not None:
+        if give_back is not None:  # first: nothing below waits, so the slot is freed in the same step
             await give_back.guard.release(give_back.attempt_no)
-
-    def _end(
-        self,
-        deployment: Deployment,
-        admission: Admission,
-        outcome: CallOutcome,
-        latency_ms: float | None,
-        tokens: int | None,
-        *,
-        answered: bool,
-        server_s: float | None,
-    ) -> None:
-        assert admission.ticket is not None
         now = self._clock.now()
         entry = self._entry(deployment.id)
         entry.in_flight.pop(admission.ticket, None)
