@@ -89,12 +89,9 @@ sim = {{ latency_ms = {LATENCY_MS}, rpm = {limit}, window_s = 1.0 }}
 
 def routeq_env(settings: Settings, catalog: Path, sim_url: str) -> dict[str, str]:
     """The environment of a `routeq` process on the bench's Redis, database, queue, catalog and sim."""
-    assert settings.redis_url is not None
     return {
         **os.environ,
-        "ROUTEQ_REDIS_URL": settings.redis_url,
-        "ROUTEQ_DATABASE_URL": settings.database_url,
-        "ROUTEQ_QUEUE_NAME": settings.queue_name,
+        **settings.fleet_env(),
         "ROUTEQ_SIMULATE": "always",
         "ROUTEQ_SIM_URL": sim_url,
         "ROUTEQ_CATALOG_PATH": str(catalog),

@@ -350,6 +350,19 @@ class Settings(RouterSettings):
         """The size limits every request entering the pipeline is checked against."""
         return RequestLimits(max_prompt_bytes=self.max_prompt_bytes, max_messages=self.max_messages)
 
+    def fleet_env(self) -> dict[str, str]:
+        """The environment variables that put another `routeq` process (a worker, a server) on these
+        settings' Redis, database and queue; it reads the rest as any process does."""
+        if self.redis_url is None:
+            raise ValueError("these settings are embedded (no ROUTEQ_REDIS_URL): no other process can join")
+        prefix = self.model_config.get("env_prefix", "")
+        fleet = {
+            "redis_url": self.redis_url,
+            "database_url": self.database_url,
+            "queue_name": self.queue_name,
+        }
+        return {f"{prefix}{name}".upper(): value for name, value in fleet.items()}
+
     @property
     def embedded(self) -> bool:
         """True when no Redis URL is set: `routeq run` then uses an in-process Redis."""

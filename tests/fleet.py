@@ -68,15 +68,7 @@ async def until(check: Callable[[], Any], *, timeout_s: float, what: str, every_
 
 def routeq_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a `routeq` process on the test's Redis, database and queue, simulating."""
-    assert settings.redis_url is not None
-    return {
-        **os.environ,
-        "ROUTEQ_REDIS_URL": settings.redis_url,
-        "ROUTEQ_DATABASE_URL": settings.database_url,
-        "ROUTEQ_QUEUE_NAME": settings.queue_name,
-        "ROUTEQ_SIMULATE": "always",
-        **extra,
-    }
+    return {**os.environ, **settings.fleet_env(), "ROUTEQ_SIMULATE": "always", **extra}
 
 
 class Fleet:

@@ -10,6 +10,7 @@ from arq.worker import create_worker, get_kwargs
 
 import workers
 from storage.bus.queue import JOB_FUNCTION
+from storage.settings import Settings
 
 
 def test_worker_settings_class_for_arq_cli(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +39,30 @@ def test_worker_settings_class_for_arq_cli(monkeypatch: pytest.MonkeyPatch) -> N
 def test_unknown_attribute_is_still_an_error() -> None:
     with pytest.raises(AttributeError):
         _ = workers.NoSuchThing
+
+
+def test_fleet_env_puts_another_process_on_the_same_redis_database_and_queue() -> None:
+    """What `Settings.fleet_env` gives, read back by a process's own `Settings()`, is the same fleet."""
+    ours = Settings(
+        _env_file=None,
+        redis_url="redis://:pw@127.0.0.1:6379/3",
+        database_url="postgresql+asyncpg://u@h/db",
+        queue_name="fleet:q",
+    )
+    env = ours.fleet_env()
+    assert env == {
+        "ROUTEQ_REDIS_URL": "redis://:pw@127.0.0.1:6379/3",
+        "ROUTEQ_DATABASE_URL": "postgresql+asyncpg://u@h/db",
+        "ROUTEQ_QUEUE_NAME": "fleet:q",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        theirs = Settings(_env_file=None)
+    assert (theirs.redis_url, theirs.database_url, theirs.queue_name) == (
+        ours.redis_url,
+        ours.database_url,
+        ours.queue_name,
+    )
+    with pytest.raises(ValueError, match="embedded"):
+        Settings(_env_file=None, redis_url=None).fleet_env()
