@@ -20,6 +20,9 @@ cores as the server, so a heavy caller (the SDK: about as much CPU per request a
 takes the server's core where production callers run elsewhere. The light caller measures the
 API; the SDK's ratio says what a caller on the same machine sees. Every request must succeed; a
 failed one stops the run.
+With wrk, the API phase's lines also give the median of each step its answers' `Server-Timing`
+header names (producer/api/timing.py: auth, admit, store, enqueue, job, read; route within job)
+and what wrk's median latency holds past their sum (the HTTP hop and the server's event loop).
 Each line also gives the CPU time per request of the worker, of `routeq serve`, of the bare front,
 of the sim, of this process (the callers: the client, aiohttp, or the openai SDK) and their sum
 (`all`; Redis, shared with whatever else runs, is left out), read from /proc: on a machine whose
@@ -207,7 +210,20 @@ async def measure_wrk(
     p50, p95 = int(fields["p50_us"]) / 1000, int(fields["p95_us"]) / 1000
     cpu = {name: (cpu_after[name] - cpu_before[name]) / requests * 1000 for name in cpu_after}
     cpu["callers"] = wrk_cpu_s / requests * 1000
-    return rate, report(label, rate, p50, p95, cpu, after=f"   ({requests:,} requests)")
+    total = report(label, rate, p50, p95, cpu, after=f"   ({requests:,} requests)")
+    steps = re.search(r"^routeq-wrk-steps (.*)$", output, re.MULTILINE)
+    if steps is not None:
+        print_steps(dict(step.split("=", 1) for step in steps.group(1).split()), p50)
+    return rate, total
+
+
+def print_steps(medians: dict[str, str], p50_ms: float) -> None:
+    """The API's steps from its answers' `Server-Timing` header (the median of each, ms), and what
+    wrk's median latency holds past their sum: the HTTP hop and the server's event loop. `route`
+    (the worker's walk) is part of `job`, not added again."""
+    shown = "  ".join(f"{name} {float(ms):.2f}" for name, ms in medians.items())
+    past = p50_ms - sum(float(ms) for name, ms in medians.items() if name != "route")
+    print("   " + " " * 28 + f"   steps, medians (ms): {shown}   past their sum: {past:.2f}")
 
 
 async def drained(redis: ArqRedis, queue: str) -> None:

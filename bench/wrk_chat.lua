@@ -14,6 +14,9 @@ over = os.getenv("WRK_OVER")
 sent = 0
 bad = 0
 first_bad = ""
+-- The answers' Server-Timing headers (producer/api/timing.py), as they came: `done` reads the
+-- threads' globals through wrk's copies, which hold a flat table but fail on a table of tables.
+timings = {}
 
 function request()
   sent = sent + 1
@@ -27,6 +30,10 @@ function response(status, headers, body)
   local ok = status == 200
     and string.find(body, '"chat.completion"', 1, true)
     and string.find(body, "[simulated ", 1, true)
+  local timing = headers["server-timing"] or headers["Server-Timing"]
+  if ok and timing then
+    table.insert(timings, timing)
+  end
   if not ok then
     bad = bad + 1
     if first_bad == "" then
@@ -35,13 +42,39 @@ function response(status, headers, body)
   end
 end
 
+local function median(values)
+  table.sort(values)
+  local n = #values
+  if n % 2 == 1 then
+    return values[(n + 1) / 2]
+  end
+  return (values[n / 2] + values[n / 2 + 1]) / 2
+end
+
 function done(summary, latency, requests)
   local failed, first = 0, ""
+  local all, names = {}, {}
   for _, thread in ipairs(threads) do
     failed = failed + thread:get("bad")
     if first == "" then
       first = thread:get("first_bad")
     end
+    for _, line in ipairs(thread:get("timings")) do
+      for name, ms in string.gmatch(line, "([%w_]+);dur=([%d%.]+)") do
+        if all[name] == nil then
+          all[name] = {}
+          table.insert(names, name)
+        end
+        table.insert(all[name], tonumber(ms))
+      end
+    end
+  end
+  local medians = {}
+  for _, name in ipairs(names) do
+    table.insert(medians, string.format("%s=%.3f", name, median(all[name])))
+  end
+  if #medians > 0 then
+    io.write("routeq-wrk-steps " .. table.concat(medians, " ") .. "\n")
   end
   local errors = summary.errors
   io.write(string.format(

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from producer.client import Client
 from storage.jobs import JobRecord
@@ -30,19 +30,19 @@ def _http(api: LiveApi, secret: str) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(base_url=api.url, headers={"authorization": f"Bearer {secret}"}, timeout=30)
 
 
-async def test_a_redis_blip_while_waiting_names_the_job_and_the_retry_gets_its_answer(
+async def test_a_blip_while_waiting_names_the_job_and_the_retry_gets_its_answer(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_wait = Client.wait
+    real_get = Client.get
     blips: list[str] = []
 
-    async def blinking_wait(self: Client, job_id: str, **kwargs: Any) -> JobRecord:
-        if not blips:  # the first wait loses its Redis connection, as in a failover
+    async def blinking_get(self: Client, job_id: str) -> JobRecord:
+        if not blips:  # the first read of the finished job loses its connection, as in a failover
             blips.append(job_id)
-            raise RedisConnectionError("Connection closed by server.")
-        return await real_wait(self, job_id, **kwargs)
+            raise OperationalError("SELECT ... FROM jobs", {}, ConnectionError("connection closed"))
+        return await real_get(self, job_id)
 
-    monkeypatch.setattr(Client, "wait", blinking_wait)
+    monkeypatch.setattr(Client, "get", blinking_get)
     async with serve_api(backend) as api, _http(api, await api.key("acme")) as http:
         headers = {"Idempotency-Key": "order-77"}
         first = await http.post("/v1/chat/completions", json=CHAT, headers=headers)

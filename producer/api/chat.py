@@ -45,6 +45,7 @@ from producer.api.key_models import allowed_request, visible_models
 from producer.api.ratelimit import admit, request_tokens
 from producer.api.schemas import ChatCompletionBody
 from producer.api.stopping import ServerStopping, stopping_error, stopping_message
+from producer.api.timing import Stages
 from producer.chat_body import reference_problem
 from producer.client import Client
 from producer.inputs import parse_chat_body
@@ -54,6 +55,7 @@ from router_core.errors import InvalidRequestError
 from router_core.models import ChatRequest, Strategy
 from router_core.planner import check_references
 from storage import keys
+from storage.bus.notifier import Signal
 from storage.bus.relay import Piece
 from storage.jobs import CreatedBatch, FailureCode, JobFailure, JobRecord, JobStatus
 
@@ -170,7 +172,9 @@ _CHAT_OPENAPI: dict[str, Any] = {
     ROUTE, summary="Create a routed chat completion", response_model=None, openapi_extra=_CHAT_OPENAPI
 )
 async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
+    stages = Stages()
     principal, ctx = await request_caller(http)  # first: a request without a key is a 401, body or not
+    stages.lap("auth")
     body = await _chat_body(http)
     idempotency = http.headers.get(IDEMPOTENCY_HEADER)
     if body.stream and (body.n or 1) > 1:
@@ -181,6 +185,7 @@ async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
     limits = await admit(
         ctx, principal, tokens=request_tokens(request, ctx.settings.default_completion_tokens)
     )
+    stages.lap("admit")
     client = ctx.client(principal.tenant, principal.user, principal.key_id)
     key = None
     if idempotency is not None:  # the body's JSON dump is the key's fingerprint: only made for one
@@ -190,16 +195,18 @@ async def chat_completions(http: Request) -> JSONResponse | StreamingResponse:
     # The job exists from here on (or an earlier request with the key made it): every answer names it.
     # parse_chat_body checked what check_storable would (unstorable values, the size limits).
     created = await client.create_single(request, stream=body.stream, idempotency=key, checked=True)
+    stages.lap("store")
     job_id = created.job_ids[0]
     if body.stream:
         try:
             await client.enqueue(created)
+            stages.lap("enqueue")
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return await _stream(ctx, client, job_id, request, include_usage)
+            return await _stream(ctx, client, job_id, request, include_usage=include_usage, stages=stages)
         except INFRASTRUCTURE_ERRORS as exc:
             raise unavailable(exc, job_id=job_id) from exc
-    job = await run_and_wait(ctx, client, created)
-    return AnswerResponse(_answer(job), headers=_routing_headers(job) | limits)
+    job = await run_and_wait(ctx, client, created, stages)
+    return AnswerResponse(_answer(job), headers=_routing_headers(job) | limits | stages.header())
 
 
 async def _chat_body(http: Request) -> ChatCompletionBody:
@@ -242,24 +249,46 @@ def _is_json(content_type: str) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch) -> JobRecord:
+async def run_and_wait(ctx: ApiContext, client: Client, created: CreatedBatch, stages: Stages) -> JobRecord:
     """Queue a one-job batch and wait for its job to succeed; an error answer naming the job if it
-    failed, did not finish within ROUTEQ_API_WAIT_TIMEOUT_S, or Redis or SQL would not answer."""
+    failed, did not finish within ROUTEQ_API_WAIT_TIMEOUT_S, or Redis or SQL would not answer.
+    `stages` gets the `enqueue`, `job`, `read` and `route` steps (`producer.api.timing`)."""
     job_id = created.job_ids[0]
     try:
         # Watched before it is queued: the job cannot finish unseen, and is read once, when done.
         async with client.notifier.watch(keys.job_done_channel(job_id)) as done:
             await client.enqueue(created)
+            stages.lap("enqueue")
             async with ctx.stopping.waiting(ctx.settings.api_wait_timeout_s):
                 # A replayed request's job (its idempotency key) may be finished already: read it now.
-                job = await client.wait(job_id, woken=None if created.replayed else done)
+                job = await _finished(client, job_id, done, stages, woken_first=not created.replayed)
     except TimeoutError:
         raise wait_timeout(ctx, job_id) from None
     except INFRASTRUCTURE_ERRORS as exc:
         raise unavailable(exc, job_id=job_id) from exc
     if job.status != JobStatus.SUCCEEDED:
         raise job_failure(job)
+    if job.latency_ms is not None:
+        stages.add("route", job.latency_ms / 1000)
     return job
+
+
+async def _finished(
+    client: Client, job_id: str, done: Signal, stages: Stages, *, woken_first: bool
+) -> JobRecord:
+    """`Client.wait`'s loop (the job read from SQL, again at each wake-up, until it is finished),
+    timed: `job` until the read that found it finished began (a wake-up for nothing, as at a
+    resubscription, counts there), `read` that read."""
+    if woken_first:
+        await done.wait()
+    while True:
+        reading = stages.now()
+        job = await client.get(job_id)
+        if job.terminal:
+            stages.lap("job", at=reading)
+            stages.lap("read")
+            return job
+        await done.wait()
 
 
 def wait_timeout(ctx: ApiContext, job_id: str) -> ApiError:
@@ -307,15 +336,22 @@ async def first_piece(
 
 
 async def _stream(
-    ctx: ApiContext, client: Client, job_id: str, request: ChatRequest, include_usage: bool
+    ctx: ApiContext,
+    client: Client,
+    job_id: str,
+    request: ChatRequest,
+    *,
+    include_usage: bool,
+    stages: Stages,
 ) -> JSONResponse | StreamingResponse:
     """Wait for the first piece; an error before it is a plain HTTP error, after it an SSE error."""
     first, pieces = await first_piece(ctx, client, job_id)
+    stages.lap("first")
     chunks = _ChunkWriter(job_id, request.model, include_usage)
     return StreamingResponse(
         _events(client, job_id, chunks, first, pieces),
         media_type="text/event-stream",
-        headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"},
+        headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"} | stages.header(),
     )
 
 

@@ -30,6 +30,7 @@ from producer.api.errors import INFRASTRUCTURE_ERRORS, ApiError, unavailable
 from producer.api.key_models import allowed_request
 from producer.api.ratelimit import admit, request_tokens
 from producer.api.stopping import ServerStopping, stopping_message
+from producer.api.timing import Stages
 from producer.client import Client
 from producer.outputs import routing_metadata
 from router_core.models import ChatRequest
@@ -69,36 +70,44 @@ ROUTE = "/v1/messages"
     openapi_extra={"security": BEARER_SECURITY},
 )
 async def create_message(request: Request) -> JSONResponse | StreamingResponse:
+    stages = Stages()
     principal, ctx = await request_caller(request)  # first: a request without a key is a 401
+    stages.lap("auth")
     try:
         body: Any = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "the body is not JSON", code="invalid_request") from None
     chat, stream = message_request(body, ctx, principal)
     await admit(ctx, principal, tokens=request_tokens(chat, ctx.settings.default_completion_tokens))
+    stages.lap("admit")
     client = ctx.client(principal.tenant, principal.user, principal.key_id)
     # checked_request (parse_chat_body) checked what check_storable would, as for chat completions.
+    created = await client.create_single(chat, stream=stream, checked=True)
+    stages.lap("store")
     if stream:
-        created = await client.create_single(chat, stream=True, checked=True)
         job_id = created.job_ids[0]
         try:
             await client.enqueue(created)
-            return await _stream(ctx, client, job_id, chat)
+            stages.lap("enqueue")
+            return await _stream(ctx, client, job_id, chat, stages)
         except INFRASTRUCTURE_ERRORS as exc:
             raise unavailable(exc, job_id=job_id) from exc
-    job = await run_and_wait(ctx, client, await client.create_single(chat, checked=True))
+    job = await run_and_wait(ctx, client, created, stages)
     headers = {"x-routeq-job-id": job.id, "x-routeq-deployment": job.deployment or ""}
-    return AnswerResponse(message_object(job), headers=headers)
+    return AnswerResponse(message_object(job), headers=headers | stages.header())
 
 
-async def _stream(ctx: ApiContext, client: Client, job_id: str, chat: ChatRequest) -> StreamingResponse:
+async def _stream(
+    ctx: ApiContext, client: Client, job_id: str, chat: ChatRequest, stages: Stages
+) -> StreamingResponse:
     """Wait for the job's first piece (an error before it is a plain HTTP error), then stream."""
     first, pieces = await first_piece(ctx, client, job_id)
+    stages.lap("first")
     events = MessageStream(f"msg_{job_id}", chat.model)
     return StreamingResponse(
         _events(client, job_id, events, first, pieces),
         media_type="text/event-stream",
-        headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"},
+        headers={"x-routeq-job-id": job_id, "cache-control": "no-cache"} | stages.header(),
     )
 
 
