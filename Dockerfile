@@ -15,17 +15,18 @@ RUN groupadd --system --gid 10001 routeq \
 # Build from a throwaway directory: `pip install .` (not -e) puts the code in site-packages, so the
 # sources are only needed during this step. Only what the wheel needs is copied: README.md is the
 # project's `readme` (metadata fails without it); storage/ carries the Alembic migrations, which
-# ship as Python modules inside the package. No dev extras. Building needs network access to fetch
+# ship as Python modules inside the package. No dev extras; the versions are those tested together
+# (constraints.txt, as `make install` takes them). Building needs network access to fetch
 # setuptools (pip's build isolation). The migrations' script.py.mako is not package data; it is only
 # used to author new revisions, never by `upgrade`.
 WORKDIR /tmp/routeq-src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY routeq/ routeq/
 COPY router_core/ router_core/
 COPY producer/ producer/
 COPY workers/ workers/
 COPY storage/ storage/
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && cd / \
     && rm -rf /tmp/routeq-src
 
