@@ -13,6 +13,9 @@ from typing import Any
 import hiredis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from fakeredis import FakeAsyncRedis, FakeServer
+from redis._parsers import _AsyncHiredisParser
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
@@ -88,7 +91,8 @@ async def _bound(redis: ArqRedis, max_connections: int, timeout_s: int) -> None:
 
 
 class _HiredisPacking(AbstractConnection):
-    """Commands packed by hiredis in C, as redis-py's own synchronous client does.
+    """Commands packed by hiredis in C, as redis-py's own synchronous client does; and a cheaper
+    check of a connection a pool lends (`can_read_destructive`).
 
     redis-py's asyncio connection packs each command in Python, joining the growing buffer again
     for every argument: a script call with twenty keys and arguments cost about 35 us there against
@@ -105,6 +109,29 @@ class _HiredisPacking(AbstractConnection):
             return [hiredis.pack_command(args)]
         except TypeError as exc:
             raise DataError(f"{exc} (a Redis command argument of type {_odd_type(args)})") from exc
+
+    async def can_read_destructive(self) -> bool:
+        """Whether the connection holds data no command asked for, so a pool must not lend it: a
+        whole reply in the parser or bytes the event loop has taken off the socket (the test
+        redis-py's own `_socket_is_empty` makes). A connection the server closed raises, and the
+        pool connects it again, as after redis-py's own check.
+
+        redis-py's check, run each time a pool lends a connection, reads the socket under a zero
+        timeout: a timer, a cancelled read and its exception, and one more event-loop turn before
+        the command is sent. A reply can only be left behind by a read that did not finish, and
+        redis-py closes the connection then, so this check is a safeguard, not the cure.
+        """
+        parser, stream = self._parser, self._reader
+        if not isinstance(parser, _AsyncHiredisParser) or stream is None:
+            return bool(await super().can_read_destructive())  # type: ignore[no-untyped-call]
+        replies = parser._reader
+        if replies is None or not parser._connected:
+            raise RedisConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+        if replies.gets() is not NOT_ENOUGH_DATA or stream._buffer:
+            return True
+        if stream.at_eof():
+            raise RedisConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+        return False
 
 
 def _odd_type(args: tuple[Any, ...]) -> str:

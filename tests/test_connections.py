@@ -1,15 +1,19 @@
-"""Redis connections pack commands with hiredis: the same bytes as redis-py's own packing."""
+"""Redis connections pack commands with hiredis (the same bytes as redis-py's own packing), and a pool
+lends none holding a reply nobody read or closed by the server, checked without a loop turn."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from arq.connections import create_pool
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
-from storage.connections import _PACKED, connect_redis, pack_with_hiredis, redis_settings
+from storage.connections import _PACKED, _HiredisPacking, connect_redis, pack_with_hiredis, redis_settings
 from tests.backends import REDIS_ENV, pipeline_settings, service_url
 from workers.context import WorkerContext
 from workers.worker import build_worker
@@ -121,3 +125,74 @@ async def test_a_worker_started_from_a_redis_url_packs_with_hiredis() -> None:
     finally:
         await worker.close()
     assert seen == [_PACKED[Connection]]
+
+
+def packing(conn: AbstractConnection) -> _HiredisPacking:
+    """A connection of routeq's pools, as its own class."""
+    assert isinstance(conn, _HiredisPacking)
+    return conn
+
+
+async def _until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Until `check` holds (bounded: a lost condition fails the test, not the suite)."""
+    async with asyncio.timeout(10):
+        while not await check():  # noqa: ASYNC110 - bytes reaching a socket signal nothing
+            await asyncio.sleep(0.001)
+
+
+async def test_the_lending_check_completes_without_waiting_on_the_loop() -> None:
+    settings = pipeline_settings(redis_url=service_url(REDIS_ENV), database_url="sqlite+aiosqlite://")
+    redis = await connect_redis(settings)
+    try:
+        assert await redis.ping()
+        conn = packing(redis.connection_pool._available_connections[0])
+        check = conn.can_read_destructive()
+        with pytest.raises(StopIteration) as done:  # it never suspends: no timer, no read, no turn
+            check.send(None)
+        assert done.value.value is False  # a clean connection may be lent
+    finally:
+        await redis.aclose()
+
+
+async def test_a_pool_lends_no_connection_holding_a_reply_nobody_read() -> None:
+    settings = pipeline_settings(redis_url=service_url(REDIS_ENV), database_url="sqlite+aiosqlite://")
+    redis = await connect_redis(settings)
+    pool = redis.connection_pool
+    try:
+        conn = packing(await pool.get_connection())
+        await conn.send_command("ECHO", "stale")  # its reply is never read
+        await _until(conn.can_read_destructive)  # the reply has reached the connection
+        await pool.release(conn)
+        assert pool._available_connections == [conn]
+        await redis.set("routeq:test:lending", "fresh", ex=60)
+        assert await redis.get("routeq:test:lending") == b"fresh"  # not b"stale"
+        await redis.delete("routeq:test:lending")
+    finally:
+        await redis.aclose()
+
+
+async def test_a_connection_the_server_closed_is_connected_again_before_it_is_lent() -> None:
+    settings = pipeline_settings(redis_url=service_url(REDIS_ENV), database_url="sqlite+aiosqlite://")
+    redis = await connect_redis(settings)
+    other = await connect_redis(settings)
+    pool = redis.connection_pool
+    try:
+        conn = packing(await pool.get_connection())
+        await conn.send_command("CLIENT", "ID")
+        killed = int(await conn.read_response())
+        await pool.release(conn)
+        await other.client_kill_filter(_id=str(killed))
+
+        async def refused() -> bool:
+            try:
+                await conn.can_read_destructive()
+            except RedisConnectionError:
+                return True
+            return False
+
+        await _until(refused)  # the close has reached the connection: it may not be lent as is
+        assert await redis.ping()  # the pool connected it again
+        assert int(await redis.client_id()) != killed
+    finally:
+        await redis.aclose()
+        await other.aclose()
