@@ -11,7 +11,8 @@ OpenAI `chat.completion.chunk` server-sent event.
 How it was routed comes back in headers (`x-routeq-deployment`, `-attempts`, `-cost-usd`,
 `-failovers`, `-job-id`, and `x-routeq-cache`: `hit`, `miss` or `off`) and in the body's extra
 `routeq` field (the last chunk's, when streamed), which also says whether the answer came from the
-response cache (`cache_hit`, `cache_source_job`, `cache_similarity`, `saved_usd`).
+response cache (`cache_hit`, `cache_source_job`, `cache_similarity`, `saved_usd`). The
+`Server-Timing` header says how long each step of the API's own path took (producer/api/timing.py).
 Once the job exists every answer names it, errors too (a 503 when Redis blinks, a 504 past the
 wait): with the same `Idempotency-Key` a retry gets that job's answer, not a second job.
 """
