@@ -316,11 +316,12 @@ def _answer(job: JobRecord) -> dict[str, Any]:
 
 
 async def first_piece(
-    ctx: ApiContext, client: Client, job_id: str
+    ctx: ApiContext, client: Client, job_id: str, stages: Stages
 ) -> tuple[Piece, AsyncGenerator[Piece, None]]:
     """The streamed job's first relayed piece and the pieces after it. A job that ends before its
     first piece without an answer, or no piece within the API's wait, is a plain HTTP error: no
-    stream has begun yet. The pieces after it raise `ServerStopping` if the server stops first."""
+    stream has begun yet. The pieces after it raise `ServerStopping` if the server stops first.
+    `stages` gets the `first` step: until the first piece came."""
     pieces = ctx.relay.follow(job_id)
     try:
         async with ctx.stopping.waiting(ctx.settings.api_wait_timeout_s):
@@ -333,6 +334,7 @@ async def first_piece(
         job = await client.get(job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise job_failure(job)
+    stages.lap("first")
     return first, ctx.stopping.follow(pieces)  # a stream under way ends when the server stops
 
 
@@ -346,8 +348,7 @@ async def _stream(
     stages: Stages,
 ) -> JSONResponse | StreamingResponse:
     """Wait for the first piece; an error before it is a plain HTTP error, after it an SSE error."""
-    first, pieces = await first_piece(ctx, client, job_id)
-    stages.lap("first")
+    first, pieces = await first_piece(ctx, client, job_id, stages)
     chunks = _ChunkWriter(job_id, request.model, include_usage)
     return StreamingResponse(
         _events(client, job_id, chunks, first, pieces),

@@ -101,8 +101,7 @@ async def _stream(
     ctx: ApiContext, client: Client, job_id: str, chat: ChatRequest, stages: Stages
 ) -> StreamingResponse:
     """Wait for the job's first piece (an error before it is a plain HTTP error), then stream."""
-    first, pieces = await first_piece(ctx, client, job_id)
-    stages.lap("first")
+    first, pieces = await first_piece(ctx, client, job_id, stages)
     events = MessageStream(f"msg_{job_id}", chat.model)
     return StreamingResponse(
         _events(client, job_id, events, first, pieces),
