@@ -3,8 +3,6 @@ lends none holding a reply nobody read or closed by the server, checked without 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,6 +13,7 @@ from redis.exceptions import DataError
 
 from storage.connections import _PACKED, _HiredisPacking, connect_redis, pack_with_hiredis, redis_settings
 from tests.backends import REDIS_ENV, pipeline_settings, service_url
+from tests.fleet import until
 from workers.context import WorkerContext
 from workers.worker import build_worker
 
@@ -133,13 +132,6 @@ def packing(conn: AbstractConnection) -> _HiredisPacking:
     return conn
 
 
-async def _until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Until `check` holds (bounded: a lost condition fails the test, not the suite)."""
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110 - bytes reaching a socket signal nothing
-            await asyncio.sleep(0.001)
-
-
 async def test_the_lending_check_completes_without_waiting_on_the_loop() -> None:
     settings = pipeline_settings(redis_url=service_url(REDIS_ENV), database_url="sqlite+aiosqlite://")
     redis = await connect_redis(settings)
@@ -161,7 +153,9 @@ async def test_a_pool_lends_no_connection_holding_a_reply_nobody_read() -> None:
     try:
         conn = packing(await pool.get_connection())
         await conn.send_command("ECHO", "stale")  # its reply is never read
-        await _until(conn.can_read_destructive)  # the reply has reached the connection
+        await until(
+            conn.can_read_destructive, timeout_s=10, what="the reply to reach the connection", every_s=0.001
+        )
         await pool.release(conn)
         assert pool._available_connections == [conn]
         await redis.set("routeq:test:lending", "fresh", ex=60)
@@ -190,7 +184,8 @@ async def test_a_connection_the_server_closed_is_connected_again_before_it_is_le
                 return True
             return False
 
-        await _until(refused)  # the close has reached the connection: it may not be lent as is
+        # The close has reached the connection: it may not be lent as is.
+        await until(refused, timeout_s=10, what="the server's close to reach the connection", every_s=0.001)
         assert await redis.ping()  # the pool connected it again
         assert int(await redis.client_id()) != killed
     finally:
