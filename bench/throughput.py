@@ -9,9 +9,12 @@ Prints, from one run on one Redis:
        persist result + attempts + ledger in one transaction, publish the events with Lua;
    (c) the same pipeline with the sim as a separate `routeq sim` process over loopback HTTP, as a
        real provider would be: the sim's own work no longer shares the worker's CPU.
-   Raw arq runs twice, first and after both pipeline phases, and the ratios are taken against the
-   mean of the two (both printed): the host's speed drifts by up to a fifth within minutes, and a
-   base measured at one end of the run alone moved the ratios by as much.
+   Raw arq runs before and after both pipeline phases, and the ratios are taken against the mean of
+   the two (both printed): the host's speed drifts by up to a fifth within minutes, and a base
+   measured at one end of the run alone moved the ratios by as much. The phases run `--rounds R`
+   times (3 by default; a round's "before" is the last round's "after") and each ratio is the median
+   of the rounds' ratios, every round's shown: on one day here, four single-round runs of the same
+   code gave pipeline / raw from 0.22 to 0.31, raw arq's CPU a job moving from 0.24 to 0.37 ms.
    pipeline / raw is the share of arq's own ceiling routeq reaches; the pipeline's results are then
    checked (every job succeeded, one ledger row each): a benchmark that loses jobs is worthless.
    Each phase also prints this process's CPU per job, and each ratio again from it: on a machine
@@ -32,7 +35,8 @@ start, between phases and at the end: give it a database that holds nothing you 
 is a fresh SQLite file in a temporary directory unless --database-url is given; a PostgreSQL
 database given there has its tables TRUNCATEd first.
 
-Run: `.venv/bin/python bench/throughput.py [--jobs N] [--submit M] [--concurrency C] [--loop L]`.
+Run: `.venv/bin/python bench/throughput.py [--jobs N] [--rounds R] [--submit M] [--concurrency C]
+[--loop L]`.
 """
 
 from __future__ import annotations
@@ -255,14 +259,21 @@ def mean_drained(*runs: Drained) -> Drained:
 
 
 async def pipeline_worker(
-    settings: Settings, redis: ArqRedis, store: Store, n: int, *, in_process_sim: bool = True
+    settings: Settings,
+    redis: ArqRedis,
+    store: Store,
+    n: int,
+    *,
+    in_process_sim: bool = True,
+    tag: str = "",
 ) -> tuple[Drained, str]:
     """routeq's worker on `n` prompts, and the result check line (exits if it fails).
 
     With `in_process_sim` the sim world answers inside the worker's process (sharing its CPU);
-    otherwise `settings.sim_url` names a `routeq sim` server reached over loopback HTTP.
+    otherwise `settings.sim_url` names a `routeq sim` server reached over loopback HTTP. The prompts
+    differ by phase and by `tag`: a prompt run before would be answered from the response cache.
     """
-    run = "" if in_process_sim else " (over HTTP)"
+    run = ("" if in_process_sim else " (over HTTP)") + tag
     batch_id = await Client(redis, store, settings).submit_batch(prompts(n, run=run), name="bench")
     catalog = bench_catalog()
     sim_world = sim_world_for(catalog) if in_process_sim else None
@@ -366,6 +377,82 @@ def ratio_row(label: str, raw: Drained, other: Drained, note: str = "") -> None:
     print(f"   {label:<28}{other.rate / raw.rate:9.3f}   {by_cpu}{f'  ({note})' if note else ''}")
 
 
+@dataclass
+class Round:
+    """One round of phase 1: raw arq before and after both pipeline phases (the next round's
+    "before" is this round's "after"), routeq with the sim in process and over HTTP."""
+
+    raw_before: Drained
+    pipeline: Drained
+    remote: Drained
+    raw_after: Drained
+
+    @property
+    def raw(self) -> Drained:
+        return mean_drained(self.raw_before, self.raw_after)
+
+    def ratios(self) -> tuple[float, float, float, float]:
+        """pipeline / raw and over HTTP / raw: by rate, then by CPU per job."""
+        raw = self.raw
+        return (
+            self.pipeline.rate / raw.rate,
+            raw.cpu_ms / self.pipeline.cpu_ms,
+            self.remote.rate / raw.rate,
+            raw.cpu_ms / self.remote.cpu_ms,
+        )
+
+
+async def worker_rounds(
+    args: argparse.Namespace, settings: Settings, redis: ArqRedis, store: Store, sim_url: str
+) -> tuple[list[Round], str, str]:
+    """Phase 1's rounds, and the last round's checks of both pipeline phases."""
+    remote_settings = settings.model_copy(update={"sim_url": sim_url})
+    await redis.flushdb()
+    raw_before = await raw_worker(settings, redis, args.jobs, args.concurrency)
+    rounds: list[Round] = []
+    for number in range(args.rounds):
+        tag = f" (round {number + 1})" if number else ""
+        await redis.flushdb()
+        pipeline, check = await pipeline_worker(settings, redis, store, args.jobs, tag=tag)
+        await redis.flushdb()
+        remote, remote_check = await pipeline_worker(
+            remote_settings, redis, store, args.jobs, in_process_sim=False, tag=tag
+        )
+        await redis.flushdb()
+        raw_after = await raw_worker(settings, redis, args.jobs, args.concurrency)
+        rounds.append(Round(raw_before, pipeline, remote, raw_after))
+        raw_before = raw_after
+    return rounds, check, remote_check
+
+
+def print_rounds(rounds: list[Round], check: str, remote_check: str) -> None:
+    for number, one in enumerate(rounds, 1):
+        if len(rounds) > 1:
+            print(f" round {number} of {len(rounds)}")
+        drained_row("raw arq, before:", one.raw_before)
+        drained_row("raw arq, after:", one.raw_after)
+        drained_row("raw arq no-op job:", one.raw, "the mean of both: the ratios' base")
+        drained_row("routeq pipeline (sim 0 ms):", one.pipeline, "sim in the worker's process")
+        ratio_row("pipeline / raw:", one.raw, one.pipeline)
+        drained_row("routeq, sim over HTTP:", one.remote, "routeq sim in its own process, loopback")
+        ratio_row("pipeline over HTTP / raw:", one.raw, one.remote, "the sim's CPU is not counted")
+    print(f"   check (in process): {check}")
+    print(f"   check (over HTTP):  {remote_check}")
+    if len(rounds) > 1:
+        ratios = [one.ratios() for one in rounds]
+        for label, column, note in (
+            ("pipeline / raw:", 0, ""),
+            ("pipeline over HTTP / raw:", 2, "the sim's CPU is not counted"),
+        ):
+            by_rate = [r[column] for r in ratios]
+            by_cpu = statistics.median(r[column + 1] for r in ratios)
+            each = ", ".join(f"{r:.3f}" for r in by_rate)
+            print(
+                f"   {label:<28}{statistics.median(by_rate):9.3f}   by CPU per job {by_cpu:.3f}"
+                f"  (medians of {len(rounds)} rounds; each round: {each}){f'  ({note})' if note else ''}"
+            )
+
+
 async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None:
     settings = bench_settings(
         args.redis_url,
@@ -385,28 +472,9 @@ async def run(args: argparse.Namespace, database_url: str, sim_url: str) -> None
     store = await open_store(database_url)
     try:
         async with asyncio.timeout(args.timeout):
-            await redis.flushdb()
-            raw_before = await raw_worker(settings, redis, args.jobs, args.concurrency)
-            await redis.flushdb()
-            pipeline, check = await pipeline_worker(settings, redis, store, args.jobs)
-            await redis.flushdb()
-            remote_settings = settings.model_copy(update={"sim_url": sim_url})
-            remote, remote_check = await pipeline_worker(
-                remote_settings, redis, store, args.jobs, in_process_sim=False
-            )
-            await redis.flushdb()
-            raw_after = await raw_worker(settings, redis, args.jobs, args.concurrency)
-            raw = mean_drained(raw_before, raw_after)
+            rounds, check, remote_check = await worker_rounds(args, settings, redis, store, sim_url)
             print(f"\n1. worker throughput, 1 worker, {args.jobs:,} jobs (queue filled before the clock)")
-            drained_row("raw arq, before:", raw_before)
-            drained_row("raw arq, after:", raw_after)
-            drained_row("raw arq no-op job:", raw, "the mean of both: the ratios' base")
-            drained_row("routeq pipeline (sim 0 ms):", pipeline, "sim in the worker's process")
-            ratio_row("pipeline / raw:", raw, pipeline)
-            print(f"   check: {check}")
-            drained_row("routeq, sim over HTTP:", remote, "routeq sim in its own process, loopback")
-            ratio_row("pipeline over HTTP / raw:", raw, remote, "the sim's CPU is not counted")
-            print(f"   check: {remote_check}")
+            print_rounds(rounds, check, remote_check)
             await redis.flushdb()
             submit = await submit_routeq(settings, redis, store, args.submit)
             await redis.flushdb()
@@ -428,7 +496,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5_000)
     parser.add_argument("--submit", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds before the run gives up")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of phase 1 (ratios: their medians)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the run gives up")
     parser.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
@@ -443,6 +512,8 @@ def main() -> None:
         "(default; storage/logs.py, ROUTEQ_GC_THRESHOLD) or Python's defaults",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     # arq logs every job at INFO: formatting those lines would be part of what is timed.
     logging.basicConfig(level=logging.WARNING)
     if args.gc == "routeq":
