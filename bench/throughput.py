@@ -29,7 +29,7 @@ whose garbage collector is tuned as `routeq worker` tunes its own (storage/logs.
 Python's defaults, as runs before 2026-12-01 had).
 
 Numbers vary by about +-10% between runs; compare ratios within one run, not across machines. A
-default run takes about a minute and a half, mostly the pipeline phases; --timeout bounds it. The
+default run takes about two minutes, mostly the pipeline phases; --timeout bounds it. The
 Redis database (default redis://127.0.0.1:6379/14, or ROUTEQ_BENCH_REDIS_URL) is FLUSHDB'd at the
 start, between phases and at the end: give it a database that holds nothing you want. The SQL store
 is a fresh SQLite file in a temporary directory unless --database-url is given; a PostgreSQL

@@ -162,8 +162,19 @@ async def test_requeue_after_a_flushall_mid_batch_completes_the_batch(
                 return (await client.batch(created.id)).done >= JOBS // 3
 
             await until(a_third_done, timeout_s=60, what="a third of the batch")
-            await redis.flushall()
             victim = procs.procs["worker-1"].pid
+
+            async def frozen_while_running() -> bool:
+                # Frozen (SIGSTOP), the victim finishes nothing more: a job it runs now is orphaned
+                # for sure. Between two jobs it is let go and looked at again a moment later.
+                os.kill(victim, signal.SIGSTOP)
+                if await _running_on(client, created.id, victim):
+                    return True
+                os.kill(victim, signal.SIGCONT)
+                return False
+
+            await until(frozen_while_running, timeout_s=60, what="worker-1 to be running a job")
+            await redis.flushall()
             procs.stop("worker-1", signal.SIGKILL)
 
             async def only_the_dead_run() -> bool:
@@ -192,6 +203,12 @@ async def test_requeue_after_a_flushall_mid_batch_completes_the_batch(
     assert {job.status for job in jobs} <= TERMINAL
     print(f"requeue: {requeued.strip()}; {orphaned} of them were the dead worker's running jobs")
     assert orphaned > 0
+
+
+async def _running_on(client: Client, batch_id: str, pid: int) -> int:
+    """How many of the batch's jobs SQL shows running on the worker process `pid`."""
+    running = [job async for job in client.results(batch_id) if job.status == JobStatus.RUNNING]
+    return sum(f":{pid}:" in (job.worker or "") for job in running)
 
 
 def _routeq(settings: Settings, *argv: str) -> str:
