@@ -371,13 +371,17 @@ def drained_row(label: str, drained: Drained, note: str = "") -> None:
     row(label, drained.rate, f"jobs/s  {drained.cpu_ms:6.3f} ms CPU/job ({drained.gc_ms:.3f} in gc)", note)
 
 
+def ratios(raw: Drained, other: Drained) -> tuple[float, float]:
+    """other / raw by rate, and the same ratio from CPU per job (raw's CPU / other's)."""
+    return other.rate / raw.rate, raw.cpu_ms / other.cpu_ms
+
+
 def ratio_row(label: str, raw: Drained, other: Drained, note: str = "") -> None:
-    """The rate ratio, and the same ratio from CPU per job (raw's CPU / other's)."""
-    by_cpu = f"by CPU per job {raw.cpu_ms / other.cpu_ms:.3f}"
-    print(f"   {label:<28}{other.rate / raw.rate:9.3f}   {by_cpu}{f'  ({note})' if note else ''}")
+    by_rate, by_cpu = ratios(raw, other)
+    print(f"   {label:<28}{by_rate:9.3f}   by CPU per job {by_cpu:.3f}{f'  ({note})' if note else ''}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Round:
     """One round of phase 1: raw arq before and after both pipeline phases (the next round's
     "before" is this round's "after"), routeq with the sim in process and over HTTP."""
@@ -390,16 +394,6 @@ class Round:
     @property
     def raw(self) -> Drained:
         return mean_drained(self.raw_before, self.raw_after)
-
-    def ratios(self) -> tuple[float, float, float, float]:
-        """pipeline / raw and over HTTP / raw: by rate, then by CPU per job."""
-        raw = self.raw
-        return (
-            self.pipeline.rate / raw.rate,
-            raw.cpu_ms / self.pipeline.cpu_ms,
-            self.remote.rate / raw.rate,
-            raw.cpu_ms / self.remote.cpu_ms,
-        )
 
 
 async def worker_rounds(
@@ -439,13 +433,13 @@ def print_rounds(rounds: list[Round], check: str, remote_check: str) -> None:
     print(f"   check (in process): {check}")
     print(f"   check (over HTTP):  {remote_check}")
     if len(rounds) > 1:
-        ratios = [one.ratios() for one in rounds]
-        for label, column, note in (
-            ("pipeline / raw:", 0, ""),
-            ("pipeline over HTTP / raw:", 2, "the sim's CPU is not counted"),
+        for label, phase, note in (
+            ("pipeline / raw:", [one.pipeline for one in rounds], ""),
+            ("pipeline over HTTP / raw:", [one.remote for one in rounds], "the sim's CPU is not counted"),
         ):
-            by_rate = [r[column] for r in ratios]
-            by_cpu = statistics.median(r[column + 1] for r in ratios)
+            pairs = [ratios(one.raw, drained) for one, drained in zip(rounds, phase, strict=True)]
+            by_rate = [rate for rate, _ in pairs]
+            by_cpu = statistics.median(cpu for _, cpu in pairs)
             each = ", ".join(f"{r:.3f}" for r in by_rate)
             print(
                 f"   {label:<28}{statistics.median(by_rate):9.3f}   by CPU per job {by_cpu:.3f}"

@@ -168,7 +168,7 @@ async def test_requeue_after_a_flushall_mid_batch_completes_the_batch(
                 # Frozen (SIGSTOP), the victim finishes nothing more: a job it runs now is orphaned
                 # for sure. Between two jobs it is let go and looked at again a moment later.
                 os.kill(victim, signal.SIGSTOP)
-                if await _running_on(client, created.id, victim):
+                if any(_runs_on(job, victim) for job in await _running(client, created.id)):
                     return True
                 os.kill(victim, signal.SIGCONT)
                 return False
@@ -179,8 +179,8 @@ async def test_requeue_after_a_flushall_mid_batch_completes_the_batch(
 
             async def only_the_dead_run() -> bool:
                 # The survivor's jobs finish (and publish into the emptied Redis); the victim's stay.
-                running = [j async for j in client.results(created.id) if j.status == JobStatus.RUNNING]
-                return all(f":{victim}:" in (j.worker or "") for j in running)
+                running = await _running(client, created.id)
+                return all(_runs_on(job, victim) for job in running)
 
             await until(only_the_dead_run, timeout_s=30, what="the surviving worker's jobs to finish")
             orphaned = (await client.batch(created.id)).counts.get(JobStatus.RUNNING, 0)
@@ -205,10 +205,14 @@ async def test_requeue_after_a_flushall_mid_batch_completes_the_batch(
     assert orphaned > 0
 
 
-async def _running_on(client: Client, batch_id: str, pid: int) -> int:
-    """How many of the batch's jobs SQL shows running on the worker process `pid`."""
-    running = [job async for job in client.results(batch_id) if job.status == JobStatus.RUNNING]
-    return sum(f":{pid}:" in (job.worker or "") for job in running)
+async def _running(client: Client, batch_id: str) -> list[JobRecord]:
+    """The batch's jobs SQL shows running."""
+    return [job async for job in client.results(batch_id) if job.status == JobStatus.RUNNING]
+
+
+def _runs_on(job: JobRecord, pid: int) -> bool:
+    """Whether `job` runs on the worker process `pid` (its worker id names the pid)."""
+    return f":{pid}:" in (job.worker or "")
 
 
 def _routeq(settings: Settings, *argv: str) -> str:
